@@ -1,0 +1,1 @@
+//! Network policy: the rule model, a compiled classifier, and connection tracking.

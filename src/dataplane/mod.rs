@@ -1,0 +1,1 @@
+//! The forwarding pipeline over a batch of frames.

@@ -1,0 +1,1 @@
+//! Loading route tables for tests and benchmarks.

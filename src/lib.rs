@@ -1,0 +1,8 @@
+//! vrouter: a userspace IPv4 forwarding engine for Kubernetes nodes.
+
+pub mod acl;
+pub mod dataplane;
+pub mod fib;
+pub mod neigh;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,164 @@
+//! Why a frame was dropped: one `Copy` value per reason, each with a stable name that tests,
+//! the CLI and metrics use. Names never change once released; new reasons are appended.
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
+        /// A reason for dropping a frame. See [`DropReason::name`] for the stable names.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[ $( DropReason::$variant, )* ];
+            /// Number of reasons (the size of a per-reason counter array).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The stable name, `layer/what`.
+            pub const fn name(self) -> &'static str {
+                match self { $( DropReason::$variant => $name, )* }
+            }
+
+            /// Looks a reason up by its stable name.
+            pub fn from_name(name: &str) -> Option<DropReason> {
+                Self::ALL.iter().copied().find(|r| r.name() == name)
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    // --- L2 input ---
+    /// Frame shorter than an Ethernet header.
+    EthTruncated => "eth/truncated",
+    /// Destination MAC is neither ours nor broadcast.
+    EthNotForUs => "eth/not-for-us",
+    /// Source MAC is multicast/broadcast (invalid per IEEE 802.3).
+    EthBadSource => "eth/bad-source",
+    /// 802.1Q/802.1ad tagged frame; we do not bridge VLANs.
+    EthVlan => "eth/vlan",
+    /// EtherType other than IPv4 or ARP.
+    EthUnsupportedType => "eth/unsupported-ethertype",
+
+    // --- ARP / neighbours ---
+    /// ARP packet too short or not Ethernet/IPv4.
+    ArpMalformed => "arp/malformed",
+    /// ARP request for an address we do not answer for on that port.
+    ArpNotForUs => "arp/not-for-us",
+    /// ARP reply for an address we never asked about.
+    ArpUnsolicited => "arp/unsolicited-reply",
+    /// ARP opcode other than request or reply.
+    ArpBadOpcode => "arp/bad-opcode",
+    /// Next hop unresolved and its hold queue (or the global hold pool) is full.
+    NeighHoldFull => "neigh/hold-queue-full",
+    /// Held packet waited longer than the resolution timeout.
+    NeighUnresolved => "neigh/unresolved",
+    /// Neighbour table full; no room to start resolution.
+    NeighTableFull => "neigh/table-full",
+
+    // --- IPv4 input (RFC 1812 5.2.2) ---
+    /// Fewer than 20 bytes after the Ethernet header.
+    Ipv4Truncated => "ipv4/truncated",
+    /// Version field is not 4.
+    Ipv4BadVersion => "ipv4/bad-version",
+    /// IHL below 5 or header longer than the frame.
+    Ipv4BadIhl => "ipv4/bad-ihl",
+    /// Total length below the header length or beyond the frame.
+    Ipv4BadLength => "ipv4/bad-total-length",
+    /// Header checksum mismatch.
+    Ipv4BadChecksum => "ipv4/bad-checksum",
+    /// Source is 0/8, 127/8, multicast, broadcast or class E.
+    Ipv4MartianSource => "ipv4/martian-source",
+    /// Destination is 0/8, 127/8 or class E (240/4 but broadcast).
+    Ipv4MartianDest => "ipv4/martian-destination",
+    /// Multicast or limited broadcast destination: we do not route these.
+    Ipv4NoMulticast => "ipv4/multicast-destination",
+    /// Options malformed (bad length, runs past the header).
+    Ipv4BadOptions => "ipv4/bad-options",
+    /// Source-route options (LSRR/SSRR): not honoured (RFC 1812 5.2.4.1 allows refusing).
+    Ipv4SourceRoute => "ipv4/source-route",
+    /// TTL expired in transit (an ICMP time exceeded is sent when allowed).
+    Ipv4TtlExpired => "ipv4/ttl-expired",
+    /// Fragment addressed to us: we do not reassemble.
+    Ipv4FragmentToUs => "ipv4/fragment-to-router",
+
+    // --- Local delivery ---
+    /// Protocol for a local address with no punt port configured.
+    LocalNoPunt => "local/no-punt-port",
+    /// ICMP to a router address that is not an echo request.
+    LocalIcmpOther => "local/icmp-not-echo",
+    /// Malformed ICMP (truncated or bad checksum) addressed to us.
+    IcmpMalformed => "icmp/malformed",
+
+    // --- IPIP (RFC 2003) ---
+    /// Outer source is not a known peer node (CVE-2020-10136).
+    IpipUnknownPeer => "ipip/unknown-peer",
+    /// Outer destination is not a tunnel endpoint address of ours.
+    IpipNotOurEndpoint => "ipip/not-our-endpoint",
+    /// Outer packet is a fragment: we do not reassemble tunnels.
+    IpipOuterFragment => "ipip/outer-fragment",
+    /// Inner packet is itself IPIP.
+    IpipNested => "ipip/nested",
+    /// Encapsulated packet sent by a pod.
+    IpipFromPod => "ipip/from-pod",
+    /// Inner packet failed IPv4 input checks (counted under this reason, plus the inner reason
+    /// in the trace).
+    IpipBadInner => "ipip/bad-inner",
+    /// No headroom left to encapsulate.
+    IpipNoHeadroom => "ipip/no-headroom",
+
+    // --- Endpoints, policy ---
+    /// Pod sent from an address that is not its own.
+    SpoofedSource => "endpoint/spoofed-source",
+    /// Frame from a pod port with no endpoint configured.
+    UnknownEndpoint => "endpoint/unknown",
+    /// Denied by a policy rule or by default-deny.
+    PolicyDeny => "policy/deny",
+    /// Connection tracking table full; a new connection could not be admitted.
+    ConntrackFull => "policy/conntrack-full",
+
+    // --- FIB / forwarding ---
+    /// No route (an ICMP destination unreachable is sent when allowed).
+    NoRoute => "fib/no-route",
+    /// Route is a blackhole (e.g. the local pod block aggregate).
+    Blackhole => "fib/blackhole",
+    /// Route's next hop is unusable (stale index or empty ECMP group).
+    BadNextHop => "fib/bad-next-hop",
+    /// Would leave on the port it came in on towards the same host (pod hairpin to itself).
+    Hairpin => "fib/hairpin",
+    /// Too big for the egress MTU with DF set (ICMP fragmentation needed sent when allowed).
+    FragNeeded => "mtu/fragmentation-needed",
+    /// Needed fragmenting but no buffer was free.
+    FragNoBuffer => "mtu/no-buffer",
+
+    // --- Output ---
+    /// The output port's TX queue was full.
+    TxFull => "tx/full",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_round_trip() {
+        let mut seen = HashSet::new();
+        for r in DropReason::ALL {
+            assert!(seen.insert(r.name()), "duplicate name {}", r.name());
+            assert_eq!(DropReason::from_name(r.name()), Some(*r));
+            assert!(r.name().contains('/'));
+        }
+        assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
+        assert_eq!(DropReason::from_name("no/such"), None);
+    }
+
+    #[test]
+    fn discriminants_index_the_table() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Zero-copy views and in-place builders over frame bytes.
+
+pub mod arp;
