@@ -6,3 +6,4 @@ pub mod fib;
 pub mod neigh;
 pub mod stats;
 pub mod wire;
+pub mod ratelimit;

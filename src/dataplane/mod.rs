@@ -1,1 +1,12 @@
-//! The forwarding pipeline over a batch of frames.
+//! The forwarding pipeline over a batch of frames, and the state it forwards with.
+
+pub mod frag;
+pub mod output;
+pub mod packet;
+pub mod pipeline;
+pub mod state;
+
+pub use output::Output;
+pub use packet::{Frame, PacketBuf, Pkt, PortId, HEADROOM, MAX_BATCH};
+pub use pipeline::{Verdict, Worker, WorkerConfig};
+pub use state::{Endpoint, IpipMode, NextHop, PortInfo, PortKind, Shared, Snapshot, SnapshotError};

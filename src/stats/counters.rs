@@ -90,9 +90,17 @@ impl Counters {
     }
 
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);
     }
+
+    #[inline]
+    pub fn drop_n(&self, reason: DropReason, n: u64) {
+        if n != 0 {
+            bump(&self.drops[reason as usize], n);
+        }
+    }
+
 
     #[inline]
     pub fn inc(&self, c: &AtomicU64) {
@@ -138,13 +146,16 @@ mod tests {
         c.rx(0, 100);
         c.tx(1, 64);
         c.rx(7, 1); // unknown port: ignored, not a panic
-        c.drop(DropReason::Ipv4BadChecksum);
-        c.drop(DropReason::Ipv4BadChecksum);
+        c.count_drop(DropReason::Ipv4BadChecksum);
+        c.count_drop(DropReason::Ipv4BadChecksum);
         assert_eq!(c.port(0).rx_packets, 2);
         assert_eq!(c.port(0).rx_bytes, 164);
         assert_eq!(c.port(1).tx_packets, 1);
         assert_eq!(c.drops(DropReason::Ipv4BadChecksum), 2);
         assert_eq!(c.drop_table(), vec![("ipv4/bad-checksum", 2)]);
         assert_eq!(c.total_drops(), 2);
+        c.drop_n(DropReason::NoRoute, 5);
+        c.drop_n(DropReason::NoRoute, 0);
+        assert_eq!(c.drops(DropReason::NoRoute), 5);
     }
 }

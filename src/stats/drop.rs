@@ -31,6 +31,8 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     // --- L2 input ---
+    /// Frame from a port the current snapshot does not know (a race with reconfiguration).
+    UnknownPort => "port/unknown",
     /// Frame shorter than an Ethernet header.
     EthTruncated => "eth/truncated",
     /// Destination MAC is neither ours nor broadcast.
@@ -39,6 +41,8 @@ drop_reasons! {
     EthBadSource => "eth/bad-source",
     /// 802.1Q/802.1ad tagged frame; we do not bridge VLANs.
     EthVlan => "eth/vlan",
+    /// IPv4 sent to the link-layer broadcast address: never forwarded (RFC 1812 5.3.4).
+    EthBroadcastIp => "eth/broadcast-ipv4",
     /// EtherType other than IPv4 or ARP.
     EthUnsupportedType => "eth/unsupported-ethertype",
 
@@ -84,6 +88,9 @@ drop_reasons! {
     /// Fragment addressed to us: we do not reassemble.
     Ipv4FragmentToUs => "ipv4/fragment-to-router",
 
+    /// First fragment (or whole packet) too short for its TCP/UDP/ICMP header (RFC 1858).
+    L4Truncated => "ipv4/l4-truncated",
+
     // --- Local delivery ---
     /// Protocol for a local address with no punt port configured.
     LocalNoPunt => "local/no-punt-port",
@@ -126,8 +133,6 @@ drop_reasons! {
     Blackhole => "fib/blackhole",
     /// Route's next hop is unusable (stale index or empty ECMP group).
     BadNextHop => "fib/bad-next-hop",
-    /// Would leave on the port it came in on towards the same host (pod hairpin to itself).
-    Hairpin => "fib/hairpin",
     /// Too big for the egress MTU with DF set (ICMP fragmentation needed sent when allowed).
     FragNeeded => "mtu/fragmentation-needed",
     /// Needed fragmenting but no buffer was free.

@@ -1,0 +1,113 @@
+//! Frames as the pipeline sees them: borrowed in place, with headroom in front for IPIP
+//! encapsulation and ICMP errors, and a little metadata per frame.
+
+use crate::wire::ethernet;
+
+/// Index of a port (uplink, pod, host) in the snapshot's port table.
+pub type PortId = u16;
+
+/// Bytes reserved in front of every received frame: IPIP needs 20, an ICMP error built in
+/// place needs 28, and both may happen to one frame. (VPP's pre-data, xsk-rs frame headroom.)
+pub const HEADROOM: usize = 128;
+
+/// Largest batch a worker processes in one call; larger slices are processed in chunks.
+pub const MAX_BATCH: usize = 256;
+
+/// Size of a whole frame buffer (headroom + a 1500-byte-MTU frame + slack), as in UMEM chunks.
+pub const BUF_SIZE: usize = 2048;
+
+/// What the pipeline needs of a frame buffer, whatever owns it (a UMEM chunk, a TAP read
+/// buffer, a test's [`PacketBuf`]). The frame is `buf[head..head + len]`; `buf[..head]` is
+/// headroom. Generic, not `dyn`: the pipeline is monomorphised per port type.
+pub trait Frame {
+    /// The whole buffer and the frame's `head` and `len` within it.
+    fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize);
+    /// The port the frame arrived on.
+    fn port(&self) -> PortId;
+}
+
+/// A received frame, borrowed in place: the frame is `buf[head..head + len]`; `buf[..head]` is
+/// headroom the pipeline may grow into.
+pub struct Pkt<'a> {
+    pub buf: &'a mut [u8],
+    pub head: usize,
+    pub len: usize,
+    /// The port it arrived on.
+    pub port: PortId,
+}
+
+impl<'a> Pkt<'a> {
+    pub fn new(buf: &'a mut [u8], head: usize, len: usize, port: PortId) -> Self {
+        let head = head.min(buf.len());
+        let len = len.min(buf.len() - head);
+        Pkt { buf, head, len, port }
+    }
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.head..self.head + self.len]
+    }
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head..self.head + self.len]
+    }
+    /// Offset of the IPv4 header in `buf`.
+    #[inline]
+    pub fn l3(&self) -> usize {
+        self.head + ethernet::HEADER_LEN
+    }
+}
+
+impl Frame for Pkt<'_> {
+    #[inline]
+    fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
+        (self.buf, &mut self.head, &mut self.len)
+    }
+    #[inline]
+    fn port(&self) -> PortId {
+        self.port
+    }
+}
+
+impl Frame for PacketBuf {
+    #[inline]
+    fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
+        (&mut self.buf, &mut self.head, &mut self.len)
+    }
+    #[inline]
+    fn port(&self) -> PortId {
+        self.port
+    }
+}
+
+/// An owned frame buffer with headroom: for tests, benchmarks and the in-memory port.
+#[derive(Clone)]
+pub struct PacketBuf {
+    pub buf: Box<[u8]>,
+    pub head: usize,
+    pub len: usize,
+    pub port: PortId,
+}
+
+impl PacketBuf {
+    /// Copies `frame` in behind [`HEADROOM`] bytes (truncating to the buffer).
+    pub fn new(frame: &[u8], port: PortId) -> Self {
+        let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+        let len = frame.len().min(BUF_SIZE - HEADROOM);
+        buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
+        PacketBuf { buf, head: HEADROOM, len, port }
+    }
+    /// Refills this buffer with `frame`, reusing the allocation.
+    pub fn reset(&mut self, frame: &[u8], port: PortId) {
+        let len = frame.len().min(BUF_SIZE - HEADROOM);
+        self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
+        self.head = HEADROOM;
+        self.len = len;
+        self.port = port;
+    }
+    pub fn as_pkt(&mut self) -> Pkt<'_> {
+        Pkt { buf: &mut self.buf, head: self.head, len: self.len, port: self.port }
+    }
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.head..self.head + self.len]
+    }
+}

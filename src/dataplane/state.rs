@@ -1,0 +1,283 @@
+//! The read-only state workers forward with, and how the control side replaces it.
+//!
+//! Two pieces, both replaced without locks:
+//! - the FIB ([`crate::fib`]): updated route by route, lock-free, epoch-reclaimed;
+//! - a [`Snapshot`] of everything else (ports, node addresses, peers, endpoints, next hops,
+//!   compiled policy), published whole through an `ArcSwap`. A worker loads it once per batch,
+//!   so a batch sees one snapshot from start to end: the old state or the new, never a mix.
+//!
+//! Ordering rule between the two: a route may only name a next hop that is in the published
+//! snapshot, so the control side publishes a snapshot with a new next hop *before* pointing
+//! routes at it, and withdraws routes *before* publishing a snapshot without it. Workers load the
+//! snapshot after their FIB lookups, so any next-hop index a lookup returned is in the snapshot
+//! they then read. Next-hop indices are never reused for something else while routes may still
+//! point at them.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::packet::PortId;
+use crate::acl::{EndpointId, PolicySet};
+use crate::fib::{Fib, FibWriter, Ipv4Prefix, NhId};
+use crate::neigh::NeighTable;
+use crate::wire::MacAddr;
+
+/// Calico's link-local gateway that every pod routes through (answered by proxy ARP).
+pub const CALICO_POD_GATEWAY: u32 = 0xa9fe_0101; // 169.254.1.1
+
+/// What a port is attached to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum PortKind {
+    /// The node's NIC towards the underlay (AF_XDP).
+    Uplink,
+    /// A pod's interface (TAP or veth), point to point.
+    Pod,
+    /// The node's kernel (a TAP carrying the node IP): host-bound frames are punted to it and
+    /// what it sends goes out the uplink unchanged.
+    Host,
+}
+
+#[derive(Clone, Debug)]
+pub struct PortInfo {
+    pub name: String,
+    pub kind: PortKind,
+    pub mac: MacAddr,
+    /// IP MTU of the link (bytes of IPv4 packet, not counting the Ethernet header).
+    pub mtu: u16,
+    /// Punt frames of unsupported EtherTypes to the host port instead of dropping them.
+    pub punt_unknown: bool,
+}
+
+/// Where a route sends packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// No route (index [`crate::fib::NH_NONE`]): drop and send ICMP net unreachable.
+    Unreachable,
+    /// Silently drop (Calico blackholes the aggregate of the local pod block).
+    Blackhole,
+    /// Deliver to the node's kernel through the host port.
+    Host,
+    /// A local pod: its endpoint (port, MAC, addresses, policy).
+    Local { endpoint: EndpointId },
+    /// A neighbour on a port's L2 segment: BGP mode's "remote node IP on the same subnet", or
+    /// the underlay gateway.
+    Gateway { port: PortId, via: u32 },
+    /// IPIP to a remote node: outer destination `remote`, sent to the L2 neighbour `via`
+    /// (`remote` itself when on-link, else the underlay gateway).
+    Tunnel { port: PortId, remote: u32, via: u32 },
+    /// Equal-cost multipath over other next hops, chosen by flow hash.
+    Ecmp(Box<[NhId]>),
+}
+
+/// A local pod.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub port: PortId,
+    /// The pod's MAC (frames to the pod are addressed to it).
+    pub mac: MacAddr,
+    /// The pod's addresses: its only permitted sources (anti-spoofing).
+    pub addrs: Vec<u32>,
+}
+
+/// Calico's IPIP modes: when traffic to a remote node's pods is encapsulated.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum IpipMode {
+    Always,
+    CrossSubnet,
+    Never,
+}
+
+impl IpipMode {
+    /// Whether traffic to pods on the node at `peer` is encapsulated, given our node subnet.
+    /// CrossSubnet encapsulates only when the peer is outside our subnet, as Calico does.
+    pub fn encapsulates(self, node_subnet: Ipv4Prefix, peer: u32) -> bool {
+        match self {
+            IpipMode::Always => true,
+            IpipMode::Never => false,
+            IpipMode::CrossSubnet => !node_subnet.contains(peer),
+        }
+    }
+}
+
+/// Everything but the FIB, immutable once published.
+pub struct Snapshot {
+    pub ports: Vec<PortInfo>,
+    /// The node IP: our tunnel endpoint and the source of ICMP errors we send.
+    pub node_ip: u32,
+    /// Every address that is ours (node IP, extra addresses, the pod gateway).
+    pub local_addrs: Vec<u32>,
+    /// The gateway address pods use; answered by proxy ARP on pod ports.
+    pub pod_gateway: u32,
+    /// Known peer nodes (sorted): the only outer sources accepted for decapsulation.
+    pub peers: Vec<u32>,
+    pub endpoints: Vec<Endpoint>,
+    /// Port index -> the endpoint behind it (pod ports only).
+    pub port_endpoint: Vec<Option<EndpointId>>,
+    /// Next hops by [`NhId`]; index 0 is always [`NextHop::Unreachable`].
+    pub nexthops: Vec<NextHop>,
+    pub policy: Arc<PolicySet>,
+    pub host_port: Option<PortId>,
+    pub uplink_port: Option<PortId>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("port {0}: MTU {1} is outside 68..=9000")]
+    BadMtu(String, u16),
+    #[error("port {0}: MAC {1} must be unicast")]
+    BadMac(String, MacAddr),
+    #[error("endpoint {0}: port index {1} does not exist or is not a pod port")]
+    EndpointPort(String, PortId),
+    #[error("endpoint {0}: port {1} already belongs to endpoint {2}")]
+    EndpointPortTaken(String, String, String),
+    #[error("endpoint {0}: needs at least one address")]
+    EndpointNoAddress(String),
+    #[error("next hop {0}: {1}")]
+    BadNextHop(usize, String),
+    #[error("more than one {0:?} port")]
+    DuplicatePort(PortKind),
+    #[error("next-hop table must start with Unreachable at index 0")]
+    NoUnreachable,
+    #[error("too many next hops ({0}); at most {max}", max = NhId::MAX)]
+    TooManyNextHops(usize),
+}
+
+impl Snapshot {
+    /// Checks cross-references and derives the lookup tables. Nothing is published on error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        ports: Vec<PortInfo>,
+        node_ip: u32,
+        extra_addrs: Vec<u32>,
+        pod_gateway: u32,
+        mut peers: Vec<u32>,
+        endpoints: Vec<Endpoint>,
+        nexthops: Vec<NextHop>,
+        policy: Arc<PolicySet>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut host_port = None;
+        let mut uplink_port = None;
+        for (i, p) in ports.iter().enumerate() {
+            if !(68..=9000).contains(&p.mtu) {
+                return Err(SnapshotError::BadMtu(p.name.clone(), p.mtu));
+            }
+            if !p.mac.is_unicast() {
+                return Err(SnapshotError::BadMac(p.name.clone(), p.mac));
+            }
+            let slot = match p.kind {
+                PortKind::Host => &mut host_port,
+                PortKind::Uplink => &mut uplink_port,
+                PortKind::Pod => continue,
+            };
+            if slot.replace(i as PortId).is_some() {
+                return Err(SnapshotError::DuplicatePort(p.kind));
+            }
+        }
+        let mut port_endpoint = vec![None; ports.len()];
+        for (i, e) in endpoints.iter().enumerate() {
+            let p = e.port as usize;
+            if ports.get(p).map(|p| p.kind) != Some(PortKind::Pod) {
+                return Err(SnapshotError::EndpointPort(e.name.clone(), e.port));
+            }
+            if let Some(other) = port_endpoint[p] {
+                let other: &Endpoint = &endpoints[other as usize];
+                return Err(SnapshotError::EndpointPortTaken(e.name.clone(), ports[p].name.clone(), other.name.clone()));
+            }
+            if e.addrs.is_empty() {
+                return Err(SnapshotError::EndpointNoAddress(e.name.clone()));
+            }
+            port_endpoint[p] = Some(i as EndpointId);
+        }
+        if nexthops.first() != Some(&NextHop::Unreachable) {
+            return Err(SnapshotError::NoUnreachable);
+        }
+        if nexthops.len() > NhId::MAX as usize {
+            return Err(SnapshotError::TooManyNextHops(nexthops.len()));
+        }
+        for (i, nh) in nexthops.iter().enumerate() {
+            let bad = |why: String| Err(SnapshotError::BadNextHop(i, why));
+            let port_is = |p: PortId, k: PortKind| ports.get(p as usize).map(|x| x.kind) == Some(k);
+            match nh {
+                NextHop::Local { endpoint } if *endpoint as usize >= endpoints.len() => {
+                    return bad(format!("endpoint {endpoint} does not exist"))
+                }
+                NextHop::Gateway { port, .. } | NextHop::Tunnel { port, .. } if !port_is(*port, PortKind::Uplink) => {
+                    return bad(format!("port {port} is not the uplink"))
+                }
+                NextHop::Host if host_port.is_none() => return bad("no host port configured".into()),
+                NextHop::Ecmp(members) => {
+                    if members.is_empty() {
+                        return bad("empty ECMP group".into());
+                    }
+                    for m in members.iter() {
+                        match nexthops.get(*m as usize) {
+                            None | Some(NextHop::Ecmp(_)) | Some(NextHop::Unreachable) => {
+                                return bad(format!("ECMP member {m} must be an existing, non-ECMP next hop"))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                NextHop::Unreachable if i != 0 => return bad("Unreachable only at index 0".into()),
+                _ => {}
+            }
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        let mut local_addrs = vec![node_ip, pod_gateway];
+        local_addrs.extend(extra_addrs);
+        local_addrs.sort_unstable();
+        local_addrs.dedup();
+        Ok(Snapshot {
+            ports,
+            node_ip,
+            local_addrs,
+            pod_gateway,
+            peers,
+            endpoints,
+            port_endpoint,
+            nexthops,
+            policy,
+            host_port,
+            uplink_port,
+        })
+    }
+
+    #[inline]
+    pub fn is_local(&self, a: u32) -> bool {
+        self.local_addrs.iter().any(|x| *x == a)
+    }
+
+    #[inline]
+    pub fn is_peer(&self, a: u32) -> bool {
+        self.peers.binary_search(&a).is_ok()
+    }
+
+    #[inline]
+    pub fn nexthop(&self, id: NhId) -> Option<&NextHop> {
+        self.nexthops.get(id as usize)
+    }
+}
+
+/// What all workers of a node share, read-only from their side.
+pub struct Shared {
+    pub fib: Arc<Fib>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub neigh: Arc<NeighTable>,
+}
+
+impl Shared {
+    /// Creates the shared state and the FIB's single writer (for the control side).
+    pub fn new(snapshot: Snapshot, neigh: NeighTable) -> (Arc<Shared>, FibWriter) {
+        let (writer, fib) = FibWriter::new();
+        let shared = Shared { fib, snapshot: ArcSwap::from_pointee(snapshot), neigh: Arc::new(neigh) };
+        (Arc::new(shared), writer)
+    }
+
+    /// Publishes a new snapshot; workers pick it up at their next batch.
+    pub fn publish(&self, s: Snapshot) {
+        self.snapshot.store(Arc::new(s));
+    }
+}
