@@ -1,6 +1,7 @@
 //! The forwarding pipeline over a batch of frames, and the state it forwards with.
 
 pub mod frag;
+pub mod lab;
 pub mod output;
 pub mod packet;
 pub mod pipeline;

@@ -977,3 +977,7 @@ fn flow_hash(ip: &[u8]) -> u32 {
     x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (x >> 32) as u32
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

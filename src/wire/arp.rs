@@ -13,3 +13,4 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 }
 pub fn build_request(_buf: &mut [u8], _src_mac: [u8; 6], _src_ip: u32, _target: u32) -> usize { 60 }
 pub fn reply_in_place(_frame: &mut [u8], _mac: [u8; 6]) -> Option<usize> { Some(60) }
+pub fn build_reply(_b: &mut [u8], _m: [u8; 6], _i: u32, _tm: [u8; 6], _ti: u32) -> usize { 60 }

@@ -1,0 +1,647 @@
+//! Pipeline tests over the in-memory lab node; frames built and decoded with etherparse.
+
+use super::*;
+use crate::dataplane::lab::{self, frames, Lab, LabOptions};
+use crate::dataplane::packet::PacketBuf;
+use crate::wire::checksum;
+use etherparse::{Ipv4HeaderSlice, SlicedPacket};
+
+/// Runs frames through the worker; returns what was sent: (port, frame) in port order, then
+/// generated frames.
+fn run(lab: &mut Lab, input: &[(Vec<u8>, PortId)], now: u64) -> Vec<(PortId, Vec<u8>)> {
+    let mut bufs: Vec<PacketBuf> = input.iter().map(|(f, p)| PacketBuf::new(f, *p)).collect();
+    let out = lab.worker.process(&mut bufs, now);
+    let mut sent = vec![];
+    for p in out.active_ports().collect::<Vec<_>>() {
+        for i in out.tx(p) {
+            sent.push((p, bufs[*i as usize].data().to_vec()));
+        }
+    }
+    for (p, f) in out.emitted.frames() {
+        sent.push((p, f.to_vec()));
+    }
+    sent
+}
+
+fn run1(lab: &mut Lab, frame: Vec<u8>, port: PortId) -> Vec<(PortId, Vec<u8>)> {
+    run(lab, &[(frame, port)], 1_000)
+}
+
+fn drops(lab: &Lab, r: DropReason) -> u64 {
+    lab.worker.counters().drops(r)
+}
+
+fn total_drops(lab: &Lab) -> u64 {
+    lab.worker.counters().total_drops()
+}
+
+fn from_pod_a_udp(dst: u32, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, dst, ttl, 40000, 53, payload)
+}
+
+fn ip_of(frame: &[u8]) -> Ipv4HeaderSlice<'_> {
+    Ipv4HeaderSlice::from_slice(&frame[14..]).expect("IPv4 header")
+}
+
+#[test]
+fn forwards_pod_to_pod_with_l2_rewrite_and_ttl_decrement() {
+    let mut lab = Lab::new(LabOptions::default());
+    let sent = run1(&mut lab, from_pod_a_udp(lab::POD_B_IP, 64, b"hello"), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    let (port, f) = &sent[0];
+    assert_eq!(*port, lab::POD_B);
+    assert_eq!(&f[0..6], &lab::POD_B_MAC.0);
+    assert_eq!(&f[6..12], &lab::POD_B_PORT_MAC.0);
+    let ip = ip_of(f);
+    assert_eq!(ip.ttl(), 63);
+    assert!(checksum::verify(ip.slice()));
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    match p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => assert_eq!(u.payload(), b"hello"),
+        t => panic!("not UDP: {t:?}"),
+    }
+    assert_eq!(total_drops(&lab), 0);
+    let c = lab.worker.counters();
+    assert_eq!((c.port(lab::POD_A as usize).rx_packets, c.port(lab::POD_B as usize).tx_packets), (1, 1));
+}
+
+#[test]
+fn bgp_mode_routes_directly_to_the_peer_node_without_encapsulation() {
+    let mut lab = Lab::new(LabOptions::default());
+    let sent = run1(&mut lab, from_pod_a_udp(lab::NODE2_POD, 64, b"x"), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    let (port, f) = &sent[0];
+    assert_eq!(*port, lab::UPLINK);
+    assert_eq!(&f[0..6], &lab::NODE2_MAC.0);
+    assert_eq!(&f[6..12], &lab::UPLINK_MAC.0);
+    let ip = ip_of(f);
+    assert_eq!(ip.protocol(), etherparse::IpNumber::UDP);
+    assert_eq!(ip.destination(), lab::NODE2_POD.to_be_bytes());
+}
+
+#[test]
+fn ipip_mode_encapsulates_node_ip_to_node_ip_copying_df_and_tos() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut inner = from_pod_a_udp(lab::NODE3_POD, 64, &[7u8; 100]);
+    frames::set_df(&mut inner, true);
+    let sent = run1(&mut lab, inner.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    let (port, f) = &sent[0];
+    assert_eq!(*port, lab::UPLINK);
+    assert_eq!(&f[0..6], &lab::GW_MAC.0, "sent to the underlay router");
+    let outer = ip_of(f);
+    assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+    assert_eq!(outer.source(), lab::NODE_IP.to_be_bytes());
+    assert_eq!(outer.destination(), lab::NODE3_IP.to_be_bytes());
+    assert!(outer.dont_fragment());
+    assert!(checksum::verify(outer.slice()));
+    assert_eq!(outer.total_len() as usize, f.len() - 14);
+    let inner_out = Ipv4HeaderSlice::from_slice(&f[34..]).unwrap();
+    assert_eq!(inner_out.ttl(), 63);
+    assert_eq!(&f[34 + 20..], &inner[14 + 20..], "payload untouched");
+    assert_eq!(lab.worker.counters().ipip_encap.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn decapsulates_from_known_peer_and_delivers_inner_to_pod() {
+    let mut lab = Lab::new(LabOptions::default());
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"in");
+    let f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner);
+    let sent = run1(&mut lab, f, lab::UPLINK);
+    assert_eq!(sent.len(), 1, "drops: {:?}", lab.worker.counters().drop_table());
+    let (port, out) = &sent[0];
+    assert_eq!(*port, lab::POD_A);
+    assert_eq!(&out[0..6], &lab::POD_A_MAC.0);
+    assert_eq!(ip_of(out).ttl(), 62);
+    assert_eq!(&out[14 + 20..], &inner[14 + 20..]);
+}
+
+#[test]
+fn encap_then_decap_returns_the_original_packet() {
+    // Node 1 encapsulates towards node 3; a node configured as node 3 decapsulates.
+    let mut n1 = Lab::new(LabOptions::default());
+    let mut n3 = node3();
+    for len in [0usize, 1, 17, 500, 1400] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let orig = from_pod_a_udp(NODE3_LOCAL_POD, 64, &payload);
+        let wire = run1(&mut n1, orig.clone(), lab::POD_A);
+        assert_eq!(wire.len(), 1);
+        let mut on_wire = wire[0].1.clone();
+        on_wire[0..6].copy_from_slice(&lab::UPLINK_MAC.0); // the underlay router's L2 hop
+        let got = run1(&mut n3, on_wire, lab::UPLINK);
+        assert_eq!(got.len(), 1, "len {len}: {:?}", n3.worker.counters().drop_table());
+        let (o, g) = (&orig[14..], &got[0].1[14..]);
+        assert_eq!(g.len(), o.len());
+        assert_eq!(g[8], o[8] - 2, "one hop on each node");
+        assert_eq!((&g[..8], &g[9..10], &g[12..]), (&o[..8], &o[9..10], &o[12..]));
+        assert!(checksum::verify(&g[..20]));
+    }
+}
+
+const NODE3_LOCAL_POD: u32 = lab::NODE3_POD;
+
+/// A lab node that plays node 3: node IP 192.168.2.20, peer node 1, pod 10.244.3.2.
+fn node3() -> Lab {
+    use crate::dataplane::state::*;
+    let opts = LabOptions::default();
+    let snap = Snapshot::build(
+        lab::ports(true),
+        lab::NODE3_IP,
+        vec![],
+        CALICO_POD_GATEWAY,
+        vec![lab::NODE_IP],
+        vec![Endpoint { name: "p".into(), port: lab::POD_A, mac: lab::POD_A_MAC, addrs: vec![lab::NODE3_POD] }],
+        vec![NextHop::Unreachable, NextHop::Local { endpoint: 0 }],
+        opts.policy.clone(),
+    )
+    .unwrap();
+    let (shared, mut fib) = Shared::new(snap, crate::neigh::NeighTable::new(Default::default()));
+    fib.insert(lab::pfx("10.244.3.2/32"), 1);
+    let worker = Worker::new(shared.clone(), WorkerConfig::default());
+    Lab { shared, fib, worker }
+}
+
+#[test]
+fn ipip_is_refused_unless_from_a_known_peer_to_our_endpoint() {
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"in");
+    let cases = [
+        // CVE-2020-10136: anyone could otherwise inject past every ACL.
+        (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, 0x0808_0808, lab::NODE_IP, &inner), DropReason::IpipUnknownPeer),
+        (
+            frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, crate::dataplane::state::CALICO_POD_GATEWAY, &inner),
+            DropReason::IpipNotOurEndpoint,
+        ),
+    ];
+    for (f, reason) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}");
+        assert_eq!(total_drops(&lab), 1);
+    }
+}
+
+#[test]
+fn ipip_outer_fragments_nested_tunnels_and_bad_inner_are_dropped() {
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"in");
+    let mut frag = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner);
+    {
+        let mut ip = Ipv4Packet::new_checked(&mut frag[14..]).unwrap();
+        ip.set_flags_frag(ipv4::FLAG_MF);
+        ip.fill_checksum();
+    }
+    let nested = frames::ipip(
+        lab::GW_MAC,
+        lab::UPLINK_MAC,
+        lab::NODE3_IP,
+        lab::NODE_IP,
+        &frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, &inner),
+    );
+    let mut bad_inner = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner);
+    bad_inner[34 + 10] ^= 0xff; // inner header checksum
+    for (f, reason) in
+        [(frag, DropReason::IpipOuterFragment), (nested, DropReason::IpipNested), (bad_inner, DropReason::IpipBadInner)]
+    {
+        let mut lab = Lab::new(LabOptions::default());
+        assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}: {:?}", lab.worker.counters().drop_table());
+    }
+}
+
+#[test]
+fn pods_may_not_send_ipip_or_spoof_their_source() {
+    let mut lab = Lab::new(LabOptions::default());
+    let inner = from_pod_a_udp(lab::POD_B_IP, 64, b"x");
+    let tunnel = frames::ipip(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, &inner);
+    assert!(run1(&mut lab, tunnel, lab::POD_A).is_empty());
+    assert_eq!(drops(&lab, DropReason::IpipFromPod), 1);
+    let spoof = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_B_IP, lab::NODE2_POD, 64, 1, 2, b"x");
+    assert!(run1(&mut lab, spoof, lab::POD_A).is_empty());
+    assert_eq!(drops(&lab, DropReason::SpoofedSource), 1);
+    assert_eq!(total_drops(&lab), 2);
+}
+
+/// Checks `f` is an ICMP error of `ty`/`code` from the node to pod A, quoting `orig`'s header.
+fn assert_icmp_error_to_pod_a(f: &[u8], ty: u8, code: u8, orig: &[u8]) -> u32 {
+    assert_eq!(&f[0..6], &lab::POD_A_MAC.0);
+    let ip = ip_of(f);
+    assert_eq!(ip.protocol(), etherparse::IpNumber::ICMP);
+    assert_eq!(ip.source(), lab::NODE_IP.to_be_bytes());
+    assert_eq!(ip.destination(), lab::POD_A_IP.to_be_bytes());
+    assert!(checksum::verify(ip.slice()));
+    let msg = &f[34..];
+    assert!(checksum::verify(msg), "ICMP checksum");
+    assert_eq!((msg[0], msg[1]), (ty, code));
+    // The quote starts with the original header (TTL may differ by the decrement) and ports.
+    assert_eq!(&msg[8 + 12..8 + 20], &orig[14 + 12..14 + 20], "quoted addresses");
+    assert_eq!(&msg[8 + 20..8 + 28], &orig[34..42], "quoted first 8 bytes of payload");
+    assert!(f.len() - 14 <= 576);
+    u32::from_be_bytes(msg[4..8].try_into().unwrap())
+}
+
+#[test]
+fn ttl_1_in_transit_is_dropped_with_time_exceeded() {
+    let mut lab = Lab::new(LabOptions::default());
+    let orig = from_pod_a_udp(lab::POD_B_IP, 1, b"trace");
+    let sent = run1(&mut lab, orig.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, lab::POD_A);
+    assert_icmp_error_to_pod_a(&sent[0].1, icmp::TIME_EXCEEDED, 0, &orig);
+    assert_eq!(drops(&lab, DropReason::Ipv4TtlExpired), 1);
+    assert_eq!(total_drops(&lab), 1);
+}
+
+#[test]
+fn ttl_1_to_the_router_itself_is_delivered() {
+    let mut lab = Lab::new(LabOptions::default());
+    let ping = frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 1, 9, 1, b"p");
+    let sent = run1(&mut lab, ping, lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1[34], icmp::ECHO_REPLY);
+}
+
+#[test]
+fn no_route_sends_net_unreachable() {
+    let mut lab = Lab::new(LabOptions::default());
+    let orig = from_pod_a_udp(0x0808_0808, 64, b"dns");
+    let sent = run1(&mut lab, orig.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    assert_icmp_error_to_pod_a(&sent[0].1, icmp::DEST_UNREACHABLE, icmp::CODE_NET_UNREACHABLE, &orig);
+    assert_eq!(drops(&lab, DropReason::NoRoute), 1);
+}
+
+#[test]
+fn blackhole_drops_silently() {
+    let mut lab = Lab::new(LabOptions::default());
+    // 10.244.1.9 is in the local block aggregate but no pod has it.
+    assert!(run1(&mut lab, from_pod_a_udp(0x0af4_0109, 64, b"x"), lab::POD_A).is_empty());
+    assert_eq!(drops(&lab, DropReason::Blackhole), 1);
+    assert_eq!(lab.worker.counters().icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn df_packet_too_big_for_the_tunnel_gets_frag_needed_with_mtu_minus_20() {
+    let mut lab = Lab::new(LabOptions::default());
+    // A 1500-byte IP packet (1472-byte ping payload + 28) with DF, to a pod behind IPIP.
+    let mut orig = frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 1, 1, &[0; 1472]);
+    frames::set_df(&mut orig, true);
+    let sent = run1(&mut lab, orig.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    let mtu = assert_icmp_error_to_pod_a(&sent[0].1, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, &orig);
+    assert_eq!(mtu, 1480);
+    assert_eq!(drops(&lab, DropReason::FragNeeded), 1);
+    // etherparse decodes the same MTU.
+    let p = SlicedPacket::from_ethernet(&sent[0].1).unwrap();
+    match p.transport {
+        Some(etherparse::TransportSlice::Icmpv4(i)) => assert_eq!(
+            i.icmp_type(),
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 }
+            )
+        ),
+        t => panic!("not ICMP: {t:?}"),
+    }
+}
+
+#[test]
+fn packet_without_df_is_fragmented_before_encapsulation() {
+    let mut lab = Lab::new(LabOptions::default());
+    let payload: Vec<u8> = (0..1472u32).map(|i| i as u8).collect();
+    let mut orig = from_pod_a_udp(lab::NODE3_POD, 64, &payload);
+    frames::set_df(&mut orig, false);
+    let sent = run1(&mut lab, orig.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 2, "{:?}", lab.worker.counters().drop_table());
+    let mut data = vec![0u8; 1480];
+    for (port, f) in &sent {
+        assert_eq!(*port, lab::UPLINK);
+        assert!(f.len() - 14 <= 1500, "fits the uplink MTU");
+        let outer = ip_of(f);
+        assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+        assert!(!outer.is_fragmenting_payload(), "the outer packet is never fragmented");
+        let inner = Ipv4HeaderSlice::from_slice(&f[34..]).unwrap();
+        assert!(checksum::verify(inner.slice()));
+        let off = inner.fragments_offset().byte_offset() as usize;
+        let pl = &f[34 + 20..34 + inner.total_len() as usize];
+        data[off..off + pl.len()].copy_from_slice(pl);
+    }
+    assert_eq!(&data[..], &orig[34..], "inner fragments reassemble to the original payload");
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn echo_to_node_ip_and_pod_gateway_is_answered() {
+    for dst in [lab::NODE_IP, crate::dataplane::state::CALICO_POD_GATEWAY] {
+        let mut lab = Lab::new(LabOptions::default());
+        let ping = frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, dst, 64, 0x77, 3, b"abcdefgh");
+        let sent = run1(&mut lab, ping, lab::POD_A);
+        assert_eq!(sent.len(), 1, "{:?}", lab.worker.counters().drop_table());
+        let (port, f) = &sent[0];
+        assert_eq!(*port, lab::POD_A);
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        match p.transport {
+            Some(etherparse::TransportSlice::Icmpv4(i)) => {
+                assert_eq!(i.icmp_type(), etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x77, seq: 3 }));
+                assert_eq!(i.payload(), b"abcdefgh");
+            }
+            t => panic!("not ICMP: {t:?}"),
+        }
+        let ip = ip_of(f);
+        assert_eq!((ip.source(), ip.destination()), (dst.to_be_bytes(), lab::POD_A_IP.to_be_bytes()));
+    }
+}
+
+#[test]
+fn host_bound_traffic_is_punted_or_counted() {
+    let tcp = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 40000, 22, true, false);
+    let mut with = Lab::new(LabOptions::default());
+    let sent = run1(&mut with, tcp.clone(), lab::POD_A);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
+    assert_eq!(sent[0].1, tcp, "punted unchanged");
+    let mut without = Lab::new(LabOptions { host_port: false, ..Default::default() });
+    assert!(run1(&mut without, tcp, lab::POD_A).is_empty());
+    assert_eq!(drops(&without, DropReason::LocalNoPunt), 1);
+}
+
+#[test]
+fn host_port_frames_leave_on_the_uplink_unchanged() {
+    let mut lab = Lab::new(LabOptions::default());
+    let f = frames::udp(lab::HOST_MAC, lab::GW_MAC, lab::NODE_IP, 0x0101_0101, 64, 1, 2, b"ssh");
+    let sent = run1(&mut lab, f.clone(), lab::HOST);
+    assert_eq!(sent, vec![(lab::UPLINK, f)]);
+}
+
+#[test]
+fn l2_input_drops_are_counted_by_reason() {
+    let good = from_pod_a_udp(lab::POD_B_IP, 64, b"x");
+    let mut wrong_mac = good.clone();
+    wrong_mac[0..6].copy_from_slice(&[0x02, 9, 9, 9, 9, 9]);
+    let mut bcast = good.clone();
+    bcast[0..6].copy_from_slice(&[0xff; 6]);
+    let mut mcast_src = good.clone();
+    mcast_src[6] = 0x01;
+    let mut vlan = good.clone();
+    vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+    let mut v6 = good.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let cases = [
+        (good[..13].to_vec(), DropReason::EthTruncated),
+        (wrong_mac, DropReason::EthNotForUs),
+        (bcast, DropReason::EthBroadcastIp),
+        (mcast_src, DropReason::EthBadSource),
+        (vlan, DropReason::EthVlan),
+        (v6, DropReason::EthUnsupportedType),
+    ];
+    for (f, reason) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        assert!(run1(&mut lab, f, lab::POD_A).is_empty(), "{reason:?}");
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}");
+        assert_eq!(total_drops(&lab), 1, "{reason:?}");
+    }
+}
+
+#[test]
+fn unknown_ethertypes_are_punted_where_the_port_says_so() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut v6 = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_IP, lab::NODE_IP, 64, 1, 2, b"x");
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let sent = run1(&mut lab, v6, lab::UPLINK);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
+}
+
+#[test]
+fn ipv4_input_drops_are_counted_by_reason() {
+    let good = from_pod_a_udp(lab::POD_B_IP, 64, b"payload!");
+    let refix = |mut f: Vec<u8>| {
+        Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+        f
+    };
+    let mut bad_csum = good.clone();
+    bad_csum[14 + 10] ^= 1;
+    let mut bad_ver = good.clone();
+    bad_ver[14] = 0x65;
+    let mut ihl4 = good.clone();
+    ihl4[14] = 0x44;
+    let mut long = good.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes());
+    let mut mart_dst = good.clone();
+    mart_dst[30..34].copy_from_slice(&[127, 0, 0, 1]);
+    let mut mcast_dst = good.clone();
+    mcast_dst[30..34].copy_from_slice(&[224, 0, 0, 5]);
+    let mut lsrr = good.clone();
+    // grow the header to 28 bytes with an LSRR option (83 07 04 c0000201 00)
+    lsrr.splice(34..34, [0x83, 7, 4, 192, 0, 2, 1, 0]);
+    lsrr[14] = 0x47;
+    let tl = (lsrr.len() - 14) as u16;
+    lsrr[16..18].copy_from_slice(&tl.to_be_bytes());
+    let cases = [
+        (good[..14 + 19].to_vec(), DropReason::Ipv4Truncated),
+        (bad_csum, DropReason::Ipv4BadChecksum),
+        (refix(bad_ver), DropReason::Ipv4BadVersion),
+        (refix(ihl4), DropReason::Ipv4BadIhl),
+        (refix(long), DropReason::Ipv4BadLength),
+        (refix(mart_dst), DropReason::Ipv4MartianDest),
+        (refix(mcast_dst), DropReason::Ipv4NoMulticast),
+        (refix(lsrr), DropReason::Ipv4SourceRoute),
+    ];
+    for (f, reason) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        assert!(run1(&mut lab, f, lab::POD_A).is_empty(), "{reason:?}");
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}: {:?}", lab.worker.counters().drop_table());
+        assert_eq!(total_drops(&lab), 1, "{reason:?}");
+    }
+}
+
+#[test]
+fn martian_source_from_the_uplink_is_dropped() {
+    let mut lab = Lab::new(LabOptions::default());
+    let f = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, 0x7f00_0001, lab::POD_A_IP, 64, 1, 2, b"x");
+    assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::Ipv4MartianSource), 1);
+}
+
+#[test]
+fn ethernet_padding_is_trimmed() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut f = from_pod_a_udp(lab::POD_B_IP, 64, b"");
+    let ip_len = f.len() - 14;
+    f.resize(60, 0xee);
+    let sent = run1(&mut lab, f, lab::POD_A);
+    assert_eq!(sent[0].1.len(), 14 + ip_len);
+}
+
+#[test]
+fn fragments_to_the_router_are_not_reassembled() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut f = frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 64, 1, 1, b"x");
+    let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+    ip.set_flags_frag(ipv4::FLAG_MF);
+    ip.fill_checksum();
+    assert!(run1(&mut lab, f, lab::POD_A).is_empty());
+    assert_eq!(drops(&lab, DropReason::Ipv4FragmentToUs), 1);
+}
+
+#[test]
+fn no_icmp_error_about_icmp_errors_or_non_first_fragments() {
+    let mut lab = Lab::new(LabOptions::default());
+    // An ICMP time-exceeded from pod A with TTL 1 in transit: dropped, no error about it.
+    let b = etherparse::PacketBuilder::ethernet2(lab::POD_A_MAC.0, lab::POD_A_PORT_MAC.0)
+        .ipv4(lab::POD_A_IP.to_be_bytes(), lab::POD_B_IP.to_be_bytes(), 1)
+        .icmpv4(etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit));
+    let mut err = vec![];
+    b.write(&mut err, &[0u8; 28]).unwrap();
+    // A non-first fragment with TTL 1.
+    let mut frag = from_pod_a_udp(lab::POD_B_IP, 1, &[0; 16]);
+    let mut ip = Ipv4Packet::new_checked(&mut frag[14..]).unwrap();
+    ip.set_flags_frag(2);
+    ip.fill_checksum();
+    let sent = run(&mut lab, &[(err, lab::POD_A), (frag, lab::POD_A)], 1);
+    assert!(sent.is_empty());
+    assert_eq!(drops(&lab, DropReason::Ipv4TtlExpired), 2);
+    assert_eq!(lab.worker.counters().icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let cfg = WorkerConfig { icmp_rate_per_sec: 1, icmp_burst: 3, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { worker: cfg, ..Default::default() });
+    let batch: Vec<_> = (0..10).map(|_| (from_pod_a_udp(lab::POD_B_IP, 1, b"x"), lab::POD_A)).collect();
+    let sent = run(&mut lab, &batch, 5_000);
+    assert_eq!(sent.len(), 3);
+    let c = lab.worker.counters();
+    assert_eq!(c.icmp_errors_ratelimited.load(std::sync::atomic::Ordering::Relaxed), 7);
+    assert_eq!(drops(&lab, DropReason::Ipv4TtlExpired), 10);
+}
+
+#[test]
+fn ecmp_spreads_flows_and_keeps_each_flow_on_one_path() {
+    use crate::dataplane::state::*;
+    let mut nhs = lab::nexthops(true);
+    nhs.push(NextHop::Ecmp(vec![lab::NH_NODE2, lab::NH_UNDERLAY].into_boxed_slice()));
+    let ecmp = (nhs.len() - 1) as NhId;
+    let opts = LabOptions::default();
+    let snap = Snapshot::build(
+        lab::ports(true),
+        lab::NODE_IP,
+        vec![],
+        CALICO_POD_GATEWAY,
+        vec![],
+        lab::endpoints(),
+        nhs,
+        opts.policy.clone(),
+    )
+    .unwrap();
+    let mut lab = Lab::new(opts);
+    lab.shared.publish(snap);
+    lab.fib.insert(lab::pfx("203.0.113.0/24"), ecmp);
+    let mut seen = std::collections::HashMap::new();
+    for sport in 0..64u16 {
+        for _ in 0..2 {
+            let f = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0xcb00_7107, 64, 1000 + sport, 80, b"");
+            let sent = run1(&mut lab, f, lab::POD_A);
+            let mac = sent[0].1[0..6].to_vec();
+            assert_eq!(*seen.entry(sport).or_insert(mac.clone()), mac, "flow {sport} changed path");
+        }
+    }
+    let paths: std::collections::HashSet<_> = seen.values().collect();
+    assert_eq!(paths.len(), 2, "both members used");
+}
+
+#[test]
+fn unresolved_next_hop_holds_packets_sends_arp_and_releases_on_reply() {
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });
+    let f = from_pod_a_udp(lab::NODE2_POD, 64, b"held");
+    let sent = run(&mut lab, &[(f.clone(), lab::POD_A), (f.clone(), lab::POD_A)], 1_000);
+    // One ARP request, no data yet.
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, req) = &sent[0];
+    assert_eq!(*port, lab::UPLINK);
+    let a = etherparse::SlicedPacket::from_ethernet(req).unwrap();
+    match a.net {
+        Some(etherparse::NetSlice::Arp(arp)) => {
+            assert_eq!(arp.operation(), etherparse::ArpOperation::REQUEST);
+            assert_eq!(arp.target_protocol_addr(), &lab::NODE2_IP.to_be_bytes());
+            assert_eq!(arp.sender_protocol_addr(), &lab::NODE_IP.to_be_bytes());
+        }
+        n => panic!("not ARP: {n:?}"),
+    }
+    // The reply releases both held frames with the learned MAC.
+    let mut reply = vec![0u8; 60];
+    let n = crate::wire::arp::build_reply(&mut reply, lab::NODE2_MAC.0, lab::NODE2_IP, lab::UPLINK_MAC.0, lab::NODE_IP);
+    reply.truncate(n);
+    let sent = run1(&mut lab, reply, lab::UPLINK);
+    assert_eq!(sent.len(), 2);
+    for (p, f) in &sent {
+        assert_eq!(*p, lab::UPLINK);
+        assert_eq!(&f[0..6], &lab::NODE2_MAC.0);
+        assert_eq!(ip_of(f).ttl(), 63);
+    }
+    // Now resolved: forwarded directly.
+    assert_eq!(run1(&mut lab, f, lab::POD_A).len(), 1);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn unsolicited_arp_reply_is_dropped() {
+    let mut lab = Lab::new(LabOptions { host_port: false, static_neighbours: false, ..Default::default() });
+    let mut reply = vec![0u8; 60];
+    let n = crate::wire::arp::build_reply(&mut reply, [2, 6, 6, 6, 6, 6], 0xc0a8_0163, lab::UPLINK_MAC.0, lab::NODE_IP);
+    reply.truncate(n);
+    assert!(run1(&mut lab, reply, lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::ArpUnsolicited), 1);
+}
+
+#[test]
+fn uplink_arp_for_node_ip_is_answered_and_others_are_not() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut req = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut req, lab::GW_MAC.0, lab::UNDERLAY_GW, lab::NODE_IP);
+    req.truncate(n);
+    let sent = run1(&mut lab, req, lab::UPLINK);
+    assert_eq!(sent.len(), 1);
+    let a = etherparse::SlicedPacket::from_ethernet(&sent[0].1).unwrap();
+    match a.net {
+        Some(etherparse::NetSlice::Arp(arp)) => {
+            assert_eq!(arp.operation(), etherparse::ArpOperation::REPLY);
+            assert_eq!(arp.sender_hw_addr(), &lab::UPLINK_MAC.0);
+            assert_eq!(arp.sender_protocol_addr(), &lab::NODE_IP.to_be_bytes());
+        }
+        n => panic!("not ARP: {n:?}"),
+    }
+    let mut other = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut other, lab::GW_MAC.0, lab::UNDERLAY_GW, 0xc0a8_0163);
+    other.truncate(n);
+    assert!(run1(&mut lab, other, lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::ArpNotForUs), 1);
+}
+
+#[test]
+fn proxy_arp_answers_pods_for_the_gateway_only() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut req = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut req, lab::POD_A_MAC.0, lab::POD_A_IP, crate::dataplane::state::CALICO_POD_GATEWAY);
+    req.truncate(n);
+    let sent = run1(&mut lab, req, lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&sent[0].1[0..6], &lab::POD_A_MAC.0);
+    let a = etherparse::SlicedPacket::from_ethernet(&sent[0].1).unwrap();
+    match a.net {
+        Some(etherparse::NetSlice::Arp(arp)) => {
+            assert_eq!(arp.operation(), etherparse::ArpOperation::REPLY);
+            assert_eq!(arp.sender_hw_addr(), &lab::POD_A_PORT_MAC.0);
+        }
+        n => panic!("not ARP: {n:?}"),
+    }
+    // Asking for another pod's address gets nothing: pods never learn each other's MACs.
+    let mut other = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut other, lab::POD_A_MAC.0, lab::POD_A_IP, lab::POD_B_IP);
+    other.truncate(n);
+    assert!(run1(&mut lab, other, lab::POD_A).is_empty());
+    assert_eq!(drops(&lab, DropReason::ArpNotForUs), 1);
+}
+
+#[test]
+fn a_batch_larger_than_max_batch_is_processed_whole() {
+    let mut lab = Lab::new(LabOptions::default());
+    let batch: Vec<_> = (0..MAX_BATCH + 10).map(|_| (from_pod_a_udp(lab::POD_B_IP, 64, b"x"), lab::POD_A)).collect();
+    let sent = run(&mut lab, &batch, 1);
+    assert_eq!(sent.len(), MAX_BATCH + 10);
+}
