@@ -645,3 +645,44 @@ fn a_batch_larger_than_max_batch_is_processed_whole() {
     let sent = run(&mut lab, &batch, 1);
     assert_eq!(sent.len(), MAX_BATCH + 10);
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let samples = crate::dataplane::lab::sample_frames();
+        (0..samples.len(), proptest::collection::vec((any::<u16>(), any::<u8>()), 0..8), any::<u16>(), any::<u8>()).prop_map(
+            move |(k, flips, cut, sel)| {
+                let (f, port) = &samples[k];
+                let mut f = f.clone();
+                for (at, x) in flips {
+                    if !f.is_empty() {
+                        let i = at as usize % f.len();
+                        f[i] ^= x;
+                    }
+                }
+                if sel & 3 == 0 {
+                    f.truncate(cut as usize % (f.len() + 1));
+                }
+                let mut data = vec![sel];
+                data.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                data.push(*port as u8);
+                data.extend_from_slice(&f);
+                data
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+        #[test]
+        fn pipeline_never_panics_on_mutated_frames(data in mutated()) {
+            crate::dataplane::lab::fuzz_pipeline(&data);
+        }
+
+        #[test]
+        fn pipeline_never_panics_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            crate::dataplane::lab::fuzz_pipeline(&data);
+        }
+    }
+}

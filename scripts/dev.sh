@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# vrouter developer entry point. Usage:
+#   scripts/dev.sh demo    install what is missing, build, run the built-in demo
+#   scripts/dev.sh test    install what is missing, run the whole test suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the build and the tests need (Debian names). Empty today: the engine is
+# pure Rust; the daemon's AF_XDP and namespace lab add clang, llvm, libelf-dev, zlib1g-dev,
+# libpcap-dev, pkg-config, m4, iproute2, tcpdump...
+PACKAGES=()
+
+install_missing() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    if ! command -v cargo >/dev/null; then
+        echo "cargo not found: install Rust (rustup) first" >&2
+        exit 1
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        install_missing
+        cargo build --release --bin vrouter
+        ./target/release/vrouter demo
+        ;;
+    test)
+        install_missing
+        cargo test --all-targets -- --test-threads=2
+        ;;
+    *)
+        echo "usage: $0 demo|test" >&2
+        exit 2
+        ;;
+esac
