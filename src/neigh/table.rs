@@ -226,6 +226,13 @@ struct Slot {
     used_ms: AtomicU64,
 }
 
+/// Whether `w`, loaded after `k` was loaded from `s.key`, belongs to incarnation `k`: the key
+/// has not changed since (so the slot stayed with that incarnation) and the word carries its tag.
+#[inline]
+fn consistent(k: u64, s: &Slot, w: u64) -> bool {
+    s.key.load(Ordering::Acquire) == k && w_tag(w) == key_inc(k) as u64 & TAG_MASK
+}
+
 enum Found {
     /// A consistent (key, word) pair for the IP, word not FREE.
     Entry { idx: usize, key: u64, word: u64 },
@@ -300,7 +307,7 @@ impl NeighTable {
                         if w_state(w) == FREE {
                             return Found::Busy;
                         }
-                        if s.key.load(Ordering::Acquire) != k || w_tag(w) != key_inc(k) as u64 & TAG_MASK {
+                        if !consistent(k, s, w) {
                             core::hint::spin_loop();
                             continue 'retry;
                         }
@@ -606,7 +613,7 @@ impl NeighTable {
                 continue;
             }
             let w = s.word.load(Ordering::Acquire);
-            if w_state(w) == FREE || s.key.load(Ordering::Acquire) != k || w_tag(w) != key_inc(k) as u64 & TAG_MASK {
+            if w_state(w) == FREE || !consistent(k, s, w) {
                 continue; // changing right now; next round
             }
             if self.first_index(ip, Ordering::Acquire) != Some(idx) {
@@ -645,7 +652,7 @@ impl NeighTable {
                 continue;
             }
             let w = s.word.load(Ordering::Acquire);
-            if w_state(w) == FREE || s.key.load(Ordering::Acquire) != k || w_tag(w) != key_inc(k) as u64 & TAG_MASK {
+            if w_state(w) == FREE || !consistent(k, s, w) {
                 continue;
             }
             if self.first_index(ip, Ordering::Acquire) != Some(idx) {
@@ -940,20 +947,20 @@ mod tests {
 
     /// Several threads resolve, confirm, age and delete overlapping IPs in a table too small
     /// for all of them. Every MAC ever returned must be the one derived from its IP.
-    #[test]
-    fn concurrent_hammer_never_returns_a_foreign_mac() {
-        let t = Arc::new(NeighTable::new(NeighConfig { capacity: 16, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 }).unwrap());
+    fn hammer(capacity: usize, n_ips: u32, iters: u64) {
+        let cfg = NeighConfig { capacity, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 };
+        let t = Arc::new(NeighTable::new(cfg).unwrap());
         let threads: Vec<_> = (0..4u32)
             .map(|tid| {
                 let t = Arc::clone(&t);
                 std::thread::spawn(move || {
                     let mut seen = 0u64;
                     let mut x = 0x1234_5678u32 ^ tid.wrapping_mul(0x9e37_79b9);
-                    for i in 0..60_000u64 {
+                    for i in 0..iters {
                         x ^= x << 13;
                         x ^= x >> 17;
                         x ^= x << 5;
-                        let ip = 0x0a00_0000 | (x % 40 + 1);
+                        let ip = 0x0a00_0000 | (x % n_ips + 1);
                         let now = i / 8;
                         match t.lookup(ip, now) {
                             NeighLookup::Reachable(m) | NeighLookup::Stale { mac: m, .. } => {
@@ -962,7 +969,7 @@ mod tests {
                             }
                             _ => {}
                         }
-                        match x % 16 {
+                        match (x >> 8) % 16 {
                             0..=5 => {
                                 let _ = t.on_reply(ip, mac_of(ip), now);
                             }
@@ -981,9 +988,9 @@ mod tests {
             })
             .collect();
         let seen: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
-        assert!(seen > 1000, "the test must actually observe resolved entries ({seen})");
+        assert!(seen > iters / 20, "the test must actually observe resolved entries ({seen})");
         let entries = t.entries();
-        assert!(entries.len() <= 16);
+        assert!(entries.len() <= capacity);
         let mut ips: Vec<u32> = entries.iter().map(|e| e.ip).collect();
         ips.dedup();
         assert_eq!(ips.len(), entries.len(), "no duplicate entries visible");
@@ -999,5 +1006,37 @@ mod tests {
             assert!(t.remove(e.ip));
         }
         assert_eq!(t.len(), 0, "live count must not leak");
+    }
+
+    #[test]
+    fn concurrent_hammer_never_returns_a_foreign_mac() {
+        hammer(16, 40, 60_000);
+    }
+
+    /// Two slots, three IPs: every slot is deleted and re-claimed by another IP all the time.
+    #[test]
+    fn concurrent_hammer_slot_reuse_never_returns_a_foreign_mac() {
+        hammer(1, 3, 100_000);
+    }
+
+    /// The reader's consistency check, driven through the exact interleaving the hammer can
+    /// only hit by luck: key read for X, slot recycled for Y and resolved, then word read.
+    #[test]
+    fn reader_rejects_word_from_a_later_incarnation() {
+        let t = NeighTable::new(NeighConfig { capacity: 1, ..Default::default() }).unwrap();
+        let (x, y) = (0x0a00_0001, 0x0a00_0002);
+        t.lookup(x, 0);
+        let Found::Entry { idx, key: kx, .. } = t.find(x) else { panic!() };
+        assert!(t.remove(x));
+        // Force Y into X's old slot.
+        let other = idx ^ 1;
+        t.slots[other].key.store(make_key(0x0a00_0099, 0), Ordering::Relaxed);
+        assert_eq!(t.lookup(y, 0), NeighLookup::Incomplete { send_request: true });
+        t.on_reply(y, mac_of(y), 0).unwrap();
+        let Found::Entry { idx: iy, key: ky, word: wy } = t.find(y) else { panic!() };
+        assert_eq!(iy, idx);
+        assert_ne!(ky, kx);
+        assert!(!consistent(kx, &t.slots[idx], wy), "Y's word must not pass as X's");
+        assert!(consistent(ky, &t.slots[idx], wy));
     }
 }
