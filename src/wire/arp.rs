@@ -70,6 +70,8 @@ pub enum ArpError {
     FrameTruncated { len: usize },
     #[error("EtherType {0:#06x} is not ARP (0x0806)")]
     NotArp(u16),
+    #[error("ARP sender hardware address {0:02x?} is not unicast")]
+    SenderNotUnicast([u8; 6]),
 }
 
 #[inline]
@@ -334,8 +336,11 @@ mod tests {
     const POD_IP: u32 = 0x0af4_0105;
     const GW_IP: u32 = 0xa9fe_0101;
 
-    /// Independent decode with etherparse: (eth dst, eth src, op, sha, spa, tha, tpa).
-    fn etherparse_decode(frame: &[u8]) -> ([u8; 6], [u8; 6], u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    /// (eth dst, eth src, op, sha, spa, tha, tpa)
+    type Decoded = ([u8; 6], [u8; 6], u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+    /// Independent decode with etherparse.
+    fn etherparse_decode(frame: &[u8]) -> Decoded {
         let sp = SlicedPacket::from_ethernet(frame).expect("etherparse accepts the frame");
         let Some(LinkSlice::Ethernet2(e)) = sp.link else { panic!("not ethernet II") };
         let Some(NetSlice::Arp(a)) = sp.net else { panic!("not ARP") };
