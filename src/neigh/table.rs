@@ -246,6 +246,7 @@ fn consistent(k: u64, s: &Slot, w: u64) -> bool {
     s.key.load(Ordering::Acquire) == k && w_tag(w) == key_inc(k) as u64 & TAG_MASK
 }
 
+#[cfg_attr(test, derive(Debug))]
 enum Found {
     /// A consistent (key, word) pair for the IP, word not FREE.
     Entry { idx: usize, key: u64, word: u64 },
@@ -616,7 +617,8 @@ impl NeighTable {
     /// Periodic ageing (call every few hundred ms from one thread; concurrent calls are safe):
     /// Reachable -> Stale after `reachable_ms`; Stale/Probe/Incomplete not looked up for
     /// `stale_gc_ms` removed; Incomplete/Probe whose last request went unanswered -> Failed;
-    /// Failed removed after `failed_hold_ms`; duplicate copies removed.
+    /// Failed removed after `failed_hold_ms`; duplicate or orphaned copies removed; tombstones
+    /// at the end of a probe chain cleared so misses stay short. O(slots); never allocates.
     pub fn expire(&self, now_ms: u64) {
         let c = &self.cfg;
         for (idx, s) in self.slots.iter().enumerate() {
@@ -653,6 +655,55 @@ impl NeighTable {
                 _ => {}
             }
         }
+        self.sweep_tombstones();
+    }
+
+    /// Turns tombstones back into EMPTY where that cannot cut a probe chain: a tombstone followed
+    /// by EMPTY ends its chain anyway. Walking backwards from an EMPTY slot clears whole runs.
+    ///
+    /// One race remains: an inserter that passed this slot while it was live may be about to
+    /// claim the EMPTY slot after it. Its entry would then sit behind a new EMPTY, invisible to
+    /// lookups (which recreate the IP, costing one extra request). Such an orphan is never
+    /// returned for another IP and is deleted by the next `expire` (it is not the first copy in
+    /// its chain), so the race costs at most one request and one slot for one round.
+    fn sweep_tombstones(&self) {
+        let n = self.slots.len();
+        let empty = (0..n).find(|&i| key_ip(self.slots[i].key.load(Ordering::Acquire)) == KEY_EMPTY);
+        // After heavy churn there may be no EMPTY slot at all; seed one from a tombstone no chain
+        // passes through (always exists when the table holds no live entry).
+        let Some(e) = empty.or_else(|| (0..n).find(|&p| self.clear_tombstone(p, true))) else {
+            return;
+        };
+        for step in 1..n {
+            let i = (e + n - step) & self.mask;
+            let next = self.slots[(i + 1) & self.mask].key.load(Ordering::Acquire);
+            if key_ip(next) == KEY_EMPTY {
+                self.clear_tombstone(i, false);
+            }
+        }
+    }
+
+    /// Clears the tombstone at `p` if it still is one (and, with `check_chains`, if no live key
+    /// after it probed through it). Keeps the incarnation counter, so key values never repeat.
+    fn clear_tombstone(&self, p: usize, check_chains: bool) -> bool {
+        let k = self.slots[p].key.load(Ordering::Acquire);
+        if key_ip(k) != KEY_TOMB {
+            return false;
+        }
+        if check_chains {
+            let dist = |from: usize, to: usize| to.wrapping_sub(from) & self.mask;
+            for step in 1..self.slots.len() {
+                let q = (p + step) & self.mask;
+                match key_ip(self.slots[q].key.load(Ordering::Acquire)) {
+                    KEY_EMPTY => break,
+                    KEY_TOMB => {}
+                    ip if dist(self.home(ip), q) > dist(p, q) => return false,
+                    _ => {}
+                }
+            }
+        }
+        let empty = make_key(KEY_EMPTY, key_inc(k));
+        self.slots[p].key.compare_exchange(k, empty, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// A snapshot of every entry (slow path: allocates).
@@ -920,6 +971,81 @@ mod tests {
             }
             assert!(t.is_empty());
         }
+        let tombs = t.slots.iter().filter(|s| key_ip(s.key.load(Ordering::Relaxed)) == KEY_TOMB).count();
+        assert!(tombs > 0, "removal leaves tombstones");
+        t.expire(0);
+        let tombs = t.slots.iter().filter(|s| key_ip(s.key.load(Ordering::Relaxed)) == KEY_TOMB).count();
+        assert_eq!(tombs, 0, "an empty table has no tombstones after expire");
+    }
+
+    #[test]
+    fn sweep_without_empty_slots_keeps_live_chains() {
+        let t = NeighTable::new(NeighConfig { capacity: 8, ..Default::default() }).unwrap();
+        // Churn until every slot is a tombstone.
+        for ip in 1..=400 {
+            t.add_static(ip, mac_of(ip)).unwrap();
+            assert!(t.remove(ip));
+        }
+        let key_at = |i: usize| key_ip(t.slots[i].key.load(Ordering::Relaxed));
+        assert!((0..16).all(|i| key_at(i) == KEY_TOMB));
+        // Five addresses homed at slots 14/15 fill 14, 15, 0, 1, 2 (wrapping).
+        let crowded: Vec<u32> = (1000..100_000).filter(|&ip| matches!(t.home(ip), 14 | 15)).take(5).collect();
+        for &ip in &crowded {
+            t.add_static(ip, mac_of(ip)).unwrap();
+        }
+        let at0 = key_at(0);
+        assert!(crowded.contains(&at0) && crowded.contains(&key_at(2)));
+        // A tombstone inside the chain, with no EMPTY slot anywhere.
+        assert!(t.remove(at0));
+        assert!((0..16).all(|i| key_at(i) != KEY_EMPTY));
+        t.expire(0);
+        assert!((0..16).any(|i| key_at(i) == KEY_EMPTY), "the sweep found a safe seed");
+        assert_eq!(key_at(0), KEY_TOMB, "slot 0 is crossed by the chains of slots 1 and 2");
+        for &ip in crowded.iter().filter(|&&ip| ip != at0) {
+            assert_eq!(t.lookup(ip, 0), NeighLookup::Reachable(mac_of(ip)), "ip {ip:#x}");
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_chains_intact() {
+        // Fill a run, delete from the middle and the end, sweep: survivors must stay findable.
+        let t = NeighTable::new(NeighConfig { capacity: 32, ..Default::default() }).unwrap();
+        let ips: Vec<u32> = (1..=32).collect();
+        for &ip in &ips {
+            t.add_static(ip, mac_of(ip)).unwrap();
+        }
+        for &ip in ips.iter().filter(|ip| *ip % 3 != 0) {
+            assert!(t.remove(ip));
+        }
+        t.expire(0);
+        for &ip in &ips {
+            let want = if ip % 3 == 0 { NeighLookup::Reachable(mac_of(ip)) } else { NeighLookup::Incomplete { send_request: true } };
+            assert_eq!(t.lookup(ip, 0), want, "ip {ip}");
+        }
+        assert_eq!(t.len(), 32);
+        assert_eq!(t.entries().len(), 32);
+    }
+
+    /// The orphan the sweep can create (an entry behind an EMPTY slot) is cleaned by expire.
+    #[test]
+    fn expire_removes_orphans_and_duplicates() {
+        let t = NeighTable::new(NeighConfig { capacity: 4, ..Default::default() }).unwrap();
+        t.add_static(7, mac_of(7)).unwrap();
+        let Found::Entry { idx, key, word } = t.find(7) else { panic!() };
+        // Move the entry one slot further along, behind an EMPTY slot, as the race would.
+        let j = (idx + 1) & t.mask;
+        assert_eq!(key_ip(t.slots[j].key.load(Ordering::Relaxed)), KEY_EMPTY);
+        t.slots[j].word.store(word, Ordering::Relaxed);
+        t.slots[j].key.store(key, Ordering::Relaxed);
+        t.slots[idx].word.store(0, Ordering::Relaxed);
+        t.slots[idx].key.store(0, Ordering::Relaxed);
+        assert!(t.entries().is_empty(), "an orphan is not an entry");
+        assert_eq!(t.lookup(7, 0), NeighLookup::Incomplete { send_request: true }, "recreated in front");
+        assert_eq!(t.len(), 2);
+        t.expire(0);
+        assert_eq!(t.len(), 1, "the orphan copy is gone");
+        assert_eq!(key_ip(t.slots[j].key.load(Ordering::Relaxed)), KEY_EMPTY);
+        assert_eq!(state_of(&t, 7), Some(NeighState::Incomplete));
     }
 
     #[test]
