@@ -697,7 +697,8 @@ impl NeighTable {
                 match key_ip(self.slots[q].key.load(Ordering::Acquire)) {
                     KEY_EMPTY => break,
                     KEY_TOMB => {}
-                    ip if dist(self.home(ip), q) > dist(p, q) => return false,
+                    // Its probe path home..q crosses p iff p lies in [home, q).
+                    ip if dist(self.home(ip), q) >= dist(p, q) => return false,
                     _ => {}
                 }
             }
@@ -1078,6 +1079,96 @@ mod tests {
         ] {
             assert!(matches!(NeighTable::new(cfg), Err(NeighError::BadConfig(_))));
         }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Lookup(u32),
+        Static(u32, u8),
+        Remove(u32),
+        Expire,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Few distinct addresses in a small table: long chains, many tombstones, frequent full.
+        let ip = 1..40u32;
+        prop_oneof![
+            3 => ip.clone().prop_map(Op::Lookup),
+            2 => (ip.clone(), 1..255u8).prop_map(|(i, m)| Op::Static(i, m)),
+            3 => ip.prop_map(Op::Remove),
+            1 => Just(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The table as a map (membership, capacity, static MACs) against a HashMap, with the
+        /// clock frozen so no timer fires.
+        #[test]
+        fn behaves_like_a_bounded_map(ops in proptest::collection::vec(op(), 1..300)) {
+            use std::collections::HashMap;
+            let cap = 8;
+            let t = NeighTable::new(NeighConfig { capacity: cap, ..Default::default() }).unwrap();
+            let mut model: HashMap<u32, Option<[u8; 6]>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Lookup(ip) => {
+                        let want = match model.get(&ip) {
+                            Some(Some(m)) => NeighLookup::Reachable(*m),
+                            Some(None) => NeighLookup::Incomplete { send_request: false },
+                            None if model.len() == cap => NeighLookup::TableFull,
+                            None => {
+                                model.insert(ip, None);
+                                NeighLookup::Incomplete { send_request: true }
+                            }
+                        };
+                        proptest::prop_assert_eq!(t.lookup(ip, 0), want);
+                    }
+                    Op::Static(ip, m) => {
+                        let mac = [2, 0, 0, 0, 0, m];
+                        let want = if model.contains_key(&ip) || model.len() < cap {
+                            model.insert(ip, Some(mac));
+                            Ok(())
+                        } else {
+                            Err(NeighError::TableFull(cap))
+                        };
+                        proptest::prop_assert_eq!(t.add_static(ip, mac), want);
+                    }
+                    Op::Remove(ip) => proptest::prop_assert_eq!(t.remove(ip), model.remove(&ip).is_some()),
+                    Op::Expire => t.expire(0),
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+            }
+            let mut want: Vec<(u32, Option<[u8; 6]>)> = model.into_iter().collect();
+            want.sort();
+            let got: Vec<(u32, Option<[u8; 6]>)> = t.entries().into_iter().map(|e| (e.ip, e.mac)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// Found by `behaves_like_a_bounded_map`: with no EMPTY slot, the sweep seeded at a
+    /// tombstone that was the home slot of a live entry further on, cutting its chain.
+    #[test]
+    fn sweep_does_not_seed_at_a_live_entrys_home() {
+        let t = NeighTable::new(NeighConfig { capacity: 8, ..Default::default() }).unwrap();
+        for ip in 1..=400 {
+            t.add_static(ip, mac_of(ip)).unwrap();
+            assert!(t.remove(ip));
+        }
+        // An address homed at slot 0 (the first seed candidate), stored two slots on, with
+        // tombstones at 0 and 1.
+        let ip = (1000..).find(|&ip| t.home(ip) == 0).unwrap();
+        let blockers: Vec<u32> = (2000..).filter(|&b| t.home(b) == 0 || t.home(b) == 1).take(2).collect();
+        for &b in &blockers {
+            t.add_static(b, mac_of(b)).unwrap();
+        }
+        t.add_static(ip, mac_of(ip)).unwrap();
+        for &b in &blockers {
+            assert!(t.remove(b));
+        }
+        assert!(t.slots.iter().all(|s| key_ip(s.key.load(Ordering::Relaxed)) != KEY_EMPTY));
+        t.expire(0);
+        assert_eq!(t.lookup(ip, 0), NeighLookup::Reachable(mac_of(ip)));
     }
 
     fn mac_of(ip: u32) -> [u8; 6] {
