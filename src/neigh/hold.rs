@@ -105,7 +105,8 @@ impl HoldQueue {
         self.find(next_hop).map_or(0, |q| self.queues[q].len as usize)
     }
 
-    /// Next hops with frames waiting, oldest queue first is not guaranteed.
+    /// Next hops with frames waiting, in no particular order. Workers that did not receive the
+    /// reply re-look these up periodically and release on `Reachable`/`Stale`.
     pub fn neighbours(&self) -> impl Iterator<Item = u32> + '_ {
         self.queues[..self.active].iter().map(|q| q.next_hop)
     }

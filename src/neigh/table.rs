@@ -32,6 +32,11 @@
 //!   chain (SeqCst, Dekker-style: of two racing inserters at least one sees the other) and yields
 //!   if an earlier copy exists. Readers always use the first copy in probe order; [`expire`]
 //!   deletes any later copy left over, so a duplicate costs at most one extra ARP request.
+//! * [`expire`] also turns tombstones back into EMPTY where no probe chain runs through them
+//!   (see `sweep_tombstones`), so lookups of unknown addresses stay short after churn.
+//!
+//! Every operation is lock-free: a thread never waits for another to finish; a CAS that loses
+//! re-reads and re-decides (bounded retries, then the conservative answer).
 //!
 //! [`expire`]: NeighTable::expire
 
@@ -760,6 +765,13 @@ mod tests {
 
     fn state_of(t: &NeighTable, ip: u32) -> Option<NeighState> {
         t.entries().into_iter().find(|e| e.ip == ip).map(|e| e.state)
+    }
+
+    #[test]
+    fn table_is_shareable_between_workers() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<NeighTable>();
+        assert_eq!(std::mem::size_of::<Slot>(), 64, "one slot per cache line");
     }
 
     #[test]
