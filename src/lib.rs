@@ -4,6 +4,6 @@ pub mod acl;
 pub mod dataplane;
 pub mod fib;
 pub mod neigh;
+pub mod ratelimit;
 pub mod stats;
 pub mod wire;
-pub mod ratelimit;

@@ -1,3 +1,112 @@
-// ---- TEMPORARY SHIM ----
-pub struct TokenBucket { pub rate_per_sec: u64, pub burst: u64 }
-impl TokenBucket { pub fn new(rate_per_sec: u64, burst: u64) -> Self { TokenBucket { rate_per_sec, burst } } pub fn allow(&mut self, _now: u64) -> bool { true } }
+//! Token buckets for rate-limiting generated packets: ICMP errors (RFC 1812 section 4.3.2.8
+//! requires routers to limit them) and ARP requests.
+//!
+//! The bucket never reads a clock: callers pass the worker's batch timestamp, so one clock read
+//! serves a whole batch and tests are deterministic. Arithmetic is integer, in thousandths of a
+//! token, so a rate of 1/s and a 1 ms tick still refill exactly.
+
+/// A token bucket: up to `burst` packets at once, `rate_per_sec` on average. Starts full.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate_per_sec: u32,
+    burst: u32,
+    /// Thousandths of a token, at most `burst * 1000`.
+    milli_tokens: u64,
+    last_ms: u64,
+}
+
+const MILLI: u64 = 1000;
+
+impl TokenBucket {
+    /// A bucket allowing `burst` back-to-back packets, refilling at `rate_per_sec`. A zero
+    /// `burst` allows nothing; a zero rate allows `burst` packets once.
+    pub const fn new(rate_per_sec: u32, burst: u32) -> Self {
+        TokenBucket { rate_per_sec, burst, milli_tokens: burst as u64 * MILLI, last_ms: 0 }
+    }
+
+    pub const fn rate_per_sec(&self) -> u32 {
+        self.rate_per_sec
+    }
+
+    pub const fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Takes one token if there is one. `now_ms` may jump arbitrarily far ahead (refill is capped
+    /// at `burst`, multiplications saturate) or go backwards (treated as no time passing).
+    pub fn allow(&mut self, now_ms: u64) -> bool {
+        let cap = self.burst as u64 * MILLI;
+        if now_ms > self.last_ms {
+            // rate_per_sec tokens per 1000 ms = rate_per_sec milli-tokens per ms.
+            let refill = (now_ms - self.last_ms).saturating_mul(self.rate_per_sec as u64);
+            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(cap);
+            self.last_ms = now_ms;
+        }
+        if self.milli_tokens >= MILLI {
+            self.milli_tokens -= MILLI;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(b: &mut TokenBucket, now: u64, tries: usize) -> usize {
+        (0..tries).filter(|_| b.allow(now)).count()
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let mut b = TokenBucket::new(10, 5);
+        assert_eq!(count(&mut b, 0, 20), 5, "full burst at start");
+        assert!(!b.allow(99), "10/s: one token takes 100 ms");
+        assert!(b.allow(100));
+        assert!(!b.allow(100));
+        assert_eq!(count(&mut b, 1100, 20), 5, "after 1 s, 10 tokens refilled but capped at burst 5");
+    }
+
+    #[test]
+    fn refill_accumulates_fractions() {
+        let mut b = TokenBucket::new(3, 5);
+        assert_eq!(count(&mut b, 0, 5), 5);
+        // 3/s = one token every 333.3 ms; stepping 1 ms at a time must not lose the fractions.
+        let mut got = 0;
+        for t in 1..=1000 {
+            got += b.allow(t) as usize;
+        }
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn huge_time_jump_does_not_overflow() {
+        let mut b = TokenBucket::new(u32::MAX, u32::MAX);
+        assert!(b.allow(0));
+        assert!(b.allow(u64::MAX));
+        assert!(b.allow(u64::MAX));
+        let mut b = TokenBucket::new(1, 2);
+        assert_eq!(count(&mut b, u64::MAX, 10), 2);
+    }
+
+    #[test]
+    fn time_going_backwards_adds_nothing() {
+        let mut b = TokenBucket::new(1000, 1);
+        assert!(b.allow(5000));
+        assert!(!b.allow(10));
+        assert!(!b.allow(5000));
+        assert!(b.allow(5001));
+    }
+
+    #[test]
+    fn zero_rate_or_burst() {
+        let mut b = TokenBucket::new(0, 2);
+        assert_eq!(count(&mut b, 1_000_000, 5), 2);
+        assert!(!b.allow(u64::MAX));
+        let mut b = TokenBucket::new(100, 0);
+        assert!(!b.allow(0));
+        assert!(!b.allow(100_000));
+    }
+}

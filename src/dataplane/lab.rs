@@ -129,7 +129,7 @@ pub fn pfx(s: &str) -> Ipv4Prefix {
 
 impl Lab {
     pub fn new(opts: LabOptions) -> Lab {
-        let (shared, mut fib) = Shared::new(snapshot(&opts), NeighTable::new(NeighConfig::default()));
+        let (shared, mut fib) = Shared::new(snapshot(&opts), NeighTable::new(NeighConfig::default()).expect("default config is valid"));
         fib.insert(pfx("10.244.1.2/32"), NH_POD_A);
         fib.insert(pfx("10.244.1.3/32"), NH_POD_B);
         fib.insert(pfx("10.244.1.0/26"), NH_BLACKHOLE);

@@ -89,11 +89,11 @@ pub struct WorkerConfig {
     /// Buffers for frames the pipeline makes itself per batch (fragments, ARP, released).
     pub emit_slots: usize,
     /// ICMP error rate limit (RFC 1812 4.3.2.8): tokens per second and burst.
-    pub icmp_rate_per_sec: u64,
-    pub icmp_burst: u64,
+    pub icmp_rate_per_sec: u32,
+    pub icmp_burst: u32,
     /// ARP request rate limit.
-    pub arp_rate_per_sec: u64,
-    pub arp_burst: u64,
+    pub arp_rate_per_sec: u32,
+    pub arp_burst: u32,
 }
 
 impl Default for WorkerConfig {

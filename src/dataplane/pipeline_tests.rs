@@ -155,7 +155,7 @@ fn node3() -> Lab {
         opts.policy.clone(),
     )
     .unwrap();
-    let (shared, mut fib) = Shared::new(snap, crate::neigh::NeighTable::new(Default::default()));
+    let (shared, mut fib) = Shared::new(snap, crate::neigh::NeighTable::new(Default::default()).unwrap());
     fib.insert(lab::pfx("10.244.3.2/32"), 1);
     let worker = Worker::new(shared.clone(), WorkerConfig::default());
     Lab { shared, fib, worker }

@@ -1,0 +1,384 @@
+//! Frames waiting for a next hop's MAC, per worker (not shared, no atomics).
+//!
+//! RFC 1122 section 2.3.2.2 asks a host to keep at least one packet per unresolved address
+//! ("SHOULD save at least one (the latest) packet"); we keep up to `per_neighbour`, oldest first,
+//! so a TCP handshake's first segments are not lost while ARP resolves. All frame buffers are
+//! allocated in [`HoldQueue::new`]; holding copies the frame into a free slot, which lets the
+//! caller recycle its RX buffer at once.
+//!
+//! Each waiting neighbour has a FIFO of slots linked through `next`; free slots form a stack
+//! linked the same way. Queues are kept densely in `queues[..active]` and found by a linear scan:
+//! a worker rarely waits on more than a handful of neighbours at a time.
+//!
+//! Only the worker that receives an ARP reply releases its own queue. Others learn of the
+//! resolution by re-looking up [`HoldQueue::neighbours`] periodically (which also drives the
+//! table's request retransmissions), then calling [`HoldQueue::release`].
+
+use crate::stats::DropReason;
+
+const NIL: u32 = u32::MAX;
+
+/// Why a frame could not be held. Each is counted as `neigh/hold-queue-full` except `TooBig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    #[error("hold queue for this next hop is full")]
+    PerNeighbourFull,
+    #[error("hold pool exhausted (all slots in use)")]
+    PoolFull,
+    #[error("frame of {len} bytes exceeds the hold slot size {slot_size}")]
+    TooBig { len: usize, slot_size: usize },
+}
+
+impl HoldError {
+    pub const fn drop_reason(self) -> DropReason {
+        match self {
+            // A frame larger than a slot can only come from a misconfigured slot size; the
+            // frame still dies for want of a neighbour.
+            HoldError::PerNeighbourFull | HoldError::PoolFull | HoldError::TooBig { .. } => DropReason::NeighHoldFull,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SlotMeta {
+    next: u32,
+    len: u32,
+    port: u16,
+    held_ms: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Queue {
+    next_hop: u32,
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+/// Preallocated storage for frames awaiting ARP resolution.
+pub struct HoldQueue {
+    buf: Box<[u8]>,
+    slot_size: usize,
+    meta: Box<[SlotMeta]>,
+    free: u32,
+    queues: Box<[Queue]>,
+    active: usize,
+    per_neighbour: u32,
+    held: usize,
+}
+
+impl HoldQueue {
+    /// `slots` frames of at most `slot_size` bytes in total, at most `per_neighbour` per next hop.
+    pub fn new(slots: usize, per_neighbour: usize, slot_size: usize) -> Self {
+        let slots = slots.min(NIL as usize - 1);
+        let meta: Box<[SlotMeta]> = (0..slots)
+            .map(|i| SlotMeta { next: if i + 1 < slots { i as u32 + 1 } else { NIL }, len: 0, port: 0, held_ms: 0 })
+            .collect();
+        HoldQueue {
+            buf: vec![0u8; slots * slot_size].into_boxed_slice(),
+            slot_size,
+            meta,
+            free: if slots > 0 { 0 } else { NIL },
+            queues: vec![Queue { next_hop: 0, head: NIL, tail: NIL, len: 0 }; slots].into_boxed_slice(),
+            active: 0,
+            per_neighbour: per_neighbour.min(u32::MAX as usize) as u32,
+            held: 0,
+        }
+    }
+
+    /// Frames currently held.
+    pub fn len(&self) -> usize {
+        self.held
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// Total slots.
+    pub fn capacity(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Frames held for `next_hop`.
+    pub fn held_for(&self, next_hop: u32) -> usize {
+        self.find(next_hop).map_or(0, |q| self.queues[q].len as usize)
+    }
+
+    /// Next hops with frames waiting, in no particular order. Workers that did not receive the
+    /// reply re-look these up periodically and release on `Reachable`/`Stale`.
+    pub fn neighbours(&self) -> impl Iterator<Item = u32> + '_ {
+        self.queues[..self.active].iter().map(|q| q.next_hop)
+    }
+
+    fn find(&self, next_hop: u32) -> Option<usize> {
+        self.queues[..self.active].iter().position(|q| q.next_hop == next_hop)
+    }
+
+    /// Copies `frame` to the tail of `next_hop`'s queue.
+    pub fn hold(&mut self, next_hop: u32, out_port: u16, frame: &[u8], now_ms: u64) -> Result<(), HoldError> {
+        if frame.len() > self.slot_size {
+            return Err(HoldError::TooBig { len: frame.len(), slot_size: self.slot_size });
+        }
+        let q = self.find(next_hop);
+        if q.map_or(self.per_neighbour == 0, |q| self.queues[q].len >= self.per_neighbour) {
+            return Err(HoldError::PerNeighbourFull);
+        }
+        if self.free == NIL {
+            return Err(HoldError::PoolFull);
+        }
+        let slot = self.free;
+        let s = slot as usize;
+        self.free = self.meta[s].next;
+        self.meta[s] = SlotMeta { next: NIL, len: frame.len() as u32, port: out_port, held_ms: now_ms };
+        self.buf[s * self.slot_size..][..frame.len()].copy_from_slice(frame);
+        let q = match q {
+            Some(q) => q,
+            None => {
+                // There are as many queue records as slots, and each active queue owns a slot.
+                let q = self.active;
+                self.active += 1;
+                self.queues[q] = Queue { next_hop, head: NIL, tail: NIL, len: 0 };
+                q
+            }
+        };
+        let qu = &mut self.queues[q];
+        if qu.tail == NIL {
+            qu.head = slot;
+        } else {
+            self.meta[qu.tail as usize].next = slot;
+        }
+        qu.tail = slot;
+        qu.len += 1;
+        self.held += 1;
+        Ok(())
+    }
+
+    /// Pops the head of queue `q` into the free list; returns the slot. The queue must be
+    /// non-empty.
+    fn pop(&mut self, q: usize) -> usize {
+        let qu = &mut self.queues[q];
+        let s = qu.head as usize;
+        qu.head = self.meta[s].next;
+        if qu.head == NIL {
+            qu.tail = NIL;
+        }
+        qu.len -= 1;
+        self.meta[s].next = self.free;
+        self.free = s as u32;
+        self.held -= 1;
+        s
+    }
+
+    fn remove_queue(&mut self, q: usize) {
+        self.active -= 1;
+        self.queues.swap(q, self.active);
+    }
+
+    /// Hands every frame held for `next_hop` to `f` in arrival order, with its output port and a
+    /// mutable view to write the destination MAC into, then frees the slots. The view is only
+    /// valid during the call: copy or send it before returning.
+    pub fn release(&mut self, next_hop: u32, mut f: impl FnMut(u16, &mut [u8])) -> usize {
+        let Some(q) = self.find(next_hop) else { return 0 };
+        let n = self.queues[q].len as usize;
+        for _ in 0..n {
+            let s = self.pop(q);
+            let m = self.meta[s];
+            f(m.port, &mut self.buf[s * self.slot_size..][..m.len as usize]);
+        }
+        self.remove_queue(q);
+        n
+    }
+
+    /// Drops everything held for `next_hop` (resolution failed); returns how many frames.
+    pub fn drop_neighbour(&mut self, next_hop: u32) -> usize {
+        self.release(next_hop, |_, _| {})
+    }
+
+    /// Drops frames held for `max_age_ms` or longer (counted as `neigh/unresolved`); returns how
+    /// many.
+    pub fn expire(&mut self, now_ms: u64, max_age_ms: u64) -> usize {
+        let mut dropped = 0;
+        let mut q = 0;
+        while q < self.active {
+            // Each queue is in arrival order, so its oldest frame is at the head.
+            while self.queues[q].len > 0 && now_ms.saturating_sub(self.meta[self.queues[q].head as usize].held_ms) >= max_age_ms {
+                self.pop(q);
+                dropped += 1;
+            }
+            if self.queues[q].len == 0 {
+                self.remove_queue(q); // the last queue moved into q: look at q again
+            } else {
+                q += 1;
+            }
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u32 = 0x0a00_0001;
+    const B: u32 = 0x0a00_0002;
+
+    fn drain(h: &mut HoldQueue, nh: u32) -> Vec<(u16, Vec<u8>)> {
+        let mut out = vec![];
+        h.release(nh, |port, f| out.push((port, f.to_vec())));
+        out
+    }
+
+    #[test]
+    fn release_is_fifo_per_neighbour_and_frees_slots() {
+        let mut h = HoldQueue::new(8, 4, 64);
+        h.hold(A, 1, &[1, 1], 0).unwrap();
+        h.hold(B, 2, &[2], 0).unwrap();
+        h.hold(A, 3, &[3, 3, 3], 1).unwrap();
+        h.hold(A, 4, &[4], 2).unwrap();
+        assert_eq!((h.len(), h.held_for(A), h.held_for(B)), (4, 3, 1));
+        assert_eq!(drain(&mut h, A), vec![(1, vec![1, 1]), (3, vec![3, 3, 3]), (4, vec![4])]);
+        assert_eq!((h.len(), h.held_for(A)), (1, 0));
+        assert_eq!(drain(&mut h, A), vec![]);
+        assert_eq!(drain(&mut h, B), vec![(2, vec![2])]);
+        assert!(h.is_empty());
+        assert_eq!(h.neighbours().count(), 0);
+    }
+
+    #[test]
+    fn release_gives_a_mutable_frame() {
+        let mut h = HoldQueue::new(2, 2, 64);
+        h.hold(A, 0, &[0u8; 14], 0).unwrap();
+        h.release(A, |_, f| f[..6].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 1]));
+        // The slot is free again; a new frame must not see stale length or bytes.
+        h.hold(A, 0, &[9], 0).unwrap();
+        assert_eq!(drain(&mut h, A), vec![(0, vec![9])]);
+    }
+
+    #[test]
+    fn per_neighbour_limit() {
+        let mut h = HoldQueue::new(8, 2, 64);
+        h.hold(A, 0, &[1], 0).unwrap();
+        h.hold(A, 0, &[2], 0).unwrap();
+        assert_eq!(h.hold(A, 0, &[3], 0), Err(HoldError::PerNeighbourFull));
+        h.hold(B, 0, &[4], 0).unwrap();
+        assert_eq!(drain(&mut h, A), vec![(0, vec![1]), (0, vec![2])], "the rejected frame is not held");
+        assert_eq!(HoldQueue::new(4, 0, 64).hold(A, 0, &[1], 0), Err(HoldError::PerNeighbourFull));
+    }
+
+    #[test]
+    fn pool_limit() {
+        let mut h = HoldQueue::new(3, 3, 64);
+        h.hold(A, 0, &[1], 0).unwrap();
+        h.hold(B, 0, &[2], 0).unwrap();
+        h.hold(3, 0, &[3], 0).unwrap();
+        assert_eq!(h.hold(4, 0, &[4], 0), Err(HoldError::PoolFull));
+        assert_eq!(h.hold(A, 0, &[4], 0), Err(HoldError::PoolFull));
+        assert_eq!(h.drop_neighbour(B), 1);
+        h.hold(4, 0, &[4], 0).unwrap();
+        assert_eq!(h.neighbours().collect::<std::collections::BTreeSet<_>>(), [A, 3, 4].into());
+        assert_eq!(HoldQueue::new(0, 3, 64).hold(A, 0, &[1], 0), Err(HoldError::PoolFull));
+    }
+
+    #[test]
+    fn too_big() {
+        let mut h = HoldQueue::new(2, 2, 16);
+        assert_eq!(h.hold(A, 0, &[0; 17], 0), Err(HoldError::TooBig { len: 17, slot_size: 16 }));
+        h.hold(A, 0, &[7; 16], 0).unwrap();
+        assert_eq!(drain(&mut h, A), vec![(0, vec![7; 16])]);
+        assert_eq!(HoldError::PoolFull.drop_reason().name(), "neigh/hold-queue-full");
+    }
+
+    #[test]
+    fn expire_drops_only_old_frames() {
+        let mut h = HoldQueue::new(8, 8, 64);
+        h.hold(A, 0, &[1], 0).unwrap();
+        h.hold(B, 0, &[2], 100).unwrap();
+        h.hold(A, 0, &[3], 500).unwrap();
+        h.hold(3, 0, &[4], 50).unwrap();
+        assert_eq!(h.expire(999, 1000), 0);
+        assert_eq!(h.expire(1000, 1000), 1); // A's first
+        assert_eq!(h.expire(1100, 1000), 2); // B's and 3's: both queues vanish
+        assert_eq!(h.neighbours().collect::<Vec<_>>(), vec![A]);
+        assert_eq!(drain(&mut h, A), vec![(0, vec![3])]);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn drop_neighbour_counts() {
+        let mut h = HoldQueue::new(8, 8, 64);
+        for i in 0..5 {
+            h.hold(A, 0, &[i], 0).unwrap();
+        }
+        h.hold(B, 0, &[9], 0).unwrap();
+        assert_eq!(h.drop_neighbour(A), 5);
+        assert_eq!(h.drop_neighbour(A), 0);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn slots_are_reused_without_growing() {
+        let mut h = HoldQueue::new(4, 4, 128);
+        let (buf_ptr, meta_ptr, queues_ptr) = (h.buf.as_ptr(), h.meta.as_ptr(), h.queues.as_ptr());
+        for round in 0..1000u32 {
+            let nh = round % 7 + 1;
+            for i in 0..4u8 {
+                h.hold(nh, i as u16, &[i; 100], round as u64).unwrap();
+            }
+            assert_eq!(h.hold(nh + 1, 0, &[0], 0), Err(HoldError::PoolFull));
+            let got = drain(&mut h, nh);
+            assert_eq!(got.len(), 4);
+            assert!(got.iter().enumerate().all(|(i, (p, f))| *p == i as u16 && f == &vec![i as u8; 100]));
+        }
+        assert!(h.is_empty());
+        assert_eq!(h.capacity(), 4);
+        assert_eq!((h.buf.as_ptr(), h.meta.as_ptr(), h.queues.as_ptr()), (buf_ptr, meta_ptr, queues_ptr));
+        assert_eq!(h.buf.len(), 4 * 128);
+    }
+
+    /// Against a naive model: a Vec of (next_hop, port, frame, time) in arrival order.
+    #[test]
+    fn matches_naive_model_under_random_ops() {
+        let mut h = HoldQueue::new(16, 5, 8);
+        let mut model: Vec<(u32, u16, Vec<u8>, u64)> = vec![];
+        let mut x = 0x2545_f491u32;
+        for now in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let nh = x % 6;
+            match (x >> 8) % 10 {
+                0..=5 => {
+                    let frame = vec![(x >> 16) as u8; (x >> 24) as usize % 10];
+                    let expect = if frame.len() > 8 {
+                        Err(HoldError::TooBig { len: frame.len(), slot_size: 8 })
+                    } else if model.iter().filter(|e| e.0 == nh).count() >= 5 {
+                        Err(HoldError::PerNeighbourFull)
+                    } else if model.len() >= 16 {
+                        Err(HoldError::PoolFull)
+                    } else {
+                        model.push((nh, now as u16, frame.clone(), now));
+                        Ok(())
+                    };
+                    assert_eq!(h.hold(nh, now as u16, &frame, now), expect);
+                }
+                6 | 7 => {
+                    let want: Vec<(u16, Vec<u8>)> = model.iter().filter(|e| e.0 == nh).map(|e| (e.1, e.2.clone())).collect();
+                    model.retain(|e| e.0 != nh);
+                    assert_eq!(drain(&mut h, nh), want);
+                }
+                8 => {
+                    let before = model.len();
+                    model.retain(|e| now - e.3 < 40);
+                    assert_eq!(h.expire(now, 40), before - model.len());
+                }
+                _ => {
+                    let before = model.len();
+                    model.retain(|e| e.0 != nh);
+                    assert_eq!(h.drop_neighbour(nh), before - model.len());
+                }
+            }
+            assert_eq!(h.len(), model.len());
+        }
+    }
+}

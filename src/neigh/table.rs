@@ -1,0 +1,1285 @@
+//! The uplink neighbour cache: IPv4 next hop -> MAC, shared by all workers through an `Arc`.
+//!
+//! # Layout
+//! A fixed array of cache-line-sized slots, open addressing with linear probing, allocated once in
+//! [`NeighTable::new`]. A slot holds two words that matter for correctness:
+//!
+//! * `key: AtomicU64` = `incarnation << 32 | ip`. `ip == 0` is EMPTY (never used; ends a probe
+//!   chain), `ip == 255.255.255.255` is a TOMBSTONE (deleted; chains continue through it, inserts
+//!   reuse it). Neither address can be a neighbour. The 32-bit incarnation is bumped on every
+//!   claim, so a key value never repeats.
+//! * `word: AtomicU64` = `MAC (48 bits) | state (3) | probes (3) | incarnation mod 1024 (10)`.
+//!   The MAC and the state that makes it valid live in one atomic, so a MAC can never be read
+//!   half-updated, and every state change is one compare-and-swap on this word.
+//!
+//! Timestamps (`updated_ms`, `asked_ms`, `used_ms`) are separate atomics. They drive timers only;
+//! a racy timestamp can delay or advance a timer by one interval but never pairs a MAC with the
+//! wrong IP.
+//!
+//! # Memory ordering and the slot protocol
+//! * Claim (insert): CAS `key` EMPTY/TOMBSTONE -> `(ip, inc+1)`, then store the first `word`
+//!   (state != FREE, tagged with the new incarnation) with Release. Only the claimer may move a
+//!   word out of FREE.
+//! * Delete: CAS `word` from its current value to FREE (the linearisation point: afterwards no
+//!   CAS expecting a live word can succeed), then store `key` = TOMBSTONE with Release. Nobody
+//!   else can touch `key` meanwhile: claimers only CAS free keys.
+//! * Read: load `key` (Acquire), load `word` (Acquire), reload `key`. The Acquire on `key`
+//!   synchronises with the claimer's CAS, which came after the previous owner's FREE, so the word
+//!   read is FREE or belongs to this or a later incarnation. If `key` is unchanged, the slot kept
+//!   that incarnation throughout and the word's tag must match; a FREE word or any mismatch means
+//!   "changed under us" and the reader retries. Hence a returned MAC was written for that IP.
+//! * Two threads missing the same IP may both claim a slot. After claiming, an inserter rescans the
+//!   chain (SeqCst, Dekker-style: of two racing inserters at least one sees the other) and yields
+//!   if an earlier copy exists. Readers always use the first copy in probe order; [`expire`]
+//!   deletes any later copy left over, so a duplicate costs at most one extra ARP request.
+//! * [`expire`] also turns tombstones back into EMPTY where no probe chain runs through them
+//!   (see `sweep_tombstones`), so lookups of unknown addresses stay short after churn.
+//!
+//! Every operation is lock-free: a thread never waits for another to finish; a CAS that loses
+//! re-reads and re-decides (bounded retries, then the conservative answer).
+//!
+//! [`expire`]: NeighTable::expire
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::stats::DropReason;
+use crate::wire::arp::is_unicast_mac;
+
+/// Timers and size of the table. Defaults follow Linux (`base_reachable_time` 30 s,
+/// `gc_stale_time` 60 s, `retrans_time` 1 s, `mcast_solicit` 3) except the failed hold-down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighConfig {
+    /// Maximum number of entries (the slot array is twice the next power of two, so probe
+    /// chains stay short).
+    pub capacity: usize,
+    /// A confirmed entry is trusted this long, then becomes Stale.
+    pub reachable_ms: u64,
+    /// A Stale (or abandoned Incomplete) entry not looked up for this long is removed.
+    pub stale_gc_ms: u64,
+    /// Minimum interval between two requests for one neighbour.
+    pub retrans_ms: u64,
+    /// Requests sent before giving up (1..=7).
+    pub max_probes: u8,
+    /// How long a Failed entry answers `Failed` (callers drop and send ICMP unreachable) before
+    /// resolution may start again.
+    pub failed_hold_ms: u64,
+}
+
+impl Default for NeighConfig {
+    fn default() -> Self {
+        NeighConfig {
+            capacity: 1024,
+            reachable_ms: 30_000,
+            stale_gc_ms: 60_000,
+            retrans_ms: 1_000,
+            max_probes: 3,
+            failed_hold_ms: 20_000,
+        }
+    }
+}
+
+/// What the data path should do with a packet for a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighLookup {
+    /// Confirmed recently: rewrite and send.
+    Reachable([u8; 6]),
+    /// Not confirmed recently but usable: send with `mac`; if `probe`, also send one request
+    /// now (unicast to `mac` per RFC 1122 2.3.2.1; this caller won the per-entry rate limit).
+    Stale { mac: [u8; 6], probe: bool },
+    /// Unresolved: hold the packet. If `send_request`, broadcast one request now (at most once
+    /// per `retrans_ms`, at most `max_probes` times).
+    Incomplete { send_request: bool },
+    /// Resolution failed recently: drop (ICMP host unreachable).
+    Failed,
+    /// No room to start resolution: drop (`neigh/table-full`).
+    TableFull,
+}
+
+/// Entry state as shown by the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighState {
+    Incomplete,
+    Reachable,
+    Stale,
+    /// Stale and being re-confirmed (requests outstanding).
+    Probe,
+    Failed,
+    Static,
+}
+
+impl NeighState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            NeighState::Incomplete => "incomplete",
+            NeighState::Reachable => "reachable",
+            NeighState::Stale => "stale",
+            NeighState::Probe => "probe",
+            NeighState::Failed => "failed",
+            NeighState::Static => "static",
+        }
+    }
+}
+
+/// A snapshot of one entry, for the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighEntry {
+    pub ip: u32,
+    /// `None` while Incomplete or Failed.
+    pub mac: Option<[u8; 6]>,
+    pub state: NeighState,
+    /// Requests sent in the current resolution/probe round.
+    pub probes: u8,
+    /// When the entry entered its state (confirmation time for Reachable).
+    pub updated_ms: u64,
+    /// Last lookup (to a granularity of 250 ms).
+    pub used_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NeighError {
+    #[error("ARP reply for {} which we did not ask about (ignored: possible cache poisoning)", fmt_ip(*.0))]
+    Unsolicited(u32),
+    #[error("MAC {} is not a unicast address; a neighbour must have a unicast, non-zero MAC", fmt_mac(.0))]
+    InvalidMac([u8; 6]),
+    #[error("{} cannot be a neighbour (0.0.0.0 and 255.255.255.255 are reserved)", fmt_ip(*.0))]
+    InvalidAddress(u32),
+    #[error("neighbour table full ({0} entries); raise neigh capacity")]
+    TableFull(usize),
+    #[error("neighbour config: {0}")]
+    BadConfig(String),
+}
+
+impl NeighError {
+    /// The drop reason the data path counts for a rejected ARP packet, if any.
+    pub const fn drop_reason(&self) -> Option<DropReason> {
+        match self {
+            NeighError::Unsolicited(_) => Some(DropReason::ArpUnsolicited),
+            NeighError::InvalidMac(_) | NeighError::InvalidAddress(_) => Some(DropReason::ArpMalformed),
+            NeighError::TableFull(_) => Some(DropReason::NeighTableFull),
+            NeighError::BadConfig(_) => None,
+        }
+    }
+}
+
+fn fmt_ip(ip: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(ip)
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+// --- key word ---
+const KEY_EMPTY: u32 = 0;
+const KEY_TOMB: u32 = u32::MAX;
+
+#[inline]
+const fn key_ip(k: u64) -> u32 {
+    k as u32
+}
+#[inline]
+const fn key_inc(k: u64) -> u32 {
+    (k >> 32) as u32
+}
+#[inline]
+const fn make_key(ip: u32, inc: u32) -> u64 {
+    (inc as u64) << 32 | ip as u64
+}
+
+// --- state word ---
+const MAC_MASK: u64 = (1 << 48) - 1;
+const STATE_SHIFT: u32 = 48;
+const PROBES_SHIFT: u32 = 51;
+const TAG_SHIFT: u32 = 54;
+const TAG_MASK: u64 = 0x3ff;
+
+const FREE: u8 = 0;
+const INCOMPLETE: u8 = 1;
+const REACHABLE: u8 = 2;
+const STALE: u8 = 3;
+const PROBE: u8 = 4;
+const FAILED: u8 = 5;
+const STATIC: u8 = 6;
+
+#[inline]
+fn pack(mac: [u8; 6], state: u8, probes: u8, inc: u32) -> u64 {
+    let m = u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]]);
+    m | (state as u64 & 7) << STATE_SHIFT | (probes as u64 & 7) << PROBES_SHIFT | (inc as u64 & TAG_MASK) << TAG_SHIFT
+}
+#[inline]
+fn w_mac(w: u64) -> [u8; 6] {
+    let b = (w & MAC_MASK).to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+#[inline]
+const fn w_state(w: u64) -> u8 {
+    (w >> STATE_SHIFT & 7) as u8
+}
+#[inline]
+const fn w_probes(w: u64) -> u8 {
+    (w >> PROBES_SHIFT & 7) as u8
+}
+#[inline]
+const fn w_tag(w: u64) -> u64 {
+    w >> TAG_SHIFT & TAG_MASK
+}
+#[inline]
+const fn w_with(w: u64, state: u8, probes: u8) -> u64 {
+    w & !(0x3f << STATE_SHIFT) | (state as u64) << STATE_SHIFT | (probes as u64) << PROBES_SHIFT
+}
+
+/// `used_ms` is only rewritten when it is this stale, so hot lookups from several cores do not
+/// keep bouncing the slot's cache line.
+const USED_GRAIN_MS: u64 = 250;
+/// How often an operation re-reads a slot that changed under it before giving up.
+const RETRIES: usize = 16;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Slot {
+    key: AtomicU64,
+    word: AtomicU64,
+    updated_ms: AtomicU64,
+    asked_ms: AtomicU64,
+    used_ms: AtomicU64,
+}
+
+/// Whether `w`, loaded after `k` was loaded from `s.key`, belongs to incarnation `k`: the key
+/// has not changed since (so the slot stayed with that incarnation) and the word carries its tag.
+#[inline]
+fn consistent(k: u64, s: &Slot, w: u64) -> bool {
+    s.key.load(Ordering::Acquire) == k && w_tag(w) == key_inc(k) as u64 & TAG_MASK
+}
+
+#[cfg_attr(test, derive(Debug))]
+enum Found {
+    /// A consistent (key, word) pair for the IP, word not FREE.
+    Entry { idx: usize, key: u64, word: u64 },
+    /// The IP's slot is being created or deleted right now.
+    Busy,
+    Absent,
+}
+
+enum Pace {
+    Send,
+    Wait,
+    Exhausted,
+    Changed,
+}
+
+/// The shared neighbour cache. See the module docs for the protocol.
+pub struct NeighTable {
+    slots: Box<[Slot]>,
+    mask: usize,
+    shift: u32,
+    live: AtomicUsize,
+    cfg: NeighConfig,
+}
+
+impl NeighTable {
+    /// Allocates every slot; nothing is allocated afterwards (except by [`NeighTable::entries`]).
+    pub fn new(cfg: NeighConfig) -> Result<Self, NeighError> {
+        if cfg.capacity == 0 || cfg.capacity > 1 << 24 {
+            return Err(NeighError::BadConfig(format!("capacity {} must be 1..=16777216", cfg.capacity)));
+        }
+        if !(1..=7).contains(&cfg.max_probes) {
+            return Err(NeighError::BadConfig(format!("max_probes {} must be 1..=7", cfg.max_probes)));
+        }
+        if cfg.retrans_ms == 0 {
+            return Err(NeighError::BadConfig("retrans_ms must be at least 1".into()));
+        }
+        let n = (cfg.capacity.next_power_of_two() * 2).max(2);
+        let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
+        Ok(NeighTable { mask: n - 1, shift: 32 - n.trailing_zeros(), slots, live: AtomicUsize::new(0), cfg })
+    }
+
+    pub fn config(&self) -> &NeighConfig {
+        &self.cfg
+    }
+
+    /// Number of entries (including at most a transient duplicate or an entry being created).
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn home(&self, ip: u32) -> usize {
+        // Fibonacci hashing: consecutive addresses spread over the table.
+        (ip.wrapping_mul(0x9e37_79b1) >> self.shift) as usize & self.mask
+    }
+
+    /// First slot in probe order whose key is `ip`, with a consistent word.
+    fn find(&self, ip: u32) -> Found {
+        'retry: for _ in 0..RETRIES {
+            let mut i = self.home(ip);
+            for _ in 0..self.slots.len() {
+                let s = &self.slots[i];
+                let k = s.key.load(Ordering::Acquire);
+                match key_ip(k) {
+                    KEY_EMPTY => return Found::Absent,
+                    x if x == ip => {
+                        let w = s.word.load(Ordering::Acquire);
+                        if w_state(w) == FREE {
+                            return Found::Busy;
+                        }
+                        if !consistent(k, s, w) {
+                            core::hint::spin_loop();
+                            continue 'retry;
+                        }
+                        return Found::Entry { idx: i, key: k, word: w };
+                    }
+                    _ => {}
+                }
+                i = (i + 1) & self.mask;
+            }
+            return Found::Absent;
+        }
+        Found::Busy
+    }
+
+    /// Position of the first key equal to `ip` in its probe chain (any word state).
+    fn first_index(&self, ip: u32, order: Ordering) -> Option<usize> {
+        let mut i = self.home(ip);
+        for _ in 0..self.slots.len() {
+            match key_ip(self.slots[i].key.load(order)) {
+                KEY_EMPTY => return None,
+                x if x == ip => return Some(i),
+                _ => {}
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Creates an entry for `ip`. `Err(None)`: table full; `Err(Some(()))`: the IP appeared
+    /// meanwhile (the caller re-finds it).
+    fn insert(&self, ip: u32, mac: [u8; 6], state: u8, probes: u8, now: u64) -> Result<usize, Option<()>> {
+        let cap = self.cfg.capacity;
+        if self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).is_err() {
+            return Err(None);
+        }
+        let unreserve = || {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        };
+        'rescan: for _ in 0..RETRIES {
+            let mut free: Option<(usize, u64)> = None;
+            let mut i = self.home(ip);
+            for _ in 0..self.slots.len() {
+                let k = self.slots[i].key.load(Ordering::SeqCst);
+                match key_ip(k) {
+                    x if x == ip => {
+                        unreserve();
+                        return Err(Some(()));
+                    }
+                    KEY_EMPTY => {
+                        free.get_or_insert((i, k));
+                        break;
+                    }
+                    KEY_TOMB => {
+                        free.get_or_insert((i, k));
+                    }
+                    _ => {}
+                }
+                i = (i + 1) & self.mask;
+            }
+            let Some((idx, old)) = free else { break };
+            let inc = key_inc(old).wrapping_add(1);
+            let s = &self.slots[idx];
+            if s.key.compare_exchange(old, make_key(ip, inc), Ordering::SeqCst, Ordering::Relaxed).is_err() {
+                continue 'rescan;
+            }
+            // We own the slot; its word is FREE and only we may change that. The Release store
+            // publishes the timestamps to readers that Acquire the word.
+            s.updated_ms.store(now, Ordering::Relaxed);
+            s.asked_ms.store(now, Ordering::Relaxed);
+            s.used_ms.store(now, Ordering::Relaxed);
+            let w = pack(mac, state, probes, inc);
+            s.word.store(w, Ordering::Release);
+            // A racing inserter of the same IP may have claimed an earlier slot: yield to it.
+            if let Some(first) = self.first_index(ip, Ordering::SeqCst) {
+                if first != idx && self.delete_slot(idx, make_key(ip, inc), w) {
+                    return Err(Some(()));
+                }
+            }
+            return Ok(idx);
+        }
+        unreserve();
+        Err(None)
+    }
+
+    /// Deletes the slot if its word is still `word`. See the module docs.
+    fn delete_slot(&self, idx: usize, key: u64, word: u64) -> bool {
+        let s = &self.slots[idx];
+        let free = word & !(MAC_MASK | 0x3f << STATE_SHIFT); // keeps the tag, state FREE
+        if s.word.compare_exchange(word, free, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        s.key.store(make_key(KEY_TOMB, key_inc(key)), Ordering::Release);
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Rate-limits requests for one entry: the thread that advances `asked_ms` owns this
+    /// interval, then counts the probe (or fails the entry) with a CAS on the word.
+    fn pace(&self, s: &Slot, word: u64, now: u64) -> Pace {
+        let asked = s.asked_ms.load(Ordering::Acquire);
+        if now.saturating_sub(asked) < self.cfg.retrans_ms {
+            return Pace::Wait;
+        }
+        if s.asked_ms.compare_exchange(asked, now, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return Pace::Wait;
+        }
+        let mut w = word;
+        loop {
+            if w_state(w) != w_state(word) || w_tag(w) != w_tag(word) {
+                return Pace::Changed;
+            }
+            let (next, result) = if w_probes(w) >= self.cfg.max_probes {
+                s.updated_ms.store(now, Ordering::Relaxed);
+                (pack([0; 6], FAILED, 0, w_tag(w) as u32), Pace::Exhausted)
+            } else {
+                (w_with(w, w_state(w), w_probes(w) + 1), Pace::Send)
+            };
+            match s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return result,
+                Err(cur) => w = cur,
+            }
+        }
+    }
+
+    /// Resolves `ip` for a packet about to be sent at `now_ms`. A miss creates an Incomplete
+    /// entry and asks the caller to send the first request. Allocation-free and lock-free.
+    pub fn lookup(&self, ip: u32, now_ms: u64) -> NeighLookup {
+        if ip == KEY_EMPTY || ip == KEY_TOMB {
+            return NeighLookup::Failed;
+        }
+        for _ in 0..RETRIES {
+            let (idx, w) = match self.find(ip) {
+                Found::Absent => match self.insert(ip, [0; 6], INCOMPLETE, 1, now_ms) {
+                    Ok(_) => return NeighLookup::Incomplete { send_request: true },
+                    Err(None) => return NeighLookup::TableFull,
+                    Err(Some(())) => continue,
+                },
+                Found::Busy => {
+                    core::hint::spin_loop();
+                    continue;
+                }
+                Found::Entry { idx, word, .. } => (idx, word),
+            };
+            let s = &self.slots[idx];
+            if now_ms.saturating_sub(s.used_ms.load(Ordering::Relaxed)) >= USED_GRAIN_MS {
+                s.used_ms.store(now_ms, Ordering::Relaxed);
+            }
+            let mac = w_mac(w);
+            let age = now_ms.saturating_sub(s.updated_ms.load(Ordering::Acquire));
+            match w_state(w) {
+                STATIC => return NeighLookup::Reachable(mac),
+                REACHABLE if age < self.cfg.reachable_ms => return NeighLookup::Reachable(mac),
+                REACHABLE | STALE => {
+                    // First use since going stale: start re-confirming. The word CAS picks the
+                    // single thread that sends the first probe.
+                    s.asked_ms.store(now_ms, Ordering::Relaxed);
+                    s.updated_ms.store(now_ms, Ordering::Relaxed);
+                    if s.word.compare_exchange(w, w_with(w, PROBE, 1), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return NeighLookup::Stale { mac, probe: true };
+                    }
+                }
+                PROBE => match self.pace(s, w, now_ms) {
+                    Pace::Send => return NeighLookup::Stale { mac, probe: true },
+                    Pace::Wait => return NeighLookup::Stale { mac, probe: false },
+                    Pace::Exhausted => return NeighLookup::Failed,
+                    Pace::Changed => {}
+                },
+                INCOMPLETE => match self.pace(s, w, now_ms) {
+                    Pace::Send => return NeighLookup::Incomplete { send_request: true },
+                    Pace::Wait => return NeighLookup::Incomplete { send_request: false },
+                    Pace::Exhausted => return NeighLookup::Failed,
+                    Pace::Changed => {}
+                },
+                FAILED if age < self.cfg.failed_hold_ms => return NeighLookup::Failed,
+                FAILED => {
+                    // Hold-down over: start a new resolution round.
+                    s.asked_ms.store(now_ms, Ordering::Relaxed);
+                    s.updated_ms.store(now_ms, Ordering::Relaxed);
+                    let next = pack([0; 6], INCOMPLETE, 1, w_tag(w) as u32);
+                    if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return NeighLookup::Incomplete { send_request: true };
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Only reached under extreme contention on one entry: hold the packet, send nothing.
+        NeighLookup::Incomplete { send_request: false }
+    }
+
+    /// An ARP reply from `ip` saying it is at `mac`. Accepted only if we asked (Incomplete,
+    /// Probe, or Failed within its hold-down); a reply repeating the MAC we already have is
+    /// accepted without effect. Everything else is `Unsolicited`: we never let an unasked reply
+    /// create or change an entry (ARP cache poisoning).
+    pub fn on_reply(&self, ip: u32, mac: [u8; 6], now_ms: u64) -> Result<(), NeighError> {
+        if ip == KEY_EMPTY || ip == KEY_TOMB {
+            return Err(NeighError::InvalidAddress(ip));
+        }
+        if !is_unicast_mac(&mac) {
+            return Err(NeighError::InvalidMac(mac));
+        }
+        for _ in 0..RETRIES {
+            let Found::Entry { idx, word: w, .. } = self.find(ip) else {
+                return Err(NeighError::Unsolicited(ip));
+            };
+            let s = &self.slots[idx];
+            match w_state(w) {
+                INCOMPLETE | PROBE | FAILED => {
+                    s.updated_ms.store(now_ms, Ordering::Relaxed);
+                    let next = pack(mac, REACHABLE, 0, w_tag(w) as u32);
+                    if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return Ok(());
+                    }
+                }
+                REACHABLE | STALE | STATIC if w_mac(w) == mac => return Ok(()),
+                _ => return Err(NeighError::Unsolicited(ip)),
+            }
+        }
+        Err(NeighError::Unsolicited(ip))
+    }
+
+    /// RFC 826 merge for an ARP request (or gratuitous ARP) from `ip`/`mac`: if an entry for the
+    /// sender exists, take its MAC. Never creates an entry. A request proves the sender can
+    /// reach us, not that it hears us, so a changed or newly learnt MAC goes to Stale (usable,
+    /// re-confirmed on next use), as Linux does. Static entries are never changed. Returns
+    /// whether an entry changed.
+    pub fn on_request_from(&self, ip: u32, mac: [u8; 6], now_ms: u64) -> bool {
+        if ip == KEY_EMPTY || ip == KEY_TOMB || !is_unicast_mac(&mac) {
+            return false;
+        }
+        for _ in 0..RETRIES {
+            let Found::Entry { idx, word: w, .. } = self.find(ip) else {
+                return false;
+            };
+            let s = &self.slots[idx];
+            let st = w_state(w);
+            if st == STATIC || (matches!(st, REACHABLE | STALE | PROBE) && w_mac(w) == mac) {
+                return false;
+            }
+            s.updated_ms.store(now_ms, Ordering::Relaxed);
+            let next = pack(mac, STALE, 0, w_tag(w) as u32);
+            if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Adds or overwrites a permanent entry (never aged, never changed by ARP).
+    pub fn add_static(&self, ip: u32, mac: [u8; 6]) -> Result<(), NeighError> {
+        if ip == KEY_EMPTY || ip == KEY_TOMB {
+            return Err(NeighError::InvalidAddress(ip));
+        }
+        if !is_unicast_mac(&mac) {
+            return Err(NeighError::InvalidMac(mac));
+        }
+        loop {
+            match self.find(ip) {
+                Found::Absent => match self.insert(ip, mac, STATIC, 0, 0) {
+                    Ok(_) => return Ok(()),
+                    Err(None) => return Err(NeighError::TableFull(self.cfg.capacity)),
+                    Err(Some(())) => {}
+                },
+                Found::Busy => std::thread::yield_now(),
+                Found::Entry { idx, word: w, .. } => {
+                    let next = pack(mac, STATIC, 0, w_tag(w) as u32);
+                    if self.slots[idx].word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the entry for `ip` (static or not). Returns whether one was removed.
+    pub fn remove(&self, ip: u32) -> bool {
+        if ip == KEY_EMPTY || ip == KEY_TOMB {
+            return false;
+        }
+        loop {
+            match self.find(ip) {
+                Found::Absent => return false,
+                Found::Busy => std::thread::yield_now(),
+                Found::Entry { idx, key, word } => {
+                    if self.delete_slot(idx, key, word) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic ageing (call every few hundred ms from one thread; concurrent calls are safe):
+    /// Reachable -> Stale after `reachable_ms`; Stale/Probe/Incomplete not looked up for
+    /// `stale_gc_ms` removed; Incomplete/Probe whose last request went unanswered -> Failed;
+    /// Failed removed after `failed_hold_ms`; duplicate or orphaned copies removed; tombstones
+    /// at the end of a probe chain cleared so misses stay short. O(slots); never allocates.
+    pub fn expire(&self, now_ms: u64) {
+        let c = &self.cfg;
+        for (idx, s) in self.slots.iter().enumerate() {
+            let k = s.key.load(Ordering::Acquire);
+            let ip = key_ip(k);
+            if ip == KEY_EMPTY || ip == KEY_TOMB {
+                continue;
+            }
+            let w = s.word.load(Ordering::Acquire);
+            if w_state(w) == FREE || !consistent(k, s, w) {
+                continue; // changing right now; next round
+            }
+            if self.first_index(ip, Ordering::Acquire) != Some(idx) {
+                self.delete_slot(idx, k, w);
+                continue;
+            }
+            let since = |t: &AtomicU64| now_ms.saturating_sub(t.load(Ordering::Relaxed));
+            match w_state(w) {
+                REACHABLE if since(&s.updated_ms) >= c.reachable_ms => {
+                    s.updated_ms.store(now_ms, Ordering::Relaxed);
+                    let _ = s.word.compare_exchange(w, w_with(w, STALE, 0), Ordering::AcqRel, Ordering::Relaxed);
+                }
+                STALE | INCOMPLETE | PROBE if since(&s.used_ms) >= c.stale_gc_ms => {
+                    self.delete_slot(idx, k, w);
+                }
+                INCOMPLETE | PROBE if w_probes(w) >= c.max_probes && since(&s.asked_ms) >= c.retrans_ms => {
+                    s.updated_ms.store(now_ms, Ordering::Relaxed);
+                    let next = pack([0; 6], FAILED, 0, w_tag(w) as u32);
+                    let _ = s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                FAILED if since(&s.updated_ms) >= c.failed_hold_ms => {
+                    self.delete_slot(idx, k, w);
+                }
+                _ => {}
+            }
+        }
+        self.sweep_tombstones();
+    }
+
+    /// Turns tombstones back into EMPTY where that cannot cut a probe chain: a tombstone followed
+    /// by EMPTY ends its chain anyway. Walking backwards from an EMPTY slot clears whole runs.
+    ///
+    /// One race remains: an inserter that passed this slot while it was live may be about to
+    /// claim the EMPTY slot after it. Its entry would then sit behind a new EMPTY, invisible to
+    /// lookups (which recreate the IP, costing one extra request). Such an orphan is never
+    /// returned for another IP and is deleted by the next `expire` (it is not the first copy in
+    /// its chain), so the race costs at most one request and one slot for one round.
+    fn sweep_tombstones(&self) {
+        let n = self.slots.len();
+        let empty = (0..n).find(|&i| key_ip(self.slots[i].key.load(Ordering::Acquire)) == KEY_EMPTY);
+        // After heavy churn there may be no EMPTY slot at all; seed one from a tombstone no chain
+        // passes through (always exists when the table holds no live entry).
+        let Some(e) = empty.or_else(|| (0..n).find(|&p| self.clear_tombstone(p, true))) else {
+            return;
+        };
+        for step in 1..n {
+            let i = (e + n - step) & self.mask;
+            let next = self.slots[(i + 1) & self.mask].key.load(Ordering::Acquire);
+            if key_ip(next) == KEY_EMPTY {
+                self.clear_tombstone(i, false);
+            }
+        }
+    }
+
+    /// Clears the tombstone at `p` if it still is one (and, with `check_chains`, if no live key
+    /// after it probed through it). Keeps the incarnation counter, so key values never repeat.
+    fn clear_tombstone(&self, p: usize, check_chains: bool) -> bool {
+        let k = self.slots[p].key.load(Ordering::Acquire);
+        if key_ip(k) != KEY_TOMB {
+            return false;
+        }
+        if check_chains {
+            let dist = |from: usize, to: usize| to.wrapping_sub(from) & self.mask;
+            for step in 1..self.slots.len() {
+                let q = (p + step) & self.mask;
+                match key_ip(self.slots[q].key.load(Ordering::Acquire)) {
+                    KEY_EMPTY => break,
+                    KEY_TOMB => {}
+                    // Its probe path home..q crosses p iff p lies in [home, q).
+                    ip if dist(self.home(ip), q) >= dist(p, q) => return false,
+                    _ => {}
+                }
+            }
+        }
+        let empty = make_key(KEY_EMPTY, key_inc(k));
+        self.slots[p].key.compare_exchange(k, empty, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// A snapshot of every entry (slow path: allocates).
+    pub fn entries(&self) -> Vec<NeighEntry> {
+        let mut out = Vec::new();
+        for (idx, s) in self.slots.iter().enumerate() {
+            let k = s.key.load(Ordering::Acquire);
+            let ip = key_ip(k);
+            if ip == KEY_EMPTY || ip == KEY_TOMB {
+                continue;
+            }
+            let w = s.word.load(Ordering::Acquire);
+            if w_state(w) == FREE || !consistent(k, s, w) {
+                continue;
+            }
+            if self.first_index(ip, Ordering::Acquire) != Some(idx) {
+                continue;
+            }
+            let state = match w_state(w) {
+                INCOMPLETE => NeighState::Incomplete,
+                REACHABLE => NeighState::Reachable,
+                STALE => NeighState::Stale,
+                PROBE => NeighState::Probe,
+                FAILED => NeighState::Failed,
+                _ => NeighState::Static,
+            };
+            let mac = (!matches!(state, NeighState::Incomplete | NeighState::Failed)).then(|| w_mac(w));
+            out.push(NeighEntry {
+                ip,
+                mac,
+                state,
+                probes: w_probes(w),
+                updated_ms: s.updated_ms.load(Ordering::Relaxed),
+                used_ms: s.used_ms.load(Ordering::Relaxed),
+            });
+        }
+        out.sort_by_key(|e| e.ip);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const GW: u32 = 0x0a00_0001; // 10.0.0.1
+    const GW_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    fn table() -> NeighTable {
+        NeighTable::new(NeighConfig::default()).unwrap()
+    }
+
+    fn state_of(t: &NeighTable, ip: u32) -> Option<NeighState> {
+        t.entries().into_iter().find(|e| e.ip == ip).map(|e| e.state)
+    }
+
+    #[test]
+    fn table_is_shareable_between_workers() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<NeighTable>();
+        assert_eq!(std::mem::size_of::<Slot>(), 64, "one slot per cache line");
+    }
+
+    #[test]
+    fn word_packing_round_trips() {
+        let w = pack(GW_MAC, PROBE, 5, 0x7ff);
+        assert_eq!(w_mac(w), GW_MAC);
+        assert_eq!(w_state(w), PROBE);
+        assert_eq!(w_probes(w), 5);
+        assert_eq!(w_tag(w), 0x3ff);
+        let w2 = w_with(w, STALE, 2);
+        assert_eq!((w_mac(w2), w_state(w2), w_probes(w2), w_tag(w2)), (GW_MAC, STALE, 2, 0x3ff));
+    }
+
+    #[test]
+    fn request_resolve_lifecycle() {
+        let t = table();
+        assert_eq!(t.lookup(GW, 0), NeighLookup::Incomplete { send_request: true });
+        assert_eq!(t.lookup(GW, 10), NeighLookup::Incomplete { send_request: false });
+        assert_eq!(t.len(), 1);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Incomplete));
+        t.on_reply(GW, GW_MAC, 20).unwrap();
+        assert_eq!(t.lookup(GW, 30), NeighLookup::Reachable(GW_MAC));
+        let e = &t.entries()[0];
+        assert_eq!((e.ip, e.mac, e.state, e.updated_ms), (GW, Some(GW_MAC), NeighState::Reachable, 20));
+    }
+
+    #[test]
+    fn unsolicited_reply_rejected() {
+        let t = table();
+        assert_eq!(t.on_reply(GW, GW_MAC, 0), Err(NeighError::Unsolicited(GW)));
+        assert_eq!(NeighError::Unsolicited(GW).drop_reason().unwrap().name(), "arp/unsolicited-reply");
+        assert!(t.is_empty(), "an unsolicited reply must not create an entry");
+        // Resolved entry: a reply with a different MAC is a poisoning attempt.
+        t.lookup(GW, 0);
+        t.on_reply(GW, GW_MAC, 1).unwrap();
+        let evil = [0x02, 0, 0, 0, 0, 0x66];
+        assert_eq!(t.on_reply(GW, evil, 2), Err(NeighError::Unsolicited(GW)));
+        assert_eq!(t.lookup(GW, 3), NeighLookup::Reachable(GW_MAC));
+        // Same MAC again (duplicate reply) is harmless.
+        assert_eq!(t.on_reply(GW, GW_MAC, 4), Ok(()));
+    }
+
+    #[test]
+    fn reply_with_group_or_zero_mac_rejected() {
+        let t = table();
+        t.lookup(GW, 0);
+        for bad in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1], [0; 6]] {
+            assert_eq!(t.on_reply(GW, bad, 1), Err(NeighError::InvalidMac(bad)));
+        }
+        assert_eq!(state_of(&t, GW), Some(NeighState::Incomplete));
+        assert_eq!(t.lookup(0, 0), NeighLookup::Failed);
+        assert_eq!(t.lookup(u32::MAX, 0), NeighLookup::Failed);
+    }
+
+    #[test]
+    fn retransmit_pacing_and_max_probes_then_failed() {
+        let t = table(); // retrans 1000, max_probes 3, failed_hold 20000
+        let mut sent = vec![];
+        for now in (0..3500).step_by(50) {
+            match t.lookup(GW, now) {
+                NeighLookup::Incomplete { send_request: true } => sent.push(now),
+                NeighLookup::Incomplete { send_request: false } => {}
+                NeighLookup::Failed => {
+                    assert_eq!(now, 3000, "fails one retrans interval after the last request");
+                    break;
+                }
+                other => panic!("unexpected {other:?} at {now}"),
+            }
+        }
+        assert_eq!(sent, vec![0, 1000, 2000]);
+        assert_eq!(t.lookup(GW, 10_000), NeighLookup::Failed);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Failed));
+        // After the hold-down a new round starts.
+        assert_eq!(t.lookup(GW, 23_000), NeighLookup::Incomplete { send_request: true });
+        t.on_reply(GW, GW_MAC, 23_100).unwrap();
+        assert_eq!(t.lookup(GW, 23_200), NeighLookup::Reachable(GW_MAC));
+    }
+
+    #[test]
+    fn expire_fails_then_removes_abandoned_incomplete() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.lookup(GW, 1000);
+        t.lookup(GW, 2000); // 3 requests sent
+        t.expire(2500);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Incomplete));
+        t.expire(3000);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Failed));
+        t.expire(22_999);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Failed));
+        t.expire(23_000);
+        assert!(t.is_empty());
+        assert_eq!(t.lookup(GW, 23_001), NeighLookup::Incomplete { send_request: true });
+    }
+
+    #[test]
+    fn ageing_reachable_stale_probe_gone() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.on_reply(GW, GW_MAC, 0).unwrap();
+        t.expire(29_999);
+        assert_eq!(t.lookup(GW, 29_999), NeighLookup::Reachable(GW_MAC));
+        t.expire(30_000);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        // Use of a stale entry: usable, one probe, then paced.
+        assert_eq!(t.lookup(GW, 30_001), NeighLookup::Stale { mac: GW_MAC, probe: true });
+        assert_eq!(t.lookup(GW, 30_500), NeighLookup::Stale { mac: GW_MAC, probe: false });
+        assert_eq!(t.lookup(GW, 31_001), NeighLookup::Stale { mac: GW_MAC, probe: true });
+        // The probe is answered: reachable again.
+        t.on_reply(GW, GW_MAC, 31_100).unwrap();
+        assert_eq!(t.lookup(GW, 31_300), NeighLookup::Reachable(GW_MAC)); // last use
+        // Let it go stale and stay unused: removed stale_gc_ms after its last use.
+        t.expire(61_300);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        t.expire(91_299);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        t.expire(91_300);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn lookup_treats_overdue_reachable_as_stale_without_expire() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.on_reply(GW, GW_MAC, 0).unwrap();
+        assert_eq!(t.lookup(GW, 30_000), NeighLookup::Stale { mac: GW_MAC, probe: true });
+    }
+
+    #[test]
+    fn unanswered_probes_fail_stale_entry() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.on_reply(GW, GW_MAC, 0).unwrap();
+        let mut probes = 0;
+        let mut failed_at = None;
+        for now in (30_000..40_000).step_by(100) {
+            match t.lookup(GW, now) {
+                NeighLookup::Stale { probe, .. } => probes += probe as u32,
+                NeighLookup::Failed => {
+                    failed_at = Some(now);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(probes, 3);
+        assert_eq!(failed_at, Some(33_000));
+    }
+
+    #[test]
+    fn static_entries_never_age_and_ignore_arp() {
+        let t = table();
+        t.add_static(GW, GW_MAC).unwrap();
+        for now in [0, 100_000, 10_000_000] {
+            t.expire(now);
+            assert_eq!(t.lookup(GW, now), NeighLookup::Reachable(GW_MAC));
+        }
+        let other = [0x02, 1, 2, 3, 4, 5];
+        assert_eq!(t.on_reply(GW, other, 1), Err(NeighError::Unsolicited(GW)));
+        assert!(!t.on_request_from(GW, other, 1));
+        assert_eq!(t.lookup(GW, 2), NeighLookup::Reachable(GW_MAC));
+        assert!(t.remove(GW));
+        assert!(!t.remove(GW));
+        assert!(t.is_empty());
+        assert_eq!(t.add_static(GW, [0xff; 6]), Err(NeighError::InvalidMac([0xff; 6])));
+    }
+
+    #[test]
+    fn add_static_overrides_dynamic_entry() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.add_static(GW, GW_MAC).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Static));
+    }
+
+    #[test]
+    fn capacity_bound_gives_table_full() {
+        let t = NeighTable::new(NeighConfig { capacity: 4, ..Default::default() }).unwrap();
+        for ip in 1..=4 {
+            assert_eq!(t.lookup(ip, 0), NeighLookup::Incomplete { send_request: true });
+        }
+        assert_eq!(t.lookup(5, 0), NeighLookup::TableFull);
+        assert_eq!(t.add_static(6, GW_MAC), Err(NeighError::TableFull(4)));
+        assert_eq!(t.len(), 4);
+        assert!(t.remove(2));
+        assert_eq!(t.lookup(5, 0), NeighLookup::Incomplete { send_request: true });
+        // Existing entries stay reachable while full.
+        t.on_reply(1, GW_MAC, 1).unwrap();
+        assert_eq!(t.lookup(1, 2), NeighLookup::Reachable(GW_MAC));
+    }
+
+    #[test]
+    fn tombstones_are_reused_and_chains_survive_deletes() {
+        // 2 slots per entry; churn far more IPs than slots through remove.
+        let t = NeighTable::new(NeighConfig { capacity: 8, ..Default::default() }).unwrap();
+        for round in 0..50u32 {
+            let ips: Vec<u32> = (1..=8).map(|i| round * 8 + i).collect();
+            for &ip in &ips {
+                assert_eq!(t.lookup(ip, 0), NeighLookup::Incomplete { send_request: true }, "ip {ip}");
+            }
+            for &ip in &ips {
+                t.on_reply(ip, [2, 0, 0, 0, 0, ip as u8], 1).unwrap();
+            }
+            for &ip in &ips {
+                assert_eq!(t.lookup(ip, 2), NeighLookup::Reachable([2, 0, 0, 0, 0, ip as u8]));
+            }
+            for &ip in ips.iter().step_by(2).chain(ips.iter().skip(1).step_by(2)) {
+                assert!(t.remove(ip));
+            }
+            assert!(t.is_empty());
+        }
+        let tombs = t.slots.iter().filter(|s| key_ip(s.key.load(Ordering::Relaxed)) == KEY_TOMB).count();
+        assert!(tombs > 0, "removal leaves tombstones");
+        t.expire(0);
+        let tombs = t.slots.iter().filter(|s| key_ip(s.key.load(Ordering::Relaxed)) == KEY_TOMB).count();
+        assert_eq!(tombs, 0, "an empty table has no tombstones after expire");
+    }
+
+    #[test]
+    fn sweep_without_empty_slots_keeps_live_chains() {
+        let t = NeighTable::new(NeighConfig { capacity: 8, ..Default::default() }).unwrap();
+        // Churn until every slot is a tombstone.
+        for ip in 1..=400 {
+            t.add_static(ip, mac_of(ip)).unwrap();
+            assert!(t.remove(ip));
+        }
+        let key_at = |i: usize| key_ip(t.slots[i].key.load(Ordering::Relaxed));
+        assert!((0..16).all(|i| key_at(i) == KEY_TOMB));
+        // Five addresses homed at slots 14/15 fill 14, 15, 0, 1, 2 (wrapping).
+        let crowded: Vec<u32> = (1000..100_000).filter(|&ip| matches!(t.home(ip), 14 | 15)).take(5).collect();
+        for &ip in &crowded {
+            t.add_static(ip, mac_of(ip)).unwrap();
+        }
+        let at0 = key_at(0);
+        assert!(crowded.contains(&at0) && crowded.contains(&key_at(2)));
+        // A tombstone inside the chain, with no EMPTY slot anywhere.
+        assert!(t.remove(at0));
+        assert!((0..16).all(|i| key_at(i) != KEY_EMPTY));
+        t.expire(0);
+        assert!((0..16).any(|i| key_at(i) == KEY_EMPTY), "the sweep found a safe seed");
+        assert_eq!(key_at(0), KEY_TOMB, "slot 0 is crossed by the chains of slots 1 and 2");
+        for &ip in crowded.iter().filter(|&&ip| ip != at0) {
+            assert_eq!(t.lookup(ip, 0), NeighLookup::Reachable(mac_of(ip)), "ip {ip:#x}");
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_chains_intact() {
+        // Fill a run, delete from the middle and the end, sweep: survivors must stay findable.
+        let t = NeighTable::new(NeighConfig { capacity: 32, ..Default::default() }).unwrap();
+        let ips: Vec<u32> = (1..=32).collect();
+        for &ip in &ips {
+            t.add_static(ip, mac_of(ip)).unwrap();
+        }
+        for &ip in ips.iter().filter(|ip| *ip % 3 != 0) {
+            assert!(t.remove(ip));
+        }
+        t.expire(0);
+        for &ip in &ips {
+            let want = if ip % 3 == 0 { NeighLookup::Reachable(mac_of(ip)) } else { NeighLookup::Incomplete { send_request: true } };
+            assert_eq!(t.lookup(ip, 0), want, "ip {ip}");
+        }
+        assert_eq!(t.len(), 32);
+        assert_eq!(t.entries().len(), 32);
+    }
+
+    /// The orphan the sweep can create (an entry behind an EMPTY slot) is cleaned by expire.
+    #[test]
+    fn expire_removes_orphans_and_duplicates() {
+        let t = NeighTable::new(NeighConfig { capacity: 4, ..Default::default() }).unwrap();
+        t.add_static(7, mac_of(7)).unwrap();
+        let Found::Entry { idx, key, word } = t.find(7) else { panic!() };
+        // Move the entry one slot further along, behind an EMPTY slot, as the race would.
+        let j = (idx + 1) & t.mask;
+        assert_eq!(key_ip(t.slots[j].key.load(Ordering::Relaxed)), KEY_EMPTY);
+        t.slots[j].word.store(word, Ordering::Relaxed);
+        t.slots[j].key.store(key, Ordering::Relaxed);
+        t.slots[idx].word.store(0, Ordering::Relaxed);
+        t.slots[idx].key.store(0, Ordering::Relaxed);
+        assert!(t.entries().is_empty(), "an orphan is not an entry");
+        assert_eq!(t.lookup(7, 0), NeighLookup::Incomplete { send_request: true }, "recreated in front");
+        assert_eq!(t.len(), 2);
+        t.expire(0);
+        assert_eq!(t.len(), 1, "the orphan copy is gone");
+        assert_eq!(key_ip(t.slots[j].key.load(Ordering::Relaxed)), KEY_EMPTY);
+        assert_eq!(state_of(&t, 7), Some(NeighState::Incomplete));
+    }
+
+    #[test]
+    fn request_merge_updates_only_existing_entries() {
+        let t = table();
+        assert!(!t.on_request_from(GW, GW_MAC, 0));
+        assert!(t.is_empty(), "a request must never create an entry");
+        // Incomplete: the request teaches us the MAC; usable but to be confirmed.
+        t.lookup(GW, 0);
+        assert!(t.on_request_from(GW, GW_MAC, 1));
+        assert_eq!(t.lookup(GW, 2), NeighLookup::Stale { mac: GW_MAC, probe: true });
+        t.on_reply(GW, GW_MAC, 3).unwrap();
+        // Same MAC from a request: no change.
+        assert!(!t.on_request_from(GW, GW_MAC, 4));
+        assert_eq!(t.lookup(GW, 5), NeighLookup::Reachable(GW_MAC));
+        // New MAC (NIC replaced): taken, but Stale until confirmed.
+        let new = [0x52, 0x54, 0, 0, 0, 0x99];
+        assert!(t.on_request_from(GW, new, 6));
+        assert_eq!(t.lookup(GW, 7), NeighLookup::Stale { mac: new, probe: true });
+        assert!(!t.on_request_from(GW, [0xff; 6], 8));
+    }
+
+    #[test]
+    fn bad_config_rejected() {
+        for cfg in [
+            NeighConfig { capacity: 0, ..Default::default() },
+            NeighConfig { max_probes: 0, ..Default::default() },
+            NeighConfig { max_probes: 8, ..Default::default() },
+            NeighConfig { retrans_ms: 0, ..Default::default() },
+        ] {
+            assert!(matches!(NeighTable::new(cfg), Err(NeighError::BadConfig(_))));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Lookup(u32),
+        Static(u32, u8),
+        Remove(u32),
+        Expire,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Few distinct addresses in a small table: long chains, many tombstones, frequent full.
+        let ip = 1..40u32;
+        prop_oneof![
+            3 => ip.clone().prop_map(Op::Lookup),
+            2 => (ip.clone(), 1..255u8).prop_map(|(i, m)| Op::Static(i, m)),
+            3 => ip.prop_map(Op::Remove),
+            1 => Just(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The table as a map (membership, capacity, static MACs) against a HashMap, with the
+        /// clock frozen so no timer fires.
+        #[test]
+        fn behaves_like_a_bounded_map(ops in proptest::collection::vec(op(), 1..300)) {
+            use std::collections::HashMap;
+            let cap = 8;
+            let t = NeighTable::new(NeighConfig { capacity: cap, ..Default::default() }).unwrap();
+            let mut model: HashMap<u32, Option<[u8; 6]>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Lookup(ip) => {
+                        let want = match model.get(&ip) {
+                            Some(Some(m)) => NeighLookup::Reachable(*m),
+                            Some(None) => NeighLookup::Incomplete { send_request: false },
+                            None if model.len() == cap => NeighLookup::TableFull,
+                            None => {
+                                model.insert(ip, None);
+                                NeighLookup::Incomplete { send_request: true }
+                            }
+                        };
+                        proptest::prop_assert_eq!(t.lookup(ip, 0), want);
+                    }
+                    Op::Static(ip, m) => {
+                        let mac = [2, 0, 0, 0, 0, m];
+                        let want = if model.contains_key(&ip) || model.len() < cap {
+                            model.insert(ip, Some(mac));
+                            Ok(())
+                        } else {
+                            Err(NeighError::TableFull(cap))
+                        };
+                        proptest::prop_assert_eq!(t.add_static(ip, mac), want);
+                    }
+                    Op::Remove(ip) => proptest::prop_assert_eq!(t.remove(ip), model.remove(&ip).is_some()),
+                    Op::Expire => t.expire(0),
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+            }
+            let mut want: Vec<(u32, Option<[u8; 6]>)> = model.into_iter().collect();
+            want.sort();
+            let got: Vec<(u32, Option<[u8; 6]>)> = t.entries().into_iter().map(|e| (e.ip, e.mac)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// Found by `behaves_like_a_bounded_map`: with no EMPTY slot, the sweep seeded at a
+    /// tombstone that was the home slot of a live entry further on, cutting its chain.
+    #[test]
+    fn sweep_does_not_seed_at_a_live_entrys_home() {
+        let t = NeighTable::new(NeighConfig { capacity: 8, ..Default::default() }).unwrap();
+        for ip in 1..=400 {
+            t.add_static(ip, mac_of(ip)).unwrap();
+            assert!(t.remove(ip));
+        }
+        // An address homed at slot 0 (the first seed candidate), stored two slots on, with
+        // tombstones at 0 and 1.
+        let ip = (1000..).find(|&ip| t.home(ip) == 0).unwrap();
+        let blockers: Vec<u32> = (2000..).filter(|&b| t.home(b) == 0 || t.home(b) == 1).take(2).collect();
+        for &b in &blockers {
+            t.add_static(b, mac_of(b)).unwrap();
+        }
+        t.add_static(ip, mac_of(ip)).unwrap();
+        for &b in &blockers {
+            assert!(t.remove(b));
+        }
+        assert!(t.slots.iter().all(|s| key_ip(s.key.load(Ordering::Relaxed)) != KEY_EMPTY));
+        t.expire(0);
+        assert_eq!(t.lookup(ip, 0), NeighLookup::Reachable(mac_of(ip)));
+    }
+
+    fn mac_of(ip: u32) -> [u8; 6] {
+        let b = ip.to_be_bytes();
+        [0x02, b[0] ^ 0x5a, b[0], b[1], b[2], b[3]]
+    }
+
+    /// Several threads resolve, confirm, age and delete overlapping IPs in a table too small
+    /// for all of them. Every MAC ever returned must be the one derived from its IP.
+    fn hammer(capacity: usize, n_ips: u32, iters: u64) {
+        let cfg = NeighConfig { capacity, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 };
+        let t = Arc::new(NeighTable::new(cfg).unwrap());
+        let threads: Vec<_> = (0..4u32)
+            .map(|tid| {
+                let t = Arc::clone(&t);
+                std::thread::spawn(move || {
+                    let mut seen = 0u64;
+                    let mut x = 0x1234_5678u32 ^ tid.wrapping_mul(0x9e37_79b9);
+                    for i in 0..iters {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        let ip = 0x0a00_0000 | (x % n_ips + 1);
+                        let now = i / 8;
+                        match t.lookup(ip, now) {
+                            NeighLookup::Reachable(m) | NeighLookup::Stale { mac: m, .. } => {
+                                assert_eq!(m, mac_of(ip), "torn or foreign MAC for {ip:#x}");
+                                seen += 1;
+                            }
+                            _ => {}
+                        }
+                        match (x >> 8) % 16 {
+                            0..=5 => {
+                                let _ = t.on_reply(ip, mac_of(ip), now);
+                            }
+                            6 => t.expire(now),
+                            7 => {
+                                t.remove(ip);
+                            }
+                            8 => {
+                                t.on_request_from(ip, mac_of(ip), now);
+                            }
+                            _ => {}
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let seen: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(seen > iters / 20, "the test must actually observe resolved entries ({seen})");
+        let entries = t.entries();
+        assert!(entries.len() <= capacity);
+        let mut ips: Vec<u32> = entries.iter().map(|e| e.ip).collect();
+        ips.dedup();
+        assert_eq!(ips.len(), entries.len(), "no duplicate entries visible");
+        for e in entries {
+            if let Some(m) = e.mac {
+                assert_eq!(m, mac_of(e.ip));
+            }
+        }
+        // Quiesced: expire cleans everything up and the live count returns to zero.
+        t.expire(u64::MAX / 2);
+        t.expire(u64::MAX / 2 + 100_000);
+        for e in t.entries() {
+            assert!(t.remove(e.ip));
+        }
+        assert_eq!(t.len(), 0, "live count must not leak");
+    }
+
+    #[test]
+    fn concurrent_hammer_never_returns_a_foreign_mac() {
+        hammer(16, 40, 60_000);
+    }
+
+    /// Two slots, three IPs: every slot is deleted and re-claimed by another IP all the time.
+    #[test]
+    fn concurrent_hammer_slot_reuse_never_returns_a_foreign_mac() {
+        hammer(1, 3, 100_000);
+    }
+
+    /// The reader's consistency check, driven through the exact interleaving the hammer can
+    /// only hit by luck: key read for X, slot recycled for Y and resolved, then word read.
+    #[test]
+    fn reader_rejects_word_from_a_later_incarnation() {
+        let t = NeighTable::new(NeighConfig { capacity: 1, ..Default::default() }).unwrap();
+        let (x, y) = (0x0a00_0001, 0x0a00_0002);
+        t.lookup(x, 0);
+        let Found::Entry { idx, key: kx, .. } = t.find(x) else { panic!() };
+        assert!(t.remove(x));
+        // Force Y into X's old slot.
+        let other = idx ^ 1;
+        t.slots[other].key.store(make_key(0x0a00_0099, 0), Ordering::Relaxed);
+        assert_eq!(t.lookup(y, 0), NeighLookup::Incomplete { send_request: true });
+        t.on_reply(y, mac_of(y), 0).unwrap();
+        let Found::Entry { idx: iy, key: ky, word: wy } = t.find(y) else { panic!() };
+        assert_eq!(iy, idx);
+        assert_ne!(ky, kx);
+        assert!(!consistent(kx, &t.slots[idx], wy), "Y's word must not pass as X's");
+        assert!(consistent(ky, &t.slots[idx], wy));
+    }
+}
