@@ -1,1 +1,93 @@
 //! Network policy: the rule model, a compiled classifier, and connection tracking.
+//!
+//! Three layers, each usable on its own:
+//!
+//! - [`rule`]: what the operator writes ([`PolicyConfig`], [`Rule`]), its serde form, and a slow
+//!   but obviously correct [`Rule::matches`] that the tests use as the reference model.
+//! - [`policy`]: [`PolicySet::compile`] turns a config into an immutable, `Send + Sync`
+//!   classifier that the control plane publishes behind an `Arc`; workers call
+//!   [`PolicySet::evaluate`] per packet with no allocation and no linear scan of the rules.
+//! - [`conntrack`]: a per-worker, fixed-size [`ConnTrack`] so that the reply traffic of an
+//!   admitted connection passes even where policy would deny that direction (Kubernetes
+//!   NetworkPolicy semantics: policies are stateful).
+//!
+//! Evaluation order (Calico-like), for `(endpoint, direction, flow)`: the global rules in order,
+//! first match decides; then the endpoint's policies for that direction as one ordered list,
+//! first match decides; no match is `Deny` if the endpoint has at least one policy for the
+//! direction and `Allow` if it has none (an endpoint selected by no policy allows everything).
+//! Traffic with no local endpoint (transit) sees only the global rules, then `Allow`.
+
+pub mod classifier;
+pub mod conntrack;
+pub mod policy;
+pub mod rule;
+
+pub use conntrack::{ConnTrack, CtDir, CtEntryView, CtError, CtLookup, CtState, CtTimeouts};
+pub use policy::{AclError, HitSource, PolicySet, RuleHit};
+pub use rule::{EndpointPolicy, PolicyConfig, PortRange, Rule, RuleError};
+
+/// Index of a local endpoint (pod interface): its position in [`PolicyConfig::endpoints`].
+pub type EndpointId = u16;
+
+/// IP protocol numbers the policy layer knows by name.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// ICMP echo request and reply types (RFC 792).
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// The verdict of a rule (or of a default).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// Which way a packet crosses the endpoint: `Ingress` is towards the pod, `Egress` from it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Fragmentation state of the packet, from the IPv4 header.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Fragment {
+    /// Not a fragment (MF clear and offset 0).
+    None,
+    /// First fragment (offset 0, MF set): carries the L4 header.
+    First,
+    /// Any later fragment: no L4 header, so `sport`/`dport` are meaningless (set them to 0).
+    /// Rules with a port or ICMP type/code condition never match these.
+    NonFirst,
+}
+
+/// What the classifier and the connection tracker look at, all in host byte order.
+///
+/// For TCP, UDP and SCTP `sport`/`dport` are the ports. For ICMP, `sport = (type << 8) | code`
+/// and `dport` is the echo identifier for echo request/reply (0 for every other ICMP type).
+/// For other protocols, and for non-first fragments, both are 0.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub fragment: Fragment,
+}
+
+impl FlowKey {
+    /// ICMP type of an ICMP key (`sport >> 8`).
+    pub const fn icmp_type(&self) -> u8 {
+        (self.sport >> 8) as u8
+    }
+    /// ICMP code of an ICMP key (`sport & 0xff`).
+    pub const fn icmp_code(&self) -> u8 {
+        self.sport as u8
+    }
+}
