@@ -145,9 +145,16 @@ impl FieldTable {
 
     #[inline]
     fn set_for(&self, v: u32) -> usize {
-        // starts[0] == 0, so the partition point is at least 1.
-        let i = self.starts.partition_point(|&s| s <= v) - 1;
-        self.set_of[i] as usize
+        // Branch-free search for the last start <= v (starts[0] == 0, so there is one): random
+        // keys make the branches of a classic binary search unpredictable.
+        let starts = &self.starts[..];
+        let (mut base, mut len) = (0usize, starts.len());
+        while len > 1 {
+            let half = len / 2;
+            base = if starts[base + half] <= v { base + half } else { base };
+            len -= half;
+        }
+        self.set_of[base] as usize
     }
 
     fn memory_bytes(&self) -> usize {
@@ -181,6 +188,11 @@ pub struct Classifier {
     /// Dense: rules without port/ICMP conditions (the only ones a non-first fragment can match).
     l4free: Vec<u64>,
     l4free_sum: Vec<u64>,
+    /// Summary of the rules with neither a source nor a destination condition. A matching
+    /// rule is in this set or in the source or destination interval's sparse set, so the
+    /// union of the three summaries bounds the words worth visiting: with real policies
+    /// (nearly every rule selects peers) that is a handful of words, not all of them.
+    ip_wild_sum: Vec<u64>,
 }
 
 /// A rule's condition on each field as inclusive ranges over the field's domain; `None` is
@@ -237,7 +249,10 @@ impl Classifier {
             }
         }
         let l4free_sum = summarize(&l4free, nsum);
-        Classifier { nrules, nsum, fields, l4free, l4free_sum }
+        let ip_wild: Vec<u64> =
+            fields[F_SRC].wild.iter().zip(&fields[F_DST].wild).map(|(a, b)| a & b).collect();
+        let ip_wild_sum = summarize(&ip_wild, nsum);
+        Classifier { nrules, nsum, fields, l4free, l4free_sum, ip_wild_sum }
     }
 
     pub fn len(&self) -> usize {
@@ -268,6 +283,9 @@ impl Classifier {
         }
         for si in 0..self.nsum {
             let mut m = if nonfirst { self.l4free_sum[si] } else { !0 };
+            m &= self.ip_wild_sum[si]
+                | self.fields[F_SRC].set_sum[set[F_SRC] * self.nsum + si]
+                | self.fields[F_DST].set_sum[set[F_DST] * self.nsum + si];
             for f in 0..FIELDS {
                 let t = &self.fields[f];
                 m &= t.wild_sum[si] | t.set_sum[set[f] * self.nsum + si];
@@ -303,7 +321,8 @@ impl Classifier {
     /// Heap bytes held by the compiled tables.
     pub fn memory_bytes(&self) -> usize {
         self.fields.iter().map(FieldTable::memory_bytes).sum::<usize>()
-            + (self.l4free.capacity() + self.l4free_sum.capacity()) * 8
+            + (self.l4free.capacity() + self.l4free_sum.capacity() + self.ip_wild_sum.capacity())
+                * 8
     }
 }
 
