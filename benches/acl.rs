@@ -119,6 +119,14 @@ fn bench_evaluate(c: &mut Criterion) {
                 black_box(ps.evaluate(Some(0), Direction::Ingress, black_box(&keys[i])))
             })
         });
+        // The baseline the classifier replaces: an ordered scan with the reference matcher.
+        g.bench_with_input(BenchmarkId::new("naive-scan", n), &keys, |b, keys| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % NKEYS;
+                black_box(rules.iter().position(|r| r.matches(black_box(&keys[i]))))
+            })
+        });
     }
     g.finish();
 }

@@ -197,7 +197,9 @@ pub struct Classifier {
 
 /// A rule's condition on each field as inclusive ranges over the field's domain; `None` is
 /// "any". A condition that covers the whole domain is "any" too.
-fn field_conditions(r: &Rule) -> [Option<Vec<(u32, u32)>>; FIELDS] {
+type Conditions = [Option<Vec<(u32, u32)>>; FIELDS];
+
+fn field_conditions(r: &Rule) -> Conditions {
     fn norm(v: Vec<(u32, u32)>, max: u32) -> Option<Vec<(u32, u32)>> {
         if v.is_empty() || v.iter().any(|&(lo, hi)| lo == 0 && hi == max) {
             None
@@ -236,8 +238,7 @@ impl Classifier {
         let nrules = rules.len();
         let nwords = nrules.div_ceil(64);
         let nsum = nwords.div_ceil(64);
-        let conds: Vec<[Option<Vec<(u32, u32)>>; FIELDS]> =
-            rules.iter().map(|r| field_conditions(r)).collect();
+        let conds: Vec<Conditions> = rules.iter().map(|r| field_conditions(r)).collect();
         let fields = std::array::from_fn(|f| {
             let col: Vec<Option<Vec<(u32, u32)>>> = conds.iter().map(|c| c[f].clone()).collect();
             FieldTable::build(nwords, nsum, &col, FIELD_MAX[f])
@@ -274,8 +275,7 @@ impl Classifier {
         let mut set = [0usize; FIELDS];
         let mut cur = [0usize; FIELDS];
         let mut end = [0usize; FIELDS];
-        for f in 0..FIELDS {
-            let t = &self.fields[f];
+        for (f, t) in self.fields.iter().enumerate() {
             let s = t.set_for(values[f]);
             set[f] = s;
             cur[f] = t.set_off[s] as usize;
@@ -286,9 +286,8 @@ impl Classifier {
             m &= self.ip_wild_sum[si]
                 | self.fields[F_SRC].set_sum[set[F_SRC] * self.nsum + si]
                 | self.fields[F_DST].set_sum[set[F_DST] * self.nsum + si];
-            for f in 0..FIELDS {
-                let t = &self.fields[f];
-                m &= t.wild_sum[si] | t.set_sum[set[f] * self.nsum + si];
+            for (t, &s) in self.fields.iter().zip(&set) {
+                m &= t.wild_sum[si] | t.set_sum[s * self.nsum + si];
             }
             while m != 0 {
                 let w = si * 64 + m.trailing_zeros() as usize;

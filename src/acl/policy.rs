@@ -481,6 +481,12 @@ mod tests {
     }
 
     #[test]
+    fn policy_set_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<PolicySet>();
+    }
+
+    #[test]
     fn describe_renders_every_source() {
         let ps = PolicySet::allow_all();
         let d = |action, source| ps.describe(RuleHit { action, source });
