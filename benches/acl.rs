@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench acl -- --measurement-time 2 --warm-up-time 1`
 
 use std::collections::BTreeMap;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -18,6 +20,34 @@ use vrouter::acl::{
 use vrouter::fib::Ipv4Prefix;
 
 const NKEYS: usize = 4096;
+
+/// Counts allocations so the setup can check that the per-packet calls make none.
+struct CountingAlloc;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only adds a relaxed counter.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` and panics if it allocated.
+fn assert_no_alloc(what: &str, f: impl FnOnce()) {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    let n = ALLOCS.load(Ordering::Relaxed) - before;
+    assert_eq!(n, 0, "{what} allocated {n} times");
+}
 
 /// Calico-like rules: pod/service CIDRs inside 10/8, mostly TCP/UDP with destination ports.
 fn random_rule(rng: &mut SmallRng) -> Rule {
@@ -97,6 +127,12 @@ fn bench_evaluate(c: &mut Criterion) {
                 k
             })
             .collect();
+        assert_no_alloc("PolicySet::evaluate", || {
+            for k in &keys {
+                black_box(ps.evaluate(Some(0), Direction::Ingress, k));
+                black_box(ps.evaluate(None, Direction::Egress, k));
+            }
+        });
         let hits: Vec<u32> = keys
             .iter()
             .filter_map(|k| match ps.evaluate(Some(0), Direction::Ingress, k).source {
@@ -154,6 +190,19 @@ fn bench_conntrack(c: &mut Criterion) {
             }
         })
         .collect();
+    assert_no_alloc("ConnTrack lookup/insert/remove/expire", || {
+        for (i, k) in keys.iter().enumerate() {
+            black_box(ct.lookup(k, 0, 500, 1));
+            let fresh = FlowKey { src: 0xc0a8_0000 | i as u32, ..*k };
+            let _ = black_box(ct.insert(&fresh, 0, 500, 1));
+            black_box(ct.remove(&fresh));
+        }
+        black_box(ct.expire(u64::MAX, 1 << 20));
+    });
+    // That expire emptied the table; fill it again for the timed lookups.
+    for k in &flows {
+        ct.insert(k, 0, 0, 1).unwrap();
+    }
     c.bench_function("acl/conntrack-hit-100k", |b| {
         let mut i = 0;
         b.iter(|| {
