@@ -73,21 +73,22 @@ impl FieldTable {
         starts.dedup();
         let wild_sum = summarize(&wild, nsum);
 
-        // Members of each interval, in rule order (so the sparse words come out ascending).
-        let mut members: Vec<Vec<u32>> = vec![Vec::new(); starts.len()];
+        // Sweep the boundaries left to right keeping the dense set of rules active at this
+        // point (a count per rule, as one rule's ranges may overlap). Temporary memory is one
+        // dense set, not a member list per interval (which is quadratic for broad rules).
+        let mut events: Vec<(u32, u32, bool)> = Vec::new();
         for (r, c) in conds.iter().enumerate() {
-            let Some(ranges) = c else { continue };
-            for &(lo, hi) in ranges {
-                let a = starts.partition_point(|&s| s < lo);
-                let b = starts.partition_point(|&s| s <= hi) - 1;
-                for m in &mut members[a..=b] {
-                    if m.last() != Some(&(r as u32)) {
-                        m.push(r as u32);
-                    }
+            for &(lo, hi) in c.iter().flatten() {
+                events.push((lo, r as u32, true));
+                if hi < max {
+                    events.push((hi + 1, r as u32, false));
                 }
             }
         }
-
+        events.sort_unstable_by_key(|e| e.0);
+        let mut count = vec![0u32; conds.len()];
+        let mut active = vec![0u64; nwords];
+        let mut next_event = 0;
         let mut t = FieldTable {
             wild,
             wild_sum,
@@ -100,17 +101,29 @@ impl FieldTable {
         };
         let mut interned: HashMap<Vec<(u32, u64)>, u32> = HashMap::new();
         let mut sparse: Vec<(u32, u64)> = Vec::new();
-        for (i, m) in members.iter_mut().enumerate() {
-            // Rules may appear out of order when one rule has several ranges.
-            m.sort_unstable();
-            sparse.clear();
-            for &r in m.iter() {
-                let (w, b) = (r / 64, 1u64 << (r % 64));
-                match sparse.last_mut() {
-                    Some((lw, bits)) if *lw == w => *bits |= b,
-                    _ => sparse.push((w, b)),
+        for (i, &start) in starts.iter().enumerate() {
+            while let Some(&(pos, r, add)) = events.get(next_event) {
+                if pos != start {
+                    break;
                 }
+                let r = r as usize;
+                if add {
+                    count[r] += 1;
+                } else {
+                    count[r] -= 1;
+                }
+                let bit = 1u64 << (r % 64);
+                if count[r] > 0 {
+                    active[r / 64] |= bit;
+                } else {
+                    active[r / 64] &= !bit;
+                }
+                next_event += 1;
             }
+            sparse.clear();
+            sparse.extend(
+                active.iter().enumerate().filter(|(_, &b)| b != 0).map(|(w, &b)| (w as u32, b)),
+            );
             let id = match interned.get(&sparse) {
                 Some(&id) => id,
                 None => {
