@@ -32,6 +32,16 @@
 //! [`ConnTrack::refresh`] (still allowed) or [`ConnTrack::remove`] (now denied).
 //!
 //! Time is always passed in (`now_ms`), never read here.
+//!
+//! **Pipeline use**, per packet that crosses a local endpoint:
+//! 1. `lookup` -> `Hit { stale: false }`: pass without policy (this is what lets replies
+//!    through a direction that policy denies).
+//! 2. `Hit { stale: true }`: evaluate policy for the connection's *original* packet (the key
+//!    itself for `CtDir::Original`, [`FlowKey::reversed`] for `CtDir::Reply`, with the
+//!    originator's endpoint and direction); allowed -> `refresh(key, generation)` and pass;
+//!    denied -> `remove(key)` and drop.
+//! 3. `Miss`: evaluate policy; allowed -> `insert` (an `Err(Full)` is counted as
+//!    `policy/conntrack-full` and the packet dropped); denied -> drop.
 
 use super::{FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 

@@ -90,4 +90,34 @@ impl FlowKey {
     pub const fn icmp_code(&self) -> u8 {
         self.sport as u8
     }
+
+    /// The key of the same connection's packets in the other direction: addresses and ports
+    /// swapped; for ICMP, an echo request becomes a reply and vice versa (the identifier stays).
+    /// Used to re-evaluate a stale conntrack hit as its originator's packet.
+    pub const fn reversed(&self) -> FlowKey {
+        if self.proto == PROTO_ICMP {
+            let sport = match self.icmp_type() {
+                ICMP_ECHO_REQUEST => (ICMP_ECHO_REPLY as u16) << 8 | self.icmp_code() as u16,
+                ICMP_ECHO_REPLY => (ICMP_ECHO_REQUEST as u16) << 8 | self.icmp_code() as u16,
+                _ => self.sport,
+            };
+            return FlowKey { src: self.dst, dst: self.src, sport, ..*self };
+        }
+        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_swaps_ends_and_echo_type() {
+        let k = FlowKey { src: 1, dst: 2, proto: PROTO_TCP, sport: 3, dport: 4, fragment: Fragment::None };
+        assert_eq!(k.reversed(), FlowKey { src: 2, dst: 1, sport: 4, dport: 3, ..k });
+        assert_eq!(k.reversed().reversed(), k);
+        let ping = FlowKey { proto: PROTO_ICMP, sport: 8 << 8, dport: 77, ..k };
+        assert_eq!(ping.reversed(), FlowKey { src: 2, dst: 1, sport: 0, dport: 77, ..ping });
+        assert_eq!(ping.reversed().reversed(), ping);
+    }
 }
