@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo bench --bench acl -- --measurement-time 2 --warm-up-time 1`
 
-use std::collections::BTreeMap;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -53,7 +53,10 @@ fn assert_no_alloc(what: &str, f: impl FnOnce()) {
 fn random_rule(rng: &mut SmallRng) -> Rule {
     let mut r = Rule::any(if rng.random_bool(0.5) { Action::Allow } else { Action::Deny });
     let prefix = |rng: &mut SmallRng| {
-        Ipv4Prefix::new_masked(0x0a00_0000 | rng.random_range(0..1 << 24), rng.random_range(12..=32))
+        Ipv4Prefix::new_masked(
+            0x0a00_0000 | rng.random_range(0..1 << 24),
+            rng.random_range(12..=32),
+        )
     };
     if rng.random_bool(0.7) {
         r.src.push(prefix(rng));

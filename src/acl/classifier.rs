@@ -171,7 +171,9 @@ impl FieldTable {
     }
 
     fn memory_bytes(&self) -> usize {
-        (self.wild.capacity() + self.wild_sum.capacity() + self.entry_bits.capacity()
+        (self.wild.capacity()
+            + self.wild_sum.capacity()
+            + self.entry_bits.capacity()
             + self.set_sum.capacity())
             * 8
             + (self.starts.capacity()
@@ -223,9 +225,8 @@ fn field_conditions(r: &Rule) -> Conditions {
     let prefixes = |ps: &[crate::fib::Ipv4Prefix]| {
         ps.iter().map(|p| (p.addr(), p.addr() | !p.mask())).collect::<Vec<_>>()
     };
-    let ports = |ps: &[super::PortRange]| {
-        ps.iter().map(|p| (p.lo as u32, p.hi as u32)).collect::<Vec<_>>()
-    };
+    let ports =
+        |ps: &[super::PortRange]| ps.iter().map(|p| (p.lo as u32, p.hi as u32)).collect::<Vec<_>>();
     let sport = if r.protocol == Some(PROTO_ICMP) {
         match (r.icmp_type, r.icmp_code) {
             (Some(t), Some(c)) => vec![((t as u32) << 8 | c as u32, (t as u32) << 8 | c as u32)],

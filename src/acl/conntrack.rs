@@ -43,7 +43,9 @@
 //! 3. `Miss`: evaluate policy; allowed -> `insert` (an `Err(Full)` is counted as
 //!    `policy/conntrack-full` and the packet dropped); denied -> drop.
 
-use super::{FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::{
+    FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
 
 /// Maximum distance of an entry from its home slot.
 pub const PROBE_WINDOW: usize = 32;
@@ -102,7 +104,10 @@ pub enum CtDir {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum CtLookup {
     /// A live entry; `stale` when it was admitted under another policy generation.
-    Hit { dir: CtDir, stale: bool },
+    Hit {
+        dir: CtDir,
+        stale: bool,
+    },
     Miss,
 }
 
@@ -284,7 +289,13 @@ impl ConnTrack {
 
     /// Looks the packet's connection up and, on a hit, advances its state and idle timer.
     /// An expired entry is removed and reported as a miss.
-    pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now_ms: u64, generation: u64) -> CtLookup {
+    pub fn lookup(
+        &mut self,
+        key: &FlowKey,
+        tcp_flags: u8,
+        now_ms: u64,
+        generation: u64,
+    ) -> CtLookup {
         let Some((t, from_a)) = tuple_of(key) else { return CtLookup::Miss };
         let Some(i) = self.find(&t) else { return CtLookup::Miss };
         if self.slots[i].expires_ms <= now_ms {
@@ -510,11 +521,30 @@ impl ConnTrack {
                     fragment: Fragment::None,
                 }
             } else if s.orig_is_a {
-                FlowKey { src: t.a, dst: t.b, proto: t.proto, sport: t.pa, dport: t.pb, fragment: Fragment::None }
+                FlowKey {
+                    src: t.a,
+                    dst: t.b,
+                    proto: t.proto,
+                    sport: t.pa,
+                    dport: t.pb,
+                    fragment: Fragment::None,
+                }
             } else {
-                FlowKey { src: t.b, dst: t.a, proto: t.proto, sport: t.pb, dport: t.pa, fragment: Fragment::None }
+                FlowKey {
+                    src: t.b,
+                    dst: t.a,
+                    proto: t.proto,
+                    sport: t.pb,
+                    dport: t.pa,
+                    fragment: Fragment::None,
+                }
             };
-            CtEntryView { original, state: s.state, expires_ms: s.expires_ms, generation: s.generation }
+            CtEntryView {
+                original,
+                state: s.state,
+                expires_ms: s.expires_ms,
+                generation: s.generation,
+            }
         })
     }
 }
@@ -536,7 +566,14 @@ mod tests {
         FlowKey { src: k.dst, dst: k.src, sport: k.dport, dport: k.sport, ..k }
     }
     fn echo(src: u32, dst: u32, ty: u8, id: u16) -> FlowKey {
-        FlowKey { src, dst, proto: PROTO_ICMP, sport: (ty as u16) << 8, dport: id, fragment: Fragment::None }
+        FlowKey {
+            src,
+            dst,
+            proto: PROTO_ICMP,
+            sport: (ty as u16) << 8,
+            dport: id,
+            fragment: Fragment::None,
+        }
     }
     fn ct() -> ConnTrack {
         ConnTrack::with_capacity(64, CtTimeouts::default())

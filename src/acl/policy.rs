@@ -201,7 +201,10 @@ impl PolicySet {
         match l.classifier.first_match(key) {
             Some(i) => {
                 let (policy, rule) = l.origin[i as usize];
-                RuleHit { action: l.actions[i as usize], source: HitSource::Policy { policy, rule } }
+                RuleHit {
+                    action: l.actions[i as usize],
+                    source: HitSource::Policy { policy, rule },
+                }
             }
             None => RuleHit { action: Action::Deny, source: HitSource::DefaultDeny },
         }
@@ -413,15 +416,27 @@ mod tests {
                 ("b-no-ssh".to_string(), vec![deny22]),
             ]),
             endpoints: vec![
-                EndpointPolicy { ingress: vec!["b-no-ssh".into(), "a-open".into()], egress: vec![] },
-                EndpointPolicy { ingress: vec!["a-open".into(), "b-no-ssh".into()], egress: vec![] },
-                EndpointPolicy { ingress: vec!["b-no-ssh".into(), "a-open".into()], egress: vec![] },
+                EndpointPolicy {
+                    ingress: vec!["b-no-ssh".into(), "a-open".into()],
+                    egress: vec![],
+                },
+                EndpointPolicy {
+                    ingress: vec!["a-open".into(), "b-no-ssh".into()],
+                    egress: vec![],
+                },
+                EndpointPolicy {
+                    ingress: vec!["b-no-ssh".into(), "a-open".into()],
+                    egress: vec![],
+                },
             ],
         };
         let ps = PolicySet::compile(&cfg, 1).unwrap();
         let ssh = key(A, B, PROTO_TCP, 40000, 22);
         let h0 = ps.evaluate(Some(0), Direction::Ingress, &ssh);
-        assert_eq!(h0, RuleHit { action: Action::Deny, source: HitSource::Policy { policy: 1, rule: 0 } });
+        assert_eq!(
+            h0,
+            RuleHit { action: Action::Deny, source: HitSource::Policy { policy: 1, rule: 0 } }
+        );
         assert_eq!(ps.evaluate(Some(1), Direction::Ingress, &ssh).action, Action::Allow);
         assert_eq!(ps.evaluate(Some(2), Direction::Ingress, &ssh), h0);
         assert_eq!(ps.compiled_lists(), 2);
@@ -501,7 +516,10 @@ mod tests {
     /// The semantics, read directly off the config.
     fn naive(cfg: &PolicyConfig, ep: Option<EndpointId>, dir: Direction, k: &FlowKey) -> RuleHit {
         if let Some(i) = cfg.global.iter().position(|r| r.matches(k)) {
-            return RuleHit { action: cfg.global[i].action, source: HitSource::Global { rule: i as u32 } };
+            return RuleHit {
+                action: cfg.global[i].action,
+                source: HitSource::Global { rule: i as u32 },
+            };
         }
         let pols = match ep.and_then(|e| cfg.endpoints.get(e as usize)) {
             Some(e) if dir == Direction::Ingress => &e.ingress,
@@ -525,8 +543,16 @@ mod tests {
     }
 
     /// Addresses and ports near which rule boundaries fall, so random keys hit edges.
-    const ADDRS: &[u32] =
-        &[0, 0x0a00_0000, 0x0a00_0040, 0x0a00_00ff, 0x0a00_0100, 0x0a01_0000, 0xc0a8_0001, u32::MAX];
+    const ADDRS: &[u32] = &[
+        0,
+        0x0a00_0000,
+        0x0a00_0040,
+        0x0a00_00ff,
+        0x0a00_0100,
+        0x0a01_0000,
+        0xc0a8_0001,
+        u32::MAX,
+    ];
     const LENS: &[u8] = &[0, 1, 8, 16, 24, 26, 31, 32];
     const PORTS: &[u16] = &[0, 1, 22, 53, 79, 80, 81, 443, 1024, 8000, 8080, 65535];
     const PROTOS: &[u8] = &[PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, 47, 0];
@@ -613,7 +639,11 @@ mod tests {
                             egress: e.iter().map(|&x| name(x)).collect(),
                         })
                         .collect(),
-                    policies: pols.into_iter().enumerate().map(|(i, r)| (format!("p{i}"), r)).collect(),
+                    policies: pols
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (format!("p{i}"), r))
+                        .collect(),
                 }
             })
     }
@@ -644,10 +674,8 @@ mod tests {
         use proptest::strategy::ValueTree;
         use proptest::test_runner::TestRunner;
         let mut runner = TestRunner::deterministic();
-        let mut rules: Vec<Rule> = prop::collection::vec(rule(), 5000)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
+        let mut rules: Vec<Rule> =
+            prop::collection::vec(rule(), 5000).new_tree(&mut runner).unwrap().current();
         // Rules past 4096 get a destination of their own, and each gets a witness key built
         // from its conditions, so first matches land in the second summary word.
         // Every rule also gets its /32 (and loses destinations wide enough to cover 11/8), so
@@ -676,7 +704,8 @@ mod tests {
             ..Default::default()
         };
         let ps = PolicySet::compile(&cfg, 1).unwrap();
-        let mut keys = prop::collection::vec(flow_key(), 2000).new_tree(&mut runner).unwrap().current();
+        let mut keys =
+            prop::collection::vec(flow_key(), 2000).new_tree(&mut runner).unwrap().current();
         keys.extend(witnesses.iter().step_by(3));
         let mut late = 0;
         for k in &keys {

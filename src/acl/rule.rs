@@ -335,7 +335,14 @@ mod tests {
     use super::*;
 
     fn key(proto: u8, sport: u16, dport: u16) -> FlowKey {
-        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, proto, sport, dport, fragment: Fragment::None }
+        FlowKey {
+            src: 0x0a00_0001,
+            dst: 0x0a00_0002,
+            proto,
+            sport,
+            dport,
+            fragment: Fragment::None,
+        }
     }
 
     #[test]
