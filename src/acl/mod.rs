@@ -1,40 +1,130 @@
 //! Network policy: the rule model, a compiled classifier, and connection tracking.
-// ---- TEMPORARY SHIM (replaced by the real module on merge) ----
+//!
+//! Three layers, each usable on its own:
+//!
+//! - [`rule`]: what the operator writes ([`PolicyConfig`], [`Rule`]), its serde form, and a slow
+//!   but obviously correct [`Rule::matches`] that the tests use as the reference model.
+//! - [`policy`]: [`PolicySet::compile`] turns a config into an immutable, `Send + Sync`
+//!   classifier that the control plane publishes behind an `Arc`; workers call
+//!   [`PolicySet::evaluate`] per packet with no allocation and no linear scan of the rules.
+//! - [`conntrack`]: a per-worker, fixed-size [`ConnTrack`] so that the reply traffic of an
+//!   admitted connection passes even where policy would deny that direction (Kubernetes
+//!   NetworkPolicy semantics: policies are stateful).
+//!
+//! Evaluation order (Calico-like), for `(endpoint, direction, flow)`: the global rules in order,
+//! first match decides; then the endpoint's policies for that direction as one ordered list,
+//! first match decides; no match is `Deny` if the endpoint has at least one policy for the
+//! direction and `Allow` if it has none (an endpoint selected by no policy allows everything).
+//! Traffic with no local endpoint (transit) sees only the global rules, then `Allow`.
+
+pub mod classifier;
+pub mod conntrack;
+pub mod policy;
+pub mod rule;
+
+pub use conntrack::{ConnTrack, CtDir, CtEntryView, CtError, CtLookup, CtState, CtTimeouts};
+pub use policy::{AclError, HitSource, PolicySet, RuleHit};
+pub use rule::{EndpointPolicy, PolicyConfig, PortRange, Rule, RuleError};
+
+/// Index of a local endpoint (pod interface): its position in [`PolicyConfig::endpoints`].
 pub type EndpointId = u16;
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Action { Allow, Deny }
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Direction { Ingress, Egress }
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Fragment { None, First, NonFirst }
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey { pub src: u32, pub dst: u32, pub proto: u8, pub sport: u16, pub dport: u16, pub fragment: Fragment }
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum HitSource { Global { rule: u32 }, Policy { policy: u32, rule: u32 }, DefaultDeny, DefaultAllow }
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct RuleHit { pub action: Action, pub source: HitSource }
-#[derive(Default)]
-pub struct PolicyConfig;
-pub struct PolicySet;
-impl PolicySet {
-    pub fn allow_all() -> PolicySet { PolicySet }
-    pub fn evaluate(&self, _ep: Option<EndpointId>, _dir: Direction, _key: &FlowKey) -> RuleHit { RuleHit { action: Action::Allow, source: HitSource::DefaultAllow } }
-    pub fn generation(&self) -> u64 { 0 }
-    pub fn is_allow_all(&self) -> bool { true }
-    pub fn describe(&self, _h: RuleHit) -> String { String::new() }
+
+/// IP protocol numbers the policy layer knows by name.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// ICMP echo request and reply types (RFC 792).
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// The verdict of a rule (or of a default).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
 }
-#[derive(Default, Clone, Copy, Debug)]
-pub struct CtTimeouts;
-pub enum CtDir { Original, Reply }
-pub enum CtLookup { Hit { dir: CtDir, stale: bool }, Miss }
-#[derive(Debug)]
-pub enum CtError { Full }
-pub struct ConnTrack;
-impl ConnTrack {
-    pub fn with_capacity(_n: usize, _t: CtTimeouts) -> Self { ConnTrack }
-    pub fn lookup(&mut self, _k: &FlowKey, _f: u8, _now: u64, _g: u64) -> CtLookup { CtLookup::Miss }
-    pub fn insert(&mut self, _k: &FlowKey, _f: u8, _now: u64, _g: u64) -> Result<(), CtError> { Ok(()) }
-    pub fn refresh(&mut self, _k: &FlowKey, _g: u64) {}
-    pub fn remove(&mut self, _k: &FlowKey) -> bool { false }
-    pub fn expire(&mut self, _now: u64, _b: usize) -> usize { 0 }
+
+/// Which way a packet crosses the endpoint: `Ingress` is towards the pod, `Egress` from it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Fragmentation state of the packet, from the IPv4 header.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Fragment {
+    /// Not a fragment (MF clear and offset 0).
+    None,
+    /// First fragment (offset 0, MF set): carries the L4 header.
+    First,
+    /// Any later fragment: no L4 header, so `sport`/`dport` are meaningless (set them to 0).
+    /// Rules with a port or ICMP type/code condition never match these.
+    NonFirst,
+}
+
+/// What the classifier and the connection tracker look at, all in host byte order.
+///
+/// For TCP, UDP and SCTP `sport`/`dport` are the ports. For ICMP, `sport = (type << 8) | code`
+/// and `dport` is the echo identifier for echo request/reply (0 for every other ICMP type).
+/// For other protocols, and for non-first fragments, both are 0.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub fragment: Fragment,
+}
+
+impl FlowKey {
+    /// ICMP type of an ICMP key (`sport >> 8`).
+    pub const fn icmp_type(&self) -> u8 {
+        (self.sport >> 8) as u8
+    }
+    /// ICMP code of an ICMP key (`sport & 0xff`).
+    pub const fn icmp_code(&self) -> u8 {
+        self.sport as u8
+    }
+
+    /// The key of the same connection's packets in the other direction: addresses and ports
+    /// swapped; for ICMP, an echo request becomes a reply and vice versa (the identifier stays).
+    /// Used to re-evaluate a stale conntrack hit as its originator's packet.
+    pub const fn reversed(&self) -> FlowKey {
+        if self.proto == PROTO_ICMP {
+            let sport = match self.icmp_type() {
+                ICMP_ECHO_REQUEST => (ICMP_ECHO_REPLY as u16) << 8 | self.icmp_code() as u16,
+                ICMP_ECHO_REPLY => (ICMP_ECHO_REQUEST as u16) << 8 | self.icmp_code() as u16,
+                _ => self.sport,
+            };
+            return FlowKey { src: self.dst, dst: self.src, sport, ..*self };
+        }
+        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_swaps_ends_and_echo_type() {
+        let k = FlowKey {
+            src: 1,
+            dst: 2,
+            proto: PROTO_TCP,
+            sport: 3,
+            dport: 4,
+            fragment: Fragment::None,
+        };
+        assert_eq!(k.reversed(), FlowKey { src: 2, dst: 1, sport: 4, dport: 3, ..k });
+        assert_eq!(k.reversed().reversed(), k);
+        let ping = FlowKey { proto: PROTO_ICMP, sport: 8 << 8, dport: 77, ..k };
+        assert_eq!(ping.reversed(), FlowKey { src: 2, dst: 1, sport: 0, dport: 77, ..ping });
+        assert_eq!(ping.reversed().reversed(), ping);
+    }
 }
