@@ -1,6 +1,6 @@
 //! The forwarding pipeline over a batch of frames, and the state it forwards with.
 
-// TEMP pub mod bench;
+pub mod bench;
 pub mod frag;
 pub mod lab;
 pub mod output;
