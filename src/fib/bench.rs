@@ -1,0 +1,163 @@
+//! `vrouter bench fib`: plain timing loops over the FIB (no criterion), reported as JSON.
+//!
+//! Keys are uniformly random over the whole IPv4 space and generated before any timing; each
+//! rate is the median of three runs. The update phase runs a reader thread that first measures
+//! its idle rate, then measures again while this thread toggles random table prefixes (remove
+//! if present, re-insert with the original next hop if not).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::table::{load_table_file, synthetic_table, TableError, FULL_TABLE_PREFIXES};
+use super::{Fib, FibWriter, Ipv4Prefix, NhId};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FibBenchReport {
+    pub table: String,
+    pub prefixes: usize,
+    pub lookups_per_sec: f64,
+    pub ns_per_lookup: f64,
+    pub bytes_per_prefix: f64,
+    pub memory_bytes: usize,
+    pub baseline_lookups_per_sec: f64,
+    pub speedup_vs_baseline: f64,
+    pub updates_per_sec: f64,
+    pub reader_slowdown: f64,
+    pub load_seconds: f64,
+}
+
+const KEYS: usize = 1 << 24;
+const BATCH: usize = 256;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Lookups per second of `lookup_batch` (one pin per `BATCH` keys) over `keys` for `dur`.
+pub fn measure_fib(fib: &Fib, keys: &[u32], dur: Duration) -> f64 {
+    let mut out = [0 as NhId; BATCH];
+    let mut sum = 0u64;
+    let mut n = 0u64;
+    let t = Instant::now();
+    'outer: loop {
+        for chunk in keys.chunks_exact(BATCH) {
+            let g = fib.pin();
+            g.lookup_batch(chunk, &mut out);
+            sum = sum.wrapping_add(out.iter().map(|&x| x as u64).sum::<u64>());
+            n += BATCH as u64;
+            if n % (BATCH as u64 * 64) == 0 && t.elapsed() >= dur {
+                break 'outer;
+            }
+        }
+    }
+    std::hint::black_box(sum);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn measure_baseline(map: &prefix_trie::PrefixMap<(u32, u8), NhId>, keys: &[u32], dur: Duration) -> f64 {
+    let mut sum = 0u64;
+    let mut n = 0u64;
+    let t = Instant::now();
+    'outer: loop {
+        for chunk in keys.chunks_exact(BATCH) {
+            for &k in chunk {
+                sum += map.get_lpm(&(k, 32)).map_or(0, |(_, &nh)| nh as u64);
+            }
+            n += BATCH as u64;
+            if n % (BATCH as u64 * 16) == 0 && t.elapsed() >= dur {
+                break 'outer;
+            }
+        }
+    }
+    std::hint::black_box(sum);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Runs all phases; `table: None` uses a synthetic table the size of the real one.
+pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<FibBenchReport, TableError> {
+    let (name, prefixes) = match table {
+        Some(p) => (p.display().to_string(), load_table_file(p)?),
+        None => ("synthetic".to_string(), synthetic_table(FULL_TABLE_PREFIXES, 1)),
+    };
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    let routes: Vec<(Ipv4Prefix, NhId)> = prefixes.iter().map(|&p| (p, rng.random_range(1..=4000))).collect();
+    let keys: Vec<u32> = (0..KEYS).map(|_| rng.random()).collect();
+    let run = Duration::from_secs_f64((seconds_per_phase / 3.0).max(0.01));
+
+    let mut loads = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let (mut w, fib) = FibWriter::new();
+        let t = Instant::now();
+        w.load(routes.iter().copied());
+        loads.push(t.elapsed().as_secs_f64());
+        last = Some((w, fib));
+    }
+    let (mut w, fib) = last.expect("three loads ran");
+    let memory_bytes = w.memory_bytes();
+
+    let rate = median((0..3).map(|_| measure_fib(&fib, &keys, run)).collect());
+
+    let mut map = prefix_trie::PrefixMap::<(u32, u8), NhId>::new();
+    for &(p, nh) in &routes {
+        map.insert((p.addr(), p.len()), nh);
+    }
+    let base = median((0..3).map(|_| measure_baseline(&map, &keys, run)).collect());
+    drop(map);
+
+    // Update phase: 0 = reader measuring idle, 1 = writer churning, 2 = done.
+    let phase = Arc::new(AtomicU8::new(0));
+    let keys = Arc::new(keys);
+    let phase_dur = Duration::from_secs_f64(seconds_per_phase.max(0.03) / 2.0);
+    let reader = {
+        let (fib, keys, phase) = (fib.clone(), keys.clone(), phase.clone());
+        std::thread::spawn(move || {
+            let idle = measure_fib(&fib, &keys, phase_dur);
+            phase.store(1, Ordering::SeqCst);
+            let busy = measure_fib(&fib, &keys, phase_dur);
+            phase.store(2, Ordering::SeqCst);
+            (idle, busy)
+        })
+    };
+    while phase.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut present = vec![true; routes.len()];
+    let mut updates = 0u64;
+    let t = Instant::now();
+    while phase.load(Ordering::SeqCst) == 1 {
+        for _ in 0..64 {
+            let i = rng.random_range(0..routes.len());
+            let (p, nh) = routes[i];
+            if present[i] {
+                w.remove(p);
+            } else {
+                w.insert(p, nh);
+            }
+            present[i] = !present[i];
+        }
+        updates += 64;
+    }
+    let updates_per_sec = updates as f64 / t.elapsed().as_secs_f64();
+    let (idle, busy) = reader.join().expect("reader thread panicked");
+
+    Ok(FibBenchReport {
+        table: name,
+        prefixes: routes.len(),
+        lookups_per_sec: rate,
+        ns_per_lookup: 1e9 / rate,
+        bytes_per_prefix: memory_bytes as f64 / routes.len() as f64,
+        memory_bytes,
+        baseline_lookups_per_sec: base,
+        speedup_vs_baseline: rate / base,
+        updates_per_sec,
+        reader_slowdown: 1.0 - busy / idle,
+        load_seconds: median(loads),
+    })
+}
