@@ -28,7 +28,30 @@ pub struct FibBenchReport {
     pub speedup_vs_baseline: f64,
     pub updates_per_sec: f64,
     pub reader_slowdown: f64,
+    /// As `reader_slowdown`, but per second of the reader thread's own CPU time (from
+    /// /proc/thread-self/schedstat), i.e. without the share of the core lost to other
+    /// processes or to the writer on a busy machine. NaN where schedstat is unavailable.
+    pub reader_slowdown_cpu: f64,
     pub load_seconds: f64,
+}
+
+/// CPU time of the calling thread in seconds (Linux schedstat), if available.
+fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<u64>().ok()? as f64 / 1e9)
+}
+
+/// Lookups per wall-clock second and per second of this thread's CPU time.
+fn measure_fib_cpu(fib: &Fib, keys: &[u32], dur: Duration) -> (f64, f64) {
+    let c0 = thread_cpu_seconds();
+    let t = Instant::now();
+    let rate = measure_fib(fib, keys, dur);
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = match (c0, thread_cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => f64::NAN,
+    };
+    (rate, rate * wall / cpu)
 }
 
 const KEYS: usize = 1 << 24;
@@ -118,9 +141,9 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
     let reader = {
         let (fib, keys, phase) = (fib.clone(), keys.clone(), phase.clone());
         std::thread::spawn(move || {
-            let idle = measure_fib(&fib, &keys, phase_dur);
+            let idle = measure_fib_cpu(&fib, &keys, phase_dur);
             phase.store(1, Ordering::SeqCst);
-            let busy = measure_fib(&fib, &keys, phase_dur);
+            let busy = measure_fib_cpu(&fib, &keys, phase_dur);
             phase.store(2, Ordering::SeqCst);
             (idle, busy)
         })
@@ -157,7 +180,8 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
         baseline_lookups_per_sec: base,
         speedup_vs_baseline: rate / base,
         updates_per_sec,
-        reader_slowdown: 1.0 - busy / idle,
+        reader_slowdown: 1.0 - busy.0 / idle.0,
+        reader_slowdown_cpu: 1.0 - busy.1 / idle.1,
         load_seconds: median(loads),
     })
 }

@@ -27,6 +27,8 @@ use super::{NhId, NH_NONE};
 
 const INITIAL_NODES: usize = 1 << 14;
 const INITIAL_LEAVES: usize = 1 << 16;
+/// Replaced arena ranges handed to the epoch collector per deferred closure.
+const DEFER_BATCH: usize = 64;
 
 /// A route longer than /18, kept sorted by `(addr, len)` within its block. In that order a route
 /// always precedes the routes it covers, which the builder relies on.
@@ -116,7 +118,7 @@ pub struct FibWriter {
     freed_tx: Sender<Freed>,
     freed_rx: Receiver<Freed>,
     scratch: Scratch,
-    /// Ranges replaced by the update in progress (current generation only).
+    /// Replaced ranges not yet handed to the collector (current generation only).
     freed: Vec<(u32, u32, u32, u32)>,
 }
 
@@ -372,13 +374,15 @@ impl FibWriter {
         (blk.nodes, blk.n_nodes, blk.leaves, blk.n_leaves) = entry.1;
     }
 
-    /// Hands replaced ranges to the epoch collector and updates the shared route count.
+    /// Updates the shared route count and hands replaced ranges to the epoch collector, in
+    /// batches of `DEFER_BATCH` ranges: the deferred closures run inside whichever thread
+    /// collects next, often a reader's `pin`, so one closure per update would tax readers.
     fn finish(&mut self, guard: &Guard) {
         self.fib.prefixes.store(self.len(), Ordering::Relaxed);
-        let freed = std::mem::take(&mut self.freed);
-        if !freed.is_empty() {
+        if self.freed.len() >= DEFER_BATCH {
+            let ranges = std::mem::replace(&mut self.freed, Vec::with_capacity(DEFER_BATCH * 2));
             let tx = self.freed_tx.clone();
-            let msg = Freed { generation: self.generation, ranges: freed };
+            let msg = Freed { generation: self.generation, ranges };
             guard.defer(move || {
                 // The writer may be gone; then nobody needs the ranges.
                 let _ = tx.send(msg);
