@@ -42,8 +42,10 @@ pub(crate) const TOP_SIZE: usize = 1 << TOP_BITS;
 pub(crate) const STRIDE: u32 = 6;
 /// Top entry flag: the low 16 bits are the next hop for the whole /18.
 pub(crate) const LEAF_TAG: u32 = 1 << 31;
-/// How many lookups `lookup_batch` keeps in flight.
-const LANES: usize = 32;
+/// How far ahead `lookup_batch` prefetches top entries. Measured on the full table with random
+/// keys (Zen, lookups/s, median of 7): 4 -> no gain, 8: 154M, 12: 158M, 16: 168M, 24: 157M,
+/// none: 150M.
+const PREFETCH_AHEAD: usize = 16;
 
 /// A 6-bit-stride poptrie node (24 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,11 +112,6 @@ impl<T: Zeroable> RawArray<T> {
         debug_assert!(i < self.cap);
         // SAFETY: in bounds and race-free per the caller's contract.
         unsafe { self.ptr.as_ptr().add(i).read() }
-    }
-
-    #[inline(always)]
-    pub(crate) fn prefetch(&self, i: usize) {
-        prefetch(self.ptr.as_ptr().wrapping_add(i) as *const u8);
     }
 
     /// Copies `src` to `start..start + src.len()`.
@@ -198,54 +195,15 @@ impl Tables {
         self.walk(e, addr, TOP_BITS)
     }
 
-    /// Up to `LANES` lookups in three stages, so that their cache misses overlap instead of
-    /// forming one dependent chain per key.
+    /// Lookups in order, prefetching the top entry `PREFETCH_AHEAD` keys ahead.
     #[inline(always)]
-    fn lookup_lanes(&self, addrs: &[u32], out: &mut [NhId]) {
-        let n = addrs.len().min(out.len()).min(LANES);
+    fn lookup_many(&self, addrs: &[u32], out: &mut [NhId]) {
         let top = self.top.as_ptr();
-        for &a in &addrs[..n] {
-            prefetch(top.wrapping_add((a >> (32 - TOP_BITS)) as usize) as *const u8);
-        }
-        let mut ent = [0u32; LANES];
-        for i in 0..n {
-            let e = self.top[(addrs[i] >> (32 - TOP_BITS)) as usize].load(Ordering::Acquire);
-            ent[i] = e;
-            if e & LEAF_TAG == 0 {
-                self.nodes.prefetch(e as usize);
+        for (i, (o, &a)) in out.iter_mut().zip(addrs).enumerate() {
+            if let Some(&next) = addrs.get(i + PREFETCH_AHEAD) {
+                prefetch(top.wrapping_add((next >> (32 - TOP_BITS)) as usize) as *const u8);
             }
-        }
-        // Stage 2: resolve the root node; remember either a leaf index or a child node.
-        const CHILD: u32 = 1 << 31;
-        let mut next = [0u32; LANES];
-        for i in 0..n {
-            let e = ent[i];
-            if e & LEAF_TAG != 0 {
-                continue;
-            }
-            // SAFETY: see `walk`.
-            let node = unsafe { self.nodes.get(e as usize) };
-            let v = slot_of(addrs[i], TOP_BITS);
-            if node.vector >> v & 1 != 0 {
-                let c = node.base1 + rank(node.vector, v) - 1;
-                self.nodes.prefetch(c as usize);
-                next[i] = c | CHILD;
-            } else {
-                let l = node.base0 + rank(node.leafvec, v) - 1;
-                self.leaves.prefetch(l as usize);
-                next[i] = l;
-            }
-        }
-        for i in 0..n {
-            let e = ent[i];
-            out[i] = if e & LEAF_TAG != 0 {
-                e as NhId
-            } else if next[i] & CHILD != 0 {
-                self.walk(next[i] & !CHILD, addrs[i], TOP_BITS + STRIDE)
-            } else {
-                // SAFETY: see `walk`.
-                unsafe { self.leaves.get(next[i] as usize) }
-            };
+            *o = self.lookup(a);
         }
     }
 }
@@ -310,15 +268,19 @@ impl FibGuard<'_> {
         self.tables().lookup(addr)
     }
 
-    /// Same answers as [`lookup`](Self::lookup) for each key, with the memory accesses of up to
-    /// 32 keys overlapped. Panics if `out` is shorter than `addrs`.
+    /// Same answers as [`lookup`](Self::lookup) for each key. Panics if `out` is shorter than
+    /// `addrs`.
+    ///
+    /// Memory-level parallelism comes from the out-of-order core: consecutive lookups are
+    /// independent, so their misses overlap on their own; this adds a prefetch of the top entry
+    /// 16 keys ahead. A staged version (all top loads of 32 keys, then all root nodes, then
+    /// all leaves, with prefetches between stages) measured 40% *slower* here (102M vs 168M
+    /// lookups/s): the stages add loads, stores and a second mispredicted leaf-or-node branch
+    /// per key, while the reorder window already holds several scalar lookups.
     #[inline]
     pub fn lookup_batch(&self, addrs: &[u32], out: &mut [NhId]) {
         assert!(out.len() >= addrs.len(), "lookup_batch: out is shorter than addrs");
-        let t = self.tables();
-        for (a, o) in addrs.chunks(LANES).zip(out.chunks_mut(LANES)) {
-            t.lookup_lanes(a, o);
-        }
+        self.tables().lookup_many(addrs, &mut out[..addrs.len()]);
     }
 }
 
