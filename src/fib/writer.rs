@@ -282,6 +282,16 @@ impl FibWriter {
             + self.leaf_arena.used as usize * std::mem::size_of::<NhId>()
     }
 
+    /// Approximate bytes of the writer-side RIB (per-block vectors, the short-route hash map,
+    /// `short_best`): not touched by lookups, reported apart from `memory_bytes`.
+    pub fn rib_memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.blocks.capacity() * size_of::<Block>()
+            + self.blocks.iter().map(|b| b.long.capacity() * size_of::<LongRoute>()).sum::<usize>()
+            + self.short.capacity() * (size_of::<((u32, u8), NhId)>() + 1)
+            + self.short_best.capacity() * size_of::<Option<(u8, NhId)>>()
+    }
+
     /// Bytes of arena space on free lists (included in `memory_bytes`).
     pub fn free_bytes(&self) -> usize {
         self.node_arena.free_slots as usize * std::mem::size_of::<Node>()
