@@ -107,7 +107,7 @@ fn readers_see_only_valid_next_hops_during_churn() {
         let p = pool.routes[i];
         match (w.get(p), rng.random_range(0..3)) {
             (Some(_), 0) => assert!(w.remove(p).is_some()),
-            (Some(nh), _) => assert_eq!(w.insert(p, nh_of(i, (nh as usize - 1) % 2 ^ 1)), Some(nh)),
+            (Some(nh), _) => assert_eq!(w.insert(p, nh_of(i, ((nh as usize - 1) % 2) ^ 1)), Some(nh)),
             (None, _) => assert_eq!(w.insert(p, nh_of(i, rng.random_range(0..2))), None),
         }
         ops += 1;

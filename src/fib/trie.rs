@@ -289,6 +289,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fib_is_shareable_and_writer_is_movable() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Fib>();
+        send_sync::<std::sync::Arc<Fib>>();
+        send::<super::super::FibWriter>();
+        assert_eq!(std::mem::size_of::<Node>(), 24);
+    }
+
+    #[test]
     fn rank_counts_bits_up_to_and_including_v() {
         assert_eq!(rank(0b1011, 0), 1);
         assert_eq!(rank(0b1011, 2), 2);
@@ -298,7 +308,7 @@ mod tests {
 
     #[test]
     fn slot_of_takes_six_bits_and_pads_past_32() {
-        let a = 0xC0A8_0A_FF; // 192.168.10.255
+        let a = 0xC0A8_0AFF; // 192.168.10.255
         assert_eq!(slot_of(a, 18), (a >> 8) & 63);
         assert_eq!(slot_of(a, 24), (a >> 2) & 63);
         assert_eq!(slot_of(a, 30), (a & 3) << 4);
