@@ -39,6 +39,11 @@ pub struct FibBenchReport {
     pub paced_updates_per_sec: f64,
     pub paced_reader_slowdown: f64,
     pub paced_reader_slowdown_cpu: f64,
+    /// Control: the reader's slowdown while the writer thread only spins on registers (no
+    /// memory traffic, no FIB changes). On an otherwise idle multi-core machine ~0; where it is
+    /// not, the slowdowns above include that much plain CPU contention.
+    pub spinner_reader_slowdown: f64,
+    pub spinner_reader_slowdown_cpu: f64,
 }
 
 /// Writer rate for the paced update phase.
@@ -143,8 +148,8 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
     let base = median((0..3).map(|_| measure_baseline(&map, &keys, run)).collect());
     drop(map);
 
-    // Update phases: 0 = writer idle, 1 = writer flat out, 2 = writer paced, 3 = done. The
-    // reader cycles through 0, 1, 2 three times and reports medians, so that load from other
+    // Update phases: 0 = writer idle, 1 = writer flat out, 2 = writer paced, 3 = writer spins
+    // without touching memory (control), 4 = done. The reader cycles through 0..=3 three times and reports medians, so that load from other
     // processes drifting over time does not masquerade as (or hide) writer interference.
     let phase = Arc::new(AtomicU8::new(0));
     let keys = Arc::new(keys);
@@ -152,7 +157,7 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
     let reader = {
         let (fib, keys, phase) = (fib.clone(), keys.clone(), phase.clone());
         std::thread::spawn(move || {
-            let mut r: [Vec<(f64, f64)>; 3] = Default::default();
+            let mut r: [Vec<(f64, f64)>; 4] = Default::default();
             for _round in 0..3 {
                 for (p, v) in r.iter_mut().enumerate() {
                     phase.store(p as u8, Ordering::SeqCst);
@@ -160,7 +165,7 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
                     v.push(measure_fib_cpu(&fib, &keys, slice));
                 }
             }
-            phase.store(3, Ordering::SeqCst);
+            phase.store(4, Ordering::SeqCst);
             r.map(|v| (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect())))
         })
     };
@@ -203,12 +208,21 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
                 paced += n;
                 paced_t += t.elapsed();
             }
+            3 => {
+                let mut x = 1u64;
+                while phase.load(Ordering::SeqCst) == 3 {
+                    for _ in 0..1000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    }
+                }
+                std::hint::black_box(x);
+            }
             _ => break,
         }
     }
     let updates_per_sec = flat as f64 / flat_t.as_secs_f64();
     let paced_updates_per_sec = paced as f64 / paced_t.as_secs_f64();
-    let [idle, busy, paced_r] = reader.join().expect("reader thread panicked");
+    let [idle, busy, paced_r, spin] = reader.join().expect("reader thread panicked");
 
     Ok(FibBenchReport {
         table: name,
@@ -226,5 +240,7 @@ pub fn run_fib_bench(table: Option<&Path>, seconds_per_phase: f64) -> Result<Fib
         paced_updates_per_sec,
         paced_reader_slowdown: 1.0 - paced_r.0 / idle.0,
         paced_reader_slowdown_cpu: 1.0 - paced_r.1 / idle.1,
+        spinner_reader_slowdown: 1.0 - spin.0 / idle.0,
+        spinner_reader_slowdown_cpu: 1.0 - spin.1 / idle.1,
     })
 }

@@ -9,9 +9,11 @@
 //! repaints `short_best` over its range and rebuilds or retags the blocks whose default
 //! changed.
 //!
-//! Arena space replaced by an update is handed to `guard.defer`; when the grace period has
-//! passed, crossbeam runs the closure, which sends the ranges back over a channel, and the writer
-//! drains that channel into exact-size free lists before its next allocation. A bulk `load` (or
+//! Arena space replaced by updates is handed to `guard.defer` in batches of 64 ranges; when the
+//! grace period has passed, crossbeam runs the closure (in whichever thread collects), which
+//! sends the ranges back over a channel, and the writer drains that channel into exact-size free
+//! lists before its next allocation. Ranges are tagged with the table generation so that ranges
+//! of a replaced arena are never freed into its successor. A bulk `load` (or
 //! an arena that runs out of capacity) builds a complete fresh [`Tables`] and swaps it in.
 
 use std::collections::HashMap;
