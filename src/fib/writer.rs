@@ -723,6 +723,8 @@ mod tests {
         Insert(u32, u8, NhId),
         Remove(usize),
         Lookup(usize, u32),
+        /// Bulk-load a few routes into the live writer (swaps in new tables), or compact.
+        Load(Vec<(u32, u8, NhId)>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -730,9 +732,12 @@ mod tests {
         let addr = prop_oneof![any::<u32>(), (0u32..1 << 17).prop_map(|x| 0x0a0a_0000 + x), (0u32..1 << 10).prop_map(|x| 0xc0a8_0000 + x)];
         let len = prop_oneof![0u8..=32, 16u8..=26, 24u8..=32];
         prop_oneof![
-            3 => (addr, len, 1u16..6).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),
-            1 => any::<usize>().prop_map(Op::Remove),
-            2 => (any::<usize>(), any::<u32>()).prop_map(|(i, d)| Op::Lookup(i, d)),
+            12 => (addr, len, 1u16..6).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),
+            4 => any::<usize>().prop_map(Op::Remove),
+            8 => (any::<usize>(), any::<u32>()).prop_map(|(i, d)| Op::Lookup(i, d)),
+            // Rare: each one rebuilds all 2^18 blocks, slow in debug builds.
+            1 => proptest::collection::vec((0u32..1 << 17, 8u8..=32, 0u16..4), 0..4)
+                .prop_map(|v| Op::Load(v.into_iter().map(|(a, l, nh)| (0x0a0a_0000 + a, l, nh)).collect())),
         ]
     }
 
@@ -760,6 +765,14 @@ mod tests {
                         }
                         // A removal of something absent.
                         prop_assert_eq!(w.remove(Ipv4Prefix::new_masked(0x7f00_0000, 9)), n.0.remove(&Ipv4Prefix::new_masked(0x7f00_0000, 9)));
+                    }
+                    Op::Load(v) => {
+                        let routes: Vec<(Ipv4Prefix, NhId)> = v.iter().map(|&(a, l, nh)| (Ipv4Prefix::new_masked(a, l), nh)).collect();
+                        for &(q, nh) in &routes {
+                            if nh == NH_NONE { n.0.remove(&q); } else { n.0.insert(q, nh); }
+                            probes.push(q.addr());
+                        }
+                        if routes.is_empty() { w.compact() } else { w.load(routes) }
                     }
                     Op::Lookup(i, d) => {
                         let base = if probes.is_empty() { d } else { probes[i % probes.len()] };
