@@ -4,7 +4,14 @@
 //! rate is the median of three runs. The update phase runs a reader thread that measures its
 //! rate while this thread is idle, while it toggles random table prefixes (remove if present,
 //! re-insert with the original next hop if not) as fast as it can, and while it toggles them at
-//! 200k changes/s; three rounds of the three, medians reported.
+//! 200k changes/s; three rounds of the three, medians reported. A fourth phase runs a thread
+//! that only spins on registers, as a control for plain CPU contention.
+//!
+//! TODO: the "reader loses <= 20% during 200k updates/s" is unverified so far: on the
+//! shared 2-core development box (load average ~2.5 from other builds) the register-only spinner
+//! costs the reader as much as the writer does (2026-11-25: wall 73% vs 72% flat out / 53%
+//! paced; per reader CPU-second 49% vs 47% / 29%). Re-measure on an idle machine with the
+//! reader and writer on separate cores.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
