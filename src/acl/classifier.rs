@@ -17,6 +17,11 @@
 //! first non-zero AND: the first match. ICMP type/code are folded into the source-port field
 //! (`sport = type << 8 | code`), which is why they need no field of their own.
 //!
+//! Bounds, for n rules: per field at most 2n+1 intervals; memory is the distinct sparse sets,
+//! at worst (n/64 words) per interval when broad ranges overlap many narrow ones, typically far
+//! less (10k random Calico-like rules: 6.4 MiB in all). Lookup is five O(log n) searches plus
+//! one visit per candidate word before the first match (about 13 at 10k rules in the bench).
+//!
 //! Lookup allocates nothing: five binary searches, then word-sized ANDs. Lists of at most
 //! [`LINEAR_MAX`] rules skip all this and scan their normalised conditions, which is faster
 //! at that size (the common one for a Kubernetes endpoint).
@@ -197,8 +202,9 @@ fn summarize(dense: &[u64], nsum: usize) -> Vec<u64> {
 }
 
 /// Lists up to this long are matched by a scan of their normalised conditions: below it the
-/// scan beats the bitset walk (measured: 10 rules, 22 ns scan vs 43 ns bitsets; the bitset
-/// walk has a fixed cost of five interval searches). Kubernetes endpoints mostly have few rules.
+/// scan beats the bitset walk, which has a fixed cost of five interval searches (measured,
+/// `benches/acl.rs`, 10 rules: 27 ns/eval scanning, 43 ns via bitsets). Kubernetes endpoints
+/// mostly have few rules.
 pub const LINEAR_MAX: usize = 16;
 
 /// The compiled form of one ordered rule list.
