@@ -17,7 +17,14 @@
 //! first non-zero AND: the first match. ICMP type/code are folded into the source-port field
 //! (`sport = type << 8 | code`), which is why they need no field of their own.
 //!
-//! Lookup allocates nothing: five binary searches, then word-sized ANDs.
+//! Bounds, for n rules: per field at most 2n+1 intervals; memory is the distinct sparse sets,
+//! at worst (n/64 words) per interval when broad ranges overlap many narrow ones, typically far
+//! less (10k random Calico-like rules: 6.4 MiB in all). Lookup is five O(log n) searches plus
+//! one visit per candidate word before the first match (about 13 at 10k rules in the bench).
+//!
+//! Lookup allocates nothing: five binary searches, then word-sized ANDs. Lists of at most
+//! [`LINEAR_MAX`] rules skip all this and scan their normalised conditions, which is faster
+//! at that size (the common one for a Kubernetes endpoint).
 
 use std::collections::HashMap;
 
@@ -194,10 +201,29 @@ fn summarize(dense: &[u64], nsum: usize) -> Vec<u64> {
     s
 }
 
-/// The compiled form of one ordered rule list. Rule `i` of the list is bit `i`.
+/// Lists up to this long are matched by a scan of their normalised conditions: below it the
+/// scan beats the bitset walk, which has a fixed cost of five interval searches (measured,
+/// `benches/acl.rs`, 10 rules: 27 ns/eval scanning, 43 ns via bitsets). Kubernetes endpoints
+/// mostly have few rules.
+pub const LINEAR_MAX: usize = 16;
+
+/// The compiled form of one ordered rule list.
 #[derive(Debug, Clone)]
 pub struct Classifier {
     nrules: usize,
+    imp: Imp,
+}
+
+#[derive(Debug, Clone)]
+enum Imp {
+    /// Each rule's normalised conditions and whether it needs the L4 header.
+    Linear(Vec<(Conditions, bool)>),
+    Bitsets(Box<Bitsets>),
+}
+
+/// The interval/bitset classifier. Rule `i` of the list is bit `i`.
+#[derive(Debug, Clone)]
+struct Bitsets {
     nsum: usize,
     fields: [FieldTable; FIELDS],
     /// Dense: rules without port/ICMP conditions (the only ones a non-first fragment can match).
@@ -249,6 +275,15 @@ impl Classifier {
     /// Compiles an ordered list of (already validated) rules.
     pub fn build<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Classifier {
         let rules: Vec<&Rule> = rules.into_iter().collect();
+        if rules.len() <= LINEAR_MAX {
+            let linear = rules.iter().map(|r| (field_conditions(r), r.needs_l4())).collect();
+            return Classifier { nrules: rules.len(), imp: Imp::Linear(linear) };
+        }
+        Self::build_bitsets(&rules)
+    }
+
+    /// The bitset form whatever the length (tests use it to cover short lists too).
+    pub(crate) fn build_bitsets(rules: &[&Rule]) -> Classifier {
         let nrules = rules.len();
         let nwords = nrules.div_ceil(64);
         let nsum = nwords.div_ceil(64);
@@ -267,7 +302,8 @@ impl Classifier {
         let ip_wild: Vec<u64> =
             fields[F_SRC].wild.iter().zip(&fields[F_DST].wild).map(|(a, b)| a & b).collect();
         let ip_wild_sum = summarize(&ip_wild, nsum);
-        Classifier { nrules, nsum, fields, l4free, l4free_sum, ip_wild_sum }
+        let b = Bitsets { nsum, fields, l4free, l4free_sum, ip_wild_sum };
+        Classifier { nrules, imp: Imp::Bitsets(Box::new(b)) }
     }
 
     pub fn len(&self) -> usize {
@@ -281,11 +317,43 @@ impl Classifier {
     /// Index of the first rule matching `k`, if any. No allocation.
     #[inline]
     pub fn first_match(&self, k: &FlowKey) -> Option<u32> {
-        if self.nrules == 0 {
-            return None;
-        }
         let values = [k.src, k.dst, k.proto as u32, k.sport as u32, k.dport as u32];
         let nonfirst = k.fragment == Fragment::NonFirst;
+        match &self.imp {
+            Imp::Linear(rules) => rules
+                .iter()
+                .position(|(conds, needs_l4)| {
+                    !(nonfirst && *needs_l4)
+                        && conds.iter().zip(values).all(|(c, v)| {
+                            c.as_ref()
+                                .map_or(true, |rs| rs.iter().any(|&(lo, hi)| lo <= v && v <= hi))
+                        })
+                })
+                .map(|i| i as u32),
+            Imp::Bitsets(b) if self.nrules > 0 => b.first_match(values, nonfirst),
+            Imp::Bitsets(_) => None,
+        }
+    }
+
+    /// Heap bytes held by the compiled tables.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.imp {
+            Imp::Linear(rules) => {
+                rules.capacity() * std::mem::size_of::<(Conditions, bool)>()
+                    + rules
+                        .iter()
+                        .flat_map(|(c, _)| c.iter().flatten())
+                        .map(|v| v.capacity() * 8)
+                        .sum::<usize>()
+            }
+            Imp::Bitsets(b) => std::mem::size_of::<Bitsets>() + b.memory_bytes(),
+        }
+    }
+}
+
+impl Bitsets {
+    #[inline]
+    fn first_match(&self, values: [u32; FIELDS], nonfirst: bool) -> Option<u32> {
         let mut set = [0usize; FIELDS];
         let mut cur = [0usize; FIELDS];
         let mut end = [0usize; FIELDS];
@@ -331,8 +399,7 @@ impl Classifier {
         None
     }
 
-    /// Heap bytes held by the compiled tables.
-    pub fn memory_bytes(&self) -> usize {
+    fn memory_bytes(&self) -> usize {
         self.fields.iter().map(FieldTable::memory_bytes).sum::<usize>()
             + (self.l4free.capacity() + self.l4free_sum.capacity() + self.ip_wild_sum.capacity())
                 * 8
@@ -368,9 +435,11 @@ mod tests {
     fn wildcard_and_full_range_rules_match_everything() {
         let mut r = Rule::any(Action::Allow);
         r.src.push("0.0.0.0/0".parse().unwrap());
-        let c = Classifier::build([&r]);
-        assert_eq!(c.first_match(&key(u32::MAX, 0, 0, 0, 0)), Some(0));
+        for c in [Classifier::build([&r]), Classifier::build_bitsets(&[&r])] {
+            assert_eq!(c.first_match(&key(u32::MAX, 0, 0, 0, 0)), Some(0));
+        }
         assert_eq!(Classifier::build([]).first_match(&key(0, 0, 0, 0, 0)), None);
+        assert_eq!(Classifier::build_bitsets(&[]).first_match(&key(0, 0, 0, 0, 0)), None);
     }
 
     #[test]
@@ -380,6 +449,7 @@ mod tests {
         r.dst.push("10.0.0.0/24".parse().unwrap());
         let rules = vec![r; 1000];
         let c = Classifier::build(&rules);
+        let Imp::Bitsets(c) = &c.imp else { panic!("1000 rules should use bitsets") };
         assert_eq!(c.fields[F_DST].set_off.len() - 1, 2);
         assert_eq!(c.fields[F_DST].starts.len(), 3);
     }

@@ -692,6 +692,26 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Short lists take the linear path in `PolicySet`; check both forms on them.
+        #[test]
+        fn short_lists_agree_in_both_forms(
+            rules in prop::collection::vec(rule(), 0..40),
+            keys in prop::collection::vec(flow_key(), 64),
+        ) {
+            let refs: Vec<&Rule> = rules.iter().collect();
+            let linear = Classifier::build(&rules);
+            let bitsets = Classifier::build_bitsets(&refs);
+            for k in &keys {
+                let want = rules.iter().position(|r| r.matches(k)).map(|i| i as u32);
+                prop_assert_eq!(linear.first_match(k), want, "linear, key {:?}", k);
+                prop_assert_eq!(bitsets.first_match(k), want, "bitsets, key {:?}", k);
+            }
+        }
+    }
+
     /// More than 4096 rules: the summary spans several words, which small cases never reach.
     #[test]
     fn large_list_matches_naive_across_summary_words() {
