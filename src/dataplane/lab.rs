@@ -226,10 +226,26 @@ pub fn sample_frames() -> Vec<(Vec<u8>, PortId)> {
     ]
 }
 
-/// One fuzz case: `data` is cut into frames (2-byte length, 1-byte port, then the bytes), run
-/// through a fresh lab node in one batch, then once more after a second. Must never panic.
+thread_local! {
+    static FUZZ_LABS: std::cell::RefCell<Option<[Lab; 2]>> = const { std::cell::RefCell::new(None) };
+}
+
+/// One fuzz case: `data` is cut into frames (2-byte length, 1-byte port, then the bytes) and run
+/// through a lab node in one batch, then once more a second later. The first byte picks one of
+/// two long-lived nodes (neighbours static or resolved by ARP), so state carries across cases
+/// as it does in a running router. Must never panic.
 pub fn fuzz_pipeline(data: &[u8]) {
-    let mut lab = Lab::new(LabOptions { static_neighbours: data.first().is_some_and(|b| b & 1 == 0), ..Default::default() });
+    FUZZ_LABS.with(|labs| {
+        let mut labs = labs.borrow_mut();
+        let labs = labs.get_or_insert_with(|| {
+            [true, false].map(|s| Lab::new(LabOptions { static_neighbours: s, ..Default::default() }))
+        });
+        let lab = &mut labs[data.first().map_or(0, |b| (b & 1) as usize)];
+        fuzz_one(lab, data);
+    });
+}
+
+fn fuzz_one(lab: &mut Lab, data: &[u8]) {
     let mut bufs = Vec::new();
     let mut rest = data.get(1..).unwrap_or(&[]);
     while rest.len() >= 3 && bufs.len() < 300 {

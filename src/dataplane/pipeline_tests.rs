@@ -686,3 +686,99 @@ mod fuzz {
         }
     }
 }
+
+mod policy {
+    use super::*;
+    use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet, PortRange, Rule};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    /// Pod B accepts TCP 80 from pod A only; pod A accepts nothing new (default deny).
+    fn policy(generation: u64, allow_web: bool) -> Arc<PolicySet> {
+        let mut web = Rule::any(if allow_web { crate::acl::Action::Allow } else { crate::acl::Action::Deny });
+        web.src = vec![crate::fib::Ipv4Prefix::new(lab::POD_A_IP, 32).unwrap()];
+        web.protocol = Some(6);
+        web.dst_ports = vec![PortRange::single(80)];
+        let cfg = PolicyConfig {
+            global: vec![],
+            policies: BTreeMap::from([("web".to_string(), vec![web]), ("closed".to_string(), vec![])]),
+            endpoints: vec![
+                EndpointPolicy { ingress: vec!["closed".into()], egress: vec![] },
+                EndpointPolicy { ingress: vec!["web".into()], egress: vec![] },
+            ],
+        };
+        Arc::new(PolicySet::compile(&cfg, generation).unwrap())
+    }
+
+    fn a_to_b(dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+        frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 40000, dport, syn, ack)
+    }
+    fn b_to_a(sport: u16, syn: bool, ack: bool) -> Vec<u8> {
+        frames::tcp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::POD_A_IP, sport, 40000, syn, ack)
+    }
+
+    #[test]
+    fn allowed_connection_and_its_replies_pass_while_others_are_denied() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        assert_eq!(run1(&mut lab, a_to_b(80, true, false), lab::POD_A).len(), 1, "SYN to port 80 allowed");
+        // Pod A's ingress denies everything new, but this is the reply of A's own connection.
+        assert_eq!(run1(&mut lab, b_to_a(80, true, true), lab::POD_B).len(), 1, "SYN-ACK passes on conntrack");
+        assert_eq!(run1(&mut lab, a_to_b(80, false, true), lab::POD_A).len(), 1, "ACK");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        // Not allowed: another port, and B opening a connection to A.
+        assert!(run1(&mut lab, a_to_b(22, true, false), lab::POD_A).is_empty());
+        assert!(run1(&mut lab, b_to_a(443, true, false), lab::POD_B).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+        assert_eq!(lab.worker.conntrack().len(), 1);
+    }
+
+    #[test]
+    fn a_policy_change_re_judges_established_flows() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        assert_eq!(run1(&mut lab, a_to_b(80, true, false), lab::POD_A).len(), 1);
+        let snap = lab::snapshot(&LabOptions { policy: policy(2, false), ..Default::default() });
+        lab.shared.publish(snap);
+        assert!(run1(&mut lab, a_to_b(80, false, true), lab::POD_A).is_empty(), "now denied");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+        assert_eq!(lab.worker.conntrack().len(), 0, "entry removed");
+    }
+
+    #[test]
+    fn non_first_fragments_never_match_port_rules() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let mut f = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 64, 1, 80, &[0; 32]);
+        f[14 + 9] = 6; // claim TCP: the "ports" are payload bytes of a later fragment
+        let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+        ip.set_flags_frag(4); // offset 32 bytes
+        ip.fill_checksum();
+        assert!(run1(&mut lab, f, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+    }
+
+    #[test]
+    fn tiny_tcp_fragments_are_dropped_rfc1858() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let mut f = a_to_b(80, true, false);
+        // Truncate the TCP header to 8 bytes and mark the packet as a first fragment.
+        f.truncate(14 + 20 + 8);
+        let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+        ip.set_total_len(28);
+        ip.set_flags_frag(ipv4::FLAG_MF);
+        ip.fill_checksum();
+        assert!(run1(&mut lab, f, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::L4Truncated), 1);
+    }
+
+    #[test]
+    fn conntrack_full_refuses_new_flows_with_a_counted_drop() {
+        let cfg = WorkerConfig { conntrack_capacity: 4, ..Default::default() };
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: cfg, ..Default::default() });
+        let mut passed = 0;
+        for sport in 0..64u16 {
+            let f = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 1000 + sport, 80, true, false);
+            passed += run1(&mut lab, f, lab::POD_A).len();
+        }
+        assert!(passed >= 4 && passed < 64, "{passed}");
+        assert_eq!(drops(&lab, DropReason::ConntrackFull), 64 - passed as u64);
+    }
+}
