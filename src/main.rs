@@ -74,6 +74,7 @@ fn check_seconds(s: f64) -> Result<f64, String> {
 fn bench(what: BenchCmd) -> Result<String, String> {
     match what {
         BenchCmd::Fib { table, seconds } => {
+            let table = table.or_else(vrouter::fib::table::default_table_path);
             let r = vrouter::fib::bench::run_fib_bench(table.as_deref(), check_seconds(seconds)?).map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
         }

@@ -77,6 +77,8 @@ pub struct PolicySet {
     lists: Vec<CompiledList>,
     /// Per endpoint, `[ingress, egress]` index into `lists`, or `NO_LIST`.
     endpoints: Vec<[u32; 2]>,
+    /// No global rules and no endpoint with a policy: nothing can be denied.
+    allow_all: bool,
 }
 
 impl PolicySet {
@@ -154,7 +156,9 @@ impl PolicySet {
             }
             endpoints.push(slots);
         }
+        let allow_all = cfg.global.is_empty() && endpoints.iter().all(|e| e.iter().all(|l| *l == NO_LIST));
         Ok(PolicySet {
+            allow_all,
             generation,
             global: Classifier::build(&cfg.global),
             global_actions: cfg.global.iter().map(|r| r.action).collect(),
@@ -173,6 +177,7 @@ impl PolicySet {
             names: Vec::new(),
             lists: Vec::new(),
             endpoints: Vec::new(),
+            allow_all: true,
         }
     }
 
@@ -212,8 +217,9 @@ impl PolicySet {
 
     /// True when nothing can be denied: no global rules and no endpoint selected by a policy.
     /// The pipeline then skips classification and connection tracking altogether.
+    #[inline]
     pub fn is_allow_all(&self) -> bool {
-        self.global.is_empty() && self.endpoints.iter().all(|e| e.iter().all(|l| *l == NO_LIST))
+        self.allow_all
     }
 
     pub fn generation(&self) -> u64 {

@@ -131,6 +131,7 @@ pub struct Worker {
     idx: Box<[u16]>,
     out: Output,
     ident: u16,
+    last_service_ms: u64,
 }
 
 impl Worker {
@@ -149,6 +150,7 @@ impl Worker {
             idx: vec![0; MAX_BATCH].into_boxed_slice(),
             out: Output::new(ports.max(64), MAX_BATCH, cfg.emit_slots),
             ident: 1,
+            last_service_ms: u64::MAX,
             shared,
             cfg,
         }
@@ -185,6 +187,11 @@ impl Worker {
     /// Timers that ride on the poll loop: held frames whose neighbour resolved (possibly on
     /// another worker), retransmitted ARP requests, expired holds, conntrack sweep.
     fn service(&mut self, snap: &Snapshot, now: u64) {
+        // At most once per millisecond: the timers are coarse, batches are not.
+        if now == self.last_service_ms {
+            return;
+        }
+        self.last_service_ms = now;
         let expired = self.hold.expire(now, self.cfg.hold_timeout_ms);
         self.counters.drop_n(DropReason::NeighUnresolved, expired as u64);
         let mut i = 0;
@@ -224,6 +231,7 @@ impl Worker {
             *m = META_INIT;
         }
         // 1. input
+        self.count_rx(frames);
         for (i, f) in frames.iter_mut().enumerate() {
             let port = f.port();
             let (buf, head, len) = f.parts();
@@ -301,6 +309,27 @@ impl Worker {
 
     // ---------------------------------------------------------------- stage 1: input
 
+    /// Counts received frames per port, one counter update per run of frames from the same
+    /// port (a burst usually comes from one port).
+    fn count_rx<F: Frame>(&mut self, frames: &mut [F]) {
+        let mut run: Option<(PortId, u64, u64)> = None;
+        for f in frames.iter_mut() {
+            let port = f.port();
+            let len = *f.parts().2 as u64;
+            run = match run {
+                Some((p, n, b)) if p == port => Some((p, n + 1, b + len)),
+                Some((p, n, b)) => {
+                    self.counters.rx_n(p as usize, n, b);
+                    Some((port, 1, len))
+                }
+                None => Some((port, 1, len)),
+            };
+        }
+        if let Some((p, n, b)) = run {
+            self.counters.rx_n(p as usize, n, b);
+        }
+    }
+
     /// L2 checks, ARP, IPv4 input, anti-spoofing, local delivery, TTL.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -314,7 +343,6 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
-        self.counters.rx(port as usize, *len);
         let Some(pinfo) = snap.ports.get(port as usize) else {
             m.verdict = Verdict::Drop(DropReason::UnknownPort);
             return;

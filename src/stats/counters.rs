@@ -81,6 +81,15 @@ impl Counters {
         }
     }
 
+    /// `packets` frames totalling `bytes` received on `port`.
+    #[inline]
+    pub fn rx_n(&self, port: usize, packets: u64, bytes: u64) {
+        if let Some(p) = self.ports.get(port) {
+            bump(&p.rx_packets, packets);
+            bump(&p.rx_bytes, bytes);
+        }
+    }
+
     #[inline]
     pub fn tx(&self, port: usize, bytes: usize) {
         if let Some(p) = self.ports.get(port) {

@@ -37,7 +37,17 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// True if `data` (checksum field included) sums to 0xffff, i.e. verifies.
 #[inline]
 pub fn verify(data: &[u8]) -> bool {
+    if let Ok(h) = <&[u8; 20]>::try_from(data) {
+        return verify20(h);
+    }
     fold(sum(0, data)) == 0xffff
+}
+
+/// [`verify`] for the common option-less IPv4 header: five 32-bit adds, no loop.
+#[inline(always)]
+pub fn verify20(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
 }
 
 /// RFC 1624 eqn. 3: the new checksum after a 16-bit field changes from `old` to `new`:

@@ -1,0 +1,343 @@
+//! The node configuration file (TOML): what a node is, its ports, peers, pods, routes and
+//! policies. Parsed whole and validated whole; on any error nothing is applied, and the error
+//! names the file, the field and what is valid. `docs/config.md` documents every field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::acl::{PolicyConfig, Rule};
+use crate::dataplane::state::IpipMode;
+use crate::fib::Ipv4Prefix;
+use crate::wire::MacAddr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
+    #[serde(default)]
+    pub host: Option<HostConfig>,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub neighbours: Vec<NeighbourConfig>,
+    #[serde(default)]
+    pub global_rules: Vec<Rule>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Vec<Rule>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// The node IP: our address on the uplink and the IPIP tunnel endpoint.
+    pub ip: Ipv4Addr,
+    /// The node's subnet on the uplink (decides CrossSubnet encapsulation).
+    pub subnet: Ipv4Prefix,
+    /// This node's pod block; its aggregate is blackholed (pods not present are unreachable).
+    pub pod_block: Ipv4Prefix,
+    /// The gateway pods use (answered by proxy ARP).
+    #[serde(default = "default_gateway")]
+    pub pod_gateway: Ipv4Addr,
+    /// Default IPIP mode for peers: Always, CrossSubnet or Never.
+    #[serde(default = "default_mode")]
+    pub ipip_mode: IpipMode,
+    /// The underlay default gateway on the uplink, if any.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+fn default_gateway() -> Ipv4Addr {
+    Ipv4Addr::new(169, 254, 1, 1)
+}
+fn default_mode() -> IpipMode {
+    IpipMode::CrossSubnet
+}
+fn default_mtu() -> u16 {
+    1500
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The netdev vrouter drives through AF_XDP.
+    pub device: String,
+    /// RX/TX queues to bind (one AF_XDP socket and one worker each); must not exceed the
+    /// device's queue count.
+    #[serde(default = "one")]
+    pub queues: u32,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Name of the TAP vrouter creates for the node's kernel; it gets the node IP and the
+    /// uplink's MAC, and host-bound traffic is punted to it.
+    pub tap: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Busy-poll forever (lowest latency, a full core per worker).
+    Poll,
+    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
+    #[default]
+    Adaptive,
+    /// Always sleep in poll(2) between batches.
+    Interrupt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    #[serde(default)]
+    pub idle: IdleMode,
+    /// Cores to pin workers to, in order; empty: no pinning.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// Microseconds of empty polls before an adaptive worker sleeps.
+    #[serde(default = "default_spin")]
+    pub spin_us: u64,
+}
+
+fn default_spin() -> u64 {
+    200
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { idle: IdleMode::default(), cores: vec![], spin_us: default_spin() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// The peer node's IP (its tunnel endpoint; BGP-mode next hop when on our subnet).
+    pub ip: Ipv4Addr,
+    /// Its pod blocks.
+    #[serde(default)]
+    pub pod_blocks: Vec<Ipv4Prefix>,
+    /// Overrides `node.ipip_mode` for this peer.
+    #[serde(default)]
+    pub ipip_mode: Option<IpipMode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    /// The TAP vrouter creates for this pod.
+    pub tap: String,
+    /// Network namespace to move the TAP into (configured there as the pod's interface).
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Interface name inside the namespace.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    /// The pod's MAC (set on its interface).
+    pub mac: MacAddr,
+    pub addrs: Vec<Ipv4Addr>,
+    #[serde(default = "default_pod_mtu")]
+    pub mtu: u16,
+    #[serde(default)]
+    pub ingress: Vec<String>,
+    #[serde(default)]
+    pub egress: Vec<String>,
+}
+
+fn default_ifname() -> String {
+    "eth0".into()
+}
+fn default_pod_mtu() -> u16 {
+    1480
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: Ipv4Prefix,
+    /// A neighbour on the uplink.
+    #[serde(default)]
+    pub via: Option<Ipv4Addr>,
+    /// Drop silently.
+    #[serde(default)]
+    pub blackhole: bool,
+    /// Deliver to the node's kernel.
+    #[serde(default)]
+    pub host: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourConfig {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {err}")]
+    Read { file: PathBuf, err: std::io::Error },
+    #[error("{file}: {msg}")]
+    Parse { file: PathBuf, msg: String },
+    #[error("{file}: {field}: {msg}")]
+    Invalid { file: PathBuf, field: String, msg: String },
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: path.into(), err })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), msg: e.to_string() })?;
+        cfg.validate().map_err(|(field, msg)| ConfigError::Invalid { file: file.into(), field, msg })?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks serde cannot express.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        let node_ip = u32::from(self.node.ip);
+        if !self.node.subnet.contains(node_ip) {
+            return err("node.ip", format!("{} is not inside node.subnet {}", self.node.ip, self.node.subnet));
+        }
+        if let Some(g) = self.node.gateway {
+            if !self.node.subnet.contains(u32::from(g)) {
+                return err("node.gateway", format!("{g} must be on node.subnet {} (on-link)", self.node.subnet));
+            }
+        }
+        if let Some(u) = &self.uplink {
+            if u.queues == 0 || u.queues > 64 {
+                return err("uplink.queues", format!("{} must be 1..=64", u.queues));
+            }
+            if !(576..=9000).contains(&u.mtu) {
+                return err("uplink.mtu", format!("{} must be 576..=9000", u.mtu));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut taps = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let f = |x: &str| format!("endpoints[{i}] ({}).{x}", e.name);
+            if !names.insert(e.name.as_str()) {
+                return err(&f("name"), "duplicate endpoint name".into());
+            }
+            if e.tap.is_empty() || e.tap.len() > 15 {
+                return err(&f("tap"), format!("'{}' must be 1..=15 characters (a Linux interface name)", e.tap));
+            }
+            if !taps.insert(e.tap.as_str()) {
+                return err(&f("tap"), format!("'{}' is used by another endpoint", e.tap));
+            }
+            if e.addrs.is_empty() {
+                return err(&f("addrs"), "at least one address is needed".into());
+            }
+            for a in &e.addrs {
+                if !self.node.pod_block.contains(u32::from(*a)) {
+                    return err(&f("addrs"), format!("{a} is outside node.pod_block {}", self.node.pod_block));
+                }
+                if !addrs.insert(*a) {
+                    return err(&f("addrs"), format!("{a} belongs to another endpoint"));
+                }
+            }
+            if !e.mac.is_unicast() {
+                return err(&f("mac"), format!("{} must be a unicast MAC", e.mac));
+            }
+            if !(576..=9000).contains(&e.mtu) {
+                return err(&f("mtu"), format!("{} must be 576..=9000", e.mtu));
+            }
+            for p in e.ingress.iter().chain(&e.egress) {
+                if !self.policies.contains_key(p) {
+                    let known: Vec<_> = self.policies.keys().cloned().collect();
+                    return err(&f("ingress/egress"), format!("unknown policy '{p}' (defined: {})", known.join(", ")));
+                }
+            }
+        }
+        let mut peer_ips = HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let f = |x: &str| format!("peers[{i}] ({}).{x}", p.name);
+            if p.ip == self.node.ip || !peer_ips.insert(p.ip) {
+                return err(&f("ip"), format!("{} is our node IP or another peer's", p.ip));
+            }
+            let mode = p.ipip_mode.unwrap_or(self.node.ipip_mode);
+            let encap = mode.encapsulates(self.node.subnet, u32::from(p.ip));
+            if !encap && !self.node.subnet.contains(u32::from(p.ip)) && self.node.gateway.is_none() {
+                return err(&f("ip"), format!("{} is off our subnet with IPIP mode {mode:?} and no node.gateway", p.ip));
+            }
+            if encap && !self.node.subnet.contains(u32::from(p.ip)) && self.node.gateway.is_none() {
+                return err(&f("ip"), format!("{} is off our subnet: IPIP to it needs node.gateway", p.ip));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let kinds = r.via.is_some() as u8 + r.blackhole as u8 + r.host as u8;
+            if kinds != 1 {
+                return err(&format!("routes[{i}] ({})", r.prefix), "give exactly one of via, blackhole, host".into());
+            }
+            if let Some(v) = r.via {
+                if !self.node.subnet.contains(u32::from(v)) {
+                    return err(&format!("routes[{i}].via"), format!("{v} must be on node.subnet {}", self.node.subnet));
+                }
+            }
+            if r.host && self.host.is_none() {
+                return err(&format!("routes[{i}].host"), "needs a [host] tap".into());
+            }
+        }
+        // Policy rules compile now so that errors surface at check time.
+        crate::acl::PolicySet::compile(&self.policy_config(), 0).map_err(|e| ("policies".to_string(), e.to_string()))?;
+        Ok(())
+    }
+
+    /// The policy part, with endpoints in the order of `endpoints`.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            global: self.global_rules.clone(),
+            policies: self.policies.clone(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| crate::acl::EndpointPolicy { ingress: e.ingress.clone(), egress: e.egress.clone() })
+                .collect(),
+        }
+    }
+}
