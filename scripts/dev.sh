@@ -34,7 +34,9 @@ case "${1:-}" in
         ;;
     test)
         install_missing
-        cargo test --all-targets -- --test-threads=2
+        cargo test
+        # Each criterion benchmark once, as a smoke test (figures come from `cargo bench`).
+        cargo test --benches
         ;;
     *)
         echo "usage: $0 demo|test" >&2
