@@ -227,67 +227,38 @@ impl Worker {
 
     fn process_chunk<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], base: u32, now: u64) {
         let n = frames.len();
-        for m in &mut self.meta[..n] {
-            *m = META_INIT;
-        }
+        // Borrowed out of `self` for the batch so stages write each frame's metadata in place
+        // (copying it in and out stalled on store forwarding). An empty box does not allocate.
+        let mut meta = std::mem::take(&mut self.meta);
+        let meta_n = &mut meta[..n];
+        meta_n.fill(META_INIT);
         // 1. input
         self.count_rx(frames);
-        for (i, f) in frames.iter_mut().enumerate() {
+        for (f, m) in frames.iter_mut().zip(meta_n.iter_mut()) {
             let port = f.port();
             let (buf, head, len) = f.parts();
-            let mut m = self.meta[i];
-            self.input(snap, buf, head, len, port, &mut m, now);
-            self.meta[i] = m;
+            self.input(snap, buf, head, len, port, m, now);
         }
         // 2-3. lookup and egress
-        self.lookup(n);
-        for (i, f) in frames.iter_mut().enumerate() {
-            if self.meta[i].verdict == Verdict::Continue {
-                let port = f.port();
-                let (buf, head, len) = f.parts();
-                let mut m = self.meta[i];
-                self.egress(snap, buf, head, len, port, &mut m, now);
-                self.meta[i] = m;
+        self.lookup(meta_n);
+        self.egress_all(snap, frames, meta_n, now);
+        // 4. reroute the ICMP errors made during egress: they are the only frames still in
+        //    `Continue`, and get one more lookup and egress.
+        if meta_n.iter().any(|m| m.reroute) {
+            for m in meta_n.iter_mut() {
+                m.reroute = false;
             }
-        }
-        // 4. reroute the ICMP errors made during egress
-        if self.meta[..n].iter().any(|m| m.reroute) {
-            for m in &mut self.meta[..n] {
-                if !m.reroute {
-                    m.verdict = match m.verdict {
-                        Verdict::Continue => Verdict::Drop(DropReason::BadNextHop),
-                        v => v,
-                    };
-                }
-            }
-            for m in &mut self.meta[..n] {
-                if m.reroute {
-                    m.verdict = Verdict::Continue;
-                    m.reroute = false;
-                } else if m.verdict == Verdict::Continue {
-                    unreachable!("cleared above");
-                }
-            }
-            self.lookup(n);
-            for (i, f) in frames.iter_mut().enumerate() {
-                if self.meta[i].verdict == Verdict::Continue {
-                    let port = f.port();
-                    let (buf, head, len) = f.parts();
-                    let mut m = self.meta[i];
-                    self.egress(snap, buf, head, len, port, &mut m, now);
-                    if m.reroute {
-                        // An error about our own error: never sent (RFC 1812 4.3.2.7).
-                        m.verdict = Verdict::Drop(DropReason::NoRoute);
-                    }
-                    self.meta[i] = m;
-                }
+            self.lookup(meta_n);
+            self.egress_all(snap, frames, meta_n, now);
+            for m in meta_n.iter_mut().filter(|m| m.reroute) {
+                // An error about our own error: never sent (RFC 1812 4.3.2.7).
+                m.verdict = Verdict::Drop(DropReason::NoRoute);
             }
         }
         // 5. output
-        for (i, f) in frames.iter_mut().enumerate() {
-            let (_, _, len) = f.parts();
-            let len = *len;
-            match self.meta[i].verdict {
+        for (i, (f, m)) in frames.iter_mut().zip(meta_n.iter()).enumerate() {
+            let len = *f.parts().2;
+            match m.verdict {
                 Verdict::Tx(p) => {
                     self.out.push(p, base + i as u32);
                     self.counters.tx(p as usize, len);
@@ -303,6 +274,17 @@ impl Worker {
                 Verdict::Drop(r) => self.counters.count_drop(r),
                 Verdict::Consumed | Verdict::Held => {}
                 Verdict::Continue => self.counters.count_drop(DropReason::BadNextHop),
+            }
+        }
+        self.meta = meta;
+    }
+
+    fn egress_all<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], meta: &mut [Meta], now: u64) {
+        for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+            if m.verdict == Verdict::Continue {
+                let port = f.port();
+                let (buf, head, len) = f.parts();
+                self.egress(snap, buf, head, len, port, m, now);
             }
         }
     }
@@ -631,11 +613,11 @@ impl Worker {
 
     // ---------------------------------------------------------------- stage 2: lookup
 
-    fn lookup(&mut self, n: usize) {
+    fn lookup(&mut self, meta: &mut [Meta]) {
         let mut k = 0;
-        for i in 0..n {
-            if self.meta[i].verdict == Verdict::Continue {
-                self.keys[k] = self.meta[i].dst;
+        for (i, m) in meta.iter().enumerate() {
+            if m.verdict == Verdict::Continue {
+                self.keys[k] = m.dst;
                 self.idx[k] = i as u16;
                 k += 1;
             }
@@ -646,7 +628,7 @@ impl Worker {
         let guard = self.shared.fib.pin();
         guard.lookup_batch(&self.keys[..k], &mut self.nhs[..k]);
         for j in 0..k {
-            self.meta[self.idx[j] as usize].nh = self.nhs[j];
+            meta[self.idx[j] as usize].nh = self.nhs[j];
         }
     }
 
