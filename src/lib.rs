@@ -1,6 +1,7 @@
 //! vrouter: a userspace IPv4 forwarding engine for Kubernetes nodes.
 
 pub mod acl;
+pub mod control;
 pub mod dataplane;
 pub mod fib;
 pub mod neigh;

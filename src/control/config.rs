@@ -341,3 +341,87 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    const NODE: &str = r#"
+[node]
+name = "n1"
+ip = "192.168.1.10"
+subnet = "192.168.1.0/24"
+pod_block = "10.244.1.0/26"
+"#;
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        for f in ["single-node.toml", "bgp-pair-node1.toml", "ipip-crosssubnet-node3.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(f);
+            Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_calico_defaults() {
+        let c = parse(NODE).unwrap();
+        assert_eq!(c.node.pod_gateway, Ipv4Addr::new(169, 254, 1, 1));
+        assert_eq!(c.node.ipip_mode, IpipMode::CrossSubnet);
+        assert_eq!(c.workers.idle, IdleMode::Adaptive);
+    }
+
+    fn err(s: &str) -> String {
+        parse(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_field_and_what_is_valid() {
+        let e = err(&NODE.replace("192.168.1.10", "10.0.0.1"));
+        assert!(e.starts_with("test.toml: node.ip: 10.0.0.1 is not inside node.subnet"), "{e}");
+        let e = err(&NODE.replace("/26", "/33"));
+        assert!(e.contains("test.toml") && e.contains("pod_block") && e.contains("0..=32"), "{e}");
+        let e = err(&format!("{NODE}\nbogus = 1\n"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 0\n"));
+        assert!(e.contains("uplink.queues: 0 must be 1..=64"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nxdp_mode = \"turbo\"\n"));
+        assert!(e.contains("unknown variant `turbo`"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        let ep = |addr: &str, pol: &str| {
+            format!(
+                "{NODE}\n[[endpoints]]\nname = \"p\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:01\"\naddrs = [\"{addr}\"]\ningress = [{pol}]\n"
+            )
+        };
+        assert!(parse(&ep("10.244.1.2", "")).is_ok());
+        assert!(err(&ep("10.9.9.9", "")).contains("outside node.pod_block"));
+        assert!(err(&ep("10.244.1.2", "\"nope\"")).contains("unknown policy 'nope'"));
+        let two = format!("{}\n[[endpoints]]\nname = \"q\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:02\"\naddrs = [\"10.244.1.3\"]\n", ep("10.244.1.2", ""));
+        assert!(err(&two).contains("'tapp' is used by another endpoint"));
+    }
+
+    #[test]
+    fn routes_and_peers_are_checked() {
+        let r = format!("{NODE}\n[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192.168.1.1\"\nblackhole = true\n");
+        assert!(err(&r).contains("exactly one of via, blackhole, host"));
+        let r = format!("{NODE}\n[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"10.0.0.1\"\n");
+        assert!(err(&r).contains("must be on node.subnet"));
+        let p = format!("{NODE}\n[[peers]]\nname = \"far\"\nip = \"192.168.2.20\"\n");
+        assert!(err(&p).contains("IPIP to it needs node.gateway"));
+        let p = format!("{NODE}\n[[peers]]\nname = \"me\"\nip = \"192.168.1.10\"\n");
+        assert!(err(&p).contains("our node IP"));
+    }
+
+    #[test]
+    fn bad_policy_rules_fail_at_check_time() {
+        let p = format!("{NODE}\n[policies]\nweb = [{{ action = \"allow\", dst_ports = [\"80\"] }}]\n");
+        let e = err(&p);
+        assert!(e.contains("policies") && e.contains("ports need protocol"), "{e}");
+    }
+}
