@@ -5,6 +5,8 @@ pub mod control;
 pub mod dataplane;
 pub mod fib;
 pub mod neigh;
+pub mod port;
 pub mod ratelimit;
 pub mod stats;
 pub mod wire;
+pub mod worker;
