@@ -135,7 +135,7 @@ mod tests {
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(f)).unwrap()
     }
 
-    fn nh_for(st: &NodeState, p: &str) -> &NextHop {
+    fn nh_for<'a>(st: &'a NodeState, p: &str) -> &'a NextHop {
         let p: Ipv4Prefix = p.parse().unwrap();
         let id = st.routes.iter().find(|(q, _)| *q == p).unwrap_or_else(|| panic!("no route {p}")).1;
         &st.snapshot.nexthops[id as usize]
