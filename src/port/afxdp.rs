@@ -27,6 +27,8 @@ use crate::dataplane::{Frame, PortId};
 pub const FRAME_SIZE: usize = 2048;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
+/// Free chunks kept back from the fill ring for frames copied in from other ports.
+const FREE_RESERVE: usize = 512;
 
 /// A received frame: a UMEM chunk lent to the pipeline.
 pub struct XskFrame {
@@ -76,6 +78,8 @@ pub struct XskPort {
     tx_descs: Vec<FrameDesc>,
     fill_back: Vec<FrameDesc>,
     port: PortId,
+    /// Descriptors on the TX ring not yet completed.
+    in_flight: usize,
     pub stats: XskStats,
     pub mode: &'static str,
 }
@@ -199,9 +203,23 @@ impl XskPort {
             tx_descs: Vec::with_capacity(RING as usize),
             fill_back: Vec::with_capacity(RING as usize),
             port,
+            in_flight: 0,
             stats: XskStats::default(),
             mode,
         })
+    }
+
+    /// The kernel's view of the socket (drops, empty fill ring, invalid descriptors), as text.
+    pub fn kernel_stats(&self) -> String {
+        match self.rx.fd().xdp_statistics() {
+            Ok(s) => format!("{s:?}"),
+            Err(e) => format!("unavailable: {e}"),
+        }
+    }
+
+    /// Where the chunks are: free list, waiting to return to the fill ring, on the TX ring.
+    pub fn chunk_census(&self) -> (usize, usize, usize) {
+        (self.free.len(), self.fill_back.len(), self.in_flight)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -284,40 +302,69 @@ impl XskPort {
                 self.fill_back.extend_from_slice(&self.tx_descs);
             } else {
                 self.stats.tx += sent as u64;
+                self.in_flight += sent;
             }
             self.tx_descs.clear();
-        } else if self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
         }
         self.reap();
+        // In copy mode the kernel transmits at most 32 descriptors per wakeup (sendto), so
+        // kick until the ring drains or stops moving; otherwise chunks pile up on the TX ring
+        // and the free list runs dry.
+        for _ in 0..64 {
+            if self.in_flight == 0 {
+                break;
+            }
+            if self.tx.needs_wakeup() {
+                let _ = self.tx.wakeup();
+            }
+            let before = self.in_flight;
+            self.reap();
+            if self.in_flight == before {
+                break;
+            }
+        }
+        self.refill();
+    }
+
+    /// Returns RX chunks to the fill ring (as many as fit now: `produce` is all or nothing, so
+    /// hand it exactly what fits, or chunks would pile up here and RX would starve), then tops
+    /// the ring up from the free list, keeping a reserve there for copies from other ports.
+    fn refill(&mut self) {
         if !self.fill_back.is_empty() {
-            // SAFETY: these chunks are ours and in no ring.
-            let n = unsafe { self.fq.produce(&self.fill_back) };
-            if n == self.fill_back.len() {
-                self.fill_back.clear();
+            let room = (self.fq.nb_free(self.fill_back.len() as u32) as usize).min(self.fill_back.len());
+            if room > 0 {
+                let at = self.fill_back.len() - room;
+                // SAFETY: these chunks are ours and in no ring.
+                let n = unsafe { self.fq.produce(&self.fill_back[at..]) };
+                if n == room {
+                    self.fill_back.truncate(at);
+                }
+            }
+        }
+        let spare = self.free.len().saturating_sub(FREE_RESERVE);
+        if spare > 0 {
+            let room = (self.fq.nb_free(spare as u32) as usize).min(spare);
+            if room > 0 {
+                let at = self.free.len() - room;
+                // SAFETY: free chunks are ours.
+                let n = unsafe { self.fq.produce(&self.free[at..]) };
+                if n == room {
+                    self.free.truncate(at);
+                }
             }
         }
     }
 
-    /// Moves completed TX chunks to the free list and keeps the fill ring stocked from it.
+    /// Moves completed TX chunks to the free list.
     fn reap(&mut self) {
         let mut done = [FrameDesc::default(); 64];
         loop {
             // SAFETY: completed descriptors are handed back to us.
             let n = unsafe { self.cq.consume(&mut done) };
             self.free.extend_from_slice(&done[..n]);
+            self.in_flight = self.in_flight.saturating_sub(n);
             if n < done.len() {
                 break;
-            }
-        }
-        // Keep half the free chunks for copies from other ports; the rest go to RX.
-        let spare = self.free.len().saturating_sub(512);
-        if spare >= 64 && self.fq.nb_free(spare as u32) as usize >= 64 {
-            let at = self.free.len() - 64;
-            // SAFETY: free chunks are ours.
-            let n = unsafe { self.fq.produce(&self.free[at..]) };
-            if n == 64 {
-                self.free.truncate(at);
             }
         }
     }

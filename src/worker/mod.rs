@@ -163,6 +163,9 @@ impl WorkerRt {
                 std::hint::spin_loop();
             }
         }
+        if let Some(up) = &self.uplink {
+            tracing::info!(worker = self.id, stats = ?up.stats, chunks = ?up.chunk_census(), kernel = %up.kernel_stats(), "uplink socket");
+        }
         tracing::info!(worker = self.id, "worker stopped");
     }
 }
