@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the build and the tests need (Debian names). Empty today: the engine is
-# pure Rust; the daemon's AF_XDP and namespace lab add clang, llvm, libelf-dev, zlib1g-dev,
-# libpcap-dev, pkg-config, m4, iproute2, tcpdump...
-PACKAGES=()
+# System packages the build and the tests need (Debian names): xsk-rs builds libxdp with
+# clang/llvm/libelf/zlib/libpcap/pkg-config/m4; the namespace lab and its tests use iproute2,
+# iperf3, ping, tcpdump (an independent decoder of what crosses the wire) and python3.
+PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 iproute2 iperf3 iputils-ping tcpdump python3 ethtool)
 
 install_missing() {
     local missing=()

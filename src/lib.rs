@@ -6,6 +6,8 @@ pub mod dataplane;
 pub mod fib;
 pub mod lab;
 pub mod neigh;
+pub mod port;
 pub mod ratelimit;
 pub mod stats;
 pub mod wire;
+pub mod worker;

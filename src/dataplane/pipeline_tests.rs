@@ -673,6 +673,17 @@ mod fuzz {
         )
     }
 
+    /// Found by cargo fuzz: a frame with a bad IPv4 checksum from the host port is bridged to
+    /// the uplink untouched, which the output check must allow.
+    #[test]
+    fn fuzz_regression_host_port_frames_pass_unchecked() {
+        let data = [
+            0xfd, 0x00, 0x00, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70,
+            0x70, 0x70, 0x08, 0x00, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x3a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2c,
+        ];
+        crate::dataplane::lab::fuzz_pipeline(&data);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
         #[test]

@@ -1,0 +1,168 @@
+//! Poll-mode worker threads: each owns one uplink queue (an AF_XDP socket) and possibly some
+//! TAP ports to receive from, runs the pipeline over every burst, and transmits in bursts.
+//!
+//! Idle behaviour ([`IdleMode`]): `poll` spins forever; `interrupt` sleeps in poll(2) on the
+//! ports' fds whenever a pass finds nothing; `adaptive` (the default) spins for `spin_us` after
+//! the last traffic, then sleeps the same way. Sleeps are capped at 10 ms so the pipeline's
+//! timers (ARP retransmits, held-frame expiry) keep running.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::control::config::IdleMode;
+use crate::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
+use crate::port::afxdp::{XskFrame, XskPort};
+use crate::port::tap::TapPort;
+use crate::stats::{Counters, DropReason};
+
+/// Frames per receive burst.
+pub const BURST: usize = 64;
+const MAX_SLEEP_MS: i32 = 10;
+
+/// Where a port's frames go when the pipeline sends on it.
+#[derive(Clone)]
+pub enum TxTarget {
+    /// The uplink: through the sending worker's own AF_XDP socket.
+    Uplink,
+    Tap(Arc<TapPort>),
+    /// A port with nothing behind it (counted as `tx/full`).
+    None,
+}
+
+pub struct WorkerRt {
+    pub id: usize,
+    pub pipeline: Worker,
+    pub uplink: Option<XskPort>,
+    pub rx_taps: Vec<Arc<TapPort>>,
+    pub targets: Arc<Vec<TxTarget>>,
+    pub idle: IdleMode,
+    pub spin: Duration,
+    pub core: Option<core_affinity::CoreId>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Sends `data` to `port` from a worker, counting a failure.
+fn send_to(targets: &[TxTarget], uplink: &mut Option<XskPort>, counters: &Counters, port: PortId, data: &[u8]) {
+    let ok = match targets.get(port as usize) {
+        Some(TxTarget::Uplink) => uplink.as_mut().is_some_and(|u| u.tx_copy(data)),
+        Some(TxTarget::Tap(t)) => t.send(data),
+        _ => false,
+    };
+    if !ok {
+        counters.count_drop(DropReason::TxFull);
+    }
+}
+
+impl WorkerRt {
+    pub fn run(mut self) {
+        if let Some(c) = self.core {
+            if !core_affinity::set_for_current(c) {
+                tracing::warn!(worker = self.id, core = c.id, "could not pin to core");
+            }
+        }
+        let epoch = Instant::now();
+        let counters = self.pipeline.counters().clone();
+        let mut xsk_frames: Vec<XskFrame> = Vec::with_capacity(BURST);
+        let mut own: Vec<bool> = vec![false; MAX_BATCH];
+        let mut tap_bufs: Vec<PacketBuf> = (0..BURST).map(|_| PacketBuf::new(&[], 0)).collect();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        if let Some(u) = &self.uplink {
+            fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
+        }
+        for t in &self.rx_taps {
+            fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let mut last_work = Instant::now();
+        let mut last_timer_ms = u64::MAX;
+        tracing::info!(worker = self.id, idle = ?self.idle, "worker started");
+        while !self.stop.load(Ordering::Relaxed) {
+            let now_ms = epoch.elapsed().as_millis() as u64;
+            let mut work = 0;
+            if let Some(up) = self.uplink.as_mut() {
+                let n = up.rx_burst(&mut xsk_frames, BURST);
+                if n > 0 {
+                    work += n;
+                    self.pipeline.process(&mut xsk_frames, now_ms);
+                    let out = self.pipeline.output();
+                    own[..n].fill(false);
+                    for p in out.active_ports() {
+                        for &i in out.tx(p) {
+                            match self.targets.get(p as usize) {
+                                Some(TxTarget::Uplink) => own[i as usize] = true,
+                                Some(TxTarget::Tap(t)) => {
+                                    let (buf, head, len) = xsk_frames[i as usize].parts();
+                                    if !t.send(&buf[*head..*head + *len]) {
+                                        counters.count_drop(DropReason::TxFull);
+                                    }
+                                }
+                                _ => counters.count_drop(DropReason::TxFull),
+                            }
+                        }
+                    }
+                    for (p, data) in out.emitted.frames() {
+                        send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                    }
+                    let up = self.uplink.as_mut().expect("checked above");
+                    for (i, f) in xsk_frames.drain(..).enumerate() {
+                        if own[i] {
+                            up.tx_own(f);
+                        } else {
+                            up.recycle(f);
+                        }
+                    }
+                }
+            }
+            for t in 0..self.rx_taps.len() {
+                let n = self.rx_taps[t].rx_burst(&mut tap_bufs);
+                if n == 0 {
+                    continue;
+                }
+                work += n;
+                self.pipeline.process(&mut tap_bufs[..n], now_ms);
+                let out = self.pipeline.output();
+                for p in out.active_ports() {
+                    for &i in out.tx(p) {
+                        send_to(&self.targets, &mut self.uplink, &counters, p, tap_bufs[i as usize].data());
+                    }
+                }
+                for (p, data) in out.emitted.frames() {
+                    send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                }
+            }
+            if work == 0 && now_ms != last_timer_ms {
+                // Timers: ARP retransmits, held frames, conntrack sweep.
+                last_timer_ms = now_ms;
+                self.pipeline.process(&mut tap_bufs[..0], now_ms);
+                let out = self.pipeline.output();
+                for (p, data) in out.emitted.frames() {
+                    send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                }
+            }
+            if let Some(up) = self.uplink.as_mut() {
+                up.finish_batch();
+            }
+            if work > 0 {
+                last_work = Instant::now();
+                continue;
+            }
+            let sleep = match self.idle {
+                IdleMode::Poll => false,
+                IdleMode::Interrupt => true,
+                IdleMode::Adaptive => last_work.elapsed() >= self.spin,
+            };
+            if sleep && !fds.is_empty() {
+                for f in fds.iter_mut() {
+                    f.revents = 0;
+                }
+                // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, MAX_SLEEP_MS) };
+            } else if sleep {
+                std::thread::sleep(Duration::from_millis(MAX_SLEEP_MS as u64));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        tracing::info!(worker = self.id, "worker stopped");
+    }
+}
