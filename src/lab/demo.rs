@@ -209,11 +209,20 @@ pub fn demo(opts: &LabOptions) -> Result<DemoReport, LabError> {
     sys::need_tool("iperf3")?;
     let start = Instant::now();
     let lab = up(opts)?;
-    let pings = pings(&lab)?;
-    let tcp = transfers(&lab)?;
-    let prefix = lab.prefix().to_string();
+    let mut report = measure(&lab)?;
     lab.down()?;
-    Ok(DemoReport { prefix, pings, tcp, elapsed: start.elapsed() })
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// The demo's measurements on a lab that is up: every ordered pair pings (in parallel), every
+/// unordered pair moves TCP for 1 s (one pair at a time, lower-numbered pod as the client).
+pub fn measure(lab: &LabHandle) -> Result<DemoReport, LabError> {
+    sys::need_tool("iperf3")?;
+    let start = Instant::now();
+    let pings = pings(lab)?;
+    let tcp = transfers(lab)?;
+    Ok(DemoReport { prefix: lab.prefix().to_string(), pings, tcp, elapsed: start.elapsed() })
 }
 
 #[cfg(test)]

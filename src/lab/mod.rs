@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use demo::{demo, DemoReport, PingResult, TcpResult};
+pub use demo::{demo, measure, DemoReport, PingResult, TcpResult};
 pub use topo::{LabNode, LabPod, PathMode};
 
 /// Where labs keep their files unless told otherwise.
@@ -588,18 +588,22 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
     }
 }
 
-/// Prefixes of the labs on this machine: from state files under `root` and from `*-rt`
-/// namespaces that look like a lab's.
+/// Prefixes of the labs on this machine: from state files under `root` whose namespaces exist,
+/// and from `*-rt` namespaces that look like a lab's.
 fn find_labs(root: &Path) -> Result<Vec<String>, LabError> {
+    let nss = sys::netns_list()?;
     let mut found = vec![];
     if let Ok(rd) = std::fs::read_dir(root) {
         for e in rd.flatten() {
-            if e.path().join("state.json").is_file() {
-                found.push(e.file_name().to_string_lossy().into_owned());
+            let p = e.file_name().to_string_lossy().into_owned();
+            // A state file whose namespaces are all gone is stale (its process was killed and
+            // the namespaces removed by hand): not a lab.
+            let live = all_namespaces(&p).iter().any(|ns| nss.contains(ns));
+            if e.path().join("state.json").is_file() && check_prefix(&p).is_ok() && live {
+                found.push(p);
             }
         }
     }
-    let nss = sys::netns_list()?;
     for ns in &nss {
         if let Some(p) = ns.strip_suffix("-rt") {
             if check_prefix(p).is_ok() && nss.contains(&format!("{p}-n1")) && !found.iter().any(|f| f == p) {
