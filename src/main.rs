@@ -63,7 +63,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("VROUTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.as_str()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let result: Result<String, String> = match cli.cmd {
         Cmd::Run { config, stats } => vrouter::control::daemon::run(&config, stats).map(|()| String::new()).map_err(|e| e.to_string()),
         Cmd::CheckConfig { file } => vrouter::control::config::Config::load(&file)

@@ -178,3 +178,44 @@ fn bad_config_is_refused_with_file_and_field() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("bad.toml") && e.contains("node.ip") && e.contains("not inside node.subnet"), "{e}");
 }
+
+#[test]
+fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, AF_XDP)");
+        return;
+    }
+    let p = format!("vrq{:04x}", std::process::id() & 0xffff);
+    let t = Topo { p: p.clone(), dir: std::env::temp_dir().join(format!("{p}-test")) };
+    std::fs::create_dir_all(&t.dir).unwrap();
+    for n in ["node", "peer"] {
+        ok(&["ip", "netns", "add", &t.ns(n)]);
+    }
+    ok(&[
+        "ip", "link", "add", "up0", "netns", &t.ns("node"), "numrxqueues", "2", "numtxqueues", "2", "type", "veth", "peer",
+        "name", "gw0", "netns", &t.ns("peer"), "numrxqueues", "2", "numtxqueues", "2",
+    ]);
+    ok(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "up"]);
+    ok(&["ip", "-n", &t.ns("peer"), "link", "set", "gw0", "up"]);
+    let cfg = |queues: u32| {
+        format!(
+            "[node]\nname = \"q\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nqueues = {queues}\n"
+        )
+    };
+    let run = |queues: u32| {
+        std::fs::write(t.dir.join("node.toml"), cfg(queues)).unwrap();
+        let _ = std::fs::remove_file(t.dir.join("stats.json"));
+    };
+    // Four queues on a two-queue device: refused before anything is bound.
+    run(4);
+    let o = sh(&["ip", "netns", "exec", &t.ns("node"), env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("uplink.queues = 4 but the device has 2 RX queue(s)"), "{e}");
+    // Two queues: two sockets, two workers.
+    run(2);
+    let child = t.start();
+    let log = t.log();
+    assert!(log.contains("queue=0") && log.contains("queue=1") && log.contains("workers=2"), "{log}");
+    t.stop(child);
+}
