@@ -261,7 +261,10 @@ fn keep_a_lab_for_manual_debugging() {
         eprintln!("SKIP keep_a_lab: {why}");
         return;
     }
-    let o = LabOptions { vrouter: Some(PathBuf::from(env!("CARGO_BIN_EXE_vrouter"))), ..LabOptions::default() };
+    let mut o = LabOptions { vrouter: Some(PathBuf::from(env!("CARGO_BIN_EXE_vrouter"))), ..LabOptions::default() };
+    if let Ok(idle) = std::env::var("VRL_IDLE") {
+        o.idle = idle;
+    }
     let mut h = lab::up(&o).unwrap_or_else(|e| panic!("{e}"));
     h.keep();
     println!("lab {} is up; files in {}", h.prefix(), h.dir().display());

@@ -56,6 +56,8 @@ pub struct LabOptions {
     pub backend: Backend,
     /// How long the daemons get to write stats and answer pods' pings to their gateway.
     pub ready_timeout: Duration,
+    /// The daemons' `[workers] idle` mode: `poll`, `adaptive` (default) or `interrupt`.
+    pub idle: String,
 }
 
 impl Default for LabOptions {
@@ -66,6 +68,7 @@ impl Default for LabOptions {
             vrouter: None,
             backend: Backend::Vrouter,
             ready_timeout: Duration::from_secs(20),
+            idle: "adaptive".into(),
         }
     }
 }
@@ -372,7 +375,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     lab.state.save()?;
     build(&lab)?;
     match bin {
-        Some(bin) => start_daemons(&mut lab, &bin)?,
+        Some(bin) => start_daemons(&mut lab, &bin, &opts.idle)?,
         None => kernel_forwarding(&lab)?,
     }
     wait_ready(&lab, opts.ready_timeout)?;
@@ -449,10 +452,10 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
 }
 
 /// Writes and validates each node's config, then starts its daemon in the node namespace.
-fn start_daemons(lab: &mut LabHandle, bin: &Path) -> Result<(), LabError> {
+fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabError> {
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
-        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods);
+        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle);
         let config = lab.state.dir.join(format!("{}.toml", n.name));
         crate::control::config::Config::parse(&text, &config).map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;
         std::fs::write(&config, &text).map_err(|err| LabError::Io { what: format!("writing {}", config.display()), err })?;
