@@ -77,8 +77,15 @@ impl DemoReport {
 
 impl fmt::Display for DemoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "lab {}: {} pings, {} TCP transfers in {:.1} s", self.prefix, self.pings.len(), self.tcp.len(), self.elapsed.as_secs_f64())?;
-        writeln!(f, "{:<10} {:<6} {:>7} {:>12} {:>11}  {}", "pair", "mode", "loss %", "rtt avg ms", "TCP Mbit/s", "result")?;
+        writeln!(
+            f,
+            "lab {}: {} pings, {} TCP transfers in {:.1} s",
+            self.prefix,
+            self.pings.len(),
+            self.tcp.len(),
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "{:<10} {:<6} {:>7} {:>12} {:>11}  result", "pair", "mode", "loss %", "rtt avg ms", "TCP Mbit/s")?;
         for p in &self.pings {
             // The TCP figure goes on the row of the direction it was measured in.
             let tcp = self.tcp.iter().find(|t| t.client == p.src && t.server == p.dst);
@@ -143,7 +150,8 @@ fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {
     for src in pods {
         for dst in pods.iter().filter(|d| d.name != src.name) {
             let (ns, ip) = (src.ns.clone(), dst.ip.to_string());
-            let h = std::thread::spawn(move || sys::exec_in(&ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip], Duration::from_secs(10)));
+            let h =
+                std::thread::spawn(move || sys::exec_in(&ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip], Duration::from_secs(10)));
             jobs.push((src, dst, h));
         }
     }
@@ -154,7 +162,15 @@ fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {
         let text = String::from_utf8_lossy(&o.stdout);
         let (sent, received, rtt) = parse_ping(&text);
         let error = if sent == 0 { Some(String::from_utf8_lossy(&o.stderr).trim().to_string()) } else { None };
-        out.push(PingResult { src: src.name.clone(), dst: dst.name.clone(), mode: path_mode(src.node, dst.node), sent, received, rtt_avg_ms: rtt, error });
+        out.push(PingResult {
+            src: src.name.clone(),
+            dst: dst.name.clone(),
+            mode: path_mode(src.node, dst.node),
+            sent,
+            received,
+            rtt_avg_ms: rtt,
+            error,
+        });
     }
     Ok(out)
 }
@@ -240,7 +256,10 @@ mod tests {
     #[test]
     fn parse_iperf_json() {
         assert_eq!(parse_iperf(r#"{"end":{"sum_received":{"bits_per_second":2.5e9}}}"#), Ok(2500.0));
-        assert_eq!(parse_iperf(r#"{"error":"unable to connect to server: Connection refused"}"#).unwrap_err(), "unable to connect to server: Connection refused");
+        assert_eq!(
+            parse_iperf(r#"{"error":"unable to connect to server: Connection refused"}"#).unwrap_err(),
+            "unable to connect to server: Connection refused"
+        );
         assert!(parse_iperf("garbage").is_err());
     }
 }

@@ -134,15 +134,7 @@ pub struct LabState {
 impl LabState {
     fn new(prefix: &str, dir: PathBuf, backend: Backend) -> LabState {
         let (nodes, pods) = topo::plan(prefix);
-        LabState {
-            prefix: prefix.into(),
-            dir,
-            backend,
-            namespaces: all_namespaces(prefix),
-            daemons: vec![],
-            nodes,
-            pods,
-        }
+        LabState { prefix: prefix.into(), dir, backend, namespaces: all_namespaces(prefix), daemons: vec![], nodes, pods }
     }
 
     fn path(&self) -> PathBuf {
@@ -321,10 +313,8 @@ fn read_stats(path: &Path) -> Option<serde_json::Value> {
 }
 
 fn check_prefix(p: &str) -> Result<(), LabError> {
-    let ok = !p.is_empty()
-        && p.len() <= 12
-        && p.starts_with(|c: char| c.is_ascii_alphabetic())
-        && p.chars().all(|c| c.is_ascii_alphanumeric());
+    let ok =
+        !p.is_empty() && p.len() <= 12 && p.starts_with(|c: char| c.is_ascii_alphabetic()) && p.chars().all(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -515,7 +505,12 @@ fn wait_ready(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
                 }
             }
             if Instant::now() >= deadline {
-                let why = String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()).last().map(String::from).unwrap_or_default();
+                let why = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .chain(String::from_utf8_lossy(&out.stderr).lines())
+                    .last()
+                    .map(String::from)
+                    .unwrap_or_default();
                 return Err(not_ready(node, format!("pod {} ({}) gets no answer from 169.254.1.1 ({why})", pod.name, pod.ns)));
             }
             sys::sleep(Duration::from_millis(100))?;
@@ -694,7 +689,9 @@ pub fn status_in(root: &Path, prefix: Option<&str>) -> Result<String, LabError> 
         if let Some(ports) = v["ports"].as_object() {
             let list: Vec<String> = ports
                 .iter()
-                .map(|(name, p)| format!("{name} rx {} tx {}", p["rx_packets"].as_u64().unwrap_or(0), p["tx_packets"].as_u64().unwrap_or(0)))
+                .map(|(name, p)| {
+                    format!("{name} rx {} tx {}", p["rx_packets"].as_u64().unwrap_or(0), p["tx_packets"].as_u64().unwrap_or(0))
+                })
                 .collect();
             let _ = writeln!(s, "  ports: {}", list.join(", "));
         }

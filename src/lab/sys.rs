@@ -149,11 +149,7 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
                 libc::kill(pid, libc::SIGKILL);
             }
             let _ = rx.recv_timeout(Duration::from_secs(2));
-            return Err(if interrupted {
-                LabError::Interrupted
-            } else {
-                LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
-            });
+            return Err(if interrupted { LabError::Interrupted } else { LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() } });
         }
     }
 }
