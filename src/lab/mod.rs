@@ -84,6 +84,8 @@ pub enum LabError {
     Binary { path: PathBuf, msg: String },
     #[error("invalid lab prefix '{0}': use 1..=12 ASCII letters and digits, starting with a letter")]
     BadPrefix(String),
+    #[error("{0}")]
+    BadOption(String),
     #[error("a lab with prefix {0} already exists: `vrouter lab down --prefix {0}` first, or pick another prefix")]
     Exists(String),
     #[error("`{cmd}` failed ({status}): {stderr}")]
@@ -329,6 +331,9 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     for t in ["ip", "sysctl", "ping"] {
         sys::need_tool(t)?;
     }
+    if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
+        return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
+    }
     if opts.backend == Backend::Kernel {
         return Ok(None);
     }
@@ -345,17 +350,30 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
 /// Builds a lab and starts its daemons; on any failure, tears down what was built.
 pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     let bin = preflight(opts)?;
+    let existing = sys::netns_list()?;
+    let taken = |p: &str| all_namespaces(p).iter().any(|ns| existing.contains(ns)) || opts.root.join(p).join("state.json").exists();
     let prefix = match &opts.prefix {
         Some(p) => {
             check_prefix(p)?;
+            if taken(p) {
+                return Err(LabError::Exists(p.clone()));
+            }
             p.clone()
         }
-        None => format!("vrl{:04x}", rand::random::<u16>()),
+        None => {
+            let mut p = format!("vrl{:04x}", rand::random::<u16>());
+            for _ in 0..16 {
+                if !taken(&p) {
+                    break;
+                }
+                p = format!("vrl{:04x}", rand::random::<u16>());
+            }
+            if taken(&p) {
+                return Err(LabError::Exists(p));
+            }
+            p
+        }
     };
-    let existing = sys::netns_list()?;
-    if all_namespaces(&prefix).iter().any(|ns| existing.contains(ns)) {
-        return Err(LabError::Exists(prefix));
-    }
     let dir = opts.root.join(&prefix);
     std::fs::create_dir_all(&dir).map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
     let state = LabState::new(&prefix, dir, opts.backend);
