@@ -13,6 +13,7 @@
 //! process exit tear down every lab of the process that was not kept. [`down`] cleans a kept lab,
 //! or what a killed process left, from the state file and the namespace names alone.
 
+mod cli;
 mod demo;
 mod sys;
 pub mod topo;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use cli::{run_cli, LabArgs, LabCommand};
 pub use demo::{demo, measure, DemoReport, PingResult, TcpResult};
 pub use topo::{LabNode, LabPod, PathMode};
 
