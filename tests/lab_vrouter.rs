@@ -86,6 +86,7 @@ fn capture(lab: &LabHandle, ns: &str, dev: &str, filter: &str, count: u32, durin
 fn crosssubnet_traffic_is_ipip_between_node_ips_on_the_wire() {
     let Some((_turn, lab)) = lab("ipip_on_wire") else { return };
     let rt = lab.router_ns();
+    let (encap3, decap3) = (lab.counter(3, "ipip_encap"), lab.counter(3, "ipip_decap"));
     let lines = capture(lab, &rt, "n3", "ip proto 4", 8, || {
         assert!(ping(lab, "1a", "3a").status.success());
         assert!(ping(lab, "2b", "3b").status.success());
@@ -107,6 +108,9 @@ fn crosssubnet_traffic_is_ipip_between_node_ips_on_the_wire() {
     for (a, b) in [("10.244.1.2", "10.244.3.2"), ("10.244.3.2", "10.244.1.2"), ("10.244.2.3", "10.244.3.3"), ("10.244.3.3", "10.244.2.3")] {
         assert!(lines.iter().any(|l| l.contains(&format!("IP {a} > {b}: ICMP"))), "no inner {a} > {b} in {lines:#?}");
     }
+    // Node 3 decapsulated the 4 requests and encapsulated the 4 replies.
+    assert!(wait_counter(lab, 3, "counters", "ipip_decap", decap3 + 4) >= decap3 + 4, "{}", lab.stats(3));
+    assert!(wait_counter(lab, 3, "counters", "ipip_encap", encap3 + 4) >= encap3 + 4, "{}", lab.stats(3));
 }
 
 #[test]
@@ -127,6 +131,7 @@ fn df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() {
     let Some((_turn, lab)) = lab("frag_needed") else { return };
     let ns = &lab.pod("1b").ns;
     let before = lab.drops(1, "mtu/fragmentation-needed");
+    let icmp_before = lab.counter(1, "icmp_errors_sent");
     let set = lab.exec(ns, &["ip", "link", "set", "eth0", "mtu", "1500"]);
     assert!(set.status.success(), "{}", text(&set));
     let out = lab.exec(ns, &["ping", "-M", "do", "-s", "1472", "-c", "2", "-i", "0.3", "-W", "1", "10.244.3.2"]);
@@ -135,6 +140,7 @@ fn df_packet_too_big_for_the_tunnel_gets_frag_needed_1480() {
     let t = text(&out);
     assert!(t.contains("Frag needed") && t.contains("mtu = 1480"), "{t}");
     assert!(wait_counter(lab, 1, "drops", "mtu/fragmentation-needed", before + 1) > before, "{}", lab.stats(1));
+    assert!(wait_counter(lab, 1, "counters", "icmp_errors_sent", icmp_before + 1) > icmp_before, "{}", lab.stats(1));
 }
 
 #[test]
