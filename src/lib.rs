@@ -4,6 +4,7 @@ pub mod acl;
 pub mod control;
 pub mod dataplane;
 pub mod fib;
+pub mod lab;
 pub mod neigh;
 pub mod port;
 pub mod ratelimit;

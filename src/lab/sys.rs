@@ -1,0 +1,287 @@
+//! Running commands for the lab: every child is bounded in time, and every wait gives way to a
+//! Ctrl-C so that the interrupted run can tear its namespaces down instead of leaving them.
+//!
+//! Labs that are up and not kept are listed in a process-wide registry; the SIGINT/SIGTERM
+//! handler and an `atexit` hook tear down whatever is still listed. Statics are never dropped,
+//! so this is what cleans a lab shared by the tests of one test binary.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use super::{LabError, LabState};
+
+/// Set by the signal handler; long waits and cancellable commands return `Interrupted`.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+/// Labs of this process that are up and not kept, by prefix.
+static ACTIVE: Mutex<BTreeMap<String, LabState>> = Mutex::new(BTreeMap::new());
+static HOOKS: Once = Once::new();
+
+pub(crate) fn cancelled() -> bool {
+    CANCELLED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn check_cancelled() -> Result<(), LabError> {
+    if cancelled() {
+        Err(LabError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+fn active() -> std::sync::MutexGuard<'static, BTreeMap<String, LabState>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lists (or updates) a lab for teardown at exit or on a signal.
+pub(crate) fn register(state: &LabState) {
+    install_hooks();
+    active().insert(state.prefix.clone(), state.clone());
+}
+
+pub(crate) fn unregister(prefix: &str) {
+    active().remove(prefix);
+}
+
+extern "C" fn teardown_at_exit() {
+    let labs = std::mem::take(&mut *active());
+    for (_, state) in labs {
+        eprintln!("vrouter lab: tearing down lab {} at exit", state.prefix);
+        let _ = super::teardown(&state);
+    }
+}
+
+fn install_hooks() {
+    HOOKS.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
+        unsafe {
+            libc::atexit(teardown_at_exit);
+        }
+        let r = ctrlc::set_handler(|| {
+            CANCELLED.store(true, Ordering::SeqCst);
+            eprintln!("vrouter lab: interrupted, tearing down");
+            // Give the main thread the chance to unwind through its own cleanup first.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !active().is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            teardown_at_exit();
+            std::process::exit(130);
+        });
+        if let Err(e) = r {
+            // Another handler owns the signals (e.g. the host program's); exit-time cleanup
+            // still runs, and `vrouter lab down` cleans after a hard kill.
+            eprintln!("vrouter lab: no Ctrl-C cleanup handler: {e}");
+        }
+    });
+}
+
+/// Looks a program up in PATH.
+pub(crate) fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// Fails with an install hint if `prog` is not in PATH.
+pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
+    if which(prog).is_some() {
+        return Ok(());
+    }
+    let package = match prog {
+        "ip" => "iproute2",
+        "ping" => "iputils-ping",
+        "sysctl" => "procps",
+        "python3" => "python3",
+        other => other,
+    };
+    Err(LabError::MissingTool { tool: prog.to_string(), hint: format!("apt-get install {package}") })
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn failed_output(code: i32, msg: String) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    Output { status: ExitStatus::from_raw(code << 8), stdout: vec![], stderr: msg.into_bytes() }
+}
+
+/// Runs `cmd` to completion within `timeout`, capturing its output. A cancellable run kills the
+/// child and returns `Interrupted` on Ctrl-C; teardown runs are not cancellable.
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+    let what = describe(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(r) => return r.map_err(|err| LabError::Io { what: format!("waiting for `{what}`"), err }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(LabError::Io { what: format!("waiting for `{what}`"), err: std::io::ErrorKind::Other.into() })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let interrupted = cancellable && cancelled();
+        if interrupted || Instant::now() >= deadline {
+            // SAFETY: plain syscall; the waiter thread has not reaped the child yet (we would
+            // have received its result), so the pid is still ours.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+            return Err(if interrupted { LabError::Interrupted } else { LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() } });
+        }
+    }
+}
+
+fn spawn_error(what: &str, err: std::io::Error) -> LabError {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        let prog = what.split(' ').next().unwrap_or(what).to_string();
+        match need_tool(&prog) {
+            Err(e) => e,
+            Ok(()) => LabError::Io { what: format!("starting `{what}`"), err },
+        }
+    } else {
+        LabError::Io { what: format!("starting `{what}`"), err }
+    }
+}
+
+/// Like [`run`], but a non-zero exit is an error carrying stderr.
+pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+    let what = describe(cmd);
+    let out = run(cmd, timeout, cancellable)?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(LabError::Command {
+            cmd: what,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// `ip ARGS` (cancellable), an error on non-zero exit.
+pub(crate) fn ip(args: &[&str]) -> Result<Output, LabError> {
+    run_ok(Command::new("ip").args(args), Duration::from_secs(10), true)
+}
+
+/// A command inside a namespace, never an error: a failure to run shows as exit status 127 with
+/// the reason on stderr (what tests want to assert on).
+pub(crate) fn exec_in(ns: &str, args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    match run(&mut cmd, timeout, true) {
+        Ok(o) => o,
+        Err(e) => failed_output(127, e.to_string()),
+    }
+}
+
+/// Starts a background command inside a namespace with its output to `log` (or discarded), in
+/// its own process group so that a terminal's Ctrl-C reaches only us and we stop it in order.
+pub(crate) fn spawn_in(ns: &str, args: &[&str], log: Option<&Path>) -> Result<Child, LabError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args).stdin(Stdio::null()).process_group(0);
+    match log {
+        Some(p) => {
+            let f = std::fs::File::create(p).map_err(|err| LabError::Io { what: format!("creating {}", p.display()), err })?;
+            let f2 = f.try_clone().map_err(|err| LabError::Io { what: "dup log fd".into(), err })?;
+            cmd.stdout(f).stderr(f2);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let what = describe(&cmd);
+    cmd.spawn().map_err(|err| spawn_error(&what, err))
+}
+
+/// Sleeps in small steps, returning `Interrupted` on Ctrl-C.
+pub(crate) fn sleep(d: Duration) -> Result<(), LabError> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_cancelled()?;
+        std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
+}
+
+/// Whether `pid` is a live (not zombie) process; reaps it first if it is our exited child.
+pub(crate) fn alive(pid: u32) -> bool {
+    let p = pid as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: WNOHANG never blocks; for a pid that is not our child it fails with ECHILD.
+    unsafe {
+        libc::waitpid(p, &mut status, libc::WNOHANG);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain spaces.
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The command line of `pid`, NULs as spaces.
+pub(crate) fn cmdline(pid: u32) -> Option<String> {
+    let mut s = String::new();
+    std::fs::File::open(format!("/proc/{pid}/cmdline")).ok()?.read_to_string(&mut s).ok()?;
+    Some(s.replace('\0', " "))
+}
+
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain syscall; callers checked the pid belongs to a lab process.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Names of the network namespaces (`ip netns list`, first word of each line).
+pub(crate) fn netns_list() -> Result<Vec<String>, LabError> {
+    let out = run_ok(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10), false)?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+}
+
+/// PIDs of the processes in a namespace (`ip netns pids`).
+pub(crate) fn netns_pids(ns: &str) -> Vec<u32> {
+    match run(Command::new("ip").args(["netns", "pids", ns]), Duration::from_secs(10), false) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// The last `n` lines of a file, for error messages.
+pub(crate) fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            let start = lines.len().saturating_sub(n);
+            if lines.is_empty() {
+                "(empty)".into()
+            } else {
+                lines[start..].join("\n")
+            }
+        }
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
