@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # vrouter developer entry point. Usage:
-#   scripts/dev.sh demo    install what is missing, build, run the built-in demo
+#   scripts/dev.sh demo    install what is missing, build, run the namespace lab demo (root)
 #   scripts/dev.sh test    install what is missing, run the whole test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ case "${1:-}" in
     demo)
         install_missing
         cargo build --release --bin vrouter
-        ./target/release/vrouter demo
+        ./target/release/vrouter lab demo
         ;;
     test)
         install_missing

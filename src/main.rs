@@ -28,7 +28,13 @@ enum Cmd {
     },
     /// Validate a config file without running anything.
     CheckConfig { file: PathBuf },
-    /// Run one frame of each kind through an in-memory node and show what happened.
+    /// The namespace lab (root): three vrouter nodes, six pods, an underlay router.
+    Lab {
+        #[command(subcommand)]
+        cmd: vrouter::lab::LabCommand,
+    },
+    /// Run one frame of each kind through an in-memory node (no root needed) and show what
+    /// happened. The namespace lab is `vrouter lab demo`.
     Demo,
     /// Benchmarks that print one JSON object of figures.
     Bench {
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
             .map(|c| format!("{}: valid (node {}, {} endpoints, {} peers, {} routes)", file.display(), c.node.name, c.endpoints.len(), c.peers.len(), c.routes.len()))
             .map_err(|e| e.to_string()),
         Cmd::Demo => Ok(vrouter::dataplane::lab::demo()),
+        Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
         Cmd::Bench { what } => bench(what),
     };
     match result {
