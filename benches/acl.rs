@@ -14,8 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use vrouter::acl::{
-    Action, ConnTrack, CtTimeouts, Direction, EndpointPolicy, FlowKey, Fragment, PolicyConfig,
-    PolicySet, PortRange, Rule, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Action, ConnTrack, CtTimeouts, Direction, EndpointPolicy, FlowKey, Fragment, PolicyConfig, PolicySet, PortRange,
+    Rule, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 use vrouter::fib::Ipv4Prefix;
 
@@ -53,10 +53,7 @@ fn assert_no_alloc(what: &str, f: impl FnOnce()) {
 fn random_rule(rng: &mut SmallRng) -> Rule {
     let mut r = Rule::any(if rng.random_bool(0.5) { Action::Allow } else { Action::Deny });
     let prefix = |rng: &mut SmallRng| {
-        Ipv4Prefix::new_masked(
-            0x0a00_0000 | rng.random_range(0..1 << 24),
-            rng.random_range(12..=32),
-        )
+        Ipv4Prefix::new_masked(0x0a00_0000 | rng.random_range(0..1 << 24), rng.random_range(12..=32))
     };
     if rng.random_bool(0.7) {
         r.src.push(prefix(rng));

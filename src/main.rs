@@ -72,9 +72,20 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     let result: Result<String, String> = match cli.cmd {
-        Cmd::Run { config, stats } => vrouter::control::daemon::run(&config, stats).map(|()| String::new()).map_err(|e| e.to_string()),
+        Cmd::Run { config, stats } => {
+            vrouter::control::daemon::run(&config, stats).map(|()| String::new()).map_err(|e| e.to_string())
+        }
         Cmd::CheckConfig { file } => vrouter::control::config::Config::load(&file)
-            .map(|c| format!("{}: valid (node {}, {} endpoints, {} peers, {} routes)", file.display(), c.node.name, c.endpoints.len(), c.peers.len(), c.routes.len()))
+            .map(|c| {
+                format!(
+                    "{}: valid (node {}, {} endpoints, {} peers, {} routes)",
+                    file.display(),
+                    c.node.name,
+                    c.endpoints.len(),
+                    c.peers.len(),
+                    c.routes.len()
+                )
+            })
             .map_err(|e| e.to_string()),
         Cmd::Demo => Ok(vrouter::dataplane::lab::demo()),
         Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
@@ -106,7 +117,8 @@ fn bench(what: BenchCmd) -> Result<String, String> {
     match what {
         BenchCmd::Fib { table, seconds } => {
             let table = table.or_else(vrouter::fib::table::default_table_path);
-            let r = vrouter::fib::bench::run_fib_bench(table.as_deref(), check_seconds(seconds)?).map_err(|e| e.to_string())?;
+            let r = vrouter::fib::bench::run_fib_bench(table.as_deref(), check_seconds(seconds)?)
+                .map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
         }
         BenchCmd::Pipeline { table, seconds } => {

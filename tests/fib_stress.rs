@@ -24,10 +24,11 @@ struct Pool {
 
 fn pool() -> Pool {
     let mut rng = SmallRng::seed_from_u64(11);
-    let mut routes: Vec<Ipv4Prefix> = ["0.0.0.0/0", "10.0.0.0/8", "10.2.0.0/16", "10.0.5.0/24", "10.1.1.1/32", "10.3.255.0/25"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let mut routes: Vec<Ipv4Prefix> =
+        ["0.0.0.0/0", "10.0.0.0/8", "10.2.0.0/16", "10.0.5.0/24", "10.1.1.1/32", "10.3.255.0/25"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
     let permanent = routes.len();
     // Toggled routes nested inside 10.0.0.0/14 (16 blocks), every length 9..=32.
     while routes.len() < 400 {
@@ -88,8 +89,16 @@ fn readers_see_only_valid_next_hops_during_churn() {
                             assert!(i < pool.routes.len(), "next hop {nh} was never installed");
                             let p = pool.routes[i];
                             assert!(p.contains(a), "{p} (nh {nh}) returned for {a:#x} which it does not cover");
-                            let floor = pool.routes[..pool.permanent].iter().filter(|q| q.contains(a)).map(|q| q.len()).max().unwrap();
-                            assert!(p.len() >= floor, "{p} returned for {a:#x} although a permanent /{floor} covers it");
+                            let floor = pool.routes[..pool.permanent]
+                                .iter()
+                                .filter(|q| q.contains(a))
+                                .map(|q| q.len())
+                                .max()
+                                .unwrap();
+                            assert!(
+                                p.len() >= floor,
+                                "{p} returned for {a:#x} although a permanent /{floor} covers it"
+                            );
                         }
                         checked += 1;
                     }

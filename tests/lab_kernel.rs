@@ -30,7 +30,11 @@ fn namespaces_of(prefix: &str) -> Vec<String> {
 }
 
 fn opts() -> LabOptions {
-    LabOptions { backend: Backend::Kernel, root: std::env::temp_dir().join("vrouter-lab-test"), ..LabOptions::default() }
+    LabOptions {
+        backend: Backend::Kernel,
+        root: std::env::temp_dir().join("vrouter-lab-test"),
+        ..LabOptions::default()
+    }
 }
 
 #[test]

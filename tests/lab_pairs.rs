@@ -32,6 +32,11 @@ fn every_pod_pair_pings_and_moves_tcp() {
     // Still forwarding after the load, in each mode.
     for (a, b) in [("1a", "2b"), ("2a", "3b"), ("3a", "1b")] {
         let out = lab.exec(&lab.pod(a).ns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &lab.pod_ip(b).to_string()]);
-        assert!(out.status.success(), "{a} -> {b} after the load: {}\n{}", String::from_utf8_lossy(&out.stdout), logs());
+        assert!(
+            out.status.success(),
+            "{a} -> {b} after the load: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            logs()
+        );
     }
 }

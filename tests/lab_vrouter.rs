@@ -67,7 +67,8 @@ fn wait_counter(lab: &LabHandle, node: u8, section: &str, name: &str, min: u64) 
 fn capture(lab: &LabHandle, ns: &str, dev: &str, filter: &str, count: u32, during: impl FnOnce()) -> Vec<String> {
     let log = lab.dir().join(format!("tcpdump-{dev}-{}.txt", std::process::id()));
     let n = count.to_string();
-    let mut child = lab.spawn(ns, &["tcpdump", "-i", dev, "-n", "-l", "-c", &n, filter], Some(&log)).expect("tcpdump starts");
+    let mut child =
+        lab.spawn(ns, &["tcpdump", "-i", dev, "-n", "-l", "-c", &n, filter], Some(&log)).expect("tcpdump starts");
     let ready = Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") && Instant::now() < ready {
         std::thread::sleep(Duration::from_millis(50));
@@ -100,12 +101,23 @@ fn crosssubnet_traffic_is_ipip_between_node_ips_on_the_wire() {
         ("192.168.2.20", "192.168.1.11"),
     ];
     for l in &lines {
-        let outer: Vec<&str> =
-            l.split("IP ").nth(1).unwrap_or("").split([' ', ':']).filter(|s| !s.is_empty() && *s != ">").take(2).collect();
+        let outer: Vec<&str> = l
+            .split("IP ")
+            .nth(1)
+            .unwrap_or("")
+            .split([' ', ':'])
+            .filter(|s| !s.is_empty() && *s != ">")
+            .take(2)
+            .collect();
         assert!(outer.len() == 2 && allowed.contains(&(outer[0], outer[1])), "unexpected outer addresses in {l}");
         assert!(l.matches("IP ").count() >= 2 && l.contains("ICMP echo"), "not decoded as IP-in-IP ICMP: {l}");
     }
-    for (a, b) in [("10.244.1.2", "10.244.3.2"), ("10.244.3.2", "10.244.1.2"), ("10.244.2.3", "10.244.3.3"), ("10.244.3.3", "10.244.2.3")] {
+    for (a, b) in [
+        ("10.244.1.2", "10.244.3.2"),
+        ("10.244.3.2", "10.244.1.2"),
+        ("10.244.2.3", "10.244.3.3"),
+        ("10.244.3.3", "10.244.2.3"),
+    ] {
         assert!(lines.iter().any(|l| l.contains(&format!("IP {a} > {b}: ICMP"))), "no inner {a} > {b} in {lines:#?}");
     }
     // Node 3 decapsulated the 4 requests and encapsulated the 4 replies.
@@ -153,8 +165,9 @@ fn policy_denies_tcp_5202_to_guarded_pod_and_passes_the_rest() {
     }
     std::thread::sleep(Duration::from_millis(400));
     let ip = lab.pod_ip("3b").to_string();
-    let client =
-        |port: &str| lab.exec(&lab.pod("1a").ns, &["iperf3", "-c", &ip, "-p", port, "-n", "1M", "-J", "--connect-timeout", "1500"]);
+    let client = |port: &str| {
+        lab.exec(&lab.pod("1a").ns, &["iperf3", "-c", &ip, "-p", port, "-n", "1M", "-J", "--connect-timeout", "1500"])
+    };
     let before = lab.drops(3, "policy/deny");
     let denied = client("5202");
     let allowed = client("5201");
@@ -232,8 +245,12 @@ fn malformed_frames_from_a_pod_are_dropped_with_their_reasons() {
     assert!(lab.exec(ns, &["ping", "-c", "1", "-W", "1", "169.254.1.1"]).status.success());
     let neigh = lab.exec(ns, &["ip", "neigh", "show", "169.254.1.1", "dev", "eth0"]);
     let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
-    let gw_mac =
-        neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or_else(|| panic!("no gateway MAC in `{neigh}`")).to_string();
+    let gw_mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no gateway MAC in `{neigh}`"))
+        .to_string();
     let reasons = ["ipv4/truncated", "ipv4/bad-checksum", "ipv4/bad-ihl", "ipv4/ttl-expired"];
     let before: Vec<u64> = reasons.iter().map(|r| lab.drops(1, r)).collect();
     let script = format!(

@@ -50,7 +50,10 @@ fn steady_state_pipeline_does_not_allocate() {
         (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 1, 2, b"c"), lab::POD_A),
         (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner), lab::UPLINK),
         (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 1, 1, 2, b"ttl"), lab::POD_A),
-        (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 1, 2, b"noroute"), lab::POD_A),
+        (
+            frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 1, 2, b"noroute"),
+            lab::POD_A,
+        ),
         (frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 64, 1, 1, b"ping"), lab::POD_A),
         (frag, lab::POD_A),
         (vec![0u8; 10], lab::POD_A),

@@ -47,7 +47,21 @@ impl Topo {
             ok(&["ip", "netns", "exec", &t.ns(n), "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ok(&["ip", "-n", &t.ns(n), "link", "set", "lo", "up"]);
         }
-        ok(&["ip", "link", "add", "up0", "netns", &t.ns("node"), "type", "veth", "peer", "name", "gw0", "netns", &t.ns("peer")]);
+        ok(&[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "netns",
+            &t.ns("node"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gw0",
+            "netns",
+            &t.ns("peer"),
+        ]);
         ok(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "up"]);
         ok(&["ip", "-n", &t.ns("peer"), "addr", "add", "192.168.1.1/24", "dev", "gw0"]);
         ok(&["ip", "-n", &t.ns("peer"), "link", "set", "gw0", "up"]);
@@ -153,7 +167,8 @@ fn node_forwards_through_af_xdp_and_tap_and_stops_cleanly() {
     assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
     t.stop(child);
     // Nothing left behind: no XDP program on the uplink, no TAPs.
-    let link = String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string();
+    let link =
+        String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string();
     assert!(!link.contains("prog/xdp"), "XDP program left attached: {link}");
     let links = String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "link"]).stdout).to_string();
     assert!(!links.contains("vrhost"), "host TAP left behind: {links}");
@@ -171,7 +186,11 @@ fn bad_config_is_refused_with_file_and_field() {
     let dir = std::env::temp_dir().join(format!("vrd-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad.toml");
-    std::fs::write(&f, "[node]\nname = \"x\"\nip = \"10.0.0.1\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "[node]\nname = \"x\"\nip = \"10.0.0.1\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n",
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_vrouter")).arg("check-config").arg(&f).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!o.status.success());
@@ -192,8 +211,27 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
         ok(&["ip", "netns", "add", &t.ns(n)]);
     }
     ok(&[
-        "ip", "link", "add", "up0", "netns", &t.ns("node"), "numrxqueues", "2", "numtxqueues", "2", "type", "veth", "peer",
-        "name", "gw0", "netns", &t.ns("peer"), "numrxqueues", "2", "numtxqueues", "2",
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "netns",
+        &t.ns("node"),
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "gw0",
+        "netns",
+        &t.ns("peer"),
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
     ]);
     ok(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "up"]);
     ok(&["ip", "-n", &t.ns("peer"), "link", "set", "gw0", "up"]);
@@ -208,7 +246,16 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
     };
     // Four queues on a two-queue device: refused before anything is bound.
     run(4);
-    let o = sh(&["ip", "netns", "exec", &t.ns("node"), env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    let o = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.ns("node"),
+        env!("CARGO_BIN_EXE_vrouter"),
+        "run",
+        "--config",
+        t.dir.join("node.toml").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("uplink.queues = 4 but the device has 2 RX queue(s)"), "{e}");

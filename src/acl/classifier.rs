@@ -128,9 +128,7 @@ impl FieldTable {
                 next_event += 1;
             }
             sparse.clear();
-            sparse.extend(
-                active.iter().enumerate().filter(|(_, &b)| b != 0).map(|(w, &b)| (w as u32, b)),
-            );
+            sparse.extend(active.iter().enumerate().filter(|(_, &b)| b != 0).map(|(w, &b)| (w as u32, b)));
             let id = match interned.get(&sparse) {
                 Some(&id) => id,
                 None => {
@@ -178,15 +176,8 @@ impl FieldTable {
     }
 
     fn memory_bytes(&self) -> usize {
-        (self.wild.capacity()
-            + self.wild_sum.capacity()
-            + self.entry_bits.capacity()
-            + self.set_sum.capacity())
-            * 8
-            + (self.starts.capacity()
-                + self.set_of.capacity()
-                + self.set_off.capacity()
-                + self.entry_word.capacity())
+        (self.wild.capacity() + self.wild_sum.capacity() + self.entry_bits.capacity() + self.set_sum.capacity()) * 8
+            + (self.starts.capacity() + self.set_of.capacity() + self.set_off.capacity() + self.entry_word.capacity())
                 * 4
     }
 }
@@ -248,11 +239,9 @@ fn field_conditions(r: &Rule) -> Conditions {
             Some(v)
         }
     }
-    let prefixes = |ps: &[crate::fib::Ipv4Prefix]| {
-        ps.iter().map(|p| (p.addr(), p.addr() | !p.mask())).collect::<Vec<_>>()
-    };
-    let ports =
-        |ps: &[super::PortRange]| ps.iter().map(|p| (p.lo as u32, p.hi as u32)).collect::<Vec<_>>();
+    let prefixes =
+        |ps: &[crate::fib::Ipv4Prefix]| ps.iter().map(|p| (p.addr(), p.addr() | !p.mask())).collect::<Vec<_>>();
+    let ports = |ps: &[super::PortRange]| ps.iter().map(|p| (p.lo as u32, p.hi as u32)).collect::<Vec<_>>();
     let sport = if r.protocol == Some(PROTO_ICMP) {
         match (r.icmp_type, r.icmp_code) {
             (Some(t), Some(c)) => vec![((t as u32) << 8 | c as u32, (t as u32) << 8 | c as u32)],
@@ -299,8 +288,7 @@ impl Classifier {
             }
         }
         let l4free_sum = summarize(&l4free, nsum);
-        let ip_wild: Vec<u64> =
-            fields[F_SRC].wild.iter().zip(&fields[F_DST].wild).map(|(a, b)| a & b).collect();
+        let ip_wild: Vec<u64> = fields[F_SRC].wild.iter().zip(&fields[F_DST].wild).map(|(a, b)| a & b).collect();
         let ip_wild_sum = summarize(&ip_wild, nsum);
         let b = Bitsets { nsum, fields, l4free, l4free_sum, ip_wild_sum };
         Classifier { nrules, imp: Imp::Bitsets(Box::new(b)) }
@@ -324,10 +312,10 @@ impl Classifier {
                 .iter()
                 .position(|(conds, needs_l4)| {
                     !(nonfirst && *needs_l4)
-                        && conds.iter().zip(values).all(|(c, v)| {
-                            c.as_ref()
-                                .map_or(true, |rs| rs.iter().any(|&(lo, hi)| lo <= v && v <= hi))
-                        })
+                        && conds
+                            .iter()
+                            .zip(values)
+                            .all(|(c, v)| c.as_ref().map_or(true, |rs| rs.iter().any(|&(lo, hi)| lo <= v && v <= hi)))
                 })
                 .map(|i| i as u32),
             Imp::Bitsets(b) if self.nrules > 0 => b.first_match(values, nonfirst),
@@ -340,11 +328,7 @@ impl Classifier {
         match &self.imp {
             Imp::Linear(rules) => {
                 rules.capacity() * std::mem::size_of::<(Conditions, bool)>()
-                    + rules
-                        .iter()
-                        .flat_map(|(c, _)| c.iter().flatten())
-                        .map(|v| v.capacity() * 8)
-                        .sum::<usize>()
+                    + rules.iter().flat_map(|(c, _)| c.iter().flatten()).map(|v| v.capacity() * 8).sum::<usize>()
             }
             Imp::Bitsets(b) => std::mem::size_of::<Bitsets>() + b.memory_bytes(),
         }
@@ -401,8 +385,7 @@ impl Bitsets {
 
     fn memory_bytes(&self) -> usize {
         self.fields.iter().map(FieldTable::memory_bytes).sum::<usize>()
-            + (self.l4free.capacity() + self.l4free_sum.capacity() + self.ip_wild_sum.capacity())
-                * 8
+            + (self.l4free.capacity() + self.l4free_sum.capacity() + self.ip_wild_sum.capacity()) * 8
     }
 }
 

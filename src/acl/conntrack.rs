@@ -43,9 +43,7 @@
 //! 3. `Miss`: evaluate policy; allowed -> `insert` (an `Err(Full)` is counted as
 //!    `policy/conntrack-full` and the packet dropped); denied -> drop.
 
-use super::{
-    FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-};
+use super::{FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Maximum distance of an entry from its home slot.
 pub const PROBE_WINDOW: usize = 32;
@@ -208,12 +206,8 @@ fn tuple_of(k: &FlowKey) -> Option<(Tuple, bool)> {
     if k.proto == PROTO_ICMP {
         let id = k.dport;
         return match k.icmp_type() {
-            ICMP_ECHO_REQUEST => {
-                Some((Tuple { a: k.src, b: k.dst, pa: id, pb: id, proto: k.proto }, true))
-            }
-            ICMP_ECHO_REPLY => {
-                Some((Tuple { a: k.dst, b: k.src, pa: id, pb: id, proto: k.proto }, false))
-            }
+            ICMP_ECHO_REQUEST => Some((Tuple { a: k.src, b: k.dst, pa: id, pb: id, proto: k.proto }, true)),
+            ICMP_ECHO_REPLY => Some((Tuple { a: k.dst, b: k.src, pa: id, pb: id, proto: k.proto }, false)),
             _ => None,
         };
     }
@@ -289,13 +283,7 @@ impl ConnTrack {
 
     /// Looks the packet's connection up and, on a hit, advances its state and idle timer.
     /// An expired entry is removed and reported as a miss.
-    pub fn lookup(
-        &mut self,
-        key: &FlowKey,
-        tcp_flags: u8,
-        now_ms: u64,
-        generation: u64,
-    ) -> CtLookup {
+    pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now_ms: u64, generation: u64) -> CtLookup {
         let Some((t, from_a)) = tuple_of(key) else { return CtLookup::Miss };
         let Some(i) = self.find(&t) else { return CtLookup::Miss };
         if self.slots[i].expires_ms <= now_ms {
@@ -353,11 +341,8 @@ impl ConnTrack {
                     }
                     if flags & TCP_FIN != 0 {
                         s.fins |= if dir == CtDir::Original { FIN_ORIG } else { FIN_REPLY };
-                        s.state = if s.fins == FIN_ORIG | FIN_REPLY {
-                            CtState::TcpTimeWait
-                        } else {
-                            CtState::TcpFinWait
-                        };
+                        s.state =
+                            if s.fins == FIN_ORIG | FIN_REPLY { CtState::TcpTimeWait } else { CtState::TcpFinWait };
                     }
                 }
             }
@@ -373,13 +358,7 @@ impl ConnTrack {
     /// Records a connection that policy has just allowed (call after a `Miss`). On an existing
     /// live entry this applies the packet and adopts `generation`. Untracked packets (see the
     /// module docs) and lone RSTs store nothing and return `Ok`.
-    pub fn insert(
-        &mut self,
-        key: &FlowKey,
-        tcp_flags: u8,
-        now_ms: u64,
-        generation: u64,
-    ) -> Result<(), CtError> {
+    pub fn insert(&mut self, key: &FlowKey, tcp_flags: u8, now_ms: u64, generation: u64) -> Result<(), CtError> {
         let Some((t, from_a)) = tuple_of(key) else { return Ok(()) };
         let state = match t.proto {
             PROTO_TCP if tcp_flags & TCP_RST != 0 => return Ok(()),
@@ -419,9 +398,7 @@ impl ConnTrack {
                 // At capacity with a free slot but no expired entry on the way to it: drop an
                 // expired entry anywhere in the window (another cluster), then insert again.
                 let now_expired = |s: &Slot| s.used && s.expires_ms <= now_ms;
-                let victim = (0..PROBE_WINDOW)
-                    .map(|d| (home + d) & self.mask)
-                    .find(|&j| now_expired(&self.slots[j]));
+                let victim = (0..PROBE_WINDOW).map(|d| (home + d) & self.mask).find(|&j| now_expired(&self.slots[j]));
                 return match victim {
                     Some(j) => {
                         self.delete_at(j);
@@ -433,16 +410,8 @@ impl ConnTrack {
             self.len += 1;
         }
         // Reusing an expired slot in place keeps the probe chain intact.
-        let mut s = Slot {
-            t,
-            used: true,
-            orig_is_a: from_a,
-            state,
-            fins: 0,
-            home: home as u32,
-            generation,
-            expires_ms: 0,
-        };
+        let mut s =
+            Slot { t, used: true, orig_is_a: from_a, state, fins: 0, home: home as u32, generation, expires_ms: 0 };
         Self::advance(&self.timeouts, &mut s, CtDir::Original, tcp_flags, now_ms);
         s.expires_ms = now_ms.saturating_add(Self::timeout(&self.timeouts, s.state));
         self.slots[i] = s;
@@ -521,30 +490,11 @@ impl ConnTrack {
                     fragment: Fragment::None,
                 }
             } else if s.orig_is_a {
-                FlowKey {
-                    src: t.a,
-                    dst: t.b,
-                    proto: t.proto,
-                    sport: t.pa,
-                    dport: t.pb,
-                    fragment: Fragment::None,
-                }
+                FlowKey { src: t.a, dst: t.b, proto: t.proto, sport: t.pa, dport: t.pb, fragment: Fragment::None }
             } else {
-                FlowKey {
-                    src: t.b,
-                    dst: t.a,
-                    proto: t.proto,
-                    sport: t.pb,
-                    dport: t.pa,
-                    fragment: Fragment::None,
-                }
+                FlowKey { src: t.b, dst: t.a, proto: t.proto, sport: t.pb, dport: t.pa, fragment: Fragment::None }
             };
-            CtEntryView {
-                original,
-                state: s.state,
-                expires_ms: s.expires_ms,
-                generation: s.generation,
-            }
+            CtEntryView { original, state: s.state, expires_ms: s.expires_ms, generation: s.generation }
         })
     }
 }
@@ -566,14 +516,7 @@ mod tests {
         FlowKey { src: k.dst, dst: k.src, sport: k.dport, dport: k.sport, ..k }
     }
     fn echo(src: u32, dst: u32, ty: u8, id: u16) -> FlowKey {
-        FlowKey {
-            src,
-            dst,
-            proto: PROTO_ICMP,
-            sport: (ty as u16) << 8,
-            dport: id,
-            fragment: Fragment::None,
-        }
+        FlowKey { src, dst, proto: PROTO_ICMP, sport: (ty as u16) << 8, dport: id, fragment: Fragment::None }
     }
     fn ct() -> ConnTrack {
         ConnTrack::with_capacity(64, CtTimeouts::default())

@@ -113,14 +113,7 @@ mod tests {
 
     #[test]
     fn reversed_swaps_ends_and_echo_type() {
-        let k = FlowKey {
-            src: 1,
-            dst: 2,
-            proto: PROTO_TCP,
-            sport: 3,
-            dport: 4,
-            fragment: Fragment::None,
-        };
+        let k = FlowKey { src: 1, dst: 2, proto: PROTO_TCP, sport: 3, dport: 4, fragment: Fragment::None };
         assert_eq!(k.reversed(), FlowKey { src: 2, dst: 1, sport: 4, dport: 3, ..k });
         assert_eq!(k.reversed().reversed(), k);
         let ping = FlowKey { proto: PROTO_ICMP, sport: 8 << 8, dport: 77, ..k };

@@ -96,26 +96,19 @@ impl PolicySet {
         }
         for (name, rules) in &cfg.policies {
             for (index, r) in rules.iter().enumerate() {
-                r.validate().map_err(|error| AclError::BadPolicyRule {
-                    policy: name.clone(),
-                    index,
-                    error,
-                })?;
+                r.validate().map_err(|error| AclError::BadPolicyRule { policy: name.clone(), index, error })?;
             }
         }
         let names: Vec<String> = cfg.policies.keys().cloned().collect();
         let by_index: Vec<&Vec<Rule>> = cfg.policies.values().collect();
-        let index_of: HashMap<&str, u32> =
-            names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+        let index_of: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
 
         let mut list_ids: HashMap<Vec<u32>, u32> = HashMap::new();
         let mut lists: Vec<CompiledList> = Vec::new();
         let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
         for (ep, e) in cfg.endpoints.iter().enumerate() {
             let mut slots = [NO_LIST; 2];
-            for (slot, (direction, pols)) in
-                [("ingress", &e.ingress), ("egress", &e.egress)].into_iter().enumerate()
-            {
+            for (slot, (direction, pols)) in [("ingress", &e.ingress), ("egress", &e.egress)].into_iter().enumerate() {
                 if pols.is_empty() {
                     continue;
                 }
@@ -190,15 +183,10 @@ impl PolicySet {
     #[inline]
     pub fn evaluate(&self, ep: Option<EndpointId>, dir: Direction, key: &FlowKey) -> RuleHit {
         if let Some(i) = self.global.first_match(key) {
-            return RuleHit {
-                action: self.global_actions[i as usize],
-                source: HitSource::Global { rule: i },
-            };
+            return RuleHit { action: self.global_actions[i as usize], source: HitSource::Global { rule: i } };
         }
-        let list = ep
-            .and_then(|ep| self.endpoints.get(ep as usize))
-            .map(|slots| slots[dir as usize])
-            .unwrap_or(NO_LIST);
+        let list =
+            ep.and_then(|ep| self.endpoints.get(ep as usize)).map(|slots| slots[dir as usize]).unwrap_or(NO_LIST);
         if list == NO_LIST {
             return RuleHit { action: Action::Allow, source: HitSource::DefaultAllow };
         }
@@ -206,10 +194,7 @@ impl PolicySet {
         match l.classifier.first_match(key) {
             Some(i) => {
                 let (policy, rule) = l.origin[i as usize];
-                RuleHit {
-                    action: l.actions[i as usize],
-                    source: HitSource::Policy { policy, rule },
-                }
+                RuleHit { action: l.actions[i as usize], source: HitSource::Policy { policy, rule } }
             }
             None => RuleHit { action: Action::Deny, source: HitSource::DefaultDeny },
         }
@@ -441,32 +426,17 @@ mod tests {
         deny22.dst_ports = vec![PortRange::single(22)];
         let cfg = PolicyConfig {
             global: vec![],
-            policies: BTreeMap::from([
-                ("a-open".to_string(), vec![allow()]),
-                ("b-no-ssh".to_string(), vec![deny22]),
-            ]),
+            policies: BTreeMap::from([("a-open".to_string(), vec![allow()]), ("b-no-ssh".to_string(), vec![deny22])]),
             endpoints: vec![
-                EndpointPolicy {
-                    ingress: vec!["b-no-ssh".into(), "a-open".into()],
-                    egress: vec![],
-                },
-                EndpointPolicy {
-                    ingress: vec!["a-open".into(), "b-no-ssh".into()],
-                    egress: vec![],
-                },
-                EndpointPolicy {
-                    ingress: vec!["b-no-ssh".into(), "a-open".into()],
-                    egress: vec![],
-                },
+                EndpointPolicy { ingress: vec!["b-no-ssh".into(), "a-open".into()], egress: vec![] },
+                EndpointPolicy { ingress: vec!["a-open".into(), "b-no-ssh".into()], egress: vec![] },
+                EndpointPolicy { ingress: vec!["b-no-ssh".into(), "a-open".into()], egress: vec![] },
             ],
         };
         let ps = PolicySet::compile(&cfg, 1).unwrap();
         let ssh = key(A, B, PROTO_TCP, 40000, 22);
         let h0 = ps.evaluate(Some(0), Direction::Ingress, &ssh);
-        assert_eq!(
-            h0,
-            RuleHit { action: Action::Deny, source: HitSource::Policy { policy: 1, rule: 0 } }
-        );
+        assert_eq!(h0, RuleHit { action: Action::Deny, source: HitSource::Policy { policy: 1, rule: 0 } });
         assert_eq!(ps.evaluate(Some(1), Direction::Ingress, &ssh).action, Action::Allow);
         assert_eq!(ps.evaluate(Some(2), Direction::Ingress, &ssh), h0);
         assert_eq!(ps.compiled_lists(), 2);
@@ -483,11 +453,9 @@ mod tests {
         let mut any_udp = Rule::any(Action::Deny);
         any_udp.protocol = Some(PROTO_UDP);
         let mut k = key(A, B, PROTO_UDP, 0, 0);
-        for (frag, action) in [
-            (Fragment::None, Action::Allow),
-            (Fragment::First, Action::Allow),
-            (Fragment::NonFirst, Action::Deny),
-        ] {
+        for (frag, action) in
+            [(Fragment::None, Action::Allow), (Fragment::First, Action::Allow), (Fragment::NonFirst, Action::Deny)]
+        {
             k.fragment = frag;
             let hit = ingress_verdict(vec![r.clone(), any_udp.clone()], &k);
             assert_eq!(hit.action, action, "{frag:?}");
@@ -546,10 +514,7 @@ mod tests {
     /// The semantics, read directly off the config.
     fn naive(cfg: &PolicyConfig, ep: Option<EndpointId>, dir: Direction, k: &FlowKey) -> RuleHit {
         if let Some(i) = cfg.global.iter().position(|r| r.matches(k)) {
-            return RuleHit {
-                action: cfg.global[i].action,
-                source: HitSource::Global { rule: i as u32 },
-            };
+            return RuleHit { action: cfg.global[i].action, source: HitSource::Global { rule: i as u32 } };
         }
         let pols = match ep.and_then(|e| cfg.endpoints.get(e as usize)) {
             Some(e) if dir == Direction::Ingress => &e.ingress,
@@ -563,26 +528,14 @@ mod tests {
             let pi = cfg.policies.keys().position(|n| n == name).unwrap() as u32;
             let rules = &cfg.policies[name];
             if let Some(i) = rules.iter().position(|r| r.matches(k)) {
-                return RuleHit {
-                    action: rules[i].action,
-                    source: HitSource::Policy { policy: pi, rule: i as u32 },
-                };
+                return RuleHit { action: rules[i].action, source: HitSource::Policy { policy: pi, rule: i as u32 } };
             }
         }
         RuleHit { action: Action::Deny, source: HitSource::DefaultDeny }
     }
 
     /// Addresses and ports near which rule boundaries fall, so random keys hit edges.
-    const ADDRS: &[u32] = &[
-        0,
-        0x0a00_0000,
-        0x0a00_0040,
-        0x0a00_00ff,
-        0x0a00_0100,
-        0x0a01_0000,
-        0xc0a8_0001,
-        u32::MAX,
-    ];
+    const ADDRS: &[u32] = &[0, 0x0a00_0000, 0x0a00_0040, 0x0a00_00ff, 0x0a00_0100, 0x0a01_0000, 0xc0a8_0001, u32::MAX];
     const LENS: &[u8] = &[0, 1, 8, 16, 24, 26, 31, 32];
     const PORTS: &[u16] = &[0, 1, 22, 53, 79, 80, 81, 443, 1024, 8000, 8080, 65535];
     const PROTOS: &[u8] = &[PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP, 47, 0];
@@ -625,12 +578,11 @@ mod tests {
     }
 
     fn flow_key() -> impl Strategy<Value = FlowKey> {
-        let addr = (prop::sample::select(ADDRS), -1i64..=1)
-            .prop_map(|(a, d)| (a as i64 + d).clamp(0, u32::MAX as i64) as u32);
-        let port = (prop::sample::select(PORTS), -1i32..=1)
-            .prop_map(|(p, d)| (p as i32 + d).clamp(0, 65535) as u16);
-        let icmp_sport = (prop::sample::select(&[0u8, 3, 8, 11][..]), 0u8..3)
-            .prop_map(|(t, c)| (t as u16) << 8 | c as u16);
+        let addr =
+            (prop::sample::select(ADDRS), -1i64..=1).prop_map(|(a, d)| (a as i64 + d).clamp(0, u32::MAX as i64) as u32);
+        let port = (prop::sample::select(PORTS), -1i32..=1).prop_map(|(p, d)| (p as i32 + d).clamp(0, 65535) as u16);
+        let icmp_sport =
+            (prop::sample::select(&[0u8, 3, 8, 11][..]), 0u8..3).prop_map(|(t, c)| (t as u16) << 8 | c as u16);
         (
             addr.clone(),
             addr,
@@ -669,11 +621,7 @@ mod tests {
                             egress: e.iter().map(|&x| name(x)).collect(),
                         })
                         .collect(),
-                    policies: pols
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, r)| (format!("p{i}"), r))
-                        .collect(),
+                    policies: pols.into_iter().enumerate().map(|(i, r)| (format!("p{i}"), r)).collect(),
                 }
             })
     }
@@ -724,8 +672,7 @@ mod tests {
         use proptest::strategy::ValueTree;
         use proptest::test_runner::TestRunner;
         let mut runner = TestRunner::deterministic();
-        let mut rules: Vec<Rule> =
-            prop::collection::vec(rule(), 5000).new_tree(&mut runner).unwrap().current();
+        let mut rules: Vec<Rule> = prop::collection::vec(rule(), 5000).new_tree(&mut runner).unwrap().current();
         // Rules past 4096 get a destination of their own, and each gets a witness key built
         // from its conditions, so first matches land in the second summary word.
         // Every rule also gets its /32 (and loses destinations wide enough to cover 11/8), so
@@ -754,8 +701,7 @@ mod tests {
             ..Default::default()
         };
         let ps = PolicySet::compile(&cfg, 1).unwrap();
-        let mut keys =
-            prop::collection::vec(flow_key(), 2000).new_tree(&mut runner).unwrap().current();
+        let mut keys = prop::collection::vec(flow_key(), 2000).new_tree(&mut runner).unwrap().current();
         keys.extend(witnesses.iter().step_by(3));
         let mut late = 0;
         for k in &keys {

@@ -83,14 +83,10 @@ impl<'de> Deserialize<'de> for PortRange {
                 f.write_str("a port number or a string like \"80\" or \"8000-8080\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortRange, E> {
-                u16::try_from(v)
-                    .map(PortRange::single)
-                    .map_err(|_| E::custom(format!("port {v} is above 65535")))
+                u16::try_from(v).map(PortRange::single).map_err(|_| E::custom(format!("port {v} is above 65535")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
-                u64::try_from(v)
-                    .map_err(|_| E::custom(format!("port {v} is negative")))
-                    .and_then(|v| self.visit_u64(v))
+                u64::try_from(v).map_err(|_| E::custom(format!("port {v} is negative"))).and_then(|v| self.visit_u64(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
                 v.parse().map_err(E::custom)
@@ -131,9 +127,7 @@ mod proto_serde {
                 f.write_str("a protocol number 0-255 or one of tcp, udp, icmp, sctp")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<u8>, E> {
-                u8::try_from(v)
-                    .map(Some)
-                    .map_err(|_| E::custom(format!("protocol {v} is above 255")))
+                u8::try_from(v).map(Some).map_err(|_| E::custom(format!("protocol {v} is above 255")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<u8>, E> {
                 u64::try_from(v)
@@ -146,9 +140,7 @@ mod proto_serde {
                     return Ok(Some(*n));
                 }
                 lower.parse::<u8>().map(Some).map_err(|_| {
-                    E::custom(format!(
-                        "unknown protocol '{v}': use tcp, udp, icmp, sctp or a number 0-255"
-                    ))
+                    E::custom(format!("unknown protocol '{v}': use tcp, udp, icmp, sctp or a number 0-255"))
                 })
             }
             fn visit_none<E: de::Error>(self) -> Result<Option<u8>, E> {
@@ -262,9 +254,7 @@ impl Rule {
         if has_ports && !matches!(self.protocol, Some(PROTO_TCP | PROTO_UDP | PROTO_SCTP)) {
             return Err(RuleError::PortsNeedL4Protocol(self.protocol));
         }
-        if (self.icmp_type.is_some() || self.icmp_code.is_some())
-            && self.protocol != Some(PROTO_ICMP)
-        {
+        if (self.icmp_type.is_some() || self.icmp_code.is_some()) && self.protocol != Some(PROTO_ICMP) {
             return Err(RuleError::IcmpNeedsIcmpProtocol(self.protocol));
         }
         if let (None, Some(c)) = (self.icmp_type, self.icmp_code) {
@@ -335,14 +325,7 @@ mod tests {
     use super::*;
 
     fn key(proto: u8, sport: u16, dport: u16) -> FlowKey {
-        FlowKey {
-            src: 0x0a00_0001,
-            dst: 0x0a00_0002,
-            proto,
-            sport,
-            dport,
-            fragment: Fragment::None,
-        }
+        FlowKey { src: 0x0a00_0001, dst: 0x0a00_0002, proto, sport, dport, fragment: Fragment::None }
     }
 
     #[test]
@@ -355,10 +338,7 @@ mod tests {
         assert_eq!(r.action, Action::Allow);
         assert_eq!(r.src[1].to_string(), "192.0.2.1/32");
         assert_eq!(r.protocol, Some(PROTO_TCP));
-        assert_eq!(
-            r.dst_ports,
-            vec![PortRange::single(80), PortRange { lo: 8000, hi: 8080 }, PortRange::single(443)]
-        );
+        assert_eq!(r.dst_ports, vec![PortRange::single(80), PortRange { lo: 8000, hi: 8080 }, PortRange::single(443)]);
         // Round trip through the serialised form.
         let back: Rule = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::config::Config;
-use crate::acl::{PolicySet, AclError};
+use crate::acl::{AclError, PolicySet};
 use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot, SnapshotError};
 use crate::dataplane::PortId;
 use crate::fib::{Ipv4Prefix, NhId};
@@ -53,11 +53,28 @@ pub fn build(cfg: &Config, uplink_mac: MacAddr, generation: u64) -> Result<NodeS
     }];
     let mut endpoints = Vec::new();
     for (i, e) in cfg.endpoints.iter().enumerate() {
-        ports.push(PortInfo { name: e.tap.clone(), kind: PortKind::Pod, mac: POD_PORT_MAC, mtu: e.mtu, punt_unknown: false });
-        endpoints.push(Endpoint { name: e.name.clone(), port: pod_port(i), mac: e.mac, addrs: e.addrs.iter().map(|a| ip(*a)).collect() });
+        ports.push(PortInfo {
+            name: e.tap.clone(),
+            kind: PortKind::Pod,
+            mac: POD_PORT_MAC,
+            mtu: e.mtu,
+            punt_unknown: false,
+        });
+        endpoints.push(Endpoint {
+            name: e.name.clone(),
+            port: pod_port(i),
+            mac: e.mac,
+            addrs: e.addrs.iter().map(|a| ip(*a)).collect(),
+        });
     }
     let host_port = cfg.host.as_ref().map(|h| {
-        ports.push(PortInfo { name: h.tap.clone(), kind: PortKind::Host, mac: uplink_mac, mtu: ports[0].mtu, punt_unknown: false });
+        ports.push(PortInfo {
+            name: h.tap.clone(),
+            kind: PortKind::Host,
+            mac: uplink_mac,
+            mtu: ports[0].mtu,
+            punt_unknown: false,
+        });
         (ports.len() - 1) as PortId
     });
 
@@ -91,7 +108,8 @@ pub fn build(cfg: &Config, uplink_mac: MacAddr, generation: u64) -> Result<NodeS
         let mode = p.ipip_mode.unwrap_or(node.ipip_mode);
         let peer = ip(p.ip);
         let nh = if mode.encapsulates(node.subnet, peer) {
-            let via = if on_link(p.ip) { peer } else { gateway.expect("validated: off-subnet peers need node.gateway") };
+            let via =
+                if on_link(p.ip) { peer } else { gateway.expect("validated: off-subnet peers need node.gateway") };
             NextHop::Tunnel { port: UPLINK, remote: peer, via }
         } else {
             let via = if on_link(p.ip) { peer } else { gateway.expect("validated") };
@@ -157,7 +175,10 @@ mod tests {
         // Always encapsulates even on-link, to the peer itself.
         cfg.node.ipip_mode = crate::dataplane::IpipMode::Always;
         let st = build(&cfg, MacAddr([2, 0, 0, 0, 0, 1]), 1).unwrap();
-        assert_eq!(nh_for(&st, "10.244.2.0/26"), &NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_0215, via: 0xc0a8_0215 });
+        assert_eq!(
+            nh_for(&st, "10.244.2.0/26"),
+            &NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_0215, via: 0xc0a8_0215 }
+        );
         assert!(st.snapshot.is_peer(0xc0a8_010a) && st.snapshot.is_peer(0xc0a8_0215));
     }
 

@@ -231,7 +231,8 @@ impl Config {
 
     /// Parses and validates; `file` is only used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), msg: e.to_string() })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), msg: e.to_string() })?;
         cfg.validate().map_err(|(field, msg)| ConfigError::Invalid { file: file.into(), field, msg })?;
         Ok(cfg)
     }
@@ -303,7 +304,10 @@ impl Config {
             let mode = p.ipip_mode.unwrap_or(self.node.ipip_mode);
             let encap = mode.encapsulates(self.node.subnet, u32::from(p.ip));
             if !encap && !self.node.subnet.contains(u32::from(p.ip)) && self.node.gateway.is_none() {
-                return err(&f("ip"), format!("{} is off our subnet with IPIP mode {mode:?} and no node.gateway", p.ip));
+                return err(
+                    &f("ip"),
+                    format!("{} is off our subnet with IPIP mode {mode:?} and no node.gateway", p.ip),
+                );
             }
             if encap && !self.node.subnet.contains(u32::from(p.ip)) && self.node.gateway.is_none() {
                 return err(&f("ip"), format!("{} is off our subnet: IPIP to it needs node.gateway", p.ip));
@@ -316,7 +320,10 @@ impl Config {
             }
             if let Some(v) = r.via {
                 if !self.node.subnet.contains(u32::from(v)) {
-                    return err(&format!("routes[{i}].via"), format!("{v} must be on node.subnet {}", self.node.subnet));
+                    return err(
+                        &format!("routes[{i}].via"),
+                        format!("{v} must be on node.subnet {}", self.node.subnet),
+                    );
                 }
             }
             if r.host && self.host.is_none() {
@@ -324,7 +331,8 @@ impl Config {
             }
         }
         // Policy rules compile now so that errors surface at check time.
-        crate::acl::PolicySet::compile(&self.policy_config(), 0).map_err(|e| ("policies".to_string(), e.to_string()))?;
+        crate::acl::PolicySet::compile(&self.policy_config(), 0)
+            .map_err(|e| ("policies".to_string(), e.to_string()))?;
         Ok(())
     }
 
@@ -402,7 +410,10 @@ pod_block = "10.244.1.0/26"
         assert!(parse(&ep("10.244.1.2", "")).is_ok());
         assert!(err(&ep("10.9.9.9", "")).contains("outside node.pod_block"));
         assert!(err(&ep("10.244.1.2", "\"nope\"")).contains("unknown policy 'nope'"));
-        let two = format!("{}\n[[endpoints]]\nname = \"q\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:02\"\naddrs = [\"10.244.1.3\"]\n", ep("10.244.1.2", ""));
+        let two = format!(
+            "{}\n[[endpoints]]\nname = \"q\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:02\"\naddrs = [\"10.244.1.3\"]\n",
+            ep("10.244.1.2", "")
+        );
         assert!(err(&two).contains("'tapp' is used by another endpoint"));
     }
 

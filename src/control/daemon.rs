@@ -63,7 +63,9 @@ pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>])
         let n: u64 = counters.iter().map(|c| c.drops(*r)).sum();
         drops.insert(r.name(), n);
     }
-    let sum = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| -> u64 { counters.iter().map(|c| f(c).load(Relaxed)).sum() };
+    let sum = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| -> u64 {
+        counters.iter().map(|c| f(c).load(Relaxed)).sum()
+    };
     serde_json::json!({
         "node": node,
         "ports": ports,
@@ -93,13 +95,15 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let cfg = Config::load(config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| DaemonError::Other(format!("signal handler: {e}")))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| DaemonError::Other(format!("signal handler: {e}")))?;
     }
 
     let uplink_mac = match &cfg.uplink {
         Some(u) => {
             let mac = read_mac(&u.device)?;
-            let have = afxdp::queue_count(&u.device).map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
+            let have = afxdp::queue_count(&u.device)
+                .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
             if u.queues > have {
                 return Err(DaemonError::Uplink {
                     dev: u.device.clone(),
@@ -120,7 +124,10 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let (shared, mut fib) = Shared::new(state.snapshot, neigh);
     fib.load(state.routes.iter().copied());
     for n in &cfg.neighbours {
-        shared.neigh.add_static(u32::from(n.ip), n.mac.0).map_err(|e| DaemonError::Other(format!("neighbour {}: {e}", n.ip)))?;
+        shared
+            .neigh
+            .add_static(u32::from(n.ip), n.mac.0)
+            .map_err(|e| DaemonError::Other(format!("neighbour {}: {e}", n.ip)))?;
     }
 
     // Ports. Everything created here is removed when dropped, including on early return.
@@ -157,7 +164,10 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut xsks = Vec::new();
     if let Some(u) = &cfg.uplink {
         for q in 0..u.queues {
-            xsks.push(Some(XskPort::open(&u.device, q, u.xdp_mode, UPLINK).map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?));
+            xsks.push(Some(
+                XskPort::open(&u.device, q, u.xdp_mode, UPLINK)
+                    .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?,
+            ));
         }
         targets[UPLINK as usize] = TxTarget::Uplink;
     }
@@ -183,7 +193,12 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             core,
             stop: stop.clone(),
         };
-        handles.push(std::thread::Builder::new().name(format!("vr-worker{id}")).spawn(move || rt.run()).map_err(|e| DaemonError::Other(e.to_string()))?);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("vr-worker{id}"))
+                .spawn(move || rt.run())
+                .map_err(|e| DaemonError::Other(e.to_string()))?,
+        );
     }
     info!(node = %cfg.node.name, workers = n_workers, routes = fib.len(), "forwarding");
 

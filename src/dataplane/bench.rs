@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 
 use super::lab::{self, frames, Lab, LabOptions};
 use super::packet::{PacketBuf, PortId};
-use crate::acl::{Action, PolicyConfig, PolicySet, Rule, EndpointPolicy};
 use crate::acl::rule::PortRange;
+use crate::acl::{Action, EndpointPolicy, PolicyConfig, PolicySet, Rule};
 use crate::fib::table::{self, TableError};
 use crate::fib::{Ipv4Prefix, NhId};
 
@@ -83,7 +83,9 @@ impl Scenario {
     pub fn new(kind: Kind, prefixes: &[Ipv4Prefix], seed: u64) -> Scenario {
         let mut rng = SmallRng::seed_from_u64(seed);
         let policy = match kind {
-            Kind::EncapAcl => Arc::new(PolicySet::compile(&policy_1000_rules(&mut rng), 1).expect("valid bench policy")),
+            Kind::EncapAcl => {
+                Arc::new(PolicySet::compile(&policy_1000_rules(&mut rng), 1).expect("valid bench policy"))
+            }
             _ => Arc::new(PolicySet::allow_all()),
         };
         let mut lab = Lab::new(LabOptions { policy, ..Default::default() });
@@ -103,18 +105,31 @@ impl Scenario {
                 Kind::Forward => {
                     let dst = random_host(&mut rng, prefixes);
                     let src = 0xc633_6400 | (i as u32 & 0xff); // 198.51.100.x
-                    (frames::udp(lab::GW_MAC, lab::UPLINK_MAC, src, dst, 64, 1024 + i as u16, 53, &payload), lab::UPLINK)
+                    (
+                        frames::udp(lab::GW_MAC, lab::UPLINK_MAC, src, dst, 64, 1024 + i as u16, 53, &payload),
+                        lab::UPLINK,
+                    )
                 }
                 Kind::EncapAcl => {
                     let dst = random_host(&mut rng, prefixes);
                     (
-                        frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, dst, 64, 1024 + i as u16, 53, &payload),
+                        frames::udp(
+                            lab::POD_A_MAC,
+                            lab::POD_A_PORT_MAC,
+                            lab::POD_A_IP,
+                            dst,
+                            64,
+                            1024 + i as u16,
+                            53,
+                            &payload,
+                        ),
                         lab::POD_A,
                     )
                 }
                 Kind::Decap => {
                     let dst = [lab::POD_A_IP, lab::POD_B_IP][i % 2];
-                    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, dst, 64, 1024 + i as u16, 53, &[]);
+                    let inner =
+                        frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, dst, 64, 1024 + i as u16, 53, &[]);
                     (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner), lab::UPLINK)
                 }
             })

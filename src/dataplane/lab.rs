@@ -129,7 +129,8 @@ pub fn pfx(s: &str) -> Ipv4Prefix {
 
 impl Lab {
     pub fn new(opts: LabOptions) -> Lab {
-        let (shared, mut fib) = Shared::new(snapshot(&opts), NeighTable::new(NeighConfig::default()).expect("default config is valid"));
+        let (shared, mut fib) =
+            Shared::new(snapshot(&opts), NeighTable::new(NeighConfig::default()).expect("default config is valid"));
         fib.insert(pfx("10.244.1.2/32"), NH_POD_A);
         fib.insert(pfx("10.244.1.3/32"), NH_POD_B);
         fib.insert(pfx("10.244.1.0/26"), NH_BLACKHOLE);
@@ -156,14 +157,32 @@ pub mod frames {
         a.to_be_bytes()
     }
 
-    pub fn udp(smac: MacAddr, dmac: MacAddr, src: u32, dst: u32, ttl: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    pub fn udp(
+        smac: MacAddr,
+        dmac: MacAddr,
+        src: u32,
+        dst: u32,
+        ttl: u8,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(smac.0, dmac.0).ipv4(ip(src), ip(dst), ttl).udp(sport, dport);
         let mut v = Vec::with_capacity(b.size(payload.len()));
         b.write(&mut v, payload).expect("write to Vec");
         v
     }
 
-    pub fn tcp(smac: MacAddr, dmac: MacAddr, src: u32, dst: u32, sport: u16, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    pub fn tcp(
+        smac: MacAddr,
+        dmac: MacAddr,
+        src: u32,
+        dst: u32,
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        ack: bool,
+    ) -> Vec<u8> {
         let mut b = PacketBuilder::ethernet2(smac.0, dmac.0).ipv4(ip(src), ip(dst), 64).tcp(sport, dport, 1000, 65535);
         if syn {
             b = b.syn();
@@ -176,7 +195,16 @@ pub mod frames {
         v
     }
 
-    pub fn ping(smac: MacAddr, dmac: MacAddr, src: u32, dst: u32, ttl: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    pub fn ping(
+        smac: MacAddr,
+        dmac: MacAddr,
+        src: u32,
+        dst: u32,
+        ttl: u8,
+        id: u16,
+        seq: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let b = PacketBuilder::ethernet2(smac.0, dmac.0).ipv4(ip(src), ip(dst), ttl).icmpv4_echo_request(id, seq);
         let mut v = Vec::with_capacity(b.size(payload.len()));
         b.write(&mut v, payload).expect("write to Vec");
@@ -298,12 +326,28 @@ pub fn demo() -> String {
     let mut bad_csum = frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, POD_B_IP, 64, 1, 2, b"x");
     bad_csum[24] ^= 0xff;
     let cases: Vec<(&str, Vec<u8>, PortId)> = vec![
-        ("pod-a -> pod-b (same node)", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, POD_B_IP, 64, 1, 2, b"x"), POD_A),
-        ("pod-a -> node2 pod (BGP mode)", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE2_POD, 64, 1, 2, b"x"), POD_A),
-        ("pod-a -> node3 pod (IPIP)", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE3_POD, 64, 1, 2, b"x"), POD_A),
+        (
+            "pod-a -> pod-b (same node)",
+            frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, POD_B_IP, 64, 1, 2, b"x"),
+            POD_A,
+        ),
+        (
+            "pod-a -> node2 pod (BGP mode)",
+            frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE2_POD, 64, 1, 2, b"x"),
+            POD_A,
+        ),
+        (
+            "pod-a -> node3 pod (IPIP)",
+            frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE3_POD, 64, 1, 2, b"x"),
+            POD_A,
+        ),
         ("node3 pod -> pod-a (IPIP in)", frames::ipip(GW_MAC, UPLINK_MAC, NODE3_IP, NODE_IP, &inner), UPLINK),
         ("IPIP from unknown host", frames::ipip(GW_MAC, UPLINK_MAC, 0x0808_0808, NODE_IP, &inner), UPLINK),
-        ("ping 169.254.1.1", frames::ping(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, CALICO_POD_GATEWAY, 64, 1, 1, b"p"), POD_A),
+        (
+            "ping 169.254.1.1",
+            frames::ping(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, CALICO_POD_GATEWAY, 64, 1, 1, b"p"),
+            POD_A,
+        ),
         ("1500 B DF ping over IPIP", big, POD_A),
         ("TTL 1 to pod-b", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, POD_B_IP, 1, 1, 2, b"x"), POD_A),
         ("spoofed source", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_B_IP, NODE2_POD, 64, 1, 2, b"x"), POD_A),

@@ -516,11 +516,8 @@ impl Worker {
             return;
         }
         if frag {
-            m.verdict = Verdict::Drop(if proto == PROTO_IPIP {
-                DropReason::IpipNested
-            } else {
-                DropReason::Ipv4FragmentToUs
-            });
+            m.verdict =
+                Verdict::Drop(if proto == PROTO_IPIP { DropReason::IpipNested } else { DropReason::Ipv4FragmentToUs });
             return;
         }
         if proto == PROTO_ICMP {
@@ -541,7 +538,8 @@ impl Worker {
                 m.dst = src;
                 return;
             }
-            m.verdict = if snap.host_port.is_some() { Verdict::Punt } else { Verdict::Drop(DropReason::LocalIcmpOther) };
+            m.verdict =
+                if snap.host_port.is_some() { Verdict::Punt } else { Verdict::Drop(DropReason::LocalIcmpOther) };
             return;
         }
         m.verdict = if snap.host_port.is_some() { Verdict::Punt } else { Verdict::Drop(DropReason::LocalNoPunt) };
@@ -550,7 +548,15 @@ impl Worker {
     /// RFC 1812 5.3.1: a transit packet whose TTL would reach zero is dropped with an ICMP time
     /// exceeded (which, made in place, continues as a locally originated packet).
     #[inline]
-    fn transit_ttl(&mut self, snap: &Snapshot, buf: &mut [u8], head: &mut usize, len: &mut usize, m: &mut Meta, now: u64) {
+    fn transit_ttl(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        m: &mut Meta,
+        now: u64,
+    ) {
         if buf[*head + ETH + 8] > 1 {
             return;
         }
@@ -789,7 +795,15 @@ impl Worker {
 
     /// Encapsulates if needed, resolves the L2 destination and writes the Ethernet header.
     #[inline]
-    fn finish(&mut self, snap: &Snapshot, buf: &mut [u8], head: &mut usize, len: &mut usize, nh: &NextHop, now: u64) -> Verdict {
+    fn finish(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        nh: &NextHop,
+        now: u64,
+    ) -> Verdict {
         let (port, via, dmac) = match nh {
             NextHop::Local { endpoint } => {
                 let ep: &Endpoint = &snap.endpoints[*endpoint as usize];
@@ -876,7 +890,16 @@ impl Worker {
         if ff & FLAG_DF != 0 {
             self.counters.count_drop(DropReason::FragNeeded);
             if !m.local_origin
-                && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, mtu as u32, now)
+                && self.icmp_error(
+                    snap,
+                    buf,
+                    head,
+                    len,
+                    icmp::DEST_UNREACHABLE,
+                    icmp::CODE_FRAG_NEEDED,
+                    mtu as u32,
+                    now,
+                )
             {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
@@ -901,7 +924,8 @@ impl Worker {
         let mut at = first;
         for _ in 1..count {
             let (slot, fbuf) = pool.next_free().expect("counted above");
-            let n = frag::write_fragment(&buf[l3..*head + *len], &rest_hdr[..rl], at, rest, &mut fbuf[HEADROOM + ETH..]);
+            let n =
+                frag::write_fragment(&buf[l3..*head + *len], &rest_hdr[..rl], at, rest, &mut fbuf[HEADROOM + ETH..]);
             at += rest;
             let (mut fh, mut fl) = (HEADROOM, ETH + n);
             match self.finish(snap, fbuf, &mut fh, &mut fl, nh, now) {
@@ -952,7 +976,12 @@ impl Worker {
 
 /// Policy for one packet: the sender's egress (if a local pod), then the receiver's ingress
 /// (if a local pod); transit traffic between two non-pods gets the global rules only.
-fn evaluate(pol: &crate::acl::PolicySet, src_ep: Option<EndpointId>, dst_ep: Option<EndpointId>, key: &FlowKey) -> bool {
+fn evaluate(
+    pol: &crate::acl::PolicySet,
+    src_ep: Option<EndpointId>,
+    dst_ep: Option<EndpointId>,
+    key: &FlowKey,
+) -> bool {
     if src_ep.is_none() && dst_ep.is_none() {
         return pol.evaluate(None, Direction::Ingress, key).action == Action::Allow;
     }

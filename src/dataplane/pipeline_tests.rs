@@ -168,7 +168,13 @@ fn ipip_is_refused_unless_from_a_known_peer_to_our_endpoint() {
         // CVE-2020-10136: anyone could otherwise inject past every ACL.
         (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, 0x0808_0808, lab::NODE_IP, &inner), DropReason::IpipUnknownPeer),
         (
-            frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, crate::dataplane::state::CALICO_POD_GATEWAY, &inner),
+            frames::ipip(
+                lab::GW_MAC,
+                lab::UPLINK_MAC,
+                lab::NODE3_IP,
+                crate::dataplane::state::CALICO_POD_GATEWAY,
+                &inner,
+            ),
             DropReason::IpipNotOurEndpoint,
         ),
     ];
@@ -282,7 +288,8 @@ fn blackhole_drops_silently() {
 fn df_packet_too_big_for_the_tunnel_gets_frag_needed_with_mtu_minus_20() {
     let mut lab = Lab::new(LabOptions::default());
     // A 1500-byte IP packet (1472-byte ping payload + 28) with DF, to a pod behind IPIP.
-    let mut orig = frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 1, 1, &[0; 1472]);
+    let mut orig =
+        frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 1, 1, &[0; 1472]);
     frames::set_df(&mut orig, true);
     let sent = run1(&mut lab, orig.clone(), lab::POD_A);
     assert_eq!(sent.len(), 1);
@@ -339,7 +346,10 @@ fn echo_to_node_ip_and_pod_gateway_is_answered() {
         let p = SlicedPacket::from_ethernet(f).unwrap();
         match p.transport {
             Some(etherparse::TransportSlice::Icmpv4(i)) => {
-                assert_eq!(i.icmp_type(), etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x77, seq: 3 }));
+                assert_eq!(
+                    i.icmp_type(),
+                    etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0x77, seq: 3 })
+                );
                 assert_eq!(i.payload(), b"abcdefgh");
             }
             t => panic!("not ICMP: {t:?}"),
@@ -535,7 +545,8 @@ fn ecmp_spreads_flows_and_keeps_each_flow_on_one_path() {
     let mut seen = std::collections::HashMap::new();
     for sport in 0..64u16 {
         for _ in 0..2 {
-            let f = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0xcb00_7107, 64, 1000 + sport, 80, b"");
+            let f =
+                frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0xcb00_7107, 64, 1000 + sport, 80, b"");
             let sent = run1(&mut lab, f, lab::POD_A);
             let mac = sent[0].1[0..6].to_vec();
             assert_eq!(*seen.entry(sport).or_insert(mac.clone()), mac, "flow {sport} changed path");
@@ -617,7 +628,12 @@ fn uplink_arp_for_node_ip_is_answered_and_others_are_not() {
 fn proxy_arp_answers_pods_for_the_gateway_only() {
     let mut lab = Lab::new(LabOptions::default());
     let mut req = vec![0u8; 60];
-    let n = crate::wire::arp::build_request(&mut req, lab::POD_A_MAC.0, lab::POD_A_IP, crate::dataplane::state::CALICO_POD_GATEWAY);
+    let n = crate::wire::arp::build_request(
+        &mut req,
+        lab::POD_A_MAC.0,
+        lab::POD_A_IP,
+        crate::dataplane::state::CALICO_POD_GATEWAY,
+    );
     req.truncate(n);
     let sent = run1(&mut lab, req, lab::POD_A);
     assert_eq!(sent.len(), 1);
@@ -651,8 +667,8 @@ mod fuzz {
 
     fn mutated() -> impl Strategy<Value = Vec<u8>> {
         let samples = crate::dataplane::lab::sample_frames();
-        (0..samples.len(), proptest::collection::vec((any::<u16>(), any::<u8>()), 0..8), any::<u16>(), any::<u8>()).prop_map(
-            move |(k, flips, cut, sel)| {
+        (0..samples.len(), proptest::collection::vec((any::<u16>(), any::<u8>()), 0..8), any::<u16>(), any::<u8>())
+            .prop_map(move |(k, flips, cut, sel)| {
                 let (f, port) = &samples[k];
                 let mut f = f.clone();
                 for (at, x) in flips {
@@ -669,8 +685,7 @@ mod fuzz {
                 data.push(*port as u8);
                 data.extend_from_slice(&f);
                 data
-            },
-        )
+            })
     }
 
     /// Found by cargo fuzz: a frame with a bad IPv4 checksum from the host port is bridged to
@@ -678,8 +693,8 @@ mod fuzz {
     #[test]
     fn fuzz_regression_host_port_frames_pass_unchecked() {
         let data = [
-            0xfd, 0x00, 0x00, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70,
-            0x70, 0x70, 0x08, 0x00, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x3a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2c,
+            0xfd, 0x00, 0x00, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70, 0x70,
+            0x70, 0x08, 0x00, 0x40, 0, 0, 0, 0, 0, 0, 0, 0x3a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2c,
         ];
         crate::dataplane::lab::fuzz_pipeline(&data);
     }
@@ -786,7 +801,16 @@ mod policy {
         let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: cfg, ..Default::default() });
         let mut passed = 0;
         for sport in 0..64u16 {
-            let f = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 1000 + sport, 80, true, false);
+            let f = frames::tcp(
+                lab::POD_A_MAC,
+                lab::POD_A_PORT_MAC,
+                lab::POD_A_IP,
+                lab::POD_B_IP,
+                1000 + sport,
+                80,
+                true,
+                false,
+            );
             passed += run1(&mut lab, f, lab::POD_A).len();
         }
         assert!(passed >= 4 && passed < 64, "{passed}");

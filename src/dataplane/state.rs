@@ -183,7 +183,11 @@ impl Snapshot {
             }
             if let Some(other) = port_endpoint[p] {
                 let other: &Endpoint = &endpoints[other as usize];
-                return Err(SnapshotError::EndpointPortTaken(e.name.clone(), ports[p].name.clone(), other.name.clone()));
+                return Err(SnapshotError::EndpointPortTaken(
+                    e.name.clone(),
+                    ports[p].name.clone(),
+                    other.name.clone(),
+                ));
             }
             if e.addrs.is_empty() {
                 return Err(SnapshotError::EndpointNoAddress(e.name.clone()));

@@ -21,9 +21,30 @@ pub enum TableError {
 
 /// Prefix-length histogram of the real table (`ipv4-full-table.txt.gz`, 901,899 prefixes).
 pub const FULL_TABLE_HISTOGRAM: [(u8, usize); 25] = [
-    (8, 16), (9, 13), (10, 38), (11, 103), (12, 299), (13, 581), (14, 1203), (15, 2100),
-    (16, 13490), (17, 8235), (18, 13798), (19, 24870), (20, 42611), (21, 50750), (22, 108623),
-    (23, 96510), (24, 537698), (25, 20), (26, 3), (27, 11), (28, 18), (29, 17), (30, 3), (31, 3),
+    (8, 16),
+    (9, 13),
+    (10, 38),
+    (11, 103),
+    (12, 299),
+    (13, 581),
+    (14, 1203),
+    (15, 2100),
+    (16, 13490),
+    (17, 8235),
+    (18, 13798),
+    (19, 24870),
+    (20, 42611),
+    (21, 50750),
+    (22, 108623),
+    (23, 96510),
+    (24, 537698),
+    (25, 20),
+    (26, 3),
+    (27, 11),
+    (28, 18),
+    (29, 17),
+    (30, 3),
+    (31, 3),
     (32, 886),
 ];
 pub const FULL_TABLE_PREFIXES: usize = 901_899;
@@ -73,11 +94,8 @@ pub fn synthetic_table(n: usize, seed: u64) -> Vec<Ipv4Prefix> {
     // Largest-remainder apportionment of n over the histogram, capped by each length's space.
     let mut counts: Vec<(u8, usize)> =
         FULL_TABLE_HISTOGRAM.iter().map(|&(l, c)| (l, c * n / FULL_TABLE_PREFIXES)).collect();
-    let mut rem: Vec<(usize, usize)> = FULL_TABLE_HISTOGRAM
-        .iter()
-        .enumerate()
-        .map(|(i, &(_, c))| (c * n % FULL_TABLE_PREFIXES, i))
-        .collect();
+    let mut rem: Vec<(usize, usize)> =
+        FULL_TABLE_HISTOGRAM.iter().enumerate().map(|(i, &(_, c))| (c * n % FULL_TABLE_PREFIXES, i)).collect();
     rem.sort_unstable_by(|a, b| b.cmp(a));
     let short = n - counts.iter().map(|c| c.1).sum::<usize>();
     for &(_, i) in rem.iter().take(short) {
@@ -162,7 +180,9 @@ mod tests {
     #[test]
     fn real_table_parses_with_expected_histogram() {
         let Some(path) = default_table_path() else {
-            eprintln!("SKIPPED real_table_parses_with_expected_histogram: ../shared/data/ipv4-full-table.txt.gz not found");
+            eprintln!(
+                "SKIPPED real_table_parses_with_expected_histogram: ../shared/data/ipv4-full-table.txt.gz not found"
+            );
             return;
         };
         let t = load_table_file(&path).unwrap();

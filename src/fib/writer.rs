@@ -309,9 +309,7 @@ impl FibWriter {
             .iter()
             .map(|(&(a, l), &nh)| (Ipv4Prefix::new_masked(a, l), nh))
             .chain(
-                self.blocks
-                    .iter()
-                    .flat_map(|b| b.long.iter().map(|e| (Ipv4Prefix::new_masked(e.addr, e.len), e.nh))),
+                self.blocks.iter().flat_map(|b| b.long.iter().map(|e| (Ipv4Prefix::new_masked(e.addr, e.len), e.nh))),
             )
             .collect();
         v.sort_unstable();
@@ -333,12 +331,7 @@ impl FibWriter {
 
     /// Sets `short_best` to `new` on every block of `p` where `applies(current)`, and
     /// republishes those blocks.
-    fn paint_short(
-        &mut self,
-        p: Ipv4Prefix,
-        new: Option<(u8, NhId)>,
-        applies: impl Fn(Option<(u8, NhId)>) -> bool,
-    ) {
+    fn paint_short(&mut self, p: Ipv4Prefix, new: Option<(u8, NhId)>, applies: impl Fn(Option<(u8, NhId)>) -> bool) {
         let first = (p.addr() >> (32 - TOP_BITS)) as usize;
         let count = 1usize << (TOP_BITS - p.len() as u32);
         if count > FULL_REBUILD_BLOCKS {
@@ -485,14 +478,7 @@ fn build_block(long: &[LongRoute], default: NhId, nodes: &mut Vec<Node>, leaves:
     build_node(long, TOP_BITS, default, nodes, leaves, root);
 }
 
-fn build_node(
-    routes: &[LongRoute],
-    o: u32,
-    default: NhId,
-    nodes: &mut Vec<Node>,
-    leaves: &mut Vec<NhId>,
-    me: usize,
-) {
+fn build_node(routes: &[LongRoute], o: u32, default: NhId, nodes: &mut Vec<Node>, leaves: &mut Vec<NhId>, me: usize) {
     let end = o + STRIDE;
     let mut slots = [default; 64];
     let mut vector = 0u64;
@@ -583,7 +569,13 @@ mod tests {
         assert_eq!(w.insert(p("0.0.0.0/0"), 7), None);
         check(&fib, &[0, 0x7fff_ffff, u32::MAX], |_| 7);
         w.insert(p("10.1.2.0/24"), 9);
-        check(&fib, &[ip("10.1.2.3"), ip("10.1.3.3"), ip("10.1.1.255")], |a| if a >> 8 == ip("10.1.2.0") >> 8 { 9 } else { 7 });
+        check(&fib, &[ip("10.1.2.3"), ip("10.1.3.3"), ip("10.1.1.255")], |a| {
+            if a >> 8 == ip("10.1.2.0") >> 8 {
+                9
+            } else {
+                7
+            }
+        });
         assert_eq!(w.remove(p("0.0.0.0/0")), Some(7));
         check(&fib, &[ip("10.1.2.3"), ip("10.1.3.3")], |a| if a >> 8 == ip("10.1.2.0") >> 8 { 9 } else { NH_NONE });
     }
@@ -599,20 +591,39 @@ mod tests {
         for (q, nh) in w.routes() {
             n.0.insert(q, nh);
         }
-        check(&fib, &[ip("192.0.2.7"), ip("192.0.2.6"), ip("192.0.2.5"), ip("192.0.2.8"), u32::MAX, u32::MAX - 1, 0, 1], |a| n.lookup(a));
+        check(
+            &fib,
+            &[ip("192.0.2.7"), ip("192.0.2.6"), ip("192.0.2.5"), ip("192.0.2.8"), u32::MAX, u32::MAX - 1, 0, 1],
+            |a| n.lookup(a),
+        );
         assert_eq!(fib.pin().lookup(ip("192.0.2.7")), 3);
     }
 
     #[test]
     fn nested_prefixes_pick_the_longest() {
         let (mut w, fib) = FibWriter::new();
-        let routes = [("10.0.0.0/8", 1), ("10.1.0.0/16", 2), ("10.1.128.0/17", 3), ("10.1.192.0/19", 4), ("10.1.200.0/24", 5), ("10.1.200.128/25", 6), ("10.1.200.200/30", 7), ("10.1.200.201/32", 8)];
+        let routes = [
+            ("10.0.0.0/8", 1),
+            ("10.1.0.0/16", 2),
+            ("10.1.128.0/17", 3),
+            ("10.1.192.0/19", 4),
+            ("10.1.200.0/24", 5),
+            ("10.1.200.128/25", 6),
+            ("10.1.200.200/30", 7),
+            ("10.1.200.201/32", 8),
+        ];
         let mut n = Naive::default();
         for (s, nh) in routes {
             w.insert(p(s), nh);
             n.0.insert(p(s), nh);
         }
-        let addrs: Vec<u32> = routes.iter().flat_map(|(s, _)| { let q = p(s); [q.addr(), q.addr() | !q.mask(), q.addr().wrapping_sub(1), (q.addr() | !q.mask()).wrapping_add(1)] }).collect();
+        let addrs: Vec<u32> = routes
+            .iter()
+            .flat_map(|(s, _)| {
+                let q = p(s);
+                [q.addr(), q.addr() | !q.mask(), q.addr().wrapping_sub(1), (q.addr() | !q.mask()).wrapping_add(1)]
+            })
+            .collect();
         check(&fib, &addrs, |a| n.lookup(a));
         assert_eq!(fib.pin().lookup(ip("10.1.200.201")), 8);
         assert_eq!(fib.pin().lookup(ip("10.1.200.202")), 7);
@@ -629,7 +640,10 @@ mod tests {
         for (q, nh) in w.routes() {
             n.0.insert(q, nh);
         }
-        let addrs: Vec<u32> = (0..4096u32).map(|i| ip("20.0.0.0") + i * 4099).chain([ip("20.0.5.1"), ip("20.0.4.255"), ip("21.0.0.0"), ip("19.255.255.255")]).collect();
+        let addrs: Vec<u32> = (0..4096u32)
+            .map(|i| ip("20.0.0.0") + i * 4099)
+            .chain([ip("20.0.5.1"), ip("20.0.4.255"), ip("21.0.0.0"), ip("19.255.255.255")])
+            .collect();
         check(&fib, &addrs, |a| n.lookup(a));
         w.remove(p("20.0.0.0/8"));
         n.0.remove(&p("20.0.0.0/8"));
@@ -704,11 +718,20 @@ mod tests {
         let (mut w, fib) = FibWriter::new();
         w.insert(p("10.0.0.0/8"), 1);
         w.insert(p("10.1.1.0/24"), 2);
-        w.load([(p("10.1.1.0/24"), 3), (p("10.1.1.0/25"), 4), (p("11.0.0.0/8"), 5), (p("10.1.1.0/25"), 6), (p("10.0.0.0/8"), NH_NONE)]);
+        w.load([
+            (p("10.1.1.0/24"), 3),
+            (p("10.1.1.0/25"), 4),
+            (p("11.0.0.0/8"), 5),
+            (p("10.1.1.0/25"), 6),
+            (p("10.0.0.0/8"), NH_NONE),
+        ]);
         assert_eq!(w.routes(), vec![(p("10.1.1.0/24"), 3), (p("10.1.1.0/25"), 6), (p("11.0.0.0/8"), 5)]);
         assert_eq!(fib.prefixes(), 3);
         let g = fib.pin();
-        assert_eq!((g.lookup(ip("10.1.1.1")), g.lookup(ip("10.1.1.129")), g.lookup(ip("10.2.0.0")), g.lookup(ip("11.3.3.3"))), (6, 3, NH_NONE, 5));
+        assert_eq!(
+            (g.lookup(ip("10.1.1.1")), g.lookup(ip("10.1.1.129")), g.lookup(ip("10.2.0.0")), g.lookup(ip("11.3.3.3"))),
+            (6, 3, NH_NONE, 5)
+        );
     }
 
     #[test]
@@ -723,7 +746,12 @@ mod tests {
             assert_eq!(g.lookup(0x0a00_0000 + i * 4099), (i + 1) as NhId);
             assert_eq!(g.lookup(0x0a00_0000 + i * 4099 + 1), NH_NONE);
         }
-        assert!(w.generation >= 1, "the test should have grown the arenas: {} nodes {} leaves", w.node_arena.used, w.leaf_arena.used);
+        assert!(
+            w.generation >= 1,
+            "the test should have grown the arenas: {} nodes {} leaves",
+            w.node_arena.used,
+            w.leaf_arena.used
+        );
     }
 
     #[derive(Debug, Clone)]
@@ -737,7 +765,11 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         // Addresses concentrated in two /16s so that routes nest and collide.
-        let addr = prop_oneof![any::<u32>(), (0u32..1 << 17).prop_map(|x| 0x0a0a_0000 + x), (0u32..1 << 10).prop_map(|x| 0xc0a8_0000 + x)];
+        let addr = prop_oneof![
+            any::<u32>(),
+            (0u32..1 << 17).prop_map(|x| 0x0a0a_0000 + x),
+            (0u32..1 << 10).prop_map(|x| 0xc0a8_0000 + x)
+        ];
         let len = prop_oneof![0u8..=32, 16u8..=26, 24u8..=32];
         prop_oneof![
             12 => (addr, len, 1u16..6).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),

@@ -79,7 +79,9 @@ pub fn run_cli(cmd: LabCommand) -> Result<String, String> {
                 d = lab.dir().display()
             ))
         }
-        LabCommand::Down { prefix } => super::down(prefix.as_deref()).map(|()| String::new()).map_err(|e| e.to_string()),
+        LabCommand::Down { prefix } => {
+            super::down(prefix.as_deref()).map(|()| String::new()).map_err(|e| e.to_string())
+        }
         LabCommand::Status { prefix } => super::status(prefix.as_deref()).map_err(|e| e.to_string()),
         LabCommand::Demo { opts } => {
             let report = super::demo(&opts.options()).map_err(|e| e.to_string())?;

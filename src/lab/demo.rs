@@ -109,7 +109,8 @@ impl fmt::Display for DemoReport {
             let pair = format!("{}->{}", p.src, p.dst);
             writeln!(f, "{pair:<10} {:<6} {:>7.1} {rtt:>12} {mbit:>11}  {result}", p.mode.to_string(), p.loss_pct())?;
         }
-        let verdict = if self.ok() { "all pairs ok".to_string() } else { format!("{} check(s) FAILED", self.failures()) };
+        let verdict =
+            if self.ok() { "all pairs ok".to_string() } else { format!("{} check(s) FAILED", self.failures()) };
         write!(f, "{verdict}")
     }
 }
@@ -122,12 +123,15 @@ pub(crate) fn parse_ping(out: &str) -> (u32, u32, Option<f64>) {
     let mut avg = None;
     for line in out.lines() {
         if line.contains("packets transmitted") {
-            let nums: Vec<u32> = line.split(',').filter_map(|part| part.split_whitespace().next()?.parse().ok()).collect();
+            let nums: Vec<u32> =
+                line.split(',').filter_map(|part| part.split_whitespace().next()?.parse().ok()).collect();
             if nums.len() >= 2 {
                 sent = nums[0];
                 received = nums[1];
             }
-        } else if let Some(rest) = line.strip_prefix("rtt min/avg/max/mdev = ").or_else(|| line.strip_prefix("round-trip min/avg/max = ")) {
+        } else if let Some(rest) =
+            line.strip_prefix("rtt min/avg/max/mdev = ").or_else(|| line.strip_prefix("round-trip min/avg/max = "))
+        {
             avg = rest.split('/').nth(1).and_then(|x| x.parse().ok());
         }
     }
@@ -140,7 +144,10 @@ pub(crate) fn parse_iperf(json: &str) -> Result<f64, String> {
     if let Some(e) = v["error"].as_str() {
         return Err(e.to_string());
     }
-    v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e6).ok_or_else(|| "iperf3 JSON has no end.sum_received".into())
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e6)
+        .ok_or_else(|| "iperf3 JSON has no end.sum_received".into())
 }
 
 fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {
@@ -150,8 +157,9 @@ fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {
     for src in pods {
         for dst in pods.iter().filter(|d| d.name != src.name) {
             let (ns, ip) = (src.ns.clone(), dst.ip.to_string());
-            let h =
-                std::thread::spawn(move || sys::exec_in(&ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip], Duration::from_secs(10)));
+            let h = std::thread::spawn(move || {
+                sys::exec_in(&ns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip], Duration::from_secs(10))
+            });
             jobs.push((src, dst, h));
         }
     }

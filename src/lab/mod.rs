@@ -138,7 +138,15 @@ pub struct LabState {
 impl LabState {
     fn new(prefix: &str, dir: PathBuf, backend: Backend) -> LabState {
         let (nodes, pods) = topo::plan(prefix);
-        LabState { prefix: prefix.into(), dir, backend, namespaces: all_namespaces(prefix), daemons: vec![], nodes, pods }
+        LabState {
+            prefix: prefix.into(),
+            dir,
+            backend,
+            namespaces: all_namespaces(prefix),
+            daemons: vec![],
+            nodes,
+            pods,
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -155,7 +163,8 @@ impl LabState {
     }
 
     fn load(path: &Path) -> Result<LabState, LabError> {
-        let text = std::fs::read_to_string(path).map_err(|err| LabError::Io { what: format!("reading {}", path.display()), err })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| LabError::Io { what: format!("reading {}", path.display()), err })?;
         serde_json::from_str(&text).map_err(|e| LabError::State { path: path.into(), msg: e.to_string() })
     }
 }
@@ -163,7 +172,10 @@ impl LabState {
 /// Every namespace name of a lab, router first, then nodes, then pods.
 fn all_namespaces(prefix: &str) -> Vec<String> {
     let (nodes, pods) = topo::plan(prefix);
-    std::iter::once(format!("{prefix}-rt")).chain(nodes.into_iter().map(|n| n.ns)).chain(pods.into_iter().map(|p| p.ns)).collect()
+    std::iter::once(format!("{prefix}-rt"))
+        .chain(nodes.into_iter().map(|n| n.ns))
+        .chain(pods.into_iter().map(|p| p.ns))
+        .collect()
 }
 
 /// A running lab. Dropping it tears the lab down unless [`LabHandle::keep`] was called.
@@ -317,8 +329,10 @@ fn read_stats(path: &Path) -> Option<serde_json::Value> {
 }
 
 fn check_prefix(p: &str) -> Result<(), LabError> {
-    let ok =
-        !p.is_empty() && p.len() <= 12 && p.starts_with(|c: char| c.is_ascii_alphabetic()) && p.chars().all(|c| c.is_ascii_alphanumeric());
+    let ok = !p.is_empty()
+        && p.len() <= 12
+        && p.starts_with(|c: char| c.is_ascii_alphabetic())
+        && p.chars().all(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -341,7 +355,9 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     }
     let bin = match &opts.vrouter {
         Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?,
+        None => {
+            std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
+        }
     };
     if !bin.is_file() {
         return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
@@ -353,7 +369,9 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
 pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     let bin = preflight(opts)?;
     let existing = sys::netns_list()?;
-    let taken = |p: &str| all_namespaces(p).iter().any(|ns| existing.contains(ns)) || opts.root.join(p).join("state.json").exists();
+    let taken = |p: &str| {
+        all_namespaces(p).iter().any(|ns| existing.contains(ns)) || opts.root.join(p).join("state.json").exists()
+    };
     let prefix = match &opts.prefix {
         Some(p) => {
             check_prefix(p)?;
@@ -467,15 +485,24 @@ fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabE
     for n in &nodes {
         let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle);
         let config = lab.state.dir.join(format!("{}.toml", n.name));
-        crate::control::config::Config::parse(&text, &config).map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;
-        std::fs::write(&config, &text).map_err(|err| LabError::Io { what: format!("writing {}", config.display()), err })?;
+        crate::control::config::Config::parse(&text, &config)
+            .map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;
+        std::fs::write(&config, &text)
+            .map_err(|err| LabError::Io { what: format!("writing {}", config.display()), err })?;
         let stats = lab.state.dir.join(format!("{}.stats.json", n.name));
         let _ = std::fs::remove_file(&stats);
         let log = lab.state.dir.join(format!("{}.log", n.name));
         let bin_s = bin.to_string_lossy();
         let (cfg_s, stats_s) = (config.to_string_lossy(), stats.to_string_lossy());
         let child = sys::spawn_in(&n.ns, &[&bin_s, "run", "--config", &cfg_s, "--stats", &stats_s], Some(&log))?;
-        lab.state.daemons.push(DaemonState { node: n.name.clone(), ns: n.ns.clone(), pid: child.id(), config, stats, log });
+        lab.state.daemons.push(DaemonState {
+            node: n.name.clone(),
+            ns: n.ns.clone(),
+            pid: child.id(),
+            config,
+            stats,
+            log,
+        });
         lab.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
         lab.state.save()?;
         sys::register(&lab.state);
@@ -531,7 +558,10 @@ fn wait_ready(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
                     .last()
                     .map(String::from)
                     .unwrap_or_default();
-                return Err(not_ready(node, format!("pod {} ({}) gets no answer from 169.254.1.1 ({why})", pod.name, pod.ns)));
+                return Err(not_ready(
+                    node,
+                    format!("pod {} ({}) gets no answer from 169.254.1.1 ({why})", pod.name, pod.ns),
+                ));
             }
             sys::sleep(Duration::from_millis(100))?;
         }
@@ -710,17 +740,23 @@ pub fn status_in(root: &Path, prefix: Option<&str>) -> Result<String, LabError> 
             let list: Vec<String> = ports
                 .iter()
                 .map(|(name, p)| {
-                    format!("{name} rx {} tx {}", p["rx_packets"].as_u64().unwrap_or(0), p["tx_packets"].as_u64().unwrap_or(0))
+                    format!(
+                        "{name} rx {} tx {}",
+                        p["rx_packets"].as_u64().unwrap_or(0),
+                        p["tx_packets"].as_u64().unwrap_or(0)
+                    )
                 })
                 .collect();
             let _ = writeln!(s, "  ports: {}", list.join(", "));
         }
         if let Some(c) = v["counters"].as_object() {
-            let list: Vec<String> = c.iter().filter(|(_, x)| x.as_u64() != Some(0)).map(|(k, x)| format!("{k}={x}")).collect();
+            let list: Vec<String> =
+                c.iter().filter(|(_, x)| x.as_u64() != Some(0)).map(|(k, x)| format!("{k}={x}")).collect();
             let _ = writeln!(s, "  counters: {}", if list.is_empty() { "all zero".into() } else { list.join(", ") });
         }
         if let Some(dr) = v["drops"].as_object() {
-            let list: Vec<String> = dr.iter().filter(|(_, x)| x.as_u64() != Some(0)).map(|(k, x)| format!("{k}={x}")).collect();
+            let list: Vec<String> =
+                dr.iter().filter(|(_, x)| x.as_u64() != Some(0)).map(|(k, x)| format!("{k}={x}")).collect();
             let _ = writeln!(s, "  drops: {}", if list.is_empty() { "none".into() } else { list.join(", ") });
         }
     }

@@ -137,7 +137,10 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(r) => return r.map_err(|err| LabError::Io { what: format!("waiting for `{what}`"), err }),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(LabError::Io { what: format!("waiting for `{what}`"), err: std::io::ErrorKind::Other.into() })
+                return Err(LabError::Io {
+                    what: format!("waiting for `{what}`"),
+                    err: std::io::ErrorKind::Other.into(),
+                })
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -149,7 +152,11 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
                 libc::kill(pid, libc::SIGKILL);
             }
             let _ = rx.recv_timeout(Duration::from_secs(2));
-            return Err(if interrupted { LabError::Interrupted } else { LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() } });
+            return Err(if interrupted {
+                LabError::Interrupted
+            } else {
+                LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
+            });
         }
     }
 }
@@ -205,7 +212,8 @@ pub(crate) fn spawn_in(ns: &str, args: &[&str], log: Option<&Path>) -> Result<Ch
     cmd.args(["netns", "exec", ns]).args(args).stdin(Stdio::null()).process_group(0);
     match log {
         Some(p) => {
-            let f = std::fs::File::create(p).map_err(|err| LabError::Io { what: format!("creating {}", p.display()), err })?;
+            let f = std::fs::File::create(p)
+                .map_err(|err| LabError::Io { what: format!("creating {}", p.display()), err })?;
             let f2 = f.try_clone().map_err(|err| LabError::Io { what: "dup log fd".into(), err })?;
             cmd.stdout(f).stderr(f2);
         }
@@ -259,7 +267,11 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) {
 /// Names of the network namespaces (`ip netns list`, first word of each line).
 pub(crate) fn netns_list() -> Result<Vec<String>, LabError> {
     let out = run_ok(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10), false)?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
 }
 
 /// PIDs of the processes in a namespace (`ip netns pids`).

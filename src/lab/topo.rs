@@ -145,7 +145,8 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
     // Three daemons share the machine's cores with the traffic: never busy-poll for long.
     let _ = writeln!(s, "[workers]\nidle = \"{idle}\"\nspin_us = 50\n");
     for p in nodes.iter().filter(|p| p.index != node.index) {
-        let _ = writeln!(s, "[[peers]]\nname = \"{}\"\nip = \"{}\"\npod_blocks = [\"{}\"]\n", p.name, p.ip, p.pod_block);
+        let _ =
+            writeln!(s, "[[peers]]\nname = \"{}\"\nip = \"{}\"\npod_blocks = [\"{}\"]\n", p.name, p.ip, p.pod_block);
     }
     for pod in pods.iter().filter(|p| p.node == node.index) {
         let ingress: Vec<String> = pod.ingress.iter().map(|i| format!("\"{i}\"")).collect();

@@ -202,7 +202,9 @@ impl HoldQueue {
         let mut q = 0;
         while q < self.active {
             // Each queue is in arrival order, so its oldest frame is at the head.
-            while self.queues[q].len > 0 && now_ms.saturating_sub(self.meta[self.queues[q].head as usize].held_ms) >= max_age_ms {
+            while self.queues[q].len > 0
+                && now_ms.saturating_sub(self.meta[self.queues[q].head as usize].held_ms) >= max_age_ms
+            {
                 self.pop(q);
                 dropped += 1;
             }
@@ -363,7 +365,8 @@ mod tests {
                     assert_eq!(h.hold(nh, now as u16, &frame, now), expect);
                 }
                 6 | 7 => {
-                    let want: Vec<(u16, Vec<u8>)> = model.iter().filter(|e| e.0 == nh).map(|e| (e.1, e.2.clone())).collect();
+                    let want: Vec<(u16, Vec<u8>)> =
+                        model.iter().filter(|e| e.0 == nh).map(|e| (e.1, e.2.clone())).collect();
                     model.retain(|e| e.0 != nh);
                     assert_eq!(drain(&mut h, nh), want);
                 }

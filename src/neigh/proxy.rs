@@ -148,7 +148,10 @@ mod tests {
         );
         let mut f = GW_REQUEST;
         f[19] = 16; // plen 16
-        assert_eq!(proxy_arp_answer(&mut f, PORT_MAC, CALICO_GATEWAY), ProxyArp::Malformed(ArpError::BadProtocolLen(16)));
+        assert_eq!(
+            proxy_arp_answer(&mut f, PORT_MAC, CALICO_GATEWAY),
+            ProxyArp::Malformed(ArpError::BadProtocolLen(16))
+        );
         let mut f = GW_REQUEST;
         f[22..28].copy_from_slice(&[0xff; 6]); // sha broadcast
         let before = f;

@@ -254,7 +254,11 @@ fn consistent(k: u64, s: &Slot, w: u64) -> bool {
 #[cfg_attr(test, derive(Debug))]
 enum Found {
     /// A consistent (key, word) pair for the IP, word not FREE.
-    Entry { idx: usize, key: u64, word: u64 },
+    Entry {
+        idx: usize,
+        key: u64,
+        word: u64,
+    },
     /// The IP's slot is being created or deleted right now.
     Busy,
     Absent,
@@ -883,7 +887,7 @@ mod tests {
         // The probe is answered: reachable again.
         t.on_reply(GW, GW_MAC, 31_100).unwrap();
         assert_eq!(t.lookup(GW, 31_300), NeighLookup::Reachable(GW_MAC)); // last use
-        // Let it go stale and stay unused: removed stale_gc_ms after its last use.
+                                                                          // Let it go stale and stay unused: removed stale_gc_ms after its last use.
         t.expire(61_300);
         assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
         t.expire(91_299);
@@ -1032,7 +1036,11 @@ mod tests {
         }
         t.expire(0);
         for &ip in &ips {
-            let want = if ip % 3 == 0 { NeighLookup::Reachable(mac_of(ip)) } else { NeighLookup::Incomplete { send_request: true } };
+            let want = if ip % 3 == 0 {
+                NeighLookup::Reachable(mac_of(ip))
+            } else {
+                NeighLookup::Incomplete { send_request: true }
+            };
             assert_eq!(t.lookup(ip, 0), want, "ip {ip}");
         }
         assert_eq!(t.len(), 32);
@@ -1191,7 +1199,8 @@ mod tests {
     /// Several threads resolve, confirm, age and delete overlapping IPs in a table too small
     /// for all of them. Every MAC ever returned must be the one derived from its IP.
     fn hammer(capacity: usize, n_ips: u32, iters: u64) {
-        let cfg = NeighConfig { capacity, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 };
+        let cfg =
+            NeighConfig { capacity, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 };
         let t = Arc::new(NeighTable::new(cfg).unwrap());
         let threads: Vec<_> = (0..4u32)
             .map(|tid| {

@@ -115,7 +115,8 @@ fn build_umem() -> io::Result<(Umem, Vec<FrameDesc>)> {
         .frame_headroom(0)
         .build()
         .map_err(|e| io::Error::other(format!("UMEM config: {e}")))?;
-    Umem::new(cfg, NonZeroU32::new(FRAMES).expect("non-zero"), false).map_err(|e| io::Error::other(format!("UMEM: {e}")))
+    Umem::new(cfg, NonZeroU32::new(FRAMES).expect("non-zero"), false)
+        .map_err(|e| io::Error::other(format!("UMEM: {e}")))
 }
 
 impl XskPort {
@@ -149,13 +150,18 @@ impl XskPort {
                         info!(dev, queue, mode = name, "AF_XDP socket bound");
                         return XskPort::start(umem, descs, fq, cq, rx, tx, port, name);
                     }
-                    Ok(_) => return Err(io::Error::other(format!("{dev} queue {queue}: already bound by this process"))),
+                    Ok(_) => {
+                        return Err(io::Error::other(format!("{dev} queue {queue}: already bound by this process")))
+                    }
                     Err(e) => {
                         let busy = std::error::Error::source(&e)
                             .and_then(|s| s.downcast_ref::<io::Error>())
                             .and_then(|e| e.raw_os_error())
                             == Some(libc::EBUSY);
-                        last = Some(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()));
+                        last = Some(format!(
+                            "{e} ({})",
+                            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                        ));
                         if busy && attempt < 4 {
                             std::thread::sleep(Duration::from_millis(50));
                             continue;

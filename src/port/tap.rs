@@ -12,13 +12,18 @@ use crate::dataplane::{PacketBuf, PortId, HEADROOM};
 
 /// Runs `ip ARGS`, turning a failure into an error that shows the command and its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot run `ip` ({e}); install iproute2"))
-    })?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run `ip` ({e}); install iproute2")))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        Err(io::Error::other(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -43,8 +48,9 @@ pub struct PodSetup<'a> {
 impl TapPort {
     /// Creates the TAP `name` (non-blocking).
     pub fn create(name: &str, port: PortId) -> io::Result<TapPort> {
-        let iface = Iface::without_packet_info(name, Mode::Tap)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create TAP {name}: {e} (root and /dev/net/tun needed)")))?;
+        let iface = Iface::without_packet_info(name, Mode::Tap).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create TAP {name}: {e} (root and /dev/net/tun needed)"))
+        })?;
         iface.set_non_blocking()?;
         Ok(TapPort { iface, name: name.to_string(), port })
     }

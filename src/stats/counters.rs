@@ -110,7 +110,6 @@ impl Counters {
         }
     }
 
-
     #[inline]
     pub fn inc(&self, c: &AtomicU64) {
         bump(c, 1);
@@ -122,11 +121,7 @@ impl Counters {
 
     /// Non-zero drop counters, by stable name.
     pub fn drop_table(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), self.drops(*r)))
-            .filter(|(_, n)| *n != 0)
-            .collect()
+        DropReason::ALL.iter().map(|r| (r.name(), self.drops(*r))).filter(|(_, n)| *n != 0).collect()
     }
 
     pub fn total_drops(&self) -> u64 {

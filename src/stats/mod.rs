@@ -1,7 +1,7 @@
 //! Per-worker counters and the drop reasons they are keyed by.
 
-pub mod drop;
 pub mod counters;
+pub mod drop;
 
 pub use counters::Counters;
 pub use drop::DropReason;

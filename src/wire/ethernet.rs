@@ -24,8 +24,7 @@ impl MacAddr {
     pub const ZERO: MacAddr = MacAddr([0; 6]);
 
     pub const fn is_broadcast(&self) -> bool {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]])
-            == 0xffff_ffff_ffff
+        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]]) == 0xffff_ffff_ffff
     }
     /// Group bit set: multicast or broadcast.
     pub const fn is_multicast(&self) -> bool {
