@@ -102,6 +102,11 @@ pub fn build(cfg: &Config, uplink_mac: MacAddr, generation: u64) -> Result<NodeS
     }
     // Calico blackholes the local block: addresses in it without a pod are unreachable.
     routes.push((node.pod_block, BLACKHOLE));
+    // The uplink's subnet is on-link: hosts on it are resolved directly.
+    if cfg.uplink.is_some() {
+        let connected = add_nh(NextHop::Connected { port: UPLINK }, &mut nexthops);
+        routes.push((node.subnet, connected));
+    }
     let on_link = |a: Ipv4Addr| node.subnet.contains(ip(a));
     let gateway = node.gateway.map(ip);
     for p in &cfg.peers {
@@ -189,6 +194,7 @@ mod tests {
         assert_eq!(nh_for(&st, "10.244.1.3/32"), &NextHop::Local { endpoint: 1 });
         assert_eq!(nh_for(&st, "10.244.1.0/26"), &NextHop::Blackhole);
         assert_eq!(nh_for(&st, "0.0.0.0/0"), &NextHop::Gateway { port: UPLINK, via: 0xc0a8_0101 });
+        assert_eq!(nh_for(&st, "192.168.1.0/24"), &NextHop::Connected { port: UPLINK });
         let host = st.host_port.unwrap() as usize;
         assert_eq!(st.snapshot.ports[host].kind, PortKind::Host);
         assert_eq!(st.snapshot.ports[host].mac, MacAddr([2, 0, 0, 0, 0, 1]), "host TAP shares the uplink MAC");

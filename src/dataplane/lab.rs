@@ -44,6 +44,7 @@ pub const NH_NODE3_IPIP: NhId = 4;
 pub const NH_BLACKHOLE: NhId = 5;
 pub const NH_HOST: NhId = 6;
 pub const NH_UNDERLAY: NhId = 7;
+pub const NH_CONNECTED: NhId = 8;
 
 /// Choices for a lab node.
 #[derive(Clone)]
@@ -106,6 +107,7 @@ pub fn nexthops(host: bool) -> Vec<NextHop> {
         NextHop::Blackhole,
         if host { NextHop::Host } else { NextHop::Blackhole },
         NextHop::Gateway { port: UPLINK, via: UNDERLAY_GW },
+        NextHop::Connected { port: UPLINK },
     ]
 }
 
@@ -136,6 +138,7 @@ impl Lab {
         fib.insert(pfx("10.244.1.0/26"), NH_BLACKHOLE);
         fib.insert(pfx("10.244.2.0/26"), NH_NODE2);
         fib.insert(pfx("10.244.3.0/26"), NH_NODE3_IPIP);
+        fib.insert(pfx("192.168.1.0/24"), NH_CONNECTED);
         if opts.default_route {
             fib.insert(pfx("0.0.0.0/0"), NH_UNDERLAY);
         }

@@ -693,7 +693,7 @@ impl Worker {
                 return;
             }
             NextHop::Local { endpoint } => Some(*endpoint),
-            NextHop::Gateway { .. } | NextHop::Tunnel { .. } | NextHop::Ecmp(_) => None,
+            NextHop::Gateway { .. } | NextHop::Connected { .. } | NextHop::Tunnel { .. } | NextHop::Ecmp(_) => None,
         };
         if !m.local_origin {
             let src_ep = if m.decapped { None } else { snap.port_endpoint.get(in_port as usize).copied().flatten() };
@@ -781,7 +781,7 @@ impl Worker {
     ) -> Verdict {
         let (port, overhead) = match nh {
             NextHop::Local { endpoint } => (snap.endpoints[*endpoint as usize].port, 0),
-            NextHop::Gateway { port, .. } => (*port, 0),
+            NextHop::Gateway { port, .. } | NextHop::Connected { port } => (*port, 0),
             NextHop::Tunnel { port, .. } => (*port, IPIP_OVERHEAD),
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
@@ -810,6 +810,10 @@ impl Worker {
                 (ep.port, 0, Some(ep.mac))
             }
             NextHop::Gateway { port, via } => (*port, *via, None),
+            NextHop::Connected { port } => {
+                let l3 = *head + ETH;
+                (*port, u32::from_be_bytes([buf[l3 + 16], buf[l3 + 17], buf[l3 + 18], buf[l3 + 19]]), None)
+            }
             NextHop::Tunnel { port, remote, via } => {
                 if *head < IPIP_OVERHEAD {
                     return Verdict::Drop(DropReason::IpipNoHeadroom);

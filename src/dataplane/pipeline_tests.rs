@@ -80,6 +80,16 @@ fn bgp_mode_routes_directly_to_the_peer_node_without_encapsulation() {
 }
 
 #[test]
+fn connected_subnet_hosts_are_resolved_directly() {
+    let mut lab = Lab::new(LabOptions::default());
+    // 192.168.1.11 is node 2, on our subnet: sent to its own MAC, not via a gateway.
+    let sent = run1(&mut lab, from_pod_a_udp(lab::NODE2_IP, 64, b"x"), lab::POD_A);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, lab::UPLINK);
+    assert_eq!(&sent[0].1[0..6], &lab::NODE2_MAC.0);
+}
+
+#[test]
 fn ipip_mode_encapsulates_node_ip_to_node_ip_copying_df_and_tos() {
     let mut lab = Lab::new(LabOptions::default());
     let mut inner = from_pod_a_udp(lab::NODE3_POD, 64, &[7u8; 100]);

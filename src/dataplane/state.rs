@@ -63,6 +63,9 @@ pub enum NextHop {
     /// A neighbour on a port's L2 segment: BGP mode's "remote node IP on the same subnet", or
     /// the underlay gateway.
     Gateway { port: PortId, via: u32 },
+    /// A host on a port's own subnet (the connected route): the L2 next hop is the packet's
+    /// destination itself.
+    Connected { port: PortId },
     /// IPIP to a remote node: outer destination `remote`, sent to the L2 neighbour `via`
     /// (`remote` itself when on-link, else the underlay gateway).
     Tunnel { port: PortId, remote: u32, via: u32 },
@@ -207,7 +210,9 @@ impl Snapshot {
                 NextHop::Local { endpoint } if *endpoint as usize >= endpoints.len() => {
                     return bad(format!("endpoint {endpoint} does not exist"))
                 }
-                NextHop::Gateway { port, .. } | NextHop::Tunnel { port, .. } if !port_is(*port, PortKind::Uplink) => {
+                NextHop::Gateway { port, .. } | NextHop::Tunnel { port, .. } | NextHop::Connected { port }
+                    if !port_is(*port, PortKind::Uplink) =>
+                {
                     return bad(format!("port {port} is not the uplink"))
                 }
                 NextHop::Host if host_port.is_none() => return bad("no host port configured".into()),
