@@ -106,6 +106,13 @@ pub fn build(cfg: &Config, uplink_mac: MacAddr, generation: u64) -> Result<NodeS
     if cfg.uplink.is_some() {
         let connected = add_nh(NextHop::Connected { port: UPLINK }, &mut nexthops);
         routes.push((node.subnet, connected));
+        // Never forward to the subnet's network or broadcast address (no directed broadcast,
+        // RFC 2644) nor make them ARP targets.
+        if node.subnet.len() <= 30 {
+            let net = node.subnet.addr();
+            routes.push((Ipv4Prefix::new_masked(net, 32), BLACKHOLE));
+            routes.push((Ipv4Prefix::new_masked(net | !node.subnet.mask(), 32), BLACKHOLE));
+        }
     }
     let on_link = |a: Ipv4Addr| node.subnet.contains(ip(a));
     let gateway = node.gateway.map(ip);
@@ -195,6 +202,8 @@ mod tests {
         assert_eq!(nh_for(&st, "10.244.1.0/26"), &NextHop::Blackhole);
         assert_eq!(nh_for(&st, "0.0.0.0/0"), &NextHop::Gateway { port: UPLINK, via: 0xc0a8_0101 });
         assert_eq!(nh_for(&st, "192.168.1.0/24"), &NextHop::Connected { port: UPLINK });
+        assert_eq!(nh_for(&st, "192.168.1.255/32"), &NextHop::Blackhole);
+        assert_eq!(nh_for(&st, "192.168.1.0/32"), &NextHop::Blackhole);
         let host = st.host_port.unwrap() as usize;
         assert_eq!(st.snapshot.ports[host].kind, PortKind::Host);
         assert_eq!(st.snapshot.ports[host].mac, MacAddr([2, 0, 0, 0, 0, 1]), "host TAP shares the uplink MAC");

@@ -93,6 +93,9 @@ pub struct UplinkConfig {
     pub mtu: u16,
 }
 
+/// Largest IP MTU a 2 KiB frame buffer holds: 2048 - 256 (XDP headroom) - 14 (Ethernet).
+pub const MAX_MTU: u16 = 1778;
+
 fn one() -> u32 {
     1
 }
@@ -253,8 +256,19 @@ impl Config {
             if u.queues == 0 || u.queues > 64 {
                 return err("uplink.queues", format!("{} must be 1..=64", u.queues));
             }
-            if !(576..=9000).contains(&u.mtu) {
-                return err("uplink.mtu", format!("{} must be 576..=9000", u.mtu));
+            if !(576..=MAX_MTU).contains(&u.mtu) {
+                return err("uplink.mtu", format!("{} must be 576..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
+            }
+            let has_policy = !self.global_rules.is_empty()
+                || self.endpoints.iter().any(|e| !e.ingress.is_empty() || !e.egress.is_empty());
+            if u.queues > 1 && has_policy {
+                return err(
+                    "uplink.queues",
+                    format!(
+                        "{} queues with network policy: connection tracking is per worker, so replies arriving on another queue would be judged as new flows; use 1 queue with policies",
+                        u.queues
+                    ),
+                );
             }
         }
         let mut names = HashSet::new();
@@ -285,8 +299,8 @@ impl Config {
             if !e.mac.is_unicast() {
                 return err(&f("mac"), format!("{} must be a unicast MAC", e.mac));
             }
-            if !(576..=9000).contains(&e.mtu) {
-                return err(&f("mtu"), format!("{} must be 576..=9000", e.mtu));
+            if !(576..=MAX_MTU).contains(&e.mtu) {
+                return err(&f("mtu"), format!("{} must be 576..={MAX_MTU}", e.mtu));
             }
             for p in e.ingress.iter().chain(&e.egress) {
                 if !self.policies.contains_key(p) {
@@ -396,6 +410,10 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 0\n"));
         assert!(e.contains("uplink.queues: 0 must be 1..=64"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9000\n"));
+        assert!(e.contains("uplink.mtu: 9000 must be 576..=1778"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"));
+        assert!(e.contains("uplink.queues: 2 queues with network policy"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nxdp_mode = \"turbo\"\n"));
         assert!(e.contains("unknown variant `turbo`"), "{e}");
     }

@@ -61,6 +61,11 @@ impl EmitPool {
         self.used.len()
     }
 
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
     }

@@ -402,6 +402,10 @@ impl Worker {
                 m.verdict = Verdict::Drop(DropReason::IpipFromPod);
                 return;
             }
+        } else if snap.is_local(src) {
+            // Our own addresses never arrive from outside.
+            m.verdict = Verdict::Drop(DropReason::SpoofedSource);
+            return;
         }
         if snap.is_local(dst) {
             self.local(snap, buf, head, len, m, now);
@@ -458,7 +462,13 @@ impl Worker {
             arp::ARP_REPLY => match self.shared.neigh.on_reply(sip, smac, now) {
                 Ok(()) => {
                     self.release_held(sip, smac);
-                    Verdict::Consumed
+                    // The kernel behind the host port shares our address and may have asked
+                    // too: it gets the reply as well.
+                    if snap.host_port.is_some() {
+                        Verdict::Punt
+                    } else {
+                        Verdict::Consumed
+                    }
                 }
                 // The kernel behind the host port may have asked.
                 Err(_) if snap.host_port.is_some() => Verdict::Punt,
@@ -595,7 +605,7 @@ impl Worker {
         if ff & OFFSET_MASK != 0 || ipv4::is_martian_source(src) || src == snap.node_ip {
             return false;
         }
-        if proto == PROTO_ICMP && buf.get(l3 + hl).is_none_or(|t| icmp::is_error(*t)) {
+        if proto == PROTO_ICMP && (ip.total_len() <= hl || icmp::is_error(buf[l3 + hl])) {
             return false;
         }
         if l3 < ICMP_ERR_OVERHEAD + ETH {
@@ -919,10 +929,13 @@ impl Worker {
         let Some((first, rest, count)) = frag::plan(mtu, hl, rl, *len - ETH - hl) else {
             return Verdict::Drop(DropReason::FragNeeded);
         };
-        let free = self.cfg.emit_slots - self.out.emitted.len();
+        let free = self.out.emitted.capacity() - self.out.emitted.len();
         if count - 1 > free {
             return Verdict::Drop(DropReason::FragNoBuffer);
         }
+        // Resolve (or start resolving) the next hop while the generated-frame pool is in place,
+        // so an ARP request it needs is not lost while the pool is lent to the fragments.
+        self.prime_neighbour(snap, buf, *head, nh, now);
         // Later fragments into generated-frame buffers, each finished like the first.
         let mut pool = std::mem::replace(&mut self.out.emitted, super::output::EmitPool::new(0));
         let mut at = first;
@@ -950,6 +963,24 @@ impl Worker {
     }
 
     // ---------------------------------------------------------------- neighbours
+
+    /// Looks the L2 next hop of `nh` up, sending the ARP request or probe it asks for.
+    fn prime_neighbour(&mut self, snap: &Snapshot, buf: &[u8], head: usize, nh: &NextHop, now: u64) {
+        let l3 = head + ETH;
+        let (port, via) = match nh {
+            NextHop::Gateway { port, via } | NextHop::Tunnel { port, via, .. } => (*port, *via),
+            NextHop::Connected { port } => {
+                (*port, u32::from_be_bytes([buf[l3 + 16], buf[l3 + 17], buf[l3 + 18], buf[l3 + 19]]))
+            }
+            _ => return,
+        };
+        match self.shared.neigh.lookup(via, now) {
+            NeighLookup::Incomplete { send_request: true } | NeighLookup::Stale { probe: true, .. } => {
+                self.send_arp_request(snap, port, via, now)
+            }
+            _ => {}
+        }
+    }
 
     fn send_arp_request(&mut self, snap: &Snapshot, port: PortId, target: u32, now: u64) {
         if !self.arp_rl.allow(now) {

@@ -588,9 +588,12 @@ fn unresolved_next_hop_holds_packets_sends_arp_and_releases_on_reply() {
     let mut reply = vec![0u8; 60];
     let n = crate::wire::arp::build_reply(&mut reply, lab::NODE2_MAC.0, lab::NODE2_IP, lab::UPLINK_MAC.0, lab::NODE_IP);
     reply.truncate(n);
-    let sent = run1(&mut lab, reply, lab::UPLINK);
-    assert_eq!(sent.len(), 2);
-    for (p, f) in &sent {
+    let sent = run1(&mut lab, reply.clone(), lab::UPLINK);
+    // The two held frames leave on the uplink; the reply also reaches the node's kernel
+    // (the host port shares our address and may have asked too).
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent.iter().filter(|(p, f)| *p == lab::HOST && *f == reply).count(), 1);
+    for (p, f) in sent.iter().filter(|(p, _)| *p == lab::UPLINK) {
         assert_eq!(*p, lab::UPLINK);
         assert_eq!(&f[0..6], &lab::NODE2_MAC.0);
         assert_eq!(ip_of(f).ttl(), 63);
@@ -598,6 +601,26 @@ fn unresolved_next_hop_holds_packets_sends_arp_and_releases_on_reply() {
     // Now resolved: forwarded directly.
     assert_eq!(run1(&mut lab, f, lab::POD_A).len(), 1);
     assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn fragmenting_towards_an_unresolved_next_hop_still_sends_the_arp_request() {
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });
+    let mut big = from_pod_a_udp(lab::NODE3_POD, 64, &[0x11; 1472]);
+    frames::set_df(&mut big, false);
+    let sent = run1(&mut lab, big, lab::POD_A);
+    let arp: Vec<_> = sent.iter().filter(|(_, f)| f[12..14] == [0x08, 0x06]).collect();
+    assert_eq!(arp.len(), 1, "one ARP request for the underlay gateway: {sent:?}");
+    assert_eq!(&arp[0].1[38..42], &lab::UNDERLAY_GW.to_be_bytes());
+    assert_eq!(lab.worker.counters().arp_requests_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn our_own_addresses_as_source_from_the_uplink_are_spoofed() {
+    let mut lab = Lab::new(LabOptions::default());
+    let f = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE_IP, lab::POD_A_IP, 64, 1, 2, b"x");
+    assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::SpoofedSource), 1);
 }
 
 #[test]

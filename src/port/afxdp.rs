@@ -301,7 +301,12 @@ impl XskPort {
     pub fn finish_batch(&mut self) {
         if !self.tx_descs.is_empty() {
             // SAFETY: every queued descriptor is ours and filled in.
-            let sent = unsafe { self.tx.produce_and_wakeup(&self.tx_descs) }.unwrap_or(0);
+            // Produce, then wake: a wakeup error must not make us think the descriptors were not
+            // queued (they are on the ring and will complete).
+            let sent = unsafe { self.tx.produce(&self.tx_descs) };
+            if sent > 0 && self.tx.needs_wakeup() {
+                let _ = self.tx.wakeup();
+            }
             if sent == 0 {
                 // All or nothing: the ring is full. Drop the batch back to the pools.
                 self.stats.tx_full += self.tx_descs.len() as u64;

@@ -238,6 +238,10 @@ pub fn check_input(pkt: &[u8]) -> Result<Ipv4Info, DropReason> {
     if !checksum::verify(&pkt[..hl]) {
         return Err(DropReason::Ipv4BadChecksum);
     }
+    // A fragment may not end beyond the largest datagram (RFC 791: 65,535 bytes).
+    if (be16(pkt, 6) & OFFSET_MASK) as usize * 8 + (tl - hl) > 65_535 {
+        return Err(DropReason::Ipv4BadLength);
+    }
     let src = be32(pkt, 12);
     let dst = be32(pkt, 16);
     if is_martian_source(src) {
@@ -348,6 +352,19 @@ mod tests {
         assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
         p[2..4].copy_from_slice(&33u16.to_be_bytes());
         assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
+    }
+
+    #[test]
+    fn rejects_fragment_ending_beyond_64k() {
+        let mut p = udp_packet();
+        let mut v = Ipv4Packet::new_checked(&mut p[..]).unwrap();
+        v.set_flags_frag(0x1fff); // offset 65,528 + 12 bytes of payload
+        v.fill_checksum();
+        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
+        let mut v = Ipv4Packet::new_checked(&mut p[..]).unwrap();
+        v.set_flags_frag(0x1ffe); // offset 65,520 + 12: fits
+        v.fill_checksum();
+        assert!(check_input(&p).is_ok());
     }
 
     #[test]
