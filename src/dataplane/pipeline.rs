@@ -580,7 +580,7 @@ impl Worker {
     }
 
     fn last_icmp_dst(&self, buf: &[u8], head: usize) -> u32 {
-        u32::from_be_bytes(buf[head + ETH + 16..head + ETH + 20].try_into().unwrap())
+        ip_dst(buf, head)
     }
 
     /// Rewrites the frame in place into an ICMP error about it (RFC 1812 4.3.2), if one may be
@@ -820,10 +820,7 @@ impl Worker {
                 (ep.port, 0, Some(ep.mac))
             }
             NextHop::Gateway { port, via } => (*port, *via, None),
-            NextHop::Connected { port } => {
-                let l3 = *head + ETH;
-                (*port, u32::from_be_bytes([buf[l3 + 16], buf[l3 + 17], buf[l3 + 18], buf[l3 + 19]]), None)
-            }
+            NextHop::Connected { port } => (*port, ip_dst(buf, *head), None),
             NextHop::Tunnel { port, remote, via } => {
                 if *head < IPIP_OVERHEAD {
                     return Verdict::Drop(DropReason::IpipNoHeadroom);
@@ -966,12 +963,9 @@ impl Worker {
 
     /// Looks the L2 next hop of `nh` up, sending the ARP request or probe it asks for.
     fn prime_neighbour(&mut self, snap: &Snapshot, buf: &[u8], head: usize, nh: &NextHop, now: u64) {
-        let l3 = head + ETH;
         let (port, via) = match nh {
             NextHop::Gateway { port, via } | NextHop::Tunnel { port, via, .. } => (*port, *via),
-            NextHop::Connected { port } => {
-                (*port, u32::from_be_bytes([buf[l3 + 16], buf[l3 + 17], buf[l3 + 18], buf[l3 + 19]]))
-            }
+            NextHop::Connected { port } => (*port, ip_dst(buf, head)),
             _ => return,
         };
         match self.shared.neigh.lookup(via, now) {
@@ -1031,6 +1025,13 @@ fn evaluate(
         }
     }
     true
+}
+
+/// The IPv4 destination of the (validated) frame at `head`.
+#[inline]
+fn ip_dst(buf: &[u8], head: usize) -> u32 {
+    let at = head + ETH + 16;
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
 fn reverse(k: &FlowKey) -> FlowKey {
