@@ -757,7 +757,7 @@ impl Worker {
                 // Policy changed since the flow was admitted: judge it again as its originator.
                 let allowed = match dir {
                     CtDir::Original => evaluate(pol, src_ep, dst_ep, &key),
-                    CtDir::Reply => evaluate(pol, dst_ep, src_ep, &reverse(&key)),
+                    CtDir::Reply => evaluate(pol, dst_ep, src_ep, &key.reversed()),
                 };
                 if allowed {
                     self.ct.refresh(&key, gen);
@@ -1034,8 +1034,6 @@ fn ip_dst(buf: &[u8], head: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-fn reverse(k: &FlowKey) -> FlowKey {
-    FlowKey { src: k.dst, dst: k.src, sport: k.dport, dport: k.sport, ..*k }
 }
 
 /// ECMP flow hash over addresses, protocol and (for unfragmented packets) ports, so a flow
