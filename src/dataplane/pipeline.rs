@@ -1034,8 +1034,6 @@ fn ip_dst(buf: &[u8], head: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-}
-
 /// ECMP flow hash over addresses, protocol and (for unfragmented packets) ports, so a flow
 /// stays on one path and fragments of it do too.
 #[inline]
