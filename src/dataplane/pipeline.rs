@@ -350,8 +350,15 @@ impl Worker {
         match u16::from_be_bytes([eth[12], eth[13]]) {
             ETHERTYPE_IPV4 => {
                 if dst != pinfo.mac {
-                    let r = if dst.is_broadcast() { DropReason::EthBroadcastIp } else { DropReason::EthNotForUs };
-                    m.verdict = Verdict::Drop(r);
+                    // Never forwarded (RFC 1812 5.3.4); on the uplink the node's kernel may want
+                    // link broadcast and multicast (DHCP, VRRP), so they go to the host port.
+                    m.verdict = if dst.is_multicast() && pinfo.kind == PortKind::Uplink && snap.host_port.is_some() {
+                        Verdict::Punt
+                    } else if dst.is_broadcast() {
+                        Verdict::Drop(DropReason::EthBroadcastIp)
+                    } else {
+                        Verdict::Drop(DropReason::EthNotForUs)
+                    };
                     return;
                 }
             }

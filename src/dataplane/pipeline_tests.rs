@@ -419,6 +419,18 @@ fn l2_input_drops_are_counted_by_reason() {
 }
 
 #[test]
+fn link_broadcast_on_the_uplink_goes_to_the_host_port_only() {
+    let mut f = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, 0xc0a8_0163, 0xffff_ffff, 64, 68, 67, b"dhcp");
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    let mut with_host = Lab::new(LabOptions::default());
+    let sent = run1(&mut with_host, f.clone(), lab::UPLINK);
+    assert_eq!(sent, vec![(lab::HOST, f.clone())]);
+    let mut no_host = Lab::new(LabOptions { host_port: false, ..Default::default() });
+    assert!(run1(&mut no_host, f, lab::UPLINK).is_empty());
+    assert_eq!(drops(&no_host, DropReason::EthBroadcastIp), 1);
+}
+
+#[test]
 fn unknown_ethertypes_are_punted_where_the_port_says_so() {
     let mut lab = Lab::new(LabOptions::default());
     let mut v6 = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_IP, lab::NODE_IP, 64, 1, 2, b"x");
