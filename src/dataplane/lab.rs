@@ -152,6 +152,7 @@ impl Lab {
 }
 
 /// Frame builders on top of etherparse (an independent implementation of the formats).
+#[allow(clippy::too_many_arguments)] // one argument per header field reads best in tests
 pub mod frames {
     use crate::wire::MacAddr;
     use etherparse::PacketBuilder;
@@ -289,10 +290,10 @@ fn fuzz_one(lab: &mut Lab, data: &[u8]) {
     }
     let snapshot: Vec<_> = bufs.clone();
     lab.worker.process(&mut bufs, 1_000);
-    check_output(&lab, &bufs);
+    check_output(lab, &bufs);
     let mut again = snapshot;
     lab.worker.process(&mut again, 2_000);
-    check_output(&lab, &again);
+    check_output(lab, &again);
 }
 
 /// What every output must satisfy whatever the input: frames within their buffers, and every
@@ -358,8 +359,12 @@ pub fn demo() -> String {
         ("no route (8.8.8.8)", frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, 0x0808_0808, 64, 1, 2, b"x"), POD_A),
     ];
     let mut s = String::new();
-    let _ = writeln!(s, "vrouter engine demo: in-memory node 192.168.1.10 (pods 10.244.1.2-3; node2 192.168.1.11 same subnet; node3 192.168.2.20 via IPIP)\n");
-    let _ = writeln!(s, "{:<32} {:<8} {}", "frame", "in", "result");
+    let _ = writeln!(
+        s,
+        "vrouter engine demo: in-memory node 192.168.1.10 (pods 10.244.1.2-3; node2 192.168.1.11 same subnet; \
+         node3 192.168.2.20 via IPIP)\n"
+    );
+    let _ = writeln!(s, "{:<32} {:<8} result", "frame", "in");
     for (name, f, port) in cases {
         let before: Vec<u64> = crate::stats::DropReason::ALL.iter().map(|r| lab.worker.counters().drops(*r)).collect();
         let mut bufs = vec![super::packet::PacketBuf::new(&f, port)];

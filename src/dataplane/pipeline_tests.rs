@@ -858,7 +858,7 @@ mod policy {
             );
             passed += run1(&mut lab, f, lab::POD_A).len();
         }
-        assert!(passed >= 4 && passed < 64, "{passed}");
+        assert!((4..64).contains(&passed), "{passed}");
         assert_eq!(drops(&lab, DropReason::ConntrackFull), 64 - passed as u64);
     }
 }

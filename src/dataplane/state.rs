@@ -256,7 +256,7 @@ impl Snapshot {
 
     #[inline]
     pub fn is_local(&self, a: u32) -> bool {
-        self.local_addrs.iter().any(|x| *x == a)
+        self.local_addrs.contains(&a)
     }
 
     #[inline]

@@ -36,6 +36,7 @@ impl Ipv4Prefix {
     pub const fn addr(&self) -> u32 {
         self.addr
     }
+    #[allow(clippy::len_without_is_empty)] // the prefix length, not a container's
     pub const fn len(&self) -> u8 {
         self.len
     }
