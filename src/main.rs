@@ -86,6 +86,12 @@ enum BenchCmd {
         /// Skip the iperf3 TCP runs.
         #[arg(long)]
         no_tcp: bool,
+        /// Frame sizes with FCS, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<u32>>,
+        /// vrouter's worker idle mode: poll, adaptive or interrupt.
+        #[arg(long)]
+        idle: Option<String>,
     },
 }
 
@@ -150,7 +156,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
         }
-        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp } => {
+        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, sizes, idle } => {
             let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
             if let Some(d) = duration {
                 o.duration = d;
@@ -159,6 +165,12 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 o.reps = n;
             }
             o.tcp = !no_tcp;
+            if let Some(z) = sizes {
+                o.sizes = z;
+            }
+            if let Some(i) = idle {
+                o.idle = i;
+            }
             let r = vrouter::perf::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
             if let Some(p) = svg {
                 std::fs::write(&p, vrouter::perf::svg(&r)).map_err(|e| format!("writing {}: {e}", p.display()))?;

@@ -4,40 +4,47 @@
 //! # Topology, and why this one
 //! vrouter has one uplink (AF_XDP) and TAP pods. Forwarding from the uplink into a pod would
 //! make the sink a TAP, which is much slower than a veth, and Linux has no natural equivalent
-//! (a kernel router does not forward into a TAP owned by a process). So the forwarder hairpins:
-//! generator, forwarder and sink hang off one bridge in their own namespaces (see [`topo`]);
-//! the generator sends to a block routed via the sink's address, the forwarder receives the
-//! frame on its one interface and sends it out on the same interface to the sink. The kernel
-//! forwarder and vrouter get the same veth, the same bridge and the same sink, and both
-//! receive and send every frame exactly once. For vrouter the sink is a peer node in BGP mode
-//! (plain routing to the peer's MAC) or, for the IPIP runs, a peer node reached through IPIP
-//! (`ipip_mode = "Always"`): the sink counts the protocol-4 frames that arrive. The kernel has
-//! no `ipip` module here, so IPIP has no kernel counterpart; its ratio is against plain kernel
-//! forwarding.
+//! (a kernel router does not forward into a TAP owned by a process). So the forwarder hairpins
+//! on its one interface: one veth pair joins the generator's namespace and the forwarder's;
+//! the generator sends to a block routed via the sink's address, and the forwarder sends each
+//! frame back out of the same veth to the sink's MAC, where an XDP program on the generator's
+//! veth counts and drops it (see [`topo`]). The kernel forwarder and vrouter get the same veth
+//! and the same sink, and both receive and send every frame exactly once. For vrouter the
+//! sink is a peer node in BGP mode (plain routing to the peer's MAC) or, for the IPIP runs, a
+//! peer node reached through IPIP (`ipip_mode = "Always"`): the sink counts the protocol-4
+//! frames that arrive. The kernel has no `ipip` module here, so IPIP has no kernel
+//! counterpart; its ratio is against plain kernel forwarding.
 //!
 //! # Who runs where (2 cores)
-//! On veth the receive work of a frame runs on the sender's CPU unless RPS moves it. The
-//! generator (trafgen, iperf3 client and server) is pinned to CPU 0; RPS on the bridge ports
-//! facing the generator and the sink moves everything after the generator's transmit to the
-//! last CPU (CPU 1 here): the bridge, the forwarder (kernel softirq, or vrouter's XDP redirect,
-//! the copy into UMEM and vrouter's worker, pinned there), the way back through the bridge and
-//! the sink's XDP drop. "Forwarding CPU %" is the busy time of that CPU from `/proc/stat`, the
-//! same measure for both forwarders; for vrouter the daemon's own CPU time (`/proc/PID/stat`,
-//! all threads) is reported as well.
+//! On veth the receive work of a frame runs on the sender's CPU unless something moves it.
+//! The generator (trafgen, iperf3 client and server) is pinned to CPU 0; everything the
+//! forwarder does runs on the last CPU (CPU 1 here). Kernel: RPS on `up0` moves the receive,
+//! the forwarding and the transmit back (and the sink's XDP drop, which runs in the
+//! transmitter's context) there. vrouter: with XDP attached the veth receives through NAPI,
+//! not the backlog, so RPS does not apply; threaded NAPI on `up0`, its thread pinned to that
+//! CPU, moves the XDP program and the copy into UMEM there, and the worker is pinned there
+//! too. The sink's XDP drop runs in a threaded NAPI pinned to the forwarding CPU as well
+//! (left alone, it stuck to whichever CPU first scheduled it, and the figures were bimodal). "Forwarding CPU %" is the
+//! busy time of that CPU from `/proc/stat`, the same measure for both forwarders; for vrouter
+//! the daemon's own CPU time (`/proc/PID/stat`, all threads) is reported as well.
+//!
+//! The veth pushes back when its receive ring is full, so trafgen's offered rate follows
+//! what the forwarder drains: "offered" is what the generator got onto the wire, "loss" what
+//! was offered and not forwarded.
 //!
 //! # Counting
 //! Offered: the generator veth's transmit counter (packets + dropped) over the window.
-//! Forwarded: the `xdp_drops` counter of the sink's veth, where an XDP program drops exactly
+//! Forwarded: the `xdp_drops` counter of the generator's veth (the sink), where an XDP program drops exactly
 //! the IPv4 frames of the expected protocol (17, or 4 for IPIP) and passes the rest (ARP,
-//! ICMP, TCP for iperf3) to the sink's stack. Counters are read after a warm-up and after the
+//! ICMP, TCP for iperf3) to the sink namespace. Counters are read after a warm-up and after the
 //! window, generator first then sink both times, so the few milliseconds between the reads
 //! cancel. Gbit/s is forwarded frames x frame size (with FCS, without preamble and gap) x 8.
 //! Runs alternate between forwarders in ABBA order (kernel, vrouter, IPIP, then IPIP, vrouter,
 //! kernel ...), and the report gives the median with min and max over the repetitions.
 //!
-//! TCP (iperf3, 1 and 8 streams) runs through the kernel and vrouter (BGP mode). Note that the
-//! kernel forwards GSO super-frames (up to 64 KiB) where vrouter sees 1500-byte frames: the XDP
-//! program on `up0` turns GSO off on its peer, so the bridge segments before vrouter.
+//! TCP (iperf3, 1 and 8 streams) runs through the kernel and vrouter (BGP mode), with TSO,
+//! GSO and GRO off at both ends for both forwarders: vrouter's AF_XDP socket takes one frame
+//! at a time, so the kernel does not get 64 KiB super-frames either.
 //!
 //! Latency under load is not measured yet.
 
@@ -160,6 +167,8 @@ pub struct TcpSample {
     pub streams: u32,
     pub gbps: f64,
     pub fwd_cpu: f64,
+    /// false: iperf3 failed (counted as 0 Gbit/s).
+    pub ok: bool,
 }
 
 /// Median, min and max of a figure over the repetitions.
@@ -202,6 +211,7 @@ pub struct E2eReport {
     pub options: E2eOptions,
     pub fwd_cpu: usize,
     pub gen_cpu: usize,
+    /// `uname -r`.
     pub kernel: String,
     pub samples: Vec<Sample>,
     pub tcp: Vec<TcpSample>,
@@ -268,10 +278,17 @@ pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eRepor
     let bin = preflight(opts)?;
     let topo = topo::Topo::up(&opts.root)?;
     progress(&format!(
-        "perf lab {}: generator on CPU {}, forwarding (RPS, vrouter worker, sink XDP) on CPU {}",
+        "perf lab {}: generator on CPU {}, forwarding (kernel: RPS; vrouter: NAPI thread and worker; sink XDP drop) on CPU {}",
         topo.prefix, topo.gen_cpu, topo.fwd_cpu
     ));
     let result = run_in(&topo, &bin, opts, progress);
+    if std::env::var_os("VROUTER_PERF_KEEP").is_some() {
+        // Debugging aid: leave the namespaces for a look by hand (`ip netns del` them after).
+        progress(&format!("VROUTER_PERF_KEEP: leaving namespaces {}", topo.namespaces().join(" ")));
+        sys::unregister(&topo.prefix);
+        std::mem::forget(topo);
+        return result;
+    }
     // Delete before returning, even on error; the drop would do it silently.
     let down = topo.down();
     let report = result?;
@@ -318,7 +335,14 @@ fn run_in(
             }
             if opts.tcp && fwd != Forwarder::Ipip {
                 for streams in [1, 8] {
-                    let s = tcp_run(t, fwd, rep, streams, opts)?;
+                    let s = match tcp_run(t, fwd, rep, streams, opts) {
+                        Ok(s) => s,
+                        Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                        Err(e) => {
+                            progress(&format!("rep {}/{} {:<7} TCP x{streams} FAILED: {e}", rep + 1, opts.reps, fwd.name()));
+                            TcpSample { forwarder: fwd, rep, streams, gbps: 0.0, fwd_cpu: 0.0, ok: false }
+                        }
+                    };
                     progress(&format!(
                         "rep {}/{} {:<7} TCP x{}: {:.2} Gbit/s, forwarding CPU {:.0} %",
                         rep + 1,
@@ -332,7 +356,10 @@ fn run_in(
                 }
             }
             match daemon {
-                Some(mut d) => d.stop(),
+                Some(mut d) => {
+                    d.stop();
+                    t.vrouter_off()?;
+                }
                 None => t.kernel_off()?,
             }
         }
@@ -432,14 +459,13 @@ fn read_counters(t: &topo::Topo, daemon: Option<&topo::Daemon>) -> Result<Counte
     let cpu = cpu_times();
     let proc_ticks = daemon.map(|d| proc_ticks(d.pid())).unwrap_or(0);
     let g = link_stats(&t.gen, "eth0")?;
-    let sink_xdp = xdp_drops(&t.snk, "eth0")?;
-    let s = link_stats(&t.snk, "eth0")?;
+    let sink_xdp = xdp_drops(&t.gen, "eth0")?;
     Ok(Counters {
         at: Some(at),
         gen_tx: g["tx"]["packets"].as_u64().unwrap_or(0),
         gen_tx_dropped: g["tx"]["dropped"].as_u64().unwrap_or(0),
         sink_xdp,
-        sink_rx: s["rx"]["packets"].as_u64().unwrap_or(0),
+        sink_rx: g["rx"]["packets"].as_u64().unwrap_or(0),
         cpu,
         proc_ticks,
         vrouter_drops: daemon.map(|d| d.drops()).unwrap_or(0),
@@ -551,17 +577,20 @@ fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOpt
         &t.gen,
         &[
             "taskset", "-c", &cpu, "iperf3", "-c", topo::SINK_DST, "-B", topo::GEN_SRC, "-t", &secs.to_string(), "-P",
-            &streams.to_string(), "-J",
+            &streams.to_string(), "-J", "--connect-timeout", "3000",
         ],
         Duration::from_secs(secs + 20),
     )?;
     let b = cpu_times();
     let v: serde_json::Value = serde_json::from_str(&out)
         .map_err(|e| PerfError::NoTraffic { what: format!("iperf3 output unreadable: {e}"), tail: out.chars().take(500).collect() })?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(PerfError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
+    }
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     let ca = Counters { cpu: a, ..Default::default() };
     let cb = Counters { cpu: b, ..Default::default() };
-    Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu) })
+    Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu), ok: true })
 }
 
 fn summarise(samples: &[Sample], sizes: &[u32]) -> Vec<Summary> {
