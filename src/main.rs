@@ -77,7 +77,7 @@ enum BenchCmd {
         #[arg(long)]
         quick: bool,
         /// Print JSON (flat figures `kernel_mpps_64`, `vrouter_mpps_64`, `ratio_64`, ... and
-        /// every run) instead of the table.
+        /// every run) on stdout; the table goes to stderr.
         #[arg(long)]
         json: bool,
         /// Also write an SVG plot of throughput by frame size.
@@ -176,6 +176,8 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 std::fs::write(&p, vrouter::perf::svg(&r)).map_err(|e| format!("writing {}: {e}", p.display()))?;
             }
             if json {
+                // The table still goes to stderr, so one run gives both.
+                eprint!("{}", vrouter::perf::table(&r));
                 serde_json::to_string_pretty(&r.to_json()).map_err(|e| e.to_string())
             } else {
                 Ok(vrouter::perf::table(&r))

@@ -88,10 +88,17 @@ pub fn svg(r: &E2eReport) -> String {
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">Forwarded Mpps by frame size (median, min-max), generator CPU {}, forwarding CPU {}</text>"#,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Forwarded Mpps by frame size (median, min-max over {} reps)</text>"#,
+        w / 2.0,
+        r.options.reps
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="33" text-anchor="middle" font-size="10">generator on CPU {}, forwarding on CPU {}; kernel {}</text>"#,
         w / 2.0,
         r.gen_cpu,
-        r.fwd_cpu
+        r.fwd_cpu,
+        r.kernel
     );
     for i in 0..=5 {
         let v = ymax * i as f64 / 5.0;
