@@ -9,7 +9,13 @@ fn skip() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for (t, pkg) in [("ip", "iproute2"), ("trafgen", "netsniff-ng"), ("iperf3", "iperf3"), ("clang", "clang"), ("ethtool", "ethtool")] {
+    for (t, pkg) in [
+        ("ip", "iproute2"),
+        ("trafgen", "netsniff-ng"),
+        ("iperf3", "iperf3"),
+        ("clang", "clang"),
+        ("ethtool", "ethtool"),
+    ] {
         if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
             return Some(format!("{t} not installed (apt-get install {pkg})"));
         }
@@ -33,7 +39,9 @@ fn check_numbers(path: &str, v: &serde_json::Value) {
             let x = n.as_f64().expect("a number");
             assert!(x.is_finite() && x >= 0.0, "{path} = {x}: not finite and non-negative");
         }
-        serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| check_numbers(&format!("{path}[{i}]"), x)),
+        serde_json::Value::Array(a) => {
+            a.iter().enumerate().for_each(|(i, x)| check_numbers(&format!("{path}[{i}]"), x))
+        }
         serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| check_numbers(&format!("{path}.{k}"), x)),
         _ => {}
     }
@@ -52,14 +60,28 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
         .expect("run vrouter bench e2e");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
     for size in [64, 512, 1500] {
-        for key in ["kernel_mpps", "vrouter_mpps", "ipip_mpps", "ratio", "ratio_ipip", "kernel_gbps", "vrouter_gbps", "vrouter_loss", "kernel_fwd_cpu", "vrouter_proc_cpu"] {
+        for key in [
+            "kernel_mpps",
+            "vrouter_mpps",
+            "ipip_mpps",
+            "ratio",
+            "ratio_ipip",
+            "kernel_gbps",
+            "vrouter_gbps",
+            "vrouter_loss",
+            "kernel_fwd_cpu",
+            "vrouter_proc_cpu",
+        ] {
             let k = format!("{key}_{size}");
             assert!(v[&k].is_number(), "missing {k} in {v}");
         }
     }
-    for key in ["kernel_tcp1_gbps", "vrouter_tcp1_gbps", "ratio_tcp1", "kernel_tcp8_gbps", "vrouter_tcp8_gbps", "ratio_tcp8"] {
+    for key in
+        ["kernel_tcp1_gbps", "vrouter_tcp1_gbps", "ratio_tcp1", "kernel_tcp8_gbps", "vrouter_tcp8_gbps", "ratio_tcp8"]
+    {
         assert!(v[key].is_number(), "missing {key}");
     }
     check_numbers("", &v);
@@ -84,7 +106,8 @@ fn refuses_clearly_without_root() {
         assert!(err.contains("--duration") || err.contains("not found"), "{err}");
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_vrouter")).args(["bench", "e2e", "--quick"]).output().expect("run vrouter");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vrouter")).args(["bench", "e2e", "--quick"]).output().expect("run vrouter");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }

@@ -68,7 +68,9 @@ pub const NS_PREFIX: &str = "vrpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerfError {
-    #[error("the perf lab needs root (it creates network namespaces and veths, attaches XDP): run it as root or with sudo")]
+    #[error(
+        "the perf lab needs root (it creates network namespaces and veths, attaches XDP): run it as root or with sudo"
+    )]
     NotRoot,
     #[error("command `{tool}` not found: {hint}")]
     MissingTool { tool: String, hint: String },
@@ -263,7 +265,9 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
     }
     let bin = match &opts.vrouter {
         Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|err| PerfError::Io { what: "finding the vrouter binary".into(), err })?,
+        None => {
+            std::env::current_exe().map_err(|err| PerfError::Io { what: "finding the vrouter binary".into(), err })?
+        }
     };
     if !bin.is_file() {
         return Err(PerfError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
@@ -306,8 +310,7 @@ fn run_in(
     let mut tcp = vec![];
     let abba = [Forwarder::Kernel, Forwarder::Vrouter, Forwarder::Ipip];
     for rep in 0..opts.reps {
-        let order: Vec<Forwarder> =
-            if rep % 2 == 0 { abba.to_vec() } else { abba.iter().rev().copied().collect() };
+        let order: Vec<Forwarder> = if rep % 2 == 0 { abba.to_vec() } else { abba.iter().rev().copied().collect() };
         for fwd in order {
             let daemon = match fwd {
                 Forwarder::Kernel => {
@@ -339,7 +342,12 @@ fn run_in(
                         Ok(s) => s,
                         Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
                         Err(e) => {
-                            progress(&format!("rep {}/{} {:<7} TCP x{streams} FAILED: {e}", rep + 1, opts.reps, fwd.name()));
+                            progress(&format!(
+                                "rep {}/{} {:<7} TCP x{streams} FAILED: {e}",
+                                rep + 1,
+                                opts.reps,
+                                fwd.name()
+                            ));
                             TcpSample { forwarder: fwd, rep, streams, gbps: 0.0, fwd_cpu: 0.0, ok: false }
                         }
                     };
@@ -367,7 +375,16 @@ fn run_in(
     let summaries = summarise(&samples, &opts.sizes);
     let figures = figures(&summaries, &tcp, &opts.sizes);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    Ok(E2eReport { options: opts.clone(), fwd_cpu: t.fwd_cpu, gen_cpu: t.gen_cpu, kernel, samples, tcp, summaries, figures })
+    Ok(E2eReport {
+        options: opts.clone(),
+        fwd_cpu: t.fwd_cpu,
+        gen_cpu: t.gen_cpu,
+        kernel,
+        samples,
+        tcp,
+        summaries,
+        figures,
+    })
 }
 
 /// The frame trafgen sends for `size` (with FCS) through `fwd`.
@@ -496,7 +513,22 @@ fn udp_run(
     let cpu = t.gen_cpu.to_string();
     let mut child = sys::spawn_in(
         &t.gen,
-        &["taskset", "-c", &cpu, "trafgen", "--in", &cfg.to_string_lossy(), "--out", "eth0", "-t", "0", "--no-sock-mem", "-P", "1", "-q"],
+        &[
+            "taskset",
+            "-c",
+            &cpu,
+            "trafgen",
+            "--in",
+            &cfg.to_string_lossy(),
+            "--out",
+            "eth0",
+            "-t",
+            "0",
+            "--no-sock-mem",
+            "-P",
+            "1",
+            "-q",
+        ],
         &log,
     )?;
     // Stops trafgen's whole process group on every path out of the measurement.
@@ -519,7 +551,10 @@ fn udp_run(
     let secs = b.at.zip(a.at).map(|(y, x)| (y - x).as_secs_f64()).unwrap_or(opts.duration).max(1e-3);
     let offered = (b.gen_tx + b.gen_tx_dropped).saturating_sub(a.gen_tx + a.gen_tx_dropped);
     if offered == 0 {
-        return Err(PerfError::NoTraffic { what: format!("trafgen sent nothing ({} B frames)", frame), tail: sys::tail(&log, 10) });
+        return Err(PerfError::NoTraffic {
+            what: format!("trafgen sent nothing ({} B frames)", frame),
+            tail: sys::tail(&log, 10),
+        });
     }
     let forwarded = b.sink_xdp.saturating_sub(a.sink_xdp);
     let ticks = unsafe_free_clk_tck();
@@ -576,14 +611,29 @@ fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOpt
     let out = sys::ns_ok(
         &t.gen,
         &[
-            "taskset", "-c", &cpu, "iperf3", "-c", topo::SINK_DST, "-B", topo::GEN_SRC, "-t", &secs.to_string(), "-P",
-            &streams.to_string(), "-J", "--connect-timeout", "3000",
+            "taskset",
+            "-c",
+            &cpu,
+            "iperf3",
+            "-c",
+            topo::SINK_DST,
+            "-B",
+            topo::GEN_SRC,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
         ],
         Duration::from_secs(secs + 20),
     )?;
     let b = cpu_times();
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| PerfError::NoTraffic { what: format!("iperf3 output unreadable: {e}"), tail: out.chars().take(500).collect() })?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| PerfError::NoTraffic {
+        what: format!("iperf3 output unreadable: {e}"),
+        tail: out.chars().take(500).collect(),
+    })?;
     if let Some(e) = v["error"].as_str() {
         return Err(PerfError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
     }
@@ -648,7 +698,8 @@ fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<
     }
     for streams in [1u32, 8] {
         let med = |fwd: Forwarder| {
-            let v: Vec<f64> = tcp.iter().filter(|s| s.forwarder == fwd && s.streams == streams).map(|s| s.gbps).collect();
+            let v: Vec<f64> =
+                tcp.iter().filter(|s| s.forwarder == fwd && s.streams == streams).map(|s| s.gbps).collect();
             (!v.is_empty()).then(|| Spread::of(&v).median)
         };
         if let (Some(k), Some(v)) = (med(Forwarder::Kernel), med(Forwarder::Vrouter)) {

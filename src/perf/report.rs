@@ -40,7 +40,11 @@ pub fn table(r: &E2eReport) -> String {
             mm(&x.gbps, 1.0, 2),
             x.loss.median * 100.0,
             x.fwd_cpu.median * 100.0,
-            if x.forwarder == Forwarder::Kernel { "-".to_string() } else { format!("{:.0}", x.proc_cpu.median * 100.0) },
+            if x.forwarder == Forwarder::Kernel {
+                "-".to_string()
+            } else {
+                format!("{:.0}", x.proc_cpu.median * 100.0)
+            },
             ratio
         );
     }
@@ -51,11 +55,13 @@ pub fn table(r: &E2eReport) -> String {
         let _ = writeln!(s, "\niperf3 TCP (Gbit/s, median (min-max)):");
         for streams in [1u32, 8] {
             for fwd in [Forwarder::Kernel, Forwarder::Vrouter] {
-                let v: Vec<f64> = r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.gbps).collect();
+                let v: Vec<f64> =
+                    r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.gbps).collect();
                 if v.is_empty() {
                     continue;
                 }
-                let c: Vec<f64> = r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.fwd_cpu).collect();
+                let c: Vec<f64> =
+                    r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.fwd_cpu).collect();
                 let _ = writeln!(
                     s,
                     "  {streams} stream(s) {:<8} {:>22}  fwd CPU {:.0} %",
@@ -84,7 +90,10 @@ pub fn svg(r: &E2eReport) -> String {
     let plot_w = w - left - right;
     let y = |v: f64| top + plot_h * (1.0 - v / ymax);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
@@ -131,7 +140,12 @@ pub fn svg(r: &E2eReport) -> String {
                 m.median
             );
             let cx = x + bar_w * 0.45;
-            let _ = writeln!(s, r#"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#, y(m.min), y(m.max));
+            let _ = writeln!(
+                s,
+                r#"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#,
+                y(m.min),
+                y(m.max)
+            );
             let _ = writeln!(
                 s,
                 r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="10">{:.2}</text>"#,
@@ -146,7 +160,13 @@ pub fn svg(r: &E2eReport) -> String {
             h - bottom + 18.0
         );
     }
-    let _ = writeln!(s, r#"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#, y(0.0), w - right, y(0.0));
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+        y(0.0),
+        w - right,
+        y(0.0)
+    );
     for (fi, (fwd, color)) in fwds.iter().enumerate() {
         let lx = left + 20.0 + 150.0 * fi as f64;
         let ly = h - 18.0;

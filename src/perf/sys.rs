@@ -123,7 +123,10 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(r) => return r.map_err(|err| PerfError::Io { what: format!("waiting for `{what}`"), err }),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(PerfError::Io { what: format!("waiting for `{what}`"), err: std::io::ErrorKind::Other.into() })
+                return Err(PerfError::Io {
+                    what: format!("waiting for `{what}`"),
+                    err: std::io::ErrorKind::Other.into(),
+                })
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -192,7 +195,8 @@ pub(crate) fn ns_status(ns: &str, args: &[&str], timeout: Duration) -> Result<Ex
 /// ignore SIGTERM sent to the parent: [`kill_group`] stops them all), output to `log`.
 pub(crate) fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Result<Child, PerfError> {
     use std::os::unix::process::CommandExt;
-    let f = std::fs::File::create(log).map_err(|err| PerfError::Io { what: format!("creating {}", log.display()), err })?;
+    let f =
+        std::fs::File::create(log).map_err(|err| PerfError::Io { what: format!("creating {}", log.display()), err })?;
     let f2 = f.try_clone().map_err(|err| PerfError::Io { what: "dup log fd".into(), err })?;
     let mut cmd = Command::new("ip");
     // `ip netns exec` execs the command in place: the child's pid is the group id.
@@ -244,7 +248,11 @@ pub(crate) fn sleep(d: Duration) -> Result<(), PerfError> {
 
 pub(crate) fn netns_list() -> Result<Vec<String>, PerfError> {
     let out = run_ok(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10), false)?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
 }
 
 fn netns_pids(ns: &str) -> Vec<u32> {

@@ -108,7 +108,8 @@ impl Topo {
             prefix = format!("vrpf{:04x}", rand::random::<u16>());
         }
         let dir = root.join(&prefix);
-        std::fs::create_dir_all(&dir).map_err(|err| PerfError::Io { what: format!("creating {}", dir.display()), err })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| PerfError::Io { what: format!("creating {}", dir.display()), err })?;
         let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let t = Topo {
             gen: format!("{prefix}-gen"),
@@ -129,13 +130,21 @@ impl Topo {
         let to = Duration::from_secs(10);
         for ns in self.namespaces() {
             sys::ip(&["netns", "add", &ns])?;
-            sys::ns_ok(&ns, &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], to)?;
+            sys::ns_ok(
+                &ns,
+                &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                to,
+            )?;
             sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         let (gen, fwd, snk) = (self.gen.as_str(), self.fwd.as_str(), self.snk.as_str());
-        sys::ip(&["-n", gen, "link", "add", "eth0", "address", GEN_MAC, "type", "veth", "peer", "name", "up0", "netns", fwd])?;
+        sys::ip(&[
+            "-n", gen, "link", "add", "eth0", "address", GEN_MAC, "type", "veth", "peer", "name", "up0", "netns", fwd,
+        ])?;
         sys::ip(&["-n", fwd, "link", "set", "up0", "address", FWD_MAC])?;
-        sys::ip(&["-n", gen, "link", "add", "snk0", "link", "eth0", "address", SINK_MAC, "type", "macvlan", "mode", "bridge"])?;
+        sys::ip(&[
+            "-n", gen, "link", "add", "snk0", "link", "eth0", "address", SINK_MAC, "type", "macvlan", "mode", "bridge",
+        ])?;
         sys::ip(&["-n", gen, "link", "set", "snk0", "netns", snk])?;
         sys::ip(&["-n", snk, "link", "set", "snk0", "name", "eth0"])?;
         sys::ip(&["-n", gen, "link", "set", "eth0", "up"])?;
@@ -153,7 +162,11 @@ impl Topo {
         sys::ip(&["-n", snk, "addr", "add", &format!("{SINK_DST}/32"), "dev", "eth0"])?;
         sys::ip(&["-n", snk, "neigh", "replace", FWD_IP, "lladdr", FWD_MAC, "dev", "eth0", "nud", "permanent"])?;
         sys::ip(&["-n", snk, "route", "add", GEN_BLOCK, "via", FWD_IP, "src", SINK_DST])?;
-        sys::ns_ok(snk, &["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"], to)?;
+        sys::ns_ok(
+            snk,
+            &["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"],
+            to,
+        )?;
         // TCP in MTU-sized segments for both forwarders: vrouter's AF_XDP socket takes single
         // frames, and the kernel should not get GSO super-frames the other one cannot have.
         sys::ns_ok(gen, &["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], to)?;
@@ -169,7 +182,8 @@ impl Topo {
     fn compile_xdp(&self) -> Result<PathBuf, PerfError> {
         let src = self.dir.join("sink_xdp.c");
         let obj = self.dir.join("sink_xdp.o");
-        std::fs::write(&src, SINK_XDP_C).map_err(|err| PerfError::Io { what: format!("writing {}", src.display()), err })?;
+        std::fs::write(&src, SINK_XDP_C)
+            .map_err(|err| PerfError::Io { what: format!("writing {}", src.display()), err })?;
         let mut cmd = std::process::Command::new("clang");
         cmd.args(["-O2", "-g", "-target", "bpf", "-c"]).arg(&src).arg("-o").arg(&obj);
         sys::run_ok(&mut cmd, Duration::from_secs(60), true)?;
@@ -184,7 +198,9 @@ impl Topo {
         sys::ns_ok(
             fwd,
             &[
-                "sysctl", "-q", "-w",
+                "sysctl",
+                "-q",
+                "-w",
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.send_redirects=0",
                 "net.ipv4.conf.up0.send_redirects=0",
@@ -234,25 +250,41 @@ impl Topo {
         let text = self.vrouter_config(fwd, idle);
         crate::control::config::Config::parse(&text, &config)
             .map_err(|e| PerfError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}")))?;
-        std::fs::write(&config, text).map_err(|err| PerfError::Io { what: format!("writing {}", config.display()), err })?;
+        std::fs::write(&config, text)
+            .map_err(|err| PerfError::Io { what: format!("writing {}", config.display()), err })?;
         let stats = self.dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats);
         let log = self.dir.join(format!("{name}.log"));
         let napi_before = napi_threads("up0");
         let child = sys::spawn_in(
             &self.fwd,
-            &[&bin.to_string_lossy(), "run", "--config", &config.to_string_lossy(), "--stats", &stats.to_string_lossy()],
+            &[
+                &bin.to_string_lossy(),
+                "run",
+                "--config",
+                &config.to_string_lossy(),
+                "--stats",
+                &stats.to_string_lossy(),
+            ],
             &log,
         )?;
         let mut d = Daemon { child, stats, log };
         let start = Instant::now();
         loop {
             if let Ok(Some(st)) = d.child.try_wait() {
-                return Err(PerfError::NotReady { what: format!("vrouter exited ({st})"), tail: sys::tail(&d.log, 15) });
+                return Err(PerfError::NotReady {
+                    what: format!("vrouter exited ({st})"),
+                    tail: sys::tail(&d.log, 15),
+                });
             }
-            let ping = sys::ns_status(&self.gen, &["ping", "-c", "1", "-W", "1", "-I", GEN_SRC, FWD_IP], Duration::from_secs(3))?;
+            let ping = sys::ns_status(
+                &self.gen,
+                &["ping", "-c", "1", "-W", "1", "-I", GEN_SRC, FWD_IP],
+                Duration::from_secs(3),
+            )?;
             if ping.success() && d.stats.exists() {
-                self.pin_napi(&self.fwd, "up0", &napi_before).map_err(|what| PerfError::NotReady { what, tail: sys::tail(&d.log, 5) })?;
+                self.pin_napi(&self.fwd, "up0", &napi_before)
+                    .map_err(|what| PerfError::NotReady { what, tail: sys::tail(&d.log, 5) })?;
                 return Ok(d);
             }
             if start.elapsed() > Duration::from_secs(20) {
