@@ -86,6 +86,9 @@ enum BenchCmd {
         /// Skip the iperf3 TCP runs.
         #[arg(long)]
         no_tcp: bool,
+        /// Skip the ping latency runs under load.
+        #[arg(long)]
+        no_latency: bool,
         /// Frame sizes with FCS, comma-separated.
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<u32>>,
@@ -156,7 +159,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
         }
-        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, sizes, idle } => {
+        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle } => {
             let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
             if let Some(d) = duration {
                 o.duration = d;
@@ -165,6 +168,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 o.reps = n;
             }
             o.tcp = !no_tcp;
+            o.latency = !no_latency;
             if let Some(z) = sizes {
                 o.sizes = z;
             }

@@ -46,7 +46,12 @@
 //! GSO and GRO off at both ends for both forwarders: vrouter's AF_XDP socket takes one frame
 //! at a time, so the kernel does not get 64 KiB super-frames either.
 //!
-//! Latency under load is not measured yet.
+//! Latency: after the throughput runs, trafgen offers 64-byte frames at half the smaller
+//! forwarder's median 64-byte rate (its rate-limited "slow mode" may fall short; the load it
+//! achieved is reported), and `ping -i 0.01` from the generator to the sink measures round
+//! trips that cross the forwarder both ways; p50, p90, p99 and max. Kernel and vrouter only.
+//!
+//! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
 mod report;
 mod sys;
@@ -106,6 +111,8 @@ pub struct E2eOptions {
     pub sizes: Vec<u32>,
     /// Also run iperf3 (1 and 8 streams).
     pub tcp: bool,
+    /// Also measure ping latency under half the smaller forwarder's 64-byte capacity.
+    pub latency: bool,
     /// vrouter's `[workers] idle` mode.
     pub idle: String,
     /// The vrouter binary; default: this executable.
@@ -123,6 +130,7 @@ impl Default for E2eOptions {
             reps: 3,
             sizes: vec![64, 512, 1500],
             tcp: true,
+            latency: true,
             idle: "poll".into(),
             vrouter: None,
             root: PathBuf::from(DEFAULT_ROOT),
@@ -173,6 +181,22 @@ pub struct TcpSample {
     pub ok: bool,
 }
 
+/// Round-trip times of pings through the forwarder (both ways) while trafgen offers a fixed
+/// load of 64-byte frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySample {
+    pub forwarder: Forwarder,
+    /// The load asked for and the load trafgen achieved (its slow mode may fall short).
+    pub target_pps: f64,
+    pub load_pps: f64,
+    pub sent: u32,
+    pub received: u32,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
 /// Median, min and max of a figure over the repetitions.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Spread {
@@ -217,6 +241,7 @@ pub struct E2eReport {
     pub kernel: String,
     pub samples: Vec<Sample>,
     pub tcp: Vec<TcpSample>,
+    pub latency: Vec<LatencySample>,
     pub summaries: Vec<Summary>,
     /// Flat figures: `kernel_mpps_64`, `vrouter_mpps_64`, `ipip_mpps_64`, `ratio_64`, ...
     pub figures: BTreeMap<String, f64>,
@@ -236,6 +261,7 @@ impl E2eReport {
         m.insert("summaries".into(), serde_json::to_value(&self.summaries).expect("plain struct"));
         m.insert("runs".into(), serde_json::to_value(&self.samples).expect("plain struct"));
         m.insert("tcp_runs".into(), serde_json::to_value(&self.tcp).expect("plain struct"));
+        m.insert("latency_runs".into(), serde_json::to_value(&self.latency).expect("plain struct"));
         serde_json::Value::Object(m)
     }
 }
@@ -373,7 +399,58 @@ fn run_in(
         }
     }
     let summaries = summarise(&samples, &opts.sizes);
-    let figures = figures(&summaries, &tcp, &opts.sizes);
+    let mut figures = figures(&summaries, &tcp, &opts.sizes);
+    let mut latency = vec![];
+    if opts.latency {
+        let cap = |n: &str| {
+            summaries
+                .iter()
+                .find(|x| x.forwarder.name() == n && x.size == opts.sizes[0])
+                .map(|x| x.forwarded_mpps.median * 1e6)
+                .unwrap_or(0.0)
+        };
+        let target = 0.5 * cap("kernel").min(cap("vrouter"));
+        figures.insert("latency_target_mpps".into(), target / 1e6);
+        for fwd in [Forwarder::Kernel, Forwarder::Vrouter] {
+            let daemon = match fwd {
+                Forwarder::Kernel => {
+                    t.kernel_on()?;
+                    None
+                }
+                _ => Some(t.vrouter_on(bin, fwd, &opts.idle)?),
+            };
+            match latency_run(t, fwd, target, opts) {
+                Ok(l) => {
+                    progress(&format!(
+                        "latency {:<7} at {:.3} Mpps (asked {:.3}): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us, {}/{} replies",
+                        fwd.name(),
+                        l.load_pps / 1e6,
+                        l.target_pps / 1e6,
+                        l.p50_us,
+                        l.p90_us,
+                        l.p99_us,
+                        l.max_us,
+                        l.received,
+                        l.sent
+                    ));
+                    let n = fwd.name();
+                    figures.insert(format!("{n}_lat_p50_us"), l.p50_us);
+                    figures.insert(format!("{n}_lat_p99_us"), l.p99_us);
+                    figures.insert(format!("{n}_lat_load_mpps"), l.load_pps / 1e6);
+                    latency.push(l);
+                }
+                Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                Err(e) => progress(&format!("latency {} FAILED: {e}", fwd.name())),
+            }
+            match daemon {
+                Some(mut d) => {
+                    d.stop();
+                    t.vrouter_off()?;
+                }
+                None => t.kernel_off()?,
+            }
+        }
+    }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     Ok(E2eReport {
         options: opts.clone(),
@@ -382,6 +459,7 @@ fn run_in(
         kernel,
         samples,
         tcp,
+        latency,
         summaries,
         figures,
     })
@@ -510,27 +588,7 @@ fn udp_run(
     std::fs::write(&cfg, trafgen_config(frame))
         .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
     let log = t.dir.join("trafgen.log");
-    let cpu = t.gen_cpu.to_string();
-    let mut child = sys::spawn_in(
-        &t.gen,
-        &[
-            "taskset",
-            "-c",
-            &cpu,
-            "trafgen",
-            "--in",
-            &cfg.to_string_lossy(),
-            "--out",
-            "eth0",
-            "-t",
-            "0",
-            "--no-sock-mem",
-            "-P",
-            "1",
-            "-q",
-        ],
-        &log,
-    )?;
+    let mut child = start_trafgen(t, &cfg, None, &log)?;
     // Stops trafgen's whole process group on every path out of the measurement.
     struct Gen<'a>(&'a mut std::process::Child);
     impl Drop for Gen<'_> {
@@ -557,7 +615,7 @@ fn udp_run(
         });
     }
     let forwarded = b.sink_xdp.saturating_sub(a.sink_xdp);
-    let ticks = unsafe_free_clk_tck();
+    let ticks = clk_tck();
     let mut drops = BTreeMap::new();
     drops.insert("generator_tx_dropped".to_string(), b.gen_tx_dropped.saturating_sub(a.gen_tx_dropped));
     drops.insert("softnet_backlog_dropped".to_string(), b.softnet_dropped.saturating_sub(a.softnet_dropped));
@@ -584,7 +642,22 @@ fn udp_run(
     })
 }
 
-fn unsafe_free_clk_tck() -> f64 {
+/// trafgen on the generator's CPU, in its own process group: flat out (`-t 0`, send mode), or
+/// at `rate` packets per second (trafgen's slow mode, which may fall short: callers measure).
+fn start_trafgen(t: &topo::Topo, cfg: &Path, rate: Option<u64>, log: &Path) -> Result<std::process::Child, PerfError> {
+    let cpu = t.gen_cpu.to_string();
+    let cfg = cfg.to_string_lossy();
+    let rate_s = rate.map(|r| format!("{r}pps"));
+    let mut args: Vec<&str> = vec!["taskset", "-c", &cpu, "trafgen", "--in", &cfg, "--out", "eth0"];
+    match &rate_s {
+        Some(r) => args.extend(["-b", r.as_str()]),
+        None => args.extend(["-t", "0"]),
+    }
+    args.extend(["--no-sock-mem", "-P", "1", "-q"]);
+    sys::spawn_in(&t.gen, &args, log)
+}
+
+fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
@@ -641,6 +714,69 @@ fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOpt
     let ca = Counters { cpu: a, ..Default::default() };
     let cb = Counters { cpu: b, ..Default::default() };
     Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu), ok: true })
+}
+
+fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, PerfError> {
+    let frame = 64;
+    let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
+    std::fs::write(&cfg, trafgen_config(frame))
+        .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
+    let log = t.dir.join("trafgen-latency.log");
+    let mut child = start_trafgen(t, &cfg, Some(target.max(1.0) as u64), &log)?;
+    struct Gen<'a>(&'a mut std::process::Child);
+    impl Drop for Gen<'_> {
+        fn drop(&mut self) {
+            sys::kill_group(self.0);
+        }
+    }
+    let gen = Gen(&mut child);
+    let count = ((opts.duration * 100.0) as u32).max(100);
+    let measured = (|| {
+        sys::sleep(Duration::from_secs_f64(opts.warmup))?;
+        let a = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
+        let out = sys::ns_ok(
+            &t.gen,
+            &["ping", "-n", "-i", "0.01", "-c", &count.to_string(), "-W", "1", "-I", topo::GEN_SRC, topo::SINK_DST],
+            Duration::from_secs(count as u64 / 50 + 20),
+        );
+        let b = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
+        Ok::<_, PerfError>((a, b, out))
+    })();
+    drop(gen);
+    let (a, b, out) = measured?;
+    // ping exits non-zero when a reply is missing: the replies it got still count.
+    let out = match out {
+        Ok(o) => o,
+        Err(PerfError::Command { stderr, .. }) => stderr,
+        Err(e) => return Err(e),
+    };
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|x| x.split_whitespace().next())
+        .filter_map(|x| x.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        return Err(PerfError::NoTraffic {
+            what: "no ping replies through the forwarder under load".into(),
+            tail: sys::tail(&log, 5),
+        });
+    }
+    rtts.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    let secs = (b.0 - a.0).as_secs_f64().max(1e-3);
+    Ok(LatencySample {
+        forwarder: fwd,
+        target_pps: target,
+        load_pps: b.1.saturating_sub(a.1) as f64 / secs,
+        sent: count,
+        received: rtts.len() as u32,
+        p50_us: pct(0.5),
+        p90_us: pct(0.9),
+        p99_us: pct(0.99),
+        max_us: rtts[rtts.len() - 1],
+    })
 }
 
 fn summarise(samples: &[Sample], sizes: &[u32]) -> Vec<Summary> {
