@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod fib;
 pub mod lab;
 pub mod neigh;
+pub mod perf;
 pub mod port;
 pub mod ratelimit;
 pub mod stats;

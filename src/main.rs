@@ -63,6 +63,39 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// End to end (root): the same traffic through Linux forwarding, vrouter on AF_XDP and
+    /// vrouter with IPIP, in namespaces it builds and deletes; trafgen 64/512/1500-byte frames
+    /// and iperf3. A table on stdout, progress on stderr.
+    E2e {
+        /// Measured seconds per run.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Repetitions of the alternating sequence (medians with min and max over them).
+        #[arg(long)]
+        reps: Option<u32>,
+        /// About a minute: 2 repetitions of 1-second runs.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON (flat figures `kernel_mpps_64`, `vrouter_mpps_64`, `ratio_64`, ... and
+        /// every run) on stdout; the table goes to stderr.
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG plot of throughput by frame size.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Skip the iperf3 TCP runs.
+        #[arg(long)]
+        no_tcp: bool,
+        /// Skip the ping latency runs under load.
+        #[arg(long)]
+        no_latency: bool,
+        /// Frame sizes with FCS, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<u32>>,
+        /// vrouter's worker idle mode: poll, adaptive or interrupt.
+        #[arg(long)]
+        idle: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,6 +158,34 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             let r = vrouter::dataplane::bench::run_pipeline_bench(table.as_deref(), check_seconds(seconds)?)
                 .map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
+        }
+        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle } => {
+            let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
+            if let Some(d) = duration {
+                o.duration = d;
+            }
+            if let Some(n) = reps {
+                o.reps = n;
+            }
+            o.tcp = !no_tcp;
+            o.latency = !no_latency;
+            if let Some(z) = sizes {
+                o.sizes = z;
+            }
+            if let Some(i) = idle {
+                o.idle = i;
+            }
+            let r = vrouter::perf::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
+            if let Some(p) = svg {
+                std::fs::write(&p, vrouter::perf::svg(&r)).map_err(|e| format!("writing {}: {e}", p.display()))?;
+            }
+            if json {
+                // The table still goes to stderr, so one run gives both.
+                eprint!("{}", vrouter::perf::table(&r));
+                serde_json::to_string_pretty(&r.to_json()).map_err(|e| e.to_string())
+            } else {
+                Ok(vrouter::perf::table(&r))
+            }
         }
     }
 }

@@ -1,0 +1,875 @@
+//! The perf lab (`vrouter bench e2e`): the same traffic through Linux forwarding and through
+//! vrouter on AF_XDP, on this machine, in namespaces the bench builds and deletes itself.
+//!
+//! # Topology, and why this one
+//! vrouter has one uplink (AF_XDP) and TAP pods. Forwarding from the uplink into a pod would
+//! make the sink a TAP, which is much slower than a veth, and Linux has no natural equivalent
+//! (a kernel router does not forward into a TAP owned by a process). So the forwarder hairpins
+//! on its one interface: one veth pair joins the generator's namespace and the forwarder's;
+//! the generator sends to a block routed via the sink's address, and the forwarder sends each
+//! frame back out of the same veth to the sink's MAC, where an XDP program on the generator's
+//! veth counts and drops it (see [`topo`]). The kernel forwarder and vrouter get the same veth
+//! and the same sink, and both receive and send every frame exactly once. For vrouter the
+//! sink is a peer node in BGP mode (plain routing to the peer's MAC) or, for the IPIP runs, a
+//! peer node reached through IPIP (`ipip_mode = "Always"`): the sink counts the protocol-4
+//! frames that arrive. The kernel has no `ipip` module here, so IPIP has no kernel
+//! counterpart; its ratio is against plain kernel forwarding.
+//!
+//! # Who runs where (2 cores)
+//! On veth the receive work of a frame runs on the sender's CPU unless something moves it.
+//! The generator (trafgen, iperf3 client and server) is pinned to CPU 0; everything the
+//! forwarder does runs on the last CPU (CPU 1 here). Kernel: RPS on `up0` moves the receive,
+//! the forwarding and the transmit back (and the sink's XDP drop, which runs in the
+//! transmitter's context) there. vrouter: with XDP attached the veth receives through NAPI,
+//! not the backlog, so RPS does not apply; threaded NAPI on `up0`, its thread pinned to that
+//! CPU, moves the XDP program and the copy into UMEM there, and the worker is pinned there
+//! too. The sink's XDP drop runs in a threaded NAPI pinned to the forwarding CPU as well
+//! (left alone, it stuck to whichever CPU first scheduled it, and the figures were bimodal). "Forwarding CPU %" is the
+//! busy time of that CPU from `/proc/stat`, the same measure for both forwarders; for vrouter
+//! the daemon's own CPU time (`/proc/PID/stat`, all threads) is reported as well.
+//!
+//! The veth pushes back when its receive ring is full, so trafgen's offered rate follows
+//! what the forwarder drains: "offered" is what the generator got onto the wire, "loss" what
+//! was offered and not forwarded.
+//!
+//! # Counting
+//! Offered: the generator veth's transmit counter (packets + dropped) over the window.
+//! Forwarded: the `xdp_drops` counter of the generator's veth (the sink), where an XDP program drops exactly
+//! the IPv4 frames of the expected protocol (17, or 4 for IPIP) and passes the rest (ARP,
+//! ICMP, TCP for iperf3) to the sink namespace. Counters are read after a warm-up and after the
+//! window, generator first then sink both times, so the few milliseconds between the reads
+//! cancel. Gbit/s is forwarded frames x frame size (with FCS, without preamble and gap) x 8.
+//! Runs alternate between forwarders in ABBA order (kernel, vrouter, IPIP, then IPIP, vrouter,
+//! kernel ...), and the report gives the median with min and max over the repetitions.
+//!
+//! TCP (iperf3, 1 and 8 streams) runs through the kernel and vrouter (BGP mode), with TSO,
+//! GSO and GRO off at both ends for both forwarders: vrouter's AF_XDP socket takes one frame
+//! at a time, so the kernel does not get 64 KiB super-frames either.
+//!
+//! Latency: after the throughput runs, trafgen offers 64-byte frames at half the smaller
+//! forwarder's median 64-byte rate (its rate-limited "slow mode" may fall short; the load it
+//! achieved is reported), and `ping -i 0.01` from the generator to the sink measures round
+//! trips that cross the forwarder both ways; p50, p90, p99 and max. Kernel and vrouter only.
+//!
+//! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
+
+mod report;
+mod sys;
+pub mod topo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use report::{svg, table};
+pub use topo::Forwarder;
+
+/// Where the bench keeps its generated files (configs, logs, the XDP object).
+pub const DEFAULT_ROOT: &str = "/tmp/vrouter-perf";
+/// Namespace names start with this, then 4 hex digits.
+pub const NS_PREFIX: &str = "vrpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    #[error(
+        "the perf lab needs root (it creates network namespaces and veths, attaches XDP): run it as root or with sudo"
+    )]
+    NotRoot,
+    #[error("command `{tool}` not found: {hint}")]
+    MissingTool { tool: String, hint: String },
+    #[error("vrouter binary {path}: {msg}")]
+    Binary { path: PathBuf, msg: String },
+    #[error("{0}")]
+    BadOption(String),
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command { cmd: String, status: String, stderr: String },
+    #[error("`{cmd}` did not finish within {secs} s")]
+    Timeout { cmd: String, secs: f64 },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("forwarder not ready: {what}; last lines of its log:\n{tail}")]
+    NotReady { what: String, tail: String },
+    #[error("{what}; last lines of the log:\n{tail}")]
+    NoTraffic { what: String, tail: String },
+    #[error("could not delete namespaces {0} (delete with `ip netns del NAME`)")]
+    Teardown(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Choices for [`run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eOptions {
+    /// Measured seconds per run (after `warmup`).
+    pub duration: f64,
+    pub warmup: f64,
+    /// Repetitions of the whole alternating sequence.
+    pub reps: u32,
+    /// Frame sizes on the wire, with FCS (a frame of 64 is 60 bytes handed to the veth).
+    pub sizes: Vec<u32>,
+    /// Also run iperf3 (1 and 8 streams).
+    pub tcp: bool,
+    /// Also measure ping latency under half the smaller forwarder's 64-byte capacity.
+    pub latency: bool,
+    /// vrouter's `[workers] idle` mode.
+    pub idle: String,
+    /// The vrouter binary; default: this executable.
+    #[serde(skip)]
+    pub vrouter: Option<PathBuf>,
+    #[serde(skip)]
+    pub root: PathBuf,
+}
+
+impl Default for E2eOptions {
+    fn default() -> Self {
+        E2eOptions {
+            duration: 5.0,
+            warmup: 1.0,
+            reps: 3,
+            sizes: vec![64, 512, 1500],
+            tcp: true,
+            latency: true,
+            idle: "poll".into(),
+            vrouter: None,
+            root: PathBuf::from(DEFAULT_ROOT),
+        }
+    }
+}
+
+impl E2eOptions {
+    /// About a minute: 2 repetitions of 1-second runs.
+    pub fn quick() -> Self {
+        E2eOptions { duration: 1.0, warmup: 0.3, reps: 2, ..Default::default() }
+    }
+}
+
+/// One UDP run of one forwarder at one frame size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub forwarder: Forwarder,
+    pub rep: u32,
+    /// The frame size asked for, and the one sent (IPIP at 1500 sends the largest frame whose
+    /// encapsulation fits the 1500-byte MTU).
+    pub size: u32,
+    pub frame: u32,
+    pub seconds: f64,
+    pub offered_pps: f64,
+    pub forwarded_pps: f64,
+    pub gbps: f64,
+    /// 1 - forwarded / offered, clamped at 0.
+    pub loss: f64,
+    /// Busy fraction of the forwarding CPU and of the generator's CPU.
+    pub fwd_cpu: f64,
+    pub gen_cpu: f64,
+    /// vrouter's own CPU time, in cores (0 for the kernel).
+    pub proc_cpu: f64,
+    /// Where frames were lost, as counter deltas over the window.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One iperf3 run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpSample {
+    pub forwarder: Forwarder,
+    pub rep: u32,
+    pub streams: u32,
+    pub gbps: f64,
+    pub fwd_cpu: f64,
+    /// false: iperf3 failed (counted as 0 Gbit/s).
+    pub ok: bool,
+}
+
+/// Round-trip times of pings through the forwarder (both ways) while trafgen offers a fixed
+/// load of 64-byte frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySample {
+    pub forwarder: Forwarder,
+    /// The load asked for and the load trafgen achieved (its slow mode may fall short).
+    pub target_pps: f64,
+    pub load_pps: f64,
+    pub sent: u32,
+    pub received: u32,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// Median, min and max of a figure over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Spread { median, min: v[0], max: v[n - 1] }
+    }
+}
+
+/// The figures of one forwarder at one frame size, over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub forwarder: Forwarder,
+    pub size: u32,
+    pub frame: u32,
+    pub offered_mpps: Spread,
+    pub forwarded_mpps: Spread,
+    pub gbps: Spread,
+    pub loss: Spread,
+    pub fwd_cpu: Spread,
+    pub proc_cpu: Spread,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eReport {
+    pub options: E2eOptions,
+    pub fwd_cpu: usize,
+    pub gen_cpu: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    pub samples: Vec<Sample>,
+    pub tcp: Vec<TcpSample>,
+    pub latency: Vec<LatencySample>,
+    pub summaries: Vec<Summary>,
+    /// Flat figures: `kernel_mpps_64`, `vrouter_mpps_64`, `ipip_mpps_64`, `ratio_64`, ...
+    pub figures: BTreeMap<String, f64>,
+}
+
+impl E2eReport {
+    /// The `--json` document: the flat figures at the top level, then the details.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.figures {
+            m.insert(k.clone(), serde_json::json!(v));
+        }
+        m.insert("options".into(), serde_json::to_value(&self.options).expect("plain struct"));
+        m.insert("fwd_cpu".into(), self.fwd_cpu.into());
+        m.insert("gen_cpu".into(), self.gen_cpu.into());
+        m.insert("kernel".into(), self.kernel.clone().into());
+        m.insert("summaries".into(), serde_json::to_value(&self.summaries).expect("plain struct"));
+        m.insert("runs".into(), serde_json::to_value(&self.samples).expect("plain struct"));
+        m.insert("tcp_runs".into(), serde_json::to_value(&self.tcp).expect("plain struct"));
+        m.insert("latency_runs".into(), serde_json::to_value(&self.latency).expect("plain struct"));
+        serde_json::Value::Object(m)
+    }
+}
+
+fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
+    if !sys::is_root() {
+        return Err(PerfError::NotRoot);
+    }
+    let mut tools = vec!["ip", "bridge", "sysctl", "ethtool", "taskset", "trafgen", "clang", "ping"];
+    if opts.tcp {
+        tools.push("iperf3");
+    }
+    for t in tools {
+        sys::need_tool(t)?;
+    }
+    if !(opts.duration.is_finite() && (0.2..=600.0).contains(&opts.duration)) {
+        return Err(PerfError::BadOption(format!("--duration {}: use 0.2 to 600 seconds", opts.duration)));
+    }
+    if opts.reps == 0 || opts.reps > 100 {
+        return Err(PerfError::BadOption(format!("--reps {}: use 1 to 100", opts.reps)));
+    }
+    if opts.sizes.iter().any(|&s| !(64..=1518).contains(&s)) || opts.sizes.is_empty() {
+        return Err(PerfError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
+    }
+    if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
+        return Err(PerfError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
+    }
+    let bin = match &opts.vrouter {
+        Some(p) => p.clone(),
+        None => {
+            std::env::current_exe().map_err(|err| PerfError::Io { what: "finding the vrouter binary".into(), err })?
+        }
+    };
+    if !bin.is_file() {
+        return Err(PerfError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
+    }
+    Ok(bin)
+}
+
+/// Builds the namespaces, runs every forwarder at every frame size `reps` times (and iperf3),
+/// deletes the namespaces on every exit path and returns the figures. `progress` gets one line
+/// per run.
+pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, PerfError> {
+    let bin = preflight(opts)?;
+    let topo = topo::Topo::up(&opts.root)?;
+    progress(&format!(
+        "perf lab {}: generator on CPU {}, forwarding (kernel: RPS; vrouter: NAPI thread and worker; sink XDP drop) on CPU {}",
+        topo.prefix, topo.gen_cpu, topo.fwd_cpu
+    ));
+    let result = run_in(&topo, &bin, opts, progress);
+    if std::env::var_os("VROUTER_PERF_KEEP").is_some() {
+        // Debugging aid: leave the namespaces for a look by hand (`ip netns del` them after).
+        progress(&format!("VROUTER_PERF_KEEP: leaving namespaces {}", topo.namespaces().join(" ")));
+        sys::unregister(&topo.prefix);
+        std::mem::forget(topo);
+        return result;
+    }
+    // Delete before returning, even on error; the drop would do it silently.
+    let down = topo.down();
+    let report = result?;
+    down?;
+    Ok(report)
+}
+
+fn run_in(
+    t: &topo::Topo,
+    bin: &Path,
+    opts: &E2eOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<E2eReport, PerfError> {
+    let mut samples = vec![];
+    let mut tcp = vec![];
+    let abba = [Forwarder::Kernel, Forwarder::Vrouter, Forwarder::Ipip];
+    for rep in 0..opts.reps {
+        let order: Vec<Forwarder> = if rep % 2 == 0 { abba.to_vec() } else { abba.iter().rev().copied().collect() };
+        for fwd in order {
+            let daemon = match fwd {
+                Forwarder::Kernel => {
+                    t.kernel_on()?;
+                    None
+                }
+                _ => Some(t.vrouter_on(bin, fwd, &opts.idle)?),
+            };
+            for &size in &opts.sizes {
+                let s = udp_run(t, fwd, rep, size, opts, daemon.as_ref())?;
+                progress(&format!(
+                    "rep {}/{} {:<7} {:>4} B: offered {:.3} Mpps, forwarded {:.3} Mpps ({:.2} Gbit/s, loss {:.1} %), forwarding CPU {:.0} %{}",
+                    rep + 1,
+                    opts.reps,
+                    fwd.name(),
+                    size,
+                    s.offered_pps / 1e6,
+                    s.forwarded_pps / 1e6,
+                    s.gbps,
+                    s.loss * 100.0,
+                    s.fwd_cpu * 100.0,
+                    if fwd == Forwarder::Kernel { String::new() } else { format!(", vrouter {:.0} %", s.proc_cpu * 100.0) }
+                ));
+                samples.push(s);
+            }
+            if opts.tcp && fwd != Forwarder::Ipip {
+                for streams in [1, 8] {
+                    let s = match tcp_run(t, fwd, rep, streams, opts) {
+                        Ok(s) => s,
+                        Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                        Err(e) => {
+                            progress(&format!(
+                                "rep {}/{} {:<7} TCP x{streams} FAILED: {e}",
+                                rep + 1,
+                                opts.reps,
+                                fwd.name()
+                            ));
+                            TcpSample { forwarder: fwd, rep, streams, gbps: 0.0, fwd_cpu: 0.0, ok: false }
+                        }
+                    };
+                    progress(&format!(
+                        "rep {}/{} {:<7} TCP x{}: {:.2} Gbit/s, forwarding CPU {:.0} %",
+                        rep + 1,
+                        opts.reps,
+                        fwd.name(),
+                        streams,
+                        s.gbps,
+                        s.fwd_cpu * 100.0
+                    ));
+                    tcp.push(s);
+                }
+            }
+            match daemon {
+                Some(mut d) => {
+                    d.stop();
+                    t.vrouter_off()?;
+                }
+                None => t.kernel_off()?,
+            }
+        }
+    }
+    let summaries = summarise(&samples, &opts.sizes);
+    let mut figures = figures(&summaries, &tcp, &opts.sizes);
+    let mut latency = vec![];
+    if opts.latency {
+        let cap = |n: &str| {
+            summaries
+                .iter()
+                .find(|x| x.forwarder.name() == n && x.size == opts.sizes[0])
+                .map(|x| x.forwarded_mpps.median * 1e6)
+                .unwrap_or(0.0)
+        };
+        let target = 0.5 * cap("kernel").min(cap("vrouter"));
+        figures.insert("latency_target_mpps".into(), target / 1e6);
+        for fwd in [Forwarder::Kernel, Forwarder::Vrouter] {
+            let daemon = match fwd {
+                Forwarder::Kernel => {
+                    t.kernel_on()?;
+                    None
+                }
+                _ => Some(t.vrouter_on(bin, fwd, &opts.idle)?),
+            };
+            match latency_run(t, fwd, target, opts) {
+                Ok(l) => {
+                    progress(&format!(
+                        "latency {:<7} at {:.3} Mpps (asked {:.3}): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us, {}/{} replies",
+                        fwd.name(),
+                        l.load_pps / 1e6,
+                        l.target_pps / 1e6,
+                        l.p50_us,
+                        l.p90_us,
+                        l.p99_us,
+                        l.max_us,
+                        l.received,
+                        l.sent
+                    ));
+                    let n = fwd.name();
+                    figures.insert(format!("{n}_lat_p50_us"), l.p50_us);
+                    figures.insert(format!("{n}_lat_p99_us"), l.p99_us);
+                    figures.insert(format!("{n}_lat_load_mpps"), l.load_pps / 1e6);
+                    latency.push(l);
+                }
+                Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                Err(e) => progress(&format!("latency {} FAILED: {e}", fwd.name())),
+            }
+            match daemon {
+                Some(mut d) => {
+                    d.stop();
+                    t.vrouter_off()?;
+                }
+                None => t.kernel_off()?,
+            }
+        }
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    Ok(E2eReport {
+        options: opts.clone(),
+        fwd_cpu: t.fwd_cpu,
+        gen_cpu: t.gen_cpu,
+        kernel,
+        samples,
+        tcp,
+        latency,
+        summaries,
+        figures,
+    })
+}
+
+/// The frame trafgen sends for `size` (with FCS) through `fwd`.
+fn frame_len(fwd: Forwarder, size: u32) -> u32 {
+    let frame = size;
+    if fwd == Forwarder::Ipip {
+        // Outer header 20 bytes; the outer frame must fit 1500 bytes of IP (1518 with FCS).
+        frame.min(1518 - 20)
+    } else {
+        frame
+    }
+}
+
+/// trafgen's packet: UDP from the generator to the sink's block, 8,192 flows (source ports
+/// 1024..9215 and destination ports 5000..5255 step together).
+fn trafgen_config(frame: u32) -> String {
+    let pad = frame - 4 - 14 - 20 - 8;
+    format!(
+        "{{\n  eth(da={}, sa={}, type=0x0800),\n  ipv4(saddr={}, daddr={}, ttl=64),\n  udp(sport=dinc(1024, 9215), dport=dinc(5000, 5255)),\n  fill(0x00, {pad})\n}}\n",
+        topo::FWD_MAC,
+        topo::GEN_MAC,
+        topo::GEN_SRC,
+        topo::SINK_DST
+    )
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    at: Option<Instant>,
+    gen_tx: u64,
+    gen_tx_dropped: u64,
+    sink_xdp: u64,
+    sink_rx: u64,
+    cpu: Vec<(u64, u64)>,
+    proc_ticks: u64,
+    vrouter_drops: u64,
+    softnet_dropped: u64,
+}
+
+fn link_stats(ns: &str, dev: &str) -> Result<serde_json::Value, PerfError> {
+    let out = sys::ns_ok(ns, &["ip", "-j", "-s", "link", "show", "dev", dev], Duration::from_secs(5))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| PerfError::BadOption(format!("unreadable `ip -j -s link` output for {dev}: {e}")))?;
+    Ok(v[0]["stats64"].clone())
+}
+
+/// Sum of the veth's per-queue `xdp_drops` (`ethtool -S`).
+fn xdp_drops(ns: &str, dev: &str) -> Result<u64, PerfError> {
+    let out = sys::ns_ok(ns, &["ethtool", "-S", dev], Duration::from_secs(5))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .filter(|(k, _)| k.ends_with("xdp_drops"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum())
+}
+
+/// (busy, total) jiffies per CPU from /proc/stat.
+fn cpu_times() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal
+            let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+            (busy, busy + get(3) + get(4))
+        })
+        .collect()
+}
+
+/// utime + stime of a process (all threads), in clock ticks.
+fn proc_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn softnet_dropped() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    text.lines().filter_map(|l| l.split_whitespace().nth(1)).filter_map(|x| u64::from_str_radix(x, 16).ok()).sum()
+}
+
+fn read_counters(t: &topo::Topo, daemon: Option<&topo::Daemon>) -> Result<Counters, PerfError> {
+    let at = Instant::now();
+    let cpu = cpu_times();
+    let proc_ticks = daemon.map(|d| proc_ticks(d.pid())).unwrap_or(0);
+    let g = link_stats(&t.gen, "eth0")?;
+    let sink_xdp = xdp_drops(&t.gen, "eth0")?;
+    Ok(Counters {
+        at: Some(at),
+        gen_tx: g["tx"]["packets"].as_u64().unwrap_or(0),
+        gen_tx_dropped: g["tx"]["dropped"].as_u64().unwrap_or(0),
+        sink_xdp,
+        sink_rx: g["rx"]["packets"].as_u64().unwrap_or(0),
+        cpu,
+        proc_ticks,
+        vrouter_drops: daemon.map(|d| d.drops()).unwrap_or(0),
+        softnet_dropped: softnet_dropped(),
+    })
+}
+
+fn cpu_frac(a: &Counters, b: &Counters, cpu: usize) -> f64 {
+    match (a.cpu.get(cpu), b.cpu.get(cpu)) {
+        (Some(x), Some(y)) if y.1 > x.1 => (y.0 - x.0) as f64 / (y.1 - x.1) as f64,
+        _ => 0.0,
+    }
+}
+
+fn udp_run(
+    t: &topo::Topo,
+    fwd: Forwarder,
+    rep: u32,
+    size: u32,
+    opts: &E2eOptions,
+    daemon: Option<&topo::Daemon>,
+) -> Result<Sample, PerfError> {
+    let frame = frame_len(fwd, size);
+    let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
+    std::fs::write(&cfg, trafgen_config(frame))
+        .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
+    let log = t.dir.join("trafgen.log");
+    let mut child = start_trafgen(t, &cfg, None, &log)?;
+    // Stops trafgen's whole process group on every path out of the measurement.
+    struct Gen<'a>(&'a mut std::process::Child);
+    impl Drop for Gen<'_> {
+        fn drop(&mut self) {
+            sys::kill_group(self.0);
+        }
+    }
+    let gen = Gen(&mut child);
+    let measured = (|| {
+        sys::sleep(Duration::from_secs_f64(opts.warmup))?;
+        let a = read_counters(t, daemon)?;
+        sys::sleep(Duration::from_secs_f64(opts.duration))?;
+        let b = read_counters(t, daemon)?;
+        Ok::<_, PerfError>((a, b))
+    })();
+    drop(gen);
+    let (a, b) = measured?;
+    let secs = b.at.zip(a.at).map(|(y, x)| (y - x).as_secs_f64()).unwrap_or(opts.duration).max(1e-3);
+    let offered = (b.gen_tx + b.gen_tx_dropped).saturating_sub(a.gen_tx + a.gen_tx_dropped);
+    if offered == 0 {
+        return Err(PerfError::NoTraffic {
+            what: format!("trafgen sent nothing ({} B frames)", frame),
+            tail: sys::tail(&log, 10),
+        });
+    }
+    let forwarded = b.sink_xdp.saturating_sub(a.sink_xdp);
+    let ticks = clk_tck();
+    let mut drops = BTreeMap::new();
+    drops.insert("generator_tx_dropped".to_string(), b.gen_tx_dropped.saturating_sub(a.gen_tx_dropped));
+    drops.insert("softnet_backlog_dropped".to_string(), b.softnet_dropped.saturating_sub(a.softnet_dropped));
+    drops.insert("sink_rx_not_counted".to_string(), (b.sink_rx.saturating_sub(a.sink_rx)).saturating_sub(forwarded));
+    if daemon.is_some() {
+        drops.insert("vrouter_drops".to_string(), b.vrouter_drops.saturating_sub(a.vrouter_drops));
+    }
+    let offered_pps = offered as f64 / secs;
+    let forwarded_pps = forwarded as f64 / secs;
+    Ok(Sample {
+        forwarder: fwd,
+        rep,
+        size,
+        frame,
+        seconds: secs,
+        offered_pps,
+        forwarded_pps,
+        gbps: forwarded_pps * frame as f64 * 8.0 / 1e9,
+        loss: (1.0 - forwarded as f64 / offered as f64).max(0.0),
+        fwd_cpu: cpu_frac(&a, &b, t.fwd_cpu),
+        gen_cpu: cpu_frac(&a, &b, t.gen_cpu),
+        proc_cpu: b.proc_ticks.saturating_sub(a.proc_ticks) as f64 / ticks / secs,
+        drops,
+    })
+}
+
+/// trafgen on the generator's CPU, in its own process group: flat out (`-t 0`, send mode), or
+/// at `rate` packets per second (trafgen's slow mode, which may fall short: callers measure).
+fn start_trafgen(t: &topo::Topo, cfg: &Path, rate: Option<u64>, log: &Path) -> Result<std::process::Child, PerfError> {
+    let cpu = t.gen_cpu.to_string();
+    let cfg = cfg.to_string_lossy();
+    let rate_s = rate.map(|r| format!("{r}pps"));
+    let mut args: Vec<&str> = vec!["taskset", "-c", &cpu, "trafgen", "--in", &cfg, "--out", "eth0"];
+    match &rate_s {
+        Some(r) => args.extend(["-b", r.as_str()]),
+        None => args.extend(["-t", "0"]),
+    }
+    args.extend(["--no-sock-mem", "-P", "1", "-q"]);
+    sys::spawn_in(&t.gen, &args, log)
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOptions) -> Result<TcpSample, PerfError> {
+    let cpu = t.gen_cpu.to_string();
+    let log = t.dir.join("iperf3-server.log");
+    let mut server = sys::spawn_in(&t.snk, &["taskset", "-c", &cpu, "iperf3", "-s", "-B", topo::SINK_DST, "-1"], &log)?;
+    struct Srv<'a>(&'a mut std::process::Child);
+    impl Drop for Srv<'_> {
+        fn drop(&mut self) {
+            sys::kill_group(self.0);
+        }
+    }
+    let _srv = Srv(&mut server);
+    sys::sleep(Duration::from_millis(300))?;
+    let secs = opts.duration.round().max(1.0) as u64;
+    let a = cpu_times();
+    let out = sys::ns_ok(
+        &t.gen,
+        &[
+            "taskset",
+            "-c",
+            &cpu,
+            "iperf3",
+            "-c",
+            topo::SINK_DST,
+            "-B",
+            topo::GEN_SRC,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+        Duration::from_secs(secs + 20),
+    )?;
+    let b = cpu_times();
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| PerfError::NoTraffic {
+        what: format!("iperf3 output unreadable: {e}"),
+        tail: out.chars().take(500).collect(),
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(PerfError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let ca = Counters { cpu: a, ..Default::default() };
+    let cb = Counters { cpu: b, ..Default::default() };
+    Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu), ok: true })
+}
+
+fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, PerfError> {
+    let frame = 64;
+    let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
+    std::fs::write(&cfg, trafgen_config(frame))
+        .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
+    let log = t.dir.join("trafgen-latency.log");
+    let mut child = start_trafgen(t, &cfg, Some(target.max(1.0) as u64), &log)?;
+    struct Gen<'a>(&'a mut std::process::Child);
+    impl Drop for Gen<'_> {
+        fn drop(&mut self) {
+            sys::kill_group(self.0);
+        }
+    }
+    let gen = Gen(&mut child);
+    let count = ((opts.duration * 100.0) as u32).max(100);
+    let measured = (|| {
+        sys::sleep(Duration::from_secs_f64(opts.warmup))?;
+        let a = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
+        let out = sys::ns_ok(
+            &t.gen,
+            &["ping", "-n", "-i", "0.01", "-c", &count.to_string(), "-W", "1", "-I", topo::GEN_SRC, topo::SINK_DST],
+            Duration::from_secs(count as u64 / 50 + 20),
+        );
+        let b = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
+        Ok::<_, PerfError>((a, b, out))
+    })();
+    drop(gen);
+    let (a, b, out) = measured?;
+    // ping exits non-zero when a reply is missing: the replies it got still count.
+    let out = match out {
+        Ok(o) => o,
+        Err(PerfError::Command { stderr, .. }) => stderr,
+        Err(e) => return Err(e),
+    };
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|x| x.split_whitespace().next())
+        .filter_map(|x| x.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        return Err(PerfError::NoTraffic {
+            what: "no ping replies through the forwarder under load".into(),
+            tail: sys::tail(&log, 5),
+        });
+    }
+    rtts.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    let secs = (b.0 - a.0).as_secs_f64().max(1e-3);
+    Ok(LatencySample {
+        forwarder: fwd,
+        target_pps: target,
+        load_pps: b.1.saturating_sub(a.1) as f64 / secs,
+        sent: count,
+        received: rtts.len() as u32,
+        p50_us: pct(0.5),
+        p90_us: pct(0.9),
+        p99_us: pct(0.99),
+        max_us: rtts[rtts.len() - 1],
+    })
+}
+
+fn summarise(samples: &[Sample], sizes: &[u32]) -> Vec<Summary> {
+    let mut out = vec![];
+    for fwd in [Forwarder::Kernel, Forwarder::Vrouter, Forwarder::Ipip] {
+        for &size in sizes {
+            let s: Vec<&Sample> = samples.iter().filter(|s| s.forwarder == fwd && s.size == size).collect();
+            if s.is_empty() {
+                continue;
+            }
+            let sp = |f: &dyn Fn(&Sample) -> f64| Spread::of(&s.iter().map(|x| f(x)).collect::<Vec<_>>());
+            out.push(Summary {
+                forwarder: fwd,
+                size,
+                frame: s[0].frame,
+                offered_mpps: sp(&|x| x.offered_pps / 1e6),
+                forwarded_mpps: sp(&|x| x.forwarded_pps / 1e6),
+                gbps: sp(&|x| x.gbps),
+                loss: sp(&|x| x.loss),
+                fwd_cpu: sp(&|x| x.fwd_cpu),
+                proc_cpu: sp(&|x| x.proc_cpu),
+            });
+        }
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 && a.is_finite() {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<String, f64> {
+    let mut f = BTreeMap::new();
+    for s in summaries {
+        let (n, z) = (s.forwarder.name(), s.size);
+        f.insert(format!("{n}_mpps_{z}"), s.forwarded_mpps.median);
+        f.insert(format!("{n}_offered_mpps_{z}"), s.offered_mpps.median);
+        f.insert(format!("{n}_gbps_{z}"), s.gbps.median);
+        f.insert(format!("{n}_loss_{z}"), s.loss.median);
+        f.insert(format!("{n}_fwd_cpu_{z}"), s.fwd_cpu.median);
+        if s.forwarder != Forwarder::Kernel {
+            f.insert(format!("{n}_proc_cpu_{z}"), s.proc_cpu.median);
+        }
+    }
+    for &z in sizes {
+        let k = f.get(&format!("kernel_mpps_{z}")).copied().unwrap_or(0.0);
+        let v = f.get(&format!("vrouter_mpps_{z}")).copied().unwrap_or(0.0);
+        let i = f.get(&format!("ipip_mpps_{z}")).copied().unwrap_or(0.0);
+        f.insert(format!("ratio_{z}"), ratio(v, k));
+        f.insert(format!("ratio_ipip_{z}"), ratio(i, k));
+    }
+    for streams in [1u32, 8] {
+        let med = |fwd: Forwarder| {
+            let v: Vec<f64> =
+                tcp.iter().filter(|s| s.forwarder == fwd && s.streams == streams).map(|s| s.gbps).collect();
+            (!v.is_empty()).then(|| Spread::of(&v).median)
+        };
+        if let (Some(k), Some(v)) = (med(Forwarder::Kernel), med(Forwarder::Vrouter)) {
+            f.insert(format!("kernel_tcp{streams}_gbps"), k);
+            f.insert(format!("vrouter_tcp{streams}_gbps"), v);
+            f.insert(format!("ratio_tcp{streams}"), ratio(v, k));
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle_of_odd_and_even_counts() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[1.0, 2.0, 4.0, 3.0]).median, 2.5);
+        assert_eq!(Spread::of(&[]).median, 0.0);
+    }
+
+    #[test]
+    fn ipip_frames_leave_room_for_the_outer_header() {
+        assert_eq!(frame_len(Forwarder::Ipip, 1500), 1498);
+        assert_eq!(frame_len(Forwarder::Ipip, 64), 64);
+        assert_eq!(frame_len(Forwarder::Kernel, 1500), 1500);
+        assert!(trafgen_config(64).contains("fill(0x00, 18)"));
+    }
+
+    #[test]
+    fn ratios_are_finite_when_the_kernel_forwarded_nothing() {
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+        assert_eq!(ratio(1.0, 2.0), 0.5);
+    }
+}

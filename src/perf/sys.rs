@@ -1,0 +1,311 @@
+//! Commands, processes and cleanup for the perf lab. The same patterns as the namespace lab
+//! (`crate::lab`): every command is bounded in time, every wait gives way to Ctrl-C, and a
+//! process-wide registry lets the signal handler and an `atexit` hook delete the namespaces of
+//! a bench that did not get to clean up itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use super::PerfError;
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+/// Namespace lists of the benches of this process that are up, by prefix.
+static ACTIVE: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
+static HOOKS: Once = Once::new();
+
+pub(crate) fn cancelled() -> bool {
+    CANCELLED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn check_cancelled() -> Result<(), PerfError> {
+    if cancelled() {
+        Err(PerfError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+fn active() -> std::sync::MutexGuard<'static, Vec<(String, Vec<String>)>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn register(prefix: &str, namespaces: &[String]) {
+    install_hooks();
+    active().push((prefix.to_string(), namespaces.to_vec()));
+}
+
+pub(crate) fn unregister(prefix: &str) {
+    active().retain(|(p, _)| p != prefix);
+}
+
+extern "C" fn teardown_at_exit() {
+    let benches = std::mem::take(&mut *active());
+    for (prefix, nss) in benches {
+        eprintln!("vrouter bench e2e: deleting namespaces of {prefix} at exit");
+        let _ = delete_namespaces(&nss);
+    }
+}
+
+fn install_hooks() {
+    HOOKS.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
+        unsafe {
+            libc::atexit(teardown_at_exit);
+        }
+        let r = ctrlc::set_handler(|| {
+            CANCELLED.store(true, Ordering::SeqCst);
+            eprintln!("vrouter bench e2e: interrupted, cleaning up");
+            // The main thread notices the flag within ~20 ms and unwinds through its guard.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !active().is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            teardown_at_exit();
+            std::process::exit(130);
+        });
+        if let Err(e) = r {
+            eprintln!("vrouter bench e2e: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
+        }
+    });
+}
+
+pub(crate) fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// Fails with an install hint (the Debian package) if `prog` is not in PATH.
+pub(crate) fn need_tool(prog: &str) -> Result<(), PerfError> {
+    if which(prog).is_some() {
+        return Ok(());
+    }
+    let package = match prog {
+        "ip" => "iproute2",
+        "ping" => "iputils-ping",
+        "sysctl" => "procps",
+        "trafgen" => "netsniff-ng",
+        "taskset" => "util-linux",
+        other => other,
+    };
+    Err(PerfError::MissingTool { tool: prog.into(), hint: format!("apt-get install {package}") })
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` to completion within `timeout`; cancellable runs stop on Ctrl-C.
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, PerfError> {
+    let what = describe(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(r) => return r.map_err(|err| PerfError::Io { what: format!("waiting for `{what}`"), err }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PerfError::Io {
+                    what: format!("waiting for `{what}`"),
+                    err: std::io::ErrorKind::Other.into(),
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let interrupted = cancellable && cancelled();
+        if interrupted || Instant::now() >= deadline {
+            // SAFETY: plain syscall; the waiter thread has not reaped the child yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+            return Err(if interrupted {
+                PerfError::Interrupted
+            } else {
+                PerfError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
+            });
+        }
+    }
+}
+
+fn spawn_error(what: &str, err: std::io::Error) -> PerfError {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        let prog = what.split(' ').next().unwrap_or(what).to_string();
+        if let Err(e) = need_tool(&prog) {
+            return e;
+        }
+    }
+    PerfError::Io { what: format!("starting `{what}`"), err }
+}
+
+/// Like [`run`], but a non-zero exit is an error carrying stderr.
+pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, PerfError> {
+    let what = describe(cmd);
+    let out = run(cmd, timeout, cancellable)?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(PerfError::Command {
+            cmd: what,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// `ip ARGS`, an error on non-zero exit.
+pub(crate) fn ip(args: &[&str]) -> Result<Output, PerfError> {
+    run_ok(Command::new("ip").args(args), Duration::from_secs(10), true)
+}
+
+/// A command inside a namespace, an error on non-zero exit; returns stdout.
+pub(crate) fn ns_ok(ns: &str, args: &[&str], timeout: Duration) -> Result<String, PerfError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    let out = run_ok(&mut cmd, timeout, true)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command inside a namespace whose exit status the caller judges.
+pub(crate) fn ns_status(ns: &str, args: &[&str], timeout: Duration) -> Result<ExitStatus, PerfError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    Ok(run(&mut cmd, timeout, true)?.status)
+}
+
+/// Starts a background command in a namespace, in its own process group (trafgen's workers
+/// ignore SIGTERM sent to the parent: [`kill_group`] stops them all), output to `log`.
+pub(crate) fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Result<Child, PerfError> {
+    use std::os::unix::process::CommandExt;
+    let f =
+        std::fs::File::create(log).map_err(|err| PerfError::Io { what: format!("creating {}", log.display()), err })?;
+    let f2 = f.try_clone().map_err(|err| PerfError::Io { what: "dup log fd".into(), err })?;
+    let mut cmd = Command::new("ip");
+    // `ip netns exec` execs the command in place: the child's pid is the group id.
+    cmd.args(["netns", "exec", ns]).args(args).stdin(Stdio::null()).stdout(f).stderr(f2).process_group(0);
+    let what = describe(&cmd);
+    cmd.spawn().map_err(|err| spawn_error(&what, err))
+}
+
+/// SIGKILLs a process group started by [`spawn_in`] and reaps its leader.
+pub(crate) fn kill_group(child: &mut Child) {
+    // SAFETY: plain syscall on the group we created; the leader is not reaped yet, so the id
+    // cannot have been reused.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+/// SIGTERM, then SIGKILL after `grace`; reaps.
+pub(crate) fn stop(child: &mut Child, grace: Duration) {
+    signal(child.id(), libc::SIGTERM);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("vrouter bench e2e: pid {} ignored SIGTERM: SIGKILL", child.id());
+    kill_group(child);
+}
+
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain syscall on a pid of our own children or namespaces.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Sleeps in small steps, returning `Interrupted` on Ctrl-C.
+pub(crate) fn sleep(d: Duration) -> Result<(), PerfError> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_cancelled()?;
+        std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
+}
+
+pub(crate) fn netns_list() -> Result<Vec<String>, PerfError> {
+    let out = run_ok(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10), false)?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
+}
+
+fn netns_pids(ns: &str) -> Vec<u32> {
+    match run(Command::new("ip").args(["netns", "pids", ns]), Duration::from_secs(10), false) {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Stops whatever runs in the namespaces (SIGTERM first: a vrouter daemon detaches its XDP
+/// program) and deletes them; returns the names that could not be deleted.
+pub(crate) fn delete_namespaces(names: &[String]) -> Vec<String> {
+    let present: Vec<String> = match netns_list() {
+        Ok(l) => names.iter().filter(|n| l.contains(n)).cloned().collect(),
+        Err(_) => names.to_vec(),
+    };
+    let pids: Vec<u32> = present.iter().flat_map(|ns| netns_pids(ns)).collect();
+    for &p in &pids {
+        signal(p, libc::SIGTERM);
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end && pids.iter().any(|&p| alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for ns in &present {
+        for p in netns_pids(ns) {
+            signal(p, libc::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut left = vec![];
+    for ns in &present {
+        if let Err(e) = run_ok(Command::new("ip").args(["netns", "del", ns]), Duration::from_secs(10), false) {
+            left.push(format!("{ns} ({e})"));
+        }
+    }
+    left
+}
+
+/// The last `n` lines of a file, for error messages.
+pub(crate) fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}

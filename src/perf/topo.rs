@@ -1,0 +1,405 @@
+//! The bench's namespaces, addressing and forwarder set-ups.
+//!
+//! ```text
+//!   <p>-gen                                   <p>-fwd
+//!   eth0 192.168.50.2 + 10.251.0.2/32 ------- up0 192.168.50.1
+//!   |  XDP: drop IPv4 protocol 17 and 4       kernel forwarding (RPS -> forwarding CPU), or
+//!   |  (the sink's counter)                   vrouter on AF_XDP (native XDP; threaded NAPI
+//!   |  trafgen, iperf3 -c                     pinned to the forwarding CPU)
+//!   +- macvlan (bridge mode) -> <p>-snk eth0 192.168.50.3 + 10.250.0.1/32: iperf3 -s
+//! ```
+//!
+//! One veth pair. The generator sends to 10.250.0.0/16, routed via the sink's address; the
+//! forwarder receives the frame on `up0` and sends it back out of `up0` to the sink's MAC
+//! (vrouter has one uplink, its other ports are TAP pods, so it has to hairpin; the kernel
+//! gets exactly the same path). The frame arrives at the generator's veth, whose XDP program
+//! drops UDP and IPIP before anything else sees them: that drop counter is the sink. What the
+//! program passes (TCP, ICMP) reaches the sink namespace through a macvlan on that veth, so
+//! iperf3 has a real receiver whose ACKs go back through the forwarder too. All neighbours
+//! are static on every side: no ARP during a measurement.
+//!
+//! A first version put generator, forwarder and sink on a Linux bridge: the bridge hops cost
+//! more than the forwarding (kernel 0.36 Mpps instead of 0.95), and with RPS the generator's
+//! flood and vrouter's transmitted frames shared one backlog, which starved vrouter.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use super::sys;
+use super::PerfError;
+
+pub(crate) const GEN_MAC: &str = "02:76:70:00:00:02";
+pub(crate) const FWD_MAC: &str = "02:76:70:00:00:01";
+pub(crate) const SINK_MAC: &str = "02:76:70:00:00:03";
+pub(crate) const FWD_IP: &str = "192.168.50.1";
+pub(crate) const GEN_IP: &str = "192.168.50.2";
+pub(crate) const SINK_IP: &str = "192.168.50.3";
+/// The generator's own source address and the block routed back to it.
+pub(crate) const GEN_SRC: &str = "10.251.0.2";
+pub(crate) const GEN_BLOCK: &str = "10.251.0.0/16";
+/// The sink's address (iperf3 server) inside the block routed to it.
+pub(crate) const SINK_DST: &str = "10.250.0.1";
+pub(crate) const SINK_BLOCK: &str = "10.250.0.0/16";
+
+/// The sink's XDP program: drops IPv4 UDP (plain runs) and IPv4-in-IPv4 (protocol 4, IPIP
+/// runs) so that the sink spends almost nothing per frame and the veth's `xdp_drops` counter
+/// counts exactly the frames of the expected protocol; everything else (ARP, ICMP, TCP for
+/// iperf3) goes to the sink's kernel stack.
+const SINK_XDP_C: &str = r#"
+struct xdp_md { unsigned int data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex; };
+#define SEC(n) __attribute__((section(n), used))
+SEC("xdp") int sink(struct xdp_md *ctx) {
+    unsigned char *d = (unsigned char *)(unsigned long)ctx->data;
+    unsigned char *end = (unsigned char *)(unsigned long)ctx->data_end;
+    if (d + 34 > end) return 2;                   /* XDP_PASS */
+    if (d[12] != 0x08 || d[13] != 0x00) return 2; /* not IPv4 */
+    if (d[23] == 17 || d[23] == 4) return 1;      /* XDP_DROP: UDP or IPIP */
+    return 2;
+}
+char _license[] SEC("license") = "GPL";
+"#;
+
+/// What forwards in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarder {
+    /// Linux IPv4 forwarding in `<p>-fwd`.
+    Kernel,
+    /// vrouter on AF_XDP, BGP mode: the sink is an on-link peer, routed without encapsulation.
+    Vrouter,
+    /// vrouter encapsulating towards the sink as an IPIP peer (`ipip_mode = "Always"`).
+    Ipip,
+}
+
+impl Forwarder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarder::Kernel => "kernel",
+            Forwarder::Vrouter => "vrouter",
+            Forwarder::Ipip => "ipip",
+        }
+    }
+}
+
+/// The namespaces of one bench; deleted on drop.
+pub(crate) struct Topo {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub gen: String,
+    pub fwd: String,
+    pub snk: String,
+    /// The CPU that forwards (RPS target, vrouter's worker) and the generator's CPU.
+    pub fwd_cpu: usize,
+    pub gen_cpu: usize,
+    done: bool,
+}
+
+impl Topo {
+    pub fn namespaces(&self) -> Vec<String> {
+        vec![self.gen.clone(), self.fwd.clone(), self.snk.clone()]
+    }
+
+    /// Creates everything but the forwarder's set-up; on error, the drop deletes what exists.
+    pub fn up(root: &Path) -> Result<Topo, PerfError> {
+        let existing = sys::netns_list()?;
+        let mut prefix = format!("vrpf{:04x}", rand::random::<u16>());
+        while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
+            prefix = format!("vrpf{:04x}", rand::random::<u16>());
+        }
+        let dir = root.join(&prefix);
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| PerfError::Io { what: format!("creating {}", dir.display()), err })?;
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let t = Topo {
+            gen: format!("{prefix}-gen"),
+            fwd: format!("{prefix}-fwd"),
+            snk: format!("{prefix}-snk"),
+            prefix,
+            dir,
+            fwd_cpu: ncpu.saturating_sub(1),
+            gen_cpu: 0,
+            done: false,
+        };
+        sys::register(&t.prefix, &t.namespaces());
+        t.build()?;
+        Ok(t)
+    }
+
+    fn build(&self) -> Result<(), PerfError> {
+        let to = Duration::from_secs(10);
+        for ns in self.namespaces() {
+            sys::ip(&["netns", "add", &ns])?;
+            sys::ns_ok(
+                &ns,
+                &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                to,
+            )?;
+            sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let (gen, fwd, snk) = (self.gen.as_str(), self.fwd.as_str(), self.snk.as_str());
+        sys::ip(&[
+            "-n", gen, "link", "add", "eth0", "address", GEN_MAC, "type", "veth", "peer", "name", "up0", "netns", fwd,
+        ])?;
+        sys::ip(&["-n", fwd, "link", "set", "up0", "address", FWD_MAC])?;
+        sys::ip(&[
+            "-n", gen, "link", "add", "snk0", "link", "eth0", "address", SINK_MAC, "type", "macvlan", "mode", "bridge",
+        ])?;
+        sys::ip(&["-n", gen, "link", "set", "snk0", "netns", snk])?;
+        sys::ip(&["-n", snk, "link", "set", "snk0", "name", "eth0"])?;
+        sys::ip(&["-n", gen, "link", "set", "eth0", "up"])?;
+        sys::ip(&["-n", fwd, "link", "set", "up0", "up"])?;
+        sys::ip(&["-n", snk, "link", "set", "eth0", "up"])?;
+        // Kernel forwarding: the generator's frames are received on the forwarding CPU. (With
+        // XDP on up0 the veth uses NAPI instead; `vrouter_on` pins its thread.)
+        let mask = format!("{:x}", 1u64 << self.fwd_cpu);
+        sys::ns_ok(fwd, &["sh", "-c", &format!("echo {mask} > /sys/class/net/up0/queues/rx-0/rps_cpus")], to)?;
+        sys::ip(&["-n", gen, "addr", "add", &format!("{GEN_IP}/24"), "dev", "eth0"])?;
+        sys::ip(&["-n", gen, "addr", "add", &format!("{GEN_SRC}/32"), "dev", "eth0"])?;
+        sys::ip(&["-n", gen, "neigh", "replace", FWD_IP, "lladdr", FWD_MAC, "dev", "eth0", "nud", "permanent"])?;
+        sys::ip(&["-n", gen, "route", "add", SINK_BLOCK, "via", FWD_IP, "src", GEN_SRC])?;
+        sys::ip(&["-n", snk, "addr", "add", &format!("{SINK_IP}/24"), "dev", "eth0"])?;
+        sys::ip(&["-n", snk, "addr", "add", &format!("{SINK_DST}/32"), "dev", "eth0"])?;
+        sys::ip(&["-n", snk, "neigh", "replace", FWD_IP, "lladdr", FWD_MAC, "dev", "eth0", "nud", "permanent"])?;
+        sys::ip(&["-n", snk, "route", "add", GEN_BLOCK, "via", FWD_IP, "src", SINK_DST])?;
+        sys::ns_ok(
+            snk,
+            &["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"],
+            to,
+        )?;
+        // TCP in MTU-sized segments for both forwarders: vrouter's AF_XDP socket takes single
+        // frames, and the kernel should not get GSO super-frames the other one cannot have.
+        sys::ns_ok(gen, &["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], to)?;
+        sys::ns_ok(snk, &["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"], to)?;
+        let obj = self.compile_xdp()?;
+        let obj_s = obj.to_string_lossy();
+        let before = napi_threads("eth0");
+        sys::ip(&["-n", gen, "link", "set", "dev", "eth0", "xdpdrv", "obj", &obj_s, "sec", "xdp"])?;
+        self.pin_napi(gen, "eth0", &before).map_err(PerfError::BadOption)?;
+        Ok(())
+    }
+
+    fn compile_xdp(&self) -> Result<PathBuf, PerfError> {
+        let src = self.dir.join("sink_xdp.c");
+        let obj = self.dir.join("sink_xdp.o");
+        std::fs::write(&src, SINK_XDP_C)
+            .map_err(|err| PerfError::Io { what: format!("writing {}", src.display()), err })?;
+        let mut cmd = std::process::Command::new("clang");
+        cmd.args(["-O2", "-g", "-target", "bpf", "-c"]).arg(&src).arg("-o").arg(&obj);
+        sys::run_ok(&mut cmd, Duration::from_secs(60), true)?;
+        Ok(obj)
+    }
+
+    /// Linux forwarding on `up0`: address, routes to both blocks, static neighbours, no ICMP
+    /// redirects (every frame leaves on the interface it came in on).
+    pub fn kernel_on(&self) -> Result<(), PerfError> {
+        let fwd = self.fwd.as_str();
+        let to = Duration::from_secs(10);
+        sys::ns_ok(
+            fwd,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.up0.send_redirects=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.up0.rp_filter=0",
+            ],
+            to,
+        )?;
+        sys::ip(&["-n", fwd, "addr", "add", &format!("{FWD_IP}/24"), "dev", "up0"])?;
+        sys::ip(&["-n", fwd, "neigh", "replace", GEN_IP, "lladdr", GEN_MAC, "dev", "up0", "nud", "permanent"])?;
+        sys::ip(&["-n", fwd, "neigh", "replace", SINK_IP, "lladdr", SINK_MAC, "dev", "up0", "nud", "permanent"])?;
+        sys::ip(&["-n", fwd, "route", "add", SINK_BLOCK, "via", SINK_IP])?;
+        sys::ip(&["-n", fwd, "route", "add", GEN_BLOCK, "via", GEN_IP])?;
+        Ok(())
+    }
+
+    pub fn kernel_off(&self) -> Result<(), PerfError> {
+        let fwd = self.fwd.as_str();
+        sys::ip(&["-n", fwd, "addr", "flush", "dev", "up0"])?;
+        sys::ip(&["-n", fwd, "neigh", "flush", "dev", "up0", "nud", "permanent"])?;
+        sys::ns_ok(fwd, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"], Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// The daemon's config: one uplink queue, the worker pinned to the forwarding CPU, the
+    /// sink and the generator as peers (the sink encapsulated for [`Forwarder::Ipip`]).
+    pub fn vrouter_config(&self, fwd: Forwarder, idle: &str) -> String {
+        let sink_mode = if fwd == Forwarder::Ipip { "Always" } else { "Never" };
+        format!(
+            "[node]\nname = \"fwd\"\nip = \"{FWD_IP}\"\nsubnet = \"192.168.50.0/24\"\npod_block = \"10.249.0.0/26\"\nipip_mode = \"Never\"\n\n\
+             [uplink]\ndevice = \"up0\"\nqueues = 1\nxdp_mode = \"native\"\nmtu = 1500\n\n\
+             [workers]\nidle = \"{idle}\"\ncores = [{cpu}]\n\n\
+             [[peers]]\nname = \"sink\"\nip = \"{SINK_IP}\"\npod_blocks = [\"{SINK_BLOCK}\"]\nipip_mode = \"{sink_mode}\"\n\n\
+             [[peers]]\nname = \"gen\"\nip = \"{GEN_IP}\"\npod_blocks = [\"{GEN_BLOCK}\"]\n\n\
+             [[neighbours]]\nip = \"{SINK_IP}\"\nmac = \"{SINK_MAC}\"\n\n\
+             [[neighbours]]\nip = \"{GEN_IP}\"\nmac = \"{GEN_MAC}\"\n",
+            cpu = self.fwd_cpu
+        )
+    }
+
+    /// Starts `vrouter run` in the forwarder namespace and waits until it answers a ping to
+    /// its node IP from the generator (from the generator's routed address: vrouter has no
+    /// connected route for its subnet, only the peers' blocks).
+    pub fn vrouter_on(&self, bin: &Path, fwd: Forwarder, idle: &str) -> Result<Daemon, PerfError> {
+        let name = fwd.name();
+        let config = self.dir.join(format!("{name}.toml"));
+        let text = self.vrouter_config(fwd, idle);
+        crate::control::config::Config::parse(&text, &config)
+            .map_err(|e| PerfError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}")))?;
+        std::fs::write(&config, text)
+            .map_err(|err| PerfError::Io { what: format!("writing {}", config.display()), err })?;
+        let stats = self.dir.join(format!("{name}.stats.json"));
+        let _ = std::fs::remove_file(&stats);
+        let log = self.dir.join(format!("{name}.log"));
+        let napi_before = napi_threads("up0");
+        let child = sys::spawn_in(
+            &self.fwd,
+            &[
+                &bin.to_string_lossy(),
+                "run",
+                "--config",
+                &config.to_string_lossy(),
+                "--stats",
+                &stats.to_string_lossy(),
+            ],
+            &log,
+        )?;
+        let mut d = Daemon { child, stats, log };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                return Err(PerfError::NotReady {
+                    what: format!("vrouter exited ({st})"),
+                    tail: sys::tail(&d.log, 15),
+                });
+            }
+            let ping = sys::ns_status(
+                &self.gen,
+                &["ping", "-c", "1", "-W", "1", "-I", GEN_SRC, FWD_IP],
+                Duration::from_secs(3),
+            )?;
+            if ping.success() && d.stats.exists() {
+                self.pin_napi(&self.fwd, "up0", &napi_before)
+                    .map_err(|what| PerfError::NotReady { what, tail: sys::tail(&d.log, 5) })?;
+                return Ok(d);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                d.stop();
+                return Err(PerfError::NotReady {
+                    what: "vrouter does not answer ping to its node IP after 20 s".into(),
+                    tail: sys::tail(&d.log, 15),
+                });
+            }
+            sys::sleep(Duration::from_millis(100))?;
+        }
+    }
+
+    /// With XDP attached, a veth receives through NAPI, which runs wherever it was first
+    /// scheduled and stays there while busy (the generator's CPU, or the forwarder's: runs
+    /// came out bimodal). Threaded NAPI moves that work (the XDP program, for vrouter the copy
+    /// into UMEM) into a kernel thread, pinned here to the forwarding CPU.
+    fn pin_napi(&self, ns: &str, dev: &str, before: &[u32]) -> Result<(), String> {
+        let to = Duration::from_secs(5);
+        sys::ns_ok(ns, &["sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")], to)
+            .map_err(|e| format!("enabling threaded NAPI on {dev}: {e}"))?;
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            let new: Vec<u32> = napi_threads(dev).into_iter().filter(|p| !before.contains(p)).collect();
+            if !new.is_empty() {
+                for pid in new {
+                    let mut cmd = std::process::Command::new("taskset");
+                    cmd.args(["-pc", &self.fwd_cpu.to_string(), &pid.to_string()]);
+                    sys::run_ok(&mut cmd, to, true).map_err(|e| format!("pinning NAPI thread {pid}: {e}"))?;
+                }
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(format!("no NAPI thread for {dev} appeared after enabling threaded NAPI"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Back to the kernel's receive path on `up0` (backlog and RPS) after a vrouter run.
+    /// Without XDP the veth has no NAPI left and the write fails with EIO: nothing to undo.
+    pub fn vrouter_off(&self) -> Result<(), PerfError> {
+        let _ = sys::ns_ok(&self.fwd, &["sh", "-c", "echo 0 > /sys/class/net/up0/threaded"], Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Deletes the namespaces now, reporting failures (drop does the same, silently).
+    pub fn down(mut self) -> Result<(), PerfError> {
+        self.done = true;
+        let left = sys::delete_namespaces(&self.namespaces());
+        sys::unregister(&self.prefix);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(PerfError::Teardown(left.join(", ")))
+        }
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if !self.done {
+            let left = sys::delete_namespaces(&self.namespaces());
+            sys::unregister(&self.prefix);
+            if !left.is_empty() {
+                eprintln!("vrouter bench e2e: could not delete {}", left.join(", "));
+            }
+        }
+    }
+}
+
+/// Kernel threads named `napi/<dev>-<id>` (threaded NAPI), by pid.
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let want = format!("napi/{dev}-");
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(&want)))
+        .collect()
+}
+
+/// A running vrouter; stopped (SIGTERM: workers joined, XDP detached) on drop.
+pub(crate) struct Daemon {
+    pub child: Child,
+    pub stats: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            sys::stop(&mut self.child, Duration::from_secs(5));
+        }
+    }
+
+    /// Sum of the daemon's drop counters (all reasons), from its stats file.
+    pub fn drops(&self) -> u64 {
+        for _ in 0..5 {
+            if let Ok(text) = std::fs::read_to_string(&self.stats) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    return v["drops"].as_object().map(|o| o.values().filter_map(|x| x.as_u64()).sum()).unwrap_or(0);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,113 @@
+//! `vrouter bench e2e` end to end (root; skipped with a message otherwise): the JSON carries
+//! the documented figures, every figure is finite and non-negative, vrouter forwards frames,
+//! and no namespace of the bench is left behind. No pass/fail on speed.
+
+use std::process::Command;
+
+fn skip() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for (t, pkg) in [
+        ("ip", "iproute2"),
+        ("trafgen", "netsniff-ng"),
+        ("iperf3", "iperf3"),
+        ("clang", "clang"),
+        ("ethtool", "ethtool"),
+    ] {
+        if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
+            return Some(format!("{t} not installed (apt-get install {pkg})"));
+        }
+    }
+    None
+}
+
+fn bench_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(vrouter::perf::NS_PREFIX))
+        .map(String::from)
+        .collect()
+}
+
+fn check_numbers(path: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) => {
+            let x = n.as_f64().expect("a number");
+            assert!(x.is_finite() && x >= 0.0, "{path} = {x}: not finite and non-negative");
+        }
+        serde_json::Value::Array(a) => {
+            a.iter().enumerate().for_each(|(i, x)| check_numbers(&format!("{path}[{i}]"), x))
+        }
+        serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| check_numbers(&format!("{path}.{k}"), x)),
+        _ => {}
+    }
+}
+
+#[test]
+fn quick_bench_reports_every_figure_and_cleans_up() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP perf_e2e: {why}");
+        return;
+    }
+    let before = bench_namespaces();
+    let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["bench", "e2e", "--quick", "--reps", "1", "--json"])
+        .output()
+        .expect("run vrouter bench e2e");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    for size in [64, 512, 1500] {
+        for key in [
+            "kernel_mpps",
+            "vrouter_mpps",
+            "ipip_mpps",
+            "ratio",
+            "ratio_ipip",
+            "kernel_gbps",
+            "vrouter_gbps",
+            "vrouter_loss",
+            "kernel_fwd_cpu",
+            "vrouter_proc_cpu",
+        ] {
+            let k = format!("{key}_{size}");
+            assert!(v[&k].is_number(), "missing {k} in {v}");
+        }
+    }
+    for key in
+        ["kernel_tcp1_gbps", "vrouter_tcp1_gbps", "ratio_tcp1", "kernel_tcp8_gbps", "vrouter_tcp8_gbps", "ratio_tcp8"]
+    {
+        assert!(v[key].is_number(), "missing {key}");
+    }
+    check_numbers("", &v);
+    assert!(v["vrouter_mpps_64"].as_f64().unwrap() > 0.0, "vrouter forwarded nothing: {stderr}");
+    assert!(v["ipip_mpps_64"].as_f64().unwrap() > 0.0, "no IPIP frames arrived: {stderr}");
+    assert_eq!(v["runs"].as_array().map(|a| a.len()), Some(9), "3 forwarders x 3 sizes");
+    let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+#[test]
+fn refuses_clearly_without_root() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root, check the option validation instead: it happens before anything is built.
+        let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .args(["bench", "e2e", "--duration", "0", "--no-tcp"])
+            .output()
+            .expect("run vrouter");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--duration") || err.contains("not found"), "{err}");
+        return;
+    }
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vrouter")).args(["bench", "e2e", "--quick"]).output().expect("run vrouter");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
+}
