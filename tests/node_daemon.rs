@@ -21,6 +21,18 @@ fn ok(args: &[&str]) {
     assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// A running daemon; killed on drop if the test fails before stopping it.
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Namespaces `<p>-node`, `<p>-peer`, `<p>-pod`, deleted on drop (even on panic).
 struct Topo {
     p: String,
@@ -98,7 +110,7 @@ via = "192.168.1.1"
         format!("{}-{n}", self.p)
     }
 
-    fn start(&self) -> Child {
+    fn start(&self) -> Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("node"), env!("CARGO_BIN_EXE_vrouter"), "run", "--config"])
             .arg(self.dir.join("node.toml"))
@@ -108,12 +120,13 @@ via = "192.168.1.1"
             .stderr(std::fs::File::create(self.dir.join("log")).unwrap())
             .spawn()
             .unwrap();
+        let daemon = Daemon(Some(child));
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.dir.join("stats.json").exists() {
             assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        child
+        daemon
     }
 
     fn log(&self) -> String {
@@ -129,13 +142,15 @@ via = "192.168.1.1"
         sh(&["ip", "netns", "exec", &self.ns(from), "ping", "-c", count, "-i", "0.2", "-W", "1", to]).status.success()
     }
 
-    fn stop(&self, mut child: Child) {
+    fn stop(&self, mut daemon: Daemon) {
+        let child = daemon.0.as_mut().expect("running");
         // SIGTERM to `ip netns exec`, which execs the daemon: same process.
         // SAFETY: kill(2) on a pid we spawned.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
+                daemon.0 = None;
                 assert!(st.success(), "daemon exit status {st}: {}", self.log());
                 break;
             }
