@@ -15,7 +15,7 @@
 
 mod cli;
 mod demo;
-mod sys;
+pub(crate) mod sys;
 pub mod topo;
 
 use std::net::Ipv4Addr;

@@ -3,7 +3,7 @@
 //! process-wide registry lets the signal handler and an `atexit` hook delete the namespaces of
 //! a bench that did not get to clean up itself.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -11,6 +11,8 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::PerfError;
+// The helpers that do not depend on the error type or the cancellation hooks are the lab's.
+pub(crate) use crate::lab::sys::{alive, describe, is_root, netns_pids, signal, tail, which};
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 /// Namespace lists of the benches of this process that are up, by prefix.
@@ -73,11 +75,6 @@ fn install_hooks() {
     });
 }
 
-pub(crate) fn which(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
-}
-
 /// Fails with an install hint (the Debian package) if `prog` is not in PATH.
 pub(crate) fn need_tool(prog: &str) -> Result<(), PerfError> {
     if which(prog).is_some() {
@@ -92,20 +89,6 @@ pub(crate) fn need_tool(prog: &str) -> Result<(), PerfError> {
         other => other,
     };
     Err(PerfError::MissingTool { tool: prog.into(), hint: format!("apt-get install {package}") })
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
 }
 
 /// Runs `cmd` to completion within `timeout`; cancellable runs stop on Ctrl-C.
@@ -229,13 +212,6 @@ pub(crate) fn stop(child: &mut Child, grace: Duration) {
     kill_group(child);
 }
 
-pub(crate) fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain syscall on a pid of our own children or namespaces.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
-}
-
 /// Sleeps in small steps, returning `Interrupted` on Ctrl-C.
 pub(crate) fn sleep(d: Duration) -> Result<(), PerfError> {
     let end = Instant::now() + d;
@@ -253,20 +229,6 @@ pub(crate) fn netns_list() -> Result<Vec<String>, PerfError> {
         .filter_map(|l| l.split_whitespace().next())
         .map(String::from)
         .collect())
-}
-
-fn netns_pids(ns: &str) -> Vec<u32> {
-    match run(Command::new("ip").args(["netns", "pids", ns]), Duration::from_secs(10), false) {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
-        Err(_) => vec![],
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
-        Err(_) => false,
-    }
 }
 
 /// Stops whatever runs in the namespaces (SIGTERM first: a vrouter daemon detaches its XDP
@@ -297,15 +259,4 @@ pub(crate) fn delete_namespaces(names: &[String]) -> Vec<String> {
         }
     }
     left
-}
-
-/// The last `n` lines of a file, for error messages.
-pub(crate) fn tail(path: &Path, n: usize) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
-    }
 }
