@@ -87,8 +87,42 @@ pub(crate) fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
-/// Fails with an install hint if `prog` is not in PATH.
-pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
+/// What the shared command runners need of a module's error type, and which Ctrl-C flag
+/// interrupts its cancellable runs. The lab and the perf lab each implement it and wrap the
+/// runners below with their own error type.
+pub(crate) trait SysError: Sized {
+    fn io(what: String, err: std::io::Error) -> Self;
+    fn timeout(cmd: String, secs: f64) -> Self;
+    fn interrupted() -> Self;
+    fn command(cmd: String, status: String, stderr: String) -> Self;
+    fn missing_tool(tool: String, hint: String) -> Self;
+    /// True once the module's Ctrl-C handler fired.
+    fn cancelled() -> bool;
+}
+
+impl SysError for LabError {
+    fn io(what: String, err: std::io::Error) -> Self {
+        LabError::Io { what, err }
+    }
+    fn timeout(cmd: String, secs: f64) -> Self {
+        LabError::Timeout { cmd, secs }
+    }
+    fn interrupted() -> Self {
+        LabError::Interrupted
+    }
+    fn command(cmd: String, status: String, stderr: String) -> Self {
+        LabError::Command { cmd, status, stderr }
+    }
+    fn missing_tool(tool: String, hint: String) -> Self {
+        LabError::MissingTool { tool, hint }
+    }
+    fn cancelled() -> bool {
+        cancelled()
+    }
+}
+
+/// Fails with an install hint (the Debian package) if `prog` is not in PATH.
+pub(crate) fn need_tool_as<E: SysError>(prog: &str) -> Result<(), E> {
     if which(prog).is_some() {
         return Ok(());
     }
@@ -96,10 +130,15 @@ pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
         "ip" => "iproute2",
         "ping" => "iputils-ping",
         "sysctl" => "procps",
-        "python3" => "python3",
+        "trafgen" => "netsniff-ng",
+        "taskset" => "util-linux",
         other => other,
     };
-    Err(LabError::MissingTool { tool: prog.to_string(), hint: format!("apt-get install {package}") })
+    Err(E::missing_tool(prog.to_string(), format!("apt-get install {package}")))
+}
+
+pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
+    need_tool_as(prog)
 }
 
 pub(crate) fn is_root() -> bool {
@@ -122,8 +161,8 @@ fn failed_output(code: i32, msg: String) -> Output {
 }
 
 /// Runs `cmd` to completion within `timeout`, capturing its output. A cancellable run kills the
-/// child and returns `Interrupted` on Ctrl-C; teardown runs are not cancellable.
-pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+/// child and returns `interrupted` on Ctrl-C; teardown runs are not cancellable.
+pub(crate) fn run_as<E: SysError>(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, E> {
     let what = describe(cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
@@ -135,16 +174,13 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
     let deadline = Instant::now() + timeout;
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(r) => return r.map_err(|err| LabError::Io { what: format!("waiting for `{what}`"), err }),
+            Ok(r) => return r.map_err(|err| E::io(format!("waiting for `{what}`"), err)),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(LabError::Io {
-                    what: format!("waiting for `{what}`"),
-                    err: std::io::ErrorKind::Other.into(),
-                })
+                return Err(E::io(format!("waiting for `{what}`"), std::io::ErrorKind::Other.into()))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let interrupted = cancellable && cancelled();
+        let interrupted = cancellable && E::cancelled();
         if interrupted || Instant::now() >= deadline {
             // SAFETY: plain syscall; the waiter thread has not reaped the child yet (we would
             // have received its result), so the pid is still ours.
@@ -152,40 +188,39 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
                 libc::kill(pid, libc::SIGKILL);
             }
             let _ = rx.recv_timeout(Duration::from_secs(2));
-            return Err(if interrupted {
-                LabError::Interrupted
-            } else {
-                LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
-            });
+            return Err(if interrupted { E::interrupted() } else { E::timeout(what, timeout.as_secs_f64()) });
         }
     }
 }
 
-fn spawn_error(what: &str, err: std::io::Error) -> LabError {
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+    run_as(cmd, timeout, cancellable)
+}
+
+/// A failed spawn: a missing program gets the install hint.
+pub(crate) fn spawn_error<E: SysError>(what: &str, err: std::io::Error) -> E {
     if err.kind() == std::io::ErrorKind::NotFound {
-        let prog = what.split(' ').next().unwrap_or(what).to_string();
-        match need_tool(&prog) {
-            Err(e) => e,
-            Ok(()) => LabError::Io { what: format!("starting `{what}`"), err },
+        let prog = what.split(' ').next().unwrap_or(what);
+        if let Err(e) = need_tool_as::<E>(prog) {
+            return e;
         }
-    } else {
-        LabError::Io { what: format!("starting `{what}`"), err }
     }
+    E::io(format!("starting `{what}`"), err)
 }
 
-/// Like [`run`], but a non-zero exit is an error carrying stderr.
-pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+/// Like [`run_as`], but a non-zero exit is an error carrying stderr.
+pub(crate) fn run_ok_as<E: SysError>(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, E> {
     let what = describe(cmd);
-    let out = run(cmd, timeout, cancellable)?;
+    let out = run_as::<E>(cmd, timeout, cancellable)?;
     if out.status.success() {
         Ok(out)
     } else {
-        Err(LabError::Command {
-            cmd: what,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(E::command(what, out.status.to_string(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
+}
+
+pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
+    run_ok_as(cmd, timeout, cancellable)
 }
 
 /// `ip ARGS` (cancellable), an error on non-zero exit.

@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use super::PerfError;
 // The helpers that do not depend on the error type or the cancellation hooks are the lab's.
-pub(crate) use crate::lab::sys::{alive, describe, is_root, netns_pids, signal, tail, which};
+pub(crate) use crate::lab::sys::{alive, describe, is_root, netns_pids, signal, tail};
+use crate::lab::sys::{need_tool_as, run_as, run_ok_as, spawn_error, SysError};
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 /// Namespace lists of the benches of this process that are up, by prefix.
@@ -75,83 +75,39 @@ fn install_hooks() {
     });
 }
 
-/// Fails with an install hint (the Debian package) if `prog` is not in PATH.
-pub(crate) fn need_tool(prog: &str) -> Result<(), PerfError> {
-    if which(prog).is_some() {
-        return Ok(());
+impl SysError for PerfError {
+    fn io(what: String, err: std::io::Error) -> Self {
+        PerfError::Io { what, err }
     }
-    let package = match prog {
-        "ip" => "iproute2",
-        "ping" => "iputils-ping",
-        "sysctl" => "procps",
-        "trafgen" => "netsniff-ng",
-        "taskset" => "util-linux",
-        other => other,
-    };
-    Err(PerfError::MissingTool { tool: prog.into(), hint: format!("apt-get install {package}") })
+    fn timeout(cmd: String, secs: f64) -> Self {
+        PerfError::Timeout { cmd, secs }
+    }
+    fn interrupted() -> Self {
+        PerfError::Interrupted
+    }
+    fn command(cmd: String, status: String, stderr: String) -> Self {
+        PerfError::Command { cmd, status, stderr }
+    }
+    fn missing_tool(tool: String, hint: String) -> Self {
+        PerfError::MissingTool { tool, hint }
+    }
+    fn cancelled() -> bool {
+        cancelled()
+    }
+}
+
+pub(crate) fn need_tool(prog: &str) -> Result<(), PerfError> {
+    need_tool_as(prog)
 }
 
 /// Runs `cmd` to completion within `timeout`; cancellable runs stop on Ctrl-C.
 pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, PerfError> {
-    let what = describe(cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let deadline = Instant::now() + timeout;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(r) => return r.map_err(|err| PerfError::Io { what: format!("waiting for `{what}`"), err }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(PerfError::Io {
-                    what: format!("waiting for `{what}`"),
-                    err: std::io::ErrorKind::Other.into(),
-                })
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let interrupted = cancellable && cancelled();
-        if interrupted || Instant::now() >= deadline {
-            // SAFETY: plain syscall; the waiter thread has not reaped the child yet.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            let _ = rx.recv_timeout(Duration::from_secs(2));
-            return Err(if interrupted {
-                PerfError::Interrupted
-            } else {
-                PerfError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
-            });
-        }
-    }
-}
-
-fn spawn_error(what: &str, err: std::io::Error) -> PerfError {
-    if err.kind() == std::io::ErrorKind::NotFound {
-        let prog = what.split(' ').next().unwrap_or(what).to_string();
-        if let Err(e) = need_tool(&prog) {
-            return e;
-        }
-    }
-    PerfError::Io { what: format!("starting `{what}`"), err }
+    run_as(cmd, timeout, cancellable)
 }
 
 /// Like [`run`], but a non-zero exit is an error carrying stderr.
 pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, PerfError> {
-    let what = describe(cmd);
-    let out = run(cmd, timeout, cancellable)?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(PerfError::Command {
-            cmd: what,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    run_ok_as(cmd, timeout, cancellable)
 }
 
 /// `ip ARGS`, an error on non-zero exit.
@@ -185,7 +141,7 @@ pub(crate) fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Result<Child, Per
     // `ip netns exec` execs the command in place: the child's pid is the group id.
     cmd.args(["netns", "exec", ns]).args(args).stdin(Stdio::null()).stdout(f).stderr(f2).process_group(0);
     let what = describe(&cmd);
-    cmd.spawn().map_err(|err| spawn_error(&what, err))
+    cmd.spawn().map_err(|err| spawn_error::<PerfError>(&what, err))
 }
 
 /// SIGKILLs a process group started by [`spawn_in`] and reaps its leader.
