@@ -57,28 +57,37 @@ extern "C" fn teardown_at_exit() {
 }
 
 fn install_hooks() {
-    HOOKS.call_once(|| {
-        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
-        unsafe {
-            libc::atexit(teardown_at_exit);
+    HOOKS.call_once(|| install_cleanup_hooks("vrouter lab", &CANCELLED, || !active().is_empty(), teardown_at_exit));
+}
+
+/// Makes `teardown` run at exit and on Ctrl-C. On Ctrl-C, `cancelled` is set first, so that
+/// cancellable commands stop and the main thread unwinds through its own cleanup, which it is
+/// given up to 10 s to finish while `busy()` is true. Used by the lab and the perf lab.
+pub(crate) fn install_cleanup_hooks(
+    who: &'static str,
+    cancelled: &'static AtomicBool,
+    busy: fn() -> bool,
+    teardown: extern "C" fn(),
+) {
+    // SAFETY: registers a plain `extern "C" fn()` with no captured state.
+    unsafe {
+        libc::atexit(teardown);
+    }
+    let r = ctrlc::set_handler(move || {
+        cancelled.store(true, Ordering::SeqCst);
+        eprintln!("{who}: interrupted, cleaning up");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && busy() {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let r = ctrlc::set_handler(|| {
-            CANCELLED.store(true, Ordering::SeqCst);
-            eprintln!("vrouter lab: interrupted, tearing down");
-            // Give the main thread the chance to unwind through its own cleanup first.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !active().is_empty() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            teardown_at_exit();
-            std::process::exit(130);
-        });
-        if let Err(e) = r {
-            // Another handler owns the signals (e.g. the host program's); exit-time cleanup
-            // still runs, and `vrouter lab down` cleans after a hard kill.
-            eprintln!("vrouter lab: no Ctrl-C cleanup handler: {e}");
-        }
+        teardown();
+        std::process::exit(130);
     });
+    if let Err(e) = r {
+        // Another handler owns the signals (e.g. the host program's): exit-time cleanup still
+        // runs, and `vrouter lab down` cleans after a hard kill.
+        eprintln!("{who}: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
+    }
 }
 
 /// Looks a program up in PATH.

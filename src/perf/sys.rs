@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::PerfError;
 // The helpers that do not depend on the error type or the cancellation hooks are the lab's.
 pub(crate) use crate::lab::sys::{alive, describe, is_root, netns_pids, signal, tail};
-use crate::lab::sys::{need_tool_as, run_as, run_ok_as, spawn_error, SysError};
+use crate::lab::sys::{install_cleanup_hooks, need_tool_as, run_as, run_ok_as, spawn_error, SysError};
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 /// Namespace lists of the benches of this process that are up, by prefix.
@@ -54,24 +54,7 @@ extern "C" fn teardown_at_exit() {
 
 fn install_hooks() {
     HOOKS.call_once(|| {
-        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
-        unsafe {
-            libc::atexit(teardown_at_exit);
-        }
-        let r = ctrlc::set_handler(|| {
-            CANCELLED.store(true, Ordering::SeqCst);
-            eprintln!("vrouter bench e2e: interrupted, cleaning up");
-            // The main thread notices the flag within ~20 ms and unwinds through its guard.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !active().is_empty() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            teardown_at_exit();
-            std::process::exit(130);
-        });
-        if let Err(e) = r {
-            eprintln!("vrouter bench e2e: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
-        }
+        install_cleanup_hooks("vrouter bench e2e", &CANCELLED, || !active().is_empty(), teardown_at_exit)
     });
 }
 
