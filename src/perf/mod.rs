@@ -197,6 +197,25 @@ pub struct LatencySample {
     pub max_us: f64,
 }
 
+impl std::fmt::Display for LatencySample {
+    /// `kernel   load 0.177 Mpps (asked 0.169): p50 71  p90 178  p99 474  max 3370  (496/500 replies)`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<8} load {:.3} Mpps (asked {:.3}): p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}  ({}/{} replies)",
+            self.forwarder.name(),
+            self.load_pps / 1e6,
+            self.target_pps / 1e6,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.max_us,
+            self.received,
+            self.sent
+        )
+    }
+}
+
 /// Median, min and max of a figure over the repetitions.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Spread {
@@ -421,18 +440,7 @@ fn run_in(
             };
             match latency_run(t, fwd, target, opts) {
                 Ok(l) => {
-                    progress(&format!(
-                        "latency {:<7} at {:.3} Mpps (asked {:.3}): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us, {}/{} replies",
-                        fwd.name(),
-                        l.load_pps / 1e6,
-                        l.target_pps / 1e6,
-                        l.p50_us,
-                        l.p90_us,
-                        l.p99_us,
-                        l.max_us,
-                        l.received,
-                        l.sent
-                    ));
+                    progress(&format!("latency {l}"));
                     let n = fwd.name();
                     figures.insert(format!("{n}_lat_p50_us"), l.p50_us);
                     figures.insert(format!("{n}_lat_p99_us"), l.p99_us);
