@@ -49,8 +49,10 @@ impl Drop for Topo {
 }
 
 impl Topo {
-    fn new() -> Topo {
-        let p = format!("vrd{:04x}", std::process::id() & 0xffff);
+    /// Namespaces `<tag><pid>-node`, `-peer`, `-pod` (IPv6 off, lo up) and the uplink veth
+    /// `up0` (node) <-> `gw0` (peer) with `queues` queues each way, both ends up.
+    fn namespaces(tag: &str, queues: u32) -> Topo {
+        let p = format!("{tag}{:04x}", std::process::id() & 0xffff);
         let dir = std::env::temp_dir().join(format!("{p}-test"));
         std::fs::create_dir_all(&dir).unwrap();
         let t = Topo { p, dir };
@@ -59,24 +61,39 @@ impl Topo {
             ok(&["ip", "netns", "exec", &t.ns(n), "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ok(&["ip", "-n", &t.ns(n), "link", "set", "lo", "up"]);
         }
+        let q = queues.to_string();
+        let (node, peer) = (t.ns("node"), t.ns("peer"));
         ok(&[
             "ip",
             "link",
             "add",
             "up0",
             "netns",
-            &t.ns("node"),
+            &node,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
             "type",
             "veth",
             "peer",
             "name",
             "gw0",
             "netns",
-            &t.ns("peer"),
+            &peer,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
         ]);
-        ok(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "up"]);
+        ok(&["ip", "-n", &node, "link", "set", "up0", "up"]);
+        ok(&["ip", "-n", &peer, "link", "set", "gw0", "up"]);
+        t
+    }
+
+    fn new() -> Topo {
+        let t = Topo::namespaces("vrd", 1);
         ok(&["ip", "-n", &t.ns("peer"), "addr", "add", "192.168.1.1/24", "dev", "gw0"]);
-        ok(&["ip", "-n", &t.ns("peer"), "link", "set", "gw0", "up"]);
         ok(&["ip", "-n", &t.ns("peer"), "route", "add", "10.244.1.0/26", "via", "192.168.1.10"]);
         let cfg = format!(
             r#"
@@ -219,37 +236,7 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
         eprintln!("skipped: needs root (network namespaces, AF_XDP)");
         return;
     }
-    let p = format!("vrq{:04x}", std::process::id() & 0xffff);
-    let t = Topo { p: p.clone(), dir: std::env::temp_dir().join(format!("{p}-test")) };
-    std::fs::create_dir_all(&t.dir).unwrap();
-    for n in ["node", "peer"] {
-        ok(&["ip", "netns", "add", &t.ns(n)]);
-    }
-    ok(&[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "netns",
-        &t.ns("node"),
-        "numrxqueues",
-        "2",
-        "numtxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "gw0",
-        "netns",
-        &t.ns("peer"),
-        "numrxqueues",
-        "2",
-        "numtxqueues",
-        "2",
-    ]);
-    ok(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "up"]);
-    ok(&["ip", "-n", &t.ns("peer"), "link", "set", "gw0", "up"]);
+    let t = Topo::namespaces("vrq", 2);
     let cfg = |queues: u32| {
         format!(
             "[node]\nname = \"q\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nqueues = {queues}\n"
