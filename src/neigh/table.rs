@@ -623,6 +623,20 @@ impl NeighTable {
         }
     }
 
+    /// Slots holding an entry whose key and word agree right now, as (index, slot, key, ip,
+    /// word). Slots being claimed or freed concurrently are skipped; the next pass sees them.
+    fn occupied(&self) -> impl Iterator<Item = (usize, &Slot, u64, u32, u64)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(idx, s)| {
+            let k = s.key.load(Ordering::Acquire);
+            let ip = key_ip(k);
+            if ip == KEY_EMPTY || ip == KEY_TOMB {
+                return None;
+            }
+            let w = s.word.load(Ordering::Acquire);
+            (w_state(w) != FREE && consistent(k, s, w)).then_some((idx, s, k, ip, w))
+        })
+    }
+
     /// Periodic ageing (call every few hundred ms from one thread; concurrent calls are safe):
     /// Reachable -> Stale after `reachable_ms`; Stale/Probe/Incomplete not looked up for
     /// `stale_gc_ms` removed; Incomplete/Probe whose last request went unanswered -> Failed;
@@ -630,16 +644,7 @@ impl NeighTable {
     /// at the end of a probe chain cleared so misses stay short. O(slots); never allocates.
     pub fn expire(&self, now_ms: u64) {
         let c = &self.cfg;
-        for (idx, s) in self.slots.iter().enumerate() {
-            let k = s.key.load(Ordering::Acquire);
-            let ip = key_ip(k);
-            if ip == KEY_EMPTY || ip == KEY_TOMB {
-                continue;
-            }
-            let w = s.word.load(Ordering::Acquire);
-            if w_state(w) == FREE || !consistent(k, s, w) {
-                continue; // changing right now; next round
-            }
+        for (idx, s, k, ip, w) in self.occupied() {
             if self.first_index(ip, Ordering::Acquire) != Some(idx) {
                 self.delete_slot(idx, k, w);
                 continue;
@@ -719,16 +724,7 @@ impl NeighTable {
     /// A snapshot of every entry (slow path: allocates).
     pub fn entries(&self) -> Vec<NeighEntry> {
         let mut out = Vec::new();
-        for (idx, s) in self.slots.iter().enumerate() {
-            let k = s.key.load(Ordering::Acquire);
-            let ip = key_ip(k);
-            if ip == KEY_EMPTY || ip == KEY_TOMB {
-                continue;
-            }
-            let w = s.word.load(Ordering::Acquire);
-            if w_state(w) == FREE || !consistent(k, s, w) {
-                continue;
-            }
+        for (idx, s, _, ip, w) in self.occupied() {
             if self.first_index(ip, Ordering::Acquire) != Some(idx) {
                 continue;
             }
