@@ -1,159 +1,156 @@
-//! Turns a validated [`Config`] into the data plane's state: ports, the snapshot (next hops,
-//! endpoints, peers, policy) and the routes to load into the FIB. Pure: no I/O, so it is
-//! tested without root.
+//! What a [`Config`] asks of the data plane, in terms that do not depend on numbering: routes
+//! by prefix to next-hop *keys* ([`NhKey`]). [`super::node::Node`] gives keys stable next-hop ids
+//! and endpoints stable port slots, so a change renumbers nothing the workers may be using.
+//! Pure: no I/O, tested without root.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::config::Config;
-use crate::acl::{AclError, PolicySet};
-use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot, SnapshotError};
 use crate::dataplane::PortId;
-use crate::fib::{Ipv4Prefix, NhId};
+use crate::fib::Ipv4Prefix;
 use crate::wire::MacAddr;
 
 /// The MAC vrouter uses on every pod port, as Calico does on its host-side veths.
 pub const POD_PORT_MAC: MacAddr = MacAddr([0xee; 6]);
 
-/// Port numbering: the uplink is 0, pods follow in config order, the host port is last.
+/// Port numbering: the uplink is 0, the host port 1 (when configured), pods from 2 on.
 pub const UPLINK: PortId = 0;
+pub const HOST_PORT: PortId = 1;
+pub const FIRST_POD_PORT: PortId = 2;
 
-pub fn pod_port(i: usize) -> PortId {
-    1 + i as PortId
+/// A next hop, named by what it is rather than by an index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NhKey {
+    /// ICMP net unreachable (also "no route").
+    Unreachable,
+    Blackhole,
+    /// The node's kernel (host port).
+    Host,
+    /// The pod on this port slot.
+    Local(PortId),
+    /// A neighbour on the uplink.
+    Gateway(Ipv4Addr),
+    /// The uplink's own subnet: the destination is the L2 next hop.
+    Connected,
+    /// IPIP to `remote`, sent to the L2 neighbour `via`.
+    Tunnel {
+        remote: Ipv4Addr,
+        via: Ipv4Addr,
+    },
+    /// Equal-cost paths (members are never `Ecmp`); a member may repeat (weights).
+    Ecmp(Vec<NhKey>),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("policies: {0}")]
-    Policy(#[from] AclError),
-    #[error("{0}")]
-    Snapshot(#[from] SnapshotError),
+impl std::fmt::Display for NhKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NhKey::Unreachable => write!(f, "unreachable"),
+            NhKey::Blackhole => write!(f, "blackhole"),
+            NhKey::Host => write!(f, "host"),
+            NhKey::Local(p) => write!(f, "local port {p}"),
+            NhKey::Gateway(v) => write!(f, "via {v}"),
+            NhKey::Connected => write!(f, "connected"),
+            NhKey::Tunnel { remote, via } => write!(f, "ipip to {remote} via {via}"),
+            NhKey::Ecmp(m) => {
+                write!(f, "ecmp [")?;
+                for (i, k) in m.iter().enumerate() {
+                    write!(f, "{}{k}", if i > 0 { ", " } else { "" })?;
+                }
+                write!(f, "]")
+            }
+        }
+    }
 }
 
-/// Everything the daemon needs to start forwarding.
-pub struct NodeState {
-    pub snapshot: Snapshot,
-    pub routes: Vec<(Ipv4Prefix, NhId)>,
-    pub host_port: Option<PortId>,
+/// Where a route came from. Lower wins when several sources give the same prefix: what the
+/// node itself implies and the config file first, then the CLI, then the kernel table (BGP).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSource {
+    /// Implied by the node: pod /32s, the blackholed pod block, the connected subnet.
+    Node,
+    /// Peers' pod blocks and `[[routes]]` of the config file.
+    Config,
+    /// `vrouterctl route add`.
+    Cli,
+    /// Imported from a kernel routing table over netlink.
+    Kernel,
+}
+
+impl RouteSource {
+    pub const ALL: [RouteSource; 4] = [RouteSource::Node, RouteSource::Config, RouteSource::Cli, RouteSource::Kernel];
 }
 
 fn ip(a: Ipv4Addr) -> u32 {
     u32::from(a)
 }
 
-/// Builds the state for `cfg`; `uplink_mac` is the uplink device's MAC.
-pub fn build(cfg: &Config, uplink_mac: MacAddr, generation: u64) -> Result<NodeState, BuildError> {
+/// The routes a config implies, by source (`Node` or `Config`), with pods' next hops given by
+/// `pod_slot(endpoint name)`.
+pub fn config_routes(
+    cfg: &Config,
+    pod_slot: impl Fn(&str) -> Option<PortId>,
+) -> BTreeMap<Ipv4Prefix, (RouteSource, NhKey)> {
     let node = &cfg.node;
-    let mut ports = vec![PortInfo {
-        name: cfg.uplink.as_ref().map(|u| u.device.clone()).unwrap_or_else(|| "uplink".into()),
-        kind: PortKind::Uplink,
-        mac: uplink_mac,
-        mtu: cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500),
-        punt_unknown: cfg.host.is_some(),
-    }];
-    let mut endpoints = Vec::new();
-    for (i, e) in cfg.endpoints.iter().enumerate() {
-        ports.push(PortInfo {
-            name: e.tap.clone(),
-            kind: PortKind::Pod,
-            mac: POD_PORT_MAC,
-            mtu: e.mtu,
-            punt_unknown: false,
-        });
-        endpoints.push(Endpoint {
-            name: e.name.clone(),
-            port: pod_port(i),
-            mac: e.mac,
-            addrs: e.addrs.iter().map(|a| ip(*a)).collect(),
-        });
-    }
-    let host_port = cfg.host.as_ref().map(|h| {
-        ports.push(PortInfo {
-            name: h.tap.clone(),
-            kind: PortKind::Host,
-            mac: uplink_mac,
-            mtu: ports[0].mtu,
-            punt_unknown: false,
-        });
-        (ports.len() - 1) as PortId
-    });
-
-    let mut nexthops = vec![NextHop::Unreachable, NextHop::Blackhole];
-    const BLACKHOLE: NhId = 1;
-    let host_nh = host_port.map(|_| {
-        nexthops.push(NextHop::Host);
-        (nexthops.len() - 1) as NhId
-    });
-    let add_nh = |nh: NextHop, nexthops: &mut Vec<NextHop>| -> NhId {
-        match nexthops.iter().position(|x| *x == nh) {
-            Some(i) => i as NhId,
-            None => {
-                nexthops.push(nh);
-                (nexthops.len() - 1) as NhId
+    let mut routes = BTreeMap::new();
+    // Later inserts of the same prefix from a lower-priority source must not replace.
+    let mut put = |p: Ipv4Prefix, src: RouteSource, k: NhKey| {
+        routes.entry(p).or_insert((src, k));
+    };
+    for e in &cfg.endpoints {
+        if let Some(slot) = pod_slot(&e.name) {
+            for a in &e.addrs {
+                put(Ipv4Prefix::new_masked(ip(*a), 32), RouteSource::Node, NhKey::Local(slot));
             }
         }
-    };
-    let mut routes = Vec::new();
-    for (i, e) in cfg.endpoints.iter().enumerate() {
-        let nh = add_nh(NextHop::Local { endpoint: i as u16 }, &mut nexthops);
-        for a in &e.addrs {
-            routes.push((Ipv4Prefix::new_masked(ip(*a), 32), nh));
-        }
     }
-    // Calico blackholes the local block: addresses in it without a pod are unreachable.
-    routes.push((node.pod_block, BLACKHOLE));
-    // The uplink's subnet is on-link: hosts on it are resolved directly.
-    if cfg.uplink.is_some() {
-        let connected = add_nh(NextHop::Connected { port: UPLINK }, &mut nexthops);
-        routes.push((node.subnet, connected));
+    if cfg.uplink.is_some() && node.subnet.len() <= 30 {
         // Never forward to the subnet's network or broadcast address (no directed broadcast,
         // RFC 2644) nor make them ARP targets.
-        if node.subnet.len() <= 30 {
-            let net = node.subnet.addr();
-            routes.push((Ipv4Prefix::new_masked(net, 32), BLACKHOLE));
-            routes.push((Ipv4Prefix::new_masked(net | !node.subnet.mask(), 32), BLACKHOLE));
-        }
+        let net = node.subnet.addr();
+        put(Ipv4Prefix::new_masked(net, 32), RouteSource::Node, NhKey::Blackhole);
+        put(Ipv4Prefix::new_masked(net | !node.subnet.mask(), 32), RouteSource::Node, NhKey::Blackhole);
     }
-    let on_link = |a: Ipv4Addr| node.subnet.contains(ip(a));
-    let gateway = node.gateway.map(ip);
+    // Calico blackholes the local block: addresses in it without a pod are unreachable.
+    put(node.pod_block, RouteSource::Node, NhKey::Blackhole);
+    // The uplink's subnet is on-link: hosts on it are resolved directly.
+    if cfg.uplink.is_some() {
+        put(node.subnet, RouteSource::Node, NhKey::Connected);
+    }
     for p in &cfg.peers {
-        let mode = p.ipip_mode.unwrap_or(node.ipip_mode);
-        let peer = ip(p.ip);
-        let nh = if mode.encapsulates(node.subnet, peer) {
-            let via =
-                if on_link(p.ip) { peer } else { gateway.expect("validated: off-subnet peers need node.gateway") };
-            NextHop::Tunnel { port: UPLINK, remote: peer, via }
-        } else {
-            let via = if on_link(p.ip) { peer } else { gateway.expect("validated") };
-            NextHop::Gateway { port: UPLINK, via }
-        };
-        let id = add_nh(nh, &mut nexthops);
+        let nh = peer_nexthop(cfg, p.ip, p.ipip_mode.unwrap_or(node.ipip_mode).encapsulates(node.subnet, ip(p.ip)));
         for b in &p.pod_blocks {
-            routes.push((*b, id));
+            put(*b, RouteSource::Config, nh.clone());
         }
     }
     for r in &cfg.routes {
-        let id = if r.blackhole {
-            BLACKHOLE
+        let k = if r.blackhole {
+            NhKey::Blackhole
         } else if r.host {
-            host_nh.expect("validated: host routes need [host]")
+            NhKey::Host
         } else {
-            add_nh(NextHop::Gateway { port: UPLINK, via: ip(r.via.expect("validated")) }, &mut nexthops)
+            NhKey::Gateway(r.via.expect("validated: one of via, blackhole, host"))
         };
-        routes.push((r.prefix, id));
+        put(r.prefix, RouteSource::Config, k);
     }
-    let policy = Arc::new(PolicySet::compile(&cfg.policy_config(), generation)?);
-    let snapshot = Snapshot::build(
-        ports,
-        ip(node.ip),
-        vec![],
-        ip(node.pod_gateway),
-        cfg.peers.iter().map(|p| ip(p.ip)).collect(),
-        endpoints,
-        nexthops,
-        policy,
-    )?;
-    Ok(NodeState { snapshot, routes, host_port })
+    routes
+}
+
+/// How traffic to a remote node's pods leaves: straight to it (BGP mode, same subnet), through
+/// the underlay gateway, or in IPIP (`encap`) to it.
+pub fn peer_nexthop(cfg: &Config, peer: Ipv4Addr, encap: bool) -> NhKey {
+    let on_link = cfg.node.subnet.contains(ip(peer));
+    // Validated: an off-subnet peer needs node.gateway.
+    let via = if on_link { peer } else { cfg.node.gateway.unwrap_or(peer) };
+    if encap {
+        NhKey::Tunnel { remote: peer, via }
+    } else {
+        NhKey::Gateway(via)
+    }
 }
 
 #[cfg(test)]
@@ -165,49 +162,46 @@ mod tests {
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(f)).unwrap()
     }
 
-    fn nh_for<'a>(st: &'a NodeState, p: &str) -> &'a NextHop {
-        let p: Ipv4Prefix = p.parse().unwrap();
-        let id = st.routes.iter().find(|(q, _)| *q == p).unwrap_or_else(|| panic!("no route {p}")).1;
-        &st.snapshot.nexthops[id as usize]
+    fn nh(routes: &BTreeMap<Ipv4Prefix, (RouteSource, NhKey)>, p: &str) -> NhKey {
+        routes.get(&p.parse().unwrap()).unwrap_or_else(|| panic!("no route {p}")).1.clone()
+    }
+
+    fn slots(name: &str) -> Option<PortId> {
+        Some(if name.ends_with('a') { 2 } else { 3 })
     }
 
     #[test]
     fn crosssubnet_encapsulates_only_off_subnet_peers() {
         let mut cfg = load("ipip-crosssubnet-node3.toml");
-        let st = build(&cfg, MacAddr([2, 0, 0, 0, 0, 1]), 1).unwrap();
+        let r = config_routes(&cfg, slots);
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(
-            nh_for(&st, "10.244.1.0/26"),
-            &NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_010a, via: 0xc0a8_0201 },
+            nh(&r, "10.244.1.0/26"),
+            NhKey::Tunnel { remote: a("192.168.1.10"), via: a("192.168.2.1") },
             "node1 is off-subnet: IPIP via the underlay gateway"
         );
         // Put a peer on our subnet: CrossSubnet routes it directly (BGP mode).
-        cfg.peers[1].ip = "192.168.2.21".parse().unwrap();
-        let st = build(&cfg, MacAddr([2, 0, 0, 0, 0, 1]), 1).unwrap();
-        assert_eq!(nh_for(&st, "10.244.2.0/26"), &NextHop::Gateway { port: UPLINK, via: 0xc0a8_0215 });
+        cfg.peers[1].ip = a("192.168.2.21");
+        let r = config_routes(&cfg, slots);
+        assert_eq!(nh(&r, "10.244.2.0/26"), NhKey::Gateway(a("192.168.2.21")));
         // Always encapsulates even on-link, to the peer itself.
         cfg.node.ipip_mode = crate::dataplane::IpipMode::Always;
-        let st = build(&cfg, MacAddr([2, 0, 0, 0, 0, 1]), 1).unwrap();
-        assert_eq!(
-            nh_for(&st, "10.244.2.0/26"),
-            &NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_0215, via: 0xc0a8_0215 }
-        );
-        assert!(st.snapshot.is_peer(0xc0a8_010a) && st.snapshot.is_peer(0xc0a8_0215));
+        let r = config_routes(&cfg, slots);
+        assert_eq!(nh(&r, "10.244.2.0/26"), NhKey::Tunnel { remote: a("192.168.2.21"), via: a("192.168.2.21") });
     }
 
     #[test]
     fn pods_get_host_routes_and_the_block_is_blackholed() {
-        let st = build(&load("single-node.toml"), MacAddr([2, 0, 0, 0, 0, 1]), 1).unwrap();
-        assert_eq!(nh_for(&st, "10.244.1.2/32"), &NextHop::Local { endpoint: 0 });
-        assert_eq!(nh_for(&st, "10.244.1.3/32"), &NextHop::Local { endpoint: 1 });
-        assert_eq!(nh_for(&st, "10.244.1.0/26"), &NextHop::Blackhole);
-        assert_eq!(nh_for(&st, "0.0.0.0/0"), &NextHop::Gateway { port: UPLINK, via: 0xc0a8_0101 });
-        assert_eq!(nh_for(&st, "192.168.1.0/24"), &NextHop::Connected { port: UPLINK });
-        assert_eq!(nh_for(&st, "192.168.1.255/32"), &NextHop::Blackhole);
-        assert_eq!(nh_for(&st, "192.168.1.0/32"), &NextHop::Blackhole);
-        let host = st.host_port.unwrap() as usize;
-        assert_eq!(st.snapshot.ports[host].kind, PortKind::Host);
-        assert_eq!(st.snapshot.ports[host].mac, MacAddr([2, 0, 0, 0, 0, 1]), "host TAP shares the uplink MAC");
-        assert_eq!(st.snapshot.ports[1].mac, POD_PORT_MAC);
-        assert!(!st.snapshot.policy.is_allow_all());
+        let cfg = load("single-node.toml");
+        let r = config_routes(&cfg, |n| cfg.endpoints.iter().position(|e| e.name == n).map(|i| 2 + i as PortId));
+        assert_eq!(nh(&r, "10.244.1.2/32"), NhKey::Local(2));
+        assert_eq!(nh(&r, "10.244.1.3/32"), NhKey::Local(3));
+        assert_eq!(nh(&r, "10.244.1.0/26"), NhKey::Blackhole);
+        assert_eq!(nh(&r, "0.0.0.0/0"), NhKey::Gateway("192.168.1.1".parse().unwrap()));
+        assert_eq!(nh(&r, "192.168.1.0/24"), NhKey::Connected);
+        assert_eq!(nh(&r, "192.168.1.255/32"), NhKey::Blackhole);
+        assert_eq!(nh(&r, "192.168.1.0/32"), NhKey::Blackhole);
+        assert_eq!(r.get(&"10.244.1.2/32".parse().unwrap()).unwrap().0, RouteSource::Node);
+        assert_eq!(r.get(&"0.0.0.0/0".parse().unwrap()).unwrap().0, RouteSource::Config);
     }
 }

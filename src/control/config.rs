@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::acl::{PolicyConfig, Rule};
 use crate::dataplane::state::IpipMode;
 use crate::fib::Ipv4Prefix;
 use crate::wire::MacAddr;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -35,9 +35,70 @@ pub struct Config {
     pub global_rules: Vec<Rule>,
     #[serde(default)]
     pub policies: BTreeMap<String, Vec<Rule>>,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub kernel_routes: Option<KernelRoutesConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The control socket `vrouterctl` talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the Unix socket; empty: no control socket.
+    #[serde(default = "default_socket")]
+    pub socket: String,
+    /// Group (name or number) allowed to use the socket besides root; the socket is mode 0660.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/vrouter/vrouter.sock";
+
+fn default_socket() -> String {
+    DEFAULT_SOCKET.into()
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: default_socket(), group: None }
+    }
+}
+
+/// The Prometheus endpoint (off unless configured).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `GET /metrics` on, e.g. "127.0.0.1:9420".
+    pub listen: std::net::SocketAddr,
+}
+
+/// Importing routes from a kernel routing table (where BIRD programs what it learns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRoutesConfig {
+    /// Kernel table id (254 is `main`).
+    #[serde(default = "main_table")]
+    pub table: u32,
+    /// Routes through this device are IPIP tunnels to their gateway (Calico's `tunl0`).
+    #[serde(default = "default_tunnel_device")]
+    pub tunnel_device: String,
+    /// Devices whose routes mean "out of the uplink" besides the uplink device itself (for
+    /// example the host TAP, where the kernel sees the node's subnet).
+    #[serde(default)]
+    pub uplink_aliases: Vec<String>,
+}
+
+fn main_table() -> u32 {
+    254
+}
+fn default_tunnel_device() -> String {
+    "tunl0".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -68,7 +129,7 @@ fn default_mtu() -> u16 {
     1500
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
@@ -78,7 +139,7 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     /// The netdev vrouter drives through AF_XDP.
@@ -100,7 +161,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Name of the TAP vrouter creates for the node's kernel; it gets the node IP and the
@@ -108,7 +169,7 @@ pub struct HostConfig {
     pub tap: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IdleMode {
     /// Busy-poll forever (lowest latency, a full core per worker).
@@ -120,7 +181,7 @@ pub enum IdleMode {
     Interrupt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     #[serde(default)]
@@ -143,7 +204,7 @@ impl Default for WorkersConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub name: String,
@@ -157,7 +218,7 @@ pub struct PeerConfig {
     pub ipip_mode: Option<IpipMode>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub name: String,
@@ -187,7 +248,7 @@ fn default_pod_mtu() -> u16 {
     1480
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: Ipv4Prefix,
@@ -202,7 +263,7 @@ pub struct RouteConfig {
     pub host: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NeighbourConfig {
     pub ip: Ipv4Addr,
@@ -217,6 +278,12 @@ pub enum ConfigError {
     Parse { file: PathBuf, msg: String },
     #[error("{file}: {field}: {msg}")]
     Invalid { file: PathBuf, field: String, msg: String },
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl<'de> Deserialize<'de> for MacAddr {
@@ -241,7 +308,7 @@ impl Config {
     }
 
     /// Cross-field checks serde cannot express.
-    fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         let node_ip = u32::from(self.node.ip);
         if !self.node.subnet.contains(node_ip) {
@@ -343,6 +410,17 @@ impl Config {
             if r.host && self.host.is_none() {
                 return err(&format!("routes[{i}].host"), "needs a [host] tap".into());
             }
+        }
+        if let Some(k) = &self.kernel_routes {
+            if k.table == 0 || k.table == 255 {
+                return err(
+                    "kernel_routes.table",
+                    format!("{} is not a routing table to import (1..=254, 256..)", k.table),
+                );
+            }
+        }
+        if self.control.socket.len() > 100 {
+            return err("control.socket", "a Unix socket path must be shorter than 108 bytes".into());
         }
         // Policy rules compile now so that errors surface at check time.
         crate::acl::PolicySet::compile(&self.policy_config(), 0)

@@ -1,6 +1,8 @@
-//! `vrouter run`: build the node from its config, open the ports, start the workers, publish
-//! counters, and on SIGINT/SIGTERM stop and leave nothing behind (TAPs close with their fds,
-//! the XDP program detaches with the last AF_XDP socket, and is removed again to be sure).
+//! `vrouter run`: build the node from its config, open the ports, start the workers, serve the
+//! control socket (and metrics, and the kernel route import when configured), publish
+//! counters; SIGHUP re-reads the config and applies the difference; on SIGINT/SIGTERM stop and
+//! leave nothing behind (TAPs close with their fds, the XDP program detaches with the last
+//! AF_XDP socket, and is removed again to be sure, the socket file is removed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,22 +12,28 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
-use super::build::{self, pod_port, UPLINK};
-use super::config::{Config, ConfigError};
-use crate::dataplane::{Shared, Worker, WorkerConfig};
+use arc_swap::ArcSwap;
+
+use super::build::{HOST_PORT, UPLINK};
+use super::config::{Config, ConfigError, EndpointConfig};
+use super::node::{Node, NodeError, PortIo};
+use super::server::{self, Control};
+use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
 use crate::stats::{Counters, DropReason};
 use crate::wire::MacAddr;
-use crate::worker::{TxTarget, WorkerRt};
+use crate::worker::{PortSet, TxTarget, WorkerRt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
-    Build(#[from] build::BuildError),
+    Node(#[from] NodeError),
+    #[error("{0}")]
+    Server(#[from] server::ServerError),
     #[error("uplink {dev}: {msg}")]
     Uplink { dev: String, msg: String },
     #[error("endpoint {name}: {msg}")]
@@ -90,7 +98,65 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Runs the node described by `config` until SIGINT or SIGTERM.
+/// The daemon's ports as the workers see them: pods' TAPs are created and removed here on the
+/// node's behalf, and each change is published as a new [`PortSet`].
+struct TapIo {
+    set: Arc<ArcSwap<PortSet>>,
+    pods: BTreeMap<PortId, Arc<TapPort>>,
+    host: Option<Arc<TapPort>>,
+    uplink: bool,
+    version: u64,
+}
+
+impl TapIo {
+    fn publish(&mut self) {
+        let mut targets = vec![TxTarget::None; MAX_PORTS];
+        if self.uplink {
+            targets[UPLINK as usize] = TxTarget::Uplink;
+        }
+        let mut taps = Vec::new();
+        if let Some(h) = &self.host {
+            targets[HOST_PORT as usize] = TxTarget::Tap(h.clone());
+            taps.push(h.clone());
+        }
+        for (slot, t) in &self.pods {
+            targets[*slot as usize] = TxTarget::Tap(t.clone());
+            taps.push(t.clone());
+        }
+        self.version += 1;
+        self.set.store(Arc::new(PortSet { version: self.version, targets, taps }));
+    }
+}
+
+impl PortIo for TapIo {
+    fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: std::net::Ipv4Addr) -> Result<(), String> {
+        let tap = TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?;
+        if let Some(ns) = &e.netns {
+            tap.setup_pod(&PodSetup {
+                netns: ns,
+                ifname: &e.ifname,
+                mac: e.mac.to_string(),
+                mtu: e.mtu,
+                addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
+                gateway: pod_gateway.to_string(),
+            })
+            .map_err(|x| x.to_string())?;
+        }
+        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, "pod port ready");
+        self.pods.insert(slot, Arc::new(tap));
+        self.publish();
+        Ok(())
+    }
+
+    fn remove_pod(&mut self, slot: PortId) {
+        if self.pods.remove(&slot).is_some() {
+            info!(port = slot, "pod port removed");
+        }
+        self.publish();
+    }
+}
+
+/// Runs the node described by `config` until SIGINT or SIGTERM; SIGHUP reloads it.
 pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let cfg = Config::load(config)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,6 +164,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| DaemonError::Other(format!("signal handler: {e}")))?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| DaemonError::Other(format!("signal handler: {e}")))?;
 
     let uplink_mac = match &cfg.uplink {
         Some(u) => {
@@ -118,49 +187,23 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
         None => MacAddr([0x02, 0, 0, 0, 0, 0x01]),
     };
-    let state = build::build(&cfg, uplink_mac, 1)?;
-    let port_names: Vec<String> = state.snapshot.ports.iter().map(|p| p.name.clone()).collect();
     let neigh = NeighTable::new(NeighConfig::default()).map_err(|e| DaemonError::Other(e.to_string()))?;
-    let (shared, mut fib) = Shared::new(state.snapshot, neigh);
-    fib.load(state.routes.iter().copied());
-    for n in &cfg.neighbours {
-        shared
-            .neigh
-            .add_static(u32::from(n.ip), n.mac.0)
-            .map_err(|e| DaemonError::Other(format!("neighbour {}: {e}", n.ip)))?;
-    }
+    let (shared, fib) = Shared::new(Node::empty_snapshot(&cfg, uplink_mac), neigh);
 
     // Ports. Everything created here is removed when dropped, including on early return.
-    let mut targets = vec![TxTarget::None; port_names.len()];
-    let mut taps = Vec::new();
-    for (i, e) in cfg.endpoints.iter().enumerate() {
-        let ep_err = |msg: String| DaemonError::Endpoint { name: e.name.clone(), msg };
-        let tap = Arc::new(TapPort::create(&e.tap, pod_port(i)).map_err(|x| ep_err(x.to_string()))?);
-        if let Some(ns) = &e.netns {
-            tap.setup_pod(&PodSetup {
-                netns: ns,
-                ifname: &e.ifname,
-                mac: e.mac.to_string(),
-                mtu: e.mtu,
-                addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
-                gateway: cfg.node.pod_gateway.to_string(),
-            })
-            .map_err(|x| ep_err(x.to_string()))?;
-        }
-        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, "pod port ready");
-        targets[pod_port(i) as usize] = TxTarget::Tap(tap.clone());
-        taps.push(tap);
-    }
-    if let (Some(h), Some(hp)) = (&cfg.host, state.host_port) {
-        let tap = Arc::new(TapPort::create(&h.tap, hp).map_err(|e| DaemonError::Host(e.to_string()))?);
+    let port_set = Arc::new(ArcSwap::from_pointee(PortSet::default()));
+    let mut io =
+        TapIo { set: port_set.clone(), pods: BTreeMap::new(), host: None, uplink: cfg.uplink.is_some(), version: 0 };
+    if let Some(h) = &cfg.host {
+        let tap = TapPort::create(&h.tap, HOST_PORT).map_err(|e| DaemonError::Host(e.to_string()))?;
         let cidr = format!("{}/{}", cfg.node.ip, cfg.node.subnet.len());
         let mtu = cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500);
         tap.setup_host(&uplink_mac.to_string(), &cidr, mtu, cfg.node.gateway.map(|g| g.to_string()).as_deref())
             .map_err(|e| DaemonError::Host(e.to_string()))?;
         info!(tap = %h.tap, addr = %cidr, "host port ready");
-        targets[hp as usize] = TxTarget::Tap(tap.clone());
-        taps.push(tap);
+        io.host = Some(Arc::new(tap));
     }
+    io.publish();
     let mut xsks = Vec::new();
     if let Some(u) = &cfg.uplink {
         for q in 0..u.queues {
@@ -169,9 +212,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                     .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?,
             ));
         }
-        targets[UPLINK as usize] = TxTarget::Uplink;
     }
-    let targets = Arc::new(targets);
 
     // Workers: one per uplink queue (at least one); worker 0 also receives from the TAPs.
     let n_workers = xsks.len().max(1);
@@ -186,8 +227,8 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             id,
             pipeline,
             uplink: xsks.get_mut(id).and_then(Option::take),
-            rx_taps: if id == 0 { taps.clone() } else { vec![] },
-            targets: targets.clone(),
+            rx_taps: id == 0,
+            ports: port_set.clone(),
             idle: cfg.workers.idle,
             spin: Duration::from_micros(cfg.workers.spin_us),
             core,
@@ -200,11 +241,53 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 .map_err(|e| DaemonError::Other(e.to_string()))?,
         );
     }
-    info!(node = %cfg.node.name, workers = n_workers, routes = fib.len(), "forwarding");
+    // The node: pods, routes, policy. Workers are running, so every change from here on goes
+    // through the same make-before-break path as live updates.
+    let started = std::time::Instant::now();
+    let node = match Node::new(cfg.clone(), uplink_mac, shared.clone(), fib, Box::new(io)) {
+        Ok(n) => n,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(e.into());
+        }
+    };
+    info!(node = %cfg.node.name, workers = n_workers, routes = node.fib_len(), "forwarding");
+    let ctl = Arc::new(Control {
+        node: std::sync::Mutex::new(node),
+        shared: shared.clone(),
+        counters: counters.clone(),
+        config_path: Some(config.to_path_buf()),
+        started,
+    });
+    let mut services = Vec::new();
+    if !cfg.control.socket.is_empty() {
+        match server::serve(Path::new(&cfg.control.socket), cfg.control.group.as_deref(), ctl.clone(), stop.clone()) {
+            Ok(h) => {
+                info!(socket = %cfg.control.socket, "control socket ready");
+                services.push(h);
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e.into());
+            }
+        }
+    }
 
     while !stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            match ctl.reload() {
+                Ok(r) => info!(change = %r, "config reloaded (SIGHUP)"),
+                Err(e) => error!("config reload (SIGHUP) refused, still running the previous config: {e}"),
+            }
+        }
         if let Some(p) = &stats {
-            let doc = stats_json(&cfg.node.name, &port_names, &counters);
+            let doc = ctl.counters_json()["total"].clone();
             if let Err(e) = write_atomically(p, &doc.to_string()) {
                 error!(path = %p.display(), "cannot write stats: {e}");
             }
@@ -216,14 +299,14 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         std::thread::sleep(Duration::from_millis(200));
     }
     info!("stopping");
-    for h in handles {
+    for h in handles.into_iter().chain(services) {
         let _ = h.join();
     }
     if let Some(p) = &stats {
-        let _ = write_atomically(p, &stats_json(&cfg.node.name, &port_names, &counters).to_string());
+        let _ = write_atomically(p, &ctl.counters_json()["total"].to_string());
     }
-    drop(taps);
-    drop(targets);
+    drop(ctl);
+    port_set.store(Arc::new(PortSet::default()));
     if let Some(u) = &cfg.uplink {
         afxdp::detach_xdp(&u.device);
     }

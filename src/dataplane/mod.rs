@@ -3,12 +3,14 @@
 pub mod bench;
 pub mod frag;
 pub mod lab;
+pub mod observe;
 pub mod output;
 pub mod packet;
 pub mod pipeline;
+pub mod quiesce;
 pub mod state;
 
 pub use output::Output;
-pub use packet::{Frame, PacketBuf, Pkt, PortId, HEADROOM, MAX_BATCH};
+pub use packet::{Frame, PacketBuf, Pkt, PortId, HEADROOM, MAX_BATCH, MAX_PORTS};
 pub use pipeline::{Verdict, Worker, WorkerConfig};
 pub use state::{Endpoint, IpipMode, NextHop, PortInfo, PortKind, Shared, Snapshot, SnapshotError};

@@ -12,6 +12,8 @@ pub const HEADROOM: usize = 128;
 
 /// Largest batch a worker processes in one call; larger slices are processed in chunks.
 pub const MAX_BATCH: usize = 256;
+/// Port ids a node can use (uplink, host, pods): counters are sized for this many.
+pub const MAX_PORTS: usize = 256;
 
 /// Size of a whole frame buffer (headroom + a 1500-byte-MTU frame + slack), as in UMEM chunks.
 pub const BUF_SIZE: usize = 2048;

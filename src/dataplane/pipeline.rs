@@ -22,8 +22,10 @@
 use std::sync::Arc;
 
 use super::frag;
+use super::observe::{self, CapturePoint, TraceRecord};
 use super::output::Output;
 use super::packet::{Frame, PortId, HEADROOM, MAX_BATCH};
+use super::quiesce::ReaderSlot;
 use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
 use crate::fib::{NhId, NH_NONE};
@@ -69,12 +71,21 @@ struct Meta {
     decapped: bool,
     /// Turned into an ICMP error during egress: needs a second lookup.
     reroute: bool,
+    /// Went through the FIB lookup (`nh` is its answer); shown by packet trace.
+    looked_up: bool,
     dst: u32,
     nh: NhId,
 }
 
-const META_INIT: Meta =
-    Meta { verdict: Verdict::Continue, local_origin: false, decapped: false, reroute: false, dst: 0, nh: NH_NONE };
+const META_INIT: Meta = Meta {
+    verdict: Verdict::Continue,
+    local_origin: false,
+    decapped: false,
+    reroute: false,
+    looked_up: false,
+    dst: 0,
+    nh: NH_NONE,
+};
 
 /// Sizes and rates of one worker's private state.
 #[derive(Clone, Debug)]
@@ -132,13 +143,29 @@ pub struct Worker {
     out: Output,
     ident: u16,
     last_service_ms: u64,
+    /// This worker's slot in [`Shared::readers`] (its batch boundaries).
+    reader: Option<ReaderSlot>,
+    /// The last connection-table dump request answered.
+    ct_answered: u64,
+    /// Set while a traced batch runs: what policy decided, per frame of the chunk.
+    trace: Option<Box<TraceScratch>>,
+}
+
+/// A traced chunk's notes, filled by the stages (only while tracing).
+#[derive(Default)]
+struct TraceScratch {
+    chosen: Vec<bool>,
+    received: Vec<String>,
+    policy: Vec<Option<String>>,
+    /// The note `policy()` left for the frame egress is working on.
+    current: Option<String>,
 }
 
 impl Worker {
     pub fn new(shared: Arc<Shared>, cfg: WorkerConfig) -> Self {
         let ports = shared.snapshot.load().ports.len();
         Worker {
-            counters: Arc::new(Counters::new(ports.max(64))),
+            counters: Arc::new(Counters::new(super::packet::MAX_PORTS)),
             ct: ConnTrack::with_capacity(cfg.conntrack_capacity, cfg.conntrack_timeouts),
             hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::BUF_SIZE),
             pending: Vec::with_capacity(cfg.hold_slots),
@@ -151,8 +178,28 @@ impl Worker {
             out: Output::new(ports.max(64), MAX_BATCH, cfg.emit_slots),
             ident: 1,
             last_service_ms: u64::MAX,
+            reader: Some(shared.readers.register().expect("at most MAX_READERS workers per node")),
+            ct_answered: 0,
+            trace: None,
             shared,
             cfg,
+        }
+    }
+
+    /// This worker's number among the node's (its reader slot).
+    pub fn id(&self) -> u32 {
+        self.reader.as_ref().map_or(u32::MAX, |r| r.index() as u32)
+    }
+
+    /// Answers the control side's requests that are not about packets (a connection-table
+    /// dump). Cheap when there are none: the poll loop calls it every pass.
+    pub fn poll_requests(&mut self) {
+        if self.shared.observe.active() & observe::CT_DUMP == 0 {
+            return;
+        }
+        if let Some(n) = self.shared.observe.ct_dump_wanted(self.ct_answered) {
+            self.ct_answered = n;
+            self.shared.observe.ct_dump_answer(self.id(), n, self.ct.entries().collect());
         }
     }
 
@@ -173,15 +220,141 @@ impl Worker {
     /// them in place. Afterwards [`Worker::output`] lists, per port, the indices of frames to
     /// send, and the frames the pipeline generated. `now_ms` is a monotonic clock.
     pub fn process<F: Frame>(&mut self, frames: &mut [F], now_ms: u64) -> &Output {
-        let snap = self.shared.snapshot.load_full();
+        let shared = self.shared.clone();
+        if let Some(r) = &self.reader {
+            shared.readers.enter(r);
+        }
+        let snap = shared.snapshot.load_full();
         self.out.reset(snap.ports.len(), MAX_BATCH);
         self.service(&snap, now_ms);
-        let mut base = 0u32;
-        for chunk in frames.chunks_mut(MAX_BATCH) {
-            self.process_chunk(&snap, chunk, base, now_ms);
-            base += chunk.len() as u32;
+        if shared.observe.active() & (observe::TRACE | observe::CAPTURE) != 0 {
+            self.process_observed(&snap, frames, now_ms);
+        } else {
+            let mut base = 0u32;
+            for chunk in frames.chunks_mut(MAX_BATCH) {
+                self.process_chunk(&snap, chunk, base, now_ms);
+                base += chunk.len() as u32;
+            }
+        }
+        drop(snap);
+        if let Some(r) = &mut self.reader {
+            shared.readers.leave(r);
         }
         &self.out
+    }
+
+    /// [`Worker::process`] while a trace or capture is on: the same stages, plus copies and
+    /// notes. Allocates; never taken when nobody looks.
+    #[cold]
+    #[inline(never)]
+    fn process_observed<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], now: u64) {
+        let obs = &self.shared.clone().observe;
+        let mut base = 0u32;
+        for chunk in frames.chunks_mut(MAX_BATCH) {
+            if obs.capture_wants(CapturePoint::Rx) {
+                let copies: Vec<(PortId, Vec<u8>)> = chunk
+                    .iter_mut()
+                    .map(|f| {
+                        let port = f.port();
+                        let (buf, head, len) = f.parts();
+                        (port, buf[*head..*head + *len].to_vec())
+                    })
+                    .collect();
+                obs.capture(copies.iter().map(|(p, d)| (*p, CapturePoint::Rx, &d[..])));
+            }
+            let mut scratch = self.trace.take().unwrap_or_default();
+            obs.claim_trace(chunk.iter().map(|f| f.port()), &mut scratch.chosen);
+            let tracing = scratch.chosen.iter().any(|c| *c);
+            if tracing {
+                scratch.received = chunk
+                    .iter_mut()
+                    .zip(&scratch.chosen)
+                    .map(|(f, c)| {
+                        let (buf, head, len) = f.parts();
+                        if *c {
+                            observe::describe_frame(&buf[*head..*head + *len])
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect();
+                scratch.policy = vec![None; chunk.len()];
+                self.trace = Some(scratch);
+            }
+            self.process_chunk(snap, chunk, base, now);
+            if let Some(scratch) = self.trace.take() {
+                let records = self.trace_records(snap, chunk, &scratch);
+                obs.push_trace(records);
+            }
+            base += chunk.len() as u32;
+        }
+        if obs.capture_wants(CapturePoint::Tx) {
+            let out = &self.out;
+            let sent = out.active_ports().flat_map(|p| out.tx(p).iter().map(move |&i| (p, i as usize)));
+            let mut copies: Vec<(PortId, Vec<u8>)> = sent
+                .filter_map(|(p, i)| {
+                    let f = frames.get_mut(i)?;
+                    let (buf, head, len) = f.parts();
+                    Some((p, buf[*head..*head + *len].to_vec()))
+                })
+                .collect();
+            copies.extend(out.emitted.frames().map(|(p, d)| (p, d.to_vec())));
+            obs.capture(copies.iter().map(|(p, d)| (*p, CapturePoint::Tx, &d[..])));
+        }
+    }
+
+    /// The trace records of a processed chunk's chosen frames.
+    fn trace_records<F: Frame>(&self, snap: &Snapshot, chunk: &mut [F], scratch: &TraceScratch) -> Vec<TraceRecord> {
+        let mut records = Vec::new();
+        for (i, f) in chunk.iter_mut().enumerate() {
+            if !scratch.chosen[i] {
+                continue;
+            }
+            let m = &self.meta[i];
+            let in_port = f.port();
+            let port_name = |p: PortId| snap.port(p).map_or_else(|| format!("#{p}"), |x| x.name.clone());
+            let mut steps = vec![format!("input: port {} ({})", in_port, port_name(in_port))];
+            if m.decapped {
+                steps.push("ipip: decapsulated (outer source is a known peer, outer destination our node IP)".into());
+            }
+            if m.local_origin {
+                steps.push("local: answered or turned into an ICMP error by the router".into());
+            }
+            let lookup = m.looked_up.then_some((m.dst, m.nh));
+            if let Some((dst, nh)) = lookup {
+                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
+                steps.push(format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst)));
+            }
+            if let Some(p) = &scratch.policy[i] {
+                steps.push(format!("policy: {p}"));
+            }
+            let (buf, head, len) = f.parts();
+            let frame = &buf[*head..*head + *len];
+            let (verdict, drop_reason, out_port, sent) = match m.verdict {
+                Verdict::Tx(p) => {
+                    steps.push(format!("output: port {p} ({})", port_name(p)));
+                    ("tx", None, Some(p), Some(observe::describe_frame(frame)))
+                }
+                Verdict::Punt => ("punt", None, snap.host_port, Some(observe::describe_frame(frame))),
+                Verdict::Held => ("held", None, None, None),
+                Verdict::Consumed => ("consumed", None, None, None),
+                Verdict::Drop(r) => ("drop", Some(r.name().to_string()), None, None),
+                Verdict::Continue => ("drop", Some(DropReason::BadNextHop.name().to_string()), None, None),
+            };
+            records.push(TraceRecord {
+                seq: 0,
+                worker: self.id(),
+                in_port,
+                received: scratch.received[i].clone(),
+                steps,
+                verdict: verdict.into(),
+                drop_reason,
+                out_port,
+                sent,
+                lookup,
+            });
+        }
+        records
     }
 
     /// Timers that ride on the poll loop: held frames whose neighbour resolved (possibly on
@@ -280,11 +453,16 @@ impl Worker {
     }
 
     fn egress_all<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], meta: &mut [Meta], now: u64) {
-        for (f, m) in frames.iter_mut().zip(meta.iter_mut()) {
+        for (i, (f, m)) in frames.iter_mut().zip(meta.iter_mut()).enumerate() {
             if m.verdict == Verdict::Continue {
                 let port = f.port();
                 let (buf, head, len) = f.parts();
                 self.egress(snap, buf, head, len, port, m, now);
+                if let Some(t) = &mut self.trace {
+                    if let Some(note) = t.current.take() {
+                        t.policy[i] = Some(note);
+                    }
+                }
             }
         }
     }
@@ -325,7 +503,7 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
-        let Some(pinfo) = snap.ports.get(port as usize) else {
+        let Some(pinfo) = snap.port(port) else {
             m.verdict = Verdict::Drop(DropReason::UnknownPort);
             return;
         };
@@ -651,7 +829,9 @@ impl Worker {
         let guard = self.shared.fib.pin();
         guard.lookup_batch(&self.keys[..k], &mut self.nhs[..k]);
         for j in 0..k {
-            meta[self.idx[j] as usize].nh = self.nhs[j];
+            let m = &mut meta[self.idx[j] as usize];
+            m.nh = self.nhs[j];
+            m.looked_up = true;
         }
     }
 
@@ -736,6 +916,7 @@ impl Worker {
     ) -> Result<(), DropReason> {
         let pol = &snap.policy;
         if pol.is_allow_all() {
+            self.note(|| "no policy selects anything on this node: allowed".into());
             return Ok(());
         }
         let v = Ipv4Packet::new_checked(ip).expect("checked");
@@ -758,9 +939,14 @@ impl Worker {
         };
         let key = FlowKey { src: v.src(), dst: v.dst(), proto, sport: fields.sport, dport: fields.dport, fragment };
         let gen = pol.generation();
+        self.note(|| describe_policy(snap, src_ep, dst_ep, &key));
         match self.ct.lookup(&key, fields.tcp_flags, now, gen) {
-            CtLookup::Hit { stale: false, .. } => Ok(()),
+            CtLookup::Hit { stale: false, dir } => {
+                self.note(|| format!("established connection ({dir:?} direction): allowed by conntrack"));
+                Ok(())
+            }
             CtLookup::Hit { stale: true, dir } => {
+                self.note(|| format!("established connection, policy changed since: judged again as {dir:?}"));
                 // Policy changed since the flow was admitted: judge it again as its originator.
                 let allowed = match dir {
                     CtDir::Original => evaluate(pol, src_ep, dst_ep, &key),
@@ -783,6 +969,19 @@ impl Worker {
         }
     }
 
+    /// Leaves a note for the packet trace (only while a traced chunk runs; a new note
+    /// replaces none: the first one, the evaluation, is extended by later ones).
+    #[inline]
+    fn note(&mut self, f: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let n = f();
+            t.current = Some(match t.current.take() {
+                Some(prev) => format!("{prev}; {n}"),
+                None => n,
+            });
+        }
+    }
+
     /// MTU, encapsulation, neighbour, L2 rewrite for a frame going to `nh`.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -802,7 +1001,7 @@ impl Worker {
             NextHop::Tunnel { port, .. } => (*port, IPIP_OVERHEAD),
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
-        let Some(pinfo) = snap.ports.get(port as usize) else { return Verdict::Drop(DropReason::BadNextHop) };
+        let Some(pinfo) = snap.port(port) else { return Verdict::Drop(DropReason::BadNextHop) };
         let mtu = pinfo.mtu as usize - overhead.min(pinfo.mtu as usize);
         if *len - ETH > mtu {
             return self.too_big(snap, buf, head, len, nh, mtu, m, now);
@@ -855,7 +1054,7 @@ impl Worker {
             }
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
-        let smac = snap.ports[port as usize].mac;
+        let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
         let dmac = match dmac {
             Some(d) => d,
             None => match self.shared.neigh.lookup(via, now) {
@@ -987,7 +1186,7 @@ impl Worker {
         if !self.arp_rl.allow(now) {
             return;
         }
-        let mac = snap.ports[port as usize].mac;
+        let Some(mac) = snap.port(port).map(|p| p.mac) else { return };
         let Some((slot, b)) = self.out.emitted.next_free() else { return };
         let n = arp::build_request(&mut b[HEADROOM..], mac.0, snap.node_ip, target);
         self.out.emitted.commit(slot, port, HEADROOM, n);
@@ -1032,6 +1231,36 @@ fn evaluate(
         }
     }
     true
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            self.shared.readers.unregister(r);
+        }
+    }
+}
+
+/// What policy says about `key` and why, for the packet trace: each direction evaluated, with
+/// the endpoint's name and the rule that decided.
+fn describe_policy(snap: &Snapshot, src_ep: Option<EndpointId>, dst_ep: Option<EndpointId>, key: &FlowKey) -> String {
+    let pol = &snap.policy;
+    let name = |e: EndpointId| snap.endpoints.get(e as usize).map_or("?", |x| x.name.as_str());
+    let mut parts = Vec::new();
+    if src_ep.is_none() && dst_ep.is_none() {
+        parts.push(format!("transit: {}", pol.describe(pol.evaluate(None, Direction::Ingress, key))));
+    }
+    if let Some(e) = src_ep {
+        parts.push(format!("egress of '{}': {}", name(e), pol.describe(pol.evaluate(Some(e), Direction::Egress, key))));
+    }
+    if let Some(e) = dst_ep {
+        parts.push(format!(
+            "ingress of '{}': {}",
+            name(e),
+            pol.describe(pol.evaluate(Some(e), Direction::Ingress, key))
+        ));
+    }
+    parts.join("; ")
 }
 
 /// The IPv4 destination of the (validated) frame at `head`.

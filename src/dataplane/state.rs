@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::observe::Observe;
 use super::packet::PortId;
+use super::quiesce::{GraceTimeout, Readers};
 use crate::acl::{EndpointId, PolicySet};
 use crate::fib::{Fib, FibWriter, Ipv4Prefix, NhId};
 use crate::neigh::NeighTable;
@@ -106,7 +108,10 @@ impl IpipMode {
 
 /// Everything but the FIB, immutable once published.
 pub struct Snapshot {
-    pub ports: Vec<PortInfo>,
+    /// Set by [`Shared::publish`]: 1 for the first snapshot, +1 for each one after.
+    pub generation: u64,
+    /// Ports by [`PortId`]; `None` is a free slot (a removed pod's id, kept until reused).
+    pub ports: Vec<Option<PortInfo>>,
     /// The node IP: our tunnel endpoint and the source of ICMP errors we send.
     pub node_ip: u32,
     /// Every address that is ours (node IP, extra addresses, the pod gateway).
@@ -150,8 +155,8 @@ pub enum SnapshotError {
 impl Snapshot {
     /// Checks cross-references and derives the lookup tables. Nothing is published on error.
     #[allow(clippy::too_many_arguments)]
-    pub fn build(
-        ports: Vec<PortInfo>,
+    pub fn build<P: Into<Option<PortInfo>>>(
+        ports: impl IntoIterator<Item = P>,
         node_ip: u32,
         extra_addrs: Vec<u32>,
         pod_gateway: u32,
@@ -160,9 +165,11 @@ impl Snapshot {
         nexthops: Vec<NextHop>,
         policy: Arc<PolicySet>,
     ) -> Result<Snapshot, SnapshotError> {
+        let ports: Vec<Option<PortInfo>> = ports.into_iter().map(Into::into).collect();
         let mut host_port = None;
         let mut uplink_port = None;
         for (i, p) in ports.iter().enumerate() {
+            let Some(p) = p else { continue };
             if !(68..=9000).contains(&p.mtu) {
                 return Err(SnapshotError::BadMtu(p.name.clone(), p.mtu));
             }
@@ -181,16 +188,12 @@ impl Snapshot {
         let mut port_endpoint = vec![None; ports.len()];
         for (i, e) in endpoints.iter().enumerate() {
             let p = e.port as usize;
-            if ports.get(p).map(|p| p.kind) != Some(PortKind::Pod) {
+            let Some(pinfo) = ports.get(p).and_then(Option::as_ref).filter(|x| x.kind == PortKind::Pod) else {
                 return Err(SnapshotError::EndpointPort(e.name.clone(), e.port));
-            }
+            };
             if let Some(other) = port_endpoint[p] {
                 let other: &Endpoint = &endpoints[other as usize];
-                return Err(SnapshotError::EndpointPortTaken(
-                    e.name.clone(),
-                    ports[p].name.clone(),
-                    other.name.clone(),
-                ));
+                return Err(SnapshotError::EndpointPortTaken(e.name.clone(), pinfo.name.clone(), other.name.clone()));
             }
             if e.addrs.is_empty() {
                 return Err(SnapshotError::EndpointNoAddress(e.name.clone()));
@@ -205,7 +208,8 @@ impl Snapshot {
         }
         for (i, nh) in nexthops.iter().enumerate() {
             let bad = |why: String| Err(SnapshotError::BadNextHop(i, why));
-            let port_is = |p: PortId, k: PortKind| ports.get(p as usize).map(|x| x.kind) == Some(k);
+            let port_is =
+                |p: PortId, k: PortKind| ports.get(p as usize).and_then(Option::as_ref).map(|x| x.kind) == Some(k);
             match nh {
                 NextHop::Local { endpoint } if *endpoint as usize >= endpoints.len() => {
                     return bad(format!("endpoint {endpoint} does not exist"))
@@ -240,6 +244,7 @@ impl Snapshot {
         local_addrs.sort_unstable();
         local_addrs.dedup();
         Ok(Snapshot {
+            generation: 0,
             ports,
             node_ip,
             local_addrs,
@@ -252,6 +257,12 @@ impl Snapshot {
             host_port,
             uplink_port,
         })
+    }
+
+    /// The port in slot `p`, if there is one.
+    #[inline]
+    pub fn port(&self, p: PortId) -> Option<&PortInfo> {
+        self.ports.get(p as usize).and_then(Option::as_ref)
     }
 
     #[inline]
@@ -275,18 +286,39 @@ pub struct Shared {
     pub fib: Arc<Fib>,
     pub snapshot: ArcSwap<Snapshot>,
     pub neigh: Arc<NeighTable>,
+    /// Workers' batch boundaries, for the control side's grace periods.
+    pub readers: Readers,
+    /// Trace, capture and dump requests.
+    pub observe: Observe,
 }
 
 impl Shared {
     /// Creates the shared state and the FIB's single writer (for the control side).
-    pub fn new(snapshot: Snapshot, neigh: NeighTable) -> (Arc<Shared>, FibWriter) {
+    pub fn new(mut snapshot: Snapshot, neigh: NeighTable) -> (Arc<Shared>, FibWriter) {
         let (writer, fib) = FibWriter::new();
-        let shared = Shared { fib, snapshot: ArcSwap::from_pointee(snapshot), neigh: Arc::new(neigh) };
+        snapshot.generation = 1;
+        let shared = Shared {
+            fib,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            neigh: Arc::new(neigh),
+            readers: Readers::default(),
+            observe: Observe::default(),
+        };
         (Arc::new(shared), writer)
     }
 
-    /// Publishes a new snapshot; workers pick it up at their next batch.
-    pub fn publish(&self, s: Snapshot) {
+    /// Publishes a new snapshot; workers pick it up at their next batch. Its generation is
+    /// the previous one's plus one. Only one thread (the control side) publishes.
+    pub fn publish(&self, mut s: Snapshot) -> u64 {
+        s.generation = self.snapshot.load().generation + 1;
+        let g = s.generation;
         self.snapshot.store(Arc::new(s));
+        g
+    }
+
+    /// Waits until no worker is still in a batch that began before this call: after it, every
+    /// batch sees what was published before it (see [`super::quiesce`]).
+    pub fn synchronize(&self) -> Result<(), GraceTimeout> {
+        self.readers.synchronize(std::time::Duration::from_secs(1))
     }
 }

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use crate::control::config::IdleMode;
 use crate::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
 use crate::port::afxdp::{XskFrame, XskPort};
@@ -30,12 +32,24 @@ pub enum TxTarget {
     None,
 }
 
+/// The ports behind the pipeline's port ids, as the control side publishes them: pods come
+/// and go while workers run. Indexed by port id.
+#[derive(Clone, Default)]
+pub struct PortSet {
+    /// Bumped by each publication (workers rebuild their poll list when it changes).
+    pub version: u64,
+    pub targets: Vec<TxTarget>,
+    /// TAPs to receive from (by the worker that has `rx_taps` set).
+    pub taps: Vec<Arc<TapPort>>,
+}
+
 pub struct WorkerRt {
     pub id: usize,
     pub pipeline: Worker,
     pub uplink: Option<XskPort>,
-    pub rx_taps: Vec<Arc<TapPort>>,
-    pub targets: Arc<Vec<TxTarget>>,
+    /// This worker receives from the TAPs (one worker does).
+    pub rx_taps: bool,
+    pub ports: Arc<ArcSwap<PortSet>>,
     pub idle: IdleMode,
     pub spin: Duration,
     pub core: Option<core_affinity::CoreId>,
@@ -67,17 +81,28 @@ impl WorkerRt {
         let mut own: Vec<bool> = vec![false; MAX_BATCH];
         let mut tap_bufs: Vec<PacketBuf> = (0..BURST).map(|_| PacketBuf::new(&[], 0)).collect();
         let mut fds: Vec<libc::pollfd> = Vec::new();
-        if let Some(u) = &self.uplink {
-            fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
-        }
-        for t in &self.rx_taps {
-            fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
-        }
+        let port_cell = self.ports.clone();
+        let mut fds_for = u64::MAX;
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
         tracing::info!(worker = self.id, idle = ?self.idle, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
+            let ports = port_cell.load();
+            let targets = &ports.targets[..];
+            let taps: &[Arc<TapPort>] = if self.rx_taps { &ports.taps } else { &[] };
+            if fds_for != ports.version {
+                // The port set changed: poll the new one's fds.
+                fds_for = ports.version;
+                fds.clear();
+                if let Some(u) = &self.uplink {
+                    fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
+                }
+                for t in taps {
+                    fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
+                }
+            }
+            self.pipeline.poll_requests();
             let mut work = 0;
             if let Some(up) = self.uplink.as_mut() {
                 let n = up.rx_burst(&mut xsk_frames, BURST);
@@ -88,7 +113,7 @@ impl WorkerRt {
                     own[..n].fill(false);
                     for p in out.active_ports() {
                         for &i in out.tx(p) {
-                            match self.targets.get(p as usize) {
+                            match targets.get(p as usize) {
                                 Some(TxTarget::Uplink) => own[i as usize] = true,
                                 Some(TxTarget::Tap(t)) => {
                                     let (buf, head, len) = xsk_frames[i as usize].parts();
@@ -101,7 +126,7 @@ impl WorkerRt {
                         }
                     }
                     for (p, data) in out.emitted.frames() {
-                        send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                        send_to(targets, &mut self.uplink, &counters, p, data);
                     }
                     let up = self.uplink.as_mut().expect("checked above");
                     for (i, f) in xsk_frames.drain(..).enumerate() {
@@ -113,8 +138,8 @@ impl WorkerRt {
                     }
                 }
             }
-            for t in 0..self.rx_taps.len() {
-                let n = self.rx_taps[t].rx_burst(&mut tap_bufs);
+            for t in taps {
+                let n = t.rx_burst(&mut tap_bufs);
                 if n == 0 {
                     continue;
                 }
@@ -123,11 +148,11 @@ impl WorkerRt {
                 let out = self.pipeline.output();
                 for p in out.active_ports() {
                     for &i in out.tx(p) {
-                        send_to(&self.targets, &mut self.uplink, &counters, p, tap_bufs[i as usize].data());
+                        send_to(targets, &mut self.uplink, &counters, p, tap_bufs[i as usize].data());
                     }
                 }
                 for (p, data) in out.emitted.frames() {
-                    send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                    send_to(targets, &mut self.uplink, &counters, p, data);
                 }
             }
             if work == 0 && now_ms != last_timer_ms {
@@ -136,7 +161,7 @@ impl WorkerRt {
                 self.pipeline.process(&mut tap_bufs[..0], now_ms);
                 let out = self.pipeline.output();
                 for (p, data) in out.emitted.frames() {
-                    send_to(&self.targets, &mut self.uplink, &counters, p, data);
+                    send_to(targets, &mut self.uplink, &counters, p, data);
                 }
             }
             if let Some(up) = self.uplink.as_mut() {

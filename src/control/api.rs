@@ -1,0 +1,189 @@
+//! The control protocol between `vrouterctl` and the daemon, version 1.
+//!
+//! One request per connection... or several: the client writes one JSON object per line,
+//! the daemon answers each with one JSON object per line, in order.
+//!
+//! ```text
+//! > {"version":1,"request":{"cmd":"route-add","prefix":"203.0.113.0/24","nexthop":{"gateway":"192.168.1.1"}}}
+//! < {"version":1,"ok":true,"result":{"routes_changed":1, ...}}
+//! > {"version":1,"request":{"cmd":"route-del","prefix":"198.51.100.0/24"}}
+//! < {"version":1,"ok":false,"error":"no CLI route to 198.51.100.0/24 (...)"}
+//! ```
+//! A request line is at most [`MAX_REQUEST`] bytes; a client that sends nothing for
+//! [`IDLE_TIMEOUT_MS`] is disconnected. Unknown fields are refused, so a typo is an error
+//! rather than a silently ignored option. `docs/control.md` lists every request.
+
+use serde::{Deserialize, Serialize};
+
+use super::build::NhKey;
+use super::config::{EndpointConfig, PeerConfig};
+use crate::acl::Rule;
+use crate::fib::Ipv4Prefix;
+
+pub const VERSION: u32 = 1;
+/// Largest request line (a whole config for `apply` fits comfortably).
+pub const MAX_REQUEST: usize = 4 << 20;
+/// A connection with no complete request for this long is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Longest a trace or capture may wait for packets.
+pub const MAX_WAIT_MS: u64 = 600_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Node name, uptime, workers, counts.
+    Status,
+    Routes {
+        #[serde(default)]
+        source: Option<super::build::RouteSource>,
+        /// Only routes inside this prefix.
+        #[serde(default)]
+        within: Option<Ipv4Prefix>,
+    },
+    RouteAdd {
+        prefix: Ipv4Prefix,
+        nexthop: NhKey,
+    },
+    RouteDel {
+        prefix: Ipv4Prefix,
+    },
+    /// Withdraws every route imported from the kernel.
+    RouteFlushKernel,
+    Peers,
+    PeerAdd {
+        peer: PeerConfig,
+    },
+    PeerDel {
+        name: String,
+    },
+    Endpoints,
+    EndpointAdd {
+        endpoint: EndpointConfig,
+    },
+    EndpointDel {
+        name: String,
+    },
+    Policies,
+    PolicySet {
+        name: String,
+        rules: Vec<Rule>,
+    },
+    PolicyDel {
+        name: String,
+    },
+    GlobalRulesSet {
+        rules: Vec<Rule>,
+    },
+    Ports,
+    Neighbours,
+    Connections {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Counters,
+    /// The whole config as TOML text: the node is changed to match it (a diff).
+    Apply {
+        config: String,
+    },
+    /// Re-reads the config file the daemon was started with (as SIGHUP does).
+    Reload,
+    Trace {
+        count: u32,
+        #[serde(default)]
+        port: Option<String>,
+        #[serde(default = "default_wait")]
+        timeout_ms: u64,
+    },
+    Capture {
+        count: u32,
+        #[serde(default)]
+        port: Option<String>,
+        #[serde(default = "yes")]
+        rx: bool,
+        #[serde(default = "yes")]
+        tx: bool,
+        #[serde(default = "default_snaplen")]
+        snaplen: u32,
+        #[serde(default = "default_wait")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_wait() -> u64 {
+    10_000
+}
+fn yes() -> bool {
+    true
+}
+fn default_snaplen() -> u32 {
+    2048
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(result: serde_json::Value) -> Reply {
+        Reply { version: VERSION, ok: true, result: Some(result), error: None }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Reply {
+        Reply { version: VERSION, ok: false, result: None, error: Some(e.to_string()) }
+    }
+}
+
+/// Parses one request line, with errors a person can act on.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("version").and_then(|x| x.as_u64()) {
+        Some(n) if n == VERSION as u64 => {}
+        Some(n) => return Err(format!("protocol version {n} is not supported (this daemon speaks {VERSION})")),
+        None => return Err(format!("missing \"version\" (this daemon speaks {VERSION})")),
+    }
+    let env: Envelope = serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))?;
+    Ok(env.request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_typos_are_errors() {
+        let r = Request::RouteAdd {
+            prefix: "10.0.0.0/8".parse().unwrap(),
+            nexthop: NhKey::Gateway("192.168.1.1".parse().unwrap()),
+        };
+        let line = serde_json::to_string(&Envelope { version: VERSION, request: r.clone() }).unwrap();
+        assert_eq!(parse_request(&line).unwrap(), r);
+        assert!(
+            line.contains(r#""cmd":"route-add""#) && line.contains(r#""nexthop":{"gateway":"192.168.1.1"}"#),
+            "{line}"
+        );
+        let e = parse_request(r#"{"version":1,"request":{"cmd":"routes","sauce":1}}"#).unwrap_err();
+        assert!(e.contains("unknown field `sauce`"), "{e}");
+        let e = parse_request(r#"{"version":2,"request":{"cmd":"status"}}"#).unwrap_err();
+        assert!(e.contains("version 2 is not supported"), "{e}");
+        let e = parse_request(r#"{"request":{"cmd":"status"}}"#).unwrap_err();
+        assert!(e.contains("missing \"version\""), "{e}");
+        let e = parse_request(r#"{"version":1,"request":{"cmd":"reboot"}}"#).unwrap_err();
+        assert!(e.contains("unknown variant `reboot`"), "{e}");
+        let e = parse_request("{").unwrap_err();
+        assert!(e.starts_with("not JSON"), "{e}");
+        let e = parse_request(r#"{"version":1,"request":{"cmd":"route-del","prefix":"10.0.0.0/33"}}"#).unwrap_err();
+        assert!(e.contains("bad request"), "{e}");
+    }
+}

@@ -1,0 +1,952 @@
+//! The live node: the config it runs, the routes from every source, and how a change reaches
+//! the workers without a packet being lost or misrouted on the way.
+//!
+//! ## Stable numbering
+//! Routes point at next-hop *ids*, frames carry port *ids*; the workers may be using either
+//! while the control side changes things. So ids never move: a next hop keeps its id for as
+//! long as any route (or ECMP group) names it ([`NhTable`], reference counted), a pod keeps its
+//! port slot for as long as it exists, and a freed id is reused only after a grace period.
+//!
+//! ## Make before break
+//! Every change is published in an order in which each intermediate state is one the workers
+//! can forward with correctly ([`crate::dataplane::quiesce`] gives the grace periods):
+//! 1. create new pods' TAPs (fallible: on error everything created is removed, nothing is
+//!    published);
+//! 2. publish a snapshot holding the old *and* the new: new pods, new next hops, peers of both
+//!    configs, policy compiled over both pods' sets; wait for the workers;
+//! 3. change the FIB route by route (each prefix flips atomically from its old next hop to its
+//!    new one; both are in the snapshot); wait;
+//! 4. publish the new snapshot alone (departed pods, peers, next hops gone); wait; close the
+//!    departed pods' TAPs and free their ids.
+//!
+//! A flow whose path is unchanged is forwarded throughout; a flow whose path changed is
+//! forwarded by the old path or the new one, never dropped for want of a next hop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
+use super::config::{Config, EndpointConfig};
+use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
+use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
+use crate::dataplane::{PortId, Shared, MAX_PORTS};
+use crate::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use crate::wire::MacAddr;
+
+/// Creates and removes pods' ports on behalf of the node (TAPs in the daemon, nothing in tests).
+pub trait PortIo: Send {
+    /// Creates the port for `e` in `slot` and makes it available to the workers for sending
+    /// and receiving. Called before any snapshot names the slot.
+    fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: Ipv4Addr) -> Result<(), String>;
+    /// Removes it; called once no published snapshot names the slot.
+    fn remove_pod(&mut self, slot: PortId);
+}
+
+/// A [`PortIo`] that creates nothing (in-memory nodes, tests).
+#[derive(Default)]
+pub struct NoIo;
+
+impl PortIo for NoIo {
+    fn add_pod(&mut self, _: PortId, _: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove_pod(&mut self, _: PortId) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{field}: {msg}")]
+    Invalid { field: String, msg: String },
+    #[error("{0} changed: it cannot change on a running node; restart vrouter to apply it")]
+    RestartNeeded(String),
+    #[error("endpoint {name}: {msg}")]
+    Endpoint { name: String, msg: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Next-hop ids by key, reference counted: an id lives while routes or ECMP groups name it.
+#[derive(Default)]
+struct NhTable {
+    ids: HashMap<NhKey, NhId>,
+    keys: Vec<Option<NhKey>>,
+    refs: Vec<u32>,
+    free: Vec<NhId>,
+    /// Ids whose last reference went away: reusable after the next grace period.
+    retired: Vec<NhId>,
+    /// A key got an id since the last snapshot was published.
+    dirty: bool,
+}
+
+impl NhTable {
+    fn new() -> NhTable {
+        // Id 0 is Unreachable (the FIB's "no route"), forever.
+        let mut t = NhTable { keys: vec![Some(NhKey::Unreachable)], refs: vec![u32::MAX / 2], ..Default::default() };
+        t.ids.insert(NhKey::Unreachable, NH_NONE);
+        t
+    }
+
+    /// The id of `k`, taking a reference (and references on ECMP members).
+    fn acquire(&mut self, k: &NhKey) -> Result<NhId, NodeError> {
+        if let Some(&id) = self.ids.get(k) {
+            self.refs[id as usize] += 1;
+            return Ok(id);
+        }
+        if let NhKey::Ecmp(members) = k {
+            if members.is_empty() || members.iter().any(|m| matches!(m, NhKey::Ecmp(_))) {
+                return Err(NodeError::Refused(format!("{k}: ECMP members must be plain next hops")));
+            }
+            for m in members {
+                self.acquire(m)?;
+            }
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                if self.keys.len() >= NhId::MAX as usize {
+                    return Err(NodeError::Refused(format!(
+                        "no next-hop id left for {k} ({} in use)",
+                        self.keys.len()
+                    )));
+                }
+                self.keys.push(None);
+                self.refs.push(0);
+                (self.keys.len() - 1) as NhId
+            }
+        };
+        self.keys[id as usize] = Some(k.clone());
+        self.refs[id as usize] = 1;
+        self.ids.insert(k.clone(), id);
+        self.dirty = true;
+        Ok(id)
+    }
+
+    fn release(&mut self, id: NhId) {
+        let r = &mut self.refs[id as usize];
+        *r -= 1;
+        if *r > 0 {
+            return;
+        }
+        let k = self.keys[id as usize].clone().expect("a referenced id has a key");
+        self.ids.remove(&k);
+        self.retired.push(id);
+        if let NhKey::Ecmp(members) = &k {
+            for m in members {
+                let mid = self.ids[m];
+                self.release(mid);
+            }
+        }
+    }
+
+    fn key(&self, id: NhId) -> Option<&NhKey> {
+        self.keys.get(id as usize).and_then(Option::as_ref)
+    }
+}
+
+/// A route to a prefix from each source that has one (ids hold references).
+#[derive(Clone, Copy, Default)]
+struct RibEntry([Option<NhId>; 4]);
+
+impl RibEntry {
+    fn best(&self) -> Option<(RouteSource, NhId)> {
+        RouteSource::ALL.iter().zip(self.0).find_map(|(s, id)| id.map(|id| (*s, id)))
+    }
+}
+
+/// A pod's port slot.
+#[derive(Clone)]
+struct Pod {
+    cfg: EndpointConfig,
+    /// Leaving: withdrawn from routing, still in the snapshot until the next grace period.
+    leaving: bool,
+}
+
+/// One route as `vrouterctl routes` shows it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct RouteView {
+    pub prefix: Ipv4Prefix,
+    pub source: RouteSource,
+    pub nexthop: String,
+    pub nh_id: NhId,
+    /// Routes to the same prefix from other sources, shadowed by this one.
+    pub shadowed: Vec<(RouteSource, String)>,
+}
+
+/// Counts of what an operation changed.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ChangeReport {
+    pub routes_changed: usize,
+    pub endpoints_added: Vec<String>,
+    pub endpoints_removed: Vec<String>,
+    pub snapshots_published: usize,
+}
+
+pub struct Node {
+    cfg: Config,
+    shared: Arc<Shared>,
+    fib: FibWriter,
+    uplink_mac: MacAddr,
+    io: Box<dyn PortIo>,
+    nh: NhTable,
+    rib: BTreeMap<Ipv4Prefix, RibEntry>,
+    /// Pods by port slot.
+    pods: BTreeMap<PortId, Pod>,
+    /// Peers accepted for decapsulation besides the config's (the previous config's, while a
+    /// change is on its way).
+    extra_peers: Vec<u32>,
+    /// Policies of the previous config still needed by leaving pods.
+    extra_policies: BTreeMap<String, Vec<crate::acl::Rule>>,
+    policy: Arc<PolicySet>,
+    policy_cfg: PolicyConfig,
+    policy_generation: u64,
+    /// Kernel routes that could not be installed, and why.
+    kernel_rejected: BTreeMap<Ipv4Prefix, String>,
+    published: usize,
+    /// Grace periods that timed out (a worker stuck in one batch for a second).
+    pub grace_timeouts: u64,
+}
+
+fn ip(a: Ipv4Addr) -> u32 {
+    u32::from(a)
+}
+
+impl Node {
+    /// Builds the node for `cfg`: creates its pods' ports through `io`, publishes the first
+    /// snapshot and loads the routes.
+    pub fn new(
+        cfg: Config,
+        uplink_mac: MacAddr,
+        shared: Arc<Shared>,
+        fib: FibWriter,
+        io: Box<dyn PortIo>,
+    ) -> Result<Node, NodeError> {
+        let mut node = Node {
+            cfg: cfg.clone(),
+            shared,
+            fib,
+            uplink_mac,
+            io,
+            nh: NhTable::new(),
+            rib: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            extra_peers: vec![],
+            extra_policies: BTreeMap::new(),
+            policy: Arc::new(PolicySet::allow_all()),
+            policy_cfg: PolicyConfig::default(),
+            policy_generation: 0,
+            kernel_rejected: BTreeMap::new(),
+            published: 0,
+            grace_timeouts: 0,
+        };
+        node.cfg.endpoints.clear();
+        node.cfg.peers.clear();
+        node.cfg.routes.clear();
+        node.cfg.neighbours.clear();
+        node.apply(cfg)?;
+        Ok(node)
+    }
+
+    /// A snapshot for `cfg` on its own (no routes, no pods' ports): what `vrouter run` starts
+    /// the workers with before [`Node::new`] fills it in.
+    pub fn empty_snapshot(cfg: &Config, uplink_mac: MacAddr) -> Snapshot {
+        let ports = Self::base_ports(cfg, uplink_mac);
+        Snapshot::build(
+            ports,
+            ip(cfg.node.ip),
+            vec![],
+            ip(cfg.node.pod_gateway),
+            vec![],
+            vec![],
+            vec![NextHop::Unreachable],
+            Arc::new(PolicySet::allow_all()),
+        )
+        .expect("uplink and host ports are valid")
+    }
+
+    fn base_ports(cfg: &Config, uplink_mac: MacAddr) -> Vec<Option<PortInfo>> {
+        let uplink = PortInfo {
+            name: cfg.uplink.as_ref().map(|u| u.device.clone()).unwrap_or_else(|| "uplink".into()),
+            kind: PortKind::Uplink,
+            mac: uplink_mac,
+            mtu: cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500),
+            punt_unknown: cfg.host.is_some(),
+        };
+        let host = cfg.host.as_ref().map(|h| PortInfo {
+            name: h.tap.clone(),
+            kind: PortKind::Host,
+            mac: uplink_mac,
+            mtu: uplink.mtu,
+            punt_unknown: false,
+        });
+        vec![Some(uplink), host]
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The pods' port slots, by endpoint name.
+    pub fn pod_ports(&self) -> Vec<(String, PortId)> {
+        self.pods.iter().filter(|(_, p)| !p.leaving).map(|(s, p)| (p.cfg.name.clone(), *s)).collect()
+    }
+
+    pub fn fib_len(&self) -> usize {
+        self.fib.len()
+    }
+
+    pub fn fib_memory_bytes(&self) -> usize {
+        self.fib.memory_bytes()
+    }
+
+    pub fn snapshots_published(&self) -> usize {
+        self.published
+    }
+
+    fn grace(&mut self) {
+        if let Err(e) = self.shared.synchronize() {
+            self.grace_timeouts += 1;
+            tracing::warn!("{e}; going on (a frame in that batch may be dropped as fib/bad-next-hop)");
+        }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    fn compile_policy(&mut self) -> Result<Arc<PolicySet>, NodeError> {
+        let mut policies = self.cfg.policies.clone();
+        for (k, v) in &self.extra_policies {
+            policies.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let pc = PolicyConfig {
+            global: self.cfg.global_rules.clone(),
+            policies,
+            endpoints: self
+                .pods
+                .values()
+                .map(|p| EndpointPolicy { ingress: p.cfg.ingress.clone(), egress: p.cfg.egress.clone() })
+                .collect(),
+        };
+        if pc == self.policy_cfg && self.policy_generation > 0 {
+            return Ok(self.policy.clone());
+        }
+        self.policy_generation += 1;
+        let set = PolicySet::compile(&pc, self.policy_generation)
+            .map_err(|e| NodeError::Invalid { field: "policies".into(), msg: e.to_string() })?;
+        self.policy = Arc::new(set);
+        self.policy_cfg = pc;
+        Ok(self.policy.clone())
+    }
+
+    /// Publishes what the node holds now: every pod in `pods` (leaving ones too), every next
+    /// hop with an id, the config's peers plus `extra_peers`.
+    fn publish(&mut self) -> Result<(), NodeError> {
+        let policy = self.compile_policy()?;
+        let mut ports = Self::base_ports(&self.cfg, self.uplink_mac);
+        let mut endpoints = Vec::new();
+        let mut ep_of_slot = HashMap::new();
+        for (slot, pod) in &self.pods {
+            let s = *slot as usize;
+            if ports.len() <= s {
+                ports.resize(s + 1, None);
+            }
+            ports[s] = Some(PortInfo {
+                name: pod.cfg.tap.clone(),
+                kind: PortKind::Pod,
+                mac: POD_PORT_MAC,
+                mtu: pod.cfg.mtu,
+                punt_unknown: false,
+            });
+            ep_of_slot.insert(*slot, endpoints.len() as u16);
+            endpoints.push(Endpoint {
+                name: pod.cfg.name.clone(),
+                port: *slot,
+                mac: pod.cfg.mac,
+                addrs: pod.cfg.addrs.iter().map(|a| ip(*a)).collect(),
+            });
+        }
+        let resolve = |k: &NhKey| -> NextHop {
+            match k {
+                NhKey::Unreachable => NextHop::Unreachable,
+                NhKey::Blackhole => NextHop::Blackhole,
+                NhKey::Host if self.cfg.host.is_some() => NextHop::Host,
+                NhKey::Local(slot) => match ep_of_slot.get(slot) {
+                    Some(e) => NextHop::Local { endpoint: *e },
+                    None => NextHop::Blackhole,
+                },
+                NhKey::Gateway(v) => NextHop::Gateway { port: UPLINK, via: ip(*v) },
+                NhKey::Connected => NextHop::Connected { port: UPLINK },
+                NhKey::Tunnel { remote, via } => NextHop::Tunnel { port: UPLINK, remote: ip(*remote), via: ip(*via) },
+                NhKey::Ecmp(m) => NextHop::Ecmp(m.iter().map(|k| self.nh.ids[k]).collect()),
+                NhKey::Host => NextHop::Blackhole,
+            }
+        };
+        let nexthops: Vec<NextHop> = self
+            .nh
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match k {
+                Some(k) => resolve(k),
+                None if i == 0 => NextHop::Unreachable,
+                None => NextHop::Blackhole, // a free id: nothing points here
+            })
+            .collect();
+        let mut peers: Vec<u32> = self.cfg.peers.iter().map(|p| ip(p.ip)).collect();
+        peers.extend(&self.extra_peers);
+        let snap = Snapshot::build(
+            ports,
+            ip(self.cfg.node.ip),
+            vec![],
+            ip(self.cfg.node.pod_gateway),
+            peers,
+            endpoints,
+            nexthops,
+            policy,
+        )
+        .map_err(|e| NodeError::Internal(format!("snapshot refused: {e}")))?;
+        self.shared.publish(snap);
+        self.nh.dirty = false;
+        self.published += 1;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ routes
+
+    /// Sets (or with `None` removes) `source`'s route to `prefix` and programs the FIB when
+    /// the winning route changed. The caller publishes a snapshot (and waits) between
+    /// acquiring new next hops and calling this; see [`Node::set_routes`].
+    fn set_route_id(&mut self, prefix: Ipv4Prefix, source: RouteSource, id: Option<NhId>) -> bool {
+        let entry = self.rib.entry(prefix).or_default();
+        let before = entry.best();
+        let old = std::mem::replace(&mut entry.0[source as usize], id);
+        let after = entry.best();
+        if entry.0.iter().all(Option::is_none) {
+            self.rib.remove(&prefix);
+        }
+        if let Some(old) = old {
+            self.nh.release(old);
+        }
+        if before.map(|b| b.1) == after.map(|a| a.1) {
+            return false;
+        }
+        match after {
+            Some((_, id)) => {
+                self.fib.insert(prefix, id);
+            }
+            None => {
+                self.fib.remove(prefix);
+            }
+        }
+        true
+    }
+
+    /// Applies a batch of route changes for one source, make before break: new next hops are
+    /// published (and the workers waited for) before any route points at them; ids no route
+    /// uses any more are freed after the routes moved away and the workers were waited for.
+    pub fn set_routes(
+        &mut self,
+        source: RouteSource,
+        changes: impl IntoIterator<Item = (Ipv4Prefix, Option<NhKey>)>,
+    ) -> Result<usize, NodeError> {
+        let mut ids = Vec::new();
+        for (p, k) in changes {
+            let id = match k {
+                Some(k) => match self.nh.acquire(&k) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        for (_, id) in ids {
+                            if let Some(id) = id {
+                                self.nh.release(id);
+                            }
+                        }
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
+            ids.push((p, id));
+        }
+        if self.nh.dirty {
+            self.publish()?;
+            self.grace();
+        }
+        let mut changed = 0;
+        for (p, id) in ids {
+            changed += self.set_route_id(p, source, id) as usize;
+        }
+        self.reclaim();
+        Ok(changed)
+    }
+
+    /// Frees retired next-hop ids once no batch can still be using them.
+    fn reclaim(&mut self) {
+        if self.nh.retired.is_empty() {
+            return;
+        }
+        self.grace();
+        let retired = std::mem::take(&mut self.nh.retired);
+        for id in retired {
+            self.nh.keys[id as usize] = None;
+            self.nh.free.push(id);
+        }
+    }
+
+    /// The routes `source` has now (its own view, shadowed or not).
+    fn source_routes(&self, source: RouteSource) -> BTreeMap<Ipv4Prefix, NhKey> {
+        self.rib
+            .iter()
+            .filter_map(|(p, e)| e.0[source as usize].map(|id| (*p, self.nh.key(id).expect("live id").clone())))
+            .collect()
+    }
+
+    /// Replaces all of `source`'s routes with `want`, changing only what differs.
+    fn replace_source(&mut self, source: RouteSource, want: &BTreeMap<Ipv4Prefix, NhKey>) -> Result<usize, NodeError> {
+        let have = self.source_routes(source);
+        let mut changes: Vec<(Ipv4Prefix, Option<NhKey>)> =
+            have.keys().filter(|p| !want.contains_key(p)).map(|p| (*p, None)).collect();
+        for (p, k) in want {
+            if have.get(p) != Some(k) {
+                changes.push((*p, Some(k.clone())));
+            }
+        }
+        self.set_routes(source, changes)
+    }
+
+    /// Every route, the winning one per prefix with what it shadows.
+    pub fn routes(&self, source: Option<RouteSource>, within: Option<Ipv4Prefix>) -> Vec<RouteView> {
+        let mut out = Vec::new();
+        for (p, e) in &self.rib {
+            if within.is_some_and(|w| !(w.len() <= p.len() && w.contains(p.addr()))) {
+                continue;
+            }
+            let Some((src, id)) = e.best() else { continue };
+            if source.is_some_and(|s| e.0[s as usize].is_none()) {
+                continue;
+            }
+            let key = |id: NhId| self.nh.key(id).map_or_else(|| "?".into(), |k| k.to_string());
+            out.push(RouteView {
+                prefix: *p,
+                source: src,
+                nexthop: key(id),
+                nh_id: id,
+                shadowed: RouteSource::ALL
+                    .iter()
+                    .zip(e.0)
+                    .filter_map(|(s, x)| x.filter(|_| *s != src).map(|x| (*s, key(x))))
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    /// The route the FIB would use for `dst` (longest match over the RIB), for traces.
+    pub fn route_for(&self, dst: u32) -> Option<(Ipv4Prefix, RouteSource, String)> {
+        (0..=32u8).rev().find_map(|len| {
+            let p = Ipv4Prefix::new_masked(dst, len);
+            let (src, id) = self.rib.get(&p)?.best()?;
+            Some((p, src, self.nh.key(id).map_or_else(|| "?".into(), |k| k.to_string())))
+        })
+    }
+
+    pub fn kernel_rejected(&self) -> &BTreeMap<Ipv4Prefix, String> {
+        &self.kernel_rejected
+    }
+
+    /// A route from the CLI: `None` deletes. Errors name what was wrong.
+    pub fn cli_route(&mut self, prefix: Ipv4Prefix, nh: Option<NhKey>) -> Result<usize, NodeError> {
+        if let Some(k) = &nh {
+            self.check_key(k)?;
+        } else if !self.rib.get(&prefix).is_some_and(|e| e.0[RouteSource::Cli as usize].is_some()) {
+            return Err(NodeError::Refused(format!(
+                "no CLI route to {prefix} (routes from the config file change with `apply`, kernel routes follow the kernel)"
+            )));
+        }
+        self.set_routes(RouteSource::Cli, [(prefix, nh)])
+    }
+
+    fn check_key(&self, k: &NhKey) -> Result<(), NodeError> {
+        let subnet = self.cfg.node.subnet;
+        let refuse = |m: String| Err(NodeError::Refused(m));
+        match k {
+            NhKey::Gateway(v) | NhKey::Tunnel { via: v, .. } if !subnet.contains(ip(*v)) => {
+                refuse(format!("{v} is not on the node subnet {subnet}: a next hop must be on-link"))
+            }
+            NhKey::Gateway(_) | NhKey::Tunnel { .. } | NhKey::Connected if self.cfg.uplink.is_none() => {
+                refuse("this node has no uplink".into())
+            }
+            NhKey::Host if self.cfg.host.is_none() => refuse("this node has no [host] port".into()),
+            NhKey::Local(_) => refuse("routes to pods come from their endpoints".into()),
+            NhKey::Ecmp(m) => m.iter().try_for_each(|k| self.check_key(k)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A kernel route appeared, changed (`Some`) or went away (`None`). A route vrouter cannot
+    /// forward with (a next hop off the node's subnet, an unknown device) is not installed and
+    /// is listed with the reason.
+    pub fn kernel_route(&mut self, prefix: Ipv4Prefix, nh: Result<NhKey, String>) -> Result<usize, NodeError> {
+        match nh {
+            Ok(k) => match self.check_key(&k) {
+                Ok(()) => {
+                    self.kernel_rejected.remove(&prefix);
+                    self.set_routes(RouteSource::Kernel, [(prefix, Some(k))])
+                }
+                Err(e) => self.reject_kernel(prefix, e.to_string()),
+            },
+            Err(why) => self.reject_kernel(prefix, why),
+        }
+    }
+
+    fn reject_kernel(&mut self, prefix: Ipv4Prefix, why: String) -> Result<usize, NodeError> {
+        tracing::warn!(%prefix, "kernel route not installed: {why}");
+        self.kernel_rejected.insert(prefix, why);
+        self.set_routes(RouteSource::Kernel, [(prefix, None)])
+    }
+
+    pub fn kernel_route_gone(&mut self, prefix: Ipv4Prefix) -> Result<usize, NodeError> {
+        self.kernel_rejected.remove(&prefix);
+        self.set_routes(RouteSource::Kernel, [(prefix, None)])
+    }
+
+    /// Withdraws every imported kernel route.
+    pub fn flush_kernel_routes(&mut self) -> Result<usize, NodeError> {
+        self.kernel_rejected.clear();
+        self.replace_source(RouteSource::Kernel, &BTreeMap::new())
+    }
+
+    // ------------------------------------------------------------ whole-config changes
+
+    /// Makes the node run `new`: pods, peers, policies, routes and static neighbours change to
+    /// match it, make before break (see the module docs). Node-level settings (node, uplink,
+    /// host, workers, control, metrics, kernel_routes) cannot change while running.
+    pub fn apply(&mut self, new: Config) -> Result<ChangeReport, NodeError> {
+        new.validate().map_err(|(field, msg)| NodeError::Invalid { field, msg })?;
+        self.check_static(&new)?;
+        let mut report = ChangeReport::default();
+        let published_before = self.published;
+
+        // Which pods stay, go, come. A pod whose port-level settings changed is replaced.
+        let same_port = |a: &EndpointConfig, b: &EndpointConfig| {
+            EndpointConfig { ingress: vec![], egress: vec![], ..a.clone() }
+                == EndpointConfig { ingress: vec![], egress: vec![], ..b.clone() }
+        };
+        let mut leaving = Vec::new();
+        let mut kept = BTreeMap::new();
+        for (slot, pod) in &self.pods {
+            match new.endpoints.iter().find(|e| e.name == pod.cfg.name) {
+                Some(e) if same_port(e, &pod.cfg) => {
+                    kept.insert(e.name.clone(), *slot);
+                }
+                _ => leaving.push(*slot),
+            }
+        }
+        let leaving_taps: BTreeSet<String> = leaving.iter().map(|s| self.pods[s].cfg.tap.clone()).collect();
+        let mut arriving = Vec::new();
+        let mut deferred = false;
+        for e in &new.endpoints {
+            if kept.contains_key(&e.name) {
+                continue;
+            }
+            if leaving_taps.contains(&e.tap) {
+                deferred = true; // its TAP name is still taken: added once the old one is gone
+                continue;
+            }
+            arriving.push(e.clone());
+        }
+
+        // 1. New ports (fallible): all or nothing.
+        let mut created = Vec::new();
+        for e in &arriving {
+            let added = match self.free_slot(&created) {
+                Some(slot) => self.io.add_pod(slot, e, new.node.pod_gateway).map(|()| slot),
+                None => Err(format!("no port left: a node has at most {} pods", MAX_PORTS - FIRST_POD_PORT as usize)),
+            };
+            let slot = match added {
+                Ok(slot) => slot,
+                Err(msg) => {
+                    for (s, _) in created {
+                        self.io.remove_pod(s);
+                    }
+                    return Err(NodeError::Endpoint { name: e.name.clone(), msg });
+                }
+            };
+            created.push((slot, e.clone()));
+        }
+
+        // 2. Old and new together.
+        let old = std::mem::replace(&mut self.cfg, new);
+        self.extra_peers = old.peers.iter().map(|p| ip(p.ip)).collect();
+        self.extra_policies = old.policies.clone();
+        for (slot, e) in &created {
+            self.pods.insert(*slot, Pod { cfg: e.clone(), leaving: false });
+            report.endpoints_added.push(e.name.clone());
+        }
+        for (name, slot) in &kept {
+            let e = self.cfg.endpoints.iter().find(|e| &e.name == name).expect("kept").clone();
+            self.pods.get_mut(slot).expect("kept").cfg = e;
+        }
+        for slot in &leaving {
+            let p = self.pods.get_mut(slot).expect("leaving");
+            p.leaving = true;
+            report.endpoints_removed.push(p.cfg.name.clone());
+        }
+        // Static neighbours before routes that may need them.
+        for n in &self.cfg.neighbours {
+            if let Err(e) = self.shared.neigh.add_static(ip(n.ip), n.mac.0) {
+                tracing::warn!(ip = %n.ip, "static neighbour not added: {e}");
+            }
+        }
+        self.publish()?;
+        self.grace();
+
+        // 3. Routes, prefix by prefix.
+        let pods = &self.pods;
+        let slot_of = |name: &str| pods.iter().find(|(_, p)| !p.leaving && p.cfg.name == name).map(|(s, _)| *s);
+        let all = config_routes(&self.cfg, slot_of);
+        for src in [RouteSource::Node, RouteSource::Config] {
+            let want: BTreeMap<Ipv4Prefix, NhKey> =
+                all.iter().filter(|(_, (s, _))| *s == src).map(|(p, (_, k))| (*p, k.clone())).collect();
+            report.routes_changed += self.replace_source(src, &want)?;
+        }
+
+        // 4. The new state alone.
+        self.grace();
+        for slot in &leaving {
+            self.pods.remove(slot);
+        }
+        self.extra_peers.clear();
+        self.extra_policies.clear();
+        for n in old.neighbours.iter().filter(|n| !self.cfg.neighbours.iter().any(|m| m.ip == n.ip)) {
+            self.shared.neigh.remove(ip(n.ip));
+        }
+        self.publish()?;
+        if !leaving.is_empty() {
+            self.grace();
+            for slot in &leaving {
+                self.io.remove_pod(*slot);
+            }
+        }
+        report.snapshots_published = self.published - published_before;
+        if deferred {
+            let cfg = self.cfg.clone();
+            let more = self.apply(cfg)?;
+            report.endpoints_added.extend(more.endpoints_added);
+            report.routes_changed += more.routes_changed;
+            report.snapshots_published += more.snapshots_published;
+        }
+        Ok(report)
+    }
+
+    fn free_slot(&self, also_taken: &[(PortId, EndpointConfig)]) -> Option<PortId> {
+        (FIRST_POD_PORT..MAX_PORTS as PortId)
+            .find(|s| !self.pods.contains_key(s) && !also_taken.iter().any(|(t, _)| t == s))
+    }
+
+    fn check_static(&self, new: &Config) -> Result<(), NodeError> {
+        let c = &self.cfg;
+        let differs = [
+            ("node", c.node != new.node),
+            ("uplink", c.uplink != new.uplink),
+            ("host", c.host != new.host),
+            ("workers", c.workers != new.workers),
+            ("control", c.control != new.control),
+            ("metrics", c.metrics != new.metrics),
+            ("kernel_routes", c.kernel_routes != new.kernel_routes),
+        ];
+        let changed: Vec<&str> = differs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::RestartNeeded(changed.join(", ")))
+        }
+    }
+
+    /// Applies `f` to a copy of the config and the result to the node (the CLI's edits).
+    pub fn edit(&mut self, f: impl FnOnce(&mut Config) -> Result<(), NodeError>) -> Result<ChangeReport, NodeError> {
+        let mut cfg = self.cfg.clone();
+        f(&mut cfg)?;
+        self.apply(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::Config;
+    use crate::neigh::{NeighConfig, NeighTable};
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[node]
+name = "n1"
+ip = "192.168.1.10"
+subnet = "192.168.1.0/24"
+pod_block = "10.244.1.0/26"
+gateway = "192.168.1.1"
+[uplink]
+device = "eth9"
+[[peers]]
+name = "n2"
+ip = "192.168.1.20"
+pod_blocks = ["10.244.2.0/26"]
+{extra}
+"#
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    const POD_A: &str = r#"
+[[endpoints]]
+name = "a"
+tap = "tapa"
+mac = "0a:00:00:00:00:0a"
+addrs = ["10.244.1.2"]
+"#;
+    const POD_B: &str = r#"
+[[endpoints]]
+name = "b"
+tap = "tapb"
+mac = "0a:00:00:00:00:0b"
+addrs = ["10.244.1.3"]
+"#;
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+    impl PortIo for Recorder {
+        fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
+            if e.name == "fails" {
+                return Err("no such netns".into());
+            }
+            self.0.lock().unwrap().push(format!("add {} {slot}", e.name));
+            Ok(())
+        }
+        fn remove_pod(&mut self, slot: PortId) {
+            self.0.lock().unwrap().push(format!("remove {slot}"));
+        }
+    }
+
+    fn node(c: Config) -> (Node, Recorder) {
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) =
+            Shared::new(Node::empty_snapshot(&c, mac), NeighTable::new(NeighConfig::default()).unwrap());
+        let rec = Recorder::default();
+        (Node::new(c, mac, shared, fib, Box::new(rec.clone())).unwrap(), rec)
+    }
+
+    fn lookup(n: &Node, a: &str) -> NextHop {
+        let dst = u32::from(a.parse::<Ipv4Addr>().unwrap());
+        let id = n.shared.fib.pin().lookup(dst);
+        n.shared.snapshot.load().nexthop(id).unwrap().clone()
+    }
+
+    #[test]
+    fn pods_come_and_go_with_stable_slots_and_routes() {
+        let (mut n, rec) = node(cfg(&format!("{POD_A}{POD_B}")));
+        assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
+        assert!(matches!(lookup(&n, "10.244.1.3"), NextHop::Local { .. }));
+        // Remove a: b keeps its slot and its route resolves to b's endpoint in the new snapshot.
+        let r = n.apply(cfg(POD_B)).unwrap();
+        assert_eq!(r.endpoints_removed, ["a"]);
+        assert_eq!(n.pod_ports(), [("b".to_string(), 3)]);
+        let snap = n.shared.snapshot.load();
+        match lookup(&n, "10.244.1.3") {
+            NextHop::Local { endpoint } => assert_eq!(snap.endpoints[endpoint as usize].port, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lookup(&n, "10.244.1.2"), NextHop::Blackhole, "a's address falls back to the block");
+        assert!(snap.port(2).is_none());
+        // Add a again: it reuses the free slot.
+        n.apply(cfg(&format!("{POD_A}{POD_B}"))).unwrap();
+        assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
+        assert_eq!(*rec.0.lock().unwrap(), ["add a 2", "add b 3", "remove 2", "add a 2"]);
+    }
+
+    #[test]
+    fn a_failed_pod_creation_changes_nothing() {
+        let (mut n, rec) = node(cfg(POD_A));
+        let gen = n.shared.snapshot.load().generation;
+        let bad = POD_B.replace("name = \"b\"", "name = \"fails\"");
+        let e = n.apply(cfg(&format!("{POD_A}{bad}"))).unwrap_err().to_string();
+        assert!(e.contains("endpoint fails: no such netns"), "{e}");
+        assert_eq!(n.shared.snapshot.load().generation, gen, "nothing published");
+        assert_eq!(n.config().endpoints.len(), 1);
+        assert_eq!(*rec.0.lock().unwrap(), ["add a 2"]);
+    }
+
+    #[test]
+    fn static_settings_need_a_restart_and_bad_configs_are_refused_whole() {
+        let (mut n, _) = node(cfg(POD_A));
+        let mut c = cfg(POD_A);
+        c.node.ip = "192.168.1.11".parse().unwrap();
+        let e = n.apply(c).unwrap_err().to_string();
+        assert!(e.contains("node changed") && e.contains("restart"), "{e}");
+        let mut c = cfg(POD_A);
+        c.endpoints[0].ingress = vec!["nope".into()];
+        let e = n.apply(c).unwrap_err().to_string();
+        assert!(e.contains("unknown policy 'nope'"), "{e}");
+        assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }), "still running the old config");
+    }
+
+    #[test]
+    fn sources_shadow_by_priority_and_ids_are_reused_only_when_free() {
+        let (mut n, _) = node(cfg(""));
+        let p: Ipv4Prefix = "203.0.113.0/24".parse().unwrap();
+        let gw = |s: &str| NhKey::Gateway(s.parse().unwrap());
+        n.kernel_route(p, Ok(gw("192.168.1.30"))).unwrap();
+        assert_eq!(lookup(&n, "203.0.113.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_011e });
+        n.cli_route(p, Some(gw("192.168.1.31"))).unwrap();
+        assert_eq!(lookup(&n, "203.0.113.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_011f }, "CLI wins");
+        let v = n.routes(None, Some(p));
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].source, v[0].shadowed.len()), (RouteSource::Cli, 1));
+        n.cli_route(p, None).unwrap();
+        assert_eq!(lookup(&n, "203.0.113.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_011e }, "kernel again");
+        // The CLI next hop's id was freed and is handed out again.
+        let freed = n.nh.free.clone();
+        assert_eq!(freed.len(), 1);
+        n.kernel_route("198.51.100.0/24".parse().unwrap(), Ok(gw("192.168.1.40"))).unwrap();
+        assert_eq!(n.routes(None, Some("198.51.100.0/24".parse().unwrap()))[0].nh_id, freed[0]);
+        // Off-subnet next hops are refused and listed.
+        n.kernel_route("192.0.2.0/24".parse().unwrap(), Ok(gw("10.0.0.1"))).unwrap();
+        assert!(n.kernel_rejected()[&"192.0.2.0/24".parse().unwrap()].contains("not on the node subnet"));
+        assert_eq!(lookup(&n, "192.0.2.1"), NextHop::Unreachable);
+        assert!(n.cli_route("192.0.2.0/24".parse().unwrap(), None).is_err(), "nothing to delete");
+    }
+
+    #[test]
+    fn ecmp_members_are_referenced_and_released() {
+        let (mut n, _) = node(cfg(""));
+        let gw = |s: &str| NhKey::Gateway(s.parse().unwrap());
+        let e = NhKey::Ecmp(vec![gw("192.168.1.30"), gw("192.168.1.31")]);
+        let p: Ipv4Prefix = "203.0.113.0/24".parse().unwrap();
+        n.kernel_route(p, Ok(e)).unwrap();
+        match lookup(&n, "203.0.113.1") {
+            NextHop::Ecmp(m) => assert_eq!(m.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let live = n.nh.ids.len();
+        n.kernel_route_gone(p).unwrap();
+        assert_eq!(n.nh.ids.len(), live - 3, "the group and both members are released");
+    }
+
+    #[test]
+    fn peers_of_both_configs_are_accepted_while_a_change_is_on_its_way() {
+        let (mut n, _) = node(cfg(""));
+        let mut c = cfg("");
+        c.peers[0].ip = "192.168.1.21".parse().unwrap();
+        n.apply(c).unwrap();
+        let snap = n.shared.snapshot.load();
+        assert!(snap.is_peer(0xc0a8_0115) && !snap.is_peer(0xc0a8_0114));
+        assert_eq!(lookup(&n, "10.244.2.1"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0115 });
+    }
+}
