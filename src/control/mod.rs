@@ -7,5 +7,6 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod node;
 pub mod server;
