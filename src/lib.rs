@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod control;
+pub mod ctl;
 pub mod dataplane;
 pub mod fib;
 pub mod lab;

@@ -26,6 +26,8 @@ enum Cmd {
         #[arg(long)]
         stats: Option<PathBuf>,
     },
+    /// Talk to a running daemon (the same as the `vrouterctl` command).
+    Ctl(vrouter::ctl::CtlArgs),
     /// Validate a config file without running anything.
     CheckConfig { file: PathBuf },
     /// The namespace lab (root): three vrouter nodes, six pods, an underlay router.
@@ -123,6 +125,7 @@ fn main() -> ExitCode {
         Cmd::Demo => Ok(vrouter::dataplane::lab::demo()),
         Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
         Cmd::Bench { what } => bench(what),
+        Cmd::Ctl(args) => return vrouter::ctl::run(args),
     };
     match result {
         Ok(s) => {

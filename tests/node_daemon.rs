@@ -116,8 +116,11 @@ addrs = ["10.244.1.2"]
 [[routes]]
 prefix = "0.0.0.0/0"
 via = "192.168.1.1"
+[control]
+socket = "{}"
 "#,
-            t.ns("pod")
+            t.ns("pod"),
+            t.dir.join("ctl.sock").display()
         );
         std::fs::write(t.dir.join("node.toml"), cfg).unwrap();
         t
@@ -239,7 +242,8 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
     let t = Topo::namespaces("vrq", 2);
     let cfg = |queues: u32| {
         format!(
-            "[node]\nname = \"q\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nqueues = {queues}\n"
+            "[node]\nname = \"q\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nqueues = {queues}\n[control]\nsocket = \"{}\"\n",
+            t.dir.join("ctl.sock").display()
         )
     };
     let run = |queues: u32| {

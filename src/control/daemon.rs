@@ -34,6 +34,8 @@ pub enum DaemonError {
     Node(#[from] NodeError),
     #[error("{0}")]
     Server(#[from] server::ServerError),
+    #[error("{0}")]
+    Metrics(#[from] super::metrics::MetricsError),
     #[error("uplink {dev}: {msg}")]
     Uplink { dev: String, msg: String },
     #[error("endpoint {name}: {msg}")]
@@ -272,6 +274,23 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+
+    if let Some(m) = &cfg.metrics {
+        let c = ctl.clone();
+        match super::metrics::serve(m.listen, stop.clone(), move || c.metrics_text()) {
+            Ok((h, addr)) => {
+                info!("metrics at http://{addr}/metrics");
+                services.push(h);
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for h in handles.into_iter().chain(services) {
                     let _ = h.join();
                 }
                 return Err(e.into());

@@ -310,6 +310,27 @@ impl Control {
         json!({"total": total, "workers": per_worker})
     }
 
+    /// The Prometheus page (see [`super::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        use super::metrics::{render, Extra};
+        let snap = self.shared.snapshot.load();
+        let names: Vec<String> =
+            snap.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect();
+        let (node_name, routes) = {
+            let n = self.node();
+            (n.config().node.name.clone(), n.fib_len())
+        };
+        let extra = [
+            Extra::routes(routes),
+            Extra::neighbours(self.shared.neigh.len()),
+            Extra::snapshot_generation(snap.generation),
+            Extra::uptime(self.started.elapsed()),
+        ];
+        let mut out = String::new();
+        render(&mut out, &node_name, &names, &self.counters, &extra);
+        out
+    }
+
     fn trace(&self, count: u32, port: Option<String>, timeout_ms: u64) -> Result<Value, String> {
         let port = port.map(|p| self.port_id(&p)).transpose()?;
         let obs = &self.shared.observe;

@@ -233,6 +233,7 @@ impl Topo {
             "[node]\nname = \"fwd\"\nip = \"{FWD_IP}\"\nsubnet = \"192.168.50.0/24\"\npod_block = \"10.249.0.0/26\"\nipip_mode = \"Never\"\n\n\
              [uplink]\ndevice = \"up0\"\nqueues = 1\nxdp_mode = \"native\"\nmtu = 1500\n\n\
              [workers]\nidle = \"{idle}\"\ncores = [{cpu}]\n\n\
+             [control]\nsocket = \"\"\n\n\
              [[peers]]\nname = \"sink\"\nip = \"{SINK_IP}\"\npod_blocks = [\"{SINK_BLOCK}\"]\nipip_mode = \"{sink_mode}\"\n\n\
              [[peers]]\nname = \"gen\"\nip = \"{GEN_IP}\"\npod_blocks = [\"{GEN_BLOCK}\"]\n\n\
              [[neighbours]]\nip = \"{SINK_IP}\"\nmac = \"{SINK_MAC}\"\n\n\
