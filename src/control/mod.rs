@@ -4,3 +4,4 @@
 pub mod build;
 pub mod config;
 pub mod daemon;
+pub mod netlink;
