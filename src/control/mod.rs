@@ -8,5 +8,6 @@ pub mod build;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod netlink;
 pub mod node;
 pub mod server;
