@@ -598,9 +598,12 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 out.push_str(&format!("  received: {}\n", s(&p["received"])));
                 for st in p["steps"].as_array().into_iter().flatten() {
                     out.push_str(&format!("  {}\n", s(st)));
-                }
-                if let Some(r) = p["route"].as_object() {
-                    out.push_str(&format!("  route: {} ({}) {}\n", s(&r["prefix"]), s(&r["source"]), s(&r["nexthop"])));
+                    // The route the lookup matched, right under it.
+                    let is_lookup = st.as_str().is_some_and(|x| x.starts_with("lookup:"));
+                    if let (true, Some(r)) = (is_lookup, p["route"].as_object()) {
+                        let (pfx, src, nh) = (s(&r["prefix"]), s(&r["source"]), s(&r["nexthop"]));
+                        out.push_str(&format!("    route: {pfx} ({src}) {nh}\n"));
+                    }
                 }
                 match p["drop_reason"].as_str() {
                     Some(r) => out.push_str(&format!("  verdict: drop {r}\n")),

@@ -85,8 +85,8 @@ pub struct KernelRoutesConfig {
     /// Routes through this device are IPIP tunnels to their gateway (Calico's `tunl0`).
     #[serde(default = "default_tunnel_device")]
     pub tunnel_device: String,
-    /// Devices whose routes mean "out of the uplink" besides the uplink device itself (for
-    /// example the host TAP, where the kernel sees the node's subnet).
+    /// Devices whose routes mean "out of the uplink", besides the uplink device itself and the
+    /// host TAP (where the kernel sees the node's subnet).
     #[serde(default)]
     pub uplink_aliases: Vec<String>,
 }

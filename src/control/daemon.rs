@@ -281,6 +281,36 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
     }
 
+    if let Some(k) = &cfg.kernel_routes {
+        use super::netlink::{spawn_watcher, RouteEvent, WatchConfig};
+        let c = ctl.clone();
+        let on_event = move |ev: RouteEvent| {
+            let mut node = c.node();
+            let r = match ev {
+                RouteEvent::Set(r) => {
+                    let nh = node.kernel_nexthop(&r.nh);
+                    node.kernel_route(r.prefix, nh)
+                }
+                RouteEvent::Unset(p) => node.kernel_route_gone(p),
+            };
+            if let Err(e) = r {
+                error!("kernel route import: {e}");
+            }
+        };
+        match spawn_watcher(WatchConfig { table: k.table, netns: None }, stop.clone(), on_event) {
+            Ok(h) => {
+                info!(table = k.table, tunnel_device = %k.tunnel_device, "importing kernel routes");
+                services.push(h);
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for h in handles.into_iter().chain(services) {
+                    let _ = h.join();
+                }
+                return Err(DaemonError::Other(format!("kernel route import: {e}")));
+            }
+        }
+    }
     if let Some(m) = &cfg.metrics {
         let c = ctl.clone();
         match super::metrics::serve(m.listen, stop.clone(), move || c.metrics_text()) {

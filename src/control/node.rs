@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
 use super::config::{Config, EndpointConfig};
+use super::netlink::KernelNextHop;
 use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
 use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
 use crate::dataplane::{PortId, Shared, MAX_PORTS};
@@ -563,7 +564,7 @@ impl Node {
     /// A route from the CLI: `None` deletes. Errors name what was wrong.
     pub fn cli_route(&mut self, prefix: Ipv4Prefix, nh: Option<NhKey>) -> Result<usize, NodeError> {
         if let Some(k) = &nh {
-            self.check_key(k)?;
+            self.check_key(k, false)?;
         } else if !self.rib.get(&prefix).is_some_and(|e| e.0[RouteSource::Cli as usize].is_some()) {
             return Err(NodeError::Refused(format!(
                 "no CLI route to {prefix} (routes from the config file change with `apply`, kernel routes follow the kernel)"
@@ -572,11 +573,13 @@ impl Node {
         self.set_routes(RouteSource::Cli, [(prefix, nh)])
     }
 
-    fn check_key(&self, k: &NhKey) -> Result<(), NodeError> {
+    /// Whether this node can forward to `k`; `onlink` accepts gateways off the node subnet
+    /// (the kernel's `onlink` flag: resolved on the uplink all the same).
+    fn check_key(&self, k: &NhKey, onlink: bool) -> Result<(), NodeError> {
         let subnet = self.cfg.node.subnet;
         let refuse = |m: String| Err(NodeError::Refused(m));
         match k {
-            NhKey::Gateway(v) | NhKey::Tunnel { via: v, .. } if !subnet.contains(ip(*v)) => {
+            NhKey::Gateway(v) | NhKey::Tunnel { via: v, .. } if !onlink && !subnet.contains(ip(*v)) => {
                 refuse(format!("{v} is not on the node subnet {subnet}: a next hop must be on-link"))
             }
             NhKey::Gateway(_) | NhKey::Tunnel { .. } | NhKey::Connected if self.cfg.uplink.is_none() => {
@@ -584,7 +587,7 @@ impl Node {
             }
             NhKey::Host if self.cfg.host.is_none() => refuse("this node has no [host] port".into()),
             NhKey::Local(_) => refuse("routes to pods come from their endpoints".into()),
-            NhKey::Ecmp(m) => m.iter().try_for_each(|k| self.check_key(k)),
+            NhKey::Ecmp(m) => m.iter().try_for_each(|k| self.check_key(k, onlink)),
             _ => Ok(()),
         }
     }
@@ -592,9 +595,9 @@ impl Node {
     /// A kernel route appeared, changed (`Some`) or went away (`None`). A route vrouter cannot
     /// forward with (a next hop off the node's subnet, an unknown device) is not installed and
     /// is listed with the reason.
-    pub fn kernel_route(&mut self, prefix: Ipv4Prefix, nh: Result<NhKey, String>) -> Result<usize, NodeError> {
+    pub fn kernel_route(&mut self, prefix: Ipv4Prefix, nh: Result<(NhKey, bool), String>) -> Result<usize, NodeError> {
         match nh {
-            Ok(k) => match self.check_key(&k) {
+            Ok((k, onlink)) => match self.check_key(&k, onlink) {
                 Ok(()) => {
                     self.kernel_rejected.remove(&prefix);
                     self.set_routes(RouteSource::Kernel, [(prefix, Some(k))])
@@ -609,6 +612,71 @@ impl Node {
         tracing::warn!(%prefix, "kernel route not installed: {why}");
         self.kernel_rejected.insert(prefix, why);
         self.set_routes(RouteSource::Kernel, [(prefix, None)])
+    }
+
+    /// What a kernel route means here: `(key, onlink)`, or why vrouter cannot use it. Routes
+    /// through `kernel_routes.tunnel_device` are IPIP to their gateway (Calico programs
+    /// `via NODE dev tunl0 onlink`); through the uplink (or an alias), plain next hops.
+    pub fn kernel_nexthop(&self, nh: &KernelNextHop) -> Result<(NhKey, bool), String> {
+        let Some(kr) = &self.cfg.kernel_routes else { return Err("kernel route import is off".into()) };
+        let uplink = self.cfg.uplink.as_ref().map(|u| u.device.as_str());
+        let host = self.cfg.host.as_ref().map(|h| h.tap.as_str());
+        // The host TAP carries the node IP and subnet, so the kernel (and BIRD) see the node's
+        // neighbours through it: its routes leave by the uplink.
+        let is_uplink = |d: Option<&str>| match d {
+            None => true,
+            Some(d) => Some(d) == uplink || Some(d) == host || kr.uplink_aliases.iter().any(|a| a == d),
+        };
+        let unknown = |d: &str| {
+            format!(
+                "device {d} is not one vrouter forwards to (uplink {}, tunnel {}, host {})",
+                uplink.unwrap_or("none"),
+                kr.tunnel_device,
+                host.unwrap_or("none")
+            )
+        };
+        let path = |via: Option<Ipv4Addr>, dev: Option<&str>| -> Result<NhKey, String> {
+            match (via, dev) {
+                (Some(v), Some(d)) if d == kr.tunnel_device => {
+                    let l2 = if self.cfg.node.subnet.contains(ip(v)) {
+                        v
+                    } else {
+                        self.cfg.node.gateway.ok_or("IPIP to an off-subnet node needs node.gateway")?
+                    };
+                    Ok(NhKey::Tunnel { remote: v, via: l2 })
+                }
+                (Some(v), d) if is_uplink(d) => Ok(NhKey::Gateway(v)),
+                (None, Some(d)) if is_uplink(Some(d)) => Ok(NhKey::Connected),
+                (_, Some(d)) => Err(unknown(d)),
+                (_, None) => Err("a route with neither gateway nor device".into()),
+            }
+        };
+        match nh {
+            KernelNextHop::Blackhole => Ok((NhKey::Blackhole, false)),
+            KernelNextHop::Unreachable | KernelNextHop::Prohibit => Ok((NhKey::Unreachable, false)),
+            KernelNextHop::Gateway { via, dev, onlink } => {
+                let tunnel = dev.as_deref() == Some(kr.tunnel_device.as_str());
+                Ok((path(Some(*via), dev.as_deref())?, *onlink || tunnel))
+            }
+            KernelNextHop::Dev { dev } => Ok((path(None, Some(dev))?, false)),
+            KernelNextHop::Multipath(paths) => {
+                let mut members = Vec::new();
+                let mut onlink_all = false;
+                for p in paths {
+                    let k = path(p.via, p.dev.as_deref())?;
+                    onlink_all |= p.onlink || p.dev.as_deref() == Some(kr.tunnel_device.as_str());
+                    // Weights as repeated members, bounded so a group stays small.
+                    for _ in 0..p.weight.clamp(1, 8) {
+                        members.push(k.clone());
+                    }
+                }
+                match members.len() {
+                    0 => Err("a multipath route with no usable path".into()),
+                    1 => Ok((members.pop().expect("one"), onlink_all)),
+                    _ => Ok((NhKey::Ecmp(members), onlink_all)),
+                }
+            }
+        }
     }
 
     pub fn kernel_route_gone(&mut self, prefix: Ipv4Prefix) -> Result<usize, NodeError> {
@@ -902,7 +970,7 @@ addrs = ["10.244.1.3"]
         let (mut n, _) = node(cfg(""));
         let p: Ipv4Prefix = "203.0.113.0/24".parse().unwrap();
         let gw = |s: &str| NhKey::Gateway(s.parse().unwrap());
-        n.kernel_route(p, Ok(gw("192.168.1.30"))).unwrap();
+        n.kernel_route(p, Ok((gw("192.168.1.30"), false))).unwrap();
         assert_eq!(lookup(&n, "203.0.113.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_011e });
         n.cli_route(p, Some(gw("192.168.1.31"))).unwrap();
         assert_eq!(lookup(&n, "203.0.113.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_011f }, "CLI wins");
@@ -914,10 +982,10 @@ addrs = ["10.244.1.3"]
         // The CLI next hop's id was freed and is handed out again.
         let freed = n.nh.free.clone();
         assert_eq!(freed.len(), 1);
-        n.kernel_route("198.51.100.0/24".parse().unwrap(), Ok(gw("192.168.1.40"))).unwrap();
+        n.kernel_route("198.51.100.0/24".parse().unwrap(), Ok((gw("192.168.1.40"), false))).unwrap();
         assert_eq!(n.routes(None, Some("198.51.100.0/24".parse().unwrap()))[0].nh_id, freed[0]);
         // Off-subnet next hops are refused and listed.
-        n.kernel_route("192.0.2.0/24".parse().unwrap(), Ok(gw("10.0.0.1"))).unwrap();
+        n.kernel_route("192.0.2.0/24".parse().unwrap(), Ok((gw("10.0.0.1"), false))).unwrap();
         assert!(n.kernel_rejected()[&"192.0.2.0/24".parse().unwrap()].contains("not on the node subnet"));
         assert_eq!(lookup(&n, "192.0.2.1"), NextHop::Unreachable);
         assert!(n.cli_route("192.0.2.0/24".parse().unwrap(), None).is_err(), "nothing to delete");
@@ -929,7 +997,7 @@ addrs = ["10.244.1.3"]
         let gw = |s: &str| NhKey::Gateway(s.parse().unwrap());
         let e = NhKey::Ecmp(vec![gw("192.168.1.30"), gw("192.168.1.31")]);
         let p: Ipv4Prefix = "203.0.113.0/24".parse().unwrap();
-        n.kernel_route(p, Ok(e)).unwrap();
+        n.kernel_route(p, Ok((e, false))).unwrap();
         match lookup(&n, "203.0.113.1") {
             NextHop::Ecmp(m) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
