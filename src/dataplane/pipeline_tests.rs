@@ -861,4 +861,43 @@ mod policy {
         assert!((4..64).contains(&passed), "{passed}");
         assert_eq!(drops(&lab, DropReason::ConntrackFull), 64 - passed as u64);
     }
+
+    #[test]
+    fn trace_names_the_rule_that_denied_and_stops_after_count() {
+        use crate::dataplane::observe::{CapturePoint, CaptureSpec};
+        let mut lab = Lab::new(LabOptions { policy: policy(1, false), ..Default::default() });
+        lab.shared.observe.start_trace(2, Some(lab::POD_A)).unwrap();
+        lab.shared
+            .observe
+            .start_capture(CaptureSpec { count: 10, port: None, rx: true, tx: true, snaplen: 64 })
+            .unwrap();
+        assert!(
+            run1(&mut lab, from_pod_a_udp(lab::POD_B_IP, 64, b"x"), lab::POD_B).len() <= 1,
+            "other port: not traced"
+        );
+        assert!(run1(&mut lab, a_to_b(80, true, false), lab::POD_A).is_empty());
+        assert_eq!(run1(&mut lab, from_pod_a_udp(lab::NODE2_POD, 64, b"y"), lab::POD_A).len(), 1);
+        assert_eq!(run1(&mut lab, a_to_b(80, true, false), lab::POD_A).len(), 0, "not traced any more: count was 2");
+        let (recs, done) = lab.shared.observe.take_trace();
+        assert!(done);
+        assert_eq!(recs.len(), 2);
+        let deny = &recs[0];
+        assert_eq!((deny.verdict.as_str(), deny.drop_reason.as_deref()), ("drop", Some("policy/deny")));
+        assert!(deny.received.contains("TCP 40000 > 80 [S]"), "{}", deny.received);
+        let policy_step = deny.steps.iter().find(|s| s.starts_with("policy:")).expect("a policy step");
+        assert!(policy_step.contains("ingress of 'pod-b': deny by policy 'web' rule 0"), "{policy_step}");
+        assert_eq!(deny.lookup, Some((lab::POD_B_IP, lab::NH_POD_B)));
+        let fwd = &recs[1];
+        assert_eq!((fwd.verdict.as_str(), fwd.out_port), ("tx", Some(lab::UPLINK)));
+        assert!(fwd.sent.as_ref().unwrap().contains("ttl 63"), "{:?}", fwd.sent);
+        assert!(recs[0].seq < recs[1].seq);
+        // Capture saw every frame as received, and the forwarded ones as sent, cut at 64 bytes.
+        let (frames, _) = lab.shared.observe.take_capture();
+        let rx = frames.iter().filter(|f| f.point == CapturePoint::Rx).count();
+        let tx: Vec<_> = frames.iter().filter(|f| f.point == CapturePoint::Tx).collect();
+        assert_eq!(rx, 4);
+        assert!(tx.iter().any(|f| f.port == lab::UPLINK && f.data.len() <= 64));
+        assert_eq!(lab.shared.observe.stop_capture().len(), 0);
+        assert_eq!(lab.shared.observe.active(), 0, "all sessions over");
+    }
 }
