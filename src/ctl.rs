@@ -570,6 +570,20 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                     out.push_str(&format!("{k:<26} {}\n", s(x)));
                 }
             }
+            let workers = v["workers"].as_array().cloned().unwrap_or_default();
+            if workers.len() > 1 {
+                let mut r = Vec::new();
+                for w in &workers {
+                    for (port, p) in w["ports"].as_object().into_iter().flatten() {
+                        r.push(vec![s(&w["worker"]), port.clone(), s(&p["rx_packets"]), s(&p["tx_packets"])]);
+                    }
+                    for (reason, n) in w["drops"].as_object().into_iter().flatten() {
+                        r.push(vec![s(&w["worker"]), format!("drop {reason}"), s(n), String::new()]);
+                    }
+                }
+                out.push('\n');
+                out.push_str(&table(&["WORKER", "PORT / DROP", "RX PKTS", "TX PKTS"], &r));
+            }
             out.push('\n');
             out.push_str(&render(&CtlCmd::Drops { all: false }, v));
             out

@@ -57,7 +57,7 @@ fn read_mac(dev: &str) -> Result<MacAddr, DaemonError> {
 pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>]) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let mut ports = serde_json::Map::new();
-    for (i, name) in port_names.iter().enumerate() {
+    for (i, name) in port_names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
         let mut t = crate::stats::counters::PortStats::default();
         for c in counters {
             let p = c.port(i);

@@ -289,6 +289,9 @@ impl Control {
     /// Counters per worker and summed: ports, drops by reason, the rest.
     pub fn counters_json(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
+        let snap = self.shared.snapshot.load();
+        let names: Vec<String> =
+            snap.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect();
         let per_worker: Vec<Value> = self
             .counters
             .iter()
@@ -296,14 +299,18 @@ impl Control {
             .map(|(w, c)| {
                 let drops: serde_json::Map<String, Value> =
                     c.drop_table().into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
-                json!({"worker": w, "drops": drops, "icmp_errors_sent": c.icmp_errors_sent.load(Relaxed),
+                let ports: serde_json::Map<String, Value> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| !n.is_empty())
+                    .map(|(i, n)| (n.clone(), serde_json::to_value(c.port(i)).expect("plain struct")))
+                    .collect();
+                json!({"worker": w, "ports": ports, "drops": drops,
+                       "icmp_errors_sent": c.icmp_errors_sent.load(Relaxed),
                        "ipip_encap": c.ipip_encap.load(Relaxed), "ipip_decap": c.ipip_decap.load(Relaxed),
                        "punted": c.punted.load(Relaxed)})
             })
             .collect();
-        let snap = self.shared.snapshot.load();
-        let names: Vec<String> =
-            snap.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect();
         let node_name = self.node().config().node.name.clone();
         let mut total = super::daemon::stats_json(&node_name, &names, &self.counters);
         total["drop_reasons"] = json!(DropReason::ALL.iter().map(|r| r.name()).collect::<Vec<_>>());

@@ -220,14 +220,13 @@ impl Worker {
     /// them in place. Afterwards [`Worker::output`] lists, per port, the indices of frames to
     /// send, and the frames the pipeline generated. `now_ms` is a monotonic clock.
     pub fn process<F: Frame>(&mut self, frames: &mut [F], now_ms: u64) -> &Output {
-        let shared = self.shared.clone();
         if let Some(r) = &self.reader {
-            shared.readers.enter(r);
+            self.shared.readers.enter(r);
         }
-        let snap = shared.snapshot.load_full();
+        let snap = self.shared.snapshot.load_full();
         self.out.reset(snap.ports.len(), MAX_BATCH);
         self.service(&snap, now_ms);
-        if shared.observe.active() & (observe::TRACE | observe::CAPTURE) != 0 {
+        if self.shared.observe.active() & (observe::TRACE | observe::CAPTURE) != 0 {
             self.process_observed(&snap, frames, now_ms);
         } else {
             let mut base = 0u32;
@@ -238,7 +237,7 @@ impl Worker {
         }
         drop(snap);
         if let Some(r) = &mut self.reader {
-            shared.readers.leave(r);
+            self.shared.readers.leave(r);
         }
         &self.out
     }

@@ -68,7 +68,9 @@ impl Readers {
     /// it loads next.
     #[inline]
     pub fn enter(&self, slot: &ReaderSlot) {
-        self.slots[slot.index].store(slot.batches << 1 | 1, Ordering::SeqCst);
+        self.slots[slot.index].store(slot.batches << 1 | 1, Ordering::Relaxed);
+        // Pairs with the fence in `synchronize`: either the control side sees this store, or
+        // this worker's loads that follow see what was published before `synchronize`.
         fence(Ordering::SeqCst);
     }
 
