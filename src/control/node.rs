@@ -4,8 +4,10 @@
 //! ## Stable numbering
 //! Routes point at next-hop *ids*, frames carry port *ids*; the workers may be using either
 //! while the control side changes things. So ids never move: a next hop keeps its id for as
-//! long as any route (or ECMP group) names it ([`NhTable`], reference counted), a pod keeps its
-//! port slot for as long as it exists, and a freed id is reused only after a grace period.
+//! long as any route (or ECMP group) names it ([`NhTable`], reference counted), and a pod keeps
+//! its port slot for as long as it exists. A freed next-hop id may be given to a new next hop
+//! at once: workers read their snapshot before their FIB lookups, and a new id is published
+//! and waited for before a route names it, so no batch can read an id with the wrong meaning.
 //!
 //! ## Make before break
 //! Every change is published in an order in which each intermediate state is one the workers
@@ -77,9 +79,11 @@ struct NhTable {
     ids: HashMap<NhKey, NhId>,
     keys: Vec<Option<NhKey>>,
     refs: Vec<u32>,
+    /// Ids no route names. Reusable at once: a batch reads its snapshot *before* its FIB
+    /// lookups, and a new key's id is published (and waited for) before any route names it,
+    /// so no batch can pair a lookup of the old meaning with a snapshot of the new, or the
+    /// reverse.
     free: Vec<NhId>,
-    /// Ids whose last reference went away: reusable after the next grace period.
-    retired: Vec<NhId>,
     /// A key got an id since the last snapshot was published.
     dirty: bool,
 }
@@ -133,9 +137,9 @@ impl NhTable {
         if *r > 0 {
             return;
         }
-        let k = self.keys[id as usize].clone().expect("a referenced id has a key");
+        let k = self.keys[id as usize].take().expect("a referenced id has a key");
         self.ids.remove(&k);
-        self.retired.push(id);
+        self.free.push(id);
         if let NhKey::Ecmp(members) = &k {
             for m in members {
                 let mid = self.ids[m];
@@ -385,7 +389,14 @@ impl Node {
                 NhKey::Gateway(v) => NextHop::Gateway { port: UPLINK, via: ip(*v) },
                 NhKey::Connected => NextHop::Connected { port: UPLINK },
                 NhKey::Tunnel { remote, via } => NextHop::Tunnel { port: UPLINK, remote: ip(*remote), via: ip(*via) },
-                NhKey::Ecmp(m) => NextHop::Ecmp(m.iter().map(|k| self.nh.ids[k]).collect()),
+                NhKey::Ecmp(m) => {
+                    let members: Box<[NhId]> = m.iter().filter_map(|k| self.nh.ids.get(k).copied()).collect();
+                    if members.len() == m.len() {
+                        NextHop::Ecmp(members)
+                    } else {
+                        NextHop::Blackhole // not reachable: a live group holds its members
+                    }
+                }
                 NhKey::Host => NextHop::Blackhole,
             }
         };
@@ -451,7 +462,7 @@ impl Node {
 
     /// Applies a batch of route changes for one source, make before break: new next hops are
     /// published (and the workers waited for) before any route points at them; ids no route
-    /// uses any more are freed after the routes moved away and the workers were waited for.
+    /// uses any more are freed.
     pub fn set_routes(
         &mut self,
         source: RouteSource,
@@ -483,21 +494,7 @@ impl Node {
         for (p, id) in ids {
             changed += self.set_route_id(p, source, id) as usize;
         }
-        self.reclaim();
         Ok(changed)
-    }
-
-    /// Frees retired next-hop ids once no batch can still be using them.
-    fn reclaim(&mut self) {
-        if self.nh.retired.is_empty() {
-            return;
-        }
-        self.grace();
-        let retired = std::mem::take(&mut self.nh.retired);
-        for id in retired {
-            self.nh.keys[id as usize] = None;
-            self.nh.free.push(id);
-        }
     }
 
     /// The routes `source` has now (its own view, shadowed or not).

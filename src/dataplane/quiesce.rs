@@ -10,8 +10,8 @@
 //!
 //! Memory safety never depends on this (snapshots are reference counted, FIB memory is
 //! epoch-reclaimed); the grace period is about *meaning*: a next-hop id a route points at is
-//! in the snapshot the batch reads, and a withdrawn next hop is no longer used before its id
-//! is given to something else.
+//! in the snapshot the batch reads, and a departed pod's port is no longer used when its TAP
+//! is closed.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
