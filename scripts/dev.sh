@@ -37,7 +37,7 @@ case "${1:-}" in
         install_missing
         cargo test
         # Each criterion benchmark once, as a smoke test (figures come from `cargo bench`).
-        cargo test --bench fib --bench acl --bench pipeline
+        cargo test --bench fib --bench acl --bench pipeline --bench control
         ;;
     *)
         echo "usage: $0 demo|test" >&2
