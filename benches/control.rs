@@ -14,6 +14,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
+use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
 use vrouter::dataplane::lab::frames;
 use vrouter::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
@@ -21,32 +22,10 @@ use vrouter::fib::Ipv4Prefix;
 use vrouter::neigh::{NeighConfig, NeighTable};
 use vrouter::wire::MacAddr;
 
-const BASE: &str = r#"
-[node]
-name = "bench"
-ip = "192.168.1.10"
-subnet = "192.168.1.0/24"
-pod_block = "10.244.1.0/26"
-[uplink]
-device = "eth9"
-[[endpoints]]
-name = "a"
-tap = "tapa"
-mac = "0a:00:00:00:00:0a"
-addrs = ["10.244.1.2"]
-"#;
-
-const POD_B: &str = r#"
-[[endpoints]]
-name = "b"
-tap = "tapb"
-mac = "0a:00:00:00:00:0b"
-addrs = ["10.244.1.3"]
-"#;
-
 fn control(c: &mut Criterion) {
     let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-    let cfg = |extra: &str| Config::parse(&format!("{BASE}{extra}"), Path::new("bench.toml")).unwrap();
+    let base = fixtures::node_toml("bench") + &fixtures::endpoint_toml("a", 2);
+    let cfg = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("bench.toml")).unwrap();
     let (shared, fib) =
         Shared::new(Node::empty_snapshot(&cfg(""), mac), NeighTable::new(NeighConfig::default()).unwrap());
     let mut node = Node::new(cfg(""), mac, shared.clone(), fib, Box::new(NoIo)).unwrap();
@@ -56,7 +35,7 @@ fn control(c: &mut Criterion) {
         std::thread::spawn(move || {
             let mut w = Worker::new(shared, WorkerConfig::default());
             let f = frames::udp(
-                MacAddr([0x0a, 0, 0, 0, 0, 0x0a]),
+                MacAddr([0x0a, 0, 0, 0, 0, 2]),
                 MacAddr([0xee; 6]),
                 0x0af4_0102,
                 0xc612_0001,
@@ -94,7 +73,7 @@ fn control(c: &mut Criterion) {
             black_box(node.cli_route(p, None).unwrap());
         })
     });
-    let (same, with_b) = (cfg(""), cfg(POD_B));
+    let (same, with_b) = (cfg(""), cfg(&fixtures::endpoint_toml("b", 3)));
     g.bench_function("apply unchanged config", |b| b.iter(|| black_box(node.apply(same.clone()).unwrap())));
     g.bench_function("apply: pod added then removed", |b| {
         b.iter(|| {

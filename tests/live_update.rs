@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
+use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
 use vrouter::dataplane::lab::frames;
 use vrouter::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
@@ -20,68 +21,26 @@ use vrouter::neigh::{NeighConfig, NeighTable};
 use vrouter::stats::DropReason;
 use vrouter::wire::MacAddr;
 
-const BASE: &str = r#"
-[node]
-name = "live"
-ip = "192.168.1.10"
-subnet = "192.168.1.0/24"
-pod_block = "10.244.1.0/26"
-gateway = "192.168.1.1"
-[uplink]
-device = "eth9"
-[[neighbours]]
-ip = "192.168.1.20"
-mac = "02:00:00:00:00:20"
-[[neighbours]]
-ip = "192.168.1.30"
-mac = "02:00:00:00:00:30"
-[[neighbours]]
-ip = "192.168.1.31"
-mac = "02:00:00:00:00:31"
-[[peers]]
-name = "n2"
-ip = "192.168.1.20"
-pod_blocks = ["10.244.2.0/26"]
-[[endpoints]]
-name = "a"
-tap = "tapa"
-mac = "0a:00:00:00:00:0a"
-addrs = ["10.244.1.2"]
-[[endpoints]]
-name = "b"
-tap = "tapb"
-mac = "0a:00:00:00:00:0b"
-addrs = ["10.244.1.3"]
-"#;
-
-const POD_C: &str = r#"
-[[endpoints]]
-name = "c"
-tap = "tapc"
-mac = "0a:00:00:00:00:0c"
-addrs = ["10.244.1.4"]
-"#;
-
-const PEER_N3: &str = r#"
-[[peers]]
-name = "n3"
-ip = "192.168.1.21"
-pod_blocks = ["10.244.3.0/26"]
-"#;
-
-/// Gateways for the churned routes: 192.168.1.100..=139 (MAC 02:00:00:00:01:xx) for the first
-/// prefix, 192.168.1.200..=239 (02:00:00:00:02:xx) for the second, all statically resolved.
-fn neighbours() -> String {
-    (0..40)
-        .flat_map(|i| [(1, 100 + i), (2, 200 + i)])
-        .map(|(set, host)| {
-            format!("[[neighbours]]\nip = \"192.168.1.{host}\"\nmac = \"02:00:00:00:0{set}:{host:02x}\"\n")
-        })
-        .collect()
+/// Node `live` with peer n2 (192.168.1.20), pods a (10.244.1.2) and b (10.244.1.3), static
+/// neighbours for n2 and two gateways (.30, .31), and for the churned routes 192.168.1.100..=139
+/// (MAC 02:00:00:00:01:xx, first prefix) and 192.168.1.200..=239 (02:00:00:00:02:xx, second).
+fn base() -> String {
+    let mut s = fixtures::node_toml("live");
+    s += &fixtures::peer_toml("n2", 20, 2);
+    s += &fixtures::endpoint_toml("a", 2);
+    s += &fixtures::endpoint_toml("b", 3);
+    for host in [20, 30, 31] {
+        s += &fixtures::neighbour_toml(host, 0);
+    }
+    for i in 0..40 {
+        s += &fixtures::neighbour_toml(100 + i, 1);
+        s += &fixtures::neighbour_toml(200 + i, 2);
+    }
+    s
 }
 
 fn cfg(extra: &str) -> Config {
-    Config::parse(&format!("{BASE}{}{extra}", neighbours()), Path::new("live.toml")).unwrap()
+    Config::parse(&format!("{}{extra}", base()), Path::new("live.toml")).unwrap()
 }
 
 const POD_A_IP: u32 = 0x0af4_0102;
@@ -119,7 +78,7 @@ fn a_running_worker_loses_nothing_while_the_node_churns() {
         let (shared, stop, tally) = (shared.clone(), stop.clone(), tally.clone());
         std::thread::spawn(move || {
             let mut w = Worker::new(shared, WorkerConfig::default());
-            let pod_a = MacAddr([0x0a, 0, 0, 0, 0, 0x0a]);
+            let pod_a = MacAddr([0x0a, 0, 0, 0, 0, 2]);
             let gw = MacAddr([0xee; 6]);
             let templates: Vec<(u32, Vec<u8>)> = [POD_B_IP, REMOTE_POD, FLIP_DST, CHURN1_DST, CHURN2_DST]
                 .iter()
@@ -147,9 +106,9 @@ fn a_running_worker_loses_nothing_while_the_node_churns() {
                     let dmac = &bufs[i].data()[..6];
                     let via = |set: u8| dmac[..4] == [2, 0, 0, 0] && dmac[4] == set;
                     match (templates[i % k].0, s) {
-                        (POD_B_IP, Some(p)) if *p == port_b && dmac == [0x0a, 0, 0, 0, 0, 0x0b] => t.to_b += 1,
-                        (REMOTE_POD, Some(0)) if dmac == [2, 0, 0, 0, 0, 0x20] => t.to_remote += 1,
-                        (FLIP_DST, Some(0)) if dmac == [2, 0, 0, 0, 0, 0x30] => t.flip_forwarded += 1,
+                        (POD_B_IP, Some(p)) if *p == port_b && dmac == [0x0a, 0, 0, 0, 0, 3] => t.to_b += 1,
+                        (REMOTE_POD, Some(0)) if dmac == [2, 0, 0, 0, 0, 20] => t.to_remote += 1,
+                        (FLIP_DST, Some(0)) if dmac == [2, 0, 0, 0, 0, 30] => t.flip_forwarded += 1,
                         (FLIP_DST, None) => t.flip_blackholed += 1,
                         (CHURN1_DST, Some(0)) if via(1) => t.churn_forwarded += 1,
                         (CHURN2_DST, Some(0)) if via(2) => t.churn_forwarded += 1,
@@ -197,10 +156,11 @@ fn a_running_worker_loses_nothing_while_the_node_churns() {
             changes += 1;
         }
         if i % 50 == 0 {
+            let (pod_c, peer_n3) = (fixtures::endpoint_toml("c", 4), fixtures::peer_toml("n3", 21, 3));
             let extra = match (i / 50) % 4 {
-                0 => POD_C.to_string(),
-                1 => format!("{POD_C}{PEER_N3}"),
-                2 => format!("{PEER_N3}\n[policies]\nunused = [{{ action = \"deny\", protocol = \"tcp\" }}]\n"),
+                0 => pod_c,
+                1 => format!("{pod_c}{peer_n3}"),
+                2 => format!("{peer_n3}\n[policies]\nunused = [{{ action = \"deny\", protocol = \"tcp\" }}]\n"),
                 _ => String::new(),
             };
             node.apply(cfg(&extra)).unwrap();

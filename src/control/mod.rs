@@ -7,6 +7,7 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;
+pub mod fixtures;
 pub mod metrics;
 pub mod netlink;
 pub mod node;

@@ -846,44 +846,21 @@ impl Node {
 mod tests {
     use super::*;
     use crate::control::config::Config;
+    use crate::control::fixtures;
     use crate::neigh::{NeighConfig, NeighTable};
     use std::path::Path;
 
     fn cfg(extra: &str) -> Config {
-        let text = format!(
-            r#"
-[node]
-name = "n1"
-ip = "192.168.1.10"
-subnet = "192.168.1.0/24"
-pod_block = "10.244.1.0/26"
-gateway = "192.168.1.1"
-[uplink]
-device = "eth9"
-[[peers]]
-name = "n2"
-ip = "192.168.1.20"
-pod_blocks = ["10.244.2.0/26"]
-{extra}
-"#
-        );
+        let text = format!("{}{}{extra}", fixtures::node_toml("n1"), fixtures::peer_toml("n2", 20, 2));
         Config::parse(&text, Path::new("t.toml")).unwrap()
     }
 
-    const POD_A: &str = r#"
-[[endpoints]]
-name = "a"
-tap = "tapa"
-mac = "0a:00:00:00:00:0a"
-addrs = ["10.244.1.2"]
-"#;
-    const POD_B: &str = r#"
-[[endpoints]]
-name = "b"
-tap = "tapb"
-mac = "0a:00:00:00:00:0b"
-addrs = ["10.244.1.3"]
-"#;
+    fn pod_a() -> String {
+        fixtures::endpoint_toml("a", 2)
+    }
+    fn pod_b() -> String {
+        fixtures::endpoint_toml("b", 3)
+    }
 
     #[derive(Clone, Default)]
     struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
@@ -916,11 +893,11 @@ addrs = ["10.244.1.3"]
 
     #[test]
     fn pods_come_and_go_with_stable_slots_and_routes() {
-        let (mut n, rec) = node(cfg(&format!("{POD_A}{POD_B}")));
+        let (mut n, rec) = node(cfg(&format!("{}{}", pod_a(), pod_b())));
         assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
         assert!(matches!(lookup(&n, "10.244.1.3"), NextHop::Local { .. }));
         // Remove a: b keeps its slot and its route resolves to b's endpoint in the new snapshot.
-        let r = n.apply(cfg(POD_B)).unwrap();
+        let r = n.apply(cfg(&pod_b())).unwrap();
         assert_eq!(r.endpoints_removed, ["a"]);
         assert_eq!(n.pod_ports(), [("b".to_string(), 3)]);
         let snap = n.shared.snapshot.load();
@@ -931,17 +908,17 @@ addrs = ["10.244.1.3"]
         assert_eq!(lookup(&n, "10.244.1.2"), NextHop::Blackhole, "a's address falls back to the block");
         assert!(snap.port(2).is_none());
         // Add a again: it reuses the free slot.
-        n.apply(cfg(&format!("{POD_A}{POD_B}"))).unwrap();
+        n.apply(cfg(&format!("{}{}", pod_a(), pod_b()))).unwrap();
         assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
         assert_eq!(*rec.0.lock().unwrap(), ["add a 2", "add b 3", "remove 2", "add a 2"]);
     }
 
     #[test]
     fn a_failed_pod_creation_changes_nothing() {
-        let (mut n, rec) = node(cfg(POD_A));
+        let (mut n, rec) = node(cfg(&pod_a()));
         let gen = n.shared.snapshot.load().generation;
-        let bad = POD_B.replace("name = \"b\"", "name = \"fails\"");
-        let e = n.apply(cfg(&format!("{POD_A}{bad}"))).unwrap_err().to_string();
+        let bad = fixtures::endpoint_toml("fails", 3);
+        let e = n.apply(cfg(&format!("{}{bad}", pod_a()))).unwrap_err().to_string();
         assert!(e.contains("endpoint fails: no such netns"), "{e}");
         assert_eq!(n.shared.snapshot.load().generation, gen, "nothing published");
         assert_eq!(n.config().endpoints.len(), 1);
@@ -950,12 +927,12 @@ addrs = ["10.244.1.3"]
 
     #[test]
     fn static_settings_need_a_restart_and_bad_configs_are_refused_whole() {
-        let (mut n, _) = node(cfg(POD_A));
-        let mut c = cfg(POD_A);
+        let (mut n, _) = node(cfg(&pod_a()));
+        let mut c = cfg(&pod_a());
         c.node.ip = "192.168.1.11".parse().unwrap();
         let e = n.apply(c).unwrap_err().to_string();
         assert!(e.contains("node changed") && e.contains("restart"), "{e}");
-        let mut c = cfg(POD_A);
+        let mut c = cfg(&pod_a());
         c.endpoints[0].ingress = vec!["nope".into()];
         let e = n.apply(c).unwrap_err().to_string();
         assert!(e.contains("unknown policy 'nope'"), "{e}");

@@ -134,21 +134,8 @@ impl Control {
                 Ok(json!({"routes_changed": n}))
             }
             Request::Peers => Ok(json!({"peers": self.node().config().peers})),
-            Request::PeerAdd { peer } => self.edit(|c| {
-                if c.peers.iter().any(|p| p.name == peer.name) {
-                    return refuse(format!("peer '{}' exists; delete it first", peer.name));
-                }
-                c.peers.push(peer);
-                Ok(())
-            }),
-            Request::PeerDel { name } => self.edit(|c| {
-                let before = c.peers.len();
-                c.peers.retain(|p| p.name != name);
-                if c.peers.len() == before {
-                    return refuse(format!("no peer '{name}'"));
-                }
-                Ok(())
-            }),
+            Request::PeerAdd { peer } => self.edit(|c| add_named(&mut c.peers, peer, "peer", |p| &p.name)),
+            Request::PeerDel { name } => self.edit(|c| del_named(&mut c.peers, &name, "peer", |p| &p.name)),
             Request::Endpoints => {
                 let node = self.node();
                 let ports = node.pod_ports();
@@ -165,21 +152,10 @@ impl Control {
                     .collect();
                 Ok(json!({"endpoints": eps}))
             }
-            Request::EndpointAdd { endpoint } => self.edit(|c| {
-                if c.endpoints.iter().any(|e| e.name == endpoint.name) {
-                    return refuse(format!("endpoint '{}' exists; delete it first", endpoint.name));
-                }
-                c.endpoints.push(endpoint);
-                Ok(())
-            }),
-            Request::EndpointDel { name } => self.edit(|c| {
-                let before = c.endpoints.len();
-                c.endpoints.retain(|e| e.name != name);
-                if c.endpoints.len() == before {
-                    return refuse(format!("no endpoint '{name}'"));
-                }
-                Ok(())
-            }),
+            Request::EndpointAdd { endpoint } => {
+                self.edit(|c| add_named(&mut c.endpoints, endpoint, "endpoint", |e| &e.name))
+            }
+            Request::EndpointDel { name } => self.edit(|c| del_named(&mut c.endpoints, &name, "endpoint", |e| &e.name)),
             Request::Policies => {
                 let node = self.node();
                 let c = node.config();
@@ -386,6 +362,25 @@ impl Control {
         frames.append(&mut obs.stop_capture());
         Ok(frames)
     }
+}
+
+/// Adds `item` to a config list of named things, refusing a name already there.
+fn add_named<T>(list: &mut Vec<T>, item: T, what: &str, name: fn(&T) -> &String) -> Result<(), NodeError> {
+    if list.iter().any(|x| name(x) == name(&item)) {
+        return Err(NodeError::Refused(format!("{what} '{}' exists; delete it first", name(&item))));
+    }
+    list.push(item);
+    Ok(())
+}
+
+/// Deletes the thing called `wanted` from a config list, refusing a name not there.
+fn del_named<T>(list: &mut Vec<T>, wanted: &str, what: &str, name: fn(&T) -> &String) -> Result<(), NodeError> {
+    let before = list.len();
+    list.retain(|x| name(x) != wanted);
+    if list.len() == before {
+        return Err(NodeError::Refused(format!("no {what} '{wanted}'")));
+    }
+    Ok(())
 }
 
 /// Who may talk to the daemon: root, the daemon's own user, members of `group`.
