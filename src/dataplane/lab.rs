@@ -289,11 +289,31 @@ fn fuzz_one(lab: &mut Lab, data: &[u8]) {
         rest = &rest[take..];
     }
     let snapshot: Vec<_> = bufs.clone();
+    // Bit 1 of the first byte: trace and capture everything (the formatters read every frame).
+    let observe = data.first().is_some_and(|b| b & 2 != 0);
+    if observe {
+        let obs = &lab.shared.observe;
+        let _ = obs.start_trace(u32::MAX >> 16, None);
+        let _ = obs.start_capture(super::observe::CaptureSpec {
+            count: 4096,
+            port: None,
+            rx: true,
+            tx: true,
+            snaplen: 2048,
+        });
+    }
     lab.worker.process(&mut bufs, 1_000);
     check_output(lab, &bufs);
     let mut again = snapshot;
     lab.worker.process(&mut again, 2_000);
     check_output(lab, &again);
+    if observe {
+        let (obs, sent) = (&lab.shared.observe, bufs.len() + again.len());
+        let records = obs.stop_trace();
+        assert!(records.len() <= sent, "one record per frame at most");
+        assert!(records.iter().all(|r| !r.received.is_empty() && !r.verdict.is_empty()));
+        obs.stop_capture();
+    }
 }
 
 /// What every output must satisfy whatever the input: frames within their buffers, and every
