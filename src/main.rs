@@ -97,6 +97,13 @@ enum BenchCmd {
         /// vrouter's worker idle mode: poll, adaptive or interrupt.
         #[arg(long)]
         idle: Option<String>,
+        /// Core for the generator (default 0).
+        #[arg(long)]
+        gen_cpu: Option<usize>,
+        /// Core for the forwarder: kernel forwarding via RPS, or vrouter's worker and NAPI
+        /// thread (default: the last core).
+        #[arg(long)]
+        fwd_cpu: Option<usize>,
     },
 }
 
@@ -162,7 +169,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
         }
-        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle } => {
+        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle, gen_cpu, fwd_cpu } => {
             let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
             if let Some(d) = duration {
                 o.duration = d;
@@ -175,6 +182,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             if let Some(z) = sizes {
                 o.sizes = z;
             }
+            (o.gen_cpu, o.fwd_cpu) = (gen_cpu, fwd_cpu);
             if let Some(i) = idle {
                 o.idle = i;
             }

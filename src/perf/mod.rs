@@ -115,6 +115,9 @@ pub struct E2eOptions {
     pub latency: bool,
     /// vrouter's `[workers] idle` mode.
     pub idle: String,
+    /// Cores for the generator and for the forwarder (default: the first and the last).
+    pub gen_cpu: Option<usize>,
+    pub fwd_cpu: Option<usize>,
     /// The vrouter binary; default: this executable.
     #[serde(skip)]
     pub vrouter: Option<PathBuf>,
@@ -132,6 +135,8 @@ impl Default for E2eOptions {
             tcp: true,
             latency: true,
             idle: "poll".into(),
+            gen_cpu: None,
+            fwd_cpu: None,
             vrouter: None,
             root: PathBuf::from(DEFAULT_ROOT),
         }
@@ -325,7 +330,7 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
 /// per run.
 pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, PerfError> {
     let bin = preflight(opts)?;
-    let topo = topo::Topo::up(&opts.root)?;
+    let topo = topo::Topo::up(&opts.root, opts.gen_cpu, opts.fwd_cpu)?;
     progress(&format!(
         "perf lab {}: generator on CPU {}, forwarding (kernel: RPS; vrouter: NAPI thread and worker; sink XDP drop) on CPU {}",
         topo.prefix, topo.gen_cpu, topo.fwd_cpu

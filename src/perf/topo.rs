@@ -101,7 +101,14 @@ impl Topo {
     }
 
     /// Creates everything but the forwarder's set-up; on error, the drop deletes what exists.
-    pub fn up(root: &Path) -> Result<Topo, PerfError> {
+    pub fn up(root: &Path, gen_cpu: Option<usize>, fwd_cpu: Option<usize>) -> Result<Topo, PerfError> {
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (gen_cpu, fwd_cpu) = (gen_cpu.unwrap_or(0), fwd_cpu.unwrap_or(ncpu.saturating_sub(1)));
+        if gen_cpu >= ncpu || fwd_cpu >= ncpu || gen_cpu == fwd_cpu {
+            return Err(PerfError::BadOption(format!(
+                "generator CPU {gen_cpu} and forwarding CPU {fwd_cpu}: need two different CPUs below {ncpu}"
+            )));
+        }
         let existing = sys::netns_list()?;
         let mut prefix = format!("vrpf{:04x}", rand::random::<u16>());
         while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
@@ -110,15 +117,14 @@ impl Topo {
         let dir = root.join(&prefix);
         std::fs::create_dir_all(&dir)
             .map_err(|err| PerfError::Io { what: format!("creating {}", dir.display()), err })?;
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let t = Topo {
             gen: format!("{prefix}-gen"),
             fwd: format!("{prefix}-fwd"),
             snk: format!("{prefix}-snk"),
             prefix,
             dir,
-            fwd_cpu: ncpu.saturating_sub(1),
-            gen_cpu: 0,
+            fwd_cpu,
+            gen_cpu,
             done: false,
         };
         sys::register(&t.prefix, &t.namespaces());
