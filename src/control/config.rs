@@ -172,7 +172,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IdleMode {
-    /// Busy-poll forever (lowest latency, a full core per worker).
+    /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
+    /// on the core between empty passes).
     Poll,
     /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
     #[default]
