@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # clang/llvm/libelf/zlib/libpcap/pkg-config/m4; the namespace lab and its tests use iproute2,
 # iperf3, ping, tcpdump (an independent decoder of what crosses the wire) and python3; the
 # perf lab uses trafgen (netsniff-ng).
-PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 iproute2 iperf3 iputils-ping tcpdump python3 ethtool netsniff-ng)
+PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 iproute2 iperf3 iputils-ping tcpdump python3 ethtool netsniff-ng bird2)
 
 install_missing() {
     local missing=()

@@ -533,3 +533,70 @@ fn thousands_of_changes_under_traffic_lose_no_packet() {
     assert_eq!(tx - rx, blackholed, "lost packets not accounted for by fib/blackhole; other drops: {others:?}");
     assert!(others.is_empty(), "other drop counters rose: {others:?}");
 }
+
+/// BIRD as Calico runs it: an iBGP session between the node and a peer node, carried by
+/// vrouter itself (the node's BIRD speaks from the host TAP; vrouter punts BGP to it and sends
+/// what it answers out of the uplink). The node's BIRD exports what it learns into kernel
+/// table 100; vrouter imports that table. The peer announcing, withdrawing and announcing its
+/// pod block again is followed all the way into the pod's reachability.
+#[test]
+fn routes_learned_by_bird_over_bgp_are_imported_and_withdrawn() {
+    if skip() {
+        return;
+    }
+    if Command::new("bird").arg("--version").output().is_err() {
+        panic!("bird (Debian package bird2) is missing: scripts/dev.sh installs it");
+    }
+    let t = Topo::routed("vbd", &["pod"]);
+    t.exec_ok("peer", &["ip", "addr", "add", "10.244.2.1/32", "dev", "lo"]);
+    // The peer's own TCP (BGP) leaves its veth with the checksum left to offload; AF_XDP
+    // hands such frames over as they are, so have the peer's kernel compute it.
+    t.exec_ok("peer", &["ethtool", "-K", "gw0", "tx", "off"]);
+    t.write_config(&t.config("[kernel_routes]\ntable = 100\n")); // and no default route
+    let _d = t.start();
+    let timers = "connect delay time 1; connect retry time 2; error wait time 1, 2; hold time 6; keepalive time 2;";
+    let bird = |n: &str, me: &str, other: &str, extra: &str, channel: &str| {
+        let conf = format!(
+            "router id {me};\nprotocol device {{ scan time 1; }}\n{extra}\n\
+             protocol bgp peer {{ local {me} as 64512; neighbor {other} as 64512; direct; {timers}\n\
+               ipv4 {{ {channel} }}; }}\n"
+        );
+        let path = t.dir.join(format!("bird-{n}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let sock = t.dir.join(format!("bird-{n}.ctl"));
+        let p = t.spawn(n, &["bird", "-f", "-c", path.to_str().unwrap(), "-s", sock.to_str().unwrap()]);
+        (p, sock)
+    };
+    let (_node_bird, _) = bird(
+        "node",
+        "192.168.1.10",
+        "192.168.1.1",
+        "protocol kernel { ipv4 { import none; export all; }; kernel table 100; }",
+        "import all; export none; gateway direct;",
+    );
+    let (_peer_bird, peer_sock) = bird(
+        "peer",
+        "192.168.1.1",
+        "192.168.1.10",
+        "protocol static pods { ipv4; route 10.244.2.0/26 unreachable; }",
+        "import none; export all; next hop self;",
+    );
+    let listed = || route(&t.ctl_json(&["routes", "--source", "kernel"]), "10.244.2.0/26").cloned();
+    let secs = Duration::from_secs(30);
+    wait_until("10.244.2.0/26 learned over BGP and imported", secs, || listed().is_some());
+    let r = listed().unwrap();
+    assert_eq!((r["source"].as_str(), r["nexthop"].as_str()), (Some("kernel"), Some("via 192.168.1.1")), "{r}");
+    assert!(t.ping("pod", "10.244.2.1", "2"), "pod -> the peer's pod block: {}", t.log());
+
+    let birdc = |cmd: &str| {
+        let o = Command::new("birdc").args(["-s", peer_sock.to_str().unwrap(), cmd, "pods"]).output().unwrap();
+        assert!(o.status.success(), "birdc {cmd}: {}", text(&o));
+    };
+    birdc("disable");
+    wait_until("the withdrawal followed", secs, || listed().is_none());
+    let o = t.exec("pod", &["ping", "-c", "1", "-W", "1", "10.244.2.1"]);
+    assert!(text(&o).contains("Destination Net Unreachable"), "withdrawn, yet: {}", text(&o));
+    birdc("enable");
+    wait_until("announced again", secs, || listed().is_some());
+    assert!(t.ping("pod", "10.244.2.1", "2"), "after the route came back: {}", t.log());
+}
