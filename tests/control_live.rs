@@ -600,3 +600,32 @@ fn routes_learned_by_bird_over_bgp_are_imported_and_withdrawn() {
     wait_until("announced again", secs, || listed().is_some());
     assert!(t.ping("pod", "10.244.2.1", "2"), "after the route came back: {}", t.log());
 }
+
+/// `[control] group`: the socket belongs to that group (mode 0660), and a user whose only
+/// link to it is a supplementary group is served; without the group, refused.
+#[test]
+fn members_of_the_control_group_are_served() {
+    use std::os::unix::fs::MetadataExt;
+    if skip() {
+        return;
+    }
+    let t = Topo::routed("vgr", &[]);
+    t.write_config(&t.config("").replace("[control]\n", "[control]\ngroup = \"daemon\"\n"));
+    let _d = t.start();
+    let meta = std::fs::metadata(t.sock()).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 1, 0o660));
+    let as_nobody = |groups: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", groups, env!("CARGO_BIN_EXE_vrouterctl"), "-s"])
+            .arg(t.sock())
+            .arg("status")
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody("--groups=1");
+    assert!(o.status.success(), "a member of group daemon (gid 1): {}", text(&o));
+    assert!(text(&o).contains("t1"), "{}", text(&o));
+    let o = as_nobody("--clear-groups");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+}
