@@ -27,6 +27,8 @@ use crate::dataplane::{Frame, PortId};
 pub const FRAME_SIZE: usize = 2048;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
+/// Frames allowed to wait on the TX ring (see [`XskPort::finish_batch`]).
+const TX_MAX_IN_FLIGHT: usize = 512;
 /// Free chunks kept back from the fill ring for frames copied in from other ports.
 const FREE_RESERVE: usize = 512;
 
@@ -215,6 +217,13 @@ impl XskPort {
         })
     }
 
+    /// The kernel's drop counts for this socket since it was opened: (RX ring full, other RX
+    /// drops such as an empty fill ring). `None` when the kernel does not say.
+    pub fn kernel_drops(&self) -> Option<(u64, u64)> {
+        let s = self.rx.fd().xdp_statistics().ok()?;
+        Some((s.rx_ring_full(), s.rx_dropped()))
+    }
+
     /// The kernel's view of the socket (drops, empty fill ring, invalid descriptors), as text.
     pub fn kernel_stats(&self) -> String {
         match self.rx.fd().xdp_statistics() {
@@ -297,24 +306,31 @@ impl XskPort {
     }
 
     /// Flushes queued TX (with the wakeup copy mode needs), returns unsent RX chunks to the
-    /// fill ring, reaps completions and tops the fill ring up.
-    pub fn finish_batch(&mut self) {
+    /// fill ring, reaps completions and tops the fill ring up. Returns the frames dropped
+    /// because the TX ring had no room (counted by the caller as `tx/full`).
+    ///
+    /// At most [`TX_MAX_IN_FLIGHT`] frames wait on the TX ring: when the device drains slower
+    /// than we forward, a deeper queue only adds delay (2,048 frames are milliseconds), so
+    /// the excess is dropped here, where it is counted, instead of queued.
+    pub fn finish_batch(&mut self) -> usize {
+        let mut dropped = 0;
         if !self.tx_descs.is_empty() {
-            // SAFETY: every queued descriptor is ours and filled in.
-            // Produce, then wake: a wakeup error must not make us think the descriptors were not
-            // queued (they are on the ring and will complete).
-            let sent = unsafe { self.tx.produce(&self.tx_descs) };
+            self.reap();
+            let n = self.tx_descs.len();
+            let room = (self.tx.nb_free(n as u32) as usize).min(n).min(TX_MAX_IN_FLIGHT.saturating_sub(self.in_flight));
+            // SAFETY: every queued descriptor is ours and filled in. `produce` takes all of
+            // the slice or nothing, so offer exactly what fits.
+            let sent = if room > 0 { unsafe { self.tx.produce(&self.tx_descs[..room]) } } else { 0 };
+            // Produce, then wake: a wakeup error must not make us think the descriptors were
+            // not queued (they are on the ring and will complete).
             if sent > 0 && self.tx.needs_wakeup() {
                 let _ = self.tx.wakeup();
             }
-            if sent == 0 {
-                // All or nothing: the ring is full. Drop the batch back to the pools.
-                self.stats.tx_full += self.tx_descs.len() as u64;
-                self.fill_back.extend_from_slice(&self.tx_descs);
-            } else {
-                self.stats.tx += sent as u64;
-                self.in_flight += sent;
-            }
+            dropped = n - sent;
+            self.stats.tx += sent as u64;
+            self.stats.tx_full += dropped as u64;
+            self.in_flight += sent;
+            self.fill_back.extend_from_slice(&self.tx_descs[sent..]);
             self.tx_descs.clear();
         }
         self.reap();
@@ -335,6 +351,7 @@ impl XskPort {
             }
         }
         self.refill();
+        dropped
     }
 
     /// Returns RX chunks to the fill ring (as many as fit now: `produce` is all or nothing, so

@@ -141,6 +141,13 @@ drop_reasons! {
     // --- Output ---
     /// The output port's TX queue was full.
     TxFull => "tx/full",
+
+    // --- Before the pipeline: the uplink's AF_XDP socket, as the kernel counts it ---
+    /// The socket's RX ring was full: the worker did not keep up.
+    XskRxRingFull => "uplink/rx-ring-full",
+    /// Frames the kernel could not deliver to the socket for another reason, mostly an empty
+    /// fill ring (no free buffer to copy into).
+    XskRxDropped => "uplink/rx-dropped",
 }
 
 #[cfg(test)]

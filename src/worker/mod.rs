@@ -88,6 +88,8 @@ impl WorkerRt {
         let mut fds_for = u64::MAX;
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
+        let mut next_kernel_stats_ms = 0;
+        let mut seen_kernel_drops = (0u64, 0u64);
         tracing::info!(worker = self.id, idle = ?self.idle, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
@@ -158,6 +160,15 @@ impl WorkerRt {
                     send_to(targets, &mut self.uplink, &counters, p, data);
                 }
             }
+            if now_ms >= next_kernel_stats_ms {
+                // Drops the kernel counted at the socket, before any frame reached us.
+                next_kernel_stats_ms = now_ms + 500;
+                if let Some((full, other)) = self.uplink.as_ref().and_then(XskPort::kernel_drops) {
+                    counters.drop_n(DropReason::XskRxRingFull, full.saturating_sub(seen_kernel_drops.0));
+                    counters.drop_n(DropReason::XskRxDropped, other.saturating_sub(seen_kernel_drops.1));
+                    seen_kernel_drops = (full, other);
+                }
+            }
             if work == 0 && now_ms != last_timer_ms {
                 // Timers: ARP retransmits, held frames, conntrack sweep.
                 last_timer_ms = now_ms;
@@ -168,7 +179,10 @@ impl WorkerRt {
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
-                up.finish_batch();
+                let dropped = up.finish_batch();
+                if dropped > 0 {
+                    counters.drop_n(DropReason::TxFull, dropped as u64);
+                }
             }
             if work > 0 {
                 last_work = Instant::now();
