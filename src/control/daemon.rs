@@ -58,14 +58,7 @@ pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>])
     use std::sync::atomic::Ordering::Relaxed;
     let mut ports = serde_json::Map::new();
     for (i, name) in port_names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
-        let mut t = crate::stats::counters::PortStats::default();
-        for c in counters {
-            let p = c.port(i);
-            t.rx_packets += p.rx_packets;
-            t.rx_bytes += p.rx_bytes;
-            t.tx_packets += p.tx_packets;
-            t.tx_bytes += p.tx_bytes;
-        }
+        let t: crate::stats::counters::PortStats = counters.iter().map(|c| c.port(i)).sum();
         ports.insert(name.clone(), serde_json::to_value(t).expect("plain struct"));
     }
     let mut drops = BTreeMap::new();

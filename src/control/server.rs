@@ -186,14 +186,7 @@ impl Control {
                     .enumerate()
                     .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
                     .map(|(i, p)| {
-                        let mut st = crate::stats::counters::PortStats::default();
-                        for c in &self.counters {
-                            let x = c.port(i);
-                            st.rx_packets += x.rx_packets;
-                            st.rx_bytes += x.rx_bytes;
-                            st.tx_packets += x.tx_packets;
-                            st.tx_bytes += x.tx_bytes;
-                        }
+                        let st: crate::stats::counters::PortStats = self.counters.iter().map(|c| c.port(i)).sum();
                         let endpoint = snap
                             .port_endpoint
                             .get(i)
@@ -266,8 +259,7 @@ impl Control {
     pub fn counters_json(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let snap = self.shared.snapshot.load();
-        let names: Vec<String> =
-            snap.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect();
+        let names: Vec<String> = snap.port_names();
         let per_worker: Vec<Value> = self
             .counters
             .iter()
@@ -297,8 +289,7 @@ impl Control {
     pub fn metrics_text(&self) -> String {
         use super::metrics::{render, Extra};
         let snap = self.shared.snapshot.load();
-        let names: Vec<String> =
-            snap.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect();
+        let names: Vec<String> = snap.port_names();
         let (node_name, routes) = {
             let n = self.node();
             (n.config().node.name.clone(), n.fib_len())

@@ -265,6 +265,11 @@ impl Snapshot {
         self.ports.get(p as usize).and_then(Option::as_ref)
     }
 
+    /// Port names by port id ("" for a free slot), as counters are indexed.
+    pub fn port_names(&self) -> Vec<String> {
+        self.ports.iter().map(|p| p.as_ref().map(|p| p.name.clone()).unwrap_or_default()).collect()
+    }
+
     #[inline]
     pub fn is_local(&self, a: u32) -> bool {
         self.local_addrs.contains(&a)

@@ -24,6 +24,18 @@ pub struct PortStats {
     pub tx_bytes: u64,
 }
 
+impl std::iter::Sum for PortStats {
+    /// One port's counters summed over workers.
+    fn sum<I: Iterator<Item = PortStats>>(it: I) -> PortStats {
+        it.fold(PortStats::default(), |a, b| PortStats {
+            rx_packets: a.rx_packets + b.rx_packets,
+            rx_bytes: a.rx_bytes + b.rx_bytes,
+            tx_packets: a.tx_packets + b.tx_packets,
+            tx_bytes: a.tx_bytes + b.tx_bytes,
+        })
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug)]
 pub struct Counters {
