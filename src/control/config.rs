@@ -152,6 +152,14 @@ pub struct UplinkConfig {
     pub xdp_mode: XdpMode,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Frames allowed to wait on each TX ring (32..=2048): when the device drains slower than
+    /// vrouter forwards, more are dropped (`tx/full`) instead of queued. Lower: less delay.
+    #[serde(default = "default_tx_queue")]
+    pub tx_queue: usize,
+}
+
+fn default_tx_queue() -> usize {
+    crate::port::afxdp::DEFAULT_TX_QUEUE
 }
 
 /// Largest IP MTU a 2 KiB frame buffer holds: 2048 - 256 (XDP headroom) - 14 (Ethernet).
@@ -324,6 +332,9 @@ impl Config {
             if u.queues == 0 || u.queues > 64 {
                 return err("uplink.queues", format!("{} must be 1..=64", u.queues));
             }
+            if !(32..=crate::port::afxdp::TX_RING).contains(&u.tx_queue) {
+                return err("uplink.tx_queue", format!("{} must be 32..={}", u.tx_queue, crate::port::afxdp::TX_RING));
+            }
             if !(576..=MAX_MTU).contains(&u.mtu) {
                 return err("uplink.mtu", format!("{} must be 576..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
             }
@@ -489,6 +500,8 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 0\n"));
         assert!(e.contains("uplink.queues: 0 must be 1..=64"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\ntx_queue = 8\n"));
+        assert!(e.contains("uplink.tx_queue: 8 must be 32..=2048"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9000\n"));
         assert!(e.contains("uplink.mtu: 9000 must be 576..=1778"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"));

@@ -202,10 +202,10 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut xsks = Vec::new();
     if let Some(u) = &cfg.uplink {
         for q in 0..u.queues {
-            xsks.push(Some(
-                XskPort::open(&u.device, q, u.xdp_mode, UPLINK)
-                    .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?,
-            ));
+            let mut x = XskPort::open(&u.device, q, u.xdp_mode, UPLINK)
+                .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
+            x.set_tx_queue(u.tx_queue);
+            xsks.push(Some(x));
         }
     }
 

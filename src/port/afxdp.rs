@@ -27,8 +27,11 @@ use crate::dataplane::{Frame, PortId};
 pub const FRAME_SIZE: usize = 2048;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
-/// Frames allowed to wait on the TX ring (see [`XskPort::finish_batch`]).
-const TX_MAX_IN_FLIGHT: usize = 512;
+/// Frames allowed to wait on the TX ring by default (see [`XskPort::finish_batch`] and
+/// `[uplink] tx_queue`).
+pub const DEFAULT_TX_QUEUE: usize = 512;
+/// The TX ring's size: the most `tx_queue` can be.
+pub const TX_RING: usize = RING as usize;
 /// Free chunks kept back from the fill ring for frames copied in from other ports.
 const FREE_RESERVE: usize = 512;
 
@@ -84,6 +87,8 @@ pub struct XskPort {
     in_flight: usize,
     pub stats: XskStats,
     pub mode: &'static str,
+    /// Frames allowed to wait on the TX ring.
+    tx_queue: usize,
 }
 
 // SAFETY: the raw pointers are into the UMEM mapping owned by `umem`, which moves with the
@@ -214,6 +219,7 @@ impl XskPort {
             in_flight: 0,
             stats: XskStats::default(),
             mode,
+            tx_queue: DEFAULT_TX_QUEUE,
         })
     }
 
@@ -235,6 +241,12 @@ impl XskPort {
     /// Where the chunks are: free list, waiting to return to the fill ring, on the TX ring.
     pub fn chunk_census(&self) -> (usize, usize, usize) {
         (self.free.len(), self.fill_back.len(), self.in_flight)
+    }
+
+    /// How many frames may wait on the TX ring (clamped to 32..=the ring's size): fewer
+    /// means less delay when the device drains slowly, more absorbs longer stalls.
+    pub fn set_tx_queue(&mut self, frames: usize) {
+        self.tx_queue = frames.clamp(32, TX_RING);
     }
 
     pub fn fd(&self) -> RawFd {
@@ -309,15 +321,15 @@ impl XskPort {
     /// fill ring, reaps completions and tops the fill ring up. Returns the frames dropped
     /// because the TX ring had no room (counted by the caller as `tx/full`).
     ///
-    /// At most [`TX_MAX_IN_FLIGHT`] frames wait on the TX ring: when the device drains slower
-    /// than we forward, a deeper queue only adds delay (2,048 frames are milliseconds), so
-    /// the excess is dropped here, where it is counted, instead of queued.
+    /// At most `tx_queue` frames ([`XskPort::set_tx_queue`]) wait on the TX ring: when the
+    /// device drains slower than we forward, a deeper queue only adds delay (2,048 frames are
+    /// milliseconds), so the excess is dropped here, where it is counted, instead of queued.
     pub fn finish_batch(&mut self) -> usize {
         let mut dropped = 0;
         if !self.tx_descs.is_empty() {
             self.reap();
             let n = self.tx_descs.len();
-            let room = (self.tx.nb_free(n as u32) as usize).min(n).min(TX_MAX_IN_FLIGHT.saturating_sub(self.in_flight));
+            let room = (self.tx.nb_free(n as u32) as usize).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
             // SAFETY: every queued descriptor is ours and filled in. `produce` takes all of
             // the slice or nothing, so offer exactly what fits.
             let sent = if room > 0 { unsafe { self.tx.produce(&self.tx_descs[..room]) } } else { 0 };
