@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # System packages the build and the tests need (Debian names): xsk-rs builds libxdp with
 # clang/llvm/libelf/zlib/libpcap/pkg-config/m4; the namespace lab and its tests use iproute2,
 # iperf3, ping, tcpdump (an independent decoder of what crosses the wire) and python3; the
-# perf lab uses trafgen (netsniff-ng).
+# perf lab uses trafgen (netsniff-ng); the BGP test runs BIRD (bird2), as Calico does.
 PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 iproute2 iperf3 iputils-ping tcpdump python3 ethtool netsniff-ng bird2)
 
 install_missing() {
