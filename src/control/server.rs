@@ -309,17 +309,7 @@ impl Control {
         let port = port.map(|p| self.port_id(&p)).transpose()?;
         let obs = &self.shared.observe;
         obs.start_trace(count, port).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
-        let mut records: Vec<TraceRecord> = Vec::new();
-        loop {
-            let (mut got, done) = obs.take_trace();
-            records.append(&mut got);
-            if done || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        records.append(&mut obs.stop_trace());
+        let mut records: Vec<TraceRecord> = collect(timeout_ms, || obs.take_trace(), || obs.stop_trace());
         records.sort_by_key(|r| r.seq);
         let node = self.node();
         let out: Vec<Value> = records
@@ -340,19 +330,25 @@ impl Control {
     fn capture(&self, spec: CaptureSpec, timeout_ms: u64) -> Result<Vec<Captured>, String> {
         let obs = &self.shared.observe;
         obs.start_capture(spec).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
-        let mut frames = Vec::new();
-        loop {
-            let (mut got, done) = obs.take_capture();
-            frames.append(&mut got);
-            if done || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        frames.append(&mut obs.stop_capture());
-        Ok(frames)
+        Ok(collect(timeout_ms, || obs.take_capture(), || obs.stop_capture()))
     }
+}
+
+/// What an observation session records until it has all it wanted (`take` says so) or
+/// `timeout_ms` passed; then the session is stopped (`stop` returns the rest).
+fn collect<T>(timeout_ms: u64, take: impl Fn() -> (Vec<T>, bool), stop: impl FnOnce() -> Vec<T>) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
+    let mut all = Vec::new();
+    loop {
+        let (mut got, done) = take();
+        all.append(&mut got);
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    all.append(&mut stop());
+    all
 }
 
 /// Adds `item` to a config list of named things, refusing a name already there.
