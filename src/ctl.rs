@@ -85,6 +85,9 @@ pub enum CtlCmd {
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Re-read the daemon's own config file (as SIGHUP does).
     Reload,
@@ -367,11 +370,11 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Neighbours => Request::Neighbours,
         CtlCmd::Connections { limit } => Request::Connections { limit: Some(*limit) },
         CtlCmd::Counters | CtlCmd::Drops { .. } => Request::Counters,
-        CtlCmd::Apply { file } => {
+        CtlCmd::Apply { file, dry_run } => {
             let config = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
             // Check it here first: the error then names the operator's file.
             crate::control::config::Config::parse(&config, file).map_err(|e| e.to_string())?;
-            Request::Apply { config }
+            Request::Apply { config, dry_run: *dry_run }
         }
         CtlCmd::Reload => Request::Reload,
         CtlCmd::Trace { count, port, timeout } => {
@@ -628,6 +631,25 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 }
             }
             out.push_str(&format!("{} of {} packets traced\n", pkts.len(), s(&v["wanted"])));
+            out
+        }
+        CtlCmd::Apply { dry_run: true, .. } => {
+            let mut out = String::new();
+            for (k, x) in v.as_object().into_iter().flatten() {
+                match x {
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push_str(&format!("{}:\n", k.replace('_', " ")));
+                        for i in a {
+                            out.push_str(&format!("  {}\n", s(i)));
+                        }
+                    }
+                    Value::Bool(true) => out.push_str(&format!("{}\n", k.replace('_', " "))),
+                    _ => {}
+                }
+            }
+            if out.is_empty() {
+                out.push_str("no change\n");
+            }
             out
         }
         _ => match v {

@@ -224,6 +224,11 @@ fn trace_names_the_policy_rule_that_dropped_a_packet() {
     let selected = format!("addrs = [\"{pod}\"]\ningress = [\"no-icmp\"]\n");
     let file = t.dir.join("apply.toml");
     std::fs::write(&file, cfg.replace(&format!("addrs = [\"{pod}\"]\n"), &selected)).unwrap();
+    // First what it would do: only the pod's policy list changes; nothing is applied yet.
+    let o = t.ctl(&["apply", "-f", file.to_str().unwrap(), "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "endpoints policy changed:\n  pod\n");
+    assert!(t.ping("peer", &pod, "1"), "a dry run changed something: {}", t.log());
     let o = t.ctl(&["apply", "-f", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(t.ctl_json(&["endpoints"])["endpoints"][0]["ingress"][0], "no-icmp");

@@ -88,9 +88,12 @@ pub enum Request {
         limit: Option<usize>,
     },
     Counters,
-    /// The whole config as TOML text: the node is changed to match it (a diff).
+    /// The whole config as TOML text: the node is changed to match it (a diff); with
+    /// `dry_run`, only what would change is returned.
     Apply {
         config: String,
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Re-reads the config file the daemon was started with (as SIGHUP does).
     Reload,

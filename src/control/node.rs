@@ -182,6 +182,29 @@ pub struct RouteView {
     pub shadowed: Vec<(RouteSource, String)>,
 }
 
+/// What an `apply` would change (`vrouterctl apply --dry-run`).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Plan {
+    pub endpoints_added: Vec<String>,
+    pub endpoints_removed: Vec<String>,
+    /// Port-level settings changed: removed and created again.
+    pub endpoints_replaced: Vec<String>,
+    pub endpoints_policy_changed: Vec<String>,
+    pub peers_added: Vec<String>,
+    pub peers_removed: Vec<String>,
+    pub peers_changed: Vec<String>,
+    pub policies_added: Vec<String>,
+    pub policies_removed: Vec<String>,
+    pub policies_changed: Vec<String>,
+    pub global_rules_changed: bool,
+    /// `prefix next-hop`, for the node's and the config's routes.
+    pub routes_added: Vec<String>,
+    pub routes_removed: Vec<String>,
+    pub routes_changed: Vec<String>,
+    pub neighbours_added: Vec<String>,
+    pub neighbours_removed: Vec<String>,
+}
+
 /// Counts of what an operation changed.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ChangeReport {
@@ -698,21 +721,7 @@ impl Node {
         let mut report = ChangeReport::default();
         let published_before = self.published;
 
-        // Which pods stay, go, come. A pod whose port-level settings changed is replaced.
-        let same_port = |a: &EndpointConfig, b: &EndpointConfig| {
-            EndpointConfig { ingress: vec![], egress: vec![], ..a.clone() }
-                == EndpointConfig { ingress: vec![], egress: vec![], ..b.clone() }
-        };
-        let mut leaving = Vec::new();
-        let mut kept = BTreeMap::new();
-        for (slot, pod) in &self.pods {
-            match new.endpoints.iter().find(|e| e.name == pod.cfg.name) {
-                Some(e) if same_port(e, &pod.cfg) => {
-                    kept.insert(e.name.clone(), *slot);
-                }
-                _ => leaving.push(*slot),
-            }
-        }
+        let (kept, leaving) = self.pods_kept_and_leaving(&new);
         let leaving_taps: BTreeSet<String> = leaving.iter().map(|s| self.pods[s].cfg.tap.clone()).collect();
         let mut arriving = Vec::new();
         let mut deferred = false;
@@ -808,6 +817,102 @@ impl Node {
             report.snapshots_published += more.snapshots_published;
         }
         Ok(report)
+    }
+
+    /// Which pods of `new` keep their port (by name, with the slot), and which slots go. A pod
+    /// whose port-level settings changed (anything but its policies) is replaced.
+    fn pods_kept_and_leaving(&self, new: &Config) -> (BTreeMap<String, PortId>, Vec<PortId>) {
+        let same_port = |a: &EndpointConfig, b: &EndpointConfig| {
+            EndpointConfig { ingress: vec![], egress: vec![], ..a.clone() }
+                == EndpointConfig { ingress: vec![], egress: vec![], ..b.clone() }
+        };
+        let mut leaving = Vec::new();
+        let mut kept = BTreeMap::new();
+        for (slot, pod) in self.pods.iter().filter(|(_, p)| !p.leaving) {
+            match new.endpoints.iter().find(|e| e.name == pod.cfg.name) {
+                Some(e) if same_port(e, &pod.cfg) => {
+                    kept.insert(e.name.clone(), *slot);
+                }
+                _ => leaving.push(*slot),
+            }
+        }
+        (kept, leaving)
+    }
+
+    /// What [`Node::apply`] of `new` would change, without changing anything (`apply
+    /// --dry-run`). Refuses what `apply` would refuse.
+    pub fn plan(&self, new: &Config) -> Result<Plan, NodeError> {
+        new.validate().map_err(|(field, msg)| NodeError::Invalid { field, msg })?;
+        self.check_static(new)?;
+        let old = &self.cfg;
+        let (kept, leaving) = self.pods_kept_and_leaving(new);
+        let mut plan = Plan::default();
+        for e in &new.endpoints {
+            match (kept.contains_key(&e.name), old.endpoints.iter().find(|o| o.name == e.name)) {
+                (true, Some(o)) if o.ingress != e.ingress || o.egress != e.egress => {
+                    plan.endpoints_policy_changed.push(e.name.clone())
+                }
+                (true, _) => {}
+                (false, Some(_)) => plan.endpoints_replaced.push(e.name.clone()),
+                (false, None) => plan.endpoints_added.push(e.name.clone()),
+            }
+        }
+        for slot in &leaving {
+            let name = &self.pods[slot].cfg.name;
+            if !new.endpoints.iter().any(|e| &e.name == name) {
+                plan.endpoints_removed.push(name.clone());
+            }
+        }
+        /// Names added, removed and changed between two lists of (name, value).
+        fn named_diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> [Vec<String>; 3] {
+            let added = b.keys().filter(|n| !a.contains_key(*n)).cloned().collect();
+            let removed = a.keys().filter(|n| !b.contains_key(*n)).cloned().collect();
+            let changed =
+                b.iter().filter(|(n, v)| a.get(*n).is_some_and(|w| w != *v)).map(|(n, _)| n.clone()).collect();
+            [added, removed, changed]
+        }
+        let peers = |c: &Config| c.peers.iter().map(|p| (p.name.clone(), format!("{p:?}"))).collect();
+        [plan.peers_added, plan.peers_removed, plan.peers_changed] = named_diff(&peers(old), &peers(new));
+        let pols = |c: &Config| c.policies.iter().map(|(n, r)| (n.clone(), format!("{r:?}"))).collect();
+        [plan.policies_added, plan.policies_removed, plan.policies_changed] = named_diff(&pols(old), &pols(new));
+        plan.global_rules_changed = old.global_rules != new.global_rules;
+        // Routes: new pods get the slots apply would give them.
+        let mut next_free = (FIRST_POD_PORT..MAX_PORTS as PortId).filter(|s| !self.pods.contains_key(s));
+        let mut new_slots: BTreeMap<&str, PortId> = kept.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        for e in &new.endpoints {
+            if !new_slots.contains_key(e.name.as_str()) {
+                new_slots.insert(&e.name, next_free.next().unwrap_or(PortId::MAX));
+            }
+        }
+        let want = config_routes(new, |n| new_slots.get(n).copied());
+        let pod_of = |k: &NhKey, slots: &dyn Fn(PortId) -> Option<String>| match k {
+            NhKey::Local(s) => format!("pod {}", slots(*s).unwrap_or_else(|| "?".into())),
+            k => k.to_string(),
+        };
+        let old_pod = |s: PortId| self.pods.get(&s).map(|p| p.cfg.name.clone());
+        let new_pod = |s: PortId| new_slots.iter().find(|(_, x)| **x == s).map(|(n, _)| n.to_string());
+        for src in [RouteSource::Node, RouteSource::Config] {
+            let have = self.source_routes(src);
+            for (p, (_, k)) in want.iter().filter(|(_, (s2, _))| *s2 == src) {
+                match have.get(p) {
+                    None => plan.routes_added.push(format!("{p} {}", pod_of(k, &new_pod))),
+                    Some(h) if pod_of(h, &old_pod) != pod_of(k, &new_pod) => {
+                        plan.routes_changed.push(format!("{p} {} -> {}", pod_of(h, &old_pod), pod_of(k, &new_pod)))
+                    }
+                    _ => {}
+                }
+            }
+            for (p, h) in &have {
+                if !want.get(p).is_some_and(|(s2, _)| *s2 == src) {
+                    plan.routes_removed.push(format!("{p} {}", pod_of(h, &old_pod)));
+                }
+            }
+        }
+        let ips = |c: &Config| c.neighbours.iter().map(|n| format!("{} {}", n.ip, n.mac)).collect::<BTreeSet<_>>();
+        let (a, b) = (ips(old), ips(new));
+        plan.neighbours_added = b.difference(&a).cloned().collect();
+        plan.neighbours_removed = a.difference(&b).cloned().collect();
+        Ok(plan)
     }
 
     fn free_slot(&self, also_taken: &[(PortId, EndpointConfig)]) -> Option<PortId> {
@@ -911,6 +1016,31 @@ mod tests {
         n.apply(cfg(&format!("{}{}", pod_a(), pod_b()))).unwrap();
         assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
         assert_eq!(*rec.0.lock().unwrap(), ["add a 2", "add b 3", "remove 2", "add a 2"]);
+    }
+
+    #[test]
+    fn a_plan_says_what_apply_would_do_and_changes_nothing() {
+        let (n, rec) = node(cfg(&pod_a()));
+        let gen = n.shared.snapshot.load().generation;
+        let mut new = cfg(&format!("{}{}", pod_a(), pod_b()));
+        new.peers.clear();
+        new.endpoints[0].ingress = vec!["web".into()];
+        new.policies.insert("web".into(), vec![]);
+        let plan = n.plan(&new).unwrap();
+        assert_eq!(plan.endpoints_added, ["b"]);
+        assert_eq!(plan.endpoints_policy_changed, ["a"]);
+        assert_eq!(
+            (plan.peers_removed.as_slice(), plan.policies_added.as_slice()),
+            (&["n2".to_string()][..], &["web".to_string()][..])
+        );
+        assert_eq!(plan.routes_added, ["10.244.1.3/32 pod b"]);
+        assert_eq!(plan.routes_removed, ["10.244.2.0/26 via 192.168.1.20"]);
+        assert!(plan.endpoints_removed.is_empty() && plan.routes_changed.is_empty());
+        assert_eq!(n.shared.snapshot.load().generation, gen, "nothing published");
+        assert_eq!(*rec.0.lock().unwrap(), ["add a 2"], "no port created");
+        let mut bad = new.clone();
+        bad.node.ip = "192.168.1.99".parse().unwrap();
+        assert!(n.plan(&bad).unwrap_err().to_string().contains("restart"));
     }
 
     #[test]

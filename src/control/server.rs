@@ -240,10 +240,13 @@ impl Control {
                 Ok(json!({"connections": conns, "total": total, "workers_not_answering": missing}))
             }
             Request::Counters => Ok(self.counters_json()),
-            Request::Apply { config } => {
+            Request::Apply { config, dry_run } => {
                 let cfg = Config::parse(&config, Path::new("<apply>")).map_err(|e| e.to_string())?;
-                let r = self.node().apply(cfg).map_err(|e| e.to_string())?;
-                Ok(serde_json::to_value(r).expect("plain struct"))
+                let r = match dry_run {
+                    true => serde_json::to_value(self.node().plan(&cfg).map_err(|e| e.to_string())?),
+                    false => serde_json::to_value(self.node().apply(cfg).map_err(|e| e.to_string())?),
+                };
+                Ok(r.expect("plain struct"))
             }
             Request::Reload => self.reload(),
             Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms),
