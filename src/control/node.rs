@@ -73,6 +73,9 @@ pub enum NodeError {
     Internal(String),
 }
 
+/// Paths in one ECMP group, repeats for weights included.
+pub const MAX_ECMP: usize = 64;
+
 /// Next-hop ids by key, reference counted: an id lives while routes or ECMP groups name it.
 #[derive(Default)]
 struct NhTable {
@@ -607,6 +610,9 @@ impl Node {
             }
             NhKey::Host if self.cfg.host.is_none() => refuse("this node has no [host] port".into()),
             NhKey::Local(_) => refuse("routes to pods come from their endpoints".into()),
+            NhKey::Ecmp(m) if m.len() > MAX_ECMP => {
+                refuse(format!("{} paths in an ECMP group (weights count as repeats); at most {MAX_ECMP}", m.len()))
+            }
             NhKey::Ecmp(m) => m.iter().try_for_each(|k| self.check_key(k, onlink)),
             _ => Ok(()),
         }

@@ -23,8 +23,11 @@ pub const TRACE: u32 = 1;
 pub const CAPTURE: u32 = 2;
 pub const CT_DUMP: u32 = 4;
 
-/// Frames a trace or capture session may hold before the control side collects them.
+/// Records a trace session may hold before the control side collects them (and the most
+/// packets one trace may ask for).
 pub const MAX_HELD: usize = 65_536;
+/// The most frames one capture may ask for (up to 2 KiB each, sent back in one reply).
+pub const MAX_CAPTURE: usize = 10_000;
 
 /// What one pipeline run decided for one traced packet, stage by stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -67,7 +70,30 @@ pub struct Captured {
     pub point: CapturePoint,
     /// Length on the wire (the data may be cut at the snap length).
     pub orig_len: u32,
+    /// The bytes (hex in JSON: half the size of a list of numbers).
+    #[serde(with = "hex_bytes")]
     pub data: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(b.len() * 2);
+        for x in b {
+            let _ = write!(out, "{x:02x}");
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 || !s.is_ascii() {
+            return Err(D::Error::custom("hex bytes: odd length or not ASCII"));
+        }
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(D::Error::custom)).collect()
+    }
 }
 
 #[derive(Default)]
@@ -103,6 +129,8 @@ pub enum ObserveError {
     Busy(&'static str),
     #[error("count must be between 1 and {max}", max = MAX_HELD)]
     BadCount,
+    #[error("a capture's count must be between 1 and {max}", max = MAX_CAPTURE)]
+    BadCaptureCount,
     #[error("a capture needs at least one of rx and tx")]
     NoPoint,
 }
@@ -158,8 +186,8 @@ impl Observe {
     }
 
     pub fn start_capture(&self, spec: CaptureSpec) -> Result<(), ObserveError> {
-        if spec.count == 0 || spec.count as usize > MAX_HELD {
-            return Err(ObserveError::BadCount);
+        if spec.count == 0 || spec.count as usize > MAX_CAPTURE {
+            return Err(ObserveError::BadCaptureCount);
         }
         if !spec.rx && !spec.tx {
             return Err(ObserveError::NoPoint);
@@ -271,7 +299,7 @@ impl Observe {
                 CapturePoint::Rx => c.rx,
                 CapturePoint::Tx => c.tx,
             };
-            if !wanted || c.port.is_some_and(|p| p != port) || c.frames.len() >= MAX_HELD {
+            if !wanted || c.port.is_some_and(|p| p != port) || c.frames.len() >= MAX_CAPTURE {
                 continue;
             }
             c.remaining -= 1;
@@ -422,7 +450,11 @@ mod tests {
         assert_eq!(o.active(), 0, "the session has what it wanted");
         assert_eq!(
             o.start_capture(CaptureSpec { count: 0, port: None, rx: true, tx: false, snaplen: 100 }),
-            Err(ObserveError::BadCount)
+            Err(ObserveError::BadCaptureCount)
+        );
+        assert_eq!(
+            o.start_capture(CaptureSpec { count: 10_001, port: None, rx: true, tx: false, snaplen: 100 }),
+            Err(ObserveError::BadCaptureCount)
         );
         o.start_capture(CaptureSpec { count: 2, port: None, rx: false, tx: true, snaplen: 70 }).unwrap();
         let big = [7u8; 100];
@@ -435,6 +467,11 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].port, got[0].orig_len, got[0].data.len()), (1, 100, 70));
         assert_eq!(got[1].data.len(), 10);
+        // The JSON form carries the bytes as hex, and reads back.
+        let j = serde_json::to_string(&got[1]).unwrap();
+        assert!(j.contains(r#""data":"07070707070707070707""#), "{j}");
+        assert_eq!(serde_json::from_str::<Captured>(&j).unwrap(), got[1]);
+        assert!(serde_json::from_str::<Captured>(&j.replace("0707\"", "07z\"")).is_err());
         assert_eq!(o.active(), 0);
     }
 }
