@@ -107,6 +107,7 @@ impl Control {
                     "peers": snap.peers.len(),
                     "nexthops": snap.nexthops.len(),
                     "neighbours": self.shared.neigh.len(),
+                    "connections": self.counters.iter().map(|c| c.conntrack_entries.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>(),
                     "policy_generation": snap.policy.generation(),
                     "snapshots_published": node.snapshots_published(),
                     "grace_timeouts": node.grace_timeouts,
@@ -297,9 +298,12 @@ impl Control {
             let n = self.node();
             (n.config().node.name.clone(), n.fib_len())
         };
+        let conns: u64 =
+            self.counters.iter().map(|c| c.conntrack_entries.load(std::sync::atomic::Ordering::Relaxed)).sum();
         let extra = [
             Extra::routes(routes),
             Extra::neighbours(self.shared.neigh.len()),
+            Extra::conntrack_entries(conns as usize),
             Extra::snapshot_generation(snap.generation),
             Extra::uptime(self.started.elapsed()),
         ];

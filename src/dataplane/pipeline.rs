@@ -395,6 +395,7 @@ impl Worker {
             }
         }
         self.ct.expire(now, 64);
+        self.counters.conntrack_entries.store(self.ct.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn process_chunk<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], base: u32, now: u64) {

@@ -801,6 +801,9 @@ mod policy {
         assert!(run1(&mut lab, b_to_a(443, true, false), lab::POD_B).is_empty());
         assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
         assert_eq!(lab.worker.conntrack().len(), 1);
+        // The gauge the CLI and metrics read follows at the next timer tick.
+        lab.worker.process(&mut Vec::<crate::dataplane::PacketBuf>::new(), 5_000);
+        assert_eq!(lab.worker.counters().conntrack_entries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]

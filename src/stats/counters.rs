@@ -56,6 +56,8 @@ pub struct Counters {
     pub fragments_out: AtomicU64,
     /// Packets punted to the host port.
     pub punted: AtomicU64,
+    /// A gauge, not a counter: connections this worker tracks (updated about every ms).
+    pub conntrack_entries: AtomicU64,
 }
 
 #[inline(always)]
@@ -78,6 +80,7 @@ impl Counters {
             fragmented: AtomicU64::new(0),
             fragments_out: AtomicU64::new(0),
             punted: AtomicU64::new(0),
+            conntrack_entries: AtomicU64::new(0),
         }
     }
 
