@@ -74,6 +74,9 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
             "vrouter_loss",
             "kernel_fwd_cpu",
             "vrouter_proc_cpu",
+            "kernel_mpps_per_core",
+            "vrouter_mpps_per_core",
+            "ratio_per_core",
         ] {
             let k = format!("{key}_{size}");
             assert!(v[&k].is_number(), "missing {k} in {v}");
@@ -86,6 +89,8 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
     }
     check_numbers("", &v);
     assert!(v["vrouter_mpps_64"].as_f64().unwrap() > 0.0, "vrouter forwarded nothing: {stderr}");
+    let per_core = v["vrouter_mpps_64"].as_f64().unwrap() / v["vrouter_fwd_cpu_64"].as_f64().unwrap();
+    assert!((v["vrouter_mpps_per_core_64"].as_f64().unwrap() - per_core).abs() < 1e-9, "{v}");
     assert!(v["ipip_mpps_64"].as_f64().unwrap() > 0.0, "no IPIP frames arrived: {stderr}");
     assert_eq!(v["runs"].as_array().map(|a| a.len()), Some(9), "3 forwarders x 3 sizes");
     let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();

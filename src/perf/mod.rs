@@ -834,6 +834,8 @@ fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<
         f.insert(format!("{n}_gbps_{z}"), s.gbps.median);
         f.insert(format!("{n}_loss_{z}"), s.loss.median);
         f.insert(format!("{n}_fwd_cpu_{z}"), s.fwd_cpu.median);
+        // Forwarding work per busy core: the figure to compare when one side is not saturated.
+        f.insert(format!("{n}_mpps_per_core_{z}"), ratio(s.forwarded_mpps.median, s.fwd_cpu.median));
         if s.forwarder != Forwarder::Kernel {
             f.insert(format!("{n}_proc_cpu_{z}"), s.proc_cpu.median);
         }
@@ -844,6 +846,8 @@ fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<
         let i = f.get(&format!("ipip_mpps_{z}")).copied().unwrap_or(0.0);
         f.insert(format!("ratio_{z}"), ratio(v, k));
         f.insert(format!("ratio_ipip_{z}"), ratio(i, k));
+        let per_core = |n: &str| f.get(&format!("{n}_mpps_per_core_{z}")).copied().unwrap_or(0.0);
+        f.insert(format!("ratio_per_core_{z}"), ratio(per_core("vrouter"), per_core("kernel")));
     }
     for streams in [1u32, 8] {
         let med = |fwd: Forwarder| {

@@ -19,8 +19,17 @@ pub fn table(r: &E2eReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<5} {:<8} {:>20} {:>22} {:>20} {:>8} {:>10} {:>11} {:>6}",
-        "size", "fwd", "offered Mpps", "forwarded Mpps", "Gbit/s", "loss %", "fwd CPU %", "vrouter %", "ratio"
+        "{:<5} {:<8} {:>20} {:>22} {:>20} {:>8} {:>10} {:>10} {:>11} {:>6}",
+        "size",
+        "fwd",
+        "offered Mpps",
+        "forwarded Mpps",
+        "Gbit/s",
+        "loss %",
+        "fwd CPU %",
+        "Mpps/core",
+        "vrouter %",
+        "ratio"
     );
     for x in &r.summaries {
         let k = r.figures.get(&format!("kernel_mpps_{}", x.size)).copied().unwrap_or(0.0);
@@ -32,7 +41,7 @@ pub fn table(r: &E2eReport) -> String {
         let size = if x.frame == x.size { x.size.to_string() } else { format!("{}*", x.size) };
         let _ = writeln!(
             s,
-            "{:<5} {:<8} {:>20} {:>22} {:>20} {:>8.1} {:>10.0} {:>11} {:>6}",
+            "{:<5} {:<8} {:>20} {:>22} {:>20} {:>8.1} {:>10.0} {:>10.3} {:>11} {:>6}",
             size,
             x.forwarder.name(),
             mm(&x.offered_mpps, 1.0, 3),
@@ -40,6 +49,7 @@ pub fn table(r: &E2eReport) -> String {
             mm(&x.gbps, 1.0, 2),
             x.loss.median * 100.0,
             x.fwd_cpu.median * 100.0,
+            if x.fwd_cpu.median > 0.0 { x.forwarded_mpps.median / x.fwd_cpu.median } else { 0.0 },
             if x.forwarder == Forwarder::Kernel {
                 "-".to_string()
             } else {
