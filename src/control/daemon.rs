@@ -151,6 +151,15 @@ impl PortIo for TapIo {
     }
 }
 
+/// Tells every worker and service thread to stop and waits for them (on shutdown, and when
+/// starting fails part-way).
+fn stop_threads(stop: &AtomicBool, threads: impl IntoIterator<Item = std::thread::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for h in threads {
+        let _ = h.join();
+    }
+}
+
 /// Runs the node described by `config` until SIGINT or SIGTERM; SIGHUP reloads it.
 pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let cfg = Config::load(config)?;
@@ -242,10 +251,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let node = match Node::new(cfg.clone(), uplink_mac, shared.clone(), fib, Box::new(io)) {
         Ok(n) => n,
         Err(e) => {
-            stop.store(true, Ordering::Relaxed);
-            for h in handles {
-                let _ = h.join();
-            }
+            stop_threads(&stop, handles);
             return Err(e.into());
         }
     };
@@ -265,10 +271,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 services.push(h);
             }
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for h in handles {
-                    let _ = h.join();
-                }
+                stop_threads(&stop, handles);
                 return Err(e.into());
             }
         }
@@ -296,10 +299,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 services.push(h);
             }
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for h in handles.into_iter().chain(services) {
-                    let _ = h.join();
-                }
+                stop_threads(&stop, handles.into_iter().chain(services));
                 return Err(DaemonError::Other(format!("kernel route import: {e}")));
             }
         }
@@ -312,10 +312,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 services.push(h);
             }
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for h in handles.into_iter().chain(services) {
-                    let _ = h.join();
-                }
+                stop_threads(&stop, handles.into_iter().chain(services));
                 return Err(e.into());
             }
         }
@@ -341,9 +338,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         std::thread::sleep(Duration::from_millis(200));
     }
     info!("stopping");
-    for h in handles.into_iter().chain(services) {
-        let _ = h.join();
-    }
+    stop_threads(&stop, handles.into_iter().chain(services));
     if let Some(p) = &stats {
         let _ = write_atomically(p, &ctl.counters_json()["total"].to_string());
     }

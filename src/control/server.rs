@@ -107,7 +107,7 @@ impl Control {
                     "peers": snap.peers.len(),
                     "nexthops": snap.nexthops.len(),
                     "neighbours": self.shared.neigh.len(),
-                    "connections": self.counters.iter().map(|c| c.conntrack_entries.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>(),
+                    "connections": self.connections(),
                     "policy_generation": snap.policy.generation(),
                     "snapshots_published": node.snapshots_published(),
                     "grace_timeouts": node.grace_timeouts,
@@ -289,6 +289,11 @@ impl Control {
         json!({"total": total, "workers": per_worker})
     }
 
+    /// Connections tracked by all workers (their gauges).
+    fn connections(&self) -> u64 {
+        self.counters.iter().map(|c| c.conntrack_entries.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
     /// The Prometheus page (see [`super::metrics`]).
     pub fn metrics_text(&self) -> String {
         use super::metrics::{render, Extra};
@@ -298,8 +303,7 @@ impl Control {
             let n = self.node();
             (n.config().node.name.clone(), n.fib_len())
         };
-        let conns: u64 =
-            self.counters.iter().map(|c| c.conntrack_entries.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        let conns = self.connections();
         let extra = [
             Extra::routes(routes),
             Extra::neighbours(self.shared.neigh.len()),
