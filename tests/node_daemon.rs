@@ -97,3 +97,43 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
     assert!(log.contains("queue=0") && log.contains("queue=1") && log.contains("workers=2"), "{log}");
     t.stop(child);
 }
+
+#[test]
+fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_up() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vra", &["pod"]);
+    let good = t.config(DEFAULT_ROUTE);
+    t.write_config(&good);
+    let child = t.start();
+    assert!(t.ping("peer", "10.244.1.2", "2"), "before: {}", t.log());
+    // The same pod, now in a namespace that does not exist: a replacement that cannot be made.
+    let bad = good.replace(&format!("netns = \"{}\"", t.ns("pod")), "netns = \"vra-no-such-ns\"");
+    assert_ne!(bad, good);
+    let f = t.dir.join("bad.toml");
+    std::fs::write(&f, &bad).unwrap();
+    let o = t.ctl(&["apply", "-f", f.to_str().unwrap()]);
+    let out = common::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // Nothing changed: the pod's interface is there and it is reachable.
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "link", "show", "eth0"]));
+    assert!(links.contains("eth0") && links.contains("UP"), "the pod's interface is gone: {links}");
+    assert!(out.contains("network namespace 'vra-no-such-ns' does not exist"), "{out}");
+    assert!(t.ping("peer", "10.244.1.2", "2"), "after the refused apply: {}", t.log());
+    // The same through SIGHUP.
+    t.write_config(&bad);
+    child.signal(libc::SIGHUP);
+    common::wait_until("the reload to be refused", std::time::Duration::from_secs(5), || {
+        t.log().contains("refused, still running the previous config")
+    });
+    assert!(t.ping("peer", "10.244.1.2", "2"), "after the refused reload: {}", t.log());
+    // A port-level change that can be made replaces the pod without losing it.
+    let mtu = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nmtu = 1400");
+    std::fs::write(&f, &mtu).unwrap();
+    let o = t.ctl(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "link", "show", "eth0"]));
+    assert!(links.contains("mtu 1400"), "{links}");
+    assert!(t.ping("peer", "10.244.1.2", "2"), "after the replacement: {}", t.log());
+    t.write_config(&good);
+    t.stop(child);
+}

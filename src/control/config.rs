@@ -361,6 +361,12 @@ impl Config {
             if e.tap.is_empty() || e.tap.len() > 15 {
                 return err(&f("tap"), format!("'{}' must be 1..=15 characters (a Linux interface name)", e.tap));
             }
+            if e.ifname.is_empty() || e.ifname.len() > 15 || e.ifname.contains(['/', ' ']) {
+                return err(
+                    &f("ifname"),
+                    format!("'{}' must be 1..=15 characters without '/' or spaces (a Linux interface name)", e.ifname),
+                );
+            }
             if !taps.insert(e.tap.as_str()) {
                 return err(&f("tap"), format!("'{}' is used by another endpoint", e.tap));
             }
@@ -525,6 +531,9 @@ pod_block = "10.244.1.0/26"
             ep("10.244.1.2", "")
         );
         assert!(err(&two).contains("'tapp' is used by another endpoint"));
+        let long = ep("10.244.1.2", "").replace("tap = \"tapp\"", "tap = \"tapp\"\nifname = \"eth0-sixteen-chr\"");
+        let e = err(&long);
+        assert!(e.contains("endpoints[0] (p).ifname: 'eth0-sixteen-chr' must be 1..=15 characters"), "{e}");
     }
 
     #[test]

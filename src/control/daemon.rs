@@ -98,6 +98,8 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 struct TapIo {
     set: Arc<ArcSwap<PortSet>>,
     pods: BTreeMap<PortId, Arc<TapPort>>,
+    /// Created for pods that replace running ones, not yet given to the workers.
+    staged: BTreeMap<PortId, TapPort>,
     host: Option<Arc<TapPort>>,
     uplink: bool,
     version: u64,
@@ -123,11 +125,38 @@ impl TapIo {
     }
 }
 
+/// Whether the network namespace `ns` (a name under /run/netns, as `ip netns` makes, or a
+/// pid) exists.
+fn netns_exists(ns: &str) -> bool {
+    match ns.parse::<u32>() {
+        Ok(pid) => Path::new(&format!("/proc/{pid}/ns/net")).exists(),
+        Err(_) => !ns.contains('/') && Path::new("/run/netns").join(ns).exists(),
+    }
+}
+
 impl PortIo for TapIo {
-    fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: std::net::Ipv4Addr) -> Result<(), String> {
-        let tap = TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?;
+    fn check_pod(&self, e: &EndpointConfig) -> Result<(), String> {
+        match &e.netns {
+            Some(ns) if !netns_exists(ns) => Err(format!(
+                "network namespace '{ns}' does not exist (no /run/netns/{ns}; `ip netns add {ns}` creates one)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
+        let name = format!("vrstage{slot}");
+        let tap = TapPort::create(&name, slot).map_err(|x| format!("TAP {name}: {x}"))?;
         if let Some(ns) = &e.netns {
-            tap.setup_pod(&PodSetup {
+            tap.move_to(ns).map_err(|x| x.to_string())?;
+        }
+        self.staged.insert(slot, tap);
+        Ok(())
+    }
+
+    fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: std::net::Ipv4Addr) -> Result<(), String> {
+        let setup = |tap: &TapPort, ns: &str| {
+            tap.configure_pod(&PodSetup {
                 netns: ns,
                 ifname: &e.ifname,
                 mac: e.mac.to_string(),
@@ -135,8 +164,37 @@ impl PortIo for TapIo {
                 addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
                 gateway: pod_gateway.to_string(),
             })
-            .map_err(|x| x.to_string())?;
-        }
+            .map_err(|x| x.to_string())
+        };
+        let tap = match self.staged.remove(&slot) {
+            // Staged: already in its namespace under a temporary name. The replaced pod's
+            // TAP goes when the workers drop their last reference to it (their next pass), so
+            // its name may still be taken for a moment.
+            Some(mut tap) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                loop {
+                    let r = match &e.netns {
+                        Some(ns) => setup(&tap, ns),
+                        None => tap.rename(&e.tap).map_err(|x| format!("TAP {}: {x}", e.tap)),
+                    };
+                    match r {
+                        Err(m) if m.contains("File exists") && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        r => break r?,
+                    }
+                }
+                tap
+            }
+            None => {
+                let tap = TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?;
+                if let Some(ns) = &e.netns {
+                    tap.move_to(ns).map_err(|x| x.to_string())?;
+                    setup(&tap, ns)?;
+                }
+                tap
+            }
+        };
         info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, "pod port ready");
         self.pods.insert(slot, Arc::new(tap));
         self.publish();
@@ -144,6 +202,7 @@ impl PortIo for TapIo {
     }
 
     fn remove_pod(&mut self, slot: PortId) {
+        self.staged.remove(&slot);
         if self.pods.remove(&slot).is_some() {
             info!(port = slot, "pod port removed");
         }
@@ -196,8 +255,14 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
 
     // Ports. Everything created here is removed when dropped, including on early return.
     let port_set = Arc::new(ArcSwap::from_pointee(PortSet::default()));
-    let mut io =
-        TapIo { set: port_set.clone(), pods: BTreeMap::new(), host: None, uplink: cfg.uplink.is_some(), version: 0 };
+    let mut io = TapIo {
+        set: port_set.clone(),
+        pods: BTreeMap::new(),
+        staged: BTreeMap::new(),
+        host: None,
+        uplink: cfg.uplink.is_some(),
+        version: 0,
+    };
     if let Some(h) = &cfg.host {
         let tap = TapPort::create(&h.tap, HOST_PORT).map_err(|e| DaemonError::Host(e.to_string()))?;
         let cidr = format!("{}/{}", cfg.node.ip, cfg.node.subnet.len());

@@ -12,8 +12,11 @@
 //! ## Make before break
 //! Every change is published in an order in which each intermediate state is one the workers
 //! can forward with correctly ([`crate::dataplane::quiesce`] gives the grace periods):
+//! 0. check that every new port can be created (the pod's namespace exists ...);
 //! 1. create new pods' TAPs (fallible: on error everything created is removed, nothing is
-//!    published);
+//!    published). A pod that replaces a running one under the same names (TAP, interface in
+//!    its namespace) is created under a temporary name (staged) and finished by a second
+//!    pass after the old one is gone, so a failure leaves the running pod untouched;
 //! 2. publish a snapshot holding the old *and* the new: new pods, new next hops, peers of both
 //!    configs, policy compiled over both pods' sets; wait for the workers;
 //! 3. change the FIB route by route (each prefix flips atomically from its old next hop to its
@@ -41,8 +44,22 @@ use crate::wire::MacAddr;
 
 /// Creates and removes pods' ports on behalf of the node (TAPs in the daemon, nothing in tests).
 pub trait PortIo: Send {
-    /// Creates the port for `e` in `slot` and makes it available to the workers for sending
-    /// and receiving. Called before any snapshot names the slot.
+    /// Whether the port for `e` can be created (its namespace exists, its names are usable),
+    /// without creating anything. Called for every port an `apply` creates before it changes
+    /// anything.
+    fn check_pod(&self, _e: &EndpointConfig) -> Result<(), String> {
+        Ok(())
+    }
+    /// Creates the port for a pod that *replaces* a running one whose names (TAP, interface in
+    /// the namespace) it needs, without taking those names: the running pod is untouched.
+    /// [`PortIo::add_pod`] for the same slot later finishes it once the old one is gone; a
+    /// [`PortIo::remove_pod`] discards it.
+    fn stage_pod(&mut self, _slot: PortId, _e: &EndpointConfig) -> Result<(), String> {
+        Ok(())
+    }
+    /// Creates the port for `e` in `slot` (or finishes one staged there) and makes it
+    /// available to the workers for sending and receiving. Called before any snapshot names
+    /// the slot.
     fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: Ipv4Addr) -> Result<(), String>;
     /// Removes it; called once no published snapshot names the slot.
     fn remove_pod(&mut self, slot: PortId);
@@ -237,6 +254,9 @@ pub struct Node {
     policy_generation: u64,
     /// Kernel routes that could not be installed, and why.
     kernel_rejected: BTreeMap<Ipv4Prefix, String>,
+    /// Ports created (staged) for pods that replace running ones, by endpoint name: finished
+    /// by the second pass of the same `apply`, once the replaced pods are gone.
+    staged: BTreeMap<String, PortId>,
     published: usize,
     /// Grace periods that timed out (a worker stuck in one batch for a second).
     pub grace_timeouts: u64,
@@ -244,6 +264,15 @@ pub struct Node {
 
 fn ip(a: Ipv4Addr) -> u32 {
     u32::from(a)
+}
+
+/// The names a pod's port takes: its TAP, and its interface in its namespace.
+fn port_names(e: &EndpointConfig) -> Vec<String> {
+    let mut v = vec![format!("tap {}", e.tap)];
+    if let Some(ns) = &e.netns {
+        v.push(format!("netns {ns} dev {}", e.ifname));
+    }
+    v
 }
 
 impl Node {
@@ -271,6 +300,7 @@ impl Node {
             policy_cfg: PolicyConfig::default(),
             policy_generation: 0,
             kernel_rejected: BTreeMap::new(),
+            staged: BTreeMap::new(),
             published: 0,
             grace_timeouts: 0,
         };
@@ -728,37 +758,72 @@ impl Node {
         let published_before = self.published;
 
         let (kept, leaving) = self.pods_kept_and_leaving(&new);
-        let leaving_taps: BTreeSet<String> = leaving.iter().map(|s| self.pods[s].cfg.tap.clone()).collect();
+        let leaving_names: BTreeSet<String> = leaving.iter().flat_map(|s| port_names(&self.pods[s].cfg)).collect();
         let mut arriving = Vec::new();
-        let mut deferred = false;
+        let mut deferred = Vec::new();
         for e in &new.endpoints {
             if kept.contains_key(&e.name) {
                 continue;
             }
-            if leaving_taps.contains(&e.tap) {
-                deferred = true; // its TAP name is still taken: added once the old one is gone
+            let taken = port_names(e).iter().any(|n| leaving_names.contains(n));
+            if taken && !self.staged.contains_key(&e.name) {
+                // A name it needs is still the running pod's: staged now, finished once the
+                // old one is gone (the second pass below).
+                deferred.push(e.clone());
                 continue;
             }
             arriving.push(e.clone());
         }
 
-        // 1. New ports (fallible): all or nothing.
-        let mut created = Vec::new();
+        // 0. Everything that must exist for the new ports, checked before anything changes.
+        for e in arriving.iter().chain(&deferred) {
+            if !self.staged.contains_key(&e.name) {
+                self.io.check_pod(e).map_err(|msg| NodeError::Endpoint { name: e.name.clone(), msg })?;
+            }
+        }
+
+        // 1. New ports (fallible): all or nothing. Replacements are created (staged) too, so
+        //    that a failure leaves the running pods as they were.
+        let mut created: Vec<(PortId, EndpointConfig)> = Vec::new();
+        let undo = |node: &mut Node, created: &[(PortId, EndpointConfig)]| {
+            for (s, _) in created {
+                node.io.remove_pod(*s);
+            }
+            for s in std::mem::take(&mut node.staged).into_values() {
+                node.io.remove_pod(s);
+            }
+        };
+        let no_port = || format!("no port left: a node has at most {} pods", MAX_PORTS - FIRST_POD_PORT as usize);
         for e in &arriving {
-            let added = match self.free_slot(&created) {
+            let added = match self.staged.get(&e.name).copied().or_else(|| self.free_slot(&created)) {
                 Some(slot) => self.io.add_pod(slot, e, new.node.pod_gateway).map(|()| slot),
-                None => Err(format!("no port left: a node has at most {} pods", MAX_PORTS - FIRST_POD_PORT as usize)),
+                None => Err(no_port()),
             };
-            let slot = match added {
-                Ok(slot) => slot,
+            match added {
+                Ok(slot) => {
+                    self.staged.remove(&e.name);
+                    created.push((slot, e.clone()));
+                }
                 Err(msg) => {
-                    for (s, _) in created {
-                        self.io.remove_pod(s);
-                    }
+                    undo(self, &created);
                     return Err(NodeError::Endpoint { name: e.name.clone(), msg });
                 }
+            }
+        }
+        for e in &deferred {
+            let staged = match self.free_slot(&created) {
+                Some(slot) => self.io.stage_pod(slot, e).map(|()| slot),
+                None => Err(no_port()),
             };
-            created.push((slot, e.clone()));
+            match staged {
+                Ok(slot) => {
+                    self.staged.insert(e.name.clone(), slot);
+                }
+                Err(msg) => {
+                    undo(self, &created);
+                    return Err(NodeError::Endpoint { name: e.name.clone(), msg });
+                }
+            }
         }
 
         // 2. Old and new together.
@@ -815,9 +880,11 @@ impl Node {
             }
         }
         report.snapshots_published = self.published - published_before;
-        if deferred {
+        if !deferred.is_empty() {
             let cfg = self.cfg.clone();
-            let more = self.apply(cfg)?;
+            let more = self.apply(cfg).inspect_err(|e| {
+                tracing::error!("finishing replaced pods after their old ports were removed: {e}");
+            })?;
             report.endpoints_added.extend(more.endpoints_added);
             report.routes_changed += more.routes_changed;
             report.snapshots_published += more.snapshots_published;
@@ -922,8 +989,11 @@ impl Node {
     }
 
     fn free_slot(&self, also_taken: &[(PortId, EndpointConfig)]) -> Option<PortId> {
-        (FIRST_POD_PORT..MAX_PORTS as PortId)
-            .find(|s| !self.pods.contains_key(s) && !also_taken.iter().any(|(t, _)| t == s))
+        (FIRST_POD_PORT..MAX_PORTS as PortId).find(|s| {
+            !self.pods.contains_key(s)
+                && !also_taken.iter().any(|(t, _)| t == s)
+                && !self.staged.values().any(|t| t == s)
+        })
     }
 
     fn check_static(&self, new: &Config) -> Result<(), NodeError> {
@@ -976,10 +1046,22 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
     impl PortIo for Recorder {
+        fn check_pod(&self, e: &EndpointConfig) -> Result<(), String> {
+            match e.netns.as_deref() {
+                Some("missing") => Err("network namespace 'missing' does not exist".into()),
+                _ => Ok(()),
+            }
+        }
+        fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
+            self.check_pod(e)?;
+            self.0.lock().unwrap().push(format!("stage {} {slot}", e.name));
+            Ok(())
+        }
         fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
             if e.name == "fails" {
                 return Err("no such netns".into());
             }
+            self.check_pod(e)?;
             self.0.lock().unwrap().push(format!("add {} {slot}", e.name));
             Ok(())
         }
@@ -1059,6 +1141,37 @@ mod tests {
         assert_eq!(n.shared.snapshot.load().generation, gen, "nothing published");
         assert_eq!(n.config().endpoints.len(), 1);
         assert_eq!(*rec.0.lock().unwrap(), ["add a 2"]);
+    }
+
+    #[test]
+    fn a_replaced_pod_whose_namespace_is_missing_is_refused_and_the_old_one_stays() {
+        let (mut n, rec) = node(cfg(&pod_a()));
+        let gen = n.shared.snapshot.load().generation;
+        let mut new = cfg(&pod_a());
+        new.endpoints[0].netns = Some("missing".into());
+        let e = n.apply(new).unwrap_err().to_string();
+        assert!(e.contains("endpoint a: network namespace 'missing' does not exist"), "{e}");
+        assert_eq!(*rec.0.lock().unwrap(), ["add a 2"], "the running pod's port was not removed");
+        assert_eq!(n.shared.snapshot.load().generation, gen, "nothing published");
+        assert_eq!(n.pod_ports(), [("a".to_string(), 2)]);
+        assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }));
+        assert_eq!(n.config().endpoints[0].netns, None, "still running the previous config");
+    }
+
+    #[test]
+    fn a_replaced_pod_is_created_before_the_old_one_is_removed() {
+        let (mut n, rec) = node(cfg(&pod_a()));
+        let mut new = cfg(&pod_a());
+        new.endpoints[0].mtu = 1400; // a port-level change: replaced, same TAP name
+        let r = n.apply(new).unwrap();
+        assert_eq!(
+            (r.endpoints_removed.as_slice(), r.endpoints_added.as_slice()),
+            (&["a".to_string()][..], &["a".to_string()][..])
+        );
+        assert_eq!(*rec.0.lock().unwrap(), ["add a 2", "stage a 3", "remove 2", "add a 3"]);
+        assert_eq!(n.pod_ports(), [("a".to_string(), 3)]);
+        assert!(n.staged.is_empty());
+        assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }));
     }
 
     #[test]

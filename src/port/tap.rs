@@ -58,7 +58,26 @@ impl TapPort {
     /// Moves the TAP into `s.netns` and configures it there as the pod's interface: name, MAC,
     /// MTU, addresses /32, an on-link route to the gateway and a default route through it.
     pub fn setup_pod(&self, s: &PodSetup<'_>) -> io::Result<()> {
-        ip(&["link", "set", "dev", &self.name, "netns", s.netns])?;
+        self.move_to(s.netns)?;
+        self.configure_pod(s)
+    }
+
+    /// Moves the TAP into `netns` as it is (its name, down): a pod's port staged while the
+    /// pod it replaces still holds the interface name there.
+    pub fn move_to(&self, netns: &str) -> io::Result<()> {
+        ip(&["link", "set", "dev", &self.name, "netns", netns])
+    }
+
+    /// Renames the TAP (down) in the current namespace.
+    pub fn rename(&mut self, to: &str) -> io::Result<()> {
+        ip(&["link", "set", "dev", &self.name, "name", to])?;
+        self.name = to.to_string();
+        Ok(())
+    }
+
+    /// Configures the TAP, already moved into `s.netns`, as the pod's interface (see
+    /// [`TapPort::setup_pod`]).
+    pub fn configure_pod(&self, s: &PodSetup<'_>) -> io::Result<()> {
         let n = s.netns;
         ip(&["-n", n, "link", "set", "dev", &self.name, "name", s.ifname])?;
         ip(&["-n", n, "link", "set", "dev", s.ifname, "address", &s.mac, "mtu", &s.mtu.to_string(), "up"])?;
