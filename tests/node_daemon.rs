@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::{is_root, sh, Topo, DEFAULT_ROUTE};
 
@@ -135,5 +136,73 @@ fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_u
     assert!(links.contains("mtu 1400"), "{links}");
     assert!(t.ping("peer", "10.244.1.2", "2"), "after the replacement: {}", t.log());
     t.write_config(&good);
+    t.stop(child);
+}
+
+/// `ip -d link show up0` in the node's namespace.
+fn uplink_link(t: &Topo) -> String {
+    String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string()
+}
+
+/// The metrics page, fetched from inside the node's namespace (the daemon logs its address).
+fn metrics(t: &Topo) -> String {
+    let log = t.log();
+    let url = log
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
+        .to_string();
+    let o = t.exec("node", &["curl", "-sS", "-m", "5", &url]);
+    assert!(o.status.success(), "curl {url}: {}", common::text(&o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// One value of the metrics page (`name` with its labels, as printed).
+fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+#[test]
+fn a_second_daemon_on_the_same_uplink_is_refused_and_the_first_keeps_forwarding() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vro", &["pod"]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let first = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    let o =
+        t.exec("node", &[env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    let e = common::text(&o);
+    assert!(!o.status.success(), "a second daemon on up0 started: {e}");
+    assert!(e.contains(&format!("uplink up0 is already driven by another vrouter (pid {}", first.pid())), "{e}");
+    // The first one's program is still there and it still forwards, both ways.
+    assert!(uplink_link(&t).contains("prog/xdp"), "XDP program gone: {}", uplink_link(&t));
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the second start: {}", t.log());
+    assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the second start: {}", t.log());
+    t.stop(first);
+    // The lock died with its holder: the next start works.
+    let again = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "after restart: {}", t.log());
+    t.stop(again);
+}
+
+#[test]
+fn an_xdp_program_removed_by_someone_else_is_put_back_logged_and_counted() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrx", &["pod"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    for mode in ["xdp", "xdpgeneric"] {
+        common::ok(&["ip", "-n", &t.ns("node"), "link", "set", "dev", "up0", mode, "off"]);
+    }
+    common::wait_until("the XDP program back on up0", Duration::from_secs(5), || uplink_link(&t).contains("prog/xdp"));
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the reattach: {}", t.log());
+    assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reattach: {}", t.log());
+    let log = t.log();
+    assert!(log.contains("ERROR") && log.contains("XDP program was removed by someone else"), "{log}");
+    let page = metrics(&t);
+    assert_eq!(metric(&page, "vrouter_uplink_xdp_detached_total"), Some(1.0), "{page}");
     t.stop(child);
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use arc_swap::ArcSwap;
 
@@ -18,10 +18,12 @@ use super::build::{HOST_PORT, UPLINK};
 use super::config::{Config, ConfigError, EndpointConfig};
 use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
+use super::status::{NodeStatus, UplinkInfo};
 use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
+use crate::port::xdp;
 use crate::stats::{Counters, DropReason};
 use crate::wire::MacAddr;
 use crate::worker::{PortSet, TxTarget, WorkerRt};
@@ -36,6 +38,8 @@ pub enum DaemonError {
     Server(#[from] server::ServerError),
     #[error("{0}")]
     Metrics(#[from] super::metrics::MetricsError),
+    #[error("{0}")]
+    Owner(#[from] xdp::OwnerError),
     #[error("uplink {dev}: {msg}")]
     Uplink { dev: String, msg: String },
     #[error("endpoint {name}: {msg}")]
@@ -210,6 +214,43 @@ impl PortIo for TapIo {
     }
 }
 
+/// One look at the uplink's XDP hook (each timer tick): a program removed by someone else
+/// (`ip link set dev X xdp off`) loses every frame, so it is logged, counted and put back.
+/// `lost` says whether the previous look already found it missing (one log line per episode).
+fn watch_xdp(dev: &str, w: &xdp::XdpWatch, status: &NodeStatus, lost: bool) -> bool {
+    match w.check() {
+        xdp::XdpCheck::Attached => {
+            if lost {
+                info!(dev, prog_id = w.prog_id(), "uplink XDP program attached again");
+            }
+            false
+        }
+        xdp::XdpCheck::Reattached => {
+            status.xdp_lost.fetch_add(1, Ordering::Relaxed);
+            error!(
+                dev,
+                prog_id = w.prog_id(),
+                "the uplink's XDP program was removed by someone else (every frame was lost); attached it again"
+            );
+            false
+        }
+        xdp::XdpCheck::ReattachFailed(errno) => {
+            if !lost {
+                status.xdp_lost.fetch_add(1, Ordering::Relaxed);
+                error!(dev, prog_id = w.prog_id(), "the uplink's XDP program was removed by someone else and cannot be put back ({}); no frame reaches vrouter", std::io::Error::from_raw_os_error(errno));
+            }
+            true
+        }
+        xdp::XdpCheck::Replaced(other) => {
+            if !lost {
+                status.xdp_lost.fetch_add(1, Ordering::Relaxed);
+                error!(dev, prog_id = w.prog_id(), other_prog_id = other, "another XDP program replaced vrouter's on the uplink; no frame reaches vrouter until it is removed (then vrouter's is put back)");
+            }
+            true
+        }
+    }
+}
+
 /// Tells every worker and service thread to stop and waits for them (on shutdown, and when
 /// starting fails part-way).
 fn stop_threads(stop: &AtomicBool, threads: impl IntoIterator<Item = std::thread::JoinHandle<()>>) {
@@ -231,6 +272,11 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(|e| DaemonError::Other(format!("signal handler: {e}")))?;
 
+    // One vrouter per uplink: taken before anything on the device is touched, held until exit.
+    let _uplink_lock = match &cfg.uplink {
+        Some(u) => Some(xdp::UplinkLock::acquire(&u.device, Path::new(xdp::LOCK_DIR))?),
+        None => None,
+    };
     let uplink_mac = match &cfg.uplink {
         Some(u) => {
             let mac = read_mac(&u.device)?;
@@ -245,7 +291,15 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                     ),
                 });
             }
-            afxdp::detach_xdp(&u.device); // a killed predecessor may have left its program
+            // We own the device (the lock), so a program on it is not a live vrouter's: a
+            // killed predecessor left it (libxdp's), or something else did.
+            let index = xdp::ifindex(&u.device).unwrap_or(0);
+            for mode in [xdp::AttachMode::Native, xdp::AttachMode::Generic] {
+                if let Ok(id @ 1..) = xdp::attached_prog(index, mode) {
+                    warn!(dev = %u.device, prog_id = id, ?mode, "removing the XDP program left on the uplink (no live vrouter owns it)");
+                }
+            }
+            afxdp::detach_xdp(&u.device);
             mac
         }
         None => MacAddr([0x02, 0, 0, 0, 0, 0x01]),
@@ -282,6 +336,23 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             xsks.push(Some(x));
         }
     }
+    let status = Arc::new(NodeStatus::new(port_set.clone()));
+    // The program the sockets attached, kept so it can be put back if someone removes it.
+    let xdp_watch = match (&cfg.uplink, xsks.first()) {
+        (Some(u), Some(Some(x))) => {
+            let mode = if x.mode == "native" { xdp::AttachMode::Native } else { xdp::AttachMode::Generic };
+            let _ =
+                status.uplink.set(UplinkInfo { device: u.device.clone(), xdp_mode: x.mode, zero_copy: x.zero_copy() });
+            match xdp::XdpWatch::new(&u.device, mode) {
+                Ok(w) => Some((u.device.clone(), w)),
+                Err(e) => {
+                    warn!(dev = %u.device, "cannot hold the uplink's XDP program ({e}); a removed program will not be put back");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
 
     // Workers: one per uplink queue (at least one); worker 0 also receives from the TAPs.
     let n_workers = xsks.len().max(1);
@@ -327,6 +398,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         counters: counters.clone(),
         config_path: Some(config.to_path_buf()),
         started,
+        status: status.clone(),
     });
     let mut services = Vec::new();
     if !cfg.control.socket.is_empty() {
@@ -383,6 +455,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
     }
 
+    let mut xdp_lost = false;
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match ctl.reload() {
@@ -396,6 +469,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 error!(path = %p.display(), "cannot write stats: {e}");
             }
         }
+        if let Some((dev, w)) = &xdp_watch {
+            xdp_lost = watch_xdp(dev, w, &status, xdp_lost);
+        }
         if handles.iter().any(|h| h.is_finished()) {
             error!("a worker exited unexpectedly; stopping");
             stop.store(true, Ordering::Relaxed);
@@ -408,6 +484,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         let _ = write_atomically(p, &ctl.counters_json()["total"].to_string());
     }
     drop(ctl);
+    drop(xdp_watch);
     port_set.store(Arc::new(PortSet::default()));
     if let Some(u) = &cfg.uplink {
         afxdp::detach_xdp(&u.device);

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod server;
+pub mod status;

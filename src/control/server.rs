@@ -38,6 +38,8 @@ pub struct Control {
     /// The file `reload` (and SIGHUP) re-reads.
     pub config_path: Option<PathBuf>,
     pub started: Instant,
+    /// Link states, the XDP attachment, the workers (the daemon's timer keeps it current).
+    pub status: Arc<super::status::NodeStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +312,11 @@ impl Control {
             Extra::conntrack_entries(conns as usize),
             Extra::snapshot_generation(snap.generation),
             Extra::uptime(self.started.elapsed()),
+            Extra::counter(
+                "vrouter_uplink_xdp_detached_total",
+                "Times the uplink's XDP program was found removed by someone else (attached again when the hook was free).",
+                self.status.xdp_lost.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
         ];
         let mut out = String::new();
         render(&mut out, &node_name, &names, &self.counters, &extra);

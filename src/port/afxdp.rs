@@ -249,6 +249,20 @@ impl XskPort {
         self.tx_queue = frames.clamp(32, TX_RING);
     }
 
+    /// Whether the kernel runs this socket in zero-copy mode (`XDP_OPTIONS`); false when it
+    /// does not say.
+    pub fn zero_copy(&self) -> bool {
+        const SOL_XDP: libc::c_int = 283;
+        const XDP_OPTIONS: libc::c_int = 8;
+        const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+        let mut flags = 0u32;
+        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `flags`, a u32 we own
+        // (`struct xdp_options` is one u32).
+        let r = unsafe { libc::getsockopt(self.fd(), SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len) };
+        r == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+    }
+
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
     }

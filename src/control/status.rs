@@ -1,0 +1,107 @@
+//! What the daemon knows about its ports and threads beyond the forwarding snapshot: the
+//! uplink's link state and XDP attachment, pod TAPs found gone, whether the workers run. The
+//! daemon's timer writes it; `vrouterctl ports`, the metrics and `/healthz` read it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+
+use crate::worker::PortSet;
+
+/// A link's state as read from the kernel (`/sys/class/net/<dev>/operstate` and `carrier`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl LinkState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Unknown => "unknown",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> LinkState {
+        match v {
+            1 => LinkState::Up,
+            2 => LinkState::Down,
+            _ => LinkState::Unknown,
+        }
+    }
+
+    /// Reads `dev`'s state: down when the device is administratively down or has no carrier
+    /// (the peer of a veth down, a cable out), up with carrier, unknown if sysfs does not say.
+    pub fn read(dev: &str) -> LinkState {
+        let read = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{dev}/{f}")).map(|s| s.trim().to_string());
+        match (read("operstate"), read("carrier")) {
+            (Ok(op), _) if op == "down" || op == "lowerlayerdown" => LinkState::Down,
+            (_, Ok(c)) if c == "0" => LinkState::Down,
+            (_, Ok(c)) if c == "1" => LinkState::Up,
+            // `carrier` cannot be read while the device is administratively down.
+            (Ok(_), Err(_)) => LinkState::Down,
+            _ => LinkState::Unknown,
+        }
+    }
+}
+
+/// How the uplink's AF_XDP sockets are attached.
+#[derive(Clone, Debug)]
+pub struct UplinkInfo {
+    pub device: String,
+    /// `native` or `generic`.
+    pub xdp_mode: &'static str,
+    pub zero_copy: bool,
+}
+
+/// Shared between the daemon's timer (writer), the workers (read the uplink's link state) and
+/// the control socket (reader).
+pub struct NodeStatus {
+    /// The uplink's link state ([`LinkState`] as u8). The workers read it per TX burst.
+    link: Arc<AtomicU8>,
+    /// Link state changes seen since start.
+    pub link_changes: AtomicU64,
+    /// Times the uplink's XDP program was found detached (and put back when possible).
+    pub xdp_lost: AtomicU64,
+    /// False once a worker has exited or before they start.
+    pub workers_running: AtomicBool,
+    pub uplink: OnceLock<UplinkInfo>,
+    /// The ports as the workers see them (for pod TAPs found gone).
+    pub ports: Arc<ArcSwap<PortSet>>,
+}
+
+impl NodeStatus {
+    pub fn new(ports: Arc<ArcSwap<PortSet>>) -> NodeStatus {
+        NodeStatus {
+            link: Arc::new(AtomicU8::new(LinkState::Unknown as u8)),
+            link_changes: AtomicU64::new(0),
+            xdp_lost: AtomicU64::new(0),
+            workers_running: AtomicBool::new(false),
+            uplink: OnceLock::new(),
+            ports,
+        }
+    }
+
+    /// The cell the workers read the uplink's state from.
+    pub fn link_cell(&self) -> Arc<AtomicU8> {
+        self.link.clone()
+    }
+
+    pub fn link(&self) -> LinkState {
+        LinkState::from_u8(self.link.load(Relaxed))
+    }
+
+    /// Records `now`; returns the previous state if it changed.
+    pub fn set_link(&self, now: LinkState) -> Option<LinkState> {
+        let before = LinkState::from_u8(self.link.swap(now as u8, Relaxed));
+        (before != now).then(|| {
+            self.link_changes.fetch_add(1, Relaxed);
+            before
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Owning the uplink's XDP hook: one vrouter per device, and the program kept attached.
+//!
+//! - [`UplinkLock`]: an exclusive `flock` on `/run/vrouter/uplink-net<N>-if<M>.lock`, taken
+//!   before anything on the device is touched. The key is the network namespace's inode and the
+//!   device's ifindex, not its name: `up0` in two namespaces is two devices, and a device
+//!   renamed while a daemon runs is still the same one. The kernel drops the lock when its
+//!   holder dies, so a killed daemon never blocks the next one. The file is never removed
+//!   (removing a lock file races with a process about to lock it).
+//! - [`XdpWatch`]: the program attached when the AF_XDP sockets were bound, held by fd so that
+//!   it outlives a detach by someone else (`ip link set dev X xdp off`), and put back when the
+//!   device's hook is found empty.
+//! - [`route_library_logs`]: libbpf's and libxdp's messages go through `tracing` (targets
+//!   `libbpf` and `libxdp`) instead of straight to stderr.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where the per-device lock files live.
+pub const LOCK_DIR: &str = "/run/vrouter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error(
+        "uplink {dev} is already driven by another vrouter (pid {pid}, lock {path}); \
+         stop that one first (one vrouter per uplink device), or choose another uplink"
+    )]
+    Taken { dev: String, pid: String, path: String },
+    #[error("uplink {dev}: cannot take the device lock {path}: {source} (root needed; /run must be writable)")]
+    Lock { dev: String, path: String, source: io::Error },
+    #[error("uplink {dev}: {msg}")]
+    Device { dev: String, msg: String },
+}
+
+/// The device's ifindex in the current network namespace.
+pub fn ifindex(dev: &str) -> io::Result<u32> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))?;
+    s.trim().parse().map_err(|e| io::Error::other(format!("ifindex of {dev}: {e}")))
+}
+
+/// The inode of the current network namespace: with the ifindex, names a device host-wide.
+fn netns_inode() -> io::Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
+}
+
+/// Exclusive ownership of one uplink device by this process, for as long as it lives.
+#[derive(Debug)]
+pub struct UplinkLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+impl UplinkLock {
+    /// Takes the lock for `dev` in `dir` (normally [`LOCK_DIR`]), or says who holds it.
+    pub fn acquire(dev: &str, dir: &Path) -> Result<UplinkLock, OwnerError> {
+        let index = ifindex(dev).map_err(|e| OwnerError::Device {
+            dev: dev.to_string(),
+            msg: format!("no such device in this network namespace ({e})"),
+        })?;
+        let lock_err =
+            |path: &Path, source| OwnerError::Lock { dev: dev.to_string(), path: path.display().to_string(), source };
+        let ns = netns_inode().map_err(|e| lock_err(Path::new("/proc/self/ns/net"), e))?;
+        let path = dir.join(format!("uplink-net{ns}-if{index}.lock"));
+        std::fs::create_dir_all(dir).map_err(|e| lock_err(dir, e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| lock_err(&path, e))?;
+        // SAFETY: flock on a descriptor we own; no memory involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let pid =
+                    holder.split_whitespace().find_map(|w| w.strip_prefix("pid=")).unwrap_or("unknown").to_string();
+                return Err(OwnerError::Taken { dev: dev.to_string(), pid, path: path.display().to_string() });
+            }
+            return Err(lock_err(&path, e));
+        }
+        let note = format!("pid={} dev={dev} ifindex={index} netns={ns}\n", std::process::id());
+        let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(note.as_bytes()));
+        written.map_err(|e| lock_err(&path, e))?;
+        Ok(UplinkLock { _file: file, path })
+    }
+}
+
+/// The XDP attach mode of a bound socket, as the kernel's flags say it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+impl AttachMode {
+    fn flags(self) -> u32 {
+        match self {
+            AttachMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+            AttachMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+/// The id of the XDP program attached to `ifindex` in `mode` (0: none).
+pub fn attached_prog(ifindex: u32, mode: AttachMode) -> io::Result<u32> {
+    let mut id = 0u32;
+    // SAFETY: `id` is a valid u32 for the call to write; the call only queries the device.
+    let r = unsafe { libbpf_sys::bpf_xdp_query_id(ifindex as i32, mode.flags() as i32, &mut id) };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r));
+    }
+    Ok(id)
+}
+
+/// What [`XdpWatch::check`] found.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum XdpCheck {
+    /// Our program is attached.
+    Attached,
+    /// The hook was empty; our program is attached again.
+    Reattached,
+    /// The hook was empty and putting our program back failed (errno).
+    ReattachFailed(i32),
+    /// Another program took the hook (its id); left alone, since removing it is its owner's call.
+    Replaced(u32),
+}
+
+/// The uplink's XDP program, held open so it can be put back.
+pub struct XdpWatch {
+    ifindex: u32,
+    mode: AttachMode,
+    prog_id: u32,
+    prog: OwnedFd,
+}
+
+impl XdpWatch {
+    /// Takes hold of the program now attached to `dev` in `mode` (call after binding the
+    /// AF_XDP sockets, which attach it).
+    pub fn new(dev: &str, mode: AttachMode) -> io::Result<XdpWatch> {
+        let ifindex = ifindex(dev)?;
+        let prog_id = attached_prog(ifindex, mode)?;
+        if prog_id == 0 {
+            return Err(io::Error::other(format!("no XDP program attached to {dev} in {mode:?} mode")));
+        }
+        // SAFETY: a plain syscall wrapper; the returned fd (if any) is ours.
+        let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(prog_id) };
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(-fd));
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(XdpWatch { ifindex, mode, prog_id, prog })
+    }
+
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Looks at the hook and puts our program back if it is empty.
+    pub fn check(&self) -> XdpCheck {
+        match attached_prog(self.ifindex, self.mode) {
+            Ok(id) if id == self.prog_id => XdpCheck::Attached,
+            Ok(0) => {
+                let flags = self.mode.flags() | libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
+                // SAFETY: the fd is a valid BPF program fd we hold; no options struct.
+                let r = unsafe {
+                    libbpf_sys::bpf_xdp_attach(self.ifindex as i32, self.prog.as_raw_fd(), flags, std::ptr::null())
+                };
+                if r < 0 {
+                    XdpCheck::ReattachFailed(-r)
+                } else {
+                    XdpCheck::Reattached
+                }
+            }
+            Ok(other) => XdpCheck::Replaced(other),
+            // The device is gone or the query failed: nothing to put back now.
+            Err(e) => XdpCheck::ReattachFailed(e.raw_os_error().unwrap_or(0)),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ library logs
+
+/// C's `vsnprintf`. The callbacks' `va_list` parameter is a pointer to the caller's list on
+/// x86_64 (what bindgen generates there), and handing that pointer on is what C does.
+mod cfmt {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        pub fn vsnprintf(buf: *mut c_char, n: usize, fmt: *const c_char, ap: *mut c_void) -> c_int;
+    }
+}
+
+/// The formatted message in `buf` (up to its first NUL), without the trailing newline.
+fn message(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim_end().to_string()
+}
+
+unsafe extern "C" fn libbpf_print(
+    level: libbpf_sys::libbpf_print_level,
+    fmt: *const std::ffi::c_char,
+    ap: *mut libbpf_sys::__va_list_tag,
+) -> std::ffi::c_int {
+    let mut buf = [0u8; 1024];
+    // SAFETY: libbpf hands us a format string and its arguments; vsnprintf writes at most
+    // `buf.len()` bytes, NUL included.
+    let n = unsafe { cfmt::vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, ap.cast()) };
+    let msg = message(&buf);
+    match level {
+        libbpf_sys::LIBBPF_WARN => tracing::warn!(target: "libbpf", "{msg}"),
+        libbpf_sys::LIBBPF_INFO => tracing::info!(target: "libbpf", "{msg}"),
+        _ => tracing::debug!(target: "libbpf", "{msg}"),
+    }
+    n
+}
+
+unsafe extern "C" fn libxdp_print(
+    level: libxdp_sys::libxdp_print_level,
+    fmt: *const std::ffi::c_char,
+    ap: *mut libxdp_sys::__va_list_tag,
+) -> std::ffi::c_int {
+    let mut buf = [0u8; 1024];
+    // SAFETY: as in `libbpf_print`.
+    let n = unsafe { cfmt::vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, ap.cast()) };
+    let msg = message(&buf);
+    match level {
+        libxdp_sys::libxdp_print_level_LIBXDP_WARN => tracing::warn!(target: "libxdp", "{msg}"),
+        libxdp_sys::libxdp_print_level_LIBXDP_INFO => tracing::info!(target: "libxdp", "{msg}"),
+        _ => tracing::debug!(target: "libxdp", "{msg}"),
+    }
+    n
+}
+
+/// Sends libbpf's and libxdp's messages to `tracing` (targets `libbpf`, `libxdp`; their
+/// warn/info/debug levels kept), so `--log-level` governs them like ours.
+pub fn route_library_logs() {
+    // SAFETY: both setters store a function pointer; ours are valid for the whole program.
+    unsafe {
+        libbpf_sys::libbpf_set_print(Some(libbpf_print));
+        libxdp_sys::libxdp_set_print(Some(libxdp_print));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(f: impl FnOnce()) -> String {
+        let sink = Sink::default();
+        let s2 = sink.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || s2.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let v = sink.0.lock().unwrap().clone();
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn libbpf_and_libxdp_messages_go_through_tracing() {
+        route_library_logs();
+        let out = logged(|| {
+            let junk = [0u8; 64];
+            // SAFETY: a readable buffer of the given length; no options.
+            let obj =
+                unsafe { libbpf_sys::bpf_object__open_mem(junk.as_ptr().cast(), junk.len() as u64, std::ptr::null()) };
+            assert!(obj.is_null(), "64 zero bytes are not an ELF object");
+            let path = c"/nonexistent/vrouter-test.o";
+            // SAFETY: a NUL-terminated path; the result is checked and not used further.
+            let prog =
+                unsafe { libxdp_sys::xdp_program__open_file(path.as_ptr(), std::ptr::null(), std::ptr::null_mut()) };
+            // SAFETY: libxdp's error-pointer convention: the result is an error code, not freed.
+            assert!(unsafe { libxdp_sys::libxdp_get_error(prog.cast()) } != 0);
+        });
+        assert!(out.contains("libbpf:"), "libbpf message not routed: {out:?}");
+        assert!(out.contains("libxdp:"), "libxdp message not routed: {out:?}");
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_device_names_the_holder() {
+        let dir = std::env::temp_dir().join(format!("vr-lock-{}", std::process::id()));
+        let first = UplinkLock::acquire("lo", &dir).unwrap();
+        let text = std::fs::read_to_string(&first.path).unwrap();
+        assert!(text.starts_with(&format!("pid={} dev=lo ", std::process::id())), "{text}");
+        // flock locks belong to the open file, so a second open in this process conflicts too.
+        let e = UplinkLock::acquire("lo", &dir).unwrap_err().to_string();
+        assert!(
+            e.contains("already driven by another vrouter") && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        let again = UplinkLock::acquire("lo", &dir).unwrap();
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_device_is_named() {
+        let e = UplinkLock::acquire("nosuchdev0", &std::env::temp_dir()).unwrap_err().to_string();
+        assert!(e.contains("nosuchdev0") && e.contains("no such device"), "{e}");
+    }
+}
