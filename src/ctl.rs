@@ -92,7 +92,10 @@ pub enum CtlCmd {
     /// Re-read the daemon's own config file (as SIGHUP does).
     Reload,
     /// What each pipeline stage decided for the next N packets.
+    #[command(args_conflicts_with_subcommands = true)]
     Trace {
+        #[command(subcommand)]
+        action: Option<TraceCmd>,
         #[arg(long, short = 'c', default_value_t = 10)]
         count: u32,
         /// Only packets received on this port (name as `ports` shows it).
@@ -133,6 +136,12 @@ pub enum Point {
     Rx,
     Tx,
     Both,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TraceCmd {
+    /// End the running trace and capture (whoever started them).
+    Stop,
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,7 +386,8 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
             Request::Apply { config, dry_run: *dry_run }
         }
         CtlCmd::Reload => Request::Reload,
-        CtlCmd::Trace { count, port, timeout } => {
+        CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => Request::TraceStop,
+        CtlCmd::Trace { action: None, count, port, timeout } => {
             let ms = (timeout.max(0.0) * 1000.0) as u64;
             wait = Duration::from_millis(ms + 30_000);
             Request::Trace { count: *count, port: port.clone(), timeout_ms: ms }
@@ -607,6 +617,10 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 table(&["DROP REASON", "PACKETS"], &r)
             }
         }
+        CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => match v["stopped"].as_bool() {
+            Some(true) => "stopped the running trace/capture\n".into(),
+            _ => "no trace or capture was running\n".into(),
+        },
         CtlCmd::Trace { .. } => {
             let pkts = rows("packets");
             let mut out = String::new();
@@ -680,6 +694,28 @@ mod tests {
         assert!(parse_nexthop(&w("via")).unwrap_err().contains("give 'via GATEWAY'"));
         assert!(parse_nexthop(&w("via 1.2.3")).unwrap_err().contains("not an IPv4 address"));
         assert!(parse_nexthop(&w("dev eth0")).unwrap_err().contains("expected 'via GATEWAY'"));
+    }
+
+    /// Parses `vrouterctl ARGS` as the binary does.
+    fn parse(args: &str) -> Result<CtlArgs, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CtlArgs,
+        }
+        let m = Cli::command().try_get_matches_from(std::iter::once("vrouterctl").chain(args.split_whitespace()))?;
+        Ok(Cli::from_arg_matches(&m)?.args)
+    }
+
+    #[test]
+    fn trace_stop_is_a_subcommand_and_trace_options_still_parse() {
+        assert!(matches!(parse("trace stop").unwrap().cmd, CtlCmd::Trace { action: Some(TraceCmd::Stop), .. }));
+        match parse("trace --count 5 -p tapa").unwrap().cmd {
+            CtlCmd::Trace { action: None, count: 5, port: Some(p), .. } => assert_eq!(p, "tapa"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse("trace stop --count 5").is_err());
     }
 
     #[test]

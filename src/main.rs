@@ -28,8 +28,19 @@ enum Cmd {
     },
     /// Talk to a running daemon (the same as the `vrouterctl` command).
     Ctl(vrouter::ctl::CtlArgs),
-    /// Validate a config file without running anything.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file without running anything: `vrouter check-config node.toml`.
+    #[command(
+        after_help = "Examples:\n  vrouter check-config node.toml\n  ip netns exec node1 vrouter check-config --env node.toml"
+    )]
+    CheckConfig {
+        file: PathBuf,
+        /// Also check this machine (run it where the daemon will run, in its network
+        /// namespace): the uplink exists and is up, no device already has a TAP's name, pod
+        /// namespaces and the control group exist, /dev/net/tun and a bpf filesystem are there,
+        /// running as root.
+        #[arg(long)]
+        env: bool,
+    },
     /// The namespace lab (root): three vrouter nodes, six pods, an underlay router.
     Lab {
         #[command(subcommand)]
@@ -117,18 +128,24 @@ fn main() -> ExitCode {
         Cmd::Run { config, stats } => {
             vrouter::control::daemon::run(&config, stats).map(|()| String::new()).map_err(|e| e.to_string())
         }
-        Cmd::CheckConfig { file } => vrouter::control::config::Config::load(&file)
-            .map(|c| {
-                format!(
+        Cmd::CheckConfig { file, env } => {
+            vrouter::control::config::Config::load(&file).map_err(|e| e.to_string()).and_then(|c| {
+                let valid = format!(
                     "{}: valid (node {}, {} endpoints, {} peers, {} routes)",
                     file.display(),
                     c.node.name,
                     c.endpoints.len(),
                     c.peers.len(),
                     c.routes.len()
-                )
+                );
+                let problems = if env { c.check_env() } else { vec![] };
+                match problems.is_empty() {
+                    true if env => Ok(format!("{valid}\nthis machine has what it needs")),
+                    true => Ok(valid),
+                    false => Err(format!("{valid}, but this machine is not ready:\n  {}", problems.join("\n  "))),
+                }
             })
-            .map_err(|e| e.to_string()),
+        }
         Cmd::Demo => Ok(vrouter::dataplane::lab::demo()),
         Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
         Cmd::Bench { what } => bench(what),

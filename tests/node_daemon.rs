@@ -206,3 +206,26 @@ fn an_xdp_program_removed_by_someone_else_is_put_back_logged_and_counted() {
     assert_eq!(metric(&page, "vrouter_uplink_xdp_detached_total"), Some(1.0), "{page}");
     t.stop(child);
 }
+
+#[test]
+fn check_config_env_lists_what_this_machine_lacks() {
+    let dir = std::env::temp_dir().join(format!("vrd-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("node.toml");
+    std::fs::write(
+        &f,
+        "[node]\nname = \"x\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n\
+         [uplink]\ndevice = \"vrd-nodev0\"\n[[endpoints]]\nname = \"p\"\ntap = \"tapp\"\nnetns = \"vrd-no-ns\"\n\
+         mac = \"0a:00:00:00:00:01\"\naddrs = [\"10.244.1.2\"]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_vrouter")).args(args).arg(&f).output().unwrap();
+    let o = run(&["check-config"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let o = run(&["check-config", "--env"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!o.status.success());
+    let e = common::text(&o);
+    assert!(e.contains("this machine is not ready"), "{e}");
+    assert!(e.contains("uplink.device: no device 'vrd-nodev0'") && e.contains("no namespace 'vrd-no-ns'"), "{e}");
+}

@@ -9,8 +9,9 @@
 //! > {"version":1,"request":{"cmd":"route-del","prefix":"198.51.100.0/24"}}
 //! < {"version":1,"ok":false,"error":"no CLI route to 198.51.100.0/24 (...)"}
 //! ```
-//! A request line is at most [`MAX_REQUEST`] bytes; a client that sends nothing for
-//! [`IDLE_TIMEOUT_MS`] is disconnected. Unknown fields are refused, so a typo is an error
+//! A request line is at most [`MAX_REQUEST`] bytes and must arrive whole within
+//! [`REQUEST_TIMEOUT_MS`] of the connection (or of the previous reply): a client that has not
+//! sent a complete line by then is told so and disconnected, however slowly it keeps sending. Unknown fields are refused, so a typo is an error
 //! rather than a silently ignored option. `docs/control.md` lists every request.
 
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,9 @@ use crate::fib::Ipv4Prefix;
 pub const VERSION: u32 = 1;
 /// Largest request line (a whole config for `apply` fits comfortably).
 pub const MAX_REQUEST: usize = 4 << 20;
-/// A connection with no complete request for this long is closed.
-pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no complete request this long after it opened (or after the previous
+/// reply) is closed.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Longest a trace or capture may wait for packets.
 pub const MAX_WAIT_MS: u64 = 600_000;
 
@@ -97,6 +99,8 @@ pub enum Request {
     },
     /// Re-reads the config file the daemon was started with (as SIGHUP does).
     Reload,
+    /// Ends the running trace and capture sessions (their clients get what was recorded).
+    TraceStop,
     Trace {
         count: u32,
         #[serde(default)]

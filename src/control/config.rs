@@ -323,10 +323,48 @@ impl Config {
         if !self.node.subnet.contains(node_ip) {
             return err("node.ip", format!("{} is not inside node.subnet {}", self.node.ip, self.node.subnet));
         }
+        let subnet = self.node.subnet;
+        if subnet.len() <= 30 && (node_ip == subnet.addr() || node_ip == subnet.addr() | !subnet.mask()) {
+            let which = if node_ip == subnet.addr() { "network" } else { "broadcast" };
+            return err("node.ip", format!("{} is the {which} address of node.subnet {subnet}", self.node.ip));
+        }
+        let (pb, sn) = (self.node.pod_block, subnet);
+        if (pb.len() <= sn.len() && pb.contains(sn.addr())) || (sn.len() <= pb.len() && sn.contains(pb.addr())) {
+            return err(
+                "node.pod_block",
+                format!("{pb} overlaps node.subnet {sn}: pods' addresses must be apart from the uplink's subnet"),
+            );
+        }
         if let Some(g) = self.node.gateway {
             if !self.node.subnet.contains(u32::from(g)) {
                 return err("node.gateway", format!("{g} must be on node.subnet {} (on-link)", self.node.subnet));
             }
+            if g == self.node.ip {
+                return err("node.gateway", format!("{g} is node.ip itself; give the underlay router's address"));
+            }
+        }
+        if let Some(h) = &self.host {
+            if h.tap.is_empty() || h.tap.len() > 15 {
+                return err("host.tap", format!("'{}' must be 1..=15 characters (a Linux interface name)", h.tap));
+            }
+            if self.uplink.as_ref().is_some_and(|u| u.device == h.tap) {
+                return err("host.tap", format!("'{}' is the uplink device; name a new TAP", h.tap));
+            }
+            if let Some(e) = self.endpoints.iter().find(|e| e.tap == h.tap) {
+                return err(
+                    "host.tap",
+                    format!("'{}' is also the TAP of endpoint {}; each TAP needs its own name", h.tap, e.name),
+                );
+            }
+        }
+        if let Some((i, c)) = self.workers.cores.iter().enumerate().find(|(_, c)| !usable_cores().contains(c)) {
+            return err(
+                &format!("workers.cores[{i}]"),
+                format!(
+                    "core {c} is not one this machine lets vrouter run on (usable: {})",
+                    core_list(&usable_cores())
+                ),
+            );
         }
         if let Some(u) = &self.uplink {
             if u.queues == 0 || u.queues > 64 {
@@ -424,6 +462,12 @@ impl Config {
                         format!("{v} must be on node.subnet {}", self.node.subnet),
                     );
                 }
+                if v == self.node.ip {
+                    return err(
+                        &format!("routes[{i}].via"),
+                        format!("{v} is node.ip itself: a next hop must be another host on node.subnet (or use host = true)"),
+                    );
+                }
             }
             if r.host && self.host.is_none() {
                 return err(&format!("routes[{i}].host"), "needs a [host] tap".into());
@@ -446,6 +490,57 @@ impl Config {
         Ok(())
     }
 
+    /// Devices, namespaces, groups and facilities the config needs from this machine
+    /// (`vrouter check-config --env`): one line per problem, empty when all is there. Run in
+    /// the namespace the daemon will run in.
+    pub fn check_env(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let sys = |dev: &str, f: &str| std::fs::read_to_string(format!("/sys/class/net/{dev}/{f}"));
+        if let Some(u) = &self.uplink {
+            match sys(&u.device, "flags") {
+                Err(_) => bad.push(format!("uplink.device: no device '{}' in this network namespace", u.device)),
+                Ok(flags) => {
+                    let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 != 0);
+                    if !up {
+                        bad.push(format!("uplink.device: '{}' is down (ip link set {} up)", u.device, u.device));
+                    }
+                }
+            }
+        }
+        let taps = self.host.iter().map(|h| ("host.tap".to_string(), &h.tap));
+        let pods = self.endpoints.iter().map(|e| (format!("endpoints ({}).tap", e.name), &e.tap));
+        for (field, tap) in taps.chain(pods) {
+            if sys(tap, "flags").is_ok() {
+                bad.push(format!("{field}: a device '{tap}' exists already; vrouter creates its TAPs itself"));
+            }
+        }
+        if (self.host.is_some() || !self.endpoints.is_empty()) && !Path::new("/dev/net/tun").exists() {
+            bad.push("TAPs need /dev/net/tun (modprobe tun)".into());
+        }
+        for e in &self.endpoints {
+            if let Some(ns) = &e.netns {
+                if !Path::new("/run/netns").join(ns).exists() {
+                    bad.push(format!("endpoints ({}).netns: no namespace '{ns}' (ip netns add {ns})", e.name));
+                }
+            }
+        }
+        if let Some(g) = &self.control.group {
+            if g.parse::<u32>().is_err() && !matches!(nix::unistd::Group::from_name(g), Ok(Some(_))) {
+                bad.push(format!("control.group: no group '{g}' (groupadd {g})"));
+            }
+        }
+        if self.uplink.is_some() {
+            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+            if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+                bad.push("no bpf filesystem mounted (mount -t bpf bpf /sys/fs/bpf)".into());
+            }
+        }
+        if !nix::unistd::geteuid().is_root() {
+            bad.push("not root: `vrouter run` needs root (AF_XDP, TAPs, namespaces)".into());
+        }
+        bad
+    }
+
     /// The policy part, with endpoints in the order of `endpoints`.
     pub fn policy_config(&self) -> PolicyConfig {
         PolicyConfig {
@@ -457,6 +552,18 @@ impl Config {
                 .map(|e| crate::acl::EndpointPolicy { ingress: e.ingress.clone(), egress: e.egress.clone() })
                 .collect(),
         }
+    }
+}
+
+/// Cores this process may run on (its affinity mask).
+fn usable_cores() -> Vec<usize> {
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
+}
+
+fn core_list(cores: &[usize]) -> String {
+    match (cores.first(), cores.last()) {
+        (Some(a), Some(b)) if b - a + 1 == cores.len() && cores.len() > 2 => format!("{a}-{b}"),
+        _ => cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
     }
 }
 
@@ -546,6 +653,46 @@ pod_block = "10.244.1.0/26"
         assert!(err(&p).contains("IPIP to it needs node.gateway"));
         let p = format!("{NODE}\n[[peers]]\nname = \"me\"\nip = \"192.168.1.10\"\n");
         assert!(err(&p).contains("our node IP"));
+    }
+
+    #[test]
+    fn what_run_would_fail_on_is_refused_at_check_time() {
+        let e = err(&NODE.replace("ip = \"192.168.1.10\"", "ip = \"192.168.1.0\""));
+        assert!(e.contains("node.ip: 192.168.1.0 is the network address of node.subnet"), "{e}");
+        let e = err(&NODE.replace("ip = \"192.168.1.10\"", "ip = \"192.168.1.255\""));
+        assert!(e.contains("node.ip: 192.168.1.255 is the broadcast address"), "{e}");
+        let e = err(&NODE.replace("10.244.1.0/26", "192.168.1.64/26"));
+        assert!(e.contains("node.pod_block: 192.168.1.64/26 overlaps node.subnet 192.168.1.0/24"), "{e}");
+        let e = err(&NODE.replace("10.244.1.0/26", "192.0.0.0/8"));
+        assert!(e.contains("overlaps node.subnet"), "{e}");
+        let e = err(&format!("{NODE}\n[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192.168.1.10\"\n"));
+        assert!(e.contains("routes[0].via: 192.168.1.10 is node.ip itself"), "{e}");
+        let e = err(&format!("{NODE}gateway = \"192.168.1.10\"\n"));
+        assert!(e.contains("node.gateway: 192.168.1.10 is node.ip itself"), "{e}");
+        let pod =
+            "[[endpoints]]\nname = \"p\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:01\"\naddrs = [\"10.244.1.2\"]\n";
+        let e = err(&format!("{NODE}\n[host]\ntap = \"tapp\"\n{pod}"));
+        assert!(e.contains("host.tap: 'tapp' is also the TAP of endpoint p"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\n[host]\ntap = \"eth1\"\n"));
+        assert!(e.contains("host.tap: 'eth1' is the uplink device"), "{e}");
+        let e = err(&format!("{NODE}\n[workers]\ncores = [0, 999]\n"));
+        assert!(e.contains("workers.cores[1]: core 999 is not one this machine lets vrouter run on"), "{e}");
+        assert!(parse(&format!("{NODE}\n[workers]\ncores = [0]\n")).is_ok());
+    }
+
+    #[test]
+    fn check_env_names_what_is_missing_on_this_machine() {
+        let text = format!(
+            "{NODE}\n[uplink]\ndevice = \"vr-no-such0\"\n[control]\ngroup = \"vr-no-such-group\"\n\
+             [[endpoints]]\nname = \"p\"\ntap = \"lo\"\nnetns = \"vr-no-such-ns\"\nmac = \"0a:00:00:00:00:01\"\naddrs = [\"10.244.1.2\"]\n"
+        );
+        let bad = parse(&text).unwrap().check_env().join("\n");
+        assert!(bad.contains("uplink.device: no device 'vr-no-such0'"), "{bad}");
+        assert!(bad.contains("endpoints (p).tap: a device 'lo' exists already"), "{bad}");
+        assert!(bad.contains("endpoints (p).netns: no namespace 'vr-no-such-ns'"), "{bad}");
+        assert!(bad.contains("control.group: no group 'vr-no-such-group'"), "{bad}");
+        let ok = parse(&format!("{NODE}\n[uplink]\ndevice = \"lo\"\n")).unwrap().check_env();
+        assert!(ok.iter().all(|l| !l.contains("uplink")), "{ok:?}");
     }
 
     #[test]

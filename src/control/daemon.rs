@@ -392,14 +392,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
     };
     info!(node = %cfg.node.name, workers = n_workers, routes = node.fib_len(), "forwarding");
-    let ctl = Arc::new(Control {
-        node: std::sync::Mutex::new(node),
-        shared: shared.clone(),
-        counters: counters.clone(),
-        config_path: Some(config.to_path_buf()),
-        started,
-        status: status.clone(),
-    });
+    let ctl = Arc::new(Control::new(node, counters.clone(), Some(config.to_path_buf()), started, status.clone()));
     let mut services = Vec::new();
     if !cfg.control.socket.is_empty() {
         match server::serve(Path::new(&cfg.control.socket), cfg.control.group.as_deref(), ctl.clone(), stop.clone()) {

@@ -13,3 +13,13 @@ pub mod netlink;
 pub mod node;
 pub mod server;
 pub mod status;
+
+/// Returns memory freed on the heap to the system (glibc keeps freed memory in its arenas:
+/// without this, a withdrawn full table would stay resident). Called after large removals.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -194,7 +194,7 @@ struct RawRoute {
 }
 
 /// An interface index of 0 means "no device".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RawNextHop {
     Gateway { via: Ipv4Addr, oif: u32, onlink: bool },
     Dev { oif: u32 },
@@ -204,7 +204,7 @@ enum RawNextHop {
     Multipath(Vec<RawPath>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RawPath {
     via: Option<Ipv4Addr>,
     oif: u32,
@@ -232,9 +232,11 @@ impl RawRoute {
         };
         KernelRoute { prefix: self.prefix, table: self.table, protocol: self.protocol, metric: self.metric, nh }
     }
+}
 
+impl RawNextHop {
     fn uses(&self, ifindex: u32) -> bool {
-        match &self.nh {
+        match self {
             RawNextHop::Gateway { oif, .. } | RawNextHop::Dev { oif } => *oif == ifindex,
             RawNextHop::Multipath(paths) => paths.iter().any(|p| p.oif == ifindex),
             RawNextHop::Blackhole | RawNextHop::Unreachable | RawNextHop::Prohibit => false,
@@ -461,31 +463,150 @@ enum Change {
     Unset(Ipv4Prefix),
 }
 
-/// Every route of the table: per prefix, keyed by (metric, TOS), so the first is the best.
+/// One route as the mirror keeps it (its prefix is the map's key): 16 bytes, the next hop
+/// interned. A full Internet table is 1M of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StoredRoute {
+    metric: u32,
+    table: u32,
+    /// Index into [`Mirror::nhs`].
+    nh: u32,
+    tos: u8,
+    protocol: u8,
+}
+
+impl StoredRoute {
+    fn key(&self) -> (u32, u8) {
+        (self.metric, self.tos)
+    }
+}
+
+/// A prefix's routes, best (lowest (metric, TOS)) first: almost always one, kept inline.
+#[derive(Clone, Debug)]
+enum Stored {
+    One(StoredRoute),
+    // Boxed: a `Vec` inline would make every entry 8 bytes larger for the rare prefix with
+    // several routes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<StoredRoute>>),
+}
+
+impl Stored {
+    fn as_slice(&self) -> &[StoredRoute] {
+        match self {
+            Stored::One(r) => std::slice::from_ref(r),
+            Stored::Many(v) => v,
+        }
+    }
+}
+
+/// Every route of the table. Per prefix its routes sorted by (metric, TOS), so the first is
+/// the best; next hops are interned (most routes share a handful), so a route costs a map
+/// entry of a few dozen bytes, not its own allocations.
 #[derive(Debug, Default)]
 struct Mirror {
-    routes: BTreeMap<Ipv4Prefix, BTreeMap<(u32, u8), RawRoute>>,
+    routes: BTreeMap<Ipv4Prefix, Stored>,
+    /// Interned next hops with their reference counts; `None`: a free slot.
+    nhs: Vec<Option<(RawNextHop, u32)>>,
+    nh_ids: std::collections::HashMap<RawNextHop, u32>,
+    free_nhs: Vec<u32>,
+    /// Routes removed since memory was last given back to the system.
+    removed: usize,
 }
 
 impl Mirror {
-    fn best(&self, prefix: &Ipv4Prefix) -> Option<&RawRoute> {
-        self.routes.get(prefix).and_then(|m| m.values().next())
+    fn intern(&mut self, nh: RawNextHop) -> u32 {
+        if let Some(&id) = self.nh_ids.get(&nh) {
+            self.nhs[id as usize].as_mut().expect("live id").1 += 1;
+            return id;
+        }
+        let id = match self.free_nhs.pop() {
+            Some(id) => id,
+            None => {
+                self.nhs.push(None);
+                (self.nhs.len() - 1) as u32
+            }
+        };
+        self.nh_ids.insert(nh.clone(), id);
+        self.nhs[id as usize] = Some((nh, 1));
+        id
+    }
+
+    fn unref(&mut self, id: u32) {
+        let slot = &mut self.nhs[id as usize];
+        let (_, refs) = slot.as_mut().expect("live id");
+        *refs -= 1;
+        if *refs == 0 {
+            let (nh, _) = slot.take().expect("live id");
+            self.nh_ids.remove(&nh);
+            self.free_nhs.push(id);
+        }
+    }
+
+    fn raw(&self, prefix: Ipv4Prefix, r: &StoredRoute) -> RawRoute {
+        let nh = self.nhs[r.nh as usize].as_ref().expect("live id").0.clone();
+        RawRoute { prefix, tos: r.tos, table: r.table, protocol: r.protocol, metric: r.metric, nh }
+    }
+
+    fn best(&self, prefix: &Ipv4Prefix) -> Option<RawRoute> {
+        self.routes.get(prefix).map(|s| self.raw(*prefix, &s.as_slice()[0]))
     }
 
     fn upsert(&mut self, r: RawRoute) -> Option<Change> {
         let prefix = r.prefix;
-        let before = self.best(&prefix).cloned();
-        self.routes.entry(prefix).or_default().insert((r.metric, r.tos), r);
+        let before = self.best(&prefix);
+        let nh = self.intern(r.nh);
+        let new = StoredRoute { metric: r.metric, table: r.table, nh, tos: r.tos, protocol: r.protocol };
+        let mut replaced = None;
+        match self.routes.get_mut(&prefix) {
+            None => {
+                self.routes.insert(prefix, Stored::One(new));
+            }
+            Some(Stored::One(old)) if old.key() == new.key() => replaced = Some(std::mem::replace(old, new)),
+            Some(s) => {
+                let mut v = match s {
+                    Stored::One(old) => Box::new(vec![*old]),
+                    Stored::Many(v) => std::mem::take(v),
+                };
+                match v.binary_search_by_key(&new.key(), StoredRoute::key) {
+                    Ok(i) => replaced = Some(std::mem::replace(&mut v[i], new)),
+                    Err(i) => v.insert(i, new),
+                }
+                *s = Stored::Many(v);
+            }
+        }
+        if let Some(old) = replaced {
+            self.unref(old.nh);
+        }
         self.change(prefix, before)
     }
 
     fn remove(&mut self, prefix: Ipv4Prefix, metric: u32, tos: u8) -> Option<Change> {
-        let before = self.best(&prefix).cloned();
-        if let Some(m) = self.routes.get_mut(&prefix) {
-            m.remove(&(metric, tos));
-            if m.is_empty() {
-                self.routes.remove(&prefix);
+        let before = self.best(&prefix);
+        let mut gone = None;
+        let mut empty = false;
+        match self.routes.get_mut(&prefix) {
+            Some(Stored::One(r)) if r.key() == (metric, tos) => {
+                gone = Some(*r);
+                empty = true;
             }
+            Some(s @ Stored::Many(_)) => {
+                let Stored::Many(v) = s else { unreachable!("matched Many") };
+                if let Ok(i) = v.binary_search_by_key(&(metric, tos), StoredRoute::key) {
+                    gone = Some(v.remove(i));
+                }
+                if v.len() == 1 {
+                    *s = Stored::One(v[0]);
+                }
+            }
+            _ => {}
+        }
+        if empty {
+            self.routes.remove(&prefix);
+        }
+        if let Some(r) = gone {
+            self.unref(r.nh);
+            self.removed += 1;
         }
         self.change(prefix, before)
     }
@@ -493,7 +614,7 @@ impl Mirror {
     fn change(&self, prefix: Ipv4Prefix, before: Option<RawRoute>) -> Option<Change> {
         match (before, self.best(&prefix)) {
             (Some(_), None) => Some(Change::Unset(prefix)),
-            (b, Some(now)) if b.as_ref() != Some(now) => Some(Change::Set(now.clone())),
+            (b, Some(now)) if b.as_ref() != Some(&now) => Some(Change::Set(now)),
             _ => None,
         }
     }
@@ -509,21 +630,38 @@ impl Mirror {
         }
         for p in self.routes.keys() {
             let now = self.best(p).expect("mirror keeps no empty prefix");
-            if old.best(p) != Some(now) {
-                out.push(Change::Set(now.clone()));
+            if old.best(p).as_ref() != Some(&now) {
+                out.push(Change::Set(now));
             }
         }
         out.sort_by_key(|c| match c {
             Change::Set(r) => r.prefix,
             Change::Unset(p) => *p,
         });
+        self.removed = old.routes.len();
+        drop(old);
         out
     }
 
     fn uses(&self, ifindex: u32) -> bool {
-        self.routes.values().flat_map(|m| m.values()).any(|r| r.uses(ifindex))
+        self.nhs.iter().flatten().any(|(nh, _)| nh.uses(ifindex))
+    }
+
+    /// Gives memory freed by removed routes back to the system, once many were removed.
+    fn release(&mut self) {
+        if self.removed >= RELEASE_AFTER {
+            self.removed = 0;
+            self.nhs.shrink_to_fit();
+            self.free_nhs.shrink_to_fit();
+            self.nh_ids.shrink_to_fit();
+            crate::control::release_freed_memory();
+        }
     }
 }
+
+/// Removed routes after which the mirror gives memory back (a withdrawn full table, not
+/// every flap).
+const RELEASE_AFTER: usize = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // The thread.
@@ -666,6 +804,7 @@ impl<F: FnMut(RouteEvent)> Watcher<F> {
         for c in self.mirror.replace(fresh) {
             self.emit(c);
         }
+        self.mirror.release();
     }
 
     fn run(&mut self) {
@@ -695,6 +834,7 @@ impl<F: FnMut(RouteEvent)> Watcher<F> {
                     if self.apply_notifications() {
                         resync_at = Some(now);
                     }
+                    self.mirror.release();
                 }
                 Err(e) if is_timeout(&e) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -838,6 +978,77 @@ mod tests {
     use std::net::Ipv6Addr;
 
     const T: u32 = 100;
+
+    /// Resident set size of this process, in bytes.
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    }
+
+    /// The import path without the socket: `n` routes (/24s via four gateways, as BIRD
+    /// installs them) into the mirror and the node, then withdrawn. Prints RSS per 100k routes
+    /// loaded and what stays after the withdrawal (BENCHMARKS.md). Run alone, as RSS is the
+    /// whole process's:
+    /// `cargo test --lib kernel_route_memory -- --ignored --nocapture --test-threads 1`
+    #[test]
+    #[ignore = "measures the process's RSS: run alone (see the doc comment)"]
+    fn kernel_route_memory_per_100k_routes() {
+        use crate::control::node::{NoIo, Node};
+        use crate::neigh::{NeighConfig, NeighTable};
+        let n: u32 = std::env::var("VR_ROUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+        let text = format!("{}[kernel_routes]\ntable = 254\n", crate::control::fixtures::node_toml("m"));
+        let cfg = crate::control::config::Config::parse(&text, std::path::Path::new("m.toml")).unwrap();
+        let mac = crate::wire::MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) = crate::dataplane::Shared::new(
+            Node::empty_snapshot(&cfg, mac),
+            NeighTable::new(NeighConfig::default()).unwrap(),
+        );
+        let mut node = Node::new(cfg, mac, shared, fib, Box::new(NoIo)).unwrap();
+        let route = |i: u32| RawRoute {
+            prefix: Ipv4Prefix::new_masked(0x0b00_0000 + (i << 8), 24),
+            tos: 0,
+            table: 254,
+            protocol: 12,
+            metric: 32,
+            nh: RawNextHop::Gateway { via: Ipv4Addr::new(192, 168, 1, 1 + (i % 4) as u8), oif: 2, onlink: false },
+        };
+        let mut mirror = Mirror::default();
+        let apply = |node: &mut Node, c: Option<Change>| match c {
+            Some(Change::Set(r)) => {
+                let k = r.resolve(&|_| "eth9".to_string());
+                let nh = node.kernel_nexthop(&k.nh);
+                node.kernel_route(k.prefix, nh).unwrap();
+            }
+            Some(Change::Unset(p)) => {
+                node.kernel_route_gone(p).unwrap();
+            }
+            None => {}
+        };
+        let before = rss();
+        for i in 0..n {
+            let c = mirror.upsert(route(i));
+            apply(&mut node, c);
+        }
+        assert_eq!(node.routes(None, None).len() as u32, n + 4);
+        let loaded = rss();
+        for i in 0..n {
+            let r = route(i);
+            let c = mirror.remove(r.prefix, r.metric, r.tos);
+            apply(&mut node, c);
+        }
+        mirror.release();
+        node.release_memory();
+        let after = rss();
+        let per_100k = |b: usize| b as f64 / 1e6 * 100_000.0 / n as f64;
+        println!(
+            "{n} kernel routes: RSS +{:.1} MB loaded ({:.1} MB per 100k routes, {} bytes per route), +{:.1} MB after removal ({:.1} MB per 100k)",
+            (loaded - before) as f64 / 1e6,
+            per_100k(loaded - before),
+            (loaded - before) / n as usize,
+            after.saturating_sub(before) as f64 / 1e6,
+            per_100k(after.saturating_sub(before)),
+        );
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -1276,6 +1487,26 @@ mod tests {
             ]
         );
         assert_eq!(m.replace(Mirror::default()).len(), 4, "everything vanishes");
+    }
+
+    #[test]
+    fn the_mirror_keeps_a_route_in_a_few_dozen_bytes_and_interns_next_hops() {
+        assert_eq!(std::mem::size_of::<StoredRoute>(), 16);
+        assert!(std::mem::size_of::<(Ipv4Prefix, Stored)>() <= 32);
+        let mut m = Mirror::default();
+        for i in 0..1000u32 {
+            let gw = format!("10.9.0.{}", 1 + i % 4);
+            m.upsert(RawRoute {
+                prefix: Ipv4Prefix::new_masked(0x0b00_0000 + (i << 8), 24),
+                ..raw("0.0.0.0/0", 0, via(&gw, 3))
+            });
+        }
+        assert_eq!((m.routes.len(), m.nh_ids.len()), (1000, 4), "four next hops, each stored once");
+        assert!(m.routes.values().all(|s| matches!(s, Stored::One(_))), "one route per prefix: no allocation");
+        for i in 0..1000u32 {
+            m.remove(Ipv4Prefix::new_masked(0x0b00_0000 + (i << 8), 24), 0, 0);
+        }
+        assert!(m.routes.is_empty() && m.nh_ids.is_empty() && m.nhs.iter().all(Option::is_none));
     }
 
     #[test]

@@ -173,13 +173,42 @@ impl NhTable {
     }
 }
 
-/// A route to a prefix from each source that has one (ids hold references).
-#[derive(Clone, Copy, Default)]
-struct RibEntry([Option<NhId>; 4]);
+/// A route to a prefix from each source that has one (ids hold references): 8 bytes, so that
+/// with its prefix a route is a 16-byte map entry (a full table of kernel routes is 1M).
+#[derive(Clone, Copy)]
+struct RibEntry([NhId; 4]);
+
+/// No route from that source. Never an id: [`NhTable::acquire`] stops below `NhId::MAX`.
+const NO_ROUTE: NhId = NhId::MAX;
+
+impl Default for RibEntry {
+    fn default() -> Self {
+        RibEntry([NO_ROUTE; 4])
+    }
+}
 
 impl RibEntry {
+    fn get(&self, s: RouteSource) -> Option<NhId> {
+        Some(self.0[s as usize]).filter(|id| *id != NO_ROUTE)
+    }
+
+    fn set(&mut self, s: RouteSource, id: Option<NhId>) -> Option<NhId> {
+        let old = self.get(s);
+        self.0[s as usize] = id.unwrap_or(NO_ROUTE);
+        old
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|id| *id == NO_ROUTE)
+    }
+
+    /// Every source's route, in priority order.
+    fn all(&self) -> impl Iterator<Item = (RouteSource, NhId)> + '_ {
+        RouteSource::ALL.iter().filter_map(|s| self.get(*s).map(|id| (*s, id)))
+    }
+
     fn best(&self) -> Option<(RouteSource, NhId)> {
-        RouteSource::ALL.iter().zip(self.0).find_map(|(s, id)| id.map(|id| (*s, id)))
+        self.all().next()
     }
 }
 
@@ -257,6 +286,8 @@ pub struct Node {
     /// Ports created (staged) for pods that replace running ones, by endpoint name: finished
     /// by the second pass of the same `apply`, once the replaced pods are gone.
     staged: BTreeMap<String, PortId>,
+    /// Prefixes gone from the RIB since memory was last given back.
+    removed_routes: usize,
     published: usize,
     /// Grace periods that timed out (a worker stuck in one batch for a second).
     pub grace_timeouts: u64,
@@ -301,6 +332,7 @@ impl Node {
             policy_generation: 0,
             kernel_rejected: BTreeMap::new(),
             staged: BTreeMap::new(),
+            removed_routes: 0,
             published: 0,
             grace_timeouts: 0,
         };
@@ -494,9 +526,9 @@ impl Node {
     fn set_route_id(&mut self, prefix: Ipv4Prefix, source: RouteSource, id: Option<NhId>) -> bool {
         let entry = self.rib.entry(prefix).or_default();
         let before = entry.best();
-        let old = std::mem::replace(&mut entry.0[source as usize], id);
+        let old = entry.set(source, id);
         let after = entry.best();
-        if entry.0.iter().all(Option::is_none) {
+        if entry.is_empty() {
             self.rib.remove(&prefix);
         }
         if let Some(old) = old {
@@ -547,8 +579,14 @@ impl Node {
             self.grace();
         }
         let mut changed = 0;
+        let before = self.rib.len();
         for (p, id) in ids {
             changed += self.set_route_id(p, source, id) as usize;
+        }
+        self.removed_routes += before.saturating_sub(self.rib.len());
+        if self.removed_routes >= 10_000 {
+            self.removed_routes = 0;
+            self.release_memory();
         }
         Ok(changed)
     }
@@ -557,7 +595,7 @@ impl Node {
     fn source_routes(&self, source: RouteSource) -> BTreeMap<Ipv4Prefix, NhKey> {
         self.rib
             .iter()
-            .filter_map(|(p, e)| e.0[source as usize].map(|id| (*p, self.nh.key(id).expect("live id").clone())))
+            .filter_map(|(p, e)| e.get(source).map(|id| (*p, self.nh.key(id).expect("live id").clone())))
             .collect()
     }
 
@@ -582,7 +620,7 @@ impl Node {
                 continue;
             }
             let Some((src, id)) = e.best() else { continue };
-            if source.is_some_and(|s| e.0[s as usize].is_none()) {
+            if source.is_some_and(|s| e.get(s).is_none()) {
                 continue;
             }
             let key = |id: NhId| self.nh.key(id).map_or_else(|| "?".into(), |k| k.to_string());
@@ -591,11 +629,7 @@ impl Node {
                 source: src,
                 nexthop: key(id),
                 nh_id: id,
-                shadowed: RouteSource::ALL
-                    .iter()
-                    .zip(e.0)
-                    .filter_map(|(s, x)| x.filter(|_| *s != src).map(|x| (*s, key(x))))
-                    .collect(),
+                shadowed: e.all().filter(|(s, _)| *s != src).map(|(s, x)| (s, key(x))).collect(),
             });
         }
         out
@@ -618,7 +652,7 @@ impl Node {
     pub fn cli_route(&mut self, prefix: Ipv4Prefix, nh: Option<NhKey>) -> Result<usize, NodeError> {
         if let Some(k) = &nh {
             self.check_key(k, false)?;
-        } else if !self.rib.get(&prefix).is_some_and(|e| e.0[RouteSource::Cli as usize].is_some()) {
+        } else if !self.rib.get(&prefix).is_some_and(|e| e.get(RouteSource::Cli).is_some()) {
             return Err(NodeError::Refused(format!(
                 "no CLI route to {prefix} (routes from the config file change with `apply`, kernel routes follow the kernel)"
             )));
@@ -743,7 +777,18 @@ impl Node {
     /// Withdraws every imported kernel route.
     pub fn flush_kernel_routes(&mut self) -> Result<usize, NodeError> {
         self.kernel_rejected.clear();
-        self.replace_source(RouteSource::Kernel, &BTreeMap::new())
+        let n = self.replace_source(RouteSource::Kernel, &BTreeMap::new());
+        self.release_memory();
+        n
+    }
+
+    /// Gives back to the system what removed routes took (see
+    /// [`crate::control::release_freed_memory`]).
+    pub fn release_memory(&mut self) {
+        self.fib.shrink_to_fit();
+        self.nh.free.shrink_to_fit();
+        self.nh.ids.shrink_to_fit();
+        super::release_freed_memory();
     }
 
     // ------------------------------------------------------------ whole-config changes
@@ -1212,6 +1257,20 @@ mod tests {
         assert!(n.kernel_rejected()[&"192.0.2.0/24".parse().unwrap()].contains("not on the node subnet"));
         assert_eq!(lookup(&n, "192.0.2.1"), NextHop::Unreachable);
         assert!(n.cli_route("192.0.2.0/24".parse().unwrap(), None).is_err(), "nothing to delete");
+    }
+
+    #[test]
+    fn a_rib_entry_is_eight_bytes() {
+        // With its 8-byte prefix, 16 bytes of map entry per route (it was 24 with Options).
+        assert_eq!(std::mem::size_of::<RibEntry>(), 8);
+        assert_eq!(std::mem::size_of::<(Ipv4Prefix, RibEntry)>(), 16);
+        let mut e = RibEntry::default();
+        assert!(e.is_empty() && e.best().is_none());
+        assert_eq!(e.set(RouteSource::Kernel, Some(7)), None);
+        assert_eq!(e.set(RouteSource::Cli, Some(3)), None);
+        assert_eq!(e.best(), Some((RouteSource::Cli, 3)));
+        assert_eq!(e.set(RouteSource::Cli, None), Some(3));
+        assert_eq!(e.best(), Some((RouteSource::Kernel, 7)));
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //! workers only through [`super::node::Node`] (snapshots, FIB updates, grace periods) and
 //! [`crate::dataplane::observe`]. A client is checked by its peer credentials (root, the
 //! daemon's own user, or a member of the configured group), may keep at most one request in
-//! flight, is cut off after [`api::IDLE_TIMEOUT_MS`] of silence or a request line over
-//! [`api::MAX_REQUEST`] bytes, and at most [`MAX_CLIENTS`] are served at once.
+//! flight, is cut off when a request has not arrived whole within [`api::REQUEST_TIMEOUT_MS`]
+//! (however slowly it trickles in) or is over [`api::MAX_REQUEST`] bytes, and at most
+//! [`MAX_CLIENTS`] are served at once: when all slots are taken, the client idle the longest
+//! (connected, no request running) is closed to make room, so idle or trickling clients cannot
+//! lock operators out. A trace or capture ends when its client goes away (the socket is
+//! watched while waiting) or on `trace-stop`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +45,23 @@ pub struct Control {
     pub started: Instant,
     /// Link states, the XDP attachment, the workers (the daemon's timer keeps it current).
     pub status: Arc<super::status::NodeStatus>,
+    /// Bumped by `trace-stop`: sessions that started before end.
+    sessions_stopped: AtomicU64,
+}
+
+/// Who sent a request, and whether they are still there (for long waits).
+pub struct Session<'a> {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    /// True once the client has gone away (its socket closed).
+    pub gone: &'a dyn Fn() -> bool,
+}
+
+impl Session<'_> {
+    /// A request from inside the daemon (SIGHUP, tests): nobody to lose.
+    pub fn local() -> Session<'static> {
+        Session { uid: None, pid: None, gone: &|| false }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +75,24 @@ fn ipstr(a: u32) -> String {
 }
 
 impl Control {
+    pub fn new(
+        node: Node,
+        counters: Vec<Arc<Counters>>,
+        config_path: Option<PathBuf>,
+        started: Instant,
+        status: Arc<super::status::NodeStatus>,
+    ) -> Control {
+        Control {
+            shared: node.shared().clone(),
+            node: Mutex::new(node),
+            counters,
+            config_path,
+            started,
+            status,
+            sessions_stopped: AtomicU64::new(0),
+        }
+    }
+
     pub fn node(&self) -> MutexGuard<'_, Node> {
         // A panic while holding it would have been a bug in Node; its state is still the last
         // consistent one published, so keep serving.
@@ -79,7 +119,12 @@ impl Control {
 
     /// Answers one request.
     pub fn handle(&self, req: Request) -> Reply {
-        match self.dispatch(req) {
+        self.handle_in(req, &Session::local())
+    }
+
+    /// Answers one request from `who`.
+    pub fn handle_in(&self, req: Request, who: &Session<'_>) -> Reply {
+        match self.dispatch(req, who) {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::err(e),
         }
@@ -90,7 +135,7 @@ impl Control {
         Ok(serde_json::to_value(r).expect("plain struct"))
     }
 
-    fn dispatch(&self, req: Request) -> Result<Value, String> {
+    fn dispatch(&self, req: Request, who: &Session<'_>) -> Result<Value, String> {
         let refuse = |m: String| Err(NodeError::Refused(m));
         match req {
             Request::Status => {
@@ -252,11 +297,18 @@ impl Control {
                 Ok(r.expect("plain struct"))
             }
             Request::Reload => self.reload(),
-            Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms),
+            Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms, who),
             Request::Capture { count, port, rx, tx, snaplen, timeout_ms } => {
                 let port = port.map(|p| self.port_id(&p)).transpose()?;
-                let frames = self.capture(CaptureSpec { count, port, rx, tx, snaplen }, timeout_ms)?;
+                let frames = self.capture(CaptureSpec { count, port, rx, tx, snaplen }, timeout_ms, who)?;
                 Ok(json!({"frames": frames}))
+            }
+            Request::TraceStop => {
+                let active = self.shared.observe.active() != 0;
+                if active {
+                    self.sessions_stopped.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(json!({"stopped": active}))
             }
         }
     }
@@ -323,11 +375,12 @@ impl Control {
         out
     }
 
-    fn trace(&self, count: u32, port: Option<String>, timeout_ms: u64) -> Result<Value, String> {
+    fn trace(&self, count: u32, port: Option<String>, timeout_ms: u64, who: &Session<'_>) -> Result<Value, String> {
         let port = port.map(|p| self.port_id(&p)).transpose()?;
         let obs = &self.shared.observe;
         obs.start_trace(count, port).map_err(|e| e.to_string())?;
-        let mut records: Vec<TraceRecord> = collect(timeout_ms, || obs.take_trace(), || obs.stop_trace());
+        let end = self.session_end(timeout_ms, who);
+        let mut records: Vec<TraceRecord> = collect(end, || obs.take_trace(), || obs.stop_trace());
         records.sort_by_key(|r| r.seq);
         let node = self.node();
         let out: Vec<Value> = records
@@ -345,22 +398,30 @@ impl Control {
         Ok(json!({"packets": out, "wanted": count}))
     }
 
-    fn capture(&self, spec: CaptureSpec, timeout_ms: u64) -> Result<Vec<Captured>, String> {
+    fn capture(&self, spec: CaptureSpec, timeout_ms: u64, who: &Session<'_>) -> Result<Vec<Captured>, String> {
         let obs = &self.shared.observe;
         obs.start_capture(spec).map_err(|e| e.to_string())?;
-        Ok(collect(timeout_ms, || obs.take_capture(), || obs.stop_capture()))
+        let end = self.session_end(timeout_ms, who);
+        Ok(collect(end, || obs.take_capture(), || obs.stop_capture()))
+    }
+
+    /// When an observation session started now must end early: after `timeout_ms`, when its
+    /// client has gone, or on `trace-stop`.
+    fn session_end<'a>(&'a self, timeout_ms: u64, who: &'a Session<'a>) -> impl Fn() -> bool + 'a {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
+        let stops = self.sessions_stopped.load(Ordering::Acquire);
+        move || Instant::now() >= deadline || self.sessions_stopped.load(Ordering::Acquire) != stops || (who.gone)()
     }
 }
 
-/// What an observation session records until it has all it wanted (`take` says so) or
-/// `timeout_ms` passed; then the session is stopped (`stop` returns the rest).
-fn collect<T>(timeout_ms: u64, take: impl Fn() -> (Vec<T>, bool), stop: impl FnOnce() -> Vec<T>) -> Vec<T> {
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
+/// What an observation session records until it has all it wanted (`take` says so) or `end`
+/// says to stop; then the session is stopped (`stop` returns the rest).
+fn collect<T>(end: impl Fn() -> bool, take: impl Fn() -> (Vec<T>, bool), stop: impl FnOnce() -> Vec<T>) -> Vec<T> {
     let mut all = Vec::new();
     loop {
         let (mut got, done) = take();
         all.append(&mut got);
-        if done || Instant::now() >= deadline {
+        if done || end() {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -431,6 +492,81 @@ fn resolve_group(g: &str) -> Result<u32, String> {
     }
 }
 
+/// How the socket is shared among clients (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_clients: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_clients: MAX_CLIENTS, request_timeout: Duration::from_millis(api::REQUEST_TIMEOUT_MS) }
+    }
+}
+
+/// The clients being served: what eviction needs to know of each.
+#[derive(Default)]
+struct Clients {
+    next_id: u64,
+    list: Vec<ClientSlot>,
+}
+
+struct ClientSlot {
+    id: u64,
+    /// A handle on its socket, to close it when evicted.
+    stream: UnixStream,
+    /// Running a request (never evicted then).
+    busy: bool,
+    /// Since when it has been waiting for its next request.
+    idle_since: Instant,
+    pid: Option<i32>,
+}
+
+fn lock_clients(c: &Mutex<Clients>) -> MutexGuard<'_, Clients> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Clients {
+    /// Takes a slot for `stream`, closing the client idle the longest when all are taken.
+    /// `None`: every slot is running a request.
+    fn admit(&mut self, stream: &UnixStream, max: usize) -> Option<u64> {
+        if self.list.len() >= max {
+            let oldest = self.list.iter().enumerate().filter(|(_, c)| !c.busy).min_by_key(|(_, c)| c.idle_since);
+            let (i, _) = oldest?;
+            let c = self.list.swap_remove(i);
+            tracing::info!(
+                pid = ?c.pid,
+                idle_ms = c.idle_since.elapsed().as_millis() as u64,
+                "control socket full: closing the client idle the longest"
+            );
+            let _ = write_reply_nonblocking(&c.stream, &Reply::err("closed: idle while every control slot was taken"));
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let stream = stream.try_clone().ok()?;
+        self.next_id += 1;
+        let pid = peer_pid(&stream);
+        self.list.push(ClientSlot { id: self.next_id, stream, busy: false, idle_since: Instant::now(), pid });
+        Some(self.next_id)
+    }
+
+    fn set_busy(&mut self, id: u64, busy: bool) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.id == id) {
+            c.busy = busy;
+            c.idle_since = Instant::now();
+        }
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.list.retain(|c| c.id != id);
+    }
+}
+
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(stream, PeerCredentials).ok().map(|c| c.pid())
+}
+
 /// Binds the socket at `path` (refusing if another daemon answers there) and serves it until
 /// `stop` is set. The socket file is removed when serving ends.
 pub fn serve(
@@ -438,6 +574,17 @@ pub fn serve(
     group: Option<&str>,
     ctl: Arc<Control>,
     stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
+    serve_with(path, group, ctl, stop, Limits::default())
+}
+
+/// [`serve`] with other [`Limits`] (tests).
+pub fn serve_with(
+    path: &Path,
+    group: Option<&str>,
+    ctl: Arc<Control>,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     let err = |msg: String| ServerError::Socket { path: path.display().to_string(), msg };
     let gid = group.map(resolve_group).transpose().map_err(err)?;
@@ -462,7 +609,7 @@ pub fn serve(
     listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
     let access = Arc::new(Access { uid: nix::unistd::geteuid().as_raw(), gid });
     let path = path.to_path_buf();
-    let clients = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::new(Mutex::new(Clients::default()));
     std::thread::Builder::new()
         .name("vr-control".into())
         .spawn(move || {
@@ -470,16 +617,21 @@ pub fn serve(
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
-                        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-                            clients.fetch_sub(1, Ordering::AcqRel);
-                            let _ =
-                                write_reply(&stream, &Reply::err(format!("too many clients (at most {MAX_CLIENTS})")));
+                        let Some(id) = lock_clients(&clients).admit(&stream, limits.max_clients) else {
+                            let _ = write_reply_nonblocking(
+                                &stream,
+                                &Reply::err(format!(
+                                    "too many clients: all {} are running requests; try again",
+                                    limits.max_clients
+                                )),
+                            );
                             continue;
-                        }
+                        };
                         let (ctl, access, clients, stop) = (ctl.clone(), access.clone(), clients.clone(), stop.clone());
                         let spawned = std::thread::Builder::new().name("vr-control-client".into()).spawn(move || {
-                            client(stream, &ctl, &access, &stop);
-                            clients.fetch_sub(1, Ordering::AcqRel);
+                            let busy = |b: bool| lock_clients(&clients).set_busy(id, b);
+                            client(stream, &ctl, &access, &stop, limits.request_timeout, &busy);
+                            lock_clients(&clients).leave(id);
                         });
                         if let Err(e) = spawned {
                             tracing::warn!("control client thread: {e}");
@@ -499,55 +651,341 @@ pub fn serve(
         .map_err(|e| ServerError::Socket { path: String::new(), msg: e.to_string() })
 }
 
+/// Writes a reply without waiting (a client that does not read loses it).
+fn write_reply_nonblocking(stream: &UnixStream, r: &Reply) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let res = write_reply(stream, r);
+    let _ = stream.set_nonblocking(false);
+    res
+}
+
+/// Whether the peer of `stream` has closed the connection (not merely shut down its sending
+/// side, as `nc -N` does after a request): POLLHUP, which a Unix stream socket reports once
+/// the other end is closed.
+fn peer_gone(stream: &UnixStream) -> bool {
+    let mut p = libc::pollfd { fd: stream.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: one pollfd we own, for a fd that lives as long as `stream`; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Request bytes read but not yet handled. Large requests (a whole config for `apply`) take
+/// up to [`api::MAX_REQUEST`]; what they took is given back once they are handled.
+#[derive(Default)]
+pub struct LineReader {
+    buf: Vec<u8>,
+}
+
+/// Bytes a connection keeps for its next request between requests.
+pub const KEEP_BUFFER: usize = 64 << 10;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The client closed the connection (or went silent) between requests.
+    Closed,
+    /// A request did not arrive whole in time, or is too large: say so and close.
+    Refused(String),
+}
+
+impl LineReader {
+    /// The next request line (without its newline), which must be complete by `deadline`.
+    pub fn next_line(
+        &mut self,
+        mut stream: &UnixStream,
+        deadline: Instant,
+        stop: &AtomicBool,
+    ) -> Result<Vec<u8>, ReadEnd> {
+        let mut searched = 0;
+        loop {
+            if let Some(i) = self.buf[searched..].iter().position(|b| *b == b'\n') {
+                let end = searched + i;
+                let line = self.buf[..end].to_vec();
+                self.buf.drain(..=end);
+                return Ok(line);
+            }
+            searched = self.buf.len();
+            if self.buf.len() > api::MAX_REQUEST {
+                return Err(ReadEnd::Refused(format!("request larger than {} bytes", api::MAX_REQUEST)));
+            }
+            let now = Instant::now();
+            if now >= deadline || stop.load(Ordering::Relaxed) {
+                return Err(match self.buf.is_empty() {
+                    true => ReadEnd::Closed,
+                    false => ReadEnd::Refused(format!(
+                        "request not complete (no newline) within {} ms; closing",
+                        api::REQUEST_TIMEOUT_MS
+                    )),
+                });
+            }
+            // Wake at least every 200 ms to see `stop`.
+            let wait = (deadline - now).min(Duration::from_millis(200)).max(Duration::from_millis(1));
+            let _ = stream.set_read_timeout(Some(wait));
+            let mut chunk = [0u8; 16 << 10];
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(match self.buf.is_empty() {
+                        true => ReadEnd::Closed,
+                        false => ReadEnd::Refused("request not terminated by a newline".into()),
+                    })
+                }
+                Ok(n) => {
+                    let room = (api::MAX_REQUEST + 1).saturating_sub(self.buf.len());
+                    self.buf.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("control client: {e}");
+                    return Err(ReadEnd::Closed);
+                }
+            }
+        }
+    }
+
+    /// Gives back what a large request took (called after each request).
+    pub fn release(&mut self) {
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf.shrink_to(KEEP_BUFFER.max(self.buf.len()));
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 fn write_reply(mut stream: &UnixStream, r: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(r).expect("replies serialize");
     line.push(b'\n');
     stream.write_all(&line)
 }
 
-/// Serves one connection: request lines in, reply lines out.
-fn client(stream: UnixStream, ctl: &Control, access: &Access, stop: &AtomicBool) {
+/// Serves one connection: request lines in, reply lines out. `busy` says when a request is
+/// running (the client is not idle then).
+fn client(
+    stream: UnixStream,
+    ctl: &Control,
+    access: &Access,
+    stop: &AtomicBool,
+    request_timeout: Duration,
+    busy: &dyn Fn(bool),
+) {
     if let Err(e) = access.allows(&stream) {
         tracing::warn!("control client refused: {e}");
         let _ = write_reply(&stream, &Reply::err(e));
         return;
     }
-    let idle = Duration::from_millis(api::IDLE_TIMEOUT_MS);
-    let _ = stream.set_read_timeout(Some(idle));
-    let _ = stream.set_write_timeout(Some(idle));
-    let Ok(read_half) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(read_half);
-    let mut line = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        line.clear();
-        match (&mut reader).take(api::MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line) {
-            Ok(0) => return, // closed
-            Ok(_) if line.len() > api::MAX_REQUEST => {
-                let _ = write_reply(&stream, &Reply::err(format!("request larger than {} bytes", api::MAX_REQUEST)));
-                return;
-            }
-            Ok(_) if !line.ends_with(b"\n") => {
-                let _ = write_reply(&stream, &Reply::err("request not terminated by a newline"));
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                    tracing::debug!("control client: {e}");
-                }
-                return;
-            }
+    let _ = stream.set_write_timeout(Some(request_timeout));
+    let (uid, pid) = {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => (Some(c.uid()), Some(c.pid())),
+            Err(_) => (None, None),
         }
+    };
+    let gone = || peer_gone(&stream);
+    let who = Session { uid, pid, gone: &gone };
+    let mut reader = LineReader::default();
+    while !stop.load(Ordering::Relaxed) {
+        let line = match reader.next_line(&stream, Instant::now() + request_timeout, stop) {
+            Ok(line) => line,
+            Err(ReadEnd::Closed) => return,
+            Err(ReadEnd::Refused(e)) => {
+                let _ = write_reply(&stream, &Reply::err(e));
+                return;
+            }
+        };
         let reply = match std::str::from_utf8(&line) {
             Err(_) => Reply::err("request is not UTF-8"),
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => match api::parse_request(text.trim()) {
-                Ok(req) => ctl.handle(req),
+                Ok(req) => {
+                    busy(true);
+                    let r = ctl.handle_in(req, &who);
+                    busy(false);
+                    r
+                }
                 Err(e) => Reply::err(e),
             },
         };
+        drop(line);
+        reader.release();
         if write_reply(&stream, &reply).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::fixtures;
+    use crate::control::node::NoIo;
+    use crate::neigh::{NeighConfig, NeighTable};
+    use crate::wire::MacAddr;
+    use std::io::{BufRead, BufReader};
+
+    /// A control socket over an in-memory node (no workers, no root), served until dropped.
+    pub(crate) struct TestServer {
+        pub path: PathBuf,
+        pub ctl: Arc<Control>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub(crate) fn test_control() -> Arc<Control> {
+        let text = format!("{}{}", fixtures::node_toml("t"), fixtures::endpoint_toml("a", 2));
+        let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) =
+            Shared::new(Node::empty_snapshot(&c, mac), NeighTable::new(NeighConfig::default()).unwrap());
+        let node = Node::new(c, mac, shared, fib, Box::new(NoIo)).unwrap();
+        Arc::new(Control::new(
+            node,
+            vec![Arc::new(Counters::new(crate::dataplane::MAX_PORTS))],
+            None,
+            Instant::now(),
+            Arc::new(crate::control::status::NodeStatus::new(Default::default())),
+        ))
+    }
+
+    pub(crate) fn server(tag: &str, limits: Limits) -> TestServer {
+        let path = std::env::temp_dir().join(format!("vr-srv-{tag}-{}.sock", std::process::id()));
+        let ctl = test_control();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = serve_with(&path, None, ctl.clone(), stop.clone(), limits).unwrap();
+        TestServer { path, ctl, stop, thread: Some(thread) }
+    }
+
+    fn connect(s: &TestServer) -> UnixStream {
+        let c = UnixStream::connect(&s.path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    }
+
+    fn send(c: &UnixStream, req: &str) {
+        (&*c).write_all(format!("{{\"version\":1,\"request\":{req}}}\n").as_bytes()).unwrap();
+    }
+
+    /// The next reply line; `None` on EOF.
+    fn reply(c: &UnixStream) -> Option<Reply> {
+        let mut line = String::new();
+        match BufReader::new(c).read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_request_trickled_in_is_cut_off_at_the_request_deadline() {
+        let s = server("trickle", Limits { max_clients: 4, request_timeout: Duration::from_millis(400) });
+        let c = connect(&s);
+        let t0 = Instant::now();
+        let w = c.try_clone().unwrap();
+        // One byte every 100 ms: each read is quick, the request never completes.
+        let writer = std::thread::spawn(move || {
+            for _ in 0..30 {
+                if (&w).write_all(b"{").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = reply(&c).expect("an error reply before the close");
+        assert!(!r.ok && r.error.as_deref().unwrap().contains("not complete"), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_millis(1500), "cut off after {:?}", t0.elapsed());
+        assert!(reply(&c).is_none(), "closed");
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn when_every_slot_is_taken_the_client_idle_the_longest_is_closed() {
+        // Idle clients would be closed after 10 s: only eviction can free a slot here.
+        let s = server("evict", Limits { max_clients: 2, ..Limits::default() });
+        let old = connect(&s);
+        std::thread::sleep(Duration::from_millis(50));
+        let newer = connect(&s);
+        send(&newer, r#"{"cmd":"status"}"#);
+        assert!(reply(&newer).unwrap().ok);
+        // A third client is served: the one idle the longest (`old`) makes room.
+        let third = connect(&s);
+        send(&third, r#"{"cmd":"status"}"#);
+        let r = reply(&third).unwrap();
+        assert!(r.ok, "{r:?}");
+        let r = reply(&old);
+        assert!(r.as_ref().is_none_or(|r| r.error.as_deref().unwrap().contains("idle")), "{r:?}");
+        assert!(reply(&old).is_none(), "the oldest idle client is closed");
+        send(&newer, r#"{"cmd":"status"}"#);
+        assert!(reply(&newer).unwrap().ok, "the other one is still served");
+    }
+
+    #[test]
+    fn a_trace_ends_when_its_client_goes_away() {
+        let s = server("gone", Limits::default());
+        let c1 = connect(&s);
+        send(&c1, r#"{"cmd":"trace","count":1,"timeout_ms":600000}"#);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_ne!(s.ctl.shared.observe.active(), 0, "the trace runs");
+        drop(c1);
+        let c2 = connect(&s);
+        let t0 = Instant::now();
+        loop {
+            send(&c2, r#"{"cmd":"trace","count":1,"timeout_ms":10}"#);
+            let r = reply(&c2).unwrap();
+            if r.ok {
+                break;
+            }
+            assert!(r.error.as_deref().unwrap().contains("already running"), "{r:?}");
+            assert!(t0.elapsed() < Duration::from_secs(2), "the abandoned trace still holds the session");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn trace_stop_ends_a_running_trace_and_its_client_gets_the_reply() {
+        let s = server("stop", Limits::default());
+        let c1 = connect(&s);
+        let c2 = connect(&s);
+        send(&c2, r#"{"cmd":"trace-stop"}"#);
+        assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], false, "nothing to stop");
+        send(&c1, r#"{"cmd":"trace","count":5,"timeout_ms":600000}"#);
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        send(&c2, r#"{"cmd":"trace-stop"}"#);
+        assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], true);
+        let r = reply(&c1).unwrap();
+        assert!(r.ok && r.result.unwrap()["packets"].as_array().unwrap().is_empty());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(s.ctl.shared.observe.active(), 0);
+    }
+
+    #[test]
+    fn a_large_request_buffer_is_given_back_after_the_request() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let big = std::thread::spawn(move || {
+            let mut line = vec![b'x'; 3 << 20];
+            line.extend_from_slice(b"\nnext\n");
+            (&a).write_all(&line).unwrap();
+            a
+        });
+        let mut r = LineReader::default();
+        let stop = AtomicBool::new(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert_eq!(r.next_line(&b, deadline, &stop).unwrap().len(), 3 << 20);
+        assert!(r.capacity() >= 3 << 20);
+        r.release();
+        assert!(r.capacity() <= KEEP_BUFFER, "{} bytes kept", r.capacity());
+        assert_eq!(r.next_line(&b, deadline, &stop).unwrap(), b"next", "what followed is kept");
+        drop(big.join().unwrap());
+        assert_eq!(r.next_line(&b, deadline, &stop), Err(ReadEnd::Closed));
     }
 }

@@ -322,6 +322,16 @@ impl FibWriter {
         self.rebuild_all(0, 0);
     }
 
+    /// Gives back the writer-side capacity removed routes left behind (the short-route map
+    /// and the per-block lists keep their capacity otherwise), then [`FibWriter::compact`]s.
+    pub fn shrink_to_fit(&mut self) {
+        self.short.shrink_to_fit();
+        for b in &mut self.blocks {
+            b.long.shrink_to_fit();
+        }
+        self.compact();
+    }
+
     // --- internals -------------------------------------------------------------------------
 
     /// The best route of length < `len` covering `addr`, among short routes.
