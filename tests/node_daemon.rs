@@ -166,3 +166,33 @@ fn an_xdp_program_removed_by_someone_else_is_put_back_logged_and_counted() {
     assert_eq!(metric(&page, "vrouter_uplink_xdp_detached_total"), Some(1.0), "{page}");
     t.stop(child);
 }
+
+#[test]
+fn a_mistyped_log_level_is_refused_with_the_valid_ones() {
+    for bad in ["warning", "bogus"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .args(["--log-level", bad, "check-config", "/nonexistent"])
+            .output()
+            .unwrap();
+        let e = common::text(&o);
+        assert!(!o.status.success(), "--log-level {bad} accepted: {e}");
+        assert!(
+            e.contains(&format!("invalid log level `{bad}`")) && e.contains("off, error, warn, info, debug, trace"),
+            "{e}"
+        );
+        // The environment variable is held to the same rule.
+        let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .env("VROUTER_LOG", bad)
+            .args(["check-config", "/nonexistent"])
+            .output()
+            .unwrap();
+        let e = common::text(&o);
+        assert!(e.contains("VROUTER_LOG") && e.contains(&format!("invalid log level `{bad}`")), "{e}");
+    }
+    // A valid one still logs: an error (the missing file) is reported.
+    let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["--log-level", "warn", "check-config", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(common::text(&o).contains("/nonexistent"), "{}", common::text(&o));
+}
