@@ -196,3 +196,47 @@ fn a_mistyped_log_level_is_refused_with_the_valid_ones() {
         .unwrap();
     assert!(common::text(&o).contains("/nonexistent"), "{}", common::text(&o));
 }
+
+/// CPU time (user + system, seconds) of every thread of process `pid` so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // Fields after the command's closing parenthesis; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    ticks as f64 / hz
+}
+
+#[test]
+fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrg", &["pod"]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let child = t.start();
+    assert!(t.ping("peer", "10.244.1.2", "2"), "router -> pod: {}", t.log());
+    let traffic = t.spawn("peer", &["ping", "-q", "-i", "0.01", "-w", "6", "10.244.1.2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    t.exec_ok("pod", &["ip", "link", "del", "eth0"]);
+    common::wait_until("the log line", Duration::from_secs(3), || t.log().contains("TAP device gone"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(child.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(child.pid()) - before;
+    eprintln!("daemon CPU over 1 s with the pod TAP gone: {used:.3} s");
+    assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's TAP gone (a spinning core is ~1)");
+    assert_eq!(t.log().matches("TAP device gone").count(), 1, "logged once: {}", t.log());
+    let s = t.stats();
+    assert!(s["drops"]["tx/link-down"].as_u64().unwrap() > 0, "frames to the gone TAP: {s}");
+    drop(traffic);
+    // The same config applied again recreates it.
+    let r = t.ctl_json(&["reload"]);
+    assert_eq!(r["endpoints_added"], serde_json::json!(["pod"]), "{r}");
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the reload: {}", t.log());
+    assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reload: {}", t.log());
+    t.stop(child);
+}

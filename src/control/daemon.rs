@@ -153,6 +153,10 @@ impl PortIo for TapIo {
         }
         self.publish();
     }
+
+    fn port_gone(&self, slot: PortId) -> bool {
+        self.pods.get(&slot).is_some_and(|t| t.is_gone())
+    }
 }
 
 /// One look at the uplink's XDP hook (each timer tick): a program removed by someone else

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
-use crate::worker::PortSet;
+use crate::worker::{PortSet, TxTarget};
 
 /// A link's state as read from the kernel (`/sys/class/net/<dev>/operstate` and `carrier`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -103,5 +103,11 @@ impl NodeStatus {
             self.link_changes.fetch_add(1, Relaxed);
             before
         })
+    }
+
+    /// Whether port `slot` has a TAP the kernel removed under us (deleted inside the pod, or
+    /// the pod's namespace destroyed).
+    pub fn port_gone(&self, slot: usize) -> bool {
+        matches!(self.ports.load().targets.get(slot), Some(TxTarget::Tap(t)) if t.is_gone())
     }
 }

@@ -61,13 +61,13 @@ pub struct WorkerRt {
 
 /// Sends `data` to `port` from a worker, counting a failure.
 fn send_to(targets: &[TxTarget], uplink: &mut Option<XskPort>, counters: &Counters, port: PortId, data: &[u8]) {
-    let ok = match targets.get(port as usize) {
-        Some(TxTarget::Uplink) => uplink.as_mut().is_some_and(|u| u.tx_copy(data)),
-        Some(TxTarget::Tap(t)) => t.send(data),
-        _ => false,
+    let failed = match targets.get(port as usize) {
+        Some(TxTarget::Uplink) => (!uplink.as_mut().is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
+        Some(TxTarget::Tap(t)) => (!t.send(data)).then(|| t.send_failure()),
+        _ => Some(DropReason::TxFull),
     };
-    if !ok {
-        counters.count_drop(DropReason::TxFull);
+    if let Some(reason) = failed {
+        counters.count_drop(reason);
     }
 }
 
@@ -86,6 +86,7 @@ impl WorkerRt {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let port_cell = self.ports.clone();
         let mut fds_for = u64::MAX;
+        let mut fds_gone = 0;
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
@@ -96,14 +97,16 @@ impl WorkerRt {
             let ports = port_cell.load();
             let targets = &ports.targets[..];
             let taps: &[Arc<TapPort>] = if self.rx_taps { &ports.taps } else { &[] };
-            if fds_for != ports.version {
+            // A TAP removed under us reports POLLERR for ever: poll only those still there.
+            let gone = taps.iter().filter(|t| t.is_gone()).count();
+            if fds_for != ports.version || fds_gone != gone {
                 // The port set changed: poll the new one's fds.
-                fds_for = ports.version;
+                (fds_for, fds_gone) = (ports.version, gone);
                 fds.clear();
                 if let Some(u) = &self.uplink {
                     fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
                 }
-                for t in taps {
+                for t in taps.iter().filter(|t| !t.is_gone()) {
                     fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
                 }
             }
@@ -123,7 +126,7 @@ impl WorkerRt {
                                 Some(TxTarget::Tap(t)) => {
                                     let (buf, head, len) = xsk_frames[i as usize].parts();
                                     if !t.send(&buf[*head..*head + *len]) {
-                                        counters.count_drop(DropReason::TxFull);
+                                        counters.count_drop(t.send_failure());
                                     }
                                 }
                                 _ => counters.count_drop(DropReason::TxFull),
