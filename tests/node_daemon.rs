@@ -240,3 +240,43 @@ fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload
     assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reload: {}", t.log());
     t.stop(child);
 }
+
+#[test]
+fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrl", &["pod"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    let uplink = |t: &Topo| {
+        let v = t.ctl_json(&["ports"]);
+        v["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").cloned().unwrap()
+    };
+    let up0 = uplink(&t);
+    assert_eq!(up0["link"], "up", "{up0}");
+    assert!(up0["xdp"]["mode"] == "native" || up0["xdp"]["mode"] == "generic", "{up0}");
+    assert_eq!(up0["xdp"]["zero_copy"], false, "veth runs AF_XDP in copy mode: {up0}");
+    let table = common::text(&t.ctl(&["ports"]));
+    assert!(table.contains("LINK") && table.contains("/copy"), "{table}");
+    assert!(metrics(&t).contains("vrouter_uplink_link_up 1\n"));
+
+    t.exec_ok("peer", &["ip", "link", "set", "gw0", "down"]);
+    common::wait_until("ports: up0 down", Duration::from_secs(3), || uplink(&t)["link"] == "down");
+    assert!(t.log().contains("uplink link lost (no carrier)"), "{}", t.log());
+    assert!(!t.ping("pod", "192.168.1.1", "2"));
+    let s = t.stats();
+    assert!(s["drops"]["tx/link-down"].as_u64().unwrap() >= 2, "frames for the uplink while down: {s}");
+    let page = metrics(&t);
+    assert!(
+        page.contains("vrouter_uplink_link_up 0\n") && page.contains("vrouter_uplink_link_changes_total 1\n"),
+        "{page}"
+    );
+
+    t.exec_ok("peer", &["ip", "link", "set", "gw0", "up"]);
+    common::wait_until("ports: up0 up", Duration::from_secs(3), || uplink(&t)["link"] == "up");
+    assert!(t.log().contains("uplink link up"), "{}", t.log());
+    // The peer's kernel dropped its route to the pods with the link: put it back.
+    t.exec_ok("peer", &["ip", "route", "replace", "10.244.1.0/26", "via", "192.168.1.10"]);
+    common::wait_until("pod -> router again", Duration::from_secs(5), || t.ping("pod", "192.168.1.1", "1"));
+    t.stop(child);
+}
