@@ -63,7 +63,8 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
-    /// Ports with their counters.
+    /// Ports with their link state (up/down; a pod's TAP removed under us is down), the
+    /// uplink's XDP mode (native/generic, copy/zero-copy) and their counters.
     Ports,
     /// The ARP cache.
     #[command(alias = "neigh")]
@@ -524,10 +525,18 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 .iter()
                 .map(|p| {
                     let st = &p["stats"];
+                    let xdp = match (&p["xdp"]["mode"], p["xdp"]["zero_copy"].as_bool()) {
+                        (serde_json::Value::String(m), Some(zc)) => {
+                            format!("{m}/{}", if zc { "zero-copy" } else { "copy" })
+                        }
+                        _ => "-".to_string(),
+                    };
                     vec![
                         s(&p["id"]),
                         s(&p["name"]),
                         s(&p["kind"]),
+                        s(&p["link"]),
+                        xdp,
                         s(&p["mac"]),
                         s(&p["mtu"]),
                         s(&p["endpoint"]),
@@ -538,7 +547,13 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                     ]
                 })
                 .collect();
-            table(&["ID", "NAME", "KIND", "MAC", "MTU", "ENDPOINT", "RX PKTS", "TX PKTS", "RX BYTES", "TX BYTES"], &r)
+            table(
+                &[
+                    "ID", "NAME", "KIND", "LINK", "XDP", "MAC", "MTU", "ENDPOINT", "RX PKTS", "TX PKTS", "RX BYTES",
+                    "TX BYTES",
+                ],
+                &r,
+            )
         }
         CtlCmd::Neighbours => {
             let r: Vec<Vec<String>> = rows("neighbours")

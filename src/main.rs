@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "vrouter", version, about = "Userspace IPv4 forwarding engine for Kubernetes nodes")]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); the VROUTER_LOG environment variable
-    /// (tracing filter syntax) overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level: off, error, warn, info, debug or trace, optionally with per-target levels
+    /// (`info,libxdp=debug`). The VROUTER_LOG environment variable (same syntax) overrides it.
+    /// libbpf's and libxdp's messages are logged under the targets `libbpf` and `libxdp`.
+    #[arg(long, global = true, default_value = "info", value_parser = parse_log_filter)]
     log_level: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -120,10 +121,20 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VROUTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.as_str()));
+    let level = match std::env::var("VROUTER_LOG") {
+        Ok(v) => match parse_log_filter(&v) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("vrouter: VROUTER_LOG: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) => cli.log_level.clone(),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::new(level);
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    vrouter::port::xdp::route_library_logs();
     let result: Result<String, String> = match cli.cmd {
         Cmd::Run { config, stats } => {
             vrouter::control::daemon::run(&config, stats).map(|()| String::new()).map_err(|e| e.to_string())
@@ -163,6 +174,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter that means what it says: a level, or comma-separated `LEVEL` and
+/// `TARGET=LEVEL` directives. tracing's own parser takes any other word as a target name
+/// (`warning` would enable only a target called "warning", silencing every log), so the
+/// levels are checked here.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    let valid = || {
+        format!("use one of {}, optionally with per-target levels (`info,vrouter::port=debug`)", LOG_LEVELS.join(", "))
+    };
+    let level_ok = |l: &str| LOG_LEVELS.iter().any(|v| v.eq_ignore_ascii_case(l));
+    let target_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if s.trim().is_empty() {
+        return Err(format!("empty log level: {}", valid()));
+    }
+    for d in s.split(',').map(str::trim) {
+        let ok = match d.split_once('=') {
+            Some((target, level)) => target_ok(target) && level_ok(level),
+            None => level_ok(d),
+        };
+        if !ok {
+            return Err(format!("invalid log level `{d}`: {}", valid()));
+        }
+    }
+    Ok(s.to_string())
 }
 
 fn check_seconds(s: f64) -> Result<f64, String> {
@@ -214,6 +252,26 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             } else {
                 Ok(vrouter::perf::table(&r))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_filter;
+
+    #[test]
+    fn log_filter_takes_levels_and_target_levels() {
+        for ok in ["info", "WARN", "off", "trace", "info,libxdp=debug", "vrouter::port=debug,warn"] {
+            assert_eq!(parse_log_filter(ok).as_deref(), Ok(ok));
+        }
+    }
+
+    #[test]
+    fn log_filter_refuses_words_that_are_not_levels() {
+        for bad in ["warning", "bogus", "", "info,", "=debug", "vrouter=loud", "info,[span]=debug"] {
+            let e = parse_log_filter(bad).unwrap_err();
+            assert!(e.contains("error, warn, info, debug, trace"), "{bad}: {e}");
         }
     }
 }

@@ -229,3 +229,117 @@ fn check_config_env_lists_what_this_machine_lacks() {
     assert!(e.contains("this machine is not ready"), "{e}");
     assert!(e.contains("uplink.device: no device 'vrd-nodev0'") && e.contains("no namespace 'vrd-no-ns'"), "{e}");
 }
+
+#[test]
+fn a_mistyped_log_level_is_refused_with_the_valid_ones() {
+    for bad in ["warning", "bogus"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .args(["--log-level", bad, "check-config", "/nonexistent"])
+            .output()
+            .unwrap();
+        let e = common::text(&o);
+        assert!(!o.status.success(), "--log-level {bad} accepted: {e}");
+        assert!(
+            e.contains(&format!("invalid log level `{bad}`")) && e.contains("off, error, warn, info, debug, trace"),
+            "{e}"
+        );
+        // The environment variable is held to the same rule.
+        let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .env("VROUTER_LOG", bad)
+            .args(["check-config", "/nonexistent"])
+            .output()
+            .unwrap();
+        let e = common::text(&o);
+        assert!(e.contains("VROUTER_LOG") && e.contains(&format!("invalid log level `{bad}`")), "{e}");
+    }
+    // A valid one still logs: an error (the missing file) is reported.
+    let o = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["--log-level", "warn", "check-config", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(common::text(&o).contains("/nonexistent"), "{}", common::text(&o));
+}
+
+/// CPU time (user + system, seconds) of every thread of process `pid` so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // Fields after the command's closing parenthesis; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    ticks as f64 / hz
+}
+
+#[test]
+fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrg", &["pod"]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let child = t.start();
+    assert!(t.ping("peer", "10.244.1.2", "2"), "router -> pod: {}", t.log());
+    let traffic = t.spawn("peer", &["ping", "-q", "-i", "0.01", "-w", "6", "10.244.1.2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    t.exec_ok("pod", &["ip", "link", "del", "eth0"]);
+    common::wait_until("the log line", Duration::from_secs(3), || t.log().contains("TAP device gone"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(child.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(child.pid()) - before;
+    eprintln!("daemon CPU over 1 s with the pod TAP gone: {used:.3} s");
+    assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's TAP gone (a spinning core is ~1)");
+    assert_eq!(t.log().matches("TAP device gone").count(), 1, "logged once: {}", t.log());
+    let s = t.stats();
+    assert!(s["drops"]["tx/link-down"].as_u64().unwrap() > 0, "frames to the gone TAP: {s}");
+    drop(traffic);
+    // The same config applied again recreates it.
+    let r = t.ctl_json(&["reload"]);
+    assert_eq!(r["endpoints_added"], serde_json::json!(["pod"]), "{r}");
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the reload: {}", t.log());
+    assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reload: {}", t.log());
+    t.stop(child);
+}
+
+#[test]
+fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrl", &["pod"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    let uplink = |t: &Topo| {
+        let v = t.ctl_json(&["ports"]);
+        v["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").cloned().unwrap()
+    };
+    let up0 = uplink(&t);
+    assert_eq!(up0["link"], "up", "{up0}");
+    assert!(up0["xdp"]["mode"] == "native" || up0["xdp"]["mode"] == "generic", "{up0}");
+    assert_eq!(up0["xdp"]["zero_copy"], false, "veth runs AF_XDP in copy mode: {up0}");
+    let table = common::text(&t.ctl(&["ports"]));
+    assert!(table.contains("LINK") && table.contains("/copy"), "{table}");
+    assert!(metrics(&t).contains("vrouter_uplink_link_up 1\n"));
+
+    t.exec_ok("peer", &["ip", "link", "set", "gw0", "down"]);
+    common::wait_until("ports: up0 down", Duration::from_secs(3), || uplink(&t)["link"] == "down");
+    assert!(t.log().contains("uplink link lost (no carrier)"), "{}", t.log());
+    assert!(!t.ping("pod", "192.168.1.1", "2"));
+    let s = t.stats();
+    assert!(s["drops"]["tx/link-down"].as_u64().unwrap() >= 2, "frames for the uplink while down: {s}");
+    let page = metrics(&t);
+    assert!(
+        page.contains("vrouter_uplink_link_up 0\n") && page.contains("vrouter_uplink_link_changes_total 1\n"),
+        "{page}"
+    );
+
+    t.exec_ok("peer", &["ip", "link", "set", "gw0", "up"]);
+    common::wait_until("ports: up0 up", Duration::from_secs(3), || uplink(&t)["link"] == "up");
+    assert!(t.log().contains("uplink link up"), "{}", t.log());
+    // The peer's kernel dropped its route to the pods with the link: put it back.
+    t.exec_ok("peer", &["ip", "route", "replace", "10.244.1.0/26", "via", "192.168.1.10"]);
+    common::wait_until("pod -> router again", Duration::from_secs(5), || t.ping("pod", "192.168.1.1", "1"));
+    t.stop(child);
+}

@@ -18,7 +18,7 @@ use super::build::{HOST_PORT, UPLINK};
 use super::config::{Config, ConfigError, EndpointConfig};
 use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
-use super::status::{NodeStatus, UplinkInfo};
+use super::status::{LinkState, NodeStatus, UplinkInfo};
 use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
@@ -212,6 +212,25 @@ impl PortIo for TapIo {
         }
         self.publish();
     }
+
+    fn port_gone(&self, slot: PortId) -> bool {
+        self.pods.get(&slot).is_some_and(|t| t.is_gone())
+    }
+}
+
+/// One look at the uplink's link state (each timer tick), logging a change.
+fn follow_link(dev: &str, status: &NodeStatus) {
+    let now = LinkState::read(dev);
+    match status.set_link(now) {
+        Some(_) if now == LinkState::Up => info!(dev, "uplink link up: forwarding on it again"),
+        Some(before) => error!(
+            dev,
+            link = now.name(),
+            was = before.name(),
+            "uplink link lost (no carrier): frames for it are dropped (tx/link-down)"
+        ),
+        None => {}
+    }
 }
 
 /// One look at the uplink's XDP hook (each timer tick): a program removed by someone else
@@ -354,6 +373,13 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         _ => None,
     };
 
+    if let Some(u) = &cfg.uplink {
+        let link = LinkState::read(&u.device);
+        status.set_link(link);
+        if link != LinkState::Up {
+            warn!(dev = %u.device, link = link.name(), "uplink link is not up (no carrier): frames for it are dropped (tx/link-down) until it is");
+        }
+    }
     // Workers: one per uplink queue (at least one); worker 0 also receives from the TAPs.
     let n_workers = xsks.len().max(1);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -373,6 +399,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             spin: Duration::from_micros(cfg.workers.spin_us),
             core,
             stop: stop.clone(),
+            uplink_link: status.link_cell(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -461,6 +488,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             if let Err(e) = write_atomically(p, &doc.to_string()) {
                 error!(path = %p.display(), "cannot write stats: {e}");
             }
+        }
+        if let Some(u) = &cfg.uplink {
+            follow_link(&u.device, &status);
         }
         if let Some((dev, w)) = &xdp_watch {
             xdp_lost = watch_xdp(dev, w, &status, xdp_lost);

@@ -63,6 +63,11 @@ pub trait PortIo: Send {
     fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: Ipv4Addr) -> Result<(), String>;
     /// Removes it; called once no published snapshot names the slot.
     fn remove_pod(&mut self, slot: PortId);
+    /// Whether the port in `slot` was removed by someone else (a pod's TAP deleted inside the
+    /// pod, or its namespace destroyed): the next apply replaces it as if its config changed.
+    fn port_gone(&self, _slot: PortId) -> bool {
+        false
+    }
 }
 
 /// A [`PortIo`] that creates nothing (in-memory nodes, tests).
@@ -938,7 +943,8 @@ impl Node {
     }
 
     /// Which pods of `new` keep their port (by name, with the slot), and which slots go. A pod
-    /// whose port-level settings changed (anything but its policies) is replaced.
+    /// whose port-level settings changed (anything but its policies), or whose port is gone
+    /// ([`PortIo::port_gone`]), is replaced.
     fn pods_kept_and_leaving(&self, new: &Config) -> (BTreeMap<String, PortId>, Vec<PortId>) {
         let same_port = |a: &EndpointConfig, b: &EndpointConfig| {
             EndpointConfig { ingress: vec![], egress: vec![], ..a.clone() }
@@ -948,7 +954,7 @@ impl Node {
         let mut kept = BTreeMap::new();
         for (slot, pod) in self.pods.iter().filter(|(_, p)| !p.leaving) {
             match new.endpoints.iter().find(|e| e.name == pod.cfg.name) {
-                Some(e) if same_port(e, &pod.cfg) => {
+                Some(e) if same_port(e, &pod.cfg) && !self.io.port_gone(*slot) => {
                     kept.insert(e.name.clone(), *slot);
                 }
                 _ => leaving.push(*slot),
@@ -1149,6 +1155,41 @@ mod tests {
         n.apply(cfg(&format!("{}{}", pod_a(), pod_b()))).unwrap();
         assert_eq!(n.pod_ports(), [("a".to_string(), 2), ("b".to_string(), 3)]);
         assert_eq!(*rec.0.lock().unwrap(), ["add a 2", "add b 3", "remove 2", "add a 2"]);
+    }
+
+    #[test]
+    fn a_port_gone_under_us_is_recreated_by_the_next_apply() {
+        /// Records like `Recorder`, and reports the slots in its set as gone.
+        #[derive(Clone, Default)]
+        struct GoneIo(Arc<std::sync::Mutex<(Vec<String>, BTreeSet<PortId>)>>);
+        impl PortIo for GoneIo {
+            fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
+                self.0.lock().unwrap().0.push(format!("add {} {slot}", e.name));
+                Ok(())
+            }
+            fn remove_pod(&mut self, slot: PortId) {
+                let mut g = self.0.lock().unwrap();
+                g.0.push(format!("remove {slot}"));
+                g.1.remove(&slot);
+            }
+            fn port_gone(&self, slot: PortId) -> bool {
+                self.0.lock().unwrap().1.contains(&slot)
+            }
+        }
+        let c = cfg(&pod_a());
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) =
+            Shared::new(Node::empty_snapshot(&c, mac), NeighTable::new(NeighConfig::default()).unwrap());
+        let io = GoneIo::default();
+        let mut n = Node::new(c.clone(), mac, shared, fib, Box::new(io.clone())).unwrap();
+        n.apply(c.clone()).unwrap();
+        assert_eq!(io.0.lock().unwrap().0, ["add a 2"], "the same config changes nothing");
+        io.0.lock().unwrap().1.insert(2);
+        assert_eq!(n.plan(&c).unwrap().endpoints_replaced, ["a"]);
+        let r = n.apply(c).unwrap();
+        assert_eq!(r.endpoints_added, ["a"]);
+        assert_eq!(io.0.lock().unwrap().0, ["add a 2", "remove 2", "add a 2"]);
+        assert_eq!(n.pod_ports(), [("a".to_string(), 2)]);
     }
 
     #[test]

@@ -241,8 +241,13 @@ impl Control {
                             .copied()
                             .flatten()
                             .map(|e| snap.endpoints[e as usize].name.clone());
-                        json!({"id": i, "name": p.name, "kind": p.kind, "mac": p.mac.to_string(), "mtu": p.mtu,
-                               "endpoint": endpoint, "stats": st})
+                        let uplink = p.kind == crate::dataplane::state::PortKind::Uplink;
+                        let mut v = json!({"id": i, "name": p.name, "kind": p.kind, "mac": p.mac.to_string(), "mtu": p.mtu,
+                               "endpoint": endpoint, "stats": st, "link": self.status.port_link(i, uplink).name()});
+                        if let (true, Some(u)) = (uplink, self.status.uplink.get()) {
+                            v["xdp"] = json!({"mode": u.xdp_mode, "zero_copy": u.zero_copy});
+                        }
+                        v
                     })
                     .collect();
                 Ok(json!({"ports": ports}))
@@ -364,6 +369,20 @@ impl Control {
             Extra::conntrack_entries(conns as usize),
             Extra::snapshot_generation(snap.generation),
             Extra::uptime(self.started.elapsed()),
+            Extra::gauge(
+                "vrouter_uplink_link_up",
+                "1 while the uplink has carrier, 0 while it is down (-1: unknown, or no uplink).",
+                match self.status.link() {
+                    super::status::LinkState::Up => 1.0,
+                    super::status::LinkState::Down => 0.0,
+                    super::status::LinkState::Unknown => -1.0,
+                },
+            ),
+            Extra::counter(
+                "vrouter_uplink_link_changes_total",
+                "Changes of the uplink's link state seen since start.",
+                self.status.link_changes.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
             Extra::counter(
                 "vrouter_uplink_xdp_detached_total",
                 "Times the uplink's XDP program was found removed by someone else (attached again when the hook was free).",

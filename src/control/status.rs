@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
-use crate::worker::PortSet;
+use crate::worker::{PortSet, TxTarget};
 
 /// A link's state as read from the kernel (`/sys/class/net/<dev>/operstate` and `carrier`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -96,12 +96,30 @@ impl NodeStatus {
         LinkState::from_u8(self.link.load(Relaxed))
     }
 
-    /// Records `now`; returns the previous state if it changed.
+    /// Records `now`; returns the previous state if it changed from a known one (the first
+    /// reading is not a change).
     pub fn set_link(&self, now: LinkState) -> Option<LinkState> {
         let before = LinkState::from_u8(self.link.swap(now as u8, Relaxed));
-        (before != now).then(|| {
+        (before != now && before != LinkState::Unknown).then(|| {
             self.link_changes.fetch_add(1, Relaxed);
             before
         })
+    }
+
+    /// Whether port `slot` has a TAP the kernel removed under us (deleted inside the pod, or
+    /// the pod's namespace destroyed).
+    pub fn port_gone(&self, slot: usize) -> bool {
+        matches!(self.ports.load().targets.get(slot), Some(TxTarget::Tap(t)) if t.is_gone())
+    }
+
+    /// A port's link state for `ports`: the uplink's as followed, a TAP's `down` once gone.
+    pub fn port_link(&self, slot: usize, is_uplink: bool) -> LinkState {
+        if is_uplink {
+            self.link()
+        } else if self.port_gone(slot) {
+            LinkState::Down
+        } else {
+            LinkState::Up
+        }
     }
 }

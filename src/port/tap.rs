@@ -5,10 +5,12 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tun_tap::{Iface, Mode};
 
 use crate::dataplane::{PacketBuf, PortId, HEADROOM};
+use crate::stats::DropReason;
 
 /// Runs `ip ARGS`, turning a failure into an error that shows the command and its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
@@ -29,10 +31,23 @@ pub fn ip(args: &[&str]) -> io::Result<()> {
 
 /// A TAP device. `send` takes `&self` (one write per frame), so any worker may transmit on
 /// it; one worker receives from it.
+///
+/// The kernel can remove the device under us (deleted inside the pod, or the pod's namespace
+/// destroyed) while we hold its fd: reads and writes then fail with `EBADFD` and poll(2)
+/// reports `POLLERR` at once, for ever. The first such error marks the port gone (logged
+/// once, [`TapPort::is_gone`]); a gone port is no longer read, polled or written, and the
+/// next apply recreates it.
 pub struct TapPort {
     iface: Iface,
     pub name: String,
     port: PortId,
+    gone: AtomicBool,
+}
+
+/// Whether an error on a TAP's fd means the device is gone rather than busy. (`EIO` is a
+/// device set down, which may come back up: not gone.)
+fn is_gone_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO))
 }
 
 /// How to set up a pod's end of a TAP inside its namespace.
@@ -52,7 +67,7 @@ impl TapPort {
             io::Error::new(e.kind(), format!("cannot create TAP {name}: {e} (root and /dev/net/tun needed)"))
         })?;
         iface.set_non_blocking()?;
-        Ok(TapPort { iface, name: name.to_string(), port })
+        Ok(TapPort { iface, name: name.to_string(), port, gone: AtomicBool::new(false) })
     }
 
     /// Moves the TAP into `s.netns` and configures it there as the pod's interface: name, MAC,
@@ -108,8 +123,27 @@ impl TapPort {
         self.port
     }
 
-    /// Reads up to `bufs.len()` frames (one per buffer). Returns how many.
+    /// Whether the device was removed under us (see the type's docs).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Relaxed)
+    }
+
+    fn check_gone(&self, e: &io::Error) {
+        if is_gone_error(e) && !self.gone.swap(true, Relaxed) {
+            tracing::error!(
+                tap = %self.name,
+                port = self.port,
+                "TAP device gone ({e}): deleted inside the pod or its namespace destroyed; no longer polled, \
+                 frames to it dropped as tx/link-down; the next apply or reload recreates it"
+            );
+        }
+    }
+
+    /// Reads up to `bufs.len()` frames (one per buffer). Returns how many; none once gone.
     pub fn rx_burst(&self, bufs: &mut [PacketBuf]) -> usize {
+        if self.is_gone() {
+            return 0;
+        }
         let mut n = 0;
         for b in bufs.iter_mut() {
             match self.iface.recv(&mut b.buf[HEADROOM..]) {
@@ -119,15 +153,61 @@ impl TapPort {
                     b.port = self.port;
                     n += 1;
                 }
-                Err(_) => break, // WouldBlock, or the device went away
+                Err(e) => {
+                    self.check_gone(&e); // WouldBlock, or the device went away
+                    break;
+                }
             }
         }
         n
     }
 
-    /// Writes one frame. False if the TAP could not take it (full queue, device down).
+    /// Writes one frame. False if the TAP could not take it (full queue, or gone: see
+    /// [`TapPort::is_gone`]).
     #[inline]
     pub fn send(&self, frame: &[u8]) -> bool {
-        self.iface.send(frame).is_ok()
+        if self.is_gone() {
+            return false;
+        }
+        match self.iface.send(frame) {
+            Ok(_) => true,
+            Err(e) => {
+                self.check_gone(&e);
+                false
+            }
+        }
+    }
+
+    /// What a failed [`TapPort::send`] counts as.
+    #[inline]
+    pub fn send_failure(&self) -> DropReason {
+        if self.is_gone() {
+            DropReason::TxLinkDown
+        } else {
+            DropReason::TxFull
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tap_deleted_under_us_is_gone_after_one_error_and_not_read_again() {
+        // SAFETY: geteuid has no preconditions.
+        assert!(unsafe { libc::geteuid() } == 0, "needs root (/dev/net/tun); run the tests as root");
+        let name = format!("vrgone{}", std::process::id() % 100_000);
+        let t = TapPort::create(&name, 3).unwrap();
+        assert!(!t.is_gone());
+        let mut bufs: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new(&[], 0)).collect();
+        assert_eq!(t.rx_burst(&mut bufs), 0); // nothing yet: WouldBlock, not gone
+        assert!(!t.is_gone());
+        ip(&["link", "del", "dev", &name]).unwrap();
+        let frame = [0xffu8; 60];
+        assert!(!t.send(&frame));
+        assert!(t.is_gone(), "a write to a deleted TAP marks it gone");
+        assert_eq!(t.send_failure(), DropReason::TxLinkDown);
+        assert_eq!(t.rx_burst(&mut bufs), 0);
     }
 }

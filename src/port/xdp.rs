@@ -211,9 +211,10 @@ unsafe extern "C" fn libbpf_print(
     // `buf.len()` bytes, NUL included.
     let n = unsafe { cfmt::vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, ap.cast()) };
     let msg = message(&buf);
+    let msg = msg.strip_prefix("libbpf: ").unwrap_or(&msg);
+    // libbpf's info level is chatty (each ELF section it skips): debug here.
     match level {
         libbpf_sys::LIBBPF_WARN => tracing::warn!(target: "libbpf", "{msg}"),
-        libbpf_sys::LIBBPF_INFO => tracing::info!(target: "libbpf", "{msg}"),
         _ => tracing::debug!(target: "libbpf", "{msg}"),
     }
     n
@@ -228,6 +229,7 @@ unsafe extern "C" fn libxdp_print(
     // SAFETY: as in `libbpf_print`.
     let n = unsafe { cfmt::vsnprintf(buf.as_mut_ptr().cast(), buf.len(), fmt, ap.cast()) };
     let msg = message(&buf);
+    let msg = msg.strip_prefix("libxdp: ").unwrap_or(&msg);
     match level {
         libxdp_sys::libxdp_print_level_LIBXDP_WARN => tracing::warn!(target: "libxdp", "{msg}"),
         libxdp_sys::libxdp_print_level_LIBXDP_INFO => tracing::info!(target: "libxdp", "{msg}"),
@@ -237,7 +239,8 @@ unsafe extern "C" fn libxdp_print(
 }
 
 /// Sends libbpf's and libxdp's messages to `tracing` (targets `libbpf`, `libxdp`; their
-/// warn/info/debug levels kept), so `--log-level` governs them like ours.
+/// levels kept, except libbpf's info, which is debug here), so `--log-level` governs them
+/// like ours.
 pub fn route_library_logs() {
     // SAFETY: both setters store a function pointer; ours are valid for the whole program.
     unsafe {
@@ -292,8 +295,8 @@ mod tests {
             // SAFETY: libxdp's error-pointer convention: the result is an error code, not freed.
             assert!(unsafe { libxdp_sys::libxdp_get_error(prog.cast()) } != 0);
         });
-        assert!(out.contains("libbpf:"), "libbpf message not routed: {out:?}");
-        assert!(out.contains("libxdp:"), "libxdp message not routed: {out:?}");
+        assert!(out.contains(" libbpf: "), "libbpf message not routed: {out:?}");
+        assert!(out.contains(" libxdp: "), "libxdp message not routed: {out:?}");
     }
 
     #[test]

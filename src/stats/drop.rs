@@ -141,6 +141,9 @@ drop_reasons! {
     // --- Output ---
     /// The output port's TX queue was full.
     TxFull => "tx/full",
+    /// The output port's link is down: the uplink without carrier (its peer or cable down),
+    /// or a pod's TAP removed under us (deleted in the pod, its namespace destroyed).
+    TxLinkDown => "tx/link-down",
 
     // --- Before the pipeline: the uplink's AF_XDP socket, as the kernel counts it ---
     /// The socket's RX ring was full: the worker did not keep up.

@@ -9,13 +9,14 @@
 //! device's receive work (a NAPI thread) shares the core it runs instead of waiting out our
 //! time slice (measured in BENCHMARKS.md: 0.51x -> 0.92x kernel forwarding on veth).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::control::config::IdleMode;
+use crate::control::status::LinkState;
 use crate::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
 use crate::port::afxdp::{XskFrame, XskPort};
 use crate::port::tap::TapPort;
@@ -57,17 +58,29 @@ pub struct WorkerRt {
     pub spin: Duration,
     pub core: Option<core_affinity::CoreId>,
     pub stop: Arc<AtomicBool>,
+    /// The uplink's link state ([`LinkState`] as u8, kept by the daemon's timer): frames for
+    /// an uplink without carrier are counted as `tx/link-down`, not offered to the device.
+    pub uplink_link: Arc<AtomicU8>,
 }
 
-/// Sends `data` to `port` from a worker, counting a failure.
-fn send_to(targets: &[TxTarget], uplink: &mut Option<XskPort>, counters: &Counters, port: PortId, data: &[u8]) {
-    let ok = match targets.get(port as usize) {
-        Some(TxTarget::Uplink) => uplink.as_mut().is_some_and(|u| u.tx_copy(data)),
-        Some(TxTarget::Tap(t)) => t.send(data),
-        _ => false,
+/// Sends `data` to `port` from a worker, counting a failure. Nothing is offered to an uplink
+/// without carrier (`uplink_down`): the frame is lost, and counted as such.
+fn send_to(
+    targets: &[TxTarget],
+    uplink: &mut Option<XskPort>,
+    uplink_down: bool,
+    counters: &Counters,
+    port: PortId,
+    data: &[u8],
+) {
+    let failed = match targets.get(port as usize) {
+        Some(TxTarget::Uplink) if uplink_down => Some(DropReason::TxLinkDown),
+        Some(TxTarget::Uplink) => (!uplink.as_mut().is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
+        Some(TxTarget::Tap(t)) => (!t.send(data)).then(|| t.send_failure()),
+        _ => Some(DropReason::TxFull),
     };
-    if !ok {
-        counters.count_drop(DropReason::TxFull);
+    if let Some(reason) = failed {
+        counters.count_drop(reason);
     }
 }
 
@@ -86,6 +99,7 @@ impl WorkerRt {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let port_cell = self.ports.clone();
         let mut fds_for = u64::MAX;
+        let mut fds_gone = 0;
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
@@ -94,16 +108,19 @@ impl WorkerRt {
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
             let ports = port_cell.load();
+            let uplink_down = self.uplink_link.load(Ordering::Relaxed) == LinkState::Down as u8;
             let targets = &ports.targets[..];
             let taps: &[Arc<TapPort>] = if self.rx_taps { &ports.taps } else { &[] };
-            if fds_for != ports.version {
+            // A TAP removed under us reports POLLERR for ever: poll only those still there.
+            let gone = taps.iter().filter(|t| t.is_gone()).count();
+            if fds_for != ports.version || fds_gone != gone {
                 // The port set changed: poll the new one's fds.
-                fds_for = ports.version;
+                (fds_for, fds_gone) = (ports.version, gone);
                 fds.clear();
                 if let Some(u) = &self.uplink {
                     fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
                 }
-                for t in taps {
+                for t in taps.iter().filter(|t| !t.is_gone()) {
                     fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
                 }
             }
@@ -119,11 +136,12 @@ impl WorkerRt {
                     for p in out.active_ports() {
                         for &i in out.tx(p) {
                             match targets.get(p as usize) {
+                                Some(TxTarget::Uplink) if uplink_down => counters.count_drop(DropReason::TxLinkDown),
                                 Some(TxTarget::Uplink) => own[i as usize] = true,
                                 Some(TxTarget::Tap(t)) => {
                                     let (buf, head, len) = xsk_frames[i as usize].parts();
                                     if !t.send(&buf[*head..*head + *len]) {
-                                        counters.count_drop(DropReason::TxFull);
+                                        counters.count_drop(t.send_failure());
                                     }
                                 }
                                 _ => counters.count_drop(DropReason::TxFull),
@@ -131,7 +149,7 @@ impl WorkerRt {
                         }
                     }
                     for (p, data) in out.emitted.frames() {
-                        send_to(targets, &mut self.uplink, &counters, p, data);
+                        send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
                     }
                     let up = self.uplink.as_mut().expect("checked above");
                     for (i, f) in xsk_frames.drain(..).enumerate() {
@@ -153,11 +171,11 @@ impl WorkerRt {
                 let out = self.pipeline.output();
                 for p in out.active_ports() {
                     for &i in out.tx(p) {
-                        send_to(targets, &mut self.uplink, &counters, p, tap_bufs[i as usize].data());
+                        send_to(targets, &mut self.uplink, uplink_down, &counters, p, tap_bufs[i as usize].data());
                     }
                 }
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, &mut self.uplink, &counters, p, data);
+                    send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
                 }
             }
             if now_ms >= next_kernel_stats_ms {
@@ -175,7 +193,7 @@ impl WorkerRt {
                 self.pipeline.process(&mut tap_bufs[..0], now_ms);
                 let out = self.pipeline.output();
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, &mut self.uplink, &counters, p, data);
+                    send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
