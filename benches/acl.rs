@@ -212,5 +212,39 @@ fn bench_conntrack(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_evaluate, bench_conntrack);
+/// A new connection into a full table (issue 9 item 8): of flows nobody answered, it takes an
+/// early-dropped entry's place; of answered ones, it is refused after the same bounded search.
+fn bench_conntrack_full(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(43);
+    let n = 100_000;
+    for (name, answered) in
+        [("acl/conntrack-insert-full-unreplied-100k", false), ("acl/conntrack-insert-full-answered-100k", true)]
+    {
+        let mut ct = ConnTrack::with_capacity(n, CtTimeouts::default());
+        while ct.len() < n {
+            let k = FlowKey { proto: PROTO_UDP, ..random_key(&mut rng) };
+            if ct.insert(&k, 0, 0, 1).is_ok() && answered {
+                ct.lookup(&FlowKey { src: k.dst, dst: k.src, sport: k.dport, dport: k.sport, ..k }, 0, 0, 1);
+            }
+        }
+        let fresh: Vec<FlowKey> = (0..NKEYS).map(|_| FlowKey { proto: PROTO_UDP, ..random_key(&mut rng) }).collect();
+        assert_no_alloc("ConnTrack insert into a full table", || {
+            for k in &fresh[..1000] {
+                let _ = black_box(ct.insert_for(k, Some(1), 0, 10, 1));
+            }
+        });
+        let mut i = 0u32;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                // A key never seen before (the source port makes it unique for 65,536 rounds).
+                let k = FlowKey { sport: i as u16, ..fresh[i as usize % NKEYS] };
+                black_box(ct.insert(black_box(&k), 0, 10, 1)).ok()
+            })
+        });
+        assert_eq!(ct.len(), n);
+    }
+}
+
+criterion_group!(benches, bench_evaluate, bench_conntrack, bench_conntrack_full);
 criterion_main!(benches);

@@ -4,10 +4,26 @@
 //! **Table.** Linear probing over a power-of-two slot array at most half full (slots =
 //! 2 × capacity rounded up), every entry within [`PROBE_WINDOW`] slots of its home, deletion by
 //! backward shift (no tombstones, so a probe stops at the first empty slot). Nothing is
-//! allocated after [`ConnTrack::with_capacity`]. When the window holds no free slot the insert
-//! evicts an expired entry in the window, if there is one, and otherwise fails with
-//! [`CtError::Full`] (the pipeline counts `policy/conntrack-full`); `len()` never exceeds the
-//! capacity asked for.
+//! allocated after [`ConnTrack::with_capacity`]; `len()` never exceeds the capacity asked for.
+//!
+//! **Full table: early drop.** When the table is at capacity, or the window holds no free
+//! slot, the insert takes an expired entry in the window if there is one, and otherwise drops
+//! early (as Linux's `early_drop`, which samples a few buckets near the new entry's) the
+//! unassured entry in the window that would expire first. *Unassured*: no reply seen yet (a
+//! UDP flow nobody answered, a SYN without SYN+ACK, a mid-stream pick-up), a TCP handshake not
+//! finished, or a closing TCP connection. Answered, established connections are never dropped
+//! for a new one: with none to drop the insert fails with [`CtError::Full`] (the pipeline
+//! counts `policy/conntrack-full`). The window is the bounded sample: an insert looks at most
+//! [`PROBE_WINDOW`] slots, whatever the table's state.
+//!
+//! **Per-endpoint share.** Each entry is charged to one local endpoint (the pipeline passes
+//! the originator if it is a local pod, else the local destination). An endpoint may hold at
+//! most its share of the capacity ([`ConnTrack::with_endpoint_share`]); beyond it the insert
+//! fails with [`CtError::EndpointShare`] (`policy/conntrack-endpoint-share`), so one pod
+//! opening flows as fast as it can takes at most its share and never the whole table (issue 9:
+//! 70,000 UDP flows from one pod used to refuse every new connection on the node for 28 s).
+//! Counts are per endpoint id; an id reused for a new pod inherits the old pod's entries
+//! until they expire.
 //!
 //! **Keys.** TCP, UDP, SCTP and other protocols: the 5-tuple ordered so that the lower
 //! `(address, port)` end comes first; both directions find the same entry, which records which
@@ -43,7 +59,8 @@
 //! 3. `Miss`: evaluate policy; allowed -> `insert` (an `Err(Full)` is counted as
 //!    `policy/conntrack-full` and the packet dropped); denied -> drop.
 
-use super::{FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::{EndpointId, FlowKey, Fragment, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::stats::DropReason;
 
 /// Maximum distance of an entry from its home slot.
 pub const PROBE_WINDOW: usize = 32;
@@ -112,10 +129,25 @@ pub enum CtLookup {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CtError {
     #[error(
-        "connection table full ({capacity} entries, no expired entry near the new one's slot): \
-         raise the conntrack capacity or lower the timeouts"
+        "connection table full ({capacity} entries, no expired or unanswered entry near the new \
+         one's slot): raise the conntrack capacity or lower the timeouts"
     )]
     Full { capacity: usize },
+    #[error(
+        "endpoint {endpoint} holds its share of the connection table ({limit} entries): raise \
+         conntrack.endpoint_share_percent if one pod needs more"
+    )]
+    EndpointShare { endpoint: EndpointId, limit: usize },
+}
+
+impl CtError {
+    /// What the pipeline counts when an insert fails.
+    pub const fn drop_reason(&self) -> DropReason {
+        match self {
+            CtError::Full { .. } => DropReason::ConntrackFull,
+            CtError::EndpointShare { .. } => DropReason::ConntrackEndpointShare,
+        }
+    }
 }
 
 /// Connection state, as shown by the CLI.
@@ -180,6 +212,11 @@ struct Slot {
     used: bool,
     /// The originator is end `a`.
     orig_is_a: bool,
+    /// A packet in the reply direction has been seen.
+    replied: bool,
+    /// `owner` is the endpoint this entry is charged to.
+    owned: bool,
+    owner: EndpointId,
     state: CtState,
     fins: u8,
     home: u32,
@@ -196,6 +233,18 @@ pub struct ConnTrack {
     seed: u64,
     timeouts: CtTimeouts,
     sweep: usize,
+    /// Entries charged to each endpoint id, and the most one may hold.
+    per_endpoint: Box<[u32]>,
+    share_max: usize,
+    early_drops: u64,
+}
+
+/// Whether a connection has earned its place: answered, established (or not TCP), not closing.
+/// Anything else may be dropped early to admit a new connection into a full table.
+#[inline]
+fn assured(s: &Slot) -> bool {
+    s.replied
+        && !matches!(s.state, CtState::TcpSynSent | CtState::TcpSynRecv | CtState::TcpTimeWait | CtState::TcpClosed)
 }
 
 /// The tracked tuple of a packet and whether the packet comes from end `a`.
@@ -231,11 +280,36 @@ impl ConnTrack {
             seed: rand::random(),
             timeouts,
             sweep: 0,
+            per_endpoint: vec![0; EndpointId::MAX as usize + 1].into_boxed_slice(),
+            share_max: n,
+            early_drops: 0,
         }
+    }
+
+    /// Caps what one endpoint may hold at `percent` of the capacity (at least one entry;
+    /// 100: no cap beyond the capacity).
+    pub fn with_endpoint_share(mut self, percent: u8) -> Self {
+        self.share_max = (self.capacity * percent.min(100) as usize / 100).max(1);
+        self
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The most entries one endpoint may hold.
+    pub fn endpoint_share(&self) -> usize {
+        self.share_max
+    }
+
+    /// Entries charged to endpoint `ep`.
+    pub fn endpoint_entries(&self, ep: EndpointId) -> usize {
+        self.per_endpoint[ep as usize] as usize
+    }
+
+    /// Unassured entries dropped to admit new connections (see the module docs).
+    pub fn early_drops(&self) -> u64 {
+        self.early_drops
     }
 
     pub fn len(&self) -> usize {
@@ -250,9 +324,9 @@ impl ConnTrack {
         &self.timeouts
     }
 
-    /// Heap bytes of the slot array.
+    /// Heap bytes of the slot array and the per-endpoint counts.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
+        std::mem::size_of_val(&*self.slots) + std::mem::size_of_val(&*self.per_endpoint)
     }
 
     #[inline]
@@ -322,6 +396,7 @@ impl ConnTrack {
     /// Applies one packet to an entry's state and timer.
     fn advance(to: &CtTimeouts, s: &mut Slot, dir: CtDir, flags: u8, now_ms: u64) {
         let before = s.state;
+        s.replied |= dir == CtDir::Reply;
         match s.state {
             CtState::UdpUnreplied if dir == CtDir::Reply => s.state = CtState::UdpReplied,
             CtState::TcpClosed => {}
@@ -355,10 +430,25 @@ impl ConnTrack {
         }
     }
 
-    /// Records a connection that policy has just allowed (call after a `Miss`). On an existing
-    /// live entry this applies the packet and adopts `generation`. Untracked packets (see the
-    /// module docs) and lone RSTs store nothing and return `Ok`.
+    /// Records a connection that policy has just allowed (call after a `Miss`), charged to no
+    /// endpoint. See [`ConnTrack::insert_for`].
     pub fn insert(&mut self, key: &FlowKey, tcp_flags: u8, now_ms: u64, generation: u64) -> Result<(), CtError> {
+        self.insert_for(key, None, tcp_flags, now_ms, generation)
+    }
+
+    /// Records a connection that policy has just allowed (call after a `Miss`), charged to
+    /// `owner`. On an existing live entry this applies the packet and adopts `generation`.
+    /// Untracked packets (see the module docs) and lone RSTs store nothing and return `Ok`.
+    /// A new entry is refused when `owner` holds its share, and takes an expired slot, a free
+    /// one, or an early-dropped unassured entry's, in that order (see the module docs).
+    pub fn insert_for(
+        &mut self,
+        key: &FlowKey,
+        owner: Option<EndpointId>,
+        tcp_flags: u8,
+        now_ms: u64,
+        generation: u64,
+    ) -> Result<(), CtError> {
         let Some((t, from_a)) = tuple_of(key) else { return Ok(()) };
         let state = match t.proto {
             PROTO_TCP if tcp_flags & TCP_RST != 0 => return Ok(()),
@@ -369,18 +459,23 @@ impl ConnTrack {
             _ => CtState::Other,
         };
         let home = self.hash(&t) as usize & self.mask;
+        // The probe chain up to the first free slot: the key itself, or an expired entry to
+        // replace in place (which keeps the chain intact).
         let mut free = None;
+        let mut reuse = None;
+        let mut chain_end = PROBE_WINDOW;
         for d in 0..PROBE_WINDOW {
             let i = (home + d) & self.mask;
             let s = &mut self.slots[i];
             if !s.used {
-                free = free.or(Some(i));
+                free = Some(i);
+                chain_end = d;
                 break;
             }
             let expired = s.expires_ms <= now_ms;
             if s.t == t {
                 if expired {
-                    free = Some(i);
+                    reuse = Some(i);
                     break;
                 }
                 let dir = if from_a == s.orig_is_a { CtDir::Original } else { CtDir::Reply };
@@ -388,34 +483,82 @@ impl ConnTrack {
                 Self::advance(&self.timeouts, s, dir, tcp_flags, now_ms);
                 return Ok(());
             }
-            if expired && free.is_none() {
-                free = Some(i);
+            if expired && reuse.is_none() {
+                reuse = Some(i);
             }
         }
-        let Some(i) = free else { return Err(CtError::Full { capacity: self.capacity }) };
-        if !self.slots[i].used {
-            if self.len >= self.capacity {
-                // At capacity with a free slot but no expired entry on the way to it: drop an
-                // expired entry anywhere in the window (another cluster), then insert again.
-                let now_expired = |s: &Slot| s.used && s.expires_ms <= now_ms;
-                let victim = (0..PROBE_WINDOW).map(|d| (home + d) & self.mask).find(|&j| now_expired(&self.slots[j]));
-                return match victim {
-                    Some(j) => {
-                        self.delete_at(j);
-                        self.insert(key, tcp_flags, now_ms, generation)
-                    }
-                    None => Err(CtError::Full { capacity: self.capacity }),
-                };
+        if let Some(o) = owner {
+            // An expired entry of the same owner about to be replaced does not count.
+            let own_reuse = reuse.is_some_and(|i| self.slots[i].owned && self.slots[i].owner == o);
+            let capped = self.share_max < self.capacity;
+            if capped && self.per_endpoint[o as usize] as usize >= self.share_max && !own_reuse {
+                return Err(CtError::EndpointShare { endpoint: o, limit: self.share_max });
             }
-            self.len += 1;
         }
-        // Reusing an expired slot in place keeps the probe chain intact.
-        let mut s =
-            Slot { t, used: true, orig_is_a: from_a, state, fins: 0, home: home as u32, generation, expires_ms: 0 };
+        let i = match (reuse, free) {
+            (Some(i), _) => {
+                self.release(i);
+                i
+            }
+            (None, Some(i)) if self.len < self.capacity => {
+                self.len += 1;
+                i
+            }
+            _ => {
+                // Full (or no free slot in the window): drop early. Before the chain's end a
+                // victim is replaced in place; after it (another cluster) it is deleted, which
+                // leaves `free` free, and the new entry takes `free`.
+                let victim = (0..PROBE_WINDOW)
+                    .map(|d| (d, (home + d) & self.mask))
+                    .filter(|&(_, j)| {
+                        let s = &self.slots[j];
+                        s.used && (s.expires_ms <= now_ms || !assured(s))
+                    })
+                    .min_by_key(|&(_, j)| self.slots[j].expires_ms);
+                let Some((d, j)) = victim else { return Err(CtError::Full { capacity: self.capacity }) };
+                self.early_drops += 1;
+                if d < chain_end {
+                    self.release(j);
+                    j
+                } else {
+                    let Some(f) = free else { return Err(CtError::Full { capacity: self.capacity }) };
+                    self.delete_at(j);
+                    self.len += 1;
+                    f
+                }
+            }
+        };
+        let mut s = Slot {
+            t,
+            used: true,
+            orig_is_a: from_a,
+            replied: false,
+            owned: owner.is_some(),
+            owner: owner.unwrap_or(0),
+            state,
+            fins: 0,
+            home: home as u32,
+            generation,
+            expires_ms: 0,
+        };
         Self::advance(&self.timeouts, &mut s, CtDir::Original, tcp_flags, now_ms);
         s.expires_ms = now_ms.saturating_add(Self::timeout(&self.timeouts, s.state));
+        if let Some(o) = owner {
+            self.per_endpoint[o as usize] += 1;
+        }
         self.slots[i] = s;
         Ok(())
+    }
+
+    /// Uncharges the entry at `i` from its endpoint (it is being replaced or deleted).
+    #[inline]
+    fn release(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        if s.owned {
+            s.owned = false;
+            let c = &mut self.per_endpoint[s.owner as usize];
+            *c = c.saturating_sub(1);
+        }
     }
 
     /// Marks the packet's connection as admitted under `generation` (after re-evaluation).
@@ -439,6 +582,7 @@ impl ConnTrack {
     /// Backward-shift deletion: pull later members of the cluster into the hole when that
     /// keeps them between their home and their current slot.
     fn delete_at(&mut self, hole: usize) {
+        self.release(hole);
         let mut i = hole;
         let mut j = hole;
         loop {
@@ -650,20 +794,127 @@ mod tests {
     }
 
     #[test]
-    fn full_table_refuses_then_evicts_expired() {
+    fn full_table_of_answered_flows_refuses_then_evicts_expired() {
         let to = CtTimeouts::default();
         let mut c = ConnTrack::with_capacity(100, to);
         for p in 0..100 {
             c.insert(&udp(A, p, B, 53), 0, 0, 1).unwrap();
+            assert_eq!(c.lookup(&rev(udp(A, p, B, 53)), 0, 0, 1), HIT_REPLY);
         }
         assert_eq!(c.len(), 100);
         let extra = udp(A, 1000, B, 53);
         assert_eq!(c.insert(&extra, 0, 1, 1), Err(CtError::Full { capacity: 100 }));
-        assert_eq!(c.len(), 100);
+        assert_eq!(c.insert(&extra, 0, 1, 1).unwrap_err().drop_reason(), DropReason::ConntrackFull);
+        assert_eq!((c.len(), c.early_drops()), (100, 0), "answered flows are never dropped early");
         // Once everything has expired, the insert replaces an expired entry in its window.
-        c.insert(&extra, 0, to.udp_ms, 1).unwrap();
+        c.insert(&extra, 0, to.udp_replied_ms, 1).unwrap();
         assert_eq!(c.len(), 100);
-        assert_eq!(c.lookup(&extra, 0, to.udp_ms + 1, 1), HIT_ORIG);
+        assert_eq!(c.lookup(&extra, 0, to.udp_replied_ms + 1, 1), HIT_ORIG);
+    }
+
+    /// Issue 9 item 8: a full table of flows nobody answered admits a new one by dropping the
+    /// unassured entry that would expire first; answered ones stay.
+    #[test]
+    fn full_table_drops_an_unreplied_entry_early_for_a_new_one() {
+        let mut c = ConnTrack::with_capacity(64, CtTimeouts::default());
+        for p in 0..64 {
+            c.insert(&udp(A, p, B, 53), 0, p as u64, 1).unwrap();
+        }
+        // Half answered: those may not go.
+        for p in (0..64).step_by(2) {
+            c.lookup(&rev(udp(A, p, B, 53)), 0, 100, 1);
+        }
+        for n in 0..32u16 {
+            c.insert(&udp(B, 2000 + n, A, 80), 0, 200, 1).unwrap();
+            assert_eq!(c.len(), 64);
+        }
+        assert_eq!(c.early_drops(), 32);
+        for p in (0..64).step_by(2) {
+            assert_eq!(c.lookup(&udp(A, p, B, 53), 0, 300, 1), HIT_ORIG, "answered flow {p} kept");
+        }
+        assert!(c.lookup(&udp(B, 2031, A, 80), 0, 300, 1) == HIT_ORIG, "the newest one is in");
+        // A table of only answered flows refuses.
+        let unanswered: Vec<FlowKey> =
+            c.entries().filter(|e| e.state == CtState::UdpUnreplied).map(|e| rev(e.original)).collect();
+        for k in unanswered {
+            c.lookup(&k, 0, 400, 1);
+        }
+        assert_eq!(c.insert(&udp(B, 9, A, 9), 0, 500, 1), Err(CtError::Full { capacity: 64 }));
+        // A TCP handshake that never completed is not assured either.
+        let mut c = ConnTrack::with_capacity(2, CtTimeouts::default());
+        c.insert(&tcp(A, 1, B, 80), TCP_SYN, 0, 1).unwrap();
+        c.lookup(&rev(tcp(A, 1, B, 80)), TCP_SYN | TCP_ACK, 1, 1);
+        c.insert(&tcp(A, 2, B, 80), TCP_SYN, 2, 1).unwrap();
+        c.insert(&tcp(A, 3, B, 80), TCP_SYN, 3, 1).unwrap();
+        assert_eq!(c.lookup(&tcp(A, 1, B, 80), TCP_ACK, 4, 1), CtLookup::Miss, "the older half-open one went");
+    }
+
+    #[test]
+    fn one_endpoint_holds_at_most_its_share() {
+        let to = CtTimeouts::default();
+        let mut c = ConnTrack::with_capacity(100, to).with_endpoint_share(25);
+        assert_eq!(c.endpoint_share(), 25);
+        for p in 0..25 {
+            c.insert_for(&udp(A, p, B, 53), Some(7), 0, 0, 1).unwrap();
+        }
+        let err = c.insert_for(&udp(A, 99, B, 53), Some(7), 0, 0, 1).unwrap_err();
+        assert_eq!(err, CtError::EndpointShare { endpoint: 7, limit: 25 });
+        assert_eq!(err.drop_reason(), DropReason::ConntrackEndpointShare);
+        // A packet of an existing connection is not a new entry: never refused.
+        c.insert_for(&udp(A, 3, B, 53), Some(7), 0, 1, 1).unwrap();
+        // Others are not affected; uncharged inserts neither.
+        c.insert_for(&udp(B, 1, A, 1), Some(8), 0, 0, 1).unwrap();
+        c.insert(&udp(B, 2, A, 2), 0, 0, 1).unwrap();
+        assert_eq!((c.endpoint_entries(7), c.endpoint_entries(8), c.len()), (25, 1, 27));
+        // Removal, expiry on lookup, and the sweep all give the share back.
+        assert!(c.remove(&udp(A, 0, B, 53)));
+        assert_eq!(c.lookup(&udp(A, 1, B, 53), 0, to.udp_ms + 10, 1), CtLookup::Miss);
+        assert_eq!(c.endpoint_entries(7), 23);
+        c.expire(to.udp_ms + 10, usize::MAX);
+        c.expire(to.udp_ms + 10, usize::MAX);
+        assert_eq!((c.endpoint_entries(7), c.endpoint_entries(8), c.len()), (0, 0, 0));
+        // An endpoint at its share may replace its own expired entry.
+        for p in 0..25 {
+            c.insert_for(&udp(A, p, B, 53), Some(7), 0, 0, 1).unwrap();
+        }
+        c.insert_for(&udp(A, 0, B, 53), Some(7), 0, to.udp_ms, 1).unwrap();
+        assert_eq!(c.endpoint_entries(7), 25);
+    }
+
+    #[test]
+    fn endpoint_counts_follow_early_drops_and_reuse() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut c = ConnTrack::with_capacity(300, CtTimeouts::default()).with_endpoint_share(60);
+        for step in 0..30_000u64 {
+            let ep = rng.random_range(0..4u16);
+            let k = udp(A + ep as u32, rng.random_range(0..500u16), B, 53);
+            match rng.random_range(0..10) {
+                0 => {
+                    c.remove(&k);
+                }
+                1 => {
+                    c.lookup(&rev(k), 0, step, 1);
+                }
+                2 => {
+                    c.expire(step, 64);
+                }
+                _ => {
+                    let _ = c.insert_for(&k, Some(ep), 0, step * 10, 1);
+                }
+            }
+            if step % 1000 == 0 {
+                let mut want = [0usize; 4];
+                for s in c.slots.iter().filter(|s| s.used && s.owned) {
+                    want[s.owner as usize] += 1;
+                }
+                for ep in 0..4u16 {
+                    assert_eq!(c.endpoint_entries(ep), want[ep as usize]);
+                    assert!(c.endpoint_entries(ep) <= 180);
+                }
+                assert!(c.len() <= 300);
+            }
+        }
     }
 
     #[test]
@@ -683,6 +934,8 @@ mod tests {
                 }
                 _ => {
                     if c.insert(&k, 0, step, 1).is_ok() {
+                        // Answered, so never dropped early: the table then is an exact map.
+                        c.lookup(&rev(k), 0, step, 1);
                         live.insert((sp, dp));
                     }
                 }

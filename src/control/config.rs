@@ -41,6 +41,33 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub kernel_routes: Option<KernelRoutesConfig>,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+}
+
+/// Connection tracking (one table per worker; read at start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// Connections per worker.
+    #[serde(default = "default_ct_capacity")]
+    pub capacity: usize,
+    /// The most of `capacity` one pod may hold, in percent (100: no cap).
+    #[serde(default = "default_ct_share")]
+    pub endpoint_share_percent: u8,
+}
+
+fn default_ct_capacity() -> usize {
+    1 << 16
+}
+fn default_ct_share() -> u8 {
+    50
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig { capacity: default_ct_capacity(), endpoint_share_percent: default_ct_share() }
+    }
 }
 
 /// The control socket `vrouterctl` talks to.
@@ -388,6 +415,15 @@ impl Config {
                 );
             }
         }
+        if !(1..=1 << 24).contains(&self.conntrack.capacity) {
+            return err("conntrack.capacity", format!("{} must be 1..=16777216", self.conntrack.capacity));
+        }
+        if !(1..=100).contains(&self.conntrack.endpoint_share_percent) {
+            return err(
+                "conntrack.endpoint_share_percent",
+                format!("{} must be 1..=100 (100: no per-pod cap)", self.conntrack.endpoint_share_percent),
+            );
+        }
         let mut names = HashSet::new();
         let mut taps = HashSet::new();
         let mut addrs = HashSet::new();
@@ -621,6 +657,18 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("uplink.queues: 2 queues with network policy"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nxdp_mode = \"turbo\"\n"));
         assert!(e.contains("unknown variant `turbo`"), "{e}");
+    }
+
+    #[test]
+    fn table_limits_have_defaults_and_are_checked() {
+        let c = parse(NODE).unwrap();
+        assert_eq!((c.conntrack.capacity, c.conntrack.endpoint_share_percent), (65536, 50));
+        let c = parse(&format!("{NODE}\n[conntrack]\ncapacity = 1000\nendpoint_share_percent = 100\n")).unwrap();
+        assert_eq!((c.conntrack.capacity, c.conntrack.endpoint_share_percent), (1000, 100));
+        let e = err(&format!("{NODE}\n[conntrack]\nendpoint_share_percent = 0\n"));
+        assert!(e.contains("conntrack.endpoint_share_percent: 0 must be 1..=100"), "{e}");
+        let e = err(&format!("{NODE}\n[conntrack]\ncapacity = 0\n"));
+        assert!(e.contains("conntrack.capacity: 0 must be 1..=16777216"), "{e}");
     }
 
     #[test]

@@ -386,7 +386,12 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut counters = Vec::new();
     let mut handles = Vec::new();
     for id in 0..n_workers {
-        let pipeline = Worker::new(shared.clone(), WorkerConfig::default());
+        let wcfg = WorkerConfig {
+            conntrack_capacity: cfg.conntrack.capacity,
+            conntrack_endpoint_share_pct: cfg.conntrack.endpoint_share_percent,
+            ..WorkerConfig::default()
+        };
+        let pipeline = Worker::new(shared.clone(), wcfg);
         counters.push(pipeline.counters().clone());
         let core = cfg.workers.cores.get(id).and_then(|c| cores.iter().find(|x| x.id == *c).copied());
         let rt = WorkerRt {

@@ -1057,6 +1057,7 @@ impl Node {
             ("control", c.control != new.control),
             ("metrics", c.metrics != new.metrics),
             ("kernel_routes", c.kernel_routes != new.kernel_routes),
+            ("conntrack", c.conntrack != new.conntrack),
         ];
         let changed: Vec<&str> = differs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
         if changed.is_empty() {

@@ -91,6 +91,8 @@ const META_INIT: Meta = Meta {
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub conntrack_capacity: usize,
+    /// The most of `conntrack_capacity` one endpoint may hold, in percent.
+    pub conntrack_endpoint_share_pct: u8,
     pub conntrack_timeouts: CtTimeouts,
     /// Frames held in total while their next hop resolves, and per next hop.
     pub hold_slots: usize,
@@ -111,6 +113,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             conntrack_capacity: 1 << 16,
+            conntrack_endpoint_share_pct: 50,
             conntrack_timeouts: CtTimeouts::default(),
             hold_slots: 256,
             hold_per_neighbour: 16,
@@ -166,7 +169,8 @@ impl Worker {
         let ports = shared.snapshot.load().ports.len();
         Worker {
             counters: Arc::new(Counters::new(super::packet::MAX_PORTS)),
-            ct: ConnTrack::with_capacity(cfg.conntrack_capacity, cfg.conntrack_timeouts),
+            ct: ConnTrack::with_capacity(cfg.conntrack_capacity, cfg.conntrack_timeouts)
+                .with_endpoint_share(cfg.conntrack_endpoint_share_pct),
             hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::BUF_SIZE),
             pending: Vec::with_capacity(cfg.hold_slots),
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
@@ -964,7 +968,8 @@ impl Worker {
                 if !evaluate(pol, src_ep, dst_ep, &key) {
                     return Err(DropReason::PolicyDeny);
                 }
-                self.ct.insert(&key, fields.tcp_flags, now, gen).map_err(|_| DropReason::ConntrackFull)
+                // Charged to the local originator, else the local destination (issue 9 item 8).
+                self.ct.insert_for(&key, src_ep.or(dst_ep), fields.tcp_flags, now, gen).map_err(|e| e.drop_reason())
             }
         }
     }

@@ -844,25 +844,71 @@ mod policy {
     }
 
     #[test]
-    fn conntrack_full_refuses_new_flows_with_a_counted_drop() {
-        let cfg = WorkerConfig { conntrack_capacity: 4, ..Default::default() };
+    fn conntrack_full_of_answered_connections_refuses_new_flows_with_a_counted_drop() {
+        let cfg = WorkerConfig { conntrack_capacity: 4, conntrack_endpoint_share_pct: 100, ..Default::default() };
         let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: cfg, ..Default::default() });
-        let mut passed = 0;
-        for sport in 0..64u16 {
-            let f = frames::tcp(
-                lab::POD_A_MAC,
-                lab::POD_A_PORT_MAC,
-                lab::POD_A_IP,
-                lab::POD_B_IP,
-                1000 + sport,
-                80,
-                true,
-                false,
-            );
-            passed += run1(&mut lab, f, lab::POD_A).len();
+        let tcp = |sport: u16, syn: bool, ack: bool| {
+            frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 1000 + sport, 80, syn, ack)
+        };
+        let reply = |sport: u16| {
+            frames::tcp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::POD_A_IP, 80, 1000 + sport, true, true)
+        };
+        // Four established connections: nothing to drop early.
+        for sport in 0..4u16 {
+            assert_eq!(run1(&mut lab, tcp(sport, true, false), lab::POD_A).len(), 1);
+            assert_eq!(run1(&mut lab, reply(sport), lab::POD_B).len(), 1);
+            assert_eq!(run1(&mut lab, tcp(sport, false, true), lab::POD_A).len(), 1);
         }
-        assert!((4..64).contains(&passed), "{passed}");
-        assert_eq!(drops(&lab, DropReason::ConntrackFull), 64 - passed as u64);
+        let mut passed = 0;
+        for sport in 4..64u16 {
+            passed += run1(&mut lab, tcp(sport, true, false), lab::POD_A).len();
+        }
+        assert_eq!(passed, 0);
+        assert_eq!(drops(&lab, DropReason::ConntrackFull), 60);
+    }
+
+    /// Issue 9 item 8: pod A opens twice the table's capacity in UDP flows (none answered);
+    /// pod B's next new connection must still be admitted, and A's surplus is refused with
+    /// its own counted reason (the per-endpoint share) or evicted (early drop), never B.
+    #[test]
+    fn a_conntrack_flood_from_one_pod_leaves_room_for_another_pods_new_flows() {
+        let cfg = WorkerConfig { conntrack_capacity: 1000, ..Default::default() };
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: cfg, ..Default::default() });
+        let flood: Vec<(Vec<u8>, PortId)> = (0..2000u16)
+            .map(|p| {
+                let f =
+                    frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE2_POD, 64, p, 53, b"x");
+                (f, lab::POD_A)
+            })
+            .collect();
+        for chunk in flood.chunks(256) {
+            run(&mut lab, chunk, 1_000);
+        }
+        assert!(lab.worker.conntrack().len() <= 1000);
+        for sport in [5000u16, 5001, 5002] {
+            let f =
+                frames::udp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::NODE2_POD, 64, sport, 53, b"y");
+            let sent = run(&mut lab, &[(f, lab::POD_B)], 1_100);
+            assert_eq!(sent.len(), 1, "pod B's new flow {sport}: {:?}", lab.worker.counters().drop_table());
+        }
+        assert_eq!(drops(&lab, DropReason::ConntrackFull), 0);
+        assert_eq!(drops(&lab, DropReason::ConntrackEndpointShare), 2000 - 500, "A holds its share, no more");
+    }
+
+    /// With the share lifted, a full table still admits a new flow by dropping an unreplied
+    /// entry early (as Linux's early_drop); answered connections are never dropped for it.
+    #[test]
+    fn a_full_conntrack_table_evicts_unreplied_flows_for_new_ones() {
+        let cfg = WorkerConfig { conntrack_capacity: 200, conntrack_endpoint_share_pct: 100, ..Default::default() };
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: cfg, ..Default::default() });
+        for p in 0..400u16 {
+            let f = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE2_POD, 64, p, 53, b"x");
+            assert_eq!(run(&mut lab, &[(f, lab::POD_A)], 1_000).len(), 1, "flow {p}");
+        }
+        assert_eq!(lab.worker.conntrack().len(), 200);
+        assert_eq!(drops(&lab, DropReason::ConntrackFull), 0);
+        let f = frames::udp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::NODE2_POD, 64, 5000, 53, b"y");
+        assert_eq!(run(&mut lab, &[(f, lab::POD_B)], 1_100).len(), 1);
     }
 
     #[test]

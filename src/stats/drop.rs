@@ -125,6 +125,9 @@ drop_reasons! {
     PolicyDeny => "policy/deny",
     /// Connection tracking table full; a new connection could not be admitted.
     ConntrackFull => "policy/conntrack-full",
+    /// A new connection refused because its pod already holds its share of the connection
+    /// table (`conntrack.endpoint_share_percent`).
+    ConntrackEndpointShare => "policy/conntrack-endpoint-share",
 
     // --- FIB / forwarding ---
     /// No route (an ICMP destination unreachable is sent when allowed).
