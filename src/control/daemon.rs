@@ -4,13 +4,13 @@
 //! leave nothing behind (TAPs close with their fds, the XDP program detaches with the last
 //! AF_XDP socket, and is removed again to be sure, the socket file is removed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use arc_swap::ArcSwap;
 
@@ -19,6 +19,7 @@ use super::config::{Config, ConfigError, EndpointConfig};
 use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
 use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
+use crate::fib::Ipv4Prefix;
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
@@ -99,6 +100,8 @@ struct TapIo {
     set: Arc<ArcSwap<PortSet>>,
     pods: BTreeMap<PortId, Arc<TapPort>>,
     host: Option<Arc<TapPort>>,
+    /// The kernel's routes to pod blocks through the host TAP ([`PortIo::host_routes`]).
+    host_routes: BTreeSet<Ipv4Prefix>,
     uplink: bool,
     version: u64,
 }
@@ -149,6 +152,23 @@ impl PortIo for TapIo {
         }
         self.publish();
     }
+
+    fn host_routes(&mut self, blocks: &[Ipv4Prefix], via: std::net::Ipv4Addr) {
+        let Some(tap) = &self.host else { return };
+        let want: BTreeSet<Ipv4Prefix> = blocks.iter().copied().collect();
+        for p in self.host_routes.difference(&want) {
+            if let Err(e) = tap.unroute(&p.to_string()) {
+                warn!(prefix = %p, "host route not removed: {e}");
+            }
+        }
+        for p in want.difference(&self.host_routes) {
+            match tap.route_via(&p.to_string(), &via.to_string()) {
+                Ok(()) => info!(prefix = %p, %via, tap = %tap.name, "host route to pods"),
+                Err(e) => warn!(prefix = %p, "host route not installed: {e}"),
+            }
+        }
+        self.host_routes = want;
+    }
 }
 
 /// Tells every worker and service thread to stop and waits for them (on shutdown, and when
@@ -196,8 +216,14 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
 
     // Ports. Everything created here is removed when dropped, including on early return.
     let port_set = Arc::new(ArcSwap::from_pointee(PortSet::default()));
-    let mut io =
-        TapIo { set: port_set.clone(), pods: BTreeMap::new(), host: None, uplink: cfg.uplink.is_some(), version: 0 };
+    let mut io = TapIo {
+        set: port_set.clone(),
+        pods: BTreeMap::new(),
+        host: None,
+        host_routes: BTreeSet::new(),
+        uplink: cfg.uplink.is_some(),
+        version: 0,
+    };
     if let Some(h) = &cfg.host {
         let tap = TapPort::create(&h.tap, HOST_PORT).map_err(|e| DaemonError::Host(e.to_string()))?;
         let cidr = format!("{}/{}", cfg.node.ip, cfg.node.subnet.len());

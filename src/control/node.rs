@@ -46,6 +46,11 @@ pub trait PortIo: Send {
     fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: Ipv4Addr) -> Result<(), String>;
     /// Removes it; called once no published snapshot names the slot.
     fn remove_pod(&mut self, slot: PortId);
+    /// Points the node kernel's routes to the pod blocks (this node's and its peers') at the
+    /// host port, through `via` on-link (the pod gateway, answered by proxy ARP there), so
+    /// whatever the kernel sends to a pod goes through vrouter, as Calico keeps the host's
+    /// routes to every pod. Called with the whole set after every change.
+    fn host_routes(&mut self, _blocks: &[Ipv4Prefix], _via: Ipv4Addr) {}
 }
 
 /// A [`PortIo`] that creates nothing (in-memory nodes, tests).
@@ -304,13 +309,17 @@ impl Node {
             name: cfg.uplink.as_ref().map(|u| u.device.clone()).unwrap_or_else(|| "uplink".into()),
             kind: PortKind::Uplink,
             mac: uplink_mac,
+            peer_mac: None,
             mtu: cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500),
             punt_unknown: cfg.host.is_some(),
         };
         let host = cfg.host.as_ref().map(|h| PortInfo {
             name: h.tap.clone(),
             kind: PortKind::Host,
-            mac: uplink_mac,
+            // The kernel's side of the TAP has the uplink's MAC (it shares the node IP with
+            // us on the underlay); ours is the pod-port MAC, as Calico's host-side interfaces.
+            mac: POD_PORT_MAC,
+            peer_mac: Some(uplink_mac),
             mtu: uplink.mtu,
             punt_unknown: false,
         });
@@ -392,6 +401,7 @@ impl Node {
                 name: pod.cfg.tap.clone(),
                 kind: PortKind::Pod,
                 mac: POD_PORT_MAC,
+                peer_mac: None,
                 mtu: pod.cfg.mtu,
                 punt_unknown: false,
             });
@@ -795,6 +805,12 @@ impl Node {
             let want: BTreeMap<Ipv4Prefix, NhKey> =
                 all.iter().filter(|(_, (s, _))| *s == src).map(|(p, (_, k))| (*p, k.clone())).collect();
             report.routes_changed += self.replace_source(src, &want)?;
+        }
+
+        if self.cfg.host.is_some() {
+            let mut blocks = vec![self.cfg.node.pod_block];
+            blocks.extend(self.cfg.peers.iter().flat_map(|p| p.pod_blocks.iter().copied()));
+            self.io.host_routes(&blocks, self.cfg.node.pod_gateway);
         }
 
         // 4. The new state alone.
