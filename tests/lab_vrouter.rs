@@ -357,6 +357,31 @@ fn host_and_pods_talk_tcp_both_ways_on_every_node_and_across_nodes() {
     }
 }
 
+fn ctl(lab: &LabHandle, node: u8, args: &[&str]) -> std::process::Output {
+    let sock = format!("/run/vrouter/{}.sock", lab.node(node).ns);
+    Command::new(env!("CARGO_BIN_EXE_vrouterctl")).args(["-s", &sock]).args(args).output().expect("vrouterctl runs")
+}
+
+#[test]
+fn unreachable_and_prohibit_routes_under_the_default_route_answer_icmp() {
+    let Some((_turn, lab)) = lab("reject_routes") else { return };
+    for (prefix, kind) in [("10.99.0.0/24", "unreachable"), ("10.99.1.0/24", "prohibit")] {
+        let o = ctl(lab, 1, &["route", "add", prefix, kind]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let before = (lab.drops(1, "fib/unreachable"), lab.drops(1, "fib/prohibited"));
+    let ns = &lab.pod("1a").ns;
+    let unreachable = lab.exec(ns, &["ping", "-c", "1", "-W", "1", "10.99.0.5"]);
+    let prohibited = lab.exec(ns, &["ping", "-c", "1", "-W", "1", "10.99.1.5"]);
+    for prefix in ["10.99.0.0/24", "10.99.1.0/24"] {
+        ctl(lab, 1, &["route", "del", prefix]);
+    }
+    assert!(text(&unreachable).contains("Destination Net Unreachable"), "{}", text(&unreachable));
+    assert!(text(&prohibited).contains("Packet filtered"), "{}", text(&prohibited));
+    assert!(wait_counter(lab, 1, "drops", "fib/unreachable", before.0 + 1) > before.0, "{}", lab.stats(1));
+    assert!(wait_counter(lab, 1, "drops", "fib/prohibited", before.1 + 1) > before.1, "{}", lab.stats(1));
+}
+
 /// `cargo test --test lab_vrouter -- --ignored keep_a_lab`: brings a lab up and leaves it running
 /// for manual work; `vrouter lab down` (or `lab::down`) removes it.
 #[test]

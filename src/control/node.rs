@@ -36,7 +36,7 @@ use super::netlink::KernelNextHop;
 use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
 use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
 use crate::dataplane::{PortId, Shared, MAX_PORTS};
-use crate::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use crate::fib::{FibWriter, Ipv4Prefix, NhId};
 use crate::wire::MacAddr;
 
 /// Creates and removes pods' ports on behalf of the node (TAPs in the daemon, nothing in tests).
@@ -98,10 +98,9 @@ struct NhTable {
 
 impl NhTable {
     fn new() -> NhTable {
-        // Id 0 is Unreachable (the FIB's "no route"), forever.
-        let mut t = NhTable { keys: vec![Some(NhKey::Unreachable)], refs: vec![u32::MAX / 2], ..Default::default() };
-        t.ids.insert(NhKey::Unreachable, NH_NONE);
-        t
+        // Id 0 is the FIB's "no route", forever, and no key's: a route of type unreachable
+        // gets an id of its own, or a covering route would win over it.
+        NhTable { keys: vec![None], refs: vec![u32::MAX / 2], ..Default::default() }
     }
 
     /// The id of `k`, taking a reference (and references on ECMP members).
@@ -415,7 +414,8 @@ impl Node {
         }
         let resolve = |k: &NhKey| -> NextHop {
             match k {
-                NhKey::Unreachable => NextHop::Unreachable,
+                NhKey::Unreachable => NextHop::NetUnreachable,
+                NhKey::Prohibit => NextHop::Prohibit,
                 NhKey::Blackhole => NextHop::Blackhole,
                 NhKey::Host if self.cfg.host.is_some() => NextHop::Host,
                 NhKey::Local(slot) => match ep_of_slot.get(slot) {
@@ -689,7 +689,8 @@ impl Node {
         };
         match nh {
             KernelNextHop::Blackhole => Ok((NhKey::Blackhole, false)),
-            KernelNextHop::Unreachable | KernelNextHop::Prohibit => Ok((NhKey::Unreachable, false)),
+            KernelNextHop::Unreachable => Ok((NhKey::Unreachable, false)),
+            KernelNextHop::Prohibit => Ok((NhKey::Prohibit, false)),
             KernelNextHop::Gateway { via, dev, onlink } => {
                 let tunnel = dev.as_deref() == Some(kr.tunnel_device.as_str());
                 Ok((path(Some(*via), dev.as_deref())?, *onlink || tunnel))
@@ -1115,6 +1116,29 @@ mod tests {
         assert!(n.kernel_rejected()[&"192.0.2.0/24".parse().unwrap()].contains("not on the node subnet"));
         assert_eq!(lookup(&n, "192.0.2.1"), NextHop::Unreachable);
         assert!(n.cli_route("192.0.2.0/24".parse().unwrap(), None).is_err(), "nothing to delete");
+    }
+
+    #[test]
+    fn unreachable_and_prohibit_routes_win_over_a_covering_route_from_every_source() {
+        let c = format!(
+            "{}[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192.168.1.1\"\n\
+             [[routes]]\nprefix = \"10.9.0.0/24\"\nunreachable = true\n\
+             [[routes]]\nprefix = \"10.9.1.0/24\"\nprohibit = true\n[kernel_routes]\n",
+            ""
+        );
+        let (mut n, _) = node(cfg(&c));
+        assert_eq!(lookup(&n, "10.9.0.7"), NextHop::NetUnreachable, "config unreachable under the default");
+        assert_eq!(lookup(&n, "10.9.1.7"), NextHop::Prohibit);
+        assert_eq!(lookup(&n, "10.9.2.7"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0101 });
+        n.cli_route("10.8.0.0/16".parse().unwrap(), Some(NhKey::Unreachable)).unwrap();
+        assert_eq!(lookup(&n, "10.8.3.3"), NextHop::NetUnreachable, "CLI");
+        assert_eq!(n.kernel_nexthop(&KernelNextHop::Unreachable), Ok((NhKey::Unreachable, false)));
+        let k = n.kernel_nexthop(&KernelNextHop::Prohibit);
+        assert_eq!(k, Ok((NhKey::Prohibit, false)));
+        n.kernel_route("10.7.0.0/16".parse().unwrap(), k).unwrap();
+        assert_eq!(lookup(&n, "10.7.0.1"), NextHop::Prohibit, "kernel");
+        assert_eq!(n.routes(None, Some("10.9.0.0/24".parse().unwrap()))[0].nexthop, "unreachable");
+        assert_ne!(n.routes(None, Some("10.9.0.0/24".parse().unwrap()))[0].nh_id, 0, "not 'no route'");
     }
 
     #[test]

@@ -76,6 +76,12 @@ struct Meta {
     reroute: bool,
     /// Went through the FIB lookup (`nh` is its answer); shown by packet trace.
     looked_up: bool,
+    /// Dropped for this reason and (if the verdict says it is sent) answered with an ICMP
+    /// error; shown by packet trace.
+    answered: Option<DropReason>,
+    /// The first lookup (destination, next hop) of a frame turned into an ICMP error during
+    /// egress (its second lookup is the error's); shown by packet trace.
+    first_lookup: Option<(u32, NhId)>,
     dst: u32,
     nh: NhId,
 }
@@ -87,6 +93,8 @@ const META_INIT: Meta = Meta {
     from_host: false,
     reroute: false,
     looked_up: false,
+    answered: None,
+    first_lookup: None,
     dst: 0,
     nh: NH_NONE,
 };
@@ -323,10 +331,20 @@ impl Worker {
             if m.local_origin {
                 steps.push("local: answered or turned into an ICMP error by the router".into());
             }
+            let describe = |dst: u32, nh: NhId| {
+                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
+                format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst))
+            };
+            if let Some((dst, nh)) = m.first_lookup {
+                steps.push(describe(dst, nh));
+            }
+            if let Some(r) = m.answered {
+                steps.push(format!("drop: {}", r.name()));
+            }
             let lookup = m.looked_up.then_some((m.dst, m.nh));
             if let Some((dst, nh)) = lookup {
-                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
-                steps.push(format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst)));
+                let what = if m.answered.is_some() { "the ICMP error's " } else { "" };
+                steps.push(format!("{what}{}", describe(dst, nh)));
             }
             if let Some(p) = &scratch.policy[i] {
                 steps.push(format!("policy: {p}"));
@@ -334,6 +352,19 @@ impl Worker {
             let (buf, head, len) = f.parts();
             let frame = &buf[*head..*head + *len];
             let (verdict, drop_reason, out_port, sent) = match m.verdict {
+                Verdict::Tx(p) if m.answered.is_some() => {
+                    let r = m.answered.map(|r| r.name().to_string());
+                    steps.push(format!("icmp: answered with an ICMP error, sent on port {p} ({})", port_name(p)));
+                    ("drop", r, Some(p), Some(observe::describe_frame(frame)))
+                }
+                Verdict::Punt if m.answered.is_some() => {
+                    let r = m.answered.map(|r| r.name().to_string());
+                    steps.push("icmp: answered with an ICMP error to the node's kernel".into());
+                    ("drop", r, snap.host_port, Some(observe::describe_frame(frame)))
+                }
+                Verdict::Consumed if m.answered.is_some() => {
+                    ("drop", m.answered.map(|r| r.name().to_string()), None, None)
+                }
                 Verdict::Tx(p) => {
                     steps.push(format!("output: port {p} ({})", port_name(p)));
                     ("tx", None, Some(p), Some(observe::describe_frame(frame)))
@@ -871,6 +902,7 @@ impl Worker {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
+        m.answered = Some(DropReason::Ipv4TtlExpired);
         if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, m.from_host, now) {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
@@ -1001,26 +1033,15 @@ impl Worker {
                 return;
             }
             NextHop::Unreachable => {
-                self.counters.count_drop(DropReason::NoRoute);
-                m.verdict = Verdict::Consumed;
-                if !m.local_origin
-                    && self.icmp_error(
-                        snap,
-                        buf,
-                        head,
-                        len,
-                        icmp::DEST_UNREACHABLE,
-                        icmp::CODE_NET_UNREACHABLE,
-                        0,
-                        m.from_host,
-                        now,
-                    )
-                {
-                    m.reroute = true;
-                    m.local_origin = true;
-                    m.dst = self.last_icmp_dst(buf, *head);
-                    m.verdict = Verdict::Continue;
-                }
+                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::NoRoute, now);
+                return;
+            }
+            NextHop::NetUnreachable => {
+                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable, now);
+                return;
+            }
+            NextHop::Prohibit => {
+                self.reject(snap, buf, head, len, m, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited, now);
                 return;
             }
             NextHop::Blackhole => {
@@ -1050,6 +1071,32 @@ impl Worker {
             }
         }
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
+    }
+
+    /// Drops the frame as `reason` and turns it into an ICMP destination unreachable with
+    /// `code` when one may be sent (it then takes a second lookup back to the sender).
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        m: &mut Meta,
+        code: u8,
+        reason: DropReason,
+        now: u64,
+    ) {
+        self.counters.count_drop(reason);
+        m.verdict = Verdict::Consumed;
+        m.answered = Some(reason);
+        if !m.local_origin && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, code, 0, m.from_host, now) {
+            m.reroute = true;
+            m.local_origin = true;
+            m.first_lookup = Some((m.dst, m.nh));
+            m.dst = self.last_icmp_dst(buf, *head);
+            m.verdict = Verdict::Continue;
+        }
     }
 
     /// Stateful policy: established flows (either direction) pass on their conntrack entry; new
@@ -1254,6 +1301,7 @@ impl Worker {
         let ff = u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]);
         if ff & FLAG_DF != 0 {
             self.counters.count_drop(DropReason::FragNeeded);
+            m.answered = Some(DropReason::FragNeeded);
             if !m.local_origin
                 && self.icmp_error(
                     snap,
@@ -1270,6 +1318,7 @@ impl Worker {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
                 m.local_origin = true;
+                m.first_lookup = Some((m.dst, m.nh));
                 m.dst = self.last_icmp_dst(buf, *head);
                 return Verdict::Continue;
             }

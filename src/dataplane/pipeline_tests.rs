@@ -462,6 +462,64 @@ fn host_traffic_without_a_route_keeps_the_kernels_choice_of_neighbour() {
     assert_eq!(drops(&lab, DropReason::NoRoute), 1);
 }
 
+/// A lab with a default route, and 10.9.0.0/24 unreachable, 10.9.1.0/24 prohibit under it.
+fn lab_with_reject_routes() -> Lab {
+    let opts = LabOptions { default_route: true, ..Default::default() };
+    let mut lab = Lab::new(opts.clone());
+    let mut nhs = lab::nexthops(true);
+    let (unreach, prohibit) = (nhs.len() as NhId, nhs.len() as NhId + 1);
+    nhs.extend([NextHop::NetUnreachable, NextHop::Prohibit]);
+    let snap = Snapshot::build(
+        lab::ports(true),
+        lab::NODE_IP,
+        vec![],
+        CALICO_POD_GATEWAY_IP,
+        vec![lab::NODE2_IP, lab::NODE3_IP],
+        lab::endpoints(),
+        nhs,
+        opts.policy.clone(),
+    )
+    .unwrap();
+    lab.shared.publish(snap);
+    lab.fib.insert(lab::pfx("10.9.0.0/24"), unreach);
+    lab.fib.insert(lab::pfx("10.9.1.0/24"), prohibit);
+    lab
+}
+
+#[test]
+fn unreachable_and_prohibit_routes_answer_icmp_under_a_default_route() {
+    let mut lab = lab_with_reject_routes();
+    for (dst, code, reason) in [
+        (0x0a09_0005, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable),
+        (0x0a09_0105, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited),
+    ] {
+        let sent = run1(&mut lab, from_pod_a_udp(dst, 64, b"x"), lab::POD_A);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (port, e) = &sent[0];
+        assert_eq!(*port, lab::POD_A, "answered, not forwarded by the default route");
+        let ip = ip_of(e);
+        assert_eq!((ip.protocol(), ip.destination()), (etherparse::IpNumber::ICMP, lab::POD_A_IP.to_be_bytes()));
+        assert_eq!((e[34], e[35]), (icmp::DEST_UNREACHABLE, code));
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}");
+    }
+    assert_eq!(drops(&lab, DropReason::NoRoute), 0);
+    // Beside them, the default route still forwards.
+    let sent = run1(&mut lab, from_pod_a_udp(0x0a09_0205, 64, b"x"), lab::POD_A);
+    assert_eq!((sent[0].0, &sent[0].1[0..6]), (lab::UPLINK, &lab::GW_MAC.0[..]));
+}
+
+#[test]
+fn trace_shows_an_unreachable_route_as_a_drop_answered_with_icmp() {
+    let mut lab = lab_with_reject_routes();
+    lab.shared.observe.start_trace(1, Some(lab::POD_A)).unwrap();
+    assert_eq!(run1(&mut lab, from_pod_a_udp(0x0a09_0005, 64, b"x"), lab::POD_A).len(), 1);
+    let (recs, _) = lab.shared.observe.take_trace();
+    let r = &recs[0];
+    assert_eq!((r.verdict.as_str(), r.drop_reason.as_deref()), ("drop", Some("fib/unreachable")), "{r:?}");
+    assert!(r.steps.iter().any(|s| s.contains("NetUnreachable")), "{:?}", r.steps);
+    assert!(r.steps.iter().any(|s| s.starts_with("icmp: answered")), "{:?}", r.steps);
+}
+
 const CALICO_POD_GATEWAY_IP: u32 = crate::dataplane::state::CALICO_POD_GATEWAY;
 
 #[test]

@@ -64,6 +64,11 @@ pub enum NextHop {
     Unreachable,
     /// Silently drop (Calico blackholes the aggregate of the local pod block).
     Blackhole,
+    /// A route of type unreachable: drop and send ICMP net unreachable, whatever covers it.
+    NetUnreachable,
+    /// A route of type prohibit: drop and send ICMP communication administratively prohibited
+    /// (code 13).
+    Prohibit,
     /// Deliver to the node's kernel through the host port.
     Host,
     /// A local pod: its endpoint (port, MAC, addresses, policy).

@@ -152,6 +152,12 @@ drop_reasons! {
     // --- The node's kernel (host port) ---
     /// IPv4 from the host port whose source is not one of the node's addresses.
     HostSpoofedSource => "host/spoofed-source",
+
+    // --- FIB, appended ---
+    /// The route is of type unreachable (ICMP net unreachable sent when allowed).
+    RouteUnreachable => "fib/unreachable",
+    /// The route is of type prohibit (ICMP administratively prohibited sent when allowed).
+    RouteProhibited => "fib/prohibited",
 }
 
 #[cfg(test)]
