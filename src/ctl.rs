@@ -147,7 +147,7 @@ pub enum TraceCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
-    /// `route add PREFIX via GW [via GW2 ...]` (several: ECMP) | blackhole | unreachable | host
+    /// `route add PREFIX via GW [via GW2 ...]` (several: ECMP) | blackhole | unreachable | prohibit | host
     Add {
         prefix: Ipv4Prefix,
         #[arg(num_args = 1.., required = true)]
@@ -234,6 +234,7 @@ pub fn parse_nexthop(words: &[String]) -> Result<NhKey, String> {
     match w.as_slice() {
         ["blackhole"] => Ok(NhKey::Blackhole),
         ["unreachable"] => Ok(NhKey::Unreachable),
+        ["prohibit"] => Ok(NhKey::Prohibit),
         ["host"] => Ok(NhKey::Host),
         _ if w.len() >= 2 && w.len() % 2 == 0 => {
             let mut gws = Vec::new();
@@ -247,7 +248,7 @@ pub fn parse_nexthop(words: &[String]) -> Result<NhKey, String> {
             Ok(if gws.len() == 1 { gws.pop().expect("one") } else { NhKey::Ecmp(gws) })
         }
         _ => Err(format!(
-            "'{}': give 'via GATEWAY' (repeat for ECMP), 'blackhole', 'unreachable' or 'host'",
+            "'{}': give 'via GATEWAY' (repeat for ECMP), 'blackhole', 'unreachable', 'prohibit' or 'host'",
             words.join(" ")
         )),
     }
@@ -706,6 +707,7 @@ mod tests {
             NhKey::Ecmp(vec![NhKey::Gateway(a("192.168.1.1")), NhKey::Gateway(a("192.168.1.2"))])
         );
         assert_eq!(parse_nexthop(&w("blackhole")).unwrap(), NhKey::Blackhole);
+        assert_eq!(parse_nexthop(&w("prohibit")).unwrap(), NhKey::Prohibit);
         assert!(parse_nexthop(&w("via")).unwrap_err().contains("give 'via GATEWAY'"));
         assert!(parse_nexthop(&w("via 1.2.3")).unwrap_err().contains("not an IPv4 address"));
         assert!(parse_nexthop(&w("dev eth0")).unwrap_err().contains("expected 'via GATEWAY'"));

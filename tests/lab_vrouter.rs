@@ -278,6 +278,110 @@ fn malformed_frames_from_a_pod_are_dropped_with_their_reasons() {
     assert!(out.status.success(), "router stopped forwarding after malformed frames: {}", text(&out));
 }
 
+/// A TCP server that reads until the client's FIN and sends back what it read.
+const TCP_ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7777)); s.listen(16)
+while True:
+    c, _ = s.accept(); c.settimeout(5); d = b''
+    try:
+        while True:
+            x = c.recv(65536)
+            if not x: break
+            d += x
+        c.sendall(d)
+    except OSError: pass
+    c.close()
+"#;
+
+/// Connects to `ip`:7777, sends 200 kB (full-size segments), expects them back.
+fn tcp_echo(lab: &LabHandle, from_ns: &str, ip: &str) -> Result<(), String> {
+    let script = format!(
+        "import socket, sys\n\
+         c = socket.create_connection(('{ip}', 7777), timeout=4)\n\
+         c.settimeout(4); data = bytes(range(256)) * 800\n\
+         c.sendall(data); c.shutdown(socket.SHUT_WR); got = b''\n\
+         while True:\n\
+         \x20   x = c.recv(65536)\n\
+         \x20   if not x: break\n\
+         \x20   got += x\n\
+         sys.exit(0 if got == data else 'echoed %d of %d bytes' % (len(got), len(data)))\n"
+    );
+    let out = lab.exec_timeout(from_ns, &["python3", "-c", &script], Duration::from_secs(15));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text(&out))
+    }
+}
+
+#[test]
+fn host_and_pods_talk_tcp_both_ways_on_every_node_and_across_nodes() {
+    let Some((_turn, lab)) = lab("host_pod_tcp") else { return };
+    let node = |i: u8| lab.node(i).clone();
+    let mut servers = vec![];
+    for ns in [1, 2, 3].map(|i| node(i).ns).into_iter().chain(["1a", "2a", "3a"].map(|p| lab.pod(p).ns.clone())) {
+        servers.push(lab.spawn(&ns, &["python3", "-c", TCP_ECHO_SERVER], None).expect("server starts"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let spoofed_before: Vec<u64> = [1, 2, 3].map(|i| lab.drops(i, "endpoint/spoofed-source")).to_vec();
+    // (what, client namespace, server address)
+    let mut cases: Vec<(String, String, String)> = vec![];
+    for i in [1u8, 2, 3] {
+        let pod = format!("{i}a");
+        let (n, p) = (node(i), lab.pod(&pod).clone());
+        cases.push((format!("pod {pod} -> its node{i}"), p.ns.clone(), n.ip.to_string()));
+        cases.push((format!("node{i} -> its pod {pod}"), n.ns.clone(), p.ip.to_string()));
+    }
+    for (a, b, mode) in [(1u8, 2u8, "BGP"), (1, 3, "IPIP"), (3, 1, "IPIP"), (2, 3, "IPIP")] {
+        let pod = format!("{a}a");
+        let (pa, nb) = (lab.pod(&pod).clone(), node(b));
+        cases.push((format!("pod {pod} -> node{b} ({mode})"), pa.ns.clone(), nb.ip.to_string()));
+        cases.push((format!("node{b} -> pod {pod} ({mode})"), nb.ns.clone(), pa.ip.to_string()));
+    }
+    let failures: Vec<String> =
+        cases.iter().filter_map(|(what, ns, ip)| tcp_echo(lab, ns, ip).err().map(|e| format!("{what}: {e}"))).collect();
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    for i in [1u8, 2, 3] {
+        assert_eq!(
+            lab.drops(i, "endpoint/spoofed-source"),
+            spoofed_before[i as usize - 1],
+            "node{i}: {}",
+            lab.stats(i)
+        );
+    }
+}
+
+fn ctl(lab: &LabHandle, node: u8, args: &[&str]) -> std::process::Output {
+    let sock = format!("/run/vrouter/{}.sock", lab.node(node).ns);
+    Command::new(env!("CARGO_BIN_EXE_vrouterctl")).args(["-s", &sock]).args(args).output().expect("vrouterctl runs")
+}
+
+#[test]
+fn unreachable_and_prohibit_routes_under_the_default_route_answer_icmp() {
+    let Some((_turn, lab)) = lab("reject_routes") else { return };
+    for (prefix, kind) in [("10.99.0.0/24", "unreachable"), ("10.99.1.0/24", "prohibit")] {
+        let o = ctl(lab, 1, &["route", "add", prefix, kind]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let before = (lab.drops(1, "fib/unreachable"), lab.drops(1, "fib/prohibited"));
+    let ns = &lab.pod("1a").ns;
+    let unreachable = lab.exec(ns, &["ping", "-c", "1", "-W", "1", "10.99.0.5"]);
+    let prohibited = lab.exec(ns, &["ping", "-c", "1", "-W", "1", "10.99.1.5"]);
+    for prefix in ["10.99.0.0/24", "10.99.1.0/24"] {
+        ctl(lab, 1, &["route", "del", prefix]);
+    }
+    assert!(text(&unreachable).contains("Destination Net Unreachable"), "{}", text(&unreachable));
+    assert!(text(&prohibited).contains("Packet filtered"), "{}", text(&prohibited));
+    assert!(wait_counter(lab, 1, "drops", "fib/unreachable", before.0 + 1) > before.0, "{}", lab.stats(1));
+    assert!(wait_counter(lab, 1, "drops", "fib/prohibited", before.1 + 1) > before.1, "{}", lab.stats(1));
+}
+
 /// `cargo test --test lab_vrouter -- --ignored keep_a_lab`: brings a lab up and leaves it running
 /// for manual work; `vrouter lab down` (or `lab::down`) removes it.
 #[test]

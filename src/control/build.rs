@@ -25,8 +25,10 @@ pub const FIRST_POD_PORT: PortId = 2;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NhKey {
-    /// ICMP net unreachable (also "no route").
+    /// ICMP net unreachable (its own next hop: not "no route", so it wins over what covers it).
     Unreachable,
+    /// ICMP communication administratively prohibited.
+    Prohibit,
     Blackhole,
     /// The node's kernel (host port).
     Host,
@@ -49,6 +51,7 @@ impl std::fmt::Display for NhKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NhKey::Unreachable => write!(f, "unreachable"),
+            NhKey::Prohibit => write!(f, "prohibit"),
             NhKey::Blackhole => write!(f, "blackhole"),
             NhKey::Host => write!(f, "host"),
             NhKey::Local(p) => write!(f, "local port {p}"),
@@ -130,10 +133,14 @@ pub fn config_routes(
     for r in &cfg.routes {
         let k = if r.blackhole {
             NhKey::Blackhole
+        } else if r.unreachable {
+            NhKey::Unreachable
+        } else if r.prohibit {
+            NhKey::Prohibit
         } else if r.host {
             NhKey::Host
         } else {
-            NhKey::Gateway(r.via.expect("validated: one of via, blackhole, host"))
+            NhKey::Gateway(r.via.expect("validated: one of via, blackhole, unreachable, prohibit, host"))
         };
         put(r.prefix, RouteSource::Config, k);
     }

@@ -294,6 +294,12 @@ pub struct RouteConfig {
     /// Drop silently.
     #[serde(default)]
     pub blackhole: bool,
+    /// Drop and answer ICMP net unreachable.
+    #[serde(default)]
+    pub unreachable: bool,
+    /// Drop and answer ICMP communication administratively prohibited.
+    #[serde(default)]
+    pub prohibit: bool,
     /// Deliver to the node's kernel.
     #[serde(default)]
     pub host: bool,
@@ -487,9 +493,13 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
-            let kinds = r.via.is_some() as u8 + r.blackhole as u8 + r.host as u8;
+            let kinds =
+                r.via.is_some() as u8 + r.blackhole as u8 + r.unreachable as u8 + r.prohibit as u8 + r.host as u8;
             if kinds != 1 {
-                return err(&format!("routes[{i}] ({})", r.prefix), "give exactly one of via, blackhole, host".into());
+                return err(
+                    &format!("routes[{i}] ({})", r.prefix),
+                    "give exactly one of via, blackhole, unreachable, prohibit, host".into(),
+                );
             }
             if let Some(v) = r.via {
                 if !self.node.subnet.contains(u32::from(v)) {
@@ -694,7 +704,7 @@ pod_block = "10.244.1.0/26"
     #[test]
     fn routes_and_peers_are_checked() {
         let r = format!("{NODE}\n[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192.168.1.1\"\nblackhole = true\n");
-        assert!(err(&r).contains("exactly one of via, blackhole, host"));
+        assert!(err(&r).contains("exactly one of via, blackhole, unreachable, prohibit, host"));
         let r = format!("{NODE}\n[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"10.0.0.1\"\n");
         assert!(err(&r).contains("must be on node.subnet"));
         let p = format!("{NODE}\n[[peers]]\nname = \"far\"\nip = \"192.168.2.20\"\n");

@@ -4,7 +4,7 @@
 //! leave nothing behind (TAPs close with their fds, the XDP program detaches with the last
 //! AF_XDP socket, and is removed again to be sure, the socket file is removed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
 use super::status::{LinkState, NodeStatus, UplinkInfo};
 use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
+use crate::fib::Ipv4Prefix;
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
@@ -105,6 +106,8 @@ struct TapIo {
     /// Created for pods that replace running ones, not yet given to the workers.
     staged: BTreeMap<PortId, TapPort>,
     host: Option<Arc<TapPort>>,
+    /// The kernel's routes to pod blocks through the host TAP ([`PortIo::host_routes`]).
+    host_routes: BTreeSet<Ipv4Prefix>,
     uplink: bool,
     version: u64,
 }
@@ -215,6 +218,22 @@ impl PortIo for TapIo {
 
     fn port_gone(&self, slot: PortId) -> bool {
         self.pods.get(&slot).is_some_and(|t| t.is_gone())
+    }
+    fn host_routes(&mut self, blocks: &[Ipv4Prefix], via: std::net::Ipv4Addr) {
+        let Some(tap) = &self.host else { return };
+        let want: BTreeSet<Ipv4Prefix> = blocks.iter().copied().collect();
+        for p in self.host_routes.difference(&want) {
+            if let Err(e) = tap.unroute(&p.to_string()) {
+                warn!(prefix = %p, "host route not removed: {e}");
+            }
+        }
+        for p in want.difference(&self.host_routes) {
+            match tap.route_via(&p.to_string(), &via.to_string()) {
+                Ok(()) => info!(prefix = %p, %via, tap = %tap.name, "host route to pods"),
+                Err(e) => warn!(prefix = %p, "host route not installed: {e}"),
+            }
+        }
+        self.host_routes = want;
     }
 }
 
@@ -333,6 +352,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         pods: BTreeMap::new(),
         staged: BTreeMap::new(),
         host: None,
+        host_routes: BTreeSet::new(),
         uplink: cfg.uplink.is_some(),
         version: 0,
     };

@@ -39,7 +39,7 @@ use super::netlink::KernelNextHop;
 use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
 use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
 use crate::dataplane::{PortId, Shared, MAX_PORTS};
-use crate::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use crate::fib::{FibWriter, Ipv4Prefix, NhId};
 use crate::wire::MacAddr;
 
 /// Creates and removes pods' ports on behalf of the node (TAPs in the daemon, nothing in tests).
@@ -68,6 +68,11 @@ pub trait PortIo: Send {
     fn port_gone(&self, _slot: PortId) -> bool {
         false
     }
+    /// Points the node kernel's routes to the pod blocks (this node's and its peers') at the
+    /// host port, through `via` on-link (the pod gateway, answered by proxy ARP there), so
+    /// whatever the kernel sends to a pod goes through vrouter, as Calico keeps the host's
+    /// routes to every pod. Called with the whole set after every change.
+    fn host_routes(&mut self, _blocks: &[Ipv4Prefix], _via: Ipv4Addr) {}
 }
 
 /// A [`PortIo`] that creates nothing (in-memory nodes, tests).
@@ -115,10 +120,9 @@ struct NhTable {
 
 impl NhTable {
     fn new() -> NhTable {
-        // Id 0 is Unreachable (the FIB's "no route"), forever.
-        let mut t = NhTable { keys: vec![Some(NhKey::Unreachable)], refs: vec![u32::MAX / 2], ..Default::default() };
-        t.ids.insert(NhKey::Unreachable, NH_NONE);
-        t
+        // Id 0 is the FIB's "no route", forever, and no key's: a route of type unreachable
+        // gets an id of its own, or a covering route would win over it.
+        NhTable { keys: vec![None], refs: vec![u32::MAX / 2], ..Default::default() }
     }
 
     /// The id of `k`, taking a reference (and references on ECMP members).
@@ -371,13 +375,17 @@ impl Node {
             name: cfg.uplink.as_ref().map(|u| u.device.clone()).unwrap_or_else(|| "uplink".into()),
             kind: PortKind::Uplink,
             mac: uplink_mac,
+            peer_mac: None,
             mtu: cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500),
             punt_unknown: cfg.host.is_some(),
         };
         let host = cfg.host.as_ref().map(|h| PortInfo {
             name: h.tap.clone(),
             kind: PortKind::Host,
-            mac: uplink_mac,
+            // The kernel's side of the TAP has the uplink's MAC (it shares the node IP with
+            // us on the underlay); ours is the pod-port MAC, as Calico's host-side interfaces.
+            mac: POD_PORT_MAC,
+            peer_mac: Some(uplink_mac),
             mtu: uplink.mtu,
             punt_unknown: false,
         });
@@ -459,6 +467,7 @@ impl Node {
                 name: pod.cfg.tap.clone(),
                 kind: PortKind::Pod,
                 mac: POD_PORT_MAC,
+                peer_mac: None,
                 mtu: pod.cfg.mtu,
                 punt_unknown: false,
             });
@@ -472,7 +481,8 @@ impl Node {
         }
         let resolve = |k: &NhKey| -> NextHop {
             match k {
-                NhKey::Unreachable => NextHop::Unreachable,
+                NhKey::Unreachable => NextHop::NetUnreachable,
+                NhKey::Prohibit => NextHop::Prohibit,
                 NhKey::Blackhole => NextHop::Blackhole,
                 NhKey::Host if self.cfg.host.is_some() => NextHop::Host,
                 NhKey::Local(slot) => match ep_of_slot.get(slot) {
@@ -748,7 +758,8 @@ impl Node {
         };
         match nh {
             KernelNextHop::Blackhole => Ok((NhKey::Blackhole, false)),
-            KernelNextHop::Unreachable | KernelNextHop::Prohibit => Ok((NhKey::Unreachable, false)),
+            KernelNextHop::Unreachable => Ok((NhKey::Unreachable, false)),
+            KernelNextHop::Prohibit => Ok((NhKey::Prohibit, false)),
             KernelNextHop::Gateway { via, dev, onlink } => {
                 let tunnel = dev.as_deref() == Some(kr.tunnel_device.as_str());
                 Ok((path(Some(*via), dev.as_deref())?, *onlink || tunnel))
@@ -910,6 +921,12 @@ impl Node {
             let want: BTreeMap<Ipv4Prefix, NhKey> =
                 all.iter().filter(|(_, (s, _))| *s == src).map(|(p, (_, k))| (*p, k.clone())).collect();
             report.routes_changed += self.replace_source(src, &want)?;
+        }
+
+        if self.cfg.host.is_some() {
+            let mut blocks = vec![self.cfg.node.pod_block];
+            blocks.extend(self.cfg.peers.iter().flat_map(|p| p.pod_blocks.iter().copied()));
+            self.io.host_routes(&blocks, self.cfg.node.pod_gateway);
         }
 
         // 4. The new state alone.
@@ -1313,6 +1330,29 @@ mod tests {
         assert_eq!(e.best(), Some((RouteSource::Cli, 3)));
         assert_eq!(e.set(RouteSource::Cli, None), Some(3));
         assert_eq!(e.best(), Some((RouteSource::Kernel, 7)));
+    }
+
+    #[test]
+    fn unreachable_and_prohibit_routes_win_over_a_covering_route_from_every_source() {
+        let c = format!(
+            "{}[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192.168.1.1\"\n\
+             [[routes]]\nprefix = \"10.9.0.0/24\"\nunreachable = true\n\
+             [[routes]]\nprefix = \"10.9.1.0/24\"\nprohibit = true\n[kernel_routes]\n",
+            ""
+        );
+        let (mut n, _) = node(cfg(&c));
+        assert_eq!(lookup(&n, "10.9.0.7"), NextHop::NetUnreachable, "config unreachable under the default");
+        assert_eq!(lookup(&n, "10.9.1.7"), NextHop::Prohibit);
+        assert_eq!(lookup(&n, "10.9.2.7"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0101 });
+        n.cli_route("10.8.0.0/16".parse().unwrap(), Some(NhKey::Unreachable)).unwrap();
+        assert_eq!(lookup(&n, "10.8.3.3"), NextHop::NetUnreachable, "CLI");
+        assert_eq!(n.kernel_nexthop(&KernelNextHop::Unreachable), Ok((NhKey::Unreachable, false)));
+        let k = n.kernel_nexthop(&KernelNextHop::Prohibit);
+        assert_eq!(k, Ok((NhKey::Prohibit, false)));
+        n.kernel_route("10.7.0.0/16".parse().unwrap(), k).unwrap();
+        assert_eq!(lookup(&n, "10.7.0.1"), NextHop::Prohibit, "kernel");
+        assert_eq!(n.routes(None, Some("10.9.0.0/24".parse().unwrap()))[0].nexthop, "unreachable");
+        assert_ne!(n.routes(None, Some("10.9.0.0/24".parse().unwrap()))[0].nh_id, 0, "not 'no route'");
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub const NODE3_POD: u32 = 0x0af4_0302; // 10.244.3.2
 pub const UPLINK_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
 pub const POD_A_PORT_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0x01]);
 pub const POD_B_PORT_MAC: MacAddr = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0x02]);
+/// Our side of the host port.
 pub const HOST_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x03]);
+/// The node kernel's side of the host port (in the daemon: the uplink's MAC).
+pub const HOST_KERNEL_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x04]);
 pub const POD_A_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 0, 0x02]);
 pub const POD_B_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 0, 0x03]);
 pub const NODE2_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0b]);
@@ -78,14 +81,21 @@ pub struct Lab {
 }
 
 pub fn ports(host: bool) -> Vec<PortInfo> {
-    let p = |name: &str, kind, mac| PortInfo { name: name.into(), kind, mac, mtu: 1500, punt_unknown: false };
+    let p = |name: &str, kind, mac| PortInfo {
+        name: name.into(),
+        kind,
+        mac,
+        peer_mac: None,
+        mtu: 1500,
+        punt_unknown: false,
+    };
     let mut v = vec![
         PortInfo { punt_unknown: host, ..p("uplink", PortKind::Uplink, UPLINK_MAC) },
         p("pod-a", PortKind::Pod, POD_A_PORT_MAC),
         p("pod-b", PortKind::Pod, POD_B_PORT_MAC),
     ];
     if host {
-        v.push(p("host", PortKind::Host, HOST_MAC));
+        v.push(PortInfo { peer_mac: Some(HOST_KERNEL_MAC), ..p("host", PortKind::Host, HOST_MAC) });
     }
     v
 }

@@ -69,10 +69,19 @@ struct Meta {
     local_origin: bool,
     /// Arrived inside IPIP from a peer node.
     decapped: bool,
+    /// Sent by the node's kernel (host port): routed like any input, but the kernel is this
+    /// router's own host, so no TTL check or decrement, and only pods' policy applies.
+    from_host: bool,
     /// Turned into an ICMP error during egress: needs a second lookup.
     reroute: bool,
     /// Went through the FIB lookup (`nh` is its answer); shown by packet trace.
     looked_up: bool,
+    /// Dropped for this reason and (if the verdict says it is sent) answered with an ICMP
+    /// error; shown by packet trace.
+    answered: Option<DropReason>,
+    /// The first lookup (destination, next hop) of a frame turned into an ICMP error during
+    /// egress (its second lookup is the error's); shown by packet trace.
+    first_lookup: Option<(u32, NhId)>,
     dst: u32,
     nh: NhId,
 }
@@ -81,8 +90,11 @@ const META_INIT: Meta = Meta {
     verdict: Verdict::Continue,
     local_origin: false,
     decapped: false,
+    from_host: false,
     reroute: false,
     looked_up: false,
+    answered: None,
+    first_lookup: None,
     dst: 0,
     nh: NH_NONE,
 };
@@ -323,10 +335,20 @@ impl Worker {
             if m.local_origin {
                 steps.push("local: answered or turned into an ICMP error by the router".into());
             }
+            let describe = |dst: u32, nh: NhId| {
+                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
+                format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst))
+            };
+            if let Some((dst, nh)) = m.first_lookup {
+                steps.push(describe(dst, nh));
+            }
+            if let Some(r) = m.answered {
+                steps.push(format!("drop: {}", r.name()));
+            }
             let lookup = m.looked_up.then_some((m.dst, m.nh));
             if let Some((dst, nh)) = lookup {
-                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
-                steps.push(format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst)));
+                let what = if m.answered.is_some() { "the ICMP error's " } else { "" };
+                steps.push(format!("{what}{}", describe(dst, nh)));
             }
             if let Some(p) = &scratch.policy[i] {
                 steps.push(format!("policy: {p}"));
@@ -334,6 +356,19 @@ impl Worker {
             let (buf, head, len) = f.parts();
             let frame = &buf[*head..*head + *len];
             let (verdict, drop_reason, out_port, sent) = match m.verdict {
+                Verdict::Tx(p) if m.answered.is_some() => {
+                    let r = m.answered.map(|r| r.name().to_string());
+                    steps.push(format!("icmp: answered with an ICMP error, sent on port {p} ({})", port_name(p)));
+                    ("drop", r, Some(p), Some(observe::describe_frame(frame)))
+                }
+                Verdict::Punt if m.answered.is_some() => {
+                    let r = m.answered.map(|r| r.name().to_string());
+                    steps.push("icmp: answered with an ICMP error to the node's kernel".into());
+                    ("drop", r, snap.host_port, Some(observe::describe_frame(frame)))
+                }
+                Verdict::Consumed if m.answered.is_some() => {
+                    ("drop", m.answered.map(|r| r.name().to_string()), None, None)
+                }
                 Verdict::Tx(p) => {
                     steps.push(format!("output: port {p} ({})", port_name(p)));
                     ("tx", None, Some(p), Some(observe::describe_frame(frame)))
@@ -411,10 +446,16 @@ impl Worker {
         meta_n.fill(META_INIT);
         // 1. input
         self.count_rx(frames);
-        for (f, m) in frames.iter_mut().zip(meta_n.iter_mut()) {
+        for (i, (f, m)) in frames.iter_mut().zip(meta_n.iter_mut()).enumerate() {
             let port = f.port();
             let (buf, head, len) = f.parts();
             self.input(snap, buf, head, len, port, m, now);
+            // Policy for what is delivered to the host is decided at input.
+            if let Some(t) = &mut self.trace {
+                if let Some(note) = t.current.take() {
+                    t.policy[i] = Some(note);
+                }
+            }
         }
         // 2-3. lookup and egress
         self.lookup(meta_n);
@@ -516,11 +557,7 @@ impl Worker {
             return;
         }
         if pinfo.kind == PortKind::Host {
-            // The kernel shares the uplink: what it sends leaves unchanged.
-            m.verdict = match snap.uplink_port {
-                Some(u) => Verdict::Tx(u),
-                None => Verdict::Drop(DropReason::UnknownPort),
-            };
+            self.host_input(snap, buf, head, len, port, pinfo.mac, m, now);
             return;
         }
         let eth = &buf[*head..*head + ETH];
@@ -597,9 +634,76 @@ impl Worker {
             return;
         }
         if snap.is_local(dst) {
-            self.local(snap, buf, head, len, m, now);
+            self.local(snap, buf, head, len, port, m, now);
         } else {
             self.transit_ttl(snap, buf, head, len, m, now);
+        }
+    }
+
+    /// What the node's kernel sends (host port). Its IPv4 unicast is routed through the FIB
+    /// like any input: to local pods (their ingress policy applies), to other nodes (plain or
+    /// IPIP), to the underlay, with our L2 rewrite, whatever MAC the kernel addressed it to
+    /// (its gateway's, or ours). Its source must be one of the node's addresses
+    /// (`host/spoofed-source` otherwise). ARP for the pod gateway is answered here: the kernel's
+    /// routes to the pod blocks point at the pod gateway on the host TAP (see `port::tap`).
+    /// Everything else (ARP for its underlay neighbours, link broadcast and multicast, other
+    /// EtherTypes) leaves by the uplink unchanged: the kernel shares the node IP and MAC there.
+    #[allow(clippy::too_many_arguments)]
+    fn host_input(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        port: PortId,
+        our_mac: MacAddr,
+        m: &mut Meta,
+        now: u64,
+    ) {
+        let eth = &buf[*head..*head + ETH];
+        let dmac = MacAddr(eth[0..6].try_into().unwrap());
+        let pass = match snap.uplink_port {
+            Some(u) => Verdict::Tx(u),
+            None => Verdict::Drop(DropReason::UnknownPort),
+        };
+        match u16::from_be_bytes([eth[12], eth[13]]) {
+            ETHERTYPE_ARP => {
+                m.verdict =
+                    match crate::neigh::proxy_arp_answer(&mut buf[*head..*head + *len], our_mac.0, snap.pod_gateway) {
+                        ProxyArp::Reply(n) => {
+                            *len = n;
+                            self.counters.inc(&self.counters.arp_replies_sent);
+                            Verdict::Tx(port)
+                        }
+                        _ => pass,
+                    };
+                return;
+            }
+            ETHERTYPE_IPV4 if !dmac.is_multicast() => {}
+            _ => {
+                m.verdict = pass;
+                return;
+            }
+        }
+        let l3 = *head + ETH;
+        let info = match ipv4::check_input(&buf[l3..*head + *len]) {
+            Ok(i) => i,
+            Err(r) => {
+                m.verdict = Verdict::Drop(r);
+                return;
+            }
+        };
+        *len = ETH + info.total_len as usize;
+        let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
+        let (src, dst) = (ip.src(), ip.dst());
+        if !snap.is_local(src) {
+            m.verdict = Verdict::Drop(DropReason::HostSpoofedSource);
+            return;
+        }
+        m.dst = dst;
+        m.from_host = true;
+        if snap.is_local(dst) {
+            self.local(snap, buf, head, len, port, m, now);
         }
     }
 
@@ -668,7 +772,17 @@ impl Worker {
     }
 
     /// For our own addresses: IPIP decapsulation, echo, punt.
-    fn local(&mut self, snap: &Snapshot, buf: &mut [u8], head: &mut usize, len: &mut usize, m: &mut Meta, now: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn local(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        in_port: PortId,
+        m: &mut Meta,
+        now: u64,
+    ) {
         let l3 = *head + ETH;
         let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
         let (src, dst, proto, hl, frag) = (ip.src(), ip.dst(), ip.protocol(), ip.header_len(), ip.is_fragment());
@@ -708,7 +822,7 @@ impl Worker {
             let inner_dst = u32::from_be_bytes(buf[inner + 16..inner + 20].try_into().unwrap());
             m.dst = inner_dst;
             if snap.is_local(inner_dst) {
-                self.local(snap, buf, head, len, m, now);
+                self.local(snap, buf, head, len, in_port, m, now);
             } else {
                 self.transit_ttl(snap, buf, head, len, m, now);
             }
@@ -737,11 +851,43 @@ impl Worker {
                 m.dst = src;
                 return;
             }
-            m.verdict =
-                if snap.host_port.is_some() { Verdict::Punt } else { Verdict::Drop(DropReason::LocalIcmpOther) };
+            m.verdict = if snap.host_port.is_some() {
+                self.deliver_to_host(snap, buf, *head, *len, in_port, m, now)
+            } else {
+                Verdict::Drop(DropReason::LocalIcmpOther)
+            };
             return;
         }
-        m.verdict = if snap.host_port.is_some() { Verdict::Punt } else { Verdict::Drop(DropReason::LocalNoPunt) };
+        m.verdict = if snap.host_port.is_some() {
+            self.deliver_to_host(snap, buf, *head, *len, in_port, m, now)
+        } else {
+            Verdict::Drop(DropReason::LocalNoPunt)
+        };
+    }
+
+    /// An IPv4 packet for the node's kernel: a pod's egress policy applies (so that the
+    /// kernel's answers find the connection in conntrack when the pod has ingress policy), and
+    /// the frame is addressed to the kernel's MAC on the host port, from ours.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_to_host(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: usize,
+        len: usize,
+        in_port: PortId,
+        m: &Meta,
+        now: u64,
+    ) -> Verdict {
+        if !m.decapped && !m.local_origin {
+            if let Some(ep) = snap.port_endpoint.get(in_port as usize).copied().flatten() {
+                if let Err(r) = self.policy(snap, &buf[head + ETH..head + len], Some(ep), None, now) {
+                    return Verdict::Drop(r);
+                }
+            }
+        }
+        host_l2(snap, buf, head);
+        Verdict::Punt
     }
 
     /// RFC 1812 5.3.1: a transit packet whose TTL would reach zero is dropped with an ICMP time
@@ -760,7 +906,8 @@ impl Worker {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
-        if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, now) {
+        m.answered = Some(DropReason::Ipv4TtlExpired);
+        if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, m.from_host, now) {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
         } else {
@@ -786,12 +933,13 @@ impl Worker {
         ty: u8,
         code: u8,
         rest: u32,
+        from_host: bool,
         now: u64,
     ) -> bool {
         let l3 = *head + ETH;
         let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
         let (src, hl, proto, ff) = (ip.src(), ip.header_len(), ip.protocol(), ip.flags_frag());
-        if ff & OFFSET_MASK != 0 || ipv4::is_martian_source(src) || src == snap.node_ip {
+        if ff & OFFSET_MASK != 0 || ipv4::is_martian_source(src) || (src == snap.node_ip && !from_host) {
             return false;
         }
         if proto == PROTO_ICMP && (ip.total_len() <= hl || icmp::is_error(buf[l3 + hl])) {
@@ -853,6 +1001,12 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
+        if m.local_origin && m.from_host && snap.is_local(m.dst) {
+            // An ICMP error about what the node's kernel sent, or our echo reply to it.
+            host_l2(snap, buf, *head);
+            m.verdict = Verdict::Punt;
+            return;
+        }
         let mut nh = match snap.nexthop(m.nh) {
             Some(nh) => nh,
             None => {
@@ -872,17 +1026,26 @@ impl Worker {
             };
         }
         let dst_ep = match nh {
+            NextHop::Unreachable
+                if m.from_host
+                    && !m.local_origin
+                    && snap.port(in_port).is_some_and(|p| buf[*head..*head + 6] != p.mac.0) =>
+            {
+                // No route here, but the node's kernel chose a neighbour on the underlay (its
+                // own default route, say) and addressed it: its choice stands.
+                m.verdict = snap.uplink_port.map_or(Verdict::Drop(DropReason::NoRoute), Verdict::Tx);
+                return;
+            }
             NextHop::Unreachable => {
-                self.counters.count_drop(DropReason::NoRoute);
-                m.verdict = Verdict::Consumed;
-                if !m.local_origin
-                    && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, icmp::CODE_NET_UNREACHABLE, 0, now)
-                {
-                    m.reroute = true;
-                    m.local_origin = true;
-                    m.dst = self.last_icmp_dst(buf, *head);
-                    m.verdict = Verdict::Continue;
-                }
+                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::NoRoute, now);
+                return;
+            }
+            NextHop::NetUnreachable => {
+                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable, now);
+                return;
+            }
+            NextHop::Prohibit => {
+                self.reject(snap, buf, head, len, m, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited, now);
                 return;
             }
             NextHop::Blackhole => {
@@ -890,6 +1053,7 @@ impl Worker {
                 return;
             }
             NextHop::Host => {
+                host_l2(snap, buf, *head);
                 m.verdict = Verdict::Punt;
                 return;
             }
@@ -898,14 +1062,45 @@ impl Worker {
         };
         if !m.local_origin {
             let src_ep = if m.decapped { None } else { snap.port_endpoint.get(in_port as usize).copied().flatten() };
-            if let Err(r) = self.policy(snap, &buf[*head + ETH..*head + *len], src_ep, dst_ep, now) {
-                m.verdict = Verdict::Drop(r);
-                return;
+            // The node's own traffic is judged by the pods' policy only, not as transit.
+            if !(m.from_host && dst_ep.is_none()) {
+                if let Err(r) = self.policy(snap, &buf[*head + ETH..*head + *len], src_ep, dst_ep, now) {
+                    m.verdict = Verdict::Drop(r);
+                    return;
+                }
             }
-            let mut ip = Ipv4Packet::new_checked(&mut buf[*head + ETH..*head + *len]).expect("checked");
-            ip.decrement_ttl();
+            if !m.from_host {
+                let mut ip = Ipv4Packet::new_checked(&mut buf[*head + ETH..*head + *len]).expect("checked");
+                ip.decrement_ttl();
+            }
         }
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
+    }
+
+    /// Drops the frame as `reason` and turns it into an ICMP destination unreachable with
+    /// `code` when one may be sent (it then takes a second lookup back to the sender).
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        m: &mut Meta,
+        code: u8,
+        reason: DropReason,
+        now: u64,
+    ) {
+        self.counters.count_drop(reason);
+        m.verdict = Verdict::Consumed;
+        m.answered = Some(reason);
+        if !m.local_origin && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, code, 0, m.from_host, now) {
+            m.reroute = true;
+            m.local_origin = true;
+            m.first_lookup = Some((m.dst, m.nh));
+            m.dst = self.last_icmp_dst(buf, *head);
+            m.verdict = Verdict::Continue;
+        }
     }
 
     /// Stateful policy: established flows (either direction) pass on their conntrack entry; new
@@ -1111,6 +1306,7 @@ impl Worker {
         let ff = u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]);
         if ff & FLAG_DF != 0 {
             self.counters.count_drop(DropReason::FragNeeded);
+            m.answered = Some(DropReason::FragNeeded);
             if !m.local_origin
                 && self.icmp_error(
                     snap,
@@ -1120,12 +1316,14 @@ impl Worker {
                     icmp::DEST_UNREACHABLE,
                     icmp::CODE_FRAG_NEEDED,
                     mtu as u32,
+                    m.from_host,
                     now,
                 )
             {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
                 m.local_origin = true;
+                m.first_lookup = Some((m.dst, m.nh));
                 m.dst = self.last_icmp_dst(buf, *head);
                 return Verdict::Continue;
             }
@@ -1266,6 +1464,18 @@ fn describe_policy(snap: &Snapshot, src_ep: Option<EndpointId>, dst_ep: Option<E
         ));
     }
     parts.join("; ")
+}
+
+/// Addresses a frame for the node's kernel: to its MAC on the host port, from ours (a pod's
+/// frame still carries the pod gateway's MAC, which the kernel would not accept).
+#[inline]
+fn host_l2(snap: &Snapshot, buf: &mut [u8], head: usize) {
+    if let Some(p) = snap.host_port.and_then(|h| snap.port(h)) {
+        if let Some(peer) = p.peer_mac {
+            buf[head..head + 6].copy_from_slice(&peer.0);
+        }
+        buf[head + 6..head + 12].copy_from_slice(&p.mac.0);
+    }
 }
 
 /// The IPv4 destination of the (validated) frame at `head`.

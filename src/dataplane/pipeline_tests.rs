@@ -370,23 +370,184 @@ fn echo_to_node_ip_and_pod_gateway_is_answered() {
 }
 
 #[test]
-fn host_bound_traffic_is_punted_or_counted() {
+fn host_bound_traffic_is_addressed_to_the_kernels_mac_or_counted() {
     let tcp = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 40000, 22, true, false);
     let mut with = Lab::new(LabOptions::default());
     let sent = run1(&mut with, tcp.clone(), lab::POD_A);
     assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
-    assert_eq!(sent[0].1, tcp, "punted unchanged");
+    let f = &sent[0].1;
+    // The pod addressed the pod gateway's MAC; the kernel only takes frames to its own.
+    assert_eq!(&f[0..6], &lab::HOST_KERNEL_MAC.0, "to the kernel's MAC");
+    assert_eq!(&f[6..12], &lab::HOST_MAC.0, "from ours");
+    assert_eq!(&f[12..], &tcp[12..], "IP packet unchanged (no TTL decrement: delivered, not forwarded)");
     let mut without = Lab::new(LabOptions { host_port: false, ..Default::default() });
     assert!(run1(&mut without, tcp, lab::POD_A).is_empty());
     assert_eq!(drops(&without, DropReason::LocalNoPunt), 1);
 }
 
+/// What the node's kernel sends: from its MAC to the MAC it resolved (its gateway's, say).
+fn from_host_udp(dmac: crate::wire::MacAddr, src: u32, dst: u32, payload: &[u8]) -> Vec<u8> {
+    frames::udp(lab::HOST_KERNEL_MAC, dmac, src, dst, 64, 33000, 7, payload)
+}
+
 #[test]
-fn host_port_frames_leave_on_the_uplink_unchanged() {
+fn host_to_local_pod_is_routed_not_sent_to_the_uplink() {
     let mut lab = Lab::new(LabOptions::default());
-    let f = frames::udp(lab::HOST_MAC, lab::GW_MAC, lab::NODE_IP, 0x0101_0101, 64, 1, 2, b"ssh");
+    // The kernel's routes to the pod blocks point at the pod gateway: it addresses our MAC.
+    let f = from_host_udp(lab::HOST_MAC, lab::NODE_IP, lab::POD_A_IP, b"probe");
     let sent = run1(&mut lab, f.clone(), lab::HOST);
-    assert_eq!(sent, vec![(lab::UPLINK, f)]);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, out) = &sent[0];
+    assert_eq!(*port, lab::POD_A);
+    assert_eq!((&out[0..6], &out[6..12]), (&lab::POD_A_MAC.0[..], &lab::POD_A_PORT_MAC.0[..]));
+    assert_eq!(ip_of(out).ttl(), 64, "the node's own packet: no TTL decrement");
+    assert_eq!(&out[14..], &f[14..]);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn host_to_other_nodes_goes_plain_or_ipip_and_to_the_underlay_via_the_gateway() {
+    let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
+    // To a pod of node 3 (IPIP): encapsulated node IP to node IP, inner source the node IP.
+    let sent = run1(&mut lab, from_host_udp(lab::GW_MAC, lab::NODE_IP, lab::NODE3_POD, b"x"), lab::HOST);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let outer = ip_of(&sent[0].1);
+    assert_eq!((sent[0].0, outer.protocol()), (lab::UPLINK, etherparse::IpNumber::IPV4));
+    assert_eq!(outer.destination(), lab::NODE3_IP.to_be_bytes());
+    let inner = Ipv4HeaderSlice::from_slice(&sent[0].1[34..]).unwrap();
+    assert_eq!((inner.source(), inner.ttl()), (lab::NODE_IP.to_be_bytes(), 64));
+    // To a pod of node 2 (BGP mode): straight to node 2's MAC.
+    let sent = run1(&mut lab, from_host_udp(lab::GW_MAC, lab::NODE_IP, lab::NODE2_POD, b"x"), lab::HOST);
+    assert_eq!((sent[0].0, &sent[0].1[0..6]), (lab::UPLINK, &lab::NODE2_MAC.0[..]));
+    // To the internet: via the underlay gateway, rewritten from our uplink MAC, whatever the
+    // kernel addressed (here our host-port MAC).
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, lab::NODE_IP, 0x0101_0101, b"x"), lab::HOST);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, f) = &sent[0];
+    assert_eq!(*port, lab::UPLINK);
+    assert_eq!((&f[0..6], &f[6..12]), (&lab::GW_MAC.0[..], &lab::UPLINK_MAC.0[..]));
+    assert_eq!(ip_of(f).ttl(), 64);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn host_arp_for_the_pod_gateway_is_answered_and_other_arp_leaves_unchanged() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut req = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut req, lab::HOST_KERNEL_MAC.0, lab::NODE_IP, CALICO_POD_GATEWAY_IP);
+    req.truncate(n);
+    let sent = run1(&mut lab, req, lab::HOST);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, lab::HOST);
+    let a = crate::wire::arp::ArpPacket::new_checked(&sent[0].1[14..]).unwrap();
+    assert_eq!((a.operation(), a.sender_ip(), a.sender_mac()), (2, CALICO_POD_GATEWAY_IP, lab::HOST_MAC.0));
+    // The kernel resolving its underlay neighbours: out on the uplink as it is.
+    let mut req = vec![0u8; 60];
+    let n = crate::wire::arp::build_request(&mut req, lab::HOST_KERNEL_MAC.0, lab::NODE_IP, lab::UNDERLAY_GW);
+    req.truncate(n);
+    assert_eq!(run1(&mut lab, req.clone(), lab::HOST), vec![(lab::UPLINK, req)]);
+}
+
+#[test]
+fn host_traffic_without_a_route_keeps_the_kernels_choice_of_neighbour() {
+    let mut lab = Lab::new(LabOptions { default_route: false, ..Default::default() });
+    // Addressed to the kernel's own gateway: leaves as it is.
+    let f = from_host_udp(lab::GW_MAC, lab::NODE_IP, 0x0101_0101, b"x");
+    assert_eq!(run1(&mut lab, f.clone(), lab::HOST), vec![(lab::UPLINK, f)]);
+    // Addressed to us (routes via the pod gateway): no route, ICMP net unreachable to the kernel.
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, lab::NODE_IP, 0x0101_0101, b"x"), lab::HOST);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].0, &sent[0].1[0..6]), (lab::HOST, &lab::HOST_KERNEL_MAC.0[..]));
+    assert_eq!((sent[0].1[34], sent[0].1[35]), (3, 0));
+    assert_eq!(drops(&lab, DropReason::NoRoute), 1);
+}
+
+/// A lab with a default route, and 10.9.0.0/24 unreachable, 10.9.1.0/24 prohibit under it.
+fn lab_with_reject_routes() -> Lab {
+    let opts = LabOptions { default_route: true, ..Default::default() };
+    let mut lab = Lab::new(opts.clone());
+    let mut nhs = lab::nexthops(true);
+    let (unreach, prohibit) = (nhs.len() as NhId, nhs.len() as NhId + 1);
+    nhs.extend([NextHop::NetUnreachable, NextHop::Prohibit]);
+    let snap = Snapshot::build(
+        lab::ports(true),
+        lab::NODE_IP,
+        vec![],
+        CALICO_POD_GATEWAY_IP,
+        vec![lab::NODE2_IP, lab::NODE3_IP],
+        lab::endpoints(),
+        nhs,
+        opts.policy.clone(),
+    )
+    .unwrap();
+    lab.shared.publish(snap);
+    lab.fib.insert(lab::pfx("10.9.0.0/24"), unreach);
+    lab.fib.insert(lab::pfx("10.9.1.0/24"), prohibit);
+    lab
+}
+
+#[test]
+fn unreachable_and_prohibit_routes_answer_icmp_under_a_default_route() {
+    let mut lab = lab_with_reject_routes();
+    for (dst, code, reason) in [
+        (0x0a09_0005, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable),
+        (0x0a09_0105, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited),
+    ] {
+        let sent = run1(&mut lab, from_pod_a_udp(dst, 64, b"x"), lab::POD_A);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (port, e) = &sent[0];
+        assert_eq!(*port, lab::POD_A, "answered, not forwarded by the default route");
+        let ip = ip_of(e);
+        assert_eq!((ip.protocol(), ip.destination()), (etherparse::IpNumber::ICMP, lab::POD_A_IP.to_be_bytes()));
+        assert_eq!((e[34], e[35]), (icmp::DEST_UNREACHABLE, code));
+        assert_eq!(drops(&lab, reason), 1, "{reason:?}");
+    }
+    assert_eq!(drops(&lab, DropReason::NoRoute), 0);
+    // Beside them, the default route still forwards.
+    let sent = run1(&mut lab, from_pod_a_udp(0x0a09_0205, 64, b"x"), lab::POD_A);
+    assert_eq!((sent[0].0, &sent[0].1[0..6]), (lab::UPLINK, &lab::GW_MAC.0[..]));
+}
+
+#[test]
+fn trace_shows_an_unreachable_route_as_a_drop_answered_with_icmp() {
+    let mut lab = lab_with_reject_routes();
+    lab.shared.observe.start_trace(1, Some(lab::POD_A)).unwrap();
+    assert_eq!(run1(&mut lab, from_pod_a_udp(0x0a09_0005, 64, b"x"), lab::POD_A).len(), 1);
+    let (recs, _) = lab.shared.observe.take_trace();
+    let r = &recs[0];
+    assert_eq!((r.verdict.as_str(), r.drop_reason.as_deref()), ("drop", Some("fib/unreachable")), "{r:?}");
+    assert!(r.steps.iter().any(|s| s.contains("NetUnreachable")), "{:?}", r.steps);
+    assert!(r.steps.iter().any(|s| s.starts_with("icmp: answered")), "{:?}", r.steps);
+}
+
+const CALICO_POD_GATEWAY_IP: u32 = crate::dataplane::state::CALICO_POD_GATEWAY;
+
+#[test]
+fn host_frames_from_a_foreign_source_are_dropped_and_counted() {
+    let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
+    let f = from_host_udp(lab::GW_MAC, 0x0a09_0909, lab::POD_A_IP, b"spoof");
+    assert!(run1(&mut lab, f, lab::HOST).is_empty());
+    assert_eq!(drops(&lab, DropReason::HostSpoofedSource), 1);
+    // Link broadcast (DHCP, say) still leaves unchanged, whatever its source.
+    let mut b = from_host_udp(lab::GW_MAC, 0, 0xffff_ffff, b"dhcp");
+    b[0..6].copy_from_slice(&[0xff; 6]);
+    assert_eq!(run1(&mut lab, b.clone(), lab::HOST), vec![(lab::UPLINK, b)]);
+}
+
+#[test]
+fn host_packet_too_big_for_the_tunnel_gets_frag_needed_back() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut f = from_host_udp(lab::GW_MAC, lab::NODE_IP, lab::NODE3_POD, &[0u8; 1472]);
+    frames::set_df(&mut f, true);
+    let sent = run1(&mut lab, f, lab::HOST);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, e) = &sent[0];
+    assert_eq!(*port, lab::HOST);
+    assert_eq!(&e[0..6], &lab::HOST_KERNEL_MAC.0);
+    let ip = ip_of(e);
+    assert_eq!((ip.source(), ip.destination()), (lab::NODE_IP.to_be_bytes(), lab::NODE_IP.to_be_bytes()));
+    let icmp = &e[34..];
+    assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1480));
 }
 
 #[test]
@@ -804,6 +965,27 @@ mod policy {
         // The gauge the CLI and metrics read follows at the next timer tick.
         lab.worker.process(&mut Vec::<crate::dataplane::PacketBuf>::new(), 5_000);
         assert_eq!(lab.worker.counters().conntrack_entries.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn host_to_pod_meets_ingress_policy_and_pod_to_host_replies_pass_on_conntrack() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let host_to = |dst: u32, dport: u16, syn: bool, ack: bool| {
+            frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, dst, 50000, dport, syn, ack)
+        };
+        // Pod B admits TCP 80 from pod A only: the node is a source like any other.
+        assert!(run1(&mut lab, host_to(lab::POD_B_IP, 80, true, false), lab::HOST).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+        // Pod A (ingress closed) connects to the node: the kernel's SYN-ACK is its reply.
+        let syn = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 40000, 22, true, false);
+        assert_eq!(run1(&mut lab, syn, lab::POD_A).len(), 1);
+        let synack =
+            frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, lab::POD_A_IP, 22, 40000, true, true);
+        let sent = run1(&mut lab, synack, lab::HOST);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A], "reply of A's connection");
+        // But the node opening a connection to pod A is denied.
+        assert!(run1(&mut lab, host_to(lab::POD_A_IP, 22, true, false), lab::HOST).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
     }
 
     #[test]

@@ -35,8 +35,10 @@ pub enum PortKind {
     Uplink,
     /// A pod's interface (TAP or veth), point to point.
     Pod,
-    /// The node's kernel (a TAP carrying the node IP): host-bound frames are punted to it and
-    /// what it sends goes out the uplink unchanged.
+    /// The node's kernel (a TAP carrying the node IP): host-bound frames are delivered to it
+    /// (addressed to its MAC, [`PortInfo::peer_mac`]); the IPv4 it sends is routed through the
+    /// FIB like any other input (to pods, to other nodes, to the underlay), its ARP and
+    /// link-level broadcast leave by the uplink unchanged.
     Host,
 }
 
@@ -44,7 +46,11 @@ pub enum PortKind {
 pub struct PortInfo {
     pub name: String,
     pub kind: PortKind,
+    /// Our MAC on this port: the source of what we send on it, the destination we accept.
     pub mac: MacAddr,
+    /// The MAC of the one station at the other end, when it is fixed and not learned: the
+    /// node kernel's on the host port (frames delivered to the host are addressed to it).
+    pub peer_mac: Option<MacAddr>,
     /// IP MTU of the link (bytes of IPv4 packet, not counting the Ethernet header).
     pub mtu: u16,
     /// Punt frames of unsupported EtherTypes to the host port instead of dropping them.
@@ -58,6 +64,11 @@ pub enum NextHop {
     Unreachable,
     /// Silently drop (Calico blackholes the aggregate of the local pod block).
     Blackhole,
+    /// A route of type unreachable: drop and send ICMP net unreachable, whatever covers it.
+    NetUnreachable,
+    /// A route of type prohibit: drop and send ICMP communication administratively prohibited
+    /// (code 13).
+    Prohibit,
     /// Deliver to the node's kernel through the host port.
     Host,
     /// A local pod: its endpoint (port, MAC, addresses, policy).

@@ -142,6 +142,8 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
     );
     let _ = writeln!(s, "[uplink]\ndevice = \"{UPLINK_DEV}\"\nqueues = 1\nxdp_mode = \"auto\"\nmtu = 1500\n");
     let _ = writeln!(s, "[host]\ntap = \"{HOST_TAP}\"\n");
+    // The underlay beyond the subnet (other nodes' IPs, for pods and the node's kernel alike).
+    let _ = writeln!(s, "[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"{}\"\n", node.gateway);
     // One control socket per node (`vrouterctl -s /run/vrouter/<namespace>.sock ...`).
     let _ = writeln!(s, "[control]\nsocket = \"/run/vrouter/{}.sock\"\n", node.ns);
     // Three daemons share the machine's cores with the traffic: never busy-poll for long.

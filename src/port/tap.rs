@@ -115,6 +115,16 @@ impl TapPort {
         Ok(())
     }
 
+    /// Routes `prefix` through this TAP to `via` on-link (`replace`: idempotent).
+    pub fn route_via(&self, prefix: &str, via: &str) -> io::Result<()> {
+        ip(&["route", "replace", prefix, "via", via, "dev", &self.name, "onlink"])
+    }
+
+    /// Removes what [`TapPort::route_via`] installed.
+    pub fn unroute(&self, prefix: &str) -> io::Result<()> {
+        ip(&["route", "del", prefix, "dev", &self.name])
+    }
+
     pub fn fd(&self) -> RawFd {
         self.iface.as_raw_fd()
     }

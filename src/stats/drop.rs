@@ -154,6 +154,16 @@ drop_reasons! {
     /// Frames the kernel could not deliver to the socket for another reason, mostly an empty
     /// fill ring (no free buffer to copy into).
     XskRxDropped => "uplink/rx-dropped",
+
+    // --- The node's kernel (host port) ---
+    /// IPv4 from the host port whose source is not one of the node's addresses.
+    HostSpoofedSource => "host/spoofed-source",
+
+    // --- FIB, appended ---
+    /// The route is of type unreachable (ICMP net unreachable sent when allowed).
+    RouteUnreachable => "fib/unreachable",
+    /// The route is of type prohibit (ICMP administratively prohibited sent when allowed).
+    RouteProhibited => "fib/prohibited",
 }
 
 #[cfg(test)]
