@@ -219,6 +219,7 @@ impl PortIo for TapIo {
     fn port_gone(&self, slot: PortId) -> bool {
         self.pods.get(&slot).is_some_and(|t| t.is_gone())
     }
+
     fn host_routes(&mut self, blocks: &[Ipv4Prefix], via: std::net::Ipv4Addr) {
         let Some(tap) = &self.host else { return };
         let want: BTreeSet<Ipv4Prefix> = blocks.iter().copied().collect();
