@@ -21,10 +21,10 @@ use crate::wire::MacAddr;
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
-    /// The daemon's control socket.
-    #[arg(long, short = 's', env = "VROUTER_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// The daemon's control socket (`[control] socket` of its config); anywhere on the line.
+    #[arg(long, short = 's', env = "VROUTER_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     pub socket: PathBuf,
-    /// Print the daemon's JSON reply instead of tables.
+    /// Print the daemon's JSON reply instead of tables; anywhere on the line.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -34,56 +34,95 @@ pub struct CtlArgs {
 #[derive(Subcommand, Debug)]
 pub enum CtlCmd {
     /// Node, uptime, workers, routes, generation.
+    #[command(after_help = "Example:\n  vrouterctl -s /run/vrouter/node1.sock status")]
     Status,
-    /// The routing table: the winning route per prefix, its source, what it shadows.
+    /// The routing table (the winning route per prefix, its source, what it shadows), or with
+    /// an address the route it uses (longest-prefix match, as the workers look it up).
+    #[command(
+        after_help = "Examples:\n  vrouterctl routes\n  vrouterctl routes 10.244.0.0/16 --source config\n  vrouterctl routes 10.244.2.7        # which route does this address use?"
+    )]
     Routes {
+        /// Only routes of this source.
         #[arg(long, value_enum)]
         source: Option<Source>,
-        /// Only routes inside this prefix.
-        within: Option<Ipv4Prefix>,
+        /// A prefix: only routes inside it. An address: the route it uses.
+        target: Option<String>,
     },
     /// Add or delete a route (source `cli`).
+    #[command(
+        after_help = "Examples:\n  vrouterctl route add 203.0.113.0/24 via 192.168.1.1 via 192.168.1.2\n  vrouterctl route del 203.0.113.0/24"
+    )]
     Route {
         #[command(subcommand)]
         cmd: RouteCmd,
     },
+    /// Peer nodes: their IP, pod blocks and IPIP mode.
+    #[command(after_help = "Example:\n  vrouterctl peers")]
     Peers,
+    /// Add or delete a peer node.
+    #[command(
+        after_help = "Examples:\n  vrouterctl peer add node2 192.168.1.11 --pod-block 10.244.2.0/26\n  vrouterctl peer del node2"
+    )]
     Peer {
         #[command(subcommand)]
         cmd: PeerCmd,
     },
-    /// Pods.
+    /// Pods: name, port, TAP, namespace, MAC, addresses, policies.
+    #[command(after_help = "Example:\n  vrouterctl endpoints")]
     Endpoints,
+    /// Add or delete a pod.
+    #[command(
+        after_help = "Examples:\n  vrouterctl endpoint add web --tap tapweb --mac 0a:58:0a:f4:01:05 --addr 10.244.1.5 --netns web\n  vrouterctl endpoint del web"
+    )]
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Policies and global rules.
+    #[command(after_help = "Example:\n  vrouterctl policies")]
     Policies,
+    /// Define, replace or delete a policy, or replace the global rules.
+    #[command(after_help = "Examples:\n  vrouterctl policy set web -f web-rules.toml\n  vrouterctl policy del web")]
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
     /// Ports with their link state (up/down; a pod's TAP removed under us is down), the
     /// uplink's XDP mode (native/generic, copy/zero-copy) and their counters.
+    #[command(after_help = "Example:\n  vrouterctl ports")]
     Ports,
     /// The ARP cache.
-    #[command(alias = "neigh")]
+    #[command(alias = "neigh", after_help = "Example:\n  vrouterctl neighbours")]
     Neighbours,
     /// Tracked connections (all workers).
-    #[command(alias = "conns")]
+    #[command(alias = "conns", after_help = "Example:\n  vrouterctl connections --limit 50")]
     Connections {
+        /// Show at most this many (the total is always given).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Counters and drops by reason, per worker and in total.
-    Counters,
-    /// Drops by reason (non-zero ones; --all for every reason).
+    /// Counters and drops by reason, per worker and in total; `counters clear` to count from
+    /// zero.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  vrouterctl counters\n  vrouterctl counters clear"
+    )]
+    Counters {
+        #[command(subcommand)]
+        action: Option<CountersCmd>,
+    },
+    /// Drops by reason (non-zero ones; --all for every reason). docs/drops.md says what each
+    /// means.
+    #[command(after_help = "Example:\n  vrouterctl drops --all")]
     Drops {
+        /// Every reason, zeros included.
         #[arg(long)]
         all: bool,
     },
-    /// Make the node match a config file (only what differs changes).
+    /// Make the node match a config file (only what differs changes; all or nothing).
+    #[command(after_help = "Examples:\n  vrouterctl apply -f node.toml --dry-run\n  vrouterctl apply -f node.toml")]
     Apply {
+        /// The config file (the whole node, as `vrouter run --config` takes).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// Only show what would change.
@@ -91,34 +130,55 @@ pub enum CtlCmd {
         dry_run: bool,
     },
     /// Re-read the daemon's own config file (as SIGHUP does).
+    #[command(after_help = "Example:\n  vrouterctl reload")]
     Reload,
-    /// What each pipeline stage decided for the next N packets.
-    #[command(args_conflicts_with_subcommands = true)]
+    /// The running config.
+    #[command(after_help = "Example:\n  vrouterctl config show > running.toml")]
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// What each pipeline stage decided for the next N packets; `trace stop` ends a running
+    /// trace or capture.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  vrouterctl trace --count 5 --port tapweb\n  vrouterctl trace stop"
+    )]
     Trace {
         #[command(subcommand)]
         action: Option<TraceCmd>,
+        /// Packets to trace.
         #[arg(long, short = 'c', default_value_t = 10)]
         count: u32,
         /// Only packets received on this port (name as `ports` shows it).
         #[arg(long, short = 'p')]
         port: Option<String>,
-        /// Give up waiting after this many seconds.
+        /// Give up waiting after this many seconds (at most 600).
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
-    /// Write frames of a port to a pcap file (tcpdump and Wireshark read it).
+    /// Write frames of a port to a pcap file (tcpdump and Wireshark read it); `-w -` writes
+    /// to stdout.
+    #[command(
+        after_help = "Examples:\n  vrouterctl capture --port up0 --count 100 -w up0.pcap\n  vrouterctl capture -p tapweb -c 20 -w - | tcpdump -nn -r -"
+    )]
     Capture {
+        /// Only frames of this port (name as `ports` shows it); all ports without it.
         #[arg(long, short = 'p')]
         port: Option<String>,
+        /// Frames to capture (at most 10,000).
         #[arg(long, short = 'c', default_value_t = 100)]
         count: u32,
+        /// The pcap file to write; `-` for stdout.
         #[arg(short = 'w')]
         write: PathBuf,
         /// Before processing (rx), after (tx), or both.
         #[arg(long, value_enum, default_value_t = Point::Both)]
         point: Point,
+        /// Bytes kept of each frame.
         #[arg(long, default_value_t = 2048)]
         snaplen: u32,
+        /// Give up waiting after this many seconds (at most 600).
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
@@ -142,61 +202,114 @@ pub enum Point {
 #[derive(Subcommand, Debug)]
 pub enum TraceCmd {
     /// End the running trace and capture (whoever started them).
+    #[command(after_help = "Example:\n  vrouterctl trace stop")]
     Stop,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CountersCmd {
+    /// Count from zero from now on (`counters` and `drops` only: the stats file and
+    /// Prometheus keep counting, as counters must).
+    #[command(after_help = "Example:\n  vrouterctl counters clear && sleep 10 && vrouterctl drops")]
+    Clear,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// The config the node runs (TOML), with a warning on stderr when it differs from the
+    /// file a reload (SIGHUP) would apply.
+    #[command(after_help = "Example:\n  vrouterctl config show > running.toml")]
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
     /// `route add PREFIX via GW [via GW2 ...]` (several: ECMP) | blackhole | unreachable | prohibit | host
+    #[command(
+        after_help = "Examples:\n  vrouterctl route add 0.0.0.0/0 via 192.168.1.1\n  vrouterctl route add 203.0.113.0/24 via 192.168.1.1 via 192.168.1.2\n  vrouterctl route add 198.51.100.0/24 blackhole"
+    )]
     Add {
+        /// The destination, a.b.c.d/len.
         prefix: Ipv4Prefix,
+        /// `via GATEWAY` (repeat for ECMP), `blackhole`, `unreachable`, `prohibit` or `host`.
         #[arg(num_args = 1.., required = true)]
         nexthop: Vec<String>,
     },
+    /// Delete a route added with `route add`.
+    #[command(after_help = "Example:\n  vrouterctl route del 203.0.113.0/24")]
     Del {
+        /// The destination, a.b.c.d/len.
         prefix: Ipv4Prefix,
     },
     /// Withdraw every route imported from the kernel.
+    #[command(after_help = "Example:\n  vrouterctl route flush-kernel")]
     FlushKernel,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PeerCmd {
+    /// Add a peer node.
+    #[command(
+        after_help = "Example:\n  vrouterctl peer add node3 192.168.2.20 --pod-block 10.244.3.0/26 --ipip-mode always"
+    )]
     Add {
+        /// Its name.
         name: String,
+        /// Its node IP.
         ip: Ipv4Addr,
+        /// One of its pod blocks (repeat for several).
         #[arg(long = "pod-block")]
         pod_blocks: Vec<Ipv4Prefix>,
+        /// Always, CrossSubnet or Never (default: node.ipip_mode).
         #[arg(long, value_parser = parse_mode)]
         ipip_mode: Option<IpipMode>,
     },
+    /// Delete a peer node.
+    #[command(after_help = "Example:\n  vrouterctl peer del node3")]
     Del {
+        /// Its name.
         name: String,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum EndpointCmd {
+    /// Add a pod: creates its TAP (and configures it in its namespace).
+    #[command(
+        after_help = "Example:\n  vrouterctl endpoint add web --tap tapweb --mac 0a:58:0a:f4:01:05 --addr 10.244.1.5 --netns web --ingress web"
+    )]
     Add {
+        /// Its name.
         name: String,
+        /// The TAP to create (at most 15 characters).
         #[arg(long)]
         tap: String,
+        /// The pod's MAC.
         #[arg(long)]
         mac: MacAddr,
+        /// One of its addresses, in the node's pod block (repeat for several).
         #[arg(long = "addr", required = true)]
         addrs: Vec<Ipv4Addr>,
+        /// The pod's network namespace (`ip netns` name): the TAP is moved there.
         #[arg(long)]
         netns: Option<String>,
+        /// The interface name inside the namespace (at most 15 characters).
         #[arg(long, default_value = "eth0")]
         ifname: String,
+        /// The pod interface's MTU.
         #[arg(long, default_value_t = 1480)]
         mtu: u16,
+        /// A policy for traffic into the pod (repeat for several).
         #[arg(long)]
         ingress: Vec<String>,
+        /// A policy for traffic from the pod (repeat for several).
         #[arg(long)]
         egress: Vec<String>,
     },
+    /// Delete a pod (its TAP is removed).
+    #[command(after_help = "Example:\n  vrouterctl endpoint del web")]
     Del {
+        /// Its name.
         name: String,
     },
 }
@@ -204,16 +317,26 @@ pub enum EndpointCmd {
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Define or replace a policy from a TOML file with `rules = [ {...}, ... ]`.
+    #[command(
+        after_help = "Example (web.toml: rules = [{ action = \"allow\", protocol = \"tcp\", dst_ports = [\"80\"] }]):\n  vrouterctl policy set web -f web.toml"
+    )]
     Set {
+        /// The policy's name.
         name: String,
+        /// TOML with `rules = [...]`.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Delete a policy (no pod may use it).
+    #[command(after_help = "Example:\n  vrouterctl policy del web")]
     Del {
+        /// The policy's name.
         name: String,
     },
     /// Replace the global rules from a TOML file with `rules = [...]`.
+    #[command(after_help = "Example:\n  vrouterctl policy set-global -f global.toml")]
     SetGlobal {
+        /// TOML with `rules = [...]`.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -254,6 +377,28 @@ pub fn parse_nexthop(words: &[String]) -> Result<NhKey, String> {
     }
 }
 
+/// What `routes TARGET` asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// The routes inside a prefix (or all).
+    Within(Option<Ipv4Prefix>),
+    /// The route an address uses.
+    Address(Ipv4Addr),
+}
+
+pub fn parse_route_target(t: Option<&str>) -> Result<RouteTarget, String> {
+    match t {
+        None => Ok(RouteTarget::Within(None)),
+        Some(t) if t.contains('/') => {
+            t.parse().map(|p| RouteTarget::Within(Some(p))).map_err(|e| format!("'{t}': not a prefix: {e}"))
+        }
+        Some(t) => t
+            .parse()
+            .map(RouteTarget::Address)
+            .map_err(|_| format!("'{t}': give an IPv4 address (the route it uses) or a prefix a.b.c.d/len")),
+    }
+}
+
 fn read_rules(file: &Path) -> Result<Vec<crate::acl::Rule>, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -267,12 +412,7 @@ fn read_rules(file: &Path) -> Result<Vec<crate::acl::Rule>, String> {
 
 /// One request, one reply.
 pub fn call(socket: &Path, req: Request, timeout: Duration) -> Result<Reply, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach the daemon at {}: {e} (is `vrouter run` running? --socket / VROUTER_SOCKET)",
-            socket.display()
-        )
-    })?;
+    let mut s = UnixStream::connect(socket).map_err(|e| connect_error(socket, &e))?;
     let _ = s.set_read_timeout(Some(timeout));
     let mut line = serde_json::to_vec(&Envelope { version: VERSION, request: req }).map_err(|e| e.to_string())?;
     line.push(b'\n');
@@ -280,6 +420,22 @@ pub fn call(socket: &Path, req: Request, timeout: Duration) -> Result<Reply, Str
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).map_err(|e| format!("reading the reply: {e}"))?;
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from the daemon ({e}): {}", reply.trim()))
+}
+
+/// Why the daemon could not be reached, said so that the operator knows what to do.
+pub fn connect_error(socket: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let at = socket.display();
+    match e.kind() {
+        PermissionDenied => format!(
+            "permission denied on {at}: run as root or as a member of the daemon's control group (`[control] group`)"
+        ),
+        NotFound => format!("no daemon at {at}: no such socket (is `vrouter run` running? --socket / VROUTER_SOCKET)"),
+        ConnectionRefused => {
+            format!("no daemon at {at}: nothing listens on the socket (the daemon stopped?)")
+        }
+        _ => format!("cannot reach the daemon at {at}: {e}"),
+    }
 }
 
 /// Column-aligned text.
@@ -335,14 +491,17 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
     let mut wait = Duration::from_secs(60);
     let req = match &args.cmd {
         CtlCmd::Status => Request::Status,
-        CtlCmd::Routes { source, within } => Request::Routes {
-            source: source.map(|s| match s {
-                Source::Node => RouteSource::Node,
-                Source::Config => RouteSource::Config,
-                Source::Cli => RouteSource::Cli,
-                Source::Kernel => RouteSource::Kernel,
-            }),
-            within: *within,
+        CtlCmd::Routes { source, target } => match parse_route_target(target.as_deref())? {
+            RouteTarget::Address(addr) => Request::RouteLookup { addr },
+            RouteTarget::Within(within) => Request::Routes {
+                source: source.map(|s| match s {
+                    Source::Node => RouteSource::Node,
+                    Source::Config => RouteSource::Config,
+                    Source::Cli => RouteSource::Cli,
+                    Source::Kernel => RouteSource::Kernel,
+                }),
+                within,
+            },
         },
         CtlCmd::Route { cmd: RouteCmd::Add { prefix, nexthop } } => {
             Request::RouteAdd { prefix: *prefix, nexthop: parse_nexthop(nexthop)? }
@@ -380,7 +539,9 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Ports => Request::Ports,
         CtlCmd::Neighbours => Request::Neighbours,
         CtlCmd::Connections { limit } => Request::Connections { limit: Some(*limit) },
-        CtlCmd::Counters | CtlCmd::Drops { .. } => Request::Counters,
+        CtlCmd::Counters { action: Some(CountersCmd::Clear) } => Request::CountersClear,
+        CtlCmd::Counters { action: None } | CtlCmd::Drops { .. } => Request::Counters,
+        CtlCmd::Config { cmd: ConfigCmd::Show } => Request::ConfigShow,
         CtlCmd::Apply { file, dry_run } => {
             let config = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
             // Check it here first: the error then names the operator's file.
@@ -396,7 +557,9 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         }
         CtlCmd::Capture { port, count, point, snaplen, timeout, write } => {
             // Fail before capturing if the file cannot be written.
-            std::fs::File::create(write).map_err(|e| format!("{}: {e}", write.display()))?;
+            if !is_stdout(write) {
+                std::fs::File::create(write).map_err(|e| format!("{}: {e}", write.display()))?;
+            }
             let ms = (timeout.max(0.0) * 1000.0) as u64;
             wait = Duration::from_millis(ms + 30_000);
             Request::Capture {
@@ -417,10 +580,24 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
     let v = reply.result.unwrap_or(Value::Null);
     if let CtlCmd::Capture { write, .. } = &args.cmd {
         let n = write_pcap(write, &v)?;
-        if args.json {
-            println!("{}", serde_json::json!({"frames": n, "file": write}));
-        } else {
-            println!("wrote {n} frames to {}", write.display());
+        // With `-w -` stdout is the pcap: the summary goes to stderr.
+        let summary = match args.json {
+            true => serde_json::json!({"frames": n, "file": write}).to_string(),
+            false => format!(
+                "wrote {n} frames to {}",
+                if is_stdout(write) { "stdout".into() } else { write.display().to_string() }
+            ),
+        };
+        match is_stdout(write) {
+            true => eprintln!("{summary}"),
+            false => println!("{summary}"),
+        }
+        return Ok(true);
+    }
+    if let (CtlCmd::Config { cmd: ConfigCmd::Show }, false) = (&args.cmd, args.json) {
+        print!("{}", v["config"].as_str().unwrap_or_default());
+        if let Some(w) = v["warning"].as_str() {
+            eprintln!("warning: {w}");
         }
         return Ok(true);
     }
@@ -432,20 +609,35 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Writes captured frames (the daemon's `frames` list) as a pcap file with nanosecond times.
+/// `-w -`: stdout, as tcpdump has it.
+fn is_stdout(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+/// Writes captured frames (the daemon's `frames` list) as a pcap file with nanosecond times;
+/// `-` is stdout.
 pub fn write_pcap(path: &Path, v: &Value) -> Result<usize, String> {
+    if is_stdout(path) {
+        let out = std::io::stdout();
+        return write_pcap_to(&mut out.lock(), v).map_err(|e| format!("stdout: {e}"));
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_pcap_to(&mut std::io::BufWriter::new(file), v).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes the frames of a capture reply as pcap to `out`.
+pub fn write_pcap_to(out: &mut dyn Write, v: &Value) -> Result<usize, String> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     let frames: Vec<crate::dataplane::observe::Captured> =
         serde_json::from_value(v["frames"].clone()).map_err(|e| format!("bad capture reply: {e}"))?;
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let header =
         PcapHeader { snaplen: 65_535, ts_resolution: pcap_file::TsResolution::NanoSecond, ..PcapHeader::default() };
-    let mut w = PcapWriter::with_header(std::io::BufWriter::new(file), header).map_err(|e| e.to_string())?;
+    let mut w = PcapWriter::with_header(out, header).map_err(|e| e.to_string())?;
     for f in &frames {
         let pkt = PcapPacket::new(Duration::from_nanos(f.ts_ns), f.orig_len, &f.data);
-        w.write_packet(&pkt).map_err(|e| format!("{}: {e}", path.display()))?;
+        w.write_packet(&pkt).map_err(|e| e.to_string())?;
     }
-    w.into_writer().flush().map_err(|e| format!("{}: {e}", path.display()))?;
+    w.into_writer().flush().map_err(|e| e.to_string())?;
     Ok(frames.len())
 }
 
@@ -461,6 +653,19 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 }
             }
             out
+        }
+        CtlCmd::Routes { .. } if v.get("address").is_some() => match v["prefix"].as_str() {
+            Some(p) => format!(
+                "{} uses {p} ({}): {} [next-hop id {}]\n",
+                s(&v["address"]),
+                s(&v["source"]),
+                s(&v["nexthop"]),
+                s(&v["nh_id"])
+            ),
+            None => format!("{}: no route (unreachable)\n", s(&v["address"])),
+        },
+        CtlCmd::Counters { action: Some(CountersCmd::Clear) } => {
+            "counters cleared: `counters` and `drops` count from now on\n".into()
         }
         CtlCmd::Routes { .. } => {
             let r: Vec<Vec<String>> = rows("routes")
@@ -580,9 +785,12 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
             out.push_str(&format!("{} connections\n", s(&v["total"])));
             out
         }
-        CtlCmd::Counters => {
+        CtlCmd::Counters { .. } => {
             let t = &v["total"];
             let mut out = String::new();
+            if v["since_clear"] == true {
+                out.push_str("(since `vrouterctl counters clear`)\n");
+            }
             if let Some(ports) = t["ports"].as_object() {
                 let r: Vec<Vec<String>> = ports
                     .iter()
@@ -733,6 +941,103 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse("trace stop --count 5").is_err());
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        for line in [
+            "-s /tmp/x.sock --json routes",
+            "routes -s /tmp/x.sock --json",
+            "route del 10.0.0.0/8 -s /tmp/x.sock --json",
+        ] {
+            let a = parse(line).unwrap();
+            assert_eq!((a.socket.to_str(), a.json), (Some("/tmp/x.sock"), true), "{line}");
+        }
+    }
+
+    #[test]
+    fn routes_takes_an_address_or_a_prefix() {
+        assert_eq!(parse_route_target(None).unwrap(), RouteTarget::Within(None));
+        assert_eq!(
+            parse_route_target(Some("10.244.0.0/16")).unwrap(),
+            RouteTarget::Within(Some("10.244.0.0/16".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_route_target(Some("10.244.2.7")).unwrap(),
+            RouteTarget::Address("10.244.2.7".parse().unwrap())
+        );
+        assert!(parse_route_target(Some("10.244.2")).unwrap_err().contains("give an IPv4 address"));
+        assert!(parse_route_target(Some("10.0.0.0/33")).unwrap_err().contains("not a prefix"));
+        let v = serde_json::json!({"address": "10.244.2.7", "prefix": "10.244.2.0/26", "source": "config",
+            "nexthop": "via 192.168.1.20", "nh_id": 5});
+        let cmd = parse("routes 10.244.2.7").unwrap().cmd;
+        assert_eq!(render(&cmd, &v), "10.244.2.7 uses 10.244.2.0/26 (config): via 192.168.1.20 [next-hop id 5]\n");
+    }
+
+    #[test]
+    fn counters_clear_and_config_show_parse() {
+        assert!(matches!(parse("counters").unwrap().cmd, CtlCmd::Counters { action: None }));
+        assert!(matches!(parse("counters clear").unwrap().cmd, CtlCmd::Counters { action: Some(CountersCmd::Clear) }));
+        assert!(matches!(parse("config show").unwrap().cmd, CtlCmd::Config { cmd: ConfigCmd::Show }));
+    }
+
+    #[test]
+    fn permission_denied_is_not_reported_as_a_missing_daemon() {
+        let p = Path::new("/run/vrouter/vrouter.sock");
+        let e = connect_error(p, &std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(e.starts_with("permission denied on /run/vrouter/vrouter.sock") && !e.contains("running?"), "{e}");
+        let e = connect_error(p, &std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(e.contains("no daemon") && e.contains("running?"), "{e}");
+    }
+
+    #[test]
+    fn every_subcommand_and_option_has_help_and_an_example() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CtlArgs,
+        }
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_global_set() && path.contains(' ') {
+                    continue;
+                }
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+            }
+            for sub in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(format!("{p}: no about"));
+                }
+                if !sub.get_after_help().is_some_and(|h| h.to_string().contains("vrouterctl ")) {
+                    missing.push(format!("{p}: no example"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "vrouterctl", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn capture_to_stdout_is_a_pcap_stream() {
+        assert!(is_stdout(Path::new("-")) && !is_stdout(Path::new("./-")));
+        let f = crate::dataplane::observe::Captured {
+            ts_ns: 5,
+            port: 0,
+            point: crate::dataplane::observe::CapturePoint::Tx,
+            orig_len: 64,
+            data: vec![1; 64],
+        };
+        let mut out = Vec::new();
+        assert_eq!(write_pcap_to(&mut out, &serde_json::json!({ "frames": [f] })).unwrap(), 1);
+        let mut r = pcap_file::pcap::PcapReader::new(&out[..]).unwrap();
+        assert_eq!(r.next_packet().unwrap().unwrap().data.len(), 64);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum Request {
         #[serde(default)]
         within: Option<Ipv4Prefix>,
     },
+    /// The route `addr` uses (longest-prefix match), as the workers look it up.
+    RouteLookup {
+        addr: std::net::Ipv4Addr,
+    },
     RouteAdd {
         prefix: Ipv4Prefix,
         nexthop: NhKey,
@@ -90,6 +94,12 @@ pub enum Request {
         limit: Option<usize>,
     },
     Counters,
+    /// From now on `counters` counts from zero (a baseline on the control side: workers'
+    /// counters, the stats file and Prometheus are not reset).
+    CountersClear,
+    /// The config the node runs, as TOML, and whether it still matches the file a reload
+    /// (SIGHUP) would read.
+    ConfigShow,
     /// The whole config as TOML text: the node is changed to match it (a diff); with
     /// `dry_run`, only what would change is returned.
     Apply {
@@ -121,6 +131,43 @@ pub enum Request {
         #[serde(default = "default_wait")]
         timeout_ms: u64,
     },
+}
+
+impl Request {
+    /// Whether it changes the node (these are logged with who asked).
+    pub fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Request::RouteAdd { .. }
+                | Request::RouteDel { .. }
+                | Request::RouteFlushKernel
+                | Request::PeerAdd { .. }
+                | Request::PeerDel { .. }
+                | Request::EndpointAdd { .. }
+                | Request::EndpointDel { .. }
+                | Request::PolicySet { .. }
+                | Request::PolicyDel { .. }
+                | Request::GlobalRulesSet { .. }
+                | Request::Apply { dry_run: false, .. }
+                | Request::Reload
+                | Request::TraceStop
+                | Request::CountersClear
+        )
+    }
+
+    /// A one-line description for the log (a config's text is not repeated).
+    pub fn describe(&self) -> String {
+        let text = match self {
+            Request::Apply { config, dry_run } => {
+                format!("apply ({} bytes of config, dry_run {dry_run})", config.len())
+            }
+            other => serde_json::to_string(other).unwrap_or_default(),
+        };
+        match text.char_indices().nth(300) {
+            Some((i, _)) => format!("{}...", &text[..i]),
+            None => text,
+        }
+    }
 }
 
 fn default_wait() -> u64 {

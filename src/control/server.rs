@@ -47,6 +47,8 @@ pub struct Control {
     pub status: Arc<super::status::NodeStatus>,
     /// Bumped by `trace-stop`: sessions that started before end.
     sessions_stopped: AtomicU64,
+    /// The counters as `counters-clear` found them: `counters` shows what came since.
+    baseline: Mutex<Option<Value>>,
 }
 
 /// Who sent a request, and whether they are still there (for long waits).
@@ -90,6 +92,7 @@ impl Control {
             started,
             status,
             sessions_stopped: AtomicU64::new(0),
+            baseline: Mutex::new(None),
         }
     }
 
@@ -122,9 +125,19 @@ impl Control {
         self.handle_in(req, &Session::local())
     }
 
-    /// Answers one request from `who`.
+    /// Answers one request from `who`. Changes are logged with who asked (uid and pid from
+    /// the socket's peer credentials).
     pub fn handle_in(&self, req: Request, who: &Session<'_>) -> Reply {
-        match self.dispatch(req, who) {
+        let change = req.is_change().then(|| req.describe());
+        let r = self.dispatch(req, who);
+        if let Some(what) = change {
+            let (uid, pid) = (who.uid, who.pid);
+            match &r {
+                Ok(v) => tracing::info!(?uid, ?pid, request = %what, result = %v, "control: change made"),
+                Err(e) => tracing::warn!(?uid, ?pid, request = %what, "control: change refused: {e}"),
+            }
+        }
+        match r {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::err(e),
         }
@@ -168,6 +181,41 @@ impl Control {
                     .map(|(p, why)| json!({"prefix": p, "source": "kernel", "error": why}))
                     .collect();
                 Ok(json!({"routes": node.routes(source, within), "not_installed": rejected}))
+            }
+            Request::RouteLookup { addr } => {
+                let node = self.node();
+                let dst = u32::from(addr);
+                let fib_id = self.shared.fib.pin().lookup(dst);
+                let fib_nh = self.shared.snapshot.load().nexthop(fib_id).map(|n| format!("{n:?}"));
+                Ok(match node.route_for(dst) {
+                    Some((prefix, source, nexthop)) => json!({"address": addr, "prefix": prefix, "source": source,
+                        "nexthop": nexthop, "nh_id": fib_id, "forwarding": fib_nh}),
+                    None => json!({"address": addr, "prefix": null, "nexthop": "unreachable (no route)",
+                        "nh_id": fib_id, "forwarding": fib_nh}),
+                })
+            }
+            Request::CountersClear => {
+                *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.counters_json());
+                Ok(json!({"cleared": true}))
+            }
+            Request::ConfigShow => {
+                let node = self.node();
+                let running = node.config();
+                let text = toml::to_string(running).map_err(|e| format!("cannot show the config: {e}"))?;
+                let warning = match &self.config_path {
+                    None => None,
+                    Some(p) => match Config::load(p) {
+                        Ok(c) if &c == running => None,
+                        Ok(_) => Some(format!(
+                            "{} differs from the running config (changed since, or changed through the control socket): a reload or SIGHUP would apply the file",
+                            p.display()
+                        )),
+                        Err(e) => Some(format!("a reload or SIGHUP would fail: {e}")),
+                    },
+                };
+                Ok(
+                    json!({"config": text, "file": self.config_path, "matches_file": warning.is_none(), "warning": warning}),
+                )
             }
             Request::RouteAdd { prefix, nexthop } => {
                 let n = self.node().cli_route(prefix, Some(nexthop)).map_err(|e| e.to_string())?;
@@ -292,7 +340,14 @@ impl Control {
                 }
                 Ok(json!({"connections": conns, "total": total, "workers_not_answering": missing}))
             }
-            Request::Counters => Ok(self.counters_json()),
+            Request::Counters => {
+                let mut v = self.counters_json();
+                if let Some(b) = &*self.baseline.lock().unwrap_or_else(|e| e.into_inner()) {
+                    subtract(&mut v, b);
+                    v["since_clear"] = json!(true);
+                }
+                Ok(v)
+            }
             Request::Apply { config, dry_run } => {
                 let cfg = Config::parse(&config, Path::new("<apply>")).map_err(|e| e.to_string())?;
                 let r = match dry_run {
@@ -430,6 +485,32 @@ impl Control {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(api::MAX_WAIT_MS));
         let stops = self.sessions_stopped.load(Ordering::Acquire);
         move || Instant::now() >= deadline || self.sessions_stopped.load(Ordering::Acquire) != stops || (who.gone)()
+    }
+}
+
+/// `v - base` for every counter (number) `base` also has, leaving the rest (names, lists of
+/// names) as they are; a counter below its baseline (a port re-created) counts from zero.
+fn subtract(v: &mut Value, base: &Value) {
+    match (v, base) {
+        (Value::Object(m), Value::Object(b)) => {
+            // "worker" is an index, not a counter.
+            for (k, x) in m.iter_mut().filter(|(k, _)| *k != "worker") {
+                if let Some(y) = b.get(k) {
+                    subtract(x, y);
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() && a.iter().all(Value::is_object) => {
+            for (x, y) in a.iter_mut().zip(b) {
+                subtract(x, y);
+            }
+        }
+        (x @ Value::Number(_), Value::Number(y)) => {
+            if let (Some(a), Some(b)) = (x.as_u64(), y.as_u64()) {
+                *x = json!(a.saturating_sub(b));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -838,6 +919,7 @@ fn client(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::build::NhKey;
     use crate::control::fixtures;
     use crate::control::node::NoIo;
     use crate::neigh::{NeighConfig, NeighTable};
@@ -985,6 +1067,108 @@ mod tests {
         assert!(r.ok && r.result.unwrap()["packets"].as_array().unwrap().is_empty());
         assert!(t0.elapsed() < Duration::from_secs(1));
         assert_eq!(s.ctl.shared.observe.active(), 0);
+    }
+
+    fn ok(ctl: &Control, req: Request) -> Value {
+        let r = ctl.handle(req);
+        assert!(r.ok, "{r:?}");
+        r.result.unwrap()
+    }
+
+    #[test]
+    fn route_lookup_answers_the_longest_match() {
+        let ctl = test_control();
+        let lookup = |a: &str| ok(&ctl, Request::RouteLookup { addr: a.parse().unwrap() });
+        let v = lookup("10.244.1.2");
+        assert_eq!((v["prefix"].as_str(), v["source"].as_str()), (Some("10.244.1.2/32"), Some("node")), "{v}");
+        assert!(v["nexthop"].as_str().unwrap().contains("local port 2"), "{v}");
+        assert_eq!(lookup("10.244.1.9")["prefix"], "10.244.1.0/26", "the blackholed block");
+        assert_eq!(lookup("192.168.1.77")["nexthop"], "connected");
+        assert_eq!(lookup("8.8.8.8")["prefix"], Value::Null, "no default route in this config");
+        ctl.node()
+            .cli_route("0.0.0.0/0".parse().unwrap(), Some(NhKey::Gateway("192.168.1.1".parse().unwrap())))
+            .unwrap();
+        let v = lookup("8.8.8.8");
+        assert_eq!((v["prefix"].as_str(), v["nexthop"].as_str()), (Some("0.0.0.0/0"), Some("via 192.168.1.1")), "{v}");
+        assert!(v["forwarding"].as_str().unwrap().contains("Gateway"), "{v}");
+    }
+
+    #[test]
+    fn counters_clear_counts_from_zero_without_touching_the_workers_counters() {
+        let ctl = test_control();
+        let c = &ctl.counters[0];
+        c.punted.fetch_add(5, Ordering::Relaxed);
+        c.count_drop(DropReason::PolicyDeny);
+        let total = |ctl: &Control| ok(ctl, Request::Counters)["total"].clone();
+        assert_eq!(total(&ctl)["counters"]["punted"], 5);
+        assert_eq!(ok(&ctl, Request::CountersClear)["cleared"], true);
+        let t = total(&ctl);
+        assert_eq!((t["counters"]["punted"].as_u64(), t["drops"]["policy/deny"].as_u64()), (Some(0), Some(0)), "{t}");
+        c.punted.fetch_add(2, Ordering::Relaxed);
+        let v = ok(&ctl, Request::Counters);
+        assert_eq!(v["total"]["counters"]["punted"], 2);
+        assert_eq!(v["workers"][0]["worker"], 0);
+        assert_eq!(v["total"]["node"], "t", "names are kept");
+        assert_eq!(c.punted.load(Ordering::Relaxed), 7, "the worker's counter is not reset");
+        assert_eq!(ctl.counters_json()["total"]["counters"]["punted"], 7, "nor the stats file's");
+    }
+
+    #[test]
+    fn config_show_warns_when_the_file_no_longer_matches() {
+        let dir = std::env::temp_dir().join(format!("vr-cfgshow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("node.toml");
+        let text = format!("{}{}", fixtures::node_toml("t"), fixtures::endpoint_toml("a", 2));
+        std::fs::write(&f, &text).unwrap();
+        let mut ctl = Arc::into_inner(test_control()).unwrap();
+        ctl.config_path = Some(f.clone());
+        let v = ok(&ctl, Request::ConfigShow);
+        assert_eq!((v["matches_file"].as_bool(), &v["warning"]), (Some(true), &Value::Null), "{v}");
+        let shown = Config::parse(v["config"].as_str().unwrap(), Path::new("shown")).unwrap();
+        assert_eq!(&shown, ctl.node().config(), "the TOML shown parses back to the running config");
+        std::fs::write(&f, text.replace("10.244.1.2", "10.244.1.5")).unwrap();
+        let v = ok(&ctl, Request::ConfigShow);
+        assert_eq!(v["matches_file"], false);
+        assert!(v["warning"].as_str().unwrap().contains("differs from the running config"), "{v}");
+        std::fs::write(&f, "bogus").unwrap();
+        assert!(ok(&ctl, Request::ConfigShow)["warning"].as_str().unwrap().contains("would fail"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_change_is_logged_with_who_made_it() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt().with_ansi(false).with_writer(move || w.clone()).finish();
+        let ctl = test_control();
+        let who = Session { uid: Some(1000), pid: Some(4242), gone: &|| false };
+        tracing::subscriber::with_default(sub, || {
+            let add = Request::RouteAdd { prefix: "203.0.113.0/24".parse().unwrap(), nexthop: NhKey::Blackhole };
+            assert!(ctl.handle_in(add, &who).ok);
+            assert!(!ctl.handle_in(Request::RouteDel { prefix: "198.51.100.0/24".parse().unwrap() }, &who).ok);
+            assert!(ctl.handle_in(Request::Status, &who).ok);
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "two changes, no line for status: {log}");
+        assert!(lines[0].contains("INFO") && lines[0].contains("control: change made"), "{log}");
+        assert!(lines[0].contains("uid=Some(1000)") && lines[0].contains("pid=Some(4242)"), "{log}");
+        assert!(lines[0].contains("203.0.113.0/24"), "{log}");
+        assert!(
+            lines[1].contains("WARN") && lines[1].contains("change refused") && lines[1].contains("no CLI route"),
+            "{log}"
+        );
     }
 
     #[test]
