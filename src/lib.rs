@@ -10,6 +10,7 @@ pub mod neigh;
 pub mod perf;
 pub mod port;
 pub mod ratelimit;
+pub mod repeat;
 pub mod stats;
 pub mod wire;
 pub mod worker;

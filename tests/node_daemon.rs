@@ -343,3 +343,101 @@ fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
     common::wait_until("pod -> router again", Duration::from_secs(5), || t.ping("pod", "192.168.1.1", "1"));
     t.stop(child);
 }
+
+/// A node with no uplink and no pods (nothing to set up, no root needed to start it), its
+/// control socket in `dir`.
+fn bare_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let f = dir.join("bare.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[node]\nname = \"bare\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[control]\nsocket = \"{}\"\n",
+            dir.join("ctl.sock").display()
+        ),
+    )
+    .unwrap();
+    f
+}
+
+#[test]
+fn a_stats_path_that_cannot_be_written_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("vrd-stats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = bare_config(&dir);
+    for (stats, says) in
+        [("/nonexistent-vrouter-dir/stats.json", "does not exist"), ("/proc/vrouter-stats.json", "cannot write there")]
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+            .args(["run", "--config", cfg.to_str().unwrap(), "--stats", stats])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let running = child.try_wait().unwrap().is_none();
+        if running {
+            let _ = child.kill();
+        }
+        let o = child.wait_with_output().unwrap();
+        let e = common::text(&o);
+        assert!(!running, "--stats {stats}: the daemon started anyway: {e}");
+        assert!(!o.status.success() && e.contains(&format!("--stats {stats}")) && e.contains(says), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stats_file_failing_every_tick_is_logged_once_with_a_count() {
+    let dir = std::env::temp_dir().join(format!("vrd-statsflood-{}", std::process::id()));
+    let stats_dir = dir.join("st");
+    std::fs::create_dir_all(&stats_dir).unwrap();
+    let cfg = bare_config(&dir);
+    let log = dir.join("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["run", "--config", cfg.to_str().unwrap(), "--stats", stats_dir.join("stats.json").to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = common::Proc::new(child);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until("the stats file", Duration::from_secs(10), || stats_dir.join("stats.json").exists());
+    std::fs::remove_dir_all(&stats_dir).unwrap();
+    std::thread::sleep(Duration::from_millis(2500)); // about 12 ticks
+    let lines = read_log().matches("cannot write stats").count();
+    assert_eq!(lines, 1, "one line for a repeated failure: {}", read_log());
+    std::fs::create_dir_all(&stats_dir).unwrap();
+    common::wait_until("the recovery line", Duration::from_secs(3), || read_log().contains("stats file written again"));
+    let l = read_log();
+    let failures: u64 =
+        l[l.find("failures=").unwrap() + 9..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+    assert!(failures >= 8, "the count of failures told: {l}");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.finish().status.success(), "{}", read_log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn thousands_of_unusable_kernel_routes_are_a_few_log_lines() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vru", &[]);
+    t.exec_ok("node", &["ip", "link", "add", "dm0", "type", "veth", "peer", "name", "dm1"]);
+    t.exec_ok("node", &["ip", "link", "set", "dm1", "up"]);
+    t.exec_ok("node", &["ip", "link", "set", "dm0", "up"]);
+    let batch: String =
+        (0..3000).map(|i| format!("route add 10.{}.{}.0/24 dev dm0 table 100\n", 100 + i / 256, i % 256)).collect();
+    std::fs::write(t.dir.join("routes.batch"), batch).unwrap();
+    t.exec_ok("node", &["ip", "-batch", t.dir.join("routes.batch").to_str().unwrap()]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}[kernel_routes]\ntable = 100\n")));
+    let child = t.start();
+    common::wait_until("3000 routes refused", Duration::from_secs(10), || {
+        t.ctl_json(&["routes"])["not_installed"].as_array().map_or(0, Vec::len) == 3000
+    });
+    // (Before the helper each one was a "kernel route not installed" line.)
+    let lines = t.log().lines().filter(|l| l.contains("WARN") && l.contains("kernel route not")).count();
+    assert!((1..=2).contains(&lines), "{lines} lines for 3000 unusable routes");
+    assert!(t.log().contains("is not one vrouter forwards to"), "the first one says why: {}", t.log());
+    common::wait_until("the count", Duration::from_secs(15), || t.log().contains("more kernel routes not imported"));
+    t.stop(child);
+}

@@ -25,6 +25,7 @@ use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
 use crate::port::xdp;
+use crate::repeat::{Hit, Repeated};
 use crate::stats::{Counters, DropReason};
 use crate::wire::MacAddr;
 use crate::worker::{PortSet, TxTarget, WorkerRt};
@@ -45,6 +46,8 @@ pub enum DaemonError {
     Uplink { dev: String, msg: String },
     #[error("endpoint {name}: {msg}")]
     Endpoint { name: String, msg: String },
+    #[error("--stats {path}: {msg}")]
+    Stats { path: String, msg: String },
     #[error("host port: {0}")]
     Host(String),
     #[error("{0}")]
@@ -90,6 +93,23 @@ pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>])
             "punted": sum(|c| &c.punted),
         }
     })
+}
+
+/// Refuses a `--stats` path that cannot be written (missing directory, no permission), which
+/// would otherwise fail on every tick for as long as the daemon runs.
+fn check_stats_path(path: &Path) -> Result<(), DaemonError> {
+    let err = |msg: String| DaemonError::Stats { path: path.display().to_string(), msg };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(err(format!("the directory {} does not exist; create it or choose another path", dir.display())));
+    }
+    let probe = path.with_extension("tmp");
+    std::fs::write(&probe, b"{}").map_err(|e| err(format!("cannot write there ({e})")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -302,6 +322,9 @@ fn stop_threads(stop: &AtomicBool, threads: impl IntoIterator<Item = std::thread
 /// Runs the node described by `config` until SIGINT or SIGTERM; SIGHUP reloads it.
 pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let cfg = Config::load(config)?;
+    if let Some(p) = &stats {
+        check_stats_path(p)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -502,6 +525,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     }
 
     let mut xdp_lost = false;
+    let mut stats_failing = Repeated::new(Duration::from_secs(60));
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match ctl.reload() {
@@ -511,8 +535,19 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
         if let Some(p) = &stats {
             let doc = ctl.counters_json()["total"].clone();
-            if let Err(e) = write_atomically(p, &doc.to_string()) {
-                error!(path = %p.display(), "cannot write stats: {e}");
+            match write_atomically(p, &doc.to_string()) {
+                Ok(()) => {
+                    if let Some(n) = stats_failing.clear() {
+                        info!(path = %p.display(), failures = n, "stats file written again");
+                    }
+                }
+                Err(e) => match stats_failing.hit(std::time::Instant::now()) {
+                    Hit::Log { suppressed } => error!(
+                        path = %p.display(),
+                        "cannot write stats: {e} (retried every 200 ms; logged once a minute; {suppressed} failures since the last line)"
+                    ),
+                    Hit::Quiet => {}
+                },
             }
         }
         if let Some(u) = &cfg.uplink {

@@ -52,6 +52,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tracing::{debug, error, warn};
 
 use crate::fib::Ipv4Prefix;
+use crate::repeat::{Hit, Repeated};
 
 /// One kernel route's next hop(s), as the kernel reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -810,6 +811,7 @@ impl<F: FnMut(RouteEvent)> Watcher<F> {
     fn run(&mut self) {
         let mut resync_at: Option<Instant> = None;
         while !self.stopped() {
+            flush_unusable();
             if resync_at.is_some_and(|t| Instant::now() >= t) {
                 resync_at = match self.dump_table() {
                     Ok(m) => {
@@ -927,10 +929,36 @@ impl<F: FnMut(RouteEvent)> Watcher<F> {
     }
 }
 
+/// Unusable routes come by the thousand (a full table through an unknown device): one line per
+/// 10 s, the first route with its reason and a count of the others.
+static UNUSABLE: std::sync::Mutex<Repeated> = std::sync::Mutex::new(Repeated::new(Duration::from_secs(10)));
+
 fn log_unusable(prefix: Ipv4Prefix, why: &Unusable) {
     match why {
         Unusable::Type(t) => debug!(%prefix, kind = ?t, "netlink: route type not imported"),
-        Unusable::NextHop(why) => warn!(%prefix, why, "netlink: route not imported"),
+        Unusable::NextHop(why) => log_not_imported(prefix, why),
+    }
+}
+
+/// Logs a kernel route that is not imported (here, or refused by the node), one line per
+/// window for a burst of them: the first with its reason, then a count (each at debug level).
+pub fn log_not_imported(prefix: Ipv4Prefix, why: &str) {
+    let mut r = UNUSABLE.lock().unwrap_or_else(|e| e.into_inner());
+    match r.hit(Instant::now()) {
+        Hit::Log { suppressed: 0 } => warn!(%prefix, why, "kernel route not imported"),
+        Hit::Log { suppressed } => {
+            warn!(%prefix, why, "kernel route not imported ({suppressed} more not imported since the last line)")
+        }
+        Hit::Quiet => debug!(%prefix, why, "kernel route not imported"),
+    }
+}
+
+/// Tells the count of unusable routes not logged, once their window is over (on the watcher's
+/// loop, so a burst that stops is still summed up).
+fn flush_unusable() {
+    let n = UNUSABLE.lock().unwrap_or_else(|e| e.into_inner()).flush(Instant::now());
+    if let Some(n) = n {
+        warn!(routes = n, "{n} more kernel routes not imported (each with its reason at debug level)");
     }
 }
 

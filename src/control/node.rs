@@ -714,7 +714,7 @@ impl Node {
     }
 
     fn reject_kernel(&mut self, prefix: Ipv4Prefix, why: String) -> Result<usize, NodeError> {
-        tracing::warn!(%prefix, "kernel route not installed: {why}");
+        super::netlink::log_not_imported(prefix, &why); // a burst is one line and a count
         self.kernel_rejected.insert(prefix, why);
         self.set_routes(RouteSource::Kernel, [(prefix, None)])
     }

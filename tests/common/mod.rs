@@ -54,6 +54,11 @@ pub const DEFAULT_ROUTE: &str = "[[routes]]\nprefix = \"0.0.0.0/0\"\nvia = \"192
 pub struct Proc(Option<Child>);
 
 impl Proc {
+    /// Takes charge of `child` (killed on drop unless waited for).
+    pub fn new(child: Child) -> Proc {
+        Proc(Some(child))
+    }
+
     /// Its pid (`ip netns exec` execs the command, so the command's).
     pub fn pid(&self) -> i32 {
         self.0.as_ref().expect("not waited for").id() as i32
