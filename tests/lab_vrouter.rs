@@ -225,6 +225,44 @@ fn ipip_from_an_unknown_host_is_dropped_and_counted() {
 }
 
 #[test]
+fn ipip_with_a_forged_inner_source_is_dropped_and_counted() {
+    let Some((_turn, lab)) = lab("forged_inner") else { return };
+    // Pod 1a collects what reaches UDP 9999 for a few seconds.
+    let log = lab.dir().join(format!("forged-inner-{}.txt", std::process::id()));
+    let listener = "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999)); s.settimeout(0.2)\n\
+         end = time.time() + 4\n\
+         while time.time() < end:\n\
+         \x20   try: print(s.recv(100).decode(), flush=True)\n\
+         \x20   except socket.timeout: pass\n";
+    let mut rx = lab.spawn(&lab.pod("1a").ns, &["python3", "-c", listener], Some(&log)).expect("listener");
+    std::thread::sleep(Duration::from_millis(500));
+    let reasons = ["ipip/inner-source-ours", "ipip/inner-source-local-pod", "ipip/inner-source-rpf"];
+    let before: Vec<u64> = reasons.iter().map(|r| lab.drops(1, r)).collect();
+    // From the underlay router, forging node 3's address as the outer source (a known peer).
+    let out = python(
+        lab,
+        &lab.router_ns(),
+        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+         for src, tag in (('192.168.1.10', 'node-ip'), ('10.244.1.3', 'local-pod'), ('10.244.2.2', 'node2-pod'),\n\
+         \x20                ('10.244.3.2', 'genuine')):\n\
+         \x20   inner = ip4(src, '10.244.1.2', 17, udp(40000, 9999, tag.encode()))\n\
+         \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = rx.wait();
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
+    for tag in ["node-ip", "local-pod", "node2-pod"] {
+        assert!(!got.contains(tag), "forged inner source {tag} reached the pod: {got:?}");
+    }
+    for (r, b) in reasons.iter().zip(&before) {
+        let after = wait_counter(lab, 1, "drops", r, b + 2);
+        assert!(after >= b + 2, "{r}: {b} -> {after}; stats {}", lab.stats(1));
+    }
+}
+
+#[test]
 fn pod_spoofing_its_source_is_dropped_and_counted() {
     let Some((_turn, lab)) = lab("spoofed_source") else { return };
     let ns = &lab.pod("1a").ns;

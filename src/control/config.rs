@@ -144,6 +144,21 @@ pub struct NodeConfig {
     /// The underlay default gateway on the uplink, if any.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// Reverse-path check of IPIP inner sources: strict (routed back through the sending peer)
+    /// or loose (any route).
+    #[serde(default)]
+    pub ipip_rpf: RpfMode,
+}
+
+/// How decapsulated inner sources are checked against the FIB.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RpfMode {
+    /// The inner source must be the peer itself or routed back through that peer.
+    #[default]
+    Strict,
+    /// The inner source must have a route (not unreachable, prohibit or blackhole).
+    Loose,
 }
 
 fn default_gateway() -> Ipv4Addr {

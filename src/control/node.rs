@@ -34,7 +34,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
-use super::config::{Config, EndpointConfig};
+use super::config::{Config, EndpointConfig, RpfMode};
 use super::netlink::KernelNextHop;
 use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
 use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
@@ -367,7 +367,17 @@ impl Node {
             vec![NextHop::Unreachable],
             Arc::new(PolicySet::allow_all()),
         )
+        .map(|mut s| {
+            Self::node_checks(&mut s, cfg);
+            s
+        })
         .expect("uplink and host ports are valid")
+    }
+
+    /// The anti-spoofing settings of a snapshot that come from `[node]`.
+    fn node_checks(snap: &mut Snapshot, cfg: &Config) {
+        snap.pod_blocks = vec![cfg.node.pod_block];
+        snap.ipip_strict_rpf = cfg.node.ipip_rpf == RpfMode::Strict;
     }
 
     fn base_ports(cfg: &Config, uplink_mac: MacAddr) -> Vec<Option<PortInfo>> {
@@ -527,6 +537,8 @@ impl Node {
             policy,
         )
         .map_err(|e| NodeError::Internal(format!("snapshot refused: {e}")))?;
+        let mut snap = snap;
+        Self::node_checks(&mut snap, &self.cfg);
         self.shared.publish(snap);
         self.nh.dirty = false;
         self.published += 1;

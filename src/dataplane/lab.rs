@@ -59,6 +59,8 @@ pub struct LabOptions {
     pub default_route: bool,
     pub policy: Arc<PolicySet>,
     pub worker: WorkerConfig,
+    /// Strict reverse-path check of IPIP inner sources (the default).
+    pub ipip_strict_rpf: bool,
 }
 
 impl Default for LabOptions {
@@ -69,6 +71,7 @@ impl Default for LabOptions {
             default_route: false,
             policy: Arc::new(PolicySet::allow_all()),
             worker: WorkerConfig::default(),
+            ipip_strict_rpf: true,
         }
     }
 }
@@ -122,7 +125,7 @@ pub fn nexthops(host: bool) -> Vec<NextHop> {
 }
 
 pub fn snapshot(opts: &LabOptions) -> Snapshot {
-    Snapshot::build(
+    let mut s = Snapshot::build(
         ports(opts.host_port),
         NODE_IP,
         vec![],
@@ -132,7 +135,10 @@ pub fn snapshot(opts: &LabOptions) -> Snapshot {
         nexthops(opts.host_port),
         opts.policy.clone(),
     )
-    .expect("lab snapshot is valid")
+    .expect("lab snapshot is valid");
+    s.pod_blocks = vec![pfx("10.244.1.0/26")];
+    s.ipip_strict_rpf = opts.ipip_strict_rpf;
+    s
 }
 
 pub fn pfx(s: &str) -> Ipv4Prefix {

@@ -76,6 +76,13 @@ struct Meta {
     reroute: bool,
     /// Went through the FIB lookup (`nh` is its answer); shown by packet trace.
     looked_up: bool,
+    /// A decapsulated frame's inner source still to check against `peer` (0: none): looked up
+    /// with the destinations, checked at egress.
+    rpf_src: u32,
+    /// The outer source of a decapsulated frame.
+    peer: u32,
+    /// The FIB's answer for `rpf_src`.
+    rpf_nh: NhId,
     /// Dropped for this reason and (if the verdict says it is sent) answered with an ICMP
     /// error; shown by packet trace.
     answered: Option<DropReason>,
@@ -93,6 +100,9 @@ const META_INIT: Meta = Meta {
     from_host: false,
     reroute: false,
     looked_up: false,
+    rpf_src: 0,
+    peer: 0,
+    rpf_nh: NH_NONE,
     answered: None,
     first_lookup: None,
     dst: 0,
@@ -188,9 +198,10 @@ impl Worker {
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
             arp_rl: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
             meta: vec![META_INIT; MAX_BATCH].into_boxed_slice(),
-            keys: vec![0; MAX_BATCH].into_boxed_slice(),
-            nhs: vec![NH_NONE; MAX_BATCH].into_boxed_slice(),
-            idx: vec![0; MAX_BATCH].into_boxed_slice(),
+            // Destinations, and as many inner sources of decapsulated frames.
+            keys: vec![0; 2 * MAX_BATCH].into_boxed_slice(),
+            nhs: vec![NH_NONE; 2 * MAX_BATCH].into_boxed_slice(),
+            idx: vec![0; 2 * MAX_BATCH].into_boxed_slice(),
             out: Output::new(ports.max(64), MAX_BATCH, cfg.emit_slots),
             ident: 1,
             last_service_ms: u64::MAX,
@@ -632,6 +643,10 @@ impl Worker {
             // Our own addresses never arrive from outside.
             m.verdict = Verdict::Drop(DropReason::SpoofedSource);
             return;
+        } else if snap.in_pod_block(src) {
+            // Nor do our pods' (they are behind their own ports).
+            m.verdict = Verdict::Drop(DropReason::UplinkPodSource);
+            return;
         }
         if snap.is_local(dst) {
             self.local(snap, buf, head, len, port, m, now);
@@ -804,8 +819,12 @@ impl Worker {
             let inner = l3 + hl;
             let info = match ipv4::check_input(&buf[inner..*head + *len]) {
                 Ok(i) => i,
-                Err(_) => {
-                    m.verdict = Verdict::Drop(DropReason::IpipBadInner);
+                Err(r) => {
+                    m.verdict = Verdict::Drop(if r == DropReason::Ipv4MartianSource {
+                        DropReason::IpipInnerSourceMartian
+                    } else {
+                        DropReason::IpipBadInner
+                    });
                     return;
                 }
             };
@@ -813,6 +832,20 @@ impl Worker {
                 m.verdict = Verdict::Drop(DropReason::IpipNested);
                 return;
             }
+            // The inner datagram would pass as if it came from the peer's side: a source that
+            // is ours or a local pod's is forged (the same datagram unencapsulated is dropped
+            // as spoofed); the rest is checked against the route back (egress).
+            let inner_src = u32::from_be_bytes(buf[inner + 12..inner + 16].try_into().unwrap());
+            if snap.is_local(inner_src) {
+                m.verdict = Verdict::Drop(DropReason::IpipInnerSourceOurs);
+                return;
+            }
+            if snap.in_pod_block(inner_src) {
+                m.verdict = Verdict::Drop(DropReason::IpipInnerSourceLocalPod);
+                return;
+            }
+            m.rpf_src = inner_src;
+            m.peer = src;
             // Strip the outer header: slide the Ethernet header forward over it.
             buf.copy_within(*head..*head + ETH, *head + hl);
             *head += hl;
@@ -975,15 +1008,27 @@ impl Worker {
                 k += 1;
             }
         }
+        let dsts = k;
+        // Decapsulated frames' inner sources, for the reverse-path check.
+        for (i, m) in meta.iter().enumerate() {
+            if m.verdict == Verdict::Continue && m.rpf_src != 0 {
+                self.keys[k] = m.rpf_src;
+                self.idx[k] = i as u16;
+                k += 1;
+            }
+        }
         if k == 0 {
             return;
         }
         let guard = self.shared.fib.pin();
         guard.lookup_batch(&self.keys[..k], &mut self.nhs[..k]);
-        for j in 0..k {
+        for j in 0..dsts {
             let m = &mut meta[self.idx[j] as usize];
             m.nh = self.nhs[j];
             m.looked_up = true;
+        }
+        for j in dsts..k {
+            meta[self.idx[j] as usize].rpf_nh = self.nhs[j];
         }
     }
 
@@ -1001,6 +1046,14 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
+        if m.rpf_src != 0 {
+            let ok = ipip_rpf(snap, m.rpf_src, m.rpf_nh, m.peer);
+            m.rpf_src = 0;
+            if !ok {
+                m.verdict = Verdict::Drop(DropReason::IpipInnerSourceRpf);
+                return;
+            }
+        }
         if m.local_origin && m.from_host && snap.is_local(m.dst) {
             // An ICMP error about what the node's kernel sent, or our echo reply to it.
             host_l2(snap, buf, *head);
@@ -1464,6 +1517,31 @@ fn describe_policy(snap: &Snapshot, src_ep: Option<EndpointId>, dst_ep: Option<E
         ));
     }
     parts.join("; ")
+}
+
+/// Reverse-path check of a decapsulated frame's inner source `src` (routed to `nh`), sent by
+/// the peer `peer`. Strict (the default, as Calico's per-peer routes make natural): the peer
+/// itself, or a source routed back through that peer (IPIP to it, or to it directly; with
+/// ECMP, through any of the paths). Loose: any route but none, unreachable, prohibit or
+/// blackhole.
+#[inline]
+fn ipip_rpf(snap: &Snapshot, src: u32, nh: NhId, peer: u32) -> bool {
+    if src == peer {
+        return true;
+    }
+    let Some(nh) = snap.nexthop(nh) else { return false };
+    if !snap.ipip_strict_rpf {
+        return !matches!(nh, NextHop::Unreachable | NextHop::NetUnreachable | NextHop::Prohibit | NextHop::Blackhole);
+    }
+    let via_peer = |nh: &NextHop| match nh {
+        NextHop::Tunnel { remote, .. } => *remote == peer,
+        NextHop::Gateway { via, .. } => *via == peer,
+        _ => false,
+    };
+    match nh {
+        NextHop::Ecmp(members) => members.iter().any(|m| snap.nexthop(*m).is_some_and(via_peer)),
+        nh => via_peer(nh),
+    }
 }
 
 /// Addresses a frame for the node's kernel: to its MAC on the host port, from ours (a pod's

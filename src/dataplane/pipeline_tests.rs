@@ -161,12 +161,18 @@ fn node3() -> Lab {
         CALICO_POD_GATEWAY,
         vec![lab::NODE_IP],
         vec![Endpoint { name: "p".into(), port: lab::POD_A, mac: lab::POD_A_MAC, addrs: vec![lab::NODE3_POD] }],
-        vec![NextHop::Unreachable, NextHop::Local { endpoint: 0 }],
+        vec![
+            NextHop::Unreachable,
+            NextHop::Local { endpoint: 0 },
+            NextHop::Tunnel { port: lab::UPLINK, remote: lab::NODE_IP, via: lab::UNDERLAY_GW },
+        ],
         opts.policy.clone(),
     )
     .unwrap();
     let (shared, mut fib) = Shared::new(snap, crate::neigh::NeighTable::new(Default::default()).unwrap());
     fib.insert(lab::pfx("10.244.3.2/32"), 1);
+    // Node 1's pods, back through the tunnel (what the reverse-path check wants).
+    fib.insert(lab::pfx("10.244.1.0/26"), 2);
     let worker = Worker::new(shared.clone(), WorkerConfig::default());
     Lab { shared, fib, worker }
 }
@@ -194,6 +200,71 @@ fn ipip_is_refused_unless_from_a_known_peer_to_our_endpoint() {
         assert_eq!(drops(&lab, reason), 1, "{reason:?}");
         assert_eq!(total_drops(&lab), 1);
     }
+}
+
+/// IPIP from `peer` to us carrying UDP from `inner_src` to pod A.
+fn ipip_to_pod_a(peer: u32, inner_src: u32) -> Vec<u8> {
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, inner_src, lab::POD_A_IP, 63, 1, 2, b"in");
+    frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, peer, lab::NODE_IP, &inner)
+}
+
+#[test]
+fn ipip_inner_sources_that_are_ours_martian_or_local_pods_are_dropped() {
+    let cases = [
+        (lab::NODE_IP, DropReason::IpipInnerSourceOurs),
+        (crate::dataplane::state::CALICO_POD_GATEWAY, DropReason::IpipInnerSourceOurs),
+        (lab::POD_B_IP, DropReason::IpipInnerSourceLocalPod),
+        (0x0af4_0130, DropReason::IpipInnerSourceLocalPod), // in our block, no pod
+        (0x7f00_0001, DropReason::IpipInnerSourceMartian),
+    ];
+    for (src, reason) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        assert!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, src), lab::UPLINK).is_empty(), "{reason:?}");
+        assert_eq!((drops(&lab, reason), total_drops(&lab)), (1, 1), "{reason:?}");
+    }
+}
+
+#[test]
+fn ipip_inner_source_must_route_back_through_the_sending_peer_unless_loose() {
+    let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
+    // Node 3's pods and node 3 itself: fine.
+    assert_eq!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, lab::NODE3_POD), lab::UPLINK).len(), 1);
+    assert_eq!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, lab::NODE3_IP), lab::UPLINK).len(), 1);
+    // Node 2's pods (routed to node 2), or the internet (routed to the gateway), from node 3.
+    assert!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, lab::NODE2_POD), lab::UPLINK).is_empty());
+    assert!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, 0x0101_0101), lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::IpipInnerSourceRpf), 2);
+    // Loose: any route will do, none will not.
+    let mut loose = Lab::new(LabOptions { default_route: true, ipip_strict_rpf: false, ..Default::default() });
+    assert_eq!(run1(&mut loose, ipip_to_pod_a(lab::NODE3_IP, lab::NODE2_POD), lab::UPLINK).len(), 1);
+    assert_eq!(run1(&mut loose, ipip_to_pod_a(lab::NODE3_IP, 0x0101_0101), lab::UPLINK).len(), 1);
+    let mut loose = Lab::new(LabOptions { default_route: false, ipip_strict_rpf: false, ..Default::default() });
+    assert!(run1(&mut loose, ipip_to_pod_a(lab::NODE3_IP, 0x0101_0101), lab::UPLINK).is_empty());
+    assert_eq!(drops(&loose, DropReason::IpipInnerSourceRpf), 1);
+}
+
+#[test]
+fn ipip_rpf_accepts_a_source_behind_any_path_of_an_ecmp_group() {
+    let opts = LabOptions::default();
+    let mut lab = Lab::new(opts.clone());
+    let mut nhs = lab::nexthops(true);
+    let ecmp = nhs.len() as NhId;
+    nhs.push(NextHop::Ecmp(vec![lab::NH_NODE2, lab::NH_NODE3_IPIP].into_boxed_slice()));
+    let mut snap = lab::snapshot(&opts);
+    snap.nexthops = nhs;
+    lab.shared.publish(snap);
+    lab.fib.insert(lab::pfx("10.50.0.0/16"), ecmp);
+    assert_eq!(run1(&mut lab, ipip_to_pod_a(lab::NODE3_IP, 0x0a32_0001), lab::UPLINK).len(), 1);
+    assert_eq!(run1(&mut lab, ipip_to_pod_a(lab::NODE2_IP, 0x0a32_0001), lab::UPLINK).len(), 1);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn plain_frames_from_the_uplink_with_a_source_in_our_pod_block_are_dropped() {
+    let mut lab = Lab::new(LabOptions::default());
+    let f = frames::udp(lab::NODE2_MAC, lab::UPLINK_MAC, lab::POD_B_IP, lab::POD_A_IP, 64, 1, 2, b"spoof");
+    assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+    assert_eq!(drops(&lab, DropReason::UplinkPodSource), 1);
 }
 
 #[test]

@@ -139,6 +139,12 @@ pub struct Snapshot {
     pub policy: Arc<PolicySet>,
     pub host_port: Option<PortId>,
     pub uplink_port: Option<PortId>,
+    /// This node's pod blocks: never a source from the uplink, nor inside IPIP (empty after
+    /// [`Snapshot::build`]; the control side sets it).
+    pub pod_blocks: Vec<Ipv4Prefix>,
+    /// Strict reverse-path check of IPIP inner sources (the default): the inner source must be
+    /// routed back through the peer that sent it. Loose: it must only have a route.
+    pub ipip_strict_rpf: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -267,7 +273,15 @@ impl Snapshot {
             policy,
             host_port,
             uplink_port,
+            pod_blocks: vec![],
+            ipip_strict_rpf: true,
         })
+    }
+
+    /// Whether `a` lies in one of this node's pod blocks.
+    #[inline]
+    pub fn in_pod_block(&self, a: u32) -> bool {
+        self.pod_blocks.iter().any(|b| b.contains(a))
     }
 
     /// The port in slot `p`, if there is one.

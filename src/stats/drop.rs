@@ -164,6 +164,19 @@ drop_reasons! {
     RouteUnreachable => "fib/unreachable",
     /// The route is of type prohibit (ICMP administratively prohibited sent when allowed).
     RouteProhibited => "fib/prohibited",
+
+    // --- Spoofing from the underlay, appended ---
+    /// IPIP inner source is one of our addresses (node IP, pod gateway, extra addresses).
+    IpipInnerSourceOurs => "ipip/inner-source-ours",
+    /// IPIP inner source is martian (0/8, 127/8, multicast, broadcast, class E).
+    IpipInnerSourceMartian => "ipip/inner-source-martian",
+    /// IPIP inner source lies in this node's pod block (a local pod's address).
+    IpipInnerSourceLocalPod => "ipip/inner-source-local-pod",
+    /// IPIP inner source fails the reverse-path check: strict, not routed back through the
+    /// peer that sent it (nor the peer itself); loose, no route at all.
+    IpipInnerSourceRpf => "ipip/inner-source-rpf",
+    /// A plain frame from the uplink whose source lies in this node's pod block.
+    UplinkPodSource => "endpoint/pod-source-from-uplink",
 }
 
 #[cfg(test)]
