@@ -37,8 +37,7 @@ enum Cmd {
         file: PathBuf,
         /// Also check this machine (run it where the daemon will run, in its network
         /// namespace): the uplink exists and is up, no device already has a TAP's name, pod
-        /// namespaces and the control group exist, /dev/net/tun and a bpf filesystem are there,
-        /// running as root.
+        /// namespaces and the control group exist, /dev/net/tun is there, running as root.
         #[arg(long)]
         env: bool,
     },

@@ -441,3 +441,60 @@ fn thousands_of_unusable_kernel_routes_are_a_few_log_lines() {
     common::wait_until("the count", Duration::from_secs(15), || t.log().contains("more kernel routes not imported"));
     t.stop(child);
 }
+
+#[test]
+fn trickling_clients_and_an_abandoned_trace_do_not_lock_the_control_socket() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrc", &["pod"]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let child = t.start();
+    // Sixteen clients (every slot) each trickle a byte of a request that never ends.
+    let mut trickling: Vec<UnixStream> = (0..16).map(|_| UnixStream::connect(t.sock()).unwrap()).collect();
+    for c in &mut trickling {
+        c.write_all(b"{").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for c in &mut trickling {
+        let _ = c.write_all(b" ");
+    }
+    let start = Instant::now();
+    let o = t.ctl(&["status"]);
+    assert!(o.status.success(), "an operator is locked out: {}", common::text(&o));
+    assert!(start.elapsed() < Duration::from_secs(2), "status took {:?}", start.elapsed());
+    // A trace whose client went away (Ctrl-C) ends; the next one may start at once.
+    let mut abandoned = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
+        .arg("-s")
+        .arg(t.sock())
+        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    abandoned.kill().unwrap();
+    abandoned.wait().unwrap();
+    common::wait_until("the abandoned trace to end", Duration::from_secs(2), || {
+        t.ctl(&["trace", "--count", "1", "--timeout", "0.1"]).status.success()
+    });
+    // And `trace stop` ends one whose client is still there.
+    let stopper = {
+        let sock = t.sock();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            Command::new(env!("CARGO_BIN_EXE_vrouterctl")).arg("-s").arg(sock).args(["trace", "stop"]).output().unwrap()
+        })
+    };
+    let start = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
+        .arg("-s")
+        .arg(t.sock())
+        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && start.elapsed() < Duration::from_secs(5), "{}", common::text(&o));
+    let s = stopper.join().unwrap();
+    assert!(String::from_utf8_lossy(&s.stdout).contains("stopped the running trace"), "{}", common::text(&s));
+    drop(trickling);
+    t.stop(child);
+}

@@ -590,12 +590,6 @@ impl Config {
                 bad.push(format!("control.group: no group '{g}' (groupadd {g})"));
             }
         }
-        if self.uplink.is_some() {
-            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-            if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
-                bad.push("no bpf filesystem mounted (mount -t bpf bpf /sys/fs/bpf)".into());
-            }
-        }
         if !nix::unistd::geteuid().is_root() {
             bad.push("not root: `vrouter run` needs root (AF_XDP, TAPs, namespaces)".into());
         }

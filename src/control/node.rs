@@ -1016,6 +1016,10 @@ impl Node {
                 plan.endpoints_removed.push(name.clone());
             }
         }
+        // What `apply` checks before it creates anything.
+        for e in new.endpoints.iter().filter(|e| !kept.contains_key(&e.name)) {
+            self.io.check_pod(e).map_err(|msg| NodeError::Endpoint { name: e.name.clone(), msg })?;
+        }
         /// Names added, removed and changed between two lists of (name, value).
         fn named_diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> [Vec<String>; 3] {
             let added = b.keys().filter(|n| !a.contains_key(*n)).cloned().collect();
@@ -1274,6 +1278,10 @@ mod tests {
         assert_eq!(n.pod_ports(), [("a".to_string(), 2)]);
         assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }));
         assert_eq!(n.config().endpoints[0].netns, None, "still running the previous config");
+        let mut new = cfg(&pod_a());
+        new.endpoints[0].netns = Some("missing".into());
+        let e = n.plan(&new).unwrap_err().to_string();
+        assert!(e.contains("network namespace 'missing' does not exist"), "--dry-run refuses it too: {e}");
     }
 
     #[test]
