@@ -104,14 +104,18 @@ fn uplink_link(t: &Topo) -> String {
     String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string()
 }
 
-/// The metrics page, fetched from inside the node's namespace (the daemon logs its address).
-fn metrics(t: &Topo) -> String {
+/// The metrics page's URL (the daemon logs it).
+fn metrics_url(t: &Topo) -> String {
     let log = t.log();
-    let url = log
-        .split_whitespace()
+    log.split_whitespace()
         .find(|w| w.starts_with("http://") && w.ends_with("/metrics"))
         .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
-        .to_string();
+        .to_string()
+}
+
+/// The metrics page, fetched from inside the node's namespace.
+fn metrics(t: &Topo) -> String {
+    let url = metrics_url(t);
     let o = t.exec("node", &["curl", "-sS", "-m", "5", &url]);
     assert!(o.status.success(), "curl {url}: {}", common::text(&o));
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -376,5 +380,34 @@ fn thousands_of_unusable_kernel_routes_are_a_few_log_lines() {
     assert!((1..=2).contains(&lines), "{lines} lines for 3000 unusable routes");
     assert!(t.log().contains("is not one vrouter forwards to"), "the first one says why: {}", t.log());
     common::wait_until("the count", Duration::from_secs(15), || t.log().contains("more kernel routes not imported"));
+    t.stop(child);
+}
+
+#[test]
+fn a_veth_uplink_is_warned_about_checksum_offload() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrv", &[]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let child = t.start();
+    let log = t.log();
+    assert!(log.contains("WARN") && log.contains("uplink up0 is a veth"), "{log}");
+    // The peer is in another namespace: named by its ifindex, with the command to run there.
+    assert!(log.contains("ethtool -K PEER (ifindex ") && log.contains(" tx off"), "{log}");
+    t.stop(child);
+}
+
+#[test]
+fn metrics_serve_healthz_and_label_per_port_series_with_the_pod() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrh", &["web"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("web", "192.168.1.1", "1"));
+    let page = metrics(&t);
+    assert!(page.contains("vrouter_port_transmit_packets_total{port=\"tapweb\",pod=\"web\",worker=\"0\"}"), "{page}");
+    assert!(page.contains("vrouter_port_transmit_packets_total{port=\"up0\",worker=\"0\"}"), "{page}");
+    let url = metrics_url(&t).replace("/metrics", "/healthz");
+    let o = t.exec("node", &["curl", "-sS", "-m", "5", "-w", " %{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n 200", "{}", common::text(&o));
     t.stop(child);
 }
