@@ -242,6 +242,18 @@ fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload
     assert_eq!(r["endpoints_added"], serde_json::json!(["pod"]), "{r}");
     assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the reload: {}", t.log());
     assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reload: {}", t.log());
+    // The pod's namespace destroyed: the same, without a core spinning.
+    common::ok(&["ip", "netns", "del", &t.ns("pod")]);
+    let traffic = t.spawn("peer", &["ping", "-q", "-i", "0.01", "-w", "3", "10.244.1.2"]);
+    common::wait_until("the second log line", Duration::from_secs(3), || {
+        t.log().matches("TAP device gone").count() == 2
+    });
+    let before = cpu_seconds(child.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(child.pid()) - before;
+    eprintln!("daemon CPU over 1 s with the pod's namespace gone: {used:.3} s");
+    assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's namespace gone");
+    drop(traffic);
     t.stop(child);
 }
 
