@@ -234,6 +234,11 @@ fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload
     eprintln!("daemon CPU over 1 s with the pod TAP gone: {used:.3} s");
     assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's TAP gone (a spinning core is ~1)");
     assert_eq!(t.log().matches("TAP device gone").count(), 1, "logged once: {}", t.log());
+    let ports = t.ctl_json(&["ports"]);
+    let pod = ports["ports"].as_array().unwrap().iter().find(|p| p["name"] == "tappod").cloned().unwrap();
+    assert_eq!(pod["link"], "down", "{pod}");
+    let plan = t.ctl_json(&["apply", "--dry-run", "-f", t.dir.join("node.toml").to_str().unwrap()]);
+    assert_eq!(plan["endpoints_replaced"], serde_json::json!(["pod"]), "{plan}");
     let s = t.stats();
     assert!(s["drops"]["tx/link-down"].as_u64().unwrap() > 0, "frames to the gone TAP: {s}");
     drop(traffic);
