@@ -135,8 +135,13 @@ fn a_second_daemon_on_the_same_uplink_is_refused_and_the_first_keeps_forwarding(
     t.write_config(&t.config(DEFAULT_ROUTE));
     let first = t.start();
     assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    // Traffic through the first daemon while the second tries to start: none of it is lost.
+    let traffic = t.spawn("pod", &["ping", "-q", "-i", "0.05", "-c", "40", "-W", "1", "192.168.1.1"]);
+    std::thread::sleep(Duration::from_millis(300));
     let o =
         t.exec("node", &[env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    let ping = common::text(&traffic.finish());
+    assert!(ping.contains("40 packets transmitted, 40 received"), "traffic lost while a second daemon started: {ping}");
     let e = common::text(&o);
     assert!(!o.status.success(), "a second daemon on up0 started: {e}");
     assert!(e.contains(&format!("uplink up0 is already driven by another vrouter (pid {}", first.pid())), "{e}");

@@ -214,6 +214,10 @@ fn watch_xdp(dev: &str, w: &xdp::XdpWatch, status: &NodeStatus, lost: bool) -> b
             }
             false
         }
+        xdp::XdpCheck::Reattached if lost => {
+            info!(dev, prog_id = w.prog_id(), "uplink XDP hook free again: vrouter's program attached again");
+            false
+        }
         xdp::XdpCheck::Reattached => {
             status.xdp_lost.fetch_add(1, Ordering::Relaxed);
             error!(
