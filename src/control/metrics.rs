@@ -7,6 +7,10 @@
 //! not: `rate()` and `increase()` only see an increment on a series that existed before it, and
 //! a stable set of series lets an alert name a reason that has never fired yet.
 //!
+//! Per-port series carry the port's name and, on a pod's port, the pod's (`pod="web-1"`,
+//! [`render_with_pods`]): TAP names are the node's business, pod names are what dashboards
+//! and alerts select on.
+//!
 //! The node's name is a label on one `vrouter_node_info` series rather than on every series:
 //! which target a sample came from is the scraper's knowledge (its `instance` and `job` labels),
 //! and `* on (instance) group_left (node) vrouter_node_info` adds the name where a query wants it.
@@ -384,7 +388,8 @@ fn bind_hint(e: &io::Error) -> &'static str {
 /// last page its stats loop rendered). Returns the thread, which ends within about 50 ms of
 /// `stop`, and the address actually bound (so port 0 can be used).
 ///
-/// `GET /` answers with a pointer to `/metrics`, other paths with 404, other methods with 405.
+/// `GET /` answers with a pointer to `/metrics`, `GET /healthz` with 200 (see
+/// [`serve_with_health`]), other paths with 404, other methods with 405.
 pub fn serve(
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
