@@ -433,3 +433,56 @@ fn metrics_serve_healthz_and_label_per_port_series_with_the_pod() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n 200", "{}", common::text(&o));
     t.stop(child);
 }
+
+#[test]
+fn another_xdp_program_in_vrouters_place_is_left_alone_and_vrouters_comes_back_after_it() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrp", &["pod"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    // Someone else's XDP program (XDP_PASS), attached in vrouter's place in the same mode.
+    let src = t.dir.join("pass.c");
+    std::fs::write(
+        &src,
+        "__attribute__((section(\"xdp\"), used)) int pass(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let obj = t.dir.join("pass.o");
+    common::ok(&["clang", "-O2", "-target", "bpf", "-c", src.to_str().unwrap(), "-o", obj.to_str().unwrap()]);
+    let ports = t.ctl_json(&["ports"]);
+    let mode = ports["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").unwrap()["xdp"]["mode"].clone();
+    let ip_mode = if mode == "native" { "xdpdrv" } else { "xdpgeneric" };
+    let node = t.ns("node");
+    common::ok(&[
+        "ip",
+        "-n",
+        &node,
+        "-force",
+        "link",
+        "set",
+        "dev",
+        "up0",
+        ip_mode,
+        "obj",
+        obj.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+    common::wait_until("the log line", Duration::from_secs(3), || {
+        t.log().contains("another XDP program replaced vrouter's")
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(uplink_link(&t).contains("name pass"), "the other program was removed: {}", uplink_link(&t));
+    assert_eq!(t.log().matches("another XDP program replaced vrouter's").count(), 1, "{}", t.log());
+    // Its owner removes it: vrouter's comes back, and forwarding with it.
+    common::ok(&["ip", "-n", &node, "link", "set", "dev", "up0", ip_mode, "off"]);
+    common::wait_until("vrouter's program back", Duration::from_secs(3), || {
+        let l = uplink_link(&t);
+        l.contains("prog/xdp") && !l.contains("name pass")
+    });
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after: {}", t.log());
+    assert_eq!(metric(&metrics(&t), "vrouter_uplink_xdp_detached_total"), Some(1.0), "one episode");
+    t.stop(child);
+}
