@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # vrouter developer entry point. Usage:
-#   scripts/dev.sh demo    install what is missing, build, run the namespace lab demo (root)
+#   scripts/dev.sh demo    install what is missing, build vrouter and vrouterctl, run the
+#                          namespace lab demo (root)
 #   scripts/dev.sh test    install what is missing, run the whole test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the build and the tests need (Debian names): xsk-rs builds libxdp with
-# clang/llvm/libelf/zlib/libpcap/pkg-config/m4; the namespace lab and its tests use iproute2,
-# iperf3, ping, tcpdump (an independent decoder of what crosses the wire) and python3; the
-# perf lab uses trafgen (netsniff-ng); the BGP test runs BIRD (bird2), as Calico does.
-PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 iproute2 iperf3 iputils-ping tcpdump python3 ethtool netsniff-ng bird2)
+# clang/llvm/libelf/zlib/libpcap/pkg-config/m4, and libbpf-sys runs make; the namespace lab and
+# its tests use iproute2, sysctl (procps), iperf3, ping, tcpdump (an independent decoder of what
+# crosses the wire), curl (the metrics endpoint) and python3; the perf lab uses trafgen
+# (netsniff-ng); the BGP test runs BIRD (bird2), as Calico does. A minimal Debian lacks make,
+# procps and curl.
+PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 make procps iproute2 iperf3 iputils-ping tcpdump curl python3 ethtool netsniff-ng bird2)
 
 install_missing() {
     local missing=()
@@ -30,7 +33,7 @@ install_missing() {
 case "${1:-}" in
     demo)
         install_missing
-        cargo build --release --bin vrouter
+        cargo build --release --bin vrouter --bin vrouterctl
         ./target/release/vrouter lab demo
         ;;
     test)

@@ -144,14 +144,18 @@ fn uplink_link(t: &Topo) -> String {
     String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string()
 }
 
-/// The metrics page, fetched from inside the node's namespace (the daemon logs its address).
-fn metrics(t: &Topo) -> String {
+/// The metrics page's URL (the daemon logs it).
+fn metrics_url(t: &Topo) -> String {
     let log = t.log();
-    let url = log
-        .split_whitespace()
+    log.split_whitespace()
         .find(|w| w.starts_with("http://") && w.ends_with("/metrics"))
         .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
-        .to_string();
+        .to_string()
+}
+
+/// The metrics page, fetched from inside the node's namespace.
+fn metrics(t: &Topo) -> String {
+    let url = metrics_url(t);
     let o = t.exec("node", &["curl", "-sS", "-m", "5", &url]);
     assert!(o.status.success(), "curl {url}: {}", common::text(&o));
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -171,8 +175,13 @@ fn a_second_daemon_on_the_same_uplink_is_refused_and_the_first_keeps_forwarding(
     t.write_config(&t.config(DEFAULT_ROUTE));
     let first = t.start();
     assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    // Traffic through the first daemon while the second tries to start: none of it is lost.
+    let traffic = t.spawn("pod", &["ping", "-q", "-i", "0.05", "-c", "40", "-W", "1", "192.168.1.1"]);
+    std::thread::sleep(Duration::from_millis(300));
     let o =
         t.exec("node", &[env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    let ping = common::text(&traffic.finish());
+    assert!(ping.contains("40 packets transmitted, 40 received"), "traffic lost while a second daemon started: {ping}");
     let e = common::text(&o);
     assert!(!o.status.success(), "a second daemon on up0 started: {e}");
     assert!(e.contains(&format!("uplink up0 is already driven by another vrouter (pid {}", first.pid())), "{e}");
@@ -293,6 +302,11 @@ fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload
     eprintln!("daemon CPU over 1 s with the pod TAP gone: {used:.3} s");
     assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's TAP gone (a spinning core is ~1)");
     assert_eq!(t.log().matches("TAP device gone").count(), 1, "logged once: {}", t.log());
+    let ports = t.ctl_json(&["ports"]);
+    let pod = ports["ports"].as_array().unwrap().iter().find(|p| p["name"] == "tappod").cloned().unwrap();
+    assert_eq!(pod["link"], "down", "{pod}");
+    let plan = t.ctl_json(&["apply", "--dry-run", "-f", t.dir.join("node.toml").to_str().unwrap()]);
+    assert_eq!(plan["endpoints_replaced"], serde_json::json!(["pod"]), "{plan}");
     let s = t.stats();
     assert!(s["drops"]["tx/link-down"].as_u64().unwrap() > 0, "frames to the gone TAP: {s}");
     drop(traffic);
@@ -301,6 +315,18 @@ fn a_pod_tap_deleted_under_traffic_is_logged_not_spun_on_and_recreated_by_reload
     assert_eq!(r["endpoints_added"], serde_json::json!(["pod"]), "{r}");
     assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after the reload: {}", t.log());
     assert!(t.ping("peer", "10.244.1.2", "3"), "router -> pod after the reload: {}", t.log());
+    // The pod's namespace destroyed: the same, without a core spinning.
+    common::ok(&["ip", "netns", "del", &t.ns("pod")]);
+    let traffic = t.spawn("peer", &["ping", "-q", "-i", "0.01", "-w", "3", "10.244.1.2"]);
+    common::wait_until("the second log line", Duration::from_secs(3), || {
+        t.log().matches("TAP device gone").count() == 2
+    });
+    let before = cpu_seconds(child.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(child.pid()) - before;
+    eprintln!("daemon CPU over 1 s with the pod's namespace gone: {used:.3} s");
+    assert!(used < 0.3, "the daemon used {used:.2} s of CPU in 1 s with the pod's namespace gone");
+    drop(traffic);
     t.stop(child);
 }
 
@@ -496,5 +522,87 @@ fn trickling_clients_and_an_abandoned_trace_do_not_lock_the_control_socket() {
     let s = stopper.join().unwrap();
     assert!(String::from_utf8_lossy(&s.stdout).contains("stopped the running trace"), "{}", common::text(&s));
     drop(trickling);
+    t.stop(child);
+}
+
+#[test]
+fn a_veth_uplink_is_warned_about_checksum_offload() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrv", &[]);
+    t.write_config(&t.config(DEFAULT_ROUTE));
+    let child = t.start();
+    let log = t.log();
+    assert!(log.contains("WARN") && log.contains("uplink up0 is a veth"), "{log}");
+    // The peer is in another namespace: named by its ifindex, with the command to run there.
+    assert!(log.contains("ethtool -K PEER (ifindex ") && log.contains(" tx off"), "{log}");
+    t.stop(child);
+}
+
+#[test]
+fn metrics_serve_healthz_and_label_per_port_series_with_the_pod() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrh", &["web"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("web", "192.168.1.1", "1"));
+    let page = metrics(&t);
+    assert!(page.contains("vrouter_port_transmit_packets_total{port=\"tapweb\",pod=\"web\",worker=\"0\"}"), "{page}");
+    assert!(page.contains("vrouter_port_transmit_packets_total{port=\"up0\",worker=\"0\"}"), "{page}");
+    let url = metrics_url(&t).replace("/metrics", "/healthz");
+    let o = t.exec("node", &["curl", "-sS", "-m", "5", "-w", " %{http_code}", &url]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n 200", "{}", common::text(&o));
+    t.stop(child);
+}
+
+#[test]
+fn another_xdp_program_in_vrouters_place_is_left_alone_and_vrouters_comes_back_after_it() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrp", &["pod"]);
+    t.write_config(&t.config(&format!("{DEFAULT_ROUTE}{METRICS}")));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "before: {}", t.log());
+    // Someone else's XDP program (XDP_PASS), attached in vrouter's place in the same mode.
+    let src = t.dir.join("pass.c");
+    std::fs::write(
+        &src,
+        "__attribute__((section(\"xdp\"), used)) int pass(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let obj = t.dir.join("pass.o");
+    common::ok(&["clang", "-O2", "-target", "bpf", "-c", src.to_str().unwrap(), "-o", obj.to_str().unwrap()]);
+    let ports = t.ctl_json(&["ports"]);
+    let mode = ports["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").unwrap()["xdp"]["mode"].clone();
+    let ip_mode = if mode == "native" { "xdpdrv" } else { "xdpgeneric" };
+    let node = t.ns("node");
+    common::ok(&[
+        "ip",
+        "-n",
+        &node,
+        "-force",
+        "link",
+        "set",
+        "dev",
+        "up0",
+        ip_mode,
+        "obj",
+        obj.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+    common::wait_until("the log line", Duration::from_secs(3), || {
+        t.log().contains("another XDP program replaced vrouter's")
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(uplink_link(&t).contains("name pass"), "the other program was removed: {}", uplink_link(&t));
+    assert_eq!(t.log().matches("another XDP program replaced vrouter's").count(), 1, "{}", t.log());
+    // Its owner removes it: vrouter's comes back, and forwarding with it.
+    common::ok(&["ip", "-n", &node, "link", "set", "dev", "up0", ip_mode, "off"]);
+    common::wait_until("vrouter's program back", Duration::from_secs(3), || {
+        let l = uplink_link(&t);
+        l.contains("prog/xdp") && !l.contains("name pass")
+    });
+    assert!(t.ping("pod", "192.168.1.1", "3"), "pod -> router after: {}", t.log());
+    assert_eq!(metric(&metrics(&t), "vrouter_uplink_xdp_detached_total"), Some(1.0), "one episode");
     t.stop(child);
 }

@@ -258,6 +258,15 @@ impl PortIo for TapIo {
     }
 }
 
+/// Marks the workers as not running when one ends, however it ends (`/healthz` says 503).
+struct WorkerExit(Arc<NodeStatus>);
+
+impl Drop for WorkerExit {
+    fn drop(&mut self) {
+        self.0.workers_running.store(false, Ordering::Relaxed);
+    }
+}
+
 /// One look at the uplink's link state (each timer tick), logging a change.
 fn follow_link(dev: &str, status: &NodeStatus) {
     let now = LinkState::read(dev);
@@ -282,6 +291,10 @@ fn watch_xdp(dev: &str, w: &xdp::XdpWatch, status: &NodeStatus, lost: bool) -> b
             if lost {
                 info!(dev, prog_id = w.prog_id(), "uplink XDP program attached again");
             }
+            false
+        }
+        xdp::XdpCheck::Reattached if lost => {
+            info!(dev, prog_id = w.prog_id(), "uplink XDP hook free again: vrouter's program attached again");
             false
         }
         xdp::XdpCheck::Reattached => {
@@ -362,6 +375,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 }
             }
             afxdp::detach_xdp(&u.device);
+            if let Some(w) = xdp::veth_warning(&u.device) {
+                warn!("{w}");
+            }
             mac
         }
         None => MacAddr([0x02, 0, 0, 0, 0, 0x01]),
@@ -450,13 +466,18 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             stop: stop.clone(),
             uplink_link: status.link_cell(),
         };
+        let st = status.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("vr-worker{id}"))
-                .spawn(move || rt.run())
+                .spawn(move || {
+                    let _exit = WorkerExit(st);
+                    rt.run()
+                })
                 .map_err(|e| DaemonError::Other(e.to_string()))?,
         );
     }
+    status.workers_running.store(true, Ordering::Relaxed);
     // The node: pods, routes, policy. Workers are running, so every change from here on goes
     // through the same make-before-break path as live updates.
     let started = std::time::Instant::now();
@@ -512,7 +533,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     }
     if let Some(m) = &cfg.metrics {
         let c = ctl.clone();
-        match super::metrics::serve(m.listen, stop.clone(), move || c.metrics_text()) {
+        let st = status.clone();
+        let healthy = move || st.workers_running.load(Ordering::Relaxed);
+        match super::metrics::serve_with_health(m.listen, stop.clone(), move || c.metrics_text(), healthy) {
             Ok((h, addr)) => {
                 info!("metrics at http://{addr}/metrics");
                 services.push(h);

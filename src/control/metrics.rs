@@ -7,6 +7,10 @@
 //! not: `rate()` and `increase()` only see an increment on a series that existed before it, and
 //! a stable set of series lets an alert name a reason that has never fired yet.
 //!
+//! Per-port series carry the port's name and, on a pod's port, the pod's (`pod="web-1"`,
+//! [`render_with_pods`]): TAP names are the node's business, pod names are what dashboards
+//! and alerts select on.
+//!
 //! The node's name is a label on one `vrouter_node_info` series rather than on every series:
 //! which target a sample came from is the scraper's knowledge (its `instance` and `job` labels),
 //! and `* on (instance) group_left (node) vrouter_node_info` adds the name where a query wants it.
@@ -236,6 +240,20 @@ pub fn render<S: AsRef<str>>(
     counters: &[Arc<Counters>],
     extra: &[Extra],
 ) {
+    render_with_pods(out, node, port_names, &[] as &[Option<&str>], counters, extra)
+}
+
+/// [`render`], with the name of the pod behind each port (by port index, `None` for the
+/// uplink and the host port) as a `pod` label on the per-port series, so a dashboard can
+/// select a pod's traffic by its name rather than by its TAP's.
+pub fn render_with_pods<S: AsRef<str>, P: AsRef<str>>(
+    out: &mut String,
+    node: &str,
+    port_names: &[S],
+    pods: &[Option<P>],
+    counters: &[Arc<Counters>],
+    extra: &[Extra],
+) {
     family(out, NODE_INFO, "Constant 1, labelled with the node's name and the vrouter version.", Kind::Gauge);
     out.push_str(NODE_INFO);
     out.push_str("{node=\"");
@@ -255,7 +273,8 @@ pub fn render<S: AsRef<str>>(
         for &(port, port_name) in &ports {
             for (worker, c) in counters.iter().enumerate() {
                 if port < c.ports() {
-                    sample(out, f.name, ("port", port_name), worker, (f.read)(&c.port(port)));
+                    let pod = pods.get(port).and_then(|p| p.as_ref()).map(AsRef::as_ref);
+                    port_sample(out, f.name, port_name, pod, worker, (f.read)(&c.port(port)));
                 }
             }
         }
@@ -305,6 +324,17 @@ fn family(out: &mut String, name: &str, help: &str, kind: Kind) {
 fn sample(out: &mut String, name: &str, (label, value): (&str, &str), worker: usize, v: u64) {
     let _ = write!(out, "{name}{{{label}=\"");
     push_label_value(out, value);
+    let _ = writeln!(out, "\",worker=\"{worker}\"}} {v}");
+}
+
+/// `name{port="p",pod="x",worker="N"} v` (no `pod` label for ports without a pod).
+fn port_sample(out: &mut String, name: &str, port: &str, pod: Option<&str>, worker: usize, v: u64) {
+    let _ = write!(out, "{name}{{port=\"");
+    push_label_value(out, port);
+    if let Some(p) = pod {
+        out.push_str("\",pod=\"");
+        push_label_value(out, p);
+    }
     let _ = writeln!(out, "\",worker=\"{worker}\"}} {v}");
 }
 
@@ -358,11 +388,23 @@ fn bind_hint(e: &io::Error) -> &'static str {
 /// last page its stats loop rendered). Returns the thread, which ends within about 50 ms of
 /// `stop`, and the address actually bound (so port 0 can be used).
 ///
-/// `GET /` answers with a pointer to `/metrics`, other paths with 404, other methods with 405.
+/// `GET /` answers with a pointer to `/metrics`, `GET /healthz` with 200 (see
+/// [`serve_with_health`]), other paths with 404, other methods with 405.
 pub fn serve(
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     render: impl Fn() -> String + Send + Sync + 'static,
+) -> Result<(JoinHandle<()>, SocketAddr), MetricsError> {
+    serve_with_health(addr, stop, render, || true)
+}
+
+/// [`serve`], and `GET /healthz`: 200 `ok` while `healthy` says so (the daemon: while its
+/// workers run), 503 otherwise, for a liveness probe.
+pub fn serve_with_health(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    render: impl Fn() -> String + Send + Sync + 'static,
+    healthy: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Result<(JoinHandle<()>, SocketAddr), MetricsError> {
     let bind_err = |source| MetricsError::Bind { addr, source };
     let listener = TcpListener::bind(addr).map_err(bind_err)?;
@@ -370,12 +412,18 @@ pub fn serve(
     listener.set_nonblocking(true).map_err(bind_err)?;
     let thread = std::thread::Builder::new()
         .name("vr-metrics".into())
-        .spawn(move || run(listener, &stop, &render))
+        .spawn(move || run(listener, &stop, &Pages { render: &render, healthy: &healthy }))
         .map_err(MetricsError::Spawn)?;
     Ok((thread, bound))
 }
 
-fn run(listener: TcpListener, stop: &AtomicBool, render: &dyn Fn() -> String) {
+/// What the server answers with.
+struct Pages<'a> {
+    render: &'a dyn Fn() -> String,
+    healthy: &'a dyn Fn() -> bool,
+}
+
+fn run(listener: TcpListener, stop: &AtomicBool, render: &Pages<'_>) {
     let mut conns: Vec<Conn> = Vec::with_capacity(MAX_CONNECTIONS);
     let mut accept_failing = false;
     while !stop.load(Relaxed) {
@@ -472,7 +520,7 @@ enum Step {
 }
 
 impl Conn {
-    fn step(&mut self, now: Instant, render: &dyn Fn() -> String) -> Step {
+    fn step(&mut self, now: Instant, render: &Pages<'_>) -> Step {
         if now >= self.deadline {
             return Step::Done;
         }
@@ -525,7 +573,7 @@ impl Conn {
 
 /// The response to the request whose head starts `head`, or `None` while the head is
 /// incomplete and may still arrive.
-fn answer(head: &[u8], render: &dyn Fn() -> String) -> Option<Vec<u8>> {
+fn answer(head: &[u8], pages: &Pages<'_>) -> Option<Vec<u8>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let (method, path) = match req.parse(head) {
@@ -540,7 +588,9 @@ fn answer(head: &[u8], render: &dyn Fn() -> String) -> Option<Vec<u8>> {
         return Some(response(405, "Method Not Allowed", "text/plain", "only GET is served\n"));
     }
     Some(match path.split(['?', '#']).next().unwrap_or("") {
-        "/metrics" => response(200, "OK", CONTENT_TYPE, &render()),
+        "/metrics" => response(200, "OK", CONTENT_TYPE, &(pages.render)()),
+        "/healthz" if (pages.healthy)() => response(200, "OK", "text/plain", "ok\n"),
+        "/healthz" => response(503, "Service Unavailable", "text/plain", "workers not running\n"),
         "/" => response(
             200,
             "OK",
@@ -819,6 +869,39 @@ mod tests {
         let reasons: HashSet<&str> =
             scrape.samples.iter().filter(|s| s.metric == DROPS).filter_map(|s| s.labels.get("reason")).collect();
         assert_eq!(reasons, DropReason::ALL.iter().map(|r| r.name()).collect());
+    }
+
+    #[test]
+    fn per_port_series_carry_the_pod_name() {
+        let counters = [Arc::new(Counters::new(3))];
+        counters[0].rx(2, 60);
+        let mut text = String::new();
+        render_with_pods(&mut text, "n", &["up0", "", "tapa"], &[None, None, Some("web-1")], &counters, &[]);
+        assert!(text.contains("vrouter_port_receive_packets_total{port=\"up0\",worker=\"0\"} 0\n"), "{text}");
+        assert!(
+            text.contains("vrouter_port_receive_packets_total{port=\"tapa\",pod=\"web-1\",worker=\"0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vrouter_port_transmit_bytes_total{port=\"tapa\",pod=\"web-1\",worker=\"0\"} 0\n"),
+            "{text}"
+        );
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        assert!(scrape.samples.iter().any(|s| s.labels.get("pod") == Some("web-1")));
+    }
+
+    #[test]
+    fn healthz_says_whether_the_workers_run() {
+        let (up, down) = (|| true, || false);
+        let page = String::new;
+        let get = |healthy: &dyn Fn() -> bool| {
+            let r = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", &Pages { render: &page, healthy }).unwrap();
+            String::from_utf8(r).unwrap()
+        };
+        let ok = get(&up);
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\nok\n"), "{ok}");
+        let bad = get(&down);
+        assert!(bad.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{bad}");
     }
 
     // --- HTTP ---

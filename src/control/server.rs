@@ -410,7 +410,7 @@ impl Control {
 
     /// The Prometheus page (see [`super::metrics`]).
     pub fn metrics_text(&self) -> String {
-        use super::metrics::{render, Extra};
+        use super::metrics::{render_with_pods, Extra};
         let snap = self.shared.snapshot.load();
         let names: Vec<String> = snap.port_names();
         let (node_name, routes) = {
@@ -444,8 +444,11 @@ impl Control {
                 self.status.xdp_lost.load(std::sync::atomic::Ordering::Relaxed) as f64,
             ),
         ];
+        let pods: Vec<Option<&str>> = (0..names.len())
+            .map(|i| snap.port_endpoint.get(i).copied().flatten().map(|e| snap.endpoints[e as usize].name.as_str()))
+            .collect();
         let mut out = String::new();
-        render(&mut out, &node_name, &names, &self.counters, &extra);
+        render_with_pods(&mut out, &node_name, &names, &pods, &self.counters, &extra);
         out
     }
 

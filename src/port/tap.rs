@@ -143,8 +143,9 @@ impl TapPort {
             tracing::error!(
                 tap = %self.name,
                 port = self.port,
-                "TAP device gone ({e}): deleted inside the pod or its namespace destroyed; no longer polled, \
-                 frames to it dropped as tx/link-down; the next apply or reload recreates it"
+                "TAP device gone ({e}): removed by someone else (inside the pod, or with its namespace); no longer \
+                 polled, frames to it dropped as tx/link-down; the next apply or reload recreates a pod's TAP \
+                 (the host TAP: restart vrouter)"
             );
         }
     }

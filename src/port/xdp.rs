@@ -184,6 +184,76 @@ impl XdpWatch {
     }
 }
 
+/// The driver behind `dev` (`veth`, `ixgbe`, ...), as `ethtool -i` says it.
+pub fn driver(dev: &str) -> io::Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    if dev.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::other(format!("{dev}: name too long")));
+    }
+    // SAFETY: all-zero bytes are a valid value of these plain C structs.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+        *d = b as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a socket we close below; no memory involved.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is ours; the kernel fills `info`, which `ifr` points to and which outlives
+    // the call.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: SIOCETHTOOL reads `ifr` and writes at most size_of::<DrvInfo>() into `info`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// When `dev` is a veth, the warning its operator needs: the peer's TX checksum offload hands
+/// AF_XDP frames with partial checksums, which vrouter forwards as they are, and TCP dies.
+/// Names the peer when it is in this namespace.
+pub fn veth_warning(dev: &str) -> Option<String> {
+    if driver(dev).ok()? != "veth" {
+        return None;
+    }
+    let read = |p: String| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let iflink = read(format!("/sys/class/net/{dev}/iflink"));
+    let peer = iflink.as_deref().and_then(|index| {
+        std::fs::read_dir("/sys/class/net").ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name != dev && read(format!("/sys/class/net/{name}/ifindex")).as_deref() == Some(index)).then_some(name)
+        })
+    });
+    let peer = peer.unwrap_or_else(|| format!("PEER (ifindex {} in its namespace)", iflink.as_deref().unwrap_or("?")));
+    Some(format!(
+        "uplink {dev} is a veth: unless its peer has TX checksum offload off, TCP through vrouter \
+         fails (the peer hands AF_XDP partial checksums, which are forwarded as they are); \
+         turn it off where the peer lives: `ethtool -K {peer} tx off`"
+    ))
+}
+
 // ------------------------------------------------------------------ library logs
 
 /// C's `vsnprintf`. The callbacks' `va_list` parameter is a pointer to the caller's list on
@@ -315,6 +385,14 @@ mod tests {
         let again = UplinkLock::acquire("lo", &dir).unwrap();
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_veth_gets_the_checksum_warning() {
+        // (The veth case is tests/node_daemon.rs: a_veth_uplink_is_warned_about_checksum_offload.)
+        assert_eq!(veth_warning("lo"), None);
+        assert_eq!(veth_warning("nosuchdev0"), None);
+        assert!(driver("nosuchdev0").is_err());
     }
 
     #[test]

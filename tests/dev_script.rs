@@ -1,0 +1,32 @@
+//! scripts/dev.sh installs what a minimal Debian lacks and builds what the README then uses.
+
+use std::process::Command;
+
+fn script() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev.sh")).unwrap()
+}
+
+#[test]
+fn dev_sh_parses() {
+    let o = Command::new("bash").args(["-n", concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev.sh")]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn dev_sh_installs_make_procps_and_curl() {
+    let s = script();
+    let line = s.lines().find(|l| l.starts_with("PACKAGES=(")).expect("a PACKAGES line");
+    let packages: Vec<&str> = line.trim_start_matches("PACKAGES=(").trim_end_matches(')').split_whitespace().collect();
+    // libbpf-sys's build runs make; the lab and the tests call sysctl (procps) and curl.
+    for p in ["make", "procps", "curl"] {
+        assert!(packages.contains(&p), "{p} missing from {packages:?}");
+    }
+}
+
+#[test]
+fn dev_sh_demo_builds_vrouterctl_too() {
+    let s = script();
+    let demo = &s[s.find("    demo)").expect("a demo case")..];
+    let demo = &demo[..demo.find(";;").unwrap()];
+    assert!(demo.contains("--bin vrouter ") && demo.contains("--bin vrouterctl"), "{demo}");
+}
