@@ -1209,6 +1209,15 @@ impl Worker {
                 }
             }
             CtLookup::Miss => {
+                // RFC 792/1812 errors about a tracked connection travel to its sender: related.
+                if proto == PROTO_ICMP && fragment == Fragment::None {
+                    if let Some(q) = quoted_flow(&ip[hl..tl]).filter(|q| q.src == key.dst) {
+                        if self.ct.related(&q, now) {
+                            self.note(|| "ICMP error about a tracked connection: related, allowed".into());
+                            return Ok(());
+                        }
+                    }
+                }
                 if !evaluate(pol, src_ep, dst_ep, &key) {
                     return Err(DropReason::PolicyDeny);
                 }
@@ -1512,6 +1521,45 @@ fn describe_policy(snap: &Snapshot, src_ep: Option<EndpointId>, dst_ep: Option<E
         ));
     }
     parts.join("; ")
+}
+
+/// The flow an ICMP error (`icmp`: its message) quotes: the original IP header and the first
+/// 8 bytes of its payload (RFC 792), keyed as [`crate::acl::ConnTrack`] keys the packet as it
+/// was sent. `None` for other ICMP types, a quote too short, or a quoted non-first fragment.
+fn quoted_flow(icmp: &[u8]) -> Option<FlowKey> {
+    if icmp.len() < icmp::HEADER_LEN
+        || !matches!(icmp[0], icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM)
+    {
+        return None;
+    }
+    let q = &icmp[icmp::HEADER_LEN..];
+    if q.len() < ipv4::MIN_HEADER_LEN || q[0] >> 4 != 4 {
+        return None;
+    }
+    let hl = ((q[0] & 0x0f) as usize) * 4;
+    if hl < ipv4::MIN_HEADER_LEN || q.len() < hl + 8 {
+        return None;
+    }
+    if u16::from_be_bytes([q[6], q[7]]) & OFFSET_MASK != 0 {
+        return None;
+    }
+    let proto = q[9];
+    let l4 = &q[hl..hl + 8];
+    let (sport, dport) = match proto {
+        PROTO_TCP | ipv4::PROTO_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        PROTO_ICMP if matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) => {
+            ((l4[0] as u16) << 8 | l4[1] as u16, u16::from_be_bytes([l4[4], l4[5]]))
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        src: u32::from_be_bytes([q[12], q[13], q[14], q[15]]),
+        dst: u32::from_be_bytes([q[16], q[17], q[18], q[19]]),
+        proto,
+        sport,
+        dport,
+        fragment: Fragment::None,
+    })
 }
 
 /// Reverse-path check of a decapsulated frame's inner source `src` (routed to `nh`), sent by

@@ -1059,6 +1059,68 @@ mod policy {
         assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
     }
 
+    /// An ICMP error from `from` to `to` about `orig` (an Ethernet frame), quoting its IP
+    /// header and 8 bytes, as an Ethernet frame from the underlay router.
+    fn icmp_error_frame(from: u32, to: u32, ty: u8, code: u8, rest: u32, orig: &[u8]) -> Vec<u8> {
+        let quote = &orig[14..14 + 28];
+        let mut ip = vec![0u8; 20 + 8 + quote.len()];
+        let total = ip.len() as u16;
+        ipv4::write_header(&mut ip, 0, total, 9, 0, 60, PROTO_ICMP, from, to);
+        ip[28..].copy_from_slice(quote);
+        icmp::write_message(&mut ip[20..], ty, code, rest);
+        let mut f = Vec::new();
+        f.extend_from_slice(&lab::UPLINK_MAC.0);
+        f.extend_from_slice(&lab::GW_MAC.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn icmp_errors_about_a_tracked_connection_are_related_and_pass_default_deny() {
+        // Pod A: ingress default deny. Its own UDP and TCP out are tracked.
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), default_route: true, ..Default::default() });
+        let udp = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 40000, 53, b"q");
+        let tcp = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 40001, 443, true, false);
+        assert_eq!(run1(&mut lab, udp.clone(), lab::POD_A).len(), 1);
+        assert_eq!(run1(&mut lab, tcp.clone(), lab::POD_A).len(), 1);
+        let router = 0x0a63_0001; // somewhere on the path
+        let related = [
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, 1400, &tcp),
+            icmp_error_frame(router, lab::POD_A_IP, icmp::TIME_EXCEEDED, 0, 0, &udp),
+            icmp_error_frame(0x0808_0808, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp),
+        ];
+        for f in related {
+            let sent = run1(&mut lab, f, lab::UPLINK);
+            assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A], "related error delivered");
+        }
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        assert_eq!(lab.worker.conntrack().len(), 2, "errors create no entry");
+        // Not related: an untracked flow's quote, and a quote whose sender is not the pod.
+        let other = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 40002, 53, b"q");
+        let not_ours =
+            frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, 0x0808_0808, lab::POD_A_IP, 64, 53, 40000, b"q");
+        for f in [
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &other),
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &not_ours),
+        ] {
+            assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+        }
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
+    #[test]
+    fn icmp_errors_decapsulated_from_a_peer_are_related_too() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let udp = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 40000, 9, b"q");
+        assert_eq!(run1(&mut lab, udp.clone(), lab::POD_A).len(), 1);
+        // Node 3's pod answers port unreachable, inside IPIP from node 3.
+        let err = icmp_error_frame(lab::NODE3_POD, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp);
+        let f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &err);
+        let sent = run1(&mut lab, f, lab::UPLINK);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A]);
+    }
+
     #[test]
     fn a_policy_change_re_judges_established_flows() {
         let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
