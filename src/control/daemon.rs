@@ -18,7 +18,7 @@ use super::build::{HOST_PORT, UPLINK};
 use super::config::{Config, ConfigError, EndpointConfig};
 use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
-use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
+use crate::dataplane::{PortId, Shared, Worker, MAX_PORTS};
 use crate::fib::Ipv4Prefix;
 use crate::neigh::{NeighConfig, NeighTable};
 use crate::port::afxdp::{self, XskPort};
@@ -250,7 +250,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut counters = Vec::new();
     let mut handles = Vec::new();
     for id in 0..n_workers {
-        let pipeline = Worker::new(shared.clone(), WorkerConfig::default());
+        let pipeline = Worker::new(shared.clone(), cfg.workers.pipeline());
         counters.push(pipeline.counters().clone());
         let core = cfg.workers.cores.get(id).and_then(|c| cores.iter().find(|x| x.id == *c).copied());
         let rt = WorkerRt {

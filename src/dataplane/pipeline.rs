@@ -30,7 +30,7 @@ use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
 use crate::fib::{NhId, NH_NONE};
 use crate::neigh::{HoldQueue, NeighLookup, ProxyArp};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{DestBuckets, TokenBucket};
 use crate::stats::{Counters, DropReason};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
@@ -44,6 +44,14 @@ const ICMP_ERR_OVERHEAD: usize = ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
 /// RFC 1812 4.3.2.3: an ICMP error quotes as much of the original as fits in 576 bytes.
 const ICMP_ERR_MAX: usize = 576;
 const IPIP_OVERHEAD: usize = ipv4::MIN_HEADER_LEN;
+/// ECN field of the TOS byte (RFC 3168) and its codepoints.
+const ECN_MASK: u8 = 0x03;
+const ECN_NOT_ECT: u8 = 0;
+const ECN_ECT1: u8 = 1;
+const ECN_ECT0: u8 = 2;
+const ECN_CE: u8 = 3;
+/// Per-destination ICMP error buckets (a fixed table; colliding destinations share one).
+const ICMP_DEST_BUCKETS: usize = 256;
 
 /// What happens to a frame. Final once it is anything but `Continue`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -121,9 +129,15 @@ pub struct WorkerConfig {
     pub hold_timeout_ms: u64,
     /// Buffers for frames the pipeline makes itself per batch (fragments, ARP, released).
     pub emit_slots: usize,
-    /// ICMP error rate limit (RFC 1812 4.3.2.8): tokens per second and burst.
+    /// ICMP error rate limit (RFC 1812 4.3.2.8): tokens per second and burst, for the worker
+    /// in total and per destination.
     pub icmp_rate_per_sec: u32,
     pub icmp_burst: u32,
+    pub icmp_rate_per_dest: u32,
+    pub icmp_burst_per_dest: u32,
+    /// ARP replies we did not ask for, passed on to the node's kernel (it may have asked).
+    pub arp_punt_rate_per_sec: u32,
+    pub arp_punt_burst: u32,
     /// ARP request rate limit.
     pub arp_rate_per_sec: u32,
     pub arp_burst: u32,
@@ -140,6 +154,10 @@ impl Default for WorkerConfig {
             emit_slots: 256,
             icmp_rate_per_sec: 1_000,
             icmp_burst: 100,
+            icmp_rate_per_dest: 100,
+            icmp_burst_per_dest: 50,
+            arp_punt_rate_per_sec: 100,
+            arp_punt_burst: 50,
             arp_rate_per_sec: 100,
             arp_burst: 20,
         }
@@ -157,7 +175,9 @@ pub struct Worker {
     /// Next hops with frames in the hold queue (bounded by the hold queue's size).
     pending: Vec<u32>,
     icmp_rl: TokenBucket,
+    icmp_dest_rl: DestBuckets,
     arp_rl: TokenBucket,
+    arp_punt_rl: TokenBucket,
     meta: Box<[Meta]>,
     keys: Box<[u32]>,
     nhs: Box<[NhId]>,
@@ -192,7 +212,9 @@ impl Worker {
             hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::BUF_SIZE),
             pending: Vec::with_capacity(cfg.hold_slots),
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
+            icmp_dest_rl: DestBuckets::new(ICMP_DEST_BUCKETS, cfg.icmp_rate_per_dest, cfg.icmp_burst_per_dest),
             arp_rl: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
+            arp_punt_rl: TokenBucket::new(cfg.arp_punt_rate_per_sec, cfg.arp_punt_burst),
             meta: vec![META_INIT; MAX_BATCH].into_boxed_slice(),
             // Destinations, and as many inner sources of decapsulated frames.
             keys: vec![0; 2 * MAX_BATCH].into_boxed_slice(),
@@ -774,8 +796,10 @@ impl Worker {
                         Verdict::Consumed
                     }
                 }
-                // The kernel behind the host port may have asked.
-                Err(_) if snap.host_port.is_some() => Verdict::Punt,
+                // The kernel behind the host port may have asked; a flood of them is not passed
+                // on one for one.
+                Err(_) if snap.host_port.is_some() && self.arp_punt_rl.allow(now) => Verdict::Punt,
+                Err(_) if snap.host_port.is_some() => Verdict::Drop(DropReason::ArpPuntLimited),
                 Err(_) => Verdict::Drop(DropReason::ArpUnsolicited),
             },
             _ => Verdict::Drop(DropReason::ArpBadOpcode),
@@ -842,6 +866,23 @@ impl Worker {
             }
             m.rpf_src = inner_src;
             m.peer = src;
+            // RFC 6040 4.2 (normal mode): congestion marked on the outer header is carried to
+            // an ECN-capable inner one; a not-ECT inner packet marked CE outside is dropped.
+            let (outer_ecn, inner_ecn) = (buf[l3 + 1] & ECN_MASK, buf[inner + 1] & ECN_MASK);
+            let new_ecn = match (outer_ecn, inner_ecn) {
+                (ECN_CE, ECN_NOT_ECT) => {
+                    m.verdict = Verdict::Drop(DropReason::IpipEcnCeNotEct);
+                    return;
+                }
+                (ECN_CE, _) => ECN_CE,
+                (ECN_ECT1, ECN_ECT0) => ECN_ECT1,
+                (_, i) => i,
+            };
+            if new_ecn != inner_ecn {
+                buf[inner + 1] = (buf[inner + 1] & !ECN_MASK) | new_ecn;
+                let mut h = Ipv4Packet::new_checked(&mut buf[inner..inner + info.total_len as usize]).expect("checked");
+                h.fill_checksum();
+            }
             // Strip the outer header: slide the Ethernet header forward over it.
             buf.copy_within(*head..*head + ETH, *head + hl);
             *head += hl;
@@ -977,7 +1018,7 @@ impl Worker {
         if l3 < ICMP_ERR_OVERHEAD + ETH {
             return false;
         }
-        if !self.icmp_rl.allow(now) {
+        if !self.icmp_dest_rl.allow(src, now) || !self.icmp_rl.allow(now) {
             self.counters.inc(&self.counters.icmp_errors_ratelimited);
             return false;
         }

@@ -868,6 +868,88 @@ fn our_own_addresses_as_source_from_the_uplink_are_spoofed() {
 }
 
 #[test]
+fn unsolicited_arp_replies_reach_the_host_port_at_a_bounded_rate() {
+    let cfg = WorkerConfig { arp_punt_rate_per_sec: 10, arp_punt_burst: 5, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, worker: cfg, ..Default::default() });
+    let batch: Vec<_> = (0..40u32)
+        .map(|i| {
+            let mut reply = vec![0u8; 60];
+            let n = crate::wire::arp::build_reply(
+                &mut reply,
+                [2, 6, 6, 6, 6, 6],
+                0xc0a8_0163 + i,
+                lab::UPLINK_MAC.0,
+                lab::NODE_IP,
+            );
+            reply.truncate(n);
+            (reply, lab::UPLINK)
+        })
+        .collect();
+    let sent = run(&mut lab, &batch, 1_000);
+    assert_eq!(sent.iter().filter(|s| s.0 == lab::HOST).count(), 5, "the burst, not one for one");
+    assert_eq!(drops(&lab, DropReason::ArpPuntLimited), 35);
+    let sent = run(&mut lab, &batch[..3], 1_100);
+    assert_eq!(sent.len(), 1, "10/s: one more after 100 ms");
+}
+
+#[test]
+fn icmp_errors_are_rate_limited_per_destination_too() {
+    let cfg = WorkerConfig { icmp_rate_per_dest: 1, icmp_burst_per_dest: 2, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { worker: cfg, ..Default::default() });
+    // Pod A floods TTL-1 packets: it gets its 2; pod B, right after, still gets its own.
+    let batch: Vec<_> = (0..10).map(|_| (from_pod_a_udp(lab::POD_B_IP, 1, b"x"), lab::POD_A)).collect();
+    assert_eq!(run(&mut lab, &batch, 5_000).len(), 2);
+    let from_b = frames::udp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::POD_A_IP, 1, 1, 2, b"x");
+    let sent = run(&mut lab, &[(from_b, lab::POD_B)], 5_000);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_B], "B is not starved by A");
+    let c = lab.worker.counters();
+    assert_eq!(c.icmp_errors_ratelimited.load(std::sync::atomic::Ordering::Relaxed), 8);
+}
+
+/// IPIP from node 3 with outer and inner ECN fields as given (RFC 3168 codepoints).
+fn ipip_with_ecn(outer: u8, inner: u8) -> Vec<u8> {
+    let mut i = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"ecn");
+    i[15] = inner;
+    Ipv4Packet::new_checked(&mut i[14..]).unwrap().fill_checksum();
+    let mut f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &i);
+    f[15] = outer;
+    Ipv4Packet::new_checked(&mut f[14..34]).unwrap().fill_checksum();
+    f
+}
+
+#[test]
+fn decapsulation_carries_congestion_marks_to_the_inner_header_rfc6040() {
+    // (outer, inner) -> inner after decapsulation, or None: dropped.
+    let (not, ect1, ect0, ce) = (0u8, 1u8, 2u8, 3u8);
+    let cases = [
+        ((not, ect0), Some(ect0)),
+        ((ect0, ect0), Some(ect0)),
+        ((ect1, ect0), Some(ect1)),
+        ((ce, ect0), Some(ce)),
+        ((ce, ect1), Some(ce)),
+        ((ce, ce), Some(ce)),
+        ((ect0, not), Some(not)),
+        ((ce, not), None),
+    ];
+    for ((outer, inner), want) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        let sent = run1(&mut lab, ipip_with_ecn(outer, inner), lab::UPLINK);
+        match want {
+            Some(w) => {
+                assert_eq!(sent.len(), 1, "{outer}/{inner}");
+                let ip = ip_of(&sent[0].1);
+                assert_eq!(ip.ecn().value(), w, "{outer}/{inner}");
+                assert!(checksum::verify(ip.slice()), "{outer}/{inner}");
+            }
+            None => {
+                assert!(sent.is_empty());
+                assert_eq!(drops(&lab, DropReason::IpipEcnCeNotEct), 1);
+            }
+        }
+    }
+}
+
+#[test]
 fn unsolicited_arp_reply_is_dropped() {
     let mut lab = Lab::new(LabOptions { host_port: false, static_neighbours: false, ..Default::default() });
     let mut reply = vec![0u8; 60];
