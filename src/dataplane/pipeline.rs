@@ -635,6 +635,10 @@ impl Worker {
         let l3 = *head + ETH;
         let info = match ipv4::check_input(&buf[l3..*head + *len]) {
             Ok(i) => i,
+            Err(DropReason::Ipv4BadOptions) => {
+                self.parameter_problem(snap, buf, head, len, m, now);
+                return;
+            }
             Err(r) => {
                 m.verdict = Verdict::Drop(r);
                 return;
@@ -1165,6 +1169,34 @@ impl Worker {
             }
         }
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
+    }
+
+    /// Malformed IP options (RFC 1812 4.3.2.7 / 5.2.5, as the kernel does): drop as
+    /// `ipv4/bad-options` and answer ICMP Parameter Problem (12/0) pointing at the offending
+    /// octet, when one may be sent. Only called after the header's lengths, checksum and
+    /// addresses passed.
+    fn parameter_problem(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        m: &mut Meta,
+        now: u64,
+    ) {
+        let l3 = *head + ETH;
+        let (hl, tl) = (((buf[l3] & 0x0f) as usize) * 4, u16::from_be_bytes([buf[l3 + 2], buf[l3 + 3]]) as usize);
+        self.counters.count_drop(DropReason::Ipv4BadOptions);
+        m.verdict = Verdict::Consumed;
+        m.answered = Some(DropReason::Ipv4BadOptions);
+        *len = ETH + tl;
+        let Some(ptr) = ipv4::bad_option_pointer(&buf[l3..l3 + hl]) else { return };
+        let rest = (ptr as u32) << 24;
+        if self.icmp_error(snap, buf, head, len, icmp::PARAMETER_PROBLEM, 0, rest, false, now) {
+            m.local_origin = true;
+            m.dst = self.last_icmp_dst(buf, *head);
+            m.verdict = Verdict::Continue;
+        }
     }
 
     /// Drops the frame as `reason` and turns it into an ICMP destination unreachable with

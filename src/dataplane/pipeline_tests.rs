@@ -764,6 +764,29 @@ fn no_icmp_error_about_icmp_errors_or_non_first_fragments() {
 }
 
 #[test]
+fn malformed_options_get_parameter_problem_pointing_at_the_bad_octet() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut f = from_pod_a_udp(lab::POD_B_IP, 64, b"opts");
+    // Record route claiming 39 bytes in a 4-byte option area.
+    f.splice(34..34, [7u8, 39, 4, 0]);
+    f[14] = 0x46;
+    let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tl.to_be_bytes());
+    Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+    let sent = run1(&mut lab, f.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, e) = &sent[0];
+    assert_eq!(*port, lab::POD_A, "back to the sender");
+    let ip = ip_of(e);
+    assert_eq!(ip.destination(), lab::POD_A_IP.to_be_bytes());
+    let icmp = &e[34..];
+    assert_eq!((icmp[0], icmp[1], icmp[4]), (icmp::PARAMETER_PROBLEM, 0, 21), "12/0, pointer at the length byte");
+    assert!(checksum::verify(icmp));
+    assert_eq!(&icmp[8..8 + 24], &f[14..14 + 24], "quotes the header with its options");
+    assert_eq!(drops(&lab, DropReason::Ipv4BadOptions), 1);
+}
+
+#[test]
 fn icmp_errors_are_rate_limited() {
     let cfg = WorkerConfig { icmp_rate_per_sec: 1, icmp_burst: 3, ..Default::default() };
     let mut lab = Lab::new(LabOptions { worker: cfg, ..Default::default() });
