@@ -51,12 +51,51 @@ impl TokenBucket {
     }
 }
 
+/// Token buckets per destination (RFC 1812 4.3.2.8: limit ICMP errors per destination, so one
+/// noisy sender cannot use up what every other sender is owed): a fixed table of buckets
+/// indexed by a hash of the destination. Destinations that collide share a bucket (stricter,
+/// never looser); nothing is allocated after [`DestBuckets::new`].
+#[derive(Debug, Clone)]
+pub struct DestBuckets {
+    buckets: Box<[TokenBucket]>,
+    seed: u32,
+}
+
+impl DestBuckets {
+    /// `slots` buckets (rounded up to a power of two, at least 1) of `rate_per_sec` and `burst`.
+    pub fn new(slots: usize, rate_per_sec: u32, burst: u32) -> Self {
+        let n = slots.max(1).next_power_of_two();
+        DestBuckets { buckets: vec![TokenBucket::new(rate_per_sec, burst); n].into_boxed_slice(), seed: rand::random() }
+    }
+
+    /// Takes one token from `dst`'s bucket if it has one.
+    pub fn allow(&mut self, dst: u32, now_ms: u64) -> bool {
+        let h = (dst ^ self.seed).wrapping_mul(0x9e37_79b1);
+        let i = (h >> 16) as usize & (self.buckets.len() - 1);
+        self.buckets[i].allow(now_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn count(b: &mut TokenBucket, now: u64, tries: usize) -> usize {
         (0..tries).filter(|_| b.allow(now)).count()
+    }
+
+    #[test]
+    fn per_destination_buckets_limit_each_destination_not_all() {
+        let mut d = DestBuckets::new(1024, 1, 3);
+        let dsts: Vec<u32> = (1..=8).map(|i| 0x0a00_0000 + i).collect();
+        let got: Vec<usize> = dsts.iter().map(|a| (0..10).filter(|_| d.allow(*a, 0)).count()).collect();
+        assert!(got.iter().all(|n| *n <= 3), "never more than one burst per destination: {got:?}");
+        assert_eq!(got[0], 3, "the first destination gets its burst");
+        assert!(got.iter().sum::<usize>() > 3, "others are not starved by the first: {got:?}");
+        assert!(!d.allow(dsts[0], 0));
+        assert!(d.allow(dsts[0], 1000), "refilled after 1 s");
+        let mut one = DestBuckets::new(1, 1, 3);
+        assert_eq!(dsts.iter().filter(|a| one.allow(**a, 0)).count(), 3, "a shared bucket is stricter, never looser");
     }
 
     #[test]

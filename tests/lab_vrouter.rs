@@ -420,6 +420,43 @@ fn unreachable_and_prohibit_routes_under_the_default_route_answer_icmp() {
     assert!(wait_counter(lab, 1, "drops", "fib/prohibited", before.1 + 1) > before.1, "{}", lab.stats(1));
 }
 
+#[test]
+fn icmp_error_about_a_tracked_flow_reaches_a_default_deny_pod_over_ipip() {
+    let Some((_turn, lab)) = lab("related_icmp") else { return };
+    // Pod 3a gets an ingress policy that admits nothing new.
+    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
+    let orig = std::fs::read_to_string(&cfg).expect("node3 config");
+    let marker = "name = \"pod-3a\"";
+    let at = orig.find(marker).expect("pod-3a in the config");
+    let ing = at + orig[at..].find("ingress = []").expect("pod-3a has no ingress policy");
+    let closed =
+        format!("{}ingress = [\"closed\"]{}\nclosed = []\n", &orig[..ing], &orig[ing + "ingress = []".len()..]);
+    let closed_path = lab.dir().join(format!("node3-closed-{}.toml", std::process::id()));
+    std::fs::write(&closed_path, closed).unwrap();
+    let o = ctl(lab, 3, &["apply", "-f", closed_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // UDP from 3a to a closed port of pod 1a (node 1, IPIP): 1a's kernel answers port
+    // unreachable, which must reach 3a as related to the flow 3a started.
+    let out = python(
+        lab,
+        &lab.pod("3a").ns,
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+         s.connect(('10.244.1.2', 9)); s.send(b'x')\n\
+         try:\n\
+         \x20   s.recv(10); sys.exit('answered?')\n\
+         except ConnectionRefusedError: print('refused')\n\
+         except socket.timeout: sys.exit('no ICMP port unreachable arrived')\n",
+    );
+    // New connections to 3a are denied meanwhile (the policy is in force).
+    let denied_before = lab.drops(3, "policy/deny");
+    let pinged = ping(lab, "1a", "3a");
+    let o = ctl(lab, 3, &["apply", "-f", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "restoring node3: {}", text(&o));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!pinged.status.success(), "ping to a default-deny pod passed: {}", text(&pinged));
+    assert!(wait_counter(lab, 3, "drops", "policy/deny", denied_before + 1) > denied_before, "{}", lab.stats(3));
+}
+
 /// `cargo test --test lab_vrouter -- --ignored keep_a_lab`: brings a lab up and leaves it running
 /// for manual work; `vrouter lab down` (or `lab::down`) removes it.
 #[test]

@@ -379,6 +379,15 @@ impl ConnTrack {
         CtLookup::Hit { dir, stale }
     }
 
+    /// Whether the connection of `quoted` (the packet an ICMP error quotes, as it was sent) is
+    /// tracked and live: the error is then RELATED to it (as Linux conntrack has it) and passes
+    /// where policy would not admit it as a packet of its own. Read only: an error neither
+    /// creates, advances nor refreshes an entry.
+    pub fn related(&self, quoted: &FlowKey, now_ms: u64) -> bool {
+        let Some((t, _)) = tuple_of(quoted) else { return false };
+        self.find(&t).is_some_and(|i| self.slots[i].expires_ms > now_ms)
+    }
+
     fn timeout(to: &CtTimeouts, state: CtState) -> u64 {
         match state {
             CtState::TcpSynSent | CtState::TcpSynRecv => to.tcp_syn_ms,
@@ -670,6 +679,21 @@ mod tests {
 
     fn state_of(ct: &ConnTrack) -> CtState {
         ct.entries().next().unwrap().state
+    }
+
+    #[test]
+    fn related_finds_a_live_connection_in_either_direction_without_touching_it() {
+        let mut c = ct();
+        let k = udp(A, 40000, B, 53);
+        c.insert(&k, 0, 0, 1).unwrap();
+        let before = c.entries().next().unwrap();
+        assert!(c.related(&k, 10) && c.related(&rev(k), 10));
+        assert!(!c.related(&udp(A, 40001, B, 53), 10), "another connection");
+        let after = c.entries().next().unwrap();
+        assert_eq!((after.state, after.expires_ms), (before.state, before.expires_ms), "untouched");
+        assert!(!c.related(&k, CtTimeouts::default().udp_ms + 1), "expired");
+        c.insert(&echo(A, B, ICMP_ECHO_REQUEST, 7), 0, 0, 1).unwrap();
+        assert!(c.related(&echo(A, B, ICMP_ECHO_REQUEST, 7), 10), "an error about an echo request");
     }
 
     #[test]

@@ -243,6 +243,42 @@ pub struct WorkersConfig {
     /// Microseconds of empty polls before an adaptive worker sleeps.
     #[serde(default = "default_spin")]
     pub spin_us: u64,
+    /// ICMP errors each worker may send per second, and at once (RFC 1812 4.3.2.8).
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
+    #[serde(default = "default_icmp_burst")]
+    pub icmp_burst: u32,
+    /// The same, per destination of the errors (one sender cannot use up the rest's share).
+    #[serde(default = "default_icmp_rate_per_dest")]
+    pub icmp_rate_per_dest: u32,
+    #[serde(default = "default_icmp_burst_per_dest")]
+    pub icmp_burst_per_dest: u32,
+}
+
+fn default_icmp_rate() -> u32 {
+    crate::dataplane::WorkerConfig::default().icmp_rate_per_sec
+}
+fn default_icmp_burst() -> u32 {
+    crate::dataplane::WorkerConfig::default().icmp_burst
+}
+fn default_icmp_rate_per_dest() -> u32 {
+    crate::dataplane::WorkerConfig::default().icmp_rate_per_dest
+}
+fn default_icmp_burst_per_dest() -> u32 {
+    crate::dataplane::WorkerConfig::default().icmp_burst_per_dest
+}
+
+impl WorkersConfig {
+    /// The pipeline settings this section gives (the rest at their defaults).
+    pub fn pipeline(&self) -> crate::dataplane::WorkerConfig {
+        crate::dataplane::WorkerConfig {
+            icmp_rate_per_sec: self.icmp_rate,
+            icmp_burst: self.icmp_burst,
+            icmp_rate_per_dest: self.icmp_rate_per_dest,
+            icmp_burst_per_dest: self.icmp_burst_per_dest,
+            ..Default::default()
+        }
+    }
 }
 
 fn default_spin() -> u64 {
@@ -251,7 +287,15 @@ fn default_spin() -> u64 {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { idle: IdleMode::default(), cores: vec![], spin_us: default_spin() }
+        WorkersConfig {
+            idle: IdleMode::default(),
+            cores: vec![],
+            spin_us: default_spin(),
+            icmp_rate: default_icmp_rate(),
+            icmp_burst: default_icmp_burst(),
+            icmp_rate_per_dest: default_icmp_rate_per_dest(),
+            icmp_burst_per_dest: default_icmp_burst_per_dest(),
+        }
     }
 }
 
@@ -652,6 +696,24 @@ pod_block = "10.244.1.0/26"
         assert_eq!(c.node.pod_gateway, Ipv4Addr::new(169, 254, 1, 1));
         assert_eq!(c.node.ipip_mode, IpipMode::CrossSubnet);
         assert_eq!(c.workers.idle, IdleMode::Adaptive);
+    }
+
+    #[test]
+    fn icmp_rate_limits_and_rpf_mode_are_configurable() {
+        let c = parse(NODE).unwrap();
+        assert_eq!(c.node.ipip_rpf, RpfMode::Strict);
+        let d = crate::dataplane::WorkerConfig::default();
+        let p = c.workers.pipeline();
+        assert_eq!((p.icmp_rate_per_sec, p.icmp_burst), (d.icmp_rate_per_sec, d.icmp_burst));
+        assert_eq!((p.icmp_rate_per_dest, p.icmp_burst_per_dest), (d.icmp_rate_per_dest, d.icmp_burst_per_dest));
+        let text = format!(
+            "{}ipip_rpf = \"loose\"\n[workers]\nicmp_rate = 50\nicmp_burst = 5\nicmp_rate_per_dest = 2\nicmp_burst_per_dest = 1\n",
+            NODE
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.node.ipip_rpf, RpfMode::Loose);
+        let p = c.workers.pipeline();
+        assert_eq!((p.icmp_rate_per_sec, p.icmp_burst, p.icmp_rate_per_dest, p.icmp_burst_per_dest), (50, 5, 2, 1));
     }
 
     fn err(s: &str) -> String {

@@ -449,7 +449,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         let wcfg = WorkerConfig {
             conntrack_capacity: cfg.conntrack.capacity,
             conntrack_endpoint_share_pct: cfg.conntrack.endpoint_share_percent,
-            ..WorkerConfig::default()
+            ..cfg.workers.pipeline()
         };
         let pipeline = Worker::new(shared.clone(), wcfg);
         counters.push(pipeline.counters().clone());

@@ -30,7 +30,7 @@ use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
 use crate::fib::{NhId, NH_NONE};
 use crate::neigh::{HoldQueue, NeighLookup, ProxyArp};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{DestBuckets, TokenBucket};
 use crate::stats::{Counters, DropReason};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
@@ -44,6 +44,14 @@ const ICMP_ERR_OVERHEAD: usize = ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN;
 /// RFC 1812 4.3.2.3: an ICMP error quotes as much of the original as fits in 576 bytes.
 const ICMP_ERR_MAX: usize = 576;
 const IPIP_OVERHEAD: usize = ipv4::MIN_HEADER_LEN;
+/// ECN field of the TOS byte (RFC 3168) and its codepoints.
+const ECN_MASK: u8 = 0x03;
+const ECN_NOT_ECT: u8 = 0;
+const ECN_ECT1: u8 = 1;
+const ECN_ECT0: u8 = 2;
+const ECN_CE: u8 = 3;
+/// Per-destination ICMP error buckets (a fixed table; colliding destinations share one).
+const ICMP_DEST_BUCKETS: usize = 256;
 
 /// What happens to a frame. Final once it is anything but `Continue`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -123,9 +131,15 @@ pub struct WorkerConfig {
     pub hold_timeout_ms: u64,
     /// Buffers for frames the pipeline makes itself per batch (fragments, ARP, released).
     pub emit_slots: usize,
-    /// ICMP error rate limit (RFC 1812 4.3.2.8): tokens per second and burst.
+    /// ICMP error rate limit (RFC 1812 4.3.2.8): tokens per second and burst, for the worker
+    /// in total and per destination.
     pub icmp_rate_per_sec: u32,
     pub icmp_burst: u32,
+    pub icmp_rate_per_dest: u32,
+    pub icmp_burst_per_dest: u32,
+    /// ARP replies we did not ask for, passed on to the node's kernel (it may have asked).
+    pub arp_punt_rate_per_sec: u32,
+    pub arp_punt_burst: u32,
     /// ARP request rate limit.
     pub arp_rate_per_sec: u32,
     pub arp_burst: u32,
@@ -143,6 +157,10 @@ impl Default for WorkerConfig {
             emit_slots: 256,
             icmp_rate_per_sec: 1_000,
             icmp_burst: 100,
+            icmp_rate_per_dest: 100,
+            icmp_burst_per_dest: 50,
+            arp_punt_rate_per_sec: 100,
+            arp_punt_burst: 50,
             arp_rate_per_sec: 100,
             arp_burst: 20,
         }
@@ -160,7 +178,9 @@ pub struct Worker {
     /// Next hops with frames in the hold queue (bounded by the hold queue's size).
     pending: Vec<u32>,
     icmp_rl: TokenBucket,
+    icmp_dest_rl: DestBuckets,
     arp_rl: TokenBucket,
+    arp_punt_rl: TokenBucket,
     meta: Box<[Meta]>,
     keys: Box<[u32]>,
     nhs: Box<[NhId]>,
@@ -196,7 +216,9 @@ impl Worker {
             hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::BUF_SIZE),
             pending: Vec::with_capacity(cfg.hold_slots),
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
+            icmp_dest_rl: DestBuckets::new(ICMP_DEST_BUCKETS, cfg.icmp_rate_per_dest, cfg.icmp_burst_per_dest),
             arp_rl: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
+            arp_punt_rl: TokenBucket::new(cfg.arp_punt_rate_per_sec, cfg.arp_punt_burst),
             meta: vec![META_INIT; MAX_BATCH].into_boxed_slice(),
             // Destinations, and as many inner sources of decapsulated frames.
             keys: vec![0; 2 * MAX_BATCH].into_boxed_slice(),
@@ -617,6 +639,10 @@ impl Worker {
         let l3 = *head + ETH;
         let info = match ipv4::check_input(&buf[l3..*head + *len]) {
             Ok(i) => i,
+            Err(DropReason::Ipv4BadOptions) => {
+                self.parameter_problem(snap, buf, head, len, m, now);
+                return;
+            }
             Err(r) => {
                 m.verdict = Verdict::Drop(r);
                 return;
@@ -778,8 +804,10 @@ impl Worker {
                         Verdict::Consumed
                     }
                 }
-                // The kernel behind the host port may have asked.
-                Err(_) if snap.host_port.is_some() => Verdict::Punt,
+                // The kernel behind the host port may have asked; a flood of them is not passed
+                // on one for one.
+                Err(_) if snap.host_port.is_some() && self.arp_punt_rl.allow(now) => Verdict::Punt,
+                Err(_) if snap.host_port.is_some() => Verdict::Drop(DropReason::ArpPuntLimited),
                 Err(_) => Verdict::Drop(DropReason::ArpUnsolicited),
             },
             _ => Verdict::Drop(DropReason::ArpBadOpcode),
@@ -846,6 +874,23 @@ impl Worker {
             }
             m.rpf_src = inner_src;
             m.peer = src;
+            // RFC 6040 4.2 (normal mode): congestion marked on the outer header is carried to
+            // an ECN-capable inner one; a not-ECT inner packet marked CE outside is dropped.
+            let (outer_ecn, inner_ecn) = (buf[l3 + 1] & ECN_MASK, buf[inner + 1] & ECN_MASK);
+            let new_ecn = match (outer_ecn, inner_ecn) {
+                (ECN_CE, ECN_NOT_ECT) => {
+                    m.verdict = Verdict::Drop(DropReason::IpipEcnCeNotEct);
+                    return;
+                }
+                (ECN_CE, _) => ECN_CE,
+                (ECN_ECT1, ECN_ECT0) => ECN_ECT1,
+                (_, i) => i,
+            };
+            if new_ecn != inner_ecn {
+                buf[inner + 1] = (buf[inner + 1] & !ECN_MASK) | new_ecn;
+                let mut h = Ipv4Packet::new_checked(&mut buf[inner..inner + info.total_len as usize]).expect("checked");
+                h.fill_checksum();
+            }
             // Strip the outer header: slide the Ethernet header forward over it.
             buf.copy_within(*head..*head + ETH, *head + hl);
             *head += hl;
@@ -981,7 +1026,7 @@ impl Worker {
         if l3 < ICMP_ERR_OVERHEAD + ETH {
             return false;
         }
-        if !self.icmp_rl.allow(now) {
+        if !self.icmp_dest_rl.allow(src, now) || !self.icmp_rl.allow(now) {
             self.counters.inc(&self.counters.icmp_errors_ratelimited);
             return false;
         }
@@ -1130,6 +1175,34 @@ impl Worker {
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
     }
 
+    /// Malformed IP options (RFC 1812 4.3.2.7 / 5.2.5, as the kernel does): drop as
+    /// `ipv4/bad-options` and answer ICMP Parameter Problem (12/0) pointing at the offending
+    /// octet, when one may be sent. Only called after the header's lengths, checksum and
+    /// addresses passed.
+    fn parameter_problem(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        m: &mut Meta,
+        now: u64,
+    ) {
+        let l3 = *head + ETH;
+        let (hl, tl) = (((buf[l3] & 0x0f) as usize) * 4, u16::from_be_bytes([buf[l3 + 2], buf[l3 + 3]]) as usize);
+        self.counters.count_drop(DropReason::Ipv4BadOptions);
+        m.verdict = Verdict::Consumed;
+        m.answered = Some(DropReason::Ipv4BadOptions);
+        *len = ETH + tl;
+        let Some(ptr) = ipv4::bad_option_pointer(&buf[l3..l3 + hl]) else { return };
+        let rest = (ptr as u32) << 24;
+        if self.icmp_error(snap, buf, head, len, icmp::PARAMETER_PROBLEM, 0, rest, false, now) {
+            m.local_origin = true;
+            m.dst = self.last_icmp_dst(buf, *head);
+            m.verdict = Verdict::Continue;
+        }
+    }
+
     /// Drops the frame as `reason` and turns it into an ICMP destination unreachable with
     /// `code` when one may be sent (it then takes a second lookup back to the sender).
     #[allow(clippy::too_many_arguments)]
@@ -1213,6 +1286,15 @@ impl Worker {
                 }
             }
             CtLookup::Miss => {
+                // RFC 792/1812 errors about a tracked connection travel to its sender: related.
+                if proto == PROTO_ICMP && fragment == Fragment::None {
+                    if let Some(q) = quoted_flow(&ip[hl..tl]).filter(|q| q.src == key.dst) {
+                        if self.ct.related(&q, now) {
+                            self.note(|| "ICMP error about a tracked connection: related, allowed".into());
+                            return Ok(());
+                        }
+                    }
+                }
                 if !evaluate(pol, src_ep, dst_ep, &key) {
                     return Err(DropReason::PolicyDeny);
                 }
@@ -1517,6 +1599,45 @@ fn describe_policy(snap: &Snapshot, src_ep: Option<EndpointId>, dst_ep: Option<E
         ));
     }
     parts.join("; ")
+}
+
+/// The flow an ICMP error (`icmp`: its message) quotes: the original IP header and the first
+/// 8 bytes of its payload (RFC 792), keyed as [`crate::acl::ConnTrack`] keys the packet as it
+/// was sent. `None` for other ICMP types, a quote too short, or a quoted non-first fragment.
+fn quoted_flow(icmp: &[u8]) -> Option<FlowKey> {
+    if icmp.len() < icmp::HEADER_LEN
+        || !matches!(icmp[0], icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM)
+    {
+        return None;
+    }
+    let q = &icmp[icmp::HEADER_LEN..];
+    if q.len() < ipv4::MIN_HEADER_LEN || q[0] >> 4 != 4 {
+        return None;
+    }
+    let hl = ((q[0] & 0x0f) as usize) * 4;
+    if hl < ipv4::MIN_HEADER_LEN || q.len() < hl + 8 {
+        return None;
+    }
+    if u16::from_be_bytes([q[6], q[7]]) & OFFSET_MASK != 0 {
+        return None;
+    }
+    let proto = q[9];
+    let l4 = &q[hl..hl + 8];
+    let (sport, dport) = match proto {
+        PROTO_TCP | ipv4::PROTO_UDP => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        PROTO_ICMP if matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) => {
+            ((l4[0] as u16) << 8 | l4[1] as u16, u16::from_be_bytes([l4[4], l4[5]]))
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        src: u32::from_be_bytes([q[12], q[13], q[14], q[15]]),
+        dst: u32::from_be_bytes([q[16], q[17], q[18], q[19]]),
+        proto,
+        sport,
+        dport,
+        fragment: Fragment::None,
+    })
 }
 
 /// Reverse-path check of a decapsulated frame's inner source `src` (routed to `nh`), sent by

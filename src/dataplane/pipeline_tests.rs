@@ -764,6 +764,29 @@ fn no_icmp_error_about_icmp_errors_or_non_first_fragments() {
 }
 
 #[test]
+fn malformed_options_get_parameter_problem_pointing_at_the_bad_octet() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut f = from_pod_a_udp(lab::POD_B_IP, 64, b"opts");
+    // Record route claiming 39 bytes in a 4-byte option area.
+    f.splice(34..34, [7u8, 39, 4, 0]);
+    f[14] = 0x46;
+    let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tl.to_be_bytes());
+    Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+    let sent = run1(&mut lab, f.clone(), lab::POD_A);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (port, e) = &sent[0];
+    assert_eq!(*port, lab::POD_A, "back to the sender");
+    let ip = ip_of(e);
+    assert_eq!(ip.destination(), lab::POD_A_IP.to_be_bytes());
+    let icmp = &e[34..];
+    assert_eq!((icmp[0], icmp[1], icmp[4]), (icmp::PARAMETER_PROBLEM, 0, 21), "12/0, pointer at the length byte");
+    assert!(checksum::verify(icmp));
+    assert_eq!(&icmp[8..8 + 24], &f[14..14 + 24], "quotes the header with its options");
+    assert_eq!(drops(&lab, DropReason::Ipv4BadOptions), 1);
+}
+
+#[test]
 fn icmp_errors_are_rate_limited() {
     let cfg = WorkerConfig { icmp_rate_per_sec: 1, icmp_burst: 3, ..Default::default() };
     let mut lab = Lab::new(LabOptions { worker: cfg, ..Default::default() });
@@ -865,6 +888,88 @@ fn our_own_addresses_as_source_from_the_uplink_are_spoofed() {
     let f = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE_IP, lab::POD_A_IP, 64, 1, 2, b"x");
     assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
     assert_eq!(drops(&lab, DropReason::SpoofedSource), 1);
+}
+
+#[test]
+fn unsolicited_arp_replies_reach_the_host_port_at_a_bounded_rate() {
+    let cfg = WorkerConfig { arp_punt_rate_per_sec: 10, arp_punt_burst: 5, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, worker: cfg, ..Default::default() });
+    let batch: Vec<_> = (0..40u32)
+        .map(|i| {
+            let mut reply = vec![0u8; 60];
+            let n = crate::wire::arp::build_reply(
+                &mut reply,
+                [2, 6, 6, 6, 6, 6],
+                0xc0a8_0163 + i,
+                lab::UPLINK_MAC.0,
+                lab::NODE_IP,
+            );
+            reply.truncate(n);
+            (reply, lab::UPLINK)
+        })
+        .collect();
+    let sent = run(&mut lab, &batch, 1_000);
+    assert_eq!(sent.iter().filter(|s| s.0 == lab::HOST).count(), 5, "the burst, not one for one");
+    assert_eq!(drops(&lab, DropReason::ArpPuntLimited), 35);
+    let sent = run(&mut lab, &batch[..3], 1_100);
+    assert_eq!(sent.len(), 1, "10/s: one more after 100 ms");
+}
+
+#[test]
+fn icmp_errors_are_rate_limited_per_destination_too() {
+    let cfg = WorkerConfig { icmp_rate_per_dest: 1, icmp_burst_per_dest: 2, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { worker: cfg, ..Default::default() });
+    // Pod A floods TTL-1 packets: it gets its 2; pod B, right after, still gets its own.
+    let batch: Vec<_> = (0..10).map(|_| (from_pod_a_udp(lab::POD_B_IP, 1, b"x"), lab::POD_A)).collect();
+    assert_eq!(run(&mut lab, &batch, 5_000).len(), 2);
+    let from_b = frames::udp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::POD_A_IP, 1, 1, 2, b"x");
+    let sent = run(&mut lab, &[(from_b, lab::POD_B)], 5_000);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_B], "B is not starved by A");
+    let c = lab.worker.counters();
+    assert_eq!(c.icmp_errors_ratelimited.load(std::sync::atomic::Ordering::Relaxed), 8);
+}
+
+/// IPIP from node 3 with outer and inner ECN fields as given (RFC 3168 codepoints).
+fn ipip_with_ecn(outer: u8, inner: u8) -> Vec<u8> {
+    let mut i = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"ecn");
+    i[15] = inner;
+    Ipv4Packet::new_checked(&mut i[14..]).unwrap().fill_checksum();
+    let mut f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &i);
+    f[15] = outer;
+    Ipv4Packet::new_checked(&mut f[14..34]).unwrap().fill_checksum();
+    f
+}
+
+#[test]
+fn decapsulation_carries_congestion_marks_to_the_inner_header_rfc6040() {
+    // (outer, inner) -> inner after decapsulation, or None: dropped.
+    let (not, ect1, ect0, ce) = (0u8, 1u8, 2u8, 3u8);
+    let cases = [
+        ((not, ect0), Some(ect0)),
+        ((ect0, ect0), Some(ect0)),
+        ((ect1, ect0), Some(ect1)),
+        ((ce, ect0), Some(ce)),
+        ((ce, ect1), Some(ce)),
+        ((ce, ce), Some(ce)),
+        ((ect0, not), Some(not)),
+        ((ce, not), None),
+    ];
+    for ((outer, inner), want) in cases {
+        let mut lab = Lab::new(LabOptions::default());
+        let sent = run1(&mut lab, ipip_with_ecn(outer, inner), lab::UPLINK);
+        match want {
+            Some(w) => {
+                assert_eq!(sent.len(), 1, "{outer}/{inner}");
+                let ip = ip_of(&sent[0].1);
+                assert_eq!(ip.ecn().value(), w, "{outer}/{inner}");
+                assert!(checksum::verify(ip.slice()), "{outer}/{inner}");
+            }
+            None => {
+                assert!(sent.is_empty());
+                assert_eq!(drops(&lab, DropReason::IpipEcnCeNotEct), 1);
+            }
+        }
+    }
 }
 
 #[test]
@@ -1057,6 +1162,68 @@ mod policy {
         // But the node opening a connection to pod A is denied.
         assert!(run1(&mut lab, host_to(lab::POD_A_IP, 22, true, false), lab::HOST).is_empty());
         assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
+    /// An ICMP error from `from` to `to` about `orig` (an Ethernet frame), quoting its IP
+    /// header and 8 bytes, as an Ethernet frame from the underlay router.
+    fn icmp_error_frame(from: u32, to: u32, ty: u8, code: u8, rest: u32, orig: &[u8]) -> Vec<u8> {
+        let quote = &orig[14..14 + 28];
+        let mut ip = vec![0u8; 20 + 8 + quote.len()];
+        let total = ip.len() as u16;
+        ipv4::write_header(&mut ip, 0, total, 9, 0, 60, PROTO_ICMP, from, to);
+        ip[28..].copy_from_slice(quote);
+        icmp::write_message(&mut ip[20..], ty, code, rest);
+        let mut f = Vec::new();
+        f.extend_from_slice(&lab::UPLINK_MAC.0);
+        f.extend_from_slice(&lab::GW_MAC.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn icmp_errors_about_a_tracked_connection_are_related_and_pass_default_deny() {
+        // Pod A: ingress default deny. Its own UDP and TCP out are tracked.
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), default_route: true, ..Default::default() });
+        let udp = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 40000, 53, b"q");
+        let tcp = frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 40001, 443, true, false);
+        assert_eq!(run1(&mut lab, udp.clone(), lab::POD_A).len(), 1);
+        assert_eq!(run1(&mut lab, tcp.clone(), lab::POD_A).len(), 1);
+        let router = 0x0a63_0001; // somewhere on the path
+        let related = [
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, 1400, &tcp),
+            icmp_error_frame(router, lab::POD_A_IP, icmp::TIME_EXCEEDED, 0, 0, &udp),
+            icmp_error_frame(0x0808_0808, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp),
+        ];
+        for f in related {
+            let sent = run1(&mut lab, f, lab::UPLINK);
+            assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A], "related error delivered");
+        }
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        assert_eq!(lab.worker.conntrack().len(), 2, "errors create no entry");
+        // Not related: an untracked flow's quote, and a quote whose sender is not the pod.
+        let other = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 40002, 53, b"q");
+        let not_ours =
+            frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, 0x0808_0808, lab::POD_A_IP, 64, 53, 40000, b"q");
+        for f in [
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &other),
+            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &not_ours),
+        ] {
+            assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
+        }
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
+    #[test]
+    fn icmp_errors_decapsulated_from_a_peer_are_related_too() {
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let udp = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 40000, 9, b"q");
+        assert_eq!(run1(&mut lab, udp.clone(), lab::POD_A).len(), 1);
+        // Node 3's pod answers port unreachable, inside IPIP from node 3.
+        let err = icmp_error_frame(lab::NODE3_POD, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp);
+        let f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &err);
+        let sent = run1(&mut lab, f, lab::UPLINK);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A]);
     }
 
     #[test]

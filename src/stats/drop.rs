@@ -177,6 +177,11 @@ drop_reasons! {
     IpipInnerSourceRpf => "ipip/inner-source-rpf",
     /// A plain frame from the uplink whose source lies in this node's pod block.
     UplinkPodSource => "endpoint/pod-source-from-uplink",
+    /// Outer header marked CE (congestion) around an inner packet that is not ECN-capable
+    /// (RFC 6040 4.2: drop).
+    IpipEcnCeNotEct => "ipip/ecn-ce-not-ect",
+    /// ARP reply we did not ask for, beyond the rate passed on to the node's kernel.
+    ArpPuntLimited => "arp/unsolicited-reply-limited",
 }
 
 #[cfg(test)]

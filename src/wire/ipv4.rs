@@ -290,6 +290,30 @@ pub fn check_options(opts: &[u8]) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// Where the options of the header `hdr` (all of it, options included) first go wrong, as the
+/// octet offset in the header that an ICMP Parameter Problem points at (RFC 792, RFC 1812
+/// 4.3.2.7 / 5.2.5): an option's length byte when the length is invalid, its type byte when
+/// the length is missing. `None` when the options are well formed.
+pub fn bad_option_pointer(hdr: &[u8]) -> Option<u8> {
+    let opts = hdr.get(MIN_HEADER_LEN..)?;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            OPT_EOL => return None,
+            OPT_NOP => i += 1,
+            _ => {
+                let Some(&len) = opts.get(i + 1) else { return Some((MIN_HEADER_LEN + i) as u8) };
+                let len = len as usize;
+                if len < 2 || i + len > opts.len() {
+                    return Some((MIN_HEADER_LEN + i + 1) as u8);
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +446,16 @@ mod tests {
         assert_eq!(check_input(&with_options(&[7, 1, 0, 0])), Err(DropReason::Ipv4BadOptions));
         // type with no length byte at the very end
         assert_eq!(check_input(&with_options(&[1, 1, 1, 7])), Err(DropReason::Ipv4BadOptions));
+    }
+
+    #[test]
+    fn bad_option_pointer_points_at_the_offending_octet() {
+        let hdr = |o: &[u8]| with_options(o)[..20 + o.len()].to_vec();
+        assert_eq!(bad_option_pointer(&hdr(&[7, 39, 4, 0])), Some(21), "record route length byte");
+        assert_eq!(bad_option_pointer(&hdr(&[1, 1, 1, 7])), Some(23), "type with no length byte");
+        assert_eq!(bad_option_pointer(&hdr(&[1, 7, 1, 0])), Some(22), "length 1");
+        assert_eq!(bad_option_pointer(&hdr(&[7, 3, 4, 0])), None, "well formed, then EOL");
+        assert_eq!(bad_option_pointer(&hdr(&[])), None);
     }
 
     #[test]
