@@ -65,9 +65,12 @@ pub enum CtlCmd {
     },
     /// Ports with their counters.
     Ports,
-    /// The ARP cache.
+    /// The ARP cache; `neighbours flush [IP]` removes learnt entries (all, or IP's).
     #[command(alias = "neigh")]
-    Neighbours,
+    Neighbours {
+        #[command(subcommand)]
+        cmd: Option<NeighCmd>,
+    },
     /// Tracked connections (all workers).
     #[command(alias = "conns")]
     Connections {
@@ -148,6 +151,16 @@ pub enum RouteCmd {
     },
     /// Withdraw every route imported from the kernel.
     FlushKernel,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NeighCmd {
+    /// Forget learnt neighbours (static ones stay); they are resolved again on next use.
+    /// Example: `vrouterctl neighbours flush 192.168.1.1`
+    Flush {
+        /// Only this address (default: every learnt entry).
+        ip: Option<Ipv4Addr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -367,7 +380,8 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Policy { cmd: PolicyCmd::Del { name } } => Request::PolicyDel { name: name.clone() },
         CtlCmd::Policy { cmd: PolicyCmd::SetGlobal { file } } => Request::GlobalRulesSet { rules: read_rules(file)? },
         CtlCmd::Ports => Request::Ports,
-        CtlCmd::Neighbours => Request::Neighbours,
+        CtlCmd::Neighbours { cmd: None } => Request::Neighbours,
+        CtlCmd::Neighbours { cmd: Some(NeighCmd::Flush { ip }) } => Request::NeighboursFlush { ip: *ip },
         CtlCmd::Connections { limit } => Request::Connections { limit: Some(*limit) },
         CtlCmd::Counters | CtlCmd::Drops { .. } => Request::Counters,
         CtlCmd::Apply { file, dry_run } => {
@@ -530,7 +544,7 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 .collect();
             table(&["ID", "NAME", "KIND", "MAC", "MTU", "ENDPOINT", "RX PKTS", "TX PKTS", "RX BYTES", "TX BYTES"], &r)
         }
-        CtlCmd::Neighbours => {
+        CtlCmd::Neighbours { cmd: None } => {
             let r: Vec<Vec<String>> = rows("neighbours")
                 .iter()
                 .map(|n| vec![s(&n["ip"]), s(&n["mac"]), s(&n["state"]), s(&n["probes"])])
