@@ -91,9 +91,15 @@ pub enum CtlCmd {
     /// uplink's XDP mode (native/generic, copy/zero-copy) and their counters.
     #[command(after_help = "Example:\n  vrouterctl ports")]
     Ports,
-    /// The ARP cache.
-    #[command(alias = "neigh", after_help = "Example:\n  vrouterctl neighbours")]
-    Neighbours,
+    /// The ARP cache; `neighbours flush [IP]` removes learnt entries (all, or IP's).
+    #[command(
+        alias = "neigh",
+        after_help = "Examples:\n  vrouterctl neighbours\n  vrouterctl neighbours flush 192.168.1.1"
+    )]
+    Neighbours {
+        #[command(subcommand)]
+        cmd: Option<NeighCmd>,
+    },
     /// Tracked connections (all workers).
     #[command(alias = "conns", after_help = "Example:\n  vrouterctl connections --limit 50")]
     Connections {
@@ -244,6 +250,16 @@ pub enum RouteCmd {
     /// Withdraw every route imported from the kernel.
     #[command(after_help = "Example:\n  vrouterctl route flush-kernel")]
     FlushKernel,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NeighCmd {
+    /// Forget learnt neighbours (static ones stay); they are resolved again on next use.
+    #[command(after_help = "Examples:\n  vrouterctl neighbours flush\n  vrouterctl neighbours flush 192.168.1.1")]
+    Flush {
+        /// Only this address (default: every learnt entry).
+        ip: Option<Ipv4Addr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -537,7 +553,8 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Policy { cmd: PolicyCmd::Del { name } } => Request::PolicyDel { name: name.clone() },
         CtlCmd::Policy { cmd: PolicyCmd::SetGlobal { file } } => Request::GlobalRulesSet { rules: read_rules(file)? },
         CtlCmd::Ports => Request::Ports,
-        CtlCmd::Neighbours => Request::Neighbours,
+        CtlCmd::Neighbours { cmd: None } => Request::Neighbours,
+        CtlCmd::Neighbours { cmd: Some(NeighCmd::Flush { ip }) } => Request::NeighboursFlush { ip: *ip },
         CtlCmd::Connections { limit } => Request::Connections { limit: Some(*limit) },
         CtlCmd::Counters { action: Some(CountersCmd::Clear) } => Request::CountersClear,
         CtlCmd::Counters { action: None } | CtlCmd::Drops { .. } => Request::Counters,
@@ -761,7 +778,7 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                 &r,
             )
         }
-        CtlCmd::Neighbours => {
+        CtlCmd::Neighbours { cmd: None } => {
             let r: Vec<Vec<String>> = rows("neighbours")
                 .iter()
                 .map(|n| vec![s(&n["ip"]), s(&n["mac"]), s(&n["state"]), s(&n["probes"])])

@@ -89,6 +89,11 @@ pub enum Request {
     },
     Ports,
     Neighbours,
+    /// Removes learnt neighbours (all, or `ip`'s); static ones stay.
+    NeighboursFlush {
+        #[serde(default)]
+        ip: Option<std::net::Ipv4Addr>,
+    },
     Connections {
         #[serde(default)]
         limit: Option<usize>,
@@ -239,5 +244,13 @@ mod tests {
         assert!(e.starts_with("not JSON"), "{e}");
         let e = parse_request(r#"{"version":1,"request":{"cmd":"route-del","prefix":"10.0.0.0/33"}}"#).unwrap_err();
         assert!(e.contains("bad request"), "{e}");
+    }
+
+    #[test]
+    fn neighbours_flush_takes_an_optional_address() {
+        let all = parse_request(r#"{"version":1,"request":{"cmd":"neighbours-flush"}}"#).unwrap();
+        assert_eq!(all, Request::NeighboursFlush { ip: None });
+        let one = parse_request(r#"{"version":1,"request":{"cmd":"neighbours-flush","ip":"192.168.1.1"}}"#).unwrap();
+        assert_eq!(one, Request::NeighboursFlush { ip: Some("192.168.1.1".parse().unwrap()) });
     }
 }

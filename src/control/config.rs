@@ -43,6 +43,42 @@ pub struct Config {
     pub kernel_routes: Option<KernelRoutesConfig>,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub neigh: NeighTableConfig,
+}
+
+/// The uplink's neighbour (ARP) cache (read at start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighTableConfig {
+    #[serde(default = "default_neigh_capacity")]
+    pub capacity: usize,
+    /// Unresolved entries one sender may have created (see `neigh::table`).
+    #[serde(default = "default_unresolved_per_source")]
+    pub unresolved_per_source: usize,
+}
+
+fn default_neigh_capacity() -> usize {
+    crate::neigh::NeighConfig::default().capacity
+}
+fn default_unresolved_per_source() -> usize {
+    crate::neigh::NeighConfig::default().unresolved_per_source
+}
+
+impl Default for NeighTableConfig {
+    fn default() -> Self {
+        NeighTableConfig { capacity: default_neigh_capacity(), unresolved_per_source: default_unresolved_per_source() }
+    }
+}
+
+impl NeighTableConfig {
+    pub fn table_config(&self) -> crate::neigh::NeighConfig {
+        crate::neigh::NeighConfig {
+            capacity: self.capacity,
+            unresolved_per_source: self.unresolved_per_source,
+            ..Default::default()
+        }
+    }
 }
 
 /// Connection tracking (one table per worker; read at start).
@@ -489,6 +525,15 @@ impl Config {
                 format!("{} must be 1..=100 (100: no per-pod cap)", self.conntrack.endpoint_share_percent),
             );
         }
+        if !(1..=1 << 24).contains(&self.neigh.capacity) {
+            return err("neigh.capacity", format!("{} must be 1..=16777216", self.neigh.capacity));
+        }
+        if !(1..=self.neigh.capacity).contains(&self.neigh.unresolved_per_source) {
+            return err(
+                "neigh.unresolved_per_source",
+                format!("{} must be 1..=neigh.capacity ({})", self.neigh.unresolved_per_source, self.neigh.capacity),
+            );
+        }
         let mut names = HashSet::new();
         let mut taps = HashSet::new();
         let mut addrs = HashSet::new();
@@ -750,6 +795,12 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("conntrack.endpoint_share_percent: 0 must be 1..=100"), "{e}");
         let e = err(&format!("{NODE}\n[conntrack]\ncapacity = 0\n"));
         assert!(e.contains("conntrack.capacity: 0 must be 1..=16777216"), "{e}");
+        let c = parse(NODE).unwrap();
+        assert_eq!((c.neigh.capacity, c.neigh.unresolved_per_source), (1024, 64));
+        let c = parse(&format!("{NODE}\n[neigh]\ncapacity = 4096\nunresolved_per_source = 16\n")).unwrap();
+        assert_eq!(c.neigh.table_config().capacity, 4096);
+        let e = err(&format!("{NODE}\n[neigh]\ncapacity = 8\nunresolved_per_source = 9\n"));
+        assert!(e.contains("neigh.unresolved_per_source: 9 must be 1..=neigh.capacity (8)"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::server::{self, Control};
 use super::status::{LinkState, NodeStatus, UplinkInfo};
 use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
 use crate::fib::Ipv4Prefix;
-use crate::neigh::{NeighConfig, NeighTable};
+use crate::neigh::NeighTable;
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
 use crate::port::xdp;
@@ -382,7 +382,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         }
         None => MacAddr([0x02, 0, 0, 0, 0, 0x01]),
     };
-    let neigh = NeighTable::new(NeighConfig::default()).map_err(|e| DaemonError::Other(e.to_string()))?;
+    let neigh = NeighTable::new(cfg.neigh.table_config()).map_err(|e| DaemonError::Other(e.to_string()))?;
     let (shared, fib) = Shared::new(Node::empty_snapshot(&cfg, uplink_mac), neigh);
 
     // Ports. Everything created here is removed when dropped, including on early return.

@@ -1091,6 +1091,7 @@ impl Node {
             ("metrics", c.metrics != new.metrics),
             ("kernel_routes", c.kernel_routes != new.kernel_routes),
             ("conntrack", c.conntrack != new.conntrack),
+            ("neigh", c.neigh != new.neigh),
         ];
         let changed: Vec<&str> = differs.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
         if changed.is_empty() {

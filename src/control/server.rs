@@ -313,6 +313,20 @@ impl Control {
                     .collect();
                 Ok(json!({"neighbours": n}))
             }
+            Request::NeighboursFlush { ip } => {
+                let neigh = &self.shared.neigh;
+                if let Some(a) = ip {
+                    let at = u32::from(a);
+                    if neigh.entries().iter().any(|e| e.ip == at && e.state == crate::neigh::NeighState::Static) {
+                        return Err(format!(
+                            "{a} is a static neighbour from the config: remove it from [[neighbours]] and apply"
+                        ));
+                    }
+                }
+                let n = neigh.flush(ip.map(u32::from));
+                tracing::info!(ip = ?ip, flushed = n, "neighbours flushed (control socket)");
+                Ok(json!({"flushed": n}))
+            }
             Request::Connections { limit } => {
                 let obs = &self.shared.observe;
                 let n = obs.request_ct_dump();

@@ -454,7 +454,7 @@ impl Worker {
                     }
                     false
                 }
-                NeighLookup::Failed | NeighLookup::TableFull => {
+                NeighLookup::Failed | NeighLookup::TableFull | NeighLookup::SourceLimit => {
                     let n = self.hold.drop_neighbour(ip);
                     self.counters.drop_n(DropReason::NeighUnresolved, n as u64);
                     true
@@ -466,6 +466,9 @@ impl Worker {
                 i += 1;
             }
         }
+        // Neighbour ageing: shared, so one worker per interval runs it (issue 9 item 7).
+        self.shared.neigh.maintain(now);
+        self.counters.drop_n(DropReason::NeighHoldFull, self.hold.take_pushed_out() as u64);
         self.ct.expire(now, 64);
         self.counters.conntrack_entries.store(self.ct.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1392,7 +1395,7 @@ impl Worker {
         let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
         let dmac = match dmac {
             Some(d) => d,
-            None => match self.shared.neigh.lookup(via, now) {
+            None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, buf, *head), now) {
                 NeighLookup::Reachable(mac) => MacAddr(mac),
                 NeighLookup::Stale { mac, probe } => {
                     if probe {
@@ -1417,6 +1420,7 @@ impl Worker {
                 }
                 NeighLookup::Failed => return Verdict::Drop(DropReason::NeighUnresolved),
                 NeighLookup::TableFull => return Verdict::Drop(DropReason::NeighTableFull),
+                NeighLookup::SourceLimit => return Verdict::Drop(DropReason::NeighSourceLimit),
             },
         };
         ethernet::write_header(&mut buf[*head..], dmac, smac, ETHERTYPE_IPV4);
@@ -1512,7 +1516,7 @@ impl Worker {
             NextHop::Connected { port } => (*port, ip_dst(buf, head)),
             _ => return,
         };
-        match self.shared.neigh.lookup(via, now) {
+        match self.shared.neigh.lookup_from(via, neigh_charge(nh, buf, head), now) {
             NeighLookup::Incomplete { send_request: true } | NeighLookup::Stale { probe: true, .. } => {
                 self.send_arp_request(snap, port, via, now)
             }
@@ -1682,6 +1686,18 @@ fn host_l2(snap: &Snapshot, buf: &mut [u8], head: usize) {
 fn ip_dst(buf: &[u8], head: usize) -> u32 {
     let at = head + ETH + 16;
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+/// Whom a neighbour entry created for this frame is charged to: the sender, for an on-link
+/// destination (which the sender picks); nobody for a route's next hop (configuration picks).
+fn neigh_charge(nh: &NextHop, buf: &[u8], head: usize) -> u32 {
+    match nh {
+        NextHop::Connected { .. } => {
+            let at = head + ETH + 12;
+            u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+        }
+        _ => 0,
+    }
 }
 
 /// ECMP flow hash over addresses, protocol and (for unfragmented packets) ports, so a flow

@@ -10,6 +10,11 @@
 //! linked the same way. Queues are kept densely in `queues[..active]` and found by a linear scan:
 //! a worker rarely waits on more than a handful of neighbours at a time.
 //!
+//! When the pool is full, a frame for a next hop with fewer frames waiting pushes out the
+//! oldest frame of the longest queue (longest-queue drop): one sender flooding unresolved
+//! addresses fills its own queues but cannot keep a new neighbour's first packet (a TCP SYN)
+//! out. Pushed-out frames are counted by the caller ([`HoldQueue::take_pushed_out`]).
+//!
 //! Only the worker that receives an ARP reply releases its own queue. Others learn of the
 //! resolution by re-looking up [`HoldQueue::neighbours`] periodically (which also drives the
 //! table's request retransmissions), then calling [`HoldQueue::release`].
@@ -65,6 +70,7 @@ pub struct HoldQueue {
     active: usize,
     per_neighbour: u32,
     held: usize,
+    pushed_out: usize,
 }
 
 impl HoldQueue {
@@ -83,7 +89,14 @@ impl HoldQueue {
             active: 0,
             per_neighbour: per_neighbour.min(u32::MAX as usize) as u32,
             held: 0,
+            pushed_out: 0,
         }
+    }
+
+    /// Frames pushed out of a full pool to make room since the last call (they are lost:
+    /// count them as `neigh/hold-queue-full`).
+    pub fn take_pushed_out(&mut self) -> usize {
+        std::mem::take(&mut self.pushed_out)
     }
 
     /// Frames currently held.
@@ -120,12 +133,28 @@ impl HoldQueue {
         if frame.len() > self.slot_size {
             return Err(HoldError::TooBig { len: frame.len(), slot_size: self.slot_size });
         }
-        let q = self.find(next_hop);
+        let mut q = self.find(next_hop);
         if q.map_or(self.per_neighbour == 0, |q| self.queues[q].len >= self.per_neighbour) {
             return Err(HoldError::PerNeighbourFull);
         }
         if self.free == NIL {
-            return Err(HoldError::PoolFull);
+            // Longest-queue drop: room is taken from a queue longer than this one will be.
+            let mine = q.map_or(0, |q| self.queues[q].len);
+            // Ties: the queue whose oldest frame waited longest.
+            let longest = (0..self.active).max_by_key(|&i| {
+                (self.queues[i].len, std::cmp::Reverse(self.meta[self.queues[i].head as usize].held_ms))
+            });
+            match longest {
+                Some(l) if self.queues[l].len > mine + 1 => {
+                    self.pop(l);
+                    self.pushed_out += 1;
+                    if self.queues[l].len == 0 {
+                        self.remove_queue(l);
+                        q = self.find(next_hop);
+                    }
+                }
+                _ => return Err(HoldError::PoolFull),
+            }
         }
         let slot = self.free;
         let s = slot as usize;
@@ -327,7 +356,7 @@ mod tests {
             for i in 0..4u8 {
                 h.hold(nh, i as u16, &[i; 100], round as u64).unwrap();
             }
-            assert_eq!(h.hold(nh + 1, 0, &[0], 0), Err(HoldError::PoolFull));
+            assert_eq!(h.hold(nh, 0, &[0], 0), Err(HoldError::PerNeighbourFull));
             let got = drain(&mut h, nh);
             assert_eq!(got.len(), 4);
             assert!(got.iter().enumerate().all(|(i, (p, f))| *p == i as u16 && f == &vec![i as u8; 100]));
@@ -343,6 +372,7 @@ mod tests {
     fn matches_naive_model_under_random_ops() {
         let mut h = HoldQueue::new(16, 5, 8);
         let mut model: Vec<(u32, u16, Vec<u8>, u64)> = vec![];
+        let mut pushed = 0;
         let mut x = 0x2545_f491u32;
         for now in 0..20_000u64 {
             x ^= x << 13;
@@ -357,7 +387,24 @@ mod tests {
                     } else if model.iter().filter(|e| e.0 == nh).count() >= 5 {
                         Err(HoldError::PerNeighbourFull)
                     } else if model.len() >= 16 {
-                        Err(HoldError::PoolFull)
+                        // Longest-queue drop: the longest queue (ties: oldest head) loses its
+                        // oldest frame if it is longer than this one would become.
+                        let count = |n: u32| model.iter().filter(|e| e.0 == n).count();
+                        let mine = count(nh);
+                        let longest = model
+                            .iter()
+                            .map(|e| e.0)
+                            .max_by_key(|&n| (count(n), std::cmp::Reverse(model.iter().find(|e| e.0 == n).unwrap().3)));
+                        match longest {
+                            Some(l) if count(l) > mine + 1 => {
+                                let at = model.iter().position(|e| e.0 == l).unwrap();
+                                model.remove(at);
+                                model.push((nh, now as u16, frame.clone(), now));
+                                pushed += 1;
+                                Ok(())
+                            }
+                            _ => Err(HoldError::PoolFull),
+                        }
                     } else {
                         model.push((nh, now as u16, frame.clone(), now));
                         Ok(())
@@ -383,5 +430,31 @@ mod tests {
             }
             assert_eq!(h.len(), model.len());
         }
+        assert!(pushed > 0, "the model run must exercise the push-out");
+        assert_eq!(h.take_pushed_out(), pushed);
+    }
+
+    /// Issue 9 item 7: a flood of unresolved next hops fills the pool; a new neighbour's
+    /// first frame still gets in, at the cost of the longest queue's oldest frame.
+    #[test]
+    fn full_pool_takes_room_from_the_longest_queue() {
+        let mut h = HoldQueue::new(8, 4, 64);
+        for i in 0..4u8 {
+            h.hold(A, 0, &[i], i as u64).unwrap();
+        }
+        for i in 0..4u8 {
+            h.hold(B, 0, &[10 + i], 10 + i as u64).unwrap();
+        }
+        // Two queues of 4: the older one (A) gives up its oldest frame.
+        h.hold(3, 0, &[30], 20).unwrap();
+        assert_eq!((h.held_for(A), h.held_for(B), h.held_for(3), h.take_pushed_out()), (3, 4, 1, 1));
+        h.hold(3, 0, &[31], 21).unwrap();
+        assert_eq!((h.held_for(A), h.held_for(B), h.held_for(3)), (3, 3, 2));
+        h.hold(4, 0, &[40], 22).unwrap();
+        assert_eq!((h.held_for(A), h.held_for(B), h.held_for(4)), (2, 3, 1));
+        h.hold(4, 0, &[41], 23).unwrap();
+        assert_eq!(h.hold(3, 0, &[32], 24), Err(HoldError::PoolFull), "3 would not be shorter than any other");
+        assert_eq!(h.take_pushed_out(), 3);
+        assert_eq!(drain(&mut h, A), vec![(0, vec![2]), (0, vec![3])], "the oldest frames went");
     }
 }

@@ -9,8 +9,10 @@
 //!
 //! A worker's uplink flow: `lookup` -> `Reachable`/`Stale` rewrite and send (plus a probe if
 //! asked); `Incomplete` hold (plus a request if asked); `Failed` drop with ICMP host unreachable;
-//! `TableFull` drop. On an ARP reply from the uplink: `on_reply`, then `HoldQueue::release`.
-//! On an ARP request from the uplink: `on_request_from` (merge), answer if it targets us.
+//! `TableFull` or `SourceLimit` drop. Every worker calls `NeighTable::maintain` from its
+//! timers (one of them ages the table per interval). On an ARP reply from the uplink:
+//! `on_reply`, then `HoldQueue::release`. On an ARP request from the uplink: `on_request_from`
+//! (merge), answer if it targets us.
 
 pub mod hold;
 pub mod proxy;

@@ -34,13 +34,36 @@
 //!   deletes any later copy left over, so a duplicate costs at most one extra ARP request.
 //! * [`expire`] also turns tombstones back into EMPTY where no probe chain runs through them
 //!   (see `sweep_tombstones`), so lookups of unknown addresses stay short after churn.
+//! * Eviction is a delete (the same CAS to FREE), so it keeps every invariant above; a reader
+//!   holding the evicted incarnation's key retries and finds the IP absent.
 //!
 //! Every operation is lock-free: a thread never waits for another to finish; a CAS that loses
 //! re-reads and re-decides (bounded retries, then the conservative answer).
 //!
+//! # Bounds (issue 9: one pod used to fill the table for good)
+//! * **Ageing.** [`NeighTable::maintain`] runs [`expire`] at most every [`EXPIRE_EVERY_MS`],
+//!   whichever worker calls it first (a CAS on the due time elects one); every worker calls it
+//!   from its timers.
+//! * **Eviction.** A miss in a full table evicts, from a bounded sample of [`EVICT_SAMPLE`]
+//!   slots (a rotating hand, as Linux's forced GC and conntrack's early drop bound their
+//!   work): a Failed entry first, then an Incomplete one that has waited at least `retrans_ms`
+//!   (its first request went unanswered), oldest first, then the least recently used Stale one.
+//!   Reachable, Probe (in use) and static entries are never evicted. With nothing to evict the
+//!   miss is `TableFull`.
+//! * **Per source.** Unresolved entries are charged to the source address of the packet that
+//!   created them (for on-link destinations, the only ones a sender chooses; next hops of
+//!   routes come from configuration and are not charged). A source may hold at most
+//!   `unresolved_per_source` of them; beyond that a miss is `SourceLimit`
+//!   (`neigh/source-limit`) and creates nothing. Sources are hashed into [`SOURCE_BUCKETS`]
+//!   counters with a per-table random multiplier. The charge is held in the slot's `owner`
+//!   word (`incarnation << 32 | bucket + 1`), stored before the slot's first word is
+//!   published, and given back exactly once (a CAS of `owner` to 0 that names the
+//!   incarnation) when the entry resolves or is deleted; a CAS for a later incarnation cannot
+//!   match.
+//!
 //! [`expire`]: NeighTable::expire
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::stats::DropReason;
 use crate::wire::arp::is_unicast_mac;
@@ -63,6 +86,9 @@ pub struct NeighConfig {
     /// How long a Failed entry answers `Failed` (callers drop and send ICMP unreachable) before
     /// resolution may start again.
     pub failed_hold_ms: u64,
+    /// Unresolved entries (Incomplete or Failed) one source address may have created and not
+    /// yet seen resolved or removed (see the module docs).
+    pub unresolved_per_source: usize,
 }
 
 impl Default for NeighConfig {
@@ -74,6 +100,7 @@ impl Default for NeighConfig {
             retrans_ms: 1_000,
             max_probes: 3,
             failed_hold_ms: 20_000,
+            unresolved_per_source: 64,
         }
     }
 }
@@ -93,6 +120,9 @@ pub enum NeighLookup {
     Failed,
     /// No room to start resolution: drop (`neigh/table-full`).
     TableFull,
+    /// The packet's source has `unresolved_per_source` unresolved entries already: drop
+    /// (`neigh/source-limit`), nothing created.
+    SourceLimit,
 }
 
 /// Entry state as shown by the CLI.
@@ -233,6 +263,14 @@ const fn w_with(w: u64, state: u8, probes: u8) -> u64 {
 const USED_GRAIN_MS: u64 = 250;
 /// How often an operation re-reads a slot that changed under it before giving up.
 const RETRIES: usize = 16;
+/// [`NeighTable::maintain`] runs the ageing pass at most this often.
+pub const EXPIRE_EVERY_MS: u64 = 200;
+/// Slots one eviction attempt looks at (about half hold an entry when the table is full).
+pub const EVICT_SAMPLE: usize = 64;
+/// Eviction attempts (each on the next sample) before a miss gives up with `TableFull`.
+const EVICT_ATTEMPTS: usize = 4;
+/// Counters the per-source charge is hashed into.
+pub const SOURCE_BUCKETS: usize = 4096;
 
 #[repr(align(64))]
 #[derive(Default)]
@@ -242,6 +280,8 @@ struct Slot {
     updated_ms: AtomicU64,
     asked_ms: AtomicU64,
     used_ms: AtomicU64,
+    /// `incarnation << 32 | source bucket + 1` while the entry is charged to a source; 0 not.
+    owner: AtomicU64,
 }
 
 /// Whether `w`, loaded after `k` was loaded from `s.key`, belongs to incarnation `k`: the key
@@ -271,6 +311,16 @@ enum Pace {
     Changed,
 }
 
+/// Why [`NeighTable::insert`] created nothing.
+enum InsertError {
+    /// No room, nothing evictable.
+    Full,
+    /// The IP appeared meanwhile: re-find it.
+    Exists,
+    /// The source holds its unresolved entries already.
+    SourceLimit,
+}
+
 /// The shared neighbour cache. See the module docs for the protocol.
 pub struct NeighTable {
     slots: Box<[Slot]>,
@@ -278,6 +328,15 @@ pub struct NeighTable {
     shift: u32,
     live: AtomicUsize,
     cfg: NeighConfig,
+    /// Unresolved entries charged to each source bucket.
+    by_source: Box<[AtomicU32]>,
+    /// Odd multiplier hashing a source into `by_source` (random: collisions not chosen).
+    source_mul: u32,
+    /// Where the next eviction sample starts.
+    hand: AtomicUsize,
+    /// When `maintain` next runs `expire`.
+    next_expire_ms: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl NeighTable {
@@ -292,9 +351,97 @@ impl NeighTable {
         if cfg.retrans_ms == 0 {
             return Err(NeighError::BadConfig("retrans_ms must be at least 1".into()));
         }
+        if cfg.unresolved_per_source == 0 {
+            return Err(NeighError::BadConfig("unresolved_per_source must be at least 1".into()));
+        }
         let n = (cfg.capacity.next_power_of_two() * 2).max(2);
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
-        Ok(NeighTable { mask: n - 1, shift: 32 - n.trailing_zeros(), slots, live: AtomicUsize::new(0), cfg })
+        Ok(NeighTable {
+            mask: n - 1,
+            shift: 32 - n.trailing_zeros(),
+            slots,
+            live: AtomicUsize::new(0),
+            cfg,
+            by_source: (0..SOURCE_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            source_mul: rand::random::<u32>() | 1,
+            hand: AtomicUsize::new(0),
+            next_expire_ms: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// Entries evicted so far to make room for new ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Unresolved entries charged to `src` (and any source sharing its bucket).
+    pub fn unresolved_from(&self, src: u32) -> usize {
+        self.by_source[self.source_bucket(src)].load(Ordering::Relaxed) as usize
+    }
+
+    #[inline]
+    fn source_bucket(&self, src: u32) -> usize {
+        (src.wrapping_mul(self.source_mul) >> (32 - SOURCE_BUCKETS.trailing_zeros())) as usize
+    }
+
+    /// Gives back the source charge of incarnation `inc` of slot `s`, if it still holds one.
+    #[inline]
+    fn release_owner(&self, s: &Slot, inc: u32) {
+        let o = s.owner.load(Ordering::Acquire);
+        if o != 0 && key_inc(o) == inc && s.owner.compare_exchange(o, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.by_source[(o as u32 - 1) as usize].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Reserves room for one entry, evicting if the table is full.
+    fn reserve(&self, now: u64) -> bool {
+        let cap = self.cfg.capacity;
+        for _ in 0..=EVICT_ATTEMPTS {
+            if self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).is_ok() {
+                return true;
+            }
+            if !self.evict_one(now) {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Evicts the best victim among the next [`EVICT_SAMPLE`] slots (see the module docs).
+    /// False if the sample held nothing evictable.
+    fn evict_one(&self, now: u64) -> bool {
+        let start = self.hand.fetch_add(EVICT_SAMPLE, Ordering::Relaxed);
+        // (class, age): lower class first, then older first.
+        let mut best: Option<((u8, u64), usize, u64, u64)> = None;
+        for j in 0..EVICT_SAMPLE.min(self.slots.len()) {
+            let idx = (start + j) & self.mask;
+            let s = &self.slots[idx];
+            let k = s.key.load(Ordering::Acquire);
+            if matches!(key_ip(k), KEY_EMPTY | KEY_TOMB) {
+                continue;
+            }
+            let w = s.word.load(Ordering::Acquire);
+            if w_state(w) == FREE || !consistent(k, s, w) {
+                continue;
+            }
+            let since = |t: &AtomicU64| now.saturating_sub(t.load(Ordering::Relaxed));
+            let rank = match w_state(w) {
+                FAILED => (0, since(&s.updated_ms)),
+                INCOMPLETE if since(&s.updated_ms) >= self.cfg.retrans_ms => (1, since(&s.updated_ms)),
+                STALE => (2, since(&s.used_ms)),
+                _ => continue,
+            };
+            if best.map_or(true, |(r, ..)| (rank.0, u64::MAX - rank.1) < (r.0, u64::MAX - r.1)) {
+                best = Some((rank, idx, k, w));
+            }
+        }
+        let Some((_, idx, k, w)) = best else { return false };
+        if self.delete_slot(idx, k, w) {
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        // Lost the race: someone else changed or freed it; the caller re-checks the count.
+        true
     }
 
     pub fn config(&self) -> &NeighConfig {
@@ -359,16 +506,30 @@ impl NeighTable {
         None
     }
 
-    /// Creates an entry for `ip`. `Err(None)`: table full; `Err(Some(()))`: the IP appeared
-    /// meanwhile (the caller re-finds it).
-    fn insert(&self, ip: u32, mac: [u8; 6], state: u8, probes: u8, now: u64) -> Result<usize, Option<()>> {
-        let cap = self.cfg.capacity;
-        if self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).is_err() {
-            return Err(None);
+    /// Creates an entry for `ip`, charged to `src`'s bucket if `src` is not 0 (see the module
+    /// docs), evicting to make room if the table is full.
+    fn insert(&self, ip: u32, src: u32, mac: [u8; 6], state: u8, probes: u8, now: u64) -> Result<usize, InsertError> {
+        let bucket = (src != 0).then(|| self.source_bucket(src));
+        if let Some(b) = bucket {
+            let limit = self.cfg.unresolved_per_source.min(u32::MAX as usize) as u32;
+            let charged =
+                self.by_source[b].fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
+            if charged.is_err() {
+                return Err(InsertError::SourceLimit);
+            }
         }
-        let unreserve = || {
-            self.live.fetch_sub(1, Ordering::AcqRel);
+        let unreserve = |live: bool| {
+            if live {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+            }
+            if let Some(b) = bucket {
+                self.by_source[b].fetch_sub(1, Ordering::AcqRel);
+            }
         };
+        if !self.reserve(now) {
+            unreserve(false);
+            return Err(InsertError::Full);
+        }
         'rescan: for _ in 0..RETRIES {
             let mut free: Option<(usize, u64)> = None;
             let mut i = self.home(ip);
@@ -376,8 +537,8 @@ impl NeighTable {
                 let k = self.slots[i].key.load(Ordering::SeqCst);
                 match key_ip(k) {
                     x if x == ip => {
-                        unreserve();
-                        return Err(Some(()));
+                        unreserve(true);
+                        return Err(InsertError::Exists);
                     }
                     KEY_EMPTY => {
                         free.get_or_insert((i, k));
@@ -397,22 +558,24 @@ impl NeighTable {
                 continue 'rescan;
             }
             // We own the slot; its word is FREE and only we may change that. The Release store
-            // publishes the timestamps to readers that Acquire the word.
+            // publishes the timestamps and the owner to readers that Acquire the word.
             s.updated_ms.store(now, Ordering::Relaxed);
             s.asked_ms.store(now, Ordering::Relaxed);
             s.used_ms.store(now, Ordering::Relaxed);
+            s.owner.store(bucket.map_or(0, |b| make_key(b as u32 + 1, inc)), Ordering::Relaxed);
             let w = pack(mac, state, probes, inc);
             s.word.store(w, Ordering::Release);
             // A racing inserter of the same IP may have claimed an earlier slot: yield to it.
+            // (The delete gives the charge back.)
             if let Some(first) = self.first_index(ip, Ordering::SeqCst) {
                 if first != idx && self.delete_slot(idx, make_key(ip, inc), w) {
-                    return Err(Some(()));
+                    return Err(InsertError::Exists);
                 }
             }
             return Ok(idx);
         }
-        unreserve();
-        Err(None)
+        unreserve(true);
+        Err(InsertError::Full)
     }
 
     /// Deletes the slot if its word is still `word`. See the module docs.
@@ -422,6 +585,9 @@ impl NeighTable {
         if s.word.compare_exchange(word, free, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
+        // The key still names this incarnation (nobody can claim the slot before the tombstone),
+        // so this cannot release a later incarnation's charge.
+        self.release_owner(s, key_inc(key));
         s.key.store(make_key(KEY_TOMB, key_inc(key)), Ordering::Release);
         self.live.fetch_sub(1, Ordering::AcqRel);
         true
@@ -456,17 +622,26 @@ impl NeighTable {
     }
 
     /// Resolves `ip` for a packet about to be sent at `now_ms`. A miss creates an Incomplete
-    /// entry and asks the caller to send the first request. Allocation-free and lock-free.
+    /// entry (evicting if full) and asks the caller to send the first request. Allocation-free
+    /// and lock-free. The entry is charged to no source: use this for next hops that come
+    /// from routes, [`NeighTable::lookup_from`] for destinations a sender picks.
     pub fn lookup(&self, ip: u32, now_ms: u64) -> NeighLookup {
+        self.lookup_from(ip, 0, now_ms)
+    }
+
+    /// [`NeighTable::lookup`] for a packet from `src` (0: charged to nobody): a miss is
+    /// `SourceLimit` when `src` holds `unresolved_per_source` unresolved entries already.
+    pub fn lookup_from(&self, ip: u32, src: u32, now_ms: u64) -> NeighLookup {
         if ip == KEY_EMPTY || ip == KEY_TOMB {
             return NeighLookup::Failed;
         }
         for _ in 0..RETRIES {
             let (idx, w) = match self.find(ip) {
-                Found::Absent => match self.insert(ip, [0; 6], INCOMPLETE, 1, now_ms) {
+                Found::Absent => match self.insert(ip, src, [0; 6], INCOMPLETE, 1, now_ms) {
                     Ok(_) => return NeighLookup::Incomplete { send_request: true },
-                    Err(None) => return NeighLookup::TableFull,
-                    Err(Some(())) => continue,
+                    Err(InsertError::Full) => return NeighLookup::TableFull,
+                    Err(InsertError::SourceLimit) => return NeighLookup::SourceLimit,
+                    Err(InsertError::Exists) => continue,
                 },
                 Found::Busy => {
                     core::hint::spin_loop();
@@ -533,7 +708,7 @@ impl NeighTable {
             return Err(NeighError::InvalidMac(mac));
         }
         for _ in 0..RETRIES {
-            let Found::Entry { idx, word: w, .. } = self.find(ip) else {
+            let Found::Entry { idx, key, word: w } = self.find(ip) else {
                 return Err(NeighError::Unsolicited(ip));
             };
             let s = &self.slots[idx];
@@ -542,6 +717,7 @@ impl NeighTable {
                     s.updated_ms.store(now_ms, Ordering::Relaxed);
                     let next = pack(mac, REACHABLE, 0, w_tag(w) as u32);
                     if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        self.release_owner(s, key_inc(key));
                         return Ok(());
                     }
                 }
@@ -562,7 +738,7 @@ impl NeighTable {
             return false;
         }
         for _ in 0..RETRIES {
-            let Found::Entry { idx, word: w, .. } = self.find(ip) else {
+            let Found::Entry { idx, key, word: w } = self.find(ip) else {
                 return false;
             };
             let s = &self.slots[idx];
@@ -573,6 +749,7 @@ impl NeighTable {
             s.updated_ms.store(now_ms, Ordering::Relaxed);
             let next = pack(mac, STALE, 0, w_tag(w) as u32);
             if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.release_owner(s, key_inc(key));
                 return true;
             }
         }
@@ -589,15 +766,18 @@ impl NeighTable {
         }
         loop {
             match self.find(ip) {
-                Found::Absent => match self.insert(ip, mac, STATIC, 0, 0) {
+                Found::Absent => match self.insert(ip, 0, mac, STATIC, 0, 0) {
                     Ok(_) => return Ok(()),
-                    Err(None) => return Err(NeighError::TableFull(self.cfg.capacity)),
-                    Err(Some(())) => {}
+                    Err(InsertError::Full | InsertError::SourceLimit) => {
+                        return Err(NeighError::TableFull(self.cfg.capacity))
+                    }
+                    Err(InsertError::Exists) => {}
                 },
                 Found::Busy => std::thread::yield_now(),
-                Found::Entry { idx, word: w, .. } => {
+                Found::Entry { idx, key, word: w } => {
                     let next = pack(mac, STATIC, 0, w_tag(w) as u32);
                     if self.slots[idx].word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        self.release_owner(&self.slots[idx], key_inc(key));
                         return Ok(());
                     }
                 }
@@ -623,6 +803,46 @@ impl NeighTable {
         }
     }
 
+    /// Removes every learnt (not static) entry, or only `ip`'s; returns how many went. Frames
+    /// held for a flushed neighbour wait for its new resolution (the worker looks it up
+    /// again). Static entries come from the config and stay.
+    pub fn flush(&self, ip: Option<u32>) -> usize {
+        let mut n = 0;
+        for _ in 0..RETRIES {
+            let mut raced = false;
+            for (idx, _, k, eip, w) in self.occupied() {
+                if ip.is_some_and(|x| x != eip) || w_state(w) == STATIC {
+                    continue;
+                }
+                if self.delete_slot(idx, k, w) {
+                    n += 1;
+                } else {
+                    raced = true;
+                }
+            }
+            if !raced {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Runs [`NeighTable::expire`] if [`EXPIRE_EVERY_MS`] have passed since it last ran
+    /// through here; at most one of the callers racing at that moment runs it. Call it from
+    /// every worker's timer. Returns whether this call ran it.
+    pub fn maintain(&self, now_ms: u64) -> bool {
+        let due = self.next_expire_ms.load(Ordering::Relaxed);
+        if now_ms < due {
+            return false;
+        }
+        let next = now_ms.saturating_add(EXPIRE_EVERY_MS);
+        if self.next_expire_ms.compare_exchange(due, next, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.expire(now_ms);
+        true
+    }
+
     /// Slots holding an entry whose key and word agree right now, as (index, slot, key, ip,
     /// word). Slots being claimed or freed concurrently are skipped; the next pass sees them.
     fn occupied(&self) -> impl Iterator<Item = (usize, &Slot, u64, u32, u64)> + '_ {
@@ -639,7 +859,8 @@ impl NeighTable {
 
     /// Periodic ageing (call every few hundred ms from one thread; concurrent calls are safe):
     /// Reachable -> Stale after `reachable_ms`; Stale/Probe/Incomplete not looked up for
-    /// `stale_gc_ms` removed; Incomplete/Probe whose last request went unanswered -> Failed;
+    /// `stale_gc_ms` removed; Incomplete/Probe whose last request went unanswered -> Failed,
+    /// as is an Incomplete whose last request is `max_probes` x `retrans_ms` old;
     /// Failed removed after `failed_hold_ms`; duplicate or orphaned copies removed; tombstones
     /// at the end of a probe chain cleared so misses stay short. O(slots); never allocates.
     pub fn expire(&self, now_ms: u64) {
@@ -658,7 +879,12 @@ impl NeighTable {
                 STALE | INCOMPLETE | PROBE if since(&s.used_ms) >= c.stale_gc_ms => {
                     self.delete_slot(idx, k, w);
                 }
-                INCOMPLETE | PROBE if w_probes(w) >= c.max_probes && since(&s.asked_ms) >= c.retrans_ms => {
+                // Requests exhausted, or an Incomplete nobody looked up for a whole resolution
+                // round (its requests stopped with the lookups: Linux fails it by then).
+                INCOMPLETE | PROBE
+                    if (w_probes(w) >= c.max_probes && since(&s.asked_ms) >= c.retrans_ms)
+                        || (w_state(w) == INCOMPLETE && since(&s.asked_ms) >= c.retrans_ms * c.max_probes as u64) =>
+                {
                     s.updated_ms.store(now_ms, Ordering::Relaxed);
                     let next = pack([0; 6], FAILED, 0, w_tag(w) as u32);
                     let _ = s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Relaxed);
@@ -761,6 +987,15 @@ mod tests {
 
     fn table() -> NeighTable {
         NeighTable::new(NeighConfig::default()).unwrap()
+    }
+
+    impl NeighTable {
+        fn idx(&self, ip: u32) -> usize {
+            match self.find(ip) {
+                Found::Entry { idx, .. } => idx,
+                other => panic!("{ip}: {other:?}"),
+            }
+        }
     }
 
     fn state_of(t: &NeighTable, ip: u32) -> Option<NeighState> {
@@ -962,6 +1197,134 @@ mod tests {
         // Existing entries stay reachable while full.
         t.on_reply(1, GW_MAC, 1).unwrap();
         assert_eq!(t.lookup(1, 2), NeighLookup::Reachable(GW_MAC));
+    }
+
+    /// Issue 9 item 7: one sender asks for more unused addresses than the table holds. The
+    /// table must still resolve a new neighbour (here a gateway, uncharged) right away.
+    #[test]
+    fn a_table_full_of_unanswered_entries_still_resolves_a_new_neighbour() {
+        let t = table();
+        let cap = t.config().capacity as u32;
+        for i in 0..cap + 76 {
+            t.lookup(0x0a01_0000 + i, i as u64 / 100);
+        }
+        let now = 1_500;
+        assert_eq!(t.lookup(GW, now), NeighLookup::Incomplete { send_request: true });
+        t.on_reply(GW, GW_MAC, now + 1).unwrap();
+        assert_eq!(t.lookup(GW, now + 2), NeighLookup::Reachable(GW_MAC));
+        assert!(t.len() <= cap as usize);
+    }
+
+    #[test]
+    fn eviction_prefers_failed_then_old_incomplete_then_lru_stale_and_keeps_reachable() {
+        let cfg = NeighConfig { capacity: 8, ..Default::default() };
+        let t = NeighTable::new(cfg).unwrap();
+        // 2 reachable in use, 1 static, 2 stale (used at 100 and 200), 2 incomplete, 1 failed.
+        for ip in [1, 2, 4, 5] {
+            t.lookup(ip, 0);
+            t.on_reply(ip, mac_of(ip), 0).unwrap();
+        }
+        t.add_static(3, mac_of(3)).unwrap();
+        t.expire(30_000); // 1, 2, 4, 5 -> Stale
+        assert_eq!(t.lookup(1, 30_000), NeighLookup::Stale { mac: mac_of(1), probe: true });
+        t.on_reply(1, mac_of(1), 30_001).unwrap();
+        assert_eq!(t.lookup(2, 30_000), NeighLookup::Stale { mac: mac_of(2), probe: true });
+        t.on_reply(2, mac_of(2), 30_001).unwrap();
+        t.slots[t.idx(4)].used_ms.store(100, Ordering::Relaxed);
+        t.slots[t.idx(5)].used_ms.store(200, Ordering::Relaxed);
+        t.lookup(6, 30_000); // incomplete, old by the time we need room
+        t.lookup(7, 31_900); // incomplete, young
+        for now in (30_000..34_000).step_by(500) {
+            t.lookup(8, now); // three requests, then Failed
+        }
+        assert_eq!(state_of(&t, 8), Some(NeighState::Failed));
+        assert_eq!(t.len(), 8);
+        let new = |ip: u32| t.lookup(ip, 32_000) == NeighLookup::Incomplete { send_request: true };
+        let order = [(100, 8), (101, 6), (102, 4), (103, 5)];
+        for (ip, victim) in order {
+            // The rotating hand samples all 16 slots within a few attempts.
+            assert!(new(ip), "room for {ip}");
+            assert_eq!(state_of(&t, victim), None, "{victim} evicted for {ip}");
+        }
+        // Left: reachable 1 and 2, static 3, young incomplete 7, and the four new ones (young).
+        assert_eq!(t.lookup(104, 32_000), NeighLookup::TableFull);
+        for ip in [1, 2, 3] {
+            assert_eq!(t.lookup(ip, 32_000), NeighLookup::Reachable(mac_of(ip)));
+        }
+        assert_eq!(t.evicted(), 4);
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_unresolved_entries() {
+        let cfg = NeighConfig { unresolved_per_source: 4, ..Default::default() };
+        let t = NeighTable::new(cfg).unwrap();
+        let (pod, other) = (0x0af4_0102, 0x0af4_0103);
+        for ip in 1..=4 {
+            assert_eq!(t.lookup_from(ip, pod, 0), NeighLookup::Incomplete { send_request: true });
+        }
+        assert_eq!(t.lookup_from(5, pod, 0), NeighLookup::SourceLimit);
+        assert_eq!(t.len(), 4, "nothing created");
+        // Existing entries are found whoever asks; others and uncharged lookups create.
+        assert_eq!(t.lookup_from(2, pod, 10), NeighLookup::Incomplete { send_request: false });
+        assert_eq!(t.lookup_from(5, other, 10), NeighLookup::Incomplete { send_request: true });
+        assert_eq!(t.lookup(6, 10), NeighLookup::Incomplete { send_request: true });
+        // A resolution, a request-learnt MAC, a removal, a static override and a flush each
+        // give one charge back.
+        t.on_reply(1, mac_of(1), 20).unwrap();
+        assert_eq!(t.unresolved_from(pod), 3);
+        assert!(t.on_request_from(2, mac_of(2), 20));
+        assert!(t.remove(3));
+        t.add_static(4, mac_of(4)).unwrap();
+        assert_eq!(t.unresolved_from(pod), 0);
+        for ip in 10..14 {
+            t.lookup_from(ip, pod, 30);
+        }
+        assert_eq!(t.lookup_from(14, pod, 30), NeighLookup::SourceLimit);
+        assert_eq!(t.flush(Some(10)), 1);
+        assert_eq!(t.unresolved_from(pod), 3);
+        // Failed entries still count until they are removed by ageing.
+        t.expire(35_000);
+        t.expire(60_000);
+        assert_eq!(t.unresolved_from(pod), 0);
+        assert_eq!(t.unresolved_from(other), 0);
+    }
+
+    #[test]
+    fn flush_removes_learnt_entries_and_keeps_static_ones() {
+        let t = table();
+        t.add_static(GW, GW_MAC).unwrap();
+        for ip in 1..=5 {
+            t.lookup(ip, 0);
+        }
+        t.on_reply(1, mac_of(1), 0).unwrap();
+        assert_eq!(t.flush(Some(GW)), 0, "static stays");
+        assert_eq!(t.flush(Some(9)), 0);
+        assert_eq!(t.flush(Some(1)), 1);
+        assert_eq!(t.flush(None), 4);
+        assert_eq!(t.entries().iter().map(|e| e.ip).collect::<Vec<_>>(), vec![GW]);
+        assert_eq!(t.lookup(1, 1), NeighLookup::Incomplete { send_request: true });
+    }
+
+    #[test]
+    fn maintain_runs_expire_once_per_interval() {
+        let t = table();
+        t.lookup(GW, 0);
+        t.on_reply(GW, GW_MAC, 0).unwrap();
+        assert!(t.maintain(30_000));
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        assert!(!t.maintain(30_000 + EXPIRE_EVERY_MS - 1));
+        assert!(t.maintain(30_000 + EXPIRE_EVERY_MS));
+        // Many threads at the same instant: one runs it.
+        let t = Arc::new(table());
+        t.maintain(0);
+        let ran: usize = (0..4)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                std::thread::spawn(move || t.maintain(10_000) as usize)
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(ran, 1);
     }
 
     #[test]
@@ -1195,8 +1558,15 @@ mod tests {
     /// Several threads resolve, confirm, age and delete overlapping IPs in a table too small
     /// for all of them. Every MAC ever returned must be the one derived from its IP.
     fn hammer(capacity: usize, n_ips: u32, iters: u64) {
-        let cfg =
-            NeighConfig { capacity, reachable_ms: 5, stale_gc_ms: 20, retrans_ms: 1, max_probes: 2, failed_hold_ms: 3 };
+        let cfg = NeighConfig {
+            capacity,
+            reachable_ms: 5,
+            stale_gc_ms: 20,
+            retrans_ms: 1,
+            max_probes: 2,
+            failed_hold_ms: 3,
+            unresolved_per_source: 3,
+        };
         let t = Arc::new(NeighTable::new(cfg).unwrap());
         let threads: Vec<_> = (0..4u32)
             .map(|tid| {
@@ -1210,7 +1580,9 @@ mod tests {
                         x ^= x << 5;
                         let ip = 0x0a00_0000 | (x % n_ips + 1);
                         let now = i / 8;
-                        match t.lookup(ip, now) {
+                        // Half the lookups charged to this thread's source, the rest to nobody.
+                        let src = if i % 2 == 0 { 0x0af4_0000 | tid } else { 0 };
+                        match t.lookup_from(ip, src, now) {
                             NeighLookup::Reachable(m) | NeighLookup::Stale { mac: m, .. } => {
                                 assert_eq!(m, mac_of(ip), "torn or foreign MAC for {ip:#x}");
                                 seen += 1;
@@ -1254,6 +1626,7 @@ mod tests {
             assert!(t.remove(e.ip));
         }
         assert_eq!(t.len(), 0, "live count must not leak");
+        assert!(t.by_source.iter().all(|c| c.load(Ordering::Relaxed) == 0), "source charges must not leak");
     }
 
     #[test]

@@ -61,6 +61,9 @@ drop_reasons! {
     NeighUnresolved => "neigh/unresolved",
     /// Neighbour table full; no room to start resolution.
     NeighTableFull => "neigh/table-full",
+    /// The sender already has its quota of unresolved neighbours (`neigh.unresolved_per_source`);
+    /// no entry created.
+    NeighSourceLimit => "neigh/source-limit",
 
     // --- IPv4 input (RFC 1812 5.2.2) ---
     /// Fewer than 20 bytes after the Ethernet header.
