@@ -432,6 +432,9 @@ impl Worker {
             return;
         }
         self.last_service_ms = now;
+        // RFC 1812 4.3.3.1: what waited too long for its next hop is answered host unreachable
+        // (within the ICMP error limits; the rest of a flood is only counted).
+        while !self.hold.is_empty() && self.host_unreachable(snap, None, now) {}
         let expired = self.hold.expire(now, self.cfg.hold_timeout_ms);
         self.counters.drop_n(DropReason::NeighUnresolved, expired as u64);
         let mut i = 0;
@@ -451,6 +454,7 @@ impl Worker {
                     false
                 }
                 NeighLookup::Failed | NeighLookup::TableFull => {
+                    while self.host_unreachable(snap, Some(ip), now) {}
                     let n = self.hold.drop_neighbour(ip);
                     self.counters.drop_n(DropReason::NeighUnresolved, n as u64);
                     true
@@ -464,6 +468,79 @@ impl Worker {
         }
         self.ct.expire(now, 64);
         self.counters.conntrack_entries.store(self.ct.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes one held frame (for `next_hop`, or else one that waited past the hold timeout),
+    /// counts it as `neigh/unresolved` and answers it with ICMP host unreachable (RFC 1812
+    /// 4.3.3.1) into the generated-frame pool, when the error may be sent and routed. False
+    /// when there was no such frame or no free buffer (the caller drops what is left).
+    fn host_unreachable(&mut self, snap: &Snapshot, next_hop: Option<u32>, now: u64) -> bool {
+        let mut pool = std::mem::replace(&mut self.out.emitted, super::output::EmitPool::new(0));
+        let took = match pool.next_free() {
+            Some((slot, b)) => match self.hold.take_one(next_hop, now, self.cfg.hold_timeout_ms, &mut b[HEADROOM..]) {
+                Some(n) => {
+                    self.counters.count_drop(DropReason::NeighUnresolved);
+                    let (mut head, mut len) = (HEADROOM, n);
+                    if let Some(p) = self.route_local_error(snap, b, &mut head, &mut len, now) {
+                        pool.commit(slot, p, head, len);
+                        self.counters.tx(p as usize, len);
+                    }
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        self.out.emitted = pool;
+        took
+    }
+
+    /// Turns the (held, already forwarded once) frame at `head` into an ICMP host unreachable
+    /// to its source and sends it by the FIB: the output port, or `None` when it may not be
+    /// sent or has nowhere to go.
+    fn route_local_error(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        now: u64,
+    ) -> Option<PortId> {
+        if *len < ETH + ipv4::MIN_HEADER_LEN
+            || !self.icmp_error(
+                snap,
+                buf,
+                head,
+                len,
+                icmp::DEST_UNREACHABLE,
+                icmp::CODE_HOST_UNREACHABLE,
+                0,
+                false,
+                now,
+            )
+        {
+            return None;
+        }
+        let dst = ip_dst(buf, *head);
+        let id = self.shared.fib.pin().lookup(dst);
+        let mut nh = snap.nexthop(id)?;
+        if let NextHop::Ecmp(members) = nh {
+            let h = flow_hash(&buf[*head + ETH..*head + *len]);
+            nh = snap.nexthop(members[(h as usize) % members.len()])?;
+        }
+        match nh {
+            NextHop::Host => {
+                host_l2(snap, buf, *head);
+                snap.host_port
+            }
+            NextHop::Local { .. } | NextHop::Gateway { .. } | NextHop::Connected { .. } | NextHop::Tunnel { .. } => {
+                match self.finish(snap, buf, head, len, nh, now) {
+                    Verdict::Tx(p) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 
     fn process_chunk<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], base: u32, now: u64) {

@@ -834,6 +834,28 @@ fn ecmp_spreads_flows_and_keeps_each_flow_on_one_path() {
 }
 
 #[test]
+fn frames_whose_next_hop_never_resolves_are_answered_host_unreachable() {
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });
+    let f = from_pod_a_udp(lab::NODE2_POD, 64, b"held");
+    run(&mut lab, &[(f.clone(), lab::POD_A), (f, lab::POD_A)], 1_000);
+    assert_eq!(lab.worker.hold.len(), 2);
+    // Past the hold timeout, the next pass answers both (RFC 1812 4.3.3.1).
+    let sent = run(&mut lab, &[], 1_000 + WorkerConfig::default().hold_timeout_ms);
+    let errors: Vec<_> = sent.iter().filter(|(p, _)| *p == lab::POD_A).collect();
+    assert_eq!(errors.len(), 2, "{sent:?}");
+    for (_, e) in errors {
+        assert_eq!(&e[0..6], &lab::POD_A_MAC.0);
+        let ip = ip_of(e);
+        assert_eq!((ip.source(), ip.destination()), (lab::NODE_IP.to_be_bytes(), lab::POD_A_IP.to_be_bytes()));
+        assert_eq!((e[34], e[35]), (icmp::DEST_UNREACHABLE, icmp::CODE_HOST_UNREACHABLE));
+        assert!(checksum::verify(&e[34..]));
+        assert_eq!(Ipv4HeaderSlice::from_slice(&e[42..]).unwrap().destination(), lab::NODE2_POD.to_be_bytes());
+    }
+    assert_eq!(drops(&lab, DropReason::NeighUnresolved), 2);
+    assert_eq!(lab.worker.hold.len(), 0);
+}
+
+#[test]
 fn unresolved_next_hop_holds_packets_sends_arp_and_releases_on_reply() {
     let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });
     let f = from_pod_a_udp(lab::NODE2_POD, 64, b"held");
