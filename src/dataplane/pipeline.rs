@@ -991,6 +991,12 @@ impl Worker {
                 m.verdict = Verdict::Drop(DropReason::IcmpMalformed);
                 return;
             }
+            if !m.decapped && self.relay_tunnel_error(snap, buf, head, len, l3 + hl, l3 + tl, now) {
+                m.local_origin = true;
+                m.dst = ip_dst(buf, *head);
+                return;
+            }
+            let msg = &mut buf[l3 + hl..l3 + tl];
             if msg[0] == icmp::ECHO_REQUEST {
                 icmp::echo_request_to_reply(msg);
                 let mut ip = Ipv4Packet::new_checked(&mut buf[l3..l3 + tl]).expect("checked");
@@ -1246,6 +1252,93 @@ impl Worker {
             }
         }
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
+    }
+
+    /// RFC 2003 section 4: an ICMP error from the underlay (`buf[at..end]`: its message) about
+    /// an IPIP packet we sent is relayed to the inner packet's source when enough of it is
+    /// quoted (the inner header and 8 bytes): fragmentation needed with the MTU less the 20
+    /// bytes of the outer header, any other unreachable or time exceeded as host unreachable.
+    /// Built in place over the quote (which stays where it is); true when the frame now is that
+    /// error, addressed to the inner source. False leaves the frame as it was (punted).
+    #[allow(clippy::too_many_arguments)]
+    fn relay_tunnel_error(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        at: usize,
+        end: usize,
+        now: u64,
+    ) -> bool {
+        let (ty, code) = (buf[at], buf[at + 1]);
+        if !matches!(ty, icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED) {
+            return false;
+        }
+        // The quoted outer header: ours, IPIP, not a fragment.
+        let q = at + icmp::HEADER_LEN;
+        if end < q + ipv4::MIN_HEADER_LEN || buf[q] >> 4 != 4 {
+            return false;
+        }
+        let qhl = ((buf[q] & 0x0f) as usize) * 4;
+        let qsrc = u32::from_be_bytes([buf[q + 12], buf[q + 13], buf[q + 14], buf[q + 15]]);
+        if qhl < ipv4::MIN_HEADER_LEN || buf[q + 9] != PROTO_IPIP || qsrc != snap.node_ip {
+            return false;
+        }
+        if u16::from_be_bytes([buf[q + 6], buf[q + 7]]) & OFFSET_MASK != 0 {
+            return false;
+        }
+        // The quoted inner header and 8 bytes of what it carries.
+        let inner = q + qhl;
+        if end < inner + ipv4::MIN_HEADER_LEN || buf[inner] >> 4 != 4 {
+            return false;
+        }
+        let ihl = ((buf[inner] & 0x0f) as usize) * 4;
+        if ihl < ipv4::MIN_HEADER_LEN || end < inner + ihl + 8 {
+            return false;
+        }
+        let isrc = u32::from_be_bytes([buf[inner + 12], buf[inner + 13], buf[inner + 14], buf[inner + 15]]);
+        let (iproto, iff) = (buf[inner + 9], u16::from_be_bytes([buf[inner + 6], buf[inner + 7]]));
+        // RFC 1812 4.3.2.7, about the inner packet: never about an ICMP error, a non-first
+        // fragment, or an invalid (or our own) source.
+        if iff & OFFSET_MASK != 0 || ipv4::is_martian_source(isrc) || snap.is_local(isrc) {
+            return false;
+        }
+        if iproto == PROTO_ICMP && icmp::is_error(buf[inner + ihl]) {
+            return false;
+        }
+        let (code, rest) = match (ty, code) {
+            (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED) => {
+                let mtu = u16::from_be_bytes([buf[at + 6], buf[at + 7]]) as u32;
+                if mtu < 68 + IPIP_OVERHEAD as u32 {
+                    return false; // no usable MTU given (RFC 1191 routers give one)
+                }
+                (icmp::CODE_FRAG_NEEDED, mtu - IPIP_OVERHEAD as u32)
+            }
+            _ => (icmp::CODE_HOST_UNREACHABLE, 0),
+        };
+        if inner < ETH + ICMP_ERR_OVERHEAD {
+            return false;
+        }
+        if !self.icmp_dest_rl.allow(isrc, now) || !self.icmp_rl.allow(now) {
+            self.counters.inc(&self.counters.icmp_errors_ratelimited);
+            return false;
+        }
+        let quote = (end - inner).min(ICMP_ERR_MAX - ICMP_ERR_OVERHEAD);
+        let new_l3 = inner - ICMP_ERR_OVERHEAD;
+        let total = ICMP_ERR_OVERHEAD + quote;
+        self.ident = self.ident.wrapping_add(1);
+        ipv4::write_header(&mut buf[new_l3..], 0xc0, total as u16, self.ident, 0, 64, PROTO_ICMP, snap.node_ip, isrc);
+        icmp::write_message(
+            &mut buf[new_l3 + ipv4::MIN_HEADER_LEN..new_l3 + total],
+            icmp::DEST_UNREACHABLE,
+            code,
+            rest,
+        );
+        *head = new_l3 - ETH;
+        *len = ETH + total;
+        self.counters.inc(&self.counters.icmp_errors_sent);
+        true
     }
 
     /// Malformed IP options (RFC 1812 4.3.2.7 / 5.2.5, as the kernel does): drop as
