@@ -457,6 +457,26 @@ fn icmp_error_about_a_tracked_flow_reaches_a_default_deny_pod_over_ipip() {
     assert!(wait_counter(lab, 3, "drops", "policy/deny", denied_before + 1) > denied_before, "{}", lab.stats(3));
 }
 
+#[test]
+fn pmtud_over_ipip_through_a_smaller_underlay_hop_reaches_a_policed_pod() {
+    let Some((_turn, lab)) = lab("pmtud_underlay") else { return };
+    let rt = lab.router_ns();
+    // The router's side towards subnet A shrinks to 1400: node 3's IPIP packets of a 1400-byte
+    // DF ping from pod 3b (ingress policy 'guarded') no longer fit.
+    let set = lab.exec(&rt, &["ip", "link", "set", vrouter::lab::topo::BRIDGE, "mtu", "1400"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let sent_before = lab.counter(3, "icmp_errors_sent");
+    let ns = &lab.pod("3b").ns;
+    let out = lab.exec(ns, &["ping", "-M", "do", "-s", "1400", "-c", "2", "-i", "0.3", "-W", "1", "10.244.1.2"]);
+    lab.exec(&rt, &["ip", "link", "set", vrouter::lab::topo::BRIDGE, "mtu", "1500"]);
+    lab.exec(ns, &["ip", "route", "flush", "cache"]);
+    let t = text(&out);
+    // The router told node 3 "1400" about the outer packet; node 3 relays 1380 (RFC 2003 4).
+    assert!(t.contains("mtu = 1380") || t.contains("mtu=1380"), "{t}");
+    assert!(wait_counter(lab, 3, "counters", "icmp_errors_sent", sent_before + 1) > sent_before, "{}", lab.stats(3));
+    assert!(ping(lab, "3b", "1a").status.success(), "pod 3b lost 1a after the MTU test");
+}
+
 /// `cargo test --test lab_vrouter -- --ignored keep_a_lab`: brings a lab up and leaves it running
 /// for manual work; `vrouter lab down` (or `lab::down`) removes it.
 #[test]

@@ -436,6 +436,9 @@ impl Worker {
             return;
         }
         self.last_service_ms = now;
+        // RFC 1812 4.3.3.1: what waited too long for its next hop is answered host unreachable
+        // (within the ICMP error limits; the rest of a flood is only counted).
+        while !self.hold.is_empty() && self.host_unreachable(snap, None, now) {}
         let expired = self.hold.expire(now, self.cfg.hold_timeout_ms);
         self.counters.drop_n(DropReason::NeighUnresolved, expired as u64);
         let mut i = 0;
@@ -455,6 +458,7 @@ impl Worker {
                     false
                 }
                 NeighLookup::Failed | NeighLookup::TableFull | NeighLookup::SourceLimit => {
+                    while self.host_unreachable(snap, Some(ip), now) {}
                     let n = self.hold.drop_neighbour(ip);
                     self.counters.drop_n(DropReason::NeighUnresolved, n as u64);
                     true
@@ -471,6 +475,79 @@ impl Worker {
         self.counters.drop_n(DropReason::NeighHoldFull, self.hold.take_pushed_out() as u64);
         self.ct.expire(now, 64);
         self.counters.conntrack_entries.store(self.ct.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes one held frame (for `next_hop`, or else one that waited past the hold timeout),
+    /// counts it as `neigh/unresolved` and answers it with ICMP host unreachable (RFC 1812
+    /// 4.3.3.1) into the generated-frame pool, when the error may be sent and routed. False
+    /// when there was no such frame or no free buffer (the caller drops what is left).
+    fn host_unreachable(&mut self, snap: &Snapshot, next_hop: Option<u32>, now: u64) -> bool {
+        let mut pool = std::mem::replace(&mut self.out.emitted, super::output::EmitPool::new(0));
+        let took = match pool.next_free() {
+            Some((slot, b)) => match self.hold.take_one(next_hop, now, self.cfg.hold_timeout_ms, &mut b[HEADROOM..]) {
+                Some(n) => {
+                    self.counters.count_drop(DropReason::NeighUnresolved);
+                    let (mut head, mut len) = (HEADROOM, n);
+                    if let Some(p) = self.route_local_error(snap, b, &mut head, &mut len, now) {
+                        pool.commit(slot, p, head, len);
+                        self.counters.tx(p as usize, len);
+                    }
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        self.out.emitted = pool;
+        took
+    }
+
+    /// Turns the (held, already forwarded once) frame at `head` into an ICMP host unreachable
+    /// to its source and sends it by the FIB: the output port, or `None` when it may not be
+    /// sent or has nowhere to go.
+    fn route_local_error(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        now: u64,
+    ) -> Option<PortId> {
+        if *len < ETH + ipv4::MIN_HEADER_LEN
+            || !self.icmp_error(
+                snap,
+                buf,
+                head,
+                len,
+                icmp::DEST_UNREACHABLE,
+                icmp::CODE_HOST_UNREACHABLE,
+                0,
+                false,
+                now,
+            )
+        {
+            return None;
+        }
+        let dst = ip_dst(buf, *head);
+        let id = self.shared.fib.pin().lookup(dst);
+        let mut nh = snap.nexthop(id)?;
+        if let NextHop::Ecmp(members) = nh {
+            let h = flow_hash(&buf[*head + ETH..*head + *len]);
+            nh = snap.nexthop(members[(h as usize) % members.len()])?;
+        }
+        match nh {
+            NextHop::Host => {
+                host_l2(snap, buf, *head);
+                snap.host_port
+            }
+            NextHop::Local { .. } | NextHop::Gateway { .. } | NextHop::Connected { .. } | NextHop::Tunnel { .. } => {
+                match self.finish(snap, buf, head, len, nh, now) {
+                    Verdict::Tx(p) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 
     fn process_chunk<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], base: u32, now: u64) {
@@ -921,6 +998,12 @@ impl Worker {
                 m.verdict = Verdict::Drop(DropReason::IcmpMalformed);
                 return;
             }
+            if !m.decapped && self.relay_tunnel_error(snap, buf, head, len, l3 + hl, l3 + tl, now) {
+                m.local_origin = true;
+                m.dst = ip_dst(buf, *head);
+                return;
+            }
+            let msg = &mut buf[l3 + hl..l3 + tl];
             if msg[0] == icmp::ECHO_REQUEST {
                 icmp::echo_request_to_reply(msg);
                 let mut ip = Ipv4Packet::new_checked(&mut buf[l3..l3 + tl]).expect("checked");
@@ -1176,6 +1259,93 @@ impl Worker {
             }
         }
         m.verdict = self.send(snap, buf, head, len, nh, m, now);
+    }
+
+    /// RFC 2003 section 4: an ICMP error from the underlay (`buf[at..end]`: its message) about
+    /// an IPIP packet we sent is relayed to the inner packet's source when enough of it is
+    /// quoted (the inner header and 8 bytes): fragmentation needed with the MTU less the 20
+    /// bytes of the outer header, any other unreachable or time exceeded as host unreachable.
+    /// Built in place over the quote (which stays where it is); true when the frame now is that
+    /// error, addressed to the inner source. False leaves the frame as it was (punted).
+    #[allow(clippy::too_many_arguments)]
+    fn relay_tunnel_error(
+        &mut self,
+        snap: &Snapshot,
+        buf: &mut [u8],
+        head: &mut usize,
+        len: &mut usize,
+        at: usize,
+        end: usize,
+        now: u64,
+    ) -> bool {
+        let (ty, code) = (buf[at], buf[at + 1]);
+        if !matches!(ty, icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED) {
+            return false;
+        }
+        // The quoted outer header: ours, IPIP, not a fragment.
+        let q = at + icmp::HEADER_LEN;
+        if end < q + ipv4::MIN_HEADER_LEN || buf[q] >> 4 != 4 {
+            return false;
+        }
+        let qhl = ((buf[q] & 0x0f) as usize) * 4;
+        let qsrc = u32::from_be_bytes([buf[q + 12], buf[q + 13], buf[q + 14], buf[q + 15]]);
+        if qhl < ipv4::MIN_HEADER_LEN || buf[q + 9] != PROTO_IPIP || qsrc != snap.node_ip {
+            return false;
+        }
+        if u16::from_be_bytes([buf[q + 6], buf[q + 7]]) & OFFSET_MASK != 0 {
+            return false;
+        }
+        // The quoted inner header and 8 bytes of what it carries.
+        let inner = q + qhl;
+        if end < inner + ipv4::MIN_HEADER_LEN || buf[inner] >> 4 != 4 {
+            return false;
+        }
+        let ihl = ((buf[inner] & 0x0f) as usize) * 4;
+        if ihl < ipv4::MIN_HEADER_LEN || end < inner + ihl + 8 {
+            return false;
+        }
+        let isrc = u32::from_be_bytes([buf[inner + 12], buf[inner + 13], buf[inner + 14], buf[inner + 15]]);
+        let (iproto, iff) = (buf[inner + 9], u16::from_be_bytes([buf[inner + 6], buf[inner + 7]]));
+        // RFC 1812 4.3.2.7, about the inner packet: never about an ICMP error, a non-first
+        // fragment, or an invalid (or our own) source.
+        if iff & OFFSET_MASK != 0 || ipv4::is_martian_source(isrc) || snap.is_local(isrc) {
+            return false;
+        }
+        if iproto == PROTO_ICMP && icmp::is_error(buf[inner + ihl]) {
+            return false;
+        }
+        let (code, rest) = match (ty, code) {
+            (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED) => {
+                let mtu = u16::from_be_bytes([buf[at + 6], buf[at + 7]]) as u32;
+                if mtu < 68 + IPIP_OVERHEAD as u32 {
+                    return false; // no usable MTU given (RFC 1191 routers give one)
+                }
+                (icmp::CODE_FRAG_NEEDED, mtu - IPIP_OVERHEAD as u32)
+            }
+            _ => (icmp::CODE_HOST_UNREACHABLE, 0),
+        };
+        if inner < ETH + ICMP_ERR_OVERHEAD {
+            return false;
+        }
+        if !self.icmp_dest_rl.allow(isrc, now) || !self.icmp_rl.allow(now) {
+            self.counters.inc(&self.counters.icmp_errors_ratelimited);
+            return false;
+        }
+        let quote = (end - inner).min(ICMP_ERR_MAX - ICMP_ERR_OVERHEAD);
+        let new_l3 = inner - ICMP_ERR_OVERHEAD;
+        let total = ICMP_ERR_OVERHEAD + quote;
+        self.ident = self.ident.wrapping_add(1);
+        ipv4::write_header(&mut buf[new_l3..], 0xc0, total as u16, self.ident, 0, 64, PROTO_ICMP, snap.node_ip, isrc);
+        icmp::write_message(
+            &mut buf[new_l3 + ipv4::MIN_HEADER_LEN..new_l3 + total],
+            icmp::DEST_UNREACHABLE,
+            code,
+            rest,
+        );
+        *head = new_l3 - ETH;
+        *len = ETH + total;
+        self.counters.inc(&self.counters.icmp_errors_sent);
+        true
     }
 
     /// Malformed IP options (RFC 1812 4.3.2.7 / 5.2.5, as the kernel does): drop as

@@ -126,6 +126,62 @@ fn decapsulates_from_known_peer_and_delivers_inner_to_pod() {
     assert_eq!(&out[14 + 20..], &inner[14 + 20..]);
 }
 
+/// An ICMP error from the underlay router to node 1 about `outer` (an IPIP frame node 1 sent),
+/// quoting as much as fits in 576 bytes, as a Linux router does.
+fn underlay_error(ty: u8, code: u8, mtu: u16, outer: &[u8]) -> Vec<u8> {
+    let quote = &outer[14..(14 + 548).min(outer.len())];
+    let mut ip = vec![0u8; 28 + quote.len()];
+    let total = ip.len() as u16;
+    ipv4::write_header(&mut ip, 0xc0, total, 3, 0, 64, PROTO_ICMP, lab::UNDERLAY_GW, lab::NODE_IP);
+    ip[28..].copy_from_slice(quote);
+    icmp::write_message(&mut ip[20..], ty, code, mtu as u32);
+    let mut f = Vec::new();
+    f.extend_from_slice(&lab::UPLINK_MAC.0);
+    f.extend_from_slice(&lab::GW_MAC.0);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f
+}
+
+#[test]
+fn underlay_errors_about_our_tunnel_packets_are_relayed_to_the_inner_source_rfc2003() {
+    let mut lab = Lab::new(LabOptions::default());
+    let mut big = from_pod_a_udp(lab::NODE3_POD, 64, &[9u8; 1400]);
+    frames::set_df(&mut big, true);
+    let wire = run1(&mut lab, big.clone(), lab::POD_A);
+    assert_eq!(wire.len(), 1);
+    let outer = &wire[0].1;
+    for (ty, code, mtu, want_code, want_mtu) in [
+        (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, 1400u16, icmp::CODE_FRAG_NEEDED, 1380u16),
+        (icmp::TIME_EXCEEDED, 0, 0, icmp::CODE_HOST_UNREACHABLE, 0),
+        (icmp::DEST_UNREACHABLE, icmp::CODE_NET_UNREACHABLE, 0, icmp::CODE_HOST_UNREACHABLE, 0),
+    ] {
+        let sent = run1(&mut lab, underlay_error(ty, code, mtu, outer), lab::UPLINK);
+        assert_eq!(sent.len(), 1, "{ty}/{code}: {sent:?}");
+        let (port, e) = &sent[0];
+        assert_eq!(*port, lab::POD_A, "to the inner source, not the node's kernel");
+        let ip = ip_of(e);
+        assert_eq!((ip.source(), ip.destination()), (lab::NODE_IP.to_be_bytes(), lab::POD_A_IP.to_be_bytes()));
+        let msg = &e[34..];
+        assert!(checksum::verify(msg));
+        assert_eq!(
+            (msg[0], msg[1], u16::from_be_bytes([msg[6], msg[7]])),
+            (icmp::DEST_UNREACHABLE, want_code, want_mtu)
+        );
+        let quoted = Ipv4HeaderSlice::from_slice(&msg[8..]).unwrap();
+        assert_eq!(
+            (quoted.source(), quoted.destination()),
+            (lab::POD_A_IP.to_be_bytes(), lab::NODE3_POD.to_be_bytes())
+        );
+    }
+    // An error about something else we sent (not IPIP) still goes to the node's kernel.
+    let plain = from_pod_a_udp(lab::NODE2_POD, 64, b"x");
+    let mut not_ipip = run1(&mut lab, plain, lab::POD_A)[0].1.clone();
+    not_ipip[14 + 12..14 + 16].copy_from_slice(&lab::NODE_IP.to_be_bytes()); // "from us"
+    let sent = run1(&mut lab, underlay_error(icmp::TIME_EXCEEDED, 0, 0, &not_ipip), lab::UPLINK);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
+}
+
 #[test]
 fn encap_then_decap_returns_the_original_packet() {
     // Node 1 encapsulates towards node 3; a node configured as node 3 decapsulates.
@@ -831,6 +887,28 @@ fn ecmp_spreads_flows_and_keeps_each_flow_on_one_path() {
     }
     let paths: std::collections::HashSet<_> = seen.values().collect();
     assert_eq!(paths.len(), 2, "both members used");
+}
+
+#[test]
+fn frames_whose_next_hop_never_resolves_are_answered_host_unreachable() {
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });
+    let f = from_pod_a_udp(lab::NODE2_POD, 64, b"held");
+    run(&mut lab, &[(f.clone(), lab::POD_A), (f, lab::POD_A)], 1_000);
+    assert_eq!(lab.worker.hold.len(), 2);
+    // Past the hold timeout, the next pass answers both (RFC 1812 4.3.3.1).
+    let sent = run(&mut lab, &[], 1_000 + WorkerConfig::default().hold_timeout_ms);
+    let errors: Vec<_> = sent.iter().filter(|(p, _)| *p == lab::POD_A).collect();
+    assert_eq!(errors.len(), 2, "{sent:?}");
+    for (_, e) in errors {
+        assert_eq!(&e[0..6], &lab::POD_A_MAC.0);
+        let ip = ip_of(e);
+        assert_eq!((ip.source(), ip.destination()), (lab::NODE_IP.to_be_bytes(), lab::POD_A_IP.to_be_bytes()));
+        assert_eq!((e[34], e[35]), (icmp::DEST_UNREACHABLE, icmp::CODE_HOST_UNREACHABLE));
+        assert!(checksum::verify(&e[34..]));
+        assert_eq!(Ipv4HeaderSlice::from_slice(&e[42..]).unwrap().destination(), lab::NODE2_POD.to_be_bytes());
+    }
+    assert_eq!(drops(&lab, DropReason::NeighUnresolved), 2);
+    assert_eq!(lab.worker.hold.len(), 0);
 }
 
 #[test]

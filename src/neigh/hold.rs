@@ -224,6 +224,31 @@ impl HoldQueue {
         self.release(next_hop, |_, _| {})
     }
 
+    /// Takes one frame out: the oldest held for `next_hop` (`Some`), or else any one held for
+    /// `max_age_ms` or longer (`None`), copied into `out` (which must hold a slot); returns its
+    /// length, or `None` when there is no such frame. For answering what could not be
+    /// delivered (ICMP host unreachable) without allocating.
+    pub fn take_one(&mut self, next_hop: Option<u32>, now_ms: u64, max_age_ms: u64, out: &mut [u8]) -> Option<usize> {
+        let q = match next_hop {
+            Some(nh) => self.find(nh)?,
+            None => (0..self.active).find(|&q| {
+                let h = self.queues[q].head;
+                h != NIL && now_ms.saturating_sub(self.meta[h as usize].held_ms) >= max_age_ms
+            })?,
+        };
+        if self.queues[q].len == 0 {
+            self.remove_queue(q);
+            return None;
+        }
+        let s = self.pop(q);
+        let n = (self.meta[s].len as usize).min(out.len());
+        out[..n].copy_from_slice(&self.buf[s * self.slot_size..][..n]);
+        if self.queues[q].len == 0 {
+            self.remove_queue(q);
+        }
+        Some(n)
+    }
+
     /// Drops frames held for `max_age_ms` or longer (counted as `neigh/unresolved`); returns how
     /// many.
     pub fn expire(&mut self, now_ms: u64, max_age_ms: u64) -> usize {
@@ -258,6 +283,24 @@ mod tests {
         let mut out = vec![];
         h.release(nh, |port, f| out.push((port, f.to_vec())));
         out
+    }
+
+    #[test]
+    fn take_one_hands_out_expired_or_a_neighbours_frames_one_by_one() {
+        let mut h = HoldQueue::new(8, 4, 64);
+        h.hold(A, 1, &[1, 1], 0).unwrap();
+        h.hold(B, 2, &[2], 50).unwrap();
+        h.hold(A, 3, &[3, 3, 3], 60).unwrap();
+        let mut out = [0u8; 64];
+        assert_eq!(h.take_one(None, 40, 100, &mut out), None, "nothing 100 ms old yet");
+        assert_eq!(h.take_one(None, 100, 100, &mut out), Some(2), "A's first frame expired");
+        assert_eq!(&out[..2], &[1, 1]);
+        assert_eq!(h.take_one(None, 100, 100, &mut out), None);
+        assert_eq!(h.take_one(Some(A), 100, 100, &mut out), Some(3), "A failed: its frames, whatever their age");
+        assert_eq!(&out[..3], &[3, 3, 3]);
+        assert_eq!(h.take_one(Some(A), 100, 100, &mut out), None);
+        assert_eq!((h.len(), h.held_for(A), h.held_for(B)), (1, 0, 1));
+        assert_eq!(h.neighbours().collect::<Vec<_>>(), vec![B]);
     }
 
     #[test]
