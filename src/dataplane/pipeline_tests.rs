@@ -948,6 +948,37 @@ fn unresolved_next_hop_holds_packets_sends_arp_and_releases_on_reply() {
     assert_eq!(total_drops(&lab), 0);
 }
 
+/// Issue 9 item 7 (in memory): pod A sends twice to each of 100 unused on-link addresses. It
+/// creates its 64 unresolved entries and no more (`neigh/source-limit`), and its held frames
+/// fill the hold pool; pod B's packet to a next hop not yet resolved is still asked for at
+/// once, held (in the place of the oldest frame of a longer queue) and released by the reply.
+#[test]
+fn a_neighbour_flood_from_one_pod_is_bounded_and_another_pods_next_hop_still_resolves() {
+    let cfg = WorkerConfig { hold_slots: 64, ..Default::default() };
+    let mut lab = Lab::new(LabOptions { static_neighbours: false, worker: cfg, ..Default::default() });
+    let flood: Vec<(Vec<u8>, PortId)> =
+        (0..100u32).flat_map(|i| [0, 1].map(|_| (from_pod_a_udp(0xc0a8_0164 + i, 64, b"x"), lab::POD_A))).collect();
+    run(&mut lab, &flood, 1_000);
+    assert_eq!(drops(&lab, DropReason::NeighSourceLimit), 2 * 36);
+    assert_eq!(lab.shared.neigh.len(), 64);
+    let f = frames::udp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::NODE2_POD, 64, 1, 2, b"b");
+    let sent = run(&mut lab, &[(f, lab::POD_B)], 1_100);
+    let asked = sent.iter().any(|(p, req)| {
+        *p == lab::UPLINK
+            && matches!(etherparse::SlicedPacket::from_ethernet(req).map(|a| a.net),
+                Ok(Some(etherparse::NetSlice::Arp(arp))) if arp.target_protocol_addr() == lab::NODE2_IP.to_be_bytes())
+    });
+    assert!(asked, "an ARP request for node 2: {sent:?}");
+    let mut reply = vec![0u8; 60];
+    let n = crate::wire::arp::build_reply(&mut reply, lab::NODE2_MAC.0, lab::NODE2_IP, lab::UPLINK_MAC.0, lab::NODE_IP);
+    reply.truncate(n);
+    let sent = run(&mut lab, &[(reply, lab::UPLINK)], 1_200);
+    let out: Vec<&Vec<u8>> =
+        sent.iter().filter(|(p, f)| *p == lab::UPLINK && f[0..6] == lab::NODE2_MAC.0).map(|(_, f)| f).collect();
+    assert_eq!(out.len(), 1, "pod B's held frame released: {sent:?}");
+    assert_eq!(ip_of(out[0]).source(), lab::POD_B_IP.to_be_bytes());
+}
+
 #[test]
 fn fragmenting_towards_an_unresolved_next_hop_still_sends_the_arp_request() {
     let mut lab = Lab::new(LabOptions { static_neighbours: false, ..Default::default() });

@@ -10,10 +10,12 @@
 //! linked the same way. Queues are kept densely in `queues[..active]` and found by a linear scan:
 //! a worker rarely waits on more than a handful of neighbours at a time.
 //!
-//! When the pool is full, a frame for a next hop with fewer frames waiting pushes out the
-//! oldest frame of the longest queue (longest-queue drop): one sender flooding unresolved
-//! addresses fills its own queues but cannot keep a new neighbour's first packet (a TCP SYN)
-//! out. Pushed-out frames are counted by the caller ([`HoldQueue::take_pushed_out`]).
+//! When the pool is full, a frame pushes out the oldest frame of the longest queue (ties: the
+//! queue whose oldest frame waited longest) if that queue is longer than the frame's own queue
+//! will be, or if the frame is the first for its next hop (longest-queue drop). One sender
+//! flooding unresolved addresses thus fills the pool but cannot keep a new neighbour's first
+//! packet (a TCP SYN) out, and no queue grows at the cost of a shorter one. Pushed-out frames
+//! are counted by the caller ([`HoldQueue::take_pushed_out`]).
 //!
 //! Only the worker that receives an ARP reply releases its own queue. Others learn of the
 //! resolution by re-looking up [`HoldQueue::neighbours`] periodically (which also drives the
@@ -138,14 +140,15 @@ impl HoldQueue {
             return Err(HoldError::PerNeighbourFull);
         }
         if self.free == NIL {
-            // Longest-queue drop: room is taken from a queue longer than this one will be.
+            // Longest-queue drop: room is taken from a queue longer than this one will be, or for
+            // a next hop's first frame (RFC 1122 2.3.2.2: keep at least one per address).
             let mine = q.map_or(0, |q| self.queues[q].len);
             // Ties: the queue whose oldest frame waited longest.
             let longest = (0..self.active).max_by_key(|&i| {
                 (self.queues[i].len, std::cmp::Reverse(self.meta[self.queues[i].head as usize].held_ms))
             });
             match longest {
-                Some(l) if self.queues[l].len > mine + 1 => {
+                Some(l) if self.queues[l].len > mine + 1 || mine == 0 => {
                     self.pop(l);
                     self.pushed_out += 1;
                     if self.queues[l].len == 0 {
@@ -344,13 +347,17 @@ mod tests {
     fn pool_limit() {
         let mut h = HoldQueue::new(3, 3, 64);
         h.hold(A, 0, &[1], 0).unwrap();
-        h.hold(B, 0, &[2], 0).unwrap();
-        h.hold(3, 0, &[3], 0).unwrap();
-        assert_eq!(h.hold(4, 0, &[4], 0), Err(HoldError::PoolFull));
-        assert_eq!(h.hold(A, 0, &[4], 0), Err(HoldError::PoolFull));
+        h.hold(B, 0, &[2], 1).unwrap();
+        h.hold(3, 0, &[3], 2).unwrap();
+        // A new next hop's first frame is held, in the place of the oldest frame.
+        h.hold(4, 0, &[4], 3).unwrap();
+        assert_eq!((h.held_for(A), h.take_pushed_out()), (0, 1));
+        // A second frame never takes another next hop's only one.
+        assert_eq!(h.hold(4, 0, &[5], 4), Err(HoldError::PoolFull));
         assert_eq!(h.drop_neighbour(B), 1);
-        h.hold(4, 0, &[4], 0).unwrap();
-        assert_eq!(h.neighbours().collect::<std::collections::BTreeSet<_>>(), [A, 3, 4].into());
+        h.hold(4, 0, &[5], 5).unwrap();
+        assert_eq!(h.neighbours().collect::<std::collections::BTreeSet<_>>(), [3, 4].into());
+        assert_eq!(h.take_pushed_out(), 0);
         assert_eq!(HoldQueue::new(0, 3, 64).hold(A, 0, &[1], 0), Err(HoldError::PoolFull));
     }
 
@@ -439,7 +446,7 @@ mod tests {
                             .map(|e| e.0)
                             .max_by_key(|&n| (count(n), std::cmp::Reverse(model.iter().find(|e| e.0 == n).unwrap().3)));
                         match longest {
-                            Some(l) if count(l) > mine + 1 => {
+                            Some(l) if count(l) > mine + 1 || mine == 0 => {
                                 let at = model.iter().position(|e| e.0 == l).unwrap();
                                 model.remove(at);
                                 model.push((nh, now as u16, frame.clone(), now));

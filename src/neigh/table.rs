@@ -21,8 +21,9 @@
 //!   (state != FREE, tagged with the new incarnation) with Release. Only the claimer may move a
 //!   word out of FREE.
 //! * Delete: CAS `word` from its current value to FREE (the linearisation point: afterwards no
-//!   CAS expecting a live word can succeed), then store `key` = TOMBSTONE with Release. Nobody
-//!   else can touch `key` meanwhile: claimers only CAS free keys.
+//!   CAS expecting a live word can succeed), give back the slot's source charge (see Bounds),
+//!   then store `key` = TOMBSTONE with Release. Nobody else can touch `key` meanwhile:
+//!   claimers only CAS free keys.
 //! * Read: load `key` (Acquire), load `word` (Acquire), reload `key`. The Acquire on `key`
 //!   synchronises with the claimer's CAS, which came after the previous owner's FREE, so the word
 //!   read is FREE or belongs to this or a later incarnation. If `key` is unchanged, the slot kept
@@ -55,7 +56,8 @@
 //!   routes come from configuration and are not charged). A source may hold at most
 //!   `unresolved_per_source` of them; beyond that a miss is `SourceLimit`
 //!   (`neigh/source-limit`) and creates nothing. Sources are hashed into [`SOURCE_BUCKETS`]
-//!   counters with a per-table random multiplier. The charge is held in the slot's `owner`
+//!   counters with a per-table random multiplier (two sources sharing a bucket share its
+//!   budget; which ones do is not predictable). The charge is held in the slot's `owner`
 //!   word (`incarnation << 32 | bucket + 1`), stored before the slot's first word is
 //!   published, and given back exactly once (a CAS of `owner` to 0 that names the
 //!   incarnation) when the entry resolves or is deleted; a CAS for a later incarnation cannot
