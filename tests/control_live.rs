@@ -19,6 +19,11 @@ use common::{is_root, text, wait_until, Topo, DEFAULT_ROUTE};
 
 fn skip() -> bool {
     if !is_root() {
+        // Not being able to run is a failure (CI runs as root), unless skipped knowingly.
+        assert!(
+            std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
+            "needs root (network namespaces, TAP, AF_XDP); set VROUTER_ALLOW_SKIP=1 to skip knowingly"
+        );
         eprintln!("skipped: needs root (network namespaces, TAP, AF_XDP)");
         return true;
     }

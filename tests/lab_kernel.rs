@@ -6,7 +6,7 @@ use std::process::Command;
 
 use vrouter::lab::{self, Backend, LabOptions};
 
-fn skip() -> Option<String> {
+fn cannot_run() -> Option<String> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
@@ -17,6 +17,18 @@ fn skip() -> Option<String> {
         }
     }
     None
+}
+
+/// Why this test cannot run here, if it cannot. Not being able to run is a failure (CI runs as
+/// root with every tool installed), unless `VROUTER_ALLOW_SKIP` is set by someone who knows they
+/// are skipping it.
+fn skip() -> Option<String> {
+    let why = cannot_run()?;
+    assert!(
+        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
+        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
+    );
+    Some(why)
 }
 
 fn namespaces_of(prefix: &str) -> Vec<String> {

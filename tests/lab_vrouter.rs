@@ -18,7 +18,7 @@ use vrouter::lab::{self, LabHandle, LabOptions};
 static LAB: OnceLock<Result<LabHandle, String>> = OnceLock::new();
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn skip() -> Option<String> {
+fn cannot_run() -> Option<String> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
@@ -29,6 +29,18 @@ fn skip() -> Option<String> {
         }
     }
     None
+}
+
+/// Why this test cannot run here, if it cannot. Not being able to run is a failure (CI runs as
+/// root with every tool installed), unless `VROUTER_ALLOW_SKIP` is set by someone who knows they
+/// are skipping it.
+fn skip() -> Option<String> {
+    let why = cannot_run()?;
+    assert!(
+        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
+        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
+    );
+    Some(why)
 }
 
 /// The shared lab, and the turn to use it; `None` when the test must be skipped.
