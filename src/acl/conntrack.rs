@@ -23,7 +23,10 @@
 //! opening flows as fast as it can takes at most its share and never the whole table (issue 9:
 //! 70,000 UDP flows from one pod used to refuse every new connection on the node for 28 s).
 //! Counts are per endpoint id; an id reused for a new pod inherits the old pod's entries
-//! until they expire.
+//! until they expire. A count includes expired entries until the sweep or a lookup removes
+//! them, so an endpoint found at its share sweeps [`SHARE_SWEEP`] more slots before being
+//! refused: a pod whose flows have all expired gets new ones within one pass over the table
+//! by its own attempts, not after the background sweep comes round (seconds on a big table).
 //!
 //! **Keys.** TCP, UDP, SCTP and other protocols: the 5-tuple ordered so that the lower
 //! `(address, port)` end comes first; both directions find the same entry, which records which
@@ -64,6 +67,9 @@ use crate::stats::DropReason;
 
 /// Maximum distance of an entry from its home slot.
 pub const PROBE_WINDOW: usize = 32;
+/// Slots swept before refusing a new entry to an endpoint that holds its share (its count may
+/// include expired entries the background sweep has not reached yet).
+const SHARE_SWEEP: usize = 256;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -467,6 +473,15 @@ impl ConnTrack {
             PROTO_ICMP => CtState::Icmp,
             _ => CtState::Other,
         };
+        if let Some(o) = owner {
+            // At its share: its count may still include entries that expired since the last
+            // sweep passed them (a full pass takes seconds). Sweep a bounded stretch first, so
+            // a pod whose flows have all expired is not refused until the sweep comes round.
+            // Only on this path; the probe below starts after it (the sweep moves entries).
+            if self.share_max < self.capacity && self.per_endpoint[o as usize] as usize >= self.share_max {
+                self.expire(now_ms, SHARE_SWEEP);
+            }
+        }
         let home = self.hash(&t) as usize & self.mask;
         // The probe chain up to the first free slot: the key itself, or an expired entry to
         // replace in place (which keeps the chain intact).
@@ -902,7 +917,33 @@ mod tests {
             c.insert_for(&udp(A, p, B, 53), Some(7), 0, 0, 1).unwrap();
         }
         c.insert_for(&udp(A, 0, B, 53), Some(7), 0, to.udp_ms, 1).unwrap();
-        assert_eq!(c.endpoint_entries(7), 25);
+        // (At its share, the insert swept a stretch first: expired ones there went with it.)
+        assert!(c.endpoint_entries(7) < 25, "{}", c.endpoint_entries(7));
+    }
+
+    #[test]
+    fn an_endpoint_whose_flows_expired_is_not_refused_before_the_sweep_reaches_them() {
+        let to = CtTimeouts::default();
+        let mut c = ConnTrack::with_capacity(4096, to).with_endpoint_share(1);
+        let share = c.endpoint_share();
+        for p in 0..share as u16 {
+            c.insert_for(&udp(A, p, B, 53), Some(7), 0, 0, 1).unwrap();
+        }
+        assert!(c.insert_for(&udp(A, 999, B, 53), Some(7), 0, 1, 1).is_err(), "at its share");
+        // Every one of its flows has expired; no lookup or sweep has touched them. New flows
+        // (elsewhere in the table than the old ones' slots) are its due: each refused attempt
+        // sweeps SHARE_SWEEP slots, so within one pass over the table all are admitted.
+        let later = to.udp_ms + 1_000;
+        let attempts_bound = share + c.slots.len() / SHARE_SWEEP + 1;
+        let (mut admitted, mut attempts) = (0u16, 0);
+        while (admitted as usize) < share && attempts < attempts_bound {
+            attempts += 1;
+            if c.insert_for(&udp(A, 1_000 + admitted, B, 54), Some(7), 0, later, 1).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted as usize, share, "{attempts} attempts");
+        assert_eq!(c.endpoint_entries(7), share);
     }
 
     #[test]
