@@ -826,7 +826,15 @@ impl Worker {
         m.dst = dst;
         m.from_host = true;
         if snap.is_local(dst) {
-            self.local(snap, buf, head, len, port, m, now);
+            // Only ping is answered here (the pod gateway, say); anything else would only be
+            // handed back to the kernel, which may forward it to us again.
+            let l4 = l3 + info.header_len as usize;
+            m.verdict = if buf[l3 + 9] == PROTO_ICMP && *len > l4 - *head && buf[l4] == icmp::ECHO_REQUEST {
+                self.local(snap, buf, head, len, port, m, now);
+                m.verdict
+            } else {
+                Verdict::Drop(DropReason::HostToRouterAddress)
+            };
         }
     }
 
