@@ -1154,6 +1154,10 @@ mod tests {
         fn remove_pod(&mut self, slot: PortId) {
             self.0.lock().unwrap().push(format!("remove {slot}"));
         }
+        fn host_routes(&mut self, blocks: &[Ipv4Prefix], via: Ipv4Addr) {
+            let b: Vec<String> = blocks.iter().map(|p| p.to_string()).collect();
+            self.0.lock().unwrap().push(format!("host routes {} via {via}", b.join(" ")));
+        }
     }
 
     fn node(c: Config) -> (Node, Recorder) {
@@ -1168,6 +1172,22 @@ mod tests {
         let dst = u32::from(a.parse::<Ipv4Addr>().unwrap());
         let id = n.shared.fib.pin().lookup(dst);
         n.shared.snapshot.load().nexthop(id).unwrap().clone()
+    }
+
+    #[test]
+    fn the_kernel_routes_pod_blocks_through_the_host_port_and_follows_peers() {
+        let (_, rec) = node(cfg(""));
+        assert!(!rec.0.lock().unwrap().iter().any(|l| l.starts_with("host routes")), "no [host]: nothing");
+        let host = "[host]\ntap = \"vrhost\"\n";
+        let (mut n, rec) = node(cfg(host));
+        let last = |r: &Recorder| r.0.lock().unwrap().iter().rev().find(|l| l.starts_with("host routes")).cloned();
+        assert_eq!(last(&rec).as_deref(), Some("host routes 10.244.1.0/26 10.244.2.0/26 via 169.254.1.1"));
+        n.apply(cfg(&format!("{}{host}", fixtures::peer_toml("n3", 30, 3)))).unwrap();
+        assert_eq!(
+            last(&rec).as_deref(),
+            Some("host routes 10.244.1.0/26 10.244.2.0/26 10.244.3.0/26 via 169.254.1.1"),
+            "a new peer's block"
+        );
     }
 
     #[test]

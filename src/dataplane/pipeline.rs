@@ -3,18 +3,27 @@
 //! Stages run over the whole batch, each skipping frames that already have a final verdict
 //! (VPP-style), so every stage's code and data stay hot:
 //!
-//! 1. **input** (per frame): L2 checks and ARP; RFC 1812 5.2.2 IPv4 checks; pod anti-spoofing;
-//!    local delivery (IPIP decapsulation from known peers, echo replies, punt); TTL check for
-//!    transit. Sets `Drop`, `Tx` (ARP replies), `Punt`, `Consumed`, or leaves `Continue` with
-//!    the lookup key. Echo replies and ICMP errors made here are "locally originated".
-//! 2. **lookup** (batched): longest-prefix match for every `Continue` frame at once.
-//! 3. **egress** (per frame): ECMP choice, policy with connection tracking, TTL decrement,
+//! 1. **input** (per frame): L2 checks and ARP; RFC 1812 5.2.2 IPv4 checks (Parameter Problem
+//!    for malformed options); anti-spoofing (pods, the host port, our pod block from the
+//!    uplink); local delivery (IPIP decapsulation from known peers with inner-source checks and
+//!    RFC 6040 ECN, echo replies, RFC 2003 relay of underlay errors, delivery to the host); TTL
+//!    check for transit. Sets `Drop`, `Tx` (ARP replies), `Punt`, `Consumed`, or leaves
+//!    `Continue` with the lookup key. Echo replies and ICMP errors made here are "locally
+//!    originated". The host port's IPv4 is routed like any input, without TTL check.
+//! 2. **lookup** (batched): longest-prefix match for every `Continue` frame at once, and for
+//!    decapsulated frames' inner sources (the reverse-path check egress applies).
+//! 3. **egress** (per frame): IPIP reverse-path check, ECMP choice, policy with connection
+//!    tracking (ICMP errors about tracked connections are related), TTL decrement,
 //!    MTU (fragment, or ICMP fragmentation needed), IPIP encapsulation, neighbour resolution
 //!    (or hold), L2 rewrite. Sets `Tx`, `Held`, `Drop`, or marks a frame for a second pass
-//!    when it was turned into an ICMP error (no route, fragmentation needed).
+//!    when it was turned into an ICMP error (no route, an unreachable or prohibit route,
+//!    fragmentation needed).
 //! 4. **reroute**: lookup + egress once more for those ICMP errors (never generated again for
 //!    them, so at most two passes).
 //! 5. **output**: group `Tx` frames per port, count.
+//!
+//! Timers ride on each call (`service`): held frames whose neighbour resolved are sent, those
+//! that waited in vain are answered ICMP host unreachable (RFC 1812 4.3.3.1).
 //!
 //! Nothing here allocates after [`Worker::new`]: metadata arrays, the generated-frame pool,
 //! the hold queue and the conntrack table are all sized up front.
@@ -824,7 +833,15 @@ impl Worker {
         m.dst = dst;
         m.from_host = true;
         if snap.is_local(dst) {
-            self.local(snap, buf, head, len, port, m, now);
+            // Only ping is answered here (the pod gateway, say); anything else would only be
+            // handed back to the kernel, which may forward it to us again.
+            let l4 = l3 + info.header_len as usize;
+            m.verdict = if buf[l3 + 9] == PROTO_ICMP && *len > l4 - *head && buf[l4] == icmp::ECHO_REQUEST {
+                self.local(snap, buf, head, len, port, m, now);
+                m.verdict
+            } else {
+                Verdict::Drop(DropReason::HostToRouterAddress)
+            };
         }
     }
 

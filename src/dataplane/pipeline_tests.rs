@@ -647,6 +647,19 @@ fn trace_shows_an_unreachable_route_as_a_drop_answered_with_icmp() {
     assert!(r.steps.iter().any(|s| s.starts_with("icmp: answered")), "{:?}", r.steps);
 }
 
+#[test]
+fn host_ping_to_the_pod_gateway_is_answered_and_other_traffic_to_it_dropped() {
+    let mut lab = Lab::new(LabOptions::default());
+    let p = frames::ping(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, CALICO_POD_GATEWAY_IP, 64, 5, 1, b"hi");
+    let sent = run1(&mut lab, p, lab::HOST);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].0, &sent[0].1[0..6]), (lab::HOST, &lab::HOST_KERNEL_MAC.0[..]));
+    assert_eq!(sent[0].1[34], icmp::ECHO_REPLY);
+    let u = from_host_udp(lab::HOST_MAC, lab::NODE_IP, CALICO_POD_GATEWAY_IP, b"x");
+    assert!(run1(&mut lab, u, lab::HOST).is_empty(), "not handed back to the kernel (a loop)");
+    assert_eq!(drops(&lab, DropReason::HostToRouterAddress), 1);
+}
+
 const CALICO_POD_GATEWAY_IP: u32 = crate::dataplane::state::CALICO_POD_GATEWAY;
 
 #[test]

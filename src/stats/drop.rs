@@ -185,6 +185,9 @@ drop_reasons! {
     IpipEcnCeNotEct => "ipip/ecn-ce-not-ect",
     /// ARP reply we did not ask for, beyond the rate passed on to the node's kernel.
     ArpPuntLimited => "arp/unsolicited-reply-limited",
+    /// Non-echo IPv4 from the node's kernel to one of the router's own addresses (the pod
+    /// gateway, say): nothing answers it but the kernel itself.
+    HostToRouterAddress => "host/to-router-address",
 }
 
 #[cfg(test)]
