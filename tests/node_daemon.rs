@@ -178,8 +178,11 @@ fn a_second_daemon_on_the_same_uplink_is_refused_and_the_first_keeps_forwarding(
     // Traffic through the first daemon while the second tries to start: none of it is lost.
     let traffic = t.spawn("pod", &["ping", "-q", "-i", "0.05", "-c", "40", "-W", "1", "192.168.1.1"]);
     std::thread::sleep(Duration::from_millis(300));
-    let o =
-        t.exec("node", &[env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    // Bounded: were the lock to let it start, it would run (and `output()` wait) for ever.
+    let o = t.exec(
+        "node",
+        &["timeout", "10", env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()],
+    );
     let ping = common::text(&traffic.finish());
     assert!(ping.contains("40 packets transmitted, 40 received"), "traffic lost while a second daemon started: {ping}");
     let e = common::text(&o);
@@ -491,36 +494,59 @@ fn trickling_clients_and_an_abandoned_trace_do_not_lock_the_control_socket() {
     assert!(o.status.success(), "an operator is locked out: {}", common::text(&o));
     assert!(start.elapsed() < Duration::from_secs(2), "status took {:?}", start.elapsed());
     // A trace whose client went away (Ctrl-C) ends; the next one may start at once.
-    let mut abandoned = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
-        .arg("-s")
-        .arg(t.sock())
-        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let trace = |timeout: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
+            .arg("-s")
+            .arg(t.sock())
+            .args(["trace", "--count", "5", "--port", "tappod", "--timeout", timeout])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Running once another trace is refused as already running. A probe that gets in first
+    // makes the trace fail (it runs alone): then it is started again.
+    let running = || {
+        let o = t.ctl(&["trace", "--count", "1", "--timeout", "0.1"]);
+        !o.status.success() && common::text(&o).contains("already running")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut abandoned = 'started: loop {
+        let mut c = trace("600");
+        loop {
+            if running() {
+                break 'started c;
+            }
+            if c.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the trace did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     abandoned.kill().unwrap();
     abandoned.wait().unwrap();
     common::wait_until("the abandoned trace to end", Duration::from_secs(2), || {
         t.ctl(&["trace", "--count", "1", "--timeout", "0.1"]).status.success()
     });
-    // And `trace stop` ends one whose client is still there.
-    let stopper = {
-        let sock = t.sock();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(500));
-            Command::new(env!("CARGO_BIN_EXE_vrouterctl")).arg("-s").arg(sock).args(["trace", "stop"]).output().unwrap()
-        })
-    };
+    // And `trace stop` ends one whose client is still there (its timeout, 30 s, is far off).
+    // Sent until it finds the trace running (the first may come before the trace starts).
     let start = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
-        .arg("-s")
-        .arg(t.sock())
-        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
-        .output()
-        .unwrap();
-    assert!(o.status.success() && start.elapsed() < Duration::from_secs(5), "{}", common::text(&o));
-    let s = stopper.join().unwrap();
-    assert!(String::from_utf8_lossy(&s.stdout).contains("stopped the running trace"), "{}", common::text(&s));
+    let stopped = trace("30");
+    common::wait_until("trace stop to find the trace", Duration::from_secs(20), || {
+        let s = t.ctl(&["trace", "stop"]);
+        assert!(s.status.success(), "{}", common::text(&s));
+        String::from_utf8_lossy(&s.stdout).contains("stopped the running trace")
+    });
+    let stop_sent = Instant::now();
+    let o = stopped.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(
+        stop_sent.elapsed() < Duration::from_secs(5) && start.elapsed() < Duration::from_secs(25),
+        "the trace ended {:?} after the stop ({:?} after it started), not on the stop",
+        stop_sent.elapsed(),
+        start.elapsed()
+    );
     drop(trickling);
     t.stop(child);
 }

@@ -1089,13 +1089,21 @@ mod tests {
         assert!(reply(&idle).is_none(), "the idle client is the one closed");
     }
 
+    /// Waits (up to 10 s, for a loaded machine) until a trace session is running.
+    fn wait_for_trace(s: &TestServer) {
+        let t0 = Instant::now();
+        while s.ctl.shared.observe.active() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the trace did not start within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_trace_ends_when_its_client_goes_away() {
         let s = server("gone", Limits::default());
         let c1 = connect(&s);
         send(&c1, r#"{"cmd":"trace","count":1,"timeout_ms":600000}"#);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_ne!(s.ctl.shared.observe.active(), 0, "the trace runs");
+        wait_for_trace(&s);
         drop(c1);
         let c2 = connect(&s);
         let t0 = Instant::now();
@@ -1119,7 +1127,7 @@ mod tests {
         send(&c2, r#"{"cmd":"trace-stop"}"#);
         assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], false, "nothing to stop");
         send(&c1, r#"{"cmd":"trace","count":5,"timeout_ms":600000}"#);
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_trace(&s);
         let t0 = Instant::now();
         send(&c2, r#"{"cmd":"trace-stop"}"#);
         assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], true);
