@@ -139,6 +139,41 @@ fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_u
     t.stop(child);
 }
 
+#[test]
+fn a_replaced_pod_that_cannot_be_finished_is_reported_down_not_refused_and_the_next_apply_brings_it_back() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrf", &["pod"]);
+    let good = t.config(DEFAULT_ROUTE);
+    t.write_config(&good);
+    let child = t.start();
+    assert!(t.ping("peer", "10.244.1.2", "2"), "before: {}", t.log());
+    // The pod's interface renamed to a name another interface in its namespace holds: the
+    // replacement is staged, the old port removed, and finishing it fails ("File exists").
+    common::ok(&["ip", "-n", &t.ns("pod"), "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]);
+    let renamed = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nifname = \"taken0\"");
+    assert_ne!(renamed, good);
+    t.write_config(&renamed);
+    child.signal(libc::SIGHUP);
+    common::wait_until("the reload to fail", std::time::Duration::from_secs(15), || {
+        t.log().contains("config reload (SIGHUP)")
+    });
+    let log = t.log();
+    assert!(!log.contains("refused, still running the previous config"), "the pod is down, not kept: {log}");
+    assert!(log.contains("applied, but pod pod could not be finished and is down until the next apply"), "{log}");
+    assert!(log.contains("File exists"), "says why: {log}");
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "-br", "link"]));
+    assert!(!links.contains("vrstage"), "a staged interface left behind: {links}");
+    // Once the name is free, the next apply (of the file now running) brings the pod back.
+    common::ok(&["ip", "-n", &t.ns("pod"), "link", "del", "taken0"]);
+    let o = t.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "link", "show", "taken0"]));
+    assert!(links.contains("UP"), "{links}");
+    assert!(t.ping("peer", "10.244.1.2", "2"), "after the next apply: {}", t.log());
+    t.write_config(&good);
+    t.stop(child);
+}
+
 /// `ip -d link show up0` in the node's namespace.
 fn uplink_link(t: &Topo) -> String {
     String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string()

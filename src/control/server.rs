@@ -103,10 +103,13 @@ impl Control {
     }
 
     /// Re-reads the config file and applies it.
-    pub fn reload(&self) -> Result<Value, String> {
-        let path = self.config_path.as_ref().ok_or("the daemon was not started from a config file")?;
-        let cfg = Config::load(path).map_err(|e| e.to_string())?;
-        let r = self.node().apply(cfg).map_err(|e| e.to_string())?;
+    pub fn reload(&self) -> Result<Value, NodeError> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or_else(|| NodeError::Refused("the daemon was not started from a config file".into()))?;
+        let cfg = Config::load(path).map_err(|e| NodeError::Refused(e.to_string()))?;
+        let r = self.node().apply(cfg)?;
         Ok(serde_json::to_value(r).expect("plain struct"))
     }
 
@@ -370,7 +373,7 @@ impl Control {
                 };
                 Ok(r.expect("plain struct"))
             }
-            Request::Reload => self.reload(),
+            Request::Reload => self.reload().map_err(|e| e.to_string()),
             Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms, who),
             Request::Capture { count, port, rx, tx, snaplen, timeout_ms } => {
                 let port = port.map(|p| self.port_id(&p)).transpose()?;
