@@ -390,9 +390,13 @@ fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
     t.exec_ok("peer", &["ip", "link", "set", "gw0", "down"]);
     common::wait_until("ports: up0 down", Duration::from_secs(3), || uplink(&t)["link"] == "down");
     assert!(t.log().contains("uplink link lost (no carrier)"), "{}", t.log());
+    std::thread::sleep(Duration::from_millis(300)); // frames on their way when it went down
+    let sent_before = uplink(&t)["stats"]["tx_packets"].as_u64().unwrap();
     assert!(!t.ping("pod", "192.168.1.1", "2"));
     let s = t.stats();
     assert!(s["drops"]["tx/link-down"].as_u64().unwrap() >= 2, "frames for the uplink while down: {s}");
+    // Lost, so not sent: counted once, as tx/link-down.
+    assert_eq!(uplink(&t)["stats"]["tx_packets"].as_u64().unwrap(), sent_before, "{}", uplink(&t));
     let page = metrics(&t);
     assert!(
         page.contains("vrouter_uplink_link_up 0\n") && page.contains("vrouter_uplink_link_changes_total 1\n"),
