@@ -139,6 +139,41 @@ fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_u
     t.stop(child);
 }
 
+#[test]
+fn a_replaced_pod_that_cannot_be_finished_is_reported_down_not_refused_and_the_next_apply_brings_it_back() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrf", &["pod"]);
+    let good = t.config(DEFAULT_ROUTE);
+    t.write_config(&good);
+    let child = t.start();
+    assert!(t.ping("peer", "10.244.1.2", "2"), "before: {}", t.log());
+    // The pod's interface renamed to a name another interface in its namespace holds: the
+    // replacement is staged, the old port removed, and finishing it fails ("File exists").
+    common::ok(&["ip", "-n", &t.ns("pod"), "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]);
+    let renamed = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nifname = \"taken0\"");
+    assert_ne!(renamed, good);
+    t.write_config(&renamed);
+    child.signal(libc::SIGHUP);
+    common::wait_until("the reload to fail", std::time::Duration::from_secs(15), || {
+        t.log().contains("config reload (SIGHUP)")
+    });
+    let log = t.log();
+    assert!(!log.contains("refused, still running the previous config"), "the pod is down, not kept: {log}");
+    assert!(log.contains("applied, but pod pod could not be finished and is down until the next apply"), "{log}");
+    assert!(log.contains("File exists"), "says why: {log}");
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "-br", "link"]));
+    assert!(!links.contains("vrstage"), "a staged interface left behind: {links}");
+    // Once the name is free, the next apply (of the file now running) brings the pod back.
+    common::ok(&["ip", "-n", &t.ns("pod"), "link", "del", "taken0"]);
+    let o = t.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let links = common::text(&sh(&["ip", "-n", &t.ns("pod"), "link", "show", "taken0"]));
+    assert!(links.contains("UP"), "{links}");
+    assert!(t.ping("peer", "10.244.1.2", "2"), "after the next apply: {}", t.log());
+    t.write_config(&good);
+    t.stop(child);
+}
+
 /// `ip -d link show up0` in the node's namespace.
 fn uplink_link(t: &Topo) -> String {
     String::from_utf8_lossy(&sh(&["ip", "-n", &t.ns("node"), "-d", "link", "show", "up0"]).stdout).to_string()
@@ -178,8 +213,11 @@ fn a_second_daemon_on_the_same_uplink_is_refused_and_the_first_keeps_forwarding(
     // Traffic through the first daemon while the second tries to start: none of it is lost.
     let traffic = t.spawn("pod", &["ping", "-q", "-i", "0.05", "-c", "40", "-W", "1", "192.168.1.1"]);
     std::thread::sleep(Duration::from_millis(300));
-    let o =
-        t.exec("node", &[env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()]);
+    // Bounded: were the lock to let it start, it would run (and `output()` wait) for ever.
+    let o = t.exec(
+        "node",
+        &["timeout", "10", env!("CARGO_BIN_EXE_vrouter"), "run", "--config", t.dir.join("node.toml").to_str().unwrap()],
+    );
     let ping = common::text(&traffic.finish());
     assert!(ping.contains("40 packets transmitted, 40 received"), "traffic lost while a second daemon started: {ping}");
     let e = common::text(&o);
@@ -352,9 +390,13 @@ fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
     t.exec_ok("peer", &["ip", "link", "set", "gw0", "down"]);
     common::wait_until("ports: up0 down", Duration::from_secs(3), || uplink(&t)["link"] == "down");
     assert!(t.log().contains("uplink link lost (no carrier)"), "{}", t.log());
+    std::thread::sleep(Duration::from_millis(300)); // frames on their way when it went down
+    let sent_before = uplink(&t)["stats"]["tx_packets"].as_u64().unwrap();
     assert!(!t.ping("pod", "192.168.1.1", "2"));
     let s = t.stats();
     assert!(s["drops"]["tx/link-down"].as_u64().unwrap() >= 2, "frames for the uplink while down: {s}");
+    // Lost, so not sent: counted once, as tx/link-down.
+    assert_eq!(uplink(&t)["stats"]["tx_packets"].as_u64().unwrap(), sent_before, "{}", uplink(&t));
     let page = metrics(&t);
     assert!(
         page.contains("vrouter_uplink_link_up 0\n") && page.contains("vrouter_uplink_link_changes_total 1\n"),
@@ -491,36 +533,59 @@ fn trickling_clients_and_an_abandoned_trace_do_not_lock_the_control_socket() {
     assert!(o.status.success(), "an operator is locked out: {}", common::text(&o));
     assert!(start.elapsed() < Duration::from_secs(2), "status took {:?}", start.elapsed());
     // A trace whose client went away (Ctrl-C) ends; the next one may start at once.
-    let mut abandoned = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
-        .arg("-s")
-        .arg(t.sock())
-        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let trace = |timeout: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
+            .arg("-s")
+            .arg(t.sock())
+            .args(["trace", "--count", "5", "--port", "tappod", "--timeout", timeout])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Running once another trace is refused as already running. A probe that gets in first
+    // makes the trace fail (it runs alone): then it is started again.
+    let running = || {
+        let o = t.ctl(&["trace", "--count", "1", "--timeout", "0.1"]);
+        !o.status.success() && common::text(&o).contains("already running")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut abandoned = 'started: loop {
+        let mut c = trace("600");
+        loop {
+            if running() {
+                break 'started c;
+            }
+            if c.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the trace did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     abandoned.kill().unwrap();
     abandoned.wait().unwrap();
     common::wait_until("the abandoned trace to end", Duration::from_secs(2), || {
         t.ctl(&["trace", "--count", "1", "--timeout", "0.1"]).status.success()
     });
-    // And `trace stop` ends one whose client is still there.
-    let stopper = {
-        let sock = t.sock();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(500));
-            Command::new(env!("CARGO_BIN_EXE_vrouterctl")).arg("-s").arg(sock).args(["trace", "stop"]).output().unwrap()
-        })
-    };
+    // And `trace stop` ends one whose client is still there (its timeout, 30 s, is far off).
+    // Sent until it finds the trace running (the first may come before the trace starts).
     let start = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
-        .arg("-s")
-        .arg(t.sock())
-        .args(["trace", "--count", "5", "--port", "tappod", "--timeout", "600"])
-        .output()
-        .unwrap();
-    assert!(o.status.success() && start.elapsed() < Duration::from_secs(5), "{}", common::text(&o));
-    let s = stopper.join().unwrap();
-    assert!(String::from_utf8_lossy(&s.stdout).contains("stopped the running trace"), "{}", common::text(&s));
+    let stopped = trace("30");
+    common::wait_until("trace stop to find the trace", Duration::from_secs(20), || {
+        let s = t.ctl(&["trace", "stop"]);
+        assert!(s.status.success(), "{}", common::text(&s));
+        String::from_utf8_lossy(&s.stdout).contains("stopped the running trace")
+    });
+    let stop_sent = Instant::now();
+    let o = stopped.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(
+        stop_sent.elapsed() < Duration::from_secs(5) && start.elapsed() < Duration::from_secs(25),
+        "the trace ended {:?} after the stop ({:?} after it started), not on the stop",
+        stop_sent.elapsed(),
+        start.elapsed()
+    );
     drop(trickling);
     t.stop(child);
 }

@@ -431,9 +431,31 @@ impl<'de> Deserialize<'de> for MacAddr {
 }
 
 impl Config {
+    /// Reads, parses and validates `path`, and checks it against this machine where a file
+    /// alone cannot say (`workers.cores`, see [`Config::check_cores`]): what `check-config`
+    /// and `run` use.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: path.into(), err })?;
-        Config::parse(&text, path)
+        let cfg = Config::parse(&text, path)?;
+        cfg.check_cores(&usable_cores()).map_err(|(field, msg)| ConfigError::Invalid {
+            file: path.into(),
+            field,
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Every `workers.cores` entry is one of `usable` (the cores this process may run on, its
+    /// affinity mask, for [`Config::load`]). Apart from [`Config::validate`], which depends on
+    /// the file alone.
+    pub fn check_cores(&self, usable: &[usize]) -> Result<(), (String, String)> {
+        match self.workers.cores.iter().enumerate().find(|(_, c)| !usable.contains(c)) {
+            Some((i, c)) => Err((
+                format!("workers.cores[{i}]"),
+                format!("core {c} is not one this machine lets vrouter run on (usable: {})", core_list(usable)),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Parses and validates; `file` is only used in error messages.
@@ -484,15 +506,6 @@ impl Config {
                     format!("'{}' is also the TAP of endpoint {}; each TAP needs its own name", h.tap, e.name),
                 );
             }
-        }
-        if let Some((i, c)) = self.workers.cores.iter().enumerate().find(|(_, c)| !usable_cores().contains(c)) {
-            return err(
-                &format!("workers.cores[{i}]"),
-                format!(
-                    "core {c} is not one this machine lets vrouter run on (usable: {})",
-                    core_list(&usable_cores())
-                ),
-            );
         }
         if let Some(u) = &self.uplink {
             if u.queues == 0 || u.queues > 64 {
@@ -855,9 +868,24 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("host.tap: 'tapp' is also the TAP of endpoint p"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\n[host]\ntap = \"eth1\"\n"));
         assert!(e.contains("host.tap: 'eth1' is the uplink device"), "{e}");
-        let e = err(&format!("{NODE}\n[workers]\ncores = [0, 999]\n"));
-        assert!(e.contains("workers.cores[1]: core 999 is not one this machine lets vrouter run on"), "{e}");
-        assert!(parse(&format!("{NODE}\n[workers]\ncores = [0]\n")).is_ok());
+    }
+
+    #[test]
+    fn cores_are_checked_against_the_usable_set_and_the_file_alone_does_not_depend_on_the_machine() {
+        // No machine has core 100000: parsing (what tests and apply use) accepts it all the same.
+        let c = parse(&format!("{NODE}\n[workers]\ncores = [2, 100000]\n")).unwrap();
+        let (field, msg) = c.check_cores(&[0, 1, 2, 3]).unwrap_err();
+        assert_eq!(field, "workers.cores[1]");
+        assert_eq!(msg, "core 100000 is not one this machine lets vrouter run on (usable: 0-3)");
+        let (_, msg) = c.check_cores(&[2, 5]).unwrap_err();
+        assert!(msg.ends_with("(usable: 2,5)"), "{msg}");
+        assert!(c.check_cores(&[2, 100000]).is_ok());
+        // What check-config and run load is checked against this machine.
+        let f = std::env::temp_dir().join(format!("vr-cores-{}.toml", std::process::id()));
+        std::fs::write(&f, format!("{NODE}\n[workers]\ncores = [100000]\n")).unwrap();
+        let e = Config::load(&f).unwrap_err().to_string();
+        std::fs::remove_file(&f).unwrap();
+        assert!(e.contains("workers.cores[0]: core 100000 is not one this machine lets vrouter run on"), "{e}");
     }
 
     #[test]

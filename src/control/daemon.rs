@@ -152,6 +152,15 @@ impl TapIo {
     }
 }
 
+/// The log line for a reload (SIGHUP) that failed: refused with the previous config still
+/// running, or applied in part (pods down until the next apply), as the error says.
+fn reload_failed(e: &NodeError) -> String {
+    match e {
+        NodeError::PodsDown { .. } | NodeError::Unfinished(_) => format!("config reload (SIGHUP): {e}"),
+        e => format!("config reload (SIGHUP) refused, still running the previous config: {e}"),
+    }
+}
+
 /// Whether the network namespace `ns` (a name under /run/netns, as `ip netns` makes, or a
 /// pid) exists.
 fn netns_exists(ns: &str) -> bool {
@@ -553,7 +562,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         if reload.swap(false, Ordering::Relaxed) {
             match ctl.reload() {
                 Ok(r) => info!(change = %r, "config reloaded (SIGHUP)"),
-                Err(e) => error!("config reload (SIGHUP) refused, still running the previous config: {e}"),
+                Err(e) => error!("{}", reload_failed(&e)),
             }
         }
         if let Some(p) = &stats {
@@ -598,4 +607,21 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_applied_in_part_is_not_logged_as_refused() {
+        let down = NodeError::PodsDown { pods: vec!["a".into()], msg: "endpoint a: File exists".into() };
+        let line = reload_failed(&down);
+        assert!(!line.contains("refused") && !line.contains("previous config"), "{line}");
+        assert!(line.contains("applied, but pod a could not be finished and is down until the next apply"), "{line}");
+        let line = reload_failed(&NodeError::Unfinished("snapshot refused".into()));
+        assert!(!line.contains("previous config") && line.contains("applied, but not completed"), "{line}");
+        let line = reload_failed(&NodeError::Endpoint { name: "a".into(), msg: "no netns".into() });
+        assert!(line.contains("refused, still running the previous config"), "{line}");
+    }
 }

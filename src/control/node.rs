@@ -16,7 +16,9 @@
 //! 1. create new pods' TAPs (fallible: on error everything created is removed, nothing is
 //!    published). A pod that replaces a running one under the same names (TAP, interface in
 //!    its namespace) is created under a temporary name (staged) and finished by a second
-//!    pass after the old one is gone, so a failure leaves the running pod untouched;
+//!    pass after the old one is gone, so a failure leaves the running pod untouched (a
+//!    failure of that second pass cannot: the pod is down until the next apply, and the
+//!    error, [`NodeError::PodsDown`], says so);
 //! 2. publish a snapshot holding the old *and* the new: new pods, new next hops, peers of both
 //!    configs, policy compiled over both pods' sets; wait for the workers;
 //! 3. change the FIB route by route (each prefix flips atomically from its old next hop to its
@@ -98,6 +100,22 @@ pub enum NodeError {
     Refused(String),
     #[error("{0}")]
     Internal(String),
+    /// The new config is the running one, but pods replaced under the same names could not be
+    /// finished once their old ports were gone: they have no port until the next apply.
+    #[error("{}", pods_down(pods, msg))]
+    PodsDown { pods: Vec<String>, msg: String },
+    /// The new config is the running one, but a step after the switch failed (publishing a
+    /// snapshot, programming routes): what it missed is done by the next apply.
+    #[error("applied, but not completed: {0}; the next apply (or reload) retries what is missing")]
+    Unfinished(String),
+}
+
+fn pods_down(pods: &[String], msg: &str) -> String {
+    let (what, verb) = if pods.len() == 1 { ("pod", "is") } else { ("pods", "are") };
+    format!(
+        "applied, but {what} {} could not be finished and {verb} down until the next apply (vrouterctl apply or reload recreates it): {msg}",
+        pods.join(", ")
+    )
 }
 
 /// Paths in one ECMP group, repeats for weights included.
@@ -824,7 +842,56 @@ impl Node {
     /// Makes the node run `new`: pods, peers, policies, routes and static neighbours change to
     /// match it, make before break (see the module docs). Node-level settings (node, uplink,
     /// host, workers, control, metrics, kernel_routes) cannot change while running.
+    ///
+    /// Errors: before the switch to `new` (anything refused, a port that cannot be created)
+    /// nothing changed; after it, [`NodeError::PodsDown`] (replaced pods that could not be
+    /// finished once their old ports were gone: the others are up) or
+    /// [`NodeError::Unfinished`]. Either way `new` is the running config, and applying it
+    /// again completes it.
     pub fn apply(&mut self, new: Config) -> Result<ChangeReport, NodeError> {
+        let (mut report, finish) = self.apply_pass(new, None)?;
+        if finish {
+            // Pods that replace running ones under the same names, now that those are gone.
+            let cfg = self.cfg.clone();
+            let mut down = Vec::new();
+            let more = self.apply_pass(cfg, Some(&mut down));
+            for (name, msg) in &down {
+                tracing::error!(
+                    endpoint = %name,
+                    "replaced pod could not be finished after its old port was removed; it is down until the next apply: {msg}"
+                );
+            }
+            let pods_down = |then: Option<&NodeError>| NodeError::PodsDown {
+                pods: down.iter().map(|(n, _)| n.clone()).collect(),
+                msg: down
+                    .iter()
+                    .map(|(n, m)| format!("endpoint {n}: {m}"))
+                    .chain(then.map(|e| format!("then: {e}")))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            match more {
+                Err(e) if down.is_empty() => return Err(e),
+                Err(e) => return Err(pods_down(Some(&e))),
+                Ok(_) if !down.is_empty() => return Err(pods_down(None)),
+                Ok((more, _)) => {
+                    report.endpoints_added.extend(more.endpoints_added);
+                    report.routes_changed += more.routes_changed;
+                    report.snapshots_published += more.snapshots_published;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// One pass of [`Node::apply`]; true if pods were staged, to be finished by a second pass.
+    /// `down`: this is that second pass: a pod that cannot be finished is recorded there (its
+    /// staged port removed) and the others go on, since the ports they replace are gone.
+    fn apply_pass(
+        &mut self,
+        new: Config,
+        mut down: Option<&mut Vec<(String, String)>>,
+    ) -> Result<(ChangeReport, bool), NodeError> {
         new.validate().map_err(|(field, msg)| NodeError::Invalid { field, msg })?;
         self.check_static(&new)?;
         let mut report = ChangeReport::default();
@@ -878,6 +945,14 @@ impl Node {
                     created.push((slot, e.clone()));
                 }
                 Err(msg) => {
+                    if let Some(down) = down.as_deref_mut() {
+                        // Its old port is gone: nothing to go back to. The others go on.
+                        if let Some(slot) = self.staged.remove(&e.name) {
+                            self.io.remove_pod(slot);
+                        }
+                        down.push((e.name.clone(), msg));
+                        continue;
+                    }
                     undo(self, &created);
                     return Err(NodeError::Endpoint { name: e.name.clone(), msg });
                 }
@@ -899,19 +974,45 @@ impl Node {
             }
         }
 
+        // From here `new` is the running config: an error no longer leaves the previous one
+        // running. Nothing stays staged that the error would leave unfinished.
+        let switched = self.switch_to(new, &created, &kept, &leaving, &mut report);
+        if let Err(e) = switched {
+            for s in std::mem::take(&mut self.staged).into_values() {
+                self.io.remove_pod(s);
+            }
+            return Err(match e {
+                e @ NodeError::Unfinished(_) => e,
+                e => NodeError::Unfinished(e.to_string()),
+            });
+        }
+        report.snapshots_published = self.published - published_before;
+        Ok((report, !deferred.is_empty()))
+    }
+
+    /// Steps 2 to 4 of [`Node::apply`] (see the module docs): the switch to `new`, whose new
+    /// ports (`created`) exist.
+    fn switch_to(
+        &mut self,
+        new: Config,
+        created: &[(PortId, EndpointConfig)],
+        kept: &BTreeMap<String, PortId>,
+        leaving: &[PortId],
+        report: &mut ChangeReport,
+    ) -> Result<(), NodeError> {
         // 2. Old and new together.
         let old = std::mem::replace(&mut self.cfg, new);
         self.extra_peers = old.peers.iter().map(|p| ip(p.ip)).collect();
         self.extra_policies = old.policies.clone();
-        for (slot, e) in &created {
+        for (slot, e) in created {
             self.pods.insert(*slot, Pod { cfg: e.clone(), leaving: false });
             report.endpoints_added.push(e.name.clone());
         }
-        for (name, slot) in &kept {
+        for (name, slot) in kept {
             let e = self.cfg.endpoints.iter().find(|e| &e.name == name).expect("kept").clone();
             self.pods.get_mut(slot).expect("kept").cfg = e;
         }
-        for slot in &leaving {
+        for slot in leaving {
             let p = self.pods.get_mut(slot).expect("leaving");
             p.leaving = true;
             report.endpoints_removed.push(p.cfg.name.clone());
@@ -943,7 +1044,7 @@ impl Node {
 
         // 4. The new state alone.
         self.grace();
-        for slot in &leaving {
+        for slot in leaving {
             self.pods.remove(slot);
         }
         self.extra_peers.clear();
@@ -954,21 +1055,11 @@ impl Node {
         self.publish()?;
         if !leaving.is_empty() {
             self.grace();
-            for slot in &leaving {
+            for slot in leaving {
                 self.io.remove_pod(*slot);
             }
         }
-        report.snapshots_published = self.published - published_before;
-        if !deferred.is_empty() {
-            let cfg = self.cfg.clone();
-            let more = self.apply(cfg).inspect_err(|e| {
-                tracing::error!("finishing replaced pods after their old ports were removed: {e}");
-            })?;
-            report.endpoints_added.extend(more.endpoints_added);
-            report.routes_changed += more.routes_changed;
-            report.snapshots_published += more.snapshots_published;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Which pods of `new` keep their port (by name, with the slot), and which slots go. A pod
@@ -981,9 +1072,10 @@ impl Node {
         };
         let mut leaving = Vec::new();
         let mut kept = BTreeMap::new();
-        for (slot, pod) in self.pods.iter().filter(|(_, p)| !p.leaving) {
+        // A pod still marked leaving (an apply failed after the switch) goes now.
+        for (slot, pod) in &self.pods {
             match new.endpoints.iter().find(|e| e.name == pod.cfg.name) {
-                Some(e) if same_port(e, &pod.cfg) && !self.io.port_gone(*slot) => {
+                Some(e) if !pod.leaving && same_port(e, &pod.cfg) && !self.io.port_gone(*slot) => {
                     kept.insert(e.name.clone(), *slot);
                 }
                 _ => leaving.push(*slot),
@@ -1319,6 +1411,102 @@ mod tests {
         assert_eq!(n.pod_ports(), [("a".to_string(), 3)]);
         assert!(n.staged.is_empty());
         assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }));
+    }
+
+    #[test]
+    fn a_replaced_pod_that_cannot_be_finished_is_reported_down_and_recreated_by_the_next_apply() {
+        /// What happened, the slots staged now, and whether finishing a staged port fails.
+        type Log = (Vec<String>, BTreeSet<PortId>, bool);
+        /// Records like `Recorder`; finishing a staged port fails while the flag is set.
+        #[derive(Clone, Default)]
+        struct FinishIo(Arc<std::sync::Mutex<Log>>);
+        impl PortIo for FinishIo {
+            fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
+                let mut g = self.0.lock().unwrap();
+                g.0.push(format!("stage {} {slot}", e.name));
+                g.1.insert(slot);
+                Ok(())
+            }
+            fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
+                let mut g = self.0.lock().unwrap();
+                if g.2 && g.1.contains(&slot) {
+                    return Err("renaming vrstage3 to tapa: File exists".into());
+                }
+                g.1.remove(&slot);
+                g.0.push(format!("add {} {slot}", e.name));
+                Ok(())
+            }
+            fn remove_pod(&mut self, slot: PortId) {
+                let mut g = self.0.lock().unwrap();
+                g.1.remove(&slot);
+                g.0.push(format!("remove {slot}"));
+            }
+        }
+        let c = cfg(&format!("{}{}", pod_a(), pod_b()));
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) =
+            Shared::new(Node::empty_snapshot(&c, mac), NeighTable::new(NeighConfig::default()).unwrap());
+        let io = FinishIo::default();
+        let mut n = Node::new(c.clone(), mac, shared, fib, Box::new(io.clone())).unwrap();
+        let mut new = c.clone();
+        new.endpoints[0].mtu = 1400; // a replaced, same names: staged, finished after the old goes
+        new.endpoints[1].mtu = 1400; // b too: its finishing is not undone by a's failure
+        io.0.lock().unwrap().2 = true;
+        let e = n.apply(new.clone()).unwrap_err();
+        assert!(matches!(&e, NodeError::PodsDown { pods, .. } if pods == &["a", "b"]), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("applied, but pods a, b") && msg.contains("down until the next apply"), "{msg}");
+        assert!(msg.contains("File exists"), "says why: {msg}");
+        assert_eq!(n.config(), &new, "the new config is the running one, as the error says");
+        assert!(n.staged.is_empty(), "nothing left staged");
+        assert!(io.0.lock().unwrap().1.is_empty(), "the staged ports were removed: {:?}", io.0.lock().unwrap().0);
+        assert!(n.pod_ports().is_empty());
+        assert_eq!(lookup(&n, "10.244.1.2"), NextHop::Blackhole);
+        // The next apply (of the same config) creates them.
+        io.0.lock().unwrap().2 = false;
+        let r = n.apply(new).unwrap();
+        assert_eq!(r.endpoints_added, ["a", "b"]);
+        assert_eq!(n.pod_ports().len(), 2);
+        assert!(matches!(lookup(&n, "10.244.1.2"), NextHop::Local { .. }));
+    }
+
+    #[test]
+    fn a_replaced_pod_finished_while_another_fails_stays_up() {
+        #[derive(Clone, Default)]
+        struct FailA(Arc<std::sync::Mutex<Vec<String>>>);
+        impl PortIo for FailA {
+            fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
+                self.0.lock().unwrap().push(format!("stage {} {slot}", e.name));
+                Ok(())
+            }
+            fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, _: Ipv4Addr) -> Result<(), String> {
+                if e.name == "a" && e.mtu == 1400 {
+                    return Err("no".into());
+                }
+                self.0.lock().unwrap().push(format!("add {} {slot}", e.name));
+                Ok(())
+            }
+            fn remove_pod(&mut self, slot: PortId) {
+                self.0.lock().unwrap().push(format!("remove {slot}"));
+            }
+        }
+        let c = cfg(&format!("{}{}", pod_a(), pod_b()));
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) =
+            Shared::new(Node::empty_snapshot(&c, mac), NeighTable::new(NeighConfig::default()).unwrap());
+        let io = FailA::default();
+        let mut n = Node::new(c.clone(), mac, shared, fib, Box::new(io.clone())).unwrap();
+        let mut new = c.clone();
+        new.endpoints[0].mtu = 1400;
+        new.endpoints[1].mtu = 1400;
+        let e = n.apply(new).unwrap_err();
+        assert!(matches!(&e, NodeError::PodsDown { pods, .. } if pods == &["a"]), "{e:?}");
+        assert_eq!(
+            *io.0.lock().unwrap(),
+            ["add a 2", "add b 3", "stage a 4", "stage b 5", "remove 2", "remove 3", "remove 4", "add b 5"]
+        );
+        assert_eq!(n.pod_ports(), [("b".to_string(), 5)]);
+        assert!(matches!(lookup(&n, "10.244.1.3"), NextHop::Local { .. }), "b is up");
     }
 
     #[test]

@@ -103,10 +103,13 @@ impl Control {
     }
 
     /// Re-reads the config file and applies it.
-    pub fn reload(&self) -> Result<Value, String> {
-        let path = self.config_path.as_ref().ok_or("the daemon was not started from a config file")?;
-        let cfg = Config::load(path).map_err(|e| e.to_string())?;
-        let r = self.node().apply(cfg).map_err(|e| e.to_string())?;
+    pub fn reload(&self) -> Result<Value, NodeError> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or_else(|| NodeError::Refused("the daemon was not started from a config file".into()))?;
+        let cfg = Config::load(path).map_err(|e| NodeError::Refused(e.to_string()))?;
+        let r = self.node().apply(cfg)?;
         Ok(serde_json::to_value(r).expect("plain struct"))
     }
 
@@ -370,7 +373,7 @@ impl Control {
                 };
                 Ok(r.expect("plain struct"))
             }
-            Request::Reload => self.reload(),
+            Request::Reload => self.reload().map_err(|e| e.to_string()),
             Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms, who),
             Request::Capture { count, port, rx, tx, snaplen, timeout_ms } => {
                 let port = port.map(|p| self.port_id(&p)).transpose()?;
@@ -657,7 +660,8 @@ impl Clients {
                 idle_ms = c.idle_since.elapsed().as_millis() as u64,
                 "control socket full: closing the client idle the longest"
             );
-            let _ = write_reply_nonblocking(&c.stream, &Reply::err("closed: idle while every control slot was taken"));
+            // Never toggles O_NONBLOCK: the client's own thread shares the open file.
+            send_reply_dontwait(&c.stream, &Reply::err("closed: idle while every control slot was taken"));
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
         let stream = stream.try_clone().ok()?;
@@ -735,7 +739,7 @@ pub fn serve_with(
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
                         let Some(id) = lock_clients(&clients).admit(&stream, limits.max_clients) else {
-                            let _ = write_reply_nonblocking(
+                            send_reply_dontwait(
                                 &stream,
                                 &Reply::err(format!(
                                     "too many clients: all {} are running requests; try again",
@@ -768,12 +772,14 @@ pub fn serve_with(
         .map_err(|e| ServerError::Socket { path: String::new(), msg: e.to_string() })
 }
 
-/// Writes a reply without waiting (a client that does not read loses it).
-fn write_reply_nonblocking(stream: &UnixStream, r: &Reply) -> std::io::Result<()> {
-    stream.set_nonblocking(true)?;
-    let res = write_reply(stream, r);
-    let _ = stream.set_nonblocking(false);
-    res
+/// Sends a reply if it fits in the socket now, without waiting (a client that does not read
+/// loses it) and without touching the file's O_NONBLOCK, which another handle on the same
+/// socket (a client's thread in the middle of a reply) shares: MSG_DONTWAIT is per call.
+fn send_reply_dontwait(stream: &UnixStream, r: &Reply) {
+    use nix::sys::socket::{send, MsgFlags};
+    let mut line = serde_json::to_vec(r).expect("replies serialize");
+    line.push(b'\n');
+    let _ = send(stream.as_raw_fd(), &line, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
 }
 
 /// Whether the peer of `stream` has closed the connection (not merely shut down its sending
@@ -878,7 +884,8 @@ fn write_reply(mut stream: &UnixStream, r: &Reply) -> std::io::Result<()> {
 }
 
 /// Serves one connection: request lines in, reply lines out. `busy` says when a request is
-/// running (the client is not idle then).
+/// running or its reply is being written (the client is not idle then: a client reading a
+/// large reply slowly is not closed to make room).
 fn client(
     stream: UnixStream,
     ctl: &Control,
@@ -918,16 +925,16 @@ fn client(
             Ok(text) => match api::parse_request(text.trim()) {
                 Ok(req) => {
                     busy(true);
-                    let r = ctl.handle_in(req, &who);
-                    busy(false);
-                    r
+                    ctl.handle_in(req, &who)
                 }
                 Err(e) => Reply::err(e),
             },
         };
         drop(line);
         reader.release();
-        if write_reply(&stream, &reply).is_err() {
+        let written = write_reply(&stream, &reply);
+        busy(false);
+        if written.is_err() {
             return;
         }
     }
@@ -1047,12 +1054,59 @@ mod tests {
     }
 
     #[test]
+    fn a_client_receiving_a_large_reply_is_not_evicted_as_idle() {
+        use crate::control::build::RouteSource;
+        use crate::fib::Ipv4Prefix;
+        // A reply of some MB, far more than the socket buffers hold: writing it waits for the
+        // client to read.
+        const ROUTES: u32 = 30_000;
+        let s = server("bigreply", Limits { max_clients: 2, ..Limits::default() });
+        let routes =
+            (0..ROUTES).map(|i| (Ipv4Prefix::new(0x0a00_0000 | (i << 8), 24).unwrap(), Some(NhKey::Blackhole)));
+        s.ctl.node().set_routes(RouteSource::Cli, routes).unwrap();
+        let slow = connect(&s);
+        send(&slow, r#"{"cmd":"routes"}"#);
+        // The reply has begun (the request was handled) and cannot all fit in the socket.
+        let mut p = libc::pollfd { fd: slow.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd we own, for a fd that outlives the call.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "no reply within 5 s");
+        std::thread::sleep(Duration::from_millis(100));
+        let idle = connect(&s);
+        send(&idle, r#"{"cmd":"status"}"#);
+        assert!(reply(&idle).unwrap().ok);
+        // The socket is full: the client idle the longest makes room, and that is `idle`, not
+        // the one still receiving its reply.
+        let third = connect(&s);
+        send(&third, r#"{"cmd":"status"}"#);
+        assert!(reply(&third).unwrap().ok);
+        let mut line = String::new();
+        slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        BufReader::new(&slow).read_line(&mut line).unwrap();
+        let r: Reply =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("a whole reply, not {e}: {} bytes", line.len()));
+        assert!(r.ok, "{:?}", r.error);
+        let n = r.result.unwrap()["routes"].as_array().unwrap().len();
+        assert!(n >= ROUTES as usize, "{n} routes");
+        let r = reply(&idle);
+        assert!(r.as_ref().is_none_or(|r| r.error.as_deref().unwrap().contains("idle")), "{r:?}");
+        assert!(reply(&idle).is_none(), "the idle client is the one closed");
+    }
+
+    /// Waits (up to 10 s, for a loaded machine) until a trace session is running.
+    fn wait_for_trace(s: &TestServer) {
+        let t0 = Instant::now();
+        while s.ctl.shared.observe.active() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the trace did not start within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
     fn a_trace_ends_when_its_client_goes_away() {
         let s = server("gone", Limits::default());
         let c1 = connect(&s);
         send(&c1, r#"{"cmd":"trace","count":1,"timeout_ms":600000}"#);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_ne!(s.ctl.shared.observe.active(), 0, "the trace runs");
+        wait_for_trace(&s);
         drop(c1);
         let c2 = connect(&s);
         let t0 = Instant::now();
@@ -1076,7 +1130,7 @@ mod tests {
         send(&c2, r#"{"cmd":"trace-stop"}"#);
         assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], false, "nothing to stop");
         send(&c1, r#"{"cmd":"trace","count":5,"timeout_ms":600000}"#);
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_trace(&s);
         let t0 = Instant::now();
         send(&c2, r#"{"cmd":"trace-stop"}"#);
         assert_eq!(reply(&c2).unwrap().result.unwrap()["stopped"], true);

@@ -285,9 +285,10 @@ impl XskPort {
     }
 
     /// Queues `f` (received on this port) for TX from its own chunk: no copy unless its start
-    /// moved. Takes ownership of the chunk.
+    /// moved. Takes ownership of the chunk. False if it cannot be sent (it grew past its
+    /// chunk): the chunk goes back to the fill ring and the caller counts the loss.
     #[inline]
-    pub fn tx_own(&mut self, mut f: XskFrame) {
+    pub fn tx_own(&mut self, mut f: XskFrame) -> bool {
         let off = f.desc.addr() & (FRAME_SIZE - 1);
         if f.head != off {
             let (buf, head, len) = f.parts();
@@ -295,13 +296,14 @@ impl XskPort {
             if off + l > FRAME_SIZE {
                 self.fill_back.push(f.desc);
                 self.stats.tx_full += 1;
-                return;
+                return false;
             }
             buf.copy_within(h..h + l, off);
         }
         // SAFETY: the descriptor is ours (from RX) and its data region is at `addr`.
         unsafe { self.umem.data_mut(&mut f.desc) }.cursor().set_pos(f.len);
         self.tx_descs.push(f.desc);
+        true
     }
 
     /// Returns a received frame's chunk to the fill ring (it was not sent here).
@@ -333,13 +335,14 @@ impl XskPort {
 
     /// Flushes queued TX (with the wakeup copy mode needs), returns unsent RX chunks to the
     /// fill ring, reaps completions and tops the fill ring up. Returns the frames dropped
-    /// because the TX ring had no room (counted by the caller as `tx/full`).
+    /// because the TX ring had no room, and their bytes (counted by the caller as `tx/full`,
+    /// and taken back from what the port sent).
     ///
     /// At most `tx_queue` frames ([`XskPort::set_tx_queue`]) wait on the TX ring: when the
     /// device drains slower than we forward, a deeper queue only adds delay (2,048 frames are
     /// milliseconds), so the excess is dropped here, where it is counted, instead of queued.
-    pub fn finish_batch(&mut self) -> usize {
-        let mut dropped = 0;
+    pub fn finish_batch(&mut self) -> (usize, usize) {
+        let (mut dropped, mut dropped_bytes) = (0, 0);
         if !self.tx_descs.is_empty() {
             self.reap();
             let n = self.tx_descs.len();
@@ -353,6 +356,7 @@ impl XskPort {
                 let _ = self.tx.wakeup();
             }
             dropped = n - sent;
+            dropped_bytes = self.tx_descs[sent..].iter().map(|d| d.lengths().data()).sum();
             self.stats.tx += sent as u64;
             self.stats.tx_full += dropped as u64;
             self.in_flight += sent;
@@ -377,7 +381,7 @@ impl XskPort {
             }
         }
         self.refill();
-        dropped
+        (dropped, dropped_bytes)
     }
 
     /// Returns RX chunks to the fill ring (as many as fit now: `produce` is all or nothing, so

@@ -113,6 +113,18 @@ impl Counters {
         }
     }
 
+    /// Takes back `packets` frames totalling `bytes` that [`Counters::tx`] counted on `port`
+    /// when the pipeline queued them and that the worker then could not send (counted under
+    /// their drop reason instead): a lost frame is not also a sent one. Only on the failure
+    /// path, so the send path keeps one update per frame.
+    #[inline]
+    pub fn tx_unsent(&self, port: usize, packets: u64, bytes: u64) {
+        if let Some(p) = self.ports.get(port) {
+            bump(&p.tx_packets, packets.wrapping_neg());
+            bump(&p.tx_bytes, bytes.wrapping_neg());
+        }
+    }
+
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);
@@ -176,5 +188,9 @@ mod tests {
         c.drop_n(DropReason::NoRoute, 5);
         c.drop_n(DropReason::NoRoute, 0);
         assert_eq!(c.drops(DropReason::NoRoute), 5);
+        c.tx(1, 100);
+        c.tx_unsent(1, 1, 100);
+        c.tx_unsent(9, 1, 1); // unknown port: ignored
+        assert_eq!(c.port(1), PortStats { tx_packets: 1, tx_bytes: 64, ..Default::default() });
     }
 }

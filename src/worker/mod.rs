@@ -63,8 +63,15 @@ pub struct WorkerRt {
     pub uplink_link: Arc<AtomicU8>,
 }
 
+/// Counts a frame the pipeline counted as sent on `port` (see [`Counters::tx`]) and the worker
+/// then lost: under `reason`, and no longer as sent.
+fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReason) {
+    counters.count_drop(reason);
+    counters.tx_unsent(port as usize, 1, len as u64);
+}
+
 /// Sends `data` to `port` from a worker, counting a failure. Nothing is offered to an uplink
-/// without carrier (`uplink_down`): the frame is lost, and counted as such.
+/// without carrier (`uplink_down`): the frame is lost, and counted as such (not as sent).
 fn send_to(
     targets: &[TxTarget],
     uplink: &mut Option<XskPort>,
@@ -80,8 +87,13 @@ fn send_to(
         _ => Some(DropReason::TxFull),
     };
     if let Some(reason) = failed {
-        counters.count_drop(reason);
+        count_unsent(counters, port, data.len(), reason);
     }
+}
+
+/// The uplink's port id (where frames queued on this worker's socket were counted as sent).
+fn uplink_port(targets: &[TxTarget]) -> PortId {
+    targets.iter().position(|t| matches!(t, TxTarget::Uplink)).unwrap_or(0) as PortId
 }
 
 impl WorkerRt {
@@ -135,16 +147,19 @@ impl WorkerRt {
                     own[..n].fill(false);
                     for p in out.active_ports() {
                         for &i in out.tx(p) {
+                            let len = *xsk_frames[i as usize].parts().2;
                             match targets.get(p as usize) {
-                                Some(TxTarget::Uplink) if uplink_down => counters.count_drop(DropReason::TxLinkDown),
+                                Some(TxTarget::Uplink) if uplink_down => {
+                                    count_unsent(&counters, p, len, DropReason::TxLinkDown)
+                                }
                                 Some(TxTarget::Uplink) => own[i as usize] = true,
                                 Some(TxTarget::Tap(t)) => {
                                     let (buf, head, len) = xsk_frames[i as usize].parts();
                                     if !t.send(&buf[*head..*head + *len]) {
-                                        counters.count_drop(t.send_failure());
+                                        count_unsent(&counters, p, *len, t.send_failure());
                                     }
                                 }
-                                _ => counters.count_drop(DropReason::TxFull),
+                                _ => count_unsent(&counters, p, len, DropReason::TxFull),
                             }
                         }
                     }
@@ -152,9 +167,12 @@ impl WorkerRt {
                         send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
                     }
                     let up = self.uplink.as_mut().expect("checked above");
-                    for (i, f) in xsk_frames.drain(..).enumerate() {
+                    for (i, mut f) in xsk_frames.drain(..).enumerate() {
                         if own[i] {
-                            up.tx_own(f);
+                            let len = *f.parts().2;
+                            if !up.tx_own(f) {
+                                count_unsent(&counters, uplink_port(targets), len, DropReason::TxFull);
+                            }
                         } else {
                             up.recycle(f);
                         }
@@ -197,9 +215,10 @@ impl WorkerRt {
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
-                let dropped = up.finish_batch();
+                let (dropped, bytes) = up.finish_batch();
                 if dropped > 0 {
                     counters.drop_n(DropReason::TxFull, dropped as u64);
+                    counters.tx_unsent(uplink_port(targets) as usize, dropped as u64, bytes as u64);
                 }
             }
             if work > 0 {
@@ -231,5 +250,28 @@ impl WorkerRt {
             tracing::info!(worker = self.id, stats = ?up.stats, chunks = ?up.chunk_census(), kernel = %up.kernel_stats(), "uplink socket");
         }
         tracing::info!(worker = self.id, "worker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipeline counts a frame as sent on its port when it queues it; a frame the worker
+    /// then loses (uplink without carrier, nothing behind the port) counts as that drop alone.
+    #[test]
+    fn a_frame_lost_on_the_way_out_is_not_counted_as_sent() {
+        let counters = Counters::new(3);
+        let targets = [TxTarget::Uplink, TxTarget::None];
+        let frame = [0u8; 60];
+        // As the pipeline does for each frame it queues.
+        counters.tx(0, frame.len());
+        counters.tx(1, frame.len());
+        send_to(&targets, &mut None, true, &counters, 0, &frame);
+        send_to(&targets, &mut None, true, &counters, 1, &frame);
+        assert_eq!(counters.drops(DropReason::TxLinkDown), 1);
+        assert_eq!(counters.drops(DropReason::TxFull), 1);
+        assert_eq!(counters.port(0), crate::stats::counters::PortStats::default(), "uplink: lost, not sent");
+        assert_eq!(counters.port(1), crate::stats::counters::PortStats::default(), "no port: lost, not sent");
     }
 }
