@@ -125,7 +125,7 @@ pub enum CtlCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Make the node match a config file (only what differs changes; all or nothing).
+    /// Make the node match a config file (only what differs changes; refused whole before anything is removed, see docs/control.md).
     #[command(after_help = "Examples:\n  vrouterctl apply -f node.toml --dry-run\n  vrouterctl apply -f node.toml")]
     Apply {
         /// The config file (the whole node, as `vrouter run --config` takes).
