@@ -1057,9 +1057,12 @@ impl Worker {
         head: usize,
         len: usize,
         in_port: PortId,
-        m: &Meta,
+        m: &mut Meta,
         now: u64,
     ) -> Verdict {
+        if !self.inner_source_ok(snap, m) {
+            return m.verdict;
+        }
         if !m.decapped && !m.local_origin {
             if let Some(ep) = snap.port_endpoint.get(in_port as usize).copied().flatten() {
                 if let Err(r) = self.policy(snap, &buf[head + ETH..head + len], Some(ep), None, now) {
@@ -1083,7 +1086,7 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
-        if buf[*head + ETH + 8] > 1 {
+        if buf[*head + ETH + 8] > 1 || !self.inner_source_ok(snap, m) {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
@@ -1094,6 +1097,24 @@ impl Worker {
         } else {
             m.verdict = Verdict::Consumed; // already counted as ttl-expired
         }
+    }
+
+    /// The reverse-path check of a decapsulated frame's inner source, for the (rare) paths that
+    /// leave before egress, where the batched check runs: delivery to the node's kernel and ICMP
+    /// errors about the frame (forged traffic must neither reach the kernel nor spend the error
+    /// budget). Looks the source up on its own; false (and `ipip/inner-source-rpf` set as the
+    /// verdict) when the check fails. Done at most once per frame.
+    fn inner_source_ok(&self, snap: &Snapshot, m: &mut Meta) -> bool {
+        if m.rpf_src == 0 {
+            return true;
+        }
+        let nh = self.shared.fib.pin().lookup(m.rpf_src);
+        let ok = ipip_rpf(snap, m.rpf_src, nh, m.peer);
+        m.rpf_src = 0;
+        if !ok {
+            m.verdict = Verdict::Drop(DropReason::IpipInnerSourceRpf);
+        }
+        ok
     }
 
     fn last_icmp_dst(&self, buf: &[u8], head: usize) -> u32 {

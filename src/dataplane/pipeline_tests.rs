@@ -315,6 +315,45 @@ fn ipip_rpf_accepts_a_source_behind_any_path_of_an_ecmp_group() {
     assert_eq!(total_drops(&lab), 0);
 }
 
+/// IPIP from `peer` to us carrying `inner` (an IPv4 frame).
+fn ipip_from(peer: u32, inner: &[u8]) -> Vec<u8> {
+    frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, peer, lab::NODE_IP, inner)
+}
+
+#[test]
+fn ipip_to_the_node_itself_is_checked_against_the_route_back_before_the_kernel_gets_it() {
+    // Review finding 1: what is decapsulated for the node's kernel never reached egress, where
+    // the reverse-path check ran; node 2's pods are not behind node 3.
+    let tcp = frames::tcp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_POD, lab::NODE_IP, 40000, 10250, true, false);
+    let mut lab = Lab::new(LabOptions::default());
+    assert!(run1(&mut lab, ipip_from(lab::NODE3_IP, &tcp), lab::UPLINK).is_empty());
+    assert_eq!((drops(&lab, DropReason::IpipInnerSourceRpf), total_drops(&lab)), (1, 1));
+    // Node 3's pods are: delivered to the kernel.
+    let ok = frames::tcp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::NODE_IP, 40000, 10250, true, false);
+    let sent = run1(&mut lab, ipip_from(lab::NODE3_IP, &ok), lab::UPLINK);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
+    // Loose mode: any route back will do.
+    let mut loose = Lab::new(LabOptions { ipip_strict_rpf: false, ..Default::default() });
+    assert_eq!(run1(&mut loose, ipip_from(lab::NODE3_IP, &tcp), lab::UPLINK).len(), 1);
+}
+
+#[test]
+fn ipip_with_a_forged_inner_source_gets_no_icmp_error_and_spends_no_token() {
+    // Review finding 9: inner TTL 1 to a pod, inner source not behind the sending peer.
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_POD, lab::POD_A_IP, 1, 1, 2, b"in");
+    let mut lab = Lab::new(LabOptions::default());
+    assert!(run1(&mut lab, ipip_from(lab::NODE3_IP, &inner), lab::UPLINK).is_empty());
+    assert_eq!((drops(&lab, DropReason::IpipInnerSourceRpf), total_drops(&lab)), (1, 1));
+    let c = lab.worker.counters();
+    assert_eq!(c.icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(c.icmp_errors_ratelimited.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // From the right peer, the same datagram is answered time exceeded (sent back by IPIP).
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 1, 1, 2, b"in");
+    assert_eq!(run1(&mut lab, ipip_from(lab::NODE3_IP, &inner), lab::UPLINK).len(), 1);
+    assert_eq!(drops(&lab, DropReason::Ipv4TtlExpired), 1);
+    assert_eq!(lab.worker.counters().icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
 #[test]
 fn plain_frames_from_the_uplink_with_a_source_in_our_pod_block_are_dropped() {
     let mut lab = Lab::new(LabOptions::default());
