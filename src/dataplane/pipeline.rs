@@ -152,6 +152,10 @@ pub struct WorkerConfig {
     /// ARP request rate limit.
     pub arp_rate_per_sec: u32,
     pub arp_burst: u32,
+    /// Judge traffic between a local pod and the node's own kernel by the pod's policy (config
+    /// `host_pod_policy = "enforce"`). Off (the default), it is always allowed, as Kubernetes
+    /// wants (kubelet probes reach a default-deny pod).
+    pub enforce_host_pod_policy: bool,
 }
 
 impl Default for WorkerConfig {
@@ -172,6 +176,7 @@ impl Default for WorkerConfig {
             arp_punt_burst: 50,
             arp_rate_per_sec: 100,
             arp_burst: 20,
+            enforce_host_pod_policy: false,
         }
     }
 }
@@ -1046,9 +1051,10 @@ impl Worker {
         };
     }
 
-    /// An IPv4 packet for the node's kernel: a pod's egress policy applies (so that the
-    /// kernel's answers find the connection in conntrack when the pod has ingress policy), and
-    /// the frame is addressed to the kernel's MAC on the host port, from ours.
+    /// An IPv4 packet for the node's kernel, addressed to the kernel's MAC on the host port, from
+    /// ours. A pod talking to its node is allowed (Kubernetes); with `enforce_host_pod_policy`
+    /// its egress policy applies (and the kernel's answers find the connection in conntrack
+    /// when the pod has ingress policy).
     #[allow(clippy::too_many_arguments)]
     fn deliver_to_host(
         &mut self,
@@ -1063,7 +1069,7 @@ impl Worker {
         if !self.inner_source_ok(snap, m) {
             return m.verdict;
         }
-        if !m.decapped && !m.local_origin {
+        if !m.decapped && !m.local_origin && self.cfg.enforce_host_pod_policy {
             if let Some(ep) = snap.port_endpoint.get(in_port as usize).copied().flatten() {
                 if let Err(r) = self.policy(snap, &buf[head + ETH..head + len], Some(ep), None, now) {
                     return Verdict::Drop(r);
@@ -1284,8 +1290,12 @@ impl Worker {
         };
         if !m.local_origin {
             let src_ep = if m.decapped { None } else { snap.port_endpoint.get(in_port as usize).copied().flatten() };
-            // The node's own traffic is judged by the pods' policy only, not as transit.
-            if !(m.from_host && dst_ep.is_none()) {
+            // The node's own traffic is judged by the pods' policy only, not as transit, and
+            // (unless `enforce_host_pod_policy`) not at all when the node itself talks to a
+            // local pod. What the kernel forwards for others (a NodePort client's source) is.
+            let node_to_pod = m.from_host
+                && (dst_ep.is_none() || (!self.cfg.enforce_host_pod_policy && snap.is_local(ip_src(buf, *head))));
+            if !node_to_pod {
                 if let Err(r) = self.policy(snap, &buf[*head + ETH..*head + *len], src_ep, dst_ep, now) {
                     m.verdict = Verdict::Drop(r);
                     return;
@@ -1887,6 +1897,13 @@ fn host_l2(snap: &Snapshot, buf: &mut [u8], head: usize) {
         }
         buf[head + 6..head + 12].copy_from_slice(&p.mac.0);
     }
+}
+
+/// The IPv4 source of the (validated) frame at `head`.
+#[inline]
+fn ip_src(buf: &[u8], head: usize) -> u32 {
+    let a = head + ETH + 12;
+    u32::from_be_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]])
 }
 
 /// The IPv4 destination of the (validated) frame at `head`.

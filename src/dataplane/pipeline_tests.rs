@@ -1304,9 +1304,52 @@ mod policy {
         assert_eq!(lab.worker.counters().conntrack_entries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    fn enforcing() -> crate::dataplane::WorkerConfig {
+        crate::dataplane::WorkerConfig { enforce_host_pod_policy: true, ..Default::default() }
+    }
+
+    /// Pod A: ingress and egress both default deny.
+    fn sealed_pod_a() -> Arc<PolicySet> {
+        let cfg = PolicyConfig {
+            global: vec![],
+            policies: BTreeMap::from([("closed".to_string(), vec![])]),
+            endpoints: vec![
+                EndpointPolicy { ingress: vec!["closed".into()], egress: vec!["closed".into()] },
+                EndpointPolicy { ingress: vec![], egress: vec![] },
+            ],
+        };
+        Arc::new(PolicySet::compile(&cfg, 1).unwrap())
+    }
+
+    #[test]
+    fn traffic_between_a_pod_and_its_node_is_allowed_by_default_whatever_the_pods_policy() {
+        // Kubernetes: traffic to and from the node a pod runs on is always allowed (kubelet
+        // probes); review finding 2.
+        let probe =
+            frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, lab::POD_A_IP, 50000, 8080, true, false);
+        let to_node =
+            frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 40000, 6443, true, false);
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), ..Default::default() });
+        let sent = run1(&mut lab, probe.clone(), lab::HOST);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A], "kubelet probe into pod A");
+        let sent = run1(&mut lab, to_node.clone(), lab::POD_A);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST], "pod A to its node");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        // Pod A's egress still applies to everything else (pod B, other nodes).
+        let to_b =
+            frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 40000, 80, true, false);
+        assert!(run1(&mut lab, to_b, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+        // host_pod_policy = "enforce": the pod's policy judges its node like any peer.
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), worker: enforcing(), ..Default::default() });
+        assert!(run1(&mut lab, probe, lab::HOST).is_empty());
+        assert!(run1(&mut lab, to_node, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
     #[test]
     fn host_to_pod_meets_ingress_policy_and_pod_to_host_replies_pass_on_conntrack() {
-        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: enforcing(), ..Default::default() });
         let host_to = |dst: u32, dport: u16, syn: bool, ack: bool| {
             frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, dst, 50000, dport, syn, ack)
         };
