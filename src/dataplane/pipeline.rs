@@ -776,10 +776,11 @@ impl Worker {
     }
 
     /// What the node's kernel sends (host port). Its IPv4 unicast is routed through the FIB
-    /// like any input: to local pods (their ingress policy applies), to other nodes (plain or
-    /// IPIP), to the underlay, with our L2 rewrite, whatever MAC the kernel addressed it to
-    /// (its gateway's, or ours). Its source must be one of the node's addresses
-    /// (`host/spoofed-source` otherwise). ARP for the pod gateway is answered here: the kernel's
+    /// like any input: to local pods (their policy applies to what the kernel forwards for
+    /// others), to other nodes (plain or IPIP), to the underlay, with our L2 rewrite, whatever
+    /// MAC the kernel addressed it to (its gateway's, or ours). Its source may be anything but
+    /// one of our pods' addresses (`host/spoofed-source`): the node's, or a client's the kernel
+    /// forwards (NodePort). ARP for the pod gateway is answered here: the kernel's
     /// routes to the pod blocks point at the pod gateway on the host TAP (see `port::tap`).
     /// Everything else (ARP for its underlay neighbours, link broadcast and multicast, other
     /// EtherTypes) leaves by the uplink unchanged: the kernel shares the node IP and MAC there.
@@ -831,7 +832,9 @@ impl Worker {
         *len = ETH + info.total_len as usize;
         let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
         let (src, dst) = (ip.src(), ip.dst());
-        if !snap.is_local(src) {
+        // The node's own addresses, or whatever the kernel forwards for others (a NodePort
+        // client's, source preserved); never one of our pods' (martians failed check_input).
+        if !snap.is_local(src) && self.is_our_pods_address(snap, src) {
             m.verdict = Verdict::Drop(DropReason::HostSpoofedSource);
             return;
         }
@@ -848,6 +851,11 @@ impl Worker {
                 Verdict::Drop(DropReason::HostToRouterAddress)
             };
         }
+    }
+
+    /// In this node's pod blocks, or routed to a local pod (an address outside the blocks).
+    fn is_our_pods_address(&self, snap: &Snapshot, a: u32) -> bool {
+        snap.in_pod_block(a) || matches!(snap.nexthop(self.shared.fib.pin().lookup(a)), Some(NextHop::Local { .. }))
     }
 
     /// ARP on a pod port: proxy-answer for the pod gateway only. On the uplink: answer for our

@@ -702,11 +702,31 @@ fn host_ping_to_the_pod_gateway_is_answered_and_other_traffic_to_it_dropped() {
 const CALICO_POD_GATEWAY_IP: u32 = crate::dataplane::state::CALICO_POD_GATEWAY;
 
 #[test]
-fn host_frames_from_a_foreign_source_are_dropped_and_counted() {
+fn kernel_forwarded_traffic_with_a_clients_source_reaches_local_pods_and_other_nodes() {
+    // kube-proxy NodePort with externalTrafficPolicy: Local: the kernel forwards the client's
+    // packet, source preserved, to a pod (review finding 7).
+    let client = 0x0c22_3845; // 12.34.56.69
     let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
-    let f = from_host_udp(lab::GW_MAC, 0x0a09_0909, lab::POD_A_IP, b"spoof");
-    assert!(run1(&mut lab, f, lab::HOST).is_empty());
-    assert_eq!(drops(&lab, DropReason::HostSpoofedSource), 1);
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, client, lab::POD_A_IP, b"nodeport"), lab::HOST);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A]);
+    assert_eq!(ip_of(&sent[0].1).source(), client.to_be_bytes());
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, client, lab::NODE2_POD, b"nodeport"), lab::HOST);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::UPLINK]);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn host_frames_from_our_pods_addresses_are_dropped_and_counted() {
+    let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
+    // A local pod's address, another address of our pod block: only the pods may send from them.
+    for src in [lab::POD_B_IP, 0x0af4_0130] {
+        let f = from_host_udp(lab::GW_MAC, src, lab::POD_A_IP, b"spoof");
+        assert!(run1(&mut lab, f, lab::HOST).is_empty(), "{src:#x}");
+    }
+    // A martian source.
+    assert!(run1(&mut lab, from_host_udp(lab::GW_MAC, 0x7f00_0001, lab::POD_A_IP, b"x"), lab::HOST).is_empty());
+    assert_eq!(drops(&lab, DropReason::HostSpoofedSource), 2);
+    assert_eq!(total_drops(&lab), 3);
     // Link broadcast (DHCP, say) still leaves unchanged, whatever its source.
     let mut b = from_host_udp(lab::GW_MAC, 0, 0xffff_ffff, b"dhcp");
     b[0..6].copy_from_slice(&[0xff; 6]);
@@ -1345,6 +1365,15 @@ mod policy {
         assert!(run1(&mut lab, probe, lab::HOST).is_empty());
         assert!(run1(&mut lab, to_node, lab::POD_A).is_empty());
         assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
+    #[test]
+    fn what_the_kernel_forwards_for_a_client_meets_the_pods_policy() {
+        // Only the node's own addresses are "the node" for host_pod_policy = "allow".
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), ..Default::default() });
+        let f = frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, 0x0c22_3845, lab::POD_A_IP, 50000, 80, true, false);
+        assert!(run1(&mut lab, f, lab::HOST).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
     }
 
     #[test]
