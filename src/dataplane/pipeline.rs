@@ -100,12 +100,6 @@ struct Meta {
     peer: u32,
     /// The FIB's answer for `rpf_src`.
     rpf_nh: NhId,
-    /// Dropped for this reason and (if the verdict says it is sent) answered with an ICMP
-    /// error; shown by packet trace.
-    answered: Option<DropReason>,
-    /// The first lookup (destination, next hop) of a frame turned into an ICMP error during
-    /// egress (its second lookup is the error's); shown by packet trace.
-    first_lookup: Option<(u32, NhId)>,
     dst: u32,
     nh: NhId,
 }
@@ -120,8 +114,6 @@ const META_INIT: Meta = Meta {
     rpf_src: 0,
     peer: 0,
     rpf_nh: NH_NONE,
-    answered: None,
-    first_lookup: None,
     dst: 0,
     nh: NH_NONE,
 };
@@ -218,6 +210,30 @@ struct TraceScratch {
     policy: Vec<Option<String>>,
     /// The note `policy()` left for the frame egress is working on.
     current: Option<String>,
+    /// Per frame: dropped for this reason and (if the verdict says it is sent) answered with an
+    /// ICMP error.
+    answered: Vec<Option<DropReason>>,
+    /// Per frame: the first lookup (destination, next hop) of a frame turned into an ICMP error
+    /// during egress (its second lookup is the error's).
+    first_lookup: Vec<Option<(u32, NhId)>>,
+    /// What the stage working on a frame noted for the two above (moved there after it).
+    current_answered: Option<DropReason>,
+    current_first_lookup: Option<(u32, NhId)>,
+}
+
+impl TraceScratch {
+    /// Moves what a stage noted for frame `i` into its slots.
+    fn settle(&mut self, i: usize) {
+        if let Some(note) = self.current.take() {
+            self.policy[i] = Some(note);
+        }
+        if let Some(r) = self.current_answered.take() {
+            self.answered[i] = Some(r);
+        }
+        if let Some(l) = self.current_first_lookup.take() {
+            self.first_lookup[i] = Some(l);
+        }
+    }
 }
 
 impl Worker {
@@ -341,6 +357,8 @@ impl Worker {
                     })
                     .collect();
                 scratch.policy = vec![None; chunk.len()];
+                scratch.answered = vec![None; chunk.len()];
+                scratch.first_lookup = vec![None; chunk.len()];
                 self.trace = Some(scratch);
             }
             self.process_chunk(snap, chunk, base, now);
@@ -373,6 +391,7 @@ impl Worker {
                 continue;
             }
             let m = &self.meta[i];
+            let answered = scratch.answered[i];
             let in_port = f.port();
             let port_name = |p: PortId| snap.port(p).map_or_else(|| format!("#{p}"), |x| x.name.clone());
             let mut steps = vec![format!("input: port {} ({})", in_port, port_name(in_port))];
@@ -386,15 +405,15 @@ impl Worker {
                 let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
                 format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst))
             };
-            if let Some((dst, nh)) = m.first_lookup {
+            if let Some((dst, nh)) = scratch.first_lookup[i] {
                 steps.push(describe(dst, nh));
             }
-            if let Some(r) = m.answered {
+            if let Some(r) = answered {
                 steps.push(format!("drop: {}", r.name()));
             }
             let lookup = m.looked_up.then_some((m.dst, m.nh));
             if let Some((dst, nh)) = lookup {
-                let what = if m.answered.is_some() { "the ICMP error's " } else { "" };
+                let what = if answered.is_some() { "the ICMP error's " } else { "" };
                 steps.push(format!("{what}{}", describe(dst, nh)));
             }
             if let Some(p) = &scratch.policy[i] {
@@ -403,19 +422,17 @@ impl Worker {
             let (buf, head, len) = f.parts();
             let frame = &buf[*head..*head + *len];
             let (verdict, drop_reason, out_port, sent) = match m.verdict {
-                Verdict::Tx(p) if m.answered.is_some() => {
-                    let r = m.answered.map(|r| r.name().to_string());
+                Verdict::Tx(p) if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
                     steps.push(format!("icmp: answered with an ICMP error, sent on port {p} ({})", port_name(p)));
                     ("drop", r, Some(p), Some(observe::describe_frame(frame)))
                 }
-                Verdict::Punt if m.answered.is_some() => {
-                    let r = m.answered.map(|r| r.name().to_string());
+                Verdict::Punt if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
                     steps.push("icmp: answered with an ICMP error to the node's kernel".into());
                     ("drop", r, snap.host_port, Some(observe::describe_frame(frame)))
                 }
-                Verdict::Consumed if m.answered.is_some() => {
-                    ("drop", m.answered.map(|r| r.name().to_string()), None, None)
-                }
+                Verdict::Consumed if answered.is_some() => ("drop", answered.map(|r| r.name().to_string()), None, None),
                 Verdict::Tx(p) => {
                     steps.push(format!("output: port {p} ({})", port_name(p)));
                     ("tx", None, Some(p), Some(observe::describe_frame(frame)))
@@ -579,9 +596,7 @@ impl Worker {
             self.input(snap, buf, head, len, port, m, now);
             // Policy for what is delivered to the host is decided at input.
             if let Some(t) = &mut self.trace {
-                if let Some(note) = t.current.take() {
-                    t.policy[i] = Some(note);
-                }
+                t.settle(i);
             }
         }
         // 2-3. lookup and egress
@@ -631,9 +646,7 @@ impl Worker {
                 let (buf, head, len) = f.parts();
                 self.egress(snap, buf, head, len, port, m, now);
                 if let Some(t) = &mut self.trace {
-                    if let Some(note) = t.current.take() {
-                        t.policy[i] = Some(note);
-                    }
+                    t.settle(i);
                 }
             }
         }
@@ -1104,7 +1117,7 @@ impl Worker {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
-        m.answered = Some(DropReason::Ipv4TtlExpired);
+        self.note_answered(DropReason::Ipv4TtlExpired);
         if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, m.from_host, now) {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
@@ -1421,7 +1434,7 @@ impl Worker {
         let (hl, tl) = (((buf[l3] & 0x0f) as usize) * 4, u16::from_be_bytes([buf[l3 + 2], buf[l3 + 3]]) as usize);
         self.counters.count_drop(DropReason::Ipv4BadOptions);
         m.verdict = Verdict::Consumed;
-        m.answered = Some(DropReason::Ipv4BadOptions);
+        self.note_answered(DropReason::Ipv4BadOptions);
         *len = ETH + tl;
         let Some(ptr) = ipv4::bad_option_pointer(&buf[l3..l3 + hl]) else { return };
         let rest = (ptr as u32) << 24;
@@ -1429,6 +1442,24 @@ impl Worker {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
             m.verdict = Verdict::Continue;
+        }
+    }
+
+    /// For packet trace only (nothing is written unless a trace runs): the frame being worked
+    /// on is dropped as `r` and answered with an ICMP error if its verdict says it is sent.
+    #[inline]
+    fn note_answered(&mut self, r: DropReason) {
+        if let Some(t) = &mut self.trace {
+            t.current_answered = Some(r);
+        }
+    }
+
+    /// For packet trace only: the frame being turned into an ICMP error was first looked up
+    /// to `nh` for `dst`.
+    #[inline]
+    fn note_first_lookup(&mut self, dst: u32, nh: NhId) {
+        if let Some(t) = &mut self.trace {
+            t.current_first_lookup = Some((dst, nh));
         }
     }
 
@@ -1448,11 +1479,11 @@ impl Worker {
     ) {
         self.counters.count_drop(reason);
         m.verdict = Verdict::Consumed;
-        m.answered = Some(reason);
+        self.note_answered(reason);
         if !m.local_origin && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, code, 0, m.from_host, now) {
             m.reroute = true;
             m.local_origin = true;
-            m.first_lookup = Some((m.dst, m.nh));
+            self.note_first_lookup(m.dst, m.nh);
             m.dst = self.last_icmp_dst(buf, *head);
             m.verdict = Verdict::Continue;
         }
@@ -1671,7 +1702,7 @@ impl Worker {
         let ff = u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]);
         if ff & FLAG_DF != 0 {
             self.counters.count_drop(DropReason::FragNeeded);
-            m.answered = Some(DropReason::FragNeeded);
+            self.note_answered(DropReason::FragNeeded);
             if !m.local_origin
                 && self.icmp_error(
                     snap,
@@ -1688,7 +1719,7 @@ impl Worker {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
                 m.local_origin = true;
-                m.first_lookup = Some((m.dst, m.nh));
+                self.note_first_lookup(m.dst, m.nh);
                 m.dst = self.last_icmp_dst(buf, *head);
                 return Verdict::Continue;
             }

@@ -1603,3 +1603,11 @@ mod policy {
         assert_eq!(lab.shared.observe.active(), 0, "all sessions over");
     }
 }
+
+#[test]
+fn per_frame_metadata_carries_no_trace_only_fields() {
+    // Review finding 8: Meta is filled for every frame of every batch; what only packet trace
+    // reads (the answered drop reason, the first lookup of an ICMP error) lives in the trace
+    // scratch, written only while a trace runs. 28 bytes: verdict, flags, addresses, next hops.
+    assert!(std::mem::size_of::<super::Meta>() <= 28, "Meta is {} bytes", std::mem::size_of::<super::Meta>());
+}
