@@ -565,3 +565,34 @@ fn down_the_kept_lab() {
     println!("{}", lab::status(None).unwrap_or_else(|e| panic!("{e}")));
     lab::down(None).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn kubelet_probes_reach_a_default_deny_pod_from_its_own_node() {
+    let Some((_turn, lab)) = lab("host_pod_policy") else { return };
+    // Pod 3a gets an ingress policy that admits nothing new (as above).
+    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
+    let orig = std::fs::read_to_string(&cfg).expect("node3 config");
+    let at = orig.find("name = \"pod-3a\"").expect("pod-3a in the config");
+    let ing = at + orig[at..].find("ingress = []").expect("pod-3a has no ingress policy");
+    let closed =
+        format!("{}ingress = [\"closed\"]{}\nclosed = []\n", &orig[..ing], &orig[ing + "ingress = []".len()..]);
+    let closed_path = lab.dir().join(format!("node3-probe-{}.toml", std::process::id()));
+    std::fs::write(&closed_path, closed).unwrap();
+    let ns3a = lab.pod("3a").ns.clone();
+    let server = Bg::new(lab.spawn(&ns3a, &["python3", "-c", TCP_ECHO_SERVER], None).expect("server starts"));
+    wait_listening(lab, &ns3a, false, 7777);
+    let o = ctl(lab, 3, &["apply", "-f", closed_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ip3a = lab.pod_ip("3a").to_string();
+    // The node's kernel (kubelet) connects to the pod: allowed (host_pod_policy = "allow").
+    let probe = tcp_echo(lab, &lab.node(3).ns, &ip3a);
+    // Another node's pod is still denied.
+    let denied_before = lab.drops(3, "policy/deny");
+    let other = tcp_echo(lab, &lab.pod("1a").ns, &ip3a);
+    let o = ctl(lab, 3, &["apply", "-f", cfg.to_str().unwrap()]);
+    drop(server);
+    assert!(o.status.success(), "restoring node3: {}", text(&o));
+    assert!(probe.is_ok(), "node3 -> default-deny pod 3a: {probe:?}");
+    assert!(other.is_err(), "pod 1a reached default-deny pod 3a");
+    assert!(wait_counter(lab, 3, "drops", "policy/deny", denied_before + 1) > denied_before, "{}", lab.stats(3));
+}
