@@ -23,7 +23,7 @@ fn cannot_run() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for t in ["ip", "ping", "iperf3", "tcpdump", "python3", "sysctl"] {
+    for t in ["ip", "ping", "iperf3", "tcpdump", "python3", "sysctl", "ss"] {
         if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
             return Some(format!("{t} not installed"));
         }
@@ -68,6 +68,58 @@ fn ping(lab: &LabHandle, from: &str, to: &str) -> std::process::Output {
     lab.exec(&lab.pod(from).ns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &lab.pod_ip(to).to_string()])
 }
 
+/// A background process of a test (a server, a listener, a capture): killed and reaped when
+/// dropped, so a test that panics half-way leaves nothing running in the shared lab.
+struct Bg(std::process::Child);
+
+impl Bg {
+    fn new(child: std::process::Child) -> Bg {
+        Bg(child)
+    }
+
+    /// Waits up to `timeout` for it to exit by itself; whether it did.
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (up to 5 s) until something in `ns` listens on `port` (`udp`: a bound UDP socket,
+/// else TCP), instead of guessing how long a server takes to start; panics if nothing does.
+fn wait_listening(lab: &LabHandle, ns: &str, udp: bool, port: u16) {
+    let flags = if udp { "-lunH" } else { "-ltnH" };
+    let filter = format!("sport = :{port}");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = lab.exec(ns, &["ss", flags, &filter]);
+        if o.status.success() && !o.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "nothing listens on {} port {port} in {ns} after 5 s: {}",
+            if udp { "UDP" } else { "TCP" },
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until a counter of `node` reaches `min` (stats are rewritten about every 200 ms).
 fn wait_counter(lab: &LabHandle, node: u8, section: &str, name: &str, min: u64) -> u64 {
     lab.wait_stats(node, Duration::from_secs(3), |v| v[section][name].as_u64().unwrap_or(0) >= min);
@@ -79,19 +131,16 @@ fn wait_counter(lab: &LabHandle, node: u8, section: &str, name: &str, min: u64) 
 fn capture(lab: &LabHandle, ns: &str, dev: &str, filter: &str, count: u32, during: impl FnOnce()) -> Vec<String> {
     let log = lab.dir().join(format!("tcpdump-{dev}-{}.txt", std::process::id()));
     let n = count.to_string();
-    let mut child =
-        lab.spawn(ns, &["tcpdump", "-i", dev, "-n", "-l", "-c", &n, filter], Some(&log)).expect("tcpdump starts");
+    let mut child = Bg::new(
+        lab.spawn(ns, &["tcpdump", "-i", dev, "-n", "-l", "-c", &n, filter], Some(&log)).expect("tcpdump starts"),
+    );
     let ready = Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") && Instant::now() < ready {
         std::thread::sleep(Duration::from_millis(50));
     }
     during();
-    let end = Instant::now() + Duration::from_secs(3);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.wait_exit(Duration::from_secs(3));
+    drop(child);
     std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains(" IP ")).map(String::from).collect()
 }
 
@@ -173,9 +222,11 @@ fn policy_denies_tcp_5202_to_guarded_pod_and_passes_the_rest() {
     let ns3b = &lab.pod("3b").ns;
     let mut servers = vec![];
     for port in ["5201", "5202"] {
-        servers.push(lab.spawn(ns3b, &["iperf3", "-s", "-p", port], None).expect("iperf3 server"));
+        servers.push(Bg::new(lab.spawn(ns3b, &["iperf3", "-s", "-p", port], None).expect("iperf3 server")));
     }
-    std::thread::sleep(Duration::from_millis(400));
+    for port in [5201, 5202] {
+        wait_listening(lab, ns3b, false, port);
+    }
     let ip = lab.pod_ip("3b").to_string();
     let client = |port: &str| {
         lab.exec(&lab.pod("1a").ns, &["iperf3", "-c", &ip, "-p", port, "-n", "1M", "-J", "--connect-timeout", "1500"])
@@ -184,10 +235,7 @@ fn policy_denies_tcp_5202_to_guarded_pod_and_passes_the_rest() {
     let denied = client("5202");
     let allowed = client("5201");
     let pinged = ping(lab, "1a", "3b");
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(servers);
     // iperf3 -J may exit 0 on failure: the verdict is in the JSON.
     let denied_v: serde_json::Value = serde_json::from_slice(&denied.stdout).unwrap_or_default();
     assert!(denied_v["error"].is_string(), "TCP to 5202 passed: {}", text(&denied));
@@ -247,8 +295,8 @@ fn ipip_with_a_forged_inner_source_is_dropped_and_counted() {
          while time.time() < end:\n\
          \x20   try: print(s.recv(100).decode(), flush=True)\n\
          \x20   except socket.timeout: pass\n";
-    let mut rx = lab.spawn(&lab.pod("1a").ns, &["python3", "-c", listener], Some(&log)).expect("listener");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut rx = Bg::new(lab.spawn(&lab.pod("1a").ns, &["python3", "-c", listener], Some(&log)).expect("listener"));
+    wait_listening(lab, &lab.pod("1a").ns, true, 9999);
     let reasons = ["ipip/inner-source-ours", "ipip/inner-source-local-pod", "ipip/inner-source-rpf"];
     let before: Vec<u64> = reasons.iter().map(|r| lab.drops(1, r)).collect();
     // From the underlay router, forging node 3's address as the outer source (a known peer).
@@ -262,7 +310,8 @@ fn ipip_with_a_forged_inner_source_is_dropped_and_counted() {
          \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    let _ = rx.wait();
+    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
+    drop(rx);
     let got = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
     for tag in ["node-ip", "local-pod", "node2-pod"] {
@@ -372,9 +421,9 @@ fn host_and_pods_talk_tcp_both_ways_on_every_node_and_across_nodes() {
     let node = |i: u8| lab.node(i).clone();
     let mut servers = vec![];
     for ns in [1, 2, 3].map(|i| node(i).ns).into_iter().chain(["1a", "2a", "3a"].map(|p| lab.pod(p).ns.clone())) {
-        servers.push(lab.spawn(&ns, &["python3", "-c", TCP_ECHO_SERVER], None).expect("server starts"));
+        servers.push(Bg::new(lab.spawn(&ns, &["python3", "-c", TCP_ECHO_SERVER], None).expect("server starts")));
+        wait_listening(lab, &ns, false, 7777);
     }
-    std::thread::sleep(Duration::from_millis(500));
     let spoofed_before: Vec<u64> = [1, 2, 3].map(|i| lab.drops(i, "endpoint/spoofed-source")).to_vec();
     // (what, client namespace, server address)
     let mut cases: Vec<(String, String, String)> = vec![];
@@ -392,10 +441,7 @@ fn host_and_pods_talk_tcp_both_ways_on_every_node_and_across_nodes() {
     }
     let failures: Vec<String> =
         cases.iter().filter_map(|(what, ns, ip)| tcp_echo(lab, ns, ip).err().map(|e| format!("{what}: {e}"))).collect();
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(servers);
     assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     for i in [1u8, 2, 3] {
         assert_eq!(
@@ -518,4 +564,35 @@ fn down_the_kept_lab() {
     }
     println!("{}", lab::status(None).unwrap_or_else(|e| panic!("{e}")));
     lab::down(None).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn kubelet_probes_reach_a_default_deny_pod_from_its_own_node() {
+    let Some((_turn, lab)) = lab("host_pod_policy") else { return };
+    // Pod 3a gets an ingress policy that admits nothing new (as above).
+    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
+    let orig = std::fs::read_to_string(&cfg).expect("node3 config");
+    let at = orig.find("name = \"pod-3a\"").expect("pod-3a in the config");
+    let ing = at + orig[at..].find("ingress = []").expect("pod-3a has no ingress policy");
+    let closed =
+        format!("{}ingress = [\"closed\"]{}\nclosed = []\n", &orig[..ing], &orig[ing + "ingress = []".len()..]);
+    let closed_path = lab.dir().join(format!("node3-probe-{}.toml", std::process::id()));
+    std::fs::write(&closed_path, closed).unwrap();
+    let ns3a = lab.pod("3a").ns.clone();
+    let server = Bg::new(lab.spawn(&ns3a, &["python3", "-c", TCP_ECHO_SERVER], None).expect("server starts"));
+    wait_listening(lab, &ns3a, false, 7777);
+    let o = ctl(lab, 3, &["apply", "-f", closed_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ip3a = lab.pod_ip("3a").to_string();
+    // The node's kernel (kubelet) connects to the pod: allowed (host_pod_policy = "allow").
+    let probe = tcp_echo(lab, &lab.node(3).ns, &ip3a);
+    // Another node's pod is still denied.
+    let denied_before = lab.drops(3, "policy/deny");
+    let other = tcp_echo(lab, &lab.pod("1a").ns, &ip3a);
+    let o = ctl(lab, 3, &["apply", "-f", cfg.to_str().unwrap()]);
+    drop(server);
+    assert!(o.status.success(), "restoring node3: {}", text(&o));
+    assert!(probe.is_ok(), "node3 -> default-deny pod 3a: {probe:?}");
+    assert!(other.is_err(), "pod 1a reached default-deny pod 3a");
+    assert!(wait_counter(lab, 3, "drops", "policy/deny", denied_before + 1) > denied_before, "{}", lab.stats(3));
 }

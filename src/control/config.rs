@@ -289,6 +289,20 @@ pub struct WorkersConfig {
     pub icmp_rate_per_dest: u32,
     #[serde(default = "default_icmp_burst_per_dest")]
     pub icmp_burst_per_dest: u32,
+    /// Whether a local pod's policy judges traffic between it and the node's own kernel.
+    #[serde(default)]
+    pub host_pod_policy: HostPodPolicy,
+}
+
+/// Policy for traffic between a local pod and its node (kubelet probes, hostNetwork pods).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HostPodPolicy {
+    /// Always allowed, whatever the pod's policy (Kubernetes' rule).
+    #[default]
+    Allow,
+    /// Judged by the pod's ingress (node -> pod) and egress (pod -> node) policy.
+    Enforce,
 }
 
 fn default_icmp_rate() -> u32 {
@@ -312,6 +326,7 @@ impl WorkersConfig {
             icmp_burst: self.icmp_burst,
             icmp_rate_per_dest: self.icmp_rate_per_dest,
             icmp_burst_per_dest: self.icmp_burst_per_dest,
+            enforce_host_pod_policy: self.host_pod_policy == HostPodPolicy::Enforce,
             ..Default::default()
         }
     }
@@ -331,6 +346,7 @@ impl Default for WorkersConfig {
             icmp_burst: default_icmp_burst(),
             icmp_rate_per_dest: default_icmp_rate_per_dest(),
             icmp_burst_per_dest: default_icmp_burst_per_dest(),
+            host_pod_policy: HostPodPolicy::default(),
         }
     }
 }
@@ -772,6 +788,16 @@ pod_block = "10.244.1.0/26"
         assert_eq!(c.node.ipip_rpf, RpfMode::Loose);
         let p = c.workers.pipeline();
         assert_eq!((p.icmp_rate_per_sec, p.icmp_burst, p.icmp_rate_per_dest, p.icmp_burst_per_dest), (50, 5, 2, 1));
+    }
+
+    #[test]
+    fn host_pod_policy_is_allow_unless_set_to_enforce() {
+        assert!(!parse(NODE).unwrap().workers.pipeline().enforce_host_pod_policy);
+        let c = parse(&format!("{NODE}[workers]\nhost_pod_policy = \"enforce\"\n")).unwrap();
+        assert!(c.workers.pipeline().enforce_host_pod_policy);
+        let c = parse(&format!("{NODE}[workers]\nhost_pod_policy = \"allow\"\n")).unwrap();
+        assert!(!c.workers.pipeline().enforce_host_pod_policy);
+        assert!(parse(&format!("{NODE}[workers]\nhost_pod_policy = \"deny\"\n")).is_err());
     }
 
     fn err(s: &str) -> String {

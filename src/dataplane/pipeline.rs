@@ -100,12 +100,6 @@ struct Meta {
     peer: u32,
     /// The FIB's answer for `rpf_src`.
     rpf_nh: NhId,
-    /// Dropped for this reason and (if the verdict says it is sent) answered with an ICMP
-    /// error; shown by packet trace.
-    answered: Option<DropReason>,
-    /// The first lookup (destination, next hop) of a frame turned into an ICMP error during
-    /// egress (its second lookup is the error's); shown by packet trace.
-    first_lookup: Option<(u32, NhId)>,
     dst: u32,
     nh: NhId,
 }
@@ -120,8 +114,6 @@ const META_INIT: Meta = Meta {
     rpf_src: 0,
     peer: 0,
     rpf_nh: NH_NONE,
-    answered: None,
-    first_lookup: None,
     dst: 0,
     nh: NH_NONE,
 };
@@ -152,6 +144,10 @@ pub struct WorkerConfig {
     /// ARP request rate limit.
     pub arp_rate_per_sec: u32,
     pub arp_burst: u32,
+    /// Judge traffic between a local pod and the node's own kernel by the pod's policy (config
+    /// `host_pod_policy = "enforce"`). Off (the default), it is always allowed, as Kubernetes
+    /// wants (kubelet probes reach a default-deny pod).
+    pub enforce_host_pod_policy: bool,
 }
 
 impl Default for WorkerConfig {
@@ -172,6 +168,7 @@ impl Default for WorkerConfig {
             arp_punt_burst: 50,
             arp_rate_per_sec: 100,
             arp_burst: 20,
+            enforce_host_pod_policy: false,
         }
     }
 }
@@ -213,6 +210,30 @@ struct TraceScratch {
     policy: Vec<Option<String>>,
     /// The note `policy()` left for the frame egress is working on.
     current: Option<String>,
+    /// Per frame: dropped for this reason and (if the verdict says it is sent) answered with an
+    /// ICMP error.
+    answered: Vec<Option<DropReason>>,
+    /// Per frame: the first lookup (destination, next hop) of a frame turned into an ICMP error
+    /// during egress (its second lookup is the error's).
+    first_lookup: Vec<Option<(u32, NhId)>>,
+    /// What the stage working on a frame noted for the two above (moved there after it).
+    current_answered: Option<DropReason>,
+    current_first_lookup: Option<(u32, NhId)>,
+}
+
+impl TraceScratch {
+    /// Moves what a stage noted for frame `i` into its slots.
+    fn settle(&mut self, i: usize) {
+        if let Some(note) = self.current.take() {
+            self.policy[i] = Some(note);
+        }
+        if let Some(r) = self.current_answered.take() {
+            self.answered[i] = Some(r);
+        }
+        if let Some(l) = self.current_first_lookup.take() {
+            self.first_lookup[i] = Some(l);
+        }
+    }
 }
 
 impl Worker {
@@ -336,6 +357,8 @@ impl Worker {
                     })
                     .collect();
                 scratch.policy = vec![None; chunk.len()];
+                scratch.answered = vec![None; chunk.len()];
+                scratch.first_lookup = vec![None; chunk.len()];
                 self.trace = Some(scratch);
             }
             self.process_chunk(snap, chunk, base, now);
@@ -368,6 +391,7 @@ impl Worker {
                 continue;
             }
             let m = &self.meta[i];
+            let answered = scratch.answered[i];
             let in_port = f.port();
             let port_name = |p: PortId| snap.port(p).map_or_else(|| format!("#{p}"), |x| x.name.clone());
             let mut steps = vec![format!("input: port {} ({})", in_port, port_name(in_port))];
@@ -381,15 +405,15 @@ impl Worker {
                 let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
                 format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst))
             };
-            if let Some((dst, nh)) = m.first_lookup {
+            if let Some((dst, nh)) = scratch.first_lookup[i] {
                 steps.push(describe(dst, nh));
             }
-            if let Some(r) = m.answered {
+            if let Some(r) = answered {
                 steps.push(format!("drop: {}", r.name()));
             }
             let lookup = m.looked_up.then_some((m.dst, m.nh));
             if let Some((dst, nh)) = lookup {
-                let what = if m.answered.is_some() { "the ICMP error's " } else { "" };
+                let what = if answered.is_some() { "the ICMP error's " } else { "" };
                 steps.push(format!("{what}{}", describe(dst, nh)));
             }
             if let Some(p) = &scratch.policy[i] {
@@ -398,19 +422,17 @@ impl Worker {
             let (buf, head, len) = f.parts();
             let frame = &buf[*head..*head + *len];
             let (verdict, drop_reason, out_port, sent) = match m.verdict {
-                Verdict::Tx(p) if m.answered.is_some() => {
-                    let r = m.answered.map(|r| r.name().to_string());
+                Verdict::Tx(p) if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
                     steps.push(format!("icmp: answered with an ICMP error, sent on port {p} ({})", port_name(p)));
                     ("drop", r, Some(p), Some(observe::describe_frame(frame)))
                 }
-                Verdict::Punt if m.answered.is_some() => {
-                    let r = m.answered.map(|r| r.name().to_string());
+                Verdict::Punt if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
                     steps.push("icmp: answered with an ICMP error to the node's kernel".into());
                     ("drop", r, snap.host_port, Some(observe::describe_frame(frame)))
                 }
-                Verdict::Consumed if m.answered.is_some() => {
-                    ("drop", m.answered.map(|r| r.name().to_string()), None, None)
-                }
+                Verdict::Consumed if answered.is_some() => ("drop", answered.map(|r| r.name().to_string()), None, None),
                 Verdict::Tx(p) => {
                     steps.push(format!("output: port {p} ({})", port_name(p)));
                     ("tx", None, Some(p), Some(observe::describe_frame(frame)))
@@ -574,9 +596,7 @@ impl Worker {
             self.input(snap, buf, head, len, port, m, now);
             // Policy for what is delivered to the host is decided at input.
             if let Some(t) = &mut self.trace {
-                if let Some(note) = t.current.take() {
-                    t.policy[i] = Some(note);
-                }
+                t.settle(i);
             }
         }
         // 2-3. lookup and egress
@@ -626,9 +646,7 @@ impl Worker {
                 let (buf, head, len) = f.parts();
                 self.egress(snap, buf, head, len, port, m, now);
                 if let Some(t) = &mut self.trace {
-                    if let Some(note) = t.current.take() {
-                        t.policy[i] = Some(note);
-                    }
+                    t.settle(i);
                 }
             }
         }
@@ -771,10 +789,11 @@ impl Worker {
     }
 
     /// What the node's kernel sends (host port). Its IPv4 unicast is routed through the FIB
-    /// like any input: to local pods (their ingress policy applies), to other nodes (plain or
-    /// IPIP), to the underlay, with our L2 rewrite, whatever MAC the kernel addressed it to
-    /// (its gateway's, or ours). Its source must be one of the node's addresses
-    /// (`host/spoofed-source` otherwise). ARP for the pod gateway is answered here: the kernel's
+    /// like any input: to local pods (their policy applies to what the kernel forwards for
+    /// others), to other nodes (plain or IPIP), to the underlay, with our L2 rewrite, whatever
+    /// MAC the kernel addressed it to (its gateway's, or ours). Its source may be anything but
+    /// one of our pods' addresses (`host/spoofed-source`): the node's, or a client's the kernel
+    /// forwards (NodePort). ARP for the pod gateway is answered here: the kernel's
     /// routes to the pod blocks point at the pod gateway on the host TAP (see `port::tap`).
     /// Everything else (ARP for its underlay neighbours, link broadcast and multicast, other
     /// EtherTypes) leaves by the uplink unchanged: the kernel shares the node IP and MAC there.
@@ -826,7 +845,9 @@ impl Worker {
         *len = ETH + info.total_len as usize;
         let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
         let (src, dst) = (ip.src(), ip.dst());
-        if !snap.is_local(src) {
+        // The node's own addresses, or whatever the kernel forwards for others (a NodePort
+        // client's, source preserved); never one of our pods' (martians failed check_input).
+        if !snap.is_local(src) && self.is_our_pods_address(snap, src) {
             m.verdict = Verdict::Drop(DropReason::HostSpoofedSource);
             return;
         }
@@ -843,6 +864,11 @@ impl Worker {
                 Verdict::Drop(DropReason::HostToRouterAddress)
             };
         }
+    }
+
+    /// In this node's pod blocks, or routed to a local pod (an address outside the blocks).
+    fn is_our_pods_address(&self, snap: &Snapshot, a: u32) -> bool {
+        snap.in_pod_block(a) || matches!(snap.nexthop(self.shared.fib.pin().lookup(a)), Some(NextHop::Local { .. }))
     }
 
     /// ARP on a pod port: proxy-answer for the pod gateway only. On the uplink: answer for our
@@ -1046,9 +1072,10 @@ impl Worker {
         };
     }
 
-    /// An IPv4 packet for the node's kernel: a pod's egress policy applies (so that the
-    /// kernel's answers find the connection in conntrack when the pod has ingress policy), and
-    /// the frame is addressed to the kernel's MAC on the host port, from ours.
+    /// An IPv4 packet for the node's kernel, addressed to the kernel's MAC on the host port, from
+    /// ours. A pod talking to its node is allowed (Kubernetes); with `enforce_host_pod_policy`
+    /// its egress policy applies (and the kernel's answers find the connection in conntrack
+    /// when the pod has ingress policy).
     #[allow(clippy::too_many_arguments)]
     fn deliver_to_host(
         &mut self,
@@ -1057,10 +1084,13 @@ impl Worker {
         head: usize,
         len: usize,
         in_port: PortId,
-        m: &Meta,
+        m: &mut Meta,
         now: u64,
     ) -> Verdict {
-        if !m.decapped && !m.local_origin {
+        if !self.inner_source_ok(snap, m) {
+            return m.verdict;
+        }
+        if !m.decapped && !m.local_origin && self.cfg.enforce_host_pod_policy {
             if let Some(ep) = snap.port_endpoint.get(in_port as usize).copied().flatten() {
                 if let Err(r) = self.policy(snap, &buf[head + ETH..head + len], Some(ep), None, now) {
                     return Verdict::Drop(r);
@@ -1083,17 +1113,35 @@ impl Worker {
         m: &mut Meta,
         now: u64,
     ) {
-        if buf[*head + ETH + 8] > 1 {
+        if buf[*head + ETH + 8] > 1 || !self.inner_source_ok(snap, m) {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
-        m.answered = Some(DropReason::Ipv4TtlExpired);
+        self.note_answered(DropReason::Ipv4TtlExpired);
         if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, m.from_host, now) {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
         } else {
             m.verdict = Verdict::Consumed; // already counted as ttl-expired
         }
+    }
+
+    /// The reverse-path check of a decapsulated frame's inner source, for the (rare) paths that
+    /// leave before egress, where the batched check runs: delivery to the node's kernel and ICMP
+    /// errors about the frame (forged traffic must neither reach the kernel nor spend the error
+    /// budget). Looks the source up on its own; false (and `ipip/inner-source-rpf` set as the
+    /// verdict) when the check fails. Done at most once per frame.
+    fn inner_source_ok(&self, snap: &Snapshot, m: &mut Meta) -> bool {
+        if m.rpf_src == 0 {
+            return true;
+        }
+        let nh = self.shared.fib.pin().lookup(m.rpf_src);
+        let ok = ipip_rpf(snap, m.rpf_src, nh, m.peer);
+        m.rpf_src = 0;
+        if !ok {
+            m.verdict = Verdict::Drop(DropReason::IpipInnerSourceRpf);
+        }
+        ok
     }
 
     fn last_icmp_dst(&self, buf: &[u8], head: usize) -> u32 {
@@ -1263,8 +1311,12 @@ impl Worker {
         };
         if !m.local_origin {
             let src_ep = if m.decapped { None } else { snap.port_endpoint.get(in_port as usize).copied().flatten() };
-            // The node's own traffic is judged by the pods' policy only, not as transit.
-            if !(m.from_host && dst_ep.is_none()) {
+            // The node's own traffic is judged by the pods' policy only, not as transit, and
+            // (unless `enforce_host_pod_policy`) not at all when the node itself talks to a
+            // local pod. What the kernel forwards for others (a NodePort client's source) is.
+            let node_to_pod = m.from_host
+                && (dst_ep.is_none() || (!self.cfg.enforce_host_pod_policy && snap.is_local(ip_src(buf, *head))));
+            if !node_to_pod {
                 if let Err(r) = self.policy(snap, &buf[*head + ETH..*head + *len], src_ep, dst_ep, now) {
                     m.verdict = Verdict::Drop(r);
                     return;
@@ -1382,7 +1434,7 @@ impl Worker {
         let (hl, tl) = (((buf[l3] & 0x0f) as usize) * 4, u16::from_be_bytes([buf[l3 + 2], buf[l3 + 3]]) as usize);
         self.counters.count_drop(DropReason::Ipv4BadOptions);
         m.verdict = Verdict::Consumed;
-        m.answered = Some(DropReason::Ipv4BadOptions);
+        self.note_answered(DropReason::Ipv4BadOptions);
         *len = ETH + tl;
         let Some(ptr) = ipv4::bad_option_pointer(&buf[l3..l3 + hl]) else { return };
         let rest = (ptr as u32) << 24;
@@ -1390,6 +1442,24 @@ impl Worker {
             m.local_origin = true;
             m.dst = self.last_icmp_dst(buf, *head);
             m.verdict = Verdict::Continue;
+        }
+    }
+
+    /// For packet trace only (nothing is written unless a trace runs): the frame being worked
+    /// on is dropped as `r` and answered with an ICMP error if its verdict says it is sent.
+    #[inline]
+    fn note_answered(&mut self, r: DropReason) {
+        if let Some(t) = &mut self.trace {
+            t.current_answered = Some(r);
+        }
+    }
+
+    /// For packet trace only: the frame being turned into an ICMP error was first looked up
+    /// to `nh` for `dst`.
+    #[inline]
+    fn note_first_lookup(&mut self, dst: u32, nh: NhId) {
+        if let Some(t) = &mut self.trace {
+            t.current_first_lookup = Some((dst, nh));
         }
     }
 
@@ -1409,11 +1479,11 @@ impl Worker {
     ) {
         self.counters.count_drop(reason);
         m.verdict = Verdict::Consumed;
-        m.answered = Some(reason);
+        self.note_answered(reason);
         if !m.local_origin && self.icmp_error(snap, buf, head, len, icmp::DEST_UNREACHABLE, code, 0, m.from_host, now) {
             m.reroute = true;
             m.local_origin = true;
-            m.first_lookup = Some((m.dst, m.nh));
+            self.note_first_lookup(m.dst, m.nh);
             m.dst = self.last_icmp_dst(buf, *head);
             m.verdict = Verdict::Continue;
         }
@@ -1632,7 +1702,7 @@ impl Worker {
         let ff = u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]);
         if ff & FLAG_DF != 0 {
             self.counters.count_drop(DropReason::FragNeeded);
-            m.answered = Some(DropReason::FragNeeded);
+            self.note_answered(DropReason::FragNeeded);
             if !m.local_origin
                 && self.icmp_error(
                     snap,
@@ -1649,7 +1719,7 @@ impl Worker {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
                 m.local_origin = true;
-                m.first_lookup = Some((m.dst, m.nh));
+                self.note_first_lookup(m.dst, m.nh);
                 m.dst = self.last_icmp_dst(buf, *head);
                 return Verdict::Continue;
             }
@@ -1866,6 +1936,13 @@ fn host_l2(snap: &Snapshot, buf: &mut [u8], head: usize) {
         }
         buf[head + 6..head + 12].copy_from_slice(&p.mac.0);
     }
+}
+
+/// The IPv4 source of the (validated) frame at `head`.
+#[inline]
+fn ip_src(buf: &[u8], head: usize) -> u32 {
+    let a = head + ETH + 12;
+    u32::from_be_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]])
 }
 
 /// The IPv4 destination of the (validated) frame at `head`.

@@ -315,6 +315,45 @@ fn ipip_rpf_accepts_a_source_behind_any_path_of_an_ecmp_group() {
     assert_eq!(total_drops(&lab), 0);
 }
 
+/// IPIP from `peer` to us carrying `inner` (an IPv4 frame).
+fn ipip_from(peer: u32, inner: &[u8]) -> Vec<u8> {
+    frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, peer, lab::NODE_IP, inner)
+}
+
+#[test]
+fn ipip_to_the_node_itself_is_checked_against_the_route_back_before_the_kernel_gets_it() {
+    // Review finding 1: what is decapsulated for the node's kernel never reached egress, where
+    // the reverse-path check ran; node 2's pods are not behind node 3.
+    let tcp = frames::tcp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_POD, lab::NODE_IP, 40000, 10250, true, false);
+    let mut lab = Lab::new(LabOptions::default());
+    assert!(run1(&mut lab, ipip_from(lab::NODE3_IP, &tcp), lab::UPLINK).is_empty());
+    assert_eq!((drops(&lab, DropReason::IpipInnerSourceRpf), total_drops(&lab)), (1, 1));
+    // Node 3's pods are: delivered to the kernel.
+    let ok = frames::tcp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::NODE_IP, 40000, 10250, true, false);
+    let sent = run1(&mut lab, ipip_from(lab::NODE3_IP, &ok), lab::UPLINK);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST]);
+    // Loose mode: any route back will do.
+    let mut loose = Lab::new(LabOptions { ipip_strict_rpf: false, ..Default::default() });
+    assert_eq!(run1(&mut loose, ipip_from(lab::NODE3_IP, &tcp), lab::UPLINK).len(), 1);
+}
+
+#[test]
+fn ipip_with_a_forged_inner_source_gets_no_icmp_error_and_spends_no_token() {
+    // Review finding 9: inner TTL 1 to a pod, inner source not behind the sending peer.
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE2_POD, lab::POD_A_IP, 1, 1, 2, b"in");
+    let mut lab = Lab::new(LabOptions::default());
+    assert!(run1(&mut lab, ipip_from(lab::NODE3_IP, &inner), lab::UPLINK).is_empty());
+    assert_eq!((drops(&lab, DropReason::IpipInnerSourceRpf), total_drops(&lab)), (1, 1));
+    let c = lab.worker.counters();
+    assert_eq!(c.icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(c.icmp_errors_ratelimited.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // From the right peer, the same datagram is answered time exceeded (sent back by IPIP).
+    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 1, 1, 2, b"in");
+    assert_eq!(run1(&mut lab, ipip_from(lab::NODE3_IP, &inner), lab::UPLINK).len(), 1);
+    assert_eq!(drops(&lab, DropReason::Ipv4TtlExpired), 1);
+    assert_eq!(lab.worker.counters().icmp_errors_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
 #[test]
 fn plain_frames_from_the_uplink_with_a_source_in_our_pod_block_are_dropped() {
     let mut lab = Lab::new(LabOptions::default());
@@ -663,11 +702,31 @@ fn host_ping_to_the_pod_gateway_is_answered_and_other_traffic_to_it_dropped() {
 const CALICO_POD_GATEWAY_IP: u32 = crate::dataplane::state::CALICO_POD_GATEWAY;
 
 #[test]
-fn host_frames_from_a_foreign_source_are_dropped_and_counted() {
+fn kernel_forwarded_traffic_with_a_clients_source_reaches_local_pods_and_other_nodes() {
+    // kube-proxy NodePort with externalTrafficPolicy: Local: the kernel forwards the client's
+    // packet, source preserved, to a pod (review finding 7).
+    let client = 0x0c22_3845; // 12.34.56.69
     let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
-    let f = from_host_udp(lab::GW_MAC, 0x0a09_0909, lab::POD_A_IP, b"spoof");
-    assert!(run1(&mut lab, f, lab::HOST).is_empty());
-    assert_eq!(drops(&lab, DropReason::HostSpoofedSource), 1);
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, client, lab::POD_A_IP, b"nodeport"), lab::HOST);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A]);
+    assert_eq!(ip_of(&sent[0].1).source(), client.to_be_bytes());
+    let sent = run1(&mut lab, from_host_udp(lab::HOST_MAC, client, lab::NODE2_POD, b"nodeport"), lab::HOST);
+    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::UPLINK]);
+    assert_eq!(total_drops(&lab), 0);
+}
+
+#[test]
+fn host_frames_from_our_pods_addresses_are_dropped_and_counted() {
+    let mut lab = Lab::new(LabOptions { default_route: true, ..Default::default() });
+    // A local pod's address, another address of our pod block: only the pods may send from them.
+    for src in [lab::POD_B_IP, 0x0af4_0130] {
+        let f = from_host_udp(lab::GW_MAC, src, lab::POD_A_IP, b"spoof");
+        assert!(run1(&mut lab, f, lab::HOST).is_empty(), "{src:#x}");
+    }
+    // A martian source.
+    assert!(run1(&mut lab, from_host_udp(lab::GW_MAC, 0x7f00_0001, lab::POD_A_IP, b"x"), lab::HOST).is_empty());
+    assert_eq!(drops(&lab, DropReason::HostSpoofedSource), 2);
+    assert_eq!(total_drops(&lab), 3);
     // Link broadcast (DHCP, say) still leaves unchanged, whatever its source.
     let mut b = from_host_udp(lab::GW_MAC, 0, 0xffff_ffff, b"dhcp");
     b[0..6].copy_from_slice(&[0xff; 6]);
@@ -1265,9 +1324,61 @@ mod policy {
         assert_eq!(lab.worker.counters().conntrack_entries.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    fn enforcing() -> crate::dataplane::WorkerConfig {
+        crate::dataplane::WorkerConfig { enforce_host_pod_policy: true, ..Default::default() }
+    }
+
+    /// Pod A: ingress and egress both default deny.
+    fn sealed_pod_a() -> Arc<PolicySet> {
+        let cfg = PolicyConfig {
+            global: vec![],
+            policies: BTreeMap::from([("closed".to_string(), vec![])]),
+            endpoints: vec![
+                EndpointPolicy { ingress: vec!["closed".into()], egress: vec!["closed".into()] },
+                EndpointPolicy { ingress: vec![], egress: vec![] },
+            ],
+        };
+        Arc::new(PolicySet::compile(&cfg, 1).unwrap())
+    }
+
+    #[test]
+    fn traffic_between_a_pod_and_its_node_is_allowed_by_default_whatever_the_pods_policy() {
+        // Kubernetes: traffic to and from the node a pod runs on is always allowed (kubelet
+        // probes); review finding 2.
+        let probe =
+            frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, lab::POD_A_IP, 50000, 8080, true, false);
+        let to_node =
+            frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 40000, 6443, true, false);
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), ..Default::default() });
+        let sent = run1(&mut lab, probe.clone(), lab::HOST);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A], "kubelet probe into pod A");
+        let sent = run1(&mut lab, to_node.clone(), lab::POD_A);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::HOST], "pod A to its node");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        // Pod A's egress still applies to everything else (pod B, other nodes).
+        let to_b =
+            frames::tcp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 40000, 80, true, false);
+        assert!(run1(&mut lab, to_b, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+        // host_pod_policy = "enforce": the pod's policy judges its node like any peer.
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), worker: enforcing(), ..Default::default() });
+        assert!(run1(&mut lab, probe, lab::HOST).is_empty());
+        assert!(run1(&mut lab, to_node, lab::POD_A).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 2);
+    }
+
+    #[test]
+    fn what_the_kernel_forwards_for_a_client_meets_the_pods_policy() {
+        // Only the node's own addresses are "the node" for host_pod_policy = "allow".
+        let mut lab = Lab::new(LabOptions { policy: sealed_pod_a(), ..Default::default() });
+        let f = frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, 0x0c22_3845, lab::POD_A_IP, 50000, 80, true, false);
+        assert!(run1(&mut lab, f, lab::HOST).is_empty());
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+    }
+
     #[test]
     fn host_to_pod_meets_ingress_policy_and_pod_to_host_replies_pass_on_conntrack() {
-        let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });
+        let mut lab = Lab::new(LabOptions { policy: policy(1, true), worker: enforcing(), ..Default::default() });
         let host_to = |dst: u32, dport: u16, syn: bool, ack: bool| {
             frames::tcp(lab::HOST_KERNEL_MAC, lab::HOST_MAC, lab::NODE_IP, dst, 50000, dport, syn, ack)
         };
@@ -1491,4 +1602,12 @@ mod policy {
         assert_eq!(lab.shared.observe.stop_capture().len(), 0);
         assert_eq!(lab.shared.observe.active(), 0, "all sessions over");
     }
+}
+
+#[test]
+fn per_frame_metadata_carries_no_trace_only_fields() {
+    // Review finding 8: Meta is filled for every frame of every batch; what only packet trace
+    // reads (the answered drop reason, the first lookup of an ICMP error) lives in the trace
+    // scratch, written only while a trace runs. 28 bytes: verdict, flags, addresses, next hops.
+    assert!(std::mem::size_of::<super::Meta>() <= 28, "Meta is {} bytes", std::mem::size_of::<super::Meta>());
 }

@@ -159,7 +159,8 @@ drop_reasons! {
     XskRxDropped => "uplink/rx-dropped",
 
     // --- The node's kernel (host port) ---
-    /// IPv4 from the host port whose source is not one of the node's addresses.
+    /// IPv4 from the host port whose source is one of this node's pods' (in its pod block or a
+    /// local pod's address): only the pods send from those.
     HostSpoofedSource => "host/spoofed-source",
 
     // --- FIB, appended ---
