@@ -377,6 +377,41 @@ fn malformed_frames_from_a_pod_are_dropped_with_their_reasons() {
     assert!(out.status.success(), "router stopped forwarding after malformed frames: {}", text(&out));
 }
 
+#[test]
+fn ipip_to_the_node_itself_with_a_forged_inner_source_never_reaches_its_kernel() {
+    let Some((_turn, lab)) = lab("forged_inner_to_node") else { return };
+    // Node 1's kernel collects what reaches UDP 9998 for a few seconds.
+    let ns1 = lab.node(1).ns.clone();
+    let log = lab.dir().join(format!("forged-inner-node-{}.txt", std::process::id()));
+    let listener = "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9998)); s.settimeout(0.2)\n\
+         end = time.time() + 4\n\
+         while time.time() < end:\n\
+         \x20   try: print(s.recv(100).decode(), flush=True)\n\
+         \x20   except socket.timeout: pass\n";
+    let mut rx = Bg::new(lab.spawn(&ns1, &["python3", "-c", listener], Some(&log)).expect("listener"));
+    wait_listening(lab, &ns1, true, 9998);
+    let before = lab.drops(1, "ipip/inner-source-rpf");
+    // From the underlay router forging node 3's address: node 2's pod (not behind node 3) and,
+    // as the control, node 3's own pod, both to node 1's IP.
+    let out = python(
+        lab,
+        &lab.router_ns(),
+        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+         for src, tag in (('10.244.2.2', 'node2-pod'), ('10.244.3.2', 'genuine')):\n\
+         \x20   inner = ip4(src, '192.168.1.10', 17, udp(40000, 9998, tag.encode()))\n\
+         \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
+    drop(rx);
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
+    assert!(!got.contains("node2-pod"), "a forged inner source reached node 1's kernel: {got:?}");
+    let after = wait_counter(lab, 1, "drops", "ipip/inner-source-rpf", before + 2);
+    assert!(after >= before + 2, "ipip/inner-source-rpf {before} -> {after}; stats {}", lab.stats(1));
+}
+
 /// A TCP server that reads until the client's FIN and sends back what it read.
 const TCP_ECHO_SERVER: &str = r#"
 import socket
