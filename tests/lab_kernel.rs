@@ -2,6 +2,8 @@
 //! pod reaches every other pod, the demo's table is right, and nothing is left behind by `down`,
 //! by a drop, or by a failure midway through `up`.
 
+mod common;
+
 use std::process::Command;
 
 use vrouter::lab::{self, Backend, LabOptions};
@@ -19,16 +21,9 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-/// Why this test cannot run here, if it cannot. Not being able to run is a failure (CI runs as
-/// root with every tool installed), unless `VROUTER_ALLOW_SKIP` is set by someone who knows they
-/// are skipping it.
+/// Why this test cannot run here, if it cannot (a failure unless skipping knowingly).
 fn skip() -> Option<String> {
-    let why = cannot_run()?;
-    assert!(
-        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
-    );
-    Some(why)
+    common::unless_allowed_to_skip(cannot_run())
 }
 
 fn namespaces_of(prefix: &str) -> Vec<String> {

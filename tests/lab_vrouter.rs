@@ -8,6 +8,8 @@
 //! not see each other's traffic). The lab is torn down at exit, including after a failed test,
 //! by the lab module's exit hook; Ctrl-C tears it down too.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -31,16 +33,9 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-/// Why this test cannot run here, if it cannot. Not being able to run is a failure (CI runs as
-/// root with every tool installed), unless `VROUTER_ALLOW_SKIP` is set by someone who knows they
-/// are skipping it.
+/// Why this test cannot run here, if it cannot (a failure unless skipping knowingly).
 fn skip() -> Option<String> {
-    let why = cannot_run()?;
-    assert!(
-        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
-    );
-    Some(why)
+    common::unless_allowed_to_skip(cannot_run())
 }
 
 /// The shared lab, and the turn to use it; `None` when the test must be skipped.

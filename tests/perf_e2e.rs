@@ -2,6 +2,8 @@
 //! the documented figures, every figure is finite and non-negative, vrouter forwards frames,
 //! and no namespace of the bench is left behind. No pass/fail on speed.
 
+mod common;
+
 use std::process::Command;
 
 fn cannot_run() -> Option<String> {
@@ -23,16 +25,9 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-/// Why this test cannot run here, if it cannot. Not being able to run is a failure (CI runs as
-/// root with every tool installed), unless `VROUTER_ALLOW_SKIP` is set by someone who knows they
-/// are skipping it.
+/// Why this test cannot run here, if it cannot (a failure unless skipping knowingly).
 fn skip() -> Option<String> {
-    let why = cannot_run()?;
-    assert!(
-        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
-    );
-    Some(why)
+    common::unless_allowed_to_skip(cannot_run())
 }
 
 fn bench_namespaces() -> Vec<String> {

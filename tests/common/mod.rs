@@ -19,6 +19,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// `why` a test cannot run here, passed through only when `VROUTER_ALLOW_SKIP` is set by
+/// someone who knows they are skipping it; otherwise a failure (CI runs as root with every tool
+/// installed, and a test that did not run must not pass).
+pub fn unless_allowed_to_skip(why: Option<String>) -> Option<String> {
+    let why = why?;
+    assert!(
+        std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
+        "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
+    );
+    Some(why)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
