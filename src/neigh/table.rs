@@ -1527,6 +1527,110 @@ mod tests {
         }
     }
 
+    #[derive(Debug, Clone)]
+    enum TimedOp {
+        /// Lookup of an address from one of three sources (0: uncharged).
+        Lookup(u32, u32),
+        Reply(u32),
+        Static(u32),
+        Remove(u32),
+        Flush(Option<u32>),
+        /// Advance the clock by this many ms, then expire.
+        Tick(u64),
+    }
+
+    fn timed_op() -> impl proptest::strategy::Strategy<Value = TimedOp> {
+        use proptest::prelude::*;
+        let ip = 1..60u32;
+        prop_oneof![
+            6 => (ip.clone(), 0..3u32).prop_map(|(i, s)| TimedOp::Lookup(i, s)),
+            2 => ip.clone().prop_map(TimedOp::Reply),
+            1 => ip.clone().prop_map(TimedOp::Static),
+            1 => ip.clone().prop_map(TimedOp::Remove),
+            1 => proptest::option::of(ip).prop_map(TimedOp::Flush),
+            2 => (0..25_000u64).prop_map(TimedOp::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Issue 9 item 7, against a naive model of the bounds with the clock moving: the table
+        /// never holds more than its capacity; each source's charge equals the number of live
+        /// unresolved entries charged to it and never exceeds the limit; Reachable and static entries are
+        /// never evicted (a lookup of one just confirmed is always a hit); a miss is `TableFull`
+        /// only when nothing in the table is evictable, and `SourceLimit` only when the source
+        /// holds its limit.
+        #[test]
+        fn bounds_hold_while_entries_age_and_get_evicted(ops in proptest::collection::vec(timed_op(), 1..400)) {
+            use proptest::{prop_assert, prop_assert_eq};
+            let cfg = NeighConfig { capacity: 8, unresolved_per_source: 3, ..Default::default() };
+            let t = NeighTable::new(cfg).unwrap();
+            let src = |s: u32| if s == 0 { 0 } else { 0x0af4_0100 + s };
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    TimedOp::Lookup(ip, s) => {
+                        let before = state_of(&t, ip);
+                        let r = t.lookup_from(ip, src(s), now);
+                        if before.is_none() {
+                            if r == NeighLookup::SourceLimit {
+                                prop_assert!(s != 0 && t.unresolved_from(src(s)) >= 3);
+                            }
+                            if r == NeighLookup::TableFull {
+                                // Nothing evictable: every entry reachable, probing, static or
+                                // a young Incomplete.
+                                for e in t.entries() {
+                                    let young = e.state == NeighState::Incomplete
+                                        && now.saturating_sub(e.updated_ms) < 1_000;
+                                    prop_assert!(
+                                        matches!(e.state, NeighState::Reachable | NeighState::Probe | NeighState::Static) || young,
+                                        "evictable {:?} left while {} was refused", e, ip
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    TimedOp::Reply(ip) => {
+                        if t.on_reply(ip, mac_of(ip), now).is_ok() && state_of(&t, ip).is_some() {
+                            let hit = matches!(t.lookup(ip, now), NeighLookup::Reachable(_) | NeighLookup::Stale { .. });
+                            prop_assert!(hit, "{} answered but not usable", ip);
+                        }
+                    }
+                    TimedOp::Static(ip) => {
+                        let _ = t.add_static(ip, mac_of(ip));
+                    }
+                    TimedOp::Remove(ip) => {
+                        t.remove(ip);
+                    }
+                    TimedOp::Flush(ip) => {
+                        t.flush(ip);
+                    }
+                    TimedOp::Tick(ms) => {
+                        now += ms;
+                        t.expire(now);
+                    }
+                }
+                prop_assert!(t.len() <= 8);
+                // The charge per bucket equals the live entries whose owner names it.
+                let mut want = std::collections::HashMap::<usize, u32>::new();
+                for (_, sl, k, _, w) in t.occupied() {
+                    let o = sl.owner.load(Ordering::Relaxed);
+                    if o != 0 {
+                        prop_assert_eq!(key_inc(o), key_inc(k));
+                        prop_assert!(matches!(w_state(w), INCOMPLETE | FAILED), "a resolved entry still charged");
+                        *want.entry((o as u32 - 1) as usize).or_default() += 1;
+                    }
+                }
+                for b in (1..3).map(|s| t.source_bucket(src(s))).chain(want.keys().copied()) {
+                    let c = t.by_source[b].load(Ordering::Relaxed);
+                    prop_assert_eq!(c, want.get(&b).copied().unwrap_or(0), "bucket {}", b);
+                    prop_assert!(c <= 3);
+                }
+            }
+            let total: u32 = t.by_source.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            prop_assert_eq!(total as usize, t.occupied().filter(|(_, sl, ..)| sl.owner.load(Ordering::Relaxed) != 0).count());
+        }
+    }
+
     /// Found by `behaves_like_a_bounded_map`: with no EMPTY slot, the sweep seeded at a
     /// tombstone that was the home slot of a live entry further on, cutting its chain.
     #[test]
