@@ -129,12 +129,17 @@ fn decapsulates_from_known_peer_and_delivers_inner_to_pod() {
 /// An ICMP error from the underlay router to node 1 about `outer` (an IPIP frame node 1 sent),
 /// quoting as much as fits in 576 bytes, as a Linux router does.
 fn underlay_error(ty: u8, code: u8, mtu: u16, outer: &[u8]) -> Vec<u8> {
-    let quote = &outer[14..(14 + 548).min(outer.len())];
+    icmp_error_frame(lab::UNDERLAY_GW, lab::NODE_IP, ty, code, mtu as u32, &outer[14..(14 + 548).min(outer.len())])
+}
+
+/// An ICMP error from `from` to `to` quoting `quote` (IP header onwards), as an Ethernet frame
+/// from the underlay router to our uplink.
+fn icmp_error_frame(from: u32, to: u32, ty: u8, code: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
     let mut ip = vec![0u8; 28 + quote.len()];
     let total = ip.len() as u16;
-    ipv4::write_header(&mut ip, 0xc0, total, 3, 0, 64, PROTO_ICMP, lab::UNDERLAY_GW, lab::NODE_IP);
+    ipv4::write_header(&mut ip, 0xc0, total, 3, 0, 64, PROTO_ICMP, from, to);
     ip[28..].copy_from_slice(quote);
-    icmp::write_message(&mut ip[20..], ty, code, mtu as u32);
+    icmp::write_message(&mut ip[20..], ty, code, rest);
     let mut f = Vec::new();
     f.extend_from_slice(&lab::UPLINK_MAC.0);
     f.extend_from_slice(&lab::GW_MAC.0);
@@ -1399,19 +1404,8 @@ mod policy {
 
     /// An ICMP error from `from` to `to` about `orig` (an Ethernet frame), quoting its IP
     /// header and 8 bytes, as an Ethernet frame from the underlay router.
-    fn icmp_error_frame(from: u32, to: u32, ty: u8, code: u8, rest: u32, orig: &[u8]) -> Vec<u8> {
-        let quote = &orig[14..14 + 28];
-        let mut ip = vec![0u8; 20 + 8 + quote.len()];
-        let total = ip.len() as u16;
-        ipv4::write_header(&mut ip, 0, total, 9, 0, 60, PROTO_ICMP, from, to);
-        ip[28..].copy_from_slice(quote);
-        icmp::write_message(&mut ip[20..], ty, code, rest);
-        let mut f = Vec::new();
-        f.extend_from_slice(&lab::UPLINK_MAC.0);
-        f.extend_from_slice(&lab::GW_MAC.0);
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&ip);
-        f
+    fn error_about(from: u32, to: u32, ty: u8, code: u8, rest: u32, orig: &[u8]) -> Vec<u8> {
+        icmp_error_frame(from, to, ty, code, rest, &orig[14..14 + 28])
     }
 
     #[test]
@@ -1424,9 +1418,9 @@ mod policy {
         assert_eq!(run1(&mut lab, tcp.clone(), lab::POD_A).len(), 1);
         let router = 0x0a63_0001; // somewhere on the path
         let related = [
-            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, 1400, &tcp),
-            icmp_error_frame(router, lab::POD_A_IP, icmp::TIME_EXCEEDED, 0, 0, &udp),
-            icmp_error_frame(0x0808_0808, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp),
+            error_about(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED, 1400, &tcp),
+            error_about(router, lab::POD_A_IP, icmp::TIME_EXCEEDED, 0, 0, &udp),
+            error_about(0x0808_0808, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp),
         ];
         for f in related {
             let sent = run1(&mut lab, f, lab::UPLINK);
@@ -1439,8 +1433,8 @@ mod policy {
         let not_ours =
             frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, 0x0808_0808, lab::POD_A_IP, 64, 53, 40000, b"q");
         for f in [
-            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &other),
-            icmp_error_frame(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &not_ours),
+            error_about(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &other),
+            error_about(router, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &not_ours),
         ] {
             assert!(run1(&mut lab, f, lab::UPLINK).is_empty());
         }
@@ -1453,7 +1447,7 @@ mod policy {
         let udp = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 40000, 9, b"q");
         assert_eq!(run1(&mut lab, udp.clone(), lab::POD_A).len(), 1);
         // Node 3's pod answers port unreachable, inside IPIP from node 3.
-        let err = icmp_error_frame(lab::NODE3_POD, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp);
+        let err = error_about(lab::NODE3_POD, lab::POD_A_IP, icmp::DEST_UNREACHABLE, 3, 0, &udp);
         let f = frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &err);
         let sent = run1(&mut lab, f, lab::UPLINK);
         assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![lab::POD_A]);
