@@ -257,6 +257,21 @@ def udp(sport, dport, data):
     return struct.pack('!HHHH', sport, dport, 8 + len(data), 0) + data
 "#;
 
+/// A listener in `ns` printing each datagram to UDP `port` into `log` for 4 s, once it listens.
+fn collect_udp(lab: &LabHandle, ns: &str, port: u16, log: &std::path::Path) -> Bg {
+    let listener = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', {port})); s.settimeout(0.2)\n\
+         end = time.time() + 4\n\
+         while time.time() < end:\n\
+         \x20   try: print(s.recv(100).decode(), flush=True)\n\
+         \x20   except socket.timeout: pass\n"
+    );
+    let rx = Bg::new(lab.spawn(ns, &["python3", "-c", &listener], Some(log)).expect("listener"));
+    wait_listening(lab, ns, true, port);
+    rx
+}
+
 fn python(lab: &LabHandle, ns: &str, script: &str) -> std::process::Output {
     let code = format!("{PY_PRELUDE}\n{script}");
     lab.exec(ns, &["python3", "-c", &code])
@@ -284,14 +299,7 @@ fn ipip_with_a_forged_inner_source_is_dropped_and_counted() {
     let Some((_turn, lab)) = lab("forged_inner") else { return };
     // Pod 1a collects what reaches UDP 9999 for a few seconds.
     let log = lab.dir().join(format!("forged-inner-{}.txt", std::process::id()));
-    let listener = "import socket, time\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999)); s.settimeout(0.2)\n\
-         end = time.time() + 4\n\
-         while time.time() < end:\n\
-         \x20   try: print(s.recv(100).decode(), flush=True)\n\
-         \x20   except socket.timeout: pass\n";
-    let mut rx = Bg::new(lab.spawn(&lab.pod("1a").ns, &["python3", "-c", listener], Some(&log)).expect("listener"));
-    wait_listening(lab, &lab.pod("1a").ns, true, 9999);
+    let mut rx = collect_udp(lab, &lab.pod("1a").ns, 9999, &log);
     let reasons = ["ipip/inner-source-ours", "ipip/inner-source-local-pod", "ipip/inner-source-rpf"];
     let before: Vec<u64> = reasons.iter().map(|r| lab.drops(1, r)).collect();
     // From the underlay router, forging node 3's address as the outer source (a known peer).
@@ -378,14 +386,7 @@ fn ipip_to_the_node_itself_with_a_forged_inner_source_never_reaches_its_kernel()
     // Node 1's kernel collects what reaches UDP 9998 for a few seconds.
     let ns1 = lab.node(1).ns.clone();
     let log = lab.dir().join(format!("forged-inner-node-{}.txt", std::process::id()));
-    let listener = "import socket, time\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9998)); s.settimeout(0.2)\n\
-         end = time.time() + 4\n\
-         while time.time() < end:\n\
-         \x20   try: print(s.recv(100).decode(), flush=True)\n\
-         \x20   except socket.timeout: pass\n";
-    let mut rx = Bg::new(lab.spawn(&ns1, &["python3", "-c", listener], Some(&log)).expect("listener"));
-    wait_listening(lab, &ns1, true, 9998);
+    let mut rx = collect_udp(lab, &ns1, 9998, &log);
     let before = lab.drops(1, "ipip/inner-source-rpf");
     // From the underlay router forging node 3's address: node 2's pod (not behind node 3) and,
     // as the control, node 3's own pod, both to node 1's IP.
