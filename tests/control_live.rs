@@ -18,16 +18,9 @@ use serde_json::{json, Value};
 use common::{is_root, text, wait_until, Topo, DEFAULT_ROUTE};
 
 fn skip() -> bool {
-    if !is_root() {
-        // Not being able to run is a failure (CI runs as root), unless skipped knowingly.
-        assert!(
-            std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-            "needs root (network namespaces, TAP, AF_XDP); set VROUTER_ALLOW_SKIP=1 to skip knowingly"
-        );
-        eprintln!("skipped: needs root (network namespaces, TAP, AF_XDP)");
-        return true;
-    }
-    false
+    common::unless_allowed_to_skip((!is_root()).then(|| "needs root (network namespaces, TAP, AF_XDP)".to_string()))
+        .inspect(|why| eprintln!("skipped: {why}"))
+        .is_some()
 }
 
 /// One connection to the control socket, speaking the JSON-lines protocol directly.

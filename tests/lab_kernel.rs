@@ -8,22 +8,9 @@ use std::process::Command;
 
 use vrouter::lab::{self, Backend, LabOptions};
 
-fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for t in ["ip", "ping", "iperf3", "sysctl"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
-            return Some(format!("{t} not installed"));
-        }
-    }
-    None
-}
-
 /// Why this test cannot run here, if it cannot (a failure unless skipping knowingly).
 fn skip() -> Option<String> {
-    common::unless_allowed_to_skip(cannot_run())
+    common::skip_unless_ready(&["ip", "ping", "iperf3", "sysctl"])
 }
 
 fn namespaces_of(prefix: &str) -> Vec<String> {

@@ -2,29 +2,17 @@
 //! unordered pair moves TCP for 1 s (iperf3), both through vrouter in all three modes (local,
 //! BGP, IPIP); IPIP counters move on node 3; every daemon survives the load and still forwards.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 use vrouter::lab::{self, LabOptions};
 
 #[test]
 fn every_pod_pair_pings_and_moves_tcp() {
-    // SAFETY: geteuid cannot fail.
-    let allow_skip = std::env::var_os("VROUTER_ALLOW_SKIP").is_some();
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(allow_skip, "needs root; set VROUTER_ALLOW_SKIP=1 to skip knowingly");
-        eprintln!("SKIP every_pod_pair: not root");
+    if let Some(why) = common::skip_unless_ready(&["ip", "ping", "iperf3", "sysctl"]) {
+        eprintln!("SKIP every_pod_pair: {why}");
         return;
-    }
-    for t in ["ip", "ping", "iperf3", "sysctl"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
-            assert!(
-                allow_skip,
-                "{t} not installed (scripts/dev.sh installs it); set VROUTER_ALLOW_SKIP=1 to skip knowingly"
-            );
-            eprintln!("SKIP every_pod_pair: {t} not installed");
-            return;
-        }
     }
     let o = LabOptions { vrouter: Some(PathBuf::from(env!("CARGO_BIN_EXE_vrouter"))), ..LabOptions::default() };
     // Dropped at the end of the test, or while unwinding from a failed assertion: torn down.

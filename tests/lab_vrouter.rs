@@ -20,22 +20,9 @@ use vrouter::lab::{self, LabHandle, LabOptions};
 static LAB: OnceLock<Result<LabHandle, String>> = OnceLock::new();
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for t in ["ip", "ping", "iperf3", "tcpdump", "python3", "sysctl", "ss"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {t} >/dev/null")]).status().is_ok_and(|s| s.success()) {
-            return Some(format!("{t} not installed"));
-        }
-    }
-    None
-}
-
 /// Why this test cannot run here, if it cannot (a failure unless skipping knowingly).
 fn skip() -> Option<String> {
-    common::unless_allowed_to_skip(cannot_run())
+    common::skip_unless_ready(&["ip", "ping", "iperf3", "tcpdump", "python3", "sysctl", "ss"])
 }
 
 /// The shared lab, and the turn to use it; `None` when the test must be skipped.

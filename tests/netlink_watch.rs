@@ -4,6 +4,8 @@
 //! defined). "No event" is asserted by adding a marker route and seeing its event come next.
 //! Skipped with a message when not root.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -18,11 +20,6 @@ use vrouter::fib::Ipv4Prefix;
 const TABLE: u32 = 100;
 /// Longest wait for one expected event.
 const WAIT: Duration = Duration::from_secs(5);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn run_ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().expect("ip runs");
@@ -138,12 +135,8 @@ impl Events {
 
 #[test]
 fn follows_table_100_like_bird_programs_it() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-            "needs root; set VROUTER_ALLOW_SKIP=1 to skip knowingly"
-        );
-        eprintln!("SKIPPED follows_table_100_like_bird_programs_it: needs root (network namespaces)");
+    if let Some(why) = common::skip_unless_ready(&["ip"]) {
+        eprintln!("SKIPPED follows_table_100_like_bird_programs_it: {why}");
         return;
     }
     let ns = Ns::new();
@@ -266,12 +259,8 @@ fn follows_table_100_like_bird_programs_it() {
 /// exactly one event per prefix that changed.
 #[test]
 fn overrun_redumps_and_emits_each_difference_once() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
-            "needs root; set VROUTER_ALLOW_SKIP=1 to skip knowingly"
-        );
-        eprintln!("SKIPPED overrun_redumps_and_emits_each_difference_once: needs root (network namespaces)");
+    if let Some(why) = common::skip_unless_ready(&["ip"]) {
+        eprintln!("SKIPPED overrun_redumps_and_emits_each_difference_once: {why}");
         return;
     }
     const ROUTES: u32 = 10_000;

@@ -31,6 +31,22 @@ pub fn unless_allowed_to_skip(why: Option<String>) -> Option<String> {
     Some(why)
 }
 
+/// Why a privileged test cannot run here (not root, or one of `tools` not on PATH), if it cannot.
+pub fn cannot_run(tools: &[&str]) -> Option<String> {
+    if !is_root() {
+        return Some("not root".into());
+    }
+    tools
+        .iter()
+        .find(|t| !sh(&["sh", "-c", &format!("command -v {t} >/dev/null")]).status.success())
+        .map(|t| format!("{t} not installed"))
+}
+
+/// [`cannot_run`], a failure unless skipping knowingly ([`unless_allowed_to_skip`]).
+pub fn skip_unless_ready(tools: &[&str]) -> Option<String> {
+    unless_allowed_to_skip(cannot_run(tools))
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
