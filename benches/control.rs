@@ -16,11 +16,11 @@ use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
 use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
-use vrouter::dataplane::lab::frames;
-use vrouter::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
-use vrouter::fib::Ipv4Prefix;
-use vrouter::neigh::{NeighConfig, NeighTable};
-use vrouter::wire::MacAddr;
+use vrouter_core::dataplane::lab::frames;
+use vrouter_core::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::neigh::{NeighConfig, NeighTable};
+use vrouter_core::wire::MacAddr;
 
 fn control(c: &mut Criterion) {
     let mac = MacAddr([2, 0, 0, 0, 0, 1]);

@@ -38,9 +38,9 @@ case "${1:-}" in
         ;;
     test)
         install_missing
-        cargo test
+        cargo test --workspace
         # Each criterion benchmark once, as a smoke test (figures come from `cargo bench`).
-        cargo test --bench fib --bench acl --bench pipeline --bench control
+        cargo test --workspace --benches
         ;;
     *)
         echo "usage: $0 demo|test" >&2

@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::control::api::{Envelope, Reply, Request, VERSION};
 use crate::control::build::{NhKey, RouteSource};
 use crate::control::config::{EndpointConfig, PeerConfig, DEFAULT_SOCKET};
-use crate::dataplane::IpipMode;
-use crate::fib::Ipv4Prefix;
-use crate::wire::MacAddr;
+use vrouter_core::dataplane::IpipMode;
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::wire::MacAddr;
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -415,11 +415,11 @@ pub fn parse_route_target(t: Option<&str>) -> Result<RouteTarget, String> {
     }
 }
 
-fn read_rules(file: &Path) -> Result<Vec<crate::acl::Rule>, String> {
+fn read_rules(file: &Path) -> Result<Vec<vrouter_core::acl::Rule>, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Rules {
-        rules: Vec<crate::acl::Rule>,
+        rules: Vec<vrouter_core::acl::Rule>,
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let r: Rules = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -645,7 +645,7 @@ pub fn write_pcap(path: &Path, v: &Value) -> Result<usize, String> {
 /// Writes the frames of a capture reply as pcap to `out`.
 pub fn write_pcap_to(out: &mut dyn Write, v: &Value) -> Result<usize, String> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-    let frames: Vec<crate::dataplane::observe::Captured> =
+    let frames: Vec<vrouter_core::dataplane::observe::Captured> =
         serde_json::from_value(v["frames"].clone()).map_err(|e| format!("bad capture reply: {e}"))?;
     let header =
         PcapHeader { snaplen: 65_535, ts_resolution: pcap_file::TsResolution::NanoSecond, ..PcapHeader::default() };
@@ -1044,10 +1044,10 @@ mod tests {
     #[test]
     fn capture_to_stdout_is_a_pcap_stream() {
         assert!(is_stdout(Path::new("-")) && !is_stdout(Path::new("./-")));
-        let f = crate::dataplane::observe::Captured {
+        let f = vrouter_core::dataplane::observe::Captured {
             ts_ns: 5,
             port: 0,
-            point: crate::dataplane::observe::CapturePoint::Tx,
+            point: vrouter_core::dataplane::observe::CapturePoint::Tx,
             orig_len: 64,
             data: vec![1; 64],
         };
@@ -1066,10 +1066,10 @@ mod tests {
     #[test]
     fn pcap_files_are_readable_back() {
         let dir = std::env::temp_dir().join(format!("vr-pcap-{}", std::process::id()));
-        let f = crate::dataplane::observe::Captured {
+        let f = vrouter_core::dataplane::observe::Captured {
             ts_ns: 1_700_000_000_123_456_789,
             port: 2,
-            point: crate::dataplane::observe::CapturePoint::Rx,
+            point: vrouter_core::dataplane::observe::CapturePoint::Rx,
             orig_len: 100,
             data: vec![0xab; 60],
         };

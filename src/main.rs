@@ -156,7 +156,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Demo => Ok(vrouter::dataplane::lab::demo()),
+        Cmd::Demo => in_memory::demo(),
         Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
         Cmd::Bench { what } => bench(what),
         Cmd::Ctl(args) => return vrouter::ctl::run(args),
@@ -212,17 +212,8 @@ fn check_seconds(s: f64) -> Result<f64, String> {
 
 fn bench(what: BenchCmd) -> Result<String, String> {
     match what {
-        BenchCmd::Fib { table, seconds } => {
-            let table = table.or_else(vrouter::fib::table::default_table_path);
-            let r = vrouter::fib::bench::run_fib_bench(table.as_deref(), check_seconds(seconds)?)
-                .map_err(|e| e.to_string())?;
-            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
-        }
-        BenchCmd::Pipeline { table, seconds } => {
-            let r = vrouter::dataplane::bench::run_pipeline_bench(table.as_deref(), check_seconds(seconds)?)
-                .map_err(|e| e.to_string())?;
-            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
-        }
+        BenchCmd::Fib { table, seconds } => in_memory::bench_fib(table, check_seconds(seconds)?),
+        BenchCmd::Pipeline { table, seconds } => in_memory::bench_pipeline(table, check_seconds(seconds)?),
         BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle, gen_cpu, fwd_cpu } => {
             let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
             if let Some(d) = duration {
@@ -272,5 +263,49 @@ mod tests {
             let e = parse_log_filter(bad).unwrap_err();
             assert!(e.contains("error, warn, info, debug, trace"), "{bad}: {e}");
         }
+    }
+}
+
+/// The commands that run the in-memory node and benchmarks of `vrouter-core`'s `testing`
+/// feature (prefix-trie, flate2): in a build with `--features testing` only, so the daemon a
+/// node runs does not link them.
+#[cfg(feature = "testing")]
+mod in_memory {
+    use std::path::PathBuf;
+
+    pub fn demo() -> Result<String, String> {
+        Ok(vrouter_core::dataplane::lab::demo())
+    }
+
+    pub fn bench_fib(table: Option<PathBuf>, seconds: f64) -> Result<String, String> {
+        let table = table.or_else(vrouter_core::fib::table::default_table_path);
+        let r = vrouter_core::fib::bench::run_fib_bench(table.as_deref(), seconds).map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
+    }
+
+    pub fn bench_pipeline(table: Option<PathBuf>, seconds: f64) -> Result<String, String> {
+        let r =
+            vrouter_core::dataplane::bench::run_pipeline_bench(table.as_deref(), seconds).map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(not(feature = "testing"))]
+mod in_memory {
+    use std::path::PathBuf;
+
+    const WHY: &str = "this vrouter was built without the in-memory node and benchmarks; \
+        build it with `cargo build --release --features testing`";
+
+    pub fn demo() -> Result<String, String> {
+        Err(WHY.into())
+    }
+
+    pub fn bench_fib(_: Option<PathBuf>, _: f64) -> Result<String, String> {
+        Err(WHY.into())
+    }
+
+    pub fn bench_pipeline(_: Option<PathBuf>, _: f64) -> Result<String, String> {
+        Err(WHY.into())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use vrouter::stats::DropReason;
+use vrouter_core::stats::DropReason;
 
 #[test]
 fn every_drop_reason_has_one_row_in_docs_drops_md() {

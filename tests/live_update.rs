@@ -14,12 +14,12 @@ use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
 use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
-use vrouter::dataplane::lab::frames;
-use vrouter::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
-use vrouter::fib::Ipv4Prefix;
-use vrouter::neigh::{NeighConfig, NeighTable};
-use vrouter::stats::DropReason;
-use vrouter::wire::MacAddr;
+use vrouter_core::dataplane::lab::frames;
+use vrouter_core::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::neigh::{NeighConfig, NeighTable};
+use vrouter_core::stats::DropReason;
+use vrouter_core::wire::MacAddr;
 
 /// Node `live` with peer n2 (192.168.1.20), pods a (10.244.1.2) and b (10.244.1.3), static
 /// neighbours for n2 and two gateways (.30, .31), and for the churned routes 192.168.1.100..=139

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vrouter::control::netlink::{spawn_watcher, KernelNextHop, KernelPath, KernelRoute, RouteEvent, WatchConfig};
-use vrouter::fib::Ipv4Prefix;
+use vrouter_core::fib::Ipv4Prefix;
 
 const TABLE: u32 = 100;
 /// Longest wait for one expected event.

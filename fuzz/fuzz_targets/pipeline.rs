@@ -2,5 +2,5 @@
 //! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run pipeline -- -max_total_time=300`
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vrouter::dataplane::lab::fuzz_pipeline(data);
+    vrouter_core::dataplane::lab::fuzz_pipeline(data);
 });

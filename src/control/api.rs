@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::build::NhKey;
 use super::config::{EndpointConfig, PeerConfig};
-use crate::acl::Rule;
-use crate::fib::Ipv4Prefix;
+use vrouter_core::acl::Rule;
+use vrouter_core::fib::Ipv4Prefix;
 
 pub const VERSION: u32 = 1;
 /// Largest request line (a whole config for `apply` fits comfortably).

@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
-use crate::dataplane::PortId;
-use crate::fib::Ipv4Prefix;
-use crate::wire::MacAddr;
+use vrouter_core::dataplane::PortId;
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::wire::MacAddr;
 
 /// The MAC vrouter uses on every pod port, as Calico does on its host-side veths.
 pub const POD_PORT_MAC: MacAddr = MacAddr([0xee; 6]);
@@ -192,7 +192,7 @@ mod tests {
         let r = config_routes(&cfg, slots);
         assert_eq!(nh(&r, "10.244.2.0/26"), NhKey::Gateway(a("192.168.2.21")));
         // Always encapsulates even on-link, to the peer itself.
-        cfg.node.ipip_mode = crate::dataplane::IpipMode::Always;
+        cfg.node.ipip_mode = vrouter_core::dataplane::IpipMode::Always;
         let r = config_routes(&cfg, slots);
         assert_eq!(nh(&r, "10.244.2.0/26"), NhKey::Tunnel { remote: a("192.168.2.21"), via: a("192.168.2.21") });
     }

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{PolicyConfig, Rule};
-use crate::dataplane::state::IpipMode;
-use crate::fib::Ipv4Prefix;
-use crate::wire::MacAddr;
+use vrouter_core::acl::{PolicyConfig, Rule};
+use vrouter_core::dataplane::state::IpipMode;
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::wire::MacAddr;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,10 +59,10 @@ pub struct NeighTableConfig {
 }
 
 fn default_neigh_capacity() -> usize {
-    crate::neigh::NeighConfig::default().capacity
+    vrouter_core::neigh::NeighConfig::default().capacity
 }
 fn default_unresolved_per_source() -> usize {
-    crate::neigh::NeighConfig::default().unresolved_per_source
+    vrouter_core::neigh::NeighConfig::default().unresolved_per_source
 }
 
 impl Default for NeighTableConfig {
@@ -72,8 +72,8 @@ impl Default for NeighTableConfig {
 }
 
 impl NeighTableConfig {
-    pub fn table_config(&self) -> crate::neigh::NeighConfig {
-        crate::neigh::NeighConfig {
+    pub fn table_config(&self) -> vrouter_core::neigh::NeighConfig {
+        vrouter_core::neigh::NeighConfig {
             capacity: self.capacity,
             unresolved_per_source: self.unresolved_per_source,
             ..Default::default()
@@ -306,22 +306,22 @@ pub enum HostPodPolicy {
 }
 
 fn default_icmp_rate() -> u32 {
-    crate::dataplane::WorkerConfig::default().icmp_rate_per_sec
+    vrouter_core::dataplane::WorkerConfig::default().icmp_rate_per_sec
 }
 fn default_icmp_burst() -> u32 {
-    crate::dataplane::WorkerConfig::default().icmp_burst
+    vrouter_core::dataplane::WorkerConfig::default().icmp_burst
 }
 fn default_icmp_rate_per_dest() -> u32 {
-    crate::dataplane::WorkerConfig::default().icmp_rate_per_dest
+    vrouter_core::dataplane::WorkerConfig::default().icmp_rate_per_dest
 }
 fn default_icmp_burst_per_dest() -> u32 {
-    crate::dataplane::WorkerConfig::default().icmp_burst_per_dest
+    vrouter_core::dataplane::WorkerConfig::default().icmp_burst_per_dest
 }
 
 impl WorkersConfig {
     /// The pipeline settings this section gives (the rest at their defaults).
-    pub fn pipeline(&self) -> crate::dataplane::WorkerConfig {
-        crate::dataplane::WorkerConfig {
+    pub fn pipeline(&self) -> vrouter_core::dataplane::WorkerConfig {
+        vrouter_core::dataplane::WorkerConfig {
             icmp_rate_per_sec: self.icmp_rate,
             icmp_burst: self.icmp_burst,
             icmp_rate_per_dest: self.icmp_rate_per_dest,
@@ -431,19 +431,6 @@ pub enum ConfigError {
     Parse { file: PathBuf, msg: String },
     #[error("{file}: {field}: {msg}")]
     Invalid { file: PathBuf, field: String, msg: String },
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl Config {
@@ -664,7 +651,7 @@ impl Config {
             return err("control.socket", "a Unix socket path must be shorter than 108 bytes".into());
         }
         // Policy rules compile now so that errors surface at check time.
-        crate::acl::PolicySet::compile(&self.policy_config(), 0)
+        vrouter_core::acl::PolicySet::compile(&self.policy_config(), 0)
             .map_err(|e| ("policies".to_string(), e.to_string()))?;
         Ok(())
     }
@@ -722,7 +709,7 @@ impl Config {
             endpoints: self
                 .endpoints
                 .iter()
-                .map(|e| crate::acl::EndpointPolicy { ingress: e.ingress.clone(), egress: e.egress.clone() })
+                .map(|e| vrouter_core::acl::EndpointPolicy { ingress: e.ingress.clone(), egress: e.egress.clone() })
                 .collect(),
         }
     }
@@ -776,7 +763,7 @@ pod_block = "10.244.1.0/26"
     fn icmp_rate_limits_and_rpf_mode_are_configurable() {
         let c = parse(NODE).unwrap();
         assert_eq!(c.node.ipip_rpf, RpfMode::Strict);
-        let d = crate::dataplane::WorkerConfig::default();
+        let d = vrouter_core::dataplane::WorkerConfig::default();
         let p = c.workers.pipeline();
         assert_eq!((p.icmp_rate_per_sec, p.icmp_burst), (d.icmp_rate_per_sec, d.icmp_burst));
         assert_eq!((p.icmp_rate_per_dest, p.icmp_burst_per_dest), (d.icmp_rate_per_dest, d.icmp_burst_per_dest));

@@ -19,16 +19,16 @@ use super::config::{Config, ConfigError, EndpointConfig};
 use super::node::{Node, NodeError, PortIo};
 use super::server::{self, Control};
 use super::status::{LinkState, NodeStatus, UplinkInfo};
-use crate::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
-use crate::fib::Ipv4Prefix;
-use crate::neigh::NeighTable;
 use crate::port::afxdp::{self, XskPort};
 use crate::port::tap::{PodSetup, TapPort};
 use crate::port::xdp;
 use crate::repeat::{Hit, Repeated};
-use crate::stats::{Counters, DropReason};
-use crate::wire::MacAddr;
 use crate::worker::{PortSet, TxTarget, WorkerRt};
+use vrouter_core::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::neigh::NeighTable;
+use vrouter_core::stats::{Counters, DropReason};
+use vrouter_core::wire::MacAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -66,7 +66,7 @@ pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>])
     use std::sync::atomic::Ordering::Relaxed;
     let mut ports = serde_json::Map::new();
     for (i, name) in port_names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
-        let t: crate::stats::counters::PortStats = counters.iter().map(|c| c.port(i)).sum();
+        let t: vrouter_core::stats::counters::PortStats = counters.iter().map(|c| c.port(i)).sum();
         ports.insert(name.clone(), serde_json::to_value(t).expect("plain struct"));
     }
     let mut drops = BTreeMap::new();

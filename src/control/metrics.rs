@@ -59,8 +59,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::stats::counters::PortStats;
-use crate::stats::{Counters, DropReason};
+use vrouter_core::stats::counters::PortStats;
+use vrouter_core::stats::{Counters, DropReason};
 
 /// The `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

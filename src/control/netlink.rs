@@ -51,8 +51,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tracing::{debug, error, warn};
 
-use crate::fib::Ipv4Prefix;
 use crate::repeat::{Hit, Repeated};
+use vrouter_core::fib::Ipv4Prefix;
 
 /// One kernel route's next hop(s), as the kernel reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1022,12 +1022,12 @@ mod tests {
     #[ignore = "measures the process's RSS: run alone (see the doc comment)"]
     fn kernel_route_memory_per_100k_routes() {
         use crate::control::node::{NoIo, Node};
-        use crate::neigh::{NeighConfig, NeighTable};
+        use vrouter_core::neigh::{NeighConfig, NeighTable};
         let n: u32 = std::env::var("VR_ROUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
         let text = format!("{}[kernel_routes]\ntable = 254\n", crate::control::fixtures::node_toml("m"));
         let cfg = crate::control::config::Config::parse(&text, std::path::Path::new("m.toml")).unwrap();
-        let mac = crate::wire::MacAddr([2, 0, 0, 0, 0, 1]);
-        let (shared, fib) = crate::dataplane::Shared::new(
+        let mac = vrouter_core::wire::MacAddr([2, 0, 0, 0, 0, 1]);
+        let (shared, fib) = vrouter_core::dataplane::Shared::new(
             Node::empty_snapshot(&cfg, mac),
             NeighTable::new(NeighConfig::default()).unwrap(),
         );

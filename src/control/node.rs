@@ -11,7 +11,7 @@
 //!
 //! ## Make before break
 //! Every change is published in an order in which each intermediate state is one the workers
-//! can forward with correctly ([`crate::dataplane::quiesce`] gives the grace periods):
+//! can forward with correctly ([`vrouter_core::dataplane::quiesce`] gives the grace periods):
 //! 0. check that every new port can be created (the pod's namespace exists ...);
 //! 1. create new pods' TAPs (fallible: on error everything created is removed, nothing is
 //!    published). A pod that replaces a running one under the same names (TAP, interface in
@@ -38,11 +38,11 @@ use serde::Serialize;
 use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
 use super::config::{Config, EndpointConfig, RpfMode};
 use super::netlink::KernelNextHop;
-use crate::acl::{EndpointPolicy, PolicyConfig, PolicySet};
-use crate::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
-use crate::dataplane::{PortId, Shared, MAX_PORTS};
-use crate::fib::{FibWriter, Ipv4Prefix, NhId};
-use crate::wire::MacAddr;
+use vrouter_core::acl::{EndpointPolicy, PolicyConfig, PolicySet};
+use vrouter_core::dataplane::state::{Endpoint, NextHop, PortInfo, PortKind, Snapshot};
+use vrouter_core::dataplane::{PortId, Shared, MAX_PORTS};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId};
+use vrouter_core::wire::MacAddr;
 
 /// Creates and removes pods' ports on behalf of the node (TAPs in the daemon, nothing in tests).
 pub trait PortIo: Send {
@@ -304,7 +304,7 @@ pub struct Node {
     /// change is on its way).
     extra_peers: Vec<u32>,
     /// Policies of the previous config still needed by leaving pods.
-    extra_policies: BTreeMap<String, Vec<crate::acl::Rule>>,
+    extra_policies: BTreeMap<String, Vec<vrouter_core::acl::Rule>>,
     policy: Arc<PolicySet>,
     policy_cfg: PolicyConfig,
     policy_generation: u64,
@@ -1206,8 +1206,8 @@ mod tests {
     use super::*;
     use crate::control::config::Config;
     use crate::control::fixtures;
-    use crate::neigh::{NeighConfig, NeighTable};
     use std::path::Path;
+    use vrouter_core::neigh::{NeighConfig, NeighTable};
 
     fn cfg(extra: &str) -> Config {
         let text = format!("{}{}{extra}", fixtures::node_toml("n1"), fixtures::peer_toml("n2", 20, 2));

@@ -3,7 +3,7 @@
 //!
 //! Forwarding never waits for it: requests run on the socket's own threads and reach the
 //! workers only through [`super::node::Node`] (snapshots, FIB updates, grace periods) and
-//! [`crate::dataplane::observe`]. A client is checked by its peer credentials (root, the
+//! [`vrouter_core::dataplane::observe`]. A client is checked by its peer credentials (root, the
 //! daemon's own user, or a member of the configured group), may keep at most one request in
 //! flight, is cut off when a request has not arrived whole within [`api::REQUEST_TIMEOUT_MS`]
 //! (however slowly it trickles in) or is over [`api::MAX_REQUEST`] bytes, and at most
@@ -27,9 +27,9 @@ use serde_json::{json, Value};
 use super::api::{self, Reply, Request};
 use super::config::Config;
 use super::node::{Node, NodeError};
-use crate::dataplane::observe::{CaptureSpec, Captured, TraceRecord};
-use crate::dataplane::{PortId, Shared};
-use crate::stats::{Counters, DropReason};
+use vrouter_core::dataplane::observe::{CaptureSpec, Captured, TraceRecord};
+use vrouter_core::dataplane::{PortId, Shared};
+use vrouter_core::stats::{Counters, DropReason};
 
 /// Clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 16;
@@ -285,14 +285,14 @@ impl Control {
                     .enumerate()
                     .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
                     .map(|(i, p)| {
-                        let st: crate::stats::counters::PortStats = self.counters.iter().map(|c| c.port(i)).sum();
+                        let st: vrouter_core::stats::counters::PortStats = self.counters.iter().map(|c| c.port(i)).sum();
                         let endpoint = snap
                             .port_endpoint
                             .get(i)
                             .copied()
                             .flatten()
                             .map(|e| snap.endpoints[e as usize].name.clone());
-                        let uplink = p.kind == crate::dataplane::state::PortKind::Uplink;
+                        let uplink = p.kind == vrouter_core::dataplane::state::PortKind::Uplink;
                         let mut v = json!({"id": i, "name": p.name, "kind": p.kind, "mac": p.mac.to_string(), "mtu": p.mtu,
                                "endpoint": endpoint, "stats": st, "link": self.status.port_link(i, uplink).name()});
                         if let (true, Some(u)) = (uplink, self.status.uplink.get()) {
@@ -310,7 +310,7 @@ impl Control {
                     .entries()
                     .iter()
                     .map(|e| {
-                        json!({"ip": ipstr(e.ip), "mac": e.mac.map(|m| crate::wire::MacAddr(m).to_string()),
+                        json!({"ip": ipstr(e.ip), "mac": e.mac.map(|m| vrouter_core::wire::MacAddr(m).to_string()),
                                "state": format!("{:?}", e.state).to_lowercase(), "probes": e.probes})
                     })
                     .collect();
@@ -320,7 +320,8 @@ impl Control {
                 let neigh = &self.shared.neigh;
                 if let Some(a) = ip {
                     let at = u32::from(a);
-                    if neigh.entries().iter().any(|e| e.ip == at && e.state == crate::neigh::NeighState::Static) {
+                    if neigh.entries().iter().any(|e| e.ip == at && e.state == vrouter_core::neigh::NeighState::Static)
+                    {
                         return Err(format!(
                             "{a} is a static neighbour from the config: remove it from [[neighbours]] and apply"
                         ));
@@ -946,9 +947,9 @@ mod tests {
     use crate::control::build::NhKey;
     use crate::control::fixtures;
     use crate::control::node::NoIo;
-    use crate::neigh::{NeighConfig, NeighTable};
-    use crate::wire::MacAddr;
     use std::io::{BufRead, BufReader};
+    use vrouter_core::neigh::{NeighConfig, NeighTable};
+    use vrouter_core::wire::MacAddr;
 
     /// A control socket over an in-memory node (no workers, no root), served until dropped.
     pub(crate) struct TestServer {
@@ -976,7 +977,7 @@ mod tests {
         let node = Node::new(c, mac, shared, fib, Box::new(NoIo)).unwrap();
         Arc::new(Control::new(
             node,
-            vec![Arc::new(Counters::new(crate::dataplane::MAX_PORTS))],
+            vec![Arc::new(Counters::new(vrouter_core::dataplane::MAX_PORTS))],
             None,
             Instant::now(),
             Arc::new(crate::control::status::NodeStatus::new(Default::default())),
@@ -1056,7 +1057,7 @@ mod tests {
     #[test]
     fn a_client_receiving_a_large_reply_is_not_evicted_as_idle() {
         use crate::control::build::RouteSource;
-        use crate::fib::Ipv4Prefix;
+        use vrouter_core::fib::Ipv4Prefix;
         // A reply of some MB, far more than the socket buffers hold: writing it waits for the
         // client to read.
         const ROUTES: u32 = 30_000;

@@ -381,12 +381,12 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
             p.clone()
         }
         None => {
-            let mut p = format!("vrl{:04x}", rand::random::<u16>());
+            let mut p = format!("vrl{:04x}", vrouter_core::random_seed() as u16);
             for _ in 0..16 {
                 if !taken(&p) {
                     break;
                 }
-                p = format!("vrl{:04x}", rand::random::<u16>());
+                p = format!("vrl{:04x}", vrouter_core::random_seed() as u16);
             }
             if taken(&p) {
                 return Err(LabError::Exists(p));

@@ -110,9 +110,9 @@ impl Topo {
             )));
         }
         let existing = sys::netns_list()?;
-        let mut prefix = format!("vrpf{:04x}", rand::random::<u16>());
+        let mut prefix = format!("vrpf{:04x}", vrouter_core::random_seed() as u16);
         while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
-            prefix = format!("vrpf{:04x}", rand::random::<u16>());
+            prefix = format!("vrpf{:04x}", vrouter_core::random_seed() as u16);
         }
         let dir = root.join(&prefix);
         std::fs::create_dir_all(&dir)

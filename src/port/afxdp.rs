@@ -22,7 +22,7 @@ use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, So
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::control::config::XdpMode;
-use crate::dataplane::{Frame, PortId};
+use vrouter_core::dataplane::{Frame, PortId};
 
 pub const FRAME_SIZE: usize = 2048;
 const FRAMES: u32 = 4096;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tun_tap::{Iface, Mode};
 
-use crate::dataplane::{PacketBuf, PortId, HEADROOM};
-use crate::stats::DropReason;
+use vrouter_core::dataplane::{PacketBuf, PortId, HEADROOM};
+use vrouter_core::stats::DropReason;
 
 /// Runs `ip ARGS`, turning a failure into an error that shows the command and its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {

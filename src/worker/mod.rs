@@ -17,10 +17,10 @@ use arc_swap::ArcSwap;
 
 use crate::control::config::IdleMode;
 use crate::control::status::LinkState;
-use crate::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
 use crate::port::afxdp::{XskFrame, XskPort};
 use crate::port::tap::TapPort;
-use crate::stats::{Counters, DropReason};
+use vrouter_core::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
+use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
 pub const BURST: usize = 256;
@@ -271,7 +271,7 @@ mod tests {
         send_to(&targets, &mut None, true, &counters, 1, &frame);
         assert_eq!(counters.drops(DropReason::TxLinkDown), 1);
         assert_eq!(counters.drops(DropReason::TxFull), 1);
-        assert_eq!(counters.port(0), crate::stats::counters::PortStats::default(), "uplink: lost, not sent");
-        assert_eq!(counters.port(1), crate::stats::counters::PortStats::default(), "no port: lost, not sent");
+        assert_eq!(counters.port(0), vrouter_core::stats::counters::PortStats::default(), "uplink: lost, not sent");
+        assert_eq!(counters.port(1), vrouter_core::stats::counters::PortStats::default(), "no port: lost, not sent");
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use vrouter::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
 
 struct Pool {
     routes: Vec<Ipv4Prefix>,

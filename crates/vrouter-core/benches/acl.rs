@@ -13,11 +13,11 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use vrouter::acl::{
+use vrouter_core::acl::{
     Action, ConnTrack, CtTimeouts, Direction, EndpointPolicy, FlowKey, Fragment, PolicyConfig, PolicySet, PortRange,
     Rule, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
-use vrouter::fib::Ipv4Prefix;
+use vrouter_core::fib::Ipv4Prefix;
 
 const NKEYS: usize = 4096;
 
@@ -136,7 +136,7 @@ fn bench_evaluate(c: &mut Criterion) {
         let hits: Vec<u32> = keys
             .iter()
             .filter_map(|k| match ps.evaluate(Some(0), Direction::Ingress, k).source {
-                vrouter::acl::HitSource::Policy { rule, .. } => Some(rule),
+                vrouter_core::acl::HitSource::Policy { rule, .. } => Some(rule),
                 _ => None,
             })
             .collect();

@@ -2,8 +2,8 @@
 //! build): `cargo test --release --test fib_bench_report -- --ignored --nocapture`.
 //! `FIB_BENCH_SECONDS` sets the seconds per phase (default 3).
 
-use vrouter::fib::bench::run_fib_bench;
-use vrouter::fib::table::default_table_path;
+use vrouter_core::fib::bench::run_fib_bench;
+use vrouter_core::fib::table::default_table_path;
 
 #[test]
 #[ignore = "benchmark; run explicitly in release"]

@@ -18,8 +18,10 @@
 //! from the out-of-order core plus a top-entry prefetch 16 keys ahead (a staged, interleaved
 //! variant was measured slower; see `trie.rs`).
 
+#[cfg(feature = "testing")]
 pub mod bench;
 pub mod prefix;
+#[cfg(feature = "testing")]
 pub mod table;
 mod trie;
 mod writer;

@@ -9,8 +9,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use vrouter::fib::table::{default_table_path, load_table_file, synthetic_table, FULL_TABLE_PREFIXES};
-use vrouter::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use vrouter_core::fib::table::{default_table_path, load_table_file, synthetic_table, FULL_TABLE_PREFIXES};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
 
 const BATCH: usize = 64;
 const KEYS: usize = 1 << 22;

@@ -5,8 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use vrouter::dataplane::lab::{self, frames, Lab, LabOptions};
-use vrouter::dataplane::PacketBuf;
+use vrouter_core::dataplane::lab::{self, frames, Lab, LabOptions};
+use vrouter_core::dataplane::PacketBuf;
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);

@@ -65,7 +65,10 @@ impl DestBuckets {
     /// `slots` buckets (rounded up to a power of two, at least 1) of `rate_per_sec` and `burst`.
     pub fn new(slots: usize, rate_per_sec: u32, burst: u32) -> Self {
         let n = slots.max(1).next_power_of_two();
-        DestBuckets { buckets: vec![TokenBucket::new(rate_per_sec, burst); n].into_boxed_slice(), seed: rand::random() }
+        DestBuckets {
+            buckets: vec![TokenBucket::new(rate_per_sec, burst); n].into_boxed_slice(),
+            seed: crate::random_seed() as u32,
+        }
     }
 
     /// Takes one token from `dst`'s bucket if it has one.

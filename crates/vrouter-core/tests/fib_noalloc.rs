@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use vrouter::fib::{FibWriter, Ipv4Prefix, NhId};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);

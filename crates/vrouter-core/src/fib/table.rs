@@ -130,13 +130,15 @@ pub fn synthetic_table(n: usize, seed: u64) -> Vec<Ipv4Prefix> {
     out
 }
 
-/// `../shared/data/ipv4-full-table.txt.gz` relative to the crate root or the current
-/// directory, if it exists.
+/// `../shared/data/ipv4-full-table.txt.gz` relative to the workspace root (or any directory
+/// above this crate) or to the current directory, if it exists.
 pub fn default_table_path() -> Option<PathBuf> {
     let rel = Path::new("../shared/data/ipv4-full-table.txt.gz");
-    [Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))), std::env::current_dir().ok()]
-        .into_iter()
-        .flatten()
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .map(Path::to_path_buf)
+        .chain(std::env::current_dir().ok())
         .map(|d| d.join(rel))
         .find(|p| p.is_file())
 }

@@ -1,7 +1,9 @@
 //! The forwarding pipeline over a batch of frames, and the state it forwards with.
 
+#[cfg(feature = "testing")]
 pub mod bench;
 pub mod frag;
+#[cfg(feature = "testing")]
 pub mod lab;
 pub mod observe;
 pub mod output;

@@ -2,7 +2,7 @@
 //! table (or a synthetic one with the same length distribution when the file is absent).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vrouter::dataplane::bench::{load_prefixes, Kind, Scenario, BATCH};
+use vrouter_core::dataplane::bench::{load_prefixes, Kind, Scenario, BATCH};
 
 fn pipeline(c: &mut Criterion) {
     let (prefixes, name) = load_prefixes(None).expect("table loads");

@@ -5,8 +5,8 @@
 use prefix_trie::PrefixMap;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use vrouter::fib::table::{default_table_path, load_table_file, synthetic_table};
-use vrouter::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
+use vrouter_core::fib::table::{default_table_path, load_table_file, synthetic_table};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId, NH_NONE};
 
 fn reference_lpm(m: &PrefixMap<(u32, u8), NhId>, a: u32) -> NhId {
     m.get_lpm(&(a, 32)).map_or(NH_NONE, |(_, &nh)| nh)

@@ -2,7 +2,7 @@
 //! binary because any long-pinned thread in the process (another test) delays grace periods.
 
 use crossbeam_epoch as epoch;
-use vrouter::fib::{FibWriter, Ipv4Prefix, NhId};
+use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId};
 
 #[test]
 fn replaced_block_space_is_reused_after_grace_period() {

@@ -283,7 +283,7 @@ impl ConnTrack {
             mask: nslots - 1,
             capacity: n,
             len: 0,
-            seed: rand::random(),
+            seed: crate::random_seed(),
             timeouts,
             sweep: 0,
             per_endpoint: vec![0; EndpointId::MAX as usize + 1].into_boxed_slice(),

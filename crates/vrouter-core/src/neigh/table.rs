@@ -365,7 +365,7 @@ impl NeighTable {
             live: AtomicUsize::new(0),
             cfg,
             by_source: (0..SOURCE_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
-            source_mul: rand::random::<u32>() | 1,
+            source_mul: crate::random_seed() as u32 | 1,
             hand: AtomicUsize::new(0),
             next_expire_ms: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
