@@ -29,15 +29,11 @@ pub use rule::{EndpointPolicy, PolicyConfig, PortRange, Rule, RuleError};
 /// Index of a local endpoint (pod interface): its position in [`PolicyConfig::endpoints`].
 pub type EndpointId = u16;
 
-/// IP protocol numbers the policy layer knows by name.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_SCTP: u8 = 132;
+/// IP protocol numbers the policy layer knows by name (defined once, in `wire`).
+pub use crate::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// ICMP echo request and reply types (RFC 792).
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub use crate::wire::icmp::{ECHO_REPLY as ICMP_ECHO_REPLY, ECHO_REQUEST as ICMP_ECHO_REQUEST};
 
 /// The verdict of a rule (or of a default).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1311,6 +1311,45 @@ mod policy {
         frames::tcp(lab::POD_B_MAC, lab::POD_B_PORT_MAC, lab::POD_B_IP, lab::POD_A_IP, sport, 40000, syn, ack)
     }
 
+    /// Pod B accepts SCTP to port 3868 (Diameter) from anyone, nothing else (default deny).
+    fn sctp_policy() -> Arc<PolicySet> {
+        let mut diameter = Rule::any(crate::acl::Action::Allow);
+        diameter.protocol = Some(crate::acl::PROTO_SCTP);
+        diameter.dst_ports = vec![PortRange::single(3868)];
+        let cfg = PolicyConfig {
+            global: vec![],
+            policies: BTreeMap::from([("diameter".to_string(), vec![diameter])]),
+            endpoints: vec![
+                EndpointPolicy::default(),
+                EndpointPolicy { ingress: vec!["diameter".into()], egress: vec![] },
+            ],
+        };
+        Arc::new(PolicySet::compile(&cfg, 1).unwrap())
+    }
+
+    fn a_to_b_sctp(dport: u16) -> Vec<u8> {
+        let mut sctp = [0u8; 28]; // common header + an empty DATA-sized chunk area
+        sctp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        sctp[2..4].copy_from_slice(&dport.to_be_bytes());
+        let b = etherparse::PacketBuilder::ethernet2(lab::POD_A_MAC.0, lab::POD_A_PORT_MAC.0).ipv4(
+            lab::POD_A_IP.to_be_bytes(),
+            lab::POD_B_IP.to_be_bytes(),
+            64,
+        );
+        let mut v = Vec::new();
+        b.write(&mut v, etherparse::IpNumber(crate::acl::PROTO_SCTP), &sctp).unwrap();
+        v
+    }
+
+    #[test]
+    fn sctp_to_an_allowed_port_passes_and_to_another_is_denied() {
+        let mut lab = Lab::new(LabOptions { policy: sctp_policy(), ..Default::default() });
+        assert_eq!(run1(&mut lab, a_to_b_sctp(3868), lab::POD_A).len(), 1, "SCTP to the allowed port");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
+        assert!(run1(&mut lab, a_to_b_sctp(3869), lab::POD_A).is_empty(), "SCTP to another port");
+        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+    }
+
     #[test]
     fn allowed_connection_and_its_replies_pass_while_others_are_denied() {
         let mut lab = Lab::new(LabOptions { policy: policy(1, true), ..Default::default() });

@@ -1,7 +1,8 @@
-//! The few transport-layer fields a router reads: ports, TCP flags, ICMP type/code/id.
+//! The few transport-layer fields a router reads: ports (TCP, UDP, SCTP), TCP flags, ICMP
+//! type/code/id.
 
 use super::icmp;
-use super::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// Minimum transport header needed to read what policy matches on. RFC 1858 (tiny fragment
 /// attacks): a first fragment too short to carry these cannot be classified and is dropped.
@@ -9,6 +10,8 @@ pub const fn min_header(proto: u8) -> usize {
     match proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
+        // The common header (RFC 9260 section 3.1): ports, verification tag, checksum.
+        PROTO_SCTP => 12,
         PROTO_ICMP => 8,
         _ => 0,
     }
@@ -30,7 +33,7 @@ pub fn parse(proto: u8, l4: &[u8]) -> Option<L4Fields> {
         return None;
     }
     Some(match proto {
-        PROTO_TCP | PROTO_UDP => L4Fields {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => L4Fields {
             sport: u16::from_be_bytes([l4[0], l4[1]]),
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             tcp_flags: if proto == PROTO_TCP { l4[13] } else { 0 },
@@ -62,6 +65,16 @@ mod tests {
         t[13] = 0x12;
         assert_eq!(parse(PROTO_TCP, &t), Some(L4Fields { sport: 50000, dport: 80, tcp_flags: 0x12 }));
         assert_eq!(parse(PROTO_TCP, &t[..19]), None);
+    }
+
+    #[test]
+    fn sctp_ports() {
+        // sport 3868 dport 2905, verification tag, checksum (RFC 9260 section 3.1)
+        let mut h = [0u8; 12];
+        h[0..2].copy_from_slice(&3868u16.to_be_bytes());
+        h[2..4].copy_from_slice(&2905u16.to_be_bytes());
+        assert_eq!(parse(PROTO_SCTP, &h), Some(L4Fields { sport: 3868, dport: 2905, tcp_flags: 0 }));
+        assert_eq!(parse(PROTO_SCTP, &h[..11]), None, "a common header cut short");
     }
 
     #[test]
