@@ -30,9 +30,9 @@
 //!
 //! ```no_run
 //! # use std::sync::{atomic::AtomicBool, Arc, Mutex};
-//! # use vrouter::{control::metrics::{self, Extra}, stats::Counters};
 //! # use vrouter::control::metrics::{self, Extra};
 //! # use vrouter_core::stats::Counters;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (stop, started) = (Arc::new(AtomicBool::new(false)), std::time::Instant::now());
 //! # let (counters, port_names) = (vec![Arc::new(Counters::new(64))], vec!["eth0".to_string()]);
 //! # let (routes, generation) = (12, 1);
