@@ -2,7 +2,8 @@
 # vrouter developer entry point. Usage:
 #   scripts/dev.sh demo    install what is missing, build vrouter and vrouterctl, run the
 #                          namespace lab demo (root)
-#   scripts/dev.sh test    install what is missing, run the whole test suite (what CI runs)
+#   scripts/dev.sh test    install what is missing, check formatting and lints, run the whole
+#                          test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,14 @@ install_missing() {
     fi
 }
 
+# rustfmt and clippy come with rustup's default profile; a minimal profile lacks them.
+install_lint_tools() {
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || { echo "cargo fmt/clippy missing and no rustup to add them" >&2; exit 1; }
+        rustup component add rustfmt clippy
+    fi
+}
+
 case "${1:-}" in
     demo)
         install_missing
@@ -38,6 +47,9 @@ case "${1:-}" in
         ;;
     test)
         install_missing
+        install_lint_tools
+        cargo fmt --all --check
+        cargo clippy --workspace --all-targets -- -D warnings
         cargo test --workspace
         # Each criterion benchmark once, as a smoke test (figures come from `cargo bench`).
         cargo test --workspace --benches

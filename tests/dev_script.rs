@@ -30,3 +30,13 @@ fn dev_sh_demo_builds_vrouterctl_too() {
     let demo = &demo[..demo.find(";;").unwrap()];
     assert!(demo.contains("--bin vrouter ") && demo.contains("--bin vrouterctl"), "{demo}");
 }
+
+#[test]
+fn dev_sh_test_checks_format_and_lints_before_the_suite() {
+    let s = script();
+    let test = &s[s.find("    test)").expect("a test case")..];
+    let test = &test[..test.find(";;").unwrap()];
+    let at = |what: &str| test.find(what).unwrap_or_else(|| panic!("`{what}` missing from:\n{test}"));
+    assert!(at("cargo fmt --all --check") < at("cargo test --workspace"));
+    assert!(at("cargo clippy --workspace --all-targets -- -D warnings") < at("cargo test --workspace"));
+}

@@ -1,7 +1,7 @@
 //! The daemon end to end in network namespaces (root only): one node with an AF_XDP uplink
 //! (veth), a pod on a TAP, and a peer router on the far side of the uplink.
 //! Checks forwarding both ways, counters, a clean stop that leaves nothing behind, and an
-//! immediate restart. Skipped with a message when not root.
+//! immediate restart. Not root: a failure, unless skipping knowingly (tests/common).
 
 mod common;
 
@@ -12,8 +12,7 @@ use common::{is_root, sh, Topo, DEFAULT_ROUTE};
 
 #[test]
 fn node_forwards_through_af_xdp_and_tap_and_stops_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, TAP, AF_XDP)");
+    if !common::root_or_skip("network namespaces, TAP, AF_XDP") {
         return;
     }
     let t = Topo::routed("vrd", &["pod"]);
@@ -65,8 +64,7 @@ fn bad_config_is_refused_with_file_and_field() {
 
 #[test]
 fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, AF_XDP)");
+    if !common::root_or_skip("network namespaces, AF_XDP") {
         return;
     }
     let t = Topo::namespaces("vrq", 2, &[]);

@@ -20,15 +20,21 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// `why` a test cannot run here, passed through only when `VROUTER_ALLOW_SKIP` is set by
-/// someone who knows they are skipping it; otherwise a failure (CI runs as root with every tool
-/// installed, and a test that did not run must not pass).
+/// someone who knows they are skipping it, and never under CI (`CI` set: CI runs as root with
+/// every tool installed, and a test that did not run must not pass); otherwise a failure.
 pub fn unless_allowed_to_skip(why: Option<String>) -> Option<String> {
     let why = why?;
+    assert!(std::env::var_os("CI").is_none(), "cannot run under CI: {why}");
     assert!(
         std::env::var_os("VROUTER_ALLOW_SKIP").is_some(),
         "cannot run: {why} (set VROUTER_ALLOW_SKIP=1 to skip knowingly)"
     );
     Some(why)
+}
+
+/// Root, or a failure with the reason (see [`unless_allowed_to_skip`]); `false`: skip knowingly.
+pub fn root_or_skip(what: &str) -> bool {
+    unless_allowed_to_skip((!is_root()).then(|| format!("needs root ({what})"))).is_none()
 }
 
 /// Why a privileged test cannot run here (not root, or one of `tools` not on PATH), if it cannot.
