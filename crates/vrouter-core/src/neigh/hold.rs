@@ -17,9 +17,12 @@
 //! packet (a TCP SYN) out, and no queue grows at the cost of a shorter one. Pushed-out frames
 //! are counted by the caller ([`HoldQueue::take_pushed_out`]).
 //!
-//! Only the worker that receives an ARP reply releases its own queue. Others learn of the
-//! resolution by re-looking up [`HoldQueue::neighbours`] periodically (which also drives the
-//! table's request retransmissions), then calling [`HoldQueue::release`].
+//! The worker that receives an ARP reply releases that neighbour's frames at once. Every
+//! worker also keeps the list of next hops it holds frames for and re-looks them up in the
+//! shared table from its timers (at most once a millisecond, `dataplane::pipeline`'s
+//! `service`): resolved by another worker -> [`HoldQueue::release`]; still unresolved -> the
+//! table may ask for a retransmitted request; failed -> ICMP host unreachable for what is held
+//! and [`HoldQueue::drop_neighbour`].
 
 use crate::stats::DropReason;
 
@@ -120,9 +123,10 @@ impl HoldQueue {
         self.find(next_hop).map_or(0, |q| self.queues[q].len as usize)
     }
 
-    /// Next hops with frames waiting, in no particular order. Workers that did not receive the
-    /// reply re-look these up periodically and release on `Reachable`/`Stale`.
-    pub fn neighbours(&self) -> impl Iterator<Item = u32> + '_ {
+    /// Next hops with frames waiting, in no particular order (the tests' view; the pipeline
+    /// keeps its own list of them).
+    #[cfg(test)]
+    fn neighbours(&self) -> impl Iterator<Item = u32> + '_ {
         self.queues[..self.active].iter().map(|q| q.next_hop)
     }
 
