@@ -9,9 +9,12 @@
 //! Ordering rule between the two: a route may only name a next hop that is in the published
 //! snapshot, so the control side publishes a snapshot with a new next hop *before* pointing
 //! routes at it, and withdraws routes *before* publishing a snapshot without it. Workers load the
-//! snapshot after their FIB lookups, so any next-hop index a lookup returned is in the snapshot
-//! they then read. Next-hop indices are never reused for something else while routes may still
-//! point at them.
+//! snapshot at the start of a batch, *before* their FIB lookups, so publishing alone is not
+//! enough: the control side (`control::node` in the daemon) publishes, then waits for a grace
+//! period ([`Shared::synchronize`]: every batch that began before has ended), and only then
+//! changes the FIB. A lookup that returns the new index therefore runs in a batch that loaded
+//! the new snapshot; a withdrawal likewise changes the FIB, waits, then publishes. Next-hop
+//! indices are never reused for something else while routes may still point at them.
 
 use std::sync::Arc;
 
