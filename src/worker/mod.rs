@@ -19,7 +19,7 @@ use crate::control::config::IdleMode;
 use crate::control::status::LinkState;
 use crate::port::afxdp::{XskFrame, XskPort};
 use crate::port::tap::TapPort;
-use vrouter_core::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
+use vrouter_core::dataplane::{Frame, PacketBuf, Pipeline, PortId, MAX_BATCH};
 use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
@@ -49,7 +49,7 @@ pub struct PortSet {
 
 pub struct WorkerRt {
     pub id: usize,
-    pub pipeline: Worker,
+    pub pipeline: Pipeline,
     pub uplink: Option<XskPort>,
     /// This worker receives from the TAPs (one worker does).
     pub rx_taps: bool,

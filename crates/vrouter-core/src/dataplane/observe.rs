@@ -3,7 +3,7 @@
 //!
 //! The control side starts a session here; workers check one relaxed atomic word per batch
 //! ([`Observe::active`]) and take the ordinary path when it is zero, so all of this costs
-//! nothing when off. When on, a worker runs the batch through [`super::Worker`]'s observed
+//! nothing when off. When on, a worker runs the batch through [`super::Pipeline`]'s observed
 //! path, which allocates (records, copies) and takes a lock per batch: that is the price of
 //! looking, paid only while someone looks.
 //!
@@ -423,7 +423,7 @@ fn describe_arp(p: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::lab::frames;
+    use crate::dataplane::sim::frames;
     use crate::wire::MacAddr;
 
     #[test]

@@ -25,7 +25,7 @@
 //! Timers ride on each call (`service`): held frames whose neighbour resolved are sent, those
 //! that waited in vain are answered ICMP host unreachable (RFC 1812 4.3.3.1).
 //!
-//! Nothing here allocates after [`Worker::new`]: metadata arrays, the generated-frame pool,
+//! Nothing here allocates after [`Pipeline::new`]: metadata arrays, the generated-frame pool,
 //! the hold queue and the conntrack table are all sized up front.
 
 use std::sync::Arc;
@@ -120,7 +120,7 @@ const META_INIT: Meta = Meta {
 
 /// Sizes and rates of one worker's private state.
 #[derive(Clone, Debug)]
-pub struct WorkerConfig {
+pub struct PipelineConfig {
     pub conntrack_capacity: usize,
     /// The most of `conntrack_capacity` one endpoint may hold, in percent.
     pub conntrack_endpoint_share_pct: u8,
@@ -150,9 +150,9 @@ pub struct WorkerConfig {
     pub enforce_host_pod_policy: bool,
 }
 
-impl Default for WorkerConfig {
+impl Default for PipelineConfig {
     fn default() -> Self {
-        WorkerConfig {
+        PipelineConfig {
             conntrack_capacity: 1 << 16,
             conntrack_endpoint_share_pct: 50,
             conntrack_timeouts: CtTimeouts::default(),
@@ -175,10 +175,10 @@ impl Default for WorkerConfig {
 
 /// One worker's pipeline and private state. Shares only read-only state ([`Shared`]) with
 /// other workers; its counters are readable by others.
-pub struct Worker {
+pub struct Pipeline {
     shared: Arc<Shared>,
     counters: Arc<Counters>,
-    cfg: WorkerConfig,
+    cfg: PipelineConfig,
     ct: ConnTrack,
     hold: HoldQueue,
     /// Next hops with frames in the hold queue (bounded by the hold queue's size).
@@ -236,10 +236,10 @@ impl TraceScratch {
     }
 }
 
-impl Worker {
-    pub fn new(shared: Arc<Shared>, cfg: WorkerConfig) -> Self {
+impl Pipeline {
+    pub fn new(shared: Arc<Shared>, cfg: PipelineConfig) -> Self {
         let ports = shared.snapshot.load().ports.len();
-        Worker {
+        Pipeline {
             counters: Arc::new(Counters::new(super::packet::MAX_PORTS)),
             ct: ConnTrack::with_capacity(cfg.conntrack_capacity, cfg.conntrack_timeouts)
                 .with_endpoint_share(cfg.conntrack_endpoint_share_pct),
@@ -290,13 +290,13 @@ impl Worker {
         &self.ct
     }
 
-    /// The result of the last [`Worker::process`] call.
+    /// The result of the last [`Pipeline::process`] call.
     pub fn output(&self) -> &Output {
         &self.out
     }
 
     /// Runs the pipeline over `frames` (any number; processed `MAX_BATCH` at a time), editing
-    /// them in place. Afterwards [`Worker::output`] lists, per port, the indices of frames to
+    /// them in place. Afterwards [`Pipeline::output`] lists, per port, the indices of frames to
     /// send, and the frames the pipeline generated. `now_ms` is a monotonic clock.
     pub fn process<F: Frame>(&mut self, frames: &mut [F], now_ms: u64) -> &Output {
         if let Some(r) = &self.reader {
@@ -321,7 +321,7 @@ impl Worker {
         &self.out
     }
 
-    /// [`Worker::process`] while a trace or capture is on: the same stages, plus copies and
+    /// [`Pipeline::process`] while a trace or capture is on: the same stages, plus copies and
     /// notes. Allocates; never taken when nobody looks.
     #[cold]
     #[inline(never)]
@@ -1832,7 +1832,7 @@ fn evaluate(
     true
 }
 
-impl Drop for Worker {
+impl Drop for Pipeline {
     fn drop(&mut self) {
         if let Some(r) = self.reader.take() {
             self.shared.readers.unregister(r);
