@@ -47,6 +47,15 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn new_checked(buf: T) -> Option<Self> {
         (buf.as_ref().len() >= MIN_HEADER_LEN).then_some(Ipv4Packet { buf })
     }
+    /// A view over a header already validated ([`check_input`] passed on these bytes, or we wrote
+    /// the header): no length check. Safe whatever `buf` is (the accessors index the buffer, so a
+    /// buffer shorter than 20 bytes panics instead of misreading), but meant only for validated
+    /// headers, where the check would be repeated for nothing on the hot path.
+    #[inline]
+    pub fn new_unchecked(buf: T) -> Self {
+        debug_assert!(buf.as_ref().len() >= MIN_HEADER_LEN);
+        Ipv4Packet { buf }
+    }
     pub fn into_inner(self) -> T {
         self.buf
     }
@@ -208,11 +217,15 @@ pub const fn is_martian_dest(a: u32) -> bool {
     top == 0 || top == 127 || (a >> 28 == 0xf && a != u32::MAX)
 }
 
-/// What input checking learned about a valid header.
+/// What input checking learned about a valid header: the checked fields later stages use
+/// without parsing the header again.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Ipv4Info {
     pub header_len: u8,
     pub total_len: u16,
+    pub protocol: u8,
+    pub src: u32,
+    pub dst: u32,
 }
 
 /// RFC 1812 5.2.2 input checks over `pkt` (from the IPv4 header to the end of the frame):
@@ -256,7 +269,7 @@ pub fn check_input(pkt: &[u8]) -> Result<Ipv4Info, DropReason> {
     if hl > MIN_HEADER_LEN {
         check_options(&pkt[MIN_HEADER_LEN..hl])?;
     }
-    Ok(Ipv4Info { header_len: hl as u8, total_len: tl as u16 })
+    Ok(Ipv4Info { header_len: hl as u8, total_len: tl as u16, protocol: pkt[field::PROTO], src, dst })
 }
 
 /// Option types (RFC 791).
@@ -329,7 +342,8 @@ mod tests {
     #[test]
     fn accepts_valid_header_and_reports_lengths() {
         let p = udp_packet();
-        assert_eq!(check_input(&p), Ok(Ipv4Info { header_len: 20, total_len: 32 }));
+        let info = Ipv4Info { header_len: 20, total_len: 32, protocol: PROTO_UDP, src: 0x0a00_0001, dst: 0x0a00_0102 };
+        assert_eq!(check_input(&p), Ok(info));
         let v = Ipv4Packet::new_checked(&p[..]).unwrap();
         assert_eq!((v.version(), v.header_len(), v.ttl(), v.protocol()), (4, 20, 64, PROTO_UDP));
         assert_eq!((v.src(), v.dst()), (0x0a00_0001, 0x0a00_0102));

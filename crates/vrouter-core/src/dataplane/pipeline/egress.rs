@@ -7,20 +7,11 @@
 //! `ipip/no-headroom`.
 
 use super::*;
+use icmp_error::IcmpMsg;
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(super) fn egress(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        in_port: PortId,
-        m: &mut Meta,
-        now: u64,
-    ) {
+    pub(super) fn egress(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, m: &mut Meta, now: u64) {
         if m.rpf_src != 0 {
             let ok = ipip_rpf(snap, m.rpf_src, m.rpf_nh, m.peer);
             m.rpf_src = 0;
@@ -31,7 +22,7 @@ impl Pipeline {
         }
         if m.local_origin && m.from_host && snap.is_local(m.dst) {
             // An ICMP error about what the node's kernel sent, or our echo reply to it.
-            host_l2(snap, buf, *head);
+            host_l2(snap, p);
             m.verdict = Verdict::Punt;
             return;
         }
@@ -43,7 +34,7 @@ impl Pipeline {
             }
         };
         if let NextHop::Ecmp(members) = nh {
-            let h = flow_hash(&buf[*head + ETH..*head + *len]);
+            let h = flow_hash(p.ip());
             let pick = members[(h as usize) % members.len()];
             nh = match snap.nexthop(pick) {
                 Some(nh) => nh,
@@ -57,7 +48,7 @@ impl Pipeline {
             NextHop::Unreachable
                 if m.from_host
                     && !m.local_origin
-                    && snap.port(in_port).is_some_and(|p| buf[*head..*head + 6] != p.mac.0) =>
+                    && snap.port(p.port).is_some_and(|port| p.data()[..6] != port.mac.0) =>
             {
                 // No route here, but the node's kernel chose a neighbour on the underlay (its
                 // own default route, say) and addressed it: its choice stands.
@@ -65,15 +56,15 @@ impl Pipeline {
                 return;
             }
             NextHop::Unreachable => {
-                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::NoRoute, now);
+                self.reject(snap, p, m, icmp::CODE_NET_UNREACHABLE, DropReason::NoRoute, now);
                 return;
             }
             NextHop::NetUnreachable => {
-                self.reject(snap, buf, head, len, m, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable, now);
+                self.reject(snap, p, m, icmp::CODE_NET_UNREACHABLE, DropReason::RouteUnreachable, now);
                 return;
             }
             NextHop::Prohibit => {
-                self.reject(snap, buf, head, len, m, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited, now);
+                self.reject(snap, p, m, icmp::CODE_ADMIN_PROHIBITED, DropReason::RouteProhibited, now);
                 return;
             }
             NextHop::Blackhole => {
@@ -81,7 +72,7 @@ impl Pipeline {
                 return;
             }
             NextHop::Host => {
-                host_l2(snap, buf, *head);
+                host_l2(snap, p);
                 m.verdict = Verdict::Punt;
                 return;
             }
@@ -89,24 +80,23 @@ impl Pipeline {
             NextHop::Gateway { .. } | NextHop::Connected { .. } | NextHop::Tunnel { .. } | NextHop::Ecmp(_) => None,
         };
         if !m.local_origin {
-            let src_ep = if m.decapped { None } else { snap.port_endpoint.get(in_port as usize).copied().flatten() };
+            let src_ep = if m.decapped { None } else { snap.port_endpoint.get(p.port as usize).copied().flatten() };
             // The node's own traffic is judged by the pods' policy only, not as transit, and
             // (unless `enforce_host_pod_policy`) not at all when the node itself talks to a
             // local pod. What the kernel forwards for others (a NodePort client's source) is.
-            let node_to_pod = m.from_host
-                && (dst_ep.is_none() || (!self.cfg.enforce_host_pod_policy && snap.is_local(ip_src(buf, *head))));
+            let node_to_pod =
+                m.from_host && (dst_ep.is_none() || (!self.cfg.enforce_host_pod_policy && snap.is_local(p.ip().src())));
             if !node_to_pod {
-                if let Err(r) = self.policy(snap, &buf[*head + ETH..*head + *len], src_ep, dst_ep, now) {
+                if let Err(r) = self.policy(snap, p.ip(), src_ep, dst_ep, now) {
                     m.verdict = Verdict::Drop(r);
                     return;
                 }
             }
             if !m.from_host {
-                let mut ip = Ipv4Packet::new_checked(&mut buf[*head + ETH..*head + *len]).expect("checked");
-                ip.decrement_ttl();
+                p.ip_mut().decrement_ttl();
             }
         }
-        m.verdict = self.send(snap, buf, head, len, nh, m, now);
+        m.verdict = self.send(snap, p, nh, m, now);
     }
 
     /// Stateful policy: established flows (either direction) pass on their conntrack entry; new
@@ -114,7 +104,7 @@ impl Pipeline {
     pub(super) fn policy(
         &mut self,
         snap: &Snapshot,
-        ip: &[u8],
+        ip: Ipv4Packet<&[u8]>,
         src_ep: Option<EndpointId>,
         dst_ep: Option<EndpointId>,
         now: u64,
@@ -124,8 +114,8 @@ impl Pipeline {
             self.note(|| "no policy selects anything on this node: allowed".into());
             return Ok(());
         }
-        let v = Ipv4Packet::new_checked(ip).expect("checked");
-        let (proto, ff, hl, tl) = (v.protocol(), v.flags_frag(), v.header_len(), v.total_len());
+        let v = ip;
+        let (proto, ff) = (v.protocol(), v.flags_frag());
         let fragment = if ff & OFFSET_MASK != 0 {
             Fragment::NonFirst
         } else if v.more_frags() {
@@ -140,7 +130,7 @@ impl Pipeline {
         let fields = if fragment == Fragment::NonFirst {
             l4::L4Fields::default()
         } else {
-            l4::parse(proto, &ip[hl..tl]).ok_or(DropReason::L4Truncated)?
+            l4::parse(proto, v.payload()).ok_or(DropReason::L4Truncated)?
         };
         let key = FlowKey { src: v.src(), dst: v.dst(), proto, sport: fields.sport, dport: fields.dport, fragment };
         let gen = pol.generation();
@@ -168,7 +158,7 @@ impl Pipeline {
             CtLookup::Miss => {
                 // RFC 792/1812 errors about a tracked connection travel to its sender: related.
                 if proto == PROTO_ICMP && fragment == Fragment::None {
-                    if let Some(q) = quoted_flow(&ip[hl..tl]).filter(|q| q.src == key.dst) {
+                    if let Some(q) = quoted_flow(v.payload()).filter(|q| q.src == key.dst) {
                         if self.ct.related(&q, now) {
                             self.note(|| "ICMP error about a tracked connection: related, allowed".into());
                             return Ok(());
@@ -185,18 +175,8 @@ impl Pipeline {
     }
 
     /// MTU, encapsulation, neighbour, L2 rewrite for a frame going to `nh`.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(super) fn send(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        nh: &NextHop,
-        m: &mut Meta,
-        now: u64,
-    ) -> Verdict {
+    pub(super) fn send(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, nh: &NextHop, m: &mut Meta, now: u64) -> Verdict {
         let (port, overhead) = match nh {
             NextHop::Local { endpoint } => (snap.endpoints[*endpoint as usize].port, 0),
             NextHop::Gateway { port, .. } | NextHop::Connected { port } => (*port, 0),
@@ -205,43 +185,34 @@ impl Pipeline {
         };
         let Some(pinfo) = snap.port(port) else { return Verdict::Drop(DropReason::BadNextHop) };
         let mtu = pinfo.mtu as usize - overhead.min(pinfo.mtu as usize);
-        if *len - ETH > mtu {
-            return self.too_big(snap, buf, head, len, nh, mtu, m, now);
+        if p.len - ETH > mtu {
+            return self.too_big(snap, p, nh, mtu, m, now);
         }
-        self.finish(snap, buf, head, len, nh, now)
+        self.finish(snap, p, nh, now)
     }
 
     /// Encapsulates if needed, resolves the L2 destination and writes the Ethernet header.
     #[inline]
-    pub(super) fn finish(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        nh: &NextHop,
-        now: u64,
-    ) -> Verdict {
+    pub(super) fn finish(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, nh: &NextHop, now: u64) -> Verdict {
         let (port, via, dmac) = match nh {
             NextHop::Local { endpoint } => {
                 let ep: &Endpoint = &snap.endpoints[*endpoint as usize];
                 (ep.port, 0, Some(ep.mac))
             }
             NextHop::Gateway { port, via } => (*port, *via, None),
-            NextHop::Connected { port } => (*port, ip_dst(buf, *head), None),
+            NextHop::Connected { port } => (*port, p.ip().dst(), None),
             NextHop::Tunnel { port, remote, via } => {
-                if *head < IPIP_OVERHEAD {
+                if p.head < IPIP_OVERHEAD {
                     return Verdict::Drop(DropReason::IpipNoHeadroom);
                 }
-                let l3 = *head + ETH;
-                let (tos, ff) = (buf[l3 + 1], u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]));
-                let inner_len = *len - ETH;
-                *head -= IPIP_OVERHEAD;
-                *len += IPIP_OVERHEAD;
+                let (tos, ff) = (p.ip().tos(), p.ip().flags_frag());
+                let inner_len = p.len - ETH;
+                p.head -= IPIP_OVERHEAD;
+                p.len += IPIP_OVERHEAD;
                 self.ident = self.ident.wrapping_add(1);
                 // RFC 2003 3.1: TOS copied, DF copied from the inner header, protocol 4.
                 ipv4::write_header(
-                    &mut buf[*head + ETH..],
+                    &mut p.buf[p.head + ETH..],
                     tos,
                     (inner_len + IPIP_OVERHEAD) as u16,
                     self.ident,
@@ -259,7 +230,7 @@ impl Pipeline {
         let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
         let dmac = match dmac {
             Some(d) => d,
-            None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, buf, *head), now) {
+            None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
                 NeighLookup::Reachable(mac) => MacAddr(mac),
                 NeighLookup::Stale { mac, probe } => {
                     if probe {
@@ -271,8 +242,8 @@ impl Pipeline {
                     if send_request {
                         self.send_arp_request(snap, port, via, now);
                     }
-                    ethernet::write_header(&mut buf[*head..], MacAddr::ZERO, smac, ETHERTYPE_IPV4);
-                    return match self.hold.hold(via, port, &buf[*head..*head + *len], now) {
+                    ethernet::write_header(&mut p.buf[p.head..], MacAddr::ZERO, smac, ETHERTYPE_IPV4);
+                    return match self.hold.hold(via, port, &p.buf[p.head..p.head + p.len], now) {
                         Ok(()) => {
                             if !self.pending.contains(&via) && self.pending.len() < self.pending.capacity() {
                                 self.pending.push(via);
@@ -287,55 +258,39 @@ impl Pipeline {
                 NeighLookup::SourceLimit => return Verdict::Drop(DropReason::NeighSourceLimit),
             },
         };
-        ethernet::write_header(&mut buf[*head..], dmac, smac, ETHERTYPE_IPV4);
+        ethernet::write_header(&mut p.buf[p.head..], dmac, smac, ETHERTYPE_IPV4);
         Verdict::Tx(port)
     }
 
     /// Too big for the egress MTU (`mtu` already net of IPIP overhead): with DF, drop and send
     /// fragmentation needed advertising `mtu` (RFC 1191); without, fragment.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn too_big(
         &mut self,
         snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
+        p: &mut Pkt<'_>,
         nh: &NextHop,
         mtu: usize,
         m: &mut Meta,
         now: u64,
     ) -> Verdict {
-        let l3 = *head + ETH;
-        let ff = u16::from_be_bytes([buf[l3 + 6], buf[l3 + 7]]);
-        if ff & FLAG_DF != 0 {
+        let l3 = p.l3();
+        if p.ip().dont_frag() {
             self.counters.count_drop(DropReason::FragNeeded);
             self.note_answered(DropReason::FragNeeded);
-            if !m.local_origin
-                && self.icmp_error(
-                    snap,
-                    buf,
-                    head,
-                    len,
-                    icmp::DEST_UNREACHABLE,
-                    icmp::CODE_FRAG_NEEDED,
-                    mtu as u32,
-                    m.from_host,
-                    now,
-                )
-            {
+            if !m.local_origin && self.icmp_error(snap, p, IcmpMsg::frag_needed(mtu), m.from_host, now) {
                 // The TTL was already decremented; the quoted header shows it, as Linux does.
                 m.reroute = true;
                 m.local_origin = true;
                 self.note_first_lookup(m.dst, m.nh);
-                m.dst = self.last_icmp_dst(buf, *head);
+                m.dst = p.ip().dst();
                 return Verdict::Continue;
             }
             return Verdict::Consumed;
         }
-        let hl = ((buf[l3] & 0x0f) as usize) * 4;
+        let hl = p.ip().header_len();
         let mut rest_hdr = [0u8; 60];
-        let rl = frag::nonfirst_header(&buf[l3..l3 + hl], &mut rest_hdr);
-        let Some((first, rest, count)) = frag::plan(mtu, hl, rl, *len - ETH - hl) else {
+        let rl = frag::nonfirst_header(&p.buf[l3..l3 + hl], &mut rest_hdr);
+        let Some((first, rest, count)) = frag::plan(mtu, hl, rl, p.len - ETH - hl) else {
             return Verdict::Drop(DropReason::FragNeeded);
         };
         let free = self.out.emitted.capacity() - self.out.emitted.len();
@@ -344,20 +299,20 @@ impl Pipeline {
         }
         // Resolve (or start resolving) the next hop while the generated-frame pool is in place,
         // so an ARP request it needs is not lost while the pool is lent to the fragments.
-        self.prime_neighbour(snap, buf, *head, nh, now);
+        self.prime_neighbour(snap, p, nh, now);
         // Later fragments into generated-frame buffers, each finished like the first.
         let mut pool = std::mem::replace(&mut self.out.emitted, crate::dataplane::output::EmitPool::new(0));
         let mut at = first;
         for _ in 1..count {
             let (slot, fbuf) = pool.next_free().expect("counted above");
-            let n =
-                frag::write_fragment(&buf[l3..*head + *len], &rest_hdr[..rl], at, rest, &mut fbuf[HEADROOM + ETH..]);
+            let n = frag::write_fragment(p.ip(), &rest_hdr[..rl], at, rest, &mut fbuf[HEADROOM + ETH..]);
             at += rest;
-            let (mut fh, mut fl) = (HEADROOM, ETH + n);
-            match self.finish(snap, fbuf, &mut fh, &mut fl, nh, now) {
-                Verdict::Tx(p) => {
-                    pool.commit(slot, p, fh, fl);
-                    self.counters.tx(p as usize, fl);
+            let mut f = Pkt { buf: fbuf, head: HEADROOM, len: ETH + n, port: p.port };
+            match self.finish(snap, &mut f, nh, now) {
+                Verdict::Tx(port) => {
+                    let (head, len) = (f.head, f.len);
+                    pool.commit(slot, port, head, len);
+                    self.counters.tx(port as usize, len);
                     self.counters.inc(&self.counters.fragments_out);
                 }
                 Verdict::Drop(r) => self.counters.count_drop(r),
@@ -365,10 +320,10 @@ impl Pipeline {
             }
         }
         self.out.emitted = pool;
-        *len = ETH + frag::truncate_first(&mut buf[l3..*head + *len], first);
+        p.len = ETH + frag::truncate_first(p.ip_mut(), first);
         self.counters.inc(&self.counters.fragmented);
         self.counters.inc(&self.counters.fragments_out);
-        self.finish(snap, buf, head, len, nh, now)
+        self.finish(snap, p, nh, now)
     }
 }
 
@@ -462,12 +417,9 @@ pub(super) fn ipip_rpf(snap: &Snapshot, src: u32, nh: NhId, peer: u32) -> bool {
 
 /// Whom a neighbour entry created for this frame is charged to: the sender, for an on-link
 /// destination (which the sender picks); nobody for a route's next hop (configuration picks).
-pub(super) fn neigh_charge(nh: &NextHop, buf: &[u8], head: usize) -> u32 {
+pub(super) fn neigh_charge(nh: &NextHop, p: &Pkt<'_>) -> u32 {
     match nh {
-        NextHop::Connected { .. } => {
-            let at = head + ETH + 12;
-            u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-        }
+        NextHop::Connected { .. } => p.ip().src(),
         _ => 0,
     }
 }
@@ -475,8 +427,7 @@ pub(super) fn neigh_charge(nh: &NextHop, buf: &[u8], head: usize) -> u32 {
 /// ECMP flow hash over addresses, protocol and (for unfragmented packets) ports, so a flow
 /// stays on one path and fragments of it do too.
 #[inline]
-pub(super) fn flow_hash(ip: &[u8]) -> u32 {
-    let v = Ipv4Packet::new_checked(ip).expect("checked");
+pub(super) fn flow_hash(v: Ipv4Packet<&[u8]>) -> u32 {
     let mut x = ((v.src() as u64) << 32 | v.dst() as u64) ^ (v.protocol() as u64) << 56;
     if !v.is_fragment() {
         if let Some(f) = l4::parse(v.protocol(), v.payload()) {

@@ -8,6 +8,7 @@
 
 use super::*;
 use egress::ipip_rpf;
+use icmp_error::IcmpMsg;
 
 impl Pipeline {
     /// Counts received frames per port, one counter update per run of frames from the same
@@ -32,31 +33,22 @@ impl Pipeline {
     }
 
     /// L2 checks, ARP, IPv4 input, anti-spoofing, local delivery, TTL.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(super) fn input(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        port: PortId,
-        m: &mut Meta,
-        now: u64,
-    ) {
+    pub(super) fn input(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, m: &mut Meta, now: u64) {
+        let port = p.port;
         let Some(pinfo) = snap.port(port) else {
             m.verdict = Verdict::Drop(DropReason::UnknownPort);
             return;
         };
-        if *len < ETH {
+        if p.len < ETH {
             m.verdict = Verdict::Drop(DropReason::EthTruncated);
             return;
         }
         if pinfo.kind == PortKind::Host {
-            self.host_input(snap, buf, head, len, port, pinfo.mac, m, now);
+            self.host_input(snap, p, pinfo.mac, m, now);
             return;
         }
-        let eth = &buf[*head..*head + ETH];
+        let eth = &p.buf[p.head..p.head + ETH];
         let dst = MacAddr(eth[0..6].try_into().unwrap());
         if eth[6] & 1 != 0 {
             m.verdict = Verdict::Drop(DropReason::EthBadSource);
@@ -79,7 +71,7 @@ impl Pipeline {
             }
             ETHERTYPE_ARP => {
                 m.verdict = if dst == pinfo.mac || dst.is_broadcast() {
-                    self.arp_input(snap, &mut buf[*head..*head + *len], len, port, pinfo.kind, pinfo.mac, now)
+                    self.arp_input(snap, p, pinfo.kind, pinfo.mac, now)
                 } else {
                     Verdict::Drop(DropReason::EthNotForUs)
                 };
@@ -99,11 +91,11 @@ impl Pipeline {
             }
         }
         // IPv4 (RFC 1812 5.2.2)
-        let l3 = *head + ETH;
-        let info = match ipv4::check_input(&buf[l3..*head + *len]) {
+        let l3 = p.head + ETH;
+        let info = match ipv4::check_input(&p.buf[l3..p.head + p.len]) {
             Ok(i) => i,
             Err(DropReason::Ipv4BadOptions) => {
-                self.parameter_problem(snap, buf, head, len, m, now);
+                self.parameter_problem(snap, p, m, now);
                 return;
             }
             Err(r) => {
@@ -111,9 +103,8 @@ impl Pipeline {
                 return;
             }
         };
-        *len = ETH + info.total_len as usize; // trim Ethernet padding
-        let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
-        let (src, dst, proto) = (ip.src(), ip.dst(), ip.protocol());
+        p.len = ETH + info.total_len as usize; // trim Ethernet padding
+        let (src, dst, proto) = (info.src, info.dst, info.protocol);
         m.dst = dst;
         if pinfo.kind == PortKind::Pod {
             let Some(ep) = snap.port_endpoint.get(port as usize).copied().flatten() else {
@@ -138,9 +129,9 @@ impl Pipeline {
             return;
         }
         if snap.is_local(dst) {
-            self.local(snap, buf, head, len, port, m, now);
+            self.local(snap, p, m, now);
         } else {
-            self.transit_ttl(snap, buf, head, len, m, now);
+            self.transit_ttl(snap, p, m, now);
         }
     }
 
@@ -153,19 +144,8 @@ impl Pipeline {
     /// routes to the pod blocks point at the pod gateway on the host TAP (see `port::tap`).
     /// Everything else (ARP for its underlay neighbours, link broadcast and multicast, other
     /// EtherTypes) leaves by the uplink unchanged: the kernel shares the node IP and MAC there.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn host_input(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        port: PortId,
-        our_mac: MacAddr,
-        m: &mut Meta,
-        now: u64,
-    ) {
-        let eth = &buf[*head..*head + ETH];
+    pub(super) fn host_input(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, our_mac: MacAddr, m: &mut Meta, now: u64) {
+        let eth = &p.buf[p.head..p.head + ETH];
         let dmac = MacAddr(eth[0..6].try_into().unwrap());
         let pass = match snap.uplink_port {
             Some(u) => Verdict::Tx(u),
@@ -173,15 +153,14 @@ impl Pipeline {
         };
         match u16::from_be_bytes([eth[12], eth[13]]) {
             ETHERTYPE_ARP => {
-                m.verdict =
-                    match crate::neigh::proxy_arp_answer(&mut buf[*head..*head + *len], our_mac.0, snap.pod_gateway) {
-                        ProxyArp::Reply(n) => {
-                            *len = n;
-                            self.counters.inc(&self.counters.arp_replies_sent);
-                            Verdict::Tx(port)
-                        }
-                        _ => pass,
-                    };
+                m.verdict = match crate::neigh::proxy_arp_answer(p.data_mut(), our_mac.0, snap.pod_gateway) {
+                    ProxyArp::Reply(n) => {
+                        p.len = n;
+                        self.counters.inc(&self.counters.arp_replies_sent);
+                        Verdict::Tx(p.port)
+                    }
+                    _ => pass,
+                };
                 return;
             }
             ETHERTYPE_IPV4 if !dmac.is_multicast() => {}
@@ -190,17 +169,16 @@ impl Pipeline {
                 return;
             }
         }
-        let l3 = *head + ETH;
-        let info = match ipv4::check_input(&buf[l3..*head + *len]) {
+        let l3 = p.head + ETH;
+        let info = match ipv4::check_input(&p.buf[l3..p.head + p.len]) {
             Ok(i) => i,
             Err(r) => {
                 m.verdict = Verdict::Drop(r);
                 return;
             }
         };
-        *len = ETH + info.total_len as usize;
-        let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
-        let (src, dst) = (ip.src(), ip.dst());
+        p.len = ETH + info.total_len as usize;
+        let (src, dst) = (info.src, info.dst);
         // The node's own addresses, or whatever the kernel forwards for others (a NodePort
         // client's, source preserved); never one of our pods' (martians failed check_input).
         if !snap.is_local(src) && self.is_our_pods_address(snap, src) {
@@ -213,8 +191,8 @@ impl Pipeline {
             // Only ping is answered here (the pod gateway, say); anything else would only be
             // handed back to the kernel, which may forward it to us again.
             let l4 = l3 + info.header_len as usize;
-            m.verdict = if buf[l3 + 9] == PROTO_ICMP && *len > l4 - *head && buf[l4] == icmp::ECHO_REQUEST {
-                self.local(snap, buf, head, len, port, m, now);
+            m.verdict = if info.protocol == PROTO_ICMP && p.len > l4 - p.head && p.buf[l4] == icmp::ECHO_REQUEST {
+                self.local(snap, p, m, now);
                 m.verdict
             } else {
                 Verdict::Drop(DropReason::HostToRouterAddress)
@@ -229,30 +207,27 @@ impl Pipeline {
 
     /// ARP on a pod port: proxy-answer for the pod gateway only. On the uplink: answer for our
     /// addresses, learn replies we asked for (RFC 826 merge for requests from known senders).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn arp_input(
         &mut self,
         snap: &Snapshot,
-        frame: &mut [u8],
-        len: &mut usize,
-        port: PortId,
+        p: &mut Pkt<'_>,
         kind: PortKind,
         our_mac: MacAddr,
         now: u64,
     ) -> Verdict {
         if kind == PortKind::Pod {
-            return match crate::neigh::proxy_arp_answer(frame, our_mac.0, snap.pod_gateway) {
+            return match crate::neigh::proxy_arp_answer(p.data_mut(), our_mac.0, snap.pod_gateway) {
                 ProxyArp::Reply(n) => {
-                    *len = n;
+                    p.len = n;
                     self.counters.inc(&self.counters.arp_replies_sent);
-                    Verdict::Tx(port)
+                    Verdict::Tx(p.port)
                 }
                 ProxyArp::NotForUs => Verdict::Drop(DropReason::ArpNotForUs),
                 ProxyArp::Ignore => Verdict::Drop(DropReason::ArpBadOpcode),
                 ProxyArp::Malformed(_) => Verdict::Drop(DropReason::ArpMalformed),
             };
         }
-        let (op, sip, smac, tip) = match ArpPacket::new_checked(&frame[ETH..]) {
+        let (op, sip, smac, tip) = match ArpPacket::new_checked(&p.data()[ETH..]) {
             Ok(a) => (a.operation(), a.sender_ip(), a.sender_mac(), a.target_ip()),
             Err(_) => return Verdict::Drop(DropReason::ArpMalformed),
         };
@@ -260,11 +235,11 @@ impl Pipeline {
             arp::ARP_REQUEST => {
                 self.shared.neigh.on_request_from(sip, smac, now);
                 if tip != snap.pod_gateway && snap.is_local(tip) {
-                    match arp::reply_in_place(frame, our_mac.0) {
+                    match arp::reply_in_place(p.data_mut(), our_mac.0) {
                         Some(n) => {
-                            *len = n;
+                            p.len = n;
                             self.counters.inc(&self.counters.arp_replies_sent);
-                            Verdict::Tx(port)
+                            Verdict::Tx(p.port)
                         }
                         None => Verdict::Drop(DropReason::ArpMalformed),
                     }
@@ -296,23 +271,21 @@ impl Pipeline {
     /// RFC 1812 5.3.1: a transit packet whose TTL would reach zero is dropped with an ICMP time
     /// exceeded (which, made in place, continues as a locally originated packet).
     #[inline]
-    pub(super) fn transit_ttl(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        m: &mut Meta,
-        now: u64,
-    ) {
-        if buf[*head + ETH + 8] > 1 || !self.inner_source_ok(snap, m) {
+    pub(super) fn transit_ttl(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, m: &mut Meta, now: u64) {
+        if p.ip().ttl() > 1 || !self.inner_source_ok(snap, m) {
             return;
         }
         self.counters.count_drop(DropReason::Ipv4TtlExpired);
         self.note_answered(DropReason::Ipv4TtlExpired);
-        if self.icmp_error(snap, buf, head, len, icmp::TIME_EXCEEDED, icmp::CODE_TTL_EXCEEDED, 0, m.from_host, now) {
+        if self.icmp_error(
+            snap,
+            p,
+            IcmpMsg { ty: icmp::TIME_EXCEEDED, code: icmp::CODE_TTL_EXCEEDED, rest: 0 },
+            m.from_host,
+            now,
+        ) {
             m.local_origin = true;
-            m.dst = self.last_icmp_dst(buf, *head);
+            m.dst = p.ip().dst();
         } else {
             m.verdict = Verdict::Consumed; // already counted as ttl-expired
         }

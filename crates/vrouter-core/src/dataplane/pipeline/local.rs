@@ -9,20 +9,11 @@ use super::*;
 
 impl Pipeline {
     /// For our own addresses: IPIP decapsulation, echo, punt.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn local(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: &mut usize,
-        len: &mut usize,
-        in_port: PortId,
-        m: &mut Meta,
-        now: u64,
-    ) {
-        let l3 = *head + ETH;
-        let ip = Ipv4Packet::new_checked(&buf[l3..*head + *len]).expect("checked");
-        let (src, dst, proto, hl, frag) = (ip.src(), ip.dst(), ip.protocol(), ip.header_len(), ip.is_fragment());
+    pub(super) fn local(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, m: &mut Meta, now: u64) {
+        let l3 = p.l3();
+        let ip = p.ip();
+        let (src, dst, proto, hl, tl, frag) =
+            (ip.src(), ip.dst(), ip.protocol(), ip.header_len(), ip.total_len(), ip.is_fragment());
         if proto == PROTO_IPIP && !m.decapped {
             // RFC 2003, with CVE-2020-10136 in mind: only from known peers, to our endpoint.
             let r = if dst != snap.node_ip {
@@ -39,7 +30,7 @@ impl Pipeline {
                 return;
             }
             let inner = l3 + hl;
-            let info = match ipv4::check_input(&buf[inner..*head + *len]) {
+            let info = match ipv4::check_input(&p.buf[inner..p.head + p.len]) {
                 Ok(i) => i,
                 Err(r) => {
                     m.verdict = Verdict::Drop(if r == DropReason::Ipv4MartianSource {
@@ -50,14 +41,14 @@ impl Pipeline {
                     return;
                 }
             };
-            if buf[inner + 9] == PROTO_IPIP {
+            if info.protocol == PROTO_IPIP {
                 m.verdict = Verdict::Drop(DropReason::IpipNested);
                 return;
             }
             // The inner datagram would pass as if it came from the peer's side: a source that
             // is ours or a local pod's is forged (the same datagram unencapsulated is dropped
             // as spoofed); the rest is checked against the route back (egress).
-            let inner_src = u32::from_be_bytes(buf[inner + 12..inner + 16].try_into().unwrap());
+            let inner_src = info.src;
             if snap.is_local(inner_src) {
                 m.verdict = Verdict::Drop(DropReason::IpipInnerSourceOurs);
                 return;
@@ -70,7 +61,7 @@ impl Pipeline {
             m.peer = src;
             // RFC 6040 4.2 (normal mode): congestion marked on the outer header is carried to
             // an ECN-capable inner one; a not-ECT inner packet marked CE outside is dropped.
-            let (outer_ecn, inner_ecn) = (buf[l3 + 1] & ECN_MASK, buf[inner + 1] & ECN_MASK);
+            let (outer_ecn, inner_ecn) = (p.buf[l3 + 1] & ECN_MASK, p.buf[inner + 1] & ECN_MASK);
             let new_ecn = match (outer_ecn, inner_ecn) {
                 (ECN_CE, ECN_NOT_ECT) => {
                     m.verdict = Verdict::Drop(DropReason::IpipEcnCeNotEct);
@@ -81,22 +72,21 @@ impl Pipeline {
                 (_, i) => i,
             };
             if new_ecn != inner_ecn {
-                buf[inner + 1] = (buf[inner + 1] & !ECN_MASK) | new_ecn;
-                let mut h = Ipv4Packet::new_checked(&mut buf[inner..inner + info.total_len as usize]).expect("checked");
-                h.fill_checksum();
+                p.buf[inner + 1] = (p.buf[inner + 1] & !ECN_MASK) | new_ecn;
+                Ipv4Packet::new_unchecked(&mut p.buf[inner..inner + info.total_len as usize]).fill_checksum();
             }
             // Strip the outer header: slide the Ethernet header forward over it.
-            buf.copy_within(*head..*head + ETH, *head + hl);
-            *head += hl;
-            *len = ETH + info.total_len as usize;
+            p.buf.copy_within(p.head..p.head + ETH, p.head + hl);
+            p.head += hl;
+            p.len = ETH + info.total_len as usize;
             m.decapped = true;
             self.counters.inc(&self.counters.ipip_decap);
-            let inner_dst = u32::from_be_bytes(buf[inner + 16..inner + 20].try_into().unwrap());
+            let inner_dst = info.dst;
             m.dst = inner_dst;
             if snap.is_local(inner_dst) {
-                self.local(snap, buf, head, len, in_port, m, now);
+                self.local(snap, p, m, now);
             } else {
-                self.transit_ttl(snap, buf, head, len, m, now);
+                self.transit_ttl(snap, p, m, now);
             }
             return;
         }
@@ -106,21 +96,20 @@ impl Pipeline {
             return;
         }
         if proto == PROTO_ICMP {
-            let tl = ip.total_len();
-            let msg = &mut buf[l3 + hl..l3 + tl];
+            let msg = &mut p.buf[l3 + hl..l3 + tl];
             if msg.len() < icmp::HEADER_LEN || !crate::wire::checksum::verify(msg) {
                 m.verdict = Verdict::Drop(DropReason::IcmpMalformed);
                 return;
             }
-            if !m.decapped && self.relay_tunnel_error(snap, buf, head, len, l3 + hl, l3 + tl, now) {
+            if !m.decapped && self.relay_tunnel_error(snap, p, l3 + hl, l3 + tl, now) {
                 m.local_origin = true;
-                m.dst = ip_dst(buf, *head);
+                m.dst = p.ip().dst();
                 return;
             }
-            let msg = &mut buf[l3 + hl..l3 + tl];
+            let msg = &mut p.buf[l3 + hl..l3 + tl];
             if msg[0] == icmp::ECHO_REQUEST {
                 icmp::echo_request_to_reply(msg);
-                let mut ip = Ipv4Packet::new_checked(&mut buf[l3..l3 + tl]).expect("checked");
+                let mut ip = p.ip_mut();
                 ip.set_src(dst);
                 ip.set_dst(src);
                 ip.set_ttl(64);
@@ -130,14 +119,14 @@ impl Pipeline {
                 return;
             }
             m.verdict = if snap.host_port.is_some() {
-                self.deliver_to_host(snap, buf, *head, *len, in_port, m, now)
+                self.deliver_to_host(snap, p, m, now)
             } else {
                 Verdict::Drop(DropReason::LocalIcmpOther)
             };
             return;
         }
         m.verdict = if snap.host_port.is_some() {
-            self.deliver_to_host(snap, buf, *head, *len, in_port, m, now)
+            self.deliver_to_host(snap, p, m, now)
         } else {
             Verdict::Drop(DropReason::LocalNoPunt)
         };
@@ -147,28 +136,18 @@ impl Pipeline {
     /// ours. A pod talking to its node is allowed (Kubernetes); with `enforce_host_pod_policy`
     /// its egress policy applies (and the kernel's answers find the connection in conntrack
     /// when the pod has ingress policy).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn deliver_to_host(
-        &mut self,
-        snap: &Snapshot,
-        buf: &mut [u8],
-        head: usize,
-        len: usize,
-        in_port: PortId,
-        m: &mut Meta,
-        now: u64,
-    ) -> Verdict {
+    pub(super) fn deliver_to_host(&mut self, snap: &Snapshot, p: &mut Pkt<'_>, m: &mut Meta, now: u64) -> Verdict {
         if !self.inner_source_ok(snap, m) {
             return m.verdict;
         }
         if !m.decapped && !m.local_origin && self.cfg.enforce_host_pod_policy {
-            if let Some(ep) = snap.port_endpoint.get(in_port as usize).copied().flatten() {
-                if let Err(r) = self.policy(snap, &buf[head + ETH..head + len], Some(ep), None, now) {
+            if let Some(ep) = snap.port_endpoint.get(p.port as usize).copied().flatten() {
+                if let Err(r) = self.policy(snap, p.ip(), Some(ep), None, now) {
                     return Verdict::Drop(r);
                 }
             }
         }
-        host_l2(snap, buf, head);
+        host_l2(snap, p);
         Verdict::Punt
     }
 }

@@ -25,6 +25,11 @@
 //! Timers ride on each call (`service`): held frames whose neighbour resolved are sent, those
 //! that waited in vain are answered ICMP host unreachable (RFC 1812 4.3.3.1).
 //!
+//! Each stage sees a frame as one [`Pkt`] (the buffer borrowed in place, its start and length,
+//! the port it came on) and its [`Meta`] (what earlier stages decided). Input validates the
+//! IPv4 header once ([`ipv4::check_input`], then the frame is trimmed to the datagram); later
+//! stages read it through [`Pkt::ip`], which does not check again.
+//!
 //! Nothing here allocates after [`Pipeline::new`]: metadata arrays, the generated-frame pool,
 //! the hold queue and the conntrack table are all sized up front.
 
@@ -41,7 +46,7 @@ mod output;
 use super::frag;
 use super::observe::{self, describe_policy, TraceScratch};
 use super::output::Output;
-use super::packet::{Frame, PortId, HEADROOM, MAX_BATCH};
+use super::packet::{Frame, Pkt, PortId, HEADROOM, MAX_BATCH};
 use super::quiesce::ReaderSlot;
 use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
@@ -305,9 +310,7 @@ impl Pipeline {
         // 1. input
         self.count_rx(frames);
         for (i, (f, m)) in frames.iter_mut().zip(meta_n.iter_mut()).enumerate() {
-            let port = f.port();
-            let (buf, head, len) = f.parts();
-            self.input(snap, buf, head, len, port, m, now);
+            with_pkt(f, |p| self.input(snap, p, m, now));
             // Policy for what is delivered to the host is decided at input.
             if let Some(t) = &mut self.trace {
                 t.settle(i);
@@ -337,9 +340,7 @@ impl Pipeline {
     fn egress_all<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], meta: &mut [Meta], now: u64) {
         for (i, (f, m)) in frames.iter_mut().zip(meta.iter_mut()).enumerate() {
             if m.verdict == Verdict::Continue {
-                let port = f.port();
-                let (buf, head, len) = f.parts();
-                self.egress(snap, buf, head, len, port, m, now);
+                with_pkt(f, |p| self.egress(snap, p, m, now));
                 if let Some(t) = &mut self.trace {
                     t.settle(i);
                 }
@@ -359,27 +360,27 @@ impl Drop for Pipeline {
 /// Addresses a frame for the node's kernel: to its MAC on the host port, from ours (a pod's
 /// frame still carries the pod gateway's MAC, which the kernel would not accept).
 #[inline]
-fn host_l2(snap: &Snapshot, buf: &mut [u8], head: usize) {
-    if let Some(p) = snap.host_port.and_then(|h| snap.port(h)) {
-        if let Some(peer) = p.peer_mac {
-            buf[head..head + 6].copy_from_slice(&peer.0);
+fn host_l2(snap: &Snapshot, p: &mut Pkt<'_>) {
+    if let Some(port) = snap.host_port.and_then(|h| snap.port(h)) {
+        let head = p.head;
+        if let Some(peer) = port.peer_mac {
+            p.buf[head..head + 6].copy_from_slice(&peer.0);
         }
-        buf[head + 6..head + 12].copy_from_slice(&p.mac.0);
+        p.buf[head + 6..head + 12].copy_from_slice(&port.mac.0);
     }
 }
 
-/// The IPv4 source of the (validated) frame at `head`.
-#[inline]
-fn ip_src(buf: &[u8], head: usize) -> u32 {
-    let a = head + ETH + 12;
-    u32::from_be_bytes([buf[a], buf[a + 1], buf[a + 2], buf[a + 3]])
-}
-
-/// The IPv4 destination of the (validated) frame at `head`.
-#[inline]
-fn ip_dst(buf: &[u8], head: usize) -> u32 {
-    let at = head + ETH + 16;
-    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+/// Runs `stage` over frame `f` as a [`Pkt`], then writes its (possibly moved) start and length
+/// back to the frame.
+#[inline(always)]
+fn with_pkt<F: Frame, R>(f: &mut F, stage: impl FnOnce(&mut Pkt<'_>) -> R) -> R {
+    let port = f.port();
+    let (buf, head, len) = f.parts();
+    let mut p = Pkt { buf, head: *head, len: *len, port };
+    let r = stage(&mut p);
+    *head = p.head;
+    *len = p.len;
+    r
 }
 
 #[cfg(test)]

@@ -57,13 +57,13 @@ impl Pipeline {
     }
 
     /// Looks the L2 next hop of `nh` up, sending the ARP request or probe it asks for.
-    pub(super) fn prime_neighbour(&mut self, snap: &Snapshot, buf: &[u8], head: usize, nh: &NextHop, now: u64) {
+    pub(super) fn prime_neighbour(&mut self, snap: &Snapshot, p: &Pkt<'_>, nh: &NextHop, now: u64) {
         let (port, via) = match nh {
             NextHop::Gateway { port, via } | NextHop::Tunnel { port, via, .. } => (*port, *via),
-            NextHop::Connected { port } => (*port, ip_dst(buf, head)),
+            NextHop::Connected { port } => (*port, p.ip().dst()),
             _ => return,
         };
-        match self.shared.neigh.lookup_from(via, neigh_charge(nh, buf, head), now) {
+        match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
             NeighLookup::Incomplete { send_request: true } | NeighLookup::Stale { probe: true, .. } => {
                 self.send_arp_request(snap, port, via, now)
             }
