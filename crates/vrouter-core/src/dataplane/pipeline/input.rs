@@ -94,12 +94,12 @@ impl Pipeline {
         let l3 = p.head + ETH;
         let info = match ipv4::check_input(&p.buf[l3..p.head + p.len]) {
             Ok(i) => i,
-            Err(DropReason::Ipv4BadOptions) => {
+            Err(Ipv4Error::BadOptions) => {
                 self.parameter_problem(snap, p, m, now);
                 return;
             }
-            Err(r) => {
-                m.verdict = Verdict::Drop(r);
+            Err(e) => {
+                m.verdict = Verdict::Drop(e.into());
                 return;
             }
         };
@@ -172,8 +172,8 @@ impl Pipeline {
         let l3 = p.head + ETH;
         let info = match ipv4::check_input(&p.buf[l3..p.head + p.len]) {
             Ok(i) => i,
-            Err(r) => {
-                m.verdict = Verdict::Drop(r);
+            Err(e) => {
+                m.verdict = Verdict::Drop(e.into());
                 return;
             }
         };

@@ -33,7 +33,7 @@ impl Pipeline {
             let info = match ipv4::check_input(&p.buf[inner..p.head + p.len]) {
                 Ok(i) => i,
                 Err(r) => {
-                    m.verdict = Verdict::Drop(if r == DropReason::Ipv4MartianSource {
+                    m.verdict = Verdict::Drop(if r == Ipv4Error::MartianSource {
                         DropReason::IpipInnerSourceMartian
                     } else {
                         DropReason::IpipBadInner

@@ -57,7 +57,7 @@ use crate::stats::{Counters, DropReason};
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::ethernet::{self, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
 use crate::wire::icmp;
-use crate::wire::ipv4::{self, Ipv4Packet, FLAG_DF, OFFSET_MASK, PROTO_ICMP, PROTO_IPIP, PROTO_TCP};
+use crate::wire::ipv4::{self, Ipv4Error, Ipv4Packet, FLAG_DF, OFFSET_MASK, PROTO_ICMP, PROTO_IPIP, PROTO_TCP};
 use crate::wire::l4;
 
 const ETH: usize = ethernet::HEADER_LEN;
