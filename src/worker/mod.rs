@@ -65,6 +65,12 @@ pub struct WorkerRt {
 
 /// Counts a frame the pipeline counted as sent on `port` (see [`Counters::tx`]) and the worker
 /// then lost: under `reason`, and no longer as sent.
+/// The system's wall clock in nanoseconds since the Unix epoch, for capture timestamps (the
+/// core reads no clock of its own).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReason) {
     counters.count_drop(reason);
     counters.tx_unsent(port as usize, 1, len as u64);
@@ -104,6 +110,7 @@ impl WorkerRt {
             }
         }
         let epoch = Instant::now();
+        self.pipeline.set_wall_clock(wall_clock_ns);
         let counters = self.pipeline.counters().clone();
         let mut xsk_frames: Vec<XskFrame> = Vec::with_capacity(BURST);
         let mut own: Vec<bool> = vec![false; MAX_BATCH];

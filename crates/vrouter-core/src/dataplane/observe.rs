@@ -288,13 +288,11 @@ impl Observe {
         t.records.extend(records);
     }
 
-    /// Copies frames into the capture while it wants more: `frames` yields (port, point, bytes).
-    pub(crate) fn capture<'a>(&self, frames: impl Iterator<Item = (PortId, CapturePoint, &'a [u8])>) {
+    /// Copies frames into the capture while it wants more: `frames` yields (port, point, bytes),
+    /// stamped `ts_ns` (wall-clock nanoseconds since the Unix epoch, given by the caller: the
+    /// core reads no clock).
+    pub(crate) fn capture<'a>(&self, ts_ns: u64, frames: impl Iterator<Item = (PortId, CapturePoint, &'a [u8])>) {
         let mut c = lock(&self.capture);
-        let ts_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
         for (port, point, data) in frames {
             if c.remaining == 0 {
                 break;
@@ -446,7 +444,7 @@ impl Pipeline {
                         (port, buf[*head..*head + *len].to_vec())
                     })
                     .collect();
-                obs.capture(copies.iter().map(|(p, d)| (*p, CapturePoint::Rx, &d[..])));
+                obs.capture((self.wall_clock)(), copies.iter().map(|(p, d)| (*p, CapturePoint::Rx, &d[..])));
             }
             let mut scratch = self.trace.take().unwrap_or_default();
             obs.claim_trace(chunk.iter().map(|f| f.port()), &mut scratch.chosen);
@@ -487,7 +485,7 @@ impl Pipeline {
                 })
                 .collect();
             copies.extend(out.emitted.frames().map(|(p, d)| (p, d.to_vec())));
-            obs.capture(copies.iter().map(|(p, d)| (*p, CapturePoint::Tx, &d[..])));
+            obs.capture((self.wall_clock)(), copies.iter().map(|(p, d)| (*p, CapturePoint::Tx, &d[..])));
         }
     }
 
@@ -699,6 +697,7 @@ mod tests {
         o.start_capture(CaptureSpec { count: 2, port: None, rx: false, tx: true, snaplen: 70 }).unwrap();
         let big = [7u8; 100];
         o.capture(
+            42,
             [(0, CapturePoint::Rx, &big[..]), (1, CapturePoint::Tx, &big[..]), (2, CapturePoint::Tx, &big[..10])]
                 .into_iter(),
         );
@@ -706,6 +705,7 @@ mod tests {
         assert!(done);
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].port, got[0].orig_len, got[0].data.len()), (1, 100, 70));
+        assert!(got.iter().all(|f| f.ts_ns == 42), "stamped with the time given");
         assert_eq!(got[1].data.len(), 10);
         // The JSON form carries the bytes as hex, and reads back.
         let j = serde_json::to_string(&got[1]).unwrap();

@@ -213,6 +213,8 @@ pub struct Pipeline {
     ct_answered: u64,
     /// Set while a traced batch runs: what policy decided, per frame of the chunk.
     pub(super) trace: Option<Box<TraceScratch>>,
+    /// Wall-clock time for capture timestamps, from the caller ([`Pipeline::set_wall_clock`]).
+    pub(super) wall_clock: fn() -> u64,
 }
 
 impl Pipeline {
@@ -239,6 +241,7 @@ impl Pipeline {
             reader: Some(shared.readers.register().expect("at most MAX_READERS workers per node")),
             ct_answered: 0,
             trace: None,
+            wall_clock: || 0,
             shared,
             cfg,
         }
@@ -259,6 +262,13 @@ impl Pipeline {
             self.ct_answered = n;
             self.shared.observe.ct_dump_answer(self.id(), n, self.ct.entries().collect());
         }
+    }
+
+    /// The wall clock capture timestamps are read from (nanoseconds since the Unix epoch). The
+    /// core reads no clock of its own: the daemon's worker passes the system's in; until then
+    /// (tests, benchmarks) captures are stamped 0. Called only while a capture runs.
+    pub fn set_wall_clock(&mut self, clock: fn() -> u64) {
+        self.wall_clock = clock;
     }
 
     pub fn counters(&self) -> &Arc<Counters> {

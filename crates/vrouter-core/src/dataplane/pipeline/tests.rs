@@ -1593,9 +1593,22 @@ mod policy {
         let tx: Vec<_> = frames.iter().filter(|f| f.point == CapturePoint::Tx).collect();
         assert_eq!(rx, 4);
         assert!(tx.iter().any(|f| f.port == sim::UPLINK && f.data.len() <= 64));
+        assert!(frames.iter().all(|f| f.ts_ns == 0), "no wall clock given: the core reads none");
         assert_eq!(sim.shared.observe.stop_capture().len(), 0);
         assert_eq!(sim.shared.observe.active(), 0, "all sessions over");
     }
+}
+
+#[test]
+fn capture_timestamps_come_from_the_wall_clock_the_caller_gives() {
+    use crate::dataplane::observe::CaptureSpec;
+    let mut sim = Sim::new(SimOptions::default());
+    sim.pipeline.set_wall_clock(|| 1_700_000_000_123_456_789);
+    sim.shared.observe.start_capture(CaptureSpec { count: 4, port: None, rx: true, tx: true, snaplen: 64 }).unwrap();
+    assert_eq!(run1(&mut sim, from_pod_a_udp(sim::POD_B_IP, 64, b"x"), sim::POD_A).len(), 1);
+    let (frames, _) = sim.shared.observe.take_capture();
+    assert_eq!(frames.len(), 2, "received and sent");
+    assert!(frames.iter().all(|f| f.ts_ns == 1_700_000_000_123_456_789), "{frames:?}");
 }
 
 #[test]
