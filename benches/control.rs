@@ -16,8 +16,8 @@ use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
 use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
-use vrouter_core::dataplane::lab::frames;
-use vrouter_core::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
+use vrouter_core::dataplane::sim::frames;
+use vrouter_core::dataplane::{PacketBuf, Pipeline, PipelineConfig, Shared};
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::neigh::{NeighConfig, NeighTable};
 use vrouter_core::wire::MacAddr;
@@ -33,7 +33,7 @@ fn control(c: &mut Criterion) {
     let worker = {
         let (shared, stop) = (shared.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut w = Worker::new(shared, WorkerConfig::default());
+            let mut w = Pipeline::new(shared, PipelineConfig::default());
             let f = frames::udp(
                 MacAddr([0x0a, 0, 0, 0, 0, 2]),
                 MacAddr([0xee; 6]),

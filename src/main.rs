@@ -274,7 +274,7 @@ mod in_memory {
     use std::path::PathBuf;
 
     pub fn demo() -> Result<String, String> {
-        Ok(vrouter_core::dataplane::lab::demo())
+        Ok(vrouter_core::dataplane::sim::demo())
     }
 
     pub fn bench_fib(table: Option<PathBuf>, seconds: f64) -> Result<String, String> {

@@ -14,8 +14,8 @@ use vrouter::control::build::NhKey;
 use vrouter::control::config::Config;
 use vrouter::control::fixtures;
 use vrouter::control::node::{NoIo, Node};
-use vrouter_core::dataplane::lab::frames;
-use vrouter_core::dataplane::{PacketBuf, Shared, Worker, WorkerConfig};
+use vrouter_core::dataplane::sim::frames;
+use vrouter_core::dataplane::{PacketBuf, Pipeline, PipelineConfig, Shared};
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::neigh::{NeighConfig, NeighTable};
 use vrouter_core::stats::DropReason;
@@ -77,7 +77,7 @@ fn a_running_worker_loses_nothing_while_the_node_churns() {
     let worker = {
         let (shared, stop, tally) = (shared.clone(), stop.clone(), tally.clone());
         std::thread::spawn(move || {
-            let mut w = Worker::new(shared, WorkerConfig::default());
+            let mut w = Pipeline::new(shared, PipelineConfig::default());
             let pod_a = MacAddr([0x0a, 0, 0, 0, 0, 2]);
             let gw = MacAddr([0xee; 6]);
             let templates: Vec<(u32, Vec<u8>)> = [POD_B_IP, REMOTE_POD, FLIP_DST, CHURN1_DST, CHURN2_DST]

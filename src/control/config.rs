@@ -306,22 +306,22 @@ pub enum HostPodPolicy {
 }
 
 fn default_icmp_rate() -> u32 {
-    vrouter_core::dataplane::WorkerConfig::default().icmp_rate_per_sec
+    vrouter_core::dataplane::PipelineConfig::default().icmp_rate_per_sec
 }
 fn default_icmp_burst() -> u32 {
-    vrouter_core::dataplane::WorkerConfig::default().icmp_burst
+    vrouter_core::dataplane::PipelineConfig::default().icmp_burst
 }
 fn default_icmp_rate_per_dest() -> u32 {
-    vrouter_core::dataplane::WorkerConfig::default().icmp_rate_per_dest
+    vrouter_core::dataplane::PipelineConfig::default().icmp_rate_per_dest
 }
 fn default_icmp_burst_per_dest() -> u32 {
-    vrouter_core::dataplane::WorkerConfig::default().icmp_burst_per_dest
+    vrouter_core::dataplane::PipelineConfig::default().icmp_burst_per_dest
 }
 
 impl WorkersConfig {
     /// The pipeline settings this section gives (the rest at their defaults).
-    pub fn pipeline(&self) -> vrouter_core::dataplane::WorkerConfig {
-        vrouter_core::dataplane::WorkerConfig {
+    pub fn pipeline(&self) -> vrouter_core::dataplane::PipelineConfig {
+        vrouter_core::dataplane::PipelineConfig {
             icmp_rate_per_sec: self.icmp_rate,
             icmp_burst: self.icmp_burst,
             icmp_rate_per_dest: self.icmp_rate_per_dest,
@@ -763,7 +763,7 @@ pod_block = "10.244.1.0/26"
     fn icmp_rate_limits_and_rpf_mode_are_configurable() {
         let c = parse(NODE).unwrap();
         assert_eq!(c.node.ipip_rpf, RpfMode::Strict);
-        let d = vrouter_core::dataplane::WorkerConfig::default();
+        let d = vrouter_core::dataplane::PipelineConfig::default();
         let p = c.workers.pipeline();
         assert_eq!((p.icmp_rate_per_sec, p.icmp_burst), (d.icmp_rate_per_sec, d.icmp_burst));
         assert_eq!((p.icmp_rate_per_dest, p.icmp_burst_per_dest), (d.icmp_rate_per_dest, d.icmp_burst_per_dest));

@@ -24,7 +24,7 @@ use crate::port::tap::{PodSetup, TapPort};
 use crate::port::xdp;
 use crate::repeat::{Hit, Repeated};
 use crate::worker::{PortSet, TxTarget, WorkerRt};
-use vrouter_core::dataplane::{PortId, Shared, Worker, WorkerConfig, MAX_PORTS};
+use vrouter_core::dataplane::{Pipeline, PipelineConfig, PortId, Shared, MAX_PORTS};
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::neigh::NeighTable;
 use vrouter_core::stats::{Counters, DropReason};
@@ -455,12 +455,12 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut counters = Vec::new();
     let mut handles = Vec::new();
     for id in 0..n_workers {
-        let wcfg = WorkerConfig {
+        let wcfg = PipelineConfig {
             conntrack_capacity: cfg.conntrack.capacity,
             conntrack_endpoint_share_pct: cfg.conntrack.endpoint_share_percent,
             ..cfg.workers.pipeline()
         };
-        let pipeline = Worker::new(shared.clone(), wcfg);
+        let pipeline = Pipeline::new(shared.clone(), wcfg);
         counters.push(pipeline.counters().clone());
         let core = cfg.workers.cores.get(id).and_then(|c| cores.iter().find(|x| x.id == *c).copied());
         let rt = WorkerRt {

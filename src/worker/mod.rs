@@ -19,7 +19,7 @@ use crate::control::config::IdleMode;
 use crate::control::status::LinkState;
 use crate::port::afxdp::{XskFrame, XskPort};
 use crate::port::tap::TapPort;
-use vrouter_core::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
+use vrouter_core::dataplane::{Frame, PacketBuf, Pipeline, PortId, MAX_BATCH};
 use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
@@ -49,7 +49,7 @@ pub struct PortSet {
 
 pub struct WorkerRt {
     pub id: usize,
-    pub pipeline: Worker,
+    pub pipeline: Pipeline,
     pub uplink: Option<XskPort>,
     /// This worker receives from the TAPs (one worker does).
     pub rx_taps: bool,
@@ -65,6 +65,12 @@ pub struct WorkerRt {
 
 /// Counts a frame the pipeline counted as sent on `port` (see [`Counters::tx`]) and the worker
 /// then lost: under `reason`, and no longer as sent.
+/// The system's wall clock in nanoseconds since the Unix epoch, for capture timestamps (the
+/// core reads no clock of its own).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReason) {
     counters.count_drop(reason);
     counters.tx_unsent(port as usize, 1, len as u64);
@@ -104,6 +110,7 @@ impl WorkerRt {
             }
         }
         let epoch = Instant::now();
+        self.pipeline.set_wall_clock(wall_clock_ns);
         let counters = self.pipeline.counters().clone();
         let mut xsk_frames: Vec<XskFrame> = Vec::with_capacity(BURST);
         let mut own: Vec<bool> = vec![false; MAX_BATCH];

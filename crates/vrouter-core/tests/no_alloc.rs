@@ -1,11 +1,11 @@
 //! Proves the steady-state hot path never allocates: a counting global allocator wraps the
-//! system one, the lab node is warmed up, then thousands of batches of every common kind
+//! system one, the simulated node is warmed up, then thousands of batches of every common kind
 //! (forward, IPIP encap, decap, ICMP errors, fragmentation, drops) must not allocate at all.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use vrouter_core::dataplane::lab::{self, frames, Lab, LabOptions};
+use vrouter_core::dataplane::sim::{self, frames, Sim, SimOptions};
 use vrouter_core::dataplane::PacketBuf;
 
 struct Counting;
@@ -39,48 +39,48 @@ static A: Counting = Counting;
 
 #[test]
 fn steady_state_pipeline_does_not_allocate() {
-    let mut lab = Lab::new(LabOptions::default());
+    let mut sim = Sim::new(SimOptions::default());
     let big: Vec<u8> = vec![0x5a; 1472];
-    let mut frag = frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 7, 7, &big);
+    let mut frag = frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::NODE3_POD, 64, 7, 7, &big);
     frames::set_df(&mut frag, false);
-    let inner = frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, lab::POD_A_IP, 63, 1, 2, b"in");
+    let inner = frames::udp(sim::GW_MAC, sim::UPLINK_MAC, sim::NODE3_POD, sim::POD_A_IP, 63, 1, 2, b"in");
     let templates: Vec<(Vec<u8>, u16)> = vec![
-        (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 64, 1, 2, b"a"), lab::POD_A),
-        (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE2_POD, 64, 1, 2, b"b"), lab::POD_A),
-        (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE3_POD, 64, 1, 2, b"c"), lab::POD_A),
-        (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner), lab::UPLINK),
-        (frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::POD_B_IP, 1, 1, 2, b"ttl"), lab::POD_A),
+        (frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::POD_B_IP, 64, 1, 2, b"a"), sim::POD_A),
+        (frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::NODE2_POD, 64, 1, 2, b"b"), sim::POD_A),
+        (frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::NODE3_POD, 64, 1, 2, b"c"), sim::POD_A),
+        (frames::ipip(sim::GW_MAC, sim::UPLINK_MAC, sim::NODE3_IP, sim::NODE_IP, &inner), sim::UPLINK),
+        (frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::POD_B_IP, 1, 1, 2, b"ttl"), sim::POD_A),
         (
-            frames::udp(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, 0x0808_0808, 64, 1, 2, b"noroute"),
-            lab::POD_A,
+            frames::udp(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, 0x0808_0808, 64, 1, 2, b"noroute"),
+            sim::POD_A,
         ),
-        (frames::ping(lab::POD_A_MAC, lab::POD_A_PORT_MAC, lab::POD_A_IP, lab::NODE_IP, 64, 1, 1, b"ping"), lab::POD_A),
-        (frag, lab::POD_A),
-        (vec![0u8; 10], lab::POD_A),
+        (frames::ping(sim::POD_A_MAC, sim::POD_A_PORT_MAC, sim::POD_A_IP, sim::NODE_IP, 64, 1, 1, b"ping"), sim::POD_A),
+        (frag, sim::POD_A),
+        (vec![0u8; 10], sim::POD_A),
     ];
     let mut bufs: Vec<PacketBuf> = (0..64).map(|i| PacketBuf::new(&templates[i % templates.len()].0, 0)).collect();
-    let run = |lab: &mut Lab, bufs: &mut Vec<PacketBuf>, now: u64| {
+    let run = |sim: &mut Sim, bufs: &mut Vec<PacketBuf>, now: u64| {
         for (i, b) in bufs.iter_mut().enumerate() {
             let (f, p) = &templates[i % templates.len()];
             b.reset(f, *p);
         }
-        let out = lab.worker.process(bufs, now);
+        let out = sim.pipeline.process(bufs, now);
         out.active_ports().count() + out.emitted.len()
     };
     // Warm-up: first-use allocations (thread-local epoch registration and the like).
     for t in 0..10 {
-        run(&mut lab, &mut bufs, t);
+        run(&mut sim, &mut bufs, t);
     }
     ALLOCS.store(0, Relaxed);
     COUNTING.store(true, Relaxed);
     let mut sent = 0;
     for t in 0..5_000u64 {
-        sent += run(&mut lab, &mut bufs, 10 + t);
+        sent += run(&mut sim, &mut bufs, 10 + t);
     }
     COUNTING.store(false, Relaxed);
     assert!(sent > 0);
     assert_eq!(ALLOCS.load(Relaxed), 0, "allocations in the steady state");
-    let c = lab.worker.counters();
+    let c = sim.pipeline.counters();
     assert!(c.ipip_encap.load(Relaxed) > 0 && c.ipip_decap.load(Relaxed) > 0 && c.fragmented.load(Relaxed) > 0);
     assert!(c.icmp_errors_sent.load(Relaxed) > 0);
 }

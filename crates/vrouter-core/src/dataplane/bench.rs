@@ -13,8 +13,8 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::lab::{self, frames, Lab, LabOptions};
 use super::packet::{PacketBuf, PortId};
+use super::sim::{self, frames, Sim, SimOptions};
 use crate::acl::rule::PortRange;
 use crate::acl::{Action, EndpointPolicy, PolicyConfig, PolicySet, Rule};
 use crate::fib::table::{self, TableError};
@@ -35,9 +35,9 @@ pub enum Kind {
     Decap,
 }
 
-/// A ready-to-run scenario: a lab node with the table loaded and frames to feed it.
+/// A ready-to-run scenario: a simulated node with the table loaded and frames to feed it.
 pub struct Scenario {
-    pub lab: Lab,
+    pub sim: Sim,
     templates: Vec<(Vec<u8>, PortId)>,
     /// Two batches: one is refilled right after it was processed, so the copy's stores have
     /// retired before the pipeline reads them, as a NIC's DMA would be.
@@ -72,7 +72,7 @@ fn random_host(rng: &mut SmallRng, prefixes: &[Ipv4Prefix]) -> u32 {
     loop {
         let p = prefixes[rng.random_range(0..prefixes.len())];
         let a = p.addr() | (rng.random::<u32>() & !p.mask());
-        // Skip the lab's own addresses and anything in the lab's 10/8 and 192.168/16.
+        // Skip the simulated node's own addresses and anything in the simulated node's 10/8 and 192.168/16.
         if a >> 24 != 10 && a >> 16 != 0xc0a8 && !crate::wire::ipv4::is_martian_dest(a) {
             return a;
         }
@@ -88,17 +88,17 @@ impl Scenario {
             }
             _ => Arc::new(PolicySet::allow_all()),
         };
-        let mut lab = Lab::new(LabOptions { policy, ..Default::default() });
+        let mut sim = Sim::new(SimOptions { policy, ..Default::default() });
         let nh_for = |i: usize| -> NhId {
             match kind {
-                Kind::Forward | Kind::Decap => [lab::NH_NODE2, lab::NH_UNDERLAY][i % 2],
-                Kind::EncapAcl => lab::NH_NODE3_IPIP,
+                Kind::Forward | Kind::Decap => [sim::NH_NODE2, sim::NH_UNDERLAY][i % 2],
+                Kind::EncapAcl => sim::NH_NODE3_IPIP,
             }
         };
-        lab.fib.load(prefixes.iter().enumerate().map(|(i, p)| (*p, nh_for(i))));
-        // The lab's own routes are more specific than anything in an Internet table.
-        lab.fib.insert(lab::pfx("10.244.1.2/32"), lab::NH_POD_A);
-        lab.fib.insert(lab::pfx("10.244.1.3/32"), lab::NH_POD_B);
+        sim.fib.load(prefixes.iter().enumerate().map(|(i, p)| (*p, nh_for(i))));
+        // The sim's own routes are more specific than anything in an Internet table.
+        sim.fib.insert(sim::pfx("10.244.1.2/32"), sim::NH_POD_A);
+        sim.fib.insert(sim::pfx("10.244.1.3/32"), sim::NH_POD_B);
         let payload = [0u8; PAYLOAD_64];
         let templates: Vec<(Vec<u8>, PortId)> = (0..TEMPLATES)
             .map(|i| match kind {
@@ -106,38 +106,38 @@ impl Scenario {
                     let dst = random_host(&mut rng, prefixes);
                     let src = 0xc633_6400 | (i as u32 & 0xff); // 198.51.100.x
                     (
-                        frames::udp(lab::GW_MAC, lab::UPLINK_MAC, src, dst, 64, 1024 + i as u16, 53, &payload),
-                        lab::UPLINK,
+                        frames::udp(sim::GW_MAC, sim::UPLINK_MAC, src, dst, 64, 1024 + i as u16, 53, &payload),
+                        sim::UPLINK,
                     )
                 }
                 Kind::EncapAcl => {
                     let dst = random_host(&mut rng, prefixes);
                     (
                         frames::udp(
-                            lab::POD_A_MAC,
-                            lab::POD_A_PORT_MAC,
-                            lab::POD_A_IP,
+                            sim::POD_A_MAC,
+                            sim::POD_A_PORT_MAC,
+                            sim::POD_A_IP,
                             dst,
                             64,
                             1024 + i as u16,
                             53,
                             &payload,
                         ),
-                        lab::POD_A,
+                        sim::POD_A,
                     )
                 }
                 Kind::Decap => {
-                    let dst = [lab::POD_A_IP, lab::POD_B_IP][i % 2];
+                    let dst = [sim::POD_A_IP, sim::POD_B_IP][i % 2];
                     let inner =
-                        frames::udp(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_POD, dst, 64, 1024 + i as u16, 53, &[]);
-                    (frames::ipip(lab::GW_MAC, lab::UPLINK_MAC, lab::NODE3_IP, lab::NODE_IP, &inner), lab::UPLINK)
+                        frames::udp(sim::GW_MAC, sim::UPLINK_MAC, sim::NODE3_POD, dst, 64, 1024 + i as u16, 53, &[]);
+                    (frames::ipip(sim::GW_MAC, sim::UPLINK_MAC, sim::NODE3_IP, sim::NODE_IP, &inner), sim::UPLINK)
                 }
             })
             .collect();
         let frame_len = templates[0].0.len();
         let batch = |o: usize| (o..o + BATCH).map(|i| PacketBuf::new(&templates[i].0, templates[i].1)).collect();
         let bufs = [batch(0), batch(BATCH)];
-        Scenario { lab, templates, bufs, cur: 0, next: 2 * BATCH, frame_len }
+        Scenario { sim, templates, bufs, cur: 0, next: 2 * BATCH, frame_len }
     }
 
     /// Runs the pipeline once over the current batch, then refills that batch from the next
@@ -145,7 +145,7 @@ impl Scenario {
     #[inline]
     pub fn run_batch(&mut self, now_ms: u64) -> usize {
         let bufs = &mut self.bufs[self.cur];
-        let out = self.lab.worker.process(bufs, now_ms);
+        let out = self.sim.pipeline.process(bufs, now_ms);
         let sent = out.active_ports().map(|p| out.tx(p).len()).sum();
         for b in bufs.iter_mut() {
             let (f, p) = &self.templates[self.next];

@@ -61,13 +61,11 @@ pub fn plan(mtu: usize, hl: usize, hl_rest: usize, payload: usize) -> Option<(us
     Some((first, rest, count))
 }
 
-/// Writes the fragment carrying `payload[at..at + size]` of the datagram `ip` (a validated
-/// IPv4 packet) into `out`, using the non-first header `rest_hdr`. Returns the bytes written.
-pub fn write_fragment(ip: &[u8], rest_hdr: &[u8], at: usize, size: usize, out: &mut [u8]) -> usize {
-    let v = Ipv4Packet::new_checked(ip).expect("validated header");
-    let hl = v.header_len();
-    let tl = v.total_len();
-    let payload = &ip[hl..tl];
+/// Writes the fragment carrying `payload[at..at + size]` of the datagram `v` (a validated
+/// IPv4 packet, trimmed to its total length) into `out`, using the non-first header
+/// `rest_hdr`. Returns the bytes written.
+pub fn write_fragment(v: Ipv4Packet<&[u8]>, rest_hdr: &[u8], at: usize, size: usize, out: &mut [u8]) -> usize {
+    let payload = v.payload();
     let size = size.min(payload.len() - at);
     let last = at + size == payload.len();
     let orig_ff = v.flags_frag();
@@ -76,17 +74,17 @@ pub fn write_fragment(ip: &[u8], rest_hdr: &[u8], at: usize, size: usize, out: &
     let h = rest_hdr.len();
     out[..h].copy_from_slice(rest_hdr);
     out[h..h + size].copy_from_slice(&payload[at..at + size]);
-    let mut f = Ipv4Packet::new_checked(&mut out[..h + size]).expect("20 bytes");
+    // Written just above: `rest_hdr` is a whole header (20 bytes at least).
+    let mut f = Ipv4Packet::new_unchecked(&mut out[..h + size]);
     f.set_total_len((h + size) as u16);
     f.set_flags_frag(mf | off);
     f.fill_checksum();
     h + size
 }
 
-/// Turns `ip` into its first fragment in place, keeping `size` payload bytes. Returns the new
-/// total length.
-pub fn truncate_first(ip: &mut [u8], size: usize) -> usize {
-    let mut v = Ipv4Packet::new_checked(&mut *ip).expect("validated header");
+/// Turns `v` (a validated IPv4 packet) into its first fragment in place, keeping `size` payload
+/// bytes. Returns the new total length.
+pub fn truncate_first(mut v: Ipv4Packet<&mut [u8]>, size: usize) -> usize {
     let hl = v.header_len();
     let ff = v.flags_frag();
     v.set_total_len((hl + size) as u16);
@@ -123,13 +121,13 @@ mod tests {
         let mut at = first;
         for _ in 1..count {
             let mut b = vec![0u8; 1600];
-            let n = write_fragment(p, &rest[..rl], at, restsz, &mut b);
+            let n = write_fragment(Ipv4Packet::new_checked(p).unwrap(), &rest[..rl], at, restsz, &mut b);
             b.truncate(n);
             out.push(b);
             at += restsz;
         }
         let mut f = p.to_vec();
-        let n = truncate_first(&mut f, first);
+        let n = truncate_first(Ipv4Packet::new_checked(&mut f[..]).unwrap(), first);
         f.truncate(n);
         out.insert(0, f);
         out

@@ -3,16 +3,16 @@
 #[cfg(feature = "testing")]
 pub mod bench;
 pub mod frag;
-#[cfg(feature = "testing")]
-pub mod lab;
 pub mod observe;
 pub mod output;
 pub mod packet;
 pub mod pipeline;
 pub mod quiesce;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod state;
 
 pub use output::Output;
 pub use packet::{Frame, PacketBuf, Pkt, PortId, HEADROOM, MAX_BATCH, MAX_PORTS};
-pub use pipeline::{Verdict, Worker, WorkerConfig};
+pub use pipeline::{Pipeline, PipelineConfig, Verdict};
 pub use state::{Endpoint, IpipMode, NextHop, PortInfo, PortKind, Shared, Snapshot, SnapshotError};

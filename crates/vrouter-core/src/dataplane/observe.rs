@@ -3,7 +3,7 @@
 //!
 //! The control side starts a session here; workers check one relaxed atomic word per batch
 //! ([`Observe::active`]) and take the ordinary path when it is zero, so all of this costs
-//! nothing when off. When on, a worker runs the batch through [`super::Worker`]'s observed
+//! nothing when off. When on, a worker runs the batch through [`super::Pipeline`]'s observed
 //! path, which allocates (records, copies) and takes a lock per batch: that is the price of
 //! looking, paid only while someone looks.
 //!
@@ -16,8 +16,12 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::packet::PortId;
-use crate::acl::CtEntryView;
+use super::packet::{Frame, PortId, MAX_BATCH};
+use super::pipeline::{Pipeline, Verdict};
+use super::state::Snapshot;
+use crate::acl::{CtEntryView, Direction, EndpointId, FlowKey};
+use crate::fib::NhId;
+use crate::stats::DropReason;
 
 pub const TRACE: u32 = 1;
 pub const CAPTURE: u32 = 2;
@@ -284,13 +288,11 @@ impl Observe {
         t.records.extend(records);
     }
 
-    /// Copies frames into the capture while it wants more: `frames` yields (port, point, bytes).
-    pub(crate) fn capture<'a>(&self, frames: impl Iterator<Item = (PortId, CapturePoint, &'a [u8])>) {
+    /// Copies frames into the capture while it wants more: `frames` yields (port, point, bytes),
+    /// stamped `ts_ns` (wall-clock nanoseconds since the Unix epoch, given by the caller: the
+    /// core reads no clock).
+    pub(crate) fn capture<'a>(&self, ts_ns: u64, frames: impl Iterator<Item = (PortId, CapturePoint, &'a [u8])>) {
         let mut c = lock(&self.capture);
-        let ts_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
         for (port, point, data) in frames {
             if c.remaining == 0 {
                 break;
@@ -420,10 +422,246 @@ fn describe_arp(p: &[u8]) -> String {
     }
 }
 
+// ---------------------------------------------------------------- the pipeline's hooks
+
+/// The pipeline's side of trace and capture: the observed path, the per-frame notes the stages
+/// leave, and the trace records made from them.
+impl Pipeline {
+    /// [`Pipeline::process`] while a trace or capture is on: the same stages, plus copies and
+    /// notes. Allocates; never taken when nobody looks.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn process_observed<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], now: u64) {
+        let obs = &self.shared.clone().observe;
+        let mut base = 0u32;
+        for chunk in frames.chunks_mut(MAX_BATCH) {
+            if obs.capture_wants(CapturePoint::Rx) {
+                let copies: Vec<(PortId, Vec<u8>)> = chunk
+                    .iter_mut()
+                    .map(|f| {
+                        let port = f.port();
+                        let (buf, head, len) = f.parts();
+                        (port, buf[*head..*head + *len].to_vec())
+                    })
+                    .collect();
+                obs.capture((self.wall_clock)(), copies.iter().map(|(p, d)| (*p, CapturePoint::Rx, &d[..])));
+            }
+            let mut scratch = self.trace.take().unwrap_or_default();
+            obs.claim_trace(chunk.iter().map(|f| f.port()), &mut scratch.chosen);
+            let tracing = scratch.chosen.iter().any(|c| *c);
+            if tracing {
+                scratch.received = chunk
+                    .iter_mut()
+                    .zip(&scratch.chosen)
+                    .map(|(f, c)| {
+                        let (buf, head, len) = f.parts();
+                        if *c {
+                            describe_frame(&buf[*head..*head + *len])
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect();
+                scratch.policy = vec![None; chunk.len()];
+                scratch.answered = vec![None; chunk.len()];
+                scratch.first_lookup = vec![None; chunk.len()];
+                self.trace = Some(scratch);
+            }
+            self.process_chunk(snap, chunk, base, now);
+            if let Some(scratch) = self.trace.take() {
+                let records = self.trace_records(snap, chunk, &scratch);
+                obs.push_trace(records);
+            }
+            base += chunk.len() as u32;
+        }
+        if obs.capture_wants(CapturePoint::Tx) {
+            let out = &self.out;
+            let sent = out.active_ports().flat_map(|p| out.tx(p).iter().map(move |&i| (p, i as usize)));
+            let mut copies: Vec<(PortId, Vec<u8>)> = sent
+                .filter_map(|(p, i)| {
+                    let f = frames.get_mut(i)?;
+                    let (buf, head, len) = f.parts();
+                    Some((p, buf[*head..*head + *len].to_vec()))
+                })
+                .collect();
+            copies.extend(out.emitted.frames().map(|(p, d)| (p, d.to_vec())));
+            obs.capture((self.wall_clock)(), copies.iter().map(|(p, d)| (*p, CapturePoint::Tx, &d[..])));
+        }
+    }
+
+    /// The trace records of a processed chunk's chosen frames.
+    fn trace_records<F: Frame>(&self, snap: &Snapshot, chunk: &mut [F], scratch: &TraceScratch) -> Vec<TraceRecord> {
+        let mut records = Vec::new();
+        for (i, f) in chunk.iter_mut().enumerate() {
+            if !scratch.chosen[i] {
+                continue;
+            }
+            let m = &self.meta[i];
+            let answered = scratch.answered[i];
+            let in_port = f.port();
+            let port_name = |p: PortId| snap.port(p).map_or_else(|| format!("#{p}"), |x| x.name.clone());
+            let mut steps = vec![format!("input: port {} ({})", in_port, port_name(in_port))];
+            if m.decapped {
+                steps.push("ipip: decapsulated (outer source is a known peer, outer destination our node IP)".into());
+            }
+            if m.local_origin {
+                steps.push("local: answered or turned into an ICMP error by the router".into());
+            }
+            let describe = |dst: u32, nh: NhId| {
+                let what = snap.nexthop(nh).map_or_else(|| "not in this snapshot".to_string(), |n| format!("{n:?}"));
+                format!("lookup: {} -> next hop #{nh} {what}", std::net::Ipv4Addr::from(dst))
+            };
+            if let Some((dst, nh)) = scratch.first_lookup[i] {
+                steps.push(describe(dst, nh));
+            }
+            if let Some(r) = answered {
+                steps.push(format!("drop: {}", r.name()));
+            }
+            let lookup = m.looked_up.then_some((m.dst, m.nh));
+            if let Some((dst, nh)) = lookup {
+                let what = if answered.is_some() { "the ICMP error's " } else { "" };
+                steps.push(format!("{what}{}", describe(dst, nh)));
+            }
+            if let Some(p) = &scratch.policy[i] {
+                steps.push(format!("policy: {p}"));
+            }
+            let (buf, head, len) = f.parts();
+            let frame = &buf[*head..*head + *len];
+            let (verdict, drop_reason, out_port, sent) = match m.verdict {
+                Verdict::Tx(p) if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
+                    steps.push(format!("icmp: answered with an ICMP error, sent on port {p} ({})", port_name(p)));
+                    ("drop", r, Some(p), Some(describe_frame(frame)))
+                }
+                Verdict::Punt if answered.is_some() => {
+                    let r = answered.map(|r| r.name().to_string());
+                    steps.push("icmp: answered with an ICMP error to the node's kernel".into());
+                    ("drop", r, snap.host_port, Some(describe_frame(frame)))
+                }
+                Verdict::Consumed if answered.is_some() => ("drop", answered.map(|r| r.name().to_string()), None, None),
+                Verdict::Tx(p) => {
+                    steps.push(format!("output: port {p} ({})", port_name(p)));
+                    ("tx", None, Some(p), Some(describe_frame(frame)))
+                }
+                Verdict::Punt => ("punt", None, snap.host_port, Some(describe_frame(frame))),
+                Verdict::Held => ("held", None, None, None),
+                Verdict::Consumed => ("consumed", None, None, None),
+                Verdict::Drop(r) => ("drop", Some(r.name().to_string()), None, None),
+                Verdict::Continue => ("drop", Some(DropReason::BadNextHop.name().to_string()), None, None),
+            };
+            records.push(TraceRecord {
+                seq: 0,
+                worker: self.id(),
+                in_port,
+                received: scratch.received[i].clone(),
+                steps,
+                verdict: verdict.into(),
+                drop_reason,
+                out_port,
+                sent,
+                lookup,
+            });
+        }
+        records
+    }
+
+    /// Leaves a note for the packet trace (only while a traced chunk runs; a new note
+    /// replaces none: the first one, the evaluation, is extended by later ones).
+    #[inline]
+    pub(super) fn note(&mut self, f: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let n = f();
+            t.current = Some(match t.current.take() {
+                Some(prev) => format!("{prev}; {n}"),
+                None => n,
+            });
+        }
+    }
+
+    /// For packet trace only (nothing is written unless a trace runs): the frame being worked
+    /// on is dropped as `r` and answered with an ICMP error if its verdict says it is sent.
+    #[inline]
+    pub(super) fn note_answered(&mut self, r: DropReason) {
+        if let Some(t) = &mut self.trace {
+            t.current_answered = Some(r);
+        }
+    }
+
+    /// For packet trace only: the frame being turned into an ICMP error was first looked up
+    /// to `nh` for `dst`.
+    #[inline]
+    pub(super) fn note_first_lookup(&mut self, dst: u32, nh: NhId) {
+        if let Some(t) = &mut self.trace {
+            t.current_first_lookup = Some((dst, nh));
+        }
+    }
+}
+
+/// What policy says about `key` and why, for the packet trace: each direction evaluated, with
+/// the endpoint's name and the rule that decided.
+pub(super) fn describe_policy(
+    snap: &Snapshot,
+    src_ep: Option<EndpointId>,
+    dst_ep: Option<EndpointId>,
+    key: &FlowKey,
+) -> String {
+    let pol = &snap.policy;
+    let name = |e: EndpointId| snap.endpoints.get(e as usize).map_or("?", |x| x.name.as_str());
+    let mut parts = Vec::new();
+    if src_ep.is_none() && dst_ep.is_none() {
+        parts.push(format!("transit: {}", pol.describe(pol.evaluate(None, Direction::Ingress, key))));
+    }
+    if let Some(e) = src_ep {
+        parts.push(format!("egress of '{}': {}", name(e), pol.describe(pol.evaluate(Some(e), Direction::Egress, key))));
+    }
+    if let Some(e) = dst_ep {
+        parts.push(format!(
+            "ingress of '{}': {}",
+            name(e),
+            pol.describe(pol.evaluate(Some(e), Direction::Ingress, key))
+        ));
+    }
+    parts.join("; ")
+}
+
+/// A traced chunk's notes, filled by the stages (only while tracing).
+#[derive(Default)]
+pub(super) struct TraceScratch {
+    chosen: Vec<bool>,
+    received: Vec<String>,
+    policy: Vec<Option<String>>,
+    /// The note `policy()` left for the frame egress is working on.
+    current: Option<String>,
+    /// Per frame: dropped for this reason and (if the verdict says it is sent) answered with an
+    /// ICMP error.
+    answered: Vec<Option<DropReason>>,
+    /// Per frame: the first lookup (destination, next hop) of a frame turned into an ICMP error
+    /// during egress (its second lookup is the error's).
+    first_lookup: Vec<Option<(u32, NhId)>>,
+    /// What the stage working on a frame noted for the two above (moved there after it).
+    current_answered: Option<DropReason>,
+    current_first_lookup: Option<(u32, NhId)>,
+}
+
+impl TraceScratch {
+    /// Moves what a stage noted for frame `i` into its slots.
+    pub(super) fn settle(&mut self, i: usize) {
+        if let Some(note) = self.current.take() {
+            self.policy[i] = Some(note);
+        }
+        if let Some(r) = self.current_answered.take() {
+            self.answered[i] = Some(r);
+        }
+        if let Some(l) = self.current_first_lookup.take() {
+            self.first_lookup[i] = Some(l);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::lab::frames;
+    use crate::dataplane::sim::frames;
     use crate::wire::MacAddr;
 
     #[test]
@@ -459,6 +697,7 @@ mod tests {
         o.start_capture(CaptureSpec { count: 2, port: None, rx: false, tx: true, snaplen: 70 }).unwrap();
         let big = [7u8; 100];
         o.capture(
+            42,
             [(0, CapturePoint::Rx, &big[..]), (1, CapturePoint::Tx, &big[..]), (2, CapturePoint::Tx, &big[..10])]
                 .into_iter(),
         );
@@ -466,6 +705,7 @@ mod tests {
         assert!(done);
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].port, got[0].orig_len, got[0].data.len()), (1, 100, 70));
+        assert!(got.iter().all(|f| f.ts_ns == 42), "stamped with the time given");
         assert_eq!(got[1].data.len(), 10);
         // The JSON form carries the bytes as hex, and reads back.
         let j = serde_json::to_string(&got[1]).unwrap();

@@ -2,6 +2,7 @@
 //! encapsulation and ICMP errors, and a little metadata per frame.
 
 use crate::wire::ethernet;
+use crate::wire::ipv4::Ipv4Packet;
 
 /// Index of a port (uplink, pod, host) in the snapshot's port table.
 pub type PortId = u16;
@@ -28,8 +29,11 @@ pub trait Frame {
     fn port(&self) -> PortId;
 }
 
-/// A received frame, borrowed in place: the frame is `buf[head..head + len]`; `buf[..head]` is
-/// headroom the pipeline may grow into.
+/// A frame borrowed in place, as every pipeline stage sees it: the frame is
+/// `buf[head..head + len]`; `buf[..head]` is headroom the pipeline may grow into (IPIP
+/// encapsulation, ICMP errors) and decapsulation moves `head` forward. The stages take one
+/// `&mut Pkt` instead of a `(buf, head, len)` triple; the batch loop writes `head` and `len`
+/// back to the [`Frame`] afterwards.
 pub struct Pkt<'a> {
     pub buf: &'a mut [u8],
     pub head: usize,
@@ -56,6 +60,27 @@ impl<'a> Pkt<'a> {
     #[inline]
     pub fn l3(&self) -> usize {
         self.head + ethernet::HEADER_LEN
+    }
+    /// The IPv4 packet: from its header to the end of the frame.
+    #[inline]
+    pub fn ip_bytes(&self) -> &[u8] {
+        &self.buf[self.head + ethernet::HEADER_LEN..self.head + self.len]
+    }
+    #[inline]
+    pub fn ip_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.head + ethernet::HEADER_LEN..self.head + self.len]
+    }
+    /// The IPv4 header of a frame that passed input validation ([`crate::wire::ipv4::check_input`]
+    /// and the trim to its total length) or that the pipeline wrote itself: not checked again.
+    /// Only for such frames (a stage past input); see [`Ipv4Packet::new_unchecked`].
+    #[inline]
+    pub fn ip(&self) -> Ipv4Packet<&[u8]> {
+        Ipv4Packet::new_unchecked(self.ip_bytes())
+    }
+    /// [`Pkt::ip`], writable.
+    #[inline]
+    pub fn ip_mut(&mut self) -> Ipv4Packet<&mut [u8]> {
+        Ipv4Packet::new_unchecked(self.ip_bytes_mut())
     }
 }
 

@@ -191,11 +191,50 @@ drop_reasons! {
     HostToRouterAddress => "host/to-router-address",
 }
 
+/// The IPv4 input checks' verdicts (wire knows nothing of counters), under their stable names.
+impl From<crate::wire::ipv4::Ipv4Error> for DropReason {
+    #[inline]
+    fn from(e: crate::wire::ipv4::Ipv4Error) -> DropReason {
+        use crate::wire::ipv4::Ipv4Error as E;
+        match e {
+            E::Truncated => DropReason::Ipv4Truncated,
+            E::BadVersion => DropReason::Ipv4BadVersion,
+            E::BadIhl => DropReason::Ipv4BadIhl,
+            E::BadLength => DropReason::Ipv4BadLength,
+            E::BadChecksum => DropReason::Ipv4BadChecksum,
+            E::MartianSource => DropReason::Ipv4MartianSource,
+            E::MartianDest => DropReason::Ipv4MartianDest,
+            E::Multicast => DropReason::Ipv4NoMulticast,
+            E::BadOptions => DropReason::Ipv4BadOptions,
+            E::SourceRoute => DropReason::Ipv4SourceRoute,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    #[test]
+    fn ipv4_input_errors_count_under_their_ipv4_names() {
+        use crate::wire::ipv4::Ipv4Error as E;
+        let names = [
+            (E::Truncated, "ipv4/truncated"),
+            (E::BadVersion, "ipv4/bad-version"),
+            (E::BadIhl, "ipv4/bad-ihl"),
+            (E::BadLength, "ipv4/bad-total-length"),
+            (E::BadChecksum, "ipv4/bad-checksum"),
+            (E::MartianSource, "ipv4/martian-source"),
+            (E::MartianDest, "ipv4/martian-destination"),
+            (E::Multicast, "ipv4/multicast-destination"),
+            (E::BadOptions, "ipv4/bad-options"),
+            (E::SourceRoute, "ipv4/source-route"),
+        ];
+        for (e, name) in names {
+            assert_eq!(DropReason::from(e).name(), name, "{e:?}");
+        }
+    }
     #[test]
     fn names_are_unique_and_round_trip() {
         let mut seen = HashSet::new();

@@ -1,7 +1,6 @@
 //! IPv4 headers (RFC 791) and the router's input checks (RFC 1812 section 5.2.2).
 
 use super::checksum;
-use crate::stats::DropReason;
 
 pub const MIN_HEADER_LEN: usize = 20;
 pub const PROTO_ICMP: u8 = 1;
@@ -47,6 +46,15 @@ fn be32(b: &[u8], at: usize) -> u32 {
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn new_checked(buf: T) -> Option<Self> {
         (buf.as_ref().len() >= MIN_HEADER_LEN).then_some(Ipv4Packet { buf })
+    }
+    /// A view over a header already validated ([`check_input`] passed on these bytes, or we wrote
+    /// the header): no length check. Safe whatever `buf` is (the accessors index the buffer, so a
+    /// buffer shorter than 20 bytes panics instead of misreading), but meant only for validated
+    /// headers, where the check would be repeated for nothing on the hot path.
+    #[inline]
+    pub fn new_unchecked(buf: T) -> Self {
+        debug_assert!(buf.as_ref().len() >= MIN_HEADER_LEN);
+        Ipv4Packet { buf }
     }
     pub fn into_inner(self) -> T {
         self.buf
@@ -209,55 +217,86 @@ pub const fn is_martian_dest(a: u32) -> bool {
     top == 0 || top == 127 || (a >> 28 == 0xf && a != u32::MAX)
 }
 
-/// What input checking learned about a valid header.
+/// Why a packet fails the RFC 1812 5.2.2 input checks ([`check_input`]). Wire knows nothing of
+/// drop counters: the pipeline maps each to its drop reason (`ipv4/...`, see
+/// `stats::DropReason`'s `From<Ipv4Error>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Ipv4Error {
+    #[error("fewer than 20 bytes")]
+    Truncated,
+    #[error("version is not 4")]
+    BadVersion,
+    #[error("header length below 20 bytes or beyond the packet")]
+    BadIhl,
+    #[error("total length below the header length or beyond the packet")]
+    BadLength,
+    #[error("header checksum mismatch")]
+    BadChecksum,
+    #[error("martian source (0/8, 127/8, multicast, class E, broadcast)")]
+    MartianSource,
+    #[error("martian destination (0/8, 127/8, class E)")]
+    MartianDest,
+    #[error("multicast or limited broadcast destination")]
+    Multicast,
+    #[error("malformed options")]
+    BadOptions,
+    #[error("source-route option")]
+    SourceRoute,
+}
+
+/// What input checking learned about a valid header: the checked fields later stages use
+/// without parsing the header again.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Ipv4Info {
     pub header_len: u8,
     pub total_len: u16,
+    pub protocol: u8,
+    pub src: u32,
+    pub dst: u32,
 }
 
 /// RFC 1812 5.2.2 input checks over `pkt` (from the IPv4 header to the end of the frame):
 /// length, version, IHL, total length, checksum, martian addresses and option syntax.
 /// On success the caller trims the frame to `total_len` (Ethernet padding).
 #[inline]
-pub fn check_input(pkt: &[u8]) -> Result<Ipv4Info, DropReason> {
+pub fn check_input(pkt: &[u8]) -> Result<Ipv4Info, Ipv4Error> {
     if pkt.len() < MIN_HEADER_LEN {
-        return Err(DropReason::Ipv4Truncated);
+        return Err(Ipv4Error::Truncated);
     }
     let vihl = pkt[0];
     if vihl >> 4 != 4 {
-        return Err(DropReason::Ipv4BadVersion);
+        return Err(Ipv4Error::BadVersion);
     }
     let hl = ((vihl & 0x0f) as usize) * 4;
     if hl < MIN_HEADER_LEN || hl > pkt.len() {
-        return Err(DropReason::Ipv4BadIhl);
+        return Err(Ipv4Error::BadIhl);
     }
     let tl = be16(pkt, 2) as usize;
     if tl < hl || tl > pkt.len() {
-        return Err(DropReason::Ipv4BadLength);
+        return Err(Ipv4Error::BadLength);
     }
     if !checksum::verify(&pkt[..hl]) {
-        return Err(DropReason::Ipv4BadChecksum);
+        return Err(Ipv4Error::BadChecksum);
     }
     // A fragment may not end beyond the largest datagram (RFC 791: 65,535 bytes).
     if (be16(pkt, 6) & OFFSET_MASK) as usize * 8 + (tl - hl) > 65_535 {
-        return Err(DropReason::Ipv4BadLength);
+        return Err(Ipv4Error::BadLength);
     }
     let src = be32(pkt, 12);
     let dst = be32(pkt, 16);
     if is_martian_source(src) {
-        return Err(DropReason::Ipv4MartianSource);
+        return Err(Ipv4Error::MartianSource);
     }
     if is_martian_dest(dst) {
-        return Err(DropReason::Ipv4MartianDest);
+        return Err(Ipv4Error::MartianDest);
     }
     if is_multicast(dst) || dst == u32::MAX {
-        return Err(DropReason::Ipv4NoMulticast);
+        return Err(Ipv4Error::Multicast);
     }
     if hl > MIN_HEADER_LEN {
         check_options(&pkt[MIN_HEADER_LEN..hl])?;
     }
-    Ok(Ipv4Info { header_len: hl as u8, total_len: tl as u16 })
+    Ok(Ipv4Info { header_len: hl as u8, total_len: tl as u16, protocol: pkt[field::PROTO], src, dst })
 }
 
 /// Option types (RFC 791).
@@ -269,20 +308,20 @@ const OPT_SSRR: u8 = 0x89;
 /// Walks the options without reading past them. Source routes are refused (RFC 1812 5.2.4.1
 /// permits a router to decline them, and they are a classic way around filtering); other
 /// well-formed options are forwarded untouched.
-pub fn check_options(opts: &[u8]) -> Result<(), DropReason> {
+pub fn check_options(opts: &[u8]) -> Result<(), Ipv4Error> {
     let mut i = 0;
     while i < opts.len() {
         match opts[i] {
             OPT_EOL => return Ok(()),
             OPT_NOP => i += 1,
             t => {
-                let Some(&len) = opts.get(i + 1) else { return Err(DropReason::Ipv4BadOptions) };
+                let Some(&len) = opts.get(i + 1) else { return Err(Ipv4Error::BadOptions) };
                 let len = len as usize;
                 if len < 2 || i + len > opts.len() {
-                    return Err(DropReason::Ipv4BadOptions);
+                    return Err(Ipv4Error::BadOptions);
                 }
                 if t == OPT_LSRR || t == OPT_SSRR {
-                    return Err(DropReason::Ipv4SourceRoute);
+                    return Err(Ipv4Error::SourceRoute);
                 }
                 i += len;
             }
@@ -330,7 +369,8 @@ mod tests {
     #[test]
     fn accepts_valid_header_and_reports_lengths() {
         let p = udp_packet();
-        assert_eq!(check_input(&p), Ok(Ipv4Info { header_len: 20, total_len: 32 }));
+        let info = Ipv4Info { header_len: 20, total_len: 32, protocol: PROTO_UDP, src: 0x0a00_0001, dst: 0x0a00_0102 };
+        assert_eq!(check_input(&p), Ok(info));
         let v = Ipv4Packet::new_checked(&p[..]).unwrap();
         assert_eq!((v.version(), v.header_len(), v.ttl(), v.protocol()), (4, 20, 64, PROTO_UDP));
         assert_eq!((v.src(), v.dst()), (0x0a00_0001, 0x0a00_0102));
@@ -351,32 +391,32 @@ mod tests {
 
     #[test]
     fn rejects_truncated() {
-        assert_eq!(check_input(&udp_packet()[..19]), Err(DropReason::Ipv4Truncated));
+        assert_eq!(check_input(&udp_packet()[..19]), Err(Ipv4Error::Truncated));
     }
 
     #[test]
     fn rejects_bad_version() {
         let mut p = udp_packet();
         p[0] = 0x65;
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadVersion));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadVersion));
     }
 
     #[test]
     fn rejects_ihl_below_5_and_beyond_frame() {
         let mut p = udp_packet();
         p[0] = 0x44;
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadIhl));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadIhl));
         p[0] = 0x4f; // 60-byte header in a 32-byte packet
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadIhl));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadIhl));
     }
 
     #[test]
     fn rejects_total_length_out_of_range() {
         let mut p = udp_packet();
         p[2..4].copy_from_slice(&19u16.to_be_bytes());
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadLength));
         p[2..4].copy_from_slice(&33u16.to_be_bytes());
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadLength));
     }
 
     #[test]
@@ -385,7 +425,7 @@ mod tests {
         let mut v = Ipv4Packet::new_checked(&mut p[..]).unwrap();
         v.set_flags_frag(0x1fff); // offset 65,528 + 12 bytes of payload
         v.fill_checksum();
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadLength));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadLength));
         let mut v = Ipv4Packet::new_checked(&mut p[..]).unwrap();
         v.set_flags_frag(0x1ffe); // offset 65,520 + 12: fits
         v.fill_checksum();
@@ -396,7 +436,7 @@ mod tests {
     fn rejects_bad_checksum() {
         let mut p = udp_packet();
         p[11] ^= 0x01;
-        assert_eq!(check_input(&p), Err(DropReason::Ipv4BadChecksum));
+        assert_eq!(check_input(&p), Err(Ipv4Error::BadChecksum));
     }
 
     fn with_addrs(src: u32, dst: u32) -> Vec<u8> {
@@ -408,17 +448,17 @@ mod tests {
     #[test]
     fn rejects_martian_sources() {
         for s in [0x0000_0001, 0x7f00_0001, 0xe000_0001, 0xf000_0001, 0xffff_ffff] {
-            assert_eq!(check_input(&with_addrs(s, 0x0a00_0001)), Err(DropReason::Ipv4MartianSource), "{s:#x}");
+            assert_eq!(check_input(&with_addrs(s, 0x0a00_0001)), Err(Ipv4Error::MartianSource), "{s:#x}");
         }
     }
 
     #[test]
     fn rejects_martian_and_multicast_destinations() {
         for d in [0x0000_0001, 0x7f00_0001, 0xf000_0001] {
-            assert_eq!(check_input(&with_addrs(0x0a00_0001, d)), Err(DropReason::Ipv4MartianDest), "{d:#x}");
+            assert_eq!(check_input(&with_addrs(0x0a00_0001, d)), Err(Ipv4Error::MartianDest), "{d:#x}");
         }
         for d in [0xe000_00fb, 0xffff_ffff] {
-            assert_eq!(check_input(&with_addrs(0x0a00_0001, d)), Err(DropReason::Ipv4NoMulticast), "{d:#x}");
+            assert_eq!(check_input(&with_addrs(0x0a00_0001, d)), Err(Ipv4Error::Multicast), "{d:#x}");
         }
     }
 
@@ -442,11 +482,11 @@ mod tests {
     #[test]
     fn options_with_bad_length_are_rejected_without_overrun() {
         // record route claiming 39 bytes inside a 4-byte option area
-        assert_eq!(check_input(&with_options(&[7, 39, 4, 0])), Err(DropReason::Ipv4BadOptions));
+        assert_eq!(check_input(&with_options(&[7, 39, 4, 0])), Err(Ipv4Error::BadOptions));
         // length below 2
-        assert_eq!(check_input(&with_options(&[7, 1, 0, 0])), Err(DropReason::Ipv4BadOptions));
+        assert_eq!(check_input(&with_options(&[7, 1, 0, 0])), Err(Ipv4Error::BadOptions));
         // type with no length byte at the very end
-        assert_eq!(check_input(&with_options(&[1, 1, 1, 7])), Err(DropReason::Ipv4BadOptions));
+        assert_eq!(check_input(&with_options(&[1, 1, 1, 7])), Err(Ipv4Error::BadOptions));
     }
 
     #[test]
@@ -462,7 +502,7 @@ mod tests {
     #[test]
     fn source_route_options_are_refused() {
         // LSRR: 83 07 04 c0000201
-        assert_eq!(check_input(&with_options(&[0x83, 7, 4, 192, 0, 2, 1, 0])), Err(DropReason::Ipv4SourceRoute));
+        assert_eq!(check_input(&with_options(&[0x83, 7, 4, 192, 0, 2, 1, 0])), Err(Ipv4Error::SourceRoute));
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! An in-memory node for tests, fuzzing and benchmarks: the Calico layout of the namespace lab,
-//! without the namespaces. Node 1 (192.168.1.10) has an uplink, two pods and a host port;
-//! node 2 (192.168.1.11) is on the same subnet (BGP mode, routed directly); node 3
-//! (192.168.2.20) is behind the underlay router 192.168.1.1 (IPIP, CrossSubnet).
+//! A simulated node in memory for tests, fuzzing and benchmarks: the Calico layout of the
+//! namespace lab (`vrouter::lab`, the real daemon in network namespaces), without the
+//! namespaces. Node 1 (192.168.1.10) has an uplink, two pods and a host port; node 2
+//! (192.168.1.11) is on the same subnet (BGP mode, routed directly); node 3 (192.168.2.20) is
+//! behind the underlay router 192.168.1.1 (IPIP, CrossSubnet).
 
 use std::sync::Arc;
 
 use super::packet::PortId;
-use super::pipeline::{Worker, WorkerConfig};
+use super::pipeline::{Pipeline, PipelineConfig};
 use super::state::{Endpoint, NextHop, PortInfo, PortKind, Shared, Snapshot, CALICO_POD_GATEWAY};
 use crate::acl::PolicySet;
 use crate::fib::{FibWriter, Ipv4Prefix, NhId};
@@ -39,7 +40,7 @@ pub const POD_B_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 0, 0x03]);
 pub const NODE2_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x0b]);
 pub const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
 
-/// Next-hop indices of the lab.
+/// Next-hop indices of the sim.
 pub const NH_POD_A: NhId = 1;
 pub const NH_POD_B: NhId = 2;
 pub const NH_NODE2: NhId = 3;
@@ -49,38 +50,38 @@ pub const NH_HOST: NhId = 6;
 pub const NH_UNDERLAY: NhId = 7;
 pub const NH_CONNECTED: NhId = 8;
 
-/// Choices for a lab node.
+/// Choices for a simulated node.
 #[derive(Clone)]
-pub struct LabOptions {
+pub struct SimOptions {
     pub host_port: bool,
     /// Preload node 2's and the underlay router's MACs (otherwise ARP resolves them).
     pub static_neighbours: bool,
     /// Install a default route via the underlay router.
     pub default_route: bool,
     pub policy: Arc<PolicySet>,
-    pub worker: WorkerConfig,
+    pub pipeline: PipelineConfig,
     /// Strict reverse-path check of IPIP inner sources (the default).
     pub ipip_strict_rpf: bool,
 }
 
-impl Default for LabOptions {
+impl Default for SimOptions {
     fn default() -> Self {
-        LabOptions {
+        SimOptions {
             host_port: true,
             static_neighbours: true,
             default_route: false,
             policy: Arc::new(PolicySet::allow_all()),
-            worker: WorkerConfig::default(),
+            pipeline: PipelineConfig::default(),
             ipip_strict_rpf: true,
         }
     }
 }
 
-/// A lab node: shared state, its FIB writer, one worker.
-pub struct Lab {
+/// A simulated node: shared state, its FIB writer, one pipeline.
+pub struct Sim {
     pub shared: Arc<Shared>,
     pub fib: FibWriter,
-    pub worker: Worker,
+    pub pipeline: Pipeline,
 }
 
 pub fn ports(host: bool) -> Vec<PortInfo> {
@@ -124,7 +125,7 @@ pub fn nexthops(host: bool) -> Vec<NextHop> {
     ]
 }
 
-pub fn snapshot(opts: &LabOptions) -> Snapshot {
+pub fn snapshot(opts: &SimOptions) -> Snapshot {
     let mut s = Snapshot::build(
         ports(opts.host_port),
         NODE_IP,
@@ -135,7 +136,7 @@ pub fn snapshot(opts: &LabOptions) -> Snapshot {
         nexthops(opts.host_port),
         opts.policy.clone(),
     )
-    .expect("lab snapshot is valid");
+    .expect("sim snapshot is valid");
     s.pod_blocks = vec![pfx("10.244.1.0/26")];
     s.ipip_strict_rpf = opts.ipip_strict_rpf;
     s
@@ -145,8 +146,8 @@ pub fn pfx(s: &str) -> Ipv4Prefix {
     s.parse().expect("valid prefix")
 }
 
-impl Lab {
-    pub fn new(opts: LabOptions) -> Lab {
+impl Sim {
+    pub fn new(opts: SimOptions) -> Sim {
         let (shared, mut fib) =
             Shared::new(snapshot(&opts), NeighTable::new(NeighConfig::default()).expect("default config is valid"));
         fib.insert(pfx("10.244.1.2/32"), NH_POD_A);
@@ -162,8 +163,8 @@ impl Lab {
             shared.neigh.add_static(NODE2_IP, NODE2_MAC.0).expect("room");
             shared.neigh.add_static(UNDERLAY_GW, GW_MAC.0).expect("room");
         }
-        let worker = Worker::new(shared.clone(), opts.worker.clone());
-        Lab { shared, fib, worker }
+        let pipeline = Pipeline::new(shared.clone(), opts.pipeline.clone());
+        Sim { shared, fib, pipeline }
     }
 }
 
@@ -254,7 +255,7 @@ pub mod frames {
     }
 }
 
-/// Valid frames of every kind the lab handles, for fuzzing by mutation and for benchmarks.
+/// Valid frames of every kind the simulated node handles, for fuzzing by mutation and for benchmarks.
 pub fn sample_frames() -> Vec<(Vec<u8>, PortId)> {
     let inner = frames::udp(GW_MAC, UPLINK_MAC, NODE3_POD, POD_A_IP, 63, 1, 2, b"inner");
     let mut big = frames::udp(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE3_POD, 64, 7, 7, &[0x5a; 1472]);
@@ -275,25 +276,25 @@ pub fn sample_frames() -> Vec<(Vec<u8>, PortId)> {
 }
 
 thread_local! {
-    static FUZZ_LABS: std::cell::RefCell<Option<[Lab; 2]>> = const { std::cell::RefCell::new(None) };
+    static FUZZ_SIMS: std::cell::RefCell<Option<[Sim; 2]>> = const { std::cell::RefCell::new(None) };
 }
 
 /// One fuzz case: `data` is cut into frames (2-byte length, 1-byte port, then the bytes) and run
-/// through a lab node in one batch, then once more a second later. The first byte picks one of
+/// through a simulated node in one batch, then once more a second later. The first byte picks one of
 /// two long-lived nodes (neighbours static or resolved by ARP), so state carries across cases
 /// as it does in a running router. Must never panic.
 pub fn fuzz_pipeline(data: &[u8]) {
-    FUZZ_LABS.with(|labs| {
-        let mut labs = labs.borrow_mut();
-        let labs = labs.get_or_insert_with(|| {
-            [true, false].map(|s| Lab::new(LabOptions { static_neighbours: s, ..Default::default() }))
+    FUZZ_SIMS.with(|sims| {
+        let mut sims = sims.borrow_mut();
+        let sims = sims.get_or_insert_with(|| {
+            [true, false].map(|s| Sim::new(SimOptions { static_neighbours: s, ..Default::default() }))
         });
-        let lab = &mut labs[data.first().map_or(0, |b| (b & 1) as usize)];
-        fuzz_one(lab, data);
+        let sim = &mut sims[data.first().map_or(0, |b| (b & 1) as usize)];
+        fuzz_one(sim, data);
     });
 }
 
-fn fuzz_one(lab: &mut Lab, data: &[u8]) {
+fn fuzz_one(sim: &mut Sim, data: &[u8]) {
     let mut bufs = Vec::new();
     let mut rest = data.get(1..).unwrap_or(&[]);
     while rest.len() >= 3 && bufs.len() < 300 {
@@ -308,7 +309,7 @@ fn fuzz_one(lab: &mut Lab, data: &[u8]) {
     // Bit 1 of the first byte: trace and capture everything (the formatters read every frame).
     let observe = data.first().is_some_and(|b| b & 2 != 0);
     if observe {
-        let obs = &lab.shared.observe;
+        let obs = &sim.shared.observe;
         let _ = obs.start_trace(u32::MAX >> 16, None);
         let _ = obs.start_capture(super::observe::CaptureSpec {
             count: 4096,
@@ -318,13 +319,13 @@ fn fuzz_one(lab: &mut Lab, data: &[u8]) {
             snaplen: 2048,
         });
     }
-    lab.worker.process(&mut bufs, 1_000);
-    check_output(lab, &bufs);
+    sim.pipeline.process(&mut bufs, 1_000);
+    check_output(sim, &bufs);
     let mut again = snapshot;
-    lab.worker.process(&mut again, 2_000);
-    check_output(lab, &again);
+    sim.pipeline.process(&mut again, 2_000);
+    check_output(sim, &again);
     if observe {
-        let (obs, sent) = (&lab.shared.observe, bufs.len() + again.len());
+        let (obs, sent) = (&sim.shared.observe, bufs.len() + again.len());
         let records = obs.stop_trace();
         assert!(records.len() <= sent, "one record per frame at most");
         assert!(records.iter().all(|r| !r.received.is_empty() && !r.verdict.is_empty()));
@@ -335,8 +336,8 @@ fn fuzz_one(lab: &mut Lab, data: &[u8]) {
 /// What every output must satisfy whatever the input: frames within their buffers, and every
 /// IPv4 frame the pipeline routed carrying a valid header checksum. (Frames between the host
 /// port and the uplink pass untouched, as the kernel sent them or will judge them.)
-fn check_output(lab: &Lab, bufs: &[super::packet::PacketBuf]) {
-    let out = lab.worker.output();
+fn check_output(sim: &Sim, bufs: &[super::packet::PacketBuf]) {
+    let out = sim.pipeline.output();
     for p in out.active_ports() {
         for i in out.tx(p) {
             let b = &bufs[*i as usize];
@@ -355,10 +356,10 @@ fn check_output(lab: &Lab, bufs: &[super::packet::PacketBuf]) {
     }
 }
 
-/// Runs the lab node over one frame of each kind and describes what it did, for `vrouter demo`.
+/// Runs the simulated node over one frame of each kind and describes what it did, for `vrouter demo`.
 pub fn demo() -> String {
     use std::fmt::Write;
-    let mut lab = Lab::new(LabOptions::default());
+    let mut sim = Sim::new(SimOptions::default());
     let port_name = |p: PortId| ports(true).get(p as usize).map(|p| p.name.clone()).unwrap_or_default();
     let inner = frames::udp(GW_MAC, UPLINK_MAC, NODE3_POD, POD_A_IP, 63, 1, 2, b"inner");
     let mut big = frames::ping(POD_A_MAC, POD_A_PORT_MAC, POD_A_IP, NODE3_POD, 64, 1, 1, &[0; 1472]);
@@ -402,9 +403,10 @@ pub fn demo() -> String {
     );
     let _ = writeln!(s, "{:<32} {:<8} result", "frame", "in");
     for (name, f, port) in cases {
-        let before: Vec<u64> = crate::stats::DropReason::ALL.iter().map(|r| lab.worker.counters().drops(*r)).collect();
+        let before: Vec<u64> =
+            crate::stats::DropReason::ALL.iter().map(|r| sim.pipeline.counters().drops(*r)).collect();
         let mut bufs = vec![super::packet::PacketBuf::new(&f, port)];
-        let out = lab.worker.process(&mut bufs, 1_000);
+        let out = sim.pipeline.process(&mut bufs, 1_000);
         let mut results = vec![];
         for p in out.active_ports().collect::<Vec<_>>() {
             for i in out.tx(p) {
@@ -415,7 +417,7 @@ pub fn demo() -> String {
             results.push(describe(&port_name(p), fr));
         }
         for (i, r) in crate::stats::DropReason::ALL.iter().enumerate() {
-            if lab.worker.counters().drops(*r) > before[i] {
+            if sim.pipeline.counters().drops(*r) > before[i] {
                 results.push(format!("dropped: {}", r.name()));
             }
         }

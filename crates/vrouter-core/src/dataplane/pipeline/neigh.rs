@@ -1,0 +1,99 @@
+//! Timers and neighbours: held frames whose neighbour resolved are sent, ARP requests and
+//! probes go out (rate limited), what waited in vain is answered ICMP host unreachable (RFC 1812
+//! 4.3.3.1) and counted as `neigh/unresolved`; conntrack is swept. Rides on each
+//! [`Pipeline::process`] call, at most once per millisecond.
+
+use super::*;
+use egress::neigh_charge;
+
+impl Pipeline {
+    /// Timers that ride on the poll loop: held frames whose neighbour resolved (possibly on
+    /// another worker), retransmitted ARP requests, expired holds, conntrack sweep.
+    pub(super) fn service(&mut self, snap: &Snapshot, now: u64) {
+        // At most once per millisecond: the timers are coarse, batches are not.
+        if now == self.last_service_ms {
+            return;
+        }
+        self.last_service_ms = now;
+        // RFC 1812 4.3.3.1: what waited too long for its next hop is answered host unreachable
+        // (within the ICMP error limits; the rest of a flood is only counted).
+        while !self.hold.is_empty() && self.host_unreachable(snap, None, now) {}
+        let expired = self.hold.expire(now, self.cfg.hold_timeout_ms);
+        self.counters.drop_n(DropReason::NeighUnresolved, expired as u64);
+        let mut i = 0;
+        while i < self.pending.len() {
+            let ip = self.pending[i];
+            let done = match self.shared.neigh.lookup(ip, now) {
+                NeighLookup::Reachable(mac) | NeighLookup::Stale { mac, .. } => {
+                    self.release_held(ip, mac);
+                    true
+                }
+                NeighLookup::Incomplete { send_request } => {
+                    if send_request {
+                        if let Some(up) = snap.uplink_port {
+                            self.send_arp_request(snap, up, ip, now);
+                        }
+                    }
+                    false
+                }
+                NeighLookup::Failed | NeighLookup::TableFull | NeighLookup::SourceLimit => {
+                    while self.host_unreachable(snap, Some(ip), now) {}
+                    let n = self.hold.drop_neighbour(ip);
+                    self.counters.drop_n(DropReason::NeighUnresolved, n as u64);
+                    true
+                }
+            };
+            if done {
+                self.pending.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        // Neighbour ageing: shared, so one worker per interval runs it (issue 9 item 7).
+        self.shared.neigh.maintain(now);
+        self.counters.drop_n(DropReason::NeighHoldFull, self.hold.take_pushed_out() as u64);
+        self.ct.expire(now, 64);
+        self.counters.conntrack_entries.store(self.ct.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Looks the L2 next hop of `nh` up, sending the ARP request or probe it asks for.
+    pub(super) fn prime_neighbour(&mut self, snap: &Snapshot, p: &Pkt<'_>, nh: &NextHop, now: u64) {
+        let (port, via) = match nh {
+            NextHop::Gateway { port, via } | NextHop::Tunnel { port, via, .. } => (*port, *via),
+            NextHop::Connected { port } => (*port, p.ip().dst()),
+            _ => return,
+        };
+        match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
+            NeighLookup::Incomplete { send_request: true } | NeighLookup::Stale { probe: true, .. } => {
+                self.send_arp_request(snap, port, via, now)
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn send_arp_request(&mut self, snap: &Snapshot, port: PortId, target: u32, now: u64) {
+        if !self.arp_rl.allow(now) {
+            return;
+        }
+        let Some(mac) = snap.port(port).map(|p| p.mac) else { return };
+        let Some((slot, b)) = self.out.emitted.next_free() else { return };
+        let n = arp::build_request(&mut b[HEADROOM..], mac.0, snap.node_ip, target);
+        self.out.emitted.commit(slot, port, HEADROOM, n);
+        self.counters.tx(port as usize, n);
+        self.counters.inc(&self.counters.arp_requests_sent);
+    }
+
+    /// Sends everything held for `ip`, now that it resolved to `mac`.
+    pub(super) fn release_held(&mut self, ip: u32, mac: [u8; 6]) {
+        let out = &mut self.out.emitted;
+        let counters = &self.counters;
+        self.hold.release(ip, |port, frame| {
+            frame[0..6].copy_from_slice(&mac);
+            if out.push_copy(port, frame) {
+                counters.tx(port as usize, frame.len());
+            } else {
+                counters.count_drop(DropReason::TxFull);
+            }
+        });
+    }
+}
