@@ -13,6 +13,10 @@ use vrouter_core::dataplane::state::IpipMode;
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::wire::MacAddr;
 
+// Defined with the layer that uses them (config sits above port and worker).
+pub use crate::port::afxdp::XdpMode;
+pub use crate::worker::IdleMode;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -207,16 +211,6 @@ fn default_mtu() -> u16 {
     1500
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
@@ -253,19 +247,6 @@ pub struct HostConfig {
     /// Name of the TAP vrouter creates for the node's kernel; it gets the node IP and the
     /// uplink's MAC, and host-bound traffic is punted to it.
     pub tap: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum IdleMode {
-    /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
-    /// on the core between empty passes).
-    Poll,
-    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
-    #[default]
-    Adaptive,
-    /// Always sleep in poll(2) between batches.
-    Interrupt,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

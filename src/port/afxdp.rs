@@ -21,7 +21,6 @@ use tracing::{info, warn};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use crate::control::config::XdpMode;
 use vrouter_core::dataplane::{Frame, PortId};
 
 pub const FRAME_SIZE: usize = 2048;
@@ -34,6 +33,17 @@ pub const DEFAULT_TX_QUEUE: usize = 512;
 pub const TX_RING: usize = RING as usize;
 /// Free chunks kept back from the fill ring for frames copied in from other ports.
 const FREE_RESERVE: usize = 512;
+
+/// How the socket's XDP program is attached (`[uplink] xdp_mode`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
 
 /// A received frame: a UMEM chunk lent to the pipeline.
 pub struct XskFrame {

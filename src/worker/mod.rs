@@ -15,16 +15,29 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::control::config::IdleMode;
-use crate::control::status::LinkState;
 use crate::port::afxdp::{XskFrame, XskPort};
 use crate::port::tap::TapPort;
+use crate::port::LinkState;
 use vrouter_core::dataplane::{Frame, PacketBuf, PortId, Worker, MAX_BATCH};
 use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
 pub const BURST: usize = 256;
 const MAX_SLEEP_MS: i32 = 10;
+
+/// What a worker does when a pass finds nothing to do (`[workers] idle`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
+    /// on the core between empty passes).
+    Poll,
+    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
+    #[default]
+    Adaptive,
+    /// Always sleep in poll(2) between batches.
+    Interrupt,
+}
 
 /// Where a port's frames go when the pipeline sends on it.
 #[derive(Clone)]
