@@ -2,11 +2,13 @@
 //! the node's kernel are TAP devices ([`tap`]). The in-memory [`vrouter_core::dataplane::PacketBuf`]
 //! serves tests and benchmarks.
 //!
-//! Most of the daemon's `unsafe` lives here: the AF_XDP rings and UMEM ([`afxdp`]), TUN ioctls
-//! ([`tap`]) and libbpf/ioctl calls on the XDP hook ([`xdp`]). It is not the only place: the FIB's trie keeps
-//! raw zeroed arrays (vrouter-core `fib/trie.rs`, measured in its docs), the worker sleeps in
-//! poll(2), control calls setns/if_indextoname (netlink) and malloc_trim, and the namespace lab
-//! and perf lab make raw libc calls. Each `unsafe` block carries a `// SAFETY:` comment.
+//! Most of the daemon's `unsafe` lives here: the AF_XDP rings and UMEM ([`afxdp`]; frames are
+//! lent inside a batch that holds the port, so the types keep a frame from outliving the UMEM
+//! or losing its chunk), TUN ioctls ([`tap`]) and libbpf/ioctl calls on the XDP hook ([`xdp`]).
+//! It is not the only place: the FIB's trie keeps raw zeroed arrays (vrouter-core
+//! `fib/trie.rs`), the worker sleeps in poll(2), control calls setns/if_indextoname (netlink)
+//! and malloc_trim, and the namespace lab and perf lab make raw libc calls. Each `unsafe`
+//! block carries a `// SAFETY:` comment.
 
 pub mod afxdp;
 pub mod tap;
