@@ -57,6 +57,21 @@ pub enum XdpMode {
     Generic,
 }
 
+/// Whether the socket shares the UMEM with the driver (`[uplink] bind`): zero-copy is where
+/// AF_XDP earns its keep on a real NIC; drivers without AF_XDP support (veth, generic XDP)
+/// copy every frame.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Zero-copy where the driver can (native XDP), copy mode otherwise (logged).
+    #[default]
+    Auto,
+    /// Zero-copy or refuse to start.
+    ZeroCopy,
+    /// Copy mode (`XDP_COPY`).
+    Copy,
+}
+
 /// The four rings of one AF_XDP socket (fill, RX, TX, completion) and the UMEM their
 /// descriptors point into, as [`Port`] uses them. [`XskRings`] is the real socket; the tests
 /// implement it over plain memory to check the chunk accounting without root.
@@ -374,60 +389,87 @@ unsafe impl Rings for XskRings {
 }
 
 impl Port<XskRings> {
-    /// Binds queue `queue` of `dev`. `Auto` tries native XDP and falls back to generic mode
-    /// (logged); a failed bind leaves the UMEM busy for a moment, so the retry uses a new one.
-    pub fn open(dev: &str, queue: u32, mode: XdpMode, port: PortId) -> io::Result<XskPort> {
-        let tries: &[(XdpFlags, &str)] = match mode {
-            XdpMode::Native => &[(XdpFlags::XDP_FLAGS_DRV_MODE, "native")],
-            XdpMode::Generic => &[(XdpFlags::XDP_FLAGS_SKB_MODE, "generic")],
-            XdpMode::Auto => &[(XdpFlags::XDP_FLAGS_DRV_MODE, "native"), (XdpFlags::XDP_FLAGS_SKB_MODE, "generic")],
+    /// Binds queue `queue` of `dev`. `XdpMode::Auto` tries native XDP and falls back to
+    /// generic mode; `BindMode::Auto` tries zero-copy (native mode only: generic XDP copies
+    /// every frame) and falls back to copy mode; both fallbacks are logged with the kernel's
+    /// reason. A failed bind leaves the UMEM busy for a moment, so each try uses a new one.
+    pub fn open(dev: &str, queue: u32, mode: XdpMode, bind: BindMode, port: PortId) -> io::Result<XskPort> {
+        let (native, generic) = match mode {
+            XdpMode::Auto => (true, true),
+            XdpMode::Native => (true, false),
+            XdpMode::Generic => (false, true),
         };
+        let (zc, copy) = (bind != BindMode::Copy, bind != BindMode::ZeroCopy);
+        // (XDP attach mode, zero-copy) in the order tried.
+        let tries = [("native", true), ("native", false), ("generic", false)]
+            .into_iter()
+            .filter(|&(m, z)| (if m == "native" { native } else { generic }) && (if z { zc } else { copy }))
+            .collect::<Vec<_>>();
+        if tries.is_empty() {
+            return Err(io::Error::other(format!(
+                "{dev} queue {queue}: zero-copy needs native XDP (generic XDP copies every frame); set [uplink] xdp_mode = \"native\" or \"auto\", or bind = \"copy\""
+            )));
+        }
         let iface: Interface = dev.parse().map_err(|_| io::Error::other(format!("bad interface name {dev}")))?;
-        let mut last = None;
-        for (flags, name) in tries {
+        let mut last = String::new();
+        let mut zc_refused = None;
+        for (name, zero_copy) in tries {
+            let flags = if name == "native" { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
+            let bind_flags = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
             for attempt in 0..5 {
                 let (umem, descs) = build_umem()?;
                 let cfg = SocketConfig::builder()
                     .rx_queue_size(QueueSize::new(RING).expect("power of two"))
                     .tx_queue_size(QueueSize::new(RING).expect("power of two"))
-                    .xdp_flags(*flags)
-                    .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+                    .xdp_flags(flags)
+                    .bind_flags(bind_flags | BindFlags::XDP_USE_NEED_WAKEUP)
                     .libxdp_flags(LibxdpFlags::empty())
                     .build();
                 // SAFETY: the UMEM outlives the sockets: both are owned by the returned port's
                 // rings, and the queues are dropped before the UMEM (field order).
                 match unsafe { xsk_rs::Socket::new(cfg, &umem, &iface, queue) } {
                     Ok((tx, rx, Some((fq, cq)))) => {
-                        if *name == "generic" && mode == XdpMode::Auto {
+                        if name == "generic" && mode == XdpMode::Auto {
                             warn!(dev, queue, "native XDP unavailable; using generic (SKB) mode");
                         }
-                        info!(dev, queue, mode = name, "AF_XDP socket bound");
+                        if let Some(why) = zc_refused.as_ref().filter(|_| !zero_copy) {
+                            info!(dev, queue, "zero-copy AF_XDP unavailable ({why}); using copy mode");
+                        }
                         let base = umem_base(&umem, &descs);
                         let rings = XskRings { rx, tx, fq, cq, umem, base };
-                        return Ok(Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name));
+                        let port = Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name);
+                        info!(dev, queue, mode = name, zero_copy = port.zero_copy(), "AF_XDP socket bound");
+                        return Ok(port);
                     }
                     Ok(_) => {
                         return Err(io::Error::other(format!("{dev} queue {queue}: already bound by this process")))
                     }
                     Err(e) => {
-                        let busy = std::error::Error::source(&e)
-                            .and_then(|s| s.downcast_ref::<io::Error>())
-                            .and_then(|e| e.raw_os_error())
-                            == Some(libc::EBUSY);
-                        last = Some(format!(
+                        let os = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
+                        let busy = os.and_then(|e| e.raw_os_error()) == Some(libc::EBUSY);
+                        last = format!(
                             "{e} ({})",
                             std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-                        ));
+                        );
                         if busy && attempt < 4 {
                             std::thread::sleep(Duration::from_millis(50));
                             continue;
+                        }
+                        if zero_copy && zc_refused.is_none() {
+                            zc_refused = Some(os.map(|e| e.to_string()).unwrap_or_else(|| last.clone()));
                         }
                         break;
                     }
                 }
             }
         }
-        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {}", last.unwrap_or_default())))
+        if bind == BindMode::ZeroCopy {
+            return Err(io::Error::other(format!(
+                "{dev} queue {queue}: the driver refused a zero-copy AF_XDP socket ({}); set [uplink] bind = \"auto\" (falls back to copy mode) or \"copy\"",
+                zc_refused.unwrap_or(last)
+            )));
+        }
+        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {last}")))
     }
 
     /// The kernel's drop counts for this socket since it was opened: (RX ring full, other RX
