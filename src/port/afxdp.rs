@@ -230,6 +230,40 @@ unsafe impl<R: Rings + Send> Send for Port<R> where R::Desc: Send {}
 /// outlive the UMEM, and when the batch ends, by [`RxBatch::finish`] or by being dropped,
 /// every frame goes back to the fill ring or, if [`RxBatch::send`] marked it and the batch
 /// finished, out on TX from its own chunk.
+///
+/// ```no_run
+/// # use vrouter::port::afxdp::XskPort;
+/// # use vrouter_core::dataplane::Frame;
+/// fn echo(port: &mut XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     for i in 0..batch.len() {
+///         let (buf, head, _len) = batch.frames()[i].parts();
+///         buf[*head] ^= 1;
+///         batch.send(i);
+///     }
+///     batch.finish();
+///     port.finish_batch();
+/// }
+/// ```
+/// A frame cannot outlive its port's borrow:
+/// ```compile_fail,E0505
+/// # use vrouter::port::afxdp::XskPort;
+/// fn escape(mut port: XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     let frame = &mut batch.frames()[0];
+///     drop(port); // error: `port` is borrowed by the batch
+///     let _ = frame.len();
+/// }
+/// ```
+/// nor be taken out of the batch (and so dropped, losing its chunk):
+/// ```compile_fail,E0508
+/// # use vrouter::port::afxdp::XskPort;
+/// fn take_by_move(port: &mut XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     let frame = batch.frames()[0]; // error: cannot move out of a slice
+///     drop(frame);
+/// }
+/// ```
 pub struct RxBatch<'port, R: Rings = XskRings> {
     port: &'port mut Port<R>,
 }
