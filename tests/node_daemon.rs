@@ -410,6 +410,61 @@ fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
     t.stop(child);
 }
 
+#[test]
+fn uplink_bind_copy_forwards_and_zerocopy_on_veth_is_refused_with_the_fix_or_reported() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::routed("vrbind", &["pod"]);
+    let with_bind =
+        |bind: &str| t.config(DEFAULT_ROUTE).replacen("device = \"up0\"\n", &format!("device = \"up0\"\n{bind}"), 1);
+    let uplink = |t: &Topo| {
+        let v = t.ctl_json(&["ports"]);
+        v["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").cloned().unwrap()
+    };
+    // Copy mode, forced: forwards both ways, and says so.
+    t.write_config(&with_bind("bind = \"copy\"\n"));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "pod -> router: {}", t.log());
+    assert!(t.ping("peer", "10.244.1.2", "2"), "router -> pod: {}", t.log());
+    assert_eq!(uplink(&t)["xdp"]["zero_copy"], false, "{}", uplink(&t));
+    assert!(t.log().contains("AF_XDP socket bound") && t.log().contains("zero_copy=false"), "{}", t.log());
+    assert!(!t.log().contains("zero-copy AF_XDP unavailable"), "copy was asked for, not tried after zero-copy");
+    t.stop(child);
+    // Auto (the default): veth has no zero-copy AF_XDP, so copy mode, with the kernel's reason.
+    t.write_config(&with_bind(""));
+    let child = t.start();
+    assert!(t.ping("pod", "192.168.1.1", "2"), "pod -> router: {}", t.log());
+    assert!(t.log().contains("zero-copy AF_XDP unavailable") && t.log().contains("using copy mode"), "{}", t.log());
+    assert_eq!(uplink(&t)["xdp"]["zero_copy"], false, "{}", uplink(&t));
+    t.stop(child);
+    // Zero-copy or nothing: this kernel's veth refuses it, and the daemon does not start.
+    t.write_config(&with_bind("bind = \"zerocopy\"\n"));
+    let o = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.ns("node"),
+        "timeout",
+        "10",
+        env!("CARGO_BIN_EXE_vrouter"),
+        "run",
+        "--config",
+        t.dir.join("node.toml").to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    eprintln!("bind = \"zerocopy\" on veth: {}", e.trim_end().lines().last().unwrap_or_default());
+    if o.status.code() == Some(124) {
+        // A kernel whose veth does zero-copy AF_XDP: it ran, and said so.
+        assert!(e.contains("AF_XDP socket bound") && e.contains("zero_copy=true"), "{e}");
+    } else {
+        assert!(!o.status.success(), "{e}");
+        assert!(
+            e.contains("up0 queue 0: the driver refused a zero-copy AF_XDP socket") && e.contains("bind = \"auto\""),
+            "{e}"
+        );
+        assert!(!e.contains("AF_XDP socket bound"), "{e}");
+    }
+}
+
 /// A node with no uplink and no pods (nothing to set up, no root needed to start it), its
 /// control socket in `dir`.
 fn bare_config(dir: &std::path::Path) -> std::path::PathBuf {

@@ -13,6 +13,10 @@ use vrouter_core::dataplane::state::IpipMode;
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::wire::MacAddr;
 
+// Defined with the layer that uses them (config sits above port and worker).
+pub use crate::port::afxdp::{BindMode, XdpMode};
+pub use crate::worker::IdleMode;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -207,16 +211,6 @@ fn default_mtu() -> u16 {
     1500
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
@@ -228,6 +222,9 @@ pub struct UplinkConfig {
     pub queues: u32,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// Zero-copy or copy-mode AF_XDP sockets (auto: zero-copy where the driver can).
+    #[serde(default)]
+    pub bind: BindMode,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// Frames allowed to wait on each TX ring (32..=2048): when the device drains slower than
@@ -253,19 +250,6 @@ pub struct HostConfig {
     /// Name of the TAP vrouter creates for the node's kernel; it gets the node IP and the
     /// uplink's MAC, and host-bound traffic is punted to it.
     pub tap: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum IdleMode {
-    /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
-    /// on the core between empty passes).
-    Poll,
-    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
-    #[default]
-    Adaptive,
-    /// Always sleep in poll(2) between batches.
-    Interrupt,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,6 +497,12 @@ impl Config {
         if let Some(u) = &self.uplink {
             if u.queues == 0 || u.queues > 64 {
                 return err("uplink.queues", format!("{} must be 1..=64", u.queues));
+            }
+            if u.bind == BindMode::ZeroCopy && u.xdp_mode == XdpMode::Generic {
+                return err(
+                    "uplink.bind",
+                    "\"zerocopy\" needs the driver's XDP, and xdp_mode = \"generic\" copies every frame; use xdp_mode = \"native\" or \"auto\", or bind = \"auto\" or \"copy\"".to_string(),
+                );
             }
             if !(32..=crate::port::afxdp::TX_RING).contains(&u.tx_queue) {
                 return err("uplink.tx_queue", format!("{} must be 32..={}", u.tx_queue, crate::port::afxdp::TX_RING));
@@ -809,6 +799,26 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("uplink.queues: 2 queues with network policy"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nxdp_mode = \"turbo\"\n"));
         assert!(e.contains("unknown variant `turbo`"), "{e}");
+    }
+
+    #[test]
+    fn uplink_bind_defaults_to_auto_and_zerocopy_is_refused_with_generic_xdp() {
+        let up = |extra: &str| format!("{NODE}\n[uplink]\ndevice = \"eth1\"\n{extra}");
+        assert_eq!(parse(&up("")).unwrap().uplink.unwrap().bind, BindMode::Auto);
+        for (text, mode) in [("auto", BindMode::Auto), ("zerocopy", BindMode::ZeroCopy), ("copy", BindMode::Copy)] {
+            assert_eq!(parse(&up(&format!("bind = \"{text}\"\n"))).unwrap().uplink.unwrap().bind, mode);
+        }
+        let e = err(&up("bind = \"zero-copy\"\n"));
+        assert!(e.contains("uplink.bind") || e.contains("unknown variant `zero-copy`"), "{e}");
+        assert!(e.contains("`auto`, `zerocopy`, `copy`"), "the valid values: {e}");
+        let e = err(&up("bind = \"zerocopy\"\nxdp_mode = \"generic\"\n"));
+        assert!(e.contains("uplink.bind: \"zerocopy\" needs the driver's XDP"), "{e}");
+        for ok in ["bind = \"zerocopy\"\nxdp_mode = \"native\"\n", "bind = \"copy\"\nxdp_mode = \"generic\"\n"] {
+            assert!(parse(&up(ok)).is_ok(), "{ok}");
+        }
+        // Written back the way it is read (the lab and perf lab serialize configs).
+        let c = parse(&up("bind = \"zerocopy\"\n")).unwrap();
+        assert!(toml::to_string(&c).unwrap().contains("bind = \"zerocopy\""));
     }
 
     #[test]

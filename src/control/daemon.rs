@@ -418,7 +418,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut xsks = Vec::new();
     if let Some(u) = &cfg.uplink {
         for q in 0..u.queues {
-            let mut x = XskPort::open(&u.device, q, u.xdp_mode, UPLINK)
+            let mut x = XskPort::open(&u.device, q, u.xdp_mode, u.bind, UPLINK)
                 .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
             x.set_tx_queue(u.tx_queue);
             xsks.push(Some(x));

@@ -9,46 +9,8 @@ use arc_swap::ArcSwap;
 
 use crate::worker::{PortSet, TxTarget};
 
-/// A link's state as read from the kernel (`/sys/class/net/<dev>/operstate` and `carrier`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum LinkState {
-    Unknown = 0,
-    Up = 1,
-    Down = 2,
-}
-
-impl LinkState {
-    pub fn name(self) -> &'static str {
-        match self {
-            LinkState::Unknown => "unknown",
-            LinkState::Up => "up",
-            LinkState::Down => "down",
-        }
-    }
-
-    fn from_u8(v: u8) -> LinkState {
-        match v {
-            1 => LinkState::Up,
-            2 => LinkState::Down,
-            _ => LinkState::Unknown,
-        }
-    }
-
-    /// Reads `dev`'s state: down when the device is administratively down or has no carrier
-    /// (the peer of a veth down, a cable out), up with carrier, unknown if sysfs does not say.
-    pub fn read(dev: &str) -> LinkState {
-        let read = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{dev}/{f}")).map(|s| s.trim().to_string());
-        match (read("operstate"), read("carrier")) {
-            (Ok(op), _) if op == "down" || op == "lowerlayerdown" => LinkState::Down,
-            (_, Ok(c)) if c == "0" => LinkState::Down,
-            (_, Ok(c)) if c == "1" => LinkState::Up,
-            // `carrier` cannot be read while the device is administratively down.
-            (Ok(_), Err(_)) => LinkState::Down,
-            _ => LinkState::Unknown,
-        }
-    }
-}
+// Defined with the ports (the workers read it too).
+pub use crate::port::LinkState;
 
 /// How the uplink's AF_XDP sockets are attached.
 #[derive(Clone, Debug)]

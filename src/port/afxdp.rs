@@ -7,56 +7,166 @@
 //! frame whose start moved is slid back to the descriptor's address before TX (a memmove of
 //! the frame; only encapsulated, decapsulated and ICMP-error frames pay it).
 //!
-//! Frame accounting: every chunk is at all times in exactly one place: the fill ring, the RX
-//! ring, the pipeline (between `rx_burst` and `finish_batch`), the TX ring, the completion
-//! ring, or the free list. RX frames not sent go back to the fill ring; completed TX chunks go
-//! to the free list, which tops up the fill ring and supplies copies sent from other ports.
+//! Frame accounting: every chunk is at all times in exactly one place: the free list, the fill
+//! ring, the RX ring, a receive batch ([`RxBatch`], between [`Port::rx_burst`] and the batch's
+//! end), the list waiting to go back to the fill ring, the list queued for TX, the TX ring, or
+//! the completion ring. RX frames not sent go back to the fill ring; completed TX chunks go to
+//! the free list, which tops up the fill ring and supplies copies sent from other ports.
+//!
+//! The types keep it so: frames ([`XskFrame`]) exist only inside a batch, which holds its port
+//! (and so the UMEM mapping) mutably borrowed; safe code gets `&mut` to frames, never a frame
+//! of its own, so no frame outlives the mapping and none is dropped on the floor. Whatever a
+//! batch holds when it ends goes back to the fill ring, or out on TX if the worker asked
+//! ([`RxBatch::send`], [`RxBatch::finish`]). The rings sit behind [`Rings`], so the accounting
+//! is tested against fake rings without root (the tests at the bottom).
 
 use std::io;
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use tracing::{info, warn};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use crate::control::config::XdpMode;
 use vrouter_core::dataplane::{Frame, PortId};
 
 pub const FRAME_SIZE: usize = 2048;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
-/// Frames allowed to wait on the TX ring by default (see [`XskPort::finish_batch`] and
+/// Frames allowed to wait on the TX ring by default (see [`Port::finish_batch`] and
 /// `[uplink] tx_queue`).
 pub const DEFAULT_TX_QUEUE: usize = 512;
 /// The TX ring's size: the most `tx_queue` can be.
 pub const TX_RING: usize = RING as usize;
 /// Free chunks kept back from the fill ring for frames copied in from other ports.
 const FREE_RESERVE: usize = 512;
+/// The most frames one receive burst takes.
+pub const MAX_BURST: usize = 256;
 
-/// A received frame: a UMEM chunk lent to the pipeline.
-pub struct XskFrame {
-    desc: FrameDesc,
-    chunk: *mut u8,
+/// How the socket's XDP program is attached (`[uplink] xdp_mode`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Whether the socket shares the UMEM with the driver (`[uplink] bind`): zero-copy is where
+/// AF_XDP earns its keep on a real NIC; drivers without AF_XDP support (veth, generic XDP)
+/// copy every frame.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Zero-copy where the driver can (native XDP), copy mode otherwise (logged).
+    #[default]
+    Auto,
+    /// Zero-copy or refuse to start.
+    ZeroCopy,
+    /// Copy mode (`XDP_COPY`).
+    Copy,
+}
+
+/// The four rings of one AF_XDP socket (fill, RX, TX, completion) and the UMEM their
+/// descriptors point into, as [`Port`] uses them. [`XskRings`] is the real socket; the tests
+/// implement it over plain memory to check the chunk accounting without root.
+///
+/// # Safety
+/// The port builds slices into the UMEM from what this trait says, so implementors promise:
+/// [`Rings::umem`] is the start of `chunks * FRAME_SIZE` bytes, valid for reads and writes for
+/// as long as the rings live, and touched by nothing else while the port owns a chunk (in copy
+/// or zero-copy mode the kernel writes only chunks on the fill ring and reads only chunks on
+/// the TX ring); [`Rings::rx_consume`] returns only descriptors produced to the fill ring, and
+/// [`Rings::comp_consume`] only descriptors produced to the TX ring, each once, with
+/// addresses inside that region.
+pub unsafe trait Rings {
+    /// A descriptor: a chunk's address (offset in the UMEM) and the length of its data.
+    type Desc: Copy + Default;
+    fn addr(d: &Self::Desc) -> usize;
+    fn data_len(d: &Self::Desc) -> usize;
+    /// Sets the length of the data starting at the descriptor's address (what TX sends).
+    ///
+    /// # Safety
+    /// The caller owns `d`'s chunk (it is in no ring).
+    unsafe fn set_data_len(&mut self, d: &mut Self::Desc, len: usize);
+    /// The UMEM: its start and how many chunks it has.
+    fn umem(&mut self) -> (NonNull<u8>, usize);
+    /// Takes up to `out.len()` received descriptors; the caller owns them from then on.
+    fn rx_consume(&mut self, out: &mut [Self::Desc]) -> usize;
+    /// Free slots on the fill ring (at least `want` if there are that many).
+    fn fill_room(&mut self, want: usize) -> usize;
+    /// Puts a prefix of `descs` on the fill ring and says how long it was (the real ring takes
+    /// all or nothing; a ring may take less than it reported room for).
+    ///
+    /// # Safety
+    /// The caller owns the chunks and gives up those taken.
+    unsafe fn fill_produce(&mut self, descs: &[Self::Desc]) -> usize;
+    /// Free slots on the TX ring (at least `want` if there are that many).
+    fn tx_room(&mut self, want: usize) -> usize;
+    /// As [`Rings::fill_produce`], for the TX ring.
+    ///
+    /// # Safety
+    /// The caller owns the chunks, with their data lengths set, and gives up those taken.
+    unsafe fn tx_produce(&mut self, descs: &[Self::Desc]) -> usize;
+    /// Wakes the kernel to transmit what is on the TX ring, if it asked to be woken.
+    fn tx_kick(&mut self);
+    /// Takes up to `out.len()` completed TX descriptors; the caller owns them from then on.
+    fn comp_consume(&mut self, out: &mut [Self::Desc]) -> usize;
+}
+
+/// A frame of a receive batch. Frames are not owned by safe code: [`RxBatch::frames`] lends
+/// them, tied to the batch and so to the port whose UMEM holds them (`'umem`).
+#[repr(transparent)]
+pub struct XskFrame<'umem, D = FrameDesc> {
+    slot: Slot<D>,
+    _umem: PhantomData<&'umem mut [u8]>,
+}
+
+/// A received chunk held by the port during a batch (what [`XskFrame`] wraps).
+struct Slot<D> {
+    desc: D,
+    /// The start of the descriptor's chunk (FRAME_SIZE bytes, inside the UMEM).
+    chunk: NonNull<u8>,
     head: usize,
     len: usize,
     port: PortId,
+    /// Leaves on this port from its own chunk when the batch finishes.
+    send: bool,
 }
 
-impl Frame for XskFrame {
+impl<D> XskFrame<'_, D> {
+    /// The frame's length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.slot.len
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.slot.len == 0
+    }
+}
+
+impl<D> Frame for XskFrame<'_, D> {
     #[inline]
     fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
-        // SAFETY: `chunk` points at a FRAME_SIZE-byte chunk of the UMEM mapping, which lives as
-        // long as the port. The chunk's descriptor came off the RX ring and is owned by this
-        // frame until `finish_batch` hands it back, so neither the kernel nor any other frame
-        // touches these bytes meanwhile, and `&mut self` makes this borrow unique.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.chunk, FRAME_SIZE) };
-        (buf, &mut self.head, &mut self.len)
+        // SAFETY: `chunk` is the start of a FRAME_SIZE-byte chunk inside the UMEM of the port
+        // the frame came from (the `Rings` contract), and that port is borrowed by its batch
+        // for `'umem`, so the mapping outlives this borrow (`&mut [XskFrame<'umem>]` is
+        // invariant: a frame swapped into another port's batch makes both borrows last as
+        // long). The chunk came off the RX ring and no ring or other frame holds it until its
+        // batch ends (every chunk is in exactly one place), and `&mut self` makes this borrow
+        // unique.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.slot.chunk.as_ptr(), FRAME_SIZE) };
+        (buf, &mut self.slot.head, &mut self.slot.len)
     }
     #[inline]
     fn port(&self) -> PortId {
-        self.port
+        self.slot.port
     }
 }
 
@@ -67,33 +177,145 @@ pub struct XskStats {
     pub tx: u64,
     pub tx_full: u64,
     pub no_free_chunk: u64,
+    /// Frames of another port found in a batch when it ended (a caller swapped frames between
+    /// two ports' batches): left alone, since they are not this port's to recycle.
+    pub foreign: u64,
+}
+
+/// Frames a batch was asked to send on its port but could not (see [`RxBatch::finish`]).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsent {
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+/// Something that can queue a copy of a frame for TX on the uplink: the port, or a batch of it
+/// while the batch holds the port.
+pub trait TxCopy {
+    /// Copies `frame` into a free chunk and queues it; false if there is no chunk for it.
+    fn tx_copy(&mut self, frame: &[u8]) -> bool;
 }
 
 /// One AF_XDP socket on one queue of the uplink.
-pub struct XskPort {
-    // Fields drop in order: the socket's queues before the UMEM they use.
-    rx: RxQueue,
-    tx: TxQueue,
-    fq: FillQueue,
-    cq: CompQueue,
-    umem: Umem,
-    base: *mut u8,
-    free: Vec<FrameDesc>,
-    rx_descs: Vec<FrameDesc>,
-    tx_descs: Vec<FrameDesc>,
-    fill_back: Vec<FrameDesc>,
+pub type XskPort = Port<XskRings>;
+
+/// A socket's rings and the chunk accounting around them (see the module docs).
+pub struct Port<R: Rings> {
+    rings: R,
+    /// The UMEM's start, and its size in chunks (from `rings`).
+    base: NonNull<u8>,
+    chunks: usize,
+    free: Vec<R::Desc>,
+    rx_descs: Vec<R::Desc>,
+    /// The frames of the batch under way (empty between batches).
+    batch: Vec<Slot<R::Desc>>,
+    tx_descs: Vec<R::Desc>,
+    fill_back: Vec<R::Desc>,
     port: PortId,
     /// Descriptors on the TX ring not yet completed.
     in_flight: usize,
+    /// Free chunks kept back from the fill ring.
+    reserve: usize,
     pub stats: XskStats,
     pub mode: &'static str,
     /// Frames allowed to wait on the TX ring.
     tx_queue: usize,
 }
 
-// SAFETY: the raw pointers are into the UMEM mapping owned by `umem`, which moves with the
-// port; the port is used by one worker thread at a time.
-unsafe impl Send for XskPort {}
+// SAFETY: `base` and the slots' chunk pointers point into the UMEM that `rings` owns and that
+// moves with it; the port is used by one thread at a time (`&mut self` everywhere).
+unsafe impl<R: Rings + Send> Send for Port<R> where R::Desc: Send {}
+
+/// The frames of one receive burst, lent to the caller with the port borrowed: they cannot
+/// outlive the UMEM, and when the batch ends, by [`RxBatch::finish`] or by being dropped,
+/// every frame goes back to the fill ring or, if [`RxBatch::send`] marked it and the batch
+/// finished, out on TX from its own chunk.
+///
+/// ```no_run
+/// # use vrouter::port::afxdp::XskPort;
+/// # use vrouter_core::dataplane::Frame;
+/// fn echo(port: &mut XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     for i in 0..batch.len() {
+///         let (buf, head, _len) = batch.frames()[i].parts();
+///         buf[*head] ^= 1;
+///         batch.send(i);
+///     }
+///     batch.finish();
+///     port.finish_batch();
+/// }
+/// ```
+/// A frame cannot outlive its port's borrow:
+/// ```compile_fail,E0505
+/// # use vrouter::port::afxdp::XskPort;
+/// fn escape(mut port: XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     let frame = &mut batch.frames()[0];
+///     drop(port); // error: `port` is borrowed by the batch
+///     let _ = frame.len();
+/// }
+/// ```
+/// nor be taken out of the batch (and so dropped, losing its chunk):
+/// ```compile_fail,E0508
+/// # use vrouter::port::afxdp::XskPort;
+/// fn take_by_move(port: &mut XskPort) {
+///     let mut batch = port.rx_burst(64);
+///     let frame = batch.frames()[0]; // error: cannot move out of a slice
+///     drop(frame);
+/// }
+/// ```
+pub struct RxBatch<'port, R: Rings = XskRings> {
+    port: &'port mut Port<R>,
+}
+
+impl<'port, R: Rings> RxBatch<'port, R> {
+    pub fn len(&self) -> usize {
+        self.port.batch.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.port.batch.is_empty()
+    }
+
+    /// The frames, in the order received.
+    #[inline]
+    pub fn frames(&mut self) -> &mut [XskFrame<'port, R::Desc>] {
+        let slots = &mut self.port.batch[..];
+        // SAFETY: `XskFrame` is `repr(transparent)` over `Slot` (its other field is a
+        // zero-sized marker), so the two slices have the same layout; the returned borrow is
+        // of `self`, and `'port` is the borrow of the port whose UMEM the chunks are in.
+        unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast(), slots.len()) }
+    }
+
+    /// Marks frame `i` to leave on this port from its own chunk when the batch finishes.
+    #[inline]
+    pub fn send(&mut self, i: usize) {
+        if let Some(s) = self.port.batch.get_mut(i) {
+            s.send = true;
+        }
+    }
+
+    /// Ends the batch: frames marked with [`RxBatch::send`] are queued for TX (in the order
+    /// received, after any copies queued meanwhile), the rest go back to the fill ring. Returns
+    /// the marked frames that could not be queued (grown past their chunk), whose chunks went
+    /// back to the fill ring.
+    pub fn finish(self) -> Unsent {
+        self.port.end_batch(true)
+    }
+}
+
+impl<R: Rings> TxCopy for RxBatch<'_, R> {
+    #[inline]
+    fn tx_copy(&mut self, frame: &[u8]) -> bool {
+        self.port.tx_copy(frame)
+    }
+}
+
+impl<R: Rings> Drop for RxBatch<'_, R> {
+    /// A batch not finished sends nothing: all its frames go back to the fill ring.
+    fn drop(&mut self) {
+        self.port.end_batch(false);
+    }
+}
 
 /// How many RX queues `dev` has (from sysfs), to check the configured count before binding.
 pub fn queue_count(dev: &str) -> io::Result<u32> {
@@ -126,127 +348,177 @@ fn build_umem() -> io::Result<(Umem, Vec<FrameDesc>)> {
         .map_err(|e| io::Error::other(format!("UMEM: {e}")))
 }
 
-impl XskPort {
-    /// Binds queue `queue` of `dev`. `Auto` tries native XDP and falls back to generic mode
-    /// (logged); a failed bind leaves the UMEM busy for a moment, so the retry uses a new one.
-    pub fn open(dev: &str, queue: u32, mode: XdpMode, port: PortId) -> io::Result<XskPort> {
-        let tries: &[(XdpFlags, &str)] = match mode {
-            XdpMode::Native => &[(XdpFlags::XDP_FLAGS_DRV_MODE, "native")],
-            XdpMode::Generic => &[(XdpFlags::XDP_FLAGS_SKB_MODE, "generic")],
-            XdpMode::Auto => &[(XdpFlags::XDP_FLAGS_DRV_MODE, "native"), (XdpFlags::XDP_FLAGS_SKB_MODE, "generic")],
+/// The rings of a bound AF_XDP socket and its UMEM.
+pub struct XskRings {
+    // Fields drop in order: the socket's queues before the UMEM they use.
+    rx: RxQueue,
+    tx: TxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    umem: Umem,
+    base: NonNull<u8>,
+}
+
+// SAFETY: `base` points into the mapping owned by `umem`, which moves with it.
+unsafe impl Send for XskRings {}
+
+// SAFETY: the queues were created with `umem` for one socket (`XskPort::open`), so the kernel
+// hands back on RX only chunks of this UMEM that were on its fill ring, and on completion only
+// chunks that were on its TX ring; `base` is the start of the mapping of FRAMES chunks, which
+// lives as long as `umem`.
+unsafe impl Rings for XskRings {
+    type Desc = FrameDesc;
+    #[inline]
+    fn addr(d: &FrameDesc) -> usize {
+        d.addr()
+    }
+    #[inline]
+    fn data_len(d: &FrameDesc) -> usize {
+        d.lengths().data()
+    }
+    #[inline]
+    unsafe fn set_data_len(&mut self, d: &mut FrameDesc, len: usize) {
+        // SAFETY: the caller owns the chunk, so nothing else refers to its data segment.
+        unsafe { self.umem.data_mut(d) }.cursor().set_pos(len);
+    }
+    fn umem(&mut self) -> (NonNull<u8>, usize) {
+        (self.base, FRAMES as usize)
+    }
+    #[inline]
+    fn rx_consume(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the RX ring is this UMEM's (see the impl's comment).
+        unsafe { self.rx.consume(out) }
+    }
+    #[inline]
+    fn fill_room(&mut self, want: usize) -> usize {
+        self.fq.nb_free(want as u32) as usize
+    }
+    #[inline]
+    unsafe fn fill_produce(&mut self, descs: &[FrameDesc]) -> usize {
+        // SAFETY: the caller owns these chunks and gives them up.
+        unsafe { self.fq.produce(descs) }
+    }
+    #[inline]
+    fn tx_room(&mut self, want: usize) -> usize {
+        self.tx.nb_free(want as u32) as usize
+    }
+    #[inline]
+    unsafe fn tx_produce(&mut self, descs: &[FrameDesc]) -> usize {
+        // SAFETY: the caller owns these chunks, filled in, and gives them up.
+        unsafe { self.tx.produce(descs) }
+    }
+    #[inline]
+    fn tx_kick(&mut self) {
+        // A wakeup error must not make us think the descriptors were not queued (they are on
+        // the ring and will complete).
+        if self.tx.needs_wakeup() {
+            let _ = self.tx.wakeup();
+        }
+    }
+    #[inline]
+    fn comp_consume(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the completion ring is this UMEM's (see the impl's comment).
+        unsafe { self.cq.consume(out) }
+    }
+}
+
+impl Port<XskRings> {
+    /// Binds queue `queue` of `dev`. `XdpMode::Auto` tries native XDP and falls back to
+    /// generic mode; `BindMode::Auto` tries zero-copy (native mode only: generic XDP copies
+    /// every frame) and falls back to copy mode; both fallbacks are logged with the kernel's
+    /// reason. A failed bind leaves the UMEM busy for a moment, so each try uses a new one.
+    pub fn open(dev: &str, queue: u32, mode: XdpMode, bind: BindMode, port: PortId) -> io::Result<XskPort> {
+        let (native, generic) = match mode {
+            XdpMode::Auto => (true, true),
+            XdpMode::Native => (true, false),
+            XdpMode::Generic => (false, true),
         };
+        let (zc, copy) = (bind != BindMode::Copy, bind != BindMode::ZeroCopy);
+        // (XDP attach mode, zero-copy) in the order tried.
+        let tries = [("native", true), ("native", false), ("generic", false)]
+            .into_iter()
+            .filter(|&(m, z)| (if m == "native" { native } else { generic }) && (if z { zc } else { copy }))
+            .collect::<Vec<_>>();
+        if tries.is_empty() {
+            return Err(io::Error::other(format!(
+                "{dev} queue {queue}: zero-copy needs native XDP (generic XDP copies every frame); set [uplink] xdp_mode = \"native\" or \"auto\", or bind = \"copy\""
+            )));
+        }
         let iface: Interface = dev.parse().map_err(|_| io::Error::other(format!("bad interface name {dev}")))?;
-        let mut last = None;
-        for (flags, name) in tries {
+        let mut last = String::new();
+        let mut zc_refused = None;
+        for (name, zero_copy) in tries {
+            let flags = if name == "native" { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
+            let bind_flags = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
             for attempt in 0..5 {
                 let (umem, descs) = build_umem()?;
                 let cfg = SocketConfig::builder()
                     .rx_queue_size(QueueSize::new(RING).expect("power of two"))
                     .tx_queue_size(QueueSize::new(RING).expect("power of two"))
-                    .xdp_flags(*flags)
-                    .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+                    .xdp_flags(flags)
+                    .bind_flags(bind_flags | BindFlags::XDP_USE_NEED_WAKEUP)
                     .libxdp_flags(LibxdpFlags::empty())
                     .build();
-                // SAFETY: the UMEM outlives the sockets: both are owned by the returned port,
-                // and the queues are dropped before the UMEM (field order).
+                // SAFETY: the UMEM outlives the sockets: both are owned by the returned port's
+                // rings, and the queues are dropped before the UMEM (field order).
                 match unsafe { xsk_rs::Socket::new(cfg, &umem, &iface, queue) } {
                     Ok((tx, rx, Some((fq, cq)))) => {
-                        if *name == "generic" && mode == XdpMode::Auto {
+                        if name == "generic" && mode == XdpMode::Auto {
                             warn!(dev, queue, "native XDP unavailable; using generic (SKB) mode");
                         }
-                        info!(dev, queue, mode = name, "AF_XDP socket bound");
-                        return XskPort::start(umem, descs, fq, cq, rx, tx, port, name);
+                        if let Some(why) = zc_refused.as_ref().filter(|_| !zero_copy) {
+                            info!(dev, queue, "zero-copy AF_XDP unavailable ({why}); using copy mode");
+                        }
+                        let base = umem_base(&umem, &descs);
+                        let rings = XskRings { rx, tx, fq, cq, umem, base };
+                        let port = Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name);
+                        info!(dev, queue, mode = name, zero_copy = port.zero_copy(), "AF_XDP socket bound");
+                        return Ok(port);
                     }
                     Ok(_) => {
                         return Err(io::Error::other(format!("{dev} queue {queue}: already bound by this process")))
                     }
                     Err(e) => {
-                        let busy = std::error::Error::source(&e)
-                            .and_then(|s| s.downcast_ref::<io::Error>())
-                            .and_then(|e| e.raw_os_error())
-                            == Some(libc::EBUSY);
-                        last = Some(format!(
+                        let os = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
+                        let busy = os.and_then(|e| e.raw_os_error()) == Some(libc::EBUSY);
+                        last = format!(
                             "{e} ({})",
                             std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-                        ));
+                        );
                         if busy && attempt < 4 {
                             std::thread::sleep(Duration::from_millis(50));
                             continue;
+                        }
+                        if zero_copy && zc_refused.is_none() {
+                            zc_refused = Some(os.map(|e| e.to_string()).unwrap_or_else(|| last.clone()));
                         }
                         break;
                     }
                 }
             }
         }
-        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {}", last.unwrap_or_default())))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        umem: Umem,
-        mut descs: Vec<FrameDesc>,
-        mut fq: FillQueue,
-        cq: CompQueue,
-        rx: RxQueue,
-        tx: TxQueue,
-        port: PortId,
-        mode: &'static str,
-    ) -> io::Result<XskPort> {
-        let first = descs[0];
-        let mut d0 = first;
-        // SAFETY: d0 is a fresh descriptor of this UMEM, owned by us; we only take the pointer.
-        let data0 = unsafe { umem.data_mut(&mut d0) }.contents_mut().as_mut_ptr();
-        // SAFETY: the descriptor's address is its offset in the mapping, so this is the base.
-        let base = unsafe { data0.sub(first.addr()) };
-        let fill: Vec<FrameDesc> = descs.drain(..RING as usize).collect();
-        // SAFETY: these descriptors are ours and not in any ring.
-        let n = unsafe { fq.produce(&fill) };
-        if n != fill.len() {
-            return Err(io::Error::other("fill ring refused the initial frames"));
+        if bind == BindMode::ZeroCopy {
+            return Err(io::Error::other(format!(
+                "{dev} queue {queue}: the driver refused a zero-copy AF_XDP socket ({}); set [uplink] bind = \"auto\" (falls back to copy mode) or \"copy\"",
+                zc_refused.unwrap_or(last)
+            )));
         }
-        Ok(XskPort {
-            umem,
-            base,
-            fq,
-            cq,
-            rx,
-            tx,
-            free: descs,
-            rx_descs: vec![FrameDesc::default(); 256],
-            tx_descs: Vec::with_capacity(RING as usize),
-            fill_back: Vec::with_capacity(RING as usize),
-            port,
-            in_flight: 0,
-            stats: XskStats::default(),
-            mode,
-            tx_queue: DEFAULT_TX_QUEUE,
-        })
+        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {last}")))
     }
 
     /// The kernel's drop counts for this socket since it was opened: (RX ring full, other RX
     /// drops such as an empty fill ring). `None` when the kernel does not say.
     pub fn kernel_drops(&self) -> Option<(u64, u64)> {
-        let s = self.rx.fd().xdp_statistics().ok()?;
+        let s = self.rings.rx.fd().xdp_statistics().ok()?;
         Some((s.rx_ring_full(), s.rx_dropped()))
     }
 
     /// The kernel's view of the socket (drops, empty fill ring, invalid descriptors), as text.
     pub fn kernel_stats(&self) -> String {
-        match self.rx.fd().xdp_statistics() {
+        match self.rings.rx.fd().xdp_statistics() {
             Ok(s) => format!("{s:?}"),
             Err(e) => format!("unavailable: {e}"),
         }
-    }
-
-    /// Where the chunks are: free list, waiting to return to the fill ring, on the TX ring.
-    pub fn chunk_census(&self) -> (usize, usize, usize) {
-        (self.free.len(), self.fill_back.len(), self.in_flight)
-    }
-
-    /// How many frames may wait on the TX ring (clamped to 32..=the ring's size): fewer
-    /// means less delay when the device drains slowly, more absorbs longer stalls.
-    pub fn set_tx_queue(&mut self, frames: usize) {
-        self.tx_queue = frames.clamp(32, TX_RING);
     }
 
     /// Whether the kernel runs this socket in zero-copy mode (`XDP_OPTIONS`); false when it
@@ -264,72 +536,137 @@ impl XskPort {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
+        self.rings.rx.fd().as_raw_fd()
+    }
+}
+
+/// The start of the UMEM mapping, from its first descriptor (whose address is its offset).
+fn umem_base(umem: &Umem, descs: &[FrameDesc]) -> NonNull<u8> {
+    let mut d0 = descs[0];
+    // SAFETY: d0 is a fresh descriptor of this UMEM, in no ring; we only take the pointer.
+    let data0 = unsafe { umem.data_mut(&mut d0) }.contents_mut().as_mut_ptr();
+    // SAFETY: the descriptor's address is its offset in the mapping, so this is its start.
+    let base = unsafe { data0.sub(descs[0].addr()) };
+    NonNull::new(base).expect("the UMEM mapping is not at address 0")
+}
+
+impl<R: Rings> Port<R> {
+    /// Takes over `rings` and the UMEM's descriptors `descs` (all in no ring): `fill` of them
+    /// go to the fill ring, the rest to the free list, of which `reserve` are kept back for
+    /// copies from other ports.
+    fn start(
+        mut rings: R,
+        mut descs: Vec<R::Desc>,
+        fill: usize,
+        reserve: usize,
+        port: PortId,
+        mode: &'static str,
+    ) -> Self {
+        let (base, chunks) = rings.umem();
+        let fill = fill.min(descs.len()).min(rings.fill_room(fill));
+        // SAFETY: these descriptors are ours and in no ring; those taken leave the list below.
+        let n = unsafe { rings.fill_produce(&descs[..fill]) };
+        descs.drain(..n);
+        let mut free = Vec::with_capacity(chunks);
+        free.extend_from_slice(&descs);
+        Port {
+            rings,
+            base,
+            chunks,
+            free,
+            rx_descs: vec![R::Desc::default(); MAX_BURST],
+            batch: Vec::with_capacity(MAX_BURST),
+            tx_descs: Vec::with_capacity(chunks),
+            fill_back: Vec::with_capacity(chunks),
+            port,
+            in_flight: 0,
+            reserve,
+            stats: XskStats::default(),
+            mode,
+            tx_queue: DEFAULT_TX_QUEUE,
+        }
     }
 
-    /// Receives up to `max` frames into `out` (cleared first). Non-blocking.
-    pub fn rx_burst(&mut self, out: &mut Vec<XskFrame>, max: usize) -> usize {
-        out.clear();
+    /// Where the chunks are: free list, waiting to return to the fill ring, on the TX ring.
+    pub fn chunk_census(&self) -> (usize, usize, usize) {
+        (self.free.len(), self.fill_back.len(), self.in_flight)
+    }
+
+    /// How many frames may wait on the TX ring (clamped to 32..=the ring's size): fewer
+    /// means less delay when the device drains slowly, more absorbs longer stalls.
+    pub fn set_tx_queue(&mut self, frames: usize) {
+        self.tx_queue = frames.clamp(32, TX_RING);
+    }
+
+    /// Receives up to `max` frames (at most [`MAX_BURST`]). Non-blocking; the batch may be
+    /// empty.
+    pub fn rx_burst(&mut self, max: usize) -> RxBatch<'_, R> {
+        debug_assert!(self.batch.is_empty(), "a batch ends before the next begins");
         let max = max.min(self.rx_descs.len());
-        // SAFETY: the slice is ours; consumed descriptors are owned by us from here on.
-        let n = unsafe { self.rx.consume(&mut self.rx_descs[..max]) };
+        let n = self.rings.rx_consume(&mut self.rx_descs[..max]);
         for d in &self.rx_descs[..n] {
-            let off = d.addr() & (FRAME_SIZE - 1);
-            let chunk_off = d.addr() - off;
-            // SAFETY: chunk_off is a chunk boundary inside the mapping (descriptor from RX).
-            let chunk = unsafe { self.base.add(chunk_off) };
-            out.push(XskFrame { desc: *d, chunk, head: off, len: d.lengths().data(), port: self.port });
+            let addr = R::addr(d);
+            let off = addr & (FRAME_SIZE - 1);
+            // SAFETY: by the `Rings` contract a received descriptor's address is inside the
+            // UMEM, so the chunk boundary at or below it is too.
+            let chunk = unsafe { self.base.add(addr - off) };
+            self.batch.push(Slot { desc: *d, chunk, head: off, len: R::data_len(d), port: self.port, send: false });
         }
         self.stats.rx += n as u64;
-        n
+        RxBatch { port: self }
     }
 
-    /// Queues `f` (received on this port) for TX from its own chunk: no copy unless its start
-    /// moved. Takes ownership of the chunk. False if it cannot be sent (it grew past its
-    /// chunk): the chunk goes back to the fill ring and the caller counts the loss.
+    /// Whether `s` is one of this port's chunks (not one swapped in from another port's batch).
     #[inline]
-    pub fn tx_own(&mut self, mut f: XskFrame) -> bool {
-        let off = f.desc.addr() & (FRAME_SIZE - 1);
-        if f.head != off {
-            let (buf, head, len) = f.parts();
-            let (h, l) = (*head, *len);
-            if off + l > FRAME_SIZE {
-                self.fill_back.push(f.desc);
+    fn owns(&self, s: &Slot<R::Desc>) -> bool {
+        let at = R::addr(&s.desc) & !(FRAME_SIZE - 1);
+        at < self.chunks * FRAME_SIZE && self.base.as_ptr().wrapping_add(at) == s.chunk.as_ptr()
+    }
+
+    /// Ends the batch under way: with `send`, marked frames are queued for TX; everything else
+    /// goes back to the fill ring. Returns the marked frames that could not be queued.
+    fn end_batch(&mut self, send: bool) -> Unsent {
+        let mut unsent = Unsent::default();
+        let mut batch = std::mem::take(&mut self.batch);
+        for s in batch.drain(..) {
+            if !self.owns(&s) {
+                self.stats.foreign += 1;
+                continue;
+            }
+            if send && s.send {
+                let len = s.len;
+                if !self.tx_own(s) {
+                    unsent.frames += 1;
+                    unsent.bytes += len as u64;
+                }
+            } else {
+                self.fill_back.push(s.desc);
+            }
+        }
+        self.batch = batch;
+        unsent
+    }
+
+    /// Queues a received frame for TX from its own chunk: no copy unless its start moved. False
+    /// if it cannot be sent (it grew past its chunk): the chunk goes back to the fill ring.
+    #[inline]
+    fn tx_own(&mut self, mut s: Slot<R::Desc>) -> bool {
+        let off = R::addr(&s.desc) & (FRAME_SIZE - 1);
+        if s.head != off {
+            if off + s.len > FRAME_SIZE {
+                self.fill_back.push(s.desc);
                 self.stats.tx_full += 1;
                 return false;
             }
-            buf.copy_within(h..h + l, off);
+            // SAFETY: the slot's chunk is FRAME_SIZE bytes of this port's UMEM (checked by
+            // `owns`), owned by the slot (off the RX ring, in no ring), and nothing else
+            // borrows it now that its batch has ended.
+            let buf = unsafe { std::slice::from_raw_parts_mut(s.chunk.as_ptr(), FRAME_SIZE) };
+            buf.copy_within(s.head..s.head + s.len, off);
         }
-        // SAFETY: the descriptor is ours (from RX) and its data region is at `addr`.
-        unsafe { self.umem.data_mut(&mut f.desc) }.cursor().set_pos(f.len);
-        self.tx_descs.push(f.desc);
-        true
-    }
-
-    /// Returns a received frame's chunk to the fill ring (it was not sent here).
-    #[inline]
-    pub fn recycle(&mut self, f: XskFrame) {
-        self.fill_back.push(f.desc);
-    }
-
-    /// Copies `frame` into a free chunk and queues it for TX.
-    pub fn tx_copy(&mut self, frame: &[u8]) -> bool {
-        if self.free.is_empty() {
-            self.reap();
-        }
-        let Some(mut d) = self.free.pop() else {
-            self.stats.no_free_chunk += 1;
-            return false;
-        };
-        // SAFETY: `d` is a free descriptor of this UMEM, owned by us.
-        let mut data = unsafe { self.umem.data_mut(&mut d) };
-        let mut cur = data.cursor();
-        cur.set_pos(0);
-        if io::Write::write_all(&mut cur, frame).is_err() {
-            self.free.push(d);
-            return false;
-        }
-        self.tx_descs.push(d);
+        // SAFETY: the chunk is ours (see above) until it goes on the TX ring.
+        unsafe { self.rings.set_data_len(&mut s.desc, s.len) };
+        self.tx_descs.push(s.desc);
         true
     }
 
@@ -338,7 +675,7 @@ impl XskPort {
     /// because the TX ring had no room, and their bytes (counted by the caller as `tx/full`,
     /// and taken back from what the port sent).
     ///
-    /// At most `tx_queue` frames ([`XskPort::set_tx_queue`]) wait on the TX ring: when the
+    /// At most `tx_queue` frames ([`Port::set_tx_queue`]) wait on the TX ring: when the
     /// device drains slower than we forward, a deeper queue only adds delay (2,048 frames are
     /// milliseconds), so the excess is dropped here, where it is counted, instead of queued.
     pub fn finish_batch(&mut self) -> (usize, usize) {
@@ -346,17 +683,16 @@ impl XskPort {
         if !self.tx_descs.is_empty() {
             self.reap();
             let n = self.tx_descs.len();
-            let room = (self.tx.nb_free(n as u32) as usize).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
-            // SAFETY: every queued descriptor is ours and filled in. `produce` takes all of
-            // the slice or nothing, so offer exactly what fits.
-            let sent = if room > 0 { unsafe { self.tx.produce(&self.tx_descs[..room]) } } else { 0 };
-            // Produce, then wake: a wakeup error must not make us think the descriptors were
-            // not queued (they are on the ring and will complete).
-            if sent > 0 && self.tx.needs_wakeup() {
-                let _ = self.tx.wakeup();
+            let room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
+            // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
+            // prefix) are counted in flight, the rest go back to the fill ring below.
+            let sent = if room > 0 { unsafe { self.rings.tx_produce(&self.tx_descs[..room]) } } else { 0 };
+            // Produce, then wake.
+            if sent > 0 {
+                self.rings.tx_kick();
             }
             dropped = n - sent;
-            dropped_bytes = self.tx_descs[sent..].iter().map(|d| d.lengths().data()).sum();
+            dropped_bytes = self.tx_descs[sent..].iter().map(R::data_len).sum();
             self.stats.tx += sent as u64;
             self.stats.tx_full += dropped as u64;
             self.in_flight += sent;
@@ -371,9 +707,7 @@ impl XskPort {
             if self.in_flight == 0 {
                 break;
             }
-            if self.tx.needs_wakeup() {
-                let _ = self.tx.wakeup();
-            }
+            self.rings.tx_kick();
             let before = self.in_flight;
             self.reap();
             if self.in_flight == before {
@@ -384,46 +718,409 @@ impl XskPort {
         (dropped, dropped_bytes)
     }
 
-    /// Returns RX chunks to the fill ring (as many as fit now: `produce` is all or nothing, so
-    /// hand it exactly what fits, or chunks would pile up here and RX would starve), then tops
-    /// the ring up from the free list, keeping a reserve there for copies from other ports.
+    /// Returns RX chunks to the fill ring (as many as fit now: offer exactly what fits, or
+    /// chunks would pile up here and RX would starve), then tops the ring up from the free
+    /// list, keeping a reserve there for copies from other ports.
     fn refill(&mut self) {
-        if !self.fill_back.is_empty() {
-            let room = (self.fq.nb_free(self.fill_back.len() as u32) as usize).min(self.fill_back.len());
-            if room > 0 {
-                let at = self.fill_back.len() - room;
-                // SAFETY: these chunks are ours and in no ring.
-                let n = unsafe { self.fq.produce(&self.fill_back[at..]) };
-                if n == room {
-                    self.fill_back.truncate(at);
-                }
-            }
-        }
-        let spare = self.free.len().saturating_sub(FREE_RESERVE);
-        if spare > 0 {
-            let room = (self.fq.nb_free(spare as u32) as usize).min(spare);
-            if room > 0 {
-                let at = self.free.len() - room;
-                // SAFETY: free chunks are ours.
-                let n = unsafe { self.fq.produce(&self.free[at..]) };
-                if n == room {
-                    self.free.truncate(at);
-                }
-            }
-        }
+        give_to_fill(&mut self.rings, &mut self.fill_back, 0);
+        give_to_fill(&mut self.rings, &mut self.free, self.reserve);
     }
 
     /// Moves completed TX chunks to the free list.
     fn reap(&mut self) {
-        let mut done = [FrameDesc::default(); 64];
+        let mut done = [R::Desc::default(); 64];
         loop {
-            // SAFETY: completed descriptors are handed back to us.
-            let n = unsafe { self.cq.consume(&mut done) };
+            let n = self.rings.comp_consume(&mut done);
             self.free.extend_from_slice(&done[..n]);
             self.in_flight = self.in_flight.saturating_sub(n);
             if n < done.len() {
                 break;
             }
+        }
+    }
+}
+
+/// Moves chunks from the end of `list` to the fill ring, as many as fit, leaving `keep`.
+fn give_to_fill<R: Rings>(rings: &mut R, list: &mut Vec<R::Desc>, keep: usize) {
+    let spare = list.len().saturating_sub(keep);
+    if spare == 0 {
+        return;
+    }
+    let room = rings.fill_room(spare).min(spare);
+    if room > 0 {
+        let at = list.len() - room;
+        // SAFETY: the chunks on our lists are ours and in no ring; those taken (a prefix of
+        // what is offered) leave the list here.
+        let n = unsafe { rings.fill_produce(&list[at..]) };
+        list.drain(at..at + n);
+    }
+}
+
+impl<R: Rings> TxCopy for Port<R> {
+    /// Copies `frame` into a free chunk and queues it for TX.
+    fn tx_copy(&mut self, frame: &[u8]) -> bool {
+        if self.free.is_empty() {
+            self.reap();
+        }
+        let Some(mut d) = self.free.pop() else {
+            self.stats.no_free_chunk += 1;
+            return false;
+        };
+        let addr = R::addr(&d);
+        if (addr & (FRAME_SIZE - 1)) + frame.len() > FRAME_SIZE {
+            self.free.push(d);
+            return false;
+        }
+        // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
+        // `addr..addr + frame.len()` lies inside that chunk (checked above), inside the UMEM.
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.base.as_ptr().add(addr), frame.len()) };
+        // SAFETY: as above, the chunk is ours until it goes on the TX ring.
+        unsafe { self.rings.set_data_len(&mut d, frame.len()) };
+        self.tx_descs.push(d);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The chunk accounting against fake rings: after every operation each chunk is in exactly
+    //! one place and the counts balance.
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    const CHUNKS: usize = 16;
+    /// Where the kernel puts received data in a chunk (XDP headroom).
+    const HEADROOM: usize = 256;
+
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    struct Desc {
+        addr: usize,
+        len: usize,
+    }
+
+    /// Rings over plain memory; the test plays the kernel (`receive`, `transmit`).
+    struct FakeRings {
+        mem: Vec<u8>,
+        fill: VecDeque<Desc>,
+        rx: VecDeque<Desc>,
+        tx: VecDeque<Desc>,
+        comp: VecDeque<Desc>,
+        /// Ring sizes (fill, TX).
+        fill_cap: usize,
+        tx_cap: usize,
+        /// Takes at most this many descriptors per produce, whatever room it reported.
+        accept: usize,
+        kicks: usize,
+    }
+
+    impl FakeRings {
+        fn new(fill_cap: usize, tx_cap: usize) -> (FakeRings, Vec<Desc>) {
+            let rings = FakeRings {
+                mem: vec![0; CHUNKS * FRAME_SIZE],
+                fill: VecDeque::new(),
+                rx: VecDeque::new(),
+                tx: VecDeque::new(),
+                comp: VecDeque::new(),
+                fill_cap,
+                tx_cap,
+                accept: usize::MAX,
+                kicks: 0,
+            };
+            let descs = (0..CHUNKS).map(|i| Desc { addr: i * FRAME_SIZE + HEADROOM, len: 0 }).collect();
+            (rings, descs)
+        }
+
+        /// The kernel receives `frames` into chunks from the fill ring (as many as it has).
+        fn receive(&mut self, frames: &[&[u8]]) -> usize {
+            let mut n = 0;
+            for f in frames {
+                let Some(d) = self.fill.pop_front() else { break };
+                let addr = (d.addr & !(FRAME_SIZE - 1)) + HEADROOM;
+                self.mem[addr..addr + f.len()].copy_from_slice(f);
+                self.rx.push_back(Desc { addr, len: f.len() });
+                n += 1;
+            }
+            n
+        }
+
+        /// The kernel sends `n` frames off the TX ring and completes them; returns what it sent.
+        fn transmit(&mut self, n: usize) -> Vec<Vec<u8>> {
+            let mut sent = vec![];
+            for _ in 0..n {
+                let Some(d) = self.tx.pop_front() else { break };
+                sent.push(self.mem[d.addr..d.addr + d.len].to_vec());
+                self.comp.push_back(d);
+            }
+            sent
+        }
+    }
+
+    fn produce(ring: &mut VecDeque<Desc>, cap: usize, accept: usize, descs: &[Desc]) -> usize {
+        let n = descs.len().min(cap - ring.len()).min(accept);
+        ring.extend(&descs[..n]);
+        n
+    }
+
+    fn consume(ring: &mut VecDeque<Desc>, out: &mut [Desc]) -> usize {
+        let n = out.len().min(ring.len());
+        for o in &mut out[..n] {
+            *o = ring.pop_front().unwrap();
+        }
+        n
+    }
+
+    // SAFETY: `mem` is CHUNKS * FRAME_SIZE bytes that move with the rings (a Vec's heap buffer
+    // does not move with it), and the fake kernel hands back only what was produced to it.
+    unsafe impl Rings for FakeRings {
+        type Desc = Desc;
+        fn addr(d: &Desc) -> usize {
+            d.addr
+        }
+        fn data_len(d: &Desc) -> usize {
+            d.len
+        }
+        unsafe fn set_data_len(&mut self, d: &mut Desc, len: usize) {
+            d.len = len;
+        }
+        fn umem(&mut self) -> (NonNull<u8>, usize) {
+            (NonNull::new(self.mem.as_mut_ptr()).unwrap(), CHUNKS)
+        }
+        fn rx_consume(&mut self, out: &mut [Desc]) -> usize {
+            consume(&mut self.rx, out)
+        }
+        fn fill_room(&mut self, _want: usize) -> usize {
+            self.fill_cap - self.fill.len()
+        }
+        unsafe fn fill_produce(&mut self, descs: &[Desc]) -> usize {
+            produce(&mut self.fill, self.fill_cap, self.accept, descs)
+        }
+        fn tx_room(&mut self, _want: usize) -> usize {
+            self.tx_cap - self.tx.len()
+        }
+        unsafe fn tx_produce(&mut self, descs: &[Desc]) -> usize {
+            produce(&mut self.tx, self.tx_cap, self.accept, descs)
+        }
+        fn tx_kick(&mut self) {
+            self.kicks += 1;
+        }
+        fn comp_consume(&mut self, out: &mut [Desc]) -> usize {
+            consume(&mut self.comp, out)
+        }
+    }
+
+    fn port(fill_cap: usize, tx_cap: usize, reserve: usize) -> Port<FakeRings> {
+        let (rings, descs) = FakeRings::new(fill_cap, tx_cap);
+        Port::start(rings, descs, fill_cap, reserve, 0, "fake")
+    }
+
+    /// Where each chunk is; panics unless every chunk is in exactly one place and the port's
+    /// in-flight count is what the TX and completion rings hold. Returns the count per place:
+    /// free, fill_back, queued for TX, fill ring, RX ring, TX ring, completion ring.
+    fn census(p: &Port<FakeRings>) -> [usize; 7] {
+        let r = &p.rings;
+        let places: [(&str, Vec<Desc>); 7] = [
+            ("free", p.free.clone()),
+            ("fill_back", p.fill_back.clone()),
+            ("tx queue", p.tx_descs.clone()),
+            ("fill ring", r.fill.iter().copied().collect()),
+            ("rx ring", r.rx.iter().copied().collect()),
+            ("tx ring", r.tx.iter().copied().collect()),
+            ("completion ring", r.comp.iter().copied().collect()),
+        ];
+        let mut seen = [None; CHUNKS];
+        for (name, descs) in &places {
+            for d in descs {
+                let c = d.addr / FRAME_SIZE;
+                assert!(seen[c].is_none(), "chunk {c} is in {name} and in {}", seen[c].unwrap());
+                seen[c] = Some(*name);
+            }
+        }
+        let missing: Vec<usize> = (0..CHUNKS).filter(|&c| seen[c].is_none()).collect();
+        assert!(missing.is_empty(), "chunks {missing:?} are nowhere");
+        assert_eq!(p.in_flight, r.tx.len() + r.comp.len(), "in flight = on the TX ring + completed, not reaped");
+        places.map(|(_, d)| d.len())
+    }
+
+    /// As [`census`] with a batch under way: its frames count as one more place.
+    fn census_with_batch(b: &RxBatch<'_, FakeRings>) {
+        let p = &*b.port;
+        let mut seen = vec![0; CHUNKS];
+        for s in &p.batch {
+            seen[s.desc.addr / FRAME_SIZE] += 1;
+        }
+        let r = &p.rings;
+        for d in
+            p.free.iter().chain(&p.fill_back).chain(&p.tx_descs).chain(&r.fill).chain(&r.rx).chain(&r.tx).chain(&r.comp)
+        {
+            seen[d.addr / FRAME_SIZE] += 1;
+        }
+        assert!(seen.iter().all(|&n| n == 1), "chunks with the count of places they are in: {seen:?}");
+    }
+
+    fn frame(tag: u8, len: usize) -> Vec<u8> {
+        vec![tag; len]
+    }
+
+    #[test]
+    fn chunks_balance_through_receive_forward_tx_and_completion() {
+        let mut p = port(8, 8, 2);
+        assert_eq!(census(&p), [8, 0, 0, 8, 0, 0, 0]);
+        let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(i, 60)).collect();
+        assert_eq!(p.rings.receive(&frames.iter().map(|f| &f[..]).collect::<Vec<_>>()), 5);
+        assert_eq!(census(&p), [8, 0, 0, 3, 5, 0, 0]);
+
+        let mut b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 5);
+        census_with_batch(&b);
+        // The pipeline: frame 0 forwarded as is, frame 2 encapsulated (its start moves 20
+        // bytes into the headroom), frame 4 sent and then its mark repeated; 1 and 3 dropped.
+        {
+            let fs = b.frames();
+            let (buf, head, len) = fs[2].parts();
+            *head -= 20;
+            *len += 20;
+            buf[*head..*head + 20].fill(0xee);
+        }
+        b.send(0);
+        b.send(2);
+        b.send(4);
+        b.send(4);
+        b.send(99); // no such frame: ignored
+        assert!(b.tx_copy(&frame(9, 42)), "a copy from another port, queued first");
+        census_with_batch(&b);
+        assert_eq!(b.finish(), Unsent::default());
+        assert_eq!(census(&p), [7, 2, 4, 3, 0, 0, 0]);
+
+        assert_eq!(p.finish_batch(), (0, 0));
+        // 4 on the TX ring; the 2 recycled chunks and the free list above the reserve of 2
+        // refill the fill ring up to its 8 slots.
+        let c = census(&p);
+        assert_eq!((c[2], c[5], c[3]), (0, 4, 8), "{c:?}");
+        assert_eq!((p.stats.rx, p.stats.tx), (5, 4));
+        assert!(p.rings.kicks > 0);
+
+        let sent = p.rings.transmit(4);
+        assert_eq!(sent[0], frame(9, 42));
+        assert_eq!(sent[1], frame(0, 60));
+        let mut encapsulated = vec![0xee; 20];
+        encapsulated.extend(frame(2, 60));
+        assert_eq!(sent[2], encapsulated, "slid back to the descriptor's address, whole");
+        assert_eq!(sent[3], frame(4, 60), "sent once");
+        census(&p);
+        p.finish_batch();
+        let c = census(&p);
+        assert_eq!((c[5], c[6], p.in_flight), (0, 0, 0), "completions reaped: {c:?}");
+    }
+
+    #[test]
+    fn partial_produce_keeps_every_chunk_in_one_place() {
+        let mut p = port(8, 8, 2);
+        p.rings.accept = 1;
+        let f = frame(1, 100);
+        for round in 0..6 {
+            let got = p.rings.receive(&[&f, &f, &f]);
+            census(&p);
+            let mut b = p.rx_burst(MAX_BURST);
+            assert_eq!(b.len(), got);
+            for i in 0..got {
+                b.send(i);
+            }
+            census_with_batch(&b);
+            b.finish();
+            census(&p);
+            // The TX ring takes one of what is offered: the rest are dropped (counted) and
+            // their chunks go back towards the fill ring, which also takes one at a time.
+            let (dropped, bytes) = p.finish_batch();
+            assert_eq!((dropped, bytes), (got.saturating_sub(1), got.saturating_sub(1) * 100), "round {round}");
+            census(&p);
+            p.rings.transmit(usize::MAX);
+            census(&p);
+        }
+        p.rings.accept = usize::MAX;
+        p.finish_batch();
+        let c = census(&p);
+        assert_eq!((c[1], c[5], c[6]), (0, 0, 0), "all back once produces are whole again: {c:?}");
+    }
+
+    #[test]
+    fn a_dropped_batch_recycles_every_frame_even_those_marked_to_send() {
+        let mut p = port(8, 8, 2);
+        let f = frame(7, 64);
+        p.rings.receive(&[&f, &f, &f]);
+        {
+            let mut b = p.rx_burst(2);
+            assert_eq!(b.len(), 2, "at most what was asked");
+            b.send(0);
+            // Dropped without finish (an early return, a panic): nothing sent, nothing lost.
+        }
+        assert_eq!(census(&p), [8, 2, 0, 5, 1, 0, 0]);
+        assert_eq!(p.stats.tx, 0);
+        p.finish_batch();
+        assert_eq!(census(&p)[1], 0, "recycled chunks went back to the fill ring");
+        // An empty batch is fine too.
+        let b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 1);
+        drop(b);
+        census(&p);
+    }
+
+    #[test]
+    fn a_frame_grown_past_its_chunk_is_recycled_and_reported_unsent() {
+        let mut p = port(8, 8, 2);
+        p.rings.receive(&[&frame(1, 1700)]);
+        let mut b = p.rx_burst(MAX_BURST);
+        {
+            // Encapsulation and more moved its start to the chunk's start: 1900 bytes fit the
+            // chunk but not from the descriptor's address (256 bytes in).
+            let (_, head, len) = b.frames()[0].parts();
+            *head = 0;
+            *len = 1900;
+        }
+        b.send(0);
+        assert_eq!(b.finish(), Unsent { frames: 1, bytes: 1900 });
+        assert_eq!(census(&p)[1], 1, "back towards the fill ring");
+        assert_eq!(p.stats.tx_full, 1);
+    }
+
+    #[test]
+    fn copies_use_free_chunks_down_to_none_then_completions() {
+        let mut p = port(8, 16, 2);
+        let f = frame(3, 80);
+        for _ in 0..8 {
+            assert!(p.tx_copy(&f));
+            census(&p);
+        }
+        assert!(!p.tx_copy(&f), "free list empty, nothing completed");
+        assert_eq!(p.stats.no_free_chunk, 1);
+        assert!(!p.tx_copy(&[0; FRAME_SIZE]), "too long for a chunk");
+        p.finish_batch();
+        census(&p);
+        p.rings.transmit(3);
+        assert!(p.tx_copy(&f), "a completed chunk is reaped and reused");
+        census(&p);
+    }
+
+    #[test]
+    fn a_frame_swapped_into_another_ports_batch_is_left_alone_not_recycled_twice() {
+        let mut p1 = port(8, 8, 2);
+        let mut p2 = port(8, 8, 2);
+        let f = frame(5, 64);
+        p1.rings.receive(&[&f]);
+        p2.rings.receive(&[&f]);
+        let mut b1 = p1.rx_burst(MAX_BURST);
+        let mut b2 = p2.rx_burst(MAX_BURST);
+        std::mem::swap(&mut b1.frames()[0], &mut b2.frames()[0]);
+        b1.send(0);
+        assert_eq!(b1.finish(), Unsent::default());
+        drop(b2);
+        for p in [&p1, &p2] {
+            assert_eq!(p.stats.foreign, 1);
+            assert_eq!(
+                p.tx_descs.len() + p.fill_back.len(),
+                0,
+                "the other port's chunk did not enter this one's rings"
+            );
         }
     }
 }

@@ -15,16 +15,29 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::control::config::IdleMode;
-use crate::control::status::LinkState;
-use crate::port::afxdp::{XskFrame, XskPort};
+use crate::port::afxdp::{TxCopy, XskPort};
 use crate::port::tap::TapPort;
-use vrouter_core::dataplane::{Frame, PacketBuf, Pipeline, PortId, MAX_BATCH};
+use crate::port::LinkState;
+use vrouter_core::dataplane::{Frame, PacketBuf, Pipeline, PortId};
 use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
 pub const BURST: usize = 256;
 const MAX_SLEEP_MS: i32 = 10;
+
+/// What a worker does when a pass finds nothing to do (`[workers] idle`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
+    /// on the core between empty passes).
+    Poll,
+    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
+    #[default]
+    Adaptive,
+    /// Always sleep in poll(2) between batches.
+    Interrupt,
+}
 
 /// Where a port's frames go when the pipeline sends on it.
 #[derive(Clone)]
@@ -78,9 +91,9 @@ fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReaso
 
 /// Sends `data` to `port` from a worker, counting a failure. Nothing is offered to an uplink
 /// without carrier (`uplink_down`): the frame is lost, and counted as such (not as sent).
-fn send_to(
+fn send_to<U: TxCopy>(
     targets: &[TxTarget],
-    uplink: &mut Option<XskPort>,
+    uplink: Option<&mut U>,
     uplink_down: bool,
     counters: &Counters,
     port: PortId,
@@ -88,7 +101,7 @@ fn send_to(
 ) {
     let failed = match targets.get(port as usize) {
         Some(TxTarget::Uplink) if uplink_down => Some(DropReason::TxLinkDown),
-        Some(TxTarget::Uplink) => (!uplink.as_mut().is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
+        Some(TxTarget::Uplink) => (!uplink.is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
         Some(TxTarget::Tap(t)) => (!t.send(data)).then(|| t.send_failure()),
         _ => Some(DropReason::TxFull),
     };
@@ -112,8 +125,6 @@ impl WorkerRt {
         let epoch = Instant::now();
         self.pipeline.set_wall_clock(wall_clock_ns);
         let counters = self.pipeline.counters().clone();
-        let mut xsk_frames: Vec<XskFrame> = Vec::with_capacity(BURST);
-        let mut own: Vec<bool> = vec![false; MAX_BATCH];
         let mut tap_bufs: Vec<PacketBuf> = (0..BURST).map(|_| PacketBuf::new(&[], 0)).collect();
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let port_cell = self.ports.clone();
@@ -146,43 +157,39 @@ impl WorkerRt {
             self.pipeline.poll_requests();
             let mut work = 0;
             if let Some(up) = self.uplink.as_mut() {
-                let n = up.rx_burst(&mut xsk_frames, BURST);
+                // The batch holds the port: its frames go back to the fill ring or out on TX
+                // when it finishes (or is dropped), none outlives the UMEM.
+                let mut batch = up.rx_burst(BURST);
+                let n = batch.len();
                 if n > 0 {
                     work += n;
-                    self.pipeline.process(&mut xsk_frames, now_ms);
+                    self.pipeline.process(batch.frames(), now_ms);
                     let out = self.pipeline.output();
-                    own[..n].fill(false);
                     for p in out.active_ports() {
                         for &i in out.tx(p) {
-                            let len = *xsk_frames[i as usize].parts().2;
+                            let f = &mut batch.frames()[i as usize];
                             match targets.get(p as usize) {
                                 Some(TxTarget::Uplink) if uplink_down => {
-                                    count_unsent(&counters, p, len, DropReason::TxLinkDown)
+                                    count_unsent(&counters, p, f.len(), DropReason::TxLinkDown)
                                 }
-                                Some(TxTarget::Uplink) => own[i as usize] = true,
+                                Some(TxTarget::Uplink) => batch.send(i as usize),
                                 Some(TxTarget::Tap(t)) => {
-                                    let (buf, head, len) = xsk_frames[i as usize].parts();
+                                    let (buf, head, len) = f.parts();
                                     if !t.send(&buf[*head..*head + *len]) {
                                         count_unsent(&counters, p, *len, t.send_failure());
                                     }
                                 }
-                                _ => count_unsent(&counters, p, len, DropReason::TxFull),
+                                _ => count_unsent(&counters, p, f.len(), DropReason::TxFull),
                             }
                         }
                     }
                     for (p, data) in out.emitted.frames() {
-                        send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
+                        send_to(targets, Some(&mut batch), uplink_down, &counters, p, data);
                     }
-                    let up = self.uplink.as_mut().expect("checked above");
-                    for (i, mut f) in xsk_frames.drain(..).enumerate() {
-                        if own[i] {
-                            let len = *f.parts().2;
-                            if !up.tx_own(f) {
-                                count_unsent(&counters, uplink_port(targets), len, DropReason::TxFull);
-                            }
-                        } else {
-                            up.recycle(f);
-                        }
+                    let unsent = batch.finish();
+                    if unsent.frames > 0 {
+                        counters.drop_n(DropReason::TxFull, unsent.frames);
+                        counters.tx_unsent(uplink_port(targets) as usize, unsent.frames, unsent.bytes);
                     }
                 }
             }
@@ -196,11 +203,11 @@ impl WorkerRt {
                 let out = self.pipeline.output();
                 for p in out.active_ports() {
                     for &i in out.tx(p) {
-                        send_to(targets, &mut self.uplink, uplink_down, &counters, p, tap_bufs[i as usize].data());
+                        send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, tap_bufs[i as usize].data());
                     }
                 }
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
+                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, data);
                 }
             }
             if now_ms >= next_kernel_stats_ms {
@@ -218,7 +225,7 @@ impl WorkerRt {
                 self.pipeline.process(&mut tap_bufs[..0], now_ms);
                 let out = self.pipeline.output();
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, &mut self.uplink, uplink_down, &counters, p, data);
+                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, data);
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
@@ -274,8 +281,8 @@ mod tests {
         // As the pipeline does for each frame it queues.
         counters.tx(0, frame.len());
         counters.tx(1, frame.len());
-        send_to(&targets, &mut None, true, &counters, 0, &frame);
-        send_to(&targets, &mut None, true, &counters, 1, &frame);
+        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, &frame);
+        send_to(&targets, None::<&mut XskPort>, true, &counters, 1, &frame);
         assert_eq!(counters.drops(DropReason::TxLinkDown), 1);
         assert_eq!(counters.drops(DropReason::TxFull), 1);
         assert_eq!(counters.port(0), vrouter_core::stats::counters::PortStats::default(), "uplink: lost, not sent");
