@@ -396,8 +396,9 @@ impl Control {
                     None => ok(c),
                 }
             }
-            Request::Apply { config, dry_run } => {
-                let cfg = Config::parse(&config, Path::new("<apply>")).map_err(|e| e.to_string())?;
+            Request::Apply { config, dry_run, file } => {
+                let name = Path::new(file.as_deref().unwrap_or("<apply>"));
+                let cfg = Config::parse(&config, name).map_err(|e| e.to_string())?;
                 match dry_run {
                     true => ok(self.node().plan(&cfg).map_err(|e| e.to_string())?),
                     false => ok(self.node().apply(cfg).map_err(|e| e.to_string())?),
@@ -1197,6 +1198,22 @@ mod tests {
         assert_eq!(v["total"]["node"], "t", "names are kept");
         assert_eq!(c.punted.load(Ordering::Relaxed), 7, "the worker's counter is not reset");
         assert!(ctl.stats_document().contains(r#""punted":7"#), "nor the stats file's");
+    }
+
+    #[test]
+    fn apply_errors_name_the_file_the_client_read() {
+        let ctl = test_control();
+        let apply = |file: Option<&str>| Request::Apply {
+            config: "[node]\nname = 1\n".into(),
+            dry_run: true,
+            file: file.map(String::from),
+        };
+        let e = ctl.handle(apply(Some("/etc/vrouter/node.toml"))).error.unwrap();
+        assert!(e.contains("/etc/vrouter/node.toml"), "{e}");
+        let e = ctl.handle(apply(None)).error.unwrap();
+        assert!(e.contains("<apply>"), "{e}");
+        let line = r#"{"version":1,"request":{"cmd":"apply","config":"","file":"a.toml"}}"#;
+        assert!(matches!(api::parse_request(line).unwrap(), Request::Apply { file: Some(f), .. } if f == "a.toml"));
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub enum Request {
         config: String,
         #[serde(default)]
         dry_run: bool,
+        /// The file `config` was read from: errors name it (they say `<apply>` without it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
     /// Re-reads the config file the daemon was started with (as SIGHUP does).
     Reload,
@@ -179,7 +182,7 @@ impl Request {
     /// A one-line description for the log (a config's text is not repeated).
     pub fn describe(&self) -> String {
         let text = match self {
-            Request::Apply { config, dry_run } => {
+            Request::Apply { config, dry_run, .. } => {
                 format!("apply ({} bytes of config, dry_run {dry_run})", config.len())
             }
             other => serde_json::to_string(other).unwrap_or_default(),
