@@ -32,8 +32,6 @@ use super::node::{Node, NodeError};
 use vrouter_core::dataplane::observe::{CaptureSpec, Captured, TraceRecord};
 use vrouter_core::dataplane::{PortId, Shared};
 use vrouter_core::stats::Counters;
-#[cfg(test)]
-use vrouter_core::stats::DropReason;
 
 /// Clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 16;
@@ -964,6 +962,7 @@ mod tests {
     use crate::control::node::NoIo;
     use std::io::{BufRead, BufReader};
     use vrouter_core::neigh::{NeighConfig, NeighTable};
+    use vrouter_core::stats::DropReason;
     use vrouter_core::wire::MacAddr;
 
     /// A control socket over an in-memory node (no workers, no root), served until dropped.
