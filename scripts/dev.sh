@@ -42,7 +42,7 @@ install_lint_tools() {
 case "${1:-}" in
     demo)
         install_missing
-        cargo build --release --bin vrouter --bin vrouterctl
+        cargo build --release -p vrouter -p vrouterctl
         ./target/release/vrouter lab demo
         ;;
     test)

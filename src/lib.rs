@@ -1,7 +1,6 @@
 //! vrouter: a userspace IPv4 forwarding engine for Kubernetes nodes.
 
 pub mod control;
-pub mod ctl;
 pub mod lab;
 pub mod perf;
 pub mod port;

@@ -28,7 +28,7 @@ enum Cmd {
         stats: Option<PathBuf>,
     },
     /// Talk to a running daemon (the same as the `vrouterctl` command).
-    Ctl(vrouter::ctl::CtlArgs),
+    Ctl(vrouterctl::CtlArgs),
     /// Validate a config file without running anything: `vrouter check-config node.toml`.
     #[command(
         after_help = "Examples:\n  vrouter check-config node.toml\n  ip netns exec node1 vrouter check-config --env node.toml"
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         Cmd::Demo => in_memory::demo(),
         Cmd::Lab { cmd } => vrouter::lab::run_cli(cmd),
         Cmd::Bench { what } => bench(what),
-        Cmd::Ctl(args) => return vrouter::ctl::run(args),
+        Cmd::Ctl(args) => return vrouterctl::run(args),
     };
     match result {
         Ok(s) => {

@@ -163,7 +163,7 @@ fn socket_and_cli_refuse_bad_requests_and_forwarding_goes_on() {
     // Another user: stopped by the file mode, then (socket opened up) by the peer check.
     let as_nobody = || {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vrouterctl"), "-s"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vrouter"), "ctl", "-s"])
             .arg(t.sock())
             .arg("status")
             .output()
@@ -619,7 +619,7 @@ fn members_of_the_control_group_are_served() {
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 1, 0o660));
     let as_nobody = |groups: &str| {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", groups, env!("CARGO_BIN_EXE_vrouterctl"), "-s"])
+            .args(["--reuid=65534", "--regid=65534", groups, env!("CARGO_BIN_EXE_vrouter"), "ctl", "-s"])
             .arg(t.sock())
             .arg("status")
             .output()

@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -473,7 +472,7 @@ fn host_and_pods_talk_tcp_both_ways_on_every_node_and_across_nodes() {
 
 fn ctl(lab: &LabHandle, node: u8, args: &[&str]) -> std::process::Output {
     let sock = format!("/run/vrouter/{}.sock", lab.node(node).ns);
-    Command::new(env!("CARGO_BIN_EXE_vrouterctl")).args(["-s", &sock]).args(args).output().expect("vrouterctl runs")
+    common::vrouterctl().args(["-s", &sock]).args(args).output().expect("vrouterctl runs")
 }
 
 #[test]

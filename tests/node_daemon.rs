@@ -587,7 +587,7 @@ fn trickling_clients_and_an_abandoned_trace_do_not_lock_the_control_socket() {
     assert!(start.elapsed() < Duration::from_secs(2), "status took {:?}", start.elapsed());
     // A trace whose client went away (Ctrl-C) ends; the next one may start at once.
     let trace = |timeout: &str| {
-        Command::new(env!("CARGO_BIN_EXE_vrouterctl"))
+        common::vrouterctl()
             .arg("-s")
             .arg(t.sock())
             .args(["trace", "--count", "5", "--port", "tappod", "--timeout", timeout])

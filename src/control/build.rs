@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use serde::{Deserialize, Serialize};
-
 use super::config::Config;
 use vrouter_core::dataplane::PortId;
 use vrouter_core::fib::Ipv4Prefix;
@@ -21,72 +19,7 @@ pub const UPLINK: PortId = 0;
 pub const HOST_PORT: PortId = 1;
 pub const FIRST_POD_PORT: PortId = 2;
 
-/// A next hop, named by what it is rather than by an index.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NhKey {
-    /// ICMP net unreachable (its own next hop: not "no route", so it wins over what covers it).
-    Unreachable,
-    /// ICMP communication administratively prohibited.
-    Prohibit,
-    Blackhole,
-    /// The node's kernel (host port).
-    Host,
-    /// The pod on this port slot.
-    Local(PortId),
-    /// A neighbour on the uplink.
-    Gateway(Ipv4Addr),
-    /// The uplink's own subnet: the destination is the L2 next hop.
-    Connected,
-    /// IPIP to `remote`, sent to the L2 neighbour `via`.
-    Tunnel {
-        remote: Ipv4Addr,
-        via: Ipv4Addr,
-    },
-    /// Equal-cost paths (members are never `Ecmp`); a member may repeat (weights).
-    Ecmp(Vec<NhKey>),
-}
-
-impl std::fmt::Display for NhKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NhKey::Unreachable => write!(f, "unreachable"),
-            NhKey::Prohibit => write!(f, "prohibit"),
-            NhKey::Blackhole => write!(f, "blackhole"),
-            NhKey::Host => write!(f, "host"),
-            NhKey::Local(p) => write!(f, "local port {p}"),
-            NhKey::Gateway(v) => write!(f, "via {v}"),
-            NhKey::Connected => write!(f, "connected"),
-            NhKey::Tunnel { remote, via } => write!(f, "ipip to {remote} via {via}"),
-            NhKey::Ecmp(m) => {
-                write!(f, "ecmp [")?;
-                for (i, k) in m.iter().enumerate() {
-                    write!(f, "{}{k}", if i > 0 { ", " } else { "" })?;
-                }
-                write!(f, "]")
-            }
-        }
-    }
-}
-
-/// Where a route came from. Lower wins when several sources give the same prefix: what the
-/// node itself implies and the config file first, then the CLI, then the kernel table (BGP).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteSource {
-    /// Implied by the node: pod /32s, the blackholed pod block, the connected subnet.
-    Node,
-    /// Peers' pod blocks and `[[routes]]` of the config file.
-    Config,
-    /// `vrouterctl route add`.
-    Cli,
-    /// Imported from a kernel routing table over netlink.
-    Kernel,
-}
-
-impl RouteSource {
-    pub const ALL: [RouteSource; 4] = [RouteSource::Node, RouteSource::Config, RouteSource::Cli, RouteSource::Kernel];
-}
+pub use vrouter_api::{NhKey, RouteSource};
 
 fn ip(a: Ipv4Addr) -> u32 {
     u32::from(a)

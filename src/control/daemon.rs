@@ -27,7 +27,6 @@ use crate::worker::{PortSet, TxTarget, WorkerRt};
 use vrouter_core::dataplane::{Pipeline, PipelineConfig, PortId, Shared, MAX_PORTS};
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::neigh::NeighTable;
-use vrouter_core::stats::{Counters, DropReason};
 use vrouter_core::wire::MacAddr;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,40 +58,6 @@ fn read_mac(dev: &str) -> Result<MacAddr, DaemonError> {
     let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/address"))
         .map_err(|e| uplink_err(format!("no such device in this network namespace ({e})")))?;
     s.trim().parse().map_err(uplink_err)
-}
-
-/// Sums the workers' counters into the stats document.
-pub fn stats_json(node: &str, port_names: &[String], counters: &[Arc<Counters>]) -> serde_json::Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut ports = serde_json::Map::new();
-    for (i, name) in port_names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
-        let t: vrouter_core::stats::counters::PortStats = counters.iter().map(|c| c.port(i)).sum();
-        ports.insert(name.clone(), serde_json::to_value(t).expect("plain struct"));
-    }
-    let mut drops = BTreeMap::new();
-    for r in DropReason::ALL {
-        let n: u64 = counters.iter().map(|c| c.drops(*r)).sum();
-        drops.insert(r.name(), n);
-    }
-    let sum = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| -> u64 {
-        counters.iter().map(|c| f(c).load(Relaxed)).sum()
-    };
-    serde_json::json!({
-        "node": node,
-        "ports": ports,
-        "drops": drops,
-        "counters": {
-            "icmp_errors_sent": sum(|c| &c.icmp_errors_sent),
-            "icmp_errors_ratelimited": sum(|c| &c.icmp_errors_ratelimited),
-            "arp_requests_sent": sum(|c| &c.arp_requests_sent),
-            "arp_replies_sent": sum(|c| &c.arp_replies_sent),
-            "ipip_encap": sum(|c| &c.ipip_encap),
-            "ipip_decap": sum(|c| &c.ipip_decap),
-            "fragmented": sum(|c| &c.fragmented),
-            "fragments_out": sum(|c| &c.fragments_out),
-            "punted": sum(|c| &c.punted),
-        }
-    })
 }
 
 /// Refuses a `--stats` path that cannot be written (missing directory, no permission), which
@@ -561,13 +526,12 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match ctl.reload() {
-                Ok(r) => info!(change = %r, "config reloaded (SIGHUP)"),
+                Ok(r) => info!(change = %serde_json::to_string(&r).unwrap_or_default(), "config reloaded (SIGHUP)"),
                 Err(e) => error!("{}", reload_failed(&e)),
             }
         }
         if let Some(p) = &stats {
-            let doc = ctl.counters_json()["total"].clone();
-            match write_atomically(p, &doc.to_string()) {
+            match write_atomically(p, &ctl.stats_document()) {
                 Ok(()) => {
                     if let Some(n) = stats_failing.clear() {
                         info!(path = %p.display(), failures = n, "stats file written again");
@@ -597,7 +561,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     info!("stopping");
     stop_threads(&stop, handles.into_iter().chain(services));
     if let Some(p) = &stats {
-        let _ = write_atomically(p, &ctl.counters_json()["total"].to_string());
+        let _ = write_atomically(p, &ctl.stats_document());
     }
     drop(ctl);
     drop(xdp_watch);

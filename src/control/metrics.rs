@@ -55,11 +55,12 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::stats::WORKER_COUNTERS;
 use vrouter_core::stats::counters::PortStats;
 use vrouter_core::stats::{Counters, DropReason};
 
@@ -170,7 +171,6 @@ const fn fam<F>(name: &'static str, help: &'static str, read: F) -> Family<F> {
 }
 
 type PortField = fn(&PortStats) -> u64;
-type WorkerField = fn(&Counters) -> &AtomicU64;
 
 const PORT_FAMILIES: [Family<PortField>; 4] = [
     fam("vrouter_port_receive_packets_total", "Frames received on a port.", |p| p.rx_packets),
@@ -181,35 +181,12 @@ const PORT_FAMILIES: [Family<PortField>; 4] = [
 
 const DROPS: &str = "vrouter_drops_total";
 
-/// The worker counters that are neither per port nor per reason.
-const WORKER_FAMILIES: [Family<WorkerField>; 9] = [
-    fam(
-        "vrouter_icmp_errors_sent_total",
-        "ICMP errors sent (time exceeded, destination unreachable, fragmentation needed).",
-        |c| &c.icmp_errors_sent,
-    ),
-    fam(
-        "vrouter_icmp_errors_ratelimited_total",
-        "ICMP errors not sent because of the rate limit (RFC 1812 4.3.2.8).",
-        |c| &c.icmp_errors_ratelimited,
-    ),
-    fam("vrouter_arp_requests_sent_total", "ARP requests sent to resolve next hops.", |c| &c.arp_requests_sent),
-    fam("vrouter_arp_replies_sent_total", "ARP replies sent for the router's addresses.", |c| &c.arp_replies_sent),
-    fam("vrouter_ipip_encapsulated_packets_total", "Packets encapsulated in IPIP (RFC 2003) toward peer nodes.", |c| {
-        &c.ipip_encap
-    }),
-    fam("vrouter_ipip_decapsulated_packets_total", "IPIP packets from peer nodes decapsulated.", |c| &c.ipip_decap),
-    fam("vrouter_ipv4_fragmented_packets_total", "Packets fragmented to fit the egress MTU.", |c| &c.fragmented),
-    fam("vrouter_ipv4_fragments_created_total", "Fragments created by fragmenting packets.", |c| &c.fragments_out),
-    fam("vrouter_punted_packets_total", "Packets punted to the host port.", |c| &c.punted),
-];
-
 /// Whether `name` is one of the families [`render`] emits itself.
 fn is_builtin(name: &str) -> bool {
     name == NODE_INFO
         || name == DROPS
         || PORT_FAMILIES.iter().any(|f| f.name == name)
-        || WORKER_FAMILIES.iter().any(|f| f.name == name)
+        || WORKER_COUNTERS.iter().any(|f| f.metric == name)
 }
 
 /// Why an extra cannot be emitted, if it cannot: a bad name would make the scraper reject the
@@ -288,10 +265,10 @@ pub fn render_with_pods<S: AsRef<str>, P: AsRef<str>>(
         }
     }
 
-    for f in &WORKER_FAMILIES {
-        family(out, f.name, f.help, Kind::Counter);
+    for f in &WORKER_COUNTERS {
+        family(out, f.metric, f.help, Kind::Counter);
         for (worker, c) in counters.iter().enumerate() {
-            let _ = writeln!(out, "{}{{worker=\"{worker}\"}} {}", f.name, (f.read)(c).load(Relaxed));
+            let _ = writeln!(out, "{}{{worker=\"{worker}\"}} {}", f.metric, (f.read)(c).load(Relaxed));
         }
     }
 
@@ -863,7 +840,7 @@ mod tests {
         assert_eq!(value("vrouter_node_info", &[("node", "node-a")]), Gauge(1.0));
         assert_eq!(value("vrouter_fib_routes", &[]), Gauge(3.0));
         assert_eq!(value("vrouter_uptime_seconds", &[]), Gauge(90.5));
-        let families = PORT_FAMILIES.iter().map(|f| f.name).chain(WORKER_FAMILIES.iter().map(|f| f.name));
+        let families = PORT_FAMILIES.iter().map(|f| f.name).chain(WORKER_COUNTERS.iter().map(|f| f.metric));
         for name in families.chain([NODE_INFO, DROPS, "vrouter_fib_routes", "vrouter_uptime_seconds"]) {
             assert!(scrape.docs.contains_key(name), "no HELP for {name}");
         }

@@ -3,7 +3,7 @@
 //! Reaches the workers only by publishing snapshots and FIB updates and waiting for grace
 //! periods, and by the observation requests of [`vrouter_core::dataplane::observe`].
 
-pub mod api;
+pub use vrouter_api as api;
 pub mod build;
 pub mod config;
 pub mod daemon;
@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod server;
+pub mod stats;
 pub mod status;
 
 /// Returns memory freed on the heap to the system (glibc keeps freed memory in its arenas:

@@ -33,8 +33,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
 use super::config::{Config, EndpointConfig, RpfMode};
 use super::netlink::KernelNextHop;
@@ -247,48 +245,7 @@ struct Pod {
     leaving: bool,
 }
 
-/// One route as `vrouterctl routes` shows it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct RouteView {
-    pub prefix: Ipv4Prefix,
-    pub source: RouteSource,
-    pub nexthop: String,
-    pub nh_id: NhId,
-    /// Routes to the same prefix from other sources, shadowed by this one.
-    pub shadowed: Vec<(RouteSource, String)>,
-}
-
-/// What an `apply` would change (`vrouterctl apply --dry-run`).
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Plan {
-    pub endpoints_added: Vec<String>,
-    pub endpoints_removed: Vec<String>,
-    /// Port-level settings changed: removed and created again.
-    pub endpoints_replaced: Vec<String>,
-    pub endpoints_policy_changed: Vec<String>,
-    pub peers_added: Vec<String>,
-    pub peers_removed: Vec<String>,
-    pub peers_changed: Vec<String>,
-    pub policies_added: Vec<String>,
-    pub policies_removed: Vec<String>,
-    pub policies_changed: Vec<String>,
-    pub global_rules_changed: bool,
-    /// `prefix next-hop`, for the node's and the config's routes.
-    pub routes_added: Vec<String>,
-    pub routes_removed: Vec<String>,
-    pub routes_changed: Vec<String>,
-    pub neighbours_added: Vec<String>,
-    pub neighbours_removed: Vec<String>,
-}
-
-/// Counts of what an operation changed.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ChangeReport {
-    pub routes_changed: usize,
-    pub endpoints_added: Vec<String>,
-    pub endpoints_removed: Vec<String>,
-    pub snapshots_published: usize,
-}
+pub use vrouter_api::{ChangeReport, Plan, RouteView};
 
 pub struct Node {
     cfg: Config,

@@ -22,14 +22,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
+use super::api::reply::{self as r, CapturePoint, CapturedFrame, TraceRoute, TracedPacket};
 use super::api::{self, Reply, Request};
 use super::config::Config;
 use super::node::{Node, NodeError};
 use vrouter_core::dataplane::observe::{CaptureSpec, Captured, TraceRecord};
 use vrouter_core::dataplane::{PortId, Shared};
-use vrouter_core::stats::{Counters, DropReason};
+use vrouter_core::stats::Counters;
 
 /// Clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 16;
@@ -48,7 +50,7 @@ pub struct Control {
     /// Bumped by `trace-stop`: sessions that started before end.
     sessions_stopped: AtomicU64,
     /// The counters as `counters-clear` found them: `counters` shows what came since.
-    baseline: Mutex<Option<Value>>,
+    baseline: Mutex<Option<r::Counters>>,
 }
 
 /// Who sent a request, and whether they are still there (for long waits).
@@ -72,8 +74,9 @@ pub enum ServerError {
     Socket { path: String, msg: String },
 }
 
-fn ipstr(a: u32) -> String {
-    Ipv4Addr::from(a).to_string()
+/// A reply struct as the `result` of a reply.
+fn ok<T: Serialize>(t: T) -> Result<Value, String> {
+    serde_json::to_value(t).map_err(|e| format!("cannot encode the reply: {e}"))
 }
 
 impl Control {
@@ -103,14 +106,13 @@ impl Control {
     }
 
     /// Re-reads the config file and applies it.
-    pub fn reload(&self) -> Result<Value, NodeError> {
+    pub fn reload(&self) -> Result<api::ChangeReport, NodeError> {
         let path = self
             .config_path
             .as_ref()
             .ok_or_else(|| NodeError::Refused("the daemon was not started from a config file".into()))?;
         let cfg = Config::load(path).map_err(|e| NodeError::Refused(e.to_string()))?;
-        let r = self.node().apply(cfg)?;
-        Ok(serde_json::to_value(r).expect("plain struct"))
+        self.node().apply(cfg)
     }
 
     fn port_id(&self, name: &str) -> Result<PortId, String> {
@@ -147,8 +149,7 @@ impl Control {
     }
 
     fn edit(&self, f: impl FnOnce(&mut Config) -> Result<(), NodeError>) -> Result<Value, String> {
-        let r = self.node().edit(f).map_err(|e| e.to_string())?;
-        Ok(serde_json::to_value(r).expect("plain struct"))
+        ok(self.node().edit(f).map_err(|e| e.to_string())?)
     }
 
     fn dispatch(&self, req: Request, who: &Session<'_>) -> Result<Value, String> {
@@ -157,49 +158,52 @@ impl Control {
             Request::Status => {
                 let node = self.node();
                 let snap = self.shared.snapshot.load();
-                Ok(json!({
-                    "node": node.config().node.name,
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "protocol": api::VERSION,
-                    "uptime_s": self.started.elapsed().as_secs(),
-                    "workers": self.counters.len(),
-                    "generation": snap.generation,
-                    "routes": node.fib_len(),
-                    "fib_bytes": node.fib_memory_bytes(),
-                    "endpoints": snap.endpoints.len(),
-                    "peers": snap.peers.len(),
-                    "nexthops": snap.nexthops.len(),
-                    "neighbours": self.shared.neigh.len(),
-                    "connections": self.connections(),
-                    "policy_generation": snap.policy.generation(),
-                    "snapshots_published": node.snapshots_published(),
-                    "grace_timeouts": node.grace_timeouts,
-                }))
+                ok(r::Status {
+                    node: node.config().node.name.clone(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    protocol: api::VERSION,
+                    uptime_s: self.started.elapsed().as_secs(),
+                    workers: self.counters.len(),
+                    generation: snap.generation,
+                    routes: node.fib_len(),
+                    fib_bytes: node.fib_memory_bytes(),
+                    endpoints: snap.endpoints.len(),
+                    peers: snap.peers.len(),
+                    nexthops: snap.nexthops.len(),
+                    neighbours: self.shared.neigh.len(),
+                    connections: self.connections(),
+                    policy_generation: snap.policy.generation(),
+                    snapshots_published: node.snapshots_published() as u64,
+                    grace_timeouts: node.grace_timeouts,
+                })
             }
             Request::Routes { source, within } => {
                 let node = self.node();
-                let rejected: Vec<Value> = node
+                let not_installed = node
                     .kernel_rejected()
                     .iter()
-                    .map(|(p, why)| json!({"prefix": p, "source": "kernel", "error": why}))
+                    .map(|(p, why)| r::NotInstalled {
+                        prefix: *p,
+                        source: api::RouteSource::Kernel,
+                        error: why.clone(),
+                    })
                     .collect();
-                Ok(json!({"routes": node.routes(source, within), "not_installed": rejected}))
+                ok(r::Routes { routes: node.routes(source, within), not_installed })
             }
             Request::RouteLookup { addr } => {
                 let node = self.node();
                 let dst = u32::from(addr);
                 let fib_id = self.shared.fib.pin().lookup(dst);
                 let fib_nh = self.shared.snapshot.load().nexthop(fib_id).map(|n| format!("{n:?}"));
-                Ok(match node.route_for(dst) {
-                    Some((prefix, source, nexthop)) => json!({"address": addr, "prefix": prefix, "source": source,
-                        "nexthop": nexthop, "nh_id": fib_id, "forwarding": fib_nh}),
-                    None => json!({"address": addr, "prefix": null, "nexthop": "unreachable (no route)",
-                        "nh_id": fib_id, "forwarding": fib_nh}),
-                })
+                let (prefix, source, nexthop) = match node.route_for(dst) {
+                    Some((p, src, nh)) => (Some(p), Some(src), nh),
+                    None => (None, None, "unreachable (no route)".to_string()),
+                };
+                ok(r::RouteLookup { address: addr, prefix, source, nexthop, nh_id: fib_id, forwarding: fib_nh })
             }
             Request::CountersClear => {
-                *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.counters_json());
-                Ok(json!({"cleared": true}))
+                *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.counters_reply());
+                ok(r::Cleared { cleared: true })
             }
             Request::ConfigShow => {
                 let node = self.node();
@@ -216,40 +220,41 @@ impl Control {
                         Err(e) => Some(format!("a reload or SIGHUP would fail: {e}")),
                     },
                 };
-                Ok(
-                    json!({"config": text, "file": self.config_path, "matches_file": warning.is_none(), "warning": warning}),
-                )
+                ok(r::ConfigShow {
+                    config: text,
+                    file: self.config_path.clone(),
+                    matches_file: warning.is_none(),
+                    warning,
+                })
             }
             Request::RouteAdd { prefix, nexthop } => {
                 let n = self.node().cli_route(prefix, Some(nexthop)).map_err(|e| e.to_string())?;
-                Ok(json!({"routes_changed": n}))
+                ok(r::RoutesChanged { routes_changed: n })
             }
             Request::RouteDel { prefix } => {
                 let n = self.node().cli_route(prefix, None).map_err(|e| e.to_string())?;
-                Ok(json!({"routes_changed": n}))
+                ok(r::RoutesChanged { routes_changed: n })
             }
             Request::RouteFlushKernel => {
                 let n = self.node().flush_kernel_routes().map_err(|e| e.to_string())?;
-                Ok(json!({"routes_changed": n}))
+                ok(r::RoutesChanged { routes_changed: n })
             }
-            Request::Peers => Ok(json!({"peers": self.node().config().peers})),
+            Request::Peers => ok(r::Peers { peers: self.node().config().peers.clone() }),
             Request::PeerAdd { peer } => self.edit(|c| add_named(&mut c.peers, peer, "peer", |p| &p.name)),
             Request::PeerDel { name } => self.edit(|c| del_named(&mut c.peers, &name, "peer", |p| &p.name)),
             Request::Endpoints => {
                 let node = self.node();
                 let ports = node.pod_ports();
-                let eps: Vec<Value> = node
+                let endpoints = node
                     .config()
                     .endpoints
                     .iter()
-                    .map(|e| {
-                        let port = ports.iter().find(|(n, _)| *n == e.name).map(|(_, p)| *p);
-                        let mut v = serde_json::to_value(e).expect("plain struct");
-                        v["port"] = json!(port);
-                        v
+                    .map(|e| r::EndpointInfo {
+                        config: e.clone(),
+                        port: ports.iter().find(|(n, _)| *n == e.name).map(|(_, p)| *p),
                     })
                     .collect();
-                Ok(json!({"endpoints": eps}))
+                ok(r::Endpoints { endpoints })
             }
             Request::EndpointAdd { endpoint } => {
                 self.edit(|c| add_named(&mut c.endpoints, endpoint, "endpoint", |e| &e.name))
@@ -258,7 +263,7 @@ impl Control {
             Request::Policies => {
                 let node = self.node();
                 let c = node.config();
-                Ok(json!({"global_rules": c.global_rules, "policies": c.policies}))
+                ok(r::Policies { global_rules: c.global_rules.clone(), policies: c.policies.clone() })
             }
             Request::PolicySet { name, rules } => self.edit(|c| {
                 if name.is_empty() {
@@ -279,42 +284,59 @@ impl Control {
             }),
             Request::Ports => {
                 let snap = self.shared.snapshot.load();
-                let ports: Vec<Value> = snap
+                let ports = snap
                     .ports
                     .iter()
                     .enumerate()
                     .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
                     .map(|(i, p)| {
-                        let st: vrouter_core::stats::counters::PortStats = self.counters.iter().map(|c| c.port(i)).sum();
+                        let st: vrouter_core::stats::counters::PortStats =
+                            self.counters.iter().map(|c| c.port(i)).sum();
                         let endpoint = snap
                             .port_endpoint
                             .get(i)
                             .copied()
                             .flatten()
                             .map(|e| snap.endpoints[e as usize].name.clone());
-                        let uplink = p.kind == vrouter_core::dataplane::state::PortKind::Uplink;
-                        let mut v = json!({"id": i, "name": p.name, "kind": p.kind, "mac": p.mac.to_string(), "mtu": p.mtu,
-                               "endpoint": endpoint, "stats": st, "link": self.status.port_link(i, uplink).name()});
-                        if let (true, Some(u)) = (uplink, self.status.uplink.get()) {
-                            v["xdp"] = json!({"mode": u.xdp_mode, "zero_copy": u.zero_copy});
+                        use vrouter_core::dataplane::state::PortKind;
+                        let uplink = p.kind == PortKind::Uplink;
+                        let xdp = match (uplink, self.status.uplink.get()) {
+                            (true, Some(u)) => Some(r::Xdp { mode: u.xdp_mode.into(), zero_copy: u.zero_copy }),
+                            _ => None,
+                        };
+                        r::Port {
+                            id: i as api::PortId,
+                            name: p.name.clone(),
+                            kind: match p.kind {
+                                PortKind::Uplink => r::PortKind::Uplink,
+                                PortKind::Pod => r::PortKind::Pod,
+                                PortKind::Host => r::PortKind::Host,
+                            },
+                            mac: p.mac,
+                            mtu: p.mtu,
+                            endpoint,
+                            stats: super::stats::port_stats(st),
+                            link: self.status.port_link(i, uplink).name().into(),
+                            xdp,
                         }
-                        v
                     })
                     .collect();
-                Ok(json!({"ports": ports}))
+                ok(r::Ports { ports })
             }
             Request::Neighbours => {
-                let n: Vec<Value> = self
+                let neighbours = self
                     .shared
                     .neigh
                     .entries()
                     .iter()
-                    .map(|e| {
-                        json!({"ip": ipstr(e.ip), "mac": e.mac.map(|m| vrouter_core::wire::MacAddr(m).to_string()),
-                               "state": format!("{:?}", e.state).to_lowercase(), "probes": e.probes})
+                    .map(|e| r::Neighbour {
+                        ip: Ipv4Addr::from(e.ip),
+                        mac: e.mac.map(vrouter_core::wire::MacAddr),
+                        state: format!("{:?}", e.state).to_lowercase(),
+                        probes: e.probes,
                     })
                     .collect();
-                Ok(json!({"neighbours": n}))
+                ok(r::Neighbours { neighbours })
             }
             Request::NeighboursFlush { ip } => {
                 let neigh = &self.shared.neigh;
@@ -329,7 +351,7 @@ impl Control {
                 }
                 let n = neigh.flush(ip.map(u32::from));
                 tracing::info!(ip = ?ip, flushed = n, "neighbours flushed (control socket)");
-                Ok(json!({"flushed": n}))
+                ok(r::Flushed { flushed: n })
             }
             Request::Connections { limit } => {
                 let obs = &self.shared.observe;
@@ -351,74 +373,63 @@ impl Control {
                             break;
                         }
                         let k = e.original;
-                        conns.push(json!({"worker": w, "proto": k.proto, "src": ipstr(k.src), "sport": k.sport,
-                            "dst": ipstr(k.dst), "dport": k.dport, "state": e.state.name(),
-                            "policy_generation": e.generation}));
+                        conns.push(r::Connection {
+                            worker: w,
+                            proto: k.proto,
+                            src: Ipv4Addr::from(k.src),
+                            sport: k.sport,
+                            dst: Ipv4Addr::from(k.dst),
+                            dport: k.dport,
+                            state: e.state.name().into(),
+                            policy_generation: e.generation,
+                        });
                     }
                 }
-                Ok(json!({"connections": conns, "total": total, "workers_not_answering": missing}))
+                ok(r::Connections { connections: conns, total, workers_not_answering: missing })
             }
             Request::Counters => {
-                let mut v = self.counters_json();
-                if let Some(b) = &*self.baseline.lock().unwrap_or_else(|e| e.into_inner()) {
-                    subtract(&mut v, b);
-                    v["since_clear"] = json!(true);
+                let c = self.counters_reply();
+                match &*self.baseline.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(b) => ok(c.since(b)),
+                    None => ok(c),
                 }
-                Ok(v)
             }
-            Request::Apply { config, dry_run } => {
-                let cfg = Config::parse(&config, Path::new("<apply>")).map_err(|e| e.to_string())?;
-                let r = match dry_run {
-                    true => serde_json::to_value(self.node().plan(&cfg).map_err(|e| e.to_string())?),
-                    false => serde_json::to_value(self.node().apply(cfg).map_err(|e| e.to_string())?),
-                };
-                Ok(r.expect("plain struct"))
+            Request::Apply { config, dry_run, file } => {
+                let name = Path::new(file.as_deref().unwrap_or("<apply>"));
+                let cfg = Config::parse(&config, name).map_err(|e| e.to_string())?;
+                match dry_run {
+                    true => ok(self.node().plan(&cfg).map_err(|e| e.to_string())?),
+                    false => ok(self.node().apply(cfg).map_err(|e| e.to_string())?),
+                }
             }
-            Request::Reload => self.reload().map_err(|e| e.to_string()),
-            Request::Trace { count, port, timeout_ms } => self.trace(count, port, timeout_ms, who),
+            Request::Reload => ok(self.reload().map_err(|e| e.to_string())?),
+            Request::Trace { count, port, timeout_ms } => ok(self.trace(count, port, timeout_ms, who)?),
             Request::Capture { count, port, rx, tx, snaplen, timeout_ms } => {
                 let port = port.map(|p| self.port_id(&p)).transpose()?;
                 let frames = self.capture(CaptureSpec { count, port, rx, tx, snaplen }, timeout_ms, who)?;
-                Ok(json!({"frames": frames}))
+                ok(r::Capture { frames })
             }
             Request::TraceStop => {
                 let active = self.shared.observe.active() != 0;
                 if active {
                     self.sessions_stopped.fetch_add(1, Ordering::AcqRel);
                 }
-                Ok(json!({"stopped": active}))
+                ok(r::Stopped { stopped: active })
             }
         }
     }
 
     /// Counters per worker and summed: ports, drops by reason, the rest.
-    pub fn counters_json(&self) -> Value {
-        use std::sync::atomic::Ordering::Relaxed;
-        let snap = self.shared.snapshot.load();
-        let names: Vec<String> = snap.port_names();
-        let per_worker: Vec<Value> = self
-            .counters
-            .iter()
-            .enumerate()
-            .map(|(w, c)| {
-                let drops: serde_json::Map<String, Value> =
-                    c.drop_table().into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
-                let ports: serde_json::Map<String, Value> = names
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| !n.is_empty())
-                    .map(|(i, n)| (n.clone(), serde_json::to_value(c.port(i)).expect("plain struct")))
-                    .collect();
-                json!({"worker": w, "ports": ports, "drops": drops,
-                       "icmp_errors_sent": c.icmp_errors_sent.load(Relaxed),
-                       "ipip_encap": c.ipip_encap.load(Relaxed), "ipip_decap": c.ipip_decap.load(Relaxed),
-                       "punted": c.punted.load(Relaxed)})
-            })
-            .collect();
+    pub fn counters_reply(&self) -> r::Counters {
+        let names: Vec<String> = self.shared.snapshot.load().port_names();
         let node_name = self.node().config().node.name.clone();
-        let mut total = super::daemon::stats_json(&node_name, &names, &self.counters);
-        total["drop_reasons"] = json!(DropReason::ALL.iter().map(|r| r.name()).collect::<Vec<_>>());
-        json!({"total": total, "workers": per_worker})
+        super::stats::counters(&node_name, &names, &self.counters)
+    }
+
+    /// What the daemon's `--stats` file holds: the counters summed over workers (the `total`
+    /// of the `counters` reply, never reset by `counters-clear`).
+    pub fn stats_document(&self) -> String {
+        serde_json::to_string(&self.counters_reply().total).unwrap_or_default()
     }
 
     /// Connections tracked by all workers (their gauges).
@@ -470,7 +481,7 @@ impl Control {
         out
     }
 
-    fn trace(&self, count: u32, port: Option<String>, timeout_ms: u64, who: &Session<'_>) -> Result<Value, String> {
+    fn trace(&self, count: u32, port: Option<String>, timeout_ms: u64, who: &Session<'_>) -> Result<r::Trace, String> {
         let port = port.map(|p| self.port_id(&p)).transpose()?;
         let obs = &self.shared.observe;
         obs.start_trace(count, port).map_err(|e| e.to_string())?;
@@ -478,26 +489,22 @@ impl Control {
         let mut records: Vec<TraceRecord> = collect(end, || obs.take_trace(), || obs.stop_trace());
         records.sort_by_key(|r| r.seq);
         let node = self.node();
-        let out: Vec<Value> = records
+        let packets = records
             .into_iter()
-            .map(|r| {
-                let route = r.lookup.and_then(|(dst, _)| node.route_for(dst));
-                let mut v = serde_json::to_value(&r).expect("plain struct");
-                v["route"] = match route {
-                    Some((p, src, nh)) => json!({"prefix": p, "source": src, "nexthop": nh}),
-                    None => Value::Null,
-                };
-                v
+            .map(|t| {
+                let route = t.lookup.and_then(|(dst, _)| node.route_for(dst));
+                traced_packet(t, route.map(|(prefix, source, nexthop)| TraceRoute { prefix, source, nexthop }))
             })
             .collect();
-        Ok(json!({"packets": out, "wanted": count}))
+        Ok(r::Trace { packets, wanted: count })
     }
 
-    fn capture(&self, spec: CaptureSpec, timeout_ms: u64, who: &Session<'_>) -> Result<Vec<Captured>, String> {
+    fn capture(&self, spec: CaptureSpec, timeout_ms: u64, who: &Session<'_>) -> Result<Vec<CapturedFrame>, String> {
         let obs = &self.shared.observe;
         obs.start_capture(spec).map_err(|e| e.to_string())?;
         let end = self.session_end(timeout_ms, who);
-        Ok(collect(end, || obs.take_capture(), || obs.stop_capture()))
+        let frames: Vec<Captured> = collect(end, || obs.take_capture(), || obs.stop_capture());
+        Ok(frames.into_iter().map(captured_frame).collect())
     }
 
     /// When an observation session started now must end early: after `timeout_ms`, when its
@@ -509,29 +516,35 @@ impl Control {
     }
 }
 
-/// `v - base` for every counter (number) `base` also has, leaving the rest (names, lists of
-/// names) as they are; a counter below its baseline (a port re-created) counts from zero.
-fn subtract(v: &mut Value, base: &Value) {
-    match (v, base) {
-        (Value::Object(m), Value::Object(b)) => {
-            // "worker" is an index, not a counter.
-            for (k, x) in m.iter_mut().filter(|(k, _)| *k != "worker") {
-                if let Some(y) = b.get(k) {
-                    subtract(x, y);
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() && a.iter().all(Value::is_object) => {
-            for (x, y) in a.iter_mut().zip(b) {
-                subtract(x, y);
-            }
-        }
-        (x @ Value::Number(_), Value::Number(y)) => {
-            if let (Some(a), Some(b)) = (x.as_u64(), y.as_u64()) {
-                *x = json!(a.saturating_sub(b));
-            }
-        }
-        _ => {}
+/// A traced packet as the protocol has it (the data plane's record, and the route it used).
+fn traced_packet(t: TraceRecord, route: Option<TraceRoute>) -> TracedPacket {
+    TracedPacket {
+        seq: t.seq,
+        worker: t.worker,
+        in_port: t.in_port,
+        received: t.received,
+        steps: t.steps,
+        verdict: t.verdict,
+        drop_reason: t.drop_reason,
+        out_port: t.out_port,
+        sent: t.sent,
+        lookup: t.lookup,
+        route,
+    }
+}
+
+/// A captured frame as the protocol has it.
+fn captured_frame(c: Captured) -> CapturedFrame {
+    use vrouter_core::dataplane::observe::CapturePoint as Point;
+    CapturedFrame {
+        ts_ns: c.ts_ns,
+        port: c.port,
+        point: match c.point {
+            Point::Rx => CapturePoint::Rx,
+            Point::Tx => CapturePoint::Tx,
+        },
+        orig_len: c.orig_len,
+        data: c.data,
     }
 }
 
@@ -949,6 +962,7 @@ mod tests {
     use crate::control::node::NoIo;
     use std::io::{BufRead, BufReader};
     use vrouter_core::neigh::{NeighConfig, NeighTable};
+    use vrouter_core::stats::DropReason;
     use vrouter_core::wire::MacAddr;
 
     /// A control socket over an in-memory node (no workers, no root), served until dropped.
@@ -1182,7 +1196,23 @@ mod tests {
         assert_eq!(v["workers"][0]["worker"], 0);
         assert_eq!(v["total"]["node"], "t", "names are kept");
         assert_eq!(c.punted.load(Ordering::Relaxed), 7, "the worker's counter is not reset");
-        assert_eq!(ctl.counters_json()["total"]["counters"]["punted"], 7, "nor the stats file's");
+        assert!(ctl.stats_document().contains(r#""punted":7"#), "nor the stats file's");
+    }
+
+    #[test]
+    fn apply_errors_name_the_file_the_client_read() {
+        let ctl = test_control();
+        let apply = |file: Option<&str>| Request::Apply {
+            config: "[node]\nname = 1\n".into(),
+            dry_run: true,
+            file: file.map(String::from),
+        };
+        let e = ctl.handle(apply(Some("/etc/vrouter/node.toml"))).error.unwrap();
+        assert!(e.contains("/etc/vrouter/node.toml"), "{e}");
+        let e = ctl.handle(apply(None)).error.unwrap();
+        assert!(e.contains("<apply>"), "{e}");
+        let line = r#"{"version":1,"request":{"cmd":"apply","config":"","file":"a.toml"}}"#;
+        assert!(matches!(api::parse_request(line).unwrap(), Request::Apply { file: Some(f), .. } if f == "a.toml"));
     }
 
     #[test]

@@ -68,6 +68,14 @@ pub fn ok(args: &[&str]) {
 }
 
 /// stdout and stderr of a finished command, for messages and matching.
+/// `vrouterctl` as the daemon's binary has it (`vrouter ctl`, the same code as the
+/// `vrouterctl` binary of crates/vrouterctl, which that crate's own tests run).
+pub fn vrouterctl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vrouter"));
+    c.arg("ctl");
+    c
+}
+
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -287,7 +295,7 @@ socket = "{}"
 
     /// `vrouterctl -s <socket> ARGS` (its exit status and output are the caller's to check).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vrouterctl")).arg("-s").arg(self.sock()).args(args).output().unwrap()
+        vrouterctl().arg("-s").arg(self.sock()).args(args).output().unwrap()
     }
 
     /// `vrouterctl --json ARGS`, which must succeed; its reply.

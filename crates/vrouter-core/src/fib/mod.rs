@@ -20,7 +20,7 @@
 
 #[cfg(feature = "testing")]
 pub mod bench;
-pub mod prefix;
+pub use vrouter_types::fib::prefix;
 #[cfg(feature = "testing")]
 pub mod table;
 mod trie;

@@ -1,7 +1,5 @@
 //! Ethernet II frames (IEEE 802.3): destination, source, EtherType.
 
-use std::fmt;
-
 pub const HEADER_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
@@ -15,70 +13,11 @@ mod field {
     pub const TYPE: Range<usize> = 12..14;
 }
 
-/// A MAC address.
-#[derive(Copy, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    pub const fn is_broadcast(&self) -> bool {
-        u64::from_be_bytes([0, 0, self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]]) == 0xffff_ffff_ffff
-    }
-    /// Group bit set: multicast or broadcast.
-    pub const fn is_multicast(&self) -> bool {
-        self.0[0] & 1 != 0
-    }
-    pub const fn is_unicast(&self) -> bool {
-        !self.is_multicast() && !matches!(self.0, [0, 0, 0, 0, 0, 0])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::str::FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut m = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in m.iter_mut() {
-            let p = parts.next().ok_or_else(|| format!("'{s}': expected six hex octets like 02:00:00:00:00:01"))?;
-            *b = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}': '{p}' is not a hex octet"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("'{s}': more than six octets"));
-        }
-        Ok(MacAddr(m))
-    }
-}
+/// The MAC address type lives in vrouter-types (the control protocol needs it without the
+/// data plane); re-exported here at its old path.
+pub use vrouter_types::wire::MacAddr;
 
 /// A view over an Ethernet frame. After [`EthernetFrame::new_checked`] no accessor panics.
-/// As text (`"02:00:00:00:00:01"`), in config files and the control protocol.
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 #[derive(Debug)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
     buf: T,
@@ -142,16 +81,5 @@ mod tests {
     #[test]
     fn new_checked_rejects_short_frame() {
         assert!(EthernetFrame::new_checked(&[0u8; 13][..]).is_none());
-    }
-
-    #[test]
-    fn mac_parse_and_classes() {
-        let m: MacAddr = "02:00:0a:0b:0c:0d".parse().unwrap();
-        assert_eq!(m.to_string(), "02:00:0a:0b:0c:0d");
-        assert!(m.is_unicast());
-        assert!(MacAddr([1, 0, 0x5e, 0, 0, 1]).is_multicast());
-        assert!(!MacAddr::ZERO.is_unicast());
-        assert!("02:00".parse::<MacAddr>().is_err());
-        assert!("02:00:00:00:00:zz".parse::<MacAddr>().is_err());
     }
 }

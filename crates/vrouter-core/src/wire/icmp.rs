@@ -4,11 +4,10 @@ use super::checksum;
 
 pub const HEADER_LEN: usize = 8;
 
-pub const ECHO_REPLY: u8 = 0;
+pub use vrouter_types::acl::{ICMP_ECHO_REPLY as ECHO_REPLY, ICMP_ECHO_REQUEST as ECHO_REQUEST};
 pub const DEST_UNREACHABLE: u8 = 3;
 pub const SOURCE_QUENCH: u8 = 4;
 pub const REDIRECT: u8 = 5;
-pub const ECHO_REQUEST: u8 = 8;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAMETER_PROBLEM: u8 = 12;
 

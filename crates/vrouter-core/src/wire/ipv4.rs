@@ -3,11 +3,7 @@
 use super::checksum;
 
 pub const MIN_HEADER_LEN: usize = 20;
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_IPIP: u8 = 4;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_SCTP: u8 = 132;
+pub use vrouter_types::acl::{PROTO_ICMP, PROTO_IPIP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// Flag bits in the 16-bit flags/fragment-offset word.
 pub const FLAG_DF: u16 = 0x4000;

@@ -1331,9 +1331,9 @@ mod policy {
         let mut sctp = [0u8; 28]; // common header + an empty DATA-sized chunk area
         sctp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         sctp[2..4].copy_from_slice(&dport.to_be_bytes());
-        let b = etherparse::PacketBuilder::ethernet2(lab::POD_A_MAC.0, lab::POD_A_PORT_MAC.0).ipv4(
-            lab::POD_A_IP.to_be_bytes(),
-            lab::POD_B_IP.to_be_bytes(),
+        let b = etherparse::PacketBuilder::ethernet2(sim::POD_A_MAC.0, sim::POD_A_PORT_MAC.0).ipv4(
+            sim::POD_A_IP.to_be_bytes(),
+            sim::POD_B_IP.to_be_bytes(),
             64,
         );
         let mut v = Vec::new();
@@ -1343,11 +1343,11 @@ mod policy {
 
     #[test]
     fn sctp_to_an_allowed_port_passes_and_to_another_is_denied() {
-        let mut lab = Lab::new(LabOptions { policy: sctp_policy(), ..Default::default() });
-        assert_eq!(run1(&mut lab, a_to_b_sctp(3868), lab::POD_A).len(), 1, "SCTP to the allowed port");
-        assert_eq!(drops(&lab, DropReason::PolicyDeny), 0);
-        assert!(run1(&mut lab, a_to_b_sctp(3869), lab::POD_A).is_empty(), "SCTP to another port");
-        assert_eq!(drops(&lab, DropReason::PolicyDeny), 1);
+        let mut sim = Sim::new(SimOptions { policy: sctp_policy(), ..Default::default() });
+        assert_eq!(run1(&mut sim, a_to_b_sctp(3868), sim::POD_A).len(), 1, "SCTP to the allowed port");
+        assert_eq!(drops(&sim, DropReason::PolicyDeny), 0);
+        assert!(run1(&mut sim, a_to_b_sctp(3869), sim::POD_A).is_empty(), "SCTP to another port");
+        assert_eq!(drops(&sim, DropReason::PolicyDeny), 1);
     }
 
     #[test]

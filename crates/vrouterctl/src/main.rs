@@ -6,9 +6,9 @@ use clap::Parser;
 #[command(name = "vrouterctl", version, about = "Show and change a running vrouter through its control socket")]
 struct Cli {
     #[command(flatten)]
-    args: vrouter::ctl::CtlArgs,
+    args: vrouterctl::CtlArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    vrouter::ctl::run(Cli::parse().args)
+    vrouterctl::run(Cli::parse().args)
 }

@@ -1,6 +1,11 @@
 //! `vrouterctl` (also `vrouter ctl`): the operator's client for the control socket. Readable
 //! tables by default, `--json` for scripts (the daemon's reply, as is). Exit status: 0 done,
 //! 1 the daemon refused (the error says why), 2 bad arguments or no daemon to talk to.
+//!
+//! Built on the control protocol alone ([`vrouter_api`]): replies are read as the typed structs
+//! of [`vrouter_api::reply`], never by string key, and nothing of the data plane or the daemon
+//! is linked in (it starts in milliseconds and builds without clang; `vrouter ctl` in the
+//! daemon's binary runs this same code).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -12,12 +17,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::control::api::{Envelope, Reply, Request, VERSION};
-use crate::control::build::{NhKey, RouteSource};
-use crate::control::config::{EndpointConfig, PeerConfig, DEFAULT_SOCKET};
-use vrouter_core::dataplane::IpipMode;
-use vrouter_core::fib::Ipv4Prefix;
-use vrouter_core::wire::MacAddr;
+use vrouter_api::reply as r;
+use vrouter_api::{EndpointConfig, Envelope, NhKey, PeerConfig, Reply, Request, RouteSource, DEFAULT_SOCKET, VERSION};
+use vrouter_types::acl::Rule;
+use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
@@ -415,11 +418,11 @@ pub fn parse_route_target(t: Option<&str>) -> Result<RouteTarget, String> {
     }
 }
 
-fn read_rules(file: &Path) -> Result<Vec<vrouter_core::acl::Rule>, String> {
+fn read_rules(file: &Path) -> Result<Vec<Rule>, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Rules {
-        rules: Vec<vrouter_core::acl::Rule>,
+        rules: Vec<Rule>,
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let r: Rules = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -561,9 +564,8 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Config { cmd: ConfigCmd::Show } => Request::ConfigShow,
         CtlCmd::Apply { file, dry_run } => {
             let config = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            // Check it here first: the error then names the operator's file.
-            crate::control::config::Config::parse(&config, file).map_err(|e| e.to_string())?;
-            Request::Apply { config, dry_run: *dry_run }
+            // The daemon checks it; its errors then name the operator's file.
+            Request::Apply { config, dry_run: *dry_run, file: Some(file.display().to_string()) }
         }
         CtlCmd::Reload => Request::Reload,
         CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => Request::TraceStop,
@@ -596,7 +598,7 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
     }
     let v = reply.result.unwrap_or(Value::Null);
     if let CtlCmd::Capture { write, .. } = &args.cmd {
-        let n = write_pcap(write, &v)?;
+        let n = write_pcap(write, &typed(&v)?)?;
         // With `-w -` stdout is the pcap: the summary goes to stderr.
         let summary = match args.json {
             true => serde_json::json!({"frames": n, "file": write}).to_string(),
@@ -612,8 +614,9 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         return Ok(true);
     }
     if let (CtlCmd::Config { cmd: ConfigCmd::Show }, false) = (&args.cmd, args.json) {
-        print!("{}", v["config"].as_str().unwrap_or_default());
-        if let Some(w) = v["warning"].as_str() {
+        let c: r::ConfigShow = typed(&v)?;
+        print!("{}", c.config);
+        if let Some(w) = c.warning {
             eprintln!("warning: {w}");
         }
         return Ok(true);
@@ -622,7 +625,7 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         return Ok(true);
     }
-    print!("{}", render(&args.cmd, &v));
+    print!("{}", render(&args.cmd, &v)?);
     Ok(true)
 }
 
@@ -631,9 +634,15 @@ fn is_stdout(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
 
+/// A reply's result as the struct its request expects: a daemon whose reply lacks a field (or
+/// has it renamed) is reported, never shown as a blank.
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    Reply::ok(v.clone()).into_result().map_err(|e| e.to_string())
+}
+
 /// Writes captured frames (the daemon's `frames` list) as a pcap file with nanosecond times;
 /// `-` is stdout.
-pub fn write_pcap(path: &Path, v: &Value) -> Result<usize, String> {
+pub fn write_pcap(path: &Path, v: &r::Capture) -> Result<usize, String> {
     if is_stdout(path) {
         let out = std::io::stdout();
         return write_pcap_to(&mut out.lock(), v).map_err(|e| format!("stdout: {e}"));
@@ -643,14 +652,13 @@ pub fn write_pcap(path: &Path, v: &Value) -> Result<usize, String> {
 }
 
 /// Writes the frames of a capture reply as pcap to `out`.
-pub fn write_pcap_to(out: &mut dyn Write, v: &Value) -> Result<usize, String> {
+pub fn write_pcap_to(out: &mut dyn Write, v: &r::Capture) -> Result<usize, String> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-    let frames: Vec<vrouter_core::dataplane::observe::Captured> =
-        serde_json::from_value(v["frames"].clone()).map_err(|e| format!("bad capture reply: {e}"))?;
+    let frames = &v.frames;
     let header =
         PcapHeader { snaplen: 65_535, ts_resolution: pcap_file::TsResolution::NanoSecond, ..PcapHeader::default() };
     let mut w = PcapWriter::with_header(out, header).map_err(|e| e.to_string())?;
-    for f in &frames {
+    for f in frames {
         let pkt = PcapPacket::new(Duration::from_nanos(f.ts_ns), f.orig_len, &f.data);
         w.write_packet(&pkt).map_err(|e| e.to_string())?;
     }
@@ -658,115 +666,124 @@ pub fn write_pcap_to(out: &mut dyn Write, v: &Value) -> Result<usize, String> {
     Ok(frames.len())
 }
 
-/// The human-readable form of a reply.
-pub fn render(cmd: &CtlCmd, v: &Value) -> String {
-    let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
-    match cmd {
+/// The human-readable form of a reply: `v` read as the reply struct `cmd` expects.
+pub fn render(cmd: &CtlCmd, v: &Value) -> Result<String, String> {
+    Ok(match cmd {
         CtlCmd::Status => {
-            let mut out = String::new();
-            if let Value::Object(m) = v {
-                for (k, x) in m {
-                    out.push_str(&format!("{k:<20} {}\n", s(x)));
-                }
-            }
-            out
+            let st = serde_json::to_value(typed::<r::Status>(v)?).map_err(|e| e.to_string())?;
+            st.as_object().into_iter().flatten().map(|(k, x)| format!("{k:<20} {}\n", s(x))).collect()
         }
-        CtlCmd::Routes { .. } if v.get("address").is_some() => match v["prefix"].as_str() {
-            Some(p) => format!(
-                "{} uses {p} ({}): {} [next-hop id {}]\n",
-                s(&v["address"]),
-                s(&v["source"]),
-                s(&v["nexthop"]),
-                s(&v["nh_id"])
-            ),
-            None => format!("{}: no route (unreachable)\n", s(&v["address"])),
-        },
+        CtlCmd::Routes { target, .. }
+            if matches!(parse_route_target(target.as_deref()), Ok(RouteTarget::Address(_))) =>
+        {
+            let l: r::RouteLookup = typed(v)?;
+            match (l.prefix, l.source) {
+                (Some(p), Some(src)) => {
+                    format!("{} uses {p} ({}): {} [next-hop id {}]\n", l.address, source_name(src), l.nexthop, l.nh_id)
+                }
+                _ => format!("{}: no route (unreachable)\n", l.address),
+            }
+        }
         CtlCmd::Counters { action: Some(CountersCmd::Clear) } => {
+            let _: r::Cleared = typed(v)?;
             "counters cleared: `counters` and `drops` count from now on\n".into()
         }
         CtlCmd::Routes { .. } => {
-            let r: Vec<Vec<String>> = rows("routes")
+            let routes: r::Routes = typed(v)?;
+            let rows: Vec<Vec<String>> = routes
+                .routes
                 .iter()
                 .map(|r| {
-                    let shadowed: Vec<String> = r["shadowed"]
-                        .as_array()
-                        .map(|a| a.iter().map(|x| format!("{}: {}", s(&x[0]), s(&x[1]))).collect())
-                        .unwrap_or_default();
-                    vec![s(&r["prefix"]), s(&r["source"]), s(&r["nexthop"]), s(&r["nh_id"]), shadowed.join("; ")]
+                    let shadowed: Vec<String> =
+                        r.shadowed.iter().map(|(src, nh)| format!("{}: {nh}", source_name(*src))).collect();
+                    vec![
+                        r.prefix.to_string(),
+                        source_name(r.source),
+                        r.nexthop.clone(),
+                        r.nh_id.to_string(),
+                        shadowed.join("; "),
+                    ]
                 })
                 .collect();
-            let mut out = table(&["PREFIX", "SOURCE", "NEXT HOP", "ID", "SHADOWS"], &r);
-            for n in rows("not_installed") {
-                out.push_str(&format!(
-                    "not installed: {} ({}): {}\n",
-                    s(&n["prefix"]),
-                    s(&n["source"]),
-                    s(&n["error"])
-                ));
+            let mut out = table(&["PREFIX", "SOURCE", "NEXT HOP", "ID", "SHADOWS"], &rows);
+            for n in &routes.not_installed {
+                out.push_str(&format!("not installed: {} ({}): {}\n", n.prefix, source_name(n.source), n.error));
             }
             out
         }
         CtlCmd::Peers => {
-            let r: Vec<Vec<String>> = rows("peers")
+            let peers: r::Peers = typed(v)?;
+            let rows: Vec<Vec<String>> = peers
+                .peers
                 .iter()
-                .map(|p| vec![s(&p["name"]), s(&p["ip"]), s(&p["pod_blocks"]), s(&p["ipip_mode"])])
-                .collect();
-            table(&["NAME", "IP", "POD BLOCKS", "IPIP MODE"], &r)
-        }
-        CtlCmd::Endpoints => {
-            let r: Vec<Vec<String>> = rows("endpoints")
-                .iter()
-                .map(|e| {
+                .map(|p| {
                     vec![
-                        s(&e["name"]),
-                        s(&e["port"]),
-                        s(&e["tap"]),
-                        s(&e["netns"]),
-                        s(&e["mac"]),
-                        s(&e["addrs"]),
-                        s(&e["ingress"]),
-                        s(&e["egress"]),
+                        p.name.clone(),
+                        p.ip.to_string(),
+                        join(&p.pod_blocks),
+                        p.ipip_mode.map_or("-".into(), |m| format!("{m:?}")),
                     ]
                 })
                 .collect();
-            table(&["NAME", "PORT", "TAP", "NETNS", "MAC", "ADDRS", "INGRESS", "EGRESS"], &r)
+            table(&["NAME", "IP", "POD BLOCKS", "IPIP MODE"], &rows)
+        }
+        CtlCmd::Endpoints => {
+            let eps: r::Endpoints = typed(v)?;
+            let rows: Vec<Vec<String>> = eps
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let c = &e.config;
+                    vec![
+                        c.name.clone(),
+                        opt(e.port),
+                        c.tap.clone(),
+                        opt(c.netns.as_ref()),
+                        c.mac.to_string(),
+                        join(&c.addrs),
+                        c.ingress.join(","),
+                        c.egress.join(","),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "PORT", "TAP", "NETNS", "MAC", "ADDRS", "INGRESS", "EGRESS"], &rows)
         }
         CtlCmd::Policies => {
-            let mut out = format!("global rules: {}\n", v["global_rules"].as_array().map_or(0, Vec::len));
-            if let Some(m) = v["policies"].as_object() {
-                for (name, rules) in m {
-                    out.push_str(&format!("policy {name}: {} rules\n", rules.as_array().map_or(0, Vec::len)));
-                    for (i, r) in rules.as_array().into_iter().flatten().enumerate() {
-                        out.push_str(&format!("  {i}: {r}\n"));
-                    }
+            let p: r::Policies = typed(v)?;
+            let mut out = format!("global rules: {}\n", p.global_rules.len());
+            for (name, rules) in &p.policies {
+                out.push_str(&format!("policy {name}: {} rules\n", rules.len()));
+                for (i, rule) in rules.iter().enumerate() {
+                    let text = serde_json::to_value(rule).map_err(|e| e.to_string())?;
+                    out.push_str(&format!("  {i}: {text}\n"));
                 }
             }
             out
         }
         CtlCmd::Ports => {
-            let r: Vec<Vec<String>> = rows("ports")
+            let ports: r::Ports = typed(v)?;
+            let rows: Vec<Vec<String>> = ports
+                .ports
                 .iter()
                 .map(|p| {
-                    let st = &p["stats"];
-                    let xdp = match (&p["xdp"]["mode"], p["xdp"]["zero_copy"].as_bool()) {
-                        (serde_json::Value::String(m), Some(zc)) => {
-                            format!("{m}/{}", if zc { "zero-copy" } else { "copy" })
-                        }
-                        _ => "-".to_string(),
+                    let st = &p.stats;
+                    let xdp = match &p.xdp {
+                        Some(x) => format!("{}/{}", x.mode, if x.zero_copy { "zero-copy" } else { "copy" }),
+                        None => "-".to_string(),
                     };
                     vec![
-                        s(&p["id"]),
-                        s(&p["name"]),
-                        s(&p["kind"]),
-                        s(&p["link"]),
+                        p.id.to_string(),
+                        p.name.clone(),
+                        p.kind.to_string(),
+                        p.link.clone(),
                         xdp,
-                        s(&p["mac"]),
-                        s(&p["mtu"]),
-                        s(&p["endpoint"]),
-                        s(&st["rx_packets"]),
-                        s(&st["tx_packets"]),
-                        s(&st["rx_bytes"]),
-                        s(&st["tx_bytes"]),
+                        p.mac.to_string(),
+                        p.mtu.to_string(),
+                        opt(p.endpoint.as_ref()),
+                        st.rx_packets.to_string(),
+                        st.tx_packets.to_string(),
+                        st.rx_bytes.to_string(),
+                        st.tx_bytes.to_string(),
                     ]
                 })
                 .collect();
@@ -775,122 +792,119 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
                     "ID", "NAME", "KIND", "LINK", "XDP", "MAC", "MTU", "ENDPOINT", "RX PKTS", "TX PKTS", "RX BYTES",
                     "TX BYTES",
                 ],
-                &r,
+                &rows,
             )
         }
         CtlCmd::Neighbours { cmd: None } => {
-            let r: Vec<Vec<String>> = rows("neighbours")
+            let n: r::Neighbours = typed(v)?;
+            let rows: Vec<Vec<String>> = n
+                .neighbours
                 .iter()
-                .map(|n| vec![s(&n["ip"]), s(&n["mac"]), s(&n["state"]), s(&n["probes"])])
+                .map(|n| vec![n.ip.to_string(), opt(n.mac), n.state.clone(), n.probes.to_string()])
                 .collect();
-            table(&["IP", "MAC", "STATE", "PROBES"], &r)
+            table(&["IP", "MAC", "STATE", "PROBES"], &rows)
         }
+        CtlCmd::Neighbours { cmd: Some(NeighCmd::Flush { .. }) } => key_values(&typed::<r::Flushed>(v)?),
         CtlCmd::Connections { .. } => {
-            let r: Vec<Vec<String>> = rows("connections")
+            let c: r::Connections = typed(v)?;
+            let rows: Vec<Vec<String>> = c
+                .connections
                 .iter()
                 .map(|c| {
                     vec![
-                        s(&c["worker"]),
-                        s(&c["proto"]),
-                        format!("{}:{}", s(&c["src"]), s(&c["sport"])),
-                        format!("{}:{}", s(&c["dst"]), s(&c["dport"])),
-                        s(&c["state"]),
+                        c.worker.to_string(),
+                        c.proto.to_string(),
+                        format!("{}:{}", c.src, c.sport),
+                        format!("{}:{}", c.dst, c.dport),
+                        c.state.clone(),
                     ]
                 })
                 .collect();
-            let mut out = table(&["WORKER", "PROTO", "SOURCE", "DESTINATION", "STATE"], &r);
-            out.push_str(&format!("{} connections\n", s(&v["total"])));
+            let mut out = table(&["WORKER", "PROTO", "SOURCE", "DESTINATION", "STATE"], &rows);
+            out.push_str(&format!("{} connections\n", c.total));
             out
         }
         CtlCmd::Counters { .. } => {
-            let t = &v["total"];
+            let c: r::Counters = typed(v)?;
+            let t = &c.total;
             let mut out = String::new();
-            if v["since_clear"] == true {
+            if c.since_clear {
                 out.push_str("(since `vrouterctl counters clear`)\n");
             }
-            if let Some(ports) = t["ports"].as_object() {
-                let r: Vec<Vec<String>> = ports
-                    .iter()
-                    .filter(|(n, _)| !n.is_empty())
-                    .map(|(n, p)| {
-                        vec![n.clone(), s(&p["rx_packets"]), s(&p["tx_packets"]), s(&p["rx_bytes"]), s(&p["tx_bytes"])]
-                    })
-                    .collect();
-                out.push_str(&table(&["PORT", "RX PKTS", "TX PKTS", "RX BYTES", "TX BYTES"], &r));
+            let rows: Vec<Vec<String>> = t
+                .ports
+                .iter()
+                .filter(|(n, _)| !n.is_empty())
+                .map(|(n, p)| {
+                    vec![
+                        n.clone(),
+                        p.rx_packets.to_string(),
+                        p.tx_packets.to_string(),
+                        p.rx_bytes.to_string(),
+                        p.tx_bytes.to_string(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["PORT", "RX PKTS", "TX PKTS", "RX BYTES", "TX BYTES"], &rows));
+            out.push('\n');
+            for (k, x) in &t.counters {
+                out.push_str(&format!("{k:<26} {x}\n"));
             }
-            if let Some(c) = t["counters"].as_object() {
-                out.push('\n');
-                for (k, x) in c {
-                    out.push_str(&format!("{k:<26} {}\n", s(x)));
-                }
-            }
-            let workers = v["workers"].as_array().cloned().unwrap_or_default();
-            if workers.len() > 1 {
-                let mut r = Vec::new();
-                for w in &workers {
-                    for (port, p) in w["ports"].as_object().into_iter().flatten() {
-                        r.push(vec![s(&w["worker"]), port.clone(), s(&p["rx_packets"]), s(&p["tx_packets"])]);
+            if c.workers.len() > 1 {
+                let mut rows = Vec::new();
+                for w in &c.workers {
+                    for (port, p) in &w.ports {
+                        rows.push(vec![
+                            w.worker.to_string(),
+                            port.clone(),
+                            p.rx_packets.to_string(),
+                            p.tx_packets.to_string(),
+                        ]);
                     }
-                    for (reason, n) in w["drops"].as_object().into_iter().flatten() {
-                        r.push(vec![s(&w["worker"]), format!("drop {reason}"), s(n), String::new()]);
+                    for (reason, n) in &w.drops {
+                        rows.push(vec![w.worker.to_string(), format!("drop {reason}"), n.to_string(), String::new()]);
                     }
                 }
                 out.push('\n');
-                out.push_str(&table(&["WORKER", "PORT / DROP", "RX PKTS", "TX PKTS"], &r));
+                out.push_str(&table(&["WORKER", "PORT / DROP", "RX PKTS", "TX PKTS"], &rows));
             }
             out.push('\n');
-            out.push_str(&render(&CtlCmd::Drops { all: false }, v));
+            out.push_str(&drops(&c, false));
             out
         }
-        CtlCmd::Drops { all } => {
-            let r: Vec<Vec<String>> = v["total"]["drops"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter(|(_, n)| *all || n.as_u64() != Some(0))
-                        .map(|(k, n)| vec![k.clone(), s(n)])
-                        .collect()
-                })
-                .unwrap_or_default();
-            if r.is_empty() {
-                "no drops\n".into()
-            } else {
-                table(&["DROP REASON", "PACKETS"], &r)
-            }
-        }
-        CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => match v["stopped"].as_bool() {
-            Some(true) => "stopped the running trace/capture\n".into(),
-            _ => "no trace or capture was running\n".into(),
+        CtlCmd::Drops { all } => drops(&typed(v)?, *all),
+        CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => match typed::<r::Stopped>(v)?.stopped {
+            true => "stopped the running trace/capture\n".into(),
+            false => "no trace or capture was running\n".into(),
         },
         CtlCmd::Trace { .. } => {
-            let pkts = rows("packets");
+            let t: r::Trace = typed(v)?;
             let mut out = String::new();
-            for (i, p) in pkts.iter().enumerate() {
-                out.push_str(&format!("packet {} (worker {}, port {})\n", i + 1, s(&p["worker"]), s(&p["in_port"])));
-                out.push_str(&format!("  received: {}\n", s(&p["received"])));
-                for st in p["steps"].as_array().into_iter().flatten() {
-                    out.push_str(&format!("  {}\n", s(st)));
+            for (i, p) in t.packets.iter().enumerate() {
+                out.push_str(&format!("packet {} (worker {}, port {})\n", i + 1, p.worker, p.in_port));
+                out.push_str(&format!("  received: {}\n", p.received));
+                for st in &p.steps {
+                    out.push_str(&format!("  {st}\n"));
                     // The route the lookup matched, right under it.
-                    let is_lookup = st.as_str().is_some_and(|x| x.starts_with("lookup:"));
-                    if let (true, Some(r)) = (is_lookup, p["route"].as_object()) {
-                        let (pfx, src, nh) = (s(&r["prefix"]), s(&r["source"]), s(&r["nexthop"]));
-                        out.push_str(&format!("    route: {pfx} ({src}) {nh}\n"));
+                    if let (true, Some(r)) = (st.starts_with("lookup:"), &p.route) {
+                        out.push_str(&format!("    route: {} ({}) {}\n", r.prefix, source_name(r.source), r.nexthop));
                     }
                 }
-                match p["drop_reason"].as_str() {
+                match &p.drop_reason {
                     Some(r) => out.push_str(&format!("  verdict: drop {r}\n")),
-                    None => out.push_str(&format!("  verdict: {}\n", s(&p["verdict"]))),
+                    None => out.push_str(&format!("  verdict: {}\n", p.verdict)),
                 }
-                if let Some(sent) = p["sent"].as_str() {
+                if let Some(sent) = &p.sent {
                     out.push_str(&format!("  sent: {sent}\n"));
                 }
             }
-            out.push_str(&format!("{} of {} packets traced\n", pkts.len(), s(&v["wanted"])));
+            out.push_str(&format!("{} of {} packets traced\n", t.packets.len(), t.wanted));
             out
         }
         CtlCmd::Apply { dry_run: true, .. } => {
+            let plan = serde_json::to_value(typed::<vrouter_api::Plan>(v)?).map_err(|e| e.to_string())?;
             let mut out = String::new();
-            for (k, x) in v.as_object().into_iter().flatten() {
+            for (k, x) in plan.as_object().into_iter().flatten() {
                 match x {
                     Value::Array(a) if !a.is_empty() => {
                         out.push_str(&format!("{}:\n", k.replace('_', " ")));
@@ -907,12 +921,52 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> String {
             }
             out
         }
-        _ => match v {
-            Value::Object(m) if m.is_empty() => "ok\n".into(),
-            Value::Object(m) => m.iter().map(|(k, x)| format!("{k}: {}\n", s(x))).collect(),
-            other => format!("{other}\n"),
-        },
+        CtlCmd::Route { .. } => key_values(&typed::<r::RoutesChanged>(v)?),
+        CtlCmd::Config { .. } => key_values(&typed::<r::ConfigShow>(v)?),
+        CtlCmd::Capture { .. } => key_values(&typed::<r::Capture>(v)?),
+        CtlCmd::Peer { .. }
+        | CtlCmd::Endpoint { .. }
+        | CtlCmd::Policy { .. }
+        | CtlCmd::Apply { .. }
+        | CtlCmd::Reload => key_values(&typed::<vrouter_api::ChangeReport>(v)?),
+    })
+}
+
+/// `key: value` lines of a reply struct, `ok` for an empty one.
+fn key_values<T: serde::Serialize>(t: &T) -> String {
+    match serde_json::to_value(t) {
+        Ok(Value::Object(m)) if m.is_empty() => "ok\n".into(),
+        Ok(Value::Object(m)) => m.iter().map(|(k, x)| format!("{k}: {}\n", s(x))).collect(),
+        Ok(other) => format!("{other}\n"),
+        Err(e) => format!("{e}\n"),
     }
+}
+
+/// Drops by reason, non-zero ones unless `all`.
+fn drops(c: &r::Counters, all: bool) -> String {
+    let rows: Vec<Vec<String>> =
+        c.total.drops.iter().filter(|(_, n)| all || **n != 0).map(|(k, n)| vec![k.clone(), n.to_string()]).collect();
+    if rows.is_empty() {
+        "no drops\n".into()
+    } else {
+        table(&["DROP REASON", "PACKETS"], &rows)
+    }
+}
+
+/// A route source as the protocol names it (`node`, `config`, `cli`, `kernel`).
+fn source_name(src: RouteSource) -> String {
+    match serde_json::to_value(src) {
+        Ok(Value::String(x)) => x,
+        _ => format!("{src:?}"),
+    }
+}
+
+fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or_else(|| "-".to_string(), |x| x.to_string())
+}
+
+fn join<T: std::fmt::Display>(xs: &[T]) -> String {
+    xs.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -988,7 +1042,10 @@ mod tests {
         let v = serde_json::json!({"address": "10.244.2.7", "prefix": "10.244.2.0/26", "source": "config",
             "nexthop": "via 192.168.1.20", "nh_id": 5});
         let cmd = parse("routes 10.244.2.7").unwrap().cmd;
-        assert_eq!(render(&cmd, &v), "10.244.2.7 uses 10.244.2.0/26 (config): via 192.168.1.20 [next-hop id 5]\n");
+        assert_eq!(
+            render(&cmd, &v).unwrap(),
+            "10.244.2.7 uses 10.244.2.0/26 (config): via 192.168.1.20 [next-hop id 5]\n"
+        );
     }
 
     #[test]
@@ -1044,15 +1101,9 @@ mod tests {
     #[test]
     fn capture_to_stdout_is_a_pcap_stream() {
         assert!(is_stdout(Path::new("-")) && !is_stdout(Path::new("./-")));
-        let f = vrouter_core::dataplane::observe::Captured {
-            ts_ns: 5,
-            port: 0,
-            point: vrouter_core::dataplane::observe::CapturePoint::Tx,
-            orig_len: 64,
-            data: vec![1; 64],
-        };
+        let f = r::CapturedFrame { ts_ns: 5, port: 0, point: r::CapturePoint::Tx, orig_len: 64, data: vec![1; 64] };
         let mut out = Vec::new();
-        assert_eq!(write_pcap_to(&mut out, &serde_json::json!({ "frames": [f] })).unwrap(), 1);
+        assert_eq!(write_pcap_to(&mut out, &r::Capture { frames: vec![f] }).unwrap(), 1);
         let mut r = pcap_file::pcap::PcapReader::new(&out[..]).unwrap();
         assert_eq!(r.next_packet().unwrap().unwrap().data.len(), 64);
     }
@@ -1066,19 +1117,47 @@ mod tests {
     #[test]
     fn pcap_files_are_readable_back() {
         let dir = std::env::temp_dir().join(format!("vr-pcap-{}", std::process::id()));
-        let f = vrouter_core::dataplane::observe::Captured {
+        let f = r::CapturedFrame {
             ts_ns: 1_700_000_000_123_456_789,
             port: 2,
-            point: vrouter_core::dataplane::observe::CapturePoint::Rx,
+            point: r::CapturePoint::Rx,
             orig_len: 100,
             data: vec![0xab; 60],
         };
-        let v = serde_json::json!({ "frames": [f] });
-        assert_eq!(write_pcap(&dir, &v).unwrap(), 1);
+        assert_eq!(write_pcap(&dir, &r::Capture { frames: vec![f] }).unwrap(), 1);
         let mut r = pcap_file::pcap::PcapReader::new(std::fs::File::open(&dir).unwrap()).unwrap();
         let p = r.next_packet().unwrap().unwrap();
         assert_eq!((p.orig_len, p.data.len(), p.timestamp.as_nanos()), (100, 60, 1_700_000_000_123_456_789));
         assert!(r.next_packet().is_none());
         std::fs::remove_file(dir).unwrap();
+    }
+
+    #[test]
+    fn a_reply_missing_a_field_is_an_error_not_a_dash() {
+        let cmd = parse("status").unwrap().cmd;
+        let e = render(&cmd, &serde_json::json!({"node": "n1"})).unwrap_err();
+        assert!(e.contains("unexpected reply") && e.contains("missing field"), "{e}");
+        // A renamed field (`next_hop` for `nexthop`) is refused too, not shown as "-".
+        let v = serde_json::json!({"routes": [{"prefix": "10.0.0.0/8", "source": "cli", "next_hop": "blackhole",
+            "nh_id": 1, "shadowed": []}], "not_installed": []});
+        let e = render(&parse("routes").unwrap().cmd, &v).unwrap_err();
+        assert!(e.contains("nexthop"), "{e}");
+    }
+
+    #[test]
+    fn tables_are_rendered_from_the_typed_reply() {
+        let v = serde_json::json!({"routes": [{"prefix": "10.0.0.0/8", "source": "cli", "nexthop": "blackhole",
+            "nh_id": 1, "shadowed": [["kernel", "via 192.168.1.1"]]}],
+            "not_installed": [{"prefix": "10.1.0.0/16", "source": "kernel", "error": "no device"}]});
+        assert_eq!(
+            render(&parse("routes").unwrap().cmd, &v).unwrap(),
+            "PREFIX      SOURCE  NEXT HOP   ID  SHADOWS\n10.0.0.0/8  cli     blackhole  1   kernel: via 192.168.1.1\nnot installed: 10.1.0.0/16 (kernel): no device\n"
+        );
+        let v = serde_json::json!({"routes_changed": 2, "endpoints_added": ["a", "b"], "endpoints_removed": [],
+            "snapshots_published": 1});
+        assert_eq!(
+            render(&parse("reload").unwrap().cmd, &v).unwrap(),
+            "endpoints_added: a,b\nendpoints_removed: \nroutes_changed: 2\nsnapshots_published: 1\n"
+        );
     }
 }

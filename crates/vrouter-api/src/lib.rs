@@ -1,4 +1,7 @@
-//! The control protocol between `vrouterctl` and the daemon, version 1.
+//! vrouter's control protocol between `vrouterctl` and the daemon, version [`VERSION`] (1): typed
+//! requests ([`Request`]) and replies ([`reply`]), shared by both sides so that they cannot
+//! disagree on a field name without failing to compile. No data plane and no daemon code here:
+//! a client builds on this crate (and vrouter-types) alone.
 //!
 //! One request per connection... or several: the client writes one JSON object per line,
 //! the daemon answers each with one JSON object per line, in order.
@@ -14,14 +17,27 @@
 //! sent a complete line by then is told so and disconnected, however slowly it keeps sending. Unknown fields are refused, so a typo is an error
 //! rather than a silently ignored option. `docs/control.md` lists every request.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::build::NhKey;
-use super::config::{EndpointConfig, PeerConfig};
-use vrouter_core::acl::Rule;
-use vrouter_core::fib::Ipv4Prefix;
+pub mod config;
+pub mod reply;
+pub mod route;
 
+pub use config::{EndpointConfig, PeerConfig};
+pub use route::{ChangeReport, NhKey, Plan, RouteSource, RouteView};
+pub use vrouter_types::{Ipv4Prefix, MacAddr, Rule};
+
+/// A port's number (0 the uplink, 1 the host port, pods from 2 on), as the data plane has it.
+pub type PortId = u16;
+/// A next hop's number in the FIB, as the data plane has it.
+pub type NhId = u16;
+
+/// The protocol version: requests carry it, replies say it. Bumped when a request or a reply
+/// changes in a way an older peer would misread (a field renamed, removed or retyped).
 pub const VERSION: u32 = 1;
+/// Where the daemon listens unless its config says otherwise (`[control] socket`).
+pub const DEFAULT_SOCKET: &str = "/run/vrouter/vrouter.sock";
 /// Largest request line (a whole config for `apply` fits comfortably).
 pub const MAX_REQUEST: usize = 4 << 20;
 /// A connection with no complete request this long after it opened (or after the previous
@@ -44,7 +60,7 @@ pub enum Request {
     Status,
     Routes {
         #[serde(default)]
-        source: Option<super::build::RouteSource>,
+        source: Option<RouteSource>,
         /// Only routes inside this prefix.
         #[serde(default)]
         within: Option<Ipv4Prefix>,
@@ -111,6 +127,9 @@ pub enum Request {
         config: String,
         #[serde(default)]
         dry_run: bool,
+        /// The file `config` was read from: errors name it (they say `<apply>` without it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
     /// Re-reads the config file the daemon was started with (as SIGHUP does).
     Reload,
@@ -163,7 +182,7 @@ impl Request {
     /// A one-line description for the log (a config's text is not repeated).
     pub fn describe(&self) -> String {
         let text = match self {
-            Request::Apply { config, dry_run } => {
+            Request::Apply { config, dry_run, .. } => {
                 format!("apply ({} bytes of config, dry_run {dry_run})", config.len())
             }
             other => serde_json::to_string(other).unwrap_or_default(),
@@ -199,10 +218,45 @@ impl Reply {
     pub fn ok(result: serde_json::Value) -> Reply {
         Reply { version: VERSION, ok: true, result: Some(result), error: None }
     }
+    /// A reply carrying one of the [`reply`] structs.
+    pub fn ok_with<T: Serialize>(result: &T) -> Reply {
+        match serde_json::to_value(result) {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(format!("cannot encode the reply: {e}")),
+        }
+    }
+    /// The result as the [`reply`] struct the request expects; the daemon's error otherwise.
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ReplyError> {
+        if !self.ok {
+            return Err(ReplyError::Refused(self.error.unwrap_or_default()));
+        }
+        let v = self.result.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(v).map_err(|e| ReplyError::Malformed(e.to_string()))
+    }
     pub fn err(e: impl std::fmt::Display) -> Reply {
         Reply { version: VERSION, ok: false, result: None, error: Some(e.to_string()) }
     }
 }
+
+/// Why a reply has no result of the expected type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// The daemon refused the request: its message.
+    Refused(String),
+    /// The result does not have the expected fields (a daemon of another version?).
+    Malformed(String),
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Refused(e) => f.write_str(e),
+            ReplyError::Malformed(e) => write!(f, "unexpected reply from the daemon (another version?): {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
 
 /// Parses one request line, with errors a person can act on.
 pub fn parse_request(line: &str) -> Result<Request, String> {
