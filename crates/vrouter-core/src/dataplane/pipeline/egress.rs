@@ -114,11 +114,10 @@ impl Pipeline {
             self.note(|| "no policy selects anything on this node: allowed".into());
             return Ok(());
         }
-        let v = ip;
-        let (proto, ff) = (v.protocol(), v.flags_frag());
+        let (proto, ff) = (ip.protocol(), ip.flags_frag());
         let fragment = if ff & OFFSET_MASK != 0 {
             Fragment::NonFirst
-        } else if v.more_frags() {
+        } else if ip.more_frags() {
             Fragment::First
         } else {
             Fragment::None
@@ -130,9 +129,9 @@ impl Pipeline {
         let fields = if fragment == Fragment::NonFirst {
             l4::L4Fields::default()
         } else {
-            l4::parse(proto, v.payload()).ok_or(DropReason::L4Truncated)?
+            l4::parse(proto, ip.payload()).ok_or(DropReason::L4Truncated)?
         };
-        let key = FlowKey { src: v.src(), dst: v.dst(), proto, sport: fields.sport, dport: fields.dport, fragment };
+        let key = FlowKey { src: ip.src(), dst: ip.dst(), proto, sport: fields.sport, dport: fields.dport, fragment };
         let gen = pol.generation();
         self.note(|| describe_policy(snap, src_ep, dst_ep, &key));
         match self.ct.lookup(&key, fields.tcp_flags, now, gen) {
@@ -158,7 +157,7 @@ impl Pipeline {
             CtLookup::Miss => {
                 // RFC 792/1812 errors about a tracked connection travel to its sender: related.
                 if proto == PROTO_ICMP && fragment == Fragment::None {
-                    if let Some(q) = quoted_flow(v.payload()).filter(|q| q.src == key.dst) {
+                    if let Some(q) = quoted_flow(ip.payload()).filter(|q| q.src == key.dst) {
                         if self.ct.related(&q, now) {
                             self.note(|| "ICMP error about a tracked connection: related, allowed".into());
                             return Ok(());
