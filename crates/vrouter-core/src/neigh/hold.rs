@@ -24,8 +24,6 @@
 //! table may ask for a retransmitted request; failed -> ICMP host unreachable for what is held
 //! and [`HoldQueue::drop_neighbour`].
 
-use crate::stats::DropReason;
-
 const NIL: u32 = u32::MAX;
 
 /// Why a frame could not be held. Each is counted as `neigh/hold-queue-full` except `TooBig`.
@@ -37,16 +35,6 @@ pub enum HoldError {
     PoolFull,
     #[error("frame of {len} bytes exceeds the hold slot size {slot_size}")]
     TooBig { len: usize, slot_size: usize },
-}
-
-impl HoldError {
-    pub const fn drop_reason(self) -> DropReason {
-        match self {
-            // A frame larger than a slot can only come from a misconfigured slot size; the
-            // frame still dies for want of a neighbour.
-            HoldError::PerNeighbourFull | HoldError::PoolFull | HoldError::TooBig { .. } => DropReason::NeighHoldFull,
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -371,7 +359,6 @@ mod tests {
         assert_eq!(h.hold(A, 0, &[0; 17], 0), Err(HoldError::TooBig { len: 17, slot_size: 16 }));
         h.hold(A, 0, &[7; 16], 0).unwrap();
         assert_eq!(drain(&mut h, A), vec![(0, vec![7; 16])]);
-        assert_eq!(HoldError::PoolFull.drop_reason().name(), "neigh/hold-queue-full");
     }
 
     #[test]

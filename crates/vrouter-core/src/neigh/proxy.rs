@@ -5,7 +5,6 @@
 //!
 //! Linux gets the same effect with `proxy_arp=1` plus a route; we decide per frame here.
 
-use crate::stats::DropReason;
 use crate::wire::arp::{self, ArpError, ARP_REQUEST};
 
 /// Calico's pod gateway, 169.254.1.1.
@@ -25,17 +24,6 @@ pub enum ProxyArp {
     Ignore,
     /// Not a well-formed Ethernet/IPv4 ARP request (`arp/malformed`).
     Malformed(ArpError),
-}
-
-impl ProxyArp {
-    /// The drop reason to count when the frame is not answered, if there is a fixed one.
-    pub const fn drop_reason(self) -> Option<DropReason> {
-        match self {
-            ProxyArp::Reply(_) | ProxyArp::Ignore => None,
-            ProxyArp::NotForUs => Some(DropReason::ArpNotForUs),
-            ProxyArp::Malformed(_) => Some(DropReason::ArpMalformed),
-        }
-    }
 }
 
 /// Decides on an ARP frame (Ethernet header included) received on a pod port whose host-side
@@ -121,7 +109,6 @@ mod tests {
         let before = f;
         assert_eq!(proxy_arp_answer(&mut f, PORT_MAC, CALICO_GATEWAY), ProxyArp::NotForUs);
         assert_eq!(f, before, "untouched");
-        assert_eq!(ProxyArp::NotForUs.drop_reason().unwrap().name(), "arp/not-for-us");
     }
 
     #[test]
@@ -160,6 +147,5 @@ mod tests {
             ProxyArp::Malformed(ArpError::SenderNotUnicast([0xff; 6]))
         );
         assert_eq!(f, before);
-        assert_eq!(ProxyArp::Malformed(ArpError::NotArp(0)).drop_reason().unwrap().name(), "arp/malformed");
     }
 }

@@ -67,7 +67,6 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::stats::DropReason;
 use crate::wire::arp::is_unicast_mac;
 
 /// Timers and size of the table. Defaults follow Linux (`base_reachable_time` 30 s,
@@ -179,18 +178,6 @@ pub enum NeighError {
     TableFull(usize),
     #[error("neighbour config: {0}")]
     BadConfig(String),
-}
-
-impl NeighError {
-    /// The drop reason the data path counts for a rejected ARP packet, if any.
-    pub const fn drop_reason(&self) -> Option<DropReason> {
-        match self {
-            NeighError::Unsolicited(_) => Some(DropReason::ArpUnsolicited),
-            NeighError::InvalidMac(_) | NeighError::InvalidAddress(_) => Some(DropReason::ArpMalformed),
-            NeighError::TableFull(_) => Some(DropReason::NeighTableFull),
-            NeighError::BadConfig(_) => None,
-        }
-    }
 }
 
 fn fmt_ip(ip: u32) -> std::net::Ipv4Addr {
@@ -1039,7 +1026,6 @@ mod tests {
     fn unsolicited_reply_rejected() {
         let t = table();
         assert_eq!(t.on_reply(GW, GW_MAC, 0), Err(NeighError::Unsolicited(GW)));
-        assert_eq!(NeighError::Unsolicited(GW).drop_reason().unwrap().name(), "arp/unsolicited-reply");
         assert!(t.is_empty(), "an unsolicited reply must not create an entry");
         // Resolved entry: a reply with a different MAC is a poisoning attempt.
         t.lookup(GW, 0);
