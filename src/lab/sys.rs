@@ -67,21 +67,29 @@ fn install_hooks() {
         unsafe {
             libc::atexit(teardown_at_exit);
         }
-        let r = ctrlc::set_handler(move || {
-            CANCELLED.store(true, Ordering::SeqCst);
-            eprintln!("vrouter: interrupted, cleaning up");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !active().is_empty() {
-                std::thread::sleep(Duration::from_millis(50));
+        // SIGINT, SIGTERM and SIGHUP (a closed terminal), handled on a thread of their own
+        // (signal-hook, as the daemon uses).
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                // Exit-time cleanup still runs, and `vrouter lab down` cleans after a hard kill.
+                eprintln!("vrouter: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
+                return;
             }
-            teardown_at_exit();
-            std::process::exit(130);
+        };
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                CANCELLED.store(true, Ordering::SeqCst);
+                eprintln!("vrouter: interrupted, cleaning up");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && !active().is_empty() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                teardown_at_exit();
+                std::process::exit(130);
+            }
         });
-        if let Err(e) = r {
-            // Another handler owns the signals (e.g. the host program's): exit-time cleanup
-            // still runs, and `vrouter lab down` cleans after a hard kill.
-            eprintln!("vrouter: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
-        }
     });
 }
 
