@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use common::{is_root, text, wait_until, Topo, DEFAULT_ROUTE};
@@ -416,7 +417,7 @@ fn churn_round(t: &Topo, d: &common::Proc, c: &mut Conn, round: usize, n: &mut C
         }
         3 => {
             let before = t.log().matches("config reloaded (SIGHUP)").count();
-            d.signal(libc::SIGHUP);
+            d.signal(Signal::SIGHUP);
             let deadline = Instant::now() + Duration::from_secs(10);
             while t.log().matches("config reloaded (SIGHUP)").count() == before {
                 if Instant::now() > deadline {

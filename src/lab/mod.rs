@@ -619,7 +619,7 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
         }
     }
     for &pid in &daemons {
-        sys::signal(pid, libc::SIGTERM);
+        sys::signal(pid, sys::Signal::SIGTERM);
     }
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end && daemons.iter().any(|&p| sys::alive(p)) {
@@ -627,12 +627,12 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
     }
     for &pid in daemons.iter().filter(|&&p| sys::alive(p)) {
         eprintln!("vrouter lab: pid {pid} ignored SIGTERM for 5 s: SIGKILL");
-        sys::signal(pid, libc::SIGKILL);
+        sys::signal(pid, sys::Signal::SIGKILL);
     }
     // Anything else (pings, iperf3 servers, captures) dies with its namespace.
     for ns in &present {
         for pid in sys::netns_pids(ns) {
-            sys::signal(pid, libc::SIGKILL);
+            sys::signal(pid, sys::Signal::SIGKILL);
         }
     }
     let end = Instant::now() + Duration::from_secs(2);

@@ -16,6 +16,11 @@ use std::sync::mpsc;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::kill;
+pub(crate) use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
 use super::LabError;
 
 /// Set by the signal handler; long waits and cancellable commands return `Interrupted`.
@@ -63,6 +68,7 @@ extern "C" fn teardown_at_exit() {
 /// cleanup (which unregisters), which it is given up to 10 s to finish.
 fn install_hooks() {
     HOOKS.call_once(|| {
+        // libc: nix has no atexit.
         // SAFETY: registers a plain `extern "C" fn()` with no captured state.
         unsafe {
             libc::atexit(teardown_at_exit);
@@ -116,8 +122,7 @@ pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
 }
 
 pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 pub(crate) fn describe(cmd: &Command) -> String {
@@ -140,7 +145,7 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
     let what = describe(cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
-    let pid = child.id() as libc::pid_t;
+    let pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -157,11 +162,9 @@ pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Re
         }
         let interrupted = cancellable && cancelled();
         if interrupted || Instant::now() >= deadline {
-            // SAFETY: plain syscall; the waiter thread has not reaped the child yet (we would
-            // have received its result), so the pid is still ours.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            // The waiter thread has not reaped the child yet (we would have received its
+            // result), so the pid is still ours.
+            let _ = kill(pid, Signal::SIGKILL);
             let _ = rx.recv_timeout(Duration::from_secs(2));
             return Err(if interrupted {
                 LabError::Interrupted
@@ -251,17 +254,14 @@ pub(crate) fn spawn_in(ns: &str, args: &[&str], log: Option<&Path>) -> Result<Ch
 
 /// SIGKILLs a process group started by [`spawn_in`] and reaps its leader.
 pub(crate) fn kill_group(child: &mut Child) {
-    // SAFETY: plain syscall on the group we created; the leader is not reaped yet, so the id
-    // cannot have been reused.
-    unsafe {
-        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
-    }
+    // The group we created; the leader is not reaped yet, so the id cannot have been reused.
+    let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
     let _ = child.wait();
 }
 
 /// SIGTERM, then SIGKILL to its group after `grace`; reaps.
 pub(crate) fn stop(child: &mut Child, grace: Duration) {
-    signal(child.id(), libc::SIGTERM);
+    signal(child.id(), Signal::SIGTERM);
     let end = Instant::now() + grace;
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
@@ -285,12 +285,8 @@ pub(crate) fn sleep(d: Duration) -> Result<(), LabError> {
 
 /// Whether `pid` is a live (not zombie) process; reaps it first if it is our exited child.
 pub(crate) fn alive(pid: u32) -> bool {
-    let p = pid as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: WNOHANG never blocks; for a pid that is not our child it fails with ECHILD.
-    unsafe {
-        libc::waitpid(p, &mut status, libc::WNOHANG);
-    }
+    // WNOHANG never blocks; for a pid that is not our child it fails with ECHILD.
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.
         Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
@@ -305,11 +301,10 @@ pub(crate) fn cmdline(pid: u32) -> Option<String> {
     Some(s.replace('\0', " "))
 }
 
-pub(crate) fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain syscall; callers checked the pid belongs to a lab process.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
+/// Sends `sig` to `pid`, ignoring failure (it may have exited); callers checked the pid
+/// belongs to a lab process.
+pub(crate) fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// Names of the network namespaces (`ip netns list`, first word of each line).
@@ -339,7 +334,7 @@ pub(crate) fn delete_namespaces(names: &[String]) -> Vec<String> {
     };
     let pids: Vec<u32> = present.iter().flat_map(|ns| netns_pids(ns)).collect();
     for &p in &pids {
-        signal(p, libc::SIGTERM);
+        signal(p, Signal::SIGTERM);
     }
     let end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < end && pids.iter().any(|&p| alive(p)) {
@@ -347,7 +342,7 @@ pub(crate) fn delete_namespaces(names: &[String]) -> Vec<String> {
     }
     for ns in &present {
         for p in netns_pids(ns) {
-            signal(p, libc::SIGKILL);
+            signal(p, Signal::SIGKILL);
         }
     }
     std::thread::sleep(Duration::from_millis(100));

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 /// `why` a test cannot run here, passed through only when `VROUTER_ALLOW_SKIP` is set by
 /// someone who knows they are skipping it; otherwise a failure (CI runs as root with every tool
 /// installed, and a test that did not run must not pass).
@@ -48,8 +50,7 @@ pub fn skip_unless_ready(tools: &[&str]) -> Option<String> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 pub fn sh(args: &[&str]) -> Output {
@@ -92,9 +93,9 @@ impl Proc {
         self.0.as_ref().expect("not waited for").id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped.
-        unsafe { libc::kill(self.pid(), sig) };
+    /// Sends `sig` (a pid we spawned and have not reaped).
+    pub fn signal(&self, sig: Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
     pub fn running(&mut self) -> bool {
@@ -292,7 +293,7 @@ socket = "{}"
     }
 
     pub fn stop(&self, mut daemon: Proc) {
-        daemon.signal(libc::SIGTERM);
+        daemon.signal(Signal::SIGTERM);
         let child = daemon.0.as_mut().expect("running");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
