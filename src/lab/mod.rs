@@ -502,7 +502,8 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
 fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabError> {
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
-        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle);
+        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle)
+            .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
         let config = lab.state.dir.join(format!("{}.toml", n.name));
         crate::control::config::Config::parse(&text, &config)
             .map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;

@@ -22,12 +22,19 @@
 //! more than the forwarding (kernel 0.36 Mpps instead of 0.95), and with RPS the generator's
 //! flood and vrouter's transmitted frames shared one backlog, which starved vrouter.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::sys;
+use crate::control::config::{
+    Config, ControlConfig, NeighbourConfig, NodeConfig, PeerConfig, RpfMode, UplinkConfig, WorkersConfig, XdpMode,
+};
 use crate::lab::LabError;
+use vrouter_core::dataplane::state::IpipMode;
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::wire::MacAddr;
 
 pub(crate) const GEN_MAC: &str = "02:76:70:00:00:02";
 pub(crate) const FWD_MAC: &str = "02:76:70:00:00:01";
@@ -237,19 +244,64 @@ impl Topo {
 
     /// The daemon's config: one uplink queue, the worker pinned to the forwarding CPU, the
     /// sink and the generator as peers (the sink encapsulated for [`Forwarder::Ipip`]).
-    pub fn vrouter_config(&self, fwd: Forwarder, idle: &str) -> String {
-        let sink_mode = if fwd == Forwarder::Ipip { "Always" } else { "Never" };
-        format!(
-            "[node]\nname = \"fwd\"\nip = \"{FWD_IP}\"\nsubnet = \"192.168.50.0/24\"\npod_block = \"10.249.0.0/26\"\nipip_mode = \"Never\"\n\n\
-             [uplink]\ndevice = \"up0\"\nqueues = 1\nxdp_mode = \"native\"\nmtu = 1500\n\n\
-             [workers]\nidle = \"{idle}\"\ncores = [{cpu}]\n\n\
-             [control]\nsocket = \"\"\n\n\
-             [[peers]]\nname = \"sink\"\nip = \"{SINK_IP}\"\npod_blocks = [\"{SINK_BLOCK}\"]\nipip_mode = \"{sink_mode}\"\n\n\
-             [[peers]]\nname = \"gen\"\nip = \"{GEN_IP}\"\npod_blocks = [\"{GEN_BLOCK}\"]\n\n\
-             [[neighbours]]\nip = \"{SINK_IP}\"\nmac = \"{SINK_MAC}\"\n\n\
-             [[neighbours]]\nip = \"{GEN_IP}\"\nmac = \"{GEN_MAC}\"\n",
-            cpu = self.fwd_cpu
-        )
+    pub fn vrouter_config(&self, fwd: Forwarder, idle: &str) -> Result<String, String> {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|e| format!("{s}: {e}"));
+        let prefix = |s: &str| s.parse::<Ipv4Prefix>().map_err(|e| format!("{s}: {e}"));
+        let mac = |s: &str| s.parse::<MacAddr>().map_err(|e| format!("{s}: {e}"));
+        let sink_mode = if fwd == Forwarder::Ipip { IpipMode::Always } else { IpipMode::Never };
+        let config = Config {
+            node: NodeConfig {
+                name: "fwd".into(),
+                ip: ip(FWD_IP)?,
+                subnet: prefix("192.168.50.0/24")?,
+                pod_block: prefix("10.249.0.0/26")?,
+                pod_gateway: Ipv4Addr::new(169, 254, 1, 1),
+                ipip_mode: IpipMode::Never,
+                gateway: None,
+                ipip_rpf: RpfMode::default(),
+            },
+            uplink: Some(UplinkConfig {
+                device: "up0".into(),
+                queues: 1,
+                xdp_mode: XdpMode::Native,
+                mtu: 1500,
+                tx_queue: crate::port::afxdp::DEFAULT_TX_QUEUE,
+            }),
+            host: None,
+            workers: WorkersConfig {
+                idle: crate::lab::topo::config_enum(idle)?,
+                cores: vec![self.fwd_cpu],
+                ..Default::default()
+            },
+            peers: vec![
+                PeerConfig {
+                    name: "sink".into(),
+                    ip: ip(SINK_IP)?,
+                    pod_blocks: vec![prefix(SINK_BLOCK)?],
+                    ipip_mode: Some(sink_mode),
+                },
+                PeerConfig {
+                    name: "gen".into(),
+                    ip: ip(GEN_IP)?,
+                    pod_blocks: vec![prefix(GEN_BLOCK)?],
+                    ipip_mode: None,
+                },
+            ],
+            endpoints: vec![],
+            routes: vec![],
+            neighbours: vec![
+                NeighbourConfig { ip: ip(SINK_IP)?, mac: mac(SINK_MAC)? },
+                NeighbourConfig { ip: ip(GEN_IP)?, mac: mac(GEN_MAC)? },
+            ],
+            global_rules: vec![],
+            policies: Default::default(),
+            control: ControlConfig { socket: String::new(), group: None },
+            metrics: None,
+            kernel_routes: None,
+            conntrack: Default::default(),
+            neigh: Default::default(),
+        };
+        toml::to_string(&config).map_err(|e| e.to_string())
     }
 
     /// Starts `vrouter run` in the forwarder namespace and waits until it answers a ping to
@@ -258,9 +310,10 @@ impl Topo {
     pub fn vrouter_on(&self, bin: &Path, fwd: Forwarder, idle: &str) -> Result<Daemon, LabError> {
         let name = fwd.name();
         let config = self.dir.join(format!("{name}.toml"));
-        let text = self.vrouter_config(fwd, idle);
-        crate::control::config::Config::parse(&text, &config)
-            .map_err(|e| LabError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}")))?;
+        let invalid =
+            |e: String| LabError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}"));
+        let text = self.vrouter_config(fwd, idle).map_err(invalid)?;
+        Config::parse(&text, &config).map_err(|e| invalid(e.to_string()))?;
         std::fs::write(&config, text)
             .map_err(|err| LabError::Io { what: format!("writing {}", config.display()), err })?;
         let stats = self.dir.join(format!("{name}.stats.json"));
@@ -412,5 +465,32 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_vrouter_configs_pass_validation() {
+        let t = Topo {
+            prefix: "vrpf0000".into(),
+            dir: "/nonexistent".into(),
+            gen: "g".into(),
+            fwd: "f".into(),
+            snk: "s".into(),
+            fwd_cpu: 1,
+            gen_cpu: 0,
+            done: true,
+        };
+        for (fwd, sink_mode) in [(Forwarder::Vrouter, IpipMode::Never), (Forwarder::Ipip, IpipMode::Always)] {
+            let text = t.vrouter_config(fwd, "poll").unwrap();
+            let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(cfg.peers[0].ipip_mode, Some(sink_mode));
+            assert_eq!((cfg.workers.cores.as_slice(), cfg.neighbours.len()), (&[1usize][..], 2));
+            assert_eq!(cfg.uplink.map(|u| u.xdp_mode), Some(XdpMode::Native));
+        }
+        assert!(t.vrouter_config(Forwarder::Vrouter, "turbo").is_err());
     }
 }
