@@ -248,8 +248,7 @@ mod tests {
 
     #[test]
     fn a_tap_deleted_under_us_is_gone_after_one_error_and_not_read_again() {
-        // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "needs root (/dev/net/tun); run the tests as root");
+        assert!(nix::unistd::geteuid().is_root(), "needs root (/dev/net/tun); run the tests as root");
         let name = format!("vrgone{}", std::process::id() % 100_000);
         let t = TapPort::create(&name, 3).unwrap();
         assert!(!t.is_gone());
@@ -263,5 +262,14 @@ mod tests {
         assert!(t.is_gone(), "a write to a deleted TAP marks it gone");
         assert_eq!(t.send_failure(), DropReason::TxLinkDown);
         assert_eq!(t.rx_burst(&mut bufs), 0);
+    }
+
+    #[test]
+    fn cidr_parses_like_ip_does_and_refuses_bad_lengths() {
+        assert_eq!(parse_cidr("10.244.1.0/26").unwrap(), (Ipv4Addr::new(10, 244, 1, 0), 26));
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
+        assert_eq!(parse_cidr("192.168.1.10").unwrap(), (Ipv4Addr::new(192, 168, 1, 10), 32));
+        assert!(parse_cidr("10.0.0.0/33").unwrap_err().to_string().contains("length above 32"));
+        assert!(parse_cidr("10.0.0/8").is_err());
     }
 }
