@@ -220,9 +220,8 @@ fn trace_names_the_policy_rule_that_dropped_a_packet() {
     assert!(t.ctl(&["policy", "set", "no-icmp", "-f", rules.to_str().unwrap()]).status.success());
     assert_eq!(t.ctl_json(&["policies"])["policies"]["no-icmp"][0]["action"], "deny");
     let cfg = t.config(&format!("{DEFAULT_ROUTE}[policies]\nno-icmp = {deny}\n"));
-    let selected = format!("addrs = [\"{pod}\"]\ningress = [\"no-icmp\"]\n");
     let file = t.dir.join("apply.toml");
-    std::fs::write(&file, cfg.replace(&format!("addrs = [\"{pod}\"]\n"), &selected)).unwrap();
+    std::fs::write(&file, t.edit(&cfg, |c| c.endpoints[0].ingress = vec!["no-icmp".into()])).unwrap();
     // First what it would do: only the pod's policy list changes; nothing is applied yet.
     let o = t.ctl(&["apply", "-f", file.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));

@@ -129,7 +129,7 @@ fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_u
     });
     assert!(t.ping("peer", "10.244.1.2", "2"), "after the refused reload: {}", t.log());
     // A port-level change that can be made replaces the pod without losing it.
-    let mtu = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nmtu = 1400");
+    let mtu = t.edit(&good, |c| c.endpoints[0].mtu = 1400);
     std::fs::write(&f, &mtu).unwrap();
     let o = t.ctl(&["apply", "-f", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}", common::text(&o));
@@ -151,7 +151,7 @@ fn a_replaced_pod_that_cannot_be_finished_is_reported_down_not_refused_and_the_n
     // The pod's interface renamed to a name another interface in its namespace holds: the
     // replacement is staged, the old port removed, and finishing it fails ("File exists").
     common::ok(&["ip", "-n", &t.ns("pod"), "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]);
-    let renamed = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nifname = \"taken0\"");
+    let renamed = t.edit(&good, |c| c.endpoints[0].ifname = "taken0".into());
     assert_ne!(renamed, good);
     t.write_config(&renamed);
     child.signal(Signal::SIGHUP);

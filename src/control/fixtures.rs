@@ -16,7 +16,16 @@ use vrouter_core::wire::MacAddr;
 
 use super::config::{EndpointConfig, NeighbourConfig, NodeConfig, PeerConfig, RpfMode, UplinkConfig};
 
-/// `value` as the TOML table `[key]` (`array`: as one `[[key]]` entry).
+/// `value` as the TOML table `[key]`.
+pub fn table<T: Serialize>(key: &str, value: &T) -> String {
+    snippet(key, value, false)
+}
+
+/// `value` as one `[[key]]` entry.
+pub fn entry<T: Serialize>(key: &str, value: &T) -> String {
+    snippet(key, value, true)
+}
+
 fn snippet<T: Serialize>(key: &str, value: &T, array: bool) -> String {
     let text = if array {
         toml::to_string(&std::collections::BTreeMap::from([(key, [value])]))
