@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use common::{is_root, text, wait_until, Topo, DEFAULT_ROUTE};
@@ -219,9 +220,8 @@ fn trace_names_the_policy_rule_that_dropped_a_packet() {
     assert!(t.ctl(&["policy", "set", "no-icmp", "-f", rules.to_str().unwrap()]).status.success());
     assert_eq!(t.ctl_json(&["policies"])["policies"]["no-icmp"][0]["action"], "deny");
     let cfg = t.config(&format!("{DEFAULT_ROUTE}[policies]\nno-icmp = {deny}\n"));
-    let selected = format!("addrs = [\"{pod}\"]\ningress = [\"no-icmp\"]\n");
     let file = t.dir.join("apply.toml");
-    std::fs::write(&file, cfg.replace(&format!("addrs = [\"{pod}\"]\n"), &selected)).unwrap();
+    std::fs::write(&file, t.edit(&cfg, |c| c.endpoints[0].ingress = vec!["no-icmp".into()])).unwrap();
     // First what it would do: only the pod's policy list changes; nothing is applied yet.
     let o = t.ctl(&["apply", "-f", file.to_str().unwrap(), "--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -416,7 +416,7 @@ fn churn_round(t: &Topo, d: &common::Proc, c: &mut Conn, round: usize, n: &mut C
         }
         3 => {
             let before = t.log().matches("config reloaded (SIGHUP)").count();
-            d.signal(libc::SIGHUP);
+            d.signal(Signal::SIGHUP);
             let deadline = Instant::now() + Duration::from_secs(10);
             while t.log().matches("config reloaded (SIGHUP)").count() == before {
                 if Instant::now() > deadline {

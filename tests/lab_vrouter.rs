@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use vrouter::control::config::Config;
 use vrouter::lab::{self, LabHandle, LabOptions};
 
 static LAB: OnceLock<Result<LabHandle, String>> = OnceLock::new();
@@ -495,17 +496,23 @@ fn unreachable_and_prohibit_routes_under_the_default_route_answer_icmp() {
     assert!(wait_counter(lab, 1, "drops", "fib/prohibited", before.1 + 1) > before.1, "{}", lab.stats(1));
 }
 
+/// Node 3's config file, and its text with pod 3a under an ingress policy `closed` that admits
+/// nothing new.
+fn pod_3a_closed(lab: &LabHandle) -> (PathBuf, String) {
+    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
+    let mut c = Config::load(&cfg).expect("node3 config");
+    let pod = c.endpoints.iter_mut().find(|e| e.name == "pod-3a").expect("pod-3a in the config");
+    assert!(pod.ingress.is_empty(), "pod-3a has an ingress policy already: {:?}", pod.ingress);
+    pod.ingress = vec!["closed".into()];
+    c.policies.insert("closed".into(), vec![]);
+    (cfg, toml::to_string(&c).expect("config serializes"))
+}
+
 #[test]
 fn icmp_error_about_a_tracked_flow_reaches_a_default_deny_pod_over_ipip() {
     let Some((_turn, lab)) = lab("related_icmp") else { return };
     // Pod 3a gets an ingress policy that admits nothing new.
-    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
-    let orig = std::fs::read_to_string(&cfg).expect("node3 config");
-    let marker = "name = \"pod-3a\"";
-    let at = orig.find(marker).expect("pod-3a in the config");
-    let ing = at + orig[at..].find("ingress = []").expect("pod-3a has no ingress policy");
-    let closed =
-        format!("{}ingress = [\"closed\"]{}\nclosed = []\n", &orig[..ing], &orig[ing + "ingress = []".len()..]);
+    let (cfg, closed) = pod_3a_closed(lab);
     let closed_path = lab.dir().join(format!("node3-closed-{}.toml", std::process::id()));
     std::fs::write(&closed_path, closed).unwrap();
     let o = ctl(lab, 3, &["apply", "-f", closed_path.to_str().unwrap()]);
@@ -587,12 +594,7 @@ fn down_the_kept_lab() {
 fn kubelet_probes_reach_a_default_deny_pod_from_its_own_node() {
     let Some((_turn, lab)) = lab("host_pod_policy") else { return };
     // Pod 3a gets an ingress policy that admits nothing new (as above).
-    let cfg = lab.state().daemons.iter().find(|d| d.node == lab.node(3).name).expect("node3").config.clone();
-    let orig = std::fs::read_to_string(&cfg).expect("node3 config");
-    let at = orig.find("name = \"pod-3a\"").expect("pod-3a in the config");
-    let ing = at + orig[at..].find("ingress = []").expect("pod-3a has no ingress policy");
-    let closed =
-        format!("{}ingress = [\"closed\"]{}\nclosed = []\n", &orig[..ing], &orig[ing + "ingress = []".len()..]);
+    let (cfg, closed) = pod_3a_closed(lab);
     let closed_path = lab.dir().join(format!("node3-probe-{}.toml", std::process::id()));
     std::fs::write(&closed_path, closed).unwrap();
     let ns3a = lab.pod("3a").ns.clone();

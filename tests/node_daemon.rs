@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{is_root, sh, Topo, DEFAULT_ROUTE};
+use nix::sys::signal::Signal;
 
 #[test]
 fn node_forwards_through_af_xdp_and_tap_and_stops_cleanly() {
@@ -120,13 +121,13 @@ fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_u
     assert!(t.ping("peer", "10.244.1.2", "2"), "after the refused apply: {}", t.log());
     // The same through SIGHUP.
     t.write_config(&bad);
-    child.signal(libc::SIGHUP);
+    child.signal(Signal::SIGHUP);
     common::wait_until("the reload to be refused", std::time::Duration::from_secs(5), || {
         t.log().contains("refused, still running the previous config")
     });
     assert!(t.ping("peer", "10.244.1.2", "2"), "after the refused reload: {}", t.log());
     // A port-level change that can be made replaces the pod without losing it.
-    let mtu = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nmtu = 1400");
+    let mtu = t.edit(&good, |c| c.endpoints[0].mtu = 1400);
     std::fs::write(&f, &mtu).unwrap();
     let o = t.ctl(&["apply", "-f", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}", common::text(&o));
@@ -148,10 +149,10 @@ fn a_replaced_pod_that_cannot_be_finished_is_reported_down_not_refused_and_the_n
     // The pod's interface renamed to a name another interface in its namespace holds: the
     // replacement is staged, the old port removed, and finishing it fails ("File exists").
     common::ok(&["ip", "-n", &t.ns("pod"), "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]);
-    let renamed = good.replace("addrs = [\"10.244.1.2\"]", "addrs = [\"10.244.1.2\"]\nifname = \"taken0\"");
+    let renamed = t.edit(&good, |c| c.endpoints[0].ifname = "taken0".into());
     assert_ne!(renamed, good);
     t.write_config(&renamed);
-    child.signal(libc::SIGHUP);
+    child.signal(Signal::SIGHUP);
     common::wait_until("the reload to fail", std::time::Duration::from_secs(15), || {
         t.log().contains("config reload (SIGHUP)")
     });
@@ -307,8 +308,7 @@ fn a_mistyped_log_level_is_refused_with_the_valid_ones() {
 
 /// CPU time (user + system, seconds) of every thread of process `pid` so far.
 fn cpu_seconds(pid: i32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().expect("CLK_TCK") as f64;
     let mut ticks = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
@@ -534,7 +534,7 @@ fn a_stats_file_failing_every_tick_is_logged_once_with_a_count() {
     let failures: u64 =
         l[l.find("failures=").unwrap() + 9..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
     assert!(failures >= 8, "the count of failures told: {l}");
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(Signal::SIGTERM);
     assert!(daemon.finish().status.success(), "{}", read_log());
     let _ = std::fs::remove_dir_all(&dir);
 }

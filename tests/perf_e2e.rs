@@ -7,8 +7,7 @@ mod common;
 use std::process::Command;
 
 fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         return Some("not root".into());
     }
     for (t, pkg) in [
@@ -106,8 +105,7 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
 
 #[test]
 fn refuses_clearly_without_root() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if common::is_root() {
         // As root, check the option validation instead: it happens before anything is built.
         let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
             .args(["bench", "e2e", "--duration", "0", "--no-tcp"])

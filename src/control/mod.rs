@@ -20,6 +20,7 @@ pub mod status;
 /// without this, a withdrawn full table would stay resident). Called after large removals.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // libc: nix has no malloc_trim (a glibc extension).
     // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);

@@ -33,7 +33,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -247,15 +246,11 @@ impl RawNextHop {
 
 /// The device name of `index` in this thread's namespace, or `if<N>` if it is gone.
 fn ifname(index: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write (a NUL-terminated name);
-    // it returns NULL and writes nothing useful when the index does not exist.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("if{index}");
+    // nix 0.30 checks the result against -1, not NULL: an unknown index comes back as Ok("").
+    match nix::net::if_::if_indextoname(index) {
+        Ok(name) if !name.is_empty() => name.to_string_lossy().into_owned(),
+        _ => format!("if{index}"),
     }
-    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -969,31 +964,15 @@ fn enter_netns(name: &str) -> Result<(), NetlinkError> {
     }
     let netns_err = |source| NetlinkError::Netns { name: name.into(), source };
     let f = File::open(Path::new("/run/netns").join(name)).map_err(netns_err)?;
-    // SAFETY: `f` is an open namespace file for the whole call. setns changes only the calling
-    // thread's network namespace; this thread is the watcher's own and opens its sockets after.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(netns_err(io::Error::last_os_error()));
-    }
-    Ok(())
+    // setns changes only the calling thread's network namespace; this thread is the watcher's
+    // own and opens its sockets after.
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(e.into()))
 }
 
 /// `SO_RCVTIMEO`, so that a blocked receive returns to look at the stop flag.
 fn set_recv_timeout(sock: &Socket, d: Duration) -> io::Result<()> {
-    let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
-    // SAFETY: the fd is open for the call; `tv` is a valid timeval and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let tv = nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)
 }
 
 #[cfg(test)]

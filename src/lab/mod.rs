@@ -75,11 +75,13 @@ impl Default for LabOptions {
     }
 }
 
-/// Slow-path errors; each says what failed and what to do about it.
+/// Slow-path errors of the namespace lab and the perf lab (`crate::perf`), which share the
+/// command runners of [`sys`]; each says what failed and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("the lab needs root (it creates network namespaces, veths and TAPs): run it as root or with sudo")]
-    NotRoot,
+    /// `needs`: what the lab does that needs root.
+    #[error("{lab} needs root (it {needs}): run it as root or with sudo")]
+    NotRoot { lab: &'static str, needs: &'static str },
     #[error("command `{tool}` not found: {hint}")]
     MissingTool { tool: String, hint: String },
     #[error("vrouter binary {path}: {msg}")]
@@ -100,6 +102,12 @@ pub enum LabError {
     Config { node: String, msg: String },
     #[error("{node} not ready after {secs:.0} s: {what}; daemon log {log}, last lines:\n{tail}")]
     NotReady { node: String, secs: f64, what: String, log: PathBuf, tail: String },
+    /// The perf lab's forwarder (`vrouter bench e2e`).
+    #[error("forwarder not ready: {what}; last lines of its log:\n{tail}")]
+    ForwarderNotReady { what: String, tail: String },
+    /// A perf run's traffic did not get through.
+    #[error("{what}; last lines of the log:\n{tail}")]
+    NoTraffic { what: String, tail: String },
     #[error("no running lab found (no {DEFAULT_ROOT}/*/state.json, no *-rt namespace): nothing to do")]
     NoLab,
     #[error("several labs exist ({0}): choose one with --prefix")]
@@ -111,6 +119,17 @@ pub enum LabError {
     #[error("interrupted")]
     Interrupted,
 }
+
+/// Lists the lab for teardown at exit or on Ctrl-C (again after each change of its state).
+fn register(state: &LabState) {
+    let s = state.clone();
+    sys::register(&state.prefix, move || {
+        eprintln!("vrouter lab: tearing down lab {} at exit", s.prefix);
+        let _ = teardown(&s);
+    });
+}
+
+const NOT_ROOT: LabError = LabError::NotRoot { lab: "the lab", needs: "creates network namespaces, veths and TAPs" };
 
 /// One daemon of a lab, as recorded in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,7 +361,7 @@ fn check_prefix(p: &str) -> Result<(), LabError> {
 
 fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     if !sys::is_root() {
-        return Err(LabError::NotRoot);
+        return Err(NOT_ROOT);
     }
     for t in ["ip", "sysctl", "ping"] {
         sys::need_tool(t)?;
@@ -397,7 +416,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     let dir = opts.root.join(&prefix);
     std::fs::create_dir_all(&dir).map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
     let state = LabState::new(&prefix, dir, opts.backend);
-    sys::register(&state);
+    register(&state);
     let mut lab = LabHandle { state, children: Mutex::new(vec![]), kept: false };
     // From here on, an error drops `lab`, which tears down.
     lab.state.save()?;
@@ -483,7 +502,8 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
 fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabError> {
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
-        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle);
+        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle)
+            .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
         let config = lab.state.dir.join(format!("{}.toml", n.name));
         crate::control::config::Config::parse(&text, &config)
             .map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;
@@ -505,7 +525,7 @@ fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabE
         });
         lab.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
         lab.state.save()?;
-        sys::register(&lab.state);
+        register(&lab.state);
     }
     Ok(())
 }
@@ -600,7 +620,7 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
         }
     }
     for &pid in &daemons {
-        sys::signal(pid, libc::SIGTERM);
+        sys::signal(pid, sys::Signal::SIGTERM);
     }
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end && daemons.iter().any(|&p| sys::alive(p)) {
@@ -608,12 +628,12 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
     }
     for &pid in daemons.iter().filter(|&&p| sys::alive(p)) {
         eprintln!("vrouter lab: pid {pid} ignored SIGTERM for 5 s: SIGKILL");
-        sys::signal(pid, libc::SIGKILL);
+        sys::signal(pid, sys::Signal::SIGKILL);
     }
     // Anything else (pings, iperf3 servers, captures) dies with its namespace.
     for ns in &present {
         for pid in sys::netns_pids(ns) {
-            sys::signal(pid, libc::SIGKILL);
+            sys::signal(pid, sys::Signal::SIGKILL);
         }
     }
     let end = Instant::now() + Duration::from_secs(2);
@@ -696,7 +716,7 @@ pub fn down(prefix: Option<&str>) -> Result<(), LabError> {
 /// [`down`] for labs under another root directory.
 pub fn down_in(root: &Path, prefix: Option<&str>) -> Result<(), LabError> {
     if !sys::is_root() {
-        return Err(LabError::NotRoot);
+        return Err(NOT_ROOT);
     }
     sys::need_tool("ip")?;
     let state = resolve(root, prefix)?;

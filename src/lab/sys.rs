@@ -1,9 +1,11 @@
-//! Running commands for the lab: every child is bounded in time, and every wait gives way to a
-//! Ctrl-C so that the interrupted run can tear its namespaces down instead of leaving them.
+//! Running commands for the namespace lab and the perf lab (`crate::perf`): every child is
+//! bounded in time, and every wait gives way to a Ctrl-C so that the interrupted run can tear
+//! its namespaces down instead of leaving them. Errors are [`LabError`]s, for both labs.
 //!
-//! Labs that are up and not kept are listed in a process-wide registry; the SIGINT/SIGTERM
-//! handler and an `atexit` hook tear down whatever is still listed. Statics are never dropped,
-//! so this is what cleans a lab shared by the tests of one test binary.
+//! Labs (and perf benches) that are up and not kept are listed in a process-wide registry with
+//! their teardown; the SIGINT/SIGTERM handler and an `atexit` hook run whatever is still
+//! listed. Statics are never dropped, so this is what cleans a lab shared by the tests of one
+//! test binary.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,12 +16,18 @@ use std::sync::mpsc;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-use super::{LabError, LabState};
+use nix::sys::signal::kill;
+pub(crate) use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+use super::LabError;
 
 /// Set by the signal handler; long waits and cancellable commands return `Interrupted`.
 static CANCELLED: AtomicBool = AtomicBool::new(false);
-/// Labs of this process that are up and not kept, by prefix.
-static ACTIVE: Mutex<BTreeMap<String, LabState>> = Mutex::new(BTreeMap::new());
+type Teardown = Box<dyn FnOnce() + Send>;
+/// Labs of this process that are up and not kept, by prefix, with their teardown.
+static ACTIVE: Mutex<BTreeMap<String, Teardown>> = Mutex::new(BTreeMap::new());
 static HOOKS: Once = Once::new();
 
 pub(crate) fn cancelled() -> bool {
@@ -34,14 +42,14 @@ pub(crate) fn check_cancelled() -> Result<(), LabError> {
     }
 }
 
-fn active() -> std::sync::MutexGuard<'static, BTreeMap<String, LabState>> {
+fn active() -> std::sync::MutexGuard<'static, BTreeMap<String, Teardown>> {
     ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Lists (or updates) a lab for teardown at exit or on a signal.
-pub(crate) fn register(state: &LabState) {
+/// Lists (or updates) the lab `prefix` for `teardown` at exit or on a signal.
+pub(crate) fn register(prefix: &str, teardown: impl FnOnce() + Send + 'static) {
     install_hooks();
-    active().insert(state.prefix.clone(), state.clone());
+    active().insert(prefix.to_string(), Box::new(teardown));
 }
 
 pub(crate) fn unregister(prefix: &str) {
@@ -50,44 +58,45 @@ pub(crate) fn unregister(prefix: &str) {
 
 extern "C" fn teardown_at_exit() {
     let labs = std::mem::take(&mut *active());
-    for (_, state) in labs {
-        eprintln!("vrouter lab: tearing down lab {} at exit", state.prefix);
-        let _ = super::teardown(&state);
-    }
-}
-
-fn install_hooks() {
-    HOOKS.call_once(|| install_cleanup_hooks("vrouter lab", &CANCELLED, || !active().is_empty(), teardown_at_exit));
-}
-
-/// Makes `teardown` run at exit and on Ctrl-C. On Ctrl-C, `cancelled` is set first, so that
-/// cancellable commands stop and the main thread unwinds through its own cleanup, which it is
-/// given up to 10 s to finish while `busy()` is true. Used by the lab and the perf lab.
-pub(crate) fn install_cleanup_hooks(
-    who: &'static str,
-    cancelled: &'static AtomicBool,
-    busy: fn() -> bool,
-    teardown: extern "C" fn(),
-) {
-    // SAFETY: registers a plain `extern "C" fn()` with no captured state.
-    unsafe {
-        libc::atexit(teardown);
-    }
-    let r = ctrlc::set_handler(move || {
-        cancelled.store(true, Ordering::SeqCst);
-        eprintln!("{who}: interrupted, cleaning up");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && busy() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    for (_, teardown) in labs {
         teardown();
-        std::process::exit(130);
-    });
-    if let Err(e) = r {
-        // Another handler owns the signals (e.g. the host program's): exit-time cleanup still
-        // runs, and `vrouter lab down` cleans after a hard kill.
-        eprintln!("{who}: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
     }
+}
+
+/// Makes the registered teardowns run at exit and on Ctrl-C. On Ctrl-C, `cancelled` is set
+/// first, so that cancellable commands stop and the main thread unwinds through its own
+/// cleanup (which unregisters), which it is given up to 10 s to finish.
+fn install_hooks() {
+    HOOKS.call_once(|| {
+        // libc: nix has no atexit.
+        // SAFETY: registers a plain `extern "C" fn()` with no captured state.
+        unsafe {
+            libc::atexit(teardown_at_exit);
+        }
+        // SIGINT, SIGTERM and SIGHUP (a closed terminal), handled on a thread of their own
+        // (signal-hook, as the daemon uses).
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                // Exit-time cleanup still runs, and `vrouter lab down` cleans after a hard kill.
+                eprintln!("vrouter: no Ctrl-C cleanup handler ({e}); exit-time cleanup still runs");
+                return;
+            }
+        };
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                CANCELLED.store(true, Ordering::SeqCst);
+                eprintln!("vrouter: interrupted, cleaning up");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && !active().is_empty() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                teardown_at_exit();
+                std::process::exit(130);
+            }
+        });
+    });
 }
 
 /// Looks a program up in PATH.
@@ -96,42 +105,8 @@ pub(crate) fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
-/// What the shared command runners need of a module's error type, and which Ctrl-C flag
-/// interrupts its cancellable runs. The lab and the perf lab each implement it and wrap the
-/// runners below with their own error type.
-pub(crate) trait SysError: Sized {
-    fn io(what: String, err: std::io::Error) -> Self;
-    fn timeout(cmd: String, secs: f64) -> Self;
-    fn interrupted() -> Self;
-    fn command(cmd: String, status: String, stderr: String) -> Self;
-    fn missing_tool(tool: String, hint: String) -> Self;
-    /// True once the module's Ctrl-C handler fired.
-    fn cancelled() -> bool;
-}
-
-impl SysError for LabError {
-    fn io(what: String, err: std::io::Error) -> Self {
-        LabError::Io { what, err }
-    }
-    fn timeout(cmd: String, secs: f64) -> Self {
-        LabError::Timeout { cmd, secs }
-    }
-    fn interrupted() -> Self {
-        LabError::Interrupted
-    }
-    fn command(cmd: String, status: String, stderr: String) -> Self {
-        LabError::Command { cmd, status, stderr }
-    }
-    fn missing_tool(tool: String, hint: String) -> Self {
-        LabError::MissingTool { tool, hint }
-    }
-    fn cancelled() -> bool {
-        cancelled()
-    }
-}
-
 /// Fails with an install hint (the Debian package) if `prog` is not in PATH.
-pub(crate) fn need_tool_as<E: SysError>(prog: &str) -> Result<(), E> {
+pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
     if which(prog).is_some() {
         return Ok(());
     }
@@ -143,16 +118,11 @@ pub(crate) fn need_tool_as<E: SysError>(prog: &str) -> Result<(), E> {
         "taskset" => "util-linux",
         other => other,
     };
-    Err(E::missing_tool(prog.to_string(), format!("apt-get install {package}")))
-}
-
-pub(crate) fn need_tool(prog: &str) -> Result<(), LabError> {
-    need_tool_as(prog)
+    Err(LabError::MissingTool { tool: prog.to_string(), hint: format!("apt-get install {package}") })
 }
 
 pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 pub(crate) fn describe(cmd: &Command) -> String {
@@ -171,11 +141,11 @@ fn failed_output(code: i32, msg: String) -> Output {
 
 /// Runs `cmd` to completion within `timeout`, capturing its output. A cancellable run kills the
 /// child and returns `interrupted` on Ctrl-C; teardown runs are not cancellable.
-pub(crate) fn run_as<E: SysError>(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, E> {
+pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
     let what = describe(cmd);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().map_err(|err| spawn_error(&what, err))?;
-    let pid = child.id() as libc::pid_t;
+    let pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -183,53 +153,49 @@ pub(crate) fn run_as<E: SysError>(cmd: &mut Command, timeout: Duration, cancella
     let deadline = Instant::now() + timeout;
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(r) => return r.map_err(|err| E::io(format!("waiting for `{what}`"), err)),
+            Ok(r) => return r.map_err(|err| LabError::Io { what: format!("waiting for `{what}`"), err }),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(E::io(format!("waiting for `{what}`"), std::io::ErrorKind::Other.into()))
+                let err = std::io::ErrorKind::Other.into();
+                return Err(LabError::Io { what: format!("waiting for `{what}`"), err });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let interrupted = cancellable && E::cancelled();
+        let interrupted = cancellable && cancelled();
         if interrupted || Instant::now() >= deadline {
-            // SAFETY: plain syscall; the waiter thread has not reaped the child yet (we would
-            // have received its result), so the pid is still ours.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            // The waiter thread has not reaped the child yet (we would have received its
+            // result), so the pid is still ours.
+            let _ = kill(pid, Signal::SIGKILL);
             let _ = rx.recv_timeout(Duration::from_secs(2));
-            return Err(if interrupted { E::interrupted() } else { E::timeout(what, timeout.as_secs_f64()) });
+            return Err(if interrupted {
+                LabError::Interrupted
+            } else {
+                LabError::Timeout { cmd: what, secs: timeout.as_secs_f64() }
+            });
         }
     }
-}
-
-pub(crate) fn run(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
-    run_as(cmd, timeout, cancellable)
 }
 
 /// A failed spawn: a missing program gets the install hint.
-pub(crate) fn spawn_error<E: SysError>(what: &str, err: std::io::Error) -> E {
+fn spawn_error(what: &str, err: std::io::Error) -> LabError {
     if err.kind() == std::io::ErrorKind::NotFound {
         let prog = what.split(' ').next().unwrap_or(what);
-        if let Err(e) = need_tool_as::<E>(prog) {
+        if let Err(e) = need_tool(prog) {
             return e;
         }
     }
-    E::io(format!("starting `{what}`"), err)
+    LabError::Io { what: format!("starting `{what}`"), err }
 }
 
-/// Like [`run_as`], but a non-zero exit is an error carrying stderr.
-pub(crate) fn run_ok_as<E: SysError>(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, E> {
+/// Like [`run`], but a non-zero exit is an error carrying stderr.
+pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
     let what = describe(cmd);
-    let out = run_as::<E>(cmd, timeout, cancellable)?;
+    let out = run(cmd, timeout, cancellable)?;
     if out.status.success() {
         Ok(out)
     } else {
-        Err(E::command(what, out.status.to_string(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(LabError::Command { cmd: what, status: out.status.to_string(), stderr })
     }
-}
-
-pub(crate) fn run_ok(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output, LabError> {
-    run_ok_as(cmd, timeout, cancellable)
 }
 
 /// `ip ARGS` (cancellable), an error on non-zero exit.
@@ -248,8 +214,25 @@ pub(crate) fn exec_in(ns: &str, args: &[&str], timeout: Duration) -> Output {
     }
 }
 
+/// A command inside a namespace, an error on non-zero exit; returns stdout.
+pub(crate) fn ns_ok(ns: &str, args: &[&str], timeout: Duration) -> Result<String, LabError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    let out = run_ok(&mut cmd, timeout, true)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command inside a namespace whose exit status the caller judges.
+pub(crate) fn ns_status(ns: &str, args: &[&str], timeout: Duration) -> Result<ExitStatus, LabError> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    Ok(run(&mut cmd, timeout, true)?.status)
+}
+
 /// Starts a background command inside a namespace with its output to `log` (or discarded), in
-/// its own process group so that a terminal's Ctrl-C reaches only us and we stop it in order.
+/// its own process group so that a terminal's Ctrl-C reaches only us and we stop it in order,
+/// and so that [`kill_group`] stops all of it (trafgen's workers ignore SIGTERM sent to the
+/// parent). `ip netns exec` execs the command in place: the child's pid is the group id.
 pub(crate) fn spawn_in(ns: &str, args: &[&str], log: Option<&Path>) -> Result<Child, LabError> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("ip");
@@ -269,6 +252,27 @@ pub(crate) fn spawn_in(ns: &str, args: &[&str], log: Option<&Path>) -> Result<Ch
     cmd.spawn().map_err(|err| spawn_error(&what, err))
 }
 
+/// SIGKILLs a process group started by [`spawn_in`] and reaps its leader.
+pub(crate) fn kill_group(child: &mut Child) {
+    // The group we created; the leader is not reaped yet, so the id cannot have been reused.
+    let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// SIGTERM, then SIGKILL to its group after `grace`; reaps.
+pub(crate) fn stop(child: &mut Child, grace: Duration) {
+    signal(child.id(), Signal::SIGTERM);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("vrouter: pid {} ignored SIGTERM: SIGKILL", child.id());
+    kill_group(child);
+}
+
 /// Sleeps in small steps, returning `Interrupted` on Ctrl-C.
 pub(crate) fn sleep(d: Duration) -> Result<(), LabError> {
     let end = Instant::now() + d;
@@ -281,12 +285,8 @@ pub(crate) fn sleep(d: Duration) -> Result<(), LabError> {
 
 /// Whether `pid` is a live (not zombie) process; reaps it first if it is our exited child.
 pub(crate) fn alive(pid: u32) -> bool {
-    let p = pid as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: WNOHANG never blocks; for a pid that is not our child it fails with ECHILD.
-    unsafe {
-        libc::waitpid(p, &mut status, libc::WNOHANG);
-    }
+    // WNOHANG never blocks; for a pid that is not our child it fails with ECHILD.
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.
         Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
@@ -301,11 +301,10 @@ pub(crate) fn cmdline(pid: u32) -> Option<String> {
     Some(s.replace('\0', " "))
 }
 
-pub(crate) fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain syscall; callers checked the pid belongs to a lab process.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
+/// Sends `sig` to `pid`, ignoring failure (it may have exited); callers checked the pid
+/// belongs to a lab process.
+pub(crate) fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// Names of the network namespaces (`ip netns list`, first word of each line).
@@ -324,6 +323,36 @@ pub(crate) fn netns_pids(ns: &str) -> Vec<u32> {
         Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
         Err(_) => vec![],
     }
+}
+
+/// Stops whatever runs in the namespaces (SIGTERM first: a vrouter daemon detaches its XDP
+/// program) and deletes them; returns the names that could not be deleted.
+pub(crate) fn delete_namespaces(names: &[String]) -> Vec<String> {
+    let present: Vec<String> = match netns_list() {
+        Ok(l) => names.iter().filter(|n| l.contains(n)).cloned().collect(),
+        Err(_) => names.to_vec(),
+    };
+    let pids: Vec<u32> = present.iter().flat_map(|ns| netns_pids(ns)).collect();
+    for &p in &pids {
+        signal(p, Signal::SIGTERM);
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end && pids.iter().any(|&p| alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for ns in &present {
+        for p in netns_pids(ns) {
+            signal(p, Signal::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut left = vec![];
+    for ns in &present {
+        if let Err(e) = run_ok(Command::new("ip").args(["netns", "del", ns]), Duration::from_secs(10), false) {
+            left.push(format!("{ns} ({e})"));
+        }
+    }
+    left
 }
 
 /// The last `n` lines of a file, for error messages.

@@ -54,7 +54,6 @@
 //! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
 mod report;
-mod sys;
 pub mod topo;
 
 use std::collections::BTreeMap;
@@ -63,6 +62,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::lab::sys;
+pub use crate::lab::LabError;
+
 pub use report::{svg, table};
 pub use topo::Forwarder;
 
@@ -70,34 +72,6 @@ pub use topo::Forwarder;
 pub const DEFAULT_ROOT: &str = "/tmp/vrouter-perf";
 /// Namespace names start with this, then 4 hex digits.
 pub const NS_PREFIX: &str = "vrpf";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PerfError {
-    #[error(
-        "the perf lab needs root (it creates network namespaces and veths, attaches XDP): run it as root or with sudo"
-    )]
-    NotRoot,
-    #[error("command `{tool}` not found: {hint}")]
-    MissingTool { tool: String, hint: String },
-    #[error("vrouter binary {path}: {msg}")]
-    Binary { path: PathBuf, msg: String },
-    #[error("{0}")]
-    BadOption(String),
-    #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command { cmd: String, status: String, stderr: String },
-    #[error("`{cmd}` did not finish within {secs} s")]
-    Timeout { cmd: String, secs: f64 },
-    #[error("{what}: {err}")]
-    Io { what: String, err: std::io::Error },
-    #[error("forwarder not ready: {what}; last lines of its log:\n{tail}")]
-    NotReady { what: String, tail: String },
-    #[error("{what}; last lines of the log:\n{tail}")]
-    NoTraffic { what: String, tail: String },
-    #[error("could not delete namespaces {0} (delete with `ip netns del NAME`)")]
-    Teardown(String),
-    #[error("interrupted")]
-    Interrupted,
-}
 
 /// Choices for [`run`].
 #[derive(Debug, Clone, Serialize)]
@@ -290,9 +264,12 @@ impl E2eReport {
     }
 }
 
-fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
+fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
     if !sys::is_root() {
-        return Err(PerfError::NotRoot);
+        return Err(LabError::NotRoot {
+            lab: "the perf lab",
+            needs: "creates network namespaces and veths, attaches XDP",
+        });
     }
     let mut tools = vec!["ip", "bridge", "sysctl", "ethtool", "taskset", "trafgen", "clang", "ping"];
     if opts.tcp {
@@ -302,25 +279,25 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
         sys::need_tool(t)?;
     }
     if !(opts.duration.is_finite() && (0.2..=600.0).contains(&opts.duration)) {
-        return Err(PerfError::BadOption(format!("--duration {}: use 0.2 to 600 seconds", opts.duration)));
+        return Err(LabError::BadOption(format!("--duration {}: use 0.2 to 600 seconds", opts.duration)));
     }
     if opts.reps == 0 || opts.reps > 100 {
-        return Err(PerfError::BadOption(format!("--reps {}: use 1 to 100", opts.reps)));
+        return Err(LabError::BadOption(format!("--reps {}: use 1 to 100", opts.reps)));
     }
     if opts.sizes.iter().any(|&s| !(64..=1518).contains(&s)) || opts.sizes.is_empty() {
-        return Err(PerfError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
+        return Err(LabError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
     }
     if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
-        return Err(PerfError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
+        return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
     }
     let bin = match &opts.vrouter {
         Some(p) => p.clone(),
         None => {
-            std::env::current_exe().map_err(|err| PerfError::Io { what: "finding the vrouter binary".into(), err })?
+            std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
         }
     };
     if !bin.is_file() {
-        return Err(PerfError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
+        return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
     }
     Ok(bin)
 }
@@ -328,7 +305,7 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, PerfError> {
 /// Builds the namespaces, runs every forwarder at every frame size `reps` times (and iperf3),
 /// deletes the namespaces on every exit path and returns the figures. `progress` gets one line
 /// per run.
-pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, PerfError> {
+pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, LabError> {
     let bin = preflight(opts)?;
     let topo = topo::Topo::up(&opts.root, opts.gen_cpu, opts.fwd_cpu)?;
     progress(&format!(
@@ -355,7 +332,7 @@ fn run_in(
     bin: &Path,
     opts: &E2eOptions,
     progress: &mut dyn FnMut(&str),
-) -> Result<E2eReport, PerfError> {
+) -> Result<E2eReport, LabError> {
     let mut samples = vec![];
     let mut tcp = vec![];
     let abba = [Forwarder::Kernel, Forwarder::Vrouter, Forwarder::Ipip];
@@ -390,7 +367,7 @@ fn run_in(
                 for streams in [1, 8] {
                     let s = match tcp_run(t, fwd, rep, streams, opts) {
                         Ok(s) => s,
-                        Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                        Err(LabError::Interrupted) => return Err(LabError::Interrupted),
                         Err(e) => {
                             progress(&format!(
                                 "rep {}/{} {:<7} TCP x{streams} FAILED: {e}",
@@ -452,7 +429,7 @@ fn run_in(
                     figures.insert(format!("{n}_lat_load_mpps"), l.load_pps / 1e6);
                     latency.push(l);
                 }
-                Err(PerfError::Interrupted) => return Err(PerfError::Interrupted),
+                Err(LabError::Interrupted) => return Err(LabError::Interrupted),
                 Err(e) => progress(&format!("latency {} FAILED: {e}", fwd.name())),
             }
             match daemon {
@@ -515,15 +492,15 @@ struct Counters {
     softnet_dropped: u64,
 }
 
-fn link_stats(ns: &str, dev: &str) -> Result<serde_json::Value, PerfError> {
+fn link_stats(ns: &str, dev: &str) -> Result<serde_json::Value, LabError> {
     let out = sys::ns_ok(ns, &["ip", "-j", "-s", "link", "show", "dev", dev], Duration::from_secs(5))?;
     let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| PerfError::BadOption(format!("unreadable `ip -j -s link` output for {dev}: {e}")))?;
+        .map_err(|e| LabError::BadOption(format!("unreadable `ip -j -s link` output for {dev}: {e}")))?;
     Ok(v[0]["stats64"].clone())
 }
 
 /// Sum of the veth's per-queue `xdp_drops` (`ethtool -S`).
-fn xdp_drops(ns: &str, dev: &str) -> Result<u64, PerfError> {
+fn xdp_drops(ns: &str, dev: &str) -> Result<u64, LabError> {
     let out = sys::ns_ok(ns, &["ethtool", "-S", dev], Duration::from_secs(5))?;
     Ok(out
         .lines()
@@ -562,7 +539,7 @@ fn softnet_dropped() -> u64 {
     text.lines().filter_map(|l| l.split_whitespace().nth(1)).filter_map(|x| u64::from_str_radix(x, 16).ok()).sum()
 }
 
-fn read_counters(t: &topo::Topo, daemon: Option<&topo::Daemon>) -> Result<Counters, PerfError> {
+fn read_counters(t: &topo::Topo, daemon: Option<&topo::Daemon>) -> Result<Counters, LabError> {
     let at = Instant::now();
     let cpu = cpu_times();
     let proc_ticks = daemon.map(|d| proc_ticks(d.pid())).unwrap_or(0);
@@ -595,11 +572,11 @@ fn udp_run(
     size: u32,
     opts: &E2eOptions,
     daemon: Option<&topo::Daemon>,
-) -> Result<Sample, PerfError> {
+) -> Result<Sample, LabError> {
     let frame = frame_len(fwd, size);
     let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
     std::fs::write(&cfg, trafgen_config(frame))
-        .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
+        .map_err(|err| LabError::Io { what: format!("writing {}", cfg.display()), err })?;
     let log = t.dir.join("trafgen.log");
     let mut child = start_trafgen(t, &cfg, None, &log)?;
     // Stops trafgen's whole process group on every path out of the measurement.
@@ -615,14 +592,14 @@ fn udp_run(
         let a = read_counters(t, daemon)?;
         sys::sleep(Duration::from_secs_f64(opts.duration))?;
         let b = read_counters(t, daemon)?;
-        Ok::<_, PerfError>((a, b))
+        Ok::<_, LabError>((a, b))
     })();
     drop(gen);
     let (a, b) = measured?;
     let secs = b.at.zip(a.at).map(|(y, x)| (y - x).as_secs_f64()).unwrap_or(opts.duration).max(1e-3);
     let offered = (b.gen_tx + b.gen_tx_dropped).saturating_sub(a.gen_tx + a.gen_tx_dropped);
     if offered == 0 {
-        return Err(PerfError::NoTraffic {
+        return Err(LabError::NoTraffic {
             what: format!("trafgen sent nothing ({} B frames)", frame),
             tail: sys::tail(&log, 10),
         });
@@ -657,7 +634,7 @@ fn udp_run(
 
 /// trafgen on the generator's CPU, in its own process group: flat out (`-t 0`, send mode), or
 /// at `rate` packets per second (trafgen's slow mode, which may fall short: callers measure).
-fn start_trafgen(t: &topo::Topo, cfg: &Path, rate: Option<u64>, log: &Path) -> Result<std::process::Child, PerfError> {
+fn start_trafgen(t: &topo::Topo, cfg: &Path, rate: Option<u64>, log: &Path) -> Result<std::process::Child, LabError> {
     let cpu = t.gen_cpu.to_string();
     let cfg = cfg.to_string_lossy();
     let rate_s = rate.map(|r| format!("{r}pps"));
@@ -667,23 +644,21 @@ fn start_trafgen(t: &topo::Topo, cfg: &Path, rate: Option<u64>, log: &Path) -> R
         None => args.extend(["-t", "0"]),
     }
     args.extend(["--no-sock-mem", "-P", "1", "-q"]);
-    sys::spawn_in(&t.gen, &args, log)
+    sys::spawn_in(&t.gen, &args, Some(log))
 }
 
 fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
     }
 }
 
-fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOptions) -> Result<TcpSample, PerfError> {
+fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOptions) -> Result<TcpSample, LabError> {
     let cpu = t.gen_cpu.to_string();
     let log = t.dir.join("iperf3-server.log");
-    let mut server = sys::spawn_in(&t.snk, &["taskset", "-c", &cpu, "iperf3", "-s", "-B", topo::SINK_DST, "-1"], &log)?;
+    let mut server =
+        sys::spawn_in(&t.snk, &["taskset", "-c", &cpu, "iperf3", "-s", "-B", topo::SINK_DST, "-1"], Some(&log))?;
     struct Srv<'a>(&'a mut std::process::Child);
     impl Drop for Srv<'_> {
         fn drop(&mut self) {
@@ -716,12 +691,12 @@ fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOpt
         Duration::from_secs(secs + 20),
     )?;
     let b = cpu_times();
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| PerfError::NoTraffic {
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::NoTraffic {
         what: format!("iperf3 output unreadable: {e}"),
         tail: out.chars().take(500).collect(),
     })?;
     if let Some(e) = v["error"].as_str() {
-        return Err(PerfError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
+        return Err(LabError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
     }
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     let ca = Counters { cpu: a, ..Default::default() };
@@ -729,11 +704,11 @@ fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOpt
     Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu), ok: true })
 }
 
-fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, PerfError> {
+fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, LabError> {
     let frame = 64;
     let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
     std::fs::write(&cfg, trafgen_config(frame))
-        .map_err(|err| PerfError::Io { what: format!("writing {}", cfg.display()), err })?;
+        .map_err(|err| LabError::Io { what: format!("writing {}", cfg.display()), err })?;
     let log = t.dir.join("trafgen-latency.log");
     let mut child = start_trafgen(t, &cfg, Some(target.max(1.0) as u64), &log)?;
     struct Gen<'a>(&'a mut std::process::Child);
@@ -753,14 +728,14 @@ fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -
             Duration::from_secs(count as u64 / 50 + 20),
         );
         let b = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
-        Ok::<_, PerfError>((a, b, out))
+        Ok::<_, LabError>((a, b, out))
     })();
     drop(gen);
     let (a, b, out) = measured?;
     // ping exits non-zero when a reply is missing: the replies it got still count.
     let out = match out {
         Ok(o) => o,
-        Err(PerfError::Command { stderr, .. }) => stderr,
+        Err(LabError::Command { stderr, .. }) => stderr,
         Err(e) => return Err(e),
     };
     let mut rtts: Vec<f64> = out
@@ -771,7 +746,7 @@ fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -
         .map(|ms| ms * 1000.0)
         .collect();
     if rtts.is_empty() {
-        return Err(PerfError::NoTraffic {
+        return Err(LabError::NoTraffic {
             what: "no ping replies through the forwarder under load".into(),
             tail: sys::tail(&log, 5),
         });

@@ -22,12 +22,19 @@
 //! more than the forwarding (kernel 0.36 Mpps instead of 0.95), and with RPS the generator's
 //! flood and vrouter's transmitted frames shared one backlog, which starved vrouter.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::sys;
-use super::PerfError;
+use crate::control::config::{
+    Config, ControlConfig, NeighbourConfig, NodeConfig, PeerConfig, RpfMode, UplinkConfig, WorkersConfig, XdpMode,
+};
+use crate::lab::LabError;
+use vrouter_core::dataplane::state::IpipMode;
+use vrouter_core::fib::Ipv4Prefix;
+use vrouter_core::wire::MacAddr;
 
 pub(crate) const GEN_MAC: &str = "02:76:70:00:00:02";
 pub(crate) const FWD_MAC: &str = "02:76:70:00:00:01";
@@ -101,11 +108,11 @@ impl Topo {
     }
 
     /// Creates everything but the forwarder's set-up; on error, the drop deletes what exists.
-    pub fn up(root: &Path, gen_cpu: Option<usize>, fwd_cpu: Option<usize>) -> Result<Topo, PerfError> {
+    pub fn up(root: &Path, gen_cpu: Option<usize>, fwd_cpu: Option<usize>) -> Result<Topo, LabError> {
         let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let (gen_cpu, fwd_cpu) = (gen_cpu.unwrap_or(0), fwd_cpu.unwrap_or(ncpu.saturating_sub(1)));
         if gen_cpu >= ncpu || fwd_cpu >= ncpu || gen_cpu == fwd_cpu {
-            return Err(PerfError::BadOption(format!(
+            return Err(LabError::BadOption(format!(
                 "generator CPU {gen_cpu} and forwarding CPU {fwd_cpu}: need two different CPUs below {ncpu}"
             )));
         }
@@ -116,7 +123,7 @@ impl Topo {
         }
         let dir = root.join(&prefix);
         std::fs::create_dir_all(&dir)
-            .map_err(|err| PerfError::Io { what: format!("creating {}", dir.display()), err })?;
+            .map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
         let t = Topo {
             gen: format!("{prefix}-gen"),
             fwd: format!("{prefix}-fwd"),
@@ -127,12 +134,16 @@ impl Topo {
             gen_cpu,
             done: false,
         };
-        sys::register(&t.prefix, &t.namespaces());
+        let (prefix, namespaces) = (t.prefix.clone(), t.namespaces());
+        sys::register(&t.prefix, move || {
+            eprintln!("vrouter bench e2e: deleting namespaces of {prefix} at exit");
+            let _ = sys::delete_namespaces(&namespaces);
+        });
         t.build()?;
         Ok(t)
     }
 
-    fn build(&self) -> Result<(), PerfError> {
+    fn build(&self) -> Result<(), LabError> {
         let to = Duration::from_secs(10);
         for ns in self.namespaces() {
             sys::ip(&["netns", "add", &ns])?;
@@ -181,15 +192,15 @@ impl Topo {
         let obj_s = obj.to_string_lossy();
         let before = napi_threads("eth0");
         sys::ip(&["-n", gen, "link", "set", "dev", "eth0", "xdpdrv", "obj", &obj_s, "sec", "xdp"])?;
-        self.pin_napi(gen, "eth0", &before).map_err(PerfError::BadOption)?;
+        self.pin_napi(gen, "eth0", &before).map_err(LabError::BadOption)?;
         Ok(())
     }
 
-    fn compile_xdp(&self) -> Result<PathBuf, PerfError> {
+    fn compile_xdp(&self) -> Result<PathBuf, LabError> {
         let src = self.dir.join("sink_xdp.c");
         let obj = self.dir.join("sink_xdp.o");
         std::fs::write(&src, SINK_XDP_C)
-            .map_err(|err| PerfError::Io { what: format!("writing {}", src.display()), err })?;
+            .map_err(|err| LabError::Io { what: format!("writing {}", src.display()), err })?;
         let mut cmd = std::process::Command::new("clang");
         cmd.args(["-O2", "-g", "-target", "bpf", "-c"]).arg(&src).arg("-o").arg(&obj);
         sys::run_ok(&mut cmd, Duration::from_secs(60), true)?;
@@ -198,7 +209,7 @@ impl Topo {
 
     /// Linux forwarding on `up0`: address, routes to both blocks, static neighbours, no ICMP
     /// redirects (every frame leaves on the interface it came in on).
-    pub fn kernel_on(&self) -> Result<(), PerfError> {
+    pub fn kernel_on(&self) -> Result<(), LabError> {
         let fwd = self.fwd.as_str();
         let to = Duration::from_secs(10);
         sys::ns_ok(
@@ -223,7 +234,7 @@ impl Topo {
         Ok(())
     }
 
-    pub fn kernel_off(&self) -> Result<(), PerfError> {
+    pub fn kernel_off(&self) -> Result<(), LabError> {
         let fwd = self.fwd.as_str();
         sys::ip(&["-n", fwd, "addr", "flush", "dev", "up0"])?;
         sys::ip(&["-n", fwd, "neigh", "flush", "dev", "up0", "nud", "permanent"])?;
@@ -233,32 +244,79 @@ impl Topo {
 
     /// The daemon's config: one uplink queue, the worker pinned to the forwarding CPU, the
     /// sink and the generator as peers (the sink encapsulated for [`Forwarder::Ipip`]).
-    pub fn vrouter_config(&self, fwd: Forwarder, idle: &str) -> String {
-        let sink_mode = if fwd == Forwarder::Ipip { "Always" } else { "Never" };
-        format!(
-            "[node]\nname = \"fwd\"\nip = \"{FWD_IP}\"\nsubnet = \"192.168.50.0/24\"\npod_block = \"10.249.0.0/26\"\nipip_mode = \"Never\"\n\n\
-             [uplink]\ndevice = \"up0\"\nqueues = 1\nxdp_mode = \"native\"\nmtu = 1500\n\n\
-             [workers]\nidle = \"{idle}\"\ncores = [{cpu}]\n\n\
-             [control]\nsocket = \"\"\n\n\
-             [[peers]]\nname = \"sink\"\nip = \"{SINK_IP}\"\npod_blocks = [\"{SINK_BLOCK}\"]\nipip_mode = \"{sink_mode}\"\n\n\
-             [[peers]]\nname = \"gen\"\nip = \"{GEN_IP}\"\npod_blocks = [\"{GEN_BLOCK}\"]\n\n\
-             [[neighbours]]\nip = \"{SINK_IP}\"\nmac = \"{SINK_MAC}\"\n\n\
-             [[neighbours]]\nip = \"{GEN_IP}\"\nmac = \"{GEN_MAC}\"\n",
-            cpu = self.fwd_cpu
-        )
+    pub fn vrouter_config(&self, fwd: Forwarder, idle: &str) -> Result<String, String> {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|e| format!("{s}: {e}"));
+        let prefix = |s: &str| s.parse::<Ipv4Prefix>().map_err(|e| format!("{s}: {e}"));
+        let mac = |s: &str| s.parse::<MacAddr>().map_err(|e| format!("{s}: {e}"));
+        let sink_mode = if fwd == Forwarder::Ipip { IpipMode::Always } else { IpipMode::Never };
+        let config = Config {
+            node: NodeConfig {
+                name: "fwd".into(),
+                ip: ip(FWD_IP)?,
+                subnet: prefix("192.168.50.0/24")?,
+                pod_block: prefix("10.249.0.0/26")?,
+                pod_gateway: Ipv4Addr::new(169, 254, 1, 1),
+                ipip_mode: IpipMode::Never,
+                gateway: None,
+                ipip_rpf: RpfMode::default(),
+            },
+            uplink: Some(UplinkConfig {
+                device: "up0".into(),
+                queues: 1,
+                xdp_mode: XdpMode::Native,
+                bind: Default::default(),
+                mtu: 1500,
+                tx_queue: crate::port::afxdp::DEFAULT_TX_QUEUE,
+            }),
+            host: None,
+            workers: WorkersConfig {
+                idle: crate::lab::topo::config_enum(idle)?,
+                cores: vec![self.fwd_cpu],
+                ..Default::default()
+            },
+            peers: vec![
+                PeerConfig {
+                    name: "sink".into(),
+                    ip: ip(SINK_IP)?,
+                    pod_blocks: vec![prefix(SINK_BLOCK)?],
+                    ipip_mode: Some(sink_mode),
+                },
+                PeerConfig {
+                    name: "gen".into(),
+                    ip: ip(GEN_IP)?,
+                    pod_blocks: vec![prefix(GEN_BLOCK)?],
+                    ipip_mode: None,
+                },
+            ],
+            endpoints: vec![],
+            routes: vec![],
+            neighbours: vec![
+                NeighbourConfig { ip: ip(SINK_IP)?, mac: mac(SINK_MAC)? },
+                NeighbourConfig { ip: ip(GEN_IP)?, mac: mac(GEN_MAC)? },
+            ],
+            global_rules: vec![],
+            policies: Default::default(),
+            control: ControlConfig { socket: String::new(), group: None },
+            metrics: None,
+            kernel_routes: None,
+            conntrack: Default::default(),
+            neigh: Default::default(),
+        };
+        toml::to_string(&config).map_err(|e| e.to_string())
     }
 
     /// Starts `vrouter run` in the forwarder namespace and waits until it answers a ping to
     /// its node IP from the generator (from the generator's routed address: vrouter has no
     /// connected route for its subnet, only the peers' blocks).
-    pub fn vrouter_on(&self, bin: &Path, fwd: Forwarder, idle: &str) -> Result<Daemon, PerfError> {
+    pub fn vrouter_on(&self, bin: &Path, fwd: Forwarder, idle: &str) -> Result<Daemon, LabError> {
         let name = fwd.name();
         let config = self.dir.join(format!("{name}.toml"));
-        let text = self.vrouter_config(fwd, idle);
-        crate::control::config::Config::parse(&text, &config)
-            .map_err(|e| PerfError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}")))?;
+        let invalid =
+            |e: String| LabError::BadOption(format!("generated vrouter config is invalid (a bench bug): {e}"));
+        let text = self.vrouter_config(fwd, idle).map_err(invalid)?;
+        Config::parse(&text, &config).map_err(|e| invalid(e.to_string()))?;
         std::fs::write(&config, text)
-            .map_err(|err| PerfError::Io { what: format!("writing {}", config.display()), err })?;
+            .map_err(|err| LabError::Io { what: format!("writing {}", config.display()), err })?;
         let stats = self.dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats);
         let log = self.dir.join(format!("{name}.log"));
@@ -273,13 +331,13 @@ impl Topo {
                 "--stats",
                 &stats.to_string_lossy(),
             ],
-            &log,
+            Some(&log),
         )?;
         let mut d = Daemon { child, stats, log };
         let start = Instant::now();
         loop {
             if let Ok(Some(st)) = d.child.try_wait() {
-                return Err(PerfError::NotReady {
+                return Err(LabError::ForwarderNotReady {
                     what: format!("vrouter exited ({st})"),
                     tail: sys::tail(&d.log, 15),
                 });
@@ -291,12 +349,12 @@ impl Topo {
             )?;
             if ping.success() && d.stats.exists() {
                 self.pin_napi(&self.fwd, "up0", &napi_before)
-                    .map_err(|what| PerfError::NotReady { what, tail: sys::tail(&d.log, 5) })?;
+                    .map_err(|what| LabError::ForwarderNotReady { what, tail: sys::tail(&d.log, 5) })?;
                 return Ok(d);
             }
             if start.elapsed() > Duration::from_secs(20) {
                 d.stop();
-                return Err(PerfError::NotReady {
+                return Err(LabError::ForwarderNotReady {
                     what: "vrouter does not answer ping to its node IP after 20 s".into(),
                     tail: sys::tail(&d.log, 15),
                 });
@@ -333,20 +391,20 @@ impl Topo {
 
     /// Back to the kernel's receive path on `up0` (backlog and RPS) after a vrouter run.
     /// Without XDP the veth has no NAPI left and the write fails with EIO: nothing to undo.
-    pub fn vrouter_off(&self) -> Result<(), PerfError> {
+    pub fn vrouter_off(&self) -> Result<(), LabError> {
         let _ = sys::ns_ok(&self.fwd, &["sh", "-c", "echo 0 > /sys/class/net/up0/threaded"], Duration::from_secs(5));
         Ok(())
     }
 
     /// Deletes the namespaces now, reporting failures (drop does the same, silently).
-    pub fn down(mut self) -> Result<(), PerfError> {
+    pub fn down(mut self) -> Result<(), LabError> {
         self.done = true;
         let left = sys::delete_namespaces(&self.namespaces());
         sys::unregister(&self.prefix);
         if left.is_empty() {
             Ok(())
         } else {
-            Err(PerfError::Teardown(left.join(", ")))
+            Err(LabError::Teardown { prefix: self.prefix.clone(), left: left.join(", ") })
         }
     }
 }
@@ -408,5 +466,32 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_vrouter_configs_pass_validation() {
+        let t = Topo {
+            prefix: "vrpf0000".into(),
+            dir: "/nonexistent".into(),
+            gen: "g".into(),
+            fwd: "f".into(),
+            snk: "s".into(),
+            fwd_cpu: 1,
+            gen_cpu: 0,
+            done: true,
+        };
+        for (fwd, sink_mode) in [(Forwarder::Vrouter, IpipMode::Never), (Forwarder::Ipip, IpipMode::Always)] {
+            let text = t.vrouter_config(fwd, "poll").unwrap();
+            let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(cfg.peers[0].ipip_mode, Some(sink_mode));
+            assert_eq!((cfg.workers.cores.as_slice(), cfg.neighbours.len()), (&[1usize][..], 2));
+            assert_eq!(cfg.uplink.map(|u| u.xdp_mode), Some(XdpMode::Native));
+        }
+        assert!(t.vrouter_config(Forwarder::Vrouter, "turbo").is_err());
     }
 }

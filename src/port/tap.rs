@@ -3,30 +3,40 @@
 //! way the Calico CNI plugin does; the TAP disappears when vrouter closes it.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tun_tap::{Iface, Mode};
 
 use vrouter_core::dataplane::{PacketBuf, PortId, HEADROOM};
 use vrouter_core::stats::DropReason;
+use vrouter_core::wire::MacAddr;
 
-/// Runs `ip ARGS`, turning a failure into an error that shows the command and its stderr.
-pub fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run `ip` ({e}); install iproute2")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+mod rtnl;
+use rtnl::Rtnl;
+
+/// Runs one set-up step over rtnetlink; a failure names the step in `ip`'s words and keeps
+/// the kernel's reason (`File exists`, which the daemon waits out when a name is still taken).
+fn step<T>(what: impl FnOnce() -> String, r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("`ip {}` failed: {e}", what())))
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> io::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} '{s}': {e}")))
+}
+
+/// `a.b.c.d/len`.
+fn parse_cidr(s: &str) -> io::Result<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+    let len: u8 = parse("prefix length", l)?;
+    if len > 32 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("prefix '{s}': length above 32")));
     }
+    Ok((parse("address", a)?, len))
 }
 
 /// A TAP device. `send` takes `&self` (one write per frame), so any worker may transmit on
@@ -80,12 +90,18 @@ impl TapPort {
     /// Moves the TAP into `netns` as it is (its name, down): a pod's port staged while the
     /// pod it replaces still holds the interface name there.
     pub fn move_to(&self, netns: &str) -> io::Result<()> {
-        ip(&["link", "set", "dev", &self.name, "netns", netns])
+        step(
+            || format!("link set dev {} netns {netns}", self.name),
+            Rtnl::open(None).and_then(|mut r| r.move_to_netns(&self.name, netns)),
+        )
     }
 
     /// Renames the TAP (down) in the current namespace.
     pub fn rename(&mut self, to: &str) -> io::Result<()> {
-        ip(&["link", "set", "dev", &self.name, "name", to])?;
+        step(
+            || format!("link set dev {} name {to}", self.name),
+            Rtnl::open(None).and_then(|mut r| r.rename(&self.name, to)),
+        )?;
         self.name = to.to_string();
         Ok(())
     }
@@ -93,36 +109,62 @@ impl TapPort {
     /// Configures the TAP, already moved into `s.netns`, as the pod's interface (see
     /// [`TapPort::setup_pod`]).
     pub fn configure_pod(&self, s: &PodSetup<'_>) -> io::Result<()> {
-        let n = s.netns;
-        ip(&["-n", n, "link", "set", "dev", &self.name, "name", s.ifname])?;
-        ip(&["-n", n, "link", "set", "dev", s.ifname, "address", &s.mac, "mtu", &s.mtu.to_string(), "up"])?;
-        for a in &s.addrs {
-            ip(&["-n", n, "addr", "add", &format!("{a}/32"), "dev", s.ifname])?;
+        let (n, dev) = (s.netns, s.ifname);
+        let mac: MacAddr = parse("MAC", &s.mac)?;
+        let gw: Ipv4Addr = parse("gateway", &s.gateway)?;
+        let addrs = s.addrs.iter().map(|a| parse::<Ipv4Addr>("address", a)).collect::<io::Result<Vec<_>>>()?;
+        let mut r = step(|| format!("-n {n} (a netlink socket in the namespace)"), Rtnl::open(Some(n)))?;
+        step(|| format!("-n {n} link set dev {} name {dev}", self.name), r.rename(&self.name, dev))?;
+        step(
+            || format!("-n {n} link set dev {dev} address {} mtu {} up", s.mac, s.mtu),
+            r.set_mac_mtu_up(dev, mac.0, s.mtu),
+        )?;
+        for a in addrs {
+            step(|| format!("-n {n} addr add {a}/32 dev {dev}"), r.add_address(dev, a, 32))?;
         }
-        ip(&["-n", n, "route", "add", &s.gateway, "dev", s.ifname, "scope", "link"])?;
-        ip(&["-n", n, "route", "replace", "default", "via", &s.gateway, "dev", s.ifname])?;
-        Ok(())
+        step(|| format!("-n {n} route add {gw} dev {dev} scope link"), r.add_link_route(dev, gw))?;
+        step(
+            || format!("-n {n} route replace default via {gw} dev {dev}"),
+            r.replace_route_via(dev, Ipv4Addr::UNSPECIFIED, 0, gw, false),
+        )
     }
 
     /// Configures the TAP in the current namespace as the node kernel's interface: the
     /// uplink's MAC, the node IP, up, and a default route via `gateway` if given.
     pub fn setup_host(&self, mac: &str, addr_cidr: &str, mtu: u16, gateway: Option<&str>) -> io::Result<()> {
-        ip(&["link", "set", "dev", &self.name, "address", mac, "mtu", &mtu.to_string(), "up"])?;
-        ip(&["addr", "add", addr_cidr, "dev", &self.name])?;
-        if let Some(g) = gateway {
-            ip(&["route", "replace", "default", "via", g, "dev", &self.name])?;
+        let dev = self.name.as_str();
+        let m: MacAddr = parse("MAC", mac)?;
+        let (addr, len) = parse_cidr(addr_cidr)?;
+        let gw = gateway.map(|g| parse::<Ipv4Addr>("gateway", g)).transpose()?;
+        let mut r = Rtnl::open(None)?;
+        step(|| format!("link set dev {dev} address {mac} mtu {mtu} up"), r.set_mac_mtu_up(dev, m.0, mtu))?;
+        step(|| format!("addr add {addr_cidr} dev {dev}"), r.add_address(dev, addr, len))?;
+        if let Some(g) = gw {
+            step(
+                || format!("route replace default via {g} dev {dev}"),
+                r.replace_route_via(dev, Ipv4Addr::UNSPECIFIED, 0, g, false),
+            )?;
         }
         Ok(())
     }
 
     /// Routes `prefix` through this TAP to `via` on-link (`replace`: idempotent).
     pub fn route_via(&self, prefix: &str, via: &str) -> io::Result<()> {
-        ip(&["route", "replace", prefix, "via", via, "dev", &self.name, "onlink"])
+        let (dst, len) = parse_cidr(prefix)?;
+        let gw: Ipv4Addr = parse("gateway", via)?;
+        step(
+            || format!("route replace {prefix} via {via} dev {} onlink", self.name),
+            Rtnl::open(None).and_then(|mut r| r.replace_route_via(&self.name, dst, len, gw, true)),
+        )
     }
 
     /// Removes what [`TapPort::route_via`] installed.
     pub fn unroute(&self, prefix: &str) -> io::Result<()> {
-        ip(&["route", "del", prefix, "dev", &self.name])
+        let (dst, len) = parse_cidr(prefix)?;
+        step(
+            || format!("route del {prefix} dev {}", self.name),
+            Rtnl::open(None).and_then(|mut r| r.del_route(&self.name, dst, len)),
+        )
     }
 
     pub fn fd(&self) -> RawFd {
@@ -206,19 +248,28 @@ mod tests {
 
     #[test]
     fn a_tap_deleted_under_us_is_gone_after_one_error_and_not_read_again() {
-        // SAFETY: geteuid has no preconditions.
-        assert!(unsafe { libc::geteuid() } == 0, "needs root (/dev/net/tun); run the tests as root");
+        assert!(nix::unistd::geteuid().is_root(), "needs root (/dev/net/tun); run the tests as root");
         let name = format!("vrgone{}", std::process::id() % 100_000);
         let t = TapPort::create(&name, 3).unwrap();
         assert!(!t.is_gone());
         let mut bufs: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new(&[], 0)).collect();
         assert_eq!(t.rx_burst(&mut bufs), 0); // nothing yet: WouldBlock, not gone
         assert!(!t.is_gone());
-        ip(&["link", "del", "dev", &name]).unwrap();
+        let del = std::process::Command::new("ip").args(["link", "del", "dev", &name]).status().unwrap();
+        assert!(del.success());
         let frame = [0xffu8; 60];
         assert!(!t.send(&frame));
         assert!(t.is_gone(), "a write to a deleted TAP marks it gone");
         assert_eq!(t.send_failure(), DropReason::TxLinkDown);
         assert_eq!(t.rx_burst(&mut bufs), 0);
+    }
+
+    #[test]
+    fn cidr_parses_like_ip_does_and_refuses_bad_lengths() {
+        assert_eq!(parse_cidr("10.244.1.0/26").unwrap(), (Ipv4Addr::new(10, 244, 1, 0), 26));
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
+        assert_eq!(parse_cidr("192.168.1.10").unwrap(), (Ipv4Addr::new(192, 168, 1, 10), 32));
+        assert!(parse_cidr("10.0.0.0/33").unwrap_err().to_string().contains("length above 32"));
+        assert!(parse_cidr("10.0.0/8").is_err());
     }
 }

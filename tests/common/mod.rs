@@ -19,6 +19,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use vrouter::control::config::{Config, ControlConfig, EndpointConfig, HostConfig};
+use vrouter::control::fixtures;
+use vrouter_core::wire::MacAddr;
+
 /// `why` a test cannot run here, passed through only when `VROUTER_ALLOW_SKIP` is set by
 /// someone who knows they are skipping it, and never under CI (`CI` set: CI runs as root with
 /// every tool installed, and a test that did not run must not pass); otherwise a failure.
@@ -54,8 +59,7 @@ pub fn skip_unless_ready(tools: &[&str]) -> Option<String> {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 pub fn sh(args: &[&str]) -> Output {
@@ -106,9 +110,9 @@ impl Proc {
         self.0.as_ref().expect("not waited for").id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped.
-        unsafe { libc::kill(self.pid(), sig) };
+    /// Sends `sig` (a pid we spawned and have not reaped).
+    pub fn signal(&self, sig: Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
     pub fn running(&mut self) -> bool {
@@ -201,32 +205,31 @@ impl Topo {
     /// host TAP `vrhost`, every pod (TAP `tap<name>` moved into its namespace), the control
     /// socket, then `extra` (routes, policies, kernel_routes ...).
     pub fn config(&self, extra: &str) -> String {
-        let mut c = format!(
-            r#"
-[node]
-name = "t1"
-ip = "192.168.1.10"
-subnet = "192.168.1.0/24"
-pod_block = "10.244.1.0/26"
-gateway = "192.168.1.1"
-[uplink]
-device = "up0"
-[host]
-tap = "vrhost"
-[control]
-socket = "{}"
-"#,
-            self.sock().display()
-        );
+        let (node, mut uplink) = fixtures::node("t1");
+        uplink.device = "up0".into();
+        let control = ControlConfig { socket: self.sock().display().to_string(), group: None };
+        let mut c = fixtures::table("node", &node)
+            + &fixtures::table("uplink", &uplink)
+            + &fixtures::table("host", &HostConfig { tap: "vrhost".into() })
+            + &fixtures::table("control", &control);
         for (i, pod) in self.pods.iter().enumerate() {
-            c += &format!(
-                "[[endpoints]]\nname = \"{pod}\"\ntap = \"tap{pod}\"\nnetns = \"{}\"\nmac = \"0a:58:0a:f4:01:{:02x}\"\naddrs = [\"{}\"]\n",
-                self.ns(pod),
-                2 + i,
-                self.pod_addr(pod)
-            );
+            let host = 2 + i as u8;
+            let e = EndpointConfig {
+                netns: Some(self.ns(pod)),
+                mac: MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, host]),
+                addrs: vec![self.pod_addr(pod).parse().expect("pod address")],
+                ..fixtures::endpoint(pod, host)
+            };
+            c += &fixtures::entry("endpoints", &e);
         }
         c + extra
+    }
+
+    /// `text` (a config) with `change` made to it, typed: parsed, changed, serialized.
+    pub fn edit(&self, text: &str, change: impl FnOnce(&mut Config)) -> String {
+        let mut c = Config::parse(text, &self.dir.join("edit.toml")).expect("config to edit");
+        change(&mut c);
+        toml::to_string(&c).expect("config serializes")
     }
 
     /// Writes `text` as the node's config file (what `start` runs and SIGHUP re-reads).
@@ -306,7 +309,7 @@ socket = "{}"
     }
 
     pub fn stop(&self, mut daemon: Proc) {
-        daemon.signal(libc::SIGTERM);
+        daemon.signal(Signal::SIGTERM);
         let child = daemon.0.as_mut().expect("running");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -4,10 +4,8 @@
 //!
 //! Run: `cargo bench --bench acl -- --measurement-time 2 --warm-up-time 1`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -22,30 +20,15 @@ use vrouter_core::fib::Ipv4Prefix;
 const NKEYS: usize = 4096;
 
 /// Counts allocations so the setup can check that the per-packet calls make none.
-struct CountingAlloc;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only adds a relaxed counter.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "../tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static ALLOC: counting_alloc::CountingAlloc = counting_alloc::CountingAlloc;
 
 /// Runs `f` and panics if it allocated.
 fn assert_no_alloc(what: &str, f: impl FnOnce()) {
-    let before = ALLOCS.load(Ordering::Relaxed);
-    f();
-    let n = ALLOCS.load(Ordering::Relaxed) - before;
+    let n = counting_alloc::allocations_in(f);
     assert_eq!(n, 0, "{what} allocated {n} times");
 }
 

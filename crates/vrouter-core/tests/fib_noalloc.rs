@@ -1,30 +1,15 @@
 //! Lookups allocate nothing: a counting global allocator (this test binary only) sees zero
-//! allocations across many pinned batches once the thread has registered with the epoch
+//! allocations on this thread across many pinned batches once the thread has registered with the epoch
 //! collector.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vrouter_core::fib::{FibWriter, Ipv4Prefix, NhId};
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: delegates to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations_in, CountingAlloc};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 #[test]
 fn lookups_do_not_allocate() {
@@ -35,14 +20,15 @@ fn lookups_do_not_allocate() {
     let addrs: Vec<u32> = (0..256u32).map(|i| 0x0a01_0200 + i).chain((0..256).map(|i| i << 24)).collect();
     let mut out = vec![0 as NhId; addrs.len()];
     drop(fib.pin()); // registers this thread with the collector (allocates once)
-    let before = ALLOCS.load(Ordering::Relaxed);
     let mut sum = 0u64;
-    for _ in 0..2000 {
-        let g = fib.pin();
-        g.lookup_batch(&addrs, &mut out);
-        sum += out.iter().map(|&x| x as u64).sum::<u64>();
-        sum += addrs.iter().map(|&a| g.lookup(a) as u64).sum::<u64>();
-    }
-    assert_eq!(ALLOCS.load(Ordering::Relaxed) - before, 0, "lookups allocated");
+    let allocs = allocations_in(|| {
+        for _ in 0..2000 {
+            let g = fib.pin();
+            g.lookup_batch(&addrs, &mut out);
+            sum += out.iter().map(|&x| x as u64).sum::<u64>();
+            sum += addrs.iter().map(|&a| g.lookup(a) as u64).sum::<u64>();
+        }
+    });
+    assert_eq!(allocs, 0, "lookups allocated");
     assert!(sum > 0);
 }

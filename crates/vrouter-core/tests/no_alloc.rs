@@ -2,40 +2,17 @@
 //! system one, the simulated node is warmed up, then thousands of batches of every common kind
 //! (forward, IPIP encap, decap, ICMP errors, fragmentation, drops) must not allocate at all.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use vrouter_core::dataplane::sim::{self, frames, Sim, SimOptions};
 use vrouter_core::dataplane::PacketBuf;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
-
-// SAFETY: defers every operation to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations_in, CountingAlloc};
 
 #[global_allocator]
-static A: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 #[test]
 fn steady_state_pipeline_does_not_allocate() {
@@ -71,15 +48,14 @@ fn steady_state_pipeline_does_not_allocate() {
     for t in 0..10 {
         run(&mut sim, &mut bufs, t);
     }
-    ALLOCS.store(0, Relaxed);
-    COUNTING.store(true, Relaxed);
     let mut sent = 0;
-    for t in 0..5_000u64 {
-        sent += run(&mut sim, &mut bufs, 10 + t);
-    }
-    COUNTING.store(false, Relaxed);
+    let allocs = allocations_in(|| {
+        for t in 0..5_000u64 {
+            sent += run(&mut sim, &mut bufs, 10 + t);
+        }
+    });
     assert!(sent > 0);
-    assert_eq!(ALLOCS.load(Relaxed), 0, "allocations in the steady state");
+    assert_eq!(allocs, 0, "allocations in the steady state");
     let c = sim.pipeline.counters();
     assert!(c.ipip_encap.load(Relaxed) > 0 && c.ipip_decap.load(Relaxed) > 0 && c.fragmented.load(Relaxed) > 0);
     assert!(c.icmp_errors_sent.load(Relaxed) > 0);
