@@ -198,7 +198,7 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
             device: UPLINK_DEV.into(),
             queues: 1,
             xdp_mode: Default::default(), // auto
-            bind: Default::default(), // auto: zero-copy where the driver can
+            bind: Default::default(),     // auto: zero-copy where the driver can
             mtu: 1500,
             tx_queue: crate::port::afxdp::DEFAULT_TX_QUEUE,
         }),
