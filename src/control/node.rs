@@ -654,7 +654,7 @@ impl Node {
     pub fn cli_route(&mut self, prefix: Ipv4Prefix, nh: Option<NhKey>) -> Result<usize, NodeError> {
         if let Some(k) = &nh {
             self.check_key(k, false)?;
-        } else if !self.rib.get(&prefix).is_some_and(|e| e.get(RouteSource::Cli).is_some()) {
+        } else if self.rib.get(&prefix).is_none_or(|e| e.get(RouteSource::Cli).is_none()) {
             return Err(NodeError::Refused(format!(
                 "no CLI route to {prefix} (routes from the config file change with `apply`, kernel routes follow the kernel)"
             )));
@@ -1109,7 +1109,7 @@ impl Node {
                 }
             }
             for (p, h) in &have {
-                if !want.get(p).is_some_and(|(s2, _)| *s2 == src) {
+                if want.get(p).is_none_or(|(s2, _)| *s2 != src) {
                     plan.routes_removed.push(format!("{p} {}", pod_of(h, &old_pod)));
                 }
             }

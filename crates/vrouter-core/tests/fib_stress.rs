@@ -120,7 +120,7 @@ fn readers_see_only_valid_next_hops_during_churn() {
             (None, _) => assert_eq!(w.insert(p, nh_of(i, rng.random_range(0..2))), None),
         }
         ops += 1;
-        if ops % 1500 == 0 {
+        if ops.is_multiple_of(1500) {
             w.compact();
         }
     }

@@ -378,7 +378,7 @@ pub fn parse_nexthop(words: &[String]) -> Result<NhKey, String> {
         ["unreachable"] => Ok(NhKey::Unreachable),
         ["prohibit"] => Ok(NhKey::Prohibit),
         ["host"] => Ok(NhKey::Host),
-        _ if w.len() >= 2 && w.len() % 2 == 0 => {
+        _ if w.len() >= 2 && w.len().is_multiple_of(2) => {
             let mut gws = Vec::new();
             for pair in w.chunks(2) {
                 if pair[0] != "via" {

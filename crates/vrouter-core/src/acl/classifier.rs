@@ -315,7 +315,7 @@ impl Classifier {
                         && conds
                             .iter()
                             .zip(values)
-                            .all(|(c, v)| c.as_ref().map_or(true, |rs| rs.iter().any(|&(lo, hi)| lo <= v && v <= hi)))
+                            .all(|(c, v)| c.as_ref().is_none_or(|rs| rs.iter().any(|&(lo, hi)| lo <= v && v <= hi)))
                 })
                 .map(|i| i as u32),
             Imp::Bitsets(b) if self.nrules > 0 => b.first_match(values, nonfirst),

@@ -40,7 +40,7 @@ pub fn nonfirst_header(hdr: &[u8], out: &mut [u8; 60]) -> usize {
         }
         i += l;
     }
-    while n % 4 != 0 {
+    while !n.is_multiple_of(4) {
         out[n] = 0;
         n += 1;
     }

@@ -264,7 +264,7 @@ impl Observe {
         chosen.clear();
         let mut t = lock(&self.trace);
         for p in ports {
-            let take = t.remaining > 0 && t.port.map_or(true, |want| want == p);
+            let take = t.remaining > 0 && t.port.is_none_or(|want| want == p);
             if take {
                 t.remaining -= 1;
             }

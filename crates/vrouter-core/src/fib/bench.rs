@@ -95,7 +95,7 @@ pub fn measure_fib(fib: &Fib, keys: &[u32], dur: Duration) -> f64 {
             g.lookup_batch(chunk, &mut out);
             sum = sum.wrapping_add(out.iter().map(|&x| x as u64).sum::<u64>());
             n += BATCH as u64;
-            if n % (BATCH as u64 * 64) == 0 && t.elapsed() >= dur {
+            if n.is_multiple_of(BATCH as u64 * 64) && t.elapsed() >= dur {
                 break 'outer;
             }
         }
@@ -114,7 +114,7 @@ fn measure_baseline(map: &prefix_trie::PrefixMap<(u32, u8), NhId>, keys: &[u32],
                 sum += map.get_lpm(&(k, 32)).map_or(0, |(_, &nh)| nh as u64);
             }
             n += BATCH as u64;
-            if n % (BATCH as u64 * 16) == 0 && t.elapsed() >= dur {
+            if n.is_multiple_of(BATCH as u64 * 16) && t.elapsed() >= dur {
                 break 'outer;
             }
         }

@@ -171,7 +171,7 @@ impl FibWriter {
         let prev = if p.len() as u32 <= TOP_BITS {
             let prev = self.short.insert((p.addr(), p.len()), nh);
             if prev != Some(nh) {
-                self.paint_short(p, Some((p.len(), nh)), |cur| cur.map_or(true, |(l, _)| l <= p.len()));
+                self.paint_short(p, Some((p.len(), nh)), |cur| cur.is_none_or(|(l, _)| l <= p.len()));
             }
             prev
         } else {

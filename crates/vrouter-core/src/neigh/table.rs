@@ -421,7 +421,7 @@ impl NeighTable {
                 STALE => (2, since(&s.used_ms)),
                 _ => continue,
             };
-            if best.map_or(true, |(r, ..)| (rank.0, u64::MAX - rank.1) < (r.0, u64::MAX - r.1)) {
+            if best.is_none_or(|(r, ..)| (rank.0, u64::MAX - rank.1) < (r.0, u64::MAX - r.1)) {
                 best = Some((rank, idx, k, w));
             }
         }
