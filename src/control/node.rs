@@ -403,9 +403,15 @@ impl Node {
     }
 
     fn grace(&mut self) {
-        if let Err(e) = self.shared.synchronize() {
+        // A batch takes microseconds; a worker still in one after a second is stuck.
+        let start = std::time::Instant::now();
+        let wait = || {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+            start.elapsed() < std::time::Duration::from_secs(1)
+        };
+        if let Err(e) = self.shared.synchronize(wait) {
             self.grace_timeouts += 1;
-            tracing::warn!("{e}; going on (a frame in that batch may be dropped as fib/bad-next-hop)");
+            tracing::warn!("{e} (1 s); going on (a frame in that batch may be dropped as fib/bad-next-hop)");
         }
     }
 

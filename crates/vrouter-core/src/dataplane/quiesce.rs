@@ -14,7 +14,6 @@
 //! is closed.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
@@ -41,9 +40,10 @@ pub struct ReaderSlot {
     batches: u64,
 }
 
+/// The caller's wait gave up on a worker still in a batch that began before the change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("a worker did not finish its batch within {0:?}")]
-pub struct GraceTimeout(pub Duration);
+#[error("a worker did not finish its batch in the time the control side allows")]
+pub struct GraceTimeout;
 
 impl ReaderSlot {
     pub fn index(&self) -> usize {
@@ -81,11 +81,11 @@ impl Readers {
     }
 
     /// Waits until every batch that was running when this was called has finished. Called by
-    /// the control side after publishing a change; returns an error (and stops waiting) if a
-    /// worker stays in one batch longer than `timeout`.
-    pub fn synchronize(&self, timeout: Duration) -> Result<(), GraceTimeout> {
+    /// the control side after publishing a change. While a worker is still in such a batch,
+    /// `wait` is called after a short spin: it pauses as the caller likes and returns false to
+    /// give up ([`GraceTimeout`]). The caller's clock bounds the wait; the core keeps none.
+    pub fn synchronize(&self, mut wait: impl FnMut() -> bool) -> Result<(), GraceTimeout> {
         fence(Ordering::SeqCst);
-        let start = Instant::now();
         for (slot, taken) in self.slots.iter().zip(self.taken.iter()) {
             if !taken.load(Ordering::Acquire) {
                 continue;
@@ -96,14 +96,11 @@ impl Readers {
             }
             let mut spins = 0u32;
             while slot.load(Ordering::Acquire) == seen {
-                if start.elapsed() > timeout {
-                    return Err(GraceTimeout(timeout));
-                }
                 spins += 1;
                 if spins < 64 {
                     std::hint::spin_loop();
-                } else {
-                    std::thread::sleep(Duration::from_micros(20));
+                } else if !wait() {
+                    return Err(GraceTimeout);
                 }
             }
         }
@@ -116,21 +113,31 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// The daemon's kind of wait: sleep a little, give up after `limit`.
+    fn up_to(limit: Duration) -> impl FnMut() -> bool {
+        let start = Instant::now();
+        move || {
+            std::thread::sleep(Duration::from_micros(20));
+            start.elapsed() < limit
+        }
+    }
 
     #[test]
     fn idle_readers_do_not_delay_and_busy_ones_are_waited_for() {
         let r = Arc::new(Readers::default());
         let mut a = r.register().unwrap();
         let _b = r.register().unwrap();
-        r.synchronize(Duration::from_millis(10)).unwrap();
+        r.synchronize(up_to(Duration::from_millis(10))).unwrap();
         r.enter(&a);
-        assert_eq!(r.synchronize(Duration::from_millis(20)), Err(GraceTimeout(Duration::from_millis(20))));
+        assert_eq!(r.synchronize(up_to(Duration::from_millis(20))), Err(GraceTimeout));
         r.leave(&mut a);
-        r.synchronize(Duration::from_millis(10)).unwrap();
+        r.synchronize(up_to(Duration::from_millis(10))).unwrap();
         // A new batch after the change is not waited for either.
         r.enter(&a);
         r.leave(&mut a);
-        r.synchronize(Duration::from_millis(10)).unwrap();
+        r.synchronize(up_to(Duration::from_millis(10))).unwrap();
     }
 
     #[test]
@@ -182,7 +189,7 @@ mod tests {
             .collect();
         for v in 1..2_000u32 {
             value.store(v, Ordering::SeqCst);
-            r.synchronize(Duration::from_secs(5)).unwrap();
+            r.synchronize(up_to(Duration::from_secs(5))).unwrap();
             retired.store(v, Ordering::SeqCst);
         }
         stop.store(true, Ordering::Relaxed);

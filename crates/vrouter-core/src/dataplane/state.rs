@@ -334,8 +334,9 @@ impl Shared {
     }
 
     /// Waits until no worker is still in a batch that began before this call: after it, every
-    /// batch sees what was published before it (see [`super::quiesce`]).
-    pub fn synchronize(&self) -> Result<(), GraceTimeout> {
-        self.readers.synchronize(std::time::Duration::from_secs(1))
+    /// batch sees what was published before it (see [`super::quiesce`]). `wait` pauses while a
+    /// worker is still busy and returns false to give up.
+    pub fn synchronize(&self, wait: impl FnMut() -> bool) -> Result<(), GraceTimeout> {
+        self.readers.synchronize(wait)
     }
 }
