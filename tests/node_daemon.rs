@@ -412,16 +412,16 @@ fn uplink_link_down_is_followed_logged_counted_and_shown_by_ports() {
 
 #[test]
 fn uplink_bind_copy_forwards_and_zerocopy_on_veth_is_refused_with_the_fix_or_reported() {
+    use vrouter::control::config::BindMode;
     assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
     let t = Topo::routed("vrbind", &["pod"]);
-    let with_bind =
-        |bind: &str| t.config(DEFAULT_ROUTE).replacen("device = \"up0\"\n", &format!("device = \"up0\"\n{bind}"), 1);
+    let with_bind = |bind: BindMode| t.edit(&t.config(DEFAULT_ROUTE), |c| c.uplink.as_mut().unwrap().bind = bind);
     let uplink = |t: &Topo| {
         let v = t.ctl_json(&["ports"]);
         v["ports"].as_array().unwrap().iter().find(|p| p["name"] == "up0").cloned().unwrap()
     };
     // Copy mode, forced: forwards both ways, and says so.
-    t.write_config(&with_bind("bind = \"copy\"\n"));
+    t.write_config(&with_bind(BindMode::Copy));
     let child = t.start();
     assert!(t.ping("pod", "192.168.1.1", "2"), "pod -> router: {}", t.log());
     assert!(t.ping("peer", "10.244.1.2", "2"), "router -> pod: {}", t.log());
@@ -430,14 +430,14 @@ fn uplink_bind_copy_forwards_and_zerocopy_on_veth_is_refused_with_the_fix_or_rep
     assert!(!t.log().contains("zero-copy AF_XDP unavailable"), "copy was asked for, not tried after zero-copy");
     t.stop(child);
     // Auto (the default): veth has no zero-copy AF_XDP, so copy mode, with the kernel's reason.
-    t.write_config(&with_bind(""));
+    t.write_config(&with_bind(BindMode::Auto));
     let child = t.start();
     assert!(t.ping("pod", "192.168.1.1", "2"), "pod -> router: {}", t.log());
     assert!(t.log().contains("zero-copy AF_XDP unavailable") && t.log().contains("using copy mode"), "{}", t.log());
     assert_eq!(uplink(&t)["xdp"]["zero_copy"], false, "{}", uplink(&t));
     t.stop(child);
     // Zero-copy or nothing: this kernel's veth refuses it, and the daemon does not start.
-    t.write_config(&with_bind("bind = \"zerocopy\"\n"));
+    t.write_config(&with_bind(BindMode::ZeroCopy));
     let o = sh(&[
         "ip",
         "netns",
