@@ -56,49 +56,7 @@ pub struct TraceRecord {
     pub lookup: Option<(u32, u16)>,
 }
 
-/// Where a captured frame was seen.
-#[derive(Copy, Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CapturePoint {
-    /// As received, before the pipeline.
-    Rx,
-    /// As sent, after the pipeline (including frames the router made: ARP, ICMP, fragments).
-    Tx,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Captured {
-    /// Wall-clock time, nanoseconds since the Unix epoch.
-    pub ts_ns: u64,
-    pub port: PortId,
-    pub point: CapturePoint,
-    /// Length on the wire (the data may be cut at the snap length).
-    pub orig_len: u32,
-    /// The bytes (hex in JSON: half the size of a list of numbers).
-    #[serde(with = "hex_bytes")]
-    pub data: Vec<u8>,
-}
-
-mod hex_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(b.len() * 2);
-        for x in b {
-            let _ = write!(out, "{x:02x}");
-        }
-        s.serialize_str(&out)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 || !s.is_ascii() {
-            return Err(D::Error::custom("hex bytes: odd length or not ASCII"));
-        }
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(D::Error::custom)).collect()
-    }
-}
+pub use vrouter_types::capture::{CapturePoint, Captured};
 
 #[derive(Default)]
 struct TraceSession {

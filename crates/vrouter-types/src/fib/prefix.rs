@@ -89,19 +89,8 @@ impl FromStr for Ipv4Prefix {
     }
 }
 
-impl serde::Serialize for Ipv4Prefix {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Ipv4Prefix {
-    /// From the text form `a.b.c.d/len`, with the same checks as [`FromStr`].
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+// As text, `a.b.c.d/len`, with the same checks as `FromStr`.
+serde_as_text!(Ipv4Prefix);
 
 #[cfg(test)]
 mod tests {

@@ -52,19 +52,8 @@ impl std::str::FromStr for MacAddr {
     }
 }
 
-/// As text (`"02:00:00:00:00:01"`), in config files and the control protocol.
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+// As text (`"02:00:00:00:00:01"`), in config files and the control protocol.
+serde_as_text!(MacAddr);
 
 #[cfg(test)]
 mod tests {
