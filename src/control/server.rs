@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::api::reply::{self as r, CapturePoint, CapturedFrame, TraceRoute, TracedPacket};
+use super::api::reply::{self as r, CapturedFrame, TraceRoute, TracedPacket};
 use super::api::{self, Reply, Request};
 use super::config::Config;
 use super::node::{Node, NodeError};
@@ -504,7 +504,7 @@ impl Control {
         obs.start_capture(spec).map_err(|e| e.to_string())?;
         let end = self.session_end(timeout_ms, who);
         let frames: Vec<Captured> = collect(end, || obs.take_capture(), || obs.stop_capture());
-        Ok(frames.into_iter().map(captured_frame).collect())
+        Ok(frames)
     }
 
     /// When an observation session started now must end early: after `timeout_ms`, when its
@@ -517,35 +517,8 @@ impl Control {
 }
 
 /// A traced packet as the protocol has it (the data plane's record, and the route it used).
-fn traced_packet(t: TraceRecord, route: Option<TraceRoute>) -> TracedPacket {
-    TracedPacket {
-        seq: t.seq,
-        worker: t.worker,
-        in_port: t.in_port,
-        received: t.received,
-        steps: t.steps,
-        verdict: t.verdict,
-        drop_reason: t.drop_reason,
-        out_port: t.out_port,
-        sent: t.sent,
-        lookup: t.lookup,
-        route,
-    }
-}
-
-/// A captured frame as the protocol has it.
-fn captured_frame(c: Captured) -> CapturedFrame {
-    use vrouter_core::dataplane::observe::CapturePoint as Point;
-    CapturedFrame {
-        ts_ns: c.ts_ns,
-        port: c.port,
-        point: match c.point {
-            Point::Rx => CapturePoint::Rx,
-            Point::Tx => CapturePoint::Tx,
-        },
-        orig_len: c.orig_len,
-        data: c.data,
-    }
+fn traced_packet(packet: TraceRecord, route: Option<TraceRoute>) -> TracedPacket {
+    TracedPacket { packet, route }
 }
 
 /// What an observation session records until it has all it wanted (`take` says so) or `end`

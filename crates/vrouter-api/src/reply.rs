@@ -313,23 +313,9 @@ pub struct Trace {
 /// One traced packet.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TracedPacket {
-    /// Order of recording across all workers.
-    pub seq: u64,
-    pub worker: u32,
-    pub in_port: PortId,
-    /// The frame as received (decoded headers).
-    pub received: String,
-    /// One line per stage that looked at it.
-    pub steps: Vec<String>,
-    /// `tx`, `punt`, `held`, `consumed` or `drop`.
-    pub verdict: String,
-    /// The drop reason's stable name, for drops.
-    pub drop_reason: Option<String>,
-    pub out_port: Option<PortId>,
-    /// The frame as sent (decoded headers), for `tx`/`punt`.
-    pub sent: Option<String>,
-    /// The destination looked up in the FIB and the next-hop id it gave.
-    pub lookup: Option<(u32, NhId)>,
+    /// What the pipeline recorded (its fields appear at this level in JSON).
+    #[serde(flatten)]
+    pub packet: TraceRecord,
     /// The route that lookup matched.
     #[serde(default)]
     pub route: Option<TraceRoute>,
@@ -356,7 +342,7 @@ pub struct Capture {
 }
 
 /// A captured frame, as the data plane records it (one definition, in vrouter-types).
-pub use vrouter_types::capture::{CapturePoint, Captured as CapturedFrame};
+pub use vrouter_types::observe::{CapturePoint, Captured as CapturedFrame, TraceRecord};
 
 #[cfg(test)]
 mod tests {
@@ -574,16 +560,18 @@ mod tests {
     #[test]
     fn trace_and_capture_round_trip() {
         let p = TracedPacket {
-            seq: 1,
-            worker: 0,
-            in_port: 2,
-            received: "IPv4 10.244.1.2 > 8.8.8.8".into(),
-            steps: vec!["lookup: 8.8.8.8 -> nh 3".into()],
-            verdict: "tx".into(),
-            drop_reason: None,
-            out_port: Some(0),
-            sent: Some("IPv4 ...".into()),
-            lookup: Some((0x0808_0808, 3)),
+            packet: TraceRecord {
+                seq: 1,
+                worker: 0,
+                in_port: 2,
+                received: "IPv4 10.244.1.2 > 8.8.8.8".into(),
+                steps: vec!["lookup: 8.8.8.8 -> nh 3".into()],
+                verdict: "tx".into(),
+                drop_reason: None,
+                out_port: Some(0),
+                sent: Some("IPv4 ...".into()),
+                lookup: Some((0x0808_0808, 3)),
+            },
             route: Some(TraceRoute {
                 prefix: "0.0.0.0/0".parse().unwrap(),
                 source: RouteSource::Cli,
@@ -593,6 +581,11 @@ mod tests {
         let v = round_trip(&Trace { packets: vec![p.clone(), TracedPacket { route: None, ..p }], wanted: 5 });
         assert_eq!(v["packets"][0]["route"]["source"], "cli");
         assert_eq!(v["packets"][1]["route"], Value::Null);
+        assert_eq!(
+            (v["packets"][0]["seq"].clone(), v["packets"][0]["verdict"].clone()),
+            (json!(1), json!("tx")),
+            "flat"
+        );
         let f = CapturedFrame { ts_ns: 5, port: 0, point: CapturePoint::Tx, orig_len: 64, data: vec![0xab, 0x01] };
         let v = round_trip(&Capture { frames: vec![f] });
         assert_eq!(v["frames"][0], json!({"ts_ns": 5, "port": 0, "point": "tx", "orig_len": 64, "data": "ab01"}));

@@ -1,7 +1,7 @@
 //! vrouter's value types: what the forwarding core and the control protocol both speak.
 //!
 //! IPv4 prefixes, MAC addresses, the policy rule model (with the [`acl::FlowKey`] it matches),
-//! IPIP modes and captured frames. vrouter-core re-exports each at its old path (`fib::Ipv4Prefix`,
+//! IPIP modes, trace records and captured frames. vrouter-core re-exports each at its old path (`fib::Ipv4Prefix`,
 //! `wire::MacAddr`, `acl::Rule`, `dataplane::IpipMode`); vrouter-api builds the control
 //! protocol on them, so that the client (vrouterctl) needs neither the core nor the daemon.
 //! Only serde and thiserror: nothing here does I/O or needs a C toolchain.
@@ -26,9 +26,9 @@ macro_rules! serde_as_text {
 }
 
 pub mod acl;
-pub mod capture;
 pub mod fib;
 pub mod ipip;
+pub mod observe;
 pub mod wire;
 
 pub use acl::{Action, Rule};

@@ -880,13 +880,13 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> Result<String, String> {
         CtlCmd::Trace { .. } => {
             let t: r::Trace = typed(v)?;
             let mut out = String::new();
-            for (i, p) in t.packets.iter().enumerate() {
+            for (i, (p, route)) in t.packets.iter().map(|tp| (&tp.packet, &tp.route)).enumerate() {
                 out.push_str(&format!("packet {} (worker {}, port {})\n", i + 1, p.worker, p.in_port));
                 out.push_str(&format!("  received: {}\n", p.received));
                 for st in &p.steps {
                     out.push_str(&format!("  {st}\n"));
                     // The route the lookup matched, right under it.
-                    if let (true, Some(r)) = (st.starts_with("lookup:"), &p.route) {
+                    if let (true, Some(r)) = (st.starts_with("lookup:"), route) {
                         out.push_str(&format!("    route: {} ({}) {}\n", r.prefix, source_name(r.source), r.nexthop));
                     }
                 }

@@ -14,8 +14,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 use super::packet::{Frame, PortId, MAX_BATCH};
 use super::pipeline::{Pipeline, Verdict};
 use super::state::Snapshot;
@@ -33,30 +31,7 @@ pub const MAX_HELD: usize = 65_536;
 /// The most frames one capture may ask for (up to 2 KiB each, sent back in one reply).
 pub const MAX_CAPTURE: usize = 10_000;
 
-/// What one pipeline run decided for one traced packet, stage by stage.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TraceRecord {
-    /// Order of recording across all workers.
-    pub seq: u64,
-    pub worker: u32,
-    pub in_port: PortId,
-    /// The frame as received (decoded headers).
-    pub received: String,
-    /// One line per stage that looked at it.
-    pub steps: Vec<String>,
-    /// `tx`, `punt`, `held`, `consumed` or `drop`.
-    pub verdict: String,
-    /// The drop reason's stable name, for drops.
-    pub drop_reason: Option<String>,
-    pub out_port: Option<PortId>,
-    /// The frame as sent (decoded headers), for `tx`/`punt`.
-    pub sent: Option<String>,
-    /// The destination looked up in the FIB and the next hop id it gave (the control side
-    /// adds the matching route when it shows the record).
-    pub lookup: Option<(u32, u16)>,
-}
-
-pub use vrouter_types::capture::{CapturePoint, Captured};
+pub use vrouter_types::observe::{CapturePoint, Captured, TraceRecord};
 
 #[derive(Default)]
 struct TraceSession {

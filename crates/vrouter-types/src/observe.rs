@@ -1,7 +1,32 @@
-//! A captured frame: what the data plane records for `vrouterctl capture` and the control
-//! protocol carries (hex bytes in JSON). vrouter-core's `dataplane::observe` re-exports it.
+//! What the data plane records for `vrouterctl trace` (a [`TraceRecord`] per packet) and
+//! `vrouterctl capture` (a [`Captured`] frame, hex bytes in JSON), as the control protocol
+//! carries them. vrouter-core's `dataplane::observe` re-exports them.
 
 use serde::{Deserialize, Serialize};
+
+/// What one pipeline run decided for one traced packet, stage by stage.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraceRecord {
+    /// Order of recording across all workers.
+    pub seq: u64,
+    pub worker: u32,
+    /// Port indices are the node's (`dataplane::PortId`).
+    pub in_port: u16,
+    /// The frame as received (decoded headers).
+    pub received: String,
+    /// One line per stage that looked at it.
+    pub steps: Vec<String>,
+    /// `tx`, `punt`, `held`, `consumed` or `drop`.
+    pub verdict: String,
+    /// The drop reason's stable name, for drops.
+    pub drop_reason: Option<String>,
+    pub out_port: Option<u16>,
+    /// The frame as sent (decoded headers), for `tx`/`punt`.
+    pub sent: Option<String>,
+    /// The destination looked up in the FIB and the next hop id it gave (the control side
+    /// adds the matching route when it shows the record).
+    pub lookup: Option<(u32, u16)>,
+}
 
 /// Where a captured frame was seen.
 #[derive(Copy, Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
