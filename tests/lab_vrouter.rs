@@ -264,6 +264,40 @@ fn python(lab: &LabHandle, ns: &str, script: &str) -> std::process::Output {
     lab.exec(ns, &["python3", "-c", &code])
 }
 
+/// From the underlay router, forging node 3 (192.168.2.20, a known peer) as the outer source:
+/// two IPIP packets to node 1 for each `(inner source, tag)` of `forged`, then two from node 3's
+/// own pod tagged `genuine` (the control), each carrying UDP to `inner_dst:port` with the tag as
+/// its payload. Returns what `listen_ns` received on `port` meanwhile, after checking the
+/// genuine datagram arrived (else the test itself is broken).
+fn forge_ipip_from_node3(
+    lab: &LabHandle,
+    listen_ns: &str,
+    inner_dst: &str,
+    port: u16,
+    forged: &[(&str, &str)],
+) -> String {
+    let log = lab.dir().join(format!("forged-inner-{port}-{}.txt", std::process::id()));
+    let mut rx = collect_udp(lab, listen_ns, port, &log);
+    let sources: String =
+        forged.iter().chain(&[("10.244.3.2", "genuine")]).map(|(s, t)| format!("('{s}', '{t}'), ")).collect();
+    let out = python(
+        lab,
+        &lab.router_ns(),
+        &format!(
+            "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+             for src, tag in ({sources}):\n\
+             \x20   inner = ip4(src, '{inner_dst}', 17, udp(40000, {port}, tag.encode()))\n\
+             \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n"
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
+    drop(rx);
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
+    got
+}
+
 #[test]
 fn ipip_from_an_unknown_host_is_dropped_and_counted() {
     let Some((_turn, lab)) = lab("unknown_peer") else { return };
@@ -284,26 +318,11 @@ fn ipip_from_an_unknown_host_is_dropped_and_counted() {
 #[test]
 fn ipip_with_a_forged_inner_source_is_dropped_and_counted() {
     let Some((_turn, lab)) = lab("forged_inner") else { return };
-    // Pod 1a collects what reaches UDP 9999 for a few seconds.
-    let log = lab.dir().join(format!("forged-inner-{}.txt", std::process::id()));
-    let mut rx = collect_udp(lab, &lab.pod("1a").ns, 9999, &log);
     let reasons = ["ipip/inner-source-ours", "ipip/inner-source-local-pod", "ipip/inner-source-rpf"];
     let before: Vec<u64> = reasons.iter().map(|r| lab.drops(1, r)).collect();
-    // From the underlay router, forging node 3's address as the outer source (a known peer).
-    let out = python(
-        lab,
-        &lab.router_ns(),
-        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
-         for src, tag in (('192.168.1.10', 'node-ip'), ('10.244.1.3', 'local-pod'), ('10.244.2.2', 'node2-pod'),\n\
-         \x20                ('10.244.3.2', 'genuine')):\n\
-         \x20   inner = ip4(src, '10.244.1.2', 17, udp(40000, 9999, tag.encode()))\n\
-         \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n",
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
-    drop(rx);
-    let got = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
+    // To pod 1a: our node IP, a local pod and node 2's pod as inner sources.
+    let forged = [("192.168.1.10", "node-ip"), ("10.244.1.3", "local-pod"), ("10.244.2.2", "node2-pod")];
+    let got = forge_ipip_from_node3(lab, &lab.pod("1a").ns, "10.244.1.2", 9999, &forged);
     for tag in ["node-ip", "local-pod", "node2-pod"] {
         assert!(!got.contains(tag), "forged inner source {tag} reached the pod: {got:?}");
     }
@@ -370,26 +389,10 @@ fn malformed_frames_from_a_pod_are_dropped_with_their_reasons() {
 #[test]
 fn ipip_to_the_node_itself_with_a_forged_inner_source_never_reaches_its_kernel() {
     let Some((_turn, lab)) = lab("forged_inner_to_node") else { return };
-    // Node 1's kernel collects what reaches UDP 9998 for a few seconds.
-    let ns1 = lab.node(1).ns.clone();
-    let log = lab.dir().join(format!("forged-inner-node-{}.txt", std::process::id()));
-    let mut rx = collect_udp(lab, &ns1, 9998, &log);
     let before = lab.drops(1, "ipip/inner-source-rpf");
-    // From the underlay router forging node 3's address: node 2's pod (not behind node 3) and,
-    // as the control, node 3's own pod, both to node 1's IP.
-    let out = python(
-        lab,
-        &lab.router_ns(),
-        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
-         for src, tag in (('10.244.2.2', 'node2-pod'), ('10.244.3.2', 'genuine')):\n\
-         \x20   inner = ip4(src, '192.168.1.10', 17, udp(40000, 9998, tag.encode()))\n\
-         \x20   for _ in range(2): s.sendto(ip4('192.168.2.20', '192.168.1.10', 4, inner), ('192.168.1.10', 0))\n",
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
-    drop(rx);
-    let got = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");
+    // To node 1's IP, collected by its kernel: node 2's pod (not behind node 3) as inner source.
+    let ns1 = lab.node(1).ns.clone();
+    let got = forge_ipip_from_node3(lab, &ns1, "192.168.1.10", 9998, &[("10.244.2.2", "node2-pod")]);
     assert!(!got.contains("node2-pod"), "a forged inner source reached node 1's kernel: {got:?}");
     let after = wait_counter(lab, 1, "drops", "ipip/inner-source-rpf", before + 2);
     assert!(after >= before + 2, "ipip/inner-source-rpf {before} -> {after}; stats {}", lab.stats(1));
