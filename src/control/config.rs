@@ -633,7 +633,7 @@ impl Config {
         }
         for e in &self.endpoints {
             if let Some(ns) = &e.netns {
-                if !Path::new("/run/netns").join(ns).exists() {
+                if !crate::port::netns_path(ns).is_some_and(|p| p.exists()) {
                     bad.push(format!("endpoints ({}).netns: no namespace '{ns}' (ip netns add {ns})", e.name));
                 }
             }

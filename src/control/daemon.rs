@@ -131,7 +131,7 @@ fn reload_failed(e: &NodeError) -> String {
 fn netns_exists(ns: &str) -> bool {
     match ns.parse::<u32>() {
         Ok(pid) => Path::new(&format!("/proc/{pid}/ns/net")).exists(),
-        Err(_) => !ns.contains('/') && Path::new("/run/netns").join(ns).exists(),
+        Err(_) => crate::port::netns_path(ns).is_some_and(|p| p.exists()),
     }
 }
 

@@ -33,7 +33,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -959,11 +958,9 @@ fn flush_unusable() {
 
 /// Moves the calling thread into the network namespace `/run/netns/<name>`.
 fn enter_netns(name: &str) -> Result<(), NetlinkError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(NetlinkError::NetnsName(name.into()));
-    }
+    let path = crate::port::netns_path(name).ok_or_else(|| NetlinkError::NetnsName(name.into()))?;
     let netns_err = |source| NetlinkError::Netns { name: name.into(), source };
-    let f = File::open(Path::new("/run/netns").join(name)).map_err(netns_err)?;
+    let f = File::open(path).map_err(netns_err)?;
     // setns changes only the calling thread's network namespace; this thread is the watcher's
     // own and opens its sockets after.
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| netns_err(e.into()))

@@ -14,6 +14,13 @@ pub mod afxdp;
 pub mod tap;
 pub mod xdp;
 
+/// The file `ip netns` keeps for the network namespace `name`, or `None` when `name` is not a
+/// plain name (empty, `.`, `..`, or with a `/`, which would reach outside `/run/netns`).
+pub fn netns_path(name: &str) -> Option<std::path::PathBuf> {
+    let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    plain.then(|| std::path::Path::new("/run/netns").join(name))
+}
+
 /// A link's state as read from the kernel (`/sys/class/net/<dev>/operstate` and `carrier`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]

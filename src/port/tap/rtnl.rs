@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -29,11 +28,10 @@ pub struct Rtnl {
 
 /// The namespace file `ip netns` keeps for `name`.
 pub fn netns_file(name: &str) -> io::Result<File> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    let Some(path) = crate::port::netns_path(name) else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("'{name}' is not a namespace name")));
-    }
-    File::open(Path::new("/run/netns").join(name))
-        .map_err(|e| io::Error::new(e.kind(), format!("network namespace {name}: {e}")))
+    };
+    File::open(path).map_err(|e| io::Error::new(e.kind(), format!("network namespace {name}: {e}")))
 }
 
 impl Rtnl {
