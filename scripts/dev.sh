@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 # clang/llvm/libelf/zlib/libpcap/pkg-config/m4, and libbpf-sys runs make; the namespace lab and
 # its tests use iproute2, sysctl (procps), iperf3, ping, tcpdump (an independent decoder of what
 # crosses the wire), curl (the metrics endpoint) and python3; the perf lab uses trafgen
-# (netsniff-ng); the BGP test runs BIRD (bird2), as Calico does. A minimal Debian lacks make,
-# procps and curl.
-PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 make procps iproute2 iperf3 iputils-ping tcpdump curl python3 ethtool netsniff-ng bird2)
+# (netsniff-ng); the BGP test runs BIRD (bird2), as Calico does. The cluster needs etcd
+# (etcd-server, and etcdctl from etcd-client for operators), protoc to build the etcd client
+# (protobuf-compiler), and the CNI tests run podman (with runc, Debian's reference CNI plugins
+# and busybox-static for a registry-free image). A minimal Debian lacks make, procps and curl.
+PACKAGES=(clang llvm libelf-dev zlib1g-dev libpcap-dev pkg-config m4 make procps iproute2 iperf3 iputils-ping tcpdump curl python3 ethtool netsniff-ng bird2 protobuf-compiler etcd-server etcd-client podman runc containernetworking-plugins busybox-static)
 
 install_missing() {
     local missing=()
