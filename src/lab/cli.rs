@@ -49,6 +49,11 @@ pub struct LabArgs {
     /// The vrouter binary for the nodes (default: this one).
     #[arg(long)]
     vrouter: Option<PathBuf>,
+    /// Wire the lab as a cluster: etcd, an agent per node, pods added through the CNI plugin
+    /// with addresses from IPAM (needs etcd, and vrouterctl, vrouter-agent and vrouter-cni
+    /// beside the vrouter binary).
+    #[arg(long)]
+    cluster: bool,
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
@@ -62,6 +67,7 @@ impl LabArgs {
             idle: self.idle,
             vrouter: self.vrouter,
             ready_timeout: Duration::from_secs(self.ready_timeout),
+            cluster: self.cluster,
             ..LabOptions::default()
         }
     }

@@ -14,6 +14,7 @@
 //! or what a killed process left, from the state file and the namespace names alone.
 
 mod cli;
+pub mod cluster;
 mod demo;
 pub(crate) mod sys;
 pub mod topo;
@@ -60,6 +61,9 @@ pub struct LabOptions {
     pub ready_timeout: Duration,
     /// The daemons' `[workers] idle` mode: `poll`, `adaptive` (default) or `interrupt`.
     pub idle: String,
+    /// The cluster does the wiring ([`cluster`]): etcd, an agent per node, pods through the
+    /// CNI plugin, addresses from IPAM; instead of each node's file listing everything.
+    pub cluster: bool,
 }
 
 impl Default for LabOptions {
@@ -71,6 +75,7 @@ impl Default for LabOptions {
             backend: Backend::Vrouter,
             ready_timeout: Duration::from_secs(20),
             idle: "adaptive".into(),
+            cluster: false,
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct LabState {
     pub daemons: Vec<DaemonState>,
     pub nodes: Vec<LabNode>,
     pub pods: Vec<LabPod>,
+    /// Wired by the cluster (etcd, agents, CNI): pods' addresses came from IPAM.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 impl LabState {
@@ -165,6 +173,7 @@ impl LabState {
             daemons: vec![],
             nodes,
             pods,
+            cluster: false,
         }
     }
 
@@ -309,6 +318,12 @@ impl LabHandle {
         }
     }
 
+    /// Keeps a child of the lab (etcd, an agent) to be reaped with it; it runs in a namespace
+    /// of the lab, so teardown kills it with the namespace.
+    pub(crate) fn adopt(&self, child: Child) {
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).push(child);
+    }
+
     /// Leaves the lab running after this handle is dropped (and at exit); `down` removes it.
     pub fn keep(&mut self) {
         self.kept = true;
@@ -370,6 +385,9 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
         return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
     }
     if opts.backend == Backend::Kernel {
+        if opts.cluster {
+            return Err(LabError::BadOption("--cluster needs vrouter on the nodes (not --kernel)".into()));
+        }
         return Ok(None);
     }
     let bin = match &opts.vrouter {
@@ -422,6 +440,21 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     lab.state.save()?;
     build(&lab)?;
     match bin {
+        Some(bin) if opts.cluster => {
+            let tools = cluster::Tools::beside(&bin)?;
+            lab.state.cluster = true;
+            cluster::start_etcd(&lab)?;
+            cluster::seed(&lab, &tools)?;
+            start_daemons(&mut lab, &bin, &opts.idle)?;
+            cluster::start_agents(&lab, &tools)?;
+            for i in 0..lab.state.pods.len() {
+                let pod = lab.state.pods[i].clone();
+                let wired = cluster::add_pod(&lab, &tools, &pod)?;
+                lab.state.pods[i].ip = wired.ip;
+                lab.state.pods[i].mac = wired.mac;
+            }
+            lab.state.save()?;
+        }
         Some(bin) => start_daemons(&mut lab, &bin, &opts.idle)?,
         None => kernel_forwarding(&lab)?,
     }
@@ -502,7 +535,10 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
 fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabError> {
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
-        let text = topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle)
+        let text = match lab.state.cluster {
+            true => topo::cluster_node_config(n, idle),
+            false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle),
+        }
             .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
         let config = lab.state.dir.join(format!("{}.toml", n.name));
         crate::control::config::Config::parse(&text, &config)

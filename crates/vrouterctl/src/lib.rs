@@ -15,6 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+
+#[cfg(feature = "datastore")]
+mod datastore;
 use serde_json::Value;
 
 use vrouter_api::reply as r;
@@ -30,6 +33,10 @@ pub struct CtlArgs {
     /// Print the daemon's JSON reply instead of tables; anywhere on the line.
     #[arg(long, global = true)]
     pub json: bool,
+    /// etcd endpoints of the cluster's datastore, comma-separated (datastore commands: apply
+    /// of manifests, create, replace, get, delete, ipam).
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379", global = true)]
+    pub etcd_endpoints: Vec<String>,
     #[command(subcommand)]
     pub cmd: CtlCmd,
 }
@@ -128,15 +135,77 @@ pub enum CtlCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Make the node match a config file (only what differs changes; refused whole before anything is removed, see docs/control.md).
-    #[command(after_help = "Examples:\n  vrouterctl apply -f node.toml --dry-run\n  vrouterctl apply -f node.toml")]
+    /// Apply a file: resource manifests (YAML/JSON documents with apiVersion and kind) go to
+    /// the cluster's datastore (created or replaced); a node's TOML config goes to the node
+    /// (only what differs changes; refused whole before anything is removed, see
+    /// docs/control.md). The output says which.
+    #[command(
+        after_help = "Examples:\n  vrouterctl apply -f pools.yaml          # to etcd (--etcd-endpoints / ETCD_ENDPOINTS)\n  vrouterctl apply -f node.toml --dry-run\n  vrouterctl apply -f node.toml           # to the node (--socket)"
+    )]
     Apply {
-        /// The config file (the whole node, as `vrouter run --config` takes).
-        #[arg(short = 'f', long = "file")]
+        /// Manifests (YAML/JSON, multi-document), or the whole node's TOML as `vrouter run
+        /// --config` takes; `-` reads stdin.
+        #[arg(short = 'f', long = "file", alias = "filename")]
         file: PathBuf,
         /// Only show what would change.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Create resources in the datastore from manifests (refused if one exists).
+    #[cfg(feature = "datastore")]
+    #[command(after_help = "Example:\n  vrouterctl create -f policy.yaml")]
+    Create {
+        #[arg(short = 'f', long = "file", alias = "filename")]
+        file: PathBuf,
+    },
+    /// Replace resources in the datastore (refused if one does not exist, or if its
+    /// metadata.resourceVersion is stale).
+    #[cfg(feature = "datastore")]
+    #[command(after_help = "Example:\n  vrouterctl replace -f pool.yaml")]
+    Replace {
+        #[arg(short = 'f', long = "file", alias = "filename")]
+        file: PathBuf,
+    },
+    /// Show resources of the datastore: nodes, ippools, workloadendpoints (wep),
+    /// networkpolicies (np), globalnetworkpolicies (gnp), profiles.
+    #[cfg(feature = "datastore")]
+    #[command(
+        after_help = "Examples:\n  vrouterctl get ippools\n  vrouterctl get wep -A -o wide\n  vrouterctl get gnp deny-all -o yaml"
+    )]
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Namespace of a namespaced kind (default: default).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete resources from the datastore, by kind and name or as named in manifests.
+    #[cfg(feature = "datastore")]
+    #[command(after_help = "Examples:\n  vrouterctl delete gnp deny-all\n  vrouterctl delete -f policy.yaml")]
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'f', long = "file", alias = "filename", conflicts_with_all = ["kind", "name"])]
+        file: Option<PathBuf>,
+        /// A resource that does not exist is not an error.
+        #[arg(long)]
+        skip_not_exists: bool,
+    },
+    /// The cluster's addresses: blocks and their use, one address, release, consistency.
+    #[cfg(feature = "datastore")]
+    #[command(
+        after_help = "Examples:\n  vrouterctl ipam show\n  vrouterctl ipam show --ip 10.244.0.5\n  vrouterctl ipam release --ip 10.244.0.5\n  vrouterctl ipam check"
+    )]
+    Ipam {
+        #[command(subcommand)]
+        cmd: IpamCmd,
     },
     /// Re-read the daemon's own config file (as SIGHUP does).
     #[command(after_help = "Example:\n  vrouterctl reload")]
@@ -191,6 +260,32 @@ pub enum CtlCmd {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+}
+
+/// How `get` prints resources.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpamCmd {
+    /// Blocks (affinity, addresses in use), or with --ip what holds that address.
+    Show {
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// Frees an address, or every address of a handle (a container ID).
+    Release {
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        #[arg(long)]
+        handle: Option<String>,
+    },
+    /// Leaks (allocated, no endpoint), duplicates, orphan handles; exit status 1 if any.
+    Check,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -507,6 +602,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
 }
 
 fn run_inner(args: &CtlArgs) -> Result<bool, String> {
+    #[cfg(feature = "datastore")]
+    if let Some(done) = run_datastore(args) {
+        return done;
+    }
     let mut wait = Duration::from_secs(60);
     let req = match &args.cmd {
         CtlCmd::Status => Request::Status,
@@ -563,7 +662,22 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Counters { action: None } | CtlCmd::Drops { .. } => Request::Counters,
         CtlCmd::Config { cmd: ConfigCmd::Show } => Request::ConfigShow,
         CtlCmd::Apply { file, dry_run } => {
-            let config = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let config = read_input(file)?;
+            if looks_like_manifest(&config) {
+                #[cfg(feature = "datastore")]
+                {
+                    if *dry_run {
+                        return Err("--dry-run is for a node's config; manifests are checked whole before any is written".into());
+                    }
+                    return datastore::write(&args.etcd_endpoints, file, Some(config), datastore::Verb::Apply, args.json);
+                }
+                #[cfg(not(feature = "datastore"))]
+                return Err(format!(
+                    "{} holds resource manifests (apiVersion/kind): they go to the cluster's datastore, which this build cannot reach; use the vrouterctl binary",
+                    file.display()
+                ));
+            }
+            eprintln!("applying {} to the node at {}", file.display(), args.socket.display());
             // The daemon checks it; its errors then name the operator's file.
             Request::Apply { config, dry_run: *dry_run, file: Some(file.display().to_string()) }
         }
@@ -627,6 +741,49 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
     }
     print!("{}", render(&args.cmd, &v)?);
     Ok(true)
+}
+
+/// A file's text, or stdin's for `-`.
+fn read_input(file: &Path) -> Result<String, String> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| format!("stdin: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Manifests (for the datastore) rather than a node's TOML.
+fn looks_like_manifest(text: &str) -> bool {
+    #[cfg(feature = "datastore")]
+    return datastore::is_manifest(text);
+    // Without the datastore: a TOML config never has these at the start of a line.
+    #[cfg(not(feature = "datastore"))]
+    text.lines().any(|l| l.starts_with("apiVersion:") || l.contains("\"apiVersion\""))
+}
+
+/// The datastore commands, if `args` is one.
+#[cfg(feature = "datastore")]
+fn run_datastore(args: &CtlArgs) -> Option<Result<bool, String>> {
+    let eps = &args.etcd_endpoints;
+    Some(match &args.cmd {
+        CtlCmd::Create { file } => datastore::write(eps, file, None, datastore::Verb::Create, args.json),
+        CtlCmd::Replace { file } => datastore::write(eps, file, None, datastore::Verb::Replace, args.json),
+        CtlCmd::Get { kind, name, namespace, all_namespaces, output } => {
+            let output = if args.json { Output::Json } else { *output };
+            datastore::get(eps, kind, name.as_deref(), namespace.as_deref(), *all_namespaces, output)
+        }
+        CtlCmd::Delete { kind, name, namespace, file, skip_not_exists } => {
+            let target = match (file, kind, name) {
+                (Some(f), _, _) => datastore::DeleteTarget::File(f.clone()),
+                (None, Some(k), Some(n)) => datastore::DeleteTarget::Named { kind: k.clone(), name: n.clone() },
+                _ => return Some(Err("delete needs KIND NAME or -f FILE".into())),
+            };
+            datastore::delete(eps, target, namespace.as_deref(), *skip_not_exists)
+        }
+        CtlCmd::Ipam { cmd } => datastore::ipam(eps, cmd, args.json),
+        _ => return None,
+    })
 }
 
 /// `-w -`: stdout, as tcpdump has it.

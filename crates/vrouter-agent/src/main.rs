@@ -1,0 +1,71 @@
+//! `vrouter-agent`: one per node, beside the `vrouter run` daemon (Felix's role in Calico).
+//! It registers the node in etcd, follows the cluster's intent there (one watch over every
+//! resource and the IPAM blocks, resumed from its revision after a reconnect, a full resync
+//! after compaction), and keeps the parts of the node's config it owns (pod blocks, peers,
+//! pods, policies) equal to what that intent says, through the daemon's control socket.
+//!
+//! It never makes things worse on the way: while etcd is away nothing is applied (the data
+//! plane keeps its last-known-good state); a resync replaces its view only once the whole
+//! list has arrived, so the node never sees an empty intermediate state; and the daemon
+//! changes only what differs, new before old.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use vrouter_agent::{run, AgentArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "vrouter-agent", version, about = "vrouter's node agent: the cluster's intent in etcd, applied to this node's vrouter")]
+struct Cli {
+    /// The node daemon's control socket.
+    #[arg(long, short = 's', env = "VROUTER_SOCKET", default_value = vrouter_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// etcd endpoints, comma-separated (as calicoctl reads them).
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    etcd_endpoints: Vec<String>,
+    /// This node's name in the datastore (default: the daemon's `[node] name`).
+    #[arg(long)]
+    node: Option<String>,
+    /// Labels of this node's `Node` resource (key=value; repeatable), merged into what the
+    /// datastore has.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The node's BGP AS number (`spec.bgp.asNumber`).
+    #[arg(long)]
+    as_number: Option<u32>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}': expected key=value"))?;
+    if k.is_empty() {
+        return Err(format!("'{s}': the key is empty"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = AgentArgs {
+        socket: cli.socket,
+        etcd_endpoints: cli.etcd_endpoints,
+        node: cli.node,
+        labels: cli.labels.into_iter().collect(),
+        as_number: cli.as_number,
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vrouter-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The lab as a cluster: etcd holds the intent, an agent per node applies it, and the pods are
+//! wired by the CNI plugin, as on a real node; the node files carry only what is the node's
+//! own (uplink, host port, routes to the underlay).
+//!
+//! etcd and the agents run in the underlay router's namespace (`<p>-rt`, on its loopback), so
+//! nothing of the lab listens in the host's; teardown kills them with the namespace. The
+//! tools are the binaries beside the `vrouter` binary (`vrouterctl`, `vrouter-agent`,
+//! `vrouter-cni`: `cargo build --release --workspace` builds them) and Debian's `etcd`.
+//! The daemon links no etcd client: the lab drives the cluster through those programs.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{sys, topo, LabError, LabHandle};
+
+/// etcd's client and peer ports inside the router namespace (its own loopback: no clash with
+/// another lab or the host).
+pub const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
+const ETCD_PEER: &str = "http://127.0.0.1:2380";
+/// The lab's pool: blocks of /26 per node, IPIP across subnets as the file-based lab does.
+pub const POOL: &str = "10.244.0.0/16";
+/// The label that selects the guarded pod, and the policy that guards it.
+pub const GUARDED_LABEL: (&str, &str) = ("role", "guarded");
+
+/// The programs the cluster lab runs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub vrouterctl: PathBuf,
+    pub agent: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Tools {
+    /// The tools beside `vrouter` (the binary the lab runs on its nodes), and etcd on PATH.
+    pub fn beside(vrouter: &Path) -> Result<Tools, LabError> {
+        sys::need_tool("etcd")?;
+        let dir = vrouter.parent().unwrap_or(Path::new("."));
+        let find = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(LabError::Binary {
+                    path: p,
+                    msg: format!("not found beside {}: build it (`cargo build --release -p {name}`)", vrouter.display()),
+                })
+            }
+        };
+        Ok(Tools { vrouterctl: find("vrouterctl")?, agent: find("vrouter-agent")?, cni: find("vrouter-cni")? })
+    }
+}
+
+/// The cluster's resources for the lab: the pool, and a policy that keeps TCP port
+/// [`topo::DENIED_PORT`] from the guarded pod (what the file-based lab's `guarded` policy does).
+pub fn manifest() -> String {
+    format!(
+        r#"apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: lab-pool
+spec:
+  cidr: {POOL}
+  blockSize: 26
+  ipipMode: CrossSubnet
+  natOutgoing: false
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: guarded
+spec:
+  order: 100
+  selector: {k} == '{v}'
+  types: [Ingress]
+  ingress:
+    - action: Deny
+      protocol: TCP
+      destination:
+        ports: [{port}]
+    - action: Allow
+"#,
+        k = GUARDED_LABEL.0,
+        v = GUARDED_LABEL.1,
+        port = topo::DENIED_PORT
+    )
+}
+
+/// Starts etcd in the router namespace and waits until it answers.
+pub fn start_etcd(lab: &LabHandle) -> Result<(), LabError> {
+    let dir = lab.dir().join("etcd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = lab.dir().join("etcd.log");
+    let rt = lab.router_ns();
+    let data = dir.to_string_lossy();
+    #[rustfmt::skip]
+    let child = sys::spawn_in(&rt, &[
+        "etcd", "--name", "lab", "--data-dir", &data,
+        "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
+        "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
+        "--initial-cluster", &format!("lab={ETCD_PEER}"),
+    ], Some(&log))?;
+    lab.adopt(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = sys::exec_in(&rt, &["etcdctl", "--endpoints", ETCD_CLIENT, "endpoint", "health"], Duration::from_secs(5));
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::ForwarderNotReady {
+                what: format!("etcd did not answer on {ETCD_CLIENT} in {rt}"),
+                tail: sys::tail(&log, 15),
+            });
+        }
+        sys::sleep(Duration::from_millis(100))?;
+    }
+}
+
+/// `vrouterctl apply -f` of the lab's resources (into etcd).
+pub fn seed(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
+    let file = lab.dir().join("cluster.yaml");
+    std::fs::write(&file, manifest()).map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+    let ctl = tools.vrouterctl.to_string_lossy();
+    sys::ns_ok(
+        &lab.router_ns(),
+        &[&ctl, "--etcd-endpoints", ETCD_CLIENT, "apply", "-f", &file.to_string_lossy()],
+        Duration::from_secs(30),
+    )
+    .map(|_| ())
+}
+
+/// Starts one agent per node (in the router namespace, beside etcd).
+pub fn start_agents(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
+    let agent = tools.agent.to_string_lossy();
+    for n in lab.nodes() {
+        let log = lab.dir().join(format!("{}.agent.log", n.name));
+        let socket = topo::socket_path(n);
+        #[rustfmt::skip]
+        let child = sys::spawn_in(&lab.router_ns(), &[
+            &agent, "--socket", &socket, "--etcd-endpoints", ETCD_CLIENT, "--node", &n.name,
+            "--label", &format!("lab/subnet={}", n.subnet.replace('/', "_")),
+        ], Some(&log))?;
+        lab.adopt(child);
+    }
+    Ok(())
+}
+
+/// What the CNI plugin answered for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wired {
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+/// The CNI network config the lab's pods are wired with on node `n`.
+pub fn netconf(n: &topo::LabNode) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "vrouter-lab",
+        "type": "vrouter-cni",
+        "etcd_endpoints": [ETCD_CLIENT],
+        "node": n.name,
+        "socket": topo::socket_path(n),
+    })
+}
+
+/// Runs the CNI plugin's ADD for `pod` (its namespace exists) on its node, as a runtime
+/// would: the address comes from the node's block, the TAP is created by the node's daemon.
+pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wired, LabError> {
+    let n = lab.node(pod.node);
+    let mut args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{}", pod.name);
+    if pod.ingress.iter().any(|p| p == topo::GUARDED_POLICY) {
+        args += &format!(";K8S_POD_LABELS={}={}", GUARDED_LABEL.0, GUARDED_LABEL.1);
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.router_ns()])
+        .arg(&tools.cni)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", format!("lab-{}-{}", lab.prefix(), pod.name))
+        .env("CNI_NETNS", format!("/run/netns/{}", pod.ns))
+        .env("CNI_IFNAME", topo::POD_IF)
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", tools.cni.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = sys::describe(&cmd);
+    let mut child = cmd.spawn().map_err(|err| LabError::Io { what: format!("starting {what}"), err })?;
+    let conf = netconf(n).to_string();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(conf.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|err| LabError::Io { what: format!("waiting for {what}"), err })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("vrouter-cni ADD for pod {}", pod.name),
+            status: out.status.to_string(),
+            stderr: format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)).trim().to_string(),
+        });
+    }
+    parse_result(&stdout).map_err(|msg| LabError::Command {
+        cmd: format!("vrouter-cni ADD for pod {}", pod.name),
+        status: "0".into(),
+        stderr: format!("unexpected result ({msg}): {stdout}"),
+    })
+}
+
+/// The pod's address and MAC from a CNI 1.0.0 ADD result.
+pub fn parse_result(text: &str) -> Result<Wired, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let addr = v["ips"][0]["address"].as_str().ok_or("no ips[0].address")?;
+    let ip = addr.split('/').next().unwrap_or(addr).parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mac = v["interfaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["sandbox"].is_string()))
+        .and_then(|i| i["mac"].as_str())
+        .ok_or("no sandbox interface with a mac")?
+        .to_string();
+    Ok(Wired { ip, mac })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cni_result_gives_the_pods_address_and_mac() {
+        let r = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"vr1"},{"name":"eth0","mac":"0a:58:0a:f4:00:05","sandbox":"/run/netns/x"}],
+                   "ips":[{"address":"10.244.0.5/32","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"}]}"#;
+        assert_eq!(parse_result(r), Ok(Wired { ip: "10.244.0.5".parse().unwrap(), mac: "0a:58:0a:f4:00:05".into() }));
+        assert!(parse_result(r#"{"ips":[]}"#).unwrap_err().contains("ips[0]"));
+        assert!(parse_result("not json").is_err());
+    }
+
+    #[test]
+    fn the_lab_manifest_names_the_pool_and_the_guard() {
+        let m = manifest();
+        assert!(m.contains("cidr: 10.244.0.0/16") && m.contains("ipipMode: CrossSubnet"));
+        assert!(m.contains("selector: role == 'guarded'") && m.contains("ports: [5202]"));
+    }
+}
