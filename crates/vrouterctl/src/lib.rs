@@ -18,7 +18,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use vrouter_api::reply as r;
-use vrouter_api::{EndpointConfig, Envelope, NhKey, PeerConfig, Reply, Request, RouteSource, DEFAULT_SOCKET, VERSION};
+use vrouter_api::{
+    EndpointConfig, Envelope, NhKey, PeerConfig, Reply, ReplyError, Request, RouteSource, DEFAULT_SOCKET, VERSION,
+};
 use vrouter_types::acl::Rule;
 use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
 
@@ -137,6 +139,10 @@ pub enum CtlCmd {
         /// Only show what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse unless the running config is still this generation (`config show --json`
+        /// says it): a read-modify-write that cannot undo a change made in between.
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
     },
     /// Re-read the daemon's own config file (as SIGHUP does).
     #[command(after_help = "Example:\n  vrouterctl reload")]
@@ -441,6 +447,58 @@ pub fn call(socket: &Path, req: Request, timeout: Duration) -> Result<Reply, Str
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from the daemon ({e}): {}", reply.trim()))
 }
 
+/// Why a typed request ([`request`]) has no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The daemon could not be reached, or went away before it answered (try again later).
+    Unreachable(String),
+    /// It answered: refused the request, or with a result of another shape.
+    Daemon(ReplyError),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(e) => f.write_str(e),
+            CallError::Daemon(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// One request, its result as the [`r`] struct it answers with: for programs (the CNI plugin,
+/// the node agent) that must tell a daemon that is not there from one that said no.
+pub fn request<T: serde::de::DeserializeOwned>(socket: &Path, req: Request, timeout: Duration) -> Result<T, CallError> {
+    let mut s = UnixStream::connect(socket).map_err(|e| CallError::Unreachable(connect_error(socket, &e)))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let mut line = serde_json::to_vec(&Envelope { version: VERSION, request: req })
+        .map_err(|e| CallError::Daemon(ReplyError::Malformed(e.to_string())))?;
+    line.push(b'\n');
+    let gone = |what: &str, e: std::io::Error| CallError::Unreachable(format!("{}: {what}: {e}", socket.display()));
+    s.write_all(&line).map_err(|e| gone("sending", e))?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).map_err(|e| gone("reading the reply", e))?;
+    if reply.is_empty() {
+        return Err(CallError::Unreachable(format!("{}: the daemon closed the connection", socket.display())));
+    }
+    let reply: Reply = serde_json::from_str(&reply)
+        .map_err(|e| CallError::Daemon(ReplyError::Malformed(format!("{e}: {}", reply.trim()))))?;
+    reply.into_result().map_err(CallError::Daemon)
+}
+
+/// `apply` of a whole config, compare-and-swap when `if_generation` is given: a refusal because
+/// the config changed since is `CallError::Daemon(e)` with `e.is_generation_changed()`.
+pub fn apply_config(
+    socket: &Path,
+    config: String,
+    if_generation: Option<u64>,
+    timeout: Duration,
+) -> Result<vrouter_api::ChangeReport, CallError> {
+    request(socket, Request::Apply { config, dry_run: false, file: None, if_generation }, timeout)
+}
+
 /// Why the daemon could not be reached, said so that the operator knows what to do.
 pub fn connect_error(socket: &Path, e: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
@@ -562,10 +620,15 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Counters { action: Some(CountersCmd::Clear) } => Request::CountersClear,
         CtlCmd::Counters { action: None } | CtlCmd::Drops { .. } => Request::Counters,
         CtlCmd::Config { cmd: ConfigCmd::Show } => Request::ConfigShow,
-        CtlCmd::Apply { file, dry_run } => {
+        CtlCmd::Apply { file, dry_run, if_generation } => {
             let config = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
             // The daemon checks it; its errors then name the operator's file.
-            Request::Apply { config, dry_run: *dry_run, file: Some(file.display().to_string()) }
+            Request::Apply {
+                config,
+                dry_run: *dry_run,
+                file: Some(file.display().to_string()),
+                if_generation: *if_generation,
+            }
         }
         CtlCmd::Reload => Request::Reload,
         CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => Request::TraceStop,
