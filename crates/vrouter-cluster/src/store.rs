@@ -1,1 +1,569 @@
-//! (being written for issue 11)
+//! The etcd v3 key/value layer under the datastore and IPAM: reads, compare-and-swap writes,
+//! multi-key transactions, and watches that resume from a revision.
+//!
+//! Rules this layer enforces (docs/datastore.md has the whole story):
+//! - Nothing is written blind. A create compares the key's version with 0, an update or a
+//!   delete its `mod_revision` with the one the caller read, in one etcd transaction; a lost
+//!   race is [`StoreError::Conflict`] (or `Exists`/`NotFound`), never an overwrite.
+//! - Nothing hangs. Connecting and every request are bounded ([`CONNECT_TIMEOUT`],
+//!   [`REQUEST_TIMEOUT`]); an etcd that does not answer is [`StoreError::Unavailable`] naming
+//!   the endpoints. Requests carry etcd's "require leader" flag, so a cluster without quorum
+//!   fails fast instead of queueing, and its watches are cancelled rather than going silent.
+//! - A watch starts at a given revision, so a client that lost its stream resumes at
+//!   [`Watch::revision`] + 1 without missing or repeating an event; if etcd has compacted that
+//!   revision away the watch says so ([`StoreError::Compacted`]) and the caller must resync
+//!   from a full [`Store::list`].
+//!
+//! A request that times out may still have been applied (etcd does not say): callers that
+//! retry must read back first (IPAM's assign is idempotent per handle for that reason).
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOpResponse, WatchOptions,
+    WatchStream,
+};
+
+/// Bound on establishing the connection (and on the first request that proves it works).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on every request; a quorum loss or a dead member surfaces within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// Keys per page when listing a prefix (pages are read at one revision: a consistent snapshot).
+const LIST_PAGE: i64 = 500;
+/// Large lists and watch batches (10,000 endpoints) exceed tonic's 4 MiB default.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// A key, its value and the revision of its last modification (the resource's version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// etcd did not answer (down, no quorum, timed out, stream broken).
+    #[error("etcd unavailable at {endpoints}: {msg}")]
+    Unavailable { endpoints: String, msg: String },
+    /// A compare-and-swap lost: the key changed since `expected` (`current: None`: it is gone).
+    #[error("{key}: modified concurrently (expected revision {expected}, now {})", match current { Some(r) => format!("revision {r}"), None => "deleted".to_string() })]
+    Conflict { key: String, expected: i64, current: Option<i64> },
+    #[error("{key}: already exists")]
+    Exists { key: String },
+    #[error("{key}: not found")]
+    NotFound { key: String },
+    /// The requested revision is older than etcd's compaction point: list again, then watch.
+    #[error("revision compacted by etcd (oldest available revision {revision}): a full resync is needed")]
+    Compacted { revision: i64 },
+    /// A stored value this code cannot read (a non-UTF-8 key, a value of the wrong shape).
+    #[error("{key}: corrupt value: {msg}")]
+    Corrupt { key: String, msg: String },
+    /// etcd answered but refused the request (too large, invalid); retrying will not help.
+    #[error("etcd at {endpoints} refused the request on {key}: {msg}")]
+    Rejected { endpoints: String, key: String, msg: String },
+}
+
+impl StoreError {
+    /// True for the errors a caller should retry later (with backoff) rather than report.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// One write in a [`Store::txn`]: each carries its own compare, and all apply or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create `key` (it must not exist).
+    Create { key: String, value: Vec<u8> },
+    /// Replace `key`'s value if its `mod_revision` is still `expected`.
+    Update { key: String, value: Vec<u8>, expected: i64 },
+    /// Delete `key` if it exists (`expected: None`) or if its `mod_revision` is `expected`.
+    Delete { key: String, expected: Option<i64> },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+
+    fn compare(&self) -> Compare {
+        match self {
+            Op::Create { key, .. } => Compare::version(key.as_str(), CompareOp::Equal, 0),
+            Op::Update { key, expected, .. } | Op::Delete { key, expected: Some(expected) } => {
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, *expected)
+            }
+            Op::Delete { key, expected: None } => Compare::version(key.as_str(), CompareOp::Greater, 0),
+        }
+    }
+
+    fn request(&self) -> etcd_client::TxnOp {
+        match self {
+            Op::Create { key, value } | Op::Update { key, value, .. } => {
+                etcd_client::TxnOp::put(key.as_str(), value.as_slice(), None)
+            }
+            Op::Delete { key, .. } => etcd_client::TxnOp::delete(key.as_str(), None),
+        }
+    }
+
+    /// The error this op's compare failing means, given the key's current `mod_revision`.
+    /// `None` if the compare holds at `current` (another op of the transaction failed).
+    fn failure(&self, current: Option<i64>) -> Option<StoreError> {
+        let key = self.key().to_string();
+        match (self, current) {
+            (Op::Create { .. }, Some(_)) => Some(StoreError::Exists { key }),
+            (Op::Create { .. }, None) => None,
+            (Op::Delete { .. }, None) => Some(StoreError::NotFound { key }),
+            (Op::Delete { expected: None, .. }, Some(_)) => None,
+            (Op::Update { expected, .. } | Op::Delete { expected: Some(expected), .. }, cur) => {
+                (cur != Some(*expected)).then_some(StoreError::Conflict { key, expected: *expected, current: cur })
+            }
+        }
+    }
+}
+
+/// A connection to an etcd cluster (cheap to clone: clones share the gRPC channel).
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    /// The endpoints as given, comma-separated, for error messages.
+    endpoints: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("endpoints", &self.endpoints).finish()
+    }
+}
+
+impl Store {
+    /// Connects to `endpoints` (`http://host:port`; a bare `host:port` works too) and proves
+    /// the cluster serves with one linearizable read; bounded by [`CONNECT_TIMEOUT`] plus
+    /// [`REQUEST_TIMEOUT`].
+    pub async fn connect(endpoints: &[String]) -> Result<Store, StoreError> {
+        let joined = endpoints.join(",");
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable {
+                endpoints: joined,
+                msg: "no etcd endpoints given (--etcd-endpoints or ETCD_ENDPOINTS)".into(),
+            });
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(endpoints, Some(options))).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(StoreError::Unavailable { endpoints: joined, msg: e.to_string() }),
+            Err(_) => {
+                return Err(StoreError::Unavailable {
+                    endpoints: joined,
+                    msg: format!("no connection within {CONNECT_TIMEOUT:?}"),
+                })
+            }
+        };
+        let store = Store { client, endpoints: joined };
+        // The channel connects lazily: one read shows whether anything answers.
+        store.get(keys::CALICO).await?;
+        Ok(store)
+    }
+
+    /// The endpoints this store was connected to, comma-separated.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// Runs one request under [`REQUEST_TIMEOUT`], mapping etcd's errors to [`StoreError`].
+    async fn call<T>(
+        &self,
+        key: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(key, e)),
+            Err(_) => Err(StoreError::Unavailable {
+                endpoints: self.endpoints.clone(),
+                msg: format!("no answer within {REQUEST_TIMEOUT:?} (request on {key})"),
+            }),
+        }
+    }
+
+    fn classify(&self, key: &str, e: etcd_client::Error) -> StoreError {
+        use etcd_client::Error as E;
+        use tonic::Code;
+        let unavailable = |msg: String| StoreError::Unavailable { endpoints: self.endpoints.clone(), msg };
+        match e {
+            E::GRpcStatus(s) => match s.code() {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::Internal => unavailable(format!("{} (request on {key})", s.message())),
+                Code::OutOfRange if s.message().contains("compacted") => StoreError::Compacted { revision: 0 },
+                _ => StoreError::Rejected {
+                    endpoints: self.endpoints.clone(),
+                    key: key.to_string(),
+                    msg: s.message().to_string(),
+                },
+            },
+            E::TransportError(_) | E::IoError(_) | E::EndpointError(_) | E::Internal(_) | E::WatchError(_) => {
+                unavailable(format!("{e} (request on {key})"))
+            }
+            other => {
+                StoreError::Rejected { endpoints: self.endpoints.clone(), key: key.to_string(), msg: other.to_string() }
+            }
+        }
+    }
+
+    /// Reads one key (linearizable: sees every write acknowledged before the call).
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let mut resp = self.call(key, kv.get(key, None)).await?;
+        resp.take_kvs().into_iter().next().map(to_kv).transpose()
+    }
+
+    /// Every key under `prefix`, in key order, and the revision the snapshot was read at
+    /// (watch from that revision + 1 to follow it without a gap). Large prefixes are read in
+    /// pages pinned to one revision; if etcd compacts that revision mid-list the result is
+    /// [`StoreError::Compacted`] and the caller lists again.
+    pub async fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64), StoreError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let mut out = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_sort(SortTarget::Key, SortOrder::Ascend);
+            if revision != 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut resp = self.call(prefix, kv.get(from.clone(), Some(opts))).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            for k in kvs {
+                out.push(to_kv(k)?);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok((out, revision))
+    }
+
+    /// Creates `key`; [`StoreError::Exists`] if it exists. Returns its `mod_revision`.
+    pub async fn create(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
+        self.txn(&[Op::Create { key: key.into(), value: value.into() }]).await
+    }
+
+    /// Replaces `key`'s value if its `mod_revision` is still `expected`; returns the new one.
+    pub async fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64, StoreError> {
+        self.txn(&[Op::Update { key: key.into(), value: value.into(), expected }]).await
+    }
+
+    /// Deletes `key` (if `expected` is given, only at that `mod_revision`).
+    /// [`StoreError::NotFound`] if it is absent, [`StoreError::Conflict`] if it changed.
+    pub async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(), StoreError> {
+        self.txn(&[Op::Delete { key: key.into(), expected }]).await.map(|_| ())
+    }
+
+    /// Applies all `ops` atomically, or none if any op's compare fails; then the error names
+    /// the first op that failed (`Exists`, `NotFound` or `Conflict` with the current revision).
+    /// Returns the revision of the write (each written key's new `mod_revision`).
+    pub async fn txn(&self, ops: &[Op]) -> Result<i64, StoreError> {
+        let Some(first) = ops.first() else {
+            return Err(StoreError::Rejected {
+                endpoints: self.endpoints.clone(),
+                key: String::new(),
+                msg: "empty transaction".into(),
+            });
+        };
+        let txn = Txn::new()
+            .when(ops.iter().map(Op::compare).collect::<Vec<_>>())
+            .and_then(ops.iter().map(Op::request).collect::<Vec<_>>())
+            .or_else(
+                ops.iter()
+                    .map(|op| etcd_client::TxnOp::get(op.key(), Some(GetOptions::new().with_keys_only())))
+                    .collect::<Vec<_>>(),
+            );
+        let mut kv = self.client.kv_client();
+        let resp = self.call(first.key(), kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+        }
+        for (op, r) in ops.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(g) = r else { continue };
+            let current = g.kvs().first().map(|k| k.mod_revision());
+            if let Some(e) = op.failure(current) {
+                return Err(e);
+            }
+        }
+        // Every compare holds on the read-back: a write raced between compare and read.
+        Err(StoreError::Conflict { key: first.key().to_string(), expected: 0, current: None })
+    }
+
+    /// Watches every key under `prefix` from `from_revision` on (0: from now). See [`Watch`].
+    pub async fn watch(&self, prefix: &str, from_revision: i64) -> Result<Watch, StoreError> {
+        let mut w = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let mut opts = WatchOptions::new().with_range(prefix_end(prefix.as_bytes())).with_progress_notify();
+        if from_revision > 0 {
+            opts = opts.with_start_revision(from_revision);
+        }
+        let stream = self.call(prefix, w.watch(prefix, Some(opts))).await?;
+        Ok(Watch {
+            stream,
+            store: self.clone(),
+            prefix: prefix.to_string(),
+            revision: from_revision.saturating_sub(1).max(0),
+        })
+    }
+
+    /// Compacts etcd's history up to `revision` (physically, before returning). Operators and
+    /// tests use it; a watch from an older revision then fails with [`StoreError::Compacted`].
+    pub async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        let opts = etcd_client::CompactionOptions::new().with_physical();
+        self.call("(compaction)", kv.compact(revision, Some(opts))).await.map(|_| ())
+    }
+}
+
+/// A change seen by a [`Watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(Kv),
+    /// The key was deleted at revision `mod_revision`.
+    Delete {
+        key: String,
+        mod_revision: i64,
+    },
+}
+
+impl WatchEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+    pub fn mod_revision(&self) -> i64 {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+/// A stream of changes under a prefix. `next` returns each revision's events in order;
+/// after an error the watch is finished: re-watch from [`Watch::revision`] + 1
+/// (`Unavailable`), or list and watch afresh (`Compacted`).
+pub struct Watch {
+    stream: WatchStream,
+    store: Store,
+    prefix: String,
+    revision: i64,
+}
+
+impl Watch {
+    /// Every event up to this revision has been returned by `next` (resume at it + 1).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The next batch of events (never empty). Waits as long as nothing changes; a broken
+    /// stream is detected by HTTP/2 keep-alive within seconds. etcd's progress notifications
+    /// advance [`Watch::revision`] without returning.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, StoreError> {
+        loop {
+            let msg = match self.stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(StoreError::Unavailable {
+                        endpoints: self.store.endpoints.clone(),
+                        msg: format!("watch on {} closed by etcd", self.prefix),
+                    })
+                }
+                Err(e) => return Err(self.store.classify(&self.prefix, e)),
+            };
+            if msg.compact_revision() != 0 {
+                return Err(StoreError::Compacted { revision: msg.compact_revision() });
+            }
+            if msg.canceled() {
+                return Err(StoreError::Unavailable {
+                    endpoints: self.store.endpoints.clone(),
+                    msg: format!("watch on {} cancelled by etcd: {}", self.prefix, msg.cancel_reason()),
+                });
+            }
+            let mut events = Vec::with_capacity(msg.events().len());
+            for ev in msg.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let key = kv
+                    .key_str()
+                    .map_err(|e| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        msg: format!("key is not UTF-8: {e}"),
+                    })?
+                    .to_string();
+                events.push(match ev.event_type() {
+                    etcd_client::EventType::Put => {
+                        WatchEvent::Put(Kv { key, value: kv.value().to_vec(), mod_revision: kv.mod_revision() })
+                    }
+                    etcd_client::EventType::Delete => WatchEvent::Delete { key, mod_revision: kv.mod_revision() },
+                });
+            }
+            if let Some(last) = events.last() {
+                self.revision = self.revision.max(last.mod_revision());
+                return Ok(events);
+            }
+            // A progress notification: every event up to the header's revision was sent.
+            // (The `created` reply carries the current revision, not the watch's progress.)
+            if !msg.created() {
+                if let Some(h) = msg.header() {
+                    self.revision = self.revision.max(h.revision());
+                }
+            }
+        }
+    }
+}
+
+fn to_kv(kv: etcd_client::KeyValue) -> Result<Kv, StoreError> {
+    let mod_revision = kv.mod_revision();
+    let (key, value) = kv.into_key_value();
+    let key = String::from_utf8(key).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        msg: "key is not UTF-8".into(),
+    })?;
+    Ok(Kv { key, value, mod_revision })
+}
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention:
+/// the prefix with its last byte below 0xff incremented; `\0` for "to the end").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("non-empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
+/// The etcd key layout, as Calico's etcdv3 backend writes it (docs/datastore.md).
+pub mod keys {
+    use std::net::Ipv4Addr;
+    use vrouter_types::Ipv4Prefix;
+
+    /// Everything Calico-shaped lives under this.
+    pub const CALICO: &str = "/calico/";
+    /// `projectcalico.org/v3` resources: `<RESOURCES><plural>/[<namespace>/]<name>`.
+    pub const RESOURCES: &str = "/calico/resources/v3/projectcalico.org/";
+    /// All IPAM state (blocks, handles, affinities).
+    pub const IPAM: &str = "/calico/ipam/v2/";
+    /// IPv4 allocation blocks: `<BLOCKS><a.b.c.d>-<len>`.
+    pub const BLOCKS: &str = "/calico/ipam/v2/assignment/ipv4/block/";
+    /// Handles (one per pod interface: the container ID): `<HANDLES><handle>`.
+    pub const HANDLES: &str = "/calico/ipam/v2/handle/";
+    /// Block affinities: `<HOSTS><node>/ipv4/block/<a.b.c.d>-<len>`.
+    pub const HOSTS: &str = "/calico/ipam/v2/host/";
+
+    /// A resource's key; `namespace` only for namespaced kinds.
+    pub fn resource(plural: &str, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) => format!("{RESOURCES}{plural}/{ns}/{name}"),
+            None => format!("{RESOURCES}{plural}/{name}"),
+        }
+    }
+
+    /// The prefix listing a kind (in one namespace, or all of them with `None`).
+    pub fn resources(plural: &str, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{RESOURCES}{plural}/{ns}/"),
+            None => format!("{RESOURCES}{plural}/"),
+        }
+    }
+
+    /// `a.b.c.d-len`: a CIDR as Calico spells it in keys.
+    pub fn cidr_name(prefix: Ipv4Prefix) -> String {
+        format!("{}-{}", Ipv4Addr::from(prefix.addr()), prefix.len())
+    }
+
+    /// Parses the last path element of a block or affinity key back into its CIDR.
+    pub fn parse_cidr_name(key: &str) -> Option<Ipv4Prefix> {
+        let name = key.rsplit('/').next()?;
+        let (a, l) = name.rsplit_once('-')?;
+        Ipv4Prefix::new(u32::from(a.parse::<Ipv4Addr>().ok()?), l.parse().ok()?)
+    }
+
+    pub fn block(prefix: Ipv4Prefix) -> String {
+        format!("{BLOCKS}{}", cidr_name(prefix))
+    }
+
+    pub fn handle(id: &str) -> String {
+        format!("{HANDLES}{id}")
+    }
+
+    pub fn affinity(node: &str, prefix: Ipv4Prefix) -> String {
+        format!("{}{}", affinities(node), cidr_name(prefix))
+    }
+
+    /// The prefix of one node's block affinities.
+    pub fn affinities(node: &str) -> String {
+        format!("{HOSTS}{node}/ipv4/block/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_ff() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn keys_follow_calicos_layout() {
+        let p: vrouter_types::Ipv4Prefix = "10.65.0.64/26".parse().unwrap();
+        assert_eq!(keys::block(p), "/calico/ipam/v2/assignment/ipv4/block/10.65.0.64-26");
+        assert_eq!(keys::affinity("n1", p), "/calico/ipam/v2/host/n1/ipv4/block/10.65.0.64-26");
+        assert_eq!(keys::parse_cidr_name(&keys::affinity("n1", p)), Some(p));
+        assert_eq!(keys::parse_cidr_name("/x/10.65.0.65-26"), None, "host bits set");
+        assert_eq!(keys::handle("k8s-pod-network.abc"), "/calico/ipam/v2/handle/k8s-pod-network.abc");
+        assert_eq!(
+            keys::resource("workloadendpoints", Some("ns1"), "w"),
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/ns1/w"
+        );
+        assert_eq!(keys::resource("ippools", None, "p"), "/calico/resources/v3/projectcalico.org/ippools/p");
+    }
+
+    #[test]
+    fn op_failure_names_the_cause() {
+        let c = Op::Create { key: "k".into(), value: vec![] };
+        assert_eq!(c.failure(Some(3)), Some(StoreError::Exists { key: "k".into() }));
+        assert_eq!(c.failure(None), None);
+        let u = Op::Update { key: "k".into(), value: vec![], expected: 5 };
+        assert_eq!(u.failure(Some(5)), None);
+        assert_eq!(u.failure(Some(7)), Some(StoreError::Conflict { key: "k".into(), expected: 5, current: Some(7) }));
+        assert_eq!(u.failure(None), Some(StoreError::Conflict { key: "k".into(), expected: 5, current: None }));
+        let d = Op::Delete { key: "k".into(), expected: None };
+        assert_eq!(d.failure(None), Some(StoreError::NotFound { key: "k".into() }));
+        assert_eq!(d.failure(Some(1)), None);
+    }
+}
