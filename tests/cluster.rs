@@ -89,7 +89,7 @@ fn pods_wired_by_cni_get_ipam_addresses_reach_each_other_and_policy_by_label_app
     for pod in lab.pods() {
         assert!(pool.contains(u32::from(pod.ip)), "pod {} got {} outside {pool}", pod.name, pod.ip);
         let shown = ctl_ok(&lab, &["ipam", "show", "--ip", &pod.ip.to_string()]);
-        assert!(shown.contains("in use"), "{shown}");
+        assert!(shown.contains("allocated"), "{shown}");
     }
     let blocks = ctl_ok(&lab, &["ipam", "show"]);
     for n in lab.nodes() {

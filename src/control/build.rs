@@ -51,8 +51,11 @@ pub fn config_routes(
         put(Ipv4Prefix::new_masked(net, 32), RouteSource::Node, NhKey::Blackhole);
         put(Ipv4Prefix::new_masked(net | !node.subnet.mask(), 32), RouteSource::Node, NhKey::Blackhole);
     }
-    // Calico blackholes the local block: addresses in it without a pod are unreachable.
-    put(node.pod_block, RouteSource::Node, NhKey::Blackhole);
+    // Calico blackholes the local blocks: addresses in them without a pod are unreachable (a
+    // /32 borrowed from another node's block too, while its pod is not there).
+    for b in cfg.pod_blocks() {
+        put(b, RouteSource::Node, NhKey::Blackhole);
+    }
     // The uplink's subnet is on-link: hosts on it are resolved directly.
     if cfg.uplink.is_some() {
         put(node.subnet, RouteSource::Node, NhKey::Connected);

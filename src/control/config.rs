@@ -27,6 +27,10 @@ pub struct Config {
     pub host: Option<HostConfig>,
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// Pod blocks besides `node.pod_block`, changed live by `apply` (the node agent's blocks
+    /// from IPAM; a /32 is an address borrowed from another node's block).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_blocks: Vec<Ipv4Prefix>,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
@@ -173,8 +177,10 @@ pub struct NodeConfig {
     pub ip: Ipv4Addr,
     /// The node's subnet on the uplink (decides CrossSubnet encapsulation).
     pub subnet: Ipv4Prefix,
-    /// This node's pod block; its aggregate is blackholed (pods not present are unreachable).
-    pub pod_block: Ipv4Prefix,
+    /// This node's static pod block (optional: a node driven by the agent has top-level
+    /// `pod_blocks` instead); its aggregate is blackholed (pods not present are unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_block: Option<Ipv4Prefix>,
     /// The gateway pods use (answered by proxy ARP).
     #[serde(default = "default_gateway")]
     pub pod_gateway: Ipv4Addr,
@@ -423,12 +429,18 @@ impl Config {
             let which = if node_ip == subnet.addr() { "network" } else { "broadcast" };
             return err("node.ip", format!("{} is the {which} address of node.subnet {subnet}", self.node.ip));
         }
-        let (pb, sn) = (self.node.pod_block, subnet);
-        if (pb.len() <= sn.len() && pb.contains(sn.addr())) || (sn.len() <= pb.len() && sn.contains(pb.addr())) {
-            return err(
-                "node.pod_block",
-                format!("{pb} overlaps node.subnet {sn}: pods' addresses must be apart from the uplink's subnet"),
-            );
+        let mut seen_blocks = HashSet::new();
+        for (field, pb) in self.pod_block_fields() {
+            let sn = subnet;
+            if (pb.len() <= sn.len() && pb.contains(sn.addr())) || (sn.len() <= pb.len() && sn.contains(pb.addr())) {
+                return err(
+                    &field,
+                    format!("{pb} overlaps node.subnet {sn}: pods' addresses must be apart from the uplink's subnet"),
+                );
+            }
+            if !seen_blocks.insert(pb) {
+                return err(&field, format!("{pb} is listed twice (node.pod_block and pod_blocks together)"));
+            }
         }
         if let Some(g) = self.node.gateway {
             if !self.node.subnet.contains(u32::from(g)) {
@@ -506,6 +518,19 @@ impl Config {
             if !names.insert(e.name.as_str()) {
                 return err(&f("name"), "duplicate endpoint name".into());
             }
+            // `<namespace>/<workload endpoint>` (what the CNI plugin and the agent name pods) is
+            // fine; blanks and control characters would garble logs and tables.
+            if e.name.is_empty() || e.name.len() > 253 || e.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return err(&f("name"), "must be 1..=253 characters without blanks or control characters".into());
+            }
+            if let Some(ns) = &e.netns {
+                if crate::port::netns_path(ns).is_none() {
+                    return err(
+                        &f("netns"),
+                        format!("'{ns}' must be a namespace name under /run/netns (no '/') or an absolute path without '.' or '..' components (e.g. /run/netns/cni-1234 or /proc/42/ns/net)"),
+                    );
+                }
+            }
             if e.tap.is_empty() || e.tap.len() > 15 {
                 return err(&f("tap"), format!("'{}' must be 1..=15 characters (a Linux interface name)", e.tap));
             }
@@ -522,8 +547,13 @@ impl Config {
                 return err(&f("addrs"), "at least one address is needed".into());
             }
             for a in &e.addrs {
-                if !self.node.pod_block.contains(u32::from(*a)) {
-                    return err(&f("addrs"), format!("{a} is outside node.pod_block {}", self.node.pod_block));
+                if !self.pod_blocks().iter().any(|b| b.contains(u32::from(*a))) {
+                    let blocks: Vec<String> = self.pod_blocks().iter().map(|b| b.to_string()).collect();
+                    let blocks = if blocks.is_empty() { "none".to_string() } else { blocks.join(", ") };
+                    return err(
+                        &f("addrs"),
+                        format!("{a} is outside node.pod_block and pod_blocks (this node's blocks: {blocks})"),
+                    );
                 }
                 if !addrs.insert(*a) {
                     return err(&f("addrs"), format!("{a} belongs to another endpoint"));
@@ -647,6 +677,17 @@ impl Config {
             bad.push("not root: `vrouter run` needs root (AF_XDP, TAPs, namespaces)".into());
         }
         bad
+    }
+
+    /// This node's pod blocks: `node.pod_block` (if any), then `pod_blocks`.
+    pub fn pod_blocks(&self) -> Vec<Ipv4Prefix> {
+        self.node.pod_block.iter().chain(&self.pod_blocks).copied().collect()
+    }
+
+    /// [`Config::pod_blocks`] with the field each comes from, for errors.
+    fn pod_block_fields(&self) -> impl Iterator<Item = (String, Ipv4Prefix)> + '_ {
+        let node = self.node.pod_block.map(|b| ("node.pod_block".to_string(), b));
+        node.into_iter().chain(self.pod_blocks.iter().enumerate().map(|(i, b)| (format!("pod_blocks[{i}]"), *b)))
     }
 
     /// The policy part, with endpoints in the order of `endpoints`.
@@ -805,7 +846,7 @@ pod_block = "10.244.1.0/26"
             )
         };
         assert!(parse(&ep("10.244.1.2", "")).is_ok());
-        assert!(err(&ep("10.9.9.9", "")).contains("outside node.pod_block"));
+        assert!(err(&ep("10.9.9.9", "")).contains("outside node.pod_block and pod_blocks"));
         assert!(err(&ep("10.244.1.2", "\"nope\"")).contains("unknown policy 'nope'"));
         let two = format!(
             "{}\n[[endpoints]]\nname = \"q\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:02\"\naddrs = [\"10.244.1.3\"]\n",
@@ -815,6 +856,56 @@ pod_block = "10.244.1.0/26"
         let long = ep("10.244.1.2", "").replace("tap = \"tapp\"", "tap = \"tapp\"\nifname = \"eth0-sixteen-chr\"");
         let e = err(&long);
         assert!(e.contains("endpoints[0] (p).ifname: 'eth0-sixteen-chr' must be 1..=15 characters"), "{e}");
+    }
+
+    #[test]
+    fn pod_blocks_are_optional_live_and_hold_the_endpoints() {
+        let agent_node = "[node]\nname = \"n1\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\n";
+        let c = parse(agent_node).unwrap();
+        assert_eq!((c.node.pod_block, c.pod_blocks()), (None, vec![]), "a node with no block yet");
+        let pod = |a: &str| {
+            format!(
+                "[[endpoints]]\nname = \"default/p\"\ntap = \"tapp\"\nmac = \"0a:00:00:00:00:01\"\naddrs = [\"{a}\"]\n"
+            )
+        };
+        let e = err(&format!("{agent_node}{}", pod("10.244.1.2")));
+        assert!(e.contains("10.244.1.2 is outside node.pod_block and pod_blocks (this node's blocks: none)"), "{e}");
+        let blocks = "pod_blocks = [\"10.244.1.64/26\", \"10.244.7.9/32\"]\n";
+        let c = parse(&format!("{blocks}{agent_node}{}", pod("10.244.7.9"))).unwrap();
+        assert_eq!(c.pod_blocks(), ["10.244.1.64/26".parse().unwrap(), "10.244.7.9/32".parse().unwrap()]);
+        let c = parse(&format!("pod_blocks = [\"10.244.1.64/26\"]\n{NODE}{}", pod("10.244.1.70"))).unwrap();
+        assert_eq!(c.pod_blocks().len(), 2, "node.pod_block first, then pod_blocks");
+        let e = err(&format!("{blocks}{agent_node}{}", pod("10.244.1.2")));
+        assert!(e.contains("(this node's blocks: 10.244.1.64/26, 10.244.7.9/32)"), "{e}");
+        let e = err(&format!("pod_blocks = [\"192.168.1.128/25\"]\n{agent_node}"));
+        assert!(e.contains("pod_blocks[0]: 192.168.1.128/25 overlaps node.subnet"), "{e}");
+        let e = err(&format!("pod_blocks = [\"10.244.1.0/26\"]\n{NODE}"));
+        assert!(e.contains("pod_blocks[0]: 10.244.1.0/26 is listed twice"), "{e}");
+        // Written back the way it is read: no empty list, no pod_block when there is none.
+        let text = toml::to_string(&parse(agent_node).unwrap()).unwrap();
+        assert!(!text.contains("pod_block"), "{text}");
+        let c = parse(&format!("{blocks}{agent_node}")).unwrap();
+        assert_eq!(parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn endpoint_names_may_have_slashes_and_netns_may_be_a_path() {
+        let pod = |name: &str, netns: &str| {
+            format!(
+                "{NODE}[[endpoints]]\nname = \"{name}\"\ntap = \"tapp\"\nnetns = \"{netns}\"\nmac = \"0a:00:00:00:00:01\"\naddrs = [\"10.244.1.2\"]\n"
+            )
+        };
+        let c = parse(&pod("kube-system/n1-cni-0123456789ab-eth0", "/run/netns/netns-4f2a")).unwrap();
+        assert_eq!(c.endpoints[0].netns.as_deref(), Some("/run/netns/netns-4f2a"));
+        assert!(parse(&pod("p", "/var/run/netns/cni-1")).is_ok());
+        assert!(parse(&pod("p", "plain")).is_ok());
+        for bad in ["run/netns/x", "/run/../etc", "/"] {
+            let e = err(&pod("p", bad));
+            assert!(e.contains("endpoints[0] (p).netns") && e.contains("absolute path"), "{bad}: {e}");
+        }
+        let e = err(&pod("a b", "x"));
+        assert!(e.contains("(a b).name: must be 1..=253 characters without blanks"), "{e}");
+        assert!(err(&pod("", "x")).contains(".name: must be"));
     }
 
     #[test]

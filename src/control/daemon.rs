@@ -126,8 +126,8 @@ fn reload_failed(e: &NodeError) -> String {
     }
 }
 
-/// Whether the network namespace `ns` (a name under /run/netns, as `ip netns` makes, or a
-/// pid) exists.
+/// Whether the network namespace `ns` (a name under /run/netns, as `ip netns` makes, an
+/// absolute path to a namespace file, or a pid) exists.
 fn netns_exists(ns: &str) -> bool {
     match ns.parse::<u32>() {
         Ok(pid) => Path::new(&format!("/proc/{pid}/ns/net")).exists(),
@@ -138,6 +138,9 @@ fn netns_exists(ns: &str) -> bool {
 impl PortIo for TapIo {
     fn check_pod(&self, e: &EndpointConfig) -> Result<(), String> {
         match &e.netns {
+            Some(ns) if ns.starts_with('/') && !netns_exists(ns) => {
+                Err(format!("network namespace '{ns}' does not exist (no such file, or not a clean absolute path)"))
+            }
             Some(ns) if !netns_exists(ns) => Err(format!(
                 "network namespace '{ns}' does not exist (no /run/netns/{ns}; `ip netns add {ns}` creates one)"
             )),

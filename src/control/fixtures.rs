@@ -46,7 +46,7 @@ pub fn node(name: &str) -> (NodeConfig, UplinkConfig) {
         name: name.into(),
         ip: Ipv4Addr::new(192, 168, 1, 10),
         subnet: Ipv4Prefix::new_masked(u32::from(Ipv4Addr::new(192, 168, 1, 0)), 24),
-        pod_block: block(1),
+        pod_block: Some(block(1)),
         pod_gateway: Ipv4Addr::new(169, 254, 1, 1),
         ipip_mode: IpipMode::CrossSubnet,
         gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),

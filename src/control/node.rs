@@ -275,6 +275,8 @@ pub struct Node {
     published: usize,
     /// Grace periods that timed out (a worker stuck in one batch for a second).
     pub grace_timeouts: u64,
+    /// Bumped whenever the running config changes (see [`Node::generation`]).
+    generation: u64,
 }
 
 fn ip(a: Ipv4Addr) -> u32 {
@@ -319,6 +321,7 @@ impl Node {
             removed_routes: 0,
             published: 0,
             grace_timeouts: 0,
+            generation: 0,
         };
         node.cfg.endpoints.clear();
         node.cfg.peers.clear();
@@ -351,7 +354,7 @@ impl Node {
 
     /// The anti-spoofing settings of a snapshot that come from `[node]`.
     fn node_checks(snap: &mut Snapshot, cfg: &Config) {
-        snap.pod_blocks = vec![cfg.node.pod_block];
+        snap.pod_blocks = cfg.pod_blocks();
         snap.ipip_strict_rpf = cfg.node.ipip_rpf == RpfMode::Strict;
     }
 
@@ -383,6 +386,13 @@ impl Node {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The running config's generation: bumped by every apply (or edit) that changed it, so
+    /// that a client's read-modify-write can check nothing came in between (`apply`'s
+    /// `if_generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The pods' port slots, by endpoint name.
@@ -965,6 +975,9 @@ impl Node {
     ) -> Result<(), NodeError> {
         // 2. Old and new together.
         let old = std::mem::replace(&mut self.cfg, new);
+        if old != self.cfg {
+            self.generation += 1;
+        }
         self.extra_peers = old.peers.iter().map(|p| ip(p.ip)).collect();
         self.extra_policies = old.policies.clone();
         for (slot, e) in created {
@@ -1000,7 +1013,7 @@ impl Node {
         }
 
         if self.cfg.host.is_some() {
-            let mut blocks = vec![self.cfg.node.pod_block];
+            let mut blocks = self.cfg.pod_blocks();
             blocks.extend(self.cfg.peers.iter().flat_map(|p| p.pod_blocks.iter().copied()));
             self.io.host_routes(&blocks, self.cfg.node.pod_gateway);
         }
@@ -1243,6 +1256,43 @@ mod tests {
             Some("host routes 10.244.1.0/26 10.244.2.0/26 10.244.3.0/26 via 169.254.1.1"),
             "a new peer's block"
         );
+    }
+
+    #[test]
+    fn pod_blocks_change_live_with_their_blackholes_host_routes_and_snapshot() {
+        let host = "[host]\ntap = \"vrhost\"\n";
+        let (mut n, rec) = node(cfg(host));
+        let last = |r: &Recorder| r.0.lock().unwrap().iter().rev().find(|l| l.starts_with("host routes")).cloned();
+        assert!(matches!(lookup(&n, "10.244.9.5"), NextHop::Unreachable), "not ours yet: no route");
+        let g = n.generation();
+        // The agent claims a block and borrows an address: both applied live.
+        let mut c = cfg(host);
+        c.pod_blocks = vec!["10.244.9.0/26".parse().unwrap(), "10.244.2.7/32".parse().unwrap()];
+        let mut pod = fixtures::endpoint("default/x", 7);
+        pod.addrs = vec!["10.244.2.7".parse().unwrap()];
+        c.endpoints.push(pod);
+        n.apply(c.clone()).unwrap();
+        assert_eq!(n.generation(), g + 1);
+        assert!(matches!(lookup(&n, "10.244.9.5"), NextHop::Blackhole), "the new block is blackholed");
+        assert!(matches!(lookup(&n, "10.244.2.7"), NextHop::Local { .. }), "the borrowed address is the pod's");
+        let n2 = lookup(&n, "10.244.2.8");
+        assert!(matches!(n2, NextHop::Tunnel { .. } | NextHop::Gateway { .. }), "n2's block: {n2:?}");
+        let snap = n.shared.snapshot.load();
+        assert!(snap.in_pod_block(u32::from(Ipv4Addr::new(10, 244, 9, 5))));
+        assert!(snap.in_pod_block(u32::from(Ipv4Addr::new(10, 244, 2, 7))));
+        assert!(!snap.in_pod_block(u32::from(Ipv4Addr::new(10, 244, 2, 8))));
+        assert_eq!(
+            last(&rec).as_deref(),
+            Some("host routes 10.244.1.0/26 10.244.9.0/26 10.244.2.7/32 10.244.2.0/26 via 169.254.1.1")
+        );
+        // The same config again is no new generation; a block released goes everywhere.
+        n.apply(c.clone()).unwrap();
+        assert_eq!(n.generation(), g + 1);
+        c.pod_blocks.remove(0);
+        n.apply(c).unwrap();
+        assert!(matches!(lookup(&n, "10.244.9.5"), NextHop::Unreachable));
+        assert!(!n.shared.snapshot.load().in_pod_block(u32::from(Ipv4Addr::new(10, 244, 9, 5))));
+        assert_eq!(n.generation(), g + 2);
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl Control {
                     },
                 };
                 ok(r::ConfigShow {
+                    generation: node.generation(),
                     config: text,
                     file: self.config_path.clone(),
                     matches_file: warning.is_none(),
@@ -257,6 +258,12 @@ impl Control {
                 ok(r::Endpoints { endpoints })
             }
             Request::EndpointAdd { endpoint } => {
+                // The same port as the running endpoint's is no change: the CNI plugin and the
+                // node agent may both add a new pod, in either order. Its running policy lists
+                // stay (the agent's compiled ones are newer than the plugin's pending ones).
+                if self.node().config().endpoints.iter().any(|e| e.name == endpoint.name && e.same_port(&endpoint)) {
+                    return ok(api::ChangeReport::default());
+                }
                 self.edit(|c| add_named(&mut c.endpoints, endpoint, "endpoint", |e| &e.name))
             }
             Request::EndpointDel { name } => self.edit(|c| del_named(&mut c.endpoints, &name, "endpoint", |e| &e.name)),
@@ -394,12 +401,24 @@ impl Control {
                     None => ok(c),
                 }
             }
-            Request::Apply { config, dry_run, file } => {
+            Request::Apply { config, dry_run, file, if_generation } => {
                 let name = Path::new(file.as_deref().unwrap_or("<apply>"));
                 let cfg = Config::parse(&config, name).map_err(|e| e.to_string())?;
+                let mut node = self.node();
+                // Compared and applied under one lock: nothing can come in between.
+                match if_generation {
+                    Some(g) if g != node.generation() => {
+                        return Err(format!(
+                            "{}: the node runs generation {}, not {g} (changed since it was read: read it again with config-show and redo the change)",
+                            api::GENERATION_CHANGED,
+                            node.generation()
+                        ))
+                    }
+                    _ => {}
+                }
                 match dry_run {
-                    true => ok(self.node().plan(&cfg).map_err(|e| e.to_string())?),
-                    false => ok(self.node().apply(cfg).map_err(|e| e.to_string())?),
+                    true => ok(node.plan(&cfg).map_err(|e| e.to_string())?),
+                    false => ok(node.apply(cfg).map_err(|e| e.to_string())?),
                 }
             }
             Request::Reload => ok(self.reload().map_err(|e| e.to_string())?),
@@ -931,6 +950,7 @@ fn client(
 mod tests {
     use super::*;
     use crate::control::build::NhKey;
+    use crate::control::config::EndpointConfig;
     use crate::control::fixtures;
     use crate::control::node::NoIo;
     use std::io::{BufRead, BufReader};
@@ -1179,6 +1199,7 @@ mod tests {
             config: "[node]\nname = 1\n".into(),
             dry_run: true,
             file: file.map(String::from),
+            if_generation: None,
         };
         let e = ctl.handle(apply(Some("/etc/vrouter/node.toml"))).error.unwrap();
         assert!(e.contains("/etc/vrouter/node.toml"), "{e}");
@@ -1186,6 +1207,70 @@ mod tests {
         assert!(e.contains("<apply>"), "{e}");
         let line = r#"{"version":1,"request":{"cmd":"apply","config":"","file":"a.toml"}}"#;
         assert!(matches!(api::parse_request(line).unwrap(), Request::Apply { file: Some(f), .. } if f == "a.toml"));
+    }
+
+    #[test]
+    fn apply_with_if_generation_refuses_a_config_changed_since_it_was_read() {
+        let ctl = test_control();
+        let g0 = ok(&ctl, Request::ConfigShow)["generation"].as_u64().unwrap();
+        assert!(g0 > 0, "the first config is a change");
+        let shown = ok(&ctl, Request::ConfigShow)["config"].as_str().unwrap().to_string();
+        let apply =
+            |config: String, g: Option<u64>| Request::Apply { config, dry_run: false, file: None, if_generation: g };
+        // An unchanged config applied is no change: same generation.
+        ok(&ctl, apply(shown.clone(), Some(g0)));
+        assert_eq!(ok(&ctl, Request::ConfigShow)["generation"].as_u64(), Some(g0));
+        // Someone else changes it (an endpoint edit counts) ...
+        ok(&ctl, Request::EndpointAdd { endpoint: fixtures::endpoint("b", 3) });
+        let g1 = ok(&ctl, Request::ConfigShow)["generation"].as_u64().unwrap();
+        assert_eq!(g1, g0 + 1);
+        // ... so a change computed from the old read is refused, distinctly, and changes nothing.
+        let mine = shown.replace("10.244.1.2", "10.244.1.9");
+        let r = ctl.handle(apply(mine.clone(), Some(g0)));
+        let e = r.clone().into_result::<Value>().unwrap_err();
+        assert!(e.is_generation_changed(), "{r:?}");
+        assert!(e.to_string().contains(&format!("runs generation {g1}, not {g0}")), "{e}");
+        assert_eq!(ctl.node().config().endpoints.len(), 2, "nothing applied");
+        // Read again, redo: accepted, and the generation moves on.
+        ok(&ctl, apply(mine.clone(), Some(g1)));
+        assert_eq!(ok(&ctl, Request::ConfigShow)["generation"].as_u64(), Some(g1 + 1));
+        // Without if_generation, apply is as before (last writer wins).
+        ok(&ctl, apply(shown, None));
+        assert_eq!(ctl.node().config().endpoints[0].addrs, ["10.244.1.2".parse::<Ipv4Addr>().unwrap()]);
+    }
+
+    #[test]
+    fn endpoint_add_of_the_running_endpoint_is_no_change() {
+        let ctl = test_control();
+        let mut e = fixtures::endpoint("default/n1-cni-0123456789ab-eth0", 3);
+        e.tap = "vr0123456789a".into();
+        let r = ok(&ctl, Request::EndpointAdd { endpoint: e.clone() });
+        assert_eq!(r["endpoints_added"][0], "default/n1-cni-0123456789ab-eth0", "a name with '/' is fine: {r}");
+        let g = ok(&ctl, Request::ConfigShow)["generation"].clone();
+        let published = ctl.node().snapshots_published();
+        // The same again (the CNI plugin and the agent racing): success, nothing done.
+        let r = ok(&ctl, Request::EndpointAdd { endpoint: e.clone() });
+        assert_eq!(r["endpoints_added"], serde_json::json!([]), "{r}");
+        assert_eq!(ctl.node().snapshots_published(), published, "nothing published");
+        assert_eq!(ok(&ctl, Request::ConfigShow)["generation"], g);
+        // The same port with other policy lists: no change either, the running lists stay.
+        ctl.handle(Request::PolicySet { name: "vrouter.pending".into(), rules: vec![] });
+        let pending = EndpointConfig { ingress: vec!["vrouter.pending".into()], ..e.clone() };
+        ok(&ctl, Request::EndpointAdd { endpoint: pending });
+        let running = ctl.node().config().endpoints.iter().find(|x| x.name == e.name).unwrap().clone();
+        assert!(running.ingress.is_empty(), "{running:?}");
+        assert_eq!(
+            ok(&ctl, Request::ConfigShow)["generation"].as_u64(),
+            g.as_u64().map(|g| g + 1),
+            "only the policy set"
+        );
+        // Another port under the same name is still refused.
+        let other = EndpointConfig { addrs: vec!["10.244.1.4".parse().unwrap()], ..e.clone() };
+        let r = ctl.handle(Request::EndpointAdd { endpoint: other });
+        assert!(r.error.as_deref().unwrap_or("").contains("exists; delete it first"), "{r:?}");
+        // And it goes by its name, slash and all.
+        ok(&ctl, Request::EndpointDel { name: e.name.clone() });
+        assert!(ctl.node().config().endpoints.iter().all(|x| x.name != e.name));
     }
 
     #[test]

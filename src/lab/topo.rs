@@ -188,7 +188,7 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
             name: node.name.clone(),
             ip: node.ip,
             subnet: prefix(&node.subnet)?,
-            pod_block: prefix(&node.pod_block)?,
+            pod_block: Some(prefix(&node.pod_block)?),
             pod_gateway: POD_GATEWAY,
             ipip_mode: IpipMode::CrossSubnet,
             gateway: Some(node.gateway),
@@ -205,6 +205,7 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
         host: Some(HostConfig { tap: HOST_TAP.into() }),
         // Three daemons share the machine's cores with the traffic: never busy-poll for long.
         workers: WorkersConfig { idle: config_enum(idle)?, spin_us: 50, ..Default::default() },
+        pod_blocks: vec![],
         peers,
         endpoints,
         // The underlay beyond the subnet (other nodes' IPs, for pods and the node's kernel alike).

@@ -254,7 +254,7 @@ impl Topo {
                 name: "fwd".into(),
                 ip: ip(FWD_IP)?,
                 subnet: prefix("192.168.50.0/24")?,
-                pod_block: prefix("10.249.0.0/26")?,
+                pod_block: Some(prefix("10.249.0.0/26")?),
                 pod_gateway: Ipv4Addr::new(169, 254, 1, 1),
                 ipip_mode: IpipMode::Never,
                 gateway: None,
@@ -274,6 +274,7 @@ impl Topo {
                 cores: vec![self.fwd_cpu],
                 ..Default::default()
             },
+            pod_blocks: vec![],
             peers: vec![
                 PeerConfig {
                     name: "sink".into(),

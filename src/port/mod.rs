@@ -14,9 +14,16 @@ pub mod afxdp;
 pub mod tap;
 pub mod xdp;
 
-/// The file `ip netns` keeps for the network namespace `name`, or `None` when `name` is not a
-/// plain name (empty, `.`, `..`, or with a `/`, which would reach outside `/run/netns`).
+/// The file of the network namespace `name`: a plain name is one `ip netns` keeps under
+/// `/run/netns`; an absolute path (what a container runtime gives a CNI plugin as `CNI_NETNS`,
+/// e.g. `/run/netns/netns-UUID` or `/proc/PID/ns/net`) is that file. `None` for anything else
+/// (empty, `.`, `..`, a relative path, an absolute path with `.` or `..` components or an
+/// empty one).
 pub fn netns_path(name: &str) -> Option<std::path::PathBuf> {
+    if let Some(rest) = name.strip_prefix('/') {
+        let clean = !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        return clean.then(|| std::path::PathBuf::from(name));
+    }
     let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
     plain.then(|| std::path::Path::new("/run/netns").join(name))
 }
@@ -59,6 +66,21 @@ impl LinkState {
             // `carrier` cannot be read while the device is administratively down.
             (Ok(_), Err(_)) => LinkState::Down,
             _ => LinkState::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::netns_path;
+
+    #[test]
+    fn netns_path_takes_plain_names_and_clean_absolute_paths_only() {
+        assert_eq!(netns_path("pod1").unwrap(), std::path::Path::new("/run/netns/pod1"));
+        assert_eq!(netns_path("/run/netns/netns-4f2a").unwrap(), std::path::Path::new("/run/netns/netns-4f2a"));
+        assert_eq!(netns_path("/proc/42/ns/net").unwrap(), std::path::Path::new("/proc/42/ns/net"));
+        for bad in ["", ".", "..", "a/b", "/", "/run/../etc/passwd", "/run/./netns/x", "//run/netns/x", "/run/netns/"] {
+            assert_eq!(netns_path(bad), None, "{bad:?}");
         }
     }
 }

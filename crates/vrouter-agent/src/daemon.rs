@@ -100,11 +100,13 @@ impl Daemon {
     }
 
     fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T, DaemonError> {
-        let reply = vrouterctl::call(&self.socket, req, self.timeout).map_err(DaemonError::Unreachable)?;
-        if !reply.ok {
-            return Err(DaemonError::Refused(reply.error.unwrap_or_default()));
-        }
-        reply.into_result().map_err(|e| DaemonError::Malformed(e.to_string()))
+        use vrouter_api::ReplyError;
+        use vrouterctl::CallError;
+        vrouterctl::request(&self.socket, req, self.timeout).map_err(|e| match e {
+            CallError::Unreachable(m) => DaemonError::Unreachable(m),
+            CallError::Daemon(ReplyError::Refused(m)) => DaemonError::Refused(m),
+            CallError::Daemon(e) => DaemonError::Malformed(e.to_string()),
+        })
     }
 
     pub fn read(&self) -> Result<Running, DaemonError> {
@@ -114,7 +116,7 @@ impl Daemon {
     }
 
     /// Applies `state` over `running`, if the daemon's config is still that generation.
-    pub fn apply(&self, running: &Running, state: &NodeState) -> Result<r::ChangeReport, DaemonError> {
+    pub fn apply(&self, running: &Running, state: &NodeState) -> Result<vrouter_api::ChangeReport, DaemonError> {
         let table = merged(&running.table, state).map_err(DaemonError::Malformed)?;
         let config = toml::to_string(&table).map_err(|e| DaemonError::Malformed(e.to_string()))?;
         let req = Request::Apply {

@@ -97,7 +97,7 @@ impl View {
     }
 
     pub fn has_block(&self, node: &str) -> bool {
-        self.blocks().any(|b| b.affine_to(node))
+        self.blocks().any(|b| b.affine_node() == Some(node))
     }
 
     /// The enabled pools whose nodeSelector matches `node`'s labels, in name order.
@@ -137,7 +137,7 @@ impl View {
             }
         }
         for b in self.blocks() {
-            i.blocks.push(BlockInfo { cidr: b.cidr, node: b.affinity_node().map(str::to_string) });
+            i.blocks.push(BlockInfo { cidr: b.cidr, node: b.affine_node().map(str::to_string) });
         }
         i
     }
@@ -145,11 +145,23 @@ impl View {
     /// This node's desired state: the cluster's, with its policy compiled for its pods.
     pub fn node_state(&self, me: &str) -> (NodeState, Vec<Skipped>) {
         let inputs = self.inputs();
-        let all: Vec<&Resource> = self.resources().collect();
-        let compiled = policy::compile_for_node(&all, me);
-        for (ep, why) in &compiled.skipped {
-            tracing::warn!(endpoint = %ep, "policy: {why}");
+        let (mut weps, mut nps, mut gnps, mut profiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in self.resources() {
+            match r {
+                Resource::WorkloadEndpoint(w) => weps.push(w.clone()),
+                Resource::NetworkPolicy(p) => nps.push(p.clone()),
+                Resource::GlobalNetworkPolicy(p) => gnps.push(p.clone()),
+                Resource::Profile(p) => profiles.push(p.clone()),
+                _ => {}
+            }
         }
+        let compiled = policy::compile(&policy::PolicyInput {
+            endpoints: &weps,
+            network_policies: &nps,
+            global_policies: &gnps,
+            profiles: &profiles,
+            node: me,
+        });
         desired::node_state(&inputs, me, &compiled.policies, &compiled.endpoints)
     }
 }
@@ -165,7 +177,13 @@ fn parse(kv: &Kv) -> Option<Result<Entry, String>> {
         );
     }
     if kv.key.starts_with(BLOCKS) {
-        return Some(Block::from_stored(&kv.value).map(Entry::Block).map_err(|e| e.to_string()));
+        return Some(match serde_json::from_slice::<Block>(&kv.value) {
+            Ok(mut b) => {
+                b.mod_revision = kv.mod_revision;
+                Ok(Entry::Block(b))
+            }
+            Err(e) => Err(format!("IPAM block: {e}")),
+        });
     }
     None
 }

@@ -44,6 +44,15 @@ pub struct EndpointConfig {
     pub egress: Vec<String>,
 }
 
+impl EndpointConfig {
+    /// Whether `other` is this endpoint but for its policy lists: the same port (TAP,
+    /// namespace, interface, MAC, addresses, MTU), which a change of policy keeps.
+    pub fn same_port(&self, other: &EndpointConfig) -> bool {
+        let bare = |e: &EndpointConfig| EndpointConfig { ingress: vec![], egress: vec![], ..e.clone() };
+        bare(self) == bare(other)
+    }
+}
+
 fn default_ifname() -> String {
     "eth0".into()
 }

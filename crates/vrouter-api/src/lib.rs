@@ -43,6 +43,8 @@ pub const MAX_REQUEST: usize = 4 << 20;
 /// A connection with no complete request this long after it opened (or after the previous
 /// reply) is closed.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How the refusal of an `apply` whose `if_generation` is not the running config's begins.
+pub const GENERATION_CHANGED: &str = "config generation changed";
 /// Longest a trace or capture may wait for packets.
 pub const MAX_WAIT_MS: u64 = 600_000;
 
@@ -127,6 +129,11 @@ pub enum Request {
         config: String,
         #[serde(default)]
         dry_run: bool,
+        /// Compare and swap: refused (with an error starting [`GENERATION_CHANGED`]) unless the
+        /// running config is still this generation (`config-show`'s), so that a
+        /// read-modify-write cannot undo a change made in between.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_generation: Option<u64>,
         /// The file `config` was read from: errors name it (they say `<apply>` without it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<String>,
@@ -258,6 +265,14 @@ impl std::fmt::Display for ReplyError {
 
 impl std::error::Error for ReplyError {}
 
+impl ReplyError {
+    /// An `apply` with `if_generation` refused because the config changed since: read it again
+    /// (`config-show`) and redo the change.
+    pub fn is_generation_changed(&self) -> bool {
+        matches!(self, ReplyError::Refused(e) if e.starts_with(GENERATION_CHANGED))
+    }
+}
+
 /// Parses one request line, with errors a person can act on.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
@@ -298,6 +313,38 @@ mod tests {
         assert!(e.starts_with("not JSON"), "{e}");
         let e = parse_request(r#"{"version":1,"request":{"cmd":"route-del","prefix":"10.0.0.0/33"}}"#).unwrap_err();
         assert!(e.contains("bad request"), "{e}");
+    }
+
+    #[test]
+    fn apply_carries_an_optional_generation_to_compare() {
+        let plain = parse_request(r#"{"version":1,"request":{"cmd":"apply","config":"x"}}"#).unwrap();
+        assert_eq!(plain, Request::Apply { config: "x".into(), dry_run: false, file: None, if_generation: None });
+        let r = Request::Apply { config: "x".into(), dry_run: false, file: None, if_generation: Some(7) };
+        let line = serde_json::to_string(&Envelope { version: VERSION, request: r.clone() }).unwrap();
+        assert!(line.contains(r#""if_generation":7"#), "{line}");
+        assert_eq!(parse_request(&line).unwrap(), r);
+        // Without it, the line is what older clients send.
+        let line = serde_json::to_string(&Envelope { version: VERSION, request: plain }).unwrap();
+        assert!(!line.contains("if_generation"), "{line}");
+        let e = ReplyError::Refused(format!("{GENERATION_CHANGED}: the node runs generation 8, not 7"));
+        assert!(e.is_generation_changed());
+        assert!(!ReplyError::Refused("endpoint x: no such netns".into()).is_generation_changed());
+    }
+
+    #[test]
+    fn endpoints_with_slashes_in_names_and_netns_paths_round_trip() {
+        let e: EndpointConfig = serde_json::from_str(
+            r#"{"name":"default/n1-cni-0123456789ab-eth0","tap":"vr0123456789a","netns":"/run/netns/netns-1",
+                "ifname":"eth0","mac":"0a:58:0a:f4:01:02","addrs":["10.244.1.2"],"ingress":["vrouter.pending"],
+                "egress":["vrouter.pending"]}"#,
+        )
+        .unwrap();
+        let r = Request::EndpointAdd { endpoint: e.clone() };
+        let line = serde_json::to_string(&Envelope { version: VERSION, request: r.clone() }).unwrap();
+        assert_eq!(parse_request(&line).unwrap(), r);
+        let other_policy = EndpointConfig { ingress: vec![], ..e.clone() };
+        assert!(e.same_port(&other_policy));
+        assert!(!e.same_port(&EndpointConfig { mtu: 1400, ..e.clone() }));
     }
 
     #[test]

@@ -300,6 +300,10 @@ pub struct ConfigShow {
     pub matches_file: bool,
     /// Why a reload would change or fail, when it would.
     pub warning: Option<String>,
+    /// The running config's generation, bumped by every change applied to it: what `apply`'s
+    /// `if_generation` compares.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// `trace`: what each stage decided for each packet traced.
@@ -611,8 +615,21 @@ mod tests {
         };
         let v = round_trip(&Connections { connections: vec![c], total: 1, workers_not_answering: 0 });
         assert_eq!(v["connections"][0]["src"], "10.244.1.2");
-        let v = round_trip(&ConfigShow { config: "[node]\n".into(), file: None, matches_file: true, warning: None });
-        assert_eq!(v, json!({"config": "[node]\n", "file": null, "matches_file": true, "warning": null}));
+        let v = round_trip(&ConfigShow {
+            config: "[node]\n".into(),
+            file: None,
+            matches_file: true,
+            warning: None,
+            generation: 3,
+        });
+        assert_eq!(
+            v,
+            json!({"config": "[node]\n", "file": null, "matches_file": true, "warning": null, "generation": 3})
+        );
+        // From a daemon that predates generations: 0.
+        let old: ConfigShow =
+            serde_json::from_value(json!({"config": "", "file": null, "matches_file": true, "warning": null})).unwrap();
+        assert_eq!(old.generation, 0);
         round_trip(&crate::Plan { global_rules_changed: true, ..crate::Plan::default() });
         round_trip(&crate::ChangeReport { routes_changed: 1, ..crate::ChangeReport::default() });
     }

@@ -244,27 +244,21 @@ pub fn ipam(endpoints: &[String], cmd: &IpamCmd, json: bool) -> Result<bool, Str
 }
 
 async fn show_blocks(store: &Store, json: bool) -> Result<bool, String> {
-    let blocks = ipam::blocks(store).await.map_err(|e| e.to_string())?;
+    let blocks = ipam::show(store).await.map_err(|e| e.to_string())?;
     if json {
-        let v: Vec<Value> = blocks
-            .iter()
-            .map(|b| {
-                serde_json::json!({"cidr": b.cidr.to_string(), "affinity": b.affinity, "used": b.used(), "free": b.free()})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&blocks).map_err(|e| e.to_string())?);
         return Ok(true);
     }
     let rows: Vec<Vec<String>> = blocks
         .iter()
         .map(|b| {
-            let total = b.used() + b.free();
+            let total = b.used + b.free;
             vec![
                 b.cidr.to_string(),
                 b.affinity.clone().unwrap_or_else(|| "-".into()),
-                b.used().to_string(),
-                b.free().to_string(),
-                format!("{:.0}%", 100.0 * b.used() as f64 / total.max(1) as f64),
+                b.used.to_string(),
+                b.free.to_string(),
+                format!("{:.0}%", 100.0 * b.used as f64 / total.max(1) as f64),
             ]
         })
         .collect();
@@ -273,25 +267,13 @@ async fn show_blocks(store: &Store, json: bool) -> Result<bool, String> {
 }
 
 async fn show_ip(store: &Store, ip: Ipv4Addr, json: bool) -> Result<bool, String> {
-    match ipam::show_ip(store, ip).await.map_err(|e| e.to_string())? {
-        None => {
-            eprintln!("{ip} is not allocated");
-            Ok(false)
-        }
-        Some(info) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
-            } else {
-                println!("{ip} is in use");
-                println!("  block:  {}", info.block);
-                println!("  handle: {}", info.handle);
-                for (k, v) in &info.attributes {
-                    println!("  {k}: {v}");
-                }
-            }
-            Ok(true)
-        }
+    let info = ipam::show_ip(store, ip).await.map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
+    } else {
+        println!("{info}");
     }
+    Ok(true)
 }
 
 async fn release(store: &Store, ip: Option<Ipv4Addr>, handle: Option<&str>) -> Result<bool, String> {

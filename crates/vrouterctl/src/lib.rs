@@ -21,7 +21,9 @@ mod datastore;
 use serde_json::Value;
 
 use vrouter_api::reply as r;
-use vrouter_api::{EndpointConfig, Envelope, NhKey, PeerConfig, Reply, Request, RouteSource, DEFAULT_SOCKET, VERSION};
+use vrouter_api::{
+    EndpointConfig, Envelope, NhKey, PeerConfig, Reply, ReplyError, Request, RouteSource, DEFAULT_SOCKET, VERSION,
+};
 use vrouter_types::acl::Rule;
 use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
 
@@ -150,11 +152,16 @@ pub enum CtlCmd {
         /// Only show what would change.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse unless the running config is still this generation (`config show --json`
+        /// says it): a read-modify-write that cannot undo a change made in between.
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
     },
     /// Create resources in the datastore from manifests (refused if one exists).
     #[cfg(feature = "datastore")]
     #[command(after_help = "Example:\n  vrouterctl create -f policy.yaml")]
     Create {
+        /// Manifests (YAML/JSON, multi-document); `-` reads stdin.
         #[arg(short = 'f', long = "file", alias = "filename")]
         file: PathBuf,
     },
@@ -163,6 +170,7 @@ pub enum CtlCmd {
     #[cfg(feature = "datastore")]
     #[command(after_help = "Example:\n  vrouterctl replace -f pool.yaml")]
     Replace {
+        /// Manifests (YAML/JSON, multi-document); `-` reads stdin.
         #[arg(short = 'f', long = "file", alias = "filename")]
         file: PathBuf,
     },
@@ -173,7 +181,9 @@ pub enum CtlCmd {
         after_help = "Examples:\n  vrouterctl get ippools\n  vrouterctl get wep -A -o wide\n  vrouterctl get gnp deny-all -o yaml"
     )]
     Get {
+        /// The kind (calicoctl's spellings: ippool, ippools, gnp, wep, ...).
         kind: String,
+        /// One resource; all of the kind without it.
         name: Option<String>,
         /// Namespace of a namespaced kind (default: default).
         #[arg(short = 'n', long)]
@@ -181,6 +191,7 @@ pub enum CtlCmd {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Output format (yaml and json print manifests that apply back unchanged).
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -188,10 +199,14 @@ pub enum CtlCmd {
     #[cfg(feature = "datastore")]
     #[command(after_help = "Examples:\n  vrouterctl delete gnp deny-all\n  vrouterctl delete -f policy.yaml")]
     Delete {
+        /// The kind (calicoctl's spellings).
         kind: Option<String>,
+        /// The resource's name.
         name: Option<String>,
+        /// Namespace of a namespaced kind (default: default).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// Delete what these manifests name (a resourceVersion in them must still be current).
         #[arg(short = 'f', long = "file", alias = "filename", conflicts_with_all = ["kind", "name"])]
         file: Option<PathBuf>,
         /// A resource that does not exist is not an error.
@@ -273,18 +288,26 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum IpamCmd {
     /// Blocks (affinity, addresses in use), or with --ip what holds that address.
+    #[command(after_help = "Examples:\n  vrouterctl ipam show\n  vrouterctl ipam show --ip 10.244.0.5")]
     Show {
+        /// One address: free or allocated, its block, handle and pod.
         #[arg(long)]
         ip: Option<Ipv4Addr>,
     },
     /// Frees an address, or every address of a handle (a container ID).
+    #[command(
+        after_help = "Examples:\n  vrouterctl ipam release --ip 10.244.0.5\n  vrouterctl ipam release --handle 4f1c2a..."
+    )]
     Release {
+        /// The address to free.
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Free every address of this handle (the CNI container ID).
         #[arg(long)]
         handle: Option<String>,
     },
     /// Leaks (allocated, no endpoint), duplicates, orphan handles; exit status 1 if any.
+    #[command(after_help = "Example:\n  vrouterctl ipam check")]
     Check,
 }
 
@@ -536,6 +559,58 @@ pub fn call(socket: &Path, req: Request, timeout: Duration) -> Result<Reply, Str
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from the daemon ({e}): {}", reply.trim()))
 }
 
+/// Why a typed request ([`request`]) has no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The daemon could not be reached, or went away before it answered (try again later).
+    Unreachable(String),
+    /// It answered: refused the request, or with a result of another shape.
+    Daemon(ReplyError),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(e) => f.write_str(e),
+            CallError::Daemon(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// One request, its result as the [`r`] struct it answers with: for programs (the CNI plugin,
+/// the node agent) that must tell a daemon that is not there from one that said no.
+pub fn request<T: serde::de::DeserializeOwned>(socket: &Path, req: Request, timeout: Duration) -> Result<T, CallError> {
+    let mut s = UnixStream::connect(socket).map_err(|e| CallError::Unreachable(connect_error(socket, &e)))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let mut line = serde_json::to_vec(&Envelope { version: VERSION, request: req })
+        .map_err(|e| CallError::Daemon(ReplyError::Malformed(e.to_string())))?;
+    line.push(b'\n');
+    let gone = |what: &str, e: std::io::Error| CallError::Unreachable(format!("{}: {what}: {e}", socket.display()));
+    s.write_all(&line).map_err(|e| gone("sending", e))?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).map_err(|e| gone("reading the reply", e))?;
+    if reply.is_empty() {
+        return Err(CallError::Unreachable(format!("{}: the daemon closed the connection", socket.display())));
+    }
+    let reply: Reply = serde_json::from_str(&reply)
+        .map_err(|e| CallError::Daemon(ReplyError::Malformed(format!("{e}: {}", reply.trim()))))?;
+    reply.into_result().map_err(CallError::Daemon)
+}
+
+/// `apply` of a whole config, compare-and-swap when `if_generation` is given: a refusal because
+/// the config changed since is `CallError::Daemon(e)` with `e.is_generation_changed()`.
+pub fn apply_config(
+    socket: &Path,
+    config: String,
+    if_generation: Option<u64>,
+    timeout: Duration,
+) -> Result<vrouter_api::ChangeReport, CallError> {
+    request(socket, Request::Apply { config, dry_run: false, file: None, if_generation }, timeout)
+}
+
 /// Why the daemon could not be reached, said so that the operator knows what to do.
 pub fn connect_error(socket: &Path, e: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
@@ -602,10 +677,6 @@ pub fn run(args: CtlArgs) -> ExitCode {
 }
 
 fn run_inner(args: &CtlArgs) -> Result<bool, String> {
-    #[cfg(feature = "datastore")]
-    if let Some(done) = run_datastore(args) {
-        return done;
-    }
     let mut wait = Duration::from_secs(60);
     let req = match &args.cmd {
         CtlCmd::Status => Request::Status,
@@ -661,7 +732,38 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
         CtlCmd::Counters { action: Some(CountersCmd::Clear) } => Request::CountersClear,
         CtlCmd::Counters { action: None } | CtlCmd::Drops { .. } => Request::Counters,
         CtlCmd::Config { cmd: ConfigCmd::Show } => Request::ConfigShow,
-        CtlCmd::Apply { file, dry_run } => {
+        #[cfg(feature = "datastore")]
+        CtlCmd::Create { file } => {
+            return datastore::write(&args.etcd_endpoints, file, None, datastore::Verb::Create, args.json)
+        }
+        #[cfg(feature = "datastore")]
+        CtlCmd::Replace { file } => {
+            return datastore::write(&args.etcd_endpoints, file, None, datastore::Verb::Replace, args.json)
+        }
+        #[cfg(feature = "datastore")]
+        CtlCmd::Get { kind, name, namespace, all_namespaces, output } => {
+            let output = if args.json { Output::Json } else { *output };
+            return datastore::get(
+                &args.etcd_endpoints,
+                kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                *all_namespaces,
+                output,
+            );
+        }
+        #[cfg(feature = "datastore")]
+        CtlCmd::Delete { kind, name, namespace, file, skip_not_exists } => {
+            let target = match (file, kind, name) {
+                (Some(f), _, _) => datastore::DeleteTarget::File(f.clone()),
+                (None, Some(k), Some(n)) => datastore::DeleteTarget::Named { kind: k.clone(), name: n.clone() },
+                _ => return Err("delete needs KIND NAME or -f FILE".into()),
+            };
+            return datastore::delete(&args.etcd_endpoints, target, namespace.as_deref(), *skip_not_exists);
+        }
+        #[cfg(feature = "datastore")]
+        CtlCmd::Ipam { cmd } => return datastore::ipam(&args.etcd_endpoints, cmd, args.json),
+        CtlCmd::Apply { file, dry_run, if_generation } => {
             let config = read_input(file)?;
             if looks_like_manifest(&config) {
                 #[cfg(feature = "datastore")]
@@ -679,7 +781,12 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
             }
             eprintln!("applying {} to the node at {}", file.display(), args.socket.display());
             // The daemon checks it; its errors then name the operator's file.
-            Request::Apply { config, dry_run: *dry_run, file: Some(file.display().to_string()) }
+            Request::Apply {
+                config,
+                dry_run: *dry_run,
+                file: Some(file.display().to_string()),
+                if_generation: *if_generation,
+            }
         }
         CtlCmd::Reload => Request::Reload,
         CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => Request::TraceStop,
@@ -760,30 +867,6 @@ fn looks_like_manifest(text: &str) -> bool {
     // Without the datastore: a TOML config never has these at the start of a line.
     #[cfg(not(feature = "datastore"))]
     text.lines().any(|l| l.starts_with("apiVersion:") || l.contains("\"apiVersion\""))
-}
-
-/// The datastore commands, if `args` is one.
-#[cfg(feature = "datastore")]
-fn run_datastore(args: &CtlArgs) -> Option<Result<bool, String>> {
-    let eps = &args.etcd_endpoints;
-    Some(match &args.cmd {
-        CtlCmd::Create { file } => datastore::write(eps, file, None, datastore::Verb::Create, args.json),
-        CtlCmd::Replace { file } => datastore::write(eps, file, None, datastore::Verb::Replace, args.json),
-        CtlCmd::Get { kind, name, namespace, all_namespaces, output } => {
-            let output = if args.json { Output::Json } else { *output };
-            datastore::get(eps, kind, name.as_deref(), namespace.as_deref(), *all_namespaces, output)
-        }
-        CtlCmd::Delete { kind, name, namespace, file, skip_not_exists } => {
-            let target = match (file, kind, name) {
-                (Some(f), _, _) => datastore::DeleteTarget::File(f.clone()),
-                (None, Some(k), Some(n)) => datastore::DeleteTarget::Named { kind: k.clone(), name: n.clone() },
-                _ => return Some(Err("delete needs KIND NAME or -f FILE".into())),
-            };
-            datastore::delete(eps, target, namespace.as_deref(), *skip_not_exists)
-        }
-        CtlCmd::Ipam { cmd } => datastore::ipam(eps, cmd, args.json),
-        _ => return None,
-    })
 }
 
 /// `-w -`: stdout, as tcpdump has it.
@@ -1086,6 +1169,11 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> Result<String, String> {
         | CtlCmd::Policy { .. }
         | CtlCmd::Apply { .. }
         | CtlCmd::Reload => key_values(&typed::<vrouter_api::ChangeReport>(v)?),
+        // Printed by `datastore` as they run; no node reply to render.
+        #[cfg(feature = "datastore")]
+        CtlCmd::Create { .. } | CtlCmd::Replace { .. } | CtlCmd::Get { .. } | CtlCmd::Delete { .. } | CtlCmd::Ipam { .. } => {
+            return Err("a datastore command has no node reply to show".into())
+        }
     })
 }
 

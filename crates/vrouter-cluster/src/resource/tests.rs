@@ -1,0 +1,534 @@
+//! Manifests as Calico's documentation writes them parse unchanged; every refused field is
+//! named with its reason; errors carry document, kind/name, path and valid values; stored and
+//! printed forms round-trip.
+
+use super::*;
+use crate::selector::Selector;
+use vrouter_types::IpipMode;
+
+fn one(text: &str) -> Resource {
+    let mut v = parse_manifests(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.len(), 1);
+    v.remove(0)
+}
+
+fn fails(text: &str) -> ManifestError {
+    match parse_manifests(text) {
+        Ok(r) => panic!("accepted: {r:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts the error is at `path` and its message contains each of `needles`.
+fn fails_at(text: &str, path: &str, needles: &[&str]) -> ManifestError {
+    let e = fails(text);
+    assert_eq!(e.path, path, "{e}");
+    for n in needles {
+        assert!(e.to_string().contains(n), "'{n}' not in: {e}");
+    }
+    e
+}
+
+const IPPOOL: &str = "
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: my.ippool-1
+spec:
+  cidr: 10.1.0.0/16
+  ipipMode: CrossSubnet
+  natOutgoing: true
+  disabled: false
+  nodeSelector: all()
+";
+
+const NODE: &str = "
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node-hostname
+  labels:
+    rack: r1
+spec:
+  bgp:
+    asNumber: 64512
+    ipv4Address: 10.244.0.1/24
+    routeReflectorClusterID: 224.0.0.1
+";
+
+// Calico's documented example, with containerID quoted (unquoted, YAML reads that many digits
+// as a float).
+const WEP: &str = "
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: node1-k8s-my--nginx--b1337a-eth0
+  namespace: default
+  labels:
+    app: frontend
+    projectcalico.org/namespace: default
+    projectcalico.org/orchestrator: k8s
+spec:
+  node: node1
+  orchestrator: k8s
+  endpoint: eth0
+  containerID: '1337495556942031415926535'
+  pod: my-nginx-b1337a
+  interfaceName: cali0ef24ba
+  mac: ca:fe:1d:52:bb:e9
+  ipNetworks:
+  - 192.168.0.0/32
+  profiles:
+  - profile1
+  ports:
+  - name: some-port
+    port: 1234
+    protocol: TCP
+  - name: another-port
+    port: 5432
+    protocol: UDP
+";
+
+const NP: &str = "
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: allow-tcp-6379
+  namespace: production
+spec:
+  selector: role == 'database'
+  types:
+  - Ingress
+  - Egress
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source:
+      selector: role == 'frontend'
+    destination:
+      ports:
+      - 6379
+  egress:
+  - action: Allow
+";
+
+const GNP: &str = "
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: allow-tcp-6379
+spec:
+  selector: role == 'database'
+  types:
+  - Ingress
+  - Egress
+  ingress:
+  - action: Allow
+    metadata:
+      annotations:
+        from: frontend
+        to: database
+    protocol: TCP
+    source:
+      selector: role == 'frontend'
+    destination:
+      ports:
+      - 6379
+  egress:
+  - action: Allow
+";
+
+const PROFILE: &str = "
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata:
+  name: kns.default
+spec:
+  ingress:
+  - action: Allow
+  egress:
+  - action: Allow
+  labelsToApply:
+    pcns.projectcalico.org/name: default
+";
+
+#[test]
+fn calico_doc_ippool_parses_with_defaults() {
+    let Resource::IpPool(p) = one(IPPOOL) else { panic!() };
+    assert_eq!(p.metadata.name, "my.ippool-1");
+    assert_eq!(p.spec.cidr.to_string(), "10.1.0.0/16");
+    assert_eq!(p.spec.block_size, 26);
+    assert_eq!(p.spec.ipip_mode, IpipMode::CrossSubnet);
+    assert!(p.spec.nat_outgoing && !p.spec.disabled);
+    assert_eq!(p.spec.node_selector, Selector::All);
+    let Resource::IpPool(d) =
+        one("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8}")
+    else {
+        panic!()
+    };
+    assert_eq!((d.spec.block_size, d.spec.ipip_mode), (26, IpipMode::Never));
+}
+
+#[test]
+fn calico_doc_node_parses() {
+    let Resource::Node(n) = one(NODE) else { panic!() };
+    let bgp = n.spec.bgp.unwrap();
+    let a = bgp.ipv4_address.unwrap();
+    assert_eq!((a.ip.to_string(), a.subnet().to_string()), ("10.244.0.1".into(), "10.244.0.0/24".into()));
+    assert_eq!(bgp.as_number, Some(64512));
+    assert_eq!(n.metadata.labels["rack"], "r1");
+    let asdot = one(&NODE.replace("64512", "'1.10'"));
+    let Resource::Node(n) = asdot else { panic!() };
+    assert_eq!(n.spec.bgp.unwrap().as_number, Some(65536 + 10));
+}
+
+#[test]
+fn calico_doc_workload_endpoint_parses() {
+    let Resource::WorkloadEndpoint(w) = one(WEP) else { panic!() };
+    assert_eq!(w.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(w.spec.node, "node1");
+    assert_eq!(w.spec.interface_name.as_deref(), Some("cali0ef24ba"));
+    assert_eq!(w.spec.mac.unwrap().to_string(), "ca:fe:1d:52:bb:e9");
+    assert_eq!(w.spec.ip_networks[0].to_string(), "192.168.0.0/32");
+    assert_eq!(w.spec.ports[1], EndpointPort { name: "another-port".into(), protocol: Protocol::UDP, port: 5432 });
+    assert_eq!(w.spec.container_id.as_deref(), Some("1337495556942031415926535"));
+}
+
+#[test]
+fn calico_doc_policies_and_profile_parse() {
+    let Resource::NetworkPolicy(p) = one(NP) else { panic!() };
+    assert_eq!(p.metadata.namespace.as_deref(), Some("production"));
+    assert_eq!(p.spec.types, vec![PolicyType::Ingress, PolicyType::Egress]);
+    let r = &p.spec.ingress[0];
+    assert_eq!((r.action, r.protocol), (RuleAction::Allow, Some(Protocol::TCP)));
+    assert_eq!(r.source.selector, Some(Selector::parse("role == 'frontend'").unwrap()));
+    assert_eq!(r.destination.ports, vec![Port::Range(PortRange::single(6379))]);
+    assert!(p.spec.egress[0].is_unconditional());
+    let Resource::GlobalNetworkPolicy(g) = one(GNP) else { panic!() };
+    assert_eq!(g.spec.ingress[0].metadata.as_ref().unwrap().annotations["to"], "database");
+    let Resource::Profile(pr) = one(PROFILE) else { panic!() };
+    assert_eq!(pr.spec.labels_to_apply["pcns.projectcalico.org/name"], "default");
+    assert_eq!(pr.spec.ingress.len(), 1);
+}
+
+use vrouter_types::acl::PortRange;
+
+#[test]
+fn every_rule_field_parses() {
+    let r = one(r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: all-fields}
+spec:
+  order: 10.5
+  selector: has(app)
+  namespaceSelector: team == "a"
+  ingress:
+  - action: Pass
+    protocol: UDP
+    notProtocol: TCP
+    ipVersion: 4
+    source: {nets: [10.0.0.0/8], notNets: [10.1.0.0/16], selector: a == 'b', notSelector: c == 'd', namespaceSelector: all(), ports: [53, "1000:2000", dns], notPorts: [1500]}
+  - action: Deny
+    protocol: ICMP
+    icmp: {type: 3, code: 4}
+    notICMP: {type: 8}
+  - action: deny
+    protocol: 47
+  doNotTrack: false
+  preDNAT: false
+  applyOnForward: false
+  tier: default
+"#);
+    let Resource::GlobalNetworkPolicy(g) = r else { panic!() };
+    assert_eq!(g.spec.order, Some(10.5));
+    assert_eq!(g.spec.types, vec![PolicyType::Ingress]);
+    let s = &g.spec.ingress[0].source;
+    assert_eq!(
+        s.ports,
+        vec![
+            Port::Range(PortRange::single(53)),
+            Port::Range(PortRange::new(1000, 2000).unwrap()),
+            Port::Named("dns".into())
+        ]
+    );
+    assert_eq!(g.spec.ingress[1].icmp, Some(Icmp { type_: 3, code: Some(4) }));
+    assert_eq!(g.spec.ingress[1].not_icmp, Some(Icmp { type_: 8, code: None }));
+    assert_eq!(g.spec.ingress[2].protocol, Some(Protocol(47)));
+}
+
+#[test]
+fn types_default_as_calicos_client() {
+    let ty = |spec: &str| {
+        let text =
+            format!("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: p}}\nspec: {spec}");
+        let Resource::GlobalNetworkPolicy(g) = one(&text) else { panic!() };
+        g.spec.types
+    };
+    use PolicyType::*;
+    assert_eq!(ty("{}"), vec![Ingress]);
+    assert_eq!(ty("{ingress: [{action: Allow}]}"), vec![Ingress]);
+    assert_eq!(ty("{egress: [{action: Allow}]}"), vec![Egress]);
+    assert_eq!(ty("{ingress: [{action: Deny}], egress: [{action: Allow}]}"), vec![Ingress, Egress]);
+    assert_eq!(ty("{types: [Egress]}"), vec![Egress]);
+    fails_at(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: p}\nspec: {types: [Egress], ingress: [{action: Allow}]}",
+        "spec.ingress",
+        &["does not include Ingress"],
+    );
+}
+
+#[test]
+fn unsupported_calico_fields_are_refused_by_name_with_the_reason() {
+    let pool = |extra: &str| format!("{IPPOOL}  {extra}\n");
+    fails_at(
+        &pool("vxlanMode: Always"),
+        "spec.vxlanMode",
+        &["Always is not supported", "IPIP only", "vxlanMode: Never"],
+    );
+    one(&pool("vxlanMode: Never"));
+    fails_at(&pool("vxlanMode: Sometimes"), "spec.vxlanMode", &["valid values: Always, CrossSubnet, Never"]);
+    fails_at(&pool("disableBGPExport: true"), "spec.disableBGPExport", &["not supported", "BGP"]);
+    fails_at(&pool("ipip: {enabled: true}"), "spec.ipip", &["use spec.ipipMode"]);
+    fails_at(&pool("allowedUses: [Tunnel]"), "spec.allowedUses[0]", &["Tunnel is not supported"]);
+    one(&pool("allowedUses: [Workload]"));
+    fails_at(&format!("{NODE}    ipv6Address: 2001:db8::1/120\n"), "spec.bgp.ipv6Address", &["IPv4 only"]);
+    fails_at(
+        &format!("{NODE}    ipv4IPIPTunnelAddr: 192.168.0.1\n"),
+        "spec.bgp.ipv4IPIPTunnelAddr",
+        &["not supported"],
+    );
+    fails_at(&format!("{NODE}  wireguard: {{}}\n"), "spec.wireguard", &["WireGuard"]);
+    fails_at(&format!("{WEP}  ipNATs: []\n"), "spec.ipNATs", &["NAT"]);
+    fails_at(&format!("{WEP}  serviceAccountName: default\n"), "spec.serviceAccountName", &["service account"]);
+    fails_at(
+        &WEP.replace("    protocol: UDP", "    protocol: UDP\n    hostPort: 80"),
+        "spec.ports[1].hostPort",
+        &["host port"],
+    );
+    fails_at(
+        &NP.replace("  - action: Allow\n    protocol", "  - action: Log\n    protocol"),
+        "spec.ingress[0].action",
+        &["Log is not supported", "cannot log", "Allow, Deny, Pass"],
+    );
+    fails_at(&format!("{NP}  serviceAccountSelector: all()\n"), "spec.serviceAccountSelector", &["not supported"]);
+    fails_at(&format!("{NP}  doNotTrack: false\n"), "spec.doNotTrack", &["GlobalNetworkPolicy"]);
+    fails_at(&format!("{GNP}  doNotTrack: true\n"), "spec.doNotTrack", &["true is not supported"]);
+    fails_at(&format!("{GNP}  preDNAT: true\n"), "spec.preDNAT", &["DNAT"]);
+    fails_at(&format!("{GNP}  tier: security\n"), "spec.tier", &["one tier"]);
+    fails_at(
+        &NP.replace("    protocol: TCP", "    protocol: TCP\n    http: {methods: [GET]}"),
+        "spec.ingress[0].http",
+        &["HTTP"],
+    );
+    fails_at(
+        &NP.replace("    protocol: TCP", "    protocol: TCP\n    ipVersion: 6"),
+        "spec.ingress[0].ipVersion",
+        &["IPv4 only"],
+    );
+    fails_at(
+        &NP.replace("      - 6379", "      - 6379\n      serviceAccounts: {names: [a]}"),
+        "spec.ingress[0].destination.serviceAccounts",
+        &["service account"],
+    );
+    fails_at(
+        &NP.replace("      - 6379", "      - 6379\n      notPorts: [http]"),
+        "spec.ingress[0].destination.notPorts[0]",
+        &["named ports are not supported in notPorts"],
+    );
+    fails_at(&NP.replace("    protocol: TCP", "    protocol: ICMPv6"), "spec.ingress[0].protocol", &["IPv4 only"]);
+    fails_at(
+        &NP.replace("  name: allow-tcp-6379", "  generateName: x-"),
+        "metadata.generateName",
+        &["explicit metadata.name"],
+    );
+    fails_at(&format!("{IPPOOL}status: {{}}\n"), "status", &["written by the system"]);
+    fails_at(
+        &PROFILE.replace("  ingress:\n  - action: Allow", "  ingress:\n  - action: Deny"),
+        "spec.ingress",
+        &["single `- action: Allow`"],
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_with_the_valid_fields() {
+    let e =
+        fails_at(&format!("{IPPOOL}  blocksize: 24\n"), "spec.blocksize", &["unknown field", "blockSize", "ipipMode"]);
+    assert_eq!(e.document, 1);
+    fails_at(
+        &NP.replace("      ports:", "      port:"),
+        "spec.ingress[0].destination.port",
+        &["valid fields here: nets, notNets"],
+    );
+    fails_at(
+        &NP.replace("kind: NetworkPolicy", "kind: NetworkPolicy\nextra: 1"),
+        "extra",
+        &["apiVersion, kind, metadata, spec"],
+    );
+    // namespaceSelector at the top of a NetworkPolicy is not a Calico field.
+    fails_at(&format!("{NP}  namespaceSelector: all()\n"), "spec.namespaceSelector", &["unknown field"]);
+}
+
+#[test]
+fn errors_name_document_kind_name_path_and_valid_values() {
+    let text = format!("{IPPOOL}---\n{}", NP.replace("      - 6379", "      - 6379\n      - 99999"));
+    let e = fails(&text);
+    assert_eq!(e.document, 2);
+    assert_eq!(e.kind.as_deref(), Some("NetworkPolicy"));
+    assert_eq!(e.name.as_deref(), Some("production/allow-tcp-6379"));
+    assert_eq!(e.path, "spec.ingress[0].destination.ports[1]");
+    assert_eq!(
+        e.to_string(),
+        "document 2 (NetworkPolicy 'production/allow-tcp-6379'): spec.ingress[0].destination.ports[1]: expected an \
+         integer 0..=65535, found 99999"
+    );
+    fails_at(&NP.replace("TCP", "GRE"), "spec.ingress[0].protocol", &["valid values: TCP, UDP, ICMP, SCTP, UDPLite"]);
+    fails_at(
+        &NP.replace("role == 'frontend'", "role = 'frontend'"),
+        "spec.ingress[0].source.selector",
+        &["column 6", "=="],
+    );
+    fails_at(
+        &NP.replace("action: Allow\n    protocol", "action: Permit\n    protocol"),
+        "spec.ingress[0].action",
+        &["valid values: Allow, Deny, Pass"],
+    );
+    fails_at(&NP.replace("projectcalico.org/v3", "projectcalico.org/v1"), "apiVersion", &["projectcalico.org/v3"]);
+    fails_at(&NP.replace("kind: NetworkPolicy", "kind: HostEndpoint"), "kind", &["valid kinds: Node, IPPool"]);
+    fails_at(&NP.replace("      - 6379", "      - 10:5"), "spec.ingress[0].destination.ports[0]", &["lo <= hi"]);
+    fails_at(&NP.replace("      - 6379", "      - Web_Port"), "spec.ingress[0].destination.ports[0]", &["port name"]);
+    fails_at(
+        &NP.replace("    protocol: TCP\n", ""),
+        "spec.ingress[0].destination.ports",
+        &["ports need protocol TCP, UDP or SCTP", "none"],
+    );
+    fails_at(
+        &NP.replace("    protocol: TCP\n", "    protocol: ICMP\n    icmp: {code: 1}\n"),
+        "spec.ingress[0].icmp.type",
+        &["required"],
+    );
+    fails_at(
+        &NP.replace("    protocol: TCP\n", "    protocol: UDP\n    icmp: {type: 8}\n")
+            .replace("      ports:\n      - 6379\n", ""),
+        "spec.ingress[0].icmp",
+        &["needs protocol ICMP"],
+    );
+    fails_at(
+        &NP.replace("    protocol: TCP\n", "    protocol: ICMP\n    icmp: {type: 255}\n"),
+        "spec.ingress[0].icmp.type",
+        &["0..=254"],
+    );
+    fails_at(&NP.replace("allow-tcp-6379", "Allow_TCP"), "metadata.name", &["DNS-1123"]);
+    fails_at(&NP.replace("production", "prod.a"), "metadata.namespace", &["DNS-1123 label"]);
+    fails_at(
+        &IPPOOL.replace("  name: my.ippool-1", "  name: p\n  namespace: x"),
+        "metadata.namespace",
+        &["cluster-scoped"],
+    );
+    fails_at(&NODE.replace("rack: r1", "rack: 1"), "metadata.labels.rack", &["quote it"]);
+    fails_at(&NODE.replace("rack: r1", "rack: -bad-"), "metadata.labels.rack", &["invalid label value"]);
+    fails_at(
+        &NP.replace("  namespace: production", "  namespace: production\n  resourceVersion: abc"),
+        "metadata.resourceVersion",
+        &["decimal revision"],
+    );
+    let e = fails("apiVersion: projectcalico.org/v3\nkind: [\n");
+    assert!(e.path.is_empty() && e.message.contains("YAML"), "{e}");
+}
+
+#[test]
+fn cidrs_and_block_sizes_are_checked() {
+    fails_at(&IPPOOL.replace("10.1.0.0/16", "10.1.0.1/16"), "spec.cidr", &["host bits", "10.1.0.0/16"]);
+    fails_at(&IPPOOL.replace("10.1.0.0/16", "fd00::/64"), "spec.cidr", &["IPv4 only"]);
+    let bs = |n: &str| format!("{IPPOOL}  blockSize: {n}\n");
+    fails_at(&bs("19"), "spec.blockSize", &["20..=32"]);
+    fails_at(&bs("33"), "spec.blockSize", &["20..=32"]);
+    let Resource::IpPool(p) = one(&bs("32")) else { panic!() };
+    assert_eq!(p.spec.block_size, 32);
+    fails_at(
+        &bs("22").replace("10.1.0.0/16", "10.1.0.0/24"),
+        "spec.blockSize",
+        &["shorter than the pool's prefix /24", "24..=32"],
+    );
+    fails_at(&WEP.replace("192.168.0.0/32", "192.168.0.0/24"), "spec.ipNetworks[0]", &["a.b.c.d/32"]);
+    fails_at(
+        &NP.replace("      ports:\n      - 6379", "      nets: [10.0.0.1/8]"),
+        "spec.ingress[0].destination.nets[0]",
+        &["host bits"],
+    );
+}
+
+#[test]
+fn multi_document_yaml_json_streams_and_lists() {
+    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+    let rs = parse_manifests(&format!("---\n{all}---\n")).unwrap();
+    let kinds: Vec<Kind> = rs.iter().map(Resource::kind).collect();
+    assert_eq!(kinds, Kind::ALL.to_vec());
+    // JSON: the printed manifests, as a stream and as a List; YAML List as calicoctl prints.
+    let json: Vec<String> = rs.iter().map(|r| r.to_manifest().to_string()).collect();
+    assert_eq!(parse_manifests(&json.join("\n")).unwrap(), rs);
+    let list = format!(r#"{{"apiVersion":"projectcalico.org/v3","kind":"List","items":[{}]}}"#, json.join(","));
+    assert_eq!(parse_manifests(&list).unwrap(), rs);
+    let typed = "apiVersion: projectcalico.org/v3\nkind: IPPoolList\nmetadata: {resourceVersion: '7'}\nitems:\n- metadata: {name: a}\n  spec: {cidr: 10.0.0.0/16}\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata: {name: b}\n  spec: {cidr: 10.1.0.0/16}\n";
+    let pools = parse_manifests(typed).unwrap();
+    assert_eq!(pools.iter().map(Resource::name).collect::<Vec<_>>(), vec!["a", "b"]);
+    let e = fails(&typed.replace("  kind: IPPool\n", "  kind: Node\n"));
+    assert_eq!(e.path, "items[1].kind");
+    let e = fails(&typed.replace("{cidr: 10.1.0.0/16}", "{cidr: 10.1.0.0/16, x: 1}"));
+    assert_eq!((e.document, e.path.as_str()), (1, "items[1].spec.x"));
+    assert!(parse_manifests("").unwrap().is_empty());
+    assert!(parse_manifests("---\n---\n").unwrap().is_empty());
+}
+
+#[test]
+fn stored_form_and_manifest_round_trip() {
+    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+    for mut r in parse_manifests(&all).unwrap() {
+        let stored = r.to_stored_json();
+        let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        assert!(v["metadata"].get("resourceVersion").is_none());
+        let back = Resource::from_stored(r.kind(), &stored, 42).unwrap();
+        r.set_resource_version(Some(42));
+        assert_eq!(back, r);
+        let m = r.to_manifest();
+        assert_eq!(m["metadata"]["resourceVersion"], "42");
+        assert_eq!(m["apiVersion"], API_VERSION);
+        let yaml = serde_yaml_ng::to_string(&m).unwrap();
+        assert_eq!(parse_manifests(&yaml).unwrap(), vec![r.clone()], "{yaml}");
+        assert_eq!(r.table_row().len(), r.kind().table_header().len());
+        let wrong = if r.kind() == Kind::Node { Kind::Profile } else { Kind::Node };
+        assert!(Resource::from_stored(wrong, &stored, 1).is_err());
+    }
+}
+
+#[test]
+fn keys_kinds_and_metadata_defaults() {
+    let Resource::NetworkPolicy(p) = one(&NP.replace("  namespace: production\n", "")) else { panic!() };
+    assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(one(NP).key(), "/calico/resources/v3/projectcalico.org/networkpolicies/production/allow-tcp-6379");
+    assert_eq!(one(IPPOOL).key(), "/calico/resources/v3/projectcalico.org/ippools/my.ippool-1");
+    let with_server_fields = NP.replace(
+        "  namespace: production\n",
+        "  namespace: production\n  uid: 3d8a0e4c-1b1e-4f1a-9a39-6c1a0b1e1f00\n  creationTimestamp: '2024-01-01T00:00:00Z'\n  resourceVersion: '1234'\n",
+    );
+    let r = one(&with_server_fields);
+    assert_eq!(r.resource_version(), Some(1234));
+    assert_eq!(r.to_manifest()["metadata"].get("uid"), None);
+    for (s, k) in [
+        ("nodes", Kind::Node),
+        ("IPPool", Kind::IpPool),
+        ("ippools", Kind::IpPool),
+        ("wep", Kind::WorkloadEndpoint),
+        ("workloadEndpoints", Kind::WorkloadEndpoint),
+        ("netpol", Kind::NetworkPolicy),
+        ("policy", Kind::NetworkPolicy),
+        ("gnp", Kind::GlobalNetworkPolicy),
+        ("GlobalNetworkPolicies", Kind::GlobalNetworkPolicy),
+        ("profiles", Kind::Profile),
+    ] {
+        assert_eq!(s.parse::<Kind>(), Ok(k), "{s}");
+    }
+    assert!("hostendpoint".parse::<Kind>().unwrap_err().contains("valid kinds"));
+    assert_eq!(Kind::GlobalNetworkPolicy.plural(), "globalnetworkpolicies");
+    assert!(Kind::WorkloadEndpoint.namespaced() && !Kind::Profile.namespaced());
+}
