@@ -105,7 +105,10 @@ fn pods_wired_by_cni_get_ipam_addresses_reach_each_other_and_policy_by_label_app
     for (a, b) in [("1a", "1b"), ("1a", "2a"), ("2b", "1b"), ("1a", "3a"), ("3a", "2b")] {
         wait(&format!("{a} -> {b}\n{}", logs()), Duration::from_secs(10), || ping(&lab, a, b));
     }
-    assert!(lab.counter(3, "ipip_encap") > 0 && lab.counter(3, "ipip_decap") > 0, "{}", lab.stats(3));
+    let ipip = |s: &serde_json::Value| {
+        s["counters"]["ipip_encap"].as_u64() > Some(0) && s["counters"]["ipip_decap"].as_u64() > Some(0)
+    };
+    assert!(lab.wait_stats(3, Duration::from_secs(5), ipip), "node3 moved no IPIP: {}", lab.stats(3));
 
     // The lab's GlobalNetworkPolicy `guarded` (by label) holds on node 3: port 5202 denied,
     // other ports allowed.

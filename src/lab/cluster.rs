@@ -148,6 +148,31 @@ pub fn start_agents(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Waits until every node's agent has registered it and applied its first state (the
+/// pending policy is in the node's config): a pod added before would find no Node.
+pub fn wait_agents(lab: &LabHandle, tools: &Tools, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    let ctl = tools.vrouterctl.to_string_lossy().into_owned();
+    for n in lab.nodes() {
+        let sock = topo::socket_path(n);
+        loop {
+            let out = sys::run(Command::new(&ctl).args(["-s", &sock, "--json", "policies"]), Duration::from_secs(5), true)?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("vrouter.pending") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = lab.dir().join(format!("{}.agent.log", n.name));
+                return Err(LabError::ForwarderNotReady {
+                    what: format!("the agent of {} did not apply its first state within {timeout:?}", n.name),
+                    tail: sys::tail(&log, 15),
+                });
+            }
+            sys::sleep(Duration::from_millis(100))?;
+        }
+    }
+    Ok(())
+}
+
 /// What the CNI plugin answered for one pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wired {
@@ -155,8 +180,11 @@ pub struct Wired {
     pub mac: String,
 }
 
-/// The CNI network config the lab's pods are wired with on node `n`.
-pub fn netconf(n: &topo::LabNode) -> serde_json::Value {
+/// The CNI network config the lab's pods are wired with on node `n`, with the pod's labels
+/// (as a runtime passes them, in `runtimeConfig`).
+pub fn netconf(n: &topo::LabNode, labels: &[(&str, &str)]) -> serde_json::Value {
+    let labels: serde_json::Map<String, serde_json::Value> =
+        labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "vrouter-lab",
@@ -164,6 +192,7 @@ pub fn netconf(n: &topo::LabNode) -> serde_json::Value {
         "etcd_endpoints": [ETCD_CLIENT],
         "node": n.name,
         "socket": topo::socket_path(n),
+        "runtimeConfig": {"labels": labels},
     })
 }
 
@@ -171,15 +200,18 @@ pub fn netconf(n: &topo::LabNode) -> serde_json::Value {
 /// would: the address comes from the node's block, the TAP is created by the node's daemon.
 pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wired, LabError> {
     let n = lab.node(pod.node);
-    let mut args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{}", pod.name);
-    if pod.ingress.iter().any(|p| p == topo::GUARDED_POLICY) {
-        args += &format!(";K8S_POD_LABELS={}={}", GUARDED_LABEL.0, GUARDED_LABEL.1);
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{}", pod.name);
+    let guarded = pod.ingress.iter().any(|p| p == topo::GUARDED_POLICY);
+    let pod_label = format!("pod-{}", pod.name);
+    let mut labels = vec![("app", pod_label.as_str())];
+    if guarded {
+        labels.push(GUARDED_LABEL);
     }
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.router_ns()])
         .arg(&tools.cni)
         .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("lab-{}-{}", lab.prefix(), pod.name))
+        .env("CNI_CONTAINERID", format!("{}-lab-{}", pod.name, lab.prefix()))
         .env("CNI_NETNS", format!("/run/netns/{}", pod.ns))
         .env("CNI_IFNAME", topo::POD_IF)
         .env("CNI_ARGS", args)
@@ -189,7 +221,7 @@ pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wir
         .stderr(Stdio::piped());
     let what = sys::describe(&cmd);
     let mut child = cmd.spawn().map_err(|err| LabError::Io { what: format!("starting {what}"), err })?;
-    let conf = netconf(n).to_string();
+    let conf = netconf(n, &labels).to_string();
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(conf.as_bytes());
     }
