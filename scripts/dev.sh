@@ -44,7 +44,7 @@ install_lint_tools() {
 case "${1:-}" in
     demo)
         install_missing
-        cargo build --release -p vrouter -p vrouterctl
+        cargo build --release -p vrouter -p vrouterctl -p vrouter-agent -p vrouter-cni
         ./target/release/vrouter lab demo
         ;;
     test)
@@ -52,6 +52,10 @@ case "${1:-}" in
         install_lint_tools
         cargo fmt --all --check
         cargo clippy --workspace --all-targets -- -D warnings
+        # The cluster tests run every binary (vrouterctl, vrouter-agent, vrouter-cni beside
+        # vrouter); a package without integration tests of its own would not get its binary
+        # built by `cargo test`.
+        cargo build --workspace --bins
         cargo test --workspace
         # Each criterion benchmark once, as a smoke test (figures come from `cargo bench`).
         cargo test --workspace --benches

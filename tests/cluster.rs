@@ -93,7 +93,11 @@ fn pods_wired_by_cni_get_ipam_addresses_reach_each_other_and_policy_by_label_app
     }
     let blocks = ctl_ok(&lab, &["ipam", "show"]);
     for n in lab.nodes() {
-        assert!(blocks.contains(&format!("host:{}", n.name)) || blocks.contains(&n.name), "no block of {}: {blocks}", n.name);
+        assert!(
+            blocks.contains(&format!("host:{}", n.name)) || blocks.contains(&n.name),
+            "no block of {}: {blocks}",
+            n.name
+        );
     }
     // Peers come from the Node resources: every node knows the two others.
     for n in 1..=3u8 {
@@ -151,4 +155,135 @@ fn pods_wired_by_cni_get_ipam_addresses_reach_each_other_and_policy_by_label_app
     let check = ctl(&lab, &["ipam", "check"]);
     assert!(check.status.success(), "ipam check: {}", common::text(&check));
     let _ = (srv.kill(), srv2.kill(), srv.wait(), srv2.wait());
+}
+
+/// Sent/received of a finished `ping` whose output went to `log`.
+fn ping_counts(log: &std::path::Path) -> (u32, u32) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line =
+        text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let num = |word: &str| -> u32 {
+        let w: Vec<&str> = line.split([',', ' ']).filter(|w| !w.is_empty()).collect();
+        let i = w.iter().position(|x| *x == word).unwrap_or_else(|| panic!("{line}"));
+        w[i - 1].parse().unwrap()
+    };
+    (num("packets"), num("received"))
+}
+
+/// A namespace for one more pod, deleted on drop.
+struct ExtraNs(String);
+impl Drop for ExtraNs {
+    fn drop(&mut self) {
+        let _ = common::sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+#[test]
+fn restarts_and_an_etcd_outage_leave_forwarding_alone_and_the_cluster_heals() {
+    let Some(mut lab) = up() else { return };
+    let t = tools();
+    let endpoints = |lab: &LabHandle, n: u8| {
+        let mut v: Vec<String> = node_ctl_json(lab, n, &["endpoints"])["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {} {}", e["name"], e["addrs"], e["ingress"]))
+            .collect();
+        v.sort();
+        v
+    };
+    for (a, b) in [("1a", "3a"), ("1a", "2a")] {
+        wait(&format!("{a} -> {b}\n{}", logs(&lab)), Duration::from_secs(10), || ping(&lab, a, b));
+    }
+
+    // 1. Agents killed and restarted under a running flow: not one packet lost, nothing changed.
+    let before: Vec<_> = (1..=3).map(|n| endpoints(&lab, n)).collect();
+    let log = lab.dir().join("flow.ping");
+    let target = lab.pod_ip("3a").to_string();
+    let mut flow =
+        lab.spawn(&lab.pod("1a").ns, &["ping", "-i", "0.02", "-c", "150", "-W", "1", &target], Some(&log)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster::kill(&lab, cluster::Service::Agent(1)).unwrap();
+    cluster::kill(&lab, cluster::Service::Agent(3)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster::start_agent(&lab, &t, 1).unwrap();
+    cluster::start_agent(&lab, &t, 3).unwrap();
+    flow.wait().unwrap();
+    let (sent, got) = ping_counts(&log);
+    assert_eq!((sent, got), (150, 150), "packets lost while agents restarted\n{}", logs(&lab));
+    std::thread::sleep(Duration::from_millis(1500)); // the restarted agents' first reconcile
+    let after: Vec<_> = (1..=3).map(|n| endpoints(&lab, n)).collect();
+    assert_eq!(before, after, "a restarted agent changed the nodes' pods");
+
+    // 2. A daemon restarted on its own file (no pods in it) gets its full state back from
+    //    the agent: pods' TAPs recreated in their namespaces, policies, peers.
+    lab.restart_daemon(2).unwrap();
+    wait(&format!("node2's pods back\n{}", logs(&lab)), Duration::from_secs(10), || endpoints(&lab, 2) == before[1]);
+    for (a, b) in [("1a", "2a"), ("2b", "3b")] {
+        wait(&format!("{a} -> {b} after node2's restart\n{}", logs(&lab)), Duration::from_secs(10), || {
+            ping(&lab, a, b)
+        });
+    }
+
+    // 3. etcd gone: forwarding unchanged, a new pod's ADD fails clearly, agents keep retrying.
+    cluster::kill(&lab, cluster::Service::Etcd).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (a, b) in [("1a", "2b"), ("2a", "3b"), ("3a", "1b")] {
+        assert!(ping(&lab, a, b), "{a} -> {b} with etcd down\n{}", logs(&lab));
+    }
+    assert_eq!((1..=3).map(|n| endpoints(&lab, n)).collect::<Vec<_>>(), before, "etcd's outage changed a node");
+    let extra = ExtraNs(format!("{}-px", lab.prefix()));
+    common::ok(&["ip", "netns", "add", &extra.0]);
+    common::ok(&["ip", "-n", &extra.0, "link", "set", "lo", "up"]);
+    let pod = vrouter::lab::LabPod {
+        name: "x1".into(),
+        ns: extra.0.clone(),
+        node: 1,
+        ip: "0.0.0.0".parse().unwrap(),
+        mac: String::new(),
+        ingress: vec![],
+    };
+    let err = cluster::add_pod(&lab, &t, &pod).expect_err("ADD with etcd down").to_string();
+    assert!(err.contains("\"code\":11") && err.contains("etcd"), "{err}");
+    let agents = sysinfo_agents(&lab);
+    assert_eq!(agents, 3, "every agent keeps running through the outage\n{}", logs(&lab));
+
+    // etcd back (same data): agents resync; the new pod's ADD works and it forwards; no
+    // endpoint lost, no address leaked or doubled.
+    cluster::start_etcd(&lab, false).unwrap();
+    let wired = {
+        let mut r = cluster::add_pod(&lab, &t, &pod);
+        let end = Instant::now() + Duration::from_secs(10);
+        while r.is_err() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(200));
+            r = cluster::add_pod(&lab, &t, &pod);
+        }
+        r.unwrap_or_else(|e| panic!("ADD after etcd came back: {e}\n{}", logs(&lab)))
+    };
+    let ip2a = lab.pod_ip("2a").to_string();
+    wait(&format!("new pod {} -> 2a\n{}", wired.ip, logs(&lab)), Duration::from_secs(10), || {
+        lab.exec(&extra.0, &["ping", "-c", "1", "-W", "1", &ip2a]).status.success()
+    });
+    let check = ctl(&lab, &["ipam", "check"]);
+    assert!(check.status.success(), "ipam check: {}", common::text(&check));
+    cluster::del_pod(&lab, &t, &pod).unwrap();
+    cluster::del_pod(&lab, &t, &pod).expect("DEL is idempotent");
+    let check = ctl(&lab, &["ipam", "check"]);
+    assert!(check.status.success(), "ipam check after DEL: {}", common::text(&check));
+    let shown = ctl_ok(&lab, &["ipam", "show", "--ip", &wired.ip.to_string()]);
+    assert!(shown.contains("free"), "{shown}");
+    for n in 1..=3 {
+        assert_eq!(endpoints(&lab, n), before[n as usize - 1], "node{n}'s pods after the outage");
+    }
+}
+
+/// Agents running in the lab's router namespace.
+fn sysinfo_agents(lab: &LabHandle) -> usize {
+    let out = common::sh(&["ip", "netns", "pids", &lab.router_ns()]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("vrouter-agent"))
+        })
+        .count()
 }

@@ -45,7 +45,10 @@ impl Tools {
             } else {
                 Err(LabError::Binary {
                     path: p,
-                    msg: format!("not found beside {}: build it (`cargo build --release -p {name}`)", vrouter.display()),
+                    msg: format!(
+                        "not found beside {}: build it (`cargo build --release -p {name}`)",
+                        vrouter.display()
+                    ),
                 })
             }
         };
@@ -88,11 +91,14 @@ spec:
     )
 }
 
-/// Starts etcd in the router namespace and waits until it answers.
-pub fn start_etcd(lab: &LabHandle) -> Result<(), LabError> {
+/// Starts etcd in the router namespace and waits until it answers. `fresh`: on an empty data
+/// directory (otherwise on what a stopped etcd left, as after an outage).
+pub fn start_etcd(lab: &LabHandle, fresh: bool) -> Result<(), LabError> {
     let dir = lab.dir().join("etcd");
-    let _ = std::fs::remove_dir_all(&dir);
-    let log = lab.dir().join("etcd.log");
+    if fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let log = lab.dir().join(if fresh { "etcd.log" } else { "etcd.restarted.log" });
     let rt = lab.router_ns();
     let data = dir.to_string_lossy();
     #[rustfmt::skip]
@@ -105,7 +111,8 @@ pub fn start_etcd(lab: &LabHandle) -> Result<(), LabError> {
     lab.adopt(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = sys::exec_in(&rt, &["etcdctl", "--endpoints", ETCD_CLIENT, "endpoint", "health"], Duration::from_secs(5));
+        let out =
+            sys::exec_in(&rt, &["etcdctl", "--endpoints", ETCD_CLIENT, "endpoint", "health"], Duration::from_secs(5));
         if out.status.success() {
             return Ok(());
         }
@@ -122,7 +129,8 @@ pub fn start_etcd(lab: &LabHandle) -> Result<(), LabError> {
 /// `vrouterctl apply -f` of the lab's resources (into etcd).
 pub fn seed(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
     let file = lab.dir().join("cluster.yaml");
-    std::fs::write(&file, manifest()).map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+    std::fs::write(&file, manifest())
+        .map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
     let ctl = tools.vrouterctl.to_string_lossy();
     sys::ns_ok(
         &lab.router_ns(),
@@ -134,16 +142,61 @@ pub fn seed(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
 
 /// Starts one agent per node (in the router namespace, beside etcd).
 pub fn start_agents(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
-    let agent = tools.agent.to_string_lossy();
     for n in lab.nodes() {
-        let log = lab.dir().join(format!("{}.agent.log", n.name));
-        let socket = topo::socket_path(n);
-        #[rustfmt::skip]
-        let child = sys::spawn_in(&lab.router_ns(), &[
-            &agent, "--socket", &socket, "--etcd-endpoints", ETCD_CLIENT, "--node", &n.name,
-            "--label", &format!("lab/subnet={}", n.subnet.replace('/', "_")),
-        ], Some(&log))?;
-        lab.adopt(child);
+        start_agent(lab, tools, n.index)?;
+    }
+    Ok(())
+}
+
+/// Starts node `index`'s agent, logging to `<node>.agent.log` (a restarted one to
+/// `<node>.agent.restarted.log`).
+pub fn start_agent(lab: &LabHandle, tools: &Tools, index: u8) -> Result<(), LabError> {
+    let n = lab.node(index);
+    let mut log = lab.dir().join(format!("{}.agent.log", n.name));
+    if log.exists() {
+        log = lab.dir().join(format!("{}.agent.restarted.log", n.name));
+    }
+    let socket = topo::socket_path(n);
+    let agent = tools.agent.to_string_lossy();
+    let subnet = n.subnet.replace('/', "_");
+    #[rustfmt::skip]
+    let child = sys::spawn_in(&lab.router_ns(), &[
+        &agent, "--socket", &socket, "--etcd-endpoints", ETCD_CLIENT, "--node", &n.name,
+        "--label", &format!("lab/subnet={subnet}"),
+    ], Some(&log))?;
+    lab.adopt(child);
+    Ok(())
+}
+
+/// A process of the cluster lab, found in the router namespace by its command line.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Etcd,
+    Agent(u8),
+}
+
+/// SIGKILLs a cluster process (a crash, not a clean stop) and waits until it is gone.
+pub fn kill(lab: &LabHandle, what: Service) -> Result<(), LabError> {
+    let pattern = match what {
+        Service::Etcd => "etcd --name lab ".to_string(),
+        Service::Agent(i) => format!("--node {} ", lab.node(i).name),
+    };
+    let pids: Vec<u32> = sys::netns_pids(&lab.router_ns())
+        .into_iter()
+        .filter(|&p| sys::cmdline(p).is_some_and(|c| (c + " ").contains(&pattern)))
+        .collect();
+    if pids.is_empty() {
+        return Err(LabError::BadOption(format!("no running {what:?} in {}", lab.router_ns())));
+    }
+    for &p in &pids {
+        sys::signal(p, sys::Signal::SIGKILL);
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| sys::alive(p)) {
+        if Instant::now() >= end {
+            return Err(LabError::Timeout { cmd: format!("kill {what:?}"), secs: 5.0 });
+        }
+        sys::sleep(Duration::from_millis(20))?;
     }
     Ok(())
 }
@@ -156,7 +209,8 @@ pub fn wait_agents(lab: &LabHandle, tools: &Tools, timeout: Duration) -> Result<
     for n in lab.nodes() {
         let sock = topo::socket_path(n);
         loop {
-            let out = sys::run(Command::new(&ctl).args(["-s", &sock, "--json", "policies"]), Duration::from_secs(5), true)?;
+            let out =
+                sys::run(Command::new(&ctl).args(["-s", &sock, "--json", "policies"]), Duration::from_secs(5), true)?;
             if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("vrouter.pending") {
                 break;
             }
@@ -199,6 +253,21 @@ pub fn netconf(n: &topo::LabNode, labels: &[(&str, &str)]) -> serde_json::Value 
 /// Runs the CNI plugin's ADD for `pod` (its namespace exists) on its node, as a runtime
 /// would: the address comes from the node's block, the TAP is created by the node's daemon.
 pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wired, LabError> {
+    let stdout = cni(lab, tools, pod, "ADD")?;
+    parse_result(&stdout).map_err(|msg| LabError::Command {
+        cmd: format!("vrouter-cni ADD for pod {}", pod.name),
+        status: "0".into(),
+        stderr: format!("unexpected result ({msg}): {stdout}"),
+    })
+}
+
+/// Runs the CNI plugin's DEL for `pod` (frees its address, endpoint and TAP).
+pub fn del_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<(), LabError> {
+    cni(lab, tools, pod, "DEL").map(|_| ())
+}
+
+/// One CNI call for `pod`, its stdout; a failure carries the plugin's error JSON.
+fn cni(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod, command: &str) -> Result<String, LabError> {
     let n = lab.node(pod.node);
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{}", pod.name);
     let guarded = pod.ingress.iter().any(|p| p == topo::GUARDED_POLICY);
@@ -210,7 +279,7 @@ pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wir
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.router_ns()])
         .arg(&tools.cni)
-        .env("CNI_COMMAND", "ADD")
+        .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", format!("{}-lab-{}", pod.name, lab.prefix()))
         .env("CNI_NETNS", format!("/run/netns/{}", pod.ns))
         .env("CNI_IFNAME", topo::POD_IF)
@@ -229,16 +298,12 @@ pub fn add_pod(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod) -> Result<Wir
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(LabError::Command {
-            cmd: format!("vrouter-cni ADD for pod {}", pod.name),
+            cmd: format!("vrouter-cni {command} for pod {}", pod.name),
             status: out.status.to_string(),
             stderr: format!("{stdout} {}", String::from_utf8_lossy(&out.stderr)).trim().to_string(),
         });
     }
-    parse_result(&stdout).map_err(|msg| LabError::Command {
-        cmd: format!("vrouter-cni ADD for pod {}", pod.name),
-        status: "0".into(),
-        stderr: format!("unexpected result ({msg}): {stdout}"),
-    })
+    Ok(stdout.into_owned())
 }
 
 /// The pod's address and MAC from a CNI 1.0.0 ADD result.

@@ -160,6 +160,9 @@ pub struct LabState {
     /// Wired by the cluster (etcd, agents, CNI): pods' addresses came from IPAM.
     #[serde(default)]
     pub cluster: bool,
+    /// The vrouter binary the daemons run.
+    #[serde(default)]
+    pub vrouter: Option<PathBuf>,
 }
 
 impl LabState {
@@ -174,6 +177,7 @@ impl LabState {
             nodes,
             pods,
             cluster: false,
+            vrouter: None,
         }
     }
 
@@ -318,6 +322,43 @@ impl LabHandle {
         }
     }
 
+    /// Stops node `index`'s daemon (SIGTERM, as an operator's restart) and starts it again on
+    /// the same config file, waiting for its stats; the pods it had are the config's (or, in a
+    /// cluster lab, the agent's to give back).
+    pub fn restart_daemon(&mut self, index: u8) -> Result<(), LabError> {
+        let name = self.node(index).name.clone();
+        let i = self.state.daemons.iter().position(|d| d.node == name).ok_or(LabError::NoLab)?;
+        let d = self.state.daemons[i].clone();
+        sys::signal(d.pid, sys::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        while sys::alive(d.pid) {
+            if Instant::now() >= end {
+                return Err(LabError::Timeout { cmd: format!("stopping {name}'s daemon"), secs: 10.0 });
+            }
+            sys::sleep(Duration::from_millis(20))?;
+        }
+        let bin = match &self.state.vrouter {
+            Some(b) => b.to_string_lossy().into_owned(),
+            None => return Err(LabError::BadOption("this lab's state does not name its vrouter binary".into())),
+        };
+        let _ = std::fs::remove_file(&d.stats);
+        let log = d.log.with_extension("restarted.log");
+        let (cfg, stats) = (d.config.to_string_lossy(), d.stats.to_string_lossy());
+        let child = sys::spawn_in(&d.ns, &[&bin, "run", "--config", &cfg, "--stats", &stats], Some(&log))?;
+        self.state.daemons[i].pid = child.id();
+        self.state.daemons[i].log = log;
+        self.adopt(child);
+        self.state.save()?;
+        register(&self.state);
+        while !d.stats.exists() {
+            if Instant::now() >= end + Duration::from_secs(10) {
+                return Err(LabError::Timeout { cmd: format!("restarting {name}'s daemon"), secs: 20.0 });
+            }
+            sys::sleep(Duration::from_millis(50))?;
+        }
+        Ok(())
+    }
+
     /// Keeps a child of the lab (etcd, an agent) to be reaped with it; it runs in a namespace
     /// of the lab, so teardown kills it with the namespace.
     pub(crate) fn adopt(&self, child: Child) {
@@ -443,7 +484,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
         Some(bin) if opts.cluster => {
             let tools = cluster::Tools::beside(&bin)?;
             lab.state.cluster = true;
-            cluster::start_etcd(&lab)?;
+            cluster::start_etcd(&lab, true)?;
             cluster::seed(&lab, &tools)?;
             start_daemons(&mut lab, &bin, &opts.idle)?;
             cluster::start_agents(&lab, &tools)?;
@@ -534,13 +575,14 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
 
 /// Writes and validates each node's config, then starts its daemon in the node namespace.
 fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabError> {
+    lab.state.vrouter = Some(bin.to_path_buf());
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
         let text = match lab.state.cluster {
             true => topo::cluster_node_config(n, idle),
             false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle),
         }
-            .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
+        .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
         let config = lab.state.dir.join(format!("{}.toml", n.name));
         crate::control::config::Config::parse(&text, &config)
             .map_err(|e| LabError::Config { node: n.name.clone(), msg: e.to_string() })?;

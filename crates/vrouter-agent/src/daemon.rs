@@ -139,7 +139,8 @@ mod tests {
     use super::*;
     use vrouter_types::MacAddr;
 
-    const NODE: &str = "[node]\nname = \"n1\"\nip = \"192.168.1.1\"\nsubnet = \"192.168.1.0/24\"\n\n[workers]\ncores = [0]\n";
+    const NODE: &str =
+        "[node]\nname = \"n1\"\nip = \"192.168.1.1\"\nsubnet = \"192.168.1.0/24\"\n\n[workers]\ncores = [0]\n";
 
     fn state() -> NodeState {
         let mut s = NodeState { pod_blocks: vec!["10.244.0.0/26".parse().unwrap()], ..NodeState::default() };

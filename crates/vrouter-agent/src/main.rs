@@ -17,7 +17,11 @@ use clap::Parser;
 use vrouter_agent::{run, AgentArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "vrouter-agent", version, about = "vrouter's node agent: the cluster's intent in etcd, applied to this node's vrouter")]
+#[command(
+    name = "vrouter-agent",
+    version,
+    about = "vrouter's node agent: the cluster's intent in etcd, applied to this node's vrouter"
+)]
 struct Cli {
     /// The node daemon's control socket.
     #[arg(long, short = 's', env = "VROUTER_SOCKET", default_value = vrouter_api::DEFAULT_SOCKET)]

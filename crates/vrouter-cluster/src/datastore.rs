@@ -95,7 +95,10 @@ impl Datastore {
                     return Err(DatastoreError::Invalid {
                         kind: Kind::IpPool,
                         name: p.metadata.name.clone(),
-                        msg: format!("spec.cidr {a} overlaps IPPool '{}' ({b}); pools must not overlap", o.metadata.name),
+                        msg: format!(
+                            "spec.cidr {a} overlaps IPPool '{}' ({b}); pools must not overlap",
+                            o.metadata.name
+                        ),
                     });
                 }
             }
@@ -173,7 +176,12 @@ impl Datastore {
     }
 
     /// One resource, with its resourceVersion.
-    pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Option<Resource>, DatastoreError> {
+    pub async fn get(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Resource>, DatastoreError> {
         let ns = namespace_for(kind, namespace);
         let Some(kv) = self.store.get(&resource_key(kind, ns, name)).await? else {
             return Ok(None);

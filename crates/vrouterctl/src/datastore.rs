@@ -323,7 +323,9 @@ mod tests {
     #[test]
     fn manifests_and_node_configs_are_told_apart_by_content() {
         assert!(is_manifest("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\n"));
-        assert!(is_manifest("---\n# comment\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n}\n"));
+        assert!(is_manifest(
+            "---\n# comment\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n}\n"
+        ));
         assert!(is_manifest(r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"name":"x"}}"#));
         assert!(is_manifest(r#"[{"apiVersion":"projectcalico.org/v3","kind":"Profile"}]"#));
         assert!(!is_manifest("[node]\nname = \"n1\"\nip = \"192.168.1.10\"\n"));

@@ -769,9 +769,18 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
                 #[cfg(feature = "datastore")]
                 {
                     if *dry_run {
-                        return Err("--dry-run is for a node's config; manifests are checked whole before any is written".into());
+                        return Err(
+                            "--dry-run is for a node's config; manifests are checked whole before any is written"
+                                .into(),
+                        );
                     }
-                    return datastore::write(&args.etcd_endpoints, file, Some(config), datastore::Verb::Apply, args.json);
+                    return datastore::write(
+                        &args.etcd_endpoints,
+                        file,
+                        Some(config),
+                        datastore::Verb::Apply,
+                        args.json,
+                    );
                 }
                 #[cfg(not(feature = "datastore"))]
                 return Err(format!(
@@ -1171,9 +1180,11 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> Result<String, String> {
         | CtlCmd::Reload => key_values(&typed::<vrouter_api::ChangeReport>(v)?),
         // Printed by `datastore` as they run; no node reply to render.
         #[cfg(feature = "datastore")]
-        CtlCmd::Create { .. } | CtlCmd::Replace { .. } | CtlCmd::Get { .. } | CtlCmd::Delete { .. } | CtlCmd::Ipam { .. } => {
-            return Err("a datastore command has no node reply to show".into())
-        }
+        CtlCmd::Create { .. }
+        | CtlCmd::Replace { .. }
+        | CtlCmd::Get { .. }
+        | CtlCmd::Delete { .. }
+        | CtlCmd::Ipam { .. } => return Err("a datastore command has no node reply to show".into()),
     })
 }
 
