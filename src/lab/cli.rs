@@ -33,6 +33,16 @@ pub enum LabCommand {
         #[command(flatten)]
         opts: LabArgs,
     },
+    /// Benchmark: bring up a cluster lab, change a policy selecting every pod N times, and
+    /// print how long each change took from `vrouterctl apply` to every node's data plane
+    /// (p50, p99, max), then tear down.
+    BenchPolicy {
+        #[command(flatten)]
+        opts: LabArgs,
+        /// Policy changes to time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,11 +59,12 @@ pub struct LabArgs {
     /// The vrouter binary for the nodes (default: this one).
     #[arg(long)]
     vrouter: Option<PathBuf>,
-    /// Wire the lab as a cluster: etcd, an agent per node, pods added through the CNI plugin
-    /// with addresses from IPAM (needs etcd, and vrouterctl, vrouter-agent and vrouter-cni
-    /// beside the vrouter binary).
-    #[arg(long)]
-    cluster: bool,
+    /// Each node's file lists its peers, pods and policies (10.244.N.2, .3), no etcd, no agent,
+    /// no CNI. Without it the lab is a cluster: etcd, an agent per node, pods added through
+    /// the CNI plugin with addresses from IPAM (needs etcd, and vrouterctl, vrouter-agent and
+    /// vrouter-cni beside the vrouter binary).
+    #[arg(long = "static")]
+    static_files: bool,
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
@@ -67,7 +78,7 @@ impl LabArgs {
             idle: self.idle,
             vrouter: self.vrouter,
             ready_timeout: Duration::from_secs(self.ready_timeout),
-            cluster: self.cluster,
+            cluster: !self.static_files && !self.kernel,
             ..LabOptions::default()
         }
     }
@@ -79,16 +90,45 @@ pub fn run_cli(cmd: LabCommand) -> Result<String, String> {
         LabCommand::Up { opts } => {
             let mut lab = super::up(&opts.options()).map_err(|e| e.to_string())?;
             lab.keep();
+            let etcd = match lab.state().cluster {
+                true => format!(
+                    "; the cluster: `ip netns exec {p}-rt vrouterctl --etcd-endpoints {e} get wep -A`",
+                    p = lab.prefix(),
+                    e = super::cluster::ETCD_CLIENT
+                ),
+                false => String::new(),
+            };
             Ok(format!(
-                "{p}\nlab {p} is up (files in {d}); try `ip netns exec {p}-p1a ping 10.244.3.2`; `vrouter lab down --prefix {p}` removes it",
+                "{p}\nlab {p} is up (files in {d}); try `ip netns exec {p}-p1a ping {ip}` (pod 3a){etcd}; `vrouter lab down --prefix {p}` removes it",
                 p = lab.prefix(),
-                d = lab.dir().display()
+                d = lab.dir().display(),
+                ip = lab.pod_ip("3a"),
             ))
         }
         LabCommand::Down { prefix } => {
             super::down(prefix.as_deref()).map(|()| String::new()).map_err(|e| e.to_string())
         }
         LabCommand::Status { prefix } => super::status(prefix.as_deref()).map_err(|e| e.to_string()),
+        LabCommand::BenchPolicy { opts, changes } => {
+            let mut o = opts.options();
+            o.cluster = true;
+            let bin = o.vrouter.clone().map_or_else(std::env::current_exe, Ok).map_err(|e| e.to_string())?;
+            let tools = super::cluster::Tools::beside(&bin).map_err(|e| e.to_string())?;
+            let lab = super::up(&o).map_err(|e| e.to_string())?;
+            let mut t = super::cluster::policy_propagation(&lab, &tools, changes.max(1)).map_err(|e| e.to_string())?;
+            t.sort();
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            let q = |f: f64| t[((t.len() - 1) as f64 * f).round() as usize];
+            Ok(format!(
+                "policy propagation over {} changes, 3 nodes (apply to every node's data plane): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms, min {:.1} ms",
+                t.len(),
+                ms(q(0.5)),
+                ms(q(0.9)),
+                ms(q(0.99)),
+                ms(t[t.len() - 1]),
+                ms(t[0])
+            ))
+        }
         LabCommand::Demo { opts } => {
             let report = super::demo(&opts.options()).map_err(|e| e.to_string())?;
             if report.ok() {

@@ -320,6 +320,53 @@ pub fn parse_result(text: &str) -> Result<Wired, String> {
     Ok(Wired { ip, mac })
 }
 
+/// Policy propagation, as a benchmark (`vrouter lab bench-policy`): `changes` times, a
+/// GlobalNetworkPolicy selecting every pod gets a new rule (TCP port 10000 + i denied), and the
+/// time is measured from just before `vrouterctl apply` starts until every node's running
+/// config has that rule (the daemon's reply comes after the new policy is published to its
+/// workers). Returns the times in order.
+pub fn policy_propagation(lab: &LabHandle, tools: &Tools, changes: usize) -> Result<Vec<Duration>, LabError> {
+    use vrouter_api::{reply::Policies, Request};
+    let file = lab.dir().join("bench-policy.yaml");
+    let ctl = tools.vrouterctl.to_string_lossy().into_owned();
+    let sockets: Vec<String> = lab.nodes().iter().map(topo::socket_path).collect();
+    let mut times = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let port = 10_000 + i as u16;
+        let manifest = format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: bench\nspec:\n  order: 500\n  selector: all()\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n      destination:\n        ports: [{port}]\n    - action: Pass\n"
+        );
+        std::fs::write(&file, manifest).map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+        let start = Instant::now();
+        sys::ns_ok(
+            &lab.router_ns(),
+            &[&ctl, "--etcd-endpoints", ETCD_CLIENT, "apply", "-f", &file.to_string_lossy()],
+            Duration::from_secs(30),
+        )?;
+        let mut pending: Vec<&String> = sockets.iter().collect();
+        while !pending.is_empty() {
+            pending.retain(|sock| {
+                let got: Result<Policies, _> =
+                    vrouterctl::request(Path::new(sock.as_str()), Request::Policies, Duration::from_secs(5));
+                let has = got.is_ok_and(|p| {
+                    p.policies
+                        .get("gnp.bench.ingress")
+                        .is_some_and(|rules| rules.iter().any(|r| r.dst_ports.iter().any(|d| d.lo == port)))
+                });
+                !has
+            });
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(LabError::Timeout { cmd: format!("policy change {i} reaching every node"), secs: 30.0 });
+            }
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        times.push(start.elapsed());
+    }
+    Ok(times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
