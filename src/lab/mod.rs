@@ -727,6 +727,8 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
         }
     }
     let _ = std::fs::remove_file(state.path());
+    // A cluster lab's etcd data (its WAL alone preallocates 64 MiB).
+    let _ = std::fs::remove_dir_all(state.dir.join("etcd"));
     sys::unregister(prefix);
     if left.is_empty() {
         Ok(())
