@@ -36,7 +36,8 @@ fn tools() -> cluster::Tools {
 fn ctl(lab: &LabHandle, args: &[&str]) -> Output {
     let t = tools();
     let ctl = t.vrouterctl.to_string_lossy().into_owned();
-    lab.exec(&lab.router_ns(), &[&[ctl.as_str(), "--etcd-endpoints", cluster::ETCD_CLIENT], args].concat())
+    let eps = cluster::etcd_endpoints(lab);
+    lab.exec(&lab.router_ns(), &[&[ctl.as_str(), "--etcd-endpoints", eps.as_str()], args].concat())
 }
 
 fn ctl_ok(lab: &LabHandle, args: &[&str]) -> String {

@@ -65,6 +65,9 @@ pub struct LabArgs {
     /// vrouter-cni beside the vrouter binary).
     #[arg(long = "static")]
     static_files: bool,
+    /// etcd members in a cluster lab (3: one may fail without effect).
+    #[arg(long, default_value_t = 1)]
+    etcd_members: usize,
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
@@ -79,6 +82,7 @@ impl LabArgs {
             vrouter: self.vrouter,
             ready_timeout: Duration::from_secs(self.ready_timeout),
             cluster: !self.static_files && !self.kernel,
+            etcd_members: self.etcd_members,
             ..LabOptions::default()
         }
     }
@@ -94,7 +98,7 @@ pub fn run_cli(cmd: LabCommand) -> Result<String, String> {
                 true => format!(
                     "; the cluster: `ip netns exec {p}-rt vrouterctl --etcd-endpoints {e} get wep -A`",
                     p = lab.prefix(),
-                    e = super::cluster::ETCD_CLIENT
+                    e = super::cluster::etcd_endpoints(&lab)
                 ),
                 false => String::new(),
             };

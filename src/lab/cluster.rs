@@ -16,10 +16,23 @@ use std::time::{Duration, Instant};
 
 use super::{sys, topo, LabError, LabHandle};
 
-/// etcd's client and peer ports inside the router namespace (its own loopback: no clash with
-/// another lab or the host).
+/// etcd member `i`'s client URL inside the router namespace (its own loopback: no clash with
+/// another lab or the host): ports 2379, 2479, 2579 ...
+pub fn etcd_client(i: usize) -> String {
+    format!("http://127.0.0.1:{}", 2379 + 100 * i)
+}
+fn etcd_peer(i: usize) -> String {
+    format!("http://127.0.0.1:{}", 2380 + 100 * i)
+}
+/// The first member's client URL (the only one in a one-member lab).
 pub const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
-const ETCD_PEER: &str = "http://127.0.0.1:2380";
+
+/// Every member's client URL, comma-separated (what the agents, the CNI plugin and
+/// vrouterctl are given).
+pub fn etcd_endpoints(lab: &LabHandle) -> String {
+    (0..lab.state().etcd_members.max(1)).map(etcd_client).collect::<Vec<_>>().join(",")
+}
+
 /// The lab's pool: blocks of /26 per node, IPIP across subnets as the file-based lab does.
 pub const POOL: &str = "10.244.0.0/16";
 /// The label that selects the guarded pod, and the policy that guards it.
@@ -91,35 +104,53 @@ spec:
     )
 }
 
-/// Starts etcd in the router namespace and waits until it answers. `fresh`: on an empty data
-/// directory (otherwise on what a stopped etcd left, as after an outage).
+/// Starts etcd (every member) in the router namespace and waits until each answers. `fresh`:
+/// on empty data directories (otherwise on what stopped members left, as after an outage).
 pub fn start_etcd(lab: &LabHandle, fresh: bool) -> Result<(), LabError> {
-    let dir = lab.dir().join("etcd");
+    for i in 0..lab.state().etcd_members.max(1) {
+        start_etcd_member(lab, i, fresh)?;
+    }
+    wait_etcd(lab)
+}
+
+/// Starts member `i` (without waiting: a new cluster's members wait for each other).
+pub fn start_etcd_member(lab: &LabHandle, i: usize, fresh: bool) -> Result<(), LabError> {
+    let n = lab.state().etcd_members.max(1);
+    let dir = lab.dir().join("etcd").join(format!("m{i}"));
     if fresh {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let log = lab.dir().join(if fresh { "etcd.log" } else { "etcd.restarted.log" });
-    let rt = lab.router_ns();
-    let data = dir.to_string_lossy();
+    let log = lab.dir().join(format!("etcd{i}.log"));
+    let log = if log.exists() { lab.dir().join(format!("etcd{i}.restarted.log")) } else { log };
+    let cluster: Vec<String> = (0..n).map(|m| format!("lab{m}={}", etcd_peer(m))).collect();
+    let (name, client, peer) = (format!("lab{i}"), etcd_client(i), etcd_peer(i));
+    let token = format!("vrouter-lab-{}", lab.prefix());
     #[rustfmt::skip]
-    let child = sys::spawn_in(&rt, &[
-        "etcd", "--name", "lab", "--data-dir", &data,
-        "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
-        "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
-        "--initial-cluster", &format!("lab={ETCD_PEER}"),
+    let child = sys::spawn_in(&lab.router_ns(), &[
+        "etcd", "--name", &name, "--data-dir", &dir.to_string_lossy(),
+        "--listen-client-urls", &client, "--advertise-client-urls", &client,
+        "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
+        "--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new",
+        "--initial-cluster-token", &token,
     ], Some(&log))?;
     lab.adopt(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    Ok(())
+}
+
+/// Waits until every member answers its health check.
+pub fn wait_etcd(lab: &LabHandle) -> Result<(), LabError> {
+    let rt = lab.router_ns();
+    let eps = etcd_endpoints(lab);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out =
-            sys::exec_in(&rt, &["etcdctl", "--endpoints", ETCD_CLIENT, "endpoint", "health"], Duration::from_secs(5));
+        let out = sys::exec_in(&rt, &["etcdctl", "--endpoints", &eps, "endpoint", "health"], Duration::from_secs(5));
         if out.status.success() {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(LabError::ForwarderNotReady {
-                what: format!("etcd did not answer on {ETCD_CLIENT} in {rt}"),
-                tail: sys::tail(&log, 15),
+                what: format!("etcd did not answer on {eps} in {rt}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                tail: sys::tail(&lab.dir().join("etcd0.log"), 15),
             });
         }
         sys::sleep(Duration::from_millis(100))?;
@@ -134,7 +165,7 @@ pub fn seed(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
     let ctl = tools.vrouterctl.to_string_lossy();
     sys::ns_ok(
         &lab.router_ns(),
-        &[&ctl, "--etcd-endpoints", ETCD_CLIENT, "apply", "-f", &file.to_string_lossy()],
+        &[&ctl, "--etcd-endpoints", &etcd_endpoints(lab), "apply", "-f", &file.to_string_lossy()],
         Duration::from_secs(30),
     )
     .map(|_| ())
@@ -161,7 +192,7 @@ pub fn start_agent(lab: &LabHandle, tools: &Tools, index: u8) -> Result<(), LabE
     let subnet = n.subnet.replace('/', "_");
     #[rustfmt::skip]
     let child = sys::spawn_in(&lab.router_ns(), &[
-        &agent, "--socket", &socket, "--etcd-endpoints", ETCD_CLIENT, "--node", &n.name,
+        &agent, "--socket", &socket, "--etcd-endpoints", &etcd_endpoints(lab), "--node", &n.name,
         "--label", &format!("lab/subnet={subnet}"),
     ], Some(&log))?;
     lab.adopt(child);
@@ -171,14 +202,17 @@ pub fn start_agent(lab: &LabHandle, tools: &Tools, index: u8) -> Result<(), LabE
 /// A process of the cluster lab, found in the router namespace by its command line.
 #[derive(Debug, Clone, Copy)]
 pub enum Service {
+    /// Every etcd member.
     Etcd,
+    EtcdMember(usize),
     Agent(u8),
 }
 
 /// SIGKILLs a cluster process (a crash, not a clean stop) and waits until it is gone.
 pub fn kill(lab: &LabHandle, what: Service) -> Result<(), LabError> {
     let pattern = match what {
-        Service::Etcd => "etcd --name lab ".to_string(),
+        Service::Etcd => "etcd --name lab".to_string(),
+        Service::EtcdMember(i) => format!("etcd --name lab{i} "),
         Service::Agent(i) => format!("--node {} ", lab.node(i).name),
     };
     let pids: Vec<u32> = sys::netns_pids(&lab.router_ns())
@@ -236,14 +270,14 @@ pub struct Wired {
 
 /// The CNI network config the lab's pods are wired with on node `n`, with the pod's labels
 /// (as a runtime passes them, in `runtimeConfig`).
-pub fn netconf(n: &topo::LabNode, labels: &[(&str, &str)]) -> serde_json::Value {
+pub fn netconf(n: &topo::LabNode, etcd: &str, labels: &[(&str, &str)]) -> serde_json::Value {
     let labels: serde_json::Map<String, serde_json::Value> =
         labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "vrouter-lab",
         "type": "vrouter-cni",
-        "etcd_endpoints": [ETCD_CLIENT],
+        "etcd_endpoints": etcd,
         "node": n.name,
         "socket": topo::socket_path(n),
         "runtimeConfig": {"labels": labels},
@@ -290,7 +324,7 @@ fn cni(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod, command: &str) -> Res
         .stderr(Stdio::piped());
     let what = sys::describe(&cmd);
     let mut child = cmd.spawn().map_err(|err| LabError::Io { what: format!("starting {what}"), err })?;
-    let conf = netconf(n, &labels).to_string();
+    let conf = netconf(n, &etcd_endpoints(lab), &labels).to_string();
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(conf.as_bytes());
     }
@@ -340,7 +374,7 @@ pub fn policy_propagation(lab: &LabHandle, tools: &Tools, changes: usize) -> Res
         let start = Instant::now();
         sys::ns_ok(
             &lab.router_ns(),
-            &[&ctl, "--etcd-endpoints", ETCD_CLIENT, "apply", "-f", &file.to_string_lossy()],
+            &[&ctl, "--etcd-endpoints", &etcd_endpoints(lab), "apply", "-f", &file.to_string_lossy()],
             Duration::from_secs(30),
         )?;
         let mut pending: Vec<&String> = sockets.iter().collect();

@@ -64,6 +64,9 @@ pub struct LabOptions {
     /// The cluster does the wiring ([`cluster`]): etcd, an agent per node, pods through the
     /// CNI plugin, addresses from IPAM; instead of each node's file listing everything.
     pub cluster: bool,
+    /// etcd members of a cluster lab: 1 (default) or 3 (each on its own ports in the router
+    /// namespace; one can fail without effect).
+    pub etcd_members: usize,
 }
 
 impl Default for LabOptions {
@@ -76,6 +79,7 @@ impl Default for LabOptions {
             ready_timeout: Duration::from_secs(20),
             idle: "adaptive".into(),
             cluster: false,
+            etcd_members: 1,
         }
     }
 }
@@ -163,6 +167,9 @@ pub struct LabState {
     /// The vrouter binary the daemons run.
     #[serde(default)]
     pub vrouter: Option<PathBuf>,
+    /// etcd members of a cluster lab (1 or 3).
+    #[serde(default)]
+    pub etcd_members: usize,
 }
 
 impl LabState {
@@ -178,6 +185,7 @@ impl LabState {
             pods,
             cluster: false,
             vrouter: None,
+            etcd_members: 0,
         }
     }
 
@@ -425,9 +433,12 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
         return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
     }
+    if opts.cluster && !(1..=9).contains(&opts.etcd_members) {
+        return Err(LabError::BadOption(format!("{} etcd members: use 1 to 9 (3 survives one failure)", opts.etcd_members)));
+    }
     if opts.backend == Backend::Kernel {
         if opts.cluster {
-            return Err(LabError::BadOption("--cluster needs vrouter on the nodes (not --kernel)".into()));
+            return Err(LabError::BadOption("a cluster lab needs vrouter on the nodes (not --kernel)".into()));
         }
         return Ok(None);
     }
@@ -484,6 +495,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
         Some(bin) if opts.cluster => {
             let tools = cluster::Tools::beside(&bin)?;
             lab.state.cluster = true;
+            lab.state.etcd_members = opts.etcd_members;
             cluster::start_etcd(&lab, true)?;
             cluster::seed(&lab, &tools)?;
             start_daemons(&mut lab, &bin, &opts.idle)?;
