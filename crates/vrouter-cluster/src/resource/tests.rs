@@ -532,3 +532,47 @@ fn keys_kinds_and_metadata_defaults() {
     assert_eq!(Kind::GlobalNetworkPolicy.plural(), "globalnetworkpolicies");
     assert!(Kind::WorkloadEndpoint.namespaced() && !Kind::Profile.namespaced());
 }
+
+#[test]
+fn manifests_are_told_apart_from_node_toml() {
+    assert!(is_manifest(NP));
+    assert!(is_manifest(&format!("{IPPOOL}---\n{NODE}")));
+    assert!(is_manifest(&one(NP).to_manifest().to_string()));
+    // Broken YAML that is plainly a manifest still goes to the manifest parser.
+    assert!(is_manifest("apiVersion: projectcalico.org/v3\nkind: [\n"));
+    let toml = "[node]\nname = \"n1\"\nip = \"10.0.0.1\"\n\n[[endpoints]]\nname = \"web\"\n";
+    assert!(!is_manifest(toml));
+    assert!(!is_manifest("node:\n  name: x\n"));
+    assert!(!is_manifest(""));
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(s in "\\PC{0,200}") {
+        let _ = parse_manifests(&s);
+        let _ = is_manifest(&s);
+    }
+
+    /// Valid manifests with random edits (characters YAML and JSON care about) are refused or
+    /// accepted, never a panic.
+    #[test]
+    fn edited_manifests_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0usize..4, proptest::sample::select(vec![":", "{", "}", "[", "]", "-", "'", "\"", "\n", " ", "0", "a", "/", "---\n", "*", "&a "])), 1..6),
+    ) {
+        let mut text = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+        for (at, del, ins) in edits {
+            let mut i = at.index(text.len() + 1);
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            let mut j = (i + del).min(text.len());
+            while !text.is_char_boundary(j) {
+                j -= 1;
+            }
+            text.replace_range(i..j, ins);
+        }
+        if let Err(e) = parse_manifests(&text) {
+            proptest::prop_assert!(e.document >= 1);
+        }
+    }
+}
