@@ -406,10 +406,9 @@ impl Compiler<'_, '_> {
         }
         if !named.is_empty() {
             // port number -> addresses of the picked endpoints that name it.
-            // Without selectors: the policy's namespace (NetworkPolicy) or every endpoint.
-            let (scope, sel) = picked.unwrap_or_else(|| {
-                (p.namespace.map_or(Scope::All, |ns| Scope::Namespace(ns.to_string())), Selector::All)
-            });
+            // Without selectors, every endpoint in the cluster (as Calico: a rule's selector is
+            // namespaced only when it has one).
+            let (scope, sel) = picked.unwrap_or((Scope::All, Selector::All));
             let mut by_port: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
             for &i in self.endpoints_in(&scope, &sel).iter() {
                 let v = &self.views[i];

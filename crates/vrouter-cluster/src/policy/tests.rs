@@ -154,7 +154,7 @@ impl<'a> Reference<'a> {
             let hit = e.ports.iter().any(|p| match p {
                 Port::Range(r) => r.contains(port),
                 Port::Named(name) => self.views.iter().any(|v| {
-                    (if positive { picks(v) } else { self.in_scope(ns, e, v) })
+                    (!positive || picks(v))
                         && v.ips.contains(&ip)
                         && v.wep
                             .spec
