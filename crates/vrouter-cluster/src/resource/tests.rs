@@ -290,8 +290,15 @@ fn unsupported_calico_fields_are_refused_by_name_with_the_reason() {
     fails_at(&pool("vxlanMode: Sometimes"), "spec.vxlanMode", &["valid values: Always, CrossSubnet, Never"]);
     fails_at(&pool("disableBGPExport: true"), "spec.disableBGPExport", &["not supported", "BGP"]);
     fails_at(&pool("ipip: {enabled: true}"), "spec.ipip", &["use spec.ipipMode"]);
-    fails_at(&pool("allowedUses: [Tunnel]"), "spec.allowedUses[0]", &["Tunnel is not supported"]);
+    fails_at(&pool("allowedUses: [Tunnel]"), "spec.allowedUses", &["must include Workload"]);
+    fails_at(&pool("allowedUses: [Workload, LoadBalancer]"), "spec.allowedUses[1]", &["LoadBalancer is not supported"]);
+    fails_at(
+        &pool("allowedUses: [Workloads]"),
+        "spec.allowedUses[0]",
+        &["valid values: Workload, Tunnel, LoadBalancer"],
+    );
     one(&pool("allowedUses: [Workload]"));
+    one(&pool("allowedUses: [Workload, Tunnel]"));
     fails_at(&format!("{NODE}    ipv6Address: 2001:db8::1/120\n"), "spec.bgp.ipv6Address", &["IPv4 only"]);
     fails_at(
         &format!("{NODE}    ipv4IPIPTunnelAddr: 192.168.0.1\n"),
@@ -575,4 +582,36 @@ proptest::proptest! {
             proptest::prop_assert!(e.document >= 1);
         }
     }
+}
+
+/// What `calicoctl get ippool -o yaml` prints for a default pool re-applies as is.
+#[test]
+fn calicoctl_get_output_reapplies() {
+    let text = r#"
+apiVersion: projectcalico.org/v3
+items:
+- apiVersion: projectcalico.org/v3
+  kind: IPPool
+  metadata:
+    creationTimestamp: "2024-03-01T10:00:00Z"
+    name: default-ipv4-ippool
+    resourceVersion: "693"
+    uid: 0f4b0b8c-8d43-4c43-9a6e-2b1f4d5e6a7b
+  spec:
+    allowedUses:
+    - Workload
+    - Tunnel
+    blockSize: 26
+    cidr: 192.168.0.0/16
+    ipipMode: Always
+    natOutgoing: true
+    nodeSelector: all()
+    vxlanMode: Never
+kind: IPPoolList
+metadata:
+  resourceVersion: "700"
+"#;
+    let rs = parse_manifests(text).unwrap();
+    let Resource::IpPool(p) = &rs[0] else { panic!() };
+    assert_eq!((p.metadata.resource_version, p.spec.ipip_mode), (Some(693), IpipMode::Always));
 }
