@@ -16,6 +16,10 @@ use vrouter::lab::{self, cluster, LabHandle, LabOptions};
 const TOOLS: &[&str] = &["ip", "ping", "sysctl", "etcd", "etcdctl", "iperf3"];
 
 fn up() -> Option<LabHandle> {
+    up_with(1)
+}
+
+fn up_with(etcd_members: usize) -> Option<LabHandle> {
     if let Some(why) = common::skip_unless_ready(TOOLS) {
         eprintln!("SKIP: {why}");
         return None;
@@ -24,7 +28,7 @@ fn up() -> Option<LabHandle> {
     if let Err(e) = cluster::Tools::beside(&bin) {
         panic!("{e} (`cargo build --workspace` builds vrouterctl, vrouter-agent and vrouter-cni)");
     }
-    let o = LabOptions { vrouter: Some(bin), cluster: true, ..LabOptions::default() };
+    let o = LabOptions { vrouter: Some(bin), cluster: true, etcd_members, ..LabOptions::default() };
     Some(lab::up(&o).unwrap_or_else(|e| panic!("{e}")))
 }
 
@@ -287,4 +291,46 @@ fn sysinfo_agents(lab: &LabHandle) -> usize {
             std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("vrouter-agent"))
         })
         .count()
+}
+
+#[test]
+fn a_three_member_etcd_loses_one_member_without_effect_and_all_three_without_harm() {
+    let Some(lab) = up_with(3) else { return };
+    let t = tools();
+    for (a, b) in [("1a", "2a"), ("2b", "3a")] {
+        wait(&format!("{a} -> {b}\n{}", logs(&lab)), Duration::from_secs(10), || ping(&lab, a, b));
+    }
+    let policy = lab.dir().join("no-ping.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: no-ping\nspec:\n  selector: all()\n  ingress:\n    - action: Deny\n      protocol: ICMP\n    - action: Allow\n",
+    )
+    .unwrap();
+
+    // One member gone (the first, the one every client lists first): writes, watches and
+    // policy go on through the other two.
+    cluster::kill(&lab, cluster::Service::EtcdMember(0)).unwrap();
+    ctl_ok(&lab, &["apply", "-f", &policy.to_string_lossy()]);
+    for (a, b) in [("1a", "2a"), ("2b", "3a")] {
+        wait(&format!("{a} -> {b} denied with a member down\n{}", logs(&lab)), Duration::from_secs(10), || {
+            !ping(&lab, a, b)
+        });
+    }
+    ctl_ok(&lab, &["delete", "gnp", "no-ping"]);
+    for (a, b) in [("1a", "2a"), ("2b", "3a")] {
+        wait(&format!("{a} -> {b} allowed again\n{}", logs(&lab)), Duration::from_secs(10), || ping(&lab, a, b));
+    }
+
+    // All gone: forwarding unchanged; back: the cluster heals (member 0 rejoins on its data).
+    cluster::kill(&lab, cluster::Service::Etcd).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for (a, b) in [("1a", "2b"), ("3b", "1b")] {
+        assert!(ping(&lab, a, b), "{a} -> {b} with every etcd member down\n{}", logs(&lab));
+    }
+    cluster::start_etcd(&lab, false).unwrap();
+    ctl_ok(&lab, &["apply", "-f", &policy.to_string_lossy()]);
+    wait(&format!("policy after the cluster came back\n{}", logs(&lab)), Duration::from_secs(15), || !ping(&lab, "1a", "3b"));
+    let check = ctl(&lab, &["ipam", "check"]);
+    assert!(check.status.success(), "ipam check: {}", common::text(&check));
+    let _ = t;
 }

@@ -16,21 +16,7 @@ use vrouter_cluster::store::Store;
 
 use crate::{table, IpamCmd, Output};
 
-/// Whether `text` is resource manifests (YAML or JSON documents with `apiVersion` and
-/// `kind`) rather than a node's TOML config.
-pub fn is_manifest(text: &str) -> bool {
-    let has_kind = |v: &Value| v.get("apiVersion").is_some() && v.get("kind").is_some();
-    let t = text.trim_start();
-    if t.starts_with('{') || t.starts_with('[') {
-        return serde_json::Deserializer::from_str(text).into_iter::<Value>().any(|v| match v {
-            Ok(Value::Array(items)) => items.iter().any(has_kind),
-            Ok(v) => has_kind(&v),
-            Err(_) => false,
-        });
-    }
-    use serde::Deserialize;
-    serde_yaml_ng::Deserializer::from_str(text).any(|d| Value::deserialize(d).is_ok_and(|v| has_kind(&v)))
-}
+pub use vrouter_cluster::resource::is_manifest;
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))
@@ -314,22 +300,4 @@ async fn check(ds: &Datastore, json: bool) -> Result<bool, String> {
         print!("{report}");
     }
     Ok(report.is_clean())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn manifests_and_node_configs_are_told_apart_by_content() {
-        assert!(is_manifest("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\n"));
-        assert!(is_manifest(
-            "---\n# comment\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n}\n"
-        ));
-        assert!(is_manifest(r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"name":"x"}}"#));
-        assert!(is_manifest(r#"[{"apiVersion":"projectcalico.org/v3","kind":"Profile"}]"#));
-        assert!(!is_manifest("[node]\nname = \"n1\"\nip = \"192.168.1.10\"\n"));
-        assert!(!is_manifest("# just a comment\n"));
-        assert!(!is_manifest("name: x\nspec: {}\n"), "YAML without apiVersion/kind is not a manifest");
-    }
 }
