@@ -384,29 +384,30 @@ async fn try_assign(
     pools: &[PoolRef],
     attrs: &Attrs,
 ) -> Result<Ipv4Addr, Step> {
-    let existing = get_handle(store, handle).await?;
+    // The handle and every block affine to the node, in one read.
+    let (affs, _) = store.list(&keys::affinities(node)).await?;
+    let affine: Vec<Ipv4Prefix> =
+        affs.iter().filter_map(|kv| keys::parse_cidr_name(&kv.key)).filter(|c| in_pools(*c, pools)).collect();
+    let mut wanted = vec![keys::handle(handle)];
+    wanted.extend(affine.iter().map(|c| keys::block(*c)));
+    let mut got = store.get_many(&wanted).await?.into_iter();
+    let existing = got.next().flatten().map(|kv| Handle::from_kv(&kv)).transpose()?;
+    let affine_blocks: Vec<Block> = got.flatten().map(|kv| Block::from_kv(&kv)).collect::<Result<_, _>>()?;
     if let Some(h) = &existing {
         for cidr in h.block.keys() {
             let Ok(cidr) = cidr.parse::<Ipv4Prefix>() else { continue };
-            if let Some(b) = get_block(store, cidr).await? {
-                if let Some(ip) = b.ips_of(handle).first() {
-                    return Ok(*ip);
-                }
+            let b = match affine_blocks.iter().find(|b| b.cidr == cidr) {
+                Some(b) => Some(b.clone()),
+                None => get_block(store, cidr).await?,
+            };
+            if let Some(ip) = b.and_then(|b| b.ips_of(handle).first().copied()) {
+                return Ok(ip);
             }
         }
     }
-    // Blocks affine to the node, in CIDR order.
-    let (affs, _) = store.list(&keys::affinities(node)).await?;
-    for kv in &affs {
-        let Some(cidr) = keys::parse_cidr_name(&kv.key) else { continue };
-        if !in_pools(cidr, pools) {
-            continue;
-        }
-        if let Some(b) = get_block(store, cidr).await? {
-            if b.affine_node() == Some(node) && b.free() > 0 {
-                return assign_in(store, b, handle, attrs, existing.as_ref()).await;
-            }
-        }
+    // A free address in a block affine to the node, in CIDR order.
+    if let Some(b) = affine_blocks.into_iter().find(|b| b.affine_node() == Some(node) && b.free() > 0) {
+        return assign_in(store, b, handle, attrs, existing.as_ref()).await;
     }
     // A block of our own.
     match claim(store, node, pools).await {

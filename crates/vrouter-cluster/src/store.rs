@@ -228,6 +228,24 @@ impl Store {
         resp.take_kvs().into_iter().next().map(to_kv).transpose()
     }
 
+    /// Reads several keys in one round trip, at one revision (a read-only transaction);
+    /// the answer is in the order of `keys`.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Kv>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        // etcd refuses transactions of more than 128 operations (--max-txn-ops).
+        for chunk in keys.chunks(100) {
+            let txn = Txn::new()
+                .and_then(chunk.iter().map(|k| etcd_client::TxnOp::get(k.as_str(), None)).collect::<Vec<_>>());
+            let resp = self.call(&chunk[0], kv.txn(txn)).await?;
+            for r in resp.op_responses() {
+                let TxnOpResponse::Get(mut g) = r else { continue };
+                out.push(g.take_kvs().into_iter().next().map(to_kv).transpose()?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every key under `prefix`, in key order, and the revision the snapshot was read at
     /// (watch from that revision + 1 to follow it without a gap). Large prefixes are read in
     /// pages pinned to one revision; if etcd compacts that revision mid-list the result is
