@@ -585,6 +585,48 @@ async fn try_release_ip(store: &Store, ip: Ipv4Addr) -> Result<(), Step> {
     Ok(())
 }
 
+/// Gives up `node`'s blocks (its Node is being removed): an empty block is deleted with its
+/// affinity, so another node can claim it; a block that still holds addresses keeps them but
+/// loses its affinity (others may borrow from it; its pods' addresses stay theirs). Returns
+/// the blocks released.
+pub async fn release_node_blocks(store: &Store, node: &str) -> Result<Vec<Ipv4Prefix>, IpamError> {
+    let mut released = Vec::new();
+    let (affs, _) = store.list(&keys::affinities(node)).await?;
+    for aff in affs {
+        let Some(cidr) = keys::parse_cidr_name(&aff.key) else { continue };
+        let mut attempt = 0;
+        loop {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            attempt += 1;
+            let Some(aff) = store.get(&aff.key).await? else { break };
+            let mut ops = Vec::new();
+            if let Some(mut b) = get_block(store, cidr).await? {
+                if b.used() == 0 {
+                    ops.push(Op::Delete { key: keys::block(cidr), expected: Some(b.mod_revision) });
+                } else if b.affine_node() == Some(node) {
+                    b.affinity = None;
+                    ops.push(Op::Update { key: keys::block(cidr), value: b.to_json(), expected: b.mod_revision });
+                }
+            }
+            ops.push(Op::Delete { key: aff.key.clone(), expected: Some(aff.mod_revision) });
+            match commit(store, &ops).await {
+                Ok(_) => {
+                    released.push(cidr);
+                    break;
+                }
+                Err(Step::Retry) if attempt < MAX_ATTEMPTS => continue,
+                Err(Step::Retry) => {
+                    return Err(IpamError::Contention { handle: format!("(blocks of {node})"), attempts: attempt })
+                }
+                Err(Step::Fail(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(released)
+}
+
 /// Every block, in CIDR order.
 pub async fn blocks(store: &Store) -> Result<Vec<Block>, IpamError> {
     let (kvs, _) = store.list(keys::BLOCKS).await?;

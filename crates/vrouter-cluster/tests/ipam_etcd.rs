@@ -280,3 +280,26 @@ async fn claim_block_gives_the_node_an_affine_block() {
     let a = ipam::assign(&s, "n1", "h", &pools, &attrs("n1")).await.unwrap();
     assert!(b1.contains(u32::from(a)));
 }
+
+#[tokio::test]
+async fn a_removed_nodes_empty_blocks_are_freed_and_used_ones_lose_their_affinity() {
+    let etcd = Etcd::start();
+    let s = Store::connect(&etcd.endpoints()).await.unwrap();
+    let pools = [pool("10.96.0.0/25", 26)];
+    let a = ipam::assign(&s, "n1", "h1", &pools, &attrs("n1")).await.unwrap();
+    let used = ipam::affine_blocks(&s, "n1").await.unwrap()[0];
+    let empty = ipam::claim_block(&s, "n1", &pools).await.unwrap();
+    let mut released = ipam::release_node_blocks(&s, "n1").await.unwrap();
+    released.sort();
+    let mut both = vec![used, empty];
+    both.sort();
+    assert_eq!(released, both);
+    assert!(ipam::affine_blocks(&s, "n1").await.unwrap().is_empty());
+    let blocks = ipam::blocks(&s).await.unwrap();
+    assert_eq!(blocks.len(), 1, "the empty block is gone");
+    assert_eq!((blocks[0].cidr, blocks[0].affinity.clone(), blocks[0].used()), (used, None, 1));
+    assert!(ipam::check(&s, &[(a, "h1".to_string())]).await.unwrap().is_clean());
+    // The freed block can be claimed again; the used one is borrowable, not claimable.
+    assert_eq!(ipam::claim_block(&s, "n2", &pools).await.unwrap(), empty);
+    assert!(ipam::release_node_blocks(&s, "n1").await.unwrap().is_empty(), "idempotent");
+}

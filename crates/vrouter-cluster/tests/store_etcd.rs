@@ -253,3 +253,30 @@ async fn retry<T, F: std::future::Future<Output = Result<T, StoreError>>>(f: imp
         }
     }
 }
+
+#[tokio::test]
+async fn a_watch_broken_by_a_member_kill_resumes_on_another_member_without_gap_or_repeat() {
+    let mut c = EtcdCluster::start(3);
+    let s = Store::connect(&c.endpoints()).await.unwrap();
+    let r0 = s.create("/rw/a", b"0").await.unwrap();
+    let mut w = s.watch("/rw/", r0).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("first event").unwrap();
+    assert_eq!(ev[0].mod_revision(), r0);
+    // Kill the member serving the watch (the store's first endpoint answered the connect).
+    c.kill(0);
+    let e = tokio::time::timeout(Duration::from_secs(15), w.next()).await.expect("the watch ends").unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    // Writes go on meanwhile (through the other members).
+    let mut revs = Vec::new();
+    for i in 0..5 {
+        revs.push(s.create(&format!("/rw/k{i}"), b"v").await.unwrap());
+    }
+    // Resume from the last revision delivered + 1: exactly the five writes, in order.
+    let mut w = s.watch("/rw/", w.revision() + 1).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("resumed events").unwrap();
+        seen.extend(ev.iter().map(|e| e.mod_revision()));
+    }
+    assert_eq!(seen, revs);
+}
