@@ -754,7 +754,8 @@ pub struct CheckReport {
     /// Handle counts that disagree with the blocks: (handle, block, handle says, block holds).
     pub bad_counts: Vec<(String, Ipv4Prefix, u32, u32)>,
     /// Blocks whose own bookkeeping is inconsistent (ordinal in both lists, attribute index
-    /// out of range), or whose affinity key is missing; affinity keys without a block.
+    /// out of range), or whose affinity key is missing; affinity keys without a block; block
+    /// and handle records that do not parse.
     pub bad_blocks: Vec<(String, String)>,
     /// Addresses counted, for the summary.
     pub allocated: usize,
@@ -809,10 +810,22 @@ impl fmt::Display for CheckReport {
 /// orphan handles, handle counts, and each block's bookkeeping. Reads everything at once;
 /// run it when allocations are quiet, or a pod being created shows up as a passing leak.
 pub async fn check(store: &Store, endpoints: &[(Ipv4Addr, String)]) -> Result<CheckReport, IpamError> {
-    let blocks = blocks(store).await?;
-    let handles = handles(store).await?;
+    // Records that do not parse are findings here, not errors: check is the tool for broken state.
+    let mut unreadable = Vec::new();
+    let (kvs, _) = store.list(keys::BLOCKS).await?;
+    let blocks: Vec<Block> = kvs
+        .iter()
+        .filter_map(|kv| Block::from_kv(kv).map_err(|e| unreadable.push((kv.key.clone(), e.to_string()))).ok())
+        .collect();
+    let (kvs, _) = store.list(keys::HANDLES).await?;
+    let handles: Vec<Handle> = kvs
+        .iter()
+        .filter_map(|kv| Handle::from_kv(kv).map_err(|e| unreadable.push((kv.key.clone(), e.to_string()))).ok())
+        .collect();
     let (affs, _) = store.list(keys::HOSTS).await?;
-    Ok(check_state(&blocks, &handles, &affs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), endpoints))
+    let mut r = check_state(&blocks, &handles, &affs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), endpoints);
+    r.bad_blocks.extend(unreadable);
+    Ok(r)
 }
 
 fn check_state(

@@ -263,6 +263,10 @@ async fn check_finds_a_planted_leak_duplicate_and_orphan_handle() {
     s.create(&keys::block(cidr), overlapping.as_bytes()).await.unwrap();
     let r = ipam::check(&s, &eps).await.unwrap();
     assert!(r.duplicates.iter().any(|(a, holders)| *a == eps[0].0 && holders.len() == 2), "{r}");
+    // A record that does not parse is a finding, not an error.
+    s.create(&keys::handle("garbled"), b"{not json").await.unwrap();
+    let r = ipam::check(&s, &eps).await.unwrap();
+    assert!(r.bad_blocks.iter().any(|(k, _)| k == &keys::handle("garbled")), "{r}");
 }
 
 #[tokio::test]
