@@ -137,6 +137,8 @@ impl Op {
 #[derive(Clone)]
 pub struct Store {
     clients: Arc<Vec<Client>>,
+    /// The endpoint of each client.
+    urls: Arc<Vec<String>>,
     /// Index of the endpoint that answered last.
     preferred: Arc<AtomicUsize>,
     /// The endpoints as given, comma-separated, for error messages.
@@ -151,6 +153,14 @@ impl std::fmt::Debug for Store {
 
 /// Pause between rounds over all endpoints (a leader election takes one or two of them).
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+/// etcd's own words for a failure (a gRPC status's message, without tonic's wrapping).
+fn short(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
 
 /// A failure another member (or the same one a moment later) may not have.
 fn transient(e: &etcd_client::Error) -> bool {
@@ -198,7 +208,12 @@ impl Store {
             };
             clients.push(c);
         }
-        let store = Store { clients: Arc::new(clients), preferred: Arc::new(AtomicUsize::new(0)), endpoints: joined };
+        let store = Store {
+            clients: Arc::new(clients),
+            urls: Arc::new(endpoints.to_vec()),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            endpoints: joined,
+        };
         // The channels connect lazily: one read shows whether anything answers.
         store.get(keys::CALICO).await?;
         Ok(store)
@@ -221,11 +236,16 @@ impl Store {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         let n = self.clients.len();
         let start = self.preferred.load(Ordering::Relaxed);
-        let timed_out = || StoreError::Unavailable {
-            endpoints: self.endpoints.clone(),
-            msg: format!("no answer within {REQUEST_TIMEOUT:?} (request on {key})"),
+        // The last failure of each endpoint, for the error when none answers.
+        let mut failures: Vec<Option<String>> = vec![None; n];
+        let gave_up = |failures: &[Option<String>]| {
+            let each: Vec<String> =
+                self.urls.iter().zip(failures).filter_map(|(u, f)| f.as_ref().map(|f| format!("{u}: {f}"))).collect();
+            StoreError::Unavailable {
+                endpoints: self.endpoints.clone(),
+                msg: format!("no member answered within {REQUEST_TIMEOUT:?} (request on {key}): {}", each.join("; ")),
+            }
         };
-        let mut last = None;
         // Rounds over the endpoints until one answers or the deadline passes: a member that is
         // down fails over at once, a cluster electing a leader ("no leader") is waited for.
         let mut first_round = true;
@@ -239,7 +259,7 @@ impl Store {
                 let idx = (start + i) % n;
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if remaining.is_zero() {
-                    return Err(last.unwrap_or_else(timed_out));
+                    return Err(gave_up(&failures));
                 }
                 // With other members to try, one hung member must not take the whole budget.
                 let budget = if n == 1 { remaining } else { remaining.min(REQUEST_TIMEOUT / 2) };
@@ -248,15 +268,9 @@ impl Store {
                         self.preferred.store(idx, Ordering::Relaxed);
                         return Ok(v);
                     }
-                    Ok(Err(e)) => {
-                        let again = transient(&e);
-                        let err = self.classify(key, e);
-                        if !again {
-                            return Err(err);
-                        }
-                        last = Some(err);
-                    }
-                    Err(_) => last = Some(timed_out()),
+                    Ok(Err(e)) if transient(&e) => failures[idx] = Some(short(&e)),
+                    Ok(Err(e)) => return Err(self.classify(key, e)),
+                    Err(_) => failures[idx] = Some(format!("no answer within {budget:?}")),
                 }
             }
         }

@@ -280,3 +280,22 @@ async fn a_watch_broken_by_a_member_kill_resumes_on_another_member_without_gap_o
     }
     assert_eq!(seen, revs);
 }
+
+#[tokio::test]
+async fn losing_quorum_ends_the_watch_and_requests_as_unavailable() {
+    let mut c = EtcdCluster::start(3);
+    let s = Store::connect(&c.endpoints()).await.unwrap();
+    let r = s.create("/q/k", b"0").await.unwrap();
+    let mut w = s.watch("/q/", r + 1).await.unwrap();
+    // Member 0 (serving the watch) lives on without a leader: the watch must not go silent.
+    c.kill(1);
+    c.kill(2);
+    let t = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(15), w.next()).await.expect("the watch ends").unwrap_err();
+    assert!(e.is_unavailable() && e.to_string().contains("no leader"), "{e} after {:?}", t.elapsed());
+    let t = Instant::now();
+    let e = s.get("/q/k").await.unwrap_err();
+    // The error says what each member answered: the live one has no leader, the others are down.
+    assert!(e.to_string().contains(&format!("{}: ", c.endpoint(0))) && e.to_string().contains("no leader"), "{e}");
+    assert_unavailable(e, &c.endpoint(1), t.elapsed());
+}
