@@ -19,7 +19,17 @@ fn dev_sh_installs_make_procps_and_curl() {
     let packages: Vec<&str> = line.trim_start_matches("PACKAGES=(").trim_end_matches(')').split_whitespace().collect();
     // libbpf-sys's build runs make; the lab and the tests call sysctl (procps) and curl; the
     // etcd client builds with protoc; the cluster runs etcd, and its CNI tests podman on runc.
-    for p in ["make", "procps", "curl", "protobuf-compiler", "etcd-server", "etcd-client", "podman", "runc", "busybox-static"] {
+    for p in [
+        "make",
+        "procps",
+        "curl",
+        "protobuf-compiler",
+        "etcd-server",
+        "etcd-client",
+        "podman",
+        "runc",
+        "busybox-static",
+    ] {
         assert!(packages.contains(&p), "{p} missing from {packages:?}");
     }
 }

@@ -370,7 +370,8 @@ pub fn policy_propagation(lab: &LabHandle, tools: &Tools, changes: usize) -> Res
         let manifest = format!(
             "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: bench\nspec:\n  order: 500\n  selector: all()\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: TCP\n      destination:\n        ports: [{port}]\n    - action: Pass\n"
         );
-        std::fs::write(&file, manifest).map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+        std::fs::write(&file, manifest)
+            .map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
         let start = Instant::now();
         sys::ns_ok(
             &lab.router_ns(),

@@ -434,7 +434,10 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
         return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
     }
     if opts.cluster && !(1..=9).contains(&opts.etcd_members) {
-        return Err(LabError::BadOption(format!("{} etcd members: use 1 to 9 (3 survives one failure)", opts.etcd_members)));
+        return Err(LabError::BadOption(format!(
+            "{} etcd members: use 1 to 9 (3 survives one failure)",
+            opts.etcd_members
+        )));
     }
     if opts.backend == Backend::Kernel {
         if opts.cluster {
