@@ -307,3 +307,17 @@ async fn a_removed_nodes_empty_blocks_are_freed_and_used_ones_lose_their_affinit
     assert_eq!(ipam::claim_block(&s, "n2", &pools).await.unwrap(), empty);
     assert!(ipam::release_node_blocks(&s, "n1").await.unwrap().is_empty(), "idempotent");
 }
+
+#[tokio::test]
+async fn a_garbled_block_is_passed_over_by_assign_and_reported_by_check() {
+    let etcd = Etcd::start();
+    let s = Store::connect(&etcd.endpoints()).await.unwrap();
+    let pools = [pool("10.97.0.0/25", 26)];
+    let garbled: Ipv4Prefix = "10.97.0.0/26".parse().unwrap();
+    s.create(&keys::block(garbled), b"{\"cidr\": 42").await.unwrap();
+    s.create(&keys::affinity("n1", garbled), br#"{"state":"confirmed"}"#).await.unwrap();
+    let a = ipam::assign(&s, "n1", "h1", &pools, &attrs("n1")).await.unwrap();
+    assert!(!garbled.contains(u32::from(a)), "{a} from the other block");
+    let r = ipam::check(&s, &[(a, "h1".to_string())]).await.unwrap();
+    assert!(r.bad_blocks.iter().any(|(k, _)| k == &keys::block(garbled)), "{r}");
+}
