@@ -62,19 +62,18 @@ spec:
 "#;
 
 /// The `vrouter-cni` binary, built beside the daemon's (the root package's tests cannot name
-/// another package's binary).
-fn plugin_binary() -> PathBuf {
+/// another package's binary); `release`: the release build (what is installed, and measured).
+fn plugin_binary(release: bool) -> PathBuf {
     let daemon = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
-    let profile_dir = daemon.parent().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
+    let target_dir = daemon.parent().unwrap().parent().unwrap();
     let mut c = Command::new(env!("CARGO"));
     c.args(["build", "-q", "-p", "vrouter-cni", "--bin", "vrouter-cni", "--target-dir"]).arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
+    if release {
         c.arg("--release");
     }
     let o = c.current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
     assert!(o.status.success(), "building vrouter-cni: {}", text(&o));
-    profile_dir.join("vrouter-cni")
+    target_dir.join(if release { "release" } else { "debug" }).join("vrouter-cni")
 }
 
 /// etcd with [`MANIFESTS`], and t1's block claimed (what the node agent would do).
@@ -141,7 +140,7 @@ fn podman_containers_get_addresses_from_the_nodes_block_reach_each_other_and_are
     if skip_unless_ready(&["podman", "runc", "etcd"]).is_some() {
         return;
     }
-    let plugin = plugin_binary();
+    let plugin = plugin_binary(false);
     let ds = Datastore::start();
     let t = Topo::namespaces("cnp", 1, &[]);
     t.write_config(&node_config(&t, ds.block, ""));
@@ -205,7 +204,7 @@ fn a_failed_add_leaves_nothing_and_podman_says_why() {
     if skip_unless_ready(&["podman", "runc", "etcd"]).is_some() {
         return;
     }
-    let plugin = plugin_binary();
+    let plugin = plugin_binary(false);
     let ds = Datastore::start();
     let t = Topo::namespaces("cnf", 1, &[]);
     // No daemon on the socket: the address and the WorkloadEndpoint are taken back.
@@ -218,8 +217,8 @@ fn a_failed_add_leaves_nothing_and_podman_says_why() {
     assert!(ds.weps().is_empty() && ds.allocations().is_empty(), "a failed ADD leaves nothing behind");
 }
 
-/// ADD's latency, the plugin run as a runtime runs it (a process per call, a fresh network
-/// namespace), over 20 ADDs (each followed by its DEL, not timed). A measurement, not a
+/// ADD's latency, the release plugin run as a runtime runs it (a process per call, a fresh
+/// network namespace), over 20 ADDs (each followed by its DEL, not timed). A measurement, not a
 /// test of speed: `cargo test --test cni_podman -- --ignored --nocapture cni_add_latency`
 /// prints the median and the spread (docs/cni.md has the figure).
 #[test]
@@ -228,7 +227,7 @@ fn cni_add_latency() {
     if skip_unless_ready(&["etcd"]).is_some() {
         return;
     }
-    let plugin = plugin_binary();
+    let plugin = plugin_binary(true);
     let ds = Datastore::start();
     let t = Topo::namespaces("cnl", 1, &[]);
     t.write_config(&node_config(&t, ds.block, "{ action = \"allow\" }"));
