@@ -436,6 +436,20 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Resource>, ManifestError> {
     Ok(out)
 }
 
+/// Whether `text` is datastore manifests rather than a node's TOML config: some document is a
+/// map with both `apiVersion` and `kind` (YAML or JSON). Text that does not parse as YAML or
+/// JSON counts as manifests when a line starts with `apiVersion:` (or `"apiVersion"`), so that
+/// a broken manifest gets the manifest parser's error rather than the TOML one.
+/// (`vrouterctl apply -f` routes on this.)
+pub fn is_manifest(text: &str) -> bool {
+    match split_documents(text) {
+        Ok(docs) => docs.iter().any(|d| d.get("apiVersion").is_some() && d.get("kind").is_some()),
+        Err(_) => text.lines().map(str::trim_start).any(|l| {
+            l.starts_with("apiVersion:") || l.starts_with("\"apiVersion\"") || l.starts_with("{\"apiVersion\"")
+        }),
+    }
+}
+
 fn syntax_error(document: usize, message: String) -> ManifestError {
     ManifestError { document, kind: None, name: None, path: String::new(), message }
 }

@@ -229,11 +229,19 @@ pub(super) fn parse_ippool(v: Option<&Value>) -> FResult<IpPoolSpec> {
             return err(o.field("vxlanMode"), format!("{m} is not supported: {NO_VXLAN}; use vxlanMode: Never"));
         }
     }
-    for (p, u) in o.str_list("allowedUses")? {
-        if u != "Workload" {
-            one_of(u, &["Workload", "Tunnel", "LoadBalancer"], &p)?;
-            return err(p, format!("{u} is not supported: vrouter's pools hold pod (Workload) addresses only"));
+    // Calico prints `allowedUses: [Workload, Tunnel]` (its default). Tunnel permission is moot
+    // (vrouter's IPIP needs no tunnel address), so it is accepted; a pool must allow Workload.
+    let uses = o.str_list("allowedUses")?;
+    for (p, u) in &uses {
+        if one_of(u, &["Workload", "Tunnel", "LoadBalancer"], p)? == "LoadBalancer" {
+            return err(p.clone(), "LoadBalancer is not supported: vrouter allocates pod addresses only");
         }
+    }
+    if !uses.is_empty() && !uses.iter().any(|(_, u)| *u == "Workload") {
+        return err(
+            o.field("allowedUses"),
+            "must include Workload: vrouter allocates only pod addresses, so a pool without it would never be used",
+        );
     }
     let node_selector = o.selector("nodeSelector")?.unwrap_or(Selector::All);
     Ok(IpPoolSpec {

@@ -290,8 +290,15 @@ fn unsupported_calico_fields_are_refused_by_name_with_the_reason() {
     fails_at(&pool("vxlanMode: Sometimes"), "spec.vxlanMode", &["valid values: Always, CrossSubnet, Never"]);
     fails_at(&pool("disableBGPExport: true"), "spec.disableBGPExport", &["not supported", "BGP"]);
     fails_at(&pool("ipip: {enabled: true}"), "spec.ipip", &["use spec.ipipMode"]);
-    fails_at(&pool("allowedUses: [Tunnel]"), "spec.allowedUses[0]", &["Tunnel is not supported"]);
+    fails_at(&pool("allowedUses: [Tunnel]"), "spec.allowedUses", &["must include Workload"]);
+    fails_at(&pool("allowedUses: [Workload, LoadBalancer]"), "spec.allowedUses[1]", &["LoadBalancer is not supported"]);
+    fails_at(
+        &pool("allowedUses: [Workloads]"),
+        "spec.allowedUses[0]",
+        &["valid values: Workload, Tunnel, LoadBalancer"],
+    );
     one(&pool("allowedUses: [Workload]"));
+    one(&pool("allowedUses: [Workload, Tunnel]"));
     fails_at(&format!("{NODE}    ipv6Address: 2001:db8::1/120\n"), "spec.bgp.ipv6Address", &["IPv4 only"]);
     fails_at(
         &format!("{NODE}    ipv4IPIPTunnelAddr: 192.168.0.1\n"),
@@ -531,4 +538,80 @@ fn keys_kinds_and_metadata_defaults() {
     assert!("hostendpoint".parse::<Kind>().unwrap_err().contains("valid kinds"));
     assert_eq!(Kind::GlobalNetworkPolicy.plural(), "globalnetworkpolicies");
     assert!(Kind::WorkloadEndpoint.namespaced() && !Kind::Profile.namespaced());
+}
+
+#[test]
+fn manifests_are_told_apart_from_node_toml() {
+    assert!(is_manifest(NP));
+    assert!(is_manifest(&format!("{IPPOOL}---\n{NODE}")));
+    assert!(is_manifest(&one(NP).to_manifest().to_string()));
+    // Broken YAML that is plainly a manifest still goes to the manifest parser.
+    assert!(is_manifest("apiVersion: projectcalico.org/v3\nkind: [\n"));
+    let toml = "[node]\nname = \"n1\"\nip = \"10.0.0.1\"\n\n[[endpoints]]\nname = \"web\"\n";
+    assert!(!is_manifest(toml));
+    assert!(!is_manifest("node:\n  name: x\n"));
+    assert!(!is_manifest(""));
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(s in "\\PC{0,200}") {
+        let _ = parse_manifests(&s);
+        let _ = is_manifest(&s);
+    }
+
+    /// Valid manifests with random edits (characters YAML and JSON care about) are refused or
+    /// accepted, never a panic.
+    #[test]
+    fn edited_manifests_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0usize..4, proptest::sample::select(vec![":", "{", "}", "[", "]", "-", "'", "\"", "\n", " ", "0", "a", "/", "---\n", "*", "&a "])), 1..6),
+    ) {
+        let mut text = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+        for (at, del, ins) in edits {
+            let mut i = at.index(text.len() + 1);
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            let mut j = (i + del).min(text.len());
+            while !text.is_char_boundary(j) {
+                j -= 1;
+            }
+            text.replace_range(i..j, ins);
+        }
+        if let Err(e) = parse_manifests(&text) {
+            proptest::prop_assert!(e.document >= 1);
+        }
+    }
+}
+
+/// What `calicoctl get ippool -o yaml` prints for a default pool re-applies as is.
+#[test]
+fn calicoctl_get_output_reapplies() {
+    let text = r#"
+apiVersion: projectcalico.org/v3
+items:
+- apiVersion: projectcalico.org/v3
+  kind: IPPool
+  metadata:
+    creationTimestamp: "2024-03-01T10:00:00Z"
+    name: default-ipv4-ippool
+    resourceVersion: "693"
+    uid: 0f4b0b8c-8d43-4c43-9a6e-2b1f4d5e6a7b
+  spec:
+    allowedUses:
+    - Workload
+    - Tunnel
+    blockSize: 26
+    cidr: 192.168.0.0/16
+    ipipMode: Always
+    natOutgoing: true
+    nodeSelector: all()
+    vxlanMode: Never
+kind: IPPoolList
+metadata:
+  resourceVersion: "700"
+"#;
+    let rs = parse_manifests(text).unwrap();
+    let Resource::IpPool(p) = &rs[0] else { panic!() };
+    assert_eq!((p.metadata.resource_version, p.spec.ipip_mode), (Some(693), IpipMode::Always));
 }
