@@ -217,6 +217,112 @@ fn a_failed_add_leaves_nothing_and_podman_says_why() {
     assert!(ds.weps().is_empty() && ds.allocations().is_empty(), "a failed ADD leaves nothing behind");
 }
 
+/// A network namespace (as a runtime makes for a container), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn add(name: &str) -> Netns {
+        common::ok(&["ip", "netns", "add", name]);
+        Netns(name.to_string())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = common::sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// Runs the plugin as a runtime does: `cmd` for container `id` (interface eth0) in `netns`,
+/// `conf` on stdin.
+fn plugin_call(plugin: &std::path::Path, conf: &str, cmd: &str, id: &str, netns: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=direct;K8S_POD_NAMESPACE=ops")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_plugin_called_directly_adds_checks_and_deletes_idempotently() {
+    if skip_unless_ready(&["etcd"]).is_some() {
+        return;
+    }
+    let plugin = plugin_binary(false);
+    let ds = Datastore::start();
+    let t = Topo::namespaces("cnd", 1, &[]);
+    t.write_config(&node_config(&t, ds.block, ""));
+    let daemon = t.start();
+    let sandbox = Netns::add(&format!("{}-sandbox", t.p));
+    let ns = sandbox.0.clone();
+    let netns = format!("/run/netns/{ns}");
+    let id = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+    let mut conf = ds.plugin_conf(&t);
+    conf["cniVersion"] = "0.4.0".into();
+    conf["name"] = "vrdirect".into();
+    let conf_text = conf.to_string();
+
+    let o = plugin_call(&plugin, &conf_text, "ADD", id, &netns);
+    assert!(o.status.success(), "ADD: {}", text(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(result["cniVersion"], "0.4.0");
+    assert_eq!(result["ips"][0]["version"], "4", "0.4.0's shape: {result}");
+    let addr = result["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").to_string();
+    let mac = result["interfaces"][1]["mac"].as_str().unwrap().to_string();
+    // What the result says is what the sandbox has.
+    let inside =
+        String::from_utf8_lossy(&common::sh(&["ip", "-n", &ns, "-o", "link", "show", "eth0"]).stdout).into_owned();
+    assert!(inside.contains(&mac), "{inside}");
+    let inside = String::from_utf8_lossy(&common::sh(&["ip", "-n", &ns, "-4", "-o", "addr"]).stdout).into_owned();
+    assert!(inside.contains(&format!("{addr}/32")), "{inside}");
+    // The namespace from K8S_POD_NAMESPACE: the endpoint and the WorkloadEndpoint live there.
+    let weps = ds.weps();
+    assert_eq!(weps.iter().map(|w| w.namespace().unwrap_or("")).collect::<Vec<_>>(), ["ops"]);
+    assert_eq!(t.ctl_json(&["endpoints"])["endpoints"][0]["name"], format!("ops/{}", weps[0].name()));
+
+    // CHECK with the previous result: fine; a repeated ADD: the same address.
+    conf["prevResult"] = result.clone();
+    let with_prev = conf.to_string();
+    let o = plugin_call(&plugin, &with_prev, "CHECK", id, &netns);
+    assert!(o.status.success() && o.stdout.is_empty(), "CHECK: {}", text(&o));
+    let o = plugin_call(&plugin, &conf_text, "ADD", id, &netns);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["ips"], result["ips"], "a repeated ADD gets the same address");
+    assert_eq!(ds.allocations().len(), 1);
+
+    // DEL, twice: nothing left; CHECK now says what is missing (code 999).
+    for _ in 0..2 {
+        let o = plugin_call(&plugin, &with_prev, "DEL", id, &netns);
+        assert!(o.status.success(), "DEL: {}", text(&o));
+    }
+    assert!(ds.weps().is_empty() && ds.allocations().is_empty());
+    assert_eq!(t.ctl_json(&["endpoints"])["endpoints"], serde_json::json!([]));
+    let o = plugin_call(&plugin, &with_prev, "CHECK", id, &netns);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!o.status.success() && e["code"] == 999, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("no WorkloadEndpoint"), "{e}");
+
+    // etcd gone: ADD fails with code 11 naming the endpoints, and leaves no port behind.
+    drop(ds);
+    let o = plugin_call(&plugin, &conf_text, "ADD", id, &netns);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!o.status.success() && e["code"] == 11, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("127.0.0.1"), "the message names etcd: {e}");
+    assert_eq!(t.ctl_json(&["endpoints"])["endpoints"], serde_json::json!([]));
+    t.stop(daemon);
+}
+
 /// ADD's latency, the release plugin run as a runtime runs it (a process per call, a fresh
 /// network namespace), over 20 ADDs (each followed by its DEL, not timed). A measurement, not a
 /// test of speed: `cargo test --test cni_podman -- --ignored --nocapture cni_add_latency`
@@ -239,33 +345,19 @@ fn cni_add_latency() {
         c.to_string()
     };
     let call = |cmd: &str, id: &str, netns: &str| {
-        use std::io::Write;
-        let mut child = Command::new(&plugin)
-            .env_clear()
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=bench")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = plugin_call(&plugin, &conf, cmd, id, netns);
         assert!(o.status.success(), "{cmd}: {}", text(&o));
     };
     let mut times = Vec::new();
     for i in 0..21 {
-        let ns = format!("{}-b{i}", t.p);
-        common::ok(&["ip", "netns", "add", &ns]);
+        let sandbox = Netns::add(&format!("{}-b{i}", t.p));
+        let ns = sandbox.0.clone();
         let id = format!("{:012x}{:052x}", 0xbe00 + i, 0);
         let start = Instant::now();
         call("ADD", &id, &format!("/run/netns/{ns}"));
         let took = start.elapsed();
         call("DEL", &id, &format!("/run/netns/{ns}"));
-        let _ = common::sh(&["ip", "netns", "del", &ns]);
+        drop(sandbox);
         if i > 0 {
             times.push(took); // the first warms the page cache
         }
