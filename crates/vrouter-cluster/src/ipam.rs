@@ -384,29 +384,30 @@ async fn try_assign(
     pools: &[PoolRef],
     attrs: &Attrs,
 ) -> Result<Ipv4Addr, Step> {
-    let existing = get_handle(store, handle).await?;
+    // The handle and every block affine to the node, in one read.
+    let (affs, _) = store.list(&keys::affinities(node)).await?;
+    let affine: Vec<Ipv4Prefix> =
+        affs.iter().filter_map(|kv| keys::parse_cidr_name(&kv.key)).filter(|c| in_pools(*c, pools)).collect();
+    let mut wanted = vec![keys::handle(handle)];
+    wanted.extend(affine.iter().map(|c| keys::block(*c)));
+    let mut got = store.get_many(&wanted).await?.into_iter();
+    let existing = got.next().flatten().map(|kv| Handle::from_kv(&kv)).transpose()?;
+    let affine_blocks: Vec<Block> = got.flatten().map(|kv| Block::from_kv(&kv)).collect::<Result<_, _>>()?;
     if let Some(h) = &existing {
         for cidr in h.block.keys() {
             let Ok(cidr) = cidr.parse::<Ipv4Prefix>() else { continue };
-            if let Some(b) = get_block(store, cidr).await? {
-                if let Some(ip) = b.ips_of(handle).first() {
-                    return Ok(*ip);
-                }
+            let b = match affine_blocks.iter().find(|b| b.cidr == cidr) {
+                Some(b) => Some(b.clone()),
+                None => get_block(store, cidr).await?,
+            };
+            if let Some(ip) = b.and_then(|b| b.ips_of(handle).first().copied()) {
+                return Ok(ip);
             }
         }
     }
-    // Blocks affine to the node, in CIDR order.
-    let (affs, _) = store.list(&keys::affinities(node)).await?;
-    for kv in &affs {
-        let Some(cidr) = keys::parse_cidr_name(&kv.key) else { continue };
-        if !in_pools(cidr, pools) {
-            continue;
-        }
-        if let Some(b) = get_block(store, cidr).await? {
-            if b.affine_node() == Some(node) && b.free() > 0 {
-                return assign_in(store, b, handle, attrs, existing.as_ref()).await;
-            }
-        }
+    // A free address in a block affine to the node, in CIDR order.
+    if let Some(b) = affine_blocks.into_iter().find(|b| b.affine_node() == Some(node) && b.free() > 0) {
+        return assign_in(store, b, handle, attrs, existing.as_ref()).await;
     }
     // A block of our own.
     match claim(store, node, pools).await {
@@ -584,6 +585,48 @@ async fn try_release_ip(store: &Store, ip: Ipv4Addr) -> Result<(), Step> {
     Ok(())
 }
 
+/// Gives up `node`'s blocks (its Node is being removed): an empty block is deleted with its
+/// affinity, so another node can claim it; a block that still holds addresses keeps them but
+/// loses its affinity (others may borrow from it; its pods' addresses stay theirs). Returns
+/// the blocks released.
+pub async fn release_node_blocks(store: &Store, node: &str) -> Result<Vec<Ipv4Prefix>, IpamError> {
+    let mut released = Vec::new();
+    let (affs, _) = store.list(&keys::affinities(node)).await?;
+    for aff in affs {
+        let Some(cidr) = keys::parse_cidr_name(&aff.key) else { continue };
+        let mut attempt = 0;
+        loop {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            attempt += 1;
+            let Some(aff) = store.get(&aff.key).await? else { break };
+            let mut ops = Vec::new();
+            if let Some(mut b) = get_block(store, cidr).await? {
+                if b.used() == 0 {
+                    ops.push(Op::Delete { key: keys::block(cidr), expected: Some(b.mod_revision) });
+                } else if b.affine_node() == Some(node) {
+                    b.affinity = None;
+                    ops.push(Op::Update { key: keys::block(cidr), value: b.to_json(), expected: b.mod_revision });
+                }
+            }
+            ops.push(Op::Delete { key: aff.key.clone(), expected: Some(aff.mod_revision) });
+            match commit(store, &ops).await {
+                Ok(_) => {
+                    released.push(cidr);
+                    break;
+                }
+                Err(Step::Retry) if attempt < MAX_ATTEMPTS => continue,
+                Err(Step::Retry) => {
+                    return Err(IpamError::Contention { handle: format!("(blocks of {node})"), attempts: attempt })
+                }
+                Err(Step::Fail(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(released)
+}
+
 /// Every block, in CIDR order.
 pub async fn blocks(store: &Store) -> Result<Vec<Block>, IpamError> {
     let (kvs, _) = store.list(keys::BLOCKS).await?;
@@ -711,7 +754,8 @@ pub struct CheckReport {
     /// Handle counts that disagree with the blocks: (handle, block, handle says, block holds).
     pub bad_counts: Vec<(String, Ipv4Prefix, u32, u32)>,
     /// Blocks whose own bookkeeping is inconsistent (ordinal in both lists, attribute index
-    /// out of range), or whose affinity key is missing; affinity keys without a block.
+    /// out of range), or whose affinity key is missing; affinity keys without a block; block
+    /// and handle records that do not parse.
     pub bad_blocks: Vec<(String, String)>,
     /// Addresses counted, for the summary.
     pub allocated: usize,
@@ -766,10 +810,22 @@ impl fmt::Display for CheckReport {
 /// orphan handles, handle counts, and each block's bookkeeping. Reads everything at once;
 /// run it when allocations are quiet, or a pod being created shows up as a passing leak.
 pub async fn check(store: &Store, endpoints: &[(Ipv4Addr, String)]) -> Result<CheckReport, IpamError> {
-    let blocks = blocks(store).await?;
-    let handles = handles(store).await?;
+    // Records that do not parse are findings here, not errors: check is the tool for broken state.
+    let mut unreadable = Vec::new();
+    let (kvs, _) = store.list(keys::BLOCKS).await?;
+    let blocks: Vec<Block> = kvs
+        .iter()
+        .filter_map(|kv| Block::from_kv(kv).map_err(|e| unreadable.push((kv.key.clone(), e.to_string()))).ok())
+        .collect();
+    let (kvs, _) = store.list(keys::HANDLES).await?;
+    let handles: Vec<Handle> = kvs
+        .iter()
+        .filter_map(|kv| Handle::from_kv(kv).map_err(|e| unreadable.push((kv.key.clone(), e.to_string()))).ok())
+        .collect();
     let (affs, _) = store.list(keys::HOSTS).await?;
-    Ok(check_state(&blocks, &handles, &affs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), endpoints))
+    let mut r = check_state(&blocks, &handles, &affs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), endpoints);
+    r.bad_blocks.extend(unreadable);
+    Ok(r)
 }
 
 fn check_state(

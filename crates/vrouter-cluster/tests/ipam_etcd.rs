@@ -263,6 +263,10 @@ async fn check_finds_a_planted_leak_duplicate_and_orphan_handle() {
     s.create(&keys::block(cidr), overlapping.as_bytes()).await.unwrap();
     let r = ipam::check(&s, &eps).await.unwrap();
     assert!(r.duplicates.iter().any(|(a, holders)| *a == eps[0].0 && holders.len() == 2), "{r}");
+    // A record that does not parse is a finding, not an error.
+    s.create(&keys::handle("garbled"), b"{not json").await.unwrap();
+    let r = ipam::check(&s, &eps).await.unwrap();
+    assert!(r.bad_blocks.iter().any(|(k, _)| k == &keys::handle("garbled")), "{r}");
 }
 
 #[tokio::test]
@@ -279,4 +283,27 @@ async fn claim_block_gives_the_node_an_affine_block() {
     // n1's first pod lands in the block it claimed.
     let a = ipam::assign(&s, "n1", "h", &pools, &attrs("n1")).await.unwrap();
     assert!(b1.contains(u32::from(a)));
+}
+
+#[tokio::test]
+async fn a_removed_nodes_empty_blocks_are_freed_and_used_ones_lose_their_affinity() {
+    let etcd = Etcd::start();
+    let s = Store::connect(&etcd.endpoints()).await.unwrap();
+    let pools = [pool("10.96.0.0/25", 26)];
+    let a = ipam::assign(&s, "n1", "h1", &pools, &attrs("n1")).await.unwrap();
+    let used = ipam::affine_blocks(&s, "n1").await.unwrap()[0];
+    let empty = ipam::claim_block(&s, "n1", &pools).await.unwrap();
+    let mut released = ipam::release_node_blocks(&s, "n1").await.unwrap();
+    released.sort();
+    let mut both = vec![used, empty];
+    both.sort();
+    assert_eq!(released, both);
+    assert!(ipam::affine_blocks(&s, "n1").await.unwrap().is_empty());
+    let blocks = ipam::blocks(&s).await.unwrap();
+    assert_eq!(blocks.len(), 1, "the empty block is gone");
+    assert_eq!((blocks[0].cidr, blocks[0].affinity.clone(), blocks[0].used()), (used, None, 1));
+    assert!(ipam::check(&s, &[(a, "h1".to_string())]).await.unwrap().is_clean());
+    // The freed block can be claimed again; the used one is borrowable, not claimable.
+    assert_eq!(ipam::claim_block(&s, "n2", &pools).await.unwrap(), empty);
+    assert!(ipam::release_node_blocks(&s, "n1").await.unwrap().is_empty(), "idempotent");
 }

@@ -205,25 +205,39 @@ async fn a_dead_etcd_is_unavailable_within_the_timeout_never_a_hang() {
 }
 
 #[tokio::test]
-async fn a_cluster_serves_with_one_member_down_and_is_unavailable_with_all_down() {
+async fn a_cluster_serves_every_request_with_one_member_down_and_is_unavailable_with_all_down() {
     let mut c = EtcdCluster::start(3);
     let s = Store::connect(&c.endpoints()).await.unwrap();
-    let r = s.create("/f/k", b"0").await.unwrap();
-    c.kill(0);
-    // Requests that reached the dead member are retried by us; the cluster still has quorum.
-    let r = retry(|| s.update("/f/k", b"1", r)).await;
-    assert!(s.get("/f/k").await.unwrap().is_some());
-    c.kill(1);
-    c.kill(2);
+    let mut r = s.create("/f/k", b"0").await.unwrap();
+    // Kill each member in turn (one of them the leader): every request right after the kill
+    // succeeds, writes included: the store fails over, and waits out the election.
+    for victim in 0..3 {
+        c.kill(victim);
+        for i in 0..20 {
+            r = s.update("/f/k", format!("{victim}.{i}").as_bytes(), r).await.unwrap_or_else(|e| {
+                panic!("member {victim} down: write {i} failed: {e}");
+            });
+            let (kvs, _) = s.list("/f/").await.unwrap_or_else(|e| panic!("member {victim} down: list {i}: {e}"));
+            assert_eq!(kvs[0].mod_revision, r);
+        }
+        c.restart(victim);
+        c.wait_healthy();
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
     let t = Instant::now();
     let e = s.get("/f/k").await.unwrap_err();
+    assert_unavailable(e, &c.endpoint(2), t.elapsed());
+    let t = Instant::now();
+    let e = s.update("/f/k", b"x", r).await.unwrap_err();
     assert_unavailable(e, &c.endpoint(2), t.elapsed());
     for i in 0..3 {
         c.restart(i);
     }
     c.wait_healthy();
     let kv = retry(|| s.get("/f/k")).await.unwrap();
-    assert_eq!((kv.value, kv.mod_revision), (b"1".to_vec(), r));
+    assert_eq!((kv.value, kv.mod_revision), (b"2.19".to_vec(), r));
 }
 
 /// Retries an idempotent request while it is Unavailable (a dead member's connection), 10 s.
@@ -238,4 +252,50 @@ async fn retry<T, F: std::future::Future<Output = Result<T, StoreError>>>(f: imp
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_watch_broken_by_a_member_kill_resumes_on_another_member_without_gap_or_repeat() {
+    let mut c = EtcdCluster::start(3);
+    let s = Store::connect(&c.endpoints()).await.unwrap();
+    let r0 = s.create("/rw/a", b"0").await.unwrap();
+    let mut w = s.watch("/rw/", r0).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("first event").unwrap();
+    assert_eq!(ev[0].mod_revision(), r0);
+    // Kill the member serving the watch (the store's first endpoint answered the connect).
+    c.kill(0);
+    let e = tokio::time::timeout(Duration::from_secs(15), w.next()).await.expect("the watch ends").unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    // Writes go on meanwhile (through the other members).
+    let mut revs = Vec::new();
+    for i in 0..5 {
+        revs.push(s.create(&format!("/rw/k{i}"), b"v").await.unwrap());
+    }
+    // Resume from the last revision delivered + 1: exactly the five writes, in order.
+    let mut w = s.watch("/rw/", w.revision() + 1).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("resumed events").unwrap();
+        seen.extend(ev.iter().map(|e| e.mod_revision()));
+    }
+    assert_eq!(seen, revs);
+}
+
+#[tokio::test]
+async fn losing_quorum_ends_the_watch_and_requests_as_unavailable() {
+    let mut c = EtcdCluster::start(3);
+    let s = Store::connect(&c.endpoints()).await.unwrap();
+    let r = s.create("/q/k", b"0").await.unwrap();
+    let mut w = s.watch("/q/", r + 1).await.unwrap();
+    // Member 0 (serving the watch) lives on without a leader: the watch must not go silent.
+    c.kill(1);
+    c.kill(2);
+    let t = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(15), w.next()).await.expect("the watch ends").unwrap_err();
+    assert!(e.is_unavailable() && e.to_string().contains("no leader"), "{e} after {:?}", t.elapsed());
+    let t = Instant::now();
+    let e = s.get("/q/k").await.unwrap_err();
+    // The error says what each member answered: the live one has no leader, the others are down.
+    assert!(e.to_string().contains(&format!("{}: ", c.endpoint(0))) && e.to_string().contains("no leader"), "{e}");
+    assert_unavailable(e, &c.endpoint(1), t.elapsed());
 }
