@@ -237,14 +237,21 @@ pub fn del(b: &mut dyn Backend, conf: &NetConf, env: &Env) -> Result<(), CniErro
         }
     };
     let wep = b.wep_get(&id.namespace, &id.wep).map_err(|e| e.into_cni("reading the WorkloadEndpoint"))?;
-    match wep {
-        Some(w) if w.container_id != env.container_id => {} // another container's: not ours to remove
-        Some(_) => note(
-            b.wep_delete(&id.namespace, &id.wep).map(drop).map_err(|e| e.into_cni("deleting the WorkloadEndpoint")),
-        ),
-        None => {}
+    // Under these names, another container's endpoint (one whose ID starts with the same 12
+    // characters): not ours to remove. Our address, if any, still goes.
+    let others = wep.as_ref().is_some_and(|w| w.container_id != env.container_id);
+    if !others {
+        if wep.is_some() {
+            note(
+                b.wep_delete(&id.namespace, &id.wep).map(drop).map_err(|e| e.into_cni("deleting the WorkloadEndpoint")),
+            );
+        }
+        note(
+            b.endpoint_del(&id.endpoint)
+                .map(drop)
+                .map_err(|e| e.into_cni("removing the pod's port on the node daemon")),
+        );
     }
-    note(b.endpoint_del(&id.endpoint).map(drop).map_err(|e| e.into_cni("removing the pod's port on the node daemon")));
     note(b.release(&env.container_id).map(drop).map_err(|e| e.into_cni("releasing the address (IPAM)")));
     first.map_or(Ok(()), Err)
 }
@@ -510,6 +517,8 @@ mod tests {
         let e = add(&mut b, &conf("1.0.0"), &other).unwrap_err();
         assert!(e.msg.contains("exists for container"), "{e}");
         assert_eq!((b.weps.len(), b.handles.len()), (1, 1), "the first container's are untouched");
+        del(&mut b, &conf("1.0.0"), &Env { command: Command::Del, ..other }).unwrap();
+        assert_eq!((b.weps.len(), b.endpoints.len(), b.handles.len()), (1, 1, 1), "nor removed by the other's DEL");
     }
 
     #[test]
