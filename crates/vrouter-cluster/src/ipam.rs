@@ -392,7 +392,9 @@ async fn try_assign(
     wanted.extend(affine.iter().map(|c| keys::block(*c)));
     let mut got = store.get_many(&wanted).await?.into_iter();
     let existing = got.next().flatten().map(|kv| Handle::from_kv(&kv)).transpose()?;
-    let affine_blocks: Vec<Block> = got.flatten().map(|kv| Block::from_kv(&kv)).collect::<Result<_, _>>()?;
+    // A block that does not parse is passed over (`ipam check` reports it), not fatal to
+    // every allocation of the node.
+    let affine_blocks: Vec<Block> = got.flatten().filter_map(|kv| Block::from_kv(&kv).ok()).collect();
     if let Some(h) = &existing {
         for cidr in h.block.keys() {
             let Ok(cidr) = cidr.parse::<Ipv4Prefix>() else { continue };
@@ -420,7 +422,7 @@ async fn try_assign(
     let (kvs, _) = store.list(keys::BLOCKS).await?;
     let mut candidates: Vec<Block> = Vec::new();
     for kv in &kvs {
-        let b = Block::from_kv(kv)?;
+        let Ok(b) = Block::from_kv(kv) else { continue };
         if in_pools(b.cidr, pools) && b.free() > 0 && !b.strict_affinity {
             candidates.push(b);
         }

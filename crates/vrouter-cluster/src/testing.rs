@@ -36,20 +36,20 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The etcd binary: `ETCD_BIN`, else `etcd` on `PATH`. Panics naming the package when absent.
 pub fn etcd_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("ETCD_BIN") {
-        return PathBuf::from(p);
+    find_etcd(std::env::var_os("ETCD_BIN"), std::env::var_os("PATH")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_etcd(etcd_bin: Option<std::ffi::OsString>, path: Option<std::ffi::OsString>) -> Result<PathBuf, String> {
+    const INSTALL: &str =
+        "install Debian's etcd-server package (scripts/dev.sh does) to run the tests that need a real etcd";
+    if let Some(p) = etcd_bin {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("ETCD_BIN={} is not a file: {INSTALL}", p.display())) };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join("etcd");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "etcd not found on PATH (nor ETCD_BIN set): install Debian's etcd-server package \
-         (scripts/dev.sh does) to run the tests that need a real etcd"
-    );
+    std::env::split_paths(&path.unwrap_or_default())
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("etcd not found on PATH (nor ETCD_BIN set): {INSTALL}"))
 }
 
 /// One etcd member: its ports, data directory and (while running) its process.
@@ -392,6 +392,15 @@ mod tests {
         assert!(!dir.exists(), "data dir removed on drop");
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "etcd killed on drop");
         assert!(started < Duration::from_secs(5), "start took {started:?}");
+    }
+
+    #[test]
+    fn a_missing_etcd_is_an_error_naming_the_package() {
+        let e = find_etcd(None, Some("/nonexistent-dir".into())).unwrap_err();
+        assert!(e.contains("etcd-server") && e.contains("not found on PATH"), "{e}");
+        let e = find_etcd(Some("/nonexistent-dir/etcd".into()), None).unwrap_err();
+        assert!(e.contains("ETCD_BIN=/nonexistent-dir/etcd") && e.contains("etcd-server"), "{e}");
+        assert_eq!(find_etcd(None, Some("/nonexistent-dir:/usr/bin".into())), Ok(PathBuf::from("/usr/bin/etcd")));
     }
 
     #[test]

@@ -307,3 +307,51 @@ async fn a_removed_nodes_empty_blocks_are_freed_and_used_ones_lose_their_affinit
     assert_eq!(ipam::claim_block(&s, "n2", &pools).await.unwrap(), empty);
     assert!(ipam::release_node_blocks(&s, "n1").await.unwrap().is_empty(), "idempotent");
 }
+
+#[tokio::test]
+async fn a_garbled_block_is_passed_over_by_assign_and_reported_by_check() {
+    let etcd = Etcd::start();
+    let s = Store::connect(&etcd.endpoints()).await.unwrap();
+    let pools = [pool("10.97.0.0/25", 26)];
+    let garbled: Ipv4Prefix = "10.97.0.0/26".parse().unwrap();
+    s.create(&keys::block(garbled), b"{\"cidr\": 42").await.unwrap();
+    s.create(&keys::affinity("n1", garbled), br#"{"state":"confirmed"}"#).await.unwrap();
+    let a = ipam::assign(&s, "n1", "h1", &pools, &attrs("n1")).await.unwrap();
+    assert!(!garbled.contains(u32::from(a)), "{a} from the other block");
+    let r = ipam::check(&s, &[(a, "h1".to_string())]).await.unwrap();
+    assert!(r.bad_blocks.iter().any(|(k, _)| k == &keys::block(garbled)), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_borrowers_racing_for_one_block_never_share_an_address() {
+    let etcd = Etcd::start();
+    // One block, owned by a node that allocates nothing; 40 other nodes (so no in-process
+    // serialisation: each node has its own lock) borrow from it at once, through 3 connections.
+    // Every allocation is a compare-and-swap on the same key.
+    let pools = vec![pool("10.98.0.0/26", 26)];
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Store::connect(&etcd.endpoints()).await.unwrap());
+    }
+    let owner = &stores[0];
+    ipam::claim_block(owner, "owner", &pools).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (s, pools) = (stores[i % 3].clone(), pools.clone());
+        tasks.push(tokio::spawn(async move {
+            let node = format!("borrower{i}");
+            let h = format!("h{i}");
+            (h.clone(), ipam::assign(&s, &node, &h, &pools, &attrs(&node)).await.unwrap())
+        }));
+    }
+    let mut eps = Vec::new();
+    for t in tasks {
+        let (h, a) = t.await.unwrap();
+        eps.push((a, h));
+    }
+    let distinct: BTreeSet<Ipv4Addr> = eps.iter().map(|e| e.0).collect();
+    assert_eq!(distinct.len(), 40);
+    let blocks = ipam::blocks(owner).await.unwrap();
+    assert_eq!((blocks.len(), blocks[0].affine_node(), blocks[0].used()), (1, Some("owner"), 40));
+    assert!(ipam::check(owner, &eps).await.unwrap().is_clean());
+}
