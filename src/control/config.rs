@@ -664,7 +664,9 @@ impl Config {
         for e in &self.endpoints {
             if let Some(ns) = &e.netns {
                 if !crate::port::netns_path(ns).is_some_and(|p| p.exists()) {
-                    bad.push(format!("endpoints ({}).netns: no namespace '{ns}' (ip netns add {ns})", e.name));
+                    let fix =
+                        if ns.starts_with('/') { "no such file".to_string() } else { format!("ip netns add {ns}") };
+                    bad.push(format!("endpoints ({}).netns: no namespace '{ns}' ({fix})", e.name));
                 }
             }
         }

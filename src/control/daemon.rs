@@ -190,14 +190,16 @@ impl PortIo for TapIo {
                 }
                 tap
             }
-            None => {
-                let tap = TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?;
-                if let Some(ns) = &e.netns {
-                    tap.move_to(ns).map_err(|x| x.to_string())?;
+            None => match &e.netns {
+                // Created in the pod's namespace: no move (a move waits for an RCU grace period).
+                Some(ns) => {
+                    let tap =
+                        TapPort::create_in(&e.tap, slot, ns).map_err(|x| format!("TAP {} in {ns}: {x}", e.tap))?;
                     setup(&tap, ns)?;
+                    tap
                 }
-                tap
-            }
+                None => TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?,
+            },
         };
         info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, "pod port ready");
         self.pods.insert(slot, Arc::new(tap));

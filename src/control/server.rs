@@ -261,10 +261,14 @@ impl Control {
                 // The same port as the running endpoint's is no change: the CNI plugin and the
                 // node agent may both add a new pod, in either order. Its running policy lists
                 // stay (the agent's compiled ones are newer than the plugin's pending ones).
-                if self.node().config().endpoints.iter().any(|e| e.name == endpoint.name && e.same_port(&endpoint)) {
+                // Checked and added under one lock.
+                let mut node = self.node();
+                if node.config().endpoints.iter().any(|e| e.name == endpoint.name && e.same_port(&endpoint)) {
                     return ok(api::ChangeReport::default());
                 }
-                self.edit(|c| add_named(&mut c.endpoints, endpoint, "endpoint", |e| &e.name))
+                ok(node
+                    .edit(|c| add_named(&mut c.endpoints, endpoint, "endpoint", |e| &e.name))
+                    .map_err(|e| e.to_string())?)
             }
             Request::EndpointDel { name } => self.edit(|c| del_named(&mut c.endpoints, &name, "endpoint", |e| &e.name)),
             Request::Policies => {

@@ -80,6 +80,26 @@ impl TapPort {
         Ok(TapPort { iface, name: name.to_string(), port, gone: AtomicBool::new(false) })
     }
 
+    /// Creates the TAP `name` directly inside the network namespace `netns` (a name under
+    /// /run/netns or an absolute path): the device lives there from the start, and the fd
+    /// works from any namespace. Cheaper than [`TapPort::create`] and [`TapPort::move_to`]: a
+    /// device changing namespace costs the kernel a network-wide RCU synchronisation (10-20
+    /// ms measured here), which a CNI ADD would wait for.
+    pub fn create_in(name: &str, port: PortId, netns: &str) -> io::Result<TapPort> {
+        let f = rtnl::netns_file(netns)?;
+        // setns moves only the calling thread, and /dev/net/tun creates the device in the
+        // namespace of the thread that opens it: a thread of its own, which ends here.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("entering {netns}: {e}")))?;
+                TapPort::create(name, port)
+            })
+            .join()
+            .map_err(|_| io::Error::other("TAP namespace thread panicked"))?
+        })
+    }
+
     /// Moves the TAP into `s.netns` and configures it there as the pod's interface: name, MAC,
     /// MTU, addresses /32, an on-link route to the gateway and a default route through it.
     pub fn setup_pod(&self, s: &PodSetup<'_>) -> io::Result<()> {

@@ -15,6 +15,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod podman;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -236,15 +236,30 @@ pub fn del(b: &mut dyn Backend, conf: &NetConf, env: &Env) -> Result<(), CniErro
             first.get_or_insert(e);
         }
     };
-    let wep = b.wep_get(&id.namespace, &id.wep).map_err(|e| e.into_cni("reading the WorkloadEndpoint"))?;
-    match wep {
-        Some(w) if w.container_id != env.container_id => {} // another container's: not ours to remove
-        Some(_) => note(
-            b.wep_delete(&id.namespace, &id.wep).map(drop).map_err(|e| e.into_cni("deleting the WorkloadEndpoint")),
-        ),
-        None => {}
+    // etcd unreachable: the pod's port still goes (its namespace is going away), and the
+    // error (code 11) tells the runtime to try again for the rest.
+    let wep = match b.wep_get(&id.namespace, &id.wep) {
+        Ok(w) => w,
+        Err(e) => {
+            note(Err(e.into_cni("reading the WorkloadEndpoint")));
+            None
+        }
+    };
+    // Under these names, another container's endpoint (one whose ID starts with the same 12
+    // characters): not ours to remove. Our address, if any, still goes.
+    let others = wep.as_ref().is_some_and(|w| w.container_id != env.container_id);
+    if !others {
+        if wep.is_some() {
+            note(
+                b.wep_delete(&id.namespace, &id.wep).map(drop).map_err(|e| e.into_cni("deleting the WorkloadEndpoint")),
+            );
+        }
+        note(
+            b.endpoint_del(&id.endpoint)
+                .map(drop)
+                .map_err(|e| e.into_cni("removing the pod's port on the node daemon")),
+        );
     }
-    note(b.endpoint_del(&id.endpoint).map(drop).map_err(|e| e.into_cni("removing the pod's port on the node daemon")));
     note(b.release(&env.container_id).map(drop).map_err(|e| e.into_cni("releasing the address (IPAM)")));
     first.map_or(Ok(()), Err)
 }
@@ -502,6 +517,20 @@ mod tests {
     }
 
     #[test]
+    fn del_with_etcd_down_still_removes_the_port_and_asks_to_be_retried() {
+        let mut b = Fake::new();
+        add(&mut b, &conf("1.0.0"), &env(Command::Add)).unwrap();
+        let down = BackendError::Unavailable("etcd http://127.0.0.1:2379: timed out".into());
+        b.fail = vec![("wep_get", down.clone()), ("wep_delete", down.clone()), ("release", down)];
+        let e = del(&mut b, &conf("1.0.0"), &env(Command::Del)).unwrap_err();
+        assert_eq!(e.code, Code::TryAgainLater);
+        assert!(b.endpoints.is_empty(), "the port is gone");
+        b.fail.clear();
+        del(&mut b, &conf("1.0.0"), &env(Command::Del)).unwrap();
+        assert!(b.empty(), "the retry frees the rest");
+    }
+
+    #[test]
     fn another_containers_endpoint_is_neither_taken_nor_removed() {
         let mut b = Fake::new();
         add(&mut b, &conf("1.0.0"), &env(Command::Add)).unwrap();
@@ -510,6 +539,8 @@ mod tests {
         let e = add(&mut b, &conf("1.0.0"), &other).unwrap_err();
         assert!(e.msg.contains("exists for container"), "{e}");
         assert_eq!((b.weps.len(), b.handles.len()), (1, 1), "the first container's are untouched");
+        del(&mut b, &conf("1.0.0"), &Env { command: Command::Del, ..other }).unwrap();
+        assert_eq!((b.weps.len(), b.endpoints.len(), b.handles.len()), (1, 1, 1), "nor removed by the other's DEL");
     }
 
     #[test]

@@ -96,3 +96,22 @@ fn no_daemon_and_no_permission_are_told_apart() {
     assert!(!t.contains("running?"), "not a missing daemon: {t}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn apply_if_generation_is_sent_and_the_client_lib_tells_no_daemon_from_a_refusal() {
+    let d = dir("ifgen");
+    let sock = d.join("ctl.sock");
+    let cfg = d.join("node.toml");
+    std::fs::write(&cfg, "[node]\n").unwrap();
+    let daemon = fake_daemon(&sock, serde_json::json!({"routes_changed": 0}));
+    let o =
+        ctl(&["apply", "-f", cfg.to_str().unwrap(), "--if-generation", "7", "-s", sock.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let req = daemon.join().unwrap();
+    assert_eq!((req["request"]["cmd"].as_str(), req["request"]["if_generation"].as_u64()), (Some("apply"), Some(7)));
+    // No daemon: Unreachable (a caller may try again later), not a refusal.
+    let gone = d.join("none.sock");
+    let e = vrouterctl::apply_config(&gone, String::new(), Some(1), std::time::Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, vrouterctl::CallError::Unreachable(ref m) if m.contains("no daemon at")), "{e:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
