@@ -244,11 +244,19 @@ pub(super) fn parse_ippool(v: Option<&Value>) -> FResult<IpPoolSpec> {
         );
     }
     let node_selector = o.selector("nodeSelector")?.unwrap_or(Selector::All);
+    let nat_outgoing = o.bool("natOutgoing")?.unwrap_or(false);
+    if nat_outgoing {
+        // Accepting it would be ignoring it: pods' traffic would leave unmasqueraded.
+        return err(
+            o.field("natOutgoing"),
+            "true is not supported: vrouter's data plane has no source NAT yet, so pods' traffic to outside the pools would leave with pod addresses; use natOutgoing: false (and routable pod addresses, or NAT on the underlay router)",
+        );
+    }
     Ok(IpPoolSpec {
         cidr,
         block_size,
         ipip_mode,
-        nat_outgoing: o.bool("natOutgoing")?.unwrap_or(false),
+        nat_outgoing,
         disabled: o.bool("disabled")?.unwrap_or(false),
         node_selector,
     })

@@ -37,7 +37,7 @@ metadata:
 spec:
   cidr: 10.1.0.0/16
   ipipMode: CrossSubnet
-  natOutgoing: true
+  natOutgoing: false
   disabled: false
   nodeSelector: all()
 ";
@@ -159,7 +159,11 @@ fn calico_doc_ippool_parses_with_defaults() {
     assert_eq!(p.spec.cidr.to_string(), "10.1.0.0/16");
     assert_eq!(p.spec.block_size, 26);
     assert_eq!(p.spec.ipip_mode, IpipMode::CrossSubnet);
-    assert!(p.spec.nat_outgoing && !p.spec.disabled);
+    assert!(!p.spec.nat_outgoing && !p.spec.disabled);
+    // Calico's docs write natOutgoing: true; vrouter cannot masquerade, so it says so.
+    let e = parse_manifests(&IPPOOL.replace("natOutgoing: false", "natOutgoing: true")).unwrap_err();
+    assert_eq!(e.path, "spec.natOutgoing");
+    assert!(e.message.contains("no source NAT"), "{e}");
     assert_eq!(p.spec.node_selector, Selector::All);
     let Resource::IpPool(d) =
         one("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8}")
@@ -604,7 +608,7 @@ items:
     blockSize: 26
     cidr: 192.168.0.0/16
     ipipMode: Always
-    natOutgoing: true
+    natOutgoing: false
     nodeSelector: all()
     vxlanMode: Never
 kind: IPPoolList
