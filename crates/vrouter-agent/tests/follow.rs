@@ -576,6 +576,17 @@ async fn a_pod_unknown_to_the_view_is_kept_while_its_endpoint_exists() {
     a.reconcile(&stale).await;
     assert!(node.running().endpoints().is_empty(), "removed once its endpoint is gone");
 
+    // etcd cannot be asked: an unknown pod is kept (removed only when known to be gone).
+    let etcd = kill(etcd).await;
+    node.add_endpoint(cni_endpoint("late", 7, ip));
+    let t = Instant::now();
+    a.reconcile(&stale).await;
+    assert_eq!(node.running().endpoints().len(), 1, "kept while etcd is down");
+    assert!(t.elapsed() < Duration::from_secs(6), "bounded by the request timeout: {:?}", t.elapsed());
+    let etcd = restart(etcd).await;
+    a.reconcile(&stale).await;
+    assert!(node.running().endpoints().is_empty(), "removed once etcd says it is gone");
+
     // The running agent: a CNI-added pod whose endpoint exists gets its real lists; deleted
     // from etcd, it goes from the node.
     let node = MemNode::new();

@@ -415,6 +415,19 @@ fn delete_by_name_by_file_and_with_skip_not_exists_using_calicoctl_spellings() {
     assert_eq!(r.stdout.matches(" deleted").count(), 5, "{r:?}");
     assert_eq!(count(&etcd, RESOURCES), 0);
 
+    // delete -f of `get -o yaml` output: its resourceVersion must still be current.
+    ok(ctl(&etcd, &["apply", "-f", &all]));
+    let y = dir.file("gnp.yaml", &ok(ctl(&etcd, &["get", "gnp", "deny-db-egress", "-o", "yaml"])).stdout);
+    let old_rv = stored(&etcd, Kind::GlobalNetworkPolicy, None, "deny-db-egress").unwrap().resource_version().unwrap();
+    ok(ctl(&etcd, &["apply", "-f", &dir.file("changed.yaml", &MANIFESTS.replace("order: 10", "order: 11"))]));
+    let r = refused(ctl(&etcd, &["delete", "-f", &y]));
+    assert!(r.stderr.contains(&format!("resourceVersion {old_rv} is stale")), "{r:?}");
+    assert!(stored(&etcd, Kind::GlobalNetworkPolicy, None, "deny-db-egress").is_some(), "not deleted");
+    let y = dir.file("gnp2.yaml", &ok(ctl(&etcd, &["get", "gnp", "deny-db-egress", "-o", "yaml"])).stdout);
+    ok(ctl(&etcd, &["delete", "-f", &y]));
+    assert!(stored(&etcd, Kind::GlobalNetworkPolicy, None, "deny-db-egress").is_none());
+    ok(ctl(&etcd, &["delete", "-f", &all, "--skip-not-exists"]));
+
     // Spellings of every kind.
     ok(ctl(&etcd, &["apply", "-f", &all]));
     for (spelling, name) in
