@@ -333,6 +333,7 @@ impl<T: Target> Agent<T> {
                     }
                     Err(StoreError::Compacted { .. }) => return Restart::Resync,
                     Err(e) => {
+                        view.advance(w.revision());
                         tracing::warn!(revision = view.revision(), "etcd watch broke: {e}; resuming from the next revision");
                         watch = None;
                         resuming = true;
