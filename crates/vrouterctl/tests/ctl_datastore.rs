@@ -299,12 +299,25 @@ fn get_output_applies_back_unchanged_and_tables_have_headers() {
     let dir = Dir::new("get");
     ok(ctl(&etcd, &["apply", "-f", &dir.file("all.yaml", MANIFESTS)]));
 
+    ok(ctl(
+        &etcd,
+        &[
+            "apply",
+            "-f",
+            &dir.file(
+                "wep.yaml",
+                &wep("node-7", "web", "cid-web", "10.65.0.9".parse().unwrap())
+                    .replace("namespace: default", "namespace: shop"),
+            ),
+        ],
+    ));
+
     // Round trips: each kind's YAML (a List) and one resource's JSON.
-    for kind in ["ippools", "gnp", "networkpolicies", "profiles", "nodes"] {
-        let args: Vec<&str> = if kind == "networkpolicies" {
-            vec!["get", kind, "-n", "shop", "-o", "yaml"]
-        } else {
-            vec!["get", kind, "-o", "yaml"]
+    for kind in ["ippools", "gnp", "networkpolicies", "profiles", "nodes", "wep"] {
+        let args: Vec<&str> = match kind {
+            "networkpolicies" => vec!["get", kind, "-n", "shop", "-o", "yaml"],
+            "wep" => vec!["get", kind, "-A", "-o", "yaml"],
+            _ => vec!["get", kind, "-o", "yaml"],
         };
         let y = ok(ctl(&etcd, &args));
         assert!(y.stdout.contains("resourceVersion"), "{y:?}");
@@ -330,6 +343,11 @@ fn get_output_applies_back_unchanged_and_tables_have_headers() {
     assert!(t.stdout.lines().nth(1).unwrap().contains("pool-a") && t.stdout.contains("10.65.0.0/16"), "{t:?}");
     let t = ok(ctl(&etcd, &["get", "np", "-A"]));
     assert!(t.stdout.starts_with("NAMESPACE") && t.stdout.contains("shop") && t.stdout.contains("allow-web"), "{t:?}");
+    let t = ok(ctl(&etcd, &["get", "wep", "-n", "shop"]));
+    assert!(
+        t.stdout.starts_with("NAMESPACE") && t.stdout.contains("node-7-k8s-web-eth0") && t.stdout.contains("10.65.0.9"),
+        "{t:?}"
+    );
     let t = ok(ctl(&etcd, &["get", "nodes"]));
     assert!(t.stdout.contains("192.168.7.7") && t.stdout.contains("64512"), "{t:?}");
     // The default namespace has no NetworkPolicy: an empty list, not an error.
@@ -382,6 +400,19 @@ fn create_replace_and_stale_resource_versions_are_refused_with_both_versions() {
     }
     let Some(Resource::IpPool(p)) = stored(&etcd, Kind::IpPool, None, "p1") else { panic!() };
     assert!(!p.spec.disabled && p.spec.nat_outgoing, "the stale write changed nothing");
+    // A refusal the datastore makes (an overlapping pool) stops the file at that document:
+    // the output says which were written, and the exit status is 1.
+    let two = dir.file(
+        "two.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p2}\nspec: {cidr: 10.81.0.0/16}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p3}\nspec: {cidr: 10.80.128.0/17}\n",
+    );
+    let r = refused(ctl(&etcd, &["apply", "-f", &two]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.contains("IPPool 'p2' created") && r.stdout.contains("1 of 2 resource(s) written"), "{r:?}");
+    assert!(r.stderr.contains("p3") && r.stderr.contains("overlaps IPPool 'p1'"), "{r:?}");
+    assert!(stored(&etcd, Kind::IpPool, None, "p3").is_none());
+
     // Deleted since: the message says so.
     ok(ctl(&etcd, &["delete", "ippool", "p1"]));
     let r = refused(ctl(&etcd, &["apply", "-f", &stale]));
