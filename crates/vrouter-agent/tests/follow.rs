@@ -49,6 +49,10 @@ struct Mem {
     applied: Vec<NodeState>,
     /// Every `read` fails (the daemon is down).
     down: bool,
+    /// Added by "vrouter-cni" between the agent's next read and its apply.
+    race: Option<EndpointConfig>,
+    /// Applies refused because the config changed since it was read.
+    refused: usize,
 }
 
 /// A node daemon in memory: `read` and `apply` with the daemon's generation CAS.
@@ -62,6 +66,8 @@ impl MemNode {
             generation: 1,
             applied: Vec::new(),
             down: false,
+            race: None,
+            refused: 0,
         })))
     }
     fn lock(&self) -> MutexGuard<'_, Mem> {
@@ -102,8 +108,13 @@ impl Target for MemNode {
         Ok(self.running())
     }
     fn apply(&self, running: &Running, state: &NodeState) -> Result<ChangeReport, DaemonError> {
+        let race = self.lock().race.take();
+        if let Some(e) = race {
+            self.add_endpoint(e);
+        }
         let mut m = self.lock();
         if running.generation != m.generation {
+            m.refused += 1;
             return Err(DaemonError::Changed(running.generation));
         }
         m.table = merged(&running.table, state).map_err(DaemonError::Malformed)?;
@@ -604,4 +615,34 @@ async fn a_pod_unknown_to_the_view_is_kept_while_its_endpoint_exists() {
     assert!(node.running().endpoints().is_empty());
     assert_eq!(agent.counters().apply_errors, 0);
     assert_never_empty_nor_repeated(&node.applied());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_added_between_read_and_apply_is_not_overwritten() {
+    let etcd = start_etcd().await;
+    let ds = datastore(&etcd).await;
+    seed(&ds).await;
+    let node = MemNode::new();
+    let agent = AgentTask::start(&etcd, &node);
+    wait_state(&node, "synced", |s| peer_names(s) == ["n2", "n3"] && !s.pod_blocks.is_empty()).await;
+
+    // vrouter-cni adds the pod to the daemon just after the agent read the config for the
+    // apply its WorkloadEndpoint triggers: that apply is refused (generation CAS), the agent
+    // reads again and applies over the pod, now with its real lists.
+    let before = node.applied().len();
+    let cid_ip = {
+        let attrs = Attrs { node: ME.into(), namespace: Some("default".into()), pod: Some("racer".into()) };
+        ipam::assign(ds.store(), ME, "c0ffee09racer", &pools(), &attrs).await.unwrap()
+    };
+    node.lock().race = Some(cni_endpoint("racer", 9, cid_ip));
+    apply(&ds, &wep_yaml(ME, "racer", "db", 9, cid_ip)).await;
+    let s = wait_state(&node, "the racer with its real lists", |s| {
+        s.endpoints.len() == 1 && s.endpoints[0].ingress.is_empty()
+    })
+    .await;
+    assert_eq!(node.lock().refused, 1, "the apply computed before the pod was added was refused");
+    assert_eq!(node.applied().len(), before + 1, "then applied once");
+    assert_eq!(s.endpoints[0].addrs, vec![cid_ip]);
+    assert_eq!(node.running().endpoints().len(), 1, "the pod is there once");
+    assert_eq!(agent.counters().apply_errors, 0, "a refused CAS is retried, not an error");
 }
