@@ -8,7 +8,8 @@
 //! after a compaction the agent resyncs in full and gets deletions right; while etcd is down
 //! nothing is applied unless the node lost its state, which then gets the last-known-good
 //! state back; no applied state ever has an empty peer set while other Nodes exist; a pod the
-//! daemon runs but the agent's view lacks is kept while its WorkloadEndpoint exists.
+//! daemon runs but the agent's view lacks is kept while its WorkloadEndpoint exists (or etcd
+//! cannot be asked); a pod added between the agent's read and its apply is not overwritten.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
