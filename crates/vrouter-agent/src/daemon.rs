@@ -134,6 +134,18 @@ impl Daemon {
     }
 }
 
+impl crate::Target for Daemon {
+    fn describe(&self) -> String {
+        self.socket.display().to_string()
+    }
+    fn read(&self) -> Result<Running, DaemonError> {
+        Daemon::read(self)
+    }
+    fn apply(&self, running: &Running, state: &NodeState) -> Result<vrouter_api::ChangeReport, DaemonError> {
+        Daemon::apply(self, running, state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

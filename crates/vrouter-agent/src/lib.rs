@@ -1,25 +1,32 @@
 //! The node agent's pieces: [`daemon`] (the control socket side), [`view`] (the cluster as
 //! last read from etcd) and [`run`] (the loop that joins them). See `src/main.rs` and
 //! docs/agent.md.
+//!
+//! The loop is generic over its [`Target`], the node it reconciles: the daemon's control
+//! socket ([`Daemon`]) in the binary, an in-memory node in the tests
+//! (`tests/follow.rs`), which then follow a real etcd without a data plane. [`Status`]
+//! counts what the loop did (lists, resyncs, resumed watches, applies), for those tests and
+//! for logs.
 
 pub mod daemon;
 pub mod view;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vrouter_cluster::desired::{NodeState, PENDING_POLICY};
 use vrouter_cluster::store::{keys, Store, StoreError};
 use vrouter_types::Ipv4Prefix;
 
-use daemon::{Daemon, DaemonError};
+pub use daemon::{Daemon, DaemonError, Running};
 use view::View;
 
+/// What the agent needs besides its node: where etcd is and what to register.
 #[derive(Clone, Debug)]
 pub struct AgentArgs {
-    pub socket: PathBuf,
     pub etcd_endpoints: Vec<String>,
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -30,7 +37,8 @@ pub struct AgentArgs {
 /// `vrouterctl apply` of many documents, becomes one apply).
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// The daemon is read this often even without changes: a restarted daemon (back on its own
-/// file, without pods) is given the full state again within this.
+/// file, without pods) is given the full state again within this. Also while etcd is away:
+/// the last-known-good state is what it gets then.
 const RECHECK: Duration = Duration::from_secs(1);
 /// Backoff bounds for etcd and the daemon.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -45,30 +53,106 @@ pub enum AgentError {
     Setup(String),
 }
 
-struct Backoff(Duration);
+/// The node the agent reconciles: its running config, and an apply of a [`NodeState`] over
+/// it that is refused ([`DaemonError::Changed`]) if the config changed since it was read.
+/// The binary's is the daemon's control socket ([`Daemon`]); the tests' an in-memory node.
+/// Calls block: the loop runs them on tokio's blocking pool.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// Where the node is, for logs (the socket's path).
+    fn describe(&self) -> String;
+    /// The running config and its generation.
+    fn read(&self) -> Result<Running, DaemonError>;
+    /// Makes the parts the agent owns equal to `state`, if the config is still `running`'s
+    /// generation.
+    fn apply(&self, running: &Running, state: &NodeState) -> Result<vrouter_api::ChangeReport, DaemonError>;
+}
 
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(BACKOFF_MIN)
+/// What the agent has done so far, shared with whoever holds a clone (the tests read it; each
+/// counter also has its log line).
+#[derive(Clone, Debug, Default)]
+pub struct Status(Arc<Mutex<Counters>>);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// The etcd revision of the view the node was last found or made equal to.
+    pub revision: i64,
+    /// Full lists of [`WATCH_PREFIX`]: the first, then one per resync.
+    pub lists: u64,
+    /// Full resyncs: the watch's history had been compacted, so the view was listed afresh.
+    pub resyncs: u64,
+    /// Watches resumed from the last revision seen + 1 after a break (no list).
+    pub resumes: u64,
+    /// Watch events at or below a revision already applied to the view (history delivered
+    /// twice). Zero unless a resume is wrong.
+    pub repeated_events: u64,
+    /// States the node accepted.
+    pub applies: u64,
+    /// Applies that failed or were refused (the node kept its previous state).
+    pub apply_errors: u64,
+    /// etcd requests that failed, each followed by a backoff.
+    pub etcd_failures: u64,
+    /// The latest etcd backoff: when it began and how long it is.
+    pub backoff: Option<(Instant, Duration)>,
+}
+
+impl Status {
+    pub fn new() -> Status {
+        Status::default()
     }
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    /// A snapshot of the counters.
+    pub fn get(&self) -> Counters {
+        self.lock().clone()
     }
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
+    fn lock(&self) -> MutexGuard<'_, Counters> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn update(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.lock())
     }
 }
 
-/// Runs the agent until SIGINT/SIGTERM.
-pub fn run(args: AgentArgs) -> Result<(), AgentError> {
+struct Backoff {
+    next: Duration,
+    /// Backoffs after an etcd failure are counted here.
+    status: Option<Status>,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN, status: None }
+    }
+    fn etcd(status: &Status) -> Backoff {
+        Backoff { next: BACKOFF_MIN, status: Some(status.clone()) }
+    }
+    /// The next wait (doubling up to the maximum), recorded.
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        if let Some(s) = &self.status {
+            s.update(|c| {
+                c.etcd_failures += 1;
+                c.backoff = Some((Instant::now(), d));
+            });
+        }
+        d
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.step()).await;
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// Runs the agent for the daemon at `socket` until SIGINT/SIGTERM.
+pub fn run(socket: &Path, args: AgentArgs) -> Result<(), AgentError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| AgentError::Setup(format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         tokio::select! {
-            r = agent(args) => r,
+            r = agent(Daemon::new(socket), args, Status::new()) => r,
             _ = shutdown() => {
                 tracing::info!("stopping (the data plane keeps its state)");
                 Ok(())
@@ -88,22 +172,22 @@ async fn shutdown() {
     }
 }
 
-/// The daemon's first answer: who this node is.
-async fn first_read(daemon: &Daemon) -> daemon::Running {
+/// The node's first answer: who this node is.
+async fn first_read<T: Target>(target: &T) -> Running {
     let mut backoff = Backoff::new();
     loop {
-        let d = daemon.clone();
-        match tokio::task::spawn_blocking(move || d.read()).await {
+        let t = target.clone();
+        match tokio::task::spawn_blocking(move || t.read()).await {
             Ok(Ok(r)) => return r,
-            Ok(Err(e)) => tracing::warn!("waiting for the daemon at {}: {e}", daemon.socket().display()),
+            Ok(Err(e)) => tracing::warn!("waiting for the daemon at {}: {e}", target.describe()),
             Err(e) => tracing::error!("daemon read task: {e}"),
         }
         backoff.wait().await;
     }
 }
 
-async fn connect(endpoints: &[String]) -> Store {
-    let mut backoff = Backoff::new();
+async fn connect(endpoints: &[String], status: &Status) -> Store {
+    let mut backoff = Backoff::etcd(status);
     loop {
         match Store::connect(endpoints).await {
             Ok(s) => return s,
@@ -113,9 +197,10 @@ async fn connect(endpoints: &[String]) -> Store {
     }
 }
 
-async fn agent(args: AgentArgs) -> Result<(), AgentError> {
-    let daemon = Daemon::new(&args.socket);
-    let running = first_read(&daemon).await;
+/// The agent's whole life for one node: learn who it is, register its `Node`, then follow
+/// etcd and keep the node equal to its state there. Returns only on a setup error.
+pub async fn agent<T: Target>(target: T, args: AgentArgs, status: Status) -> Result<(), AgentError> {
+    let running = first_read(&target).await;
     let node = match (&args.node, running.node_name()) {
         (Some(n), _) => n.clone(),
         (None, Some(n)) => n.to_string(),
@@ -126,8 +211,8 @@ async fn agent(args: AgentArgs) -> Result<(), AgentError> {
         .ok_or_else(|| AgentError::Setup("the daemon's config has no [node] ip and subnet".into()))?;
     tracing::info!(node = %node, %ip, %subnet, "agent starting");
 
-    let store = connect(&args.etcd_endpoints).await;
-    let mut backoff = Backoff::new();
+    let store = connect(&args.etcd_endpoints, &status).await;
+    let mut backoff = Backoff::etcd(&status);
     loop {
         match view::register_node(&store, &node, ip, subnet, &args.labels, args.as_number).await {
             Ok(()) => break,
@@ -136,48 +221,79 @@ async fn agent(args: AgentArgs) -> Result<(), AgentError> {
         backoff.wait().await;
     }
 
-    let mut agent = Agent { store, daemon, node, last_applied: None, applied_at: None };
+    let mut agent = Agent::new(store, target, &node, status);
     agent.follow().await;
     Ok(())
 }
 
-struct Agent {
+/// One node's agent: its etcd connection and its node.
+pub struct Agent<T: Target> {
     store: Store,
-    daemon: Daemon,
+    target: T,
     node: String,
-    /// The last state the daemon accepted (for logs and to skip identical applies).
-    last_applied: Option<NodeState>,
-    applied_at: Option<Instant>,
+    status: Status,
+    /// When the node was last read (reconciled).
+    checked: tokio::time::Instant,
 }
 
-impl Agent {
+impl<T: Target> Agent<T> {
+    pub fn new(store: Store, target: T, node: &str, status: Status) -> Agent<T> {
+        Agent { store, target, node: node.to_string(), status, checked: tokio::time::Instant::now() }
+    }
+
     /// Full list, then watch from its revision; again from the start after a compaction.
     async fn follow(&mut self) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::etcd(&self.status);
+        // The last complete view: what the node is kept at while etcd cannot be listed.
+        let mut last: Option<View> = None;
         loop {
             let (kvs, revision) = match self.store.list(WATCH_PREFIX).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("etcd list: {e}; the node keeps its state, retrying");
-                    backoff.wait().await;
+                    self.pause(&mut backoff, last.as_ref()).await;
                     continue;
                 }
             };
             let mut view = View::from_list(kvs, revision);
+            self.status.update(|c| c.lists += 1);
             tracing::info!(revision, resources = view.len(), "in sync with etcd");
             self.claim_block_if_none(&view).await;
             self.reconcile(&view).await;
             backoff.reset();
             if self.watch(&mut view).await == Restart::Resync {
+                self.status.update(|c| c.resyncs += 1);
                 tracing::warn!(revision = view.revision(), "watch history compacted: full resync");
+            }
+            last = Some(view);
+        }
+    }
+
+    /// Waits out one etcd backoff step while keeping the node at `view`, the last-known-good
+    /// state: the node is read every [`RECHECK`] as usual, so a daemon restarted during an etcd
+    /// outage gets that state back within about a second, and a node that has it is left alone.
+    async fn pause(&mut self, backoff: &mut Backoff, view: Option<&View>) {
+        let until = tokio::time::Instant::now() + backoff.step();
+        loop {
+            let due = self.checked + RECHECK;
+            let wake = match view {
+                Some(_) => until.min(due),
+                None => until,
+            };
+            tokio::time::sleep_until(wake).await;
+            match view {
+                Some(v) if tokio::time::Instant::now() >= due => self.reconcile(v).await,
+                _ if tokio::time::Instant::now() >= until => return,
+                _ => {}
             }
         }
     }
 
     /// Follows the watch until it must restart from a full list.
     async fn watch(&mut self, view: &mut View) -> Restart {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::etcd(&self.status);
         let mut watch = None;
+        let mut resuming = false;
         let mut dirty = false;
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,11 +303,15 @@ impl Agent {
                     Ok(w) => {
                         watch = Some(w);
                         backoff.reset();
+                        if resuming {
+                            self.status.update(|c| c.resumes += 1);
+                            tracing::info!(revision = view.revision(), "etcd watch resumed");
+                        }
                     }
                     Err(StoreError::Compacted { .. }) => return Restart::Resync,
                     Err(e) => {
                         tracing::warn!("etcd watch: {e}; the node keeps its state, retrying");
-                        backoff.wait().await;
+                        self.pause(&mut backoff, Some(view)).await;
                         continue;
                     }
                 }
@@ -200,6 +320,12 @@ impl Agent {
             tokio::select! {
                 events = w.next() => match events {
                     Ok(events) => {
+                        let seen = view.revision();
+                        let repeated = events.iter().filter(|e| e.mod_revision() <= seen).count() as u64;
+                        if repeated > 0 {
+                            tracing::warn!(revision = seen, repeated, "etcd watch repeated events already applied");
+                            self.status.update(|c| c.repeated_events += repeated);
+                        }
                         for ev in events {
                             view.apply(ev);
                         }
@@ -207,9 +333,11 @@ impl Agent {
                     }
                     Err(StoreError::Compacted { .. }) => return Restart::Resync,
                     Err(e) => {
+                        view.advance(w.revision());
                         tracing::warn!(revision = view.revision(), "etcd watch broke: {e}; resuming from the next revision");
                         watch = None;
-                        backoff.wait().await;
+                        resuming = true;
+                        self.pause(&mut backoff, Some(view)).await;
                     }
                 },
                 _ = tokio::time::sleep(DEBOUNCE), if dirty => {
@@ -237,18 +365,20 @@ impl Agent {
         }
     }
 
-    /// Makes the daemon's owned parts equal to the view's state for this node.
-    async fn reconcile(&mut self, view: &View) {
+    /// Makes the node's owned parts equal to the view's state for this node (nothing is
+    /// applied if they already are).
+    pub async fn reconcile(&mut self, view: &View) {
+        self.checked = tokio::time::Instant::now();
         let (mut state, skipped) = view.node_state(&self.node);
         for s in &skipped {
             tracing::warn!(endpoint = %s.endpoint, "not programmed: {}", s.why);
         }
         for attempt in 0..5 {
-            let d = self.daemon.clone();
-            let running = match tokio::task::spawn_blocking(move || d.read()).await {
+            let t = self.target.clone();
+            let running = match tokio::task::spawn_blocking(move || t.read()).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    tracing::warn!("daemon: {e}");
+                    tracing::warn!("daemon at {}: {e}", self.target.describe());
                     return;
                 }
                 Err(e) => {
@@ -258,11 +388,12 @@ impl Agent {
             };
             self.keep_unseen_endpoints(&running, &mut state).await;
             if running.matches(&state) {
+                self.status.update(|c| c.revision = view.revision());
                 return;
             }
-            let d = self.daemon.clone();
+            let t = self.target.clone();
             let (r, s) = (running.clone(), state.clone());
-            match tokio::task::spawn_blocking(move || d.apply(&r, &s)).await {
+            match tokio::task::spawn_blocking(move || t.apply(&r, &s)).await {
                 Ok(Ok(report)) => {
                     tracing::info!(
                         revision = view.revision(),
@@ -274,8 +405,10 @@ impl Agent {
                         routes_changed = report.routes_changed,
                         "applied"
                     );
-                    self.last_applied = Some(state);
-                    self.applied_at = Some(Instant::now());
+                    self.status.update(|c| {
+                        c.applies += 1;
+                        c.revision = view.revision();
+                    });
                     return;
                 }
                 Ok(Err(DaemonError::Changed(_))) => {
@@ -284,6 +417,7 @@ impl Agent {
                 }
                 Ok(Err(e)) => {
                     tracing::error!("applying revision {}: {e}; the node keeps its previous state", view.revision());
+                    self.status.update(|c| c.apply_errors += 1);
                     return;
                 }
                 Err(e) => {
@@ -292,13 +426,14 @@ impl Agent {
                 }
             }
         }
+        self.status.update(|c| c.apply_errors += 1);
     }
 
     /// Pods the daemon runs that the view does not have stay if etcd still has their
     /// endpoint (the CNI plugin wrote it and our watch has not caught up), or if etcd cannot
     /// be asked: a pod is removed only when its endpoint is known to be gone. Kept pods stay
     /// under the pending policy (denied) until the view has them.
-    async fn keep_unseen_endpoints(&self, running: &daemon::Running, state: &mut NodeState) {
+    async fn keep_unseen_endpoints(&self, running: &Running, state: &mut NodeState) {
         for e in running.endpoints() {
             if state.endpoints.iter().any(|x| x.name == e.name) {
                 continue;

@@ -60,13 +60,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let args = AgentArgs {
-        socket: cli.socket,
         etcd_endpoints: cli.etcd_endpoints,
         node: cli.node,
         labels: cli.labels.into_iter().collect(),
         as_number: cli.as_number,
     };
-    match run(args) {
+    match run(&cli.socket, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vrouter-agent: {e}");

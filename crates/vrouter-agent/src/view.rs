@@ -44,6 +44,13 @@ impl View {
         self.revision
     }
 
+    /// Every change up to `revision` has been seen: a watch's progress (etcd's progress
+    /// notifications advance it while nothing under the prefix changes), so a resumed watch
+    /// starts after it and does not ask for history etcd may have compacted since.
+    pub fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

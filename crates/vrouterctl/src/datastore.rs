@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use serde_json::Value;
-use vrouter_cluster::datastore::{Datastore, Written};
+use vrouter_cluster::datastore::{Datastore, DatastoreError, Written};
 use vrouter_cluster::ipam;
 use vrouter_cluster::resource::{parse_manifests, Kind, Resource};
 use vrouter_cluster::store::Store;
@@ -73,7 +73,11 @@ pub fn write(endpoints: &[String], file: &Path, text: Option<String>, verb: Verb
             match res {
                 Ok(w) => done.push((r, w)),
                 Err(e) => {
-                    failed = Some(format!("{} '{}': {e}", r.kind(), r.display_name()));
+                    // The datastore's own refusals name the resource; a store error does not.
+                    failed = Some(match e {
+                        DatastoreError::Store(_) => format!("{} '{}': {e}", r.kind(), r.display_name()),
+                        e => e.to_string(),
+                    });
                     break;
                 }
             }
@@ -189,7 +193,7 @@ pub fn delete(
         for (kind, ns, name, rv) in &targets {
             match ds.delete(*kind, ns.as_deref(), name, *rv).await {
                 Ok(()) => println!("{kind} '{}' deleted", shown(*kind, ns.as_deref(), name)),
-                Err(vrouter_cluster::datastore::DatastoreError::NotFound { .. }) if skip_not_exists => {
+                Err(DatastoreError::NotFound { .. }) if skip_not_exists => {
                     println!("{kind} '{}' does not exist (skipped)", shown(*kind, ns.as_deref(), name))
                 }
                 Err(e) => {
