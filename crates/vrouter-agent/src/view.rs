@@ -15,6 +15,9 @@ use vrouter_types::Ipv4Prefix;
 /// Annotation of a workload endpoint that records its pod's network namespace (written by
 /// vrouter-cni; the agent needs it to recreate the pod's TAP after a daemon restart).
 pub const NETNS_ANNOTATION: &str = "vrouter.io/netns";
+/// Annotation with the pod interface's MTU (vrouter-cni writes the MTU of its network config);
+/// without it the agent uses [`desired::DEFAULT_POD_MTU`].
+pub const MTU_ANNOTATION: &str = "vrouter.io/mtu";
 
 const RESOURCES: &str = "/calico/resources/v3/projectcalico.org/";
 const BLOCKS: &str = "/calico/ipam/v2/assignment/ipv4/block/";
@@ -139,6 +142,7 @@ impl View {
                     tap: w.spec.interface_name.clone().unwrap_or_default(),
                     ifname: w.spec.endpoint.clone().unwrap_or_else(|| "eth0".into()),
                     netns: w.metadata.annotations.get(NETNS_ANNOTATION).cloned(),
+                    mtu: w.metadata.annotations.get(MTU_ANNOTATION).and_then(|m| m.parse().ok()),
                 }),
                 _ => {}
             }

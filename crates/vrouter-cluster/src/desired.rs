@@ -56,6 +56,8 @@ pub struct EndpointInfo {
     pub ifname: String,
     /// The pod's network namespace (a name under /run/netns or a path).
     pub netns: Option<String>,
+    /// The pod interface's MTU, if the endpoint says ([`DEFAULT_POD_MTU`] otherwise).
+    pub mtu: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -155,7 +157,9 @@ pub fn node_state(
             ifname: e.ifname.clone(),
             mac,
             addrs: e.addrs.clone(),
-            mtu: DEFAULT_POD_MTU,
+            // Outside what the daemon takes (its MAX_MTU: 2 KiB AF_XDP chunks), the default: one
+            // bad annotation must not get the whole node's config refused.
+            mtu: e.mtu.filter(|m| (576..=1778).contains(m)).unwrap_or(DEFAULT_POD_MTU),
             ingress: lists.ingress,
             egress: lists.egress,
         });
@@ -191,6 +195,7 @@ mod tests {
             tap: format!("vr{}", key.replace('/', "")),
             ifname: "eth0".into(),
             netns: Some("/run/netns/x".into()),
+            mtu: None,
         }
     }
     fn inputs() -> Inputs {
@@ -244,6 +249,17 @@ mod tests {
         let (s2, _) = node_state(&i, "n2", &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(s2.pod_blocks, vec![p("10.244.0.9/32"), p("10.244.0.64/26")]);
         assert_eq!(s2.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn a_pods_mtu_comes_from_its_endpoint_and_a_bad_one_falls_back_to_the_default() {
+        let mut i = inputs();
+        i.endpoints[0].mtu = Some(1400);
+        let (s, _) = node_state(&i, "n1", &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(s.endpoints[0].mtu, 1400);
+        i.endpoints[0].mtu = Some(60000);
+        let (s, _) = node_state(&i, "n1", &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(s.endpoints[0].mtu, DEFAULT_POD_MTU);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::spec::{CniError, Code, NetConf};
 /// The annotation holding the pod's network namespace (the node agent creates the pod's port
 /// from the WorkloadEndpoint, and needs it).
 pub const NETNS_ANNOTATION: &str = "vrouter.io/netns";
+/// The pod interface's MTU, for the agent (which otherwise uses its default).
+pub const MTU_ANNOTATION: &str = "vrouter.io/mtu";
 /// How long ADD waits for the node's daemon to know the pod's block (claimed by IPAM just
 /// now, applied by the node agent) and the pending policy (installed by the agent).
 pub const AGENT_WAIT: Duration = Duration::from_secs(10);
@@ -100,6 +102,7 @@ fn wep_key(namespace: &str, name: &str) -> String {
 fn to_resource(w: &Wep) -> Resource {
     let mut annotations = BTreeMap::new();
     annotations.insert(NETNS_ANNOTATION.to_string(), w.netns.clone());
+    annotations.insert(MTU_ANNOTATION.to_string(), w.mtu.to_string());
     Resource::WorkloadEndpoint(WorkloadEndpoint {
         metadata: Metadata {
             name: w.name.clone(),
@@ -140,6 +143,12 @@ fn from_resource(r: Resource) -> Option<Wep> {
         addrs: s.ip_networks.iter().map(|p| Ipv4Addr::from(p.addr())).collect(),
         labels: w.metadata.labels,
         netns: w.metadata.annotations.get(NETNS_ANNOTATION).cloned().unwrap_or_default(),
+        mtu: w
+            .metadata
+            .annotations
+            .get(MTU_ANNOTATION)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(crate::spec::DEFAULT_MTU),
     })
 }
 

@@ -46,6 +46,9 @@ pub struct Wep {
     pub labels: BTreeMap<String, String>,
     /// The pod's network namespace (annotation `vrouter.io/netns`).
     pub netns: String,
+    /// The pod interface's MTU (annotation `vrouter.io/mtu`): the agent gives the port the
+    /// same one, so the two never disagree and replace the port.
+    pub mtu: u16,
 }
 
 /// What went wrong in the datastore or the daemon.
@@ -151,6 +154,7 @@ pub fn add(b: &mut dyn Backend, conf: &NetConf, env: &Env) -> Result<Value, CniE
         addrs: vec![],
         labels: conf.labels.clone(),
         netns: env.netns.clone(),
+        mtu: conf.mtu,
     };
     let mut done = Undo::default();
     let r = (|| -> Result<(), CniError> {

@@ -23,7 +23,7 @@ metadata:
 spec:
   cidr: 10.65.0.0/16
   ipipMode: CrossSubnet
-  natOutgoing: true
+  natOutgoing: false
 ---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
@@ -287,7 +287,7 @@ fn a_validation_error_names_document_field_and_valid_values_and_writes_nothing()
     assert_eq!(count(&etcd, RESOURCES), 0);
 
     // A Calico field vrouter does not support is refused by name, not ignored.
-    let f = dir.file("vxlan.yaml", &MANIFESTS.replace("natOutgoing: true", "natOutgoing: true\n  vxlanMode: Always"));
+    let f = dir.file("vxlan.yaml", &MANIFESTS.replace("natOutgoing: false", "natOutgoing: false\n  vxlanMode: Always"));
     let r = refused(ctl(&etcd, &["apply", "-f", &f]));
     assert!(r.stderr.contains("vxlanMode"), "{r:?}");
     assert_eq!(count(&etcd, RESOURCES), 0);
@@ -380,7 +380,7 @@ fn create_replace_and_stale_resource_versions_are_refused_with_both_versions() {
     // A read-modify-write with the resourceVersion read: accepted once, then stale.
     let y = ok(ctl(&etcd, &["get", "ippool", "p1", "-o", "yaml"])).stdout;
     let old_rv = stored(&etcd, Kind::IpPool, None, "p1").unwrap().resource_version().unwrap();
-    let edited = dir.file("p1-nat.yaml", &y.replace("natOutgoing: false", "natOutgoing: true"));
+    let edited = dir.file("p1-ipip.yaml", &y.replace("ipipMode: Never", "ipipMode: Always"));
     assert_ne!(std::fs::read_to_string(&edited).unwrap(), y, "the edit applies to get's output");
     let r = ok(ctl(&etcd, &["replace", "-f", &edited]));
     assert!(r.stdout.contains("IPPool 'p1' updated"), "{r:?}");
@@ -390,7 +390,7 @@ fn create_replace_and_stale_resource_versions_are_refused_with_both_versions() {
     // The same file again carries the old version: refused, naming both.
     let stale = dir.file(
         "p1-stale.yaml",
-        &y.replace("natOutgoing: false", "natOutgoing: true").replace("disabled: false", "disabled: true"),
+        &y.replace("ipipMode: Never", "ipipMode: Always").replace("disabled: false", "disabled: true"),
     );
     for verb in ["replace", "apply"] {
         let r = refused(ctl(&etcd, &[verb, "-f", &stale]));
@@ -399,7 +399,7 @@ fn create_replace_and_stale_resource_versions_are_refused_with_both_versions() {
         assert_eq!(r.stderr.matches("IPPool 'p1'").count(), 1, "named once: {r:?}");
     }
     let Some(Resource::IpPool(p)) = stored(&etcd, Kind::IpPool, None, "p1") else { panic!() };
-    assert!(!p.spec.disabled && p.spec.nat_outgoing, "the stale write changed nothing");
+    assert!(!p.spec.disabled && format!("{:?}", p.spec.ipip_mode) == "Always", "the stale write changed nothing");
     // A refusal the datastore makes (an overlapping pool) stops the file at that document:
     // the output says which were written, and the exit status is 1.
     let two = dir.file(
