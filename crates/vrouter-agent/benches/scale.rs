@@ -343,11 +343,20 @@ async fn measure(endpoints: Vec<String>) {
     let (s, skipped) = state.unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");
     let rules: usize = s.policies.values().map(Vec::len).sum();
+    // A digest of the whole state, to compare two builds' results (same toolchain).
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&format!("{s:?}"), &mut h);
     rows.push(row(
         &format!("View::node_state (median of {STATE_RUNS})"),
         median(&mut times),
         Some(cpu / STATE_RUNS as f64),
-        &format!("{} endpoints, {} peers, {} lists, {rules} rules", s.endpoints.len(), s.peers.len(), s.policies.len()),
+        &format!(
+            "{} endpoints, {} peers, {} lists, {rules} rules (digest {:016x})",
+            s.endpoints.len(),
+            s.peers.len(),
+            s.policies.len(),
+            std::hash::Hasher::finish(&h)
+        ),
     ));
     for (what, d) in breakdown(&view) {
         rows.push(row(&format!("  of which {what}"), d, None, ""));
