@@ -85,7 +85,8 @@ impl View {
         }
     }
 
-    fn resources(&self) -> impl Iterator<Item = &Resource> {
+    /// Every resource in the view, in key order.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.entries.values().filter_map(|e| match e {
             Entry::Resource(r) => Some(r.as_ref()),
             Entry::Block(_) => None,
