@@ -171,6 +171,7 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
         picked: HashMap::new(),
         sets: HashMap::new(),
         ns_match: HashMap::new(),
+        named: HashMap::new(),
     };
     let mut out = CompiledPolicy::default();
     let mut used: BTreeSet<(usize, PolicyType)> = BTreeSet::new();
@@ -257,6 +258,9 @@ struct Compiler<'v, 'a> {
     sets: HashMap<(Scope, Selector), Rc<IpSet>>,
     /// namespaceSelector -> matching namespaces.
     ns_match: HashMap<Selector, Rc<BTreeSet<String>>>,
+    /// (scope, selector, protocol, port names) -> port number -> addresses of the picked
+    /// endpoints that name it (before notPorts and the rule's nets apply).
+    named: HashMap<(Scope, Selector, Option<u8>, Vec<String>), Rc<Vec<(u16, IpSet)>>>,
 }
 
 /// Which namespaces a rule selector looks in.
@@ -409,24 +413,13 @@ impl Compiler<'_, '_> {
             // Without selectors, every endpoint in the cluster (as Calico: a rule's selector is
             // namespaced only when it has one).
             let (scope, sel) = picked.unwrap_or((Scope::All, Selector::All));
-            let mut by_port: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-            for &i in self.endpoints_in(&scope, &sel).iter() {
-                let v = &self.views[i];
-                for port in &v.wep.spec.ports {
-                    if named.contains(port.name.as_str())
-                        && Some(port.protocol.0) == protocol
-                        && !not_ports.contains(port.port)
-                    {
-                        by_port.entry(port.port).or_default().extend(v.ips.iter().copied());
-                    }
-                }
-            }
+            let by_port = self.named_ports(scope, sel, protocol, &named);
             // Group the ports by address set: one rule per distinct set.
             let mut by_set: BTreeMap<Vec<(u32, u32)>, Vec<u16>> = BTreeMap::new();
-            for (port, addrs) in by_port {
-                let set = IpSet::from_addrs(addrs).intersect(&ips);
+            for (port, addrs) in by_port.iter().filter(|(p, _)| !not_ports.contains(*p)) {
+                let set = addrs.intersect(&ips);
                 if !set.is_empty() {
-                    by_set.entry(set.0).or_default().push(port);
+                    by_set.entry(set.0).or_default().push(*port);
                 }
             }
             for (set, ports) in by_set {
@@ -434,6 +427,33 @@ impl Compiler<'_, '_> {
             }
         }
         out
+    }
+
+    /// Port number -> addresses of the endpoints `(scope, sel)` picks that name one of `names`
+    /// for `protocol` (cached: every rule naming the same ports over the same endpoints shares it).
+    fn named_ports(
+        &mut self,
+        scope: Scope,
+        sel: Selector,
+        protocol: Option<u8>,
+        names: &BTreeSet<&str>,
+    ) -> Rc<Vec<(u16, IpSet)>> {
+        let key = (scope, sel, protocol, names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        if let Some(v) = self.named.get(&key) {
+            return v.clone();
+        }
+        let mut by_port: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+        for &i in self.endpoints_in(&key.0, &key.1).iter() {
+            let v = &self.views[i];
+            for port in &v.wep.spec.ports {
+                if names.contains(port.name.as_str()) && Some(port.protocol.0) == protocol {
+                    by_port.entry(port.port).or_default().extend(v.ips.iter().copied());
+                }
+            }
+        }
+        let v = Rc::new(by_port.into_iter().map(|(p, a)| (p, IpSet::from_addrs(a))).collect::<Vec<_>>());
+        self.named.insert(key, v.clone());
+        v
     }
 
     /// One Calico rule as vrouter rules (the union of which is exactly its match set).
