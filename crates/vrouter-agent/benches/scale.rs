@@ -426,25 +426,10 @@ fn breakdown(view: &View) -> Vec<(&'static str, Duration)> {
         let inputs = view.inputs();
         t[0].push(s.elapsed());
         let s = Instant::now();
-        let (mut weps, mut nps, mut gnps, mut profiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in view.resources() {
-            match r {
-                Resource::WorkloadEndpoint(w) => weps.push(w.clone()),
-                Resource::NetworkPolicy(p) => nps.push(p.clone()),
-                Resource::GlobalNetworkPolicy(p) => gnps.push(p.clone()),
-                Resource::Profile(p) => profiles.push(p.clone()),
-                _ => {}
-            }
-        }
+        let resources = view.policy_resources();
         t[1].push(s.elapsed());
         let s = Instant::now();
-        let compiled = policy::compile(&policy::PolicyInput {
-            endpoints: &weps,
-            network_policies: &nps,
-            global_policies: &gnps,
-            profiles: &profiles,
-            node: ME,
-        });
+        let compiled = policy::compile(&resources.input(ME));
         t[2].push(s.elapsed());
         let s = Instant::now();
         std::hint::black_box(desired::node_state(&inputs, ME, &compiled.policies, &compiled.endpoints));

@@ -8,7 +8,10 @@ use std::net::Ipv4Addr;
 use vrouter_cluster::desired::{self, BlockInfo, EndpointInfo, Inputs, NodeInfo, NodeState, PoolInfo, Skipped};
 use vrouter_cluster::ipam::{Block, PoolRef};
 use vrouter_cluster::policy;
-use vrouter_cluster::resource::{Kind, Metadata, Node, NodeAddress, NodeBgp, NodeSpec, Resource};
+use vrouter_cluster::resource::{
+    GlobalNetworkPolicy, Kind, Metadata, NetworkPolicy, Node, NodeAddress, NodeBgp, NodeSpec, Profile, Resource,
+    WorkloadEndpoint,
+};
 use vrouter_cluster::store::{keys, Kv, Store, StoreError, WatchEvent};
 use vrouter_types::Ipv4Prefix;
 
@@ -154,27 +157,47 @@ impl View {
         i
     }
 
-    /// This node's desired state: the cluster's, with its policy compiled for its pods.
-    pub fn node_state(&self, me: &str) -> (NodeState, Vec<Skipped>) {
-        let inputs = self.inputs();
-        let (mut weps, mut nps, mut gnps, mut profiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    /// The resources policy compilation reads, by kind (cloned out of the view).
+    pub fn policy_resources(&self) -> PolicyResources {
+        let mut p = PolicyResources::default();
         for r in self.resources() {
             match r {
-                Resource::WorkloadEndpoint(w) => weps.push(w.clone()),
-                Resource::NetworkPolicy(p) => nps.push(p.clone()),
-                Resource::GlobalNetworkPolicy(p) => gnps.push(p.clone()),
-                Resource::Profile(p) => profiles.push(p.clone()),
+                Resource::WorkloadEndpoint(w) => p.endpoints.push(w.clone()),
+                Resource::NetworkPolicy(x) => p.network_policies.push(x.clone()),
+                Resource::GlobalNetworkPolicy(x) => p.global_policies.push(x.clone()),
+                Resource::Profile(x) => p.profiles.push(x.clone()),
                 _ => {}
             }
         }
-        let compiled = policy::compile(&policy::PolicyInput {
-            endpoints: &weps,
-            network_policies: &nps,
-            global_policies: &gnps,
-            profiles: &profiles,
-            node: me,
-        });
+        p
+    }
+
+    /// This node's desired state: the cluster's, with its policy compiled for its pods.
+    pub fn node_state(&self, me: &str) -> (NodeState, Vec<Skipped>) {
+        let inputs = self.inputs();
+        let compiled = policy::compile(&self.policy_resources().input(me));
         desired::node_state(&inputs, me, &compiled.policies, &compiled.endpoints)
+    }
+}
+
+/// What [`policy::compile`] reads, owned (see [`View::policy_resources`]).
+#[derive(Debug, Default)]
+pub struct PolicyResources {
+    pub endpoints: Vec<WorkloadEndpoint>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub global_policies: Vec<GlobalNetworkPolicy>,
+    pub profiles: Vec<Profile>,
+}
+
+impl PolicyResources {
+    pub fn input<'a>(&'a self, node: &'a str) -> policy::PolicyInput<'a> {
+        policy::PolicyInput {
+            endpoints: &self.endpoints,
+            network_policies: &self.network_policies,
+            global_policies: &self.global_policies,
+            profiles: &self.profiles,
+            node,
+        }
     }
 }
 

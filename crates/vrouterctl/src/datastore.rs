@@ -14,7 +14,7 @@ use vrouter_cluster::ipam;
 use vrouter_cluster::resource::{parse_manifests, Kind, Resource};
 use vrouter_cluster::store::Store;
 
-use crate::{table, IpamCmd, Output};
+use crate::{read_input, table, IpamCmd, Output};
 
 pub use vrouter_cluster::resource::is_manifest;
 
@@ -24,15 +24,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 async fn connect(endpoints: &[String]) -> Result<Datastore, String> {
     Store::connect(endpoints).await.map(Datastore::new).map_err(|e| e.to_string())
-}
-
-fn read(file: &Path) -> Result<String, String> {
-    if file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| format!("stdin: {e}"))?;
-        return Ok(s);
-    }
-    std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// The resources of a file, every document checked; errors name the file.
@@ -56,7 +47,7 @@ pub enum Verb {
 pub fn write(endpoints: &[String], file: &Path, text: Option<String>, verb: Verb, json: bool) -> Result<bool, String> {
     let text = match text {
         Some(t) => t,
-        None => read(file)?,
+        None => read_input(file)?,
     };
     let resources = load(file, &text)?;
     let rt = runtime()?;
@@ -179,7 +170,7 @@ pub fn delete(
             vec![(kind, namespace.map(str::to_string), name, None)]
         }
         DeleteTarget::File(file) => {
-            let text = read(&file)?;
+            let text = read_input(&file)?;
             load(&file, &text)?
                 .into_iter()
                 .map(|r| (r.kind(), r.namespace().map(str::to_string), r.name().to_string(), r.resource_version()))
