@@ -260,8 +260,11 @@ struct Compiler<'v, 'a> {
     ns_match: HashMap<Selector, Rc<BTreeSet<String>>>,
     /// (scope, selector, protocol, port names) -> port number -> addresses of the picked
     /// endpoints that name it (before notPorts and the rule's nets apply).
-    named: HashMap<(Scope, Selector, Option<u8>, Vec<String>), Rc<Vec<(u16, IpSet)>>>,
+    named: HashMap<NamedPortsKey, Rc<Vec<(u16, IpSet)>>>,
 }
+
+/// The endpoints a rule picks (scope and selector), its protocol and the port names it uses.
+type NamedPortsKey = (Scope, Selector, Option<u8>, Vec<String>);
 
 /// Which namespaces a rule selector looks in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
