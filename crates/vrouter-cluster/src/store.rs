@@ -162,6 +162,12 @@ fn short(e: &etcd_client::Error) -> String {
     }
 }
 
+/// A member that refused the connection: nothing listens there (as opposed to a member
+/// without a leader, or one that does not answer in time).
+fn nothing_listens(failure: &str) -> bool {
+    failure.contains("tcp connect error") || failure.contains("Connection refused")
+}
+
 /// A failure another member (or the same one a moment later) may not have.
 fn transient(e: &etcd_client::Error) -> bool {
     use tonic::Code;
@@ -272,6 +278,12 @@ impl Store {
                     Ok(Err(e)) => return Err(self.classify(key, e)),
                     Err(_) => failures[idx] = Some(format!("no answer within {budget:?}")),
                 }
+            }
+            // Nothing listens on any member (every connection refused): no election to wait
+            // for, so the caller hears it now rather than after the whole bound (a CNI ADD, an
+            // agent backing off).
+            if failures.iter().all(|f| f.as_deref().is_some_and(nothing_listens)) {
+                return Err(gave_up(&failures));
             }
         }
     }
