@@ -12,7 +12,6 @@ pub mod daemon;
 pub mod view;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -261,10 +260,9 @@ impl<T: Target> Agent<T> {
             self.claim_block_if_none(&view).await;
             self.reconcile(&view).await;
             backoff.reset();
-            if self.watch(&mut view).await == Restart::Resync {
-                self.status.update(|c| c.resyncs += 1);
-                tracing::warn!(revision = view.revision(), "watch history compacted: full resync");
-            }
+            self.watch(&mut view).await;
+            self.status.update(|c| c.resyncs += 1);
+            tracing::warn!(revision = view.revision(), "watch history compacted: full resync");
             last = Some(view);
         }
     }
@@ -289,8 +287,9 @@ impl<T: Target> Agent<T> {
         }
     }
 
-    /// Follows the watch until it must restart from a full list.
-    async fn watch(&mut self, view: &mut View) -> Restart {
+    /// Follows the watch; returns when etcd has compacted the revision it must resume from, so
+    /// that only a full list can follow.
+    async fn watch(&mut self, view: &mut View) {
         let mut backoff = Backoff::etcd(&self.status);
         let mut watch = None;
         let mut resuming = false;
@@ -308,7 +307,7 @@ impl<T: Target> Agent<T> {
                             tracing::info!(revision = view.revision(), "etcd watch resumed");
                         }
                     }
-                    Err(StoreError::Compacted { .. }) => return Restart::Resync,
+                    Err(StoreError::Compacted { .. }) => return,
                     Err(e) => {
                         tracing::warn!("etcd watch: {e}; the node keeps its state, retrying");
                         self.pause(&mut backoff, Some(view)).await;
@@ -331,7 +330,7 @@ impl<T: Target> Agent<T> {
                         }
                         dirty = true;
                     }
-                    Err(StoreError::Compacted { .. }) => return Restart::Resync,
+                    Err(StoreError::Compacted { .. }) => return,
                     Err(e) => {
                         view.advance(w.revision());
                         tracing::warn!(revision = view.revision(), "etcd watch broke: {e}; resuming from the next revision");
@@ -439,7 +438,9 @@ impl<T: Target> Agent<T> {
                 continue;
             }
             let Some((ns, name)) = e.name.split_once('/') else {
-                continue; // not one of ours (the operator's own pods are named without '/')
+                // Not made from a WorkloadEndpoint (those are `<namespace>/<name>`): in a cluster
+                // the agent owns the node's pods, so it goes.
+                continue;
             };
             let key = keys::resource("workloadendpoints", Some(ns), name);
             let keep = match self.store.get(&key).await {
@@ -464,14 +465,4 @@ impl<T: Target> Agent<T> {
         state.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
         state.pod_blocks.sort();
     }
-}
-
-#[derive(Debug, PartialEq)]
-enum Restart {
-    Resync,
-}
-
-/// Addresses for tests and logs.
-pub fn node_ip_text(ip: Ipv4Addr, subnet: Ipv4Prefix) -> String {
-    format!("{ip}/{}", subnet.len())
 }
