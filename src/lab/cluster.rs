@@ -245,7 +245,7 @@ pub fn wait_agents(lab: &LabHandle, tools: &Tools, timeout: Duration) -> Result<
         loop {
             let out =
                 sys::run(Command::new(&ctl).args(["-s", &sock, "--json", "policies"]), Duration::from_secs(5), true)?;
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("vrouter.pending") {
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(vrouter_api::PENDING_POLICY) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -256,6 +256,39 @@ pub fn wait_agents(lab: &LabHandle, tools: &Tools, timeout: Duration) -> Result<
                 });
             }
             sys::sleep(Duration::from_millis(100))?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every pod is programmed by its node's agent: in its node's running config and
+/// out of the pending policy (which denies everything until the agent has compiled the pod's
+/// own). A pod the lab hands out before that would drop its first packets.
+pub fn wait_programmed(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
+    use vrouter_api::{reply::Endpoints, Request};
+    let deadline = Instant::now() + timeout;
+    for n in lab.nodes() {
+        let sock = topo::socket_path(n);
+        let want = lab.pods().iter().filter(|p| p.node == n.index).count();
+        loop {
+            let got: Result<Endpoints, _> =
+                vrouterctl::request(Path::new(&sock), Request::Endpoints, Duration::from_secs(5));
+            let ready = got.is_ok_and(|e| {
+                let pending = |l: &[String]| l.iter().any(|p| p == vrouter_api::PENDING_POLICY);
+                e.endpoints.len() == want
+                    && e.endpoints.iter().all(|x| !pending(&x.config.ingress) && !pending(&x.config.egress))
+            });
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = lab.dir().join(format!("{}.agent.log", n.name));
+                return Err(LabError::ForwarderNotReady {
+                    what: format!("{}'s pods still pending their policy after {timeout:?}", n.name),
+                    tail: sys::tail(&log, 15),
+                });
+            }
+            sys::sleep(Duration::from_millis(50))?;
         }
     }
     Ok(())

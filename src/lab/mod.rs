@@ -511,6 +511,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
                 lab.state.pods[i].mac = wired.mac;
             }
             lab.state.save()?;
+            cluster::wait_programmed(&lab, opts.ready_timeout)?;
         }
         Some(bin) => start_daemons(&mut lab, &bin, &opts.idle)?,
         None => kernel_forwarding(&lab)?,

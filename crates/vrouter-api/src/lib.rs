@@ -43,6 +43,10 @@ pub const MAX_REQUEST: usize = 4 << 20;
 /// A connection with no complete request this long after it opened (or after the previous
 /// reply) is closed.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// The policy a new pod starts under in a cluster: no rules, so everything is denied until the
+/// node agent has compiled the pod's own (the CNI plugin names it, the agent installs it).
+pub const PENDING_POLICY: &str = "vrouter.pending";
+
 /// How the refusal of an `apply` whose `if_generation` is not the running config's begins.
 pub const GENERATION_CHANGED: &str = "config generation changed";
 /// Longest a trace or capture may wait for packets.

@@ -16,7 +16,7 @@ use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
 
 /// The policy every new pod starts with (installed by the agent, named by the CNI plugin): no
 /// rules, so the pod's traffic is denied until the agent has compiled its real policy.
-pub const PENDING_POLICY: &str = "vrouter.pending";
+pub use vrouter_api::PENDING_POLICY;
 
 /// Default MTU of a pod's interface (20 bytes under a 1,500-byte underlay, for IPIP).
 pub const DEFAULT_POD_MTU: u16 = 1480;

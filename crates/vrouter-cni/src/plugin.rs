@@ -13,9 +13,8 @@ use vrouter_types::{Ipv4Prefix, MacAddr};
 use crate::identity::Identity;
 use crate::spec::{self, Added, CniError, Code, Env, NetConf};
 
-/// The policy a new pod's endpoint starts with (the node agent installs it, empty: the pod is
-/// denied everything until the agent has compiled its real policy and replaced the lists).
-pub const PENDING_POLICY: &str = "vrouter.pending";
+/// The policy a new pod starts under (see [`vrouter_api::PENDING_POLICY`]).
+pub use vrouter_api::PENDING_POLICY;
 /// The pods' gateway (answered by the daemon's proxy ARP): Calico's.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The MAC of the daemon's side of every pod port.
