@@ -243,8 +243,7 @@ fn default_tx_queue() -> usize {
     crate::port::afxdp::DEFAULT_TX_QUEUE
 }
 
-/// Largest IP MTU a 2 KiB frame buffer holds: 2048 - 256 (XDP headroom) - 14 (Ethernet).
-pub const MAX_MTU: u16 = 1778;
+pub use vrouter_api::config::{MAX_MTU, MIN_MTU};
 
 fn one() -> u32 {
     1
@@ -477,8 +476,8 @@ impl Config {
             if !(32..=crate::port::afxdp::TX_RING).contains(&u.tx_queue) {
                 return err("uplink.tx_queue", format!("{} must be 32..={}", u.tx_queue, crate::port::afxdp::TX_RING));
             }
-            if !(576..=MAX_MTU).contains(&u.mtu) {
-                return err("uplink.mtu", format!("{} must be 576..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
+            if !(MIN_MTU..=MAX_MTU).contains(&u.mtu) {
+                return err("uplink.mtu", format!("{} must be {MIN_MTU}..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
             }
             let has_policy = !self.global_rules.is_empty()
                 || self.endpoints.iter().any(|e| !e.ingress.is_empty() || !e.egress.is_empty());
@@ -562,8 +561,8 @@ impl Config {
             if !e.mac.is_unicast() {
                 return err(&f("mac"), format!("{} must be a unicast MAC", e.mac));
             }
-            if !(576..=MAX_MTU).contains(&e.mtu) {
-                return err(&f("mtu"), format!("{} must be 576..={MAX_MTU}", e.mtu));
+            if !(MIN_MTU..=MAX_MTU).contains(&e.mtu) {
+                return err(&f("mtu"), format!("{} must be {MIN_MTU}..={MAX_MTU}", e.mtu));
             }
             for p in e.ingress.iter().chain(&e.egress) {
                 if !self.policies.contains_key(p) {

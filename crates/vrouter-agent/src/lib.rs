@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vrouter_cluster::desired::{NodeState, PENDING_POLICY};
+use vrouter_cluster::resource::{resource_key, Kind};
 use vrouter_cluster::store::{keys, Store, StoreError};
 use vrouter_types::Ipv4Prefix;
 
@@ -44,7 +45,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Everything under this prefix is watched: resources and IPAM.
-pub const WATCH_PREFIX: &str = "/calico/";
+pub const WATCH_PREFIX: &str = keys::CALICO;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -442,7 +443,7 @@ impl<T: Target> Agent<T> {
                 // the agent owns the node's pods, so it goes.
                 continue;
             };
-            let key = keys::resource("workloadendpoints", Some(ns), name);
+            let key = resource_key(Kind::WorkloadEndpoint, Some(ns), name);
             let keep = match self.store.get(&key).await {
                 Ok(found) => found.is_some(),
                 Err(err) => {

@@ -9,21 +9,13 @@ use vrouter_cluster::desired::{self, BlockInfo, EndpointInfo, Inputs, NodeInfo, 
 use vrouter_cluster::ipam::{Block, PoolRef};
 use vrouter_cluster::policy;
 use vrouter_cluster::resource::{
-    GlobalNetworkPolicy, Kind, Metadata, NetworkPolicy, Node, NodeAddress, NodeBgp, NodeSpec, Profile, Resource,
-    WorkloadEndpoint,
+    resource_key, GlobalNetworkPolicy, Kind, Metadata, NetworkPolicy, Node, NodeAddress, NodeBgp, NodeSpec, Profile,
+    Resource, WorkloadEndpoint,
 };
 use vrouter_cluster::store::{keys, Kv, Store, StoreError, WatchEvent};
 use vrouter_types::Ipv4Prefix;
 
-/// Annotation of a workload endpoint that records its pod's network namespace (written by
-/// vrouter-cni; the agent needs it to recreate the pod's TAP after a daemon restart).
-pub const NETNS_ANNOTATION: &str = "vrouter.io/netns";
-/// Annotation with the pod interface's MTU (vrouter-cni writes the MTU of its network config);
-/// without it the agent uses [`desired::DEFAULT_POD_MTU`].
-pub const MTU_ANNOTATION: &str = "vrouter.io/mtu";
-
-const RESOURCES: &str = "/calico/resources/v3/projectcalico.org/";
-const BLOCKS: &str = "/calico/ipam/v2/assignment/ipv4/block/";
+pub use vrouter_cluster::resource::{MTU_ANNOTATION, NETNS_ANNOTATION};
 
 #[derive(Debug)]
 enum Entry {
@@ -202,7 +194,7 @@ impl PolicyResources {
 }
 
 fn parse(kv: &Kv) -> Option<Result<Entry, String>> {
-    if let Some(rest) = kv.key.strip_prefix(RESOURCES) {
+    if let Some(rest) = kv.key.strip_prefix(keys::RESOURCES) {
         let plural = rest.split('/').next().unwrap_or_default();
         let kind = Kind::ALL.into_iter().find(|k| k.plural() == plural)?;
         return Some(
@@ -211,7 +203,7 @@ fn parse(kv: &Kv) -> Option<Result<Entry, String>> {
                 .map_err(|e| e.to_string()),
         );
     }
-    if kv.key.starts_with(BLOCKS) {
+    if kv.key.starts_with(keys::BLOCKS) {
         return Some(match serde_json::from_slice::<Block>(&kv.value) {
             Ok(mut b) => {
                 b.mod_revision = kv.mod_revision;
@@ -233,7 +225,7 @@ pub async fn register_node(
     labels: &BTreeMap<String, String>,
     as_number: Option<u32>,
 ) -> Result<(), StoreError> {
-    let key = keys::resource(Kind::Node.plural(), None, name);
+    let key = resource_key(Kind::Node, None, name);
     for _ in 0..10 {
         let current = store.get(&key).await?;
         let address = NodeAddress { ip, prefix_len: subnet.len() };

@@ -57,5 +57,12 @@ fn default_ifname() -> String {
     "eth0".into()
 }
 fn default_pod_mtu() -> u16 {
-    1480
+    DEFAULT_POD_MTU
 }
+
+/// A pod interface's MTU unless told otherwise: 1500 less 20 bytes, room for IPIP.
+pub const DEFAULT_POD_MTU: u16 = 1480;
+/// The smallest MTU vrouter takes (an IPv4 host must accept 576-byte datagrams, RFC 791).
+pub const MIN_MTU: u16 = 576;
+/// Largest IP MTU a 2 KiB frame buffer holds: 2048 - 256 (XDP headroom) - 14 (Ethernet).
+pub const MAX_MTU: u16 = 1778;

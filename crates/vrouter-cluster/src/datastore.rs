@@ -5,7 +5,7 @@
 //! revision just read, so two writers never silently overwrite each other.
 
 use crate::resource::{resource_key, Kind, Resource};
-use crate::store::{Store, StoreError};
+use crate::store::{keys, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
@@ -196,10 +196,7 @@ impl Datastore {
     /// Every resource of `kind` (in `namespace` only, when given and the kind is namespaced;
     /// all namespaces without), sorted by key. Unreadable values are errors, not skipped.
     pub async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, DatastoreError> {
-        let prefix = match namespace.filter(|_| kind.namespaced()) {
-            Some(ns) => format!("/calico/resources/v3/projectcalico.org/{}/{ns}/", kind.plural()),
-            None => format!("/calico/resources/v3/projectcalico.org/{}/", kind.plural()),
-        };
+        let prefix = keys::resources(kind.plural(), namespace.filter(|_| kind.namespaced()));
         let (kvs, _) = self.store.list(&prefix).await?;
         kvs.iter()
             .map(|kv| {
@@ -221,10 +218,7 @@ impl Datastore {
         resource_version: Option<i64>,
     ) -> Result<(), DatastoreError> {
         let key = resource_key(kind, namespace_for(kind, namespace), name);
-        let shown = match namespace_for(kind, namespace) {
-            Some(ns) => format!("{ns}/{name}"),
-            None => name.to_string(),
-        };
+        let shown = display_name(kind, namespace, name);
         match self.store.delete(&key, resource_version).await {
             Ok(()) => Ok(()),
             Err(StoreError::NotFound { .. }) => Err(DatastoreError::NotFound { kind, name: shown }),
@@ -236,6 +230,15 @@ impl Datastore {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// How a resource is named in messages: `namespace/name` for a namespaced kind (in "default"
+/// without one), `name` otherwise (as [`Resource::display_name`] for a resource in hand).
+pub fn display_name(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    match namespace_for(kind, namespace) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
     }
 }
 

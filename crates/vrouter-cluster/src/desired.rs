@@ -19,7 +19,8 @@ use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
 pub use vrouter_api::PENDING_POLICY;
 
 /// Default MTU of a pod's interface (20 bytes under a 1,500-byte underlay, for IPIP).
-pub const DEFAULT_POD_MTU: u16 = 1480;
+pub use vrouter_api::config::DEFAULT_POD_MTU;
+use vrouter_api::config::{MAX_MTU, MIN_MTU};
 
 /// A node as the computation needs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,9 +158,9 @@ pub fn node_state(
             ifname: e.ifname.clone(),
             mac,
             addrs: e.addrs.clone(),
-            // Outside what the daemon takes (its MAX_MTU: 2 KiB AF_XDP chunks), the default: one
-            // bad annotation must not get the whole node's config refused.
-            mtu: e.mtu.filter(|m| (576..=1778).contains(m)).unwrap_or(DEFAULT_POD_MTU),
+            // Outside what the daemon takes, the default: one bad annotation must not get the
+            // whole node's config refused.
+            mtu: e.mtu.filter(|m| (MIN_MTU..=MAX_MTU).contains(m)).unwrap_or(DEFAULT_POD_MTU),
             ingress: lists.ingress,
             egress: lists.egress,
         });

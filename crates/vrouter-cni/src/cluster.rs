@@ -17,11 +17,7 @@ use vrouterctl::CallError;
 use crate::plugin::{Backend, BackendError, Pool, Wep};
 use crate::spec::{CniError, Code, NetConf};
 
-/// The annotation holding the pod's network namespace (the node agent creates the pod's port
-/// from the WorkloadEndpoint, and needs it).
-pub const NETNS_ANNOTATION: &str = "vrouter.io/netns";
-/// The pod interface's MTU, for the agent (which otherwise uses its default).
-pub const MTU_ANNOTATION: &str = "vrouter.io/mtu";
+pub use vrouter_cluster::resource::{MTU_ANNOTATION, NETNS_ANNOTATION};
 /// How long ADD waits for the node's daemon to know the pod's block (claimed by IPAM just
 /// now, applied by the node agent) and the pending policy (installed by the agent).
 pub const AGENT_WAIT: Duration = Duration::from_secs(10);
@@ -148,7 +144,7 @@ fn from_resource(r: Resource) -> Option<Wep> {
             .annotations
             .get(MTU_ANNOTATION)
             .and_then(|m| m.parse().ok())
-            .unwrap_or(crate::spec::DEFAULT_MTU),
+            .unwrap_or(vrouter_api::config::DEFAULT_POD_MTU),
     })
 }
 

@@ -254,8 +254,7 @@ const KEYS: [&str; 13] = [
     "dns",
 ];
 
-/// Default pod MTU: 20 bytes under a 1,500-byte underlay, for IPIP (the node agent's too).
-pub const DEFAULT_MTU: u16 = 1480;
+use vrouter_api::config::{DEFAULT_POD_MTU, MAX_MTU, MIN_MTU};
 
 impl NetConf {
     /// The `cniVersion` of a config, before anything else is checked: errors are reported in
@@ -317,10 +316,10 @@ impl NetConf {
         let socket = string("socket")?.unwrap_or_else(|| vrouter_api::DEFAULT_SOCKET.to_string());
         let namespace = string("namespace")?.unwrap_or_else(|| "default".to_string());
         let mtu = match obj.get("mtu") {
-            None | Some(Value::Null) => DEFAULT_MTU,
+            None | Some(Value::Null) => DEFAULT_POD_MTU,
             Some(v) => match v.as_u64() {
-                Some(m @ 576..=1778) => m as u16,
-                _ => return Err(invalid(format!("'mtu' {v} must be 576..=1778"))),
+                Some(m) if (u64::from(MIN_MTU)..=u64::from(MAX_MTU)).contains(&m) => m as u16,
+                _ => return Err(invalid(format!("'mtu' {v} must be {MIN_MTU}..={MAX_MTU}"))),
             },
         };
         let mut labels = BTreeMap::new();

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use serde_json::Value;
-use vrouter_cluster::datastore::{Datastore, DatastoreError, Written};
+use vrouter_cluster::datastore::{display_name, Datastore, DatastoreError, Written};
 use vrouter_cluster::ipam;
 use vrouter_cluster::resource::{parse_manifests, Kind, Resource};
 use vrouter_cluster::store::Store;
@@ -119,11 +119,7 @@ pub fn get(
             Some(n) => match ds.get(kind, namespace, n).await.map_err(|e| e.to_string())? {
                 Some(r) => vec![r],
                 None => {
-                    let shown = match (kind.namespaced(), namespace) {
-                        (true, ns) => format!("{}/{n}", ns.unwrap_or("default")),
-                        (false, _) => n.to_string(),
-                    };
-                    eprintln!("error: {kind} '{shown}' does not exist");
+                    eprintln!("error: {}", DatastoreError::NotFound { kind, name: display_name(kind, namespace, n) });
                     return Ok(false);
                 }
             },
@@ -145,7 +141,7 @@ fn render(kind: Kind, items: &[Resource], single: bool, output: Output) -> Resul
     let value = if single && docs.len() == 1 {
         docs[0].clone()
     } else {
-        serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": format!("{}List", kind.name()), "items": docs})
+        serde_json::json!({"apiVersion": vrouter_cluster::resource::API_VERSION, "kind": format!("{}List", kind.name()), "items": docs})
     };
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(&value).map_err(|e| e.to_string())? + "\n",
@@ -183,9 +179,9 @@ pub fn delete(
         let mut ok = true;
         for (kind, ns, name, rv) in &targets {
             match ds.delete(*kind, ns.as_deref(), name, *rv).await {
-                Ok(()) => println!("{kind} '{}' deleted", shown(*kind, ns.as_deref(), name)),
+                Ok(()) => println!("{kind} '{}' deleted", display_name(*kind, ns.as_deref(), name)),
                 Err(DatastoreError::NotFound { .. }) if skip_not_exists => {
-                    println!("{kind} '{}' does not exist (skipped)", shown(*kind, ns.as_deref(), name))
+                    println!("{kind} '{}' does not exist (skipped)", display_name(*kind, ns.as_deref(), name))
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -195,13 +191,6 @@ pub fn delete(
         }
         Ok(ok)
     })
-}
-
-fn shown(kind: Kind, ns: Option<&str>, name: &str) -> String {
-    match (kind.namespaced(), ns) {
-        (true, ns) => format!("{}/{name}", ns.unwrap_or("default")),
-        (false, _) => name.to_string(),
-    }
 }
 
 pub enum DeleteTarget {

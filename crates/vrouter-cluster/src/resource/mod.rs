@@ -414,15 +414,18 @@ impl Resource {
     }
 }
 
-/// The etcd key of a resource (see [`Resource::key`]).
+/// The etcd key of a resource (see [`Resource::key`]); a namespace only counts for a
+/// namespaced kind. The layout itself is [`crate::store::keys`].
 pub fn resource_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) if kind.namespaced() => {
-            format!("/calico/resources/v3/projectcalico.org/{}/{ns}/{name}", kind.plural())
-        }
-        _ => format!("/calico/resources/v3/projectcalico.org/{}/{name}", kind.plural()),
-    }
+    crate::store::keys::resource(kind.plural(), namespace.filter(|_| kind.namespaced()), name)
 }
+
+/// A WorkloadEndpoint annotation (written by vrouter-cni, read by the node agent): the pod's
+/// network namespace, which the agent needs to recreate the pod's port after a daemon restart.
+pub const NETNS_ANNOTATION: &str = "vrouter.io/netns";
+/// A WorkloadEndpoint annotation: the pod interface's MTU (the CNI network config's), which the
+/// agent gives the port too (its default without it).
+pub const MTU_ANNOTATION: &str = "vrouter.io/mtu";
 
 /// Parses manifests: one or more YAML documents separated by `---`, or one or more JSON
 /// values; a document may be a `List` (or `NodeList`, `IPPoolList`, ...) with `items`, as
