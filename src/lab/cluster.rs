@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vrouter_api::reply::{Endpoints, Policies};
+use vrouter_api::Request;
+
 use super::{sys, topo, LabError, LabHandle};
 
 /// etcd member `i`'s client URL inside the router namespace (its own loopback: no clash with
@@ -24,8 +27,6 @@ pub fn etcd_client(i: usize) -> String {
 fn etcd_peer(i: usize) -> String {
     format!("http://127.0.0.1:{}", 2380 + 100 * i)
 }
-/// The first member's client URL (the only one in a one-member lab).
-pub const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
 
 /// Every member's client URL, comma-separated (what the agents, the CNI plugin and
 /// vrouterctl are given).
@@ -237,54 +238,45 @@ pub fn kill(lab: &LabHandle, what: Service) -> Result<(), LabError> {
 
 /// Waits until every node's agent has registered it and applied its first state (the
 /// pending policy is in the node's config): a pod added before would find no Node.
-pub fn wait_agents(lab: &LabHandle, tools: &Tools, timeout: Duration) -> Result<(), LabError> {
-    let deadline = Instant::now() + timeout;
-    let ctl = tools.vrouterctl.to_string_lossy().into_owned();
-    for n in lab.nodes() {
-        let sock = topo::socket_path(n);
-        loop {
-            let out =
-                sys::run(Command::new(&ctl).args(["-s", &sock, "--json", "policies"]), Duration::from_secs(5), true)?;
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(vrouter_api::PENDING_POLICY) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let log = lab.dir().join(format!("{}.agent.log", n.name));
-                return Err(LabError::ForwarderNotReady {
-                    what: format!("the agent of {} did not apply its first state within {timeout:?}", n.name),
-                    tail: sys::tail(&log, 15),
-                });
-            }
-            sys::sleep(Duration::from_millis(100))?;
-        }
-    }
-    Ok(())
+pub fn wait_agents(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
+    wait_nodes(lab, timeout, Request::Policies, "the agent did not apply its first state", |_, p: &Policies| {
+        p.policies.contains_key(vrouter_api::PENDING_POLICY)
+    })
 }
 
 /// Waits until every pod is programmed by its node's agent: in its node's running config and
 /// out of the pending policy (which denies everything until the agent has compiled the pod's
 /// own). A pod the lab hands out before that would drop its first packets.
 pub fn wait_programmed(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
-    use vrouter_api::{reply::Endpoints, Request};
+    let pending = |l: &[String]| l.iter().any(|p| p == vrouter_api::PENDING_POLICY);
+    wait_nodes(lab, timeout, Request::Endpoints, "pods still pending their policy", |n, e: &Endpoints| {
+        e.endpoints.len() == lab.pods().iter().filter(|p| p.node == n.index).count()
+            && e.endpoints.iter().all(|x| !pending(&x.config.ingress) && !pending(&x.config.egress))
+    })
+}
+
+/// Asks each node's daemon `req` (on its control socket) until `ready` holds of the reply, node
+/// after node; past `timeout` the error names the node, `what` it was still waiting for and the
+/// end of its agent's log.
+fn wait_nodes<T: serde::de::DeserializeOwned>(
+    lab: &LabHandle,
+    timeout: Duration,
+    req: Request,
+    what: &str,
+    ready: impl Fn(&topo::LabNode, &T) -> bool,
+) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     for n in lab.nodes() {
         let sock = topo::socket_path(n);
-        let want = lab.pods().iter().filter(|p| p.node == n.index).count();
         loop {
-            let got: Result<Endpoints, _> =
-                vrouterctl::request(Path::new(&sock), Request::Endpoints, Duration::from_secs(5));
-            let ready = got.is_ok_and(|e| {
-                let pending = |l: &[String]| l.iter().any(|p| p == vrouter_api::PENDING_POLICY);
-                e.endpoints.len() == want
-                    && e.endpoints.iter().all(|x| !pending(&x.config.ingress) && !pending(&x.config.egress))
-            });
-            if ready {
+            let got: Result<T, _> = vrouterctl::request(Path::new(&sock), req.clone(), Duration::from_secs(5));
+            if got.is_ok_and(|r| ready(n, &r)) {
                 break;
             }
             if Instant::now() >= deadline {
                 let log = lab.dir().join(format!("{}.agent.log", n.name));
                 return Err(LabError::ForwarderNotReady {
-                    what: format!("{}'s pods still pending their policy after {timeout:?}", n.name),
+                    what: format!("{}: {what} within {timeout:?}", n.name),
                     tail: sys::tail(&log, 15),
                 });
             }
@@ -393,7 +385,6 @@ pub fn parse_result(text: &str) -> Result<Wired, String> {
 /// config has that rule (the daemon's reply comes after the new policy is published to its
 /// workers). Returns the times in order.
 pub fn policy_propagation(lab: &LabHandle, tools: &Tools, changes: usize) -> Result<Vec<Duration>, LabError> {
-    use vrouter_api::{reply::Policies, Request};
     let file = lab.dir().join("bench-policy.yaml");
     let ctl = tools.vrouterctl.to_string_lossy().into_owned();
     let sockets: Vec<String> = lab.nodes().iter().map(topo::socket_path).collect();

@@ -503,7 +503,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
             cluster::seed(&lab, &tools)?;
             start_daemons(&mut lab, &bin, &opts.idle)?;
             cluster::start_agents(&lab, &tools)?;
-            cluster::wait_agents(&lab, &tools, opts.ready_timeout)?;
+            cluster::wait_agents(&lab, opts.ready_timeout)?;
             for i in 0..lab.state.pods.len() {
                 let pod = lab.state.pods[i].clone();
                 let wired = cluster::add_pod(&lab, &tools, &pod)?;
