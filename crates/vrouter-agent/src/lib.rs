@@ -234,11 +234,14 @@ pub struct Agent<T: Target> {
     status: Status,
     /// When the node was last read (reconciled).
     checked: tokio::time::Instant,
+    /// The node's state as last computed, and the view revision it was computed at: the
+    /// once-a-second recheck reuses it instead of compiling the whole cluster again.
+    computed: Option<(i64, NodeState)>,
 }
 
 impl<T: Target> Agent<T> {
     pub fn new(store: Store, target: T, node: &str, status: Status) -> Agent<T> {
-        Agent { store, target, node: node.to_string(), status, checked: tokio::time::Instant::now() }
+        Agent { store, target, node: node.to_string(), status, checked: tokio::time::Instant::now(), computed: None }
     }
 
     /// Full list, then watch from its revision; again from the start after a compaction.
@@ -369,10 +372,18 @@ impl<T: Target> Agent<T> {
     /// applied if they already are).
     pub async fn reconcile(&mut self, view: &View) {
         self.checked = tokio::time::Instant::now();
-        let (mut state, skipped) = view.node_state(&self.node);
-        for s in &skipped {
-            tracing::warn!(endpoint = %s.endpoint, "not programmed: {}", s.why);
-        }
+        let mut state = match &self.computed {
+            // Views of one revision hold the same resources: the same state.
+            Some((revision, state)) if *revision == view.revision() => state.clone(),
+            _ => {
+                let (state, skipped) = view.node_state(&self.node);
+                for s in &skipped {
+                    tracing::warn!(endpoint = %s.endpoint, "not programmed: {}", s.why);
+                }
+                self.computed = Some((view.revision(), state.clone()));
+                state
+            }
+        };
         for attempt in 0..5 {
             let t = self.target.clone();
             let running = match tokio::task::spawn_blocking(move || t.read()).await {
