@@ -489,10 +489,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         let on_event = move |ev: RouteEvent| {
             let mut node = c.node();
             let r = match ev {
-                RouteEvent::Set(r) => {
-                    let nh = node.kernel_nexthop(&r.nh);
-                    node.kernel_route(r.prefix, nh)
-                }
+                RouteEvent::Set(r) => node.kernel_set(r.prefix, &r.nh),
                 RouteEvent::Unset(p) => node.kernel_route_gone(p),
             };
             if let Err(e) = r {

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use super::build::{config_routes, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
+use super::build::{config_routes, peer_nexthop, NhKey, RouteSource, FIRST_POD_PORT, POD_PORT_MAC, UPLINK};
 use super::config::{Config, EndpointConfig, RpfMode};
 use super::netlink::KernelNextHop;
 use vrouter_core::acl::{EndpointPolicy, PolicyConfig, PolicySet};
@@ -267,6 +267,9 @@ pub struct Node {
     policy_generation: u64,
     /// Kernel routes that could not be installed, and why.
     kernel_rejected: BTreeMap<Ipv4Prefix, String>,
+    /// Kernel routes whose meaning depends on the peers (through a peer's address, or `onlink`
+    /// as BIRD writes what it learns): resolved again when the peers change.
+    kernel_peer_routes: BTreeMap<Ipv4Prefix, KernelNextHop>,
     /// Ports created (staged) for pods that replace running ones, by endpoint name: finished
     /// by the second pass of the same `apply`, once the replaced pods are gone.
     staged: BTreeMap<String, PortId>,
@@ -317,6 +320,7 @@ impl Node {
             policy_cfg: PolicyConfig::default(),
             policy_generation: 0,
             kernel_rejected: BTreeMap::new(),
+            kernel_peer_routes: BTreeMap::new(),
             staged: BTreeMap::new(),
             removed_routes: 0,
             published: 0,
@@ -716,6 +720,40 @@ impl Node {
         }
     }
 
+    /// A kernel route appeared or changed: resolved with [`Node::kernel_nexthop`] and installed
+    /// (or listed as not installed). Kept to be resolved again if it depends on the peers.
+    pub fn kernel_set(&mut self, prefix: Ipv4Prefix, nh: &KernelNextHop) -> Result<usize, NodeError> {
+        let resolved = self.kernel_nexthop(nh);
+        if self.depends_on_peers(nh) {
+            self.kernel_peer_routes.insert(prefix, nh.clone());
+        } else {
+            self.kernel_peer_routes.remove(&prefix);
+        }
+        self.kernel_route(prefix, resolved)
+    }
+
+    /// Whether a kernel route's next hop may change meaning with the peer set.
+    fn depends_on_peers(&self, nh: &KernelNextHop) -> bool {
+        let peer = |v: &Ipv4Addr| self.cfg.peers.iter().any(|p| p.ip == *v);
+        match nh {
+            KernelNextHop::Gateway { via, onlink, .. } => *onlink || peer(via),
+            KernelNextHop::Multipath(paths) => paths.iter().any(|p| p.onlink || p.via.as_ref().is_some_and(peer)),
+            _ => false,
+        }
+    }
+
+    /// Resolves the peer-dependent kernel routes again (after the peers changed: a node
+    /// appeared, left, or its pool's IPIP mode changed).
+    fn reresolve_kernel_routes(&mut self) -> Result<usize, NodeError> {
+        let routes: Vec<(Ipv4Prefix, KernelNextHop)> =
+            self.kernel_peer_routes.iter().map(|(p, nh)| (*p, nh.clone())).collect();
+        let mut changed = 0;
+        for (p, nh) in routes {
+            changed += self.kernel_set(p, &nh)?;
+        }
+        Ok(changed)
+    }
+
     fn reject_kernel(&mut self, prefix: Ipv4Prefix, why: String) -> Result<usize, NodeError> {
         super::netlink::log_not_imported(prefix, &why); // a burst is one line and a count
         self.kernel_rejected.insert(prefix, why);
@@ -753,7 +791,15 @@ impl Node {
                     };
                     Ok(NhKey::Tunnel { remote: v, via: l2 })
                 }
-                (Some(v), d) if is_uplink(d) => Ok(NhKey::Gateway(v)),
+                // Through another node (BIRD's `via NODE-IP ... onlink`): straight to it or in
+                // IPIP, as its pool's mode says, exactly as a configured peer's blocks.
+                (Some(v), d) if is_uplink(d) => match self.cfg.peers.iter().find(|p| p.ip == v) {
+                    Some(p) => {
+                        let mode = p.ipip_mode.unwrap_or(self.cfg.node.ipip_mode);
+                        Ok(peer_nexthop(&self.cfg, v, mode.encapsulates(self.cfg.node.subnet, ip(v))))
+                    }
+                    None => Ok(NhKey::Gateway(v)),
+                },
                 (None, Some(d)) if is_uplink(Some(d)) => Ok(NhKey::Connected),
                 (_, Some(d)) => Err(unknown(d)),
                 (_, None) => Err("a route with neither gateway nor device".into()),
@@ -790,12 +836,14 @@ impl Node {
 
     pub fn kernel_route_gone(&mut self, prefix: Ipv4Prefix) -> Result<usize, NodeError> {
         self.kernel_rejected.remove(&prefix);
+        self.kernel_peer_routes.remove(&prefix);
         self.set_routes(RouteSource::Kernel, [(prefix, None)])
     }
 
     /// Withdraws every imported kernel route.
     pub fn flush_kernel_routes(&mut self) -> Result<usize, NodeError> {
         self.kernel_rejected.clear();
+        self.kernel_peer_routes.clear();
         let n = self.replace_source(RouteSource::Kernel, &BTreeMap::new());
         self.release_memory();
         n
@@ -822,6 +870,15 @@ impl Node {
     /// [`NodeError::Unfinished`]. Either way `new` is the running config, and applying it
     /// again completes it.
     pub fn apply(&mut self, new: Config) -> Result<ChangeReport, NodeError> {
+        let peers_before = self.cfg.peers.clone();
+        let mut report = self.apply_passes(new)?;
+        if self.cfg.peers != peers_before && !self.kernel_peer_routes.is_empty() {
+            report.routes_changed += self.reresolve_kernel_routes()?;
+        }
+        Ok(report)
+    }
+
+    fn apply_passes(&mut self, new: Config) -> Result<ChangeReport, NodeError> {
         let (mut report, finish) = self.apply_pass(new, None)?;
         if finish {
             // Pods that replace running ones under the same names, now that those are gone.
@@ -1560,6 +1617,39 @@ mod tests {
         assert!(n.kernel_rejected()[&"192.0.2.0/24".parse().unwrap()].contains("not on the node subnet"));
         assert_eq!(lookup(&n, "192.0.2.1"), NextHop::Unreachable);
         assert!(n.cli_route("192.0.2.0/24".parse().unwrap(), None).is_err(), "nothing to delete");
+    }
+
+    #[test]
+    fn bird_routes_through_a_node_follow_its_pool_mode_and_the_peer_set() {
+        // BIRD writes what it learns as `via NODE-IP dev HOST-TAP onlink`, whatever subnet.
+        let extra = "[host]\ntap = \"vrhost\"\n[kernel_routes]\ntable = 100\n";
+        let (mut n, _) = node(cfg(extra));
+        let bird =
+            |via: &str| KernelNextHop::Gateway { via: via.parse().unwrap(), dev: Some("vrhost".into()), onlink: true };
+        let (b2, b5) = ("10.244.12.0/26".parse().unwrap(), "10.244.5.0/26".parse().unwrap());
+        // n2 is a peer on our subnet (CrossSubnet): straight to it.
+        n.kernel_set(b2, &bird("192.168.1.20")).unwrap();
+        assert_eq!(lookup(&n, "10.244.12.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0114 });
+        // A node on another subnet that this node does not know yet: announced before the
+        // agent told us about it, sent to it as a plain on-link gateway for now.
+        n.kernel_set(b5, &bird("192.168.5.50")).unwrap();
+        assert_eq!(lookup(&n, "10.244.5.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0532 });
+        // It becomes a peer: IPIP to it through the underlay gateway, without a new kernel event.
+        let n5 = "[[peers]]\nname = \"n5\"\nip = \"192.168.5.50\"\n";
+        n.apply(cfg(&format!("{extra}{n5}"))).unwrap();
+        assert_eq!(lookup(&n, "10.244.5.9"), NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_0532, via: 0xc0a8_0101 });
+        // n2's pool goes to IPIP Always: its routes are encapsulated, to n2 itself.
+        let mut c = cfg(&format!("{extra}{n5}"));
+        c.peers.iter_mut().find(|p| p.name == "n2").unwrap().ipip_mode =
+            Some(vrouter_core::dataplane::state::IpipMode::Always);
+        n.apply(c).unwrap();
+        assert_eq!(lookup(&n, "10.244.12.9"), NextHop::Tunnel { port: UPLINK, remote: 0xc0a8_0114, via: 0xc0a8_0114 });
+        // Withdrawn: gone, and no longer resolved again on the next change.
+        n.kernel_route_gone(b5).unwrap();
+        assert_eq!(lookup(&n, "10.244.5.9"), NextHop::Unreachable);
+        n.apply(cfg(extra)).unwrap();
+        assert_eq!(lookup(&n, "10.244.5.9"), NextHop::Unreachable);
+        assert_eq!(lookup(&n, "10.244.12.9"), NextHop::Gateway { port: UPLINK, via: 0xc0a8_0114 }, "CrossSubnet again");
     }
 
     #[test]
