@@ -36,6 +36,22 @@ pub enum LabCommand {
     /// Benchmark: bring up a cluster lab, change a policy selecting every pod N times, and
     /// print how long each change took from `vrouterctl apply` to every node's data plane
     /// (p50, p99, max), then tear down.
+    /// Benchmark: bring up a cluster lab with BGP (`--nodes N`, `--route-reflectors K`), and
+    /// time how long a new pod block and a node's BIRD dying take to reach every other node's
+    /// FIB (p50, max), with CPU and memory per node; then tear down.
+    BenchBgp {
+        #[command(flatten)]
+        opts: LabArgs,
+        /// Rounds of each event (a new block, a node's BIRD killed), on the clients in turn.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Append the result (one JSON line) to this file.
+        #[arg(long)]
+        append: Option<PathBuf>,
+        /// Then plot every result in the --append file as SVG into this file.
+        #[arg(long, requires = "append")]
+        svg: Option<PathBuf>,
+    },
     BenchPolicy {
         #[command(flatten)]
         opts: LabArgs,
@@ -68,6 +84,16 @@ pub struct LabArgs {
     /// etcd members in a cluster lab (3: one may fail without effect).
     #[arg(long, default_value_t = 1)]
     etcd_members: usize,
+    /// Nodes in the lab (3 to 200): further nodes go round four underlay subnets, one pod each.
+    #[arg(long, default_value_t = super::topo::DEFAULT_NODES)]
+    nodes: usize,
+    /// Route reflectors (nodes 1..=K, cluster ID 244.0.0.1) instead of the node-to-node BGP mesh.
+    #[arg(long, default_value_t = 0)]
+    route_reflectors: usize,
+    /// In a cluster lab, the agents program routes between nodes from the datastore instead of
+    /// BIRD learning them over BGP.
+    #[arg(long)]
+    no_bgp: bool,
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
@@ -83,6 +109,9 @@ impl LabArgs {
             ready_timeout: Duration::from_secs(self.ready_timeout),
             cluster: !self.static_files && !self.kernel,
             etcd_members: self.etcd_members,
+            nodes: self.nodes,
+            route_reflectors: self.route_reflectors,
+            bgp: !self.no_bgp,
             ..LabOptions::default()
         }
     }
@@ -132,6 +161,57 @@ pub fn run_cli(cmd: LabCommand) -> Result<String, String> {
                 ms(t[t.len() - 1]),
                 ms(t[0])
             ))
+        }
+        LabCommand::BenchBgp { opts, rounds, append, svg } => {
+            let mut o = opts.options();
+            if !o.cluster || !o.bgp {
+                return Err("bench-bgp measures a cluster lab with BGP (not --static, --kernel or --no-bgp)".into());
+            }
+            o.ready_timeout = o.ready_timeout.max(Duration::from_secs(20 + 4 * o.nodes as u64));
+            let bin = o.vrouter.clone().map_or_else(std::env::current_exe, Ok).map_err(|e| e.to_string())?;
+            let tools = super::cluster::Tools::beside(&bin).map_err(|e| e.to_string())?;
+            let lab = super::up(&o).map_err(|e| e.to_string())?;
+            let r = super::bgp::convergence(&lab, &tools, rounds.max(1)).map_err(|e| e.to_string())?;
+            drop(lab);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let (nb, nd) = (super::bgp::p50_max(&r.new_block), super::bgp::p50_max(&r.node_death));
+            let mut text = format!(
+                "BGP convergence, {} ({} rounds), until every other node's FIB has it:\n  new pod block: p50 {:.0} ms, max {:.0} ms\n  node's BIRD killed: p50 {:.0} ms, max {:.0} ms\nper node over the run (mean / max):\n",
+                r.shape(),
+                r.new_block.len(),
+                ms(nb.0),
+                ms(nb.1),
+                ms(nd.0),
+                ms(nd.1)
+            );
+            for u in &r.usage {
+                text += &format!(
+                    "  {:8} CPU {:5.1} / {:5.1} % of a core, RSS {:6.1} / {:6.1} MiB\n",
+                    u.process, u.cpu_pct_mean, u.cpu_pct_max, u.rss_mib_mean, u.rss_mib_max
+                );
+            }
+            if let Some(path) = &append {
+                use std::io::Write;
+                let line = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| writeln!(f, "{line}"))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if let Some(out) = &svg {
+                    let all = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let results = all
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(serde_json::from_str)
+                        .collect::<Result<Vec<super::bgp::Convergence>, _>>()
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    std::fs::write(out, super::bgp::svg(&results)).map_err(|e| format!("{}: {e}", out.display()))?;
+                    text += &format!("plot of {} results: {}\n", results.len(), out.display());
+                }
+            }
+            Ok(text)
         }
         LabCommand::Demo { opts } => {
             let report = super::demo(&opts.options()).map_err(|e| e.to_string())?;

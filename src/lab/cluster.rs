@@ -161,8 +161,8 @@ pub fn wait_etcd(lab: &LabHandle) -> Result<(), LabError> {
 /// `vrouterctl apply -f` of the lab's resources (into etcd).
 pub fn seed(lab: &LabHandle, tools: &Tools) -> Result<(), LabError> {
     let file = lab.dir().join("cluster.yaml");
-    std::fs::write(&file, manifest())
-        .map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+    let text = manifest() + &super::bgp::manifest(lab.state().route_reflectors);
+    std::fs::write(&file, text).map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
     let ctl = tools.vrouterctl.to_string_lossy();
     sys::ns_ok(
         &lab.router_ns(),
@@ -191,11 +191,12 @@ pub fn start_agent(lab: &LabHandle, tools: &Tools, index: u8) -> Result<(), LabE
     let socket = topo::socket_path(n);
     let agent = tools.agent.to_string_lossy();
     let subnet = n.subnet.replace('/', "_");
-    #[rustfmt::skip]
-    let child = sys::spawn_in(&lab.router_ns(), &[
-        &agent, "--socket", &socket, "--etcd-endpoints", &etcd_endpoints(lab), "--node", &n.name,
-        "--label", &format!("lab/subnet={subnet}"),
-    ], Some(&log))?;
+    let label = format!("lab/subnet={subnet}");
+    let etcd = etcd_endpoints(lab);
+    let mut args = vec![&*agent, "--socket", &socket, "--etcd-endpoints", &etcd, "--node", &n.name, "--label", &label];
+    let bgp = if lab.state().bgp { super::bgp::agent_args(lab, index) } else { vec![] };
+    args.extend(bgp.iter().map(String::as_str));
+    let child = sys::spawn_in(&lab.router_ns(), &args, Some(&log))?;
     lab.adopt(child);
     Ok(())
 }

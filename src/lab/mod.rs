@@ -13,6 +13,7 @@
 //! process exit tear down every lab of the process that was not kept. [`down`] cleans a kept lab,
 //! or what a killed process left, from the state file and the namespace names alone.
 
+pub mod bgp;
 mod cli;
 pub mod cluster;
 mod demo;
@@ -67,6 +68,13 @@ pub struct LabOptions {
     /// etcd members of a cluster lab: 1 (default) or 3 (each on its own ports in the router
     /// namespace; one can fail without effect).
     pub etcd_members: usize,
+    /// Nodes (default 3; see [`topo::plan`] for where further ones go).
+    pub nodes: usize,
+    /// A cluster lab's routes between nodes come from BGP: BIRD on every node, its config
+    /// rendered by the node's agent (default); off, the agents program them from the datastore.
+    pub bgp: bool,
+    /// Route reflectors (nodes 1..=K) instead of the node-to-node mesh; 0: full mesh.
+    pub route_reflectors: usize,
 }
 
 impl Default for LabOptions {
@@ -80,6 +88,9 @@ impl Default for LabOptions {
             idle: "adaptive".into(),
             cluster: false,
             etcd_members: 1,
+            nodes: topo::DEFAULT_NODES,
+            bgp: true,
+            route_reflectors: 0,
         }
     }
 }
@@ -170,22 +181,30 @@ pub struct LabState {
     /// etcd members of a cluster lab (1 or 3).
     #[serde(default)]
     pub etcd_members: usize,
+    /// A cluster lab whose routes between nodes come from BIRD over BGP.
+    #[serde(default)]
+    pub bgp: bool,
+    /// Route reflectors (nodes 1..=K) of a BGP lab; 0: full mesh.
+    #[serde(default)]
+    pub route_reflectors: usize,
 }
 
 impl LabState {
-    fn new(prefix: &str, dir: PathBuf, backend: Backend) -> LabState {
-        let (nodes, pods) = topo::plan(prefix);
+    fn new(prefix: &str, dir: PathBuf, backend: Backend, n_nodes: usize) -> LabState {
+        let (nodes, pods) = topo::plan(prefix, n_nodes);
         LabState {
             prefix: prefix.into(),
             dir,
             backend,
-            namespaces: all_namespaces(prefix),
+            namespaces: all_namespaces(prefix, n_nodes),
             daemons: vec![],
             nodes,
             pods,
             cluster: false,
             vrouter: None,
             etcd_members: 0,
+            bgp: false,
+            route_reflectors: 0,
         }
     }
 
@@ -209,9 +228,9 @@ impl LabState {
     }
 }
 
-/// Every namespace name of a lab, router first, then nodes, then pods.
-fn all_namespaces(prefix: &str) -> Vec<String> {
-    let (nodes, pods) = topo::plan(prefix);
+/// Every namespace name of a lab of `n_nodes`, router first, then nodes, then pods.
+fn all_namespaces(prefix: &str, n_nodes: usize) -> Vec<String> {
+    let (nodes, pods) = topo::plan(prefix, n_nodes);
     std::iter::once(format!("{prefix}-rt"))
         .chain(nodes.into_iter().map(|n| n.ns))
         .chain(pods.into_iter().map(|p| p.ns))
@@ -439,6 +458,25 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
             opts.etcd_members
         )));
     }
+    if !(topo::DEFAULT_NODES..=topo::MAX_NODES).contains(&opts.nodes) {
+        return Err(LabError::BadOption(format!(
+            "{} nodes: use {} to {} (nodes 1 to 3 are the demo's)",
+            opts.nodes,
+            topo::DEFAULT_NODES,
+            topo::MAX_NODES
+        )));
+    }
+    if opts.route_reflectors > 0 && !(opts.cluster && opts.bgp) {
+        return Err(LabError::BadOption(
+            "route reflectors need a cluster lab with BGP (not --static, --kernel or --no-bgp)".into(),
+        ));
+    }
+    if opts.route_reflectors >= opts.nodes {
+        return Err(LabError::BadOption(format!(
+            "{} route reflectors among {} nodes: at least one node must be a client",
+            opts.route_reflectors, opts.nodes
+        )));
+    }
     if opts.backend == Backend::Kernel {
         if opts.cluster {
             return Err(LabError::BadOption("a cluster lab needs vrouter on the nodes (not --kernel)".into()));
@@ -462,7 +500,8 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     let bin = preflight(opts)?;
     let existing = sys::netns_list()?;
     let taken = |p: &str| {
-        all_namespaces(p).iter().any(|ns| existing.contains(ns)) || opts.root.join(p).join("state.json").exists()
+        all_namespaces(p, opts.nodes).iter().any(|ns| existing.contains(ns))
+            || opts.root.join(p).join("state.json").exists()
     };
     let prefix = match &opts.prefix {
         Some(p) => {
@@ -488,7 +527,7 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     };
     let dir = opts.root.join(&prefix);
     std::fs::create_dir_all(&dir).map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
-    let state = LabState::new(&prefix, dir, opts.backend);
+    let state = LabState::new(&prefix, dir, opts.backend, opts.nodes);
     register(&state);
     let mut lab = LabHandle { state, children: Mutex::new(vec![]), kept: false };
     // From here on, an error drops `lab`, which tears down.
@@ -499,11 +538,16 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
             let tools = cluster::Tools::beside(&bin)?;
             lab.state.cluster = true;
             lab.state.etcd_members = opts.etcd_members;
+            lab.state.bgp = opts.bgp;
+            lab.state.route_reflectors = opts.route_reflectors;
             cluster::start_etcd(&lab, true)?;
             cluster::seed(&lab, &tools)?;
             start_daemons(&mut lab, &bin, &opts.idle)?;
             cluster::start_agents(&lab, &tools)?;
             cluster::wait_agents(&lab, opts.ready_timeout)?;
+            if lab.state.bgp {
+                bgp::start_birds(&lab, opts.ready_timeout)?;
+            }
             for i in 0..lab.state.pods.len() {
                 let pod = lab.state.pods[i].clone();
                 let wired = cluster::add_pod(&lab, &tools, &pod)?;
@@ -512,6 +556,9 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
             }
             lab.state.save()?;
             cluster::wait_programmed(&lab, opts.ready_timeout)?;
+            if lab.state.bgp {
+                bgp::wait_routes(&lab, opts.ready_timeout)?;
+            }
         }
         Some(bin) => start_daemons(&mut lab, &bin, &opts.idle)?,
         None => kernel_forwarding(&lab)?,
@@ -539,17 +586,19 @@ fn build(lab: &LabHandle) -> Result<(), LabError> {
         sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
     sysctl(&rt, &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
-    sys::ip(&["-n", &rt, "link", "add", topo::BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
-    sys::ip(&["-n", &rt, "addr", "add", "192.168.1.1/24", "dev", topo::BRIDGE])?;
-    sys::ip(&["-n", &rt, "link", "set", topo::BRIDGE, "up"])?;
+    let mut subnets: Vec<u8> = st.nodes.iter().map(|n| topo::subnet_of(n.index)).collect();
+    subnets.sort_unstable();
+    subnets.dedup();
+    for s in subnets {
+        let br = topo::bridge(s);
+        sys::ip(&["-n", &rt, "link", "add", &br, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+        sys::ip(&["-n", &rt, "addr", "add", &format!("192.168.{s}.1/24"), "dev", &br])?;
+        sys::ip(&["-n", &rt, "link", "set", &br, "up"])?;
+    }
     for n in &st.nodes {
         let dev = n.router_dev.as_str();
         sys::ip(&["-n", &n.ns, "link", "add", topo::UPLINK_DEV, "type", "veth", "peer", "name", dev, "netns", &rt])?;
-        if n.index == 3 {
-            sys::ip(&["-n", &rt, "addr", "add", "192.168.2.1/24", "dev", dev])?;
-        } else {
-            sys::ip(&["-n", &rt, "link", "set", dev, "master", topo::BRIDGE])?;
-        }
+        sys::ip(&["-n", &rt, "link", "set", dev, "master", &topo::bridge(topo::subnet_of(n.index))])?;
         sys::ip(&["-n", &rt, "link", "set", dev, "up"])?;
         sys::ip(&["-n", &n.ns, "link", "set", topo::UPLINK_DEV, "up"])?;
     }
@@ -595,7 +644,7 @@ fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabE
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
         let text = match lab.state.cluster {
-            true => topo::cluster_node_config(n, idle),
+            true => topo::cluster_node_config(n, idle, lab.state.bgp),
             false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle),
         }
         .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
@@ -689,7 +738,10 @@ fn wait_ready(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
 fn teardown(state: &LabState) -> Result<(), LabError> {
     let prefix = &state.prefix;
     let mut names: Vec<String> = state.namespaces.clone();
-    for ns in all_namespaces(prefix) {
+    // Whatever carries the lab's prefix, whatever its size (the state file may be gone).
+    let mine = |ns: &String| ns.strip_prefix(prefix.as_str()).is_some_and(|r| r.starts_with('-'));
+    let prefixed = sys::netns_list().map(|l| l.into_iter().filter(mine).collect::<Vec<_>>()).unwrap_or_default();
+    for ns in all_namespaces(prefix, topo::DEFAULT_NODES).into_iter().chain(prefixed) {
         if !names.contains(&ns) {
             names.push(ns);
         }
@@ -763,7 +815,7 @@ fn find_labs(root: &Path) -> Result<Vec<String>, LabError> {
             let p = e.file_name().to_string_lossy().into_owned();
             // A state file whose namespaces are all gone is stale (its process was killed and
             // the namespaces removed by hand): not a lab.
-            let live = all_namespaces(&p).iter().any(|ns| nss.contains(ns));
+            let live = all_namespaces(&p, topo::DEFAULT_NODES).iter().any(|ns| nss.contains(ns));
             if e.path().join("state.json").is_file() && check_prefix(&p).is_ok() && live {
                 found.push(p);
             }
@@ -801,7 +853,7 @@ fn resolve(root: &Path, prefix: Option<&str>) -> Result<LabState, LabError> {
         LabState::load(&path)
     } else {
         // A lab whose state file is gone (or never written): the namespace names suffice.
-        Ok(LabState::new(&prefix, dir, Backend::Vrouter))
+        Ok(LabState::new(&prefix, dir, Backend::Vrouter, topo::DEFAULT_NODES))
     }
 }
 

@@ -21,8 +21,8 @@ use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::wire::MacAddr;
 
 use crate::control::config::{
-    Config, ControlConfig, EndpointConfig, HostConfig, NodeConfig, PeerConfig, RouteConfig, RpfMode, UplinkConfig,
-    WorkersConfig,
+    Config, ControlConfig, EndpointConfig, HostConfig, KernelRoutesConfig, NodeConfig, PeerConfig, RouteConfig,
+    RpfMode, UplinkConfig, WorkersConfig,
 };
 
 /// Interface names inside the namespaces (namespaces keep them apart, so they need no prefix).
@@ -92,27 +92,54 @@ impl std::fmt::Display for PathMode {
     }
 }
 
-/// Nodes and pods for a prefix.
-pub fn plan(prefix: &str) -> (Vec<LabNode>, Vec<LabPod>) {
+/// The lab's default size: the three nodes the demo and most tests use.
+pub const DEFAULT_NODES: usize = 3;
+/// The most nodes a lab can have (node IPs are `192.168.S.(20 + N)`).
+pub const MAX_NODES: usize = 200;
+
+/// The underlay subnet (third octet) node `n` sits on: nodes 1 and 2 share subnet 1 (BGP
+/// mode between them), node 3 is alone on subnet 2 (IPIP to it); nodes 4 and up go round
+/// subnets 1 to 4, so a bigger lab has direct and IPIP paths everywhere.
+pub fn subnet_of(n: u8) -> u8 {
+    match n {
+        1 | 2 => 1,
+        3 => 2,
+        _ => (n - 4) % 4 + 1,
+    }
+}
+
+/// The router's bridge for underlay subnet `s` (in `<prefix>-rt`, holding `192.168.S.1/24`).
+pub fn bridge(s: u8) -> String {
+    match s {
+        1 => BRIDGE.to_string(),
+        _ => format!("br{s}"),
+    }
+}
+
+/// Nodes and pods for a prefix: `nodes_wanted` nodes (at most [`MAX_NODES`]), two pods on each
+/// of the first three, one on each further node.
+pub fn plan(prefix: &str, nodes_wanted: usize) -> (Vec<LabNode>, Vec<LabPod>) {
     let mut nodes = vec![];
     let mut pods = vec![];
-    for n in 1..=3u8 {
-        let (ip, subnet, gw) = match n {
-            1 => (Ipv4Addr::new(192, 168, 1, 10), "192.168.1.0/24", Ipv4Addr::new(192, 168, 1, 1)),
-            2 => (Ipv4Addr::new(192, 168, 1, 11), "192.168.1.0/24", Ipv4Addr::new(192, 168, 1, 1)),
-            _ => (Ipv4Addr::new(192, 168, 2, 20), "192.168.2.0/24", Ipv4Addr::new(192, 168, 2, 1)),
+    for n in 1..=nodes_wanted.min(MAX_NODES) as u8 {
+        let s = subnet_of(n);
+        let host = match n {
+            1 | 2 => 9 + n,
+            3 => 20,
+            _ => 20 + n,
         };
         nodes.push(LabNode {
             index: n,
             name: format!("node{n}"),
             ns: format!("{prefix}-n{n}"),
-            ip,
-            subnet: subnet.into(),
-            gateway: gw,
+            ip: Ipv4Addr::new(192, 168, s, host),
+            subnet: format!("192.168.{s}.0/24"),
+            gateway: Ipv4Addr::new(192, 168, s, 1),
             pod_block: format!("10.244.{n}.0/26"),
             router_dev: format!("n{n}"),
         });
-        for (k, letter) in ["a", "b"].iter().enumerate() {
+        let letters: &[&str] = if n <= 3 { &["a", "b"] } else { &["a"] };
+        for (k, letter) in letters.iter().enumerate() {
             let host = 2 + k as u8;
             let name = format!("{n}{letter}");
             let guarded = n == 3 && *letter == "b";
@@ -129,11 +156,11 @@ pub fn plan(prefix: &str) -> (Vec<LabNode>, Vec<LabPod>) {
     (nodes, pods)
 }
 
-/// How pods on nodes `a` and `b` reach each other.
+/// How pods on nodes `a` and `b` reach each other (CrossSubnet: IPIP between subnets).
 pub fn path_mode(a: u8, b: u8) -> PathMode {
     if a == b {
         PathMode::Local
-    } else if a == 3 || b == 3 {
+    } else if subnet_of(a) != subnet_of(b) {
         PathMode::Ipip
     } else {
         PathMode::Bgp
@@ -239,10 +266,19 @@ pub fn socket_path(node: &LabNode) -> String {
 /// The vrouter configuration of `node` in a cluster lab: only what is the node's own (its
 /// address, uplink, host port, the route to the underlay); its pod blocks, peers, pods and
 /// policies come from the cluster through its agent.
-pub fn cluster_node_config(node: &LabNode, idle: &str) -> Result<String, String> {
+/// With `bgp`, routes to the other nodes' blocks are imported from the kernel table BIRD
+/// writes ([`super::bgp::KERNEL_TABLE`]).
+pub fn cluster_node_config(node: &LabNode, idle: &str, bgp: bool) -> Result<String, String> {
     let text = node_config(node, &[], &[], idle)?;
     let mut c: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
     c.node.pod_block = None;
+    if bgp {
+        c.kernel_routes = Some(KernelRoutesConfig {
+            table: super::bgp::KERNEL_TABLE,
+            tunnel_device: "tunl0".into(),
+            uplink_aliases: vec![],
+        });
+    }
     c.peers.clear();
     c.endpoints.clear();
     c.policies.clear();
@@ -257,7 +293,7 @@ mod tests {
 
     #[test]
     fn generated_configs_pass_validation() {
-        let (nodes, pods) = plan("vrl0000");
+        let (nodes, pods) = plan("vrl0000", DEFAULT_NODES);
         for n in &nodes {
             let text = node_config(n, &nodes, &pods, "adaptive").unwrap();
             let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -269,19 +305,20 @@ mod tests {
 
     #[test]
     fn cluster_configs_pass_validation_and_hold_only_the_nodes_own_parts() {
-        let (nodes, _) = plan("vrl0000");
+        let (nodes, _) = plan("vrl0000", DEFAULT_NODES);
         for n in &nodes {
-            let text = cluster_node_config(n, "adaptive").unwrap();
+            let text = cluster_node_config(n, "adaptive", n.index == 2).unwrap();
             let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert!(cfg.node.pod_block.is_none() && cfg.peers.is_empty() && cfg.endpoints.is_empty());
             assert_eq!(cfg.control.socket, socket_path(n));
             assert!(cfg.uplink.is_some() && cfg.host.is_some());
+            assert_eq!(cfg.kernel_routes.map(|k| k.table), (n.index == 2).then_some(super::super::bgp::KERNEL_TABLE));
         }
     }
 
     #[test]
     fn names_fit_linux_limits() {
-        let (nodes, pods) = plan("vrlffff");
+        let (nodes, pods) = plan("vrlffff", DEFAULT_NODES);
         assert_eq!(pods.len(), 6);
         assert!(pods.iter().all(|p| format!("tap{}", p.name).len() <= 15));
         assert_eq!(pods[5].mac, "0a:58:0a:f4:03:03");

@@ -53,7 +53,7 @@
 //!
 //! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
-mod report;
+pub(crate) mod report;
 pub mod topo;
 
 use std::collections::BTreeMap;
@@ -526,7 +526,7 @@ fn cpu_times() -> Vec<(u64, u64)> {
 }
 
 /// utime + stime of a process (all threads), in clock ticks.
-fn proc_ticks(pid: u32) -> u64 {
+pub(crate) fn proc_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -198,7 +198,7 @@ pub fn svg(r: &E2eReport) -> String {
     s
 }
 
-fn nice_ceil(v: f64) -> f64 {
+pub(crate) fn nice_ceil(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
     for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
         if v <= m * p {
