@@ -209,8 +209,34 @@ pub fn ipam(endpoints: &[String], cmd: &IpamCmd, json: bool) -> Result<bool, Str
             IpamCmd::Show { ip: None } => show_blocks(store, json).await,
             IpamCmd::Release { ip, handle } => release(store, *ip, handle.as_deref()).await,
             IpamCmd::Check => check(&ds, json).await,
+            IpamCmd::Claim { node } => claim(&ds, node).await,
         }
     })
+}
+
+async fn claim(ds: &Datastore, node: &str) -> Result<bool, String> {
+    let n = match ds.get(Kind::Node, None, node).await.map_err(|e| e.to_string())? {
+        Some(Resource::Node(n)) => n,
+        _ => return Err(format!("no Node named {node} in the datastore")),
+    };
+    let pools: Vec<ipam::PoolRef> = ds
+        .list(Kind::IpPool, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::IpPool(p) if !p.spec.disabled && p.spec.node_selector.matches(&n.metadata.labels) => {
+                Some(ipam::PoolRef { cidr: p.spec.cidr, block_size: p.spec.block_size })
+            }
+            _ => None,
+        })
+        .collect();
+    if pools.is_empty() {
+        return Err(format!("no enabled IP pool selects node {node}"));
+    }
+    let block = ipam::claim_block(ds.store(), node, &pools).await.map_err(|e| e.to_string())?;
+    println!("claimed {block} for node {node}");
+    Ok(true)
 }
 
 async fn show_blocks(store: &Store, json: bool) -> Result<bool, String> {

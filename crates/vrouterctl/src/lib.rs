@@ -309,6 +309,14 @@ pub enum IpamCmd {
     /// Leaks (allocated, no endpoint), duplicates, orphan handles; exit status 1 if any.
     #[command(after_help = "Example:\n  vrouterctl ipam check")]
     Check,
+    /// Claims one more block for a node, from the pools it may use (as its agent or CNI
+    /// plugin would once its blocks are full): pre-provisioning, and the BGP benchmark.
+    #[command(after_help = "Example:\n  vrouterctl ipam claim --node node1")]
+    Claim {
+        /// The node's name (a `Node` in the datastore).
+        #[arg(long)]
+        node: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

@@ -646,3 +646,30 @@ fn ipam_show_release_and_check_find_a_planted_leak() {
     let r = refused(ctl(&etcd, &["ipam", "release"]));
     assert!(r.stderr.contains("--ip") && r.stderr.contains("--handle"), "{r:?}");
 }
+
+#[test]
+fn ipam_claim_gives_a_node_one_more_block_from_the_pools_that_select_it() {
+    let etcd = Etcd::start();
+    let dir = Dir::new("claim");
+    let manifests = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.90.0.0/25}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: other}\nspec: {cidr: 10.91.0.0/24, nodeSelector: \"zone == 'b'\"}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1, labels: {zone: a}}\nspec: {bgp: {ipv4Address: 192.168.1.10/24}}\n";
+    ok(ctl(&etcd, &["apply", "-f", &dir.file("c.yaml", manifests)]));
+    // Two /26 in the pool that selects n1 (not the zone b pool), then none left.
+    let mut claimed = Vec::new();
+    for _ in 0..2 {
+        let r = ok(ctl(&etcd, &["ipam", "claim", "--node", "n1"]));
+        let block = r.stdout.split_whitespace().nth(1).unwrap_or_else(|| panic!("{r:?}")).to_string();
+        assert!(block.starts_with("10.90.0.") && block.ends_with("/26"), "{r:?}");
+        claimed.push(block);
+    }
+    assert_ne!(claimed[0], claimed[1]);
+    let r = ok(ctl(&etcd, &["ipam", "show"]));
+    for b in &claimed {
+        assert!(r.stdout.lines().any(|l| l.contains(b.as_str()) && l.contains("host:n1")), "{b}: {r:?}");
+    }
+    let r = refused(ctl(&etcd, &["ipam", "claim", "--node", "n1"]));
+    assert!(!r.stderr.is_empty(), "the pool is full: {r:?}");
+    let r = refused(ctl(&etcd, &["ipam", "claim", "--node", "nobody"]));
+    assert!(r.stderr.contains("no Node named nobody"), "{r:?}");
+}
