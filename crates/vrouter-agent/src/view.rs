@@ -125,10 +125,16 @@ impl View {
         let mut i = Inputs::default();
         for r in self.resources() {
             match r {
-                Resource::Node(n) => i.nodes.push(NodeInfo {
-                    name: n.metadata.name.clone(),
-                    ip: n.spec.bgp.as_ref().and_then(|b| b.ipv4_address.as_ref()).map(|a| a.ip),
-                }),
+                Resource::Node(n) => {
+                    let bgp = n.spec.bgp.as_ref();
+                    i.nodes.push(NodeInfo {
+                        name: n.metadata.name.clone(),
+                        ip: bgp.and_then(|b| b.ipv4_address.as_ref()).map(|a| a.ip),
+                        labels: n.metadata.labels.clone(),
+                        asn: bgp.and_then(|b| b.as_number),
+                        rr_cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
+                    })
+                }
                 Resource::IpPool(p) => i.pools.push(PoolInfo { cidr: p.spec.cidr, ipip: p.spec.ipip_mode }),
                 Resource::WorkloadEndpoint(w) => i.endpoints.push(EndpointInfo {
                     key: r.display_name(),
@@ -140,6 +146,8 @@ impl View {
                     netns: w.metadata.annotations.get(NETNS_ANNOTATION).cloned(),
                     mtu: w.metadata.annotations.get(MTU_ANNOTATION).and_then(|m| m.parse().ok()),
                 }),
+                Resource::BgpConfiguration(c) => i.bgp_configs.push(c.clone()),
+                Resource::BgpPeer(p) => i.bgp_peers.push(p.clone()),
                 _ => {}
             }
         }

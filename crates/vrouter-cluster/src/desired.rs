@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use crate::resource::{BgpConfiguration, BgpPeer};
 use vrouter_api::{EndpointConfig, PeerConfig};
 use vrouter_types::acl::{EndpointPolicy, Rule};
 use vrouter_types::{IpipMode, Ipv4Prefix, MacAddr};
@@ -23,11 +24,17 @@ pub use vrouter_api::config::DEFAULT_POD_MTU;
 use vrouter_api::config::{MAX_MTU, MIN_MTU};
 
 /// A node as the computation needs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeInfo {
     pub name: String,
     /// From `spec.bgp.ipv4Address`; a node without one is not a peer yet.
     pub ip: Option<Ipv4Addr>,
+    /// `metadata.labels` (what BGPPeer node and peer selectors match).
+    pub labels: BTreeMap<String, String>,
+    /// `spec.bgp.asNumber`; absent: the cluster's default (BGPConfiguration `default`).
+    pub asn: Option<u32>,
+    /// `spec.bgp.routeReflectorClusterID`: set on a route reflector.
+    pub rr_cluster_id: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,9 +71,14 @@ pub struct EndpointInfo {
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     pub nodes: Vec<NodeInfo>,
+    /// Every pool, disabled ones too.
     pub pools: Vec<PoolInfo>,
     pub blocks: Vec<BlockInfo>,
     pub endpoints: Vec<EndpointInfo>,
+    /// Every BGPConfiguration (`default` and `node.<name>` ones); read by [`crate::bgp`].
+    pub bgp_configs: Vec<BgpConfiguration>,
+    /// Every BGPPeer; read by [`crate::bgp`].
+    pub bgp_peers: Vec<BgpPeer>,
 }
 
 /// The parts of a node's config the agent owns; the rest (uplink, workers, ...) stays the
@@ -86,6 +98,32 @@ pub struct Skipped {
     pub why: String,
 }
 
+/// Each node's pod prefixes, sorted: its affine blocks, and as /32s the addresses its pods hold
+/// outside them (borrowed from another node's block, Calico's behaviour when a pool runs out:
+/// routed to the borrowing node, the longer prefix winning over the block).
+pub fn pod_prefixes(inputs: &Inputs) -> BTreeMap<&str, Vec<Ipv4Prefix>> {
+    let mut blocks_of: BTreeMap<&str, Vec<Ipv4Prefix>> = BTreeMap::new();
+    for b in &inputs.blocks {
+        if let Some(n) = &b.node {
+            blocks_of.entry(n.as_str()).or_default().push(b.cidr);
+        }
+    }
+    let mut out = blocks_of.clone();
+    for e in &inputs.endpoints {
+        let own = blocks_of.get(e.node.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        for a in &e.addrs {
+            if !own.iter().any(|b| b.contains(u32::from(*a))) {
+                out.entry(e.node.as_str()).or_default().push(Ipv4Prefix::new_masked(u32::from(*a), 32));
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
+}
+
 /// The state of node `me`. `policies` and `endpoint_policy` come from [`crate::policy`] (the
 /// lists of the local endpoints by key); a local endpoint without an entry gets none (allowed),
 /// as an endpoint no policy selects.
@@ -95,30 +133,8 @@ pub fn node_state(
     policies: &BTreeMap<String, Vec<Rule>>,
     endpoint_policy: &BTreeMap<String, EndpointPolicy>,
 ) -> (NodeState, Vec<Skipped>) {
-    let mut blocks_of: BTreeMap<&str, Vec<Ipv4Prefix>> = BTreeMap::new();
-    for b in &inputs.blocks {
-        if let Some(n) = &b.node {
-            blocks_of.entry(n.as_str()).or_default().push(b.cidr);
-        }
-    }
-    // Addresses held by a node's pods outside its own blocks (borrowed, Calico's behaviour
-    // when a pool runs out) are routed to it as /32s.
-    let mut borrowed: BTreeMap<&str, Vec<Ipv4Prefix>> = BTreeMap::new();
-    for e in &inputs.endpoints {
-        let own = blocks_of.get(e.node.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        for a in &e.addrs {
-            if !own.iter().any(|b| b.contains(u32::from(*a))) {
-                borrowed.entry(e.node.as_str()).or_default().push(Ipv4Prefix::new_masked(u32::from(*a), 32));
-            }
-        }
-    }
-    let blocks_and_borrowed = |node: &str| -> Vec<Ipv4Prefix> {
-        let mut v: Vec<Ipv4Prefix> = blocks_of.get(node).cloned().unwrap_or_default();
-        v.extend(borrowed.get(node).cloned().unwrap_or_default());
-        v.sort();
-        v.dedup();
-        v
-    };
+    let prefixes = pod_prefixes(inputs);
+    let blocks_and_borrowed = |node: &str| -> Vec<Ipv4Prefix> { prefixes.get(node).cloned().unwrap_or_default() };
     let mode_of = |blocks: &[Ipv4Prefix]| -> Option<IpipMode> {
         // The mode of the pool holding the node's first block (a node whose blocks come from
         // pools of different modes gets the first one's: one mode per peer).
@@ -182,7 +198,7 @@ mod tests {
         s.parse().unwrap()
     }
     fn node(name: &str, ip: &str) -> NodeInfo {
-        NodeInfo { name: name.into(), ip: Some(a(ip)) }
+        NodeInfo { name: name.into(), ip: Some(a(ip)), ..Default::default() }
     }
     fn block(c: &str, n: &str) -> BlockInfo {
         BlockInfo { cidr: p(c), node: Some(n.into()) }
@@ -208,6 +224,7 @@ mod tests {
             ],
             blocks: vec![block("10.244.0.0/26", "n1"), block("10.244.0.64/26", "n2"), block("10.99.0.0/26", "n3")],
             endpoints: vec![ep("default/a", "n1", "10.244.0.5"), ep("default/b", "n2", "10.244.0.70")],
+            ..Default::default()
         }
     }
 
@@ -234,7 +251,7 @@ mod tests {
         let n4 = s.peers.iter().find(|x| x.name == "n4").expect("n4 is a peer");
         assert!(n4.pod_blocks.is_empty());
         // A node with no address yet is not.
-        i.nodes.push(NodeInfo { name: "n5".into(), ip: None });
+        i.nodes.push(NodeInfo { name: "n5".into(), ip: None, ..Default::default() });
         let (s, _) = node_state(&i, "n1", &BTreeMap::new(), &BTreeMap::new());
         assert!(!s.peers.iter().any(|x| x.name == "n5"));
     }

@@ -175,7 +175,8 @@ pub enum CtlCmd {
         file: PathBuf,
     },
     /// Show resources of the datastore: nodes, ippools, workloadendpoints (wep),
-    /// networkpolicies (np), globalnetworkpolicies (gnp), profiles.
+    /// networkpolicies (np), globalnetworkpolicies (gnp), profiles, bgpconfigurations
+    /// (bgpconfig), bgppeers (bgpp).
     #[cfg(feature = "datastore")]
     #[command(
         after_help = "Examples:\n  vrouterctl get ippools\n  vrouterctl get wep -A -o wide\n  vrouterctl get gnp deny-all -o yaml"

@@ -8,6 +8,7 @@
 //! (`spec.ingress[0].destination.ports[1]`) and the valid values. docs/resources.md lists every
 //! kind and field.
 
+mod bgp;
 mod fields;
 mod policy;
 mod spec;
@@ -19,6 +20,11 @@ use std::str::FromStr;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+pub use bgp::{
+    BgpConfiguration, BgpConfigurationSpec, BgpPassword, BgpPeer, BgpPeerSpec, BirdDebug, GoDuration, LogSeverity,
+    PeerNodes, PeerTarget, ReversePeering, SecretKeyRef, DEFAULT_AS_NUMBER, DEFAULT_RESTART_SECS, GLOBAL_CONFIG_NAME,
+    MAX_RESTART_SECS, NODE_CONFIG_PREFIX,
+};
 pub use fields::FieldError;
 use fields::{check_label_name, check_labels, check_subdomain, err, FResult, Obj};
 pub use policy::{
@@ -41,16 +47,20 @@ pub enum Kind {
     NetworkPolicy,
     GlobalNetworkPolicy,
     Profile,
+    BgpConfiguration,
+    BgpPeer,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::IpPool,
         Kind::WorkloadEndpoint,
         Kind::NetworkPolicy,
         Kind::GlobalNetworkPolicy,
         Kind::Profile,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
     ];
 
     /// The `kind:` field's spelling.
@@ -62,6 +72,8 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
             Kind::Profile => "Profile",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::BgpPeer => "BGPPeer",
         }
     }
 
@@ -74,6 +86,8 @@ impl Kind {
             Kind::NetworkPolicy => "networkpolicies",
             Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
             Kind::Profile => "profiles",
+            Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::BgpPeer => "bgppeers",
         }
     }
 
@@ -90,13 +104,17 @@ impl Kind {
             Kind::NetworkPolicy => &["NAMESPACE", "NAME", "ORDER", "SELECTOR"],
             Kind::GlobalNetworkPolicy => &["NAME", "ORDER", "SELECTOR"],
             Kind::Profile => &["NAME", "LABELS"],
+            // calicoctl's columns.
+            Kind::BgpConfiguration => &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+            Kind::BgpPeer => &["NAME", "PEERIP", "NODE", "ASN"],
         }
     }
 
     /// The spellings `FromStr` accepts, for messages.
     pub const VALID_SPELLINGS: &'static str = "node (nodes, no), ippool (ippools, ipp, pool, pools), workloadendpoint \
          (workloadendpoints, wep, weps), networkpolicy (networkpolicies, policy, policies, pol, pols, netpol, netpols, np), \
-         globalnetworkpolicy (globalnetworkpolicies, gnp, gnps, globalpolicy, globalpolicies), profile (profiles, pro, pros)";
+         globalnetworkpolicy (globalnetworkpolicies, gnp, gnps, globalpolicy, globalpolicies), profile (profiles, pro, pros), \
+         bgpconfiguration (bgpconfigurations, bgpconfig, bgpconfigs), bgppeer (bgppeers, bgpp, bgpps, bp, bps)";
 }
 
 impl fmt::Display for Kind {
@@ -119,6 +137,8 @@ impl FromStr for Kind {
                 Kind::GlobalNetworkPolicy
             }
             "profile" | "profiles" | "pro" | "pros" => Kind::Profile,
+            "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" | "bgpconfigs" => Kind::BgpConfiguration,
+            "bgppeer" | "bgppeers" | "bgpp" | "bgpps" | "bp" | "bps" => Kind::BgpPeer,
             _ => return Err(format!("unknown resource kind '{s}'; valid kinds: {}", Kind::VALID_SPELLINGS)),
         })
     }
@@ -213,6 +233,8 @@ pub enum Resource {
     NetworkPolicy(NetworkPolicy),
     GlobalNetworkPolicy(GlobalNetworkPolicy),
     Profile(Profile),
+    BgpConfiguration(BgpConfiguration),
+    BgpPeer(BgpPeer),
 }
 
 /// Why a manifest was refused: the document (1-based, as the user counts `---` sections; a
@@ -255,6 +277,8 @@ impl Resource {
             Resource::NetworkPolicy(_) => Kind::NetworkPolicy,
             Resource::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
             Resource::Profile(_) => Kind::Profile,
+            Resource::BgpConfiguration(_) => Kind::BgpConfiguration,
+            Resource::BgpPeer(_) => Kind::BgpPeer,
         }
     }
 
@@ -266,6 +290,8 @@ impl Resource {
             Resource::NetworkPolicy(r) => &r.metadata,
             Resource::GlobalNetworkPolicy(r) => &r.metadata,
             Resource::Profile(r) => &r.metadata,
+            Resource::BgpConfiguration(r) => &r.metadata,
+            Resource::BgpPeer(r) => &r.metadata,
         }
     }
 
@@ -277,6 +303,8 @@ impl Resource {
             Resource::NetworkPolicy(r) => &mut r.metadata,
             Resource::GlobalNetworkPolicy(r) => &mut r.metadata,
             Resource::Profile(r) => &mut r.metadata,
+            Resource::BgpConfiguration(r) => &mut r.metadata,
+            Resource::BgpPeer(r) => &mut r.metadata,
         }
     }
 
@@ -317,6 +345,8 @@ impl Resource {
             Resource::NetworkPolicy(r) => serde_json::to_value(&r.spec),
             Resource::GlobalNetworkPolicy(r) => serde_json::to_value(&r.spec),
             Resource::Profile(r) => serde_json::to_value(&r.spec),
+            Resource::BgpConfiguration(r) => serde_json::to_value(&r.spec),
+            Resource::BgpPeer(r) => serde_json::to_value(&r.spec),
         };
         // Plain data (strings, numbers, maps with string keys): serialising cannot fail.
         v.unwrap_or(Value::Null)
@@ -410,6 +440,27 @@ impl Resource {
                 p.metadata.name.clone(),
                 p.spec.labels_to_apply.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             ],
+            // As calicoctl: the fields as stored, empty when absent.
+            Resource::BgpConfiguration(c) => vec![
+                c.metadata.name.clone(),
+                opt(c.spec.log_severity_screen.map(|l| format!("{l:?}"))),
+                opt(c.spec.node_to_node_mesh_enabled.map(|b| b.to_string())),
+                opt(c.spec.as_number.map(|a| a.to_string())),
+            ],
+            // As calicoctl: the peer's address or selector, the node or node selector
+            // (`(global)`: every node).
+            Resource::BgpPeer(p) => {
+                let (peer, asn) = match &p.spec.peer {
+                    PeerTarget::Ip { ip, as_number } => (ip.to_string(), as_number.to_string()),
+                    PeerTarget::Selector(s) => (s.to_string(), String::new()),
+                };
+                let node = match &p.spec.nodes {
+                    PeerNodes::All => "(global)".to_string(),
+                    PeerNodes::Node(n) => n.clone(),
+                    PeerNodes::Selector(s) => s.to_string(),
+                };
+                vec![p.metadata.name.clone(), peer, node, asn]
+            }
         }
     }
 }
@@ -587,6 +638,11 @@ fn parse_resource(v: &Value, default_kind: Option<Kind>) -> FResult<Resource> {
             Resource::GlobalNetworkPolicy(GlobalNetworkPolicy { spec: policy::parse_policy(spec, true)?, metadata })
         }
         Kind::Profile => Resource::Profile(Profile { spec: spec::parse_profile(spec)?, metadata }),
+        Kind::BgpConfiguration => Resource::BgpConfiguration(BgpConfiguration {
+            spec: bgp::parse_bgp_configuration(spec, &metadata.name)?,
+            metadata,
+        }),
+        Kind::BgpPeer => Resource::BgpPeer(BgpPeer { spec: bgp::parse_bgp_peer(spec)?, metadata }),
     })
 }
 

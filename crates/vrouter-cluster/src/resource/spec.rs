@@ -84,7 +84,7 @@ fn parse_node_address(s: &str, path: &str) -> FResult<NodeAddress> {
 }
 
 /// A 4-byte AS number, as a number or in asplain/asdot text (`64512`, `"1.10"`).
-fn parse_asn(v: &Value, path: &str) -> FResult<u32> {
+pub(super) fn parse_asn(v: &Value, path: &str) -> FResult<u32> {
     let bad = || err(path, "expected an AS number 1..=4294967295, plain (64512) or asdot (\"1.10\")");
     match v {
         Value::Number(n) => match n.as_u64() {
@@ -190,7 +190,7 @@ pub(super) fn parse_ippool(v: Option<&Value>) -> FResult<IpPoolSpec> {
         &[
             ("ipip", "the v1 form is not supported: use spec.ipipMode (Always, CrossSubnet or Never)"),
             ("nat-outgoing", "the v1 form is not supported: use spec.natOutgoing"),
-            ("disableBGPExport", "vrouter has no BGP speaker: pod routes are programmed by the node agent"),
+            ("disableBGPExport", "vrouter announces the blocks of every pool over BGP (no per-pool export control)"),
             ("assignmentMode", "vrouter assigns from every enabled pool automatically"),
             ("namespaceSelector", "vrouter selects pools per node only (spec.nodeSelector)"),
         ],

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::selector::Selector;
+use std::collections::BTreeMap;
 use vrouter_types::IpipMode;
 
 fn one(text: &str) -> Resource {
@@ -150,6 +151,54 @@ spec:
   - action: Allow
   labelsToApply:
     pcns.projectcalico.org/name: default
+";
+
+// Calico's documented examples (bindMode and the mesh password added).
+const BGPCONFIG: &str = "
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  logSeverityScreen: Info
+  nodeToNodeMeshEnabled: true
+  nodeMeshMaxRestartTime: 120s
+  asNumber: 63400
+  bindMode: None
+  nodeMeshPassword:
+    secretKeyRef:
+      name: bgp-secrets
+      key: mesh-password
+";
+
+const BGPPEER: &str = "
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: some.name
+spec:
+  node: rack1-host1
+  peerIP: 192.168.1.1
+  asNumber: 63400
+  password:
+    secretKeyRef:
+      name: bgp-secrets
+      key: rr-password
+  maxRestartTime: 2m30s
+  sourceAddress: UseNodeIP
+  keepOriginalNextHop: false
+";
+
+const RR_PEER: &str = "
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: peer-with-route-reflectors
+spec:
+  nodeSelector: all()
+  peerSelector: route-reflector == 'true'
+  nextHopMode: Auto
+  reversePeering: Manual
 ";
 
 #[test]
@@ -471,7 +520,7 @@ fn cidrs_and_block_sizes_are_checked() {
 
 #[test]
 fn multi_document_yaml_json_streams_and_lists() {
-    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE, BGPCONFIG, BGPPEER].join("---\n");
     let rs = parse_manifests(&format!("---\n{all}---\n")).unwrap();
     let kinds: Vec<Kind> = rs.iter().map(Resource::kind).collect();
     assert_eq!(kinds, Kind::ALL.to_vec());
@@ -493,7 +542,7 @@ fn multi_document_yaml_json_streams_and_lists() {
 
 #[test]
 fn stored_form_and_manifest_round_trip() {
-    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+    let all = [NODE, IPPOOL, WEP, NP, GNP, PROFILE, BGPCONFIG, BGPPEER, RR_PEER].join("---\n");
     for mut r in parse_manifests(&all).unwrap() {
         let stored = r.to_stored_json();
         let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
@@ -536,12 +585,26 @@ fn keys_kinds_and_metadata_defaults() {
         ("gnp", Kind::GlobalNetworkPolicy),
         ("GlobalNetworkPolicies", Kind::GlobalNetworkPolicy),
         ("profiles", Kind::Profile),
+        ("BGPConfiguration", Kind::BgpConfiguration),
+        ("bgpconfigs", Kind::BgpConfiguration),
+        ("bgpconfig", Kind::BgpConfiguration),
+        ("bgppeers", Kind::BgpPeer),
+        ("BGPPeer", Kind::BgpPeer),
+        ("bp", Kind::BgpPeer),
     ] {
         assert_eq!(s.parse::<Kind>(), Ok(k), "{s}");
     }
     assert!("hostendpoint".parse::<Kind>().unwrap_err().contains("valid kinds"));
     assert_eq!(Kind::GlobalNetworkPolicy.plural(), "globalnetworkpolicies");
     assert!(Kind::WorkloadEndpoint.namespaced() && !Kind::Profile.namespaced());
+    assert_eq!(one(BGPCONFIG).key(), "/calico/resources/v3/projectcalico.org/bgpconfigurations/default");
+    assert_eq!(one(BGPPEER).key(), "/calico/resources/v3/projectcalico.org/bgppeers/some.name");
+    assert!(!Kind::BgpConfiguration.namespaced() && !Kind::BgpPeer.namespaced());
+    fails_at(
+        &BGPPEER.replace("  name: some.name", "  name: p\n  namespace: x"),
+        "metadata.namespace",
+        &["cluster-scoped"],
+    );
 }
 
 #[test]
@@ -570,7 +633,7 @@ proptest::proptest! {
     fn edited_manifests_never_panic(
         edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0usize..4, proptest::sample::select(vec![":", "{", "}", "[", "]", "-", "'", "\"", "\n", " ", "0", "a", "/", "---\n", "*", "&a "])), 1..6),
     ) {
-        let mut text = [NODE, IPPOOL, WEP, NP, GNP, PROFILE].join("---\n");
+        let mut text = [NODE, IPPOOL, WEP, NP, GNP, PROFILE, BGPCONFIG, BGPPEER].join("---\n");
         for (at, del, ins) in edits {
             let mut i = at.index(text.len() + 1);
             while !text.is_char_boundary(i) {
@@ -618,4 +681,183 @@ metadata:
     let rs = parse_manifests(text).unwrap();
     let Resource::IpPool(p) = &rs[0] else { panic!() };
     assert_eq!((p.metadata.resource_version, p.spec.ipip_mode), (Some(693), IpipMode::Always));
+}
+
+#[test]
+fn calico_doc_bgp_configuration_parses() {
+    let Resource::BgpConfiguration(c) = one(BGPCONFIG) else { panic!() };
+    let spec = &c.spec;
+    assert_eq!(spec.log_severity_screen, Some(LogSeverity::Info));
+    assert!(spec.mesh_enabled());
+    assert_eq!((spec.as_number, spec.default_as_number()), (Some(63400), 63400));
+    assert_eq!(spec.node_mesh_max_restart_time.map(GoDuration::rounded_secs), Some(120));
+    let r = &spec.node_mesh_password.as_ref().unwrap().secret_key_ref;
+    assert_eq!((r.name.as_str(), r.key.as_str()), ("bgp-secrets", "mesh-password"));
+    // Absent fields take Calico's defaults.
+    let Resource::BgpConfiguration(d) =
+        one("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n")
+    else {
+        panic!()
+    };
+    assert!(d.spec.mesh_enabled());
+    assert_eq!(d.spec.default_as_number(), 64512);
+    assert_eq!(d.spec.node_mesh_max_restart_time, None);
+    // A node's configuration: its log level only.
+    let Resource::BgpConfiguration(n) = one(
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: node.rack1-host1}\nspec: {logSeverityScreen: Debug}\n",
+    ) else {
+        panic!()
+    };
+    assert_eq!(n.spec.log_severity_screen, Some(LogSeverity::Debug));
+}
+
+#[test]
+fn calico_doc_bgp_peers_parse() {
+    let Resource::BgpPeer(p) = one(BGPPEER) else { panic!() };
+    assert_eq!(p.spec.nodes, PeerNodes::Node("rack1-host1".into()));
+    assert_eq!(p.spec.peer, PeerTarget::Ip { ip: "192.168.1.1".parse().unwrap(), as_number: 63400 });
+    assert_eq!(p.spec.password.as_ref().unwrap().secret_key_ref.key, "rr-password");
+    assert_eq!(p.spec.max_restart_time.map(GoDuration::rounded_secs), Some(150));
+    assert_eq!(p.spec.reverse_peering, ReversePeering::Auto);
+    let Resource::BgpPeer(rr) = one(RR_PEER) else { panic!() };
+    assert_eq!(rr.spec.nodes, PeerNodes::Selector(Selector::All));
+    assert_eq!(rr.spec.peer, PeerTarget::Selector(Selector::parse("route-reflector == 'true'").unwrap()));
+    assert_eq!(rr.spec.reverse_peering, ReversePeering::Manual);
+    let global = one(&BGPPEER.replace("  node: rack1-host1\n", ""));
+    let Resource::BgpPeer(g) = &global else { panic!() };
+    assert_eq!(g.spec.nodes, PeerNodes::All);
+    let labels = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+    assert!(g.spec.applies_to("any", &BTreeMap::new()));
+    assert!(p.spec.applies_to("rack1-host1", &BTreeMap::new()) && !p.spec.applies_to("other", &BTreeMap::new()));
+    let by_rack = one(&BGPPEER.replace("node: rack1-host1", "nodeSelector: rack == 'r1'"));
+    let Resource::BgpPeer(r) = &by_rack else { panic!() };
+    assert!(r.spec.applies_to("x", &labels("rack", "r1")) && !r.spec.applies_to("x", &labels("rack", "r2")));
+    // asdot AS numbers, as on a Node.
+    let Resource::BgpPeer(d) = one(&BGPPEER.replace("asNumber: 63400", "asNumber: '1.10'")) else { panic!() };
+    assert!(matches!(d.spec.peer, PeerTarget::Ip { as_number: 65546, .. }));
+}
+
+#[test]
+fn bgp_fields_vrouter_does_not_honour_are_refused_by_name_with_the_reason() {
+    let cfg = |extra: &str| format!("{BGPCONFIG}  {extra}\n");
+    for (field, value, needle) in [
+        ("serviceClusterIPs", "[{cidr: 10.96.0.0/12}]", "Service addresses"),
+        ("serviceExternalIPs", "[{cidr: 1.2.3.0/24}]", "Service addresses"),
+        ("serviceLoadBalancerIPs", "[{cidr: 1.2.4.0/24}]", "Service addresses"),
+        ("serviceLoadBalancerAggregation", "Enabled", "Service addresses"),
+        ("communities", "[{name: a, value: '1:2'}]", "communities"),
+        ("prefixAdvertisements", "[]", "communities"),
+        ("listenPort", "1790", "179"),
+        ("ignoredInterfaces", "[eth1]", "device routes"),
+        ("localWorkloadPeeringIPV4", "169.254.0.179", "pods"),
+        ("localWorkloadPeeringIPV6", "fe80::179", "pods"),
+    ] {
+        fails_at(&cfg(&format!("{field}: {value}")), &format!("spec.{field}"), &["is not supported", needle]);
+    }
+    fails_at(&BGPCONFIG.replace("bindMode: None", "bindMode: NodeIP"), "spec.bindMode", &["every address", "None"]);
+    fails_at(&BGPCONFIG.replace("bindMode: None", "bindMode: All"), "spec.bindMode", &["valid values: None, NodeIP"]);
+    fails_at(&BGPCONFIG.replace("Info", "info"), "spec.logSeverityScreen", &["Debug, Info, Warning, Error, Fatal"]);
+    fails_at(&BGPCONFIG.replace("name: default", "name: global"), "metadata.name", &["'default'", "node.<node name>"]);
+    fails_at(
+        &BGPCONFIG.replace("name: default", "name: node.rack1-host1"),
+        "spec.asNumber",
+        &["logSeverityScreen only", "BGPConfiguration 'default'"],
+    );
+    fails_at(&BGPCONFIG.replace("120s", "2h"), "spec.nodeMeshMaxRestartTime", &["at most 4095s", "RFC 4724"]);
+    fails_at(&BGPCONFIG.replace("120s", "'120'"), "spec.nodeMeshMaxRestartTime", &["not a duration", "120s"]);
+    fails_at(&BGPCONFIG.replace("120s", "120"), "spec.nodeMeshMaxRestartTime", &["duration string"]);
+    fails_at(&BGPCONFIG.replace("asNumber: 63400", "asNumber: 0"), "spec.asNumber", &["1..=4294967295"]);
+    fails_at(
+        &BGPCONFIG.replace("key: mesh-password", "key: mesh-password\n      optional: true"),
+        "spec.nodeMeshPassword.secretKeyRef.optional",
+        &["cannot be read"],
+    );
+    fails_at(
+        &BGPCONFIG.replace("key: mesh-password", "key: a/b"),
+        "spec.nodeMeshPassword.secretKeyRef.key",
+        &["not a Secret key"],
+    );
+    fails_at(
+        &BGPCONFIG.replace("    secretKeyRef:\n      name: bgp-secrets\n      key: mesh-password\n", "    {}\n"),
+        "spec.nodeMeshPassword.secretKeyRef",
+        &["is required"],
+    );
+
+    let peer = |extra: &str| format!("{BGPPEER}  {extra}\n");
+    for (field, value, needle) in [
+        ("localASNumber", "65000", "one AS number"),
+        ("numAllowedLocalASNumbers", "1", "loop prevention"),
+        ("ttlSecurity", "1", "TTL security"),
+        ("reachableBy", "10.0.0.1", "static route"),
+        ("filters", "[f]", "BGPFilter"),
+        ("localWorkloadSelector", "all()", "pods"),
+    ] {
+        fails_at(&peer(&format!("{field}: {value}")), &format!("spec.{field}"), &["is not supported", needle]);
+    }
+    fails_at(
+        &BGPPEER.replace("sourceAddress: UseNodeIP", "sourceAddress: None"),
+        "spec.sourceAddress",
+        &["node's address", "UseNodeIP"],
+    );
+    fails_at(
+        &BGPPEER.replace("keepOriginalNextHop: false", "keepOriginalNextHop: true"),
+        "spec.keepOriginalNextHop",
+        &["not supported"],
+    );
+    fails_at(&peer("nextHopMode: Self"), "spec.nextHopMode", &["Self is not supported", "Auto"]);
+    fails_at(&peer("nextHopMode: Keep"), "spec.nextHopMode", &["Keep is not supported"]);
+    fails_at(&peer("reversePeering: Sometimes"), "spec.reversePeering", &["valid values: Auto, Manual"]);
+    fails_at(&BGPPEER.replace("192.168.1.1", "192.168.1.1:1179"), "spec.peerIP", &["port is not supported"]);
+    fails_at(&BGPPEER.replace("192.168.1.1", "2001:db8::1"), "spec.peerIP", &["IPv4 only"]);
+    fails_at(&BGPPEER.replace("192.168.1.1", "192.168.1"), "spec.peerIP", &["IPv4 address"]);
+    fails_at(&BGPPEER.replace("2m30s", "5000s"), "spec.maxRestartTime", &["at most 4095s"]);
+}
+
+#[test]
+fn bgp_peers_are_validated_as_calico_does() {
+    fails_at(&format!("{BGPPEER}  nodeSelector: all()\n"), "spec.node", &["spec.nodeSelector", "one or the other"]);
+    fails_at(&format!("{BGPPEER}  peerSelector: all()\n"), "spec.peerIP", &["spec.peerSelector"]);
+    fails_at(
+        &BGPPEER.replace("  peerIP: 192.168.1.1\n  asNumber: 63400\n", ""),
+        "spec",
+        &["needs a peer", "peerIP", "peerSelector"],
+    );
+    fails_at(&BGPPEER.replace("  asNumber: 63400\n", ""), "spec.asNumber", &["required with spec.peerIP"]);
+    fails_at(&format!("{RR_PEER}  asNumber: 64512\n"), "spec.asNumber", &["its own AS number"]);
+    fails_at(&BGPPEER.replace("rack1-host1", "Rack1"), "spec.node", &["DNS-1123"]);
+    fails_at(
+        &RR_PEER.replace("route-reflector == 'true'", "route-reflector = 'true'"),
+        "spec.peerSelector",
+        &["bad selector"],
+    );
+    fails_at("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\n", "spec", &["is required"]);
+}
+
+#[test]
+fn bgp_table_rows_are_calicoctls_columns() {
+    assert_eq!(Kind::BgpConfiguration.table_header(), ["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"]);
+    assert_eq!(one(BGPCONFIG).table_row(), ["default", "Info", "true", "63400"]);
+    assert_eq!(Kind::BgpPeer.table_header(), ["NAME", "PEERIP", "NODE", "ASN"]);
+    assert_eq!(one(BGPPEER).table_row(), ["some.name", "192.168.1.1", "rack1-host1", "63400"]);
+    assert_eq!(one(RR_PEER).table_row(), ["peer-with-route-reflectors", "route-reflector == \"true\"", "all()", ""]);
+    let global = one(&BGPPEER.replace("  node: rack1-host1\n", ""));
+    assert_eq!(global.table_row()[2], "(global)");
+}
+
+#[test]
+fn bgp_resources_print_calicos_fields_and_only_what_means_something() {
+    let m = one(BGPPEER).to_manifest();
+    let spec = &m["spec"];
+    assert_eq!(spec["peerIP"], "192.168.1.1");
+    assert_eq!(spec["asNumber"], 63400);
+    assert_eq!(spec["maxRestartTime"], "2m30s");
+    assert_eq!(spec["password"]["secretKeyRef"]["name"], "bgp-secrets");
+    // The defaults accepted as such are not printed back.
+    for absent in ["sourceAddress", "keepOriginalNextHop", "nextHopMode", "reversePeering", "nodeSelector"] {
+        assert!(spec.get(absent).is_none(), "{absent} printed: {spec}");
+    }
+    let c = one(BGPCONFIG).to_manifest();
+    assert_eq!(c["spec"]["nodeMeshMaxRestartTime"], "2m0s");
+    assert!(c["spec"].get("bindMode").is_none());
+    assert_eq!(one(RR_PEER).to_manifest()["spec"]["reversePeering"], "Manual");
 }
