@@ -8,6 +8,7 @@
 //! counts what the loop did (lists, resyncs, resumed watches, applies), for those tests and
 //! for logs.
 
+pub mod bgp;
 pub mod daemon;
 pub mod view;
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vrouter_cluster::desired::{NodeState, PENDING_POLICY};
-use vrouter_cluster::resource::{resource_key, Kind};
+use vrouter_cluster::resource::{resource_key, Kind, SecretKeyRef};
 use vrouter_cluster::store::{keys, Store, StoreError};
 use vrouter_types::Ipv4Prefix;
 
@@ -31,6 +32,11 @@ pub struct AgentArgs {
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub as_number: Option<u32>,
+    /// Registered as the node's `spec.bgp.routeReflectorClusterID` (the node reflects routes).
+    pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
+    /// Routes between nodes come from BIRD, whose configuration the agent renders (confd's
+    /// role); `None`: the agent programs the other nodes' blocks from the datastore.
+    pub bird: Option<bgp::BirdArgs>,
 }
 
 /// How long changes are gathered before the node is reconciled (a burst of watch events, a
@@ -214,7 +220,8 @@ pub async fn agent<T: Target>(target: T, args: AgentArgs, status: Status) -> Res
     let store = connect(&args.etcd_endpoints, &status).await;
     let mut backoff = Backoff::etcd(&status);
     loop {
-        match view::register_node(&store, &node, ip, subnet, &args.labels, args.as_number).await {
+        let bgp = view::NodeBgpArgs { as_number: args.as_number, route_reflector_cluster_id: args.route_reflector_cluster_id };
+        match view::register_node(&store, &node, ip, subnet, &args.labels, bgp).await {
             Ok(()) => break,
             Err(e) => tracing::warn!("registering node {node}: {e}; retrying"),
         }
@@ -222,6 +229,7 @@ pub async fn agent<T: Target>(target: T, args: AgentArgs, status: Status) -> Res
     }
 
     let mut agent = Agent::new(store, target, &node, status);
+    agent.bird = args.bird.map(|b| Arc::new(Mutex::new(bgp::Bird::new(b))));
     agent.follow().await;
     Ok(())
 }
@@ -237,11 +245,27 @@ pub struct Agent<T: Target> {
     /// The node's state as last computed, and the view revision it was computed at: the
     /// once-a-second recheck reuses it instead of compiling the whole cluster again.
     computed: Option<(i64, NodeState)>,
+    /// BIRD, when routes between nodes come from BGP.
+    bird: Option<Arc<Mutex<bgp::Bird>>>,
+    /// The BGP intent as last computed, for the view revision and daemon settings it was
+    /// computed from.
+    intent: Option<IntentAt>,
 }
+
+type IntentAt = ((i64, Result<(u32, String), String>), Result<vrouter_bgp::BgpIntent, String>);
 
 impl<T: Target> Agent<T> {
     pub fn new(store: Store, target: T, node: &str, status: Status) -> Agent<T> {
-        Agent { store, target, node: node.to_string(), status, checked: tokio::time::Instant::now(), computed: None }
+        Agent {
+            store,
+            target,
+            node: node.to_string(),
+            status,
+            checked: tokio::time::Instant::now(),
+            computed: None,
+            bird: None,
+            intent: None,
+        }
     }
 
     /// Full list, then watch from its revision; again from the start after a compaction.
@@ -384,6 +408,13 @@ impl<T: Target> Agent<T> {
                 state
             }
         };
+        if self.bird.is_some() {
+            // BIRD brings the other nodes' blocks; the peers stay as the known nodes (IPIP
+            // decapsulation, and how BIRD's routes through them are sent).
+            for p in &mut state.peers {
+                p.pod_blocks.clear();
+            }
+        }
         for attempt in 0..5 {
             let t = self.target.clone();
             let running = match tokio::task::spawn_blocking(move || t.read()).await {
@@ -400,6 +431,7 @@ impl<T: Target> Agent<T> {
             self.keep_unseen_endpoints(&running, &mut state).await;
             if running.matches(&state) {
                 self.status.update(|c| c.revision = view.revision());
+                self.sync_bird(view, &running).await;
                 return;
             }
             let t = self.target.clone();
@@ -420,6 +452,7 @@ impl<T: Target> Agent<T> {
                         c.applies += 1;
                         c.revision = view.revision();
                     });
+                    self.sync_bird(view, &running).await;
                     return;
                 }
                 Ok(Err(DaemonError::Changed(_))) => {
@@ -438,6 +471,30 @@ impl<T: Target> Agent<T> {
             }
         }
         self.status.update(|c| c.apply_errors += 1);
+    }
+
+    /// Once the daemon runs the node's state: BIRD is given the node's BGP intent (computed
+    /// once per view revision), reloaded only if it changed.
+    async fn sync_bird(&mut self, view: &View, running: &Running) {
+        let Some(bird) = self.bird.clone() else { return };
+        let settings = bgp::daemon_settings(running);
+        let key = (view.revision(), settings.clone());
+        let intent = match &self.intent {
+            Some((k, intent)) if *k == key => intent.clone(),
+            _ => {
+                let secrets = bird.lock().unwrap_or_else(|p| p.into_inner()).secrets_dir().to_path_buf();
+                let intent = settings.and_then(|(kernel_table, device)| {
+                    let params = vrouter_cluster::bgp::BgpParams { kernel_table, device, bfd: Default::default() };
+                    let read = move |r: &SecretKeyRef| vrouter_cluster::bgp::read_secret(&secrets, r);
+                    vrouter_cluster::bgp::node_intent(&view.inputs(), &self.node, &params, &read).map_err(|e| e.to_string())
+                });
+                self.intent = Some((key, intent.clone()));
+                intent
+            }
+        };
+        if let Err(e) = tokio::task::spawn_blocking(move || bird.lock().unwrap_or_else(|p| p.into_inner()).sync(intent)).await {
+            tracing::error!("BIRD task: {e}");
+        }
     }
 
     /// Pods the daemon runs that the view does not have stay if etcd still has their

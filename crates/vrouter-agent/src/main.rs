@@ -39,6 +39,20 @@ struct Cli {
     /// The node's BGP AS number (`spec.bgp.asNumber`).
     #[arg(long)]
     as_number: Option<u32>,
+    /// Makes the node a BGP route reflector with this cluster ID
+    /// (`spec.bgp.routeReflectorClusterID`).
+    #[arg(long)]
+    route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
+    /// BIRD's configuration file: the agent renders it from the datastore and reloads BIRD
+    /// when it changes; routes to the other nodes then come from BGP.
+    #[arg(long, requires = "bird_socket")]
+    bird_config: Option<PathBuf>,
+    /// BIRD's control socket (`bird -s`).
+    #[arg(long, requires = "bird_config")]
+    bird_socket: Option<PathBuf>,
+    /// Where BGP passwords (`secretKeyRef`) are read: DIR/<secret>/<key>.
+    #[arg(long, default_value = "/etc/vrouter/secrets")]
+    secrets_dir: PathBuf,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -64,6 +78,12 @@ fn main() -> ExitCode {
         node: cli.node,
         labels: cli.labels.into_iter().collect(),
         as_number: cli.as_number,
+        route_reflector_cluster_id: cli.route_reflector_cluster_id,
+        bird: cli.bird_config.zip(cli.bird_socket).map(|(config, socket)| vrouter_agent::bgp::BirdArgs {
+            config,
+            socket,
+            secrets_dir: cli.secrets_dir,
+        }),
     };
     match run(&cli.socket, args) {
         Ok(()) => ExitCode::SUCCESS,

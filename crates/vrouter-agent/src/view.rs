@@ -223,6 +223,13 @@ fn parse(kv: &Kv) -> Option<Result<Entry, String>> {
     None
 }
 
+/// What the agent's options set in the node's `spec.bgp` (besides its address).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeBgpArgs {
+    pub as_number: Option<u32>,
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+}
+
 /// Creates or updates this node's `Node` resource: its address (from the daemon's config)
 /// and the labels given, merged into the labels the datastore has (an operator's labels stay).
 pub async fn register_node(
@@ -231,7 +238,7 @@ pub async fn register_node(
     ip: Ipv4Addr,
     subnet: Ipv4Prefix,
     labels: &BTreeMap<String, String>,
-    as_number: Option<u32>,
+    bgp_args: NodeBgpArgs,
 ) -> Result<(), StoreError> {
     let key = resource_key(Kind::Node, None, name);
     for _ in 0..10 {
@@ -251,8 +258,11 @@ pub async fn register_node(
         node.metadata.labels.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let bgp = node.spec.bgp.get_or_insert_with(NodeBgp::default);
         bgp.ipv4_address = Some(address);
-        if as_number.is_some() {
-            bgp.as_number = as_number;
+        if bgp_args.as_number.is_some() {
+            bgp.as_number = bgp_args.as_number;
+        }
+        if bgp_args.route_reflector_cluster_id.is_some() {
+            bgp.route_reflector_cluster_id = bgp_args.route_reflector_cluster_id;
         }
         if current.is_some() && node == before {
             return Ok(());

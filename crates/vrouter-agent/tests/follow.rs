@@ -138,7 +138,14 @@ struct AgentTask {
 impl AgentTask {
     fn start(etcd: &Etcd, node: &MemNode) -> AgentTask {
         let status = Status::new();
-        let args = AgentArgs { etcd_endpoints: etcd.endpoints(), node: None, labels: BTreeMap::new(), as_number: None };
+        let args = AgentArgs {
+            etcd_endpoints: etcd.endpoints(),
+            node: None,
+            labels: BTreeMap::new(),
+            as_number: None,
+            route_reflector_cluster_id: None,
+            bird: None,
+        };
         let (n, s) = (node.clone(), status.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = agent(n, args, s).await {
