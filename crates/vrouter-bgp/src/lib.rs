@@ -12,6 +12,15 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use vrouter_types::Ipv4Prefix;
 
+mod install;
+mod render;
+
+pub use install::install;
+pub use render::{
+    protocol_name, render, validate, RenderError, BLOCKS_PROTOCOL, KERNEL_PROTOCOL, MAX_DEVICE_LEN,
+    MAX_GRACEFUL_RESTART_SECS, MAX_PASSWORD_LEN, MAX_PROTOCOL_NAME, MAX_RECOVERY_WAIT_SECS,
+};
+
 /// Everything one node's BIRD is told.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BgpIntent {
