@@ -12,6 +12,19 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use vrouter_types::Ipv4Prefix;
 
+mod birdc;
+mod install;
+mod render;
+mod status;
+
+pub use birdc::{Birdc, BirdcError, ConfigureOutcome, Reply, ReplyLine, DEFAULT_SOCKET};
+pub use install::install;
+pub use render::{
+    protocol_name, render, validate, RenderError, BLOCKS_PROTOCOL, KERNEL_PROTOCOL, MAX_DEVICE_LEN,
+    MAX_GRACEFUL_RESTART_SECS, MAX_PASSWORD_LEN, MAX_PROTOCOL_NAME, MAX_RECOVERY_WAIT_SECS,
+};
+pub use status::{parse_protocols, parse_status, prometheus_text, BirdStatus, PeerStatus, RouteCounts, TcpMd5Counters};
+
 /// Everything one node's BIRD is told.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BgpIntent {
