@@ -220,7 +220,10 @@ pub async fn agent<T: Target>(target: T, args: AgentArgs, status: Status) -> Res
     let store = connect(&args.etcd_endpoints, &status).await;
     let mut backoff = Backoff::etcd(&status);
     loop {
-        let bgp = view::NodeBgpArgs { as_number: args.as_number, route_reflector_cluster_id: args.route_reflector_cluster_id };
+        let bgp = view::NodeBgpArgs {
+            as_number: args.as_number,
+            route_reflector_cluster_id: args.route_reflector_cluster_id,
+        };
         match view::register_node(&store, &node, ip, subnet, &args.labels, bgp).await {
             Ok(()) => break,
             Err(e) => tracing::warn!("registering node {node}: {e}; retrying"),
@@ -486,13 +489,16 @@ impl<T: Target> Agent<T> {
                 let intent = settings.and_then(|(kernel_table, device)| {
                     let params = vrouter_cluster::bgp::BgpParams { kernel_table, device, bfd: Default::default() };
                     let read = move |r: &SecretKeyRef| vrouter_cluster::bgp::read_secret(&secrets, r);
-                    vrouter_cluster::bgp::node_intent(&view.inputs(), &self.node, &params, &read).map_err(|e| e.to_string())
+                    vrouter_cluster::bgp::node_intent(&view.inputs(), &self.node, &params, &read)
+                        .map_err(|e| e.to_string())
                 });
                 self.intent = Some((key, intent.clone()));
                 intent
             }
         };
-        if let Err(e) = tokio::task::spawn_blocking(move || bird.lock().unwrap_or_else(|p| p.into_inner()).sync(intent)).await {
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || bird.lock().unwrap_or_else(|p| p.into_inner()).sync(intent)).await
+        {
             tracing::error!("BIRD task: {e}");
         }
     }

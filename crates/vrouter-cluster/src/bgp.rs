@@ -68,7 +68,8 @@ pub const NAME_MAX: usize = 48;
 
 /// A session before naming and passwords.
 struct Candidate<'a> {
-    /// The unsanitised name (`mesh_<node>`, `peer_<bgppeer>`, ...).
+    /// The unsanitised name: the peer node's, or the BGPPeer's for a router that is not a node
+    /// (the renderer prefixes the role: `mesh_node2`, `rr_node1`, `peer_tor`).
     key: String,
     ip: Ipv4Addr,
     asn: u32,
@@ -100,13 +101,8 @@ fn peer_password(p: &BgpPeer) -> Option<(&SecretKeyRef, String)> {
 
 /// A session with another node, from BGPPeer `p`.
 fn node_session<'a>(n: &NodeInfo, ip: Ipv4Addr, asn: u32, role: PeerRole, p: &'a BgpPeer) -> Candidate<'a> {
-    let prefix = match role {
-        PeerRole::Reflector => "rr",
-        PeerRole::ReflectorClient => "client",
-        PeerRole::Mesh | PeerRole::External => "node",
-    };
     Candidate {
-        key: format!("{prefix}_{}", n.name),
+        key: n.name.clone(),
         ip,
         asn,
         role,
@@ -176,7 +172,7 @@ pub fn node_intent(
             PeerTarget::Ip { ip, as_number } => match others.iter().find(|(_, nip)| nip == ip) {
                 Some((n, _)) => cands.push(session_with(n, *ip, *as_number, p)),
                 None => cands.push(Candidate {
-                    key: format!("peer_{}", p.metadata.name),
+                    key: p.metadata.name.clone(),
                     ip: *ip,
                     asn: *as_number,
                     role: PeerRole::External,
@@ -206,7 +202,7 @@ pub fn node_intent(
         let restart = restart_secs(global.and_then(|g| g.node_mesh_max_restart_time));
         for (n, ip) in &others {
             cands.push(Candidate {
-                key: format!("mesh_{}", n.name),
+                key: n.name.clone(),
                 ip: *ip,
                 asn: as_of(n),
                 role: PeerRole::Mesh,
@@ -286,7 +282,7 @@ fn hashed(raw: &str) -> String {
 }
 
 /// Session names, unique and stable: the sanitised key; a digest of the key replaces its tail
-/// when it is too long or when two keys sanitise alike (`mesh_a-b`, `mesh_a.b`).
+/// when it is too long or when two keys sanitise alike (`a-b`, `a.b`).
 fn session_names(cands: &[Candidate]) -> Vec<String> {
     let plain = |raw: &str| {
         let s = sanitize(raw);

@@ -84,7 +84,7 @@ fn the_default_mesh_peers_every_other_node_with_an_address() {
     let b = intent(&i, "n1");
     assert_eq!(
         sessions(&b),
-        [s("mesh_n2", "192.168.1.2", 64512, PeerRole::Mesh), s("mesh_n3", "192.168.2.3", 64512, PeerRole::Mesh)]
+        [s("n2", "192.168.1.2", 64512, PeerRole::Mesh), s("n3", "192.168.2.3", 64512, PeerRole::Mesh)]
     );
     assert!(b.peers.iter().all(|s| s.bfd && s.password.is_none()));
     assert_eq!((b.node.as_str(), b.node_ip, b.asn), ("n1", a("192.168.1.1"), 64512));
@@ -124,10 +124,7 @@ fn as_numbers_come_from_the_node_else_the_default_config_else_64512() {
     let i = with(i, &format!("{BGPCONFIG}spec: {{asNumber: 65000}}\n"));
     let b = intent(&i, "n1");
     assert_eq!(b.asn, 65000);
-    assert_eq!(
-        sessions(&b),
-        [s("mesh_n2", "10.0.0.2", 65000, PeerRole::Mesh), s("mesh_n3", "10.0.0.3", 65003, PeerRole::Mesh)]
-    );
+    assert_eq!(sessions(&b), [s("n2", "10.0.0.2", 65000, PeerRole::Mesh), s("n3", "10.0.0.3", 65003, PeerRole::Mesh)]);
     assert_eq!(intent(&i, "n3").asn, 65003);
     // A node's config does not set the AS (only `default` may).
     let node_cfg =
@@ -170,7 +167,7 @@ fn two_route_reflectors_serve_48_clients_with_one_bgppeer() {
     let client = intent(&i, "w-07");
     assert_eq!(
         sessions(&client),
-        [s("rr_rr_0", "10.0.0.1", 64512, PeerRole::Reflector), s("rr_rr_1", "10.0.0.2", 64512, PeerRole::Reflector)]
+        [s("rr_0", "10.0.0.1", 64512, PeerRole::Reflector), s("rr_1", "10.0.0.2", 64512, PeerRole::Reflector)]
     );
     assert!(client.peers.iter().all(|s| s.bfd));
     assert_eq!(client.route_reflector_cluster_id, None);
@@ -180,9 +177,9 @@ fn two_route_reflectors_serve_48_clients_with_one_bgppeer() {
     assert_eq!(rr.peers.len(), 49);
     let clients: Vec<_> = rr.peers.iter().filter(|s| s.role == PeerRole::ReflectorClient).collect();
     assert_eq!(clients.len(), 48);
-    assert_eq!((clients[0].name.as_str(), clients[0].ip), ("client_w_00", a("10.0.1.1")));
+    assert_eq!((clients[0].name.as_str(), clients[0].ip), ("w_00", a("10.0.1.1")));
     let other: Vec<_> = sessions(&rr).into_iter().filter(|x| x.3 != PeerRole::ReflectorClient).collect();
-    assert_eq!(other, [s("node_rr_1", "10.0.0.2", 64512, PeerRole::Mesh)]);
+    assert_eq!(other, [s("rr_1", "10.0.0.2", 64512, PeerRole::Mesh)]);
 
     // Every session has its other end, with the roles mirrored.
     let all: BTreeMap<Ipv4Addr, BgpIntent> = i.nodes.iter().map(|n| (n.ip.unwrap(), intent(&i, &n.name))).collect();
@@ -223,9 +220,9 @@ spec:
     assert_eq!(
         sessions(&b),
         [
-            s("mesh_n2", "10.0.1.2", 64512, PeerRole::Mesh),
-            s("mesh_n3", "10.0.2.3", 64512, PeerRole::Mesh),
-            s("peer_tor_r1", "10.0.1.254", 65100, PeerRole::External),
+            s("n2", "10.0.1.2", 64512, PeerRole::Mesh),
+            s("n3", "10.0.2.3", 64512, PeerRole::Mesh),
+            s("tor_r1", "10.0.1.254", 65100, PeerRole::External),
         ]
     );
     assert!(!b.peers[2].bfd, "BFD is off towards a router by default");
@@ -236,7 +233,7 @@ spec:
         &tor.replace("nodeSelector: rack == 'r1'", "node: n2"),
     );
     assert!(!intent(&i, "n1").peers.iter().any(|s| s.role == PeerRole::External));
-    assert!(intent(&i, "n2").peers.iter().any(|s| s.name == "peer_tor_r1"));
+    assert!(intent(&i, "n2").peers.iter().any(|s| s.name == "tor_r1"));
 }
 
 #[test]
@@ -251,8 +248,8 @@ spec: {node: n1, peerIP: 10.0.0.2, asNumber: 64512}
 ";
     let i = with(i, &format!("{BGPCONFIG}spec: {{nodeToNodeMeshEnabled: false}}\n---\n{peer}"));
     // n1 is a reflector, n2 not: n2 is n1's client, n1 n2's reflector.
-    assert_eq!(sessions(&intent(&i, "n1")), [s("client_n2", "10.0.0.2", 64512, PeerRole::ReflectorClient)]);
-    assert_eq!(sessions(&intent(&i, "n2")), [s("rr_n1", "10.0.0.1", 64512, PeerRole::Reflector)]);
+    assert_eq!(sessions(&intent(&i, "n1")), [s("n2", "10.0.0.2", 64512, PeerRole::ReflectorClient)]);
+    assert_eq!(sessions(&intent(&i, "n2")), [s("n1", "10.0.0.1", 64512, PeerRole::Reflector)]);
     assert!(intent(&i, "n3").peers.is_empty());
     // Manual: n2 needs its own BGPPeer.
     let mut manual = i.clone();
@@ -298,7 +295,7 @@ spec: {peerIP: 10.0.0.1, asNumber: 64512}
     // node (as confd); none to n1's own address.
     assert_eq!(
         sessions(&b),
-        [s("node_n2", "10.0.0.2", 64512, PeerRole::Mesh), s("peer_z_global", "10.0.0.9", 65002, PeerRole::External)]
+        [s("n2", "10.0.0.2", 64512, PeerRole::Mesh), s("z_global", "10.0.0.9", 65002, PeerRole::External)]
     );
     // n2 has n1 by the reverse of `to-n2` and of `self` (n1's address and AS): one session.
     let b2 = intent(&i, "n2");
@@ -326,7 +323,7 @@ spec: {{peerIP: 10.0.0.254, asNumber: 65100, password: {{secretKeyRef: {{name: b
     };
     let b = node_intent(&i, "n1", &params(), &read).unwrap();
     let pw: Vec<_> = b.peers.iter().map(|s| (s.name.as_str(), s.password.as_deref())).collect();
-    assert_eq!(pw, [("mesh_n2", Some("pw-mesh")), ("mesh_n3", Some("pw-mesh")), ("peer_tor", Some("pw-tor"))]);
+    assert_eq!(pw, [("n2", Some("pw-mesh")), ("n3", Some("pw-mesh")), ("tor", Some("pw-tor"))]);
     assert_eq!(calls.get(), 2);
     let e = node_intent(&i, "n1", &params(), &|r: &SecretKeyRef| {
         if r.key == "tor" {
@@ -392,11 +389,11 @@ fn session_names_are_bird_symbols_unique_and_stable() {
     let b = intent(&i, "n1");
     let names: Vec<&str> = b.peers.iter().map(|s| s.name.as_str()).collect();
     assert!(names.iter().all(|n| is_bird_symbol(n)), "{names:?}");
-    assert!(names.contains(&"mesh_node_4_example_com"), "{names:?}");
+    assert!(names.contains(&"node_4_example_com"), "{names:?}");
     let set: BTreeSet<_> = names.iter().collect();
     assert_eq!(set.len(), names.len(), "{names:?}");
     // The two that sanitise alike both carry their own digest.
-    let ab: Vec<_> = names.iter().filter(|n| n.starts_with("mesh_a_b_")).collect();
+    let ab: Vec<_> = names.iter().filter(|n| n.starts_with("a_b_")).collect();
     assert_eq!(ab.len(), 2, "{names:?}");
     // The same inputs, in another order, give the same names.
     let mut shuffled = i.clone();
