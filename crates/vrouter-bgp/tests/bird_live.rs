@@ -51,10 +51,8 @@ fn a_block_reaches_the_peers_kernel_via_the_node_onlink_and_a_reload_withdraws_i
     let bird_b = Bird::start(&lab, &b, "b", &ib);
     let _bird_c = Bird::start(&lab, &c, "c", &ic);
 
-    let t = wait_until("the blocks in every table", UP, || {
-        lab.route(&b, "10.244.1.0/26").is_some()
-            && lab.route(&c, "10.244.1.64/26").is_some()
-            && lab.route(&a, "10.244.3.0/26").is_some()
+    let t = wait_until("the other nodes' blocks in every table", UP, || {
+        [(&a, 2), (&b, 3), (&c, 3)].iter().all(|(ns, n)| lab.table(ns, 100).lines().count() == *n)
     });
     println!("mesh up and routes in the kernel after {t:?}");
     assert_eq!(route_line(&lab, &b, "10.244.1.0/26"), via("10.244.1.0/26", "192.168.1.1", "eth0"));
