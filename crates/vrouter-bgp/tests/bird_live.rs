@@ -330,6 +330,9 @@ fn graceful_restart_keeps_the_routes_on_both_sides_through_a_bird_restart() {
         lab.route(&b, "10.244.1.0/26").is_some() && lab.route(&a, "10.244.2.0/26").is_some()
     });
 
+    // Polls every 20 ms, and netlink events for a delete followed at once by an add.
+    let (mon_a, mon_b) = (lab.dir.join("a-monitor.txt"), lab.dir.join("b-monitor.txt"));
+    let mut monitors = [common::Monitor::start(&a, &mon_a), common::Monitor::start(&b, &mon_b)];
     let (stop, watcher) = watch(vec![(b.clone(), "10.244.1.0/26".into()), (a.clone(), "10.244.2.0/26".into())]);
     let old_pid = bird_a.pid();
     let started = Instant::now();
@@ -351,8 +354,53 @@ fn graceful_restart_keeps_the_routes_on_both_sides_through_a_bird_restart() {
     );
     assert!(missing.is_empty(), "routes disappeared: {missing:?}\n{}", bird_b.log_text());
     assert!(polls > 10, "the watch ran through the restart");
+    monitors.iter_mut().for_each(common::Monitor::stop);
+    for (ns, events) in [(&a, &mon_a), (&b, &mon_b)] {
+        let events = std::fs::read_to_string(events).unwrap();
+        assert!(!events.contains("Deleted"), "a route of {ns} was deleted, if only for a moment:\n{events}");
+    }
     assert_eq!(route_line(&lab, &b, "10.244.1.0/26"), via("10.244.1.0/26", "192.168.1.1", "eth0"));
     assert!(bird_b.established("mesh_a"));
+}
+
+/// The same restart without -R is not graceful: the restarted BIRD empties its kernel table
+/// at start (its kernel protocol syncs before the sessions are back), and the peer drops its
+/// routes when it reconnects (the new session does not say forwarding was preserved).
+#[test]
+fn a_restart_without_dash_r_loses_the_routes_on_both_sides() {
+    if skip(true).is_some() {
+        return;
+    }
+    let mut lab = Lab::new("nor");
+    let (a, b, ia, ib) = pair(&mut lab, false);
+    let mut bird_a = Bird::start(&lab, &a, "a", &ia);
+    let _bird_b = Bird::start(&lab, &b, "b", &ib);
+    wait_until("routes both ways", UP, || {
+        lab.route(&b, "10.244.1.0/26").is_some() && lab.route(&a, "10.244.2.0/26").is_some()
+    });
+
+    // b deletes and adds the route again within milliseconds: netlink events catch that.
+    let monitor_out = lab.dir.join("b-monitor.txt");
+    let mut monitor = common::Monitor::start(&b, &monitor_out);
+    let (stop, watcher) = watch(vec![(a.clone(), "10.244.2.0/26".into())]);
+    bird_a.birdc().raw("graceful restart").unwrap();
+    bird_a.wait_exit(Duration::from_secs(10));
+    bird_a.spawn(&[]);
+    wait_until("a's session back", UP, || bird_a.established("mesh_b"));
+    wait_until("routes both ways again", UP, || {
+        lab.route(&b, "10.244.1.0/26").is_some() && lab.route(&a, "10.244.2.0/26").is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (missing, polls) = watcher.join().unwrap();
+    monitor.stop();
+    let events = std::fs::read_to_string(&monitor_out).unwrap();
+    println!(
+        "restart without -R: a's own table without b's route for {} of {polls} polls; at b:\n{events}",
+        missing.len()
+    );
+    assert!(!missing.is_empty(), "a's own table kept b's routes");
+    assert!(events.lines().any(|l| l.starts_with("Deleted 10.244.1.0/26 ")), "b kept a's routes:\n{events}");
 }
 
 /// What BIRD 2.0.12 does with BFD on a session whose peer restarts gracefully: the restarting

@@ -299,3 +299,30 @@ impl Drop for Bird {
         self.kill9();
     }
 }
+
+/// `ip monitor route` of a namespace into a file, stopped on drop.
+pub struct Monitor(Option<Child>);
+
+impl Monitor {
+    pub fn start(ns: &str, out: &Path) -> Monitor {
+        let f = std::fs::File::create(out).unwrap();
+        let child =
+            Command::new("ip").args(["-n", ns, "monitor", "route"]).stdout(f).stderr(Stdio::null()).spawn().unwrap();
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(200));
+        Monitor(Some(child))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
