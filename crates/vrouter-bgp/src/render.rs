@@ -43,6 +43,10 @@ pub const MAX_GRACEFUL_RESTART_SECS: u32 = 4095;
 /// live peers are back within seconds (`connect delay time 2`), a dead one holds it to the end.
 pub const MAX_RECOVERY_WAIT_SECS: u32 = 30;
 
+/// Ends the description of a session with a TCP MD5 password (`vrouterctl node status` reads
+/// it: a password mismatch shows only in the kernel's counters).
+pub const MD5_MARK: &str = ", TCP MD5";
+
 /// The BIRD protocol holding the node's blocks (its name appears in the export filters).
 pub const BLOCKS_PROTOCOL: &str = "node_blocks";
 /// The BIRD protocol writing learned routes to the kernel table.
@@ -432,7 +436,8 @@ pub fn render(intent: &BgpIntent) -> Result<String, RenderError> {
         let ebgp = p.asn != intent.asn;
         let _ = writeln!(o);
         let _ = writeln!(o, "protocol bgp {name} from vrouter_peer {{");
-        let _ = writeln!(o, "  description \"{}: {}\";", p.role.describe(), p.name);
+        let md5 = if p.password.is_some() { MD5_MARK } else { "" };
+        let _ = writeln!(o, "  description \"{}: {}{md5}\";", p.role.describe(), p.name);
         let _ = writeln!(o, "  neighbor {} as {};", p.ip, p.asn);
         if ebgp {
             let _ = writeln!(o, "  # eBGP to a router on the node's subnet: single hop (TTL 1, single-hop BFD).");
@@ -638,7 +643,9 @@ mod tests {
         // A backslash is taken literally by BIRD 2.0.12 (its strings have no escapes).
         i.peers[0].password = Some(r"s3cr\et 'x' #1".into());
         let c = render(&i).unwrap();
-        assert!(block(&c, "protocol bgp mesh_node2").contains(r#"password "s3cr\et 'x' #1";"#), "{c}");
+        let m = block(&c, "protocol bgp mesh_node2");
+        assert!(m.contains(r#"password "s3cr\et 'x' #1";"#), "{c}");
+        assert!(m.contains("description \"node-to-node mesh: node2, TCP MD5\";"), "{m}");
         for (pw, why) in [
             ("a\"b", "'\"'"),
             ("a\nb", "control character"),

@@ -31,6 +31,11 @@ pub struct PeerStatus {
     /// The role, from the protocol name; `None` for a session this crate did not render.
     pub role: Option<PeerRole>,
     pub description: Option<String>,
+    /// The peer's name, from a description this crate rendered (`ROLE: NAME`).
+    pub peer: Option<String>,
+    /// Whether the session has a TCP MD5 password, from a description this crate rendered;
+    /// `None` for another description.
+    pub tcp_md5: Option<bool>,
     pub neighbor_ip: Option<Ipv4Addr>,
     pub neighbor_as: Option<u32>,
     pub local_as: Option<u32>,
@@ -70,39 +75,67 @@ impl PeerStatus {
     }
 
     /// Why a session that is not established is not, in words an operator can act on; `md5`
-    /// are the TCP MD5 drop counters of the namespace BIRD runs in ([`TcpMd5Counters::read`]),
-    /// which tell a password mismatch (TCP segments dropped, BIRD sees only silence) from an
-    /// unreachable peer.
+    /// are the TCP MD5 drop counters of the namespace BIRD runs in ([`TcpMd5Counters::read`]):
+    /// a password mismatch shows only there (the kernel drops the segments, BIRD sees a peer
+    /// that does not answer).
     pub fn diagnosis(&self, md5: Option<&TcpMd5Counters>) -> Option<String> {
         if self.established() {
             return None;
         }
-        if self.state == "down" && self.bgp_state == "Down" && self.last_error.is_none() {
+        if self.state == "down" && self.last_error.is_none() {
             return Some("disabled".into());
         }
-        let md5_hint = md5.filter(|m| m.total() > 0).map(|m| {
-            format!(
-                "this node's kernel dropped TCP segments for their MD5 signature (wrong: {}, missing: {}, unexpected: {}): the password differs between the two ends, or only one end has one",
-                m.failure, m.not_found, m.unexpected
-            )
-        });
+        if let Some(e) = &self.last_error {
+            let hint = if e.contains("Connection refused") {
+                Some("nothing listens on port 179 at the peer (BIRD not running there?)")
+            } else if e.contains("No route to host") || e.contains("Network is unreachable") {
+                Some("the peer's address does not answer (ARP) or has no route from this node")
+            } else if e.contains("BFD session down") {
+                Some("BFD lost the peer")
+            } else {
+                None
+            };
+            if let Some(h) = hint {
+                return Some(format!("{e}: {h}"));
+            }
+        }
         let waiting = matches!(self.bgp_state.as_str(), "Connect" | "Active" | "Idle" | "Passive");
-        match (&self.last_error, md5_hint) {
-            (Some(e), Some(h)) if waiting => Some(format!("{e}; {h}")),
-            (Some(e), _) => Some(match e.as_str() {
-                e if e.contains("Connection refused") => {
-                    format!("{e}: nothing listens on port 179 at the peer (BIRD not running there?)")
-                }
-                e if e.contains("BFD session down") => format!("{e}: BFD lost the peer"),
-                e => e.to_string(),
-            }),
-            (None, Some(h)) if waiting => Some(format!("no BGP connection yet; {h}")),
-            (None, _) if waiting => Some(
+        let mut why: Vec<String> = self.last_error.iter().cloned().collect();
+        let md5 = md5.copied().unwrap_or_default();
+        let (f, nf, u) = (md5.failure, md5.not_found, md5.unexpected);
+        let md5_hint = match self.tcp_md5 {
+            Some(true) if f + nf > 0 => Some(format!(
+                "this session has a TCP MD5 password and this node's kernel dropped {f} segments signed with another one and {nf} unsigned: the peer's password differs, or it has none"
+            )),
+            Some(false) if u > 0 => Some(format!(
+                "this node's kernel dropped {u} segments signed with a TCP MD5 password: the peer has a password for this session, this node none"
+            )),
+            None if f + nf + u > 0 => Some(format!(
+                "this node's kernel dropped TCP segments for their MD5 signature (wrong: {f}, missing: {nf}, unexpected: {u}): check the passwords"
+            )),
+            _ => None,
+        };
+        match md5_hint {
+            Some(h) if waiting => why.push(h),
+            _ if waiting && why.is_empty() => why.push(
                 "no BGP connection yet: the peer is unreachable, does not have this node as a peer, or the passwords differ"
                     .into(),
             ),
-            (None, _) => None,
+            _ => {}
         }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// The peer's name and whether the session has a password, from a description rendered by
+/// this crate: `ROLE: NAME[, TCP MD5]`.
+fn parse_description(role: Option<PeerRole>, d: &str) -> (Option<String>, Option<bool>) {
+    let Some(name) = role.and_then(|r| d.strip_prefix(r.describe())).and_then(|n| n.strip_prefix(": ")) else {
+        return (None, None);
+    };
+    match name.strip_suffix(crate::MD5_MARK) {
+        Some(n) => (Some(n.to_string()), Some(true)),
+        None => (Some(name.to_string()), Some(false)),
     }
 }
 
@@ -163,6 +196,8 @@ pub fn parse_protocols(reply: &Reply, now: i64) -> Vec<PeerStatus> {
                     role: PeerRole::from_protocol_name(r.name),
                     name: r.name.to_string(),
                     description: None,
+                    peer: None,
+                    tcp_md5: None,
                     neighbor_ip: None,
                     neighbor_as: None,
                     local_as: None,
@@ -182,7 +217,10 @@ pub fn parse_protocols(reply: &Reply, now: i64) -> Vec<PeerStatus> {
                 let Some((key, value)) = l.text.split_once(':') else { continue };
                 let value = value.trim();
                 match key.trim() {
-                    "Description" => p.description = Some(value.to_string()),
+                    "Description" => {
+                        (p.peer, p.tcp_md5) = parse_description(p.role, value);
+                        p.description = Some(value.to_string());
+                    }
                     "BGP state" => p.bgp_state = value.to_string(),
                     "Neighbor address" => p.neighbor_ip = value.split('%').next().and_then(|a| a.parse().ok()),
                     "Neighbor AS" => p.neighbor_as = value.parse().ok(),
@@ -433,8 +471,8 @@ mod tests {
     const CLIENT: &str = include_str!("testdata/proto_all_client.txt");
     /// The reflector's client session after the client changed its password.
     const MD5: &str = include_str!("testdata/proto_md5.txt");
-    /// 2026-12-02 13:58:20 +0000, when the sessions came up.
-    const UP_AT: i64 = 1_796_219_900;
+    /// 2026-12-02 14:09:05 +0000, when the sessions came up.
+    const UP_AT: i64 = 1_796_220_545;
 
     fn find<'a>(peers: &'a [PeerStatus], name: &str) -> &'a PeerStatus {
         peers.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no {name} in {peers:#?}"))
@@ -453,13 +491,14 @@ mod tests {
         let c = find(&peers, "rrclient_node2");
         assert_eq!(c.role, Some(PeerRole::ReflectorClient));
         assert_eq!(c.peer_type(), "route reflector client");
-        assert_eq!(c.description.as_deref(), Some("route reflector client: node2"));
+        assert_eq!(c.description.as_deref(), Some("route reflector client: node2, TCP MD5"));
+        assert_eq!((c.peer.as_deref(), c.tcp_md5), (Some("node2"), Some(true)));
         assert_eq!(c.neighbor_ip, Some("10.0.0.2".parse().unwrap()));
         assert_eq!((c.neighbor_as, c.local_as), (Some(64512), Some(64512)));
         assert_eq!(c.neighbor_id, Some("10.0.0.2".parse().unwrap()));
         assert_eq!((c.state.as_str(), c.bgp_state.as_str()), ("up", "Established"));
         assert!(c.established());
-        assert_eq!(c.since, "2026-12-02 13:58:20 +0000");
+        assert_eq!(c.since, "2026-12-02 14:09:05 +0000");
         assert_eq!(c.since_unix, Some(UP_AT));
         assert_eq!(c.uptime_secs, Some(3600));
         assert_eq!(c.routes, RouteCounts { imported: 1, filtered: 2, exported: 1, preferred: 1 });
@@ -489,11 +528,31 @@ mod tests {
         let peers = parse_protocols(&recorded(MD5), UP_AT);
         let p = find(&peers, "rrclient_node2");
         assert_eq!(p.bgp_state, "Connect");
+        assert_eq!(p.tcp_md5, Some(true));
         let md5 = TcpMd5Counters { failure: 27, not_found: 0, unexpected: 0 };
         let why = p.diagnosis(Some(&md5)).unwrap();
-        assert!(why.contains("wrong: 27") && why.contains("password"), "{why}");
+        assert!(
+            why.contains("dropped 27 segments signed with another one") && why.contains("password differs"),
+            "{why}"
+        );
         let no_drops = p.diagnosis(Some(&TcpMd5Counters::default())).unwrap();
-        assert!(!no_drops.contains("wrong:"), "{no_drops}");
+        assert!(!no_drops.contains("dropped"), "{no_drops}");
+        // Drops of signed segments say nothing about a session that has a password.
+        let unexpected = TcpMd5Counters { unexpected: 5, ..Default::default() };
+        assert!(!p.diagnosis(Some(&unexpected)).unwrap().contains("dropped"));
+        // A session without one: only those do.
+        let mut none = p.clone();
+        none.tcp_md5 = Some(false);
+        assert!(none
+            .diagnosis(Some(&unexpected))
+            .unwrap()
+            .contains("the peer has a password for this session, this node none"));
+        assert!(!none.diagnosis(Some(&md5)).unwrap().contains("dropped"));
+        // A definite socket error is not blamed on passwords.
+        let peers = parse_protocols(&recorded(RR), UP_AT);
+        let refused =
+            find(&peers, "mesh_node3").diagnosis(Some(&TcpMd5Counters { unexpected: 5, failure: 5, not_found: 5 }));
+        assert!(!refused.unwrap().contains("MD5"));
     }
 
     #[test]
@@ -513,7 +572,7 @@ mod tests {
         let s = parse_status(&recorded(include_str!("testdata/status.txt"))).unwrap();
         assert_eq!(s.version, "2.0.12");
         assert_eq!(s.router_id, Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(s.last_reconfiguration.as_deref(), Some("2026-12-02 13:58:18.739"));
+        assert_eq!(s.last_reconfiguration.as_deref(), Some("2026-12-02 14:09:03.782"));
         assert_eq!(s.message, "Daemon is up and running");
         assert!(!s.graceful_restart_recovery);
         let gr = parse_status(&recorded(include_str!("testdata/status_gr.txt"))).unwrap();
@@ -522,10 +581,10 @@ mod tests {
 
     #[test]
     fn since_reads_dates_with_offsets_epoch_numbers_and_nothing_else() {
-        assert_eq!(parse_time("2026-12-02 13:58:20 +0000"), Some(UP_AT));
-        assert_eq!(parse_time("2026-12-02 15:58:20.123 +0200"), Some(UP_AT));
-        assert_eq!(parse_time("2026-12-02 08:28:20 -0530"), Some(UP_AT));
-        assert_eq!(parse_time("1796219900"), Some(UP_AT));
+        assert_eq!(parse_time("2026-12-02 14:09:05 +0000"), Some(UP_AT));
+        assert_eq!(parse_time("2026-12-02 16:09:05.123 +0200"), Some(UP_AT));
+        assert_eq!(parse_time("2026-12-02 08:39:05 -0530"), Some(UP_AT));
+        assert_eq!(parse_time("1796220545"), Some(UP_AT));
         assert_eq!(parse_time("1970-01-01 00:00:00 +0000"), Some(0));
         assert_eq!(parse_time("2000-02-29 00:00:00 +0000"), Some(951_782_400));
         // BIRD's default format has no date: no uptime rather than a wrong one.

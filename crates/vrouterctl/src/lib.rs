@@ -18,6 +18,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 #[cfg(feature = "datastore")]
 mod datastore;
+mod node;
 use serde_json::Value;
 
 use vrouter_api::reply as r;
@@ -223,6 +224,15 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: IpamCmd,
     },
+    /// The node's BGP speaker (BIRD beside vrouter): `node status` shows its sessions, as
+    /// `calicoctl node status` does.
+    #[command(
+        after_help = "Examples:\n  vrouterctl node status\n  vrouterctl node status --bird-socket /run/bird/bird.ctl --json"
+    )]
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Re-read the daemon's own config file (as SIGHUP does).
     #[command(after_help = "Example:\n  vrouterctl reload")]
     Reload,
@@ -284,6 +294,19 @@ pub enum Output {
     Table,
     Yaml,
     Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// The BGP sessions of the node's BIRD: peer address, type, state, since, uptime, BGP
+    /// state, routes imported / refused (outside the pools) / exported, and why a session is
+    /// not up.
+    #[command(after_help = "Example:\n  vrouterctl node status --bird-socket /run/bird/bird.ctl")]
+    Status {
+        /// BIRD's control socket (its -s).
+        #[arg(long, env = "BIRD_SOCKET", default_value = vrouter_bgp::DEFAULT_SOCKET)]
+        bird_socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -807,6 +830,7 @@ fn run_inner(args: &CtlArgs) -> Result<bool, String> {
             }
         }
         CtlCmd::Reload => Request::Reload,
+        CtlCmd::Node { cmd: NodeCmd::Status { bird_socket } } => return node::status(bird_socket, args.json),
         CtlCmd::Trace { action: Some(TraceCmd::Stop), .. } => Request::TraceStop,
         CtlCmd::Trace { action: None, count, port, timeout } => {
             let ms = (timeout.max(0.0) * 1000.0) as u64;
@@ -1187,6 +1211,7 @@ pub fn render(cmd: &CtlCmd, v: &Value) -> Result<String, String> {
         | CtlCmd::Policy { .. }
         | CtlCmd::Apply { .. }
         | CtlCmd::Reload => key_values(&typed::<vrouter_api::ChangeReport>(v)?),
+        CtlCmd::Node { .. } => return Err("`node` asks BIRD, not the daemon: no daemon reply to show".into()),
         // Printed by `datastore` as they run; no node reply to render.
         #[cfg(feature = "datastore")]
         CtlCmd::Create { .. }
