@@ -133,6 +133,10 @@ impl View {
                         labels: n.metadata.labels.clone(),
                         asn: bgp.and_then(|b| b.as_number),
                         rr_cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
+                        bgp_restart: n
+                            .metadata
+                            .annotations
+                            .contains_key(vrouter_cluster::bgp::GRACEFUL_RESTART_ANNOTATION),
                     })
                 }
                 Resource::IpPool(p) => i.pools.push(PoolInfo { cidr: p.spec.cidr, ipip: p.spec.ipip_mode }),

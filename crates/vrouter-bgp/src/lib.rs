@@ -21,7 +21,7 @@ pub use birdc::{Birdc, BirdcError, ConfigureOutcome, Reply, ReplyLine, DEFAULT_S
 pub use install::install;
 pub use render::{
     protocol_name, render, validate, RenderError, BLOCKS_PROTOCOL, KERNEL_PROTOCOL, MAX_DEVICE_LEN,
-    MAX_GRACEFUL_RESTART_SECS, MAX_PASSWORD_LEN, MAX_PROTOCOL_NAME, MAX_RECOVERY_WAIT_SECS, MD5_MARK,
+    MAX_GRACEFUL_RESTART_SECS, MAX_PASSWORD_LEN, MAX_PROTOCOL_NAME, MAX_RECOVERY_WAIT_SECS, MD5_MARK, POOLS_PROTOCOL,
 };
 pub use status::{parse_protocols, parse_status, prometheus_text, BirdStatus, PeerStatus, RouteCounts, TcpMd5Counters};
 

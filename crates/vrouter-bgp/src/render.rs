@@ -49,6 +49,8 @@ pub const MD5_MARK: &str = ", TCP MD5";
 
 /// The BIRD protocol holding the node's blocks (its name appears in the export filters).
 pub const BLOCKS_PROTOCOL: &str = "node_blocks";
+/// The BIRD protocol holding the pools as unreachable routes (to the kernel table only).
+pub const POOLS_PROTOCOL: &str = "pools_unreachable";
 /// The BIRD protocol writing learned routes to the kernel table.
 pub const KERNEL_PROTOCOL: &str = "kernel_routes";
 
@@ -345,12 +347,22 @@ pub fn render(intent: &BgpIntent) -> Result<String, RenderError> {
     }
     let _ = writeln!(o, "}}");
     let _ = writeln!(o);
+    let _ = writeln!(o, "# The pools themselves, unreachable: an address in a pool that no node announces (a");
+    let _ = writeln!(o, "# dead node's block) gets ICMP net unreachable from vrouter at once, instead of following");
+    let _ = writeln!(o, "# the default route into the underlay. Any announced block is longer, and wins.");
+    let _ = writeln!(o, "protocol static {POOLS_PROTOCOL} {{");
+    let _ = writeln!(o, "  ipv4;");
+    for p in &pools {
+        let _ = writeln!(o, "  route {p} unreachable;");
+    }
+    let _ = writeln!(o, "}}");
+    let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "# Routes learned over BGP, and only those, go to kernel table {} (vrouter imports it)",
+        "# Routes learned over BGP, and the pools' unreachable routes, go to kernel table {} (vrouter",
         intent.kernel_table
     );
-    let _ = writeln!(o, "# as `PREFIX via NODE-IP dev {} onlink`.", intent.device);
+    let _ = writeln!(o, "# imports it), the learned ones as `PREFIX via NODE-IP dev {} onlink`.", intent.device);
     let _ = writeln!(o, "protocol kernel {KERNEL_PROTOCOL} {{");
     let _ = writeln!(o, "  ipv4 {{");
     let _ = writeln!(o, "    import none;");
@@ -359,6 +371,7 @@ pub fn render(intent: &BgpIntent) -> Result<String, RenderError> {
     let _ = writeln!(o, "        onlink = true;");
     let _ = writeln!(o, "        accept;");
     let _ = writeln!(o, "      }}");
+    let _ = writeln!(o, "      if proto = \"{POOLS_PROTOCOL}\" then accept;");
     let _ = writeln!(o, "      reject;");
     let _ = writeln!(o, "    }};");
     let _ = writeln!(o, "  }};");

@@ -49,6 +49,10 @@ pub struct BgpParams {
     pub bfd: BfdTiming,
 }
 
+/// The annotation on a `Node` that drains BFD from its sessions before a graceful restart of
+/// its BIRD (any value; removed once BIRD is back). See `docs/bgp.md`.
+pub const GRACEFUL_RESTART_ANNOTATION: &str = "vrouter.io/bgp-graceful-restart";
+
 /// Why a node's intent could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BgpIntentError {
@@ -234,6 +238,16 @@ pub fn node_intent(
             }),
         };
         sessions.push(Session { name, ip: c.ip, asn: c.asn, role: c.role, password, bfd: c.bfd });
+    }
+    // BIRD 2.0.12 takes a BFD session going down as a failure even when the peer restarts
+    // gracefully (it sends no AdminDown, and a received one counts as down): a node about to
+    // restart BIRD has BFD drained from its sessions first, on both ends, so that its peers
+    // keep its routes through the restart. A crash of any other node is still caught by BFD.
+    let restarting: BTreeSet<Ipv4Addr> = nodes.iter().filter(|n| n.bgp_restart).filter_map(|n| n.ip).collect();
+    for s in &mut sessions {
+        if my.bgp_restart || restarting.contains(&s.ip) {
+            s.bfd = false;
+        }
     }
     sessions.sort_by(|a, b| a.name.cmp(&b.name));
 

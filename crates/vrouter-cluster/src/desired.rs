@@ -35,6 +35,9 @@ pub struct NodeInfo {
     pub asn: Option<u32>,
     /// `spec.bgp.routeReflectorClusterID`: set on a route reflector.
     pub rr_cluster_id: Option<Ipv4Addr>,
+    /// The node is about to restart BIRD gracefully (annotation
+    /// [`crate::bgp::GRACEFUL_RESTART_ANNOTATION`]): BFD is off on every session with it.
+    pub bgp_restart: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -166,7 +166,12 @@ impl Lab {
             return String::new();
         }
         assert!(o.status.success(), "{}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        // The pools' own unreachable routes (always there) are left out: what was learned.
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("unreachable "))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     /// The line of table 100 for `prefix`, if it has one.

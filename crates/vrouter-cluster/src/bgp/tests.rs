@@ -465,3 +465,17 @@ fn secrets_are_read_from_mounted_files() {
     assert!(read_secret(&dir.0, &r("..", "mesh")).is_err());
     assert!(read_secret(&dir.0, &r("bgp", "../bgp/mesh")).is_err());
 }
+
+#[test]
+fn a_node_about_to_restart_gracefully_has_bfd_drained_on_both_ends_of_its_sessions() {
+    let mut i = cluster(vec![node("n1", "10.0.0.1"), node("n2", "10.0.0.2"), node("n3", "10.0.0.3")]);
+    i.nodes[2].bgp_restart = true;
+    let bfd = |b: &BgpIntent| b.peers.iter().map(|s| (s.name.clone(), s.bfd)).collect::<Vec<_>>();
+    // The others keep BFD with each other, not with n3.
+    assert_eq!(bfd(&intent(&i, "n1")), [("n2".to_string(), true), ("n3".to_string(), false)]);
+    assert_eq!(bfd(&intent(&i, "n2")), [("n1".to_string(), true), ("n3".to_string(), false)]);
+    // n3 itself runs none.
+    assert!(intent(&i, "n3").peers.iter().all(|s| !s.bfd));
+    i.nodes[2].bgp_restart = false;
+    assert!(intent(&i, "n1").peers.iter().all(|s| s.bfd), "back on once the restart is over");
+}
