@@ -144,6 +144,10 @@ impl Default for ControlConfig {
 pub struct MetricsConfig {
     /// Address to serve `GET /metrics` on, e.g. "127.0.0.1:9420".
     pub listen: std::net::SocketAddr,
+    /// The node's BIRD control socket: its BGP sessions are added to each scrape
+    /// (`vrouter_bgp_*`, read from BIRD at scrape time, `vrouter_bgp_bird_up 0` while it is down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird_socket: Option<std::path::PathBuf>,
 }
 
 /// Importing routes from a kernel routing table (where BIRD programs what it learns).

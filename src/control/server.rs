@@ -501,6 +501,12 @@ impl Control {
             .collect();
         let mut out = String::new();
         render_with_pods(&mut out, &node_name, &names, &pods, &self.counters, &extra);
+        let bird = self.node().config().metrics.as_ref().and_then(|m| m.bird_socket.clone());
+        if let Some(sock) = bird {
+            // Read at scrape time, bounded: a stuck BIRD costs a scrape a second at most.
+            let birdc = vrouter_bgp::Birdc::new(sock).with_timeout(std::time::Duration::from_secs(1));
+            out.push_str(&vrouter_bgp::prometheus_text(birdc.peers().ok().as_deref()));
+        }
         out
     }
 

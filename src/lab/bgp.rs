@@ -124,13 +124,23 @@ pub fn start_birds(lab: &LabHandle, timeout: Duration) -> Result<(), LabError> {
 /// Starts node `index`'s BIRD (in the foreground, a child of the lab) and waits until its
 /// control socket answers.
 pub fn start_bird(lab: &LabHandle, index: u8) -> Result<(), LabError> {
+    start(lab, index, false)
+}
+
+/// `recovery`: after a graceful restart (`bird -R`: the kernel table is left alone until the
+/// sessions are back).
+fn start(lab: &LabHandle, index: u8, recovery: bool) -> Result<(), LabError> {
     sys::need_tool("bird")?;
     let n = lab.node(index);
     let f = files(lab, index);
     let _ = std::fs::remove_file(&f.socket);
     let log = if f.log.exists() { f.log.with_extension("restarted.log") } else { f.log.clone() };
     let (conf, sock, pid) = (f.config.to_string_lossy(), f.socket.to_string_lossy(), f.pid.to_string_lossy());
-    let child = sys::spawn_in(&n.ns, &["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid], Some(&log))?;
+    let mut args = vec!["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid];
+    if recovery {
+        args.push("-R");
+    }
+    let child = sys::spawn_in(&n.ns, &args, Some(&log))?;
     lab.adopt(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&f.socket).is_err() {
@@ -168,13 +178,23 @@ pub fn kill_bird(lab: &LabHandle, index: u8) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Restarts node `index`'s BIRD gracefully (`birdc graceful restart`: its peers keep its routes
-/// as stale until it is back and has sent them again), then starts it again.
-pub fn graceful_restart_bird(lab: &LabHandle, index: u8) -> Result<(), LabError> {
+/// Restarts node `index`'s BIRD gracefully, as an operator would on BIRD 2.0.12: the node is
+/// annotated [`vrouter_api::BGP_GRACEFUL_RESTART_ANNOTATION`] so that every agent drains
+/// BFD from the sessions with it (2.0.12 takes BFD going down as a failure even then); once no
+/// peer runs BFD with it, `birdc graceful restart` (its peers keep its routes as stale) and
+/// BIRD started again with `-R` (it keeps its own kernel table until its sessions are back);
+/// then the annotation goes and BFD comes back.
+pub fn graceful_restart_bird(lab: &LabHandle, tools: &super::cluster::Tools, index: u8) -> Result<(), LabError> {
     let pid = bird_pid(lab, index)
         .ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))?;
+    let n = lab.node(index).clone();
+    annotate(lab, tools, index, Some("true"))?;
+    let ip = n.ip.to_string();
+    wait_all(lab, index, Duration::from_secs(15), "BFD drained from the sessions with it", |other| {
+        let out = birdc(lab, other, "show bfd sessions")?;
+        Ok(!out.lines().any(|l| l.split_whitespace().next() == Some(ip.as_str())))
+    })?;
     let f = files(lab, index);
-    let n = lab.node(index);
     sys::ns_ok(&n.ns, &["birdc", "-s", &f.socket.to_string_lossy(), "graceful", "restart"], Duration::from_secs(10))?;
     let end = Instant::now() + Duration::from_secs(10);
     while sys::alive(pid) {
@@ -183,7 +203,105 @@ pub fn graceful_restart_bird(lab: &LabHandle, index: u8) -> Result<(), LabError>
         }
         sys::sleep(Duration::from_millis(10))?;
     }
-    start_bird(lab, index)
+    start(lab, index, true)?;
+    wait_all(lab, index, Duration::from_secs(30), "sessions with it established again", |other| {
+        let out = birdc(lab, other, "show protocols")?;
+        Ok(out.lines().any(|l| {
+            l.contains("Established")
+                && l.split_whitespace().next().is_some_and(|p| p.ends_with(&format!("_{}", n.name)))
+        }))
+    })?;
+    annotate(lab, tools, index, None)
+}
+
+/// `birdc CMD` against node `index`'s BIRD.
+pub fn birdc(lab: &LabHandle, index: u8, cmd: &str) -> Result<String, LabError> {
+    let mut args = vec!["birdc", "-s"];
+    let sock = files(lab, index).socket.to_string_lossy().into_owned();
+    args.push(&sock);
+    args.extend(cmd.split_whitespace());
+    sys::ns_ok(&lab.node(index).ns, &args, Duration::from_secs(10))
+}
+
+/// Waits until `ok` holds for every node that has a session with node `index`.
+fn wait_all(
+    lab: &LabHandle,
+    index: u8,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(u8) -> Result<bool, LabError>,
+) -> Result<(), LabError> {
+    let name = lab.node(index).name.clone();
+    let peers: Vec<u8> = lab
+        .nodes()
+        .iter()
+        .map(|n| n.index)
+        .filter(|&i| i != index)
+        .filter(|&i| birdc(lab, i, "show protocols").is_ok_and(|o| o.contains(&format!("_{name} "))))
+        .collect();
+    let deadline = Instant::now() + timeout;
+    for i in peers {
+        while !ok(i)? {
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    cmd: format!("{name}: {what} (on {})", lab.node(i).name),
+                    secs: timeout.as_secs_f64(),
+                });
+            }
+            sys::sleep(Duration::from_millis(50))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets (`Some`) or removes the graceful restart annotation on node `index`'s `Node`
+/// (`vrouterctl get` then `replace`, again if the agent wrote it in between).
+pub fn annotate(
+    lab: &LabHandle,
+    tools: &super::cluster::Tools,
+    index: u8,
+    value: Option<&str>,
+) -> Result<(), LabError> {
+    let key = vrouter_api::BGP_GRACEFUL_RESTART_ANNOTATION;
+    let name = lab.node(index).name.clone();
+    let ctl = tools.vrouterctl.to_string_lossy().into_owned();
+    let etcd = super::cluster::etcd_endpoints(lab);
+    let file = lab.dir().join(format!("{name}.annotated.json"));
+    let mut last = String::new();
+    for _ in 0..10 {
+        let out = sys::ns_ok(
+            &lab.router_ns(),
+            &[&ctl, "--etcd-endpoints", &etcd, "get", "node", &name, "-o", "json"],
+            Duration::from_secs(30),
+        )?;
+        let mut v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| LabError::BadOption(format!("vrouterctl get node {name}: {e}: {out}")))?;
+        let meta = v
+            .get_mut("metadata")
+            .and_then(|m| m.as_object_mut())
+            .ok_or_else(|| LabError::BadOption(format!("no metadata in {out}")))?;
+        let ann = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+        match (ann.as_object_mut(), value) {
+            (Some(a), Some(val)) => {
+                a.insert(key.into(), val.into());
+            }
+            (Some(a), None) => {
+                a.remove(key);
+            }
+            (None, _) => return Err(LabError::BadOption(format!("annotations of {name} are not a map: {out}"))),
+        }
+        std::fs::write(&file, v.to_string())
+            .map_err(|err| LabError::Io { what: format!("writing {}", file.display()), err })?;
+        match sys::ns_ok(
+            &lab.router_ns(),
+            &[&ctl, "--etcd-endpoints", &etcd, "replace", "-f", &file.to_string_lossy()],
+            Duration::from_secs(30),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(), // the agent wrote the Node in between: again
+        }
+    }
+    Err(LabError::BadOption(format!("annotating node {name}: {last}")))
 }
 
 /// The pod blocks each node holds (its blackholed aggregates inside the lab's pool), by node

@@ -446,7 +446,7 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     if !sys::is_root() {
         return Err(NOT_ROOT);
     }
-    for t in ["ip", "sysctl", "ping"] {
+    for t in ["ip", "sysctl", "ping", "ethtool"] {
         sys::need_tool(t)?;
     }
     if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
@@ -599,6 +599,9 @@ fn build(lab: &LabHandle) -> Result<(), LabError> {
         let dev = n.router_dev.as_str();
         sys::ip(&["-n", &n.ns, "link", "add", topo::UPLINK_DEV, "type", "veth", "peer", "name", dev, "netns", &rt])?;
         sys::ip(&["-n", &rt, "link", "set", dev, "master", &topo::bridge(topo::subnet_of(n.index))])?;
+        // A wire carries whole checksums; a veth hands on partial ones, which AF_XDP sees as
+        // they are (and the node's kernel drops TCP from the router, BGP included).
+        sys::ns_ok(&rt, &["ethtool", "-K", dev, "tx", "off"], Duration::from_secs(10))?;
         sys::ip(&["-n", &rt, "link", "set", dev, "up"])?;
         sys::ip(&["-n", &n.ns, "link", "set", topo::UPLINK_DEV, "up"])?;
     }
@@ -644,7 +647,10 @@ fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabE
     let nodes = lab.state.nodes.clone();
     for n in &nodes {
         let text = match lab.state.cluster {
-            true => topo::cluster_node_config(n, idle, lab.state.bgp),
+            true => {
+                let sock = lab.state.bgp.then(|| bgp::files(lab, n.index).socket);
+                topo::cluster_node_config(n, idle, sock.as_deref())
+            }
             false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle),
         }
         .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;

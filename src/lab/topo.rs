@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +22,8 @@ use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::wire::MacAddr;
 
 use crate::control::config::{
-    Config, ControlConfig, EndpointConfig, HostConfig, KernelRoutesConfig, NodeConfig, PeerConfig, RouteConfig,
-    RpfMode, UplinkConfig, WorkersConfig,
+    Config, ControlConfig, EndpointConfig, HostConfig, KernelRoutesConfig, MetricsConfig, NodeConfig, PeerConfig,
+    RouteConfig, RpfMode, UplinkConfig, WorkersConfig,
 };
 
 /// Interface names inside the namespaces (namespaces keep them apart, so they need no prefix).
@@ -35,6 +36,8 @@ pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The policy name on pod `3b`, and the TCP port it denies.
 pub const GUARDED_POLICY: &str = "guarded";
 pub const DENIED_PORT: u16 = 5202;
+/// Where a BGP cluster lab's daemons serve metrics, each in its node's namespace.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9420";
 
 /// One node of the lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,17 +269,22 @@ pub fn socket_path(node: &LabNode) -> String {
 /// The vrouter configuration of `node` in a cluster lab: only what is the node's own (its
 /// address, uplink, host port, the route to the underlay); its pod blocks, peers, pods and
 /// policies come from the cluster through its agent.
-/// With `bgp`, routes to the other nodes' blocks are imported from the kernel table BIRD
-/// writes ([`super::bgp::KERNEL_TABLE`]).
-pub fn cluster_node_config(node: &LabNode, idle: &str, bgp: bool) -> Result<String, String> {
+/// With `bird_socket` (BGP), routes to the other nodes' blocks are imported from the kernel
+/// table BIRD writes ([`super::bgp::KERNEL_TABLE`]), and the metrics endpoint
+/// ([`METRICS_LISTEN`] in the node's namespace) carries BIRD's sessions.
+pub fn cluster_node_config(node: &LabNode, idle: &str, bird_socket: Option<&Path>) -> Result<String, String> {
     let text = node_config(node, &[], &[], idle)?;
     let mut c: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
     c.node.pod_block = None;
-    if bgp {
+    if let Some(sock) = bird_socket {
         c.kernel_routes = Some(KernelRoutesConfig {
             table: super::bgp::KERNEL_TABLE,
             tunnel_device: "tunl0".into(),
             uplink_aliases: vec![],
+        });
+        c.metrics = Some(MetricsConfig {
+            listen: METRICS_LISTEN.parse().expect("a socket address"),
+            bird_socket: Some(sock.to_path_buf()),
         });
     }
     c.peers.clear();
@@ -307,12 +315,14 @@ mod tests {
     fn cluster_configs_pass_validation_and_hold_only_the_nodes_own_parts() {
         let (nodes, _) = plan("vrl0000", DEFAULT_NODES);
         for n in &nodes {
-            let text = cluster_node_config(n, "adaptive", n.index == 2).unwrap();
+            let sock = Path::new("/tmp/b.ctl");
+            let text = cluster_node_config(n, "adaptive", (n.index == 2).then_some(sock)).unwrap();
             let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert!(cfg.node.pod_block.is_none() && cfg.peers.is_empty() && cfg.endpoints.is_empty());
             assert_eq!(cfg.control.socket, socket_path(n));
             assert!(cfg.uplink.is_some() && cfg.host.is_some());
             assert_eq!(cfg.kernel_routes.map(|k| k.table), (n.index == 2).then_some(super::super::bgp::KERNEL_TABLE));
+            assert_eq!(cfg.metrics.and_then(|m| m.bird_socket).as_deref(), (n.index == 2).then_some(sock));
         }
     }
 

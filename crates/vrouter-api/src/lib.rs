@@ -33,6 +33,11 @@ pub type PortId = u16;
 /// A next hop's number in the FIB, as the data plane has it.
 pub type NhId = u16;
 
+/// The annotation on a `Node` that drains BFD from its BGP sessions before a graceful restart
+/// of its BIRD (any value; removed once BIRD is back): the agents read it, the lab and
+/// operators set it.
+pub const BGP_GRACEFUL_RESTART_ANNOTATION: &str = "vrouter.io/bgp-graceful-restart";
+
 /// The protocol version: requests carry it, replies say it. Bumped when a request or a reply
 /// changes in a way an older peer would misread (a field renamed, removed or retyped).
 pub const VERSION: u32 = 1;

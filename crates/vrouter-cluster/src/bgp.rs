@@ -51,7 +51,7 @@ pub struct BgpParams {
 
 /// The annotation on a `Node` that drains BFD from its sessions before a graceful restart of
 /// its BIRD (any value; removed once BIRD is back). See `docs/bgp.md`.
-pub const GRACEFUL_RESTART_ANNOTATION: &str = "vrouter.io/bgp-graceful-restart";
+pub use vrouter_api::BGP_GRACEFUL_RESTART_ANNOTATION as GRACEFUL_RESTART_ANNOTATION;
 
 /// Why a node's intent could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,278 @@
+//! Routes between nodes over BGP, as Calico distributes them: BIRD on every node of a cluster
+//! lab, its configuration rendered by the node's agent from etcd, sessions carried by vrouter's
+//! host path, learned routes imported from the kernel table BIRD writes. What it promises, end
+//! to end: pods reach each other (direct and IPIP) over routes nobody wrote; a node whose BIRD
+//! dies has its routes gone elsewhere within a second (BFD), and they come back with it; a
+//! graceful restart loses nothing; a peer's prefix outside the pools is refused and counted;
+//! a wrong password gets no session.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vrouter::lab::{self, bgp, cluster, LabHandle, LabOptions};
+
+const TOOLS: &[&str] = &["ip", "ping", "sysctl", "etcd", "bird", "birdc", "curl"];
+
+fn up() -> Option<LabHandle> {
+    if let Some(why) = common::skip_unless_ready(TOOLS) {
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
+    if let Err(e) = cluster::Tools::beside(&bin) {
+        panic!("{e} (`cargo build --workspace` builds vrouterctl, vrouter-agent and vrouter-cni)");
+    }
+    let o = LabOptions { vrouter: Some(bin), cluster: true, bgp: true, ..LabOptions::default() };
+    Some(lab::up(&o).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn logs(lab: &LabHandle) -> String {
+    let mut s = String::new();
+    for n in lab.nodes() {
+        s += &format!("--- {} daemon:\n{}\n", n.name, lab.log_tail(n.index, 6));
+        for (what, path) in
+            [("agent", lab.dir().join(format!("{}.agent.log", n.name))), ("BIRD", bgp::files(lab, n.index).log)]
+        {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            s += &format!("--- {} {what}:\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+    s
+}
+
+fn tools() -> cluster::Tools {
+    cluster::Tools::beside(&PathBuf::from(env!("CARGO_BIN_EXE_vrouter"))).expect("tools")
+}
+
+/// `vrouterctl node status --json` against node `index`'s BIRD, in its namespace.
+fn node_status(lab: &LabHandle, index: u8) -> serde_json::Value {
+    let sock = bgp::files(lab, index).socket.to_string_lossy().into_owned();
+    let ctl = tools().vrouterctl.to_string_lossy().into_owned();
+    let o = lab.exec(&lab.node(index).ns, &[&ctl, "--json", "node", "status", "--bird-socket", &sock]);
+    assert!(o.status.success(), "vrouterctl node status on node{index}: {}", common::text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("node status JSON: {e}: {}", common::text(&o)))
+}
+
+/// node `index`'s session with the peer named `peer` (`mesh_node2`, `peer_tor`).
+fn session(lab: &LabHandle, index: u8, peer: &str) -> serde_json::Value {
+    let st = node_status(lab, index);
+    let found = st["peers"].as_array().and_then(|l| l.iter().find(|p| p["name"] == peer).cloned());
+    found.unwrap_or_else(|| panic!("node{index} has no session {peer}: {st}"))
+}
+
+fn ping(lab: &LabHandle, from: &str, to: &str) -> Output {
+    let ip = lab.pod_ip(to).to_string();
+    lab.exec(&lab.pod(from).ns, &["ping", "-c", "1", "-W", "1", &ip])
+}
+
+/// Node `index`'s own blocks (what it announces).
+fn blocks_of(lab: &LabHandle, index: u8) -> Vec<vrouter_core::fib::Ipv4Prefix> {
+    bgp::node_blocks(lab).unwrap()[&index].iter().copied().collect()
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+/// The kernel-table route node `at` has for `block`, as its FIB shows it (`None`: no route).
+fn learned_nexthop(lab: &LabHandle, at: u8, block: vrouter_core::fib::Ipv4Prefix) -> Option<String> {
+    let r = bgp::routes(lab.node(at), vrouter_api::RouteSource::Kernel, block).unwrap();
+    r.routes.into_iter().find(|v| v.prefix == block).map(|v| v.nexthop)
+}
+
+/// Full mesh: every node learns the others' blocks over BGP (direct to node2, IPIP to node3
+/// on the other subnet) and pods reach each other over them. node3's BIRD killed: BFD takes its
+/// block out of node1's and node2's FIB within a second, and pods there get an ICMP net
+/// unreachable instead of a blackhole; BIRD back: announced again, reachable again.
+#[test]
+fn mesh_routes_follow_a_nodes_bird_dying_and_coming_back() {
+    let Some(lab) = up() else { return };
+    for n in 1..=3u8 {
+        let st = node_status(&lab, n);
+        let peers = st["peers"].as_array().unwrap_or_else(|| panic!("node{n} status: {st}"));
+        assert_eq!(peers.len(), 2, "node{n}: two mesh peers: {st}");
+        assert!(peers.iter().all(|p| p["bgp_state"] == "Established"), "node{n}: {st}\n{}", logs(&lab));
+    }
+    // The daemon's metrics carry BIRD's sessions.
+    let o = lab.exec(&lab.node(1).ns, &["curl", "-sf", &format!("http://{}/metrics", lab::topo::METRICS_LISTEN)]);
+    let metrics = String::from_utf8_lossy(&o.stdout);
+    assert!(metrics.contains("vrouter_bgp_bird_up 1"), "{}", common::text(&o));
+    for peer in ["mesh_node2", "mesh_node3"] {
+        let up =
+            metrics.lines().find(|l| l.starts_with("vrouter_bgp_peer_up{") && l.contains(&format!("peer=\"{peer}\"")));
+        assert!(up.is_some_and(|l| l.ends_with(" 1")), "{peer} up in the metrics: {metrics}");
+    }
+    let (b2, b3) = (blocks_of(&lab, 2), blocks_of(&lab, 3));
+    assert_eq!((b2.len(), b3.len()), (1, 1), "one block per node");
+    let (b2, b3) = (b2[0], b3[0]);
+    let (ip2, ip3) = (lab.node(2).ip, lab.node(3).ip);
+    assert_eq!(learned_nexthop(&lab, 1, b2), Some(format!("via {ip2}")), "same subnet: direct");
+    assert_eq!(
+        learned_nexthop(&lab, 1, b3),
+        Some(format!("ipip to {ip3} via {}", lab.node(1).gateway)),
+        "other subnet: IPIP (CrossSubnet pool)"
+    );
+    for (a, b) in [("1a", "2a"), ("1a", "3a"), ("3b", "2b")] {
+        let o = ping(&lab, a, b);
+        assert!(o.status.success(), "{a} -> {b}: {}\n{}", common::text(&o), logs(&lab));
+    }
+
+    bgp::kill_bird(&lab, 3).unwrap();
+    let killed = Instant::now();
+    let gone = wait("node3's block gone from node1 and node2", Duration::from_secs(5), || {
+        learned_nexthop(&lab, 1, b3).is_none() && learned_nexthop(&lab, 2, b3).is_none()
+    });
+    let gone = gone.max(killed.elapsed());
+    eprintln!("node3's BIRD killed: its block left node1's and node2's FIB after {gone:?}");
+    assert!(gone < Duration::from_secs(1), "BFD should withdraw within a second, took {gone:?}\n{}", logs(&lab));
+    let o = ping(&lab, "1a", "3a");
+    let out = common::text(&o);
+    assert!(!o.status.success() && out.contains("Unreachable"), "ICMP unreachable, not silence: {out}");
+    assert!(ping(&lab, "1a", "2a").status.success(), "the rest is untouched");
+
+    bgp::start_bird(&lab, 3).unwrap();
+    wait("node3's block back on node1", Duration::from_secs(15), || learned_nexthop(&lab, 1, b3).is_some());
+    wait("1a reaches 3a again", Duration::from_secs(5), || ping(&lab, "1a", "3a").status.success());
+}
+
+/// BIRD restarted gracefully on node3 while 1a pings 3a every 10 ms: node1 keeps node3's
+/// block throughout (stale, then refreshed) and no ping is lost.
+#[test]
+fn a_graceful_bird_restart_loses_nothing() {
+    let Some(lab) = up() else { return };
+    let b3 = blocks_of(&lab, 3)[0];
+    let ip = lab.pod_ip("3a").to_string();
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &lab.pod("1a").ns, "ping", "-i", "0.01", "-W", "1", &ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pinger = common::Proc::new(pinger);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let restart = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            // node1's route to node3's block, sampled until the restart is over.
+            let (mut samples, mut missing) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples += 1;
+                missing += usize::from(learned_nexthop(&lab, 1, b3).is_none());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (samples, missing)
+        });
+        let r = bgp::graceful_restart_bird(&lab, &tools(), 3);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, watch.join().unwrap())
+    });
+    restart.0.unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
+    let (samples, missing) = restart.1;
+    eprintln!("node1's route to node3's block sampled {samples} times during the restart, missing {missing}");
+    assert!(samples > 10, "the restart was watched");
+    assert_eq!(missing, 0, "node1 lost node3's block during the graceful restart\n{}", logs(&lab));
+    assert_eq!(session(&lab, 1, "mesh_node3")["bgp_state"], "Established", "back after the restart");
+    pinger.signal(nix::sys::signal::Signal::SIGINT);
+    let out = common::text(&pinger.finish());
+    let stats = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{out}"));
+    eprintln!("pings across the graceful restart: {stats}");
+    assert!(stats.contains(" 0% packet loss"), "{stats}");
+}
+
+/// A top-of-rack router (a BIRD of its own in the underlay router's namespace, AS 65000) as an
+/// explicit BGPPeer of the nodes on subnet 1, with a TCP MD5 password from a mounted secret. It
+/// announces a prefix inside the pool and one outside: node1 takes the first (via the router)
+/// and refuses the second, counted as refused in `node status`; node2, to which the router
+/// gives the wrong password, gets no session, and `node status` says why.
+#[test]
+fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_session() {
+    let Some(lab) = up() else { return };
+    let rt = lab.router_ns();
+    let (n1, n2) = (lab.node(1).ip, lab.node(2).ip);
+    let dir = lab.dir().join("tor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("bird.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "router id 192.168.1.1;\nprotocol device {{}}\n\
+             protocol static {{ ipv4; route 10.244.250.0/24 blackhole; route 198.51.100.0/24 blackhole; }}\n\
+             template bgp node {{ local 192.168.1.1 as 65000; direct; ipv4 {{ import none; export all; }}; }}\n\
+             protocol bgp node1 from node {{ neighbor {n1} as 64512; password \"s3cret\"; }}\n\
+             protocol bgp node2 from node {{ neighbor {n2} as 64512; password \"wrong\"; }}\n"
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("bird.ctl");
+    let tor = Command::new("ip")
+        .args(["netns", "exec", &rt, "bird", "-f", "-c"])
+        .arg(&conf)
+        .arg("-s")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _tor = common::Proc::new(tor); // killed on drop, whatever happens
+                                       // The secret, where the agents read mounted secrets (`--secrets-dir`).
+    let secret = lab.dir().join("secrets").join("tor-password");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("password"), "s3cret\n").unwrap();
+    let peer = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\n\
+                spec:\n  nodeSelector: \"lab/subnet == '192.168.1.0_24'\"\n  peerIP: 192.168.1.1\n  asNumber: 65000\n\
+                \x20 password: {secretKeyRef: {name: tor-password, key: password}}\n";
+    let file = dir.join("peer.yaml");
+    std::fs::write(&file, peer).unwrap();
+    let t = tools();
+    let ctl = t.vrouterctl.to_string_lossy().into_owned();
+    let o = lab
+        .exec(&rt, &[&ctl, "--etcd-endpoints", &cluster::etcd_endpoints(&lab), "apply", "-f", &file.to_string_lossy()]);
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    let established = || {
+        let st = node_status(&lab, 1);
+        st["peers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == "peer_tor" && p["bgp_state"] == "Established"))
+    };
+    let start = Instant::now();
+    while !established() {
+        assert!(start.elapsed() < Duration::from_secs(30), "node1's session with the ToR:\n{}", logs(&lab));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let inside: vrouter_core::fib::Ipv4Prefix = "10.244.250.0/24".parse().unwrap();
+    wait("the ToR's pool prefix on node1", Duration::from_secs(10), || learned_nexthop(&lab, 1, inside).is_some());
+    assert_eq!(learned_nexthop(&lab, 1, inside), Some("via 192.168.1.1".into()), "not a node: a plain next hop");
+    let s = session(&lab, 1, "peer_tor");
+    assert_eq!((s["routes"]["imported"].as_u64(), s["routes"]["filtered"].as_u64()), (Some(1), Some(1)), "{s}");
+    let outside: vrouter_core::fib::Ipv4Prefix = "198.51.100.0/24".parse().unwrap();
+    let r = bgp::routes(lab.node(1), vrouter_api::RouteSource::Kernel, outside).unwrap();
+    assert!(r.routes.iter().all(|v| v.prefix != outside), "refused, not installed: {r:?}");
+    // The table view says it too.
+    let o = lab.exec(
+        &lab.node(1).ns,
+        &[&ctl, "node", "status", "--bird-socket", &bgp::files(&lab, 1).socket.to_string_lossy()],
+    );
+    let text = common::text(&o);
+    let row = text.lines().find(|l| l.starts_with("192.168.1.1 ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("external") && row.contains("Established"), "{text}");
+    // node3 is not on that rack: no session with the ToR at all.
+    assert!(node_status(&lab, 3)["peers"].as_array().unwrap().iter().all(|p| p["name"] != "peer_tor"));
+
+    // node2: the passwords differ, so the kernel drops the ToR's segments: never established.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = session(&lab, 2, "peer_tor");
+    assert_ne!(s["bgp_state"], "Established", "{s}");
+    let why = s["diagnosis"].as_str().unwrap_or_default();
+    assert!(why.contains("password"), "node status says why: {s}");
+    assert!(learned_nexthop(&lab, 2, inside).is_none(), "nothing learned from it");
+}
