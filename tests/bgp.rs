@@ -276,3 +276,61 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
     assert!(why.contains("password"), "node status says why: {s}");
     assert!(learned_nexthop(&lab, 2, inside).is_none(), "nothing learned from it");
 }
+
+/// Five nodes on three subnets with the mesh off and nodes 1 and 2 as route reflectors: every
+/// client has exactly the two reflectors as peers, the reflectors each other and every client,
+/// and every node still learns every other node's block with the announcing node as next hop
+/// (direct on its subnet, IPIP to another), so pods on clients reach each other through
+/// routes that crossed a reflector.
+#[test]
+fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
+    if let Some(why) = common::skip_unless_ready(TOOLS) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
+    let o = LabOptions {
+        vrouter: Some(bin),
+        cluster: true,
+        bgp: true,
+        nodes: 5,
+        route_reflectors: 2,
+        ..LabOptions::default()
+    };
+    let lab = lab::up(&o).unwrap_or_else(|e| panic!("{e}"));
+    for n in 1..=5u8 {
+        let st = node_status(&lab, n);
+        let mut peers: Vec<(String, String)> = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_string(),
+                    p["bgp_state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        peers.sort();
+        let want: Vec<(String, String)> = match n {
+            // The two reflectors share a cluster ID: plain iBGP between them.
+            1 => vec!["mesh_node2", "rrclient_node3", "rrclient_node4", "rrclient_node5"],
+            2 => vec!["mesh_node1", "rrclient_node3", "rrclient_node4", "rrclient_node5"],
+            _ => vec!["rr_node1", "rr_node2"],
+        }
+        .into_iter()
+        .map(|p| (p.to_string(), "Established".to_string()))
+        .collect();
+        assert_eq!(peers, want, "node{n}: {st}\n{}", logs(&lab));
+    }
+    // Client node5 (subnet 2, with node3) learns node4's block (subnet 1) through the
+    // reflectors, next hop node4 itself, in IPIP; node3's directly.
+    let (b3, b4) = (blocks_of(&lab, 3)[0], blocks_of(&lab, 4)[0]);
+    let (ip3, ip4) = (lab.node(3).ip, lab.node(4).ip);
+    assert_eq!(learned_nexthop(&lab, 5, b4), Some(format!("ipip to {ip4} via {}", lab.node(5).gateway)));
+    assert_eq!(learned_nexthop(&lab, 5, b3), Some(format!("via {ip3}")));
+    for (a, b) in [("5a", "4a"), ("5a", "3a"), ("4a", "1a")] {
+        let o = ping(&lab, a, b);
+        assert!(o.status.success(), "{a} -> {b}: {}\n{}", common::text(&o), logs(&lab));
+    }
+}
