@@ -572,7 +572,8 @@ pub fn svg(results: &[Convergence]) -> String {
         w - right - 4.0,
         y(1000.0) - 4.0
     );
-    let events: [(&str, &str, fn(&Convergence) -> &[Duration]); 2] =
+    type Event = (&'static str, &'static str, fn(&Convergence) -> &[Duration]);
+    let events: [Event; 2] =
         [("new pod block", "#4c72b0", |r| &r.new_block), ("node's BIRD killed", "#dd8452", |r| &r.node_death)];
     let group_w = plot_w / results.len().max(1) as f64;
     let bar_w = group_w * 0.7 / events.len() as f64;

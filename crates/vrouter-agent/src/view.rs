@@ -125,20 +125,7 @@ impl View {
         let mut i = Inputs::default();
         for r in self.resources() {
             match r {
-                Resource::Node(n) => {
-                    let bgp = n.spec.bgp.as_ref();
-                    i.nodes.push(NodeInfo {
-                        name: n.metadata.name.clone(),
-                        ip: bgp.and_then(|b| b.ipv4_address.as_ref()).map(|a| a.ip),
-                        labels: n.metadata.labels.clone(),
-                        asn: bgp.and_then(|b| b.as_number),
-                        rr_cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
-                        bgp_restart: n
-                            .metadata
-                            .annotations
-                            .contains_key(vrouter_cluster::bgp::GRACEFUL_RESTART_ANNOTATION),
-                    })
-                }
+                Resource::Node(n) => i.nodes.push(NodeInfo::of(n)),
                 Resource::IpPool(p) => i.pools.push(PoolInfo { cidr: p.spec.cidr, ipip: p.spec.ipip_mode }),
                 Resource::WorkloadEndpoint(w) => i.endpoints.push(EndpointInfo {
                     key: r.display_name(),

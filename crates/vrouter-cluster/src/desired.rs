@@ -40,6 +40,21 @@ pub struct NodeInfo {
     pub bgp_restart: bool,
 }
 
+impl NodeInfo {
+    /// What the computations need of a `Node` resource.
+    pub fn of(n: &crate::resource::Node) -> NodeInfo {
+        let bgp = n.spec.bgp.as_ref();
+        NodeInfo {
+            name: n.metadata.name.clone(),
+            ip: bgp.and_then(|b| b.ipv4_address.as_ref()).map(|a| a.ip),
+            labels: n.metadata.labels.clone(),
+            asn: bgp.and_then(|b| b.as_number),
+            rr_cluster_id: bgp.and_then(|b| b.route_reflector_cluster_id),
+            bgp_restart: n.metadata.annotations.contains_key(crate::bgp::GRACEFUL_RESTART_ANNOTATION),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolInfo {
     pub cidr: Ipv4Prefix,

@@ -67,16 +67,7 @@ async fn bgp_resources_round_trip_through_etcd_and_give_a_nodes_intent() {
             written.set_resource_version(r.resource_version());
             assert_eq!(r, written);
             match r {
-                Resource::Node(n) => {
-                    let bgp = n.spec.bgp.unwrap();
-                    i.nodes.push(NodeInfo {
-                        name: n.metadata.name,
-                        ip: bgp.ipv4_address.map(|a| a.ip),
-                        labels: n.metadata.labels,
-                        asn: bgp.as_number,
-                        rr_cluster_id: bgp.route_reflector_cluster_id,
-                    });
-                }
+                Resource::Node(n) => i.nodes.push(NodeInfo::of(&n)),
                 Resource::BgpConfiguration(c) => i.bgp_configs.push(c),
                 Resource::BgpPeer(p) => i.bgp_peers.push(p),
                 _ => {}
