@@ -775,7 +775,12 @@ pub fn serve_with(
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50));
+                        // Wait for the next connection, not for a timer: a request is taken at
+                        // once (it waited 25 ms on average behind a 50 ms sleep, which every
+                        // agent reconcile and CNI ADD paid twice); `stop` is seen within 100 ms.
+                        let mut p = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one pollfd we own, for the listener's fd, which outlives the call.
+                        unsafe { libc::poll(&mut p, 1, 100) };
                     }
                     Err(e) => {
                         tracing::warn!("control socket accept: {e}");
