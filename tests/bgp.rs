@@ -17,16 +17,7 @@ use vrouter::lab::{self, bgp, cluster, LabHandle, LabOptions};
 const TOOLS: &[&str] = &["ip", "ping", "sysctl", "etcd", "bird", "birdc", "curl"];
 
 fn up() -> Option<LabHandle> {
-    if let Some(why) = common::skip_unless_ready(TOOLS) {
-        eprintln!("SKIP: {why}");
-        return None;
-    }
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
-    if let Err(e) = cluster::Tools::beside(&bin) {
-        panic!("{e} (`cargo build --workspace` builds vrouterctl, vrouter-agent and vrouter-cni)");
-    }
-    let o = LabOptions { vrouter: Some(bin), cluster: true, bgp: true, ..LabOptions::default() };
-    Some(lab::up(&o).unwrap_or_else(|e| panic!("{e}")))
+    common::cluster_lab(TOOLS, LabOptions { bgp: true, ..LabOptions::default() })
 }
 
 fn logs(lab: &LabHandle) -> String {
@@ -284,20 +275,8 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
 /// routes that crossed a reflector.
 #[test]
 fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
-    if let Some(why) = common::skip_unless_ready(TOOLS) {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
-    let o = LabOptions {
-        vrouter: Some(bin),
-        cluster: true,
-        bgp: true,
-        nodes: 5,
-        route_reflectors: 2,
-        ..LabOptions::default()
-    };
-    let lab = lab::up(&o).unwrap_or_else(|e| panic!("{e}"));
+    let o = LabOptions { bgp: true, nodes: 5, route_reflectors: 2, ..LabOptions::default() };
+    let Some(lab) = common::cluster_lab(TOOLS, o) else { return };
     for n in 1..=5u8 {
         let st = node_status(&lab, n);
         let mut peers: Vec<(String, String)> = st["peers"]

@@ -20,16 +20,7 @@ fn up() -> Option<LabHandle> {
 }
 
 fn up_with(etcd_members: usize) -> Option<LabHandle> {
-    if let Some(why) = common::skip_unless_ready(TOOLS) {
-        eprintln!("SKIP: {why}");
-        return None;
-    }
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
-    if let Err(e) = cluster::Tools::beside(&bin) {
-        panic!("{e} (`cargo build --workspace` builds vrouterctl, vrouter-agent and vrouter-cni)");
-    }
-    let o = LabOptions { vrouter: Some(bin), cluster: true, etcd_members, ..LabOptions::default() };
-    Some(lab::up(&o).unwrap_or_else(|e| panic!("{e}")))
+    common::cluster_lab(TOOLS, LabOptions { etcd_members, ..LabOptions::default() })
 }
 
 fn tools() -> cluster::Tools {

@@ -538,33 +538,9 @@ pub fn svg(results: &[Convergence]) -> String {
     let ymax = crate::perf::report::nice_ceil(ymax * 1.05);
     let (plot_w, plot_h) = (w - left - right, h - top - bottom);
     let y = |v: f64| top + plot_h * (1.0 - v / ymax);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">BGP convergence: event until every node's FIB has it (p50, whisker to max)</text>"#,
-        w / 2.0
-    );
-    for i in 0..=5 {
-        let v = ymax * i as f64 / 5.0;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
-            y(v),
-            w - right,
-            y(v)
-        );
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{v:.0}</text>"#, left - 6.0, y(v) + 4.0);
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="15" y="{0:.1}" transform="rotate(-90 15 {0:.1})" text-anchor="middle">ms</text>"#,
-        top + plot_h / 2.0
-    );
+    use crate::perf::report::{svg_open, Frame};
+    let title = "BGP convergence: event until every node's FIB has it (p50, whisker to max)";
+    let mut s = svg_open(Frame { w, h, left, right, top, plot_h, ymax, prec: 0, unit: "ms" }, title);
     let _ = writeln!(
         s,
         r##"<line x1="{left}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#c44e52" stroke-dasharray="6 4"/>"##,

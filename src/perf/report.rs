@@ -105,18 +105,8 @@ pub fn svg(r: &E2eReport) -> String {
     let plot_h = h - top - bottom;
     let plot_w = w - left - right;
     let y = |v: f64| top + plot_h * (1.0 - v / ymax);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">Forwarded Mpps by frame size (median, min-max over {} reps)</text>"#,
-        w / 2.0,
-        r.options.reps
-    );
+    let title = format!("Forwarded Mpps by frame size (median, min-max over {} reps)", r.options.reps);
+    let mut s = svg_open(Frame { w, h, left, right, top, plot_h, ymax, prec: 2, unit: "Mpps" }, &title);
     let _ = writeln!(
         s,
         r#"<text x="{}" y="33" text-anchor="middle" font-size="10">generator on CPU {}, forwarding on CPU {}; kernel {}</text>"#,
@@ -124,18 +114,6 @@ pub fn svg(r: &E2eReport) -> String {
         r.gen_cpu,
         r.fwd_cpu,
         r.kernel
-    );
-    for i in 0..=5 {
-        let v = ymax * i as f64 / 5.0;
-        let yy = y(v);
-        let _ = writeln!(s, r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/>"##, w - right);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{v:.2}</text>"#, left - 6.0, yy + 4.0);
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="15" y="{:.1}" transform="rotate(-90 15 {:.1})" text-anchor="middle">Mpps</text>"#,
-        top + plot_h / 2.0,
-        top + plot_h / 2.0
     );
     let group_w = plot_w / sizes.len().max(1) as f64;
     let bar_w = group_w * 0.8 / fwds.len() as f64;
@@ -195,6 +173,47 @@ pub fn svg(r: &E2eReport) -> String {
         let _ = writeln!(s, r#"<text x="{}" y="{ly}">{label}</text>"#, lx + 16.0);
     }
     s.push_str("</svg>\n");
+    s
+}
+
+/// A plot's frame: its size, margins, the plot's height and the top of the y axis.
+pub(crate) struct Frame<'a> {
+    pub w: f64,
+    pub h: f64,
+    pub left: f64,
+    pub right: f64,
+    pub top: f64,
+    pub plot_h: f64,
+    pub ymax: f64,
+    /// Decimals of the y axis labels.
+    pub prec: usize,
+    /// The y axis' unit, turned up its side.
+    pub unit: &'a str,
+}
+
+/// What every hand-written plot here starts with: the SVG element on white, the title, and
+/// the y axis (six grid lines with their values, the unit up the side). Close with `</svg>`.
+pub(crate) fn svg_open(f: Frame<'_>, title: &str) -> String {
+    let Frame { w, h, left, right, top, plot_h, ymax, prec, unit } = f;
+    let y = |v: f64| top + plot_h * (1.0 - v / ymax);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{}" y="18" text-anchor="middle" font-size="14">{title}</text>"#, w / 2.0);
+    for i in 0..=5 {
+        let v = ymax * i as f64 / 5.0;
+        let yy = y(v);
+        let _ = writeln!(s, r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/>"##, w - right);
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{v:.prec$}</text>"#, left - 6.0, yy + 4.0);
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="15" y="{0:.1}" transform="rotate(-90 15 {0:.1})" text-anchor="middle">{unit}</text>"#,
+        top + plot_h / 2.0
+    );
     s
 }
 

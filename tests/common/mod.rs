@@ -60,6 +60,21 @@ pub fn skip_unless_ready(tools: &[&str]) -> Option<String> {
     unless_allowed_to_skip(cannot_run(tools))
 }
 
+/// A cluster lab with `opts` (the vrouter binary under test and its tools beside it), or `None`
+/// when the test may skip (see [`skip_unless_ready`]; `tools` are the programs it needs).
+pub fn cluster_lab(tools: &[&str], opts: vrouter::lab::LabOptions) -> Option<vrouter::lab::LabHandle> {
+    if let Some(why) = skip_unless_ready(tools) {
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vrouter"));
+    if let Err(e) = vrouter::lab::cluster::Tools::beside(&bin) {
+        panic!("{e} (`cargo build --workspace` builds vrouterctl, vrouter-agent and vrouter-cni)");
+    }
+    let o = vrouter::lab::LabOptions { vrouter: Some(bin), cluster: true, ..opts };
+    Some(vrouter::lab::up(&o).unwrap_or_else(|e| panic!("{e}")))
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

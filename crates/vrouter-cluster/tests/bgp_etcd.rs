@@ -81,11 +81,8 @@ async fn bgp_resources_round_trip_through_etcd_and_give_a_nodes_intent() {
     let b = node_intent(&i, "worker-1", &params, &secret).unwrap();
     assert_eq!(b.asn, 65010);
     let got: Vec<_> = b.peers.iter().map(|s| (s.name.as_str(), s.role, s.asn, s.password.as_deref())).collect();
-    assert_eq!(
-        got,
-        [("peer_tor", PeerRole::External, 65000, Some("bgp-tor")), ("rr_rr_a", PeerRole::Reflector, 65010, None)]
-    );
+    assert_eq!(got, [("rr_a", PeerRole::Reflector, 65010, None), ("tor", PeerRole::External, 65000, Some("bgp-tor"))]);
     assert_eq!(b.graceful_restart_secs, 120, "no mesh session: the peers' default");
     let rr = node_intent(&i, "rr-a", &params, &secret).unwrap();
-    assert!(rr.peers.iter().any(|s| s.name == "client_worker_1" && s.role == PeerRole::ReflectorClient));
+    assert!(rr.peers.iter().any(|s| s.name == "worker_1" && s.role == PeerRole::ReflectorClient));
 }
