@@ -135,54 +135,91 @@ fn mesh_routes_follow_a_nodes_bird_dying_and_coming_back() {
     wait("1a reaches 3a again", Duration::from_secs(5), || ping(&lab, "1a", "3a").status.success());
 }
 
-/// BIRD restarted gracefully on node3 while 1a pings 3a every 10 ms: node1 keeps node3's
-/// block throughout (stale, then refreshed) and no ping is lost.
-#[test]
-fn a_graceful_bird_restart_loses_nothing() {
-    let Some(lab) = up() else { return };
-    let b3 = blocks_of(&lab, 3)[0];
-    let ip = lab.pod_ip("3a").to_string();
-    let pinger = Command::new("ip")
-        .args(["netns", "exec", &lab.pod("1a").ns, "ping", "-i", "0.01", "-W", "1", &ip])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pinger = common::Proc::new(pinger);
-    std::thread::sleep(Duration::from_millis(500));
+/// Runs `restart` (on node3) while node1's and node2's routes to node3's block are sampled
+/// every 10 ms; (samples, samples without the route).
+fn watched(lab: &mut LabHandle, restart: impl FnOnce(&mut LabHandle) -> Result<(), lab::LabError>) -> (usize, usize) {
+    let b3 = blocks_of(lab, 3)[0];
+    let others = [lab.node(1).clone(), lab.node(2).clone()];
     let done = std::sync::atomic::AtomicBool::new(false);
-    let restart = std::thread::scope(|s| {
+    let (r, counts) = std::thread::scope(|s| {
         let watch = s.spawn(|| {
-            // node1's route to node3's block, sampled until the restart is over.
             let (mut samples, mut missing) = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                samples += 1;
-                missing += usize::from(learned_nexthop(&lab, 1, b3).is_none());
+                for n in &others {
+                    samples += 1;
+                    let r = bgp::routes(n, vrouter_api::RouteSource::Kernel, b3).unwrap();
+                    missing += usize::from(!r.routes.iter().any(|v| v.prefix == b3));
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             (samples, missing)
         });
-        let r = bgp::graceful_restart_bird(&lab, &tools(), 3);
+        let r = restart(lab);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (r, watch.join().unwrap())
     });
-    restart.0.unwrap_or_else(|e| panic!("{e}\n{}", logs(&lab)));
-    let (samples, missing) = restart.1;
-    eprintln!("node1's route to node3's block sampled {samples} times during the restart, missing {missing}");
-    assert!(samples > 10, "the restart was watched");
-    assert_eq!(missing, 0, "node1 lost node3's block during the graceful restart\n{}", logs(&lab));
-    assert_eq!(session(&lab, 1, "mesh_node3")["bgp_state"], "Established", "back after the restart");
-    pinger.signal(nix::sys::signal::Signal::SIGINT);
-    let out = common::text(&pinger.finish());
-    // Every echo up to the last answered one came back (the one in flight when SIGINT came
-    // counts as lost in ping's summary, but is not).
+    r.unwrap_or_else(|e| panic!("{e}\n{}", logs(lab)));
+    counts
+}
+
+/// Echo sequence numbers answered in `ping` output: the last, and those missing up to it (the
+/// echo in flight when SIGINT came counts as lost in ping's summary, but is not).
+fn answered(out: &str) -> (u32, Vec<u32>) {
     let seqs: std::collections::BTreeSet<u32> =
         out.lines().filter_map(|l| l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
     let last = seqs.last().copied().unwrap_or(0);
-    let lost: Vec<u32> = (1..=last).filter(|s| !seqs.contains(s)).collect();
+    (last, (1..=last).filter(|s| !seqs.contains(s)).collect())
+}
+
+/// `ping -i 0.01` from pod `from` to pod `to`, killed on drop.
+fn pinger(lab: &LabHandle, from: &str, to: &str) -> common::Proc {
+    let ip = lab.pod_ip(to).to_string();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.pod(from).ns, "ping", "-i", "0.01", "-W", "1", &ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::Proc::new(child)
+}
+
+/// BIRD restarted gracefully on node3 (BFD drained first, then `birdc graceful restart` and
+/// `bird -R`) while 1a pings 3a every 10 ms: node1 and node2 keep node3's block throughout
+/// (stale, then refreshed) and no echo is lost.
+#[test]
+fn a_graceful_bird_restart_loses_nothing() {
+    let Some(mut lab) = up() else { return };
+    let ping = pinger(&lab, "1a", "3a");
+    std::thread::sleep(Duration::from_millis(500));
+    let (samples, missing) = watched(&mut lab, |lab| bgp::graceful_restart_bird(lab, &tools(), 3));
+    eprintln!("node3's block on node1 and node2 sampled {samples} times during the restart, missing {missing}");
+    assert!(samples > 10, "the restart was watched");
+    assert_eq!(missing, 0, "a peer lost node3's block during the graceful restart\n{}", logs(&lab));
+    assert_eq!(session(&lab, 1, "mesh_node3")["bgp_state"], "Established", "back after the restart");
+    ping.signal(nix::sys::signal::Signal::SIGINT);
+    let out = common::text(&ping.finish());
+    let (last, lost) = answered(&out);
     eprintln!("pings across the graceful restart: {last} answered in order, lost {lost:?}");
     assert!(last > 100, "the pings ran through the restart: {out}");
     assert!(lost.is_empty(), "echoes lost during the graceful restart: {lost:?}\n{}", logs(&lab));
+}
+
+/// node3's vrouter restarted as planned (BFD drained first): its BGP sessions ride out the
+/// daemon's absence, so node1 and node2 never drop node3's block (a plain restart makes them
+/// drop it: BFD sees a dead node); once the daemon is back, node3 has its routes to the
+/// others again and 1a reaches 3a.
+#[test]
+fn a_planned_vrouter_restart_keeps_the_nodes_routes_on_its_peers() {
+    let Some(mut lab) = up() else { return };
+    let (samples, missing) = watched(&mut lab, |lab| bgp::planned_vrouter_restart(lab, &tools(), 3));
+    eprintln!(
+        "node3's block on node1 and node2 sampled {samples} times during node3's vrouter restart, missing {missing}"
+    );
+    assert!(samples > 10, "the restart was watched");
+    assert_eq!(missing, 0, "a peer dropped node3's block while its vrouter restarted\n{}", logs(&lab));
+    let b1 = blocks_of(&lab, 1)[0];
+    wait("node3 has node1's block again", Duration::from_secs(10), || learned_nexthop(&lab, 3, b1).is_some());
+    wait("1a reaches 3a", Duration::from_secs(10), || ping(&lab, "1a", "3a").status.success());
 }
 
 /// A top-of-rack router (a BIRD of its own in the underlay router's namespace, AS 65000) as an

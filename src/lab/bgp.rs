@@ -178,15 +178,18 @@ pub fn kill_bird(lab: &LabHandle, index: u8) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Restarts node `index`'s BIRD gracefully, as an operator would on BIRD 2.0.12: the node is
-/// annotated [`vrouter_api::BGP_GRACEFUL_RESTART_ANNOTATION`] so that every agent drains
-/// BFD from the sessions with it (2.0.12 takes BFD going down as a failure even then); once no
-/// peer runs BFD with it, `birdc graceful restart` (its peers keep its routes as stale) and
-/// BIRD started again with `-R` (it keeps its own kernel table until its sessions are back);
-/// then the annotation goes and BFD comes back.
-pub fn graceful_restart_bird(lab: &LabHandle, tools: &super::cluster::Tools, index: u8) -> Result<(), LabError> {
-    let pid = bird_pid(lab, index)
-        .ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))?;
+/// Runs `f` (a planned restart on node `index`) with BFD drained from node `index`'s
+/// sessions, as an operator would on BIRD 2.0.12, which takes BFD going down as a failure even
+/// during a graceful restart: the node is annotated
+/// [`vrouter_api::BGP_GRACEFUL_RESTART_ANNOTATION`], every agent turns BFD off on the sessions
+/// with it, `f` runs once no peer runs BFD with it, and the annotation goes once its sessions
+/// are established again (BFD then comes back).
+pub fn with_bfd_drained<T>(
+    lab: &mut LabHandle,
+    tools: &super::cluster::Tools,
+    index: u8,
+    f: impl FnOnce(&mut LabHandle) -> Result<T, LabError>,
+) -> Result<T, LabError> {
     let n = lab.node(index).clone();
     annotate(lab, tools, index, Some("true"))?;
     let ip = n.ip.to_string();
@@ -194,24 +197,49 @@ pub fn graceful_restart_bird(lab: &LabHandle, tools: &super::cluster::Tools, ind
         let out = birdc(lab, other, "show bfd sessions")?;
         Ok(!out.lines().any(|l| l.split_whitespace().next() == Some(ip.as_str())))
     })?;
-    let f = files(lab, index);
-    sys::ns_ok(&n.ns, &["birdc", "-s", &f.socket.to_string_lossy(), "graceful", "restart"], Duration::from_secs(10))?;
-    let end = Instant::now() + Duration::from_secs(10);
-    while sys::alive(pid) {
-        if Instant::now() >= end {
-            return Err(LabError::Timeout { cmd: format!("BIRD {pid} ending for a graceful restart"), secs: 10.0 });
-        }
-        sys::sleep(Duration::from_millis(10))?;
-    }
-    start(lab, index, true)?;
+    let out = f(lab)?;
+    let suffix = format!("_{}", n.name);
     wait_all(lab, index, Duration::from_secs(30), "sessions with it established again", |other| {
         let out = birdc(lab, other, "show protocols")?;
-        Ok(out.lines().any(|l| {
-            l.contains("Established")
-                && l.split_whitespace().next().is_some_and(|p| p.ends_with(&format!("_{}", n.name)))
-        }))
+        Ok(out
+            .lines()
+            .any(|l| l.contains("Established") && l.split_whitespace().next().is_some_and(|p| p.ends_with(&suffix))))
     })?;
-    annotate(lab, tools, index, None)
+    annotate(lab, tools, index, None)?;
+    Ok(out)
+}
+
+/// Restarts node `index`'s BIRD gracefully with BFD drained ([`with_bfd_drained`]): `birdc
+/// graceful restart` (its peers keep its routes as stale until it is back and has sent them
+/// again), then BIRD started again with `-R` (it keeps its own kernel table until its sessions
+/// are back).
+pub fn graceful_restart_bird(lab: &mut LabHandle, tools: &super::cluster::Tools, index: u8) -> Result<(), LabError> {
+    let pid = bird_pid(lab, index)
+        .ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))?;
+    with_bfd_drained(lab, tools, index, |lab| {
+        let n = lab.node(index).clone();
+        let f = files(lab, index);
+        sys::ns_ok(
+            &n.ns,
+            &["birdc", "-s", &f.socket.to_string_lossy(), "graceful", "restart"],
+            Duration::from_secs(10),
+        )?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while sys::alive(pid) {
+            if Instant::now() >= end {
+                return Err(LabError::Timeout { cmd: format!("BIRD {pid} ending for a graceful restart"), secs: 10.0 });
+            }
+            sys::sleep(Duration::from_millis(10))?;
+        }
+        start(lab, index, true)
+    })
+}
+
+/// Restarts node `index`'s vrouter daemon with BFD drained ([`with_bfd_drained`]): its BGP
+/// sessions cross the daemon, and a restart longer than BFD's 300 ms would otherwise look like
+/// a dead node to its peers. The sessions ride it out (hold time), so the peers keep its routes.
+pub fn planned_vrouter_restart(lab: &mut LabHandle, tools: &super::cluster::Tools, index: u8) -> Result<(), LabError> {
+    with_bfd_drained(lab, tools, index, |lab| lab.restart_daemon(index))
 }
 
 /// `birdc CMD` against node `index`'s BIRD.
