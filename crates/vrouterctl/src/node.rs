@@ -47,7 +47,7 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<bool, String> {
 fn explain(e: BirdcError, socket: &Path) -> String {
     match e {
         BirdcError::NotRunning { .. } | BirdcError::Refused { .. } => {
-            format!("{e}; BIRD is not running at {} (--bird-socket / BIRD_SOCKET)", socket.display())
+            format!("{e}; give BIRD's control socket with --bird-socket or BIRD_SOCKET")
         }
         e => e.to_string(),
     }
