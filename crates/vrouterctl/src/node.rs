@@ -28,8 +28,8 @@ struct Peer {
 
 pub(crate) fn status(socket: &Path, json: bool) -> Result<bool, String> {
     let birdc = Birdc::new(socket).with_timeout(Duration::from_secs(10));
-    let bird = birdc.status().map_err(|e| explain(e, socket))?;
-    let peers = birdc.peers().map_err(|e| explain(e, socket))?;
+    let bird = birdc.status().map_err(explain)?;
+    let peers = birdc.peers().map_err(explain)?;
     // The kernel's counters of this namespace (BIRD's, when run where BIRD runs): a password
     // mismatch shows there, not in BIRD.
     let md5 = TcpMd5Counters::read(Path::new("/proc/net/netstat")).ok();
@@ -44,7 +44,7 @@ pub(crate) fn status(socket: &Path, json: bool) -> Result<bool, String> {
     Ok(true)
 }
 
-fn explain(e: BirdcError, socket: &Path) -> String {
+fn explain(e: BirdcError) -> String {
     match e {
         BirdcError::NotRunning { .. } | BirdcError::Refused { .. } => {
             format!("{e}; give BIRD's control socket with --bird-socket or BIRD_SOCKET")
