@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::config::Config;
+use super::config::{Config, PeerConfig};
 use vrouter_core::dataplane::PortId;
 use vrouter_core::fib::Ipv4Prefix;
 use vrouter_core::wire::MacAddr;
@@ -61,7 +61,7 @@ pub fn config_routes(
         put(node.subnet, RouteSource::Node, NhKey::Connected);
     }
     for p in &cfg.peers {
-        let nh = peer_nexthop(cfg, p.ip, p.ipip_mode.unwrap_or(node.ipip_mode).encapsulates(node.subnet, ip(p.ip)));
+        let nh = peer_nexthop(cfg, p);
         for b in &p.pod_blocks {
             put(*b, RouteSource::Config, nh.clone());
         }
@@ -84,12 +84,13 @@ pub fn config_routes(
 }
 
 /// How traffic to a remote node's pods leaves: straight to it (BGP mode, same subnet), through
-/// the underlay gateway, or in IPIP (`encap`) to it.
-pub fn peer_nexthop(cfg: &Config, peer: Ipv4Addr, encap: bool) -> NhKey {
+/// the underlay gateway, or in IPIP to it, as the peer's IPIP mode (else the node's) says.
+pub fn peer_nexthop(cfg: &Config, p: &PeerConfig) -> NhKey {
+    let peer = p.ip;
     let on_link = cfg.node.subnet.contains(ip(peer));
     // Validated: an off-subnet peer needs node.gateway.
     let via = if on_link { peer } else { cfg.node.gateway.unwrap_or(peer) };
-    if encap {
+    if p.ipip_mode.unwrap_or(cfg.node.ipip_mode).encapsulates(cfg.node.subnet, ip(peer)) {
         NhKey::Tunnel { remote: peer, via }
     } else {
         NhKey::Gateway(via)

@@ -794,10 +794,7 @@ impl Node {
                 // Through another node (BIRD's `via NODE-IP ... onlink`): straight to it or in
                 // IPIP, as its pool's mode says, exactly as a configured peer's blocks.
                 (Some(v), d) if is_uplink(d) => match self.cfg.peers.iter().find(|p| p.ip == v) {
-                    Some(p) => {
-                        let mode = p.ipip_mode.unwrap_or(self.cfg.node.ipip_mode);
-                        Ok(peer_nexthop(&self.cfg, v, mode.encapsulates(self.cfg.node.subnet, ip(v))))
-                    }
+                    Some(p) => Ok(peer_nexthop(&self.cfg, p)),
                     None => Ok(NhKey::Gateway(v)),
                 },
                 (None, Some(d)) if is_uplink(Some(d)) => Ok(NhKey::Connected),

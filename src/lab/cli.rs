@@ -33,9 +33,6 @@ pub enum LabCommand {
         #[command(flatten)]
         opts: LabArgs,
     },
-    /// Benchmark: bring up a cluster lab, change a policy selecting every pod N times, and
-    /// print how long each change took from `vrouterctl apply` to every node's data plane
-    /// (p50, p99, max), then tear down.
     /// Benchmark: bring up a cluster lab with BGP (`--nodes N`, `--route-reflectors K`), and
     /// time how long a new pod block and a node's BIRD dying take to reach every other node's
     /// FIB (p50, max), with CPU and memory per node; then tear down.
@@ -52,6 +49,9 @@ pub enum LabCommand {
         #[arg(long, requires = "append")]
         svg: Option<PathBuf>,
     },
+    /// Benchmark: bring up a cluster lab, change a policy selecting every pod N times, and
+    /// print how long each change took from `vrouterctl apply` to every node's data plane
+    /// (p50, p99, max), then tear down.
     BenchPolicy {
         #[command(flatten)]
         opts: LabArgs,
