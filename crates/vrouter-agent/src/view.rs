@@ -112,7 +112,7 @@ impl View {
         let labels = self.node(node).map(|n| &n.metadata.labels).unwrap_or(&empty);
         self.resources()
             .filter_map(|r| match r {
-                Resource::IpPool(p) if !p.spec.disabled && p.spec.node_selector.matches(labels) => {
+                Resource::IpPool(p) if p.spec.allocates_for(labels) => {
                     Some(PoolRef { cidr: p.spec.cidr, block_size: p.spec.block_size })
                 }
                 _ => None,

@@ -173,7 +173,7 @@ impl Backend for Cluster {
             let mut out = Vec::new();
             for kv in pools {
                 match Resource::from_stored(Kind::IpPool, &kv.value, kv.mod_revision) {
-                    Ok(Resource::IpPool(p)) if !p.spec.disabled && p.spec.node_selector.matches(&labels) => {
+                    Ok(Resource::IpPool(p)) if p.spec.allocates_for(&labels) => {
                         out.push(Pool { cidr: p.spec.cidr, block_size: p.spec.block_size })
                     }
                     Ok(_) => {}

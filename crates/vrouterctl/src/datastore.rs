@@ -225,7 +225,7 @@ async fn claim(ds: &Datastore, node: &str) -> Result<bool, String> {
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter_map(|r| match r {
-            Resource::IpPool(p) if !p.spec.disabled && p.spec.node_selector.matches(&n.metadata.labels) => {
+            Resource::IpPool(p) if p.spec.allocates_for(&n.metadata.labels) => {
                 Some(ipam::PoolRef { cidr: p.spec.cidr, block_size: p.spec.block_size })
             }
             _ => None,

@@ -170,6 +170,12 @@ pub struct IpPoolSpec {
 pub const DEFAULT_BLOCK_SIZE: u8 = 26;
 
 impl IpPoolSpec {
+    /// Whether the pool hands blocks to a node with these labels: enabled, and its
+    /// `nodeSelector` matches.
+    pub fn allocates_for(&self, node_labels: &BTreeMap<String, String>) -> bool {
+        !self.disabled && self.node_selector.matches(node_labels)
+    }
+
     /// A pool with Calico's defaults (block size 26, no IPIP, no NAT, enabled, all nodes).
     pub fn new(cidr: Ipv4Prefix) -> IpPoolSpec {
         IpPoolSpec {
