@@ -50,9 +50,13 @@ fn node_status(lab: &LabHandle, index: u8) -> serde_json::Value {
 
 /// node `index`'s session with the peer named `peer` (`mesh_node2`, `peer_tor`).
 fn session(lab: &LabHandle, index: u8, peer: &str) -> serde_json::Value {
-    let st = node_status(lab, index);
-    let found = st["peers"].as_array().and_then(|l| l.iter().find(|p| p["name"] == peer).cloned());
-    found.unwrap_or_else(|| panic!("node{index} has no session {peer}: {st}"))
+    find_session(lab, index, peer)
+        .unwrap_or_else(|| panic!("node{index} has no session {peer}: {}", node_status(lab, index)))
+}
+
+/// node `index`'s session with the peer named `peer`, if it has one.
+fn find_session(lab: &LabHandle, index: u8, peer: &str) -> Option<serde_json::Value> {
+    node_status(lab, index)["peers"].as_array().and_then(|l| l.iter().find(|p| p["name"] == peer).cloned())
 }
 
 fn ping(lab: &LabHandle, from: &str, to: &str) -> Output {
@@ -76,7 +80,12 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration 
 
 /// The kernel-table route node `at` has for `block`, as its FIB shows it (`None`: no route).
 fn learned_nexthop(lab: &LabHandle, at: u8, block: vrouter_core::fib::Ipv4Prefix) -> Option<String> {
-    let r = bgp::routes(lab.node(at), vrouter_api::RouteSource::Kernel, block).unwrap();
+    learned_on(lab.node(at), block)
+}
+
+/// The same, asked of a node directly (from a thread that does not hold the lab).
+fn learned_on(n: &lab::LabNode, block: vrouter_core::fib::Ipv4Prefix) -> Option<String> {
+    let r = bgp::routes(n, vrouter_api::RouteSource::Kernel, block).unwrap();
     r.routes.into_iter().find(|v| v.prefix == block).map(|v| v.nexthop)
 }
 
@@ -147,8 +156,7 @@ fn watched(lab: &mut LabHandle, restart: impl FnOnce(&mut LabHandle) -> Result<(
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 for n in &others {
                     samples += 1;
-                    let r = bgp::routes(n, vrouter_api::RouteSource::Kernel, b3).unwrap();
-                    missing += usize::from(!r.routes.iter().any(|v| v.prefix == b3));
+                    missing += usize::from(learned_on(n, b3).is_none());
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -272,12 +280,7 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
         .exec(&rt, &[&ctl, "--etcd-endpoints", &cluster::etcd_endpoints(&lab), "apply", "-f", &file.to_string_lossy()]);
     assert!(o.status.success(), "{}", common::text(&o));
 
-    let established = || {
-        let st = node_status(&lab, 1);
-        st["peers"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|p| p["name"] == "peer_tor" && p["bgp_state"] == "Established"))
-    };
+    let established = || find_session(&lab, 1, "peer_tor").is_some_and(|p| p["bgp_state"] == "Established");
     let start = Instant::now();
     while !established() {
         assert!(start.elapsed() < Duration::from_secs(30), "node1's session with the ToR:\n{}", logs(&lab));
@@ -289,8 +292,7 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
     let s = session(&lab, 1, "peer_tor");
     assert_eq!((s["routes"]["imported"].as_u64(), s["routes"]["filtered"].as_u64()), (Some(1), Some(1)), "{s}");
     let outside: vrouter_core::fib::Ipv4Prefix = "198.51.100.0/24".parse().unwrap();
-    let r = bgp::routes(lab.node(1), vrouter_api::RouteSource::Kernel, outside).unwrap();
-    assert!(r.routes.iter().all(|v| v.prefix != outside), "refused, not installed: {r:?}");
+    assert_eq!(learned_nexthop(&lab, 1, outside), None, "refused, not installed");
     // The table view says it too.
     let o = lab.exec(
         &lab.node(1).ns,
@@ -300,7 +302,7 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
     let row = text.lines().find(|l| l.starts_with("192.168.1.1 ")).unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("external") && row.contains("Established"), "{text}");
     // node3 is not on that rack: no session with the ToR at all.
-    assert!(node_status(&lab, 3)["peers"].as_array().unwrap().iter().all(|p| p["name"] != "peer_tor"));
+    assert!(find_session(&lab, 3, "peer_tor").is_none());
 
     // node2: the passwords differ, so the kernel drops the ToR's segments: never established.
     std::thread::sleep(Duration::from_secs(3));

@@ -163,19 +163,16 @@ pub fn bird_pid(lab: &LabHandle, index: u8) -> Option<u32> {
         .find(|&p| sys::cmdline(p).is_some_and(|c| c.starts_with("bird ") && c.contains(&conf)))
 }
 
+/// The pid of node `index`'s BIRD, or an error saying none runs.
+fn running_bird(lab: &LabHandle, index: u8) -> Result<u32, LabError> {
+    bird_pid(lab, index).ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))
+}
+
 /// SIGKILLs node `index`'s BIRD (a crash: no goodbye to its peers) and waits until it is gone.
 pub fn kill_bird(lab: &LabHandle, index: u8) -> Result<(), LabError> {
-    let pid = bird_pid(lab, index)
-        .ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))?;
+    let pid = running_bird(lab, index)?;
     sys::signal(pid, sys::Signal::SIGKILL);
-    let end = Instant::now() + Duration::from_secs(5);
-    while sys::alive(pid) {
-        if Instant::now() >= end {
-            return Err(LabError::Timeout { cmd: format!("kill BIRD {pid}"), secs: 5.0 });
-        }
-        sys::sleep(Duration::from_millis(10))?;
-    }
-    Ok(())
+    sys::wait_gone(&[pid], Duration::from_secs(5), &format!("kill BIRD {pid}"))
 }
 
 /// Runs `f` (a planned restart on node `index`) with BFD drained from node `index`'s
@@ -214,23 +211,10 @@ pub fn with_bfd_drained<T>(
 /// again), then BIRD started again with `-R` (it keeps its own kernel table until its sessions
 /// are back).
 pub fn graceful_restart_bird(lab: &mut LabHandle, tools: &super::cluster::Tools, index: u8) -> Result<(), LabError> {
-    let pid = bird_pid(lab, index)
-        .ok_or_else(|| LabError::BadOption(format!("no BIRD running on {}", lab.node(index).name)))?;
+    let pid = running_bird(lab, index)?;
     with_bfd_drained(lab, tools, index, |lab| {
-        let n = lab.node(index).clone();
-        let f = files(lab, index);
-        sys::ns_ok(
-            &n.ns,
-            &["birdc", "-s", &f.socket.to_string_lossy(), "graceful", "restart"],
-            Duration::from_secs(10),
-        )?;
-        let end = Instant::now() + Duration::from_secs(10);
-        while sys::alive(pid) {
-            if Instant::now() >= end {
-                return Err(LabError::Timeout { cmd: format!("BIRD {pid} ending for a graceful restart"), secs: 10.0 });
-            }
-            sys::sleep(Duration::from_millis(10))?;
-        }
+        birdc(lab, index, "graceful restart")?;
+        sys::wait_gone(&[pid], Duration::from_secs(10), &format!("BIRD {pid} ending for a graceful restart"))?;
         start(lab, index, true)
     })
 }
@@ -426,13 +410,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The pids of each node's vrouter, agent and BIRD.
 fn node_pids(lab: &LabHandle) -> Vec<[Option<u32>; 3]> {
-    let rt = sys::netns_pids(&lab.router_ns());
     lab.nodes()
         .iter()
         .map(|n| {
             let daemon = lab.state().daemons.iter().find(|d| d.node == n.name).map(|d| d.pid);
-            let tag = format!("--node {} ", n.name);
-            let agent = rt.iter().copied().find(|&p| sys::cmdline(p).is_some_and(|c| (c + " ").contains(&tag)));
+            let agent = super::cluster::pids(lab, super::cluster::Service::Agent(n.index)).first().copied();
             [daemon, agent, bird_pid(lab, n.index)]
         })
         .collect()

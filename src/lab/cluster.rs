@@ -210,31 +210,29 @@ pub enum Service {
     Agent(u8),
 }
 
-/// SIGKILLs a cluster process (a crash, not a clean stop) and waits until it is gone.
-pub fn kill(lab: &LabHandle, what: Service) -> Result<(), LabError> {
+/// The pids of a cluster process, found in the router namespace by its command line.
+pub fn pids(lab: &LabHandle, what: Service) -> Vec<u32> {
     let pattern = match what {
         Service::Etcd => "etcd --name lab".to_string(),
         Service::EtcdMember(i) => format!("etcd --name lab{i} "),
         Service::Agent(i) => format!("--node {} ", lab.node(i).name),
     };
-    let pids: Vec<u32> = sys::netns_pids(&lab.router_ns())
+    sys::netns_pids(&lab.router_ns())
         .into_iter()
         .filter(|&p| sys::cmdline(p).is_some_and(|c| (c + " ").contains(&pattern)))
-        .collect();
+        .collect()
+}
+
+/// SIGKILLs a cluster process (a crash, not a clean stop) and waits until it is gone.
+pub fn kill(lab: &LabHandle, what: Service) -> Result<(), LabError> {
+    let pids = pids(lab, what);
     if pids.is_empty() {
         return Err(LabError::BadOption(format!("no running {what:?} in {}", lab.router_ns())));
     }
     for &p in &pids {
         sys::signal(p, sys::Signal::SIGKILL);
     }
-    let end = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| sys::alive(p)) {
-        if Instant::now() >= end {
-            return Err(LabError::Timeout { cmd: format!("kill {what:?}"), secs: 5.0 });
-        }
-        sys::sleep(Duration::from_millis(20))?;
-    }
-    Ok(())
+    sys::wait_gone(&pids, Duration::from_secs(5), &format!("kill {what:?}"))
 }
 
 /// Waits until every node's agent has registered it and applied its first state (the

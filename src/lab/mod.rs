@@ -356,14 +356,9 @@ impl LabHandle {
         let name = self.node(index).name.clone();
         let i = self.state.daemons.iter().position(|d| d.node == name).ok_or(LabError::NoLab)?;
         let d = self.state.daemons[i].clone();
-        sys::signal(d.pid, sys::Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(10);
-        while sys::alive(d.pid) {
-            if Instant::now() >= end {
-                return Err(LabError::Timeout { cmd: format!("stopping {name}'s daemon"), secs: 10.0 });
-            }
-            sys::sleep(Duration::from_millis(20))?;
-        }
+        sys::signal(d.pid, sys::Signal::SIGTERM);
+        sys::wait_gone(&[d.pid], Duration::from_secs(10), &format!("stopping {name}'s daemon"))?;
         let bin = match &self.state.vrouter {
             Some(b) => b.to_string_lossy().into_owned(),
             None => return Err(LabError::BadOption("this lab's state does not name its vrouter binary".into())),

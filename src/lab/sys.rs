@@ -294,6 +294,18 @@ pub(crate) fn alive(pid: u32) -> bool {
     }
 }
 
+/// Waits until none of `pids` is alive; past `timeout`, an error naming `what`.
+pub(crate) fn wait_gone(pids: &[u32], timeout: Duration, what: &str) -> Result<(), LabError> {
+    let end = Instant::now() + timeout;
+    while pids.iter().any(|&p| alive(p)) {
+        if Instant::now() >= end {
+            return Err(LabError::Timeout { cmd: what.to_string(), secs: timeout.as_secs_f64() });
+        }
+        sleep(Duration::from_millis(10))?;
+    }
+    Ok(())
+}
+
 /// The command line of `pid`, NULs as spaces.
 pub(crate) fn cmdline(pid: u32) -> Option<String> {
     let mut s = String::new();
