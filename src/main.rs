@@ -76,21 +76,30 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
-    /// End to end (root): the same traffic through Linux forwarding, vrouter on AF_XDP and
-    /// vrouter with IPIP, in namespaces it builds and deletes; trafgen 64/512/1500-byte frames
-    /// and iperf3. A table on stdout, progress on stderr.
+    /// End to end (root): the same UDP traffic through Linux forwarding, vrouter on AF_XDP
+    /// and vrouter with IPIP, in namespaces it builds and deletes (trafgen 64/512/1500-byte
+    /// frames); then TCP pod to pod (iperf3, 1 and 8 streams; same node, two nodes, IPIP) in
+    /// the namespace lab, vrouter's against `lab --kernel`, offloads on and off. Rounds repeat
+    /// until each ratio's medians hold still. A table on stdout, progress on stderr.
     E2e {
-        /// Measured seconds per run.
+        /// Measured seconds per UDP run.
         #[arg(long)]
         duration: Option<f64>,
-        /// Repetitions of the alternating sequence (medians with min and max over them).
+        /// Rounds of the alternating sequence at least (medians with min and max over them).
         #[arg(long)]
         reps: Option<u32>,
-        /// About a minute: 2 repetitions of 1-second runs.
+        /// Rounds at most: a ratio whose median after a round differs from the one before by
+        /// more than --tolerance gets another round, up to this many.
+        #[arg(long)]
+        max_reps: Option<u32>,
+        /// How close two consecutive medians of a ratio must be (0.1: within 10 %).
+        #[arg(long)]
+        tolerance: Option<f64>,
+        /// About two minutes: 2 rounds of 1-second runs.
         #[arg(long)]
         quick: bool,
-        /// Print JSON (flat figures `kernel_mpps_64`, `vrouter_mpps_64`, `ratio_64`, ... and
-        /// every run) on stdout; the table goes to stderr.
+        /// Print JSON (flat figures `ratio_64`, `tcp1_local_ratio`, ..., each ratio's spread
+        /// and verdict, every run) on stdout; the table goes to stderr.
         #[arg(long)]
         json: bool,
         /// Also write an SVG plot of throughput by frame size.
@@ -99,15 +108,27 @@ enum BenchCmd {
         /// Skip the iperf3 TCP runs.
         #[arg(long)]
         no_tcp: bool,
+        /// Skip the UDP runs (and the latency runs, which take their load from them).
+        #[arg(long)]
+        no_udp: bool,
         /// Skip the ping latency runs under load.
         #[arg(long)]
         no_latency: bool,
         /// Frame sizes with FCS, comma-separated.
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<u32>>,
-        /// vrouter's worker idle mode: poll, adaptive or interrupt.
+        /// Measured seconds per iperf3 run (whole seconds; default 3).
+        #[arg(long)]
+        tcp_duration: Option<f64>,
+        /// The pods' offloads in the TCP runs: on (as they come), off, or both (two tables).
+        #[arg(long, default_value = "both")]
+        tcp_offloads: String,
+        /// vrouter's worker idle mode in the UDP hairpin: poll, adaptive or interrupt.
         #[arg(long)]
         idle: Option<String>,
+        /// The idle mode of the TCP lab's three daemons (default adaptive, as `vrouter lab`).
+        #[arg(long)]
+        lab_idle: Option<String>,
         /// Core for the generator (default 0).
         #[arg(long)]
         gen_cpu: Option<usize>,
@@ -214,22 +235,62 @@ fn bench(what: BenchCmd) -> Result<String, String> {
     match what {
         BenchCmd::Fib { table, seconds } => in_memory::bench_fib(table, check_seconds(seconds)?),
         BenchCmd::Pipeline { table, seconds } => in_memory::bench_pipeline(table, check_seconds(seconds)?),
-        BenchCmd::E2e { duration, reps, quick, json, svg, no_tcp, no_latency, sizes, idle, gen_cpu, fwd_cpu } => {
+        BenchCmd::E2e {
+            duration,
+            reps,
+            max_reps,
+            tolerance,
+            quick,
+            json,
+            svg,
+            no_tcp,
+            no_udp,
+            no_latency,
+            sizes,
+            tcp_duration,
+            tcp_offloads,
+            idle,
+            lab_idle,
+            gen_cpu,
+            fwd_cpu,
+        } => {
+            use vrouter::perf::Offloads;
             let mut o = if quick { vrouter::perf::E2eOptions::quick() } else { vrouter::perf::E2eOptions::default() };
             if let Some(d) = duration {
                 o.duration = d;
             }
             if let Some(n) = reps {
                 o.reps = n;
+                // Asking for more rounds than the default maximum raises the maximum with it.
+                o.max_reps = o.max_reps.max(n);
+            }
+            if let Some(n) = max_reps {
+                o.max_reps = n;
+            }
+            if let Some(t) = tolerance {
+                o.tolerance = t;
             }
             o.tcp = !no_tcp;
-            o.latency = !no_latency;
+            o.udp = !no_udp;
+            o.latency = !no_latency && !no_udp;
             if let Some(z) = sizes {
                 o.sizes = z;
             }
+            if let Some(d) = tcp_duration {
+                o.tcp_duration = d;
+            }
+            o.tcp_offloads = match tcp_offloads.as_str() {
+                "both" => vec![Offloads::On, Offloads::Off],
+                "on" => vec![Offloads::On],
+                "off" => vec![Offloads::Off],
+                other => return Err(format!("--tcp-offloads {other}: use on, off or both")),
+            };
             (o.gen_cpu, o.fwd_cpu) = (gen_cpu, fwd_cpu);
             if let Some(i) = idle {
                 o.idle = i;
+            }
+            if let Some(i) = lab_idle {
+                o.lab_idle = i;
             }
             let r = vrouter::perf::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
             if let Some(p) = svg {

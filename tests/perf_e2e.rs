@@ -1,6 +1,8 @@
 //! `vrouter bench e2e` end to end (root; a failure otherwise, unless VROUTER_ALLOW_SKIP is set): the JSON carries
-//! the documented figures, every figure is finite and non-negative, vrouter forwards frames,
-//! and no namespace of the bench is left behind. No pass/fail on speed.
+//! the documented figures (UDP through the hairpin, TCP pod to pod in the namespace labs, each
+//! ratio's spread and the convergence verdict), every figure is finite and non-negative,
+//! vrouter forwards frames and TCP on every path, and no namespace of the bench (nor of its
+//! labs) is left behind. No pass/fail on speed.
 
 mod common;
 
@@ -61,7 +63,7 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
     }
     let before = bench_namespaces();
     let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
-        .args(["bench", "e2e", "--quick", "--reps", "1", "--json"])
+        .args(["bench", "e2e", "--quick", "--reps", "1", "--max-reps", "1", "--json"])
         .output()
         .expect("run vrouter bench e2e");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -88,11 +90,34 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
             assert!(v[&k].is_number(), "missing {k} in {v}");
         }
     }
-    for key in
-        ["kernel_tcp1_gbps", "vrouter_tcp1_gbps", "ratio_tcp1", "kernel_tcp8_gbps", "vrouter_tcp8_gbps", "ratio_tcp8"]
-    {
-        assert!(v[key].is_number(), "missing {key}");
+    for streams in [1, 8] {
+        for path in ["local", "remote", "ipip"] {
+            for x in ["", "_nooffload"] {
+                let ratio = format!("tcp{streams}_{path}_ratio{x}");
+                assert!(v[&ratio].as_f64().is_some_and(f64::is_finite), "missing {ratio} in {v}");
+                // One round: a spread, and no second median to agree with.
+                assert_eq!(v["ratios"][&ratio]["rounds"], 1, "{ratio}");
+                assert_eq!(v["ratios"][&ratio]["converged"], false, "{ratio}");
+                for fwd in ["kernel", "vrouter"] {
+                    for fig in ["gbps", "cpu_per_gbit"] {
+                        let k = format!("{fwd}_tcp{streams}_{path}_{fig}{x}");
+                        assert!(v[&k].as_f64().is_some_and(f64::is_finite), "missing {k} in {v}");
+                    }
+                }
+            }
+        }
     }
+    assert_eq!(v["converged"], false, "one round cannot converge");
+    assert_eq!(v["rounds"], 1);
+    assert!(v["ratios"]["ratio_64"]["median"].is_number(), "{v}");
+    let tcp = v["tcp_runs"].as_array().expect("tcp_runs");
+    assert_eq!(tcp.len(), 24, "3 paths x 2 stream counts x 2 offload modes x 2 forwarders");
+    let failed: Vec<&serde_json::Value> = tcp.iter().filter(|r| r["ok"] != true).collect();
+    assert!(failed.is_empty(), "TCP runs failed: {failed:?}");
+    for mode in ["kernel/on", "kernel/off", "vrouter/on", "vrouter/off"] {
+        assert!(v["tcp_lab"]["pod_offloads"][mode].is_string(), "{mode}: {}", v["tcp_lab"]);
+    }
+    assert_eq!(v["tcp_lab"]["pod_offloads"]["kernel/off"], "tx off, tso off, gso off, gro off");
     check_numbers("", &v);
     assert!(v["vrouter_mpps_64"].as_f64().unwrap() > 0.0, "vrouter forwarded nothing: {stderr}");
     let per_core = v["vrouter_mpps_64"].as_f64().unwrap() / v["vrouter_fwd_cpu_64"].as_f64().unwrap();

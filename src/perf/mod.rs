@@ -40,11 +40,20 @@
 //! window, generator first then sink both times, so the few milliseconds between the reads
 //! cancel. Gbit/s is forwarded frames x frame size (with FCS, without preamble and gap) x 8.
 //! Runs alternate between forwarders in ABBA order (kernel, vrouter, IPIP, then IPIP, vrouter,
-//! kernel ...), and the report gives the median with min and max over the repetitions.
+//! kernel ...), and the report gives the median with min and max over the repetitions;
+//! `ratio_Z` and `ratio_ipip_Z` are the medians of each round's vrouter/kernel and IPIP/kernel.
 //!
-//! TCP (iperf3, 1 and 8 streams) runs through the kernel and vrouter (BGP mode), with TSO,
-//! GSO and GRO off at both ends for both forwarders: vrouter's AF_XDP socket takes one frame
-//! at a time, so the kernel does not get 64 KiB super-frames either.
+//! # TCP, pod to pod
+//! TCP runs in the namespace lab's own topology instead ([`tcp`]): pods on one node, on two
+//! nodes of one subnet, and on two subnets (IPIP for vrouter), iperf3 with 1 and 8 streams,
+//! vrouter's lab against the kernel's (`lab --kernel`) with the pods' offloads as they come
+//! (TSO, GSO, GRO, tx checksum), then again with them off (`*_nooffload`), CPU seconds per Gbit
+//! for both.
+//!
+//! # Rounds until the figures hold still
+//! Each ratio is the median of per-round ratios, and the bench repeats the rounds of the
+//! ratios that still move until two consecutive medians agree within `tolerance` (see
+//! [`rounds`]); the report gives each ratio's spread and whether it converged.
 //!
 //! Latency: after the throughput runs, trafgen offers 64-byte frames at half the smaller
 //! forwarder's median 64-byte rate (its rate-limited "slow mode" may fall short; the load it
@@ -54,6 +63,8 @@
 //! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
 pub(crate) mod report;
+pub mod rounds;
+pub mod tcp;
 pub mod topo;
 
 use std::collections::BTreeMap;
@@ -66,6 +77,8 @@ use crate::lab::sys;
 pub use crate::lab::LabError;
 
 pub use report::{svg, table};
+pub use rounds::Ratio;
+pub use tcp::{Offloads, TcpLab, TcpPath, TcpSample};
 pub use topo::Forwarder;
 
 /// Where the bench keeps its generated files (configs, logs, the XDP object).
@@ -76,18 +89,32 @@ pub const NS_PREFIX: &str = "vrpf";
 /// Choices for [`run`].
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eOptions {
-    /// Measured seconds per run (after `warmup`).
+    /// Measured seconds per UDP run (after `warmup`).
     pub duration: f64,
+    /// Seconds before counting: UDP runs wait this long, iperf3 omits this many (rounded up).
     pub warmup: f64,
-    /// Repetitions of the whole alternating sequence.
+    /// Rounds of the alternating sequence at least (every figure).
     pub reps: u32,
+    /// Rounds at most: after `reps`, the rounds of the ratios whose median still moved by more
+    /// than `tolerance` are repeated, up to this many.
+    pub max_reps: u32,
+    /// How close two consecutive medians of a ratio must be (a fraction: 0.1 is 10 %).
+    pub tolerance: f64,
+    /// UDP through the hairpin (and latency); off: TCP only.
+    pub udp: bool,
     /// Frame sizes on the wire, with FCS (a frame of 64 is 60 bytes handed to the veth).
     pub sizes: Vec<u32>,
-    /// Also run iperf3 (1 and 8 streams).
+    /// TCP pod to pod in the namespace lab (iperf3, 1 and 8 streams, three paths).
     pub tcp: bool,
+    /// Measured seconds per iperf3 run (whole seconds, after `warmup`).
+    pub tcp_duration: f64,
+    /// The pods' offloads in the TCP runs: as they come (`On`), off (`Off`), or both tables.
+    pub tcp_offloads: Vec<Offloads>,
+    /// The vrouter lab's `[workers] idle` (three daemons share the cores with iperf3: not poll).
+    pub lab_idle: String,
     /// Also measure ping latency under half the smaller forwarder's 64-byte capacity.
     pub latency: bool,
-    /// vrouter's `[workers] idle` mode.
+    /// vrouter's `[workers] idle` mode in the UDP hairpin.
     pub idle: String,
     /// Cores for the generator and for the forwarder (default: the first and the last).
     pub gen_cpu: Option<usize>,
@@ -100,13 +127,20 @@ pub struct E2eOptions {
 }
 
 impl Default for E2eOptions {
+    /// About 9 minutes on the 2-vCPU VM when every ratio holds still after 3 rounds.
     fn default() -> Self {
         E2eOptions {
-            duration: 5.0,
+            duration: 3.0,
             warmup: 1.0,
             reps: 3,
+            max_reps: 5,
+            tolerance: 0.10,
+            udp: true,
             sizes: vec![64, 512, 1500],
             tcp: true,
+            tcp_duration: 3.0,
+            tcp_offloads: vec![Offloads::On, Offloads::Off],
+            lab_idle: crate::lab::LabOptions::default().idle,
             latency: true,
             idle: "poll".into(),
             gen_cpu: None,
@@ -118,9 +152,9 @@ impl Default for E2eOptions {
 }
 
 impl E2eOptions {
-    /// About a minute: 2 repetitions of 1-second runs.
+    /// About two minutes: 2 rounds of 1-second runs, no further rounds.
     pub fn quick() -> Self {
-        E2eOptions { duration: 1.0, warmup: 0.3, reps: 2, ..Default::default() }
+        E2eOptions { duration: 1.0, warmup: 0.3, reps: 2, max_reps: 2, tcp_duration: 1.0, ..Default::default() }
     }
 }
 
@@ -146,18 +180,6 @@ pub struct Sample {
     pub proc_cpu: f64,
     /// Where frames were lost, as counter deltas over the window.
     pub drops: BTreeMap<String, u64>,
-}
-
-/// One iperf3 run.
-#[derive(Debug, Clone, Serialize)]
-pub struct TcpSample {
-    pub forwarder: Forwarder,
-    pub rep: u32,
-    pub streams: u32,
-    pub gbps: f64,
-    pub fwd_cpu: f64,
-    /// false: iperf3 failed (counted as 0 Gbit/s).
-    pub ok: bool,
 }
 
 /// Round-trip times of pings through the forwarder (both ways) while trafgen offers a fixed
@@ -237,28 +259,52 @@ pub struct E2eReport {
     pub gen_cpu: usize,
     /// `uname -r`.
     pub kernel: String,
+    /// `/proc/loadavg` when the bench started (another tenant's load shows in every figure).
+    pub loadavg: String,
     pub samples: Vec<Sample>,
     pub tcp: Vec<TcpSample>,
+    /// The TCP phase's labs, what the pods' offloads were and what the kernel's ipip path is.
+    pub tcp_lab: Option<TcpLab>,
     pub latency: Vec<LatencySample>,
     pub summaries: Vec<Summary>,
-    /// Flat figures: `kernel_mpps_64`, `vrouter_mpps_64`, `ipip_mpps_64`, `ratio_64`, ...
+    /// Every ratio over the rounds (`ratio_64`, `tcp1_local_ratio` ...): spread, verdict.
+    pub ratios: BTreeMap<String, Ratio>,
+    /// Flat figures: `kernel_mpps_64`, `vrouter_mpps_64`, `ipip_mpps_64`, `ratio_64`,
+    /// `tcp1_local_ratio`, `vrouter_tcp1_local_gbps`, ...
     pub figures: BTreeMap<String, f64>,
 }
 
 impl E2eReport {
+    /// Whether every ratio's last two medians agreed within the tolerance.
+    pub fn converged(&self) -> bool {
+        self.ratios.values().all(|r| r.converged)
+    }
+
+    /// The most rounds any figure took.
+    pub fn rounds(&self) -> u32 {
+        let udp = self.samples.iter().map(|s| s.rep + 1).max().unwrap_or(0);
+        let tcp = self.tcp.iter().map(|s| s.rep + 1).max().unwrap_or(0);
+        udp.max(tcp)
+    }
+
     /// The `--json` document: the flat figures at the top level, then the details.
     pub fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for (k, v) in &self.figures {
             m.insert(k.clone(), serde_json::json!(v));
         }
+        m.insert("converged".into(), self.converged().into());
+        m.insert("rounds".into(), self.rounds().into());
         m.insert("options".into(), serde_json::to_value(&self.options).expect("plain struct"));
         m.insert("fwd_cpu".into(), self.fwd_cpu.into());
         m.insert("gen_cpu".into(), self.gen_cpu.into());
         m.insert("kernel".into(), self.kernel.clone().into());
+        m.insert("loadavg".into(), self.loadavg.clone().into());
+        m.insert("ratios".into(), serde_json::to_value(&self.ratios).expect("plain struct"));
         m.insert("summaries".into(), serde_json::to_value(&self.summaries).expect("plain struct"));
         m.insert("runs".into(), serde_json::to_value(&self.samples).expect("plain struct"));
         m.insert("tcp_runs".into(), serde_json::to_value(&self.tcp).expect("plain struct"));
+        m.insert("tcp_lab".into(), serde_json::to_value(&self.tcp_lab).expect("plain struct"));
         m.insert("latency_runs".into(), serde_json::to_value(&self.latency).expect("plain struct"));
         serde_json::Value::Object(m)
     }
@@ -271,24 +317,50 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
             needs: "creates network namespaces and veths, attaches XDP",
         });
     }
-    let mut tools = vec!["ip", "bridge", "sysctl", "ethtool", "taskset", "trafgen", "clang", "ping"];
+    let mut tools = vec!["ip", "sysctl", "ethtool", "ping"];
+    if opts.udp {
+        tools.extend(["bridge", "taskset", "trafgen", "clang"]);
+    }
     if opts.tcp {
         tools.push("iperf3");
     }
     for t in tools {
         sys::need_tool(t)?;
     }
+    if !(opts.udp || opts.tcp) {
+        return Err(LabError::BadOption("--no-udp and --no-tcp: nothing left to measure".into()));
+    }
     if !(opts.duration.is_finite() && (0.2..=600.0).contains(&opts.duration)) {
         return Err(LabError::BadOption(format!("--duration {}: use 0.2 to 600 seconds", opts.duration)));
+    }
+    if !(opts.warmup.is_finite() && (0.0..=60.0).contains(&opts.warmup)) {
+        return Err(LabError::BadOption(format!("warm-up {}: use 0 to 60 seconds", opts.warmup)));
+    }
+    if !(opts.tcp_duration.is_finite() && (1.0..=600.0).contains(&opts.tcp_duration)) {
+        return Err(LabError::BadOption(format!("--tcp-duration {}: use 1 to 600 seconds", opts.tcp_duration)));
     }
     if opts.reps == 0 || opts.reps > 100 {
         return Err(LabError::BadOption(format!("--reps {}: use 1 to 100", opts.reps)));
     }
+    if opts.max_reps < opts.reps || opts.max_reps > 100 {
+        return Err(LabError::BadOption(format!("--max-reps {}: use --reps ({}) to 100", opts.max_reps, opts.reps)));
+    }
+    if !(opts.tolerance.is_finite() && opts.tolerance > 0.0 && opts.tolerance <= 1.0) {
+        return Err(LabError::BadOption(format!(
+            "--tolerance {}: a fraction above 0 and at most 1 (0.1 is 10 %)",
+            opts.tolerance
+        )));
+    }
     if opts.sizes.iter().any(|&s| !(64..=1518).contains(&s)) || opts.sizes.is_empty() {
         return Err(LabError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
     }
-    if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
-        return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
+    if opts.tcp && opts.tcp_offloads.is_empty() {
+        return Err(LabError::BadOption("TCP offload modes: at least one of on, off".into()));
+    }
+    for (what, idle) in [("idle", &opts.idle), ("lab idle", &opts.lab_idle)] {
+        if !["poll", "adaptive", "interrupt"].contains(&idle.as_str()) {
+            return Err(LabError::BadOption(format!("{what} mode '{idle}': use poll, adaptive or interrupt")));
+        }
     }
     let bin = match &opts.vrouter {
         Some(p) => p.clone(),
@@ -302,17 +374,50 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
     Ok(bin)
 }
 
-/// Builds the namespaces, runs every forwarder at every frame size `reps` times (and iperf3),
-/// deletes the namespaces on every exit path and returns the figures. `progress` gets one line
-/// per run.
+/// Runs the UDP hairpin (every forwarder at every frame size, then latency) in namespaces of
+/// its own, then TCP in two namespace labs ([`tcp`]), each round after round until its
+/// ratios hold still (see [`rounds`]); deletes every namespace on every exit path and returns
+/// the figures. `progress` gets one line per run.
 pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, LabError> {
     let bin = preflight(opts)?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut report = E2eReport {
+        options: opts.clone(),
+        gen_cpu: opts.gen_cpu.unwrap_or(0),
+        fwd_cpu: opts.fwd_cpu.unwrap_or(ncpu.saturating_sub(1)),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+        samples: vec![],
+        tcp: vec![],
+        tcp_lab: None,
+        latency: vec![],
+        summaries: vec![],
+        ratios: BTreeMap::new(),
+        figures: BTreeMap::new(),
+    };
+    if opts.udp {
+        udp(&bin, opts, &mut report, progress)?;
+    }
+    if opts.tcp {
+        let phase = tcp::run(&bin, opts, progress)?;
+        let (f, r) = tcp::figures(&phase.samples, opts.tolerance);
+        report.figures.extend(f);
+        report.ratios.extend(r);
+        report.tcp = phase.samples;
+        report.tcp_lab = Some(phase.lab);
+    }
+    Ok(report)
+}
+
+/// The UDP hairpin and the latency runs, in the bench's own namespaces.
+fn udp(bin: &Path, opts: &E2eOptions, report: &mut E2eReport, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
     let topo = topo::Topo::up(&opts.root, opts.gen_cpu, opts.fwd_cpu)?;
     progress(&format!(
         "perf lab {}: generator on CPU {}, forwarding (kernel: RPS; vrouter: NAPI thread and worker; sink XDP drop) on CPU {}",
         topo.prefix, topo.gen_cpu, topo.fwd_cpu
     ));
-    let result = run_in(&topo, &bin, opts, progress);
+    (report.gen_cpu, report.fwd_cpu) = (topo.gen_cpu, topo.fwd_cpu);
+    let result = udp_in(&topo, bin, opts, report, progress);
     if std::env::var_os("VROUTER_PERF_KEEP").is_some() {
         // Debugging aid: leave the namespaces for a look by hand (`ip netns del` them after).
         progress(&format!("VROUTER_PERF_KEEP: leaving namespaces {}", topo.namespaces().join(" ")));
@@ -322,21 +427,51 @@ pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eRepor
     }
     // Delete before returning, even on error; the drop would do it silently.
     let down = topo.down();
-    let report = result?;
-    down?;
-    Ok(report)
+    result?;
+    down
 }
 
-fn run_in(
+/// The per-round ratios of `fwd` over the kernel at frame size `size`, in round order.
+fn udp_per_round(samples: &[Sample], fwd: Forwarder, size: u32) -> Vec<f64> {
+    let mut reps: Vec<u32> = samples.iter().filter(|s| s.size == size).map(|s| s.rep).collect();
+    reps.sort_unstable();
+    reps.dedup();
+    reps.into_iter()
+        .filter_map(|rep| {
+            let of = |f: Forwarder| samples.iter().find(|s| s.size == size && s.rep == rep && s.forwarder == f);
+            rounds::round_ratio(of(fwd)?.forwarded_pps, of(Forwarder::Kernel)?.forwarded_pps)
+        })
+        .collect()
+}
+
+fn udp_in(
     t: &topo::Topo,
     bin: &Path,
     opts: &E2eOptions,
+    report: &mut E2eReport,
     progress: &mut dyn FnMut(&str),
-) -> Result<E2eReport, LabError> {
+) -> Result<(), LabError> {
     let mut samples = vec![];
-    let mut tcp = vec![];
     let abba = [Forwarder::Kernel, Forwarder::Vrouter, Forwarder::Ipip];
-    for rep in 0..opts.reps {
+    for rep in 0..opts.max_reps {
+        // After `reps` rounds, only the sizes whose ratios still move.
+        let settled = |z: u32| {
+            [Forwarder::Vrouter, Forwarder::Ipip]
+                .iter()
+                .all(|&f| rounds::converged(&udp_per_round(&samples, f, z), opts.tolerance))
+        };
+        let sizes: Vec<u32> = opts.sizes.iter().copied().filter(|&z| rep < opts.reps || !settled(z)).collect();
+        if sizes.is_empty() {
+            break;
+        }
+        if rep >= opts.reps {
+            progress(&format!(
+                "UDP round {}: medians still moving by more than {:.0} % at {:?} B",
+                rep + 1,
+                opts.tolerance * 100.0,
+                sizes
+            ));
+        }
         let order: Vec<Forwarder> = if rep % 2 == 0 { abba.to_vec() } else { abba.iter().rev().copied().collect() };
         for fwd in order {
             let daemon = match fwd {
@@ -346,12 +481,12 @@ fn run_in(
                 }
                 _ => Some(t.vrouter_on(bin, fwd, &opts.idle)?),
             };
-            for &size in &opts.sizes {
+            for &size in &sizes {
                 let s = udp_run(t, fwd, rep, size, opts, daemon.as_ref())?;
                 progress(&format!(
                     "rep {}/{} {:<7} {:>4} B: offered {:.3} Mpps, forwarded {:.3} Mpps ({:.2} Gbit/s, loss {:.1} %), forwarding CPU {:.0} %{}",
                     rep + 1,
-                    opts.reps,
+                    opts.max_reps,
                     fwd.name(),
                     size,
                     s.offered_pps / 1e6,
@@ -363,33 +498,6 @@ fn run_in(
                 ));
                 samples.push(s);
             }
-            if opts.tcp && fwd != Forwarder::Ipip {
-                for streams in [1, 8] {
-                    let s = match tcp_run(t, fwd, rep, streams, opts) {
-                        Ok(s) => s,
-                        Err(LabError::Interrupted) => return Err(LabError::Interrupted),
-                        Err(e) => {
-                            progress(&format!(
-                                "rep {}/{} {:<7} TCP x{streams} FAILED: {e}",
-                                rep + 1,
-                                opts.reps,
-                                fwd.name()
-                            ));
-                            TcpSample { forwarder: fwd, rep, streams, gbps: 0.0, fwd_cpu: 0.0, ok: false }
-                        }
-                    };
-                    progress(&format!(
-                        "rep {}/{} {:<7} TCP x{}: {:.2} Gbit/s, forwarding CPU {:.0} %",
-                        rep + 1,
-                        opts.reps,
-                        fwd.name(),
-                        streams,
-                        s.gbps,
-                        s.fwd_cpu * 100.0
-                    ));
-                    tcp.push(s);
-                }
-            }
             match daemon {
                 Some(mut d) => {
                     d.stop();
@@ -400,7 +508,14 @@ fn run_in(
         }
     }
     let summaries = summarise(&samples, &opts.sizes);
-    let mut figures = figures(&summaries, &tcp, &opts.sizes);
+    let mut figures = figures(&summaries, &opts.sizes);
+    for &z in &opts.sizes {
+        for (name, fwd) in [(format!("ratio_{z}"), Forwarder::Vrouter), (format!("ratio_ipip_{z}"), Forwarder::Ipip)] {
+            let r = Ratio::of(&udp_per_round(&samples, fwd, z), opts.tolerance);
+            figures.insert(name.clone(), r.median);
+            report.ratios.insert(name, r);
+        }
+    }
     let mut latency = vec![];
     if opts.latency {
         let cap = |n: &str| {
@@ -441,18 +556,11 @@ fn run_in(
             }
         }
     }
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    Ok(E2eReport {
-        options: opts.clone(),
-        fwd_cpu: t.fwd_cpu,
-        gen_cpu: t.gen_cpu,
-        kernel,
-        samples,
-        tcp,
-        latency,
-        summaries,
-        figures,
-    })
+    report.samples = samples;
+    report.summaries = summaries;
+    report.figures.extend(figures);
+    report.latency = latency;
+    Ok(())
 }
 
 /// The frame trafgen sends for `size` (with FCS) through `fwd`.
@@ -654,56 +762,6 @@ fn clk_tck() -> f64 {
     }
 }
 
-fn tcp_run(t: &topo::Topo, fwd: Forwarder, rep: u32, streams: u32, opts: &E2eOptions) -> Result<TcpSample, LabError> {
-    let cpu = t.gen_cpu.to_string();
-    let log = t.dir.join("iperf3-server.log");
-    let mut server =
-        sys::spawn_in(&t.snk, &["taskset", "-c", &cpu, "iperf3", "-s", "-B", topo::SINK_DST, "-1"], Some(&log))?;
-    struct Srv<'a>(&'a mut std::process::Child);
-    impl Drop for Srv<'_> {
-        fn drop(&mut self) {
-            sys::kill_group(self.0);
-        }
-    }
-    let _srv = Srv(&mut server);
-    sys::sleep(Duration::from_millis(300))?;
-    let secs = opts.duration.round().max(1.0) as u64;
-    let a = cpu_times();
-    let out = sys::ns_ok(
-        &t.gen,
-        &[
-            "taskset",
-            "-c",
-            &cpu,
-            "iperf3",
-            "-c",
-            topo::SINK_DST,
-            "-B",
-            topo::GEN_SRC,
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-        Duration::from_secs(secs + 20),
-    )?;
-    let b = cpu_times();
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| LabError::NoTraffic {
-        what: format!("iperf3 output unreadable: {e}"),
-        tail: out.chars().take(500).collect(),
-    })?;
-    if let Some(e) = v["error"].as_str() {
-        return Err(LabError::NoTraffic { what: format!("iperf3: {e}"), tail: sys::tail(&log, 5) });
-    }
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    let ca = Counters { cpu: a, ..Default::default() };
-    let cb = Counters { cpu: b, ..Default::default() };
-    Ok(TcpSample { forwarder: fwd, rep, streams, gbps: bps / 1e9, fwd_cpu: cpu_frac(&ca, &cb, t.fwd_cpu), ok: true })
-}
-
 fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, LabError> {
     let frame = 64;
     let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
@@ -800,7 +858,9 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<String, f64> {
+/// The flat UDP figures from the summaries (medians over the rounds); `ratio_Z` and
+/// `ratio_ipip_Z` come from the per-round ratios instead (see [`udp_in`]).
+fn figures(summaries: &[Summary], sizes: &[u32]) -> BTreeMap<String, f64> {
     let mut f = BTreeMap::new();
     for s in summaries {
         let (n, z) = (s.forwarder.name(), s.size);
@@ -816,25 +876,8 @@ fn figures(summaries: &[Summary], tcp: &[TcpSample], sizes: &[u32]) -> BTreeMap<
         }
     }
     for &z in sizes {
-        let k = f.get(&format!("kernel_mpps_{z}")).copied().unwrap_or(0.0);
-        let v = f.get(&format!("vrouter_mpps_{z}")).copied().unwrap_or(0.0);
-        let i = f.get(&format!("ipip_mpps_{z}")).copied().unwrap_or(0.0);
-        f.insert(format!("ratio_{z}"), ratio(v, k));
-        f.insert(format!("ratio_ipip_{z}"), ratio(i, k));
         let per_core = |n: &str| f.get(&format!("{n}_mpps_per_core_{z}")).copied().unwrap_or(0.0);
         f.insert(format!("ratio_per_core_{z}"), ratio(per_core("vrouter"), per_core("kernel")));
-    }
-    for streams in [1u32, 8] {
-        let med = |fwd: Forwarder| {
-            let v: Vec<f64> =
-                tcp.iter().filter(|s| s.forwarder == fwd && s.streams == streams).map(|s| s.gbps).collect();
-            (!v.is_empty()).then(|| Spread::of(&v).median)
-        };
-        if let (Some(k), Some(v)) = (med(Forwarder::Kernel), med(Forwarder::Vrouter)) {
-            f.insert(format!("kernel_tcp{streams}_gbps"), k);
-            f.insert(format!("vrouter_tcp{streams}_gbps"), v);
-            f.insert(format!("ratio_tcp{streams}"), ratio(v, k));
-        }
     }
     f
 }
@@ -863,5 +906,89 @@ mod tests {
     fn ratios_are_finite_when_the_kernel_forwarded_nothing() {
         assert_eq!(ratio(1.0, 0.0), 0.0);
         assert_eq!(ratio(1.0, 2.0), 0.5);
+    }
+
+    fn udp(fwd: Forwarder, rep: u32, size: u32, mpps: f64) -> Sample {
+        Sample {
+            forwarder: fwd,
+            rep,
+            size,
+            frame: size,
+            seconds: 1.0,
+            offered_pps: mpps * 1e6,
+            forwarded_pps: mpps * 1e6,
+            gbps: 0.0,
+            loss: 0.0,
+            fwd_cpu: 1.0,
+            gen_cpu: 1.0,
+            proc_cpu: 0.0,
+            drops: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn udp_ratios_pair_runs_of_the_same_round_and_size() {
+        let mut v = vec![];
+        for (rep, k, vr, ip) in [(0, 1.0, 0.5, 0.4), (1, 0.5, 0.5, 0.5), (2, 1.0, 0.9, 0.0)] {
+            v.push(udp(Forwarder::Kernel, rep, 64, k));
+            v.push(udp(Forwarder::Vrouter, rep, 64, vr));
+            v.push(udp(Forwarder::Ipip, rep, 64, ip));
+            v.push(udp(Forwarder::Kernel, rep, 512, 1.0));
+        }
+        assert_eq!(udp_per_round(&v, Forwarder::Vrouter, 64), vec![0.5, 1.0, 0.9]);
+        assert_eq!(udp_per_round(&v, Forwarder::Ipip, 64), vec![0.4, 1.0, 0.0]);
+        // No vrouter run at 512: no ratio.
+        assert!(udp_per_round(&v, Forwarder::Vrouter, 512).is_empty());
+    }
+
+    #[test]
+    fn json_carries_flat_tcp_ratios_their_spread_and_the_verdict() {
+        let mut tcp = vec![];
+        for rep in 0..3 {
+            for fwd in [Forwarder::Kernel, Forwarder::Vrouter] {
+                tcp.push(TcpSample {
+                    forwarder: fwd,
+                    rep,
+                    path: TcpPath::Ipip,
+                    streams: 1,
+                    offloads: Offloads::On,
+                    gbps: if fwd == Forwarder::Kernel { 10.0 } else { 6.0 },
+                    busy_cores: 1.2,
+                    steal_cores: 0.0,
+                    cpu_per_gbit: 0.1,
+                    retransmits: 0,
+                    ok: true,
+                    error: None,
+                });
+            }
+        }
+        let (figures, ratios) = tcp::figures(&tcp, 0.1);
+        let mut report = E2eReport {
+            options: E2eOptions::quick(),
+            fwd_cpu: 1,
+            gen_cpu: 0,
+            kernel: "6.18".into(),
+            loadavg: "0.1 0.1 0.1 1/100 1".into(),
+            samples: vec![],
+            tcp,
+            tcp_lab: None,
+            latency: vec![],
+            summaries: vec![],
+            ratios,
+            figures,
+        };
+        let j = report.to_json();
+        assert_eq!(j["tcp1_ipip_ratio"], 0.6);
+        assert_eq!(j["vrouter_tcp1_ipip_gbps"], 6.0);
+        assert_eq!(j["kernel_tcp1_ipip_cpu_per_gbit"], 0.1);
+        assert_eq!(j["ratios"]["tcp1_ipip_ratio"]["rounds"], 3);
+        assert_eq!(j["ratios"]["tcp1_ipip_ratio"]["min"], 0.6);
+        assert_eq!((j["converged"].as_bool(), j["rounds"].as_u64()), (Some(true), Some(3)));
+        assert_eq!(j["tcp_runs"].as_array().map(Vec::len), Some(6));
+        report.ratios.insert("ratio_64".into(), Ratio::of(&[0.5, 1.0], 0.1));
+        assert_eq!(report.to_json()["converged"], false);
+        let table = table(&report);
+        assert!(table.contains(">= 0.5: met"), "{table}");
+        assert!(table.contains("NOT converged") && table.contains("ratio_64"), "{table}");
     }
 }

@@ -2,21 +2,81 @@
 
 use std::fmt::Write as _;
 
-use super::{E2eReport, Forwarder, Spread};
+use super::tcp::{cells, Offloads, TcpPath};
+use super::{E2eReport, Forwarder, Ratio, Spread};
 
 fn mm(s: &Spread, scale: f64, prec: usize) -> String {
     format!("{:.p$} ({:.p$}-{:.p$})", s.median * scale, s.min * scale, s.max * scale, p = prec)
 }
 
-/// One line per forwarder and frame size, medians with (min-max), then TCP.
+fn verdict(r: &Ratio) -> &'static str {
+    if r.converged {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+/// One line per forwarder and frame size, medians with (min-max); the UDP ratios over the
+/// rounds; the TCP tables (offloads on, then off); whether every ratio held still.
 pub fn table(r: &E2eReport) -> String {
     let mut s = String::new();
     let o = &r.options;
+    let mut runs = vec![];
+    if o.udp {
+        runs.push(format!("UDP {:.1} s", o.duration));
+    }
+    if o.tcp {
+        runs.push(format!("TCP {:.0} s", o.tcp_duration.round().max(1.0)));
+    }
     let _ = writeln!(
         s,
-        "perf lab: {} reps x {:.1} s (warm-up {:.1} s), kernel {}; generator on CPU {}, forwarding on CPU {}",
-        o.reps, o.duration, o.warmup, r.kernel, r.gen_cpu, r.fwd_cpu
+        "perf lab: {} to {} rounds (ran {}; a ratio has converged when its last two medians agree within {:.0} %); runs of {} after {:.1} s of warm-up; kernel {}; load average at start {}",
+        o.reps,
+        o.max_reps,
+        r.rounds(),
+        o.tolerance * 100.0,
+        runs.join(", "),
+        o.warmup,
+        r.kernel,
+        r.loadavg
     );
+    if !r.summaries.is_empty() {
+        udp_table(&mut s, r);
+    }
+    if !r.tcp.is_empty() {
+        tcp_tables(&mut s, r);
+    }
+    if !r.latency.is_empty() {
+        let _ = writeln!(s, "\nping RTT under load (us; 64-byte frames, both ways through the forwarder):");
+        for l in &r.latency {
+            let _ = writeln!(s, "  {l}");
+        }
+    }
+    let moving: Vec<&str> = r.ratios.iter().filter(|(_, x)| !x.converged).map(|(k, _)| k.as_str()).collect();
+    if moving.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nall {} ratios converged (last two medians within {:.0} %)",
+            r.ratios.len(),
+            o.tolerance * 100.0
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\nNOT converged within {} round(s) ({} of {} ratios; their last two medians differ by more than {:.0} %): {}",
+            o.max_reps,
+            moving.len(),
+            r.ratios.len(),
+            o.tolerance * 100.0,
+            moving.join(", ")
+        );
+    }
+    s
+}
+
+fn udp_table(s: &mut String, r: &E2eReport) {
+    let _ = writeln!(s, "\nUDP through the hairpin; generator on CPU {}, forwarding on CPU {}", r.gen_cpu, r.fwd_cpu);
     let _ = writeln!(
         s,
         "{:<5} {:<8} {:>20} {:>22} {:>20} {:>8} {:>10} {:>10} {:>11} {:>6}",
@@ -32,11 +92,14 @@ pub fn table(r: &E2eReport) -> String {
         "ratio"
     );
     for x in &r.summaries {
-        let k = r.figures.get(&format!("kernel_mpps_{}", x.size)).copied().unwrap_or(0.0);
-        let ratio = if x.forwarder == Forwarder::Kernel || k <= 0.0 {
-            "-".to_string()
-        } else {
-            format!("{:.2}", x.forwarded_mpps.median / k)
+        let name = match x.forwarder {
+            Forwarder::Kernel => None,
+            Forwarder::Vrouter => Some(format!("ratio_{}", x.size)),
+            Forwarder::Ipip => Some(format!("ratio_ipip_{}", x.size)),
+        };
+        let ratio = match name.and_then(|n| r.figures.get(&n)) {
+            Some(v) => format!("{v:.2}"),
+            None => "-".to_string(),
         };
         let size = if x.frame == x.size { x.size.to_string() } else { format!("{}*", x.size) };
         let _ = writeln!(
@@ -61,37 +124,95 @@ pub fn table(r: &E2eReport) -> String {
     if r.summaries.iter().any(|x| x.frame != x.size) {
         let _ = writeln!(s, "* IPIP sends {}-byte frames so that the encapsulated frame fits the 1500-byte MTU", 1498);
     }
-    if !r.tcp.is_empty() {
-        let _ = writeln!(s, "\niperf3 TCP (Gbit/s, median (min-max)):");
-        for streams in [1u32, 8] {
-            for fwd in [Forwarder::Kernel, Forwarder::Vrouter] {
-                let v: Vec<f64> =
-                    r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.gbps).collect();
-                if v.is_empty() {
-                    continue;
+    let _ = writeln!(s, "ratios: median of the per-round ratios (min-max), rounds, converged");
+    for (name, x) in r.ratios.iter().filter(|(k, _)| k.starts_with("ratio_")) {
+        let _ = writeln!(
+            s,
+            "  {name:<16} {:.2} ({:.2}-{:.2})  {} rounds  {}",
+            x.median,
+            x.min,
+            x.max,
+            x.rounds,
+            verdict(x)
+        );
+    }
+}
+
+fn tcp_tables(s: &mut String, r: &E2eReport) {
+    let mut modes: Vec<Offloads> = r.tcp.iter().map(|t| t.offloads).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    let lab = r.tcp_lab.as_ref();
+    for mode in modes {
+        let seen = |fwd: &str| {
+            lab.and_then(|l| l.pod_offloads.get(&format!("{fwd}/{}", mode.name()))).cloned().unwrap_or_default()
+        };
+        let _ = writeln!(
+            s,
+            "\niperf3 TCP pod to pod, offloads {}; the client pod's interface: kernel lab {}; vrouter lab {}",
+            match mode {
+                Offloads::On => "on, as the pods' interfaces come",
+                Offloads::Off => "off (ethtool -K: tx, tso, gso, gro off in the pods)",
+            },
+            seen("kernel"),
+            seen("vrouter")
+        );
+        let _ = writeln!(
+            s,
+            "{:<7} {:>3} {:>22} {:>22} {:>17} {:>20} {:>6} {:>5}  target (1 stream, offloads on)",
+            "path", "str", "kernel Gbit/s", "vrouter Gbit/s", "CPU s/Gbit k / v", "ratio (min-max)", "rounds", "conv"
+        );
+        for cell in cells(&[mode]) {
+            let of = |fwd: Forwarder| {
+                r.tcp.iter().filter(move |t| {
+                    t.forwarder == fwd && t.offloads == mode && t.path == cell.path && t.streams == cell.streams
+                })
+            };
+            if of(Forwarder::Kernel).next().is_none() {
+                continue;
+            }
+            let gbps = |fwd| Spread::of(&of(fwd).map(|t| t.gbps).collect::<Vec<_>>());
+            let cpu = |fwd| {
+                Spread::of(&of(fwd).filter(|t| t.ok && t.gbps > 0.0).map(|t| t.cpu_per_gbit).collect::<Vec<_>>()).median
+            };
+            let name = super::tcp::ratio_name(cell.streams, cell.path, mode);
+            let (ratio, rounds, conv, median) = match r.ratios.get(&name) {
+                Some(x) => {
+                    (mm(&Spread { median: x.median, min: x.min, max: x.max }, 1.0, 2), x.rounds, verdict(x), x.median)
                 }
-                let c: Vec<f64> =
-                    r.tcp.iter().filter(|t| t.forwarder == fwd && t.streams == streams).map(|t| t.fwd_cpu).collect();
-                let _ = writeln!(
-                    s,
-                    "  {streams} stream(s) {:<8} {:>22}  fwd CPU {:.0} %",
-                    fwd.name(),
-                    mm(&Spread::of(&v), 1.0, 2),
-                    Spread::of(&c).median * 100.0
-                );
-            }
-            if let Some(x) = r.figures.get(&format!("ratio_tcp{streams}")) {
-                let _ = writeln!(s, "  {streams} stream(s) ratio vrouter/kernel {x:.2}");
-            }
+                None => ("-".into(), 0, "-", 0.0),
+            };
+            let target = if cell.streams == 1 && mode == Offloads::On {
+                let t = cell.path.target();
+                format!(">= {t:.1}: {}", if median >= t { "met" } else { "NOT met" })
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "{:<7} {:>3} {:>22} {:>22} {:>17} {:>20} {:>6} {:>5}  {}",
+                cell.path.name(),
+                cell.streams,
+                mm(&gbps(Forwarder::Kernel), 1.0, 2),
+                mm(&gbps(Forwarder::Vrouter), 1.0, 2),
+                format!("{:.3} / {:.3}", cpu(Forwarder::Kernel), cpu(Forwarder::Vrouter)),
+                ratio,
+                rounds,
+                conv,
+                target
+            );
         }
     }
-    if !r.latency.is_empty() {
-        let _ = writeln!(s, "\nping RTT under load (us; 64-byte frames, both ways through the forwarder):");
-        for l in &r.latency {
-            let _ = writeln!(s, "  {l}");
+    if let Some(l) = lab {
+        if r.tcp.iter().any(|t| t.path == TcpPath::Ipip) {
+            let _ = writeln!(s, "ipip, kernel: {}", l.kernel_ipip_path);
         }
+        let _ = writeln!(
+            s,
+            "CPU s/Gbit: busy CPU seconds of the whole machine (not steal) per Gbit received; labs {} (kernel) and {} (vrouter, idle = \"{}\")",
+            l.kernel_lab, l.vrouter_lab, l.idle
+        );
     }
-    s
 }
 
 /// Forwarded Mpps by frame size, one bar per forwarder with a min-max whisker; hand-written SVG.

@@ -5,8 +5,8 @@
 //!   eth0 192.168.50.2 + 10.251.0.2/32 ------- up0 192.168.50.1
 //!   |  XDP: drop IPv4 protocol 17 and 4       kernel forwarding (RPS -> forwarding CPU), or
 //!   |  (the sink's counter)                   vrouter on AF_XDP (native XDP; threaded NAPI
-//!   |  trafgen, iperf3 -c                     pinned to the forwarding CPU)
-//!   +- macvlan (bridge mode) -> <p>-snk eth0 192.168.50.3 + 10.250.0.1/32: iperf3 -s
+//!   |  trafgen, ping                          pinned to the forwarding CPU)
+//!   +- macvlan (bridge mode) -> <p>-snk eth0 192.168.50.3 + 10.250.0.1/32: answers ping
 //! ```
 //!
 //! One veth pair. The generator sends to 10.250.0.0/16, routed via the sink's address; the
@@ -14,9 +14,10 @@
 //! (vrouter has one uplink, its other ports are TAP pods, so it has to hairpin; the kernel
 //! gets exactly the same path). The frame arrives at the generator's veth, whose XDP program
 //! drops UDP and IPIP before anything else sees them: that drop counter is the sink. What the
-//! program passes (TCP, ICMP) reaches the sink namespace through a macvlan on that veth, so
-//! iperf3 has a real receiver whose ACKs go back through the forwarder too. All neighbours
-//! are static on every side: no ARP during a measurement.
+//! program passes (ICMP, ARP) reaches the sink namespace through a macvlan on that veth, so
+//! the latency pings have a real receiver whose replies go back through the forwarder too.
+//! All neighbours are static on every side: no ARP during a measurement. (TCP is measured pod
+//! to pod in the namespace lab instead: see `perf::tcp`.)
 //!
 //! A first version put generator, forwarder and sink on a Linux bridge: the bridge hops cost
 //! more than the forwarding (kernel 0.36 Mpps instead of 0.95), and with RPS the generator's
@@ -45,14 +46,14 @@ pub(crate) const SINK_IP: &str = "192.168.50.3";
 /// The generator's own source address and the block routed back to it.
 pub(crate) const GEN_SRC: &str = "10.251.0.2";
 pub(crate) const GEN_BLOCK: &str = "10.251.0.0/16";
-/// The sink's address (iperf3 server) inside the block routed to it.
+/// The sink's address (the latency pings' target) inside the block routed to it.
 pub(crate) const SINK_DST: &str = "10.250.0.1";
 pub(crate) const SINK_BLOCK: &str = "10.250.0.0/16";
 
 /// The sink's XDP program: drops IPv4 UDP (plain runs) and IPv4-in-IPv4 (protocol 4, IPIP
 /// runs) so that the sink spends almost nothing per frame and the veth's `xdp_drops` counter
-/// counts exactly the frames of the expected protocol; everything else (ARP, ICMP, TCP for
-/// iperf3) goes to the sink's kernel stack.
+/// counts exactly the frames of the expected protocol; everything else (ARP, ICMP for the
+/// latency pings) goes to the sink's kernel stack.
 const SINK_XDP_C: &str = r#"
 struct xdp_md { unsigned int data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex; };
 #define SEC(n) __attribute__((section(n), used))
@@ -184,10 +185,6 @@ impl Topo {
             &["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"],
             to,
         )?;
-        // TCP in MTU-sized segments for both forwarders: vrouter's AF_XDP socket takes single
-        // frames, and the kernel should not get GSO super-frames the other one cannot have.
-        sys::ns_ok(gen, &["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off", "gro", "off"], to)?;
-        sys::ns_ok(snk, &["ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"], to)?;
         let obj = self.compile_xdp()?;
         let obj_s = obj.to_string_lossy();
         let before = napi_threads("eth0");
