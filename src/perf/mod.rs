@@ -1,7 +1,10 @@
 //! The perf lab (`vrouter bench e2e`): the same traffic through Linux forwarding and through
-//! vrouter on AF_XDP, on this machine, in namespaces the bench builds and deletes itself.
+//! vrouter on AF_XDP, on this machine, in namespaces the bench builds and deletes itself: UDP
+//! frames through a hairpin of its own (below), then TCP pod to pod in two namespace labs
+//! ([`tcp`]), each figure a ratio of the two forwarders repeated until it holds still
+//! ([`rounds`]).
 //!
-//! # Topology, and why this one
+//! # UDP: the topology, and why this one
 //! vrouter has one uplink (AF_XDP) and TAP pods. Forwarding from the uplink into a pod would
 //! make the sink a TAP, which is much slower than a veth, and Linux has no natural equivalent
 //! (a kernel router does not forward into a TAP owned by a process). So the forwarder hairpins
@@ -17,7 +20,7 @@
 //!
 //! # Who runs where (2 cores)
 //! On veth the receive work of a frame runs on the sender's CPU unless something moves it.
-//! The generator (trafgen, iperf3 client and server) is pinned to CPU 0; everything the
+//! The generator (trafgen, the latency pings) is pinned to CPU 0; everything the
 //! forwarder does runs on the last CPU (CPU 1 here). Kernel: RPS on `up0` moves the receive,
 //! the forwarding and the transmit back (and the sink's XDP drop, which runs in the
 //! transmitter's context) there. vrouter: with XDP attached the veth receives through NAPI,
@@ -36,29 +39,31 @@
 //! Offered: the generator veth's transmit counter (packets + dropped) over the window.
 //! Forwarded: the `xdp_drops` counter of the generator's veth (the sink), where an XDP program drops exactly
 //! the IPv4 frames of the expected protocol (17, or 4 for IPIP) and passes the rest (ARP,
-//! ICMP, TCP for iperf3) to the sink namespace. Counters are read after a warm-up and after the
+//! ICMP) to the sink namespace. Counters are read after a warm-up and after the
 //! window, generator first then sink both times, so the few milliseconds between the reads
 //! cancel. Gbit/s is forwarded frames x frame size (with FCS, without preamble and gap) x 8.
 //! Runs alternate between forwarders in ABBA order (kernel, vrouter, IPIP, then IPIP, vrouter,
 //! kernel ...), and the report gives the median with min and max over the repetitions;
 //! `ratio_Z` and `ratio_ipip_Z` are the medians of each round's vrouter/kernel and IPIP/kernel.
 //!
-//! # TCP, pod to pod
-//! TCP runs in the namespace lab's own topology instead ([`tcp`]): pods on one node, on two
-//! nodes of one subnet, and on two subnets (IPIP for vrouter), iperf3 with 1 and 8 streams,
-//! vrouter's lab against the kernel's (`lab --kernel`) with the pods' offloads as they come
-//! (TSO, GSO, GRO, tx checksum), then again with them off (`*_nooffload`), CPU seconds per Gbit
-//! for both.
-//!
-//! # Rounds until the figures hold still
-//! Each ratio is the median of per-round ratios, and the bench repeats the rounds of the
-//! ratios that still move until two consecutive medians agree within `tolerance` (see
-//! [`rounds`]); the report gives each ratio's spread and whether it converged.
-//!
-//! Latency: after the throughput runs, trafgen offers 64-byte frames at half the smaller
+//! Latency: after the UDP throughput runs, trafgen offers 64-byte frames at half the smaller
 //! forwarder's median 64-byte rate (its rate-limited "slow mode" may fall short; the load it
 //! achieved is reported), and `ping -i 0.01` from the generator to the sink measures round
 //! trips that cross the forwarder both ways; p50, p90, p99 and max. Kernel and vrouter only.
+//!
+//! # TCP, pod to pod
+//! A hairpin is not a pod's path, and TCP's speed depends on what the pods' interfaces offload.
+//! So TCP runs in the namespace lab's own topology ([`tcp`], built by `crate::lab`, the one
+//! `vrouter lab demo` uses): pods on one node, on two nodes of one subnet, and on two subnets
+//! (IPIP for vrouter), iperf3 with 1 and 8 streams, vrouter's lab against the kernel's (`lab
+//! --kernel`), with the pods' offloads as they come (TSO, GSO, GRO, tx checksum), then again
+//! with them off (`*_nooffload`); CPU seconds per Gbit for both.
+//!
+//! # Rounds until the figures hold still
+//! Two runs of the same command disagree by up to 2x on this VM. Each ratio is the median of
+//! per-round ratios, and after `reps` rounds the bench repeats the rounds of the ratios that
+//! still move until two consecutive medians agree within `tolerance`, at most `max_reps`
+//! rounds (see [`rounds`]); the report gives each ratio's spread and whether it converged.
 //!
 //! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
