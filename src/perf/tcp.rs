@@ -5,7 +5,7 @@
 //!
 //! # Paths
 //! The client is pod 1a; the server is the first pod on each path the lab's
-//! [`path_mode`](crate::lab::topo::path_mode) names: `local` (1b, the same node), `remote` (2a,
+//! [`path_mode`] names: `local` (1b, the same node), `remote` (2a,
 //! another node on the same subnet: routed, BGP mode) and `ipip` (3a, a node on another subnet:
 //! vrouter encapsulates, CrossSubnet). The kernel lab does not encapsulate: this kernel has no
 //! `ipip` module (`CONFIG_NET_IPIP` is not set; the bench probes for it and reports what it
