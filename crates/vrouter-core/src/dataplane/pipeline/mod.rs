@@ -52,6 +52,7 @@ use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
 use crate::fib::{NhId, NH_NONE};
 use crate::neigh::{HoldQueue, NeighLookup, ProxyArp};
+use crate::offload;
 use crate::ratelimit::{DestBuckets, TokenBucket};
 use crate::stats::{Counters, DropReason};
 use crate::wire::arp::{self, ArpPacket};
@@ -384,12 +385,16 @@ fn host_l2(snap: &Snapshot, p: &mut Pkt<'_>) {
 /// back to the frame.
 #[inline(always)]
 fn with_pkt<F: Frame, R>(f: &mut F, stage: impl FnOnce(&mut Pkt<'_>) -> R) -> R {
-    let port = f.port();
+    let (port, offload) = (f.port(), f.offload());
     let (buf, head, len) = f.parts();
-    let mut p = Pkt { buf, head: *head, len: *len, port };
+    let mut p = Pkt { buf, head: *head, len: *len, port, offload };
     let r = stage(&mut p);
     *head = p.head;
     *len = p.len;
+    let now = p.offload;
+    if now != offload {
+        f.set_offload(now);
+    }
     r
 }
 
