@@ -201,7 +201,7 @@ impl PortIo for TapIo {
                 None => TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?,
             },
         };
-        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, "pod port ready");
+        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, offloads = %tap.offload_names(), "pod port ready");
         self.pods.insert(slot, Arc::new(tap));
         self.publish();
         Ok(())
@@ -381,7 +381,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         let mtu = cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500);
         tap.setup_host(&uplink_mac.to_string(), &cidr, mtu, cfg.node.gateway.map(|g| g.to_string()).as_deref())
             .map_err(|e| DaemonError::Host(e.to_string()))?;
-        info!(tap = %h.tap, addr = %cidr, "host port ready");
+        info!(tap = %h.tap, addr = %cidr, offloads = %tap.offload_names(), "host port ready");
         io.host = Some(Arc::new(tap));
     }
     io.publish();
@@ -390,6 +390,14 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         for q in 0..u.queues {
             let mut x = XskPort::open(&u.device, q, u.xdp_mode, u.bind, UPLINK)
                 .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
+            if q == 0 {
+                // AF_XDP has no TSO; TX checksum offload through TX metadata needs a driver that
+                // has it (mlx5, stmmac; not veth), and xsk-rs sets up no TX metadata.
+                info!(
+                    dev = %u.device,
+                    "uplink offloads: segmentation (GSO) and checksums in software; AF_XDP TX checksum offload and multi-buffer not used"
+                );
+            }
             x.set_tx_queue(u.tx_queue);
             xsks.push(Some(x));
         }

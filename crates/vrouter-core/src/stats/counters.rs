@@ -155,6 +155,12 @@ impl Counters {
         bump(c, 1);
     }
 
+    /// Adds `n` to one of the named counters.
+    #[inline]
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        bump(c, n);
+    }
+
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Relaxed)
     }
