@@ -30,7 +30,7 @@ const fn counter(
 
 /// Every worker counter that is neither per port nor per drop reason (the conntrack gauge is
 /// shown as `connections`).
-pub const WORKER_COUNTERS: [WorkerCounter; 14] = [
+pub const WORKER_COUNTERS: [WorkerCounter; 15] = [
     counter(
         "icmp_errors_sent",
         "vrouter_icmp_errors_sent_total",
@@ -95,6 +95,12 @@ pub const WORKER_COUNTERS: [WorkerCounter; 14] = [
         "vrouter_checksums_completed_total",
         "Partial transport checksums from pods completed before a wire.",
         |c| &c.csum_completed,
+    ),
+    counter(
+        "handed_off",
+        "vrouter_handed_off_total",
+        "Frames passed to the worker that owns their flow (several workers with stateful policy).",
+        |c| &c.handed_off,
     ),
 ];
 

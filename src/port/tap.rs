@@ -60,7 +60,9 @@ fn parse_cidr(s: &str) -> io::Result<(Ipv4Addr, u8)> {
 /// once, [`TapPort::is_gone`]); a gone port is no longer read, polled or written, and the
 /// next apply recreates it.
 pub struct TapPort {
-    file: File,
+    /// One descriptor per queue (per worker): each worker reads its own, and the kernel steers
+    /// a flow's frames from the pod to the queue its replies were last written on.
+    queues: Vec<File>,
     /// The offloads the kernel accepted (`TUN_F_*`), for the start-up log.
     pub offloads: u32,
     pub name: String,
@@ -75,9 +77,10 @@ fn is_gone_error(e: &io::Error) -> bool {
 }
 
 /// Offloads asked of every TAP: checksum, TSO (and with ECN), USO where the kernel has it
-/// (6.2 and later; older ones refuse the whole set, and get it without USO).
+/// (6.2 and later; older ones refuse the whole set, and get it without USO). The kernel takes
+/// USO for both families or neither; an IPv6 frame is dropped at input like any IPv6.
 const OFFLOADS: [libc::c_uint; 2] = [
-    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO_ECN | libc::TUN_F_USO4,
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO_ECN | libc::TUN_F_USO4 | libc::TUN_F_USO6,
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO_ECN,
 ];
 
@@ -90,9 +93,10 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Opens `/dev/net/tun` as the TAP `name` with a virtio-net header, non-blocking, and asks for
-/// [`OFFLOADS`]; returns the file and the offloads granted.
-fn open_tap(name: &str) -> io::Result<(File, u32)> {
+/// Opens `/dev/net/tun` as the TAP `name` (a new queue of it, with `multi_queue`) with a
+/// virtio-net header, non-blocking, and asks for [`OFFLOADS`]; returns the file and the
+/// offloads granted.
+fn open_tap(name: &str, multi_queue: bool) -> io::Result<(File, u32)> {
     use std::os::unix::fs::OpenOptionsExt;
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid interface name {name:?}")));
@@ -102,11 +106,9 @@ fn open_tap(name: &str) -> io::Result<(File, u32)> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/net/tun")?;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
-    };
+    let mq = if multi_queue { libc::IFF_MULTI_QUEUE } else { 0 };
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | mq) as libc::c_short;
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads a `struct ifreq` (40 bytes: `IfReq` has its layout) from the
     // pointer, which is valid for the call; the fd is ours.
@@ -134,12 +136,24 @@ pub struct PodSetup<'a> {
 }
 
 impl TapPort {
-    /// Creates the TAP `name` (non-blocking, with a virtio-net header and offloads).
-    pub fn create(name: &str, port: PortId) -> io::Result<TapPort> {
-        let (file, offloads) = open_tap(name).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create TAP {name}: {e} (root and /dev/net/tun needed)"))
-        })?;
-        Ok(TapPort { file, offloads, name: name.to_string(), port, gone: AtomicBool::new(false) })
+    /// Creates the TAP `name` (non-blocking, with a virtio-net header and offloads) with
+    /// `queues` queues (`IFF_MULTI_QUEUE` when more than one).
+    pub fn create(name: &str, port: PortId, queues: usize) -> io::Result<TapPort> {
+        let mut files = Vec::with_capacity(queues.max(1));
+        let mut offloads = 0;
+        for _ in 0..queues.max(1) {
+            let (f, o) = open_tap(name, queues > 1).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create TAP {name}: {e} (root and /dev/net/tun needed)"))
+            })?;
+            files.push(f);
+            offloads = o;
+        }
+        Ok(TapPort { queues: files, offloads, name: name.to_string(), port, gone: AtomicBool::new(false) })
+    }
+
+    /// How many queues.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
     }
 
     /// Creates the TAP `name` directly inside the network namespace `netns` (a name under
@@ -147,7 +161,7 @@ impl TapPort {
     /// works from any namespace. Cheaper than [`TapPort::create`] and [`TapPort::move_to`]: a
     /// device changing namespace costs the kernel a network-wide RCU synchronisation (10-20
     /// ms measured here), which a CNI ADD would wait for.
-    pub fn create_in(name: &str, port: PortId, netns: &str) -> io::Result<TapPort> {
+    pub fn create_in(name: &str, port: PortId, netns: &str, queues: usize) -> io::Result<TapPort> {
         let f = rtnl::netns_file(netns)?;
         // setns moves only the calling thread, and /dev/net/tun creates the device in the
         // namespace of the thread that opens it: a thread of its own, which ends here.
@@ -155,7 +169,7 @@ impl TapPort {
             sc.spawn(|| {
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("entering {netns}: {e}")))?;
-                TapPort::create(name, port)
+                TapPort::create(name, port, queues)
             })
             .join()
             .map_err(|_| io::Error::other("TAP namespace thread panicked"))?
@@ -265,8 +279,9 @@ impl TapPort {
         }
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// The descriptor of queue `q` (queue 0 if there are fewer).
+    pub fn fd(&self, q: usize) -> RawFd {
+        self.queues.get(q).unwrap_or(&self.queues[0]).as_raw_fd()
     }
 
     pub fn port(&self) -> PortId {
@@ -295,7 +310,7 @@ impl TapPort {
     /// virtio-net header lands in the headroom just before it and becomes its
     /// [`PacketBuf::offload`]; a frame whose header asks for what we cannot do is counted
     /// (`offload/bad-vnet-header`) and its buffer reused. Returns how many; none once gone.
-    pub fn rx_burst(&self, bufs: &mut [PacketBuf], counters: &Counters) -> usize {
+    pub fn rx_burst(&self, q: usize, bufs: &mut [PacketBuf], counters: &Counters) -> usize {
         if self.is_gone() {
             return 0;
         }
@@ -305,7 +320,7 @@ impl TapPort {
             let at = HEADROOM - VNET_HDR_LEN;
             let room = &mut b.buf[at..];
             // SAFETY: `room` is a valid, writable buffer of `room.len()` bytes for the call.
-            let got = unsafe { libc::read(self.fd(), room.as_mut_ptr().cast(), room.len()) };
+            let got = unsafe { libc::read(self.fd(q), room.as_mut_ptr().cast(), room.len()) };
             if got < 0 {
                 self.check_gone(&io::Error::last_os_error()); // WouldBlock, or the device went away
                 break;
@@ -326,17 +341,17 @@ impl TapPort {
         n
     }
 
-    /// Writes one frame with `off` as its virtio-net header. False if the TAP could not take it
-    /// (full queue, or gone: see [`TapPort::is_gone`]).
+    /// Writes one frame on queue `q` with `off` as its virtio-net header. False if the TAP
+    /// could not take it (full queue, or gone: see [`TapPort::is_gone`]).
     #[inline]
-    pub fn send(&self, frame: &[u8], off: Offload) -> bool {
+    pub fn send(&self, q: usize, frame: &[u8], off: Offload) -> bool {
         let hdr = off.to_vnet(frame);
-        self.send_parts(&hdr, &[IoSlice::new(frame)])
+        self.send_parts(q, &hdr, &[IoSlice::new(frame)])
     }
 
     /// Writes one frame made of `parts` (a merged segment: the first frame, then the payloads
     /// of those merged into it) behind the virtio-net header `hdr`, in one vectored write.
-    pub fn send_parts(&self, hdr: &[u8; VNET_HDR_LEN], parts: &[IoSlice<'_>]) -> bool {
+    pub fn send_parts(&self, q: usize, hdr: &[u8; VNET_HDR_LEN], parts: &[IoSlice<'_>]) -> bool {
         if self.is_gone() {
             return false;
         }
@@ -346,7 +361,7 @@ impl TapPort {
         iov[0] = IoSlice::new(hdr);
         // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on Unix);
         // the slices it points at live for the call.
-        let r = unsafe { libc::writev(self.fd(), iov.as_ptr().cast(), (1 + parts.len()) as libc::c_int) };
+        let r = unsafe { libc::writev(self.fd(q), iov.as_ptr().cast(), (1 + parts.len()) as libc::c_int) };
         if r < 0 {
             self.check_gone(&io::Error::last_os_error());
             return false;
@@ -373,20 +388,20 @@ mod tests {
     fn a_tap_deleted_under_us_is_gone_after_one_error_and_not_read_again() {
         assert!(nix::unistd::geteuid().is_root(), "needs root (/dev/net/tun); run the tests as root");
         let name = format!("vrgone{}", std::process::id() % 100_000);
-        let t = TapPort::create(&name, 3).unwrap();
+        let t = TapPort::create(&name, 3, 1).unwrap();
         assert!(!t.is_gone());
         assert_ne!(t.offloads & libc::TUN_F_TSO4, 0, "the kernel takes TSO on a TAP with a vnet header");
         let counters = Counters::new(4);
         let mut bufs: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new(&[], 0)).collect();
-        assert_eq!(t.rx_burst(&mut bufs, &counters), 0); // nothing yet: WouldBlock, not gone
+        assert_eq!(t.rx_burst(0, &mut bufs, &counters), 0); // nothing yet: WouldBlock, not gone
         assert!(!t.is_gone());
         let del = std::process::Command::new("ip").args(["link", "del", "dev", &name]).status().unwrap();
         assert!(del.success());
         let frame = [0xffu8; 60];
-        assert!(!t.send(&frame, Offload::NONE));
+        assert!(!t.send(0, &frame, Offload::NONE));
         assert!(t.is_gone(), "a write to a deleted TAP marks it gone");
         assert_eq!(t.send_failure(), DropReason::TxLinkDown);
-        assert_eq!(t.rx_burst(&mut bufs, &counters), 0);
+        assert_eq!(t.rx_burst(0, &mut bufs, &counters), 0);
     }
 
     #[test]

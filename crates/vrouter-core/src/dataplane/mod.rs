@@ -1,5 +1,6 @@
 //! The forwarding pipeline over a batch of frames, and the state it forwards with.
 
+pub mod affinity;
 #[cfg(feature = "testing")]
 pub mod bench;
 pub mod frag;

@@ -64,6 +64,8 @@ pub struct Counters {
     pub gro_segments: AtomicU64,
     /// Partial transport checksums completed before a wire.
     pub csum_completed: AtomicU64,
+    /// Frames handed to the worker that owns their flow.
+    pub handed_off: AtomicU64,
     /// A gauge, not a counter: connections this worker tracks (updated about every ms).
     pub conntrack_entries: AtomicU64,
 }
@@ -93,6 +95,7 @@ impl Counters {
             gro_merged: AtomicU64::new(0),
             gro_segments: AtomicU64::new(0),
             csum_completed: AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
             conntrack_entries: AtomicU64::new(0),
         }
     }

@@ -199,6 +199,11 @@ drop_reasons! {
     GsoBadFrame => "offload/gso-bad-frame",
     /// A GSO frame without DF whose segments exceed the egress MTU (nothing sends these).
     GsoTooBig => "mtu/gso-segment-too-big",
+
+    // --- Between workers, appended ---
+    /// A frame for the worker that owns its flow found that worker's handoff ring full (or no
+    /// free handoff buffer): the owner is behind.
+    HandoffFull => "handoff/full",
 }
 
 /// The IPv4 input checks' verdicts (wire knows nothing of counters), under their stable names.

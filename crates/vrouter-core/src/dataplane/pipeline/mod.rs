@@ -272,6 +272,13 @@ impl Pipeline {
         self.wall_clock = clock;
     }
 
+    /// Whether the policy in force keeps state (anything but allow-all), so that with more
+    /// than one worker both directions of a flow must meet the same one (see
+    /// [`crate::dataplane::affinity`]).
+    pub fn needs_flow_affinity(&self) -> bool {
+        !self.shared.snapshot.load().policy.is_allow_all()
+    }
+
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
