@@ -54,6 +54,8 @@
 //! `VROUTER_PERF_KEEP=1` leaves the namespaces in place after the run, for a look by hand.
 
 pub(crate) mod report;
+#[cfg(feature = "testing")]
+pub mod scaling;
 pub mod topo;
 
 use std::collections::BTreeMap;
