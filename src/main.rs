@@ -347,7 +347,13 @@ mod in_memory {
     pub fn bench_pipeline(table: Option<PathBuf>, seconds: f64) -> Result<String, String> {
         let r =
             vrouter_core::dataplane::bench::run_pipeline_bench(table.as_deref(), seconds).map_err(|e| e.to_string())?;
-        serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
+        // The encap + policy scenario on one worker and on two with handoff, side by side.
+        let (prefixes, _) =
+            vrouter_core::dataplane::bench::load_prefixes(table.as_deref()).map_err(|e| e.to_string())?;
+        let scaling = vrouter::perf::scaling::run(&prefixes, seconds / 10.0, 5);
+        let mut v = serde_json::to_value(&r).map_err(|e| e.to_string())?;
+        v["encap_acl_workers"] = serde_json::to_value(&scaling).map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
     }
 }
 

@@ -724,3 +724,65 @@ fn another_xdp_program_in_vrouters_place_is_left_alone_and_vrouters_comes_back_a
     assert_eq!(metric(&metrics(&t), "vrouter_uplink_xdp_detached_total"), Some(1.0), "one episode");
     t.stop(child);
 }
+
+/// Two uplink queues (two workers) with a stateful policy: the pod's ingress admits nothing new
+/// from outside, so each reply passes only if it meets the connection-tracking entry its
+/// request made. Replies arrive on either queue (the peer's veth picks its TX queue, and so our
+/// RX queue, by flow hash) and the pod's requests on either queue of its TAP: every one must be
+/// handed to the worker that owns its flow. 32 connections: were a reply judged by the other
+/// worker, it would be dropped as `policy/deny` (the chance that all 32 land right by luck is
+/// 2^-32).
+#[test]
+fn two_workers_with_policy_keep_every_flow_on_one_worker() {
+    assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
+    let t = Topo::namespaces("vrh", 2, &["pod"]);
+    t.exec_ok("peer", &["ip", "addr", "add", "192.168.1.1/24", "dev", "gw0"]);
+    t.exec_ok("peer", &["ip", "route", "add", "10.244.1.0/26", "via", "192.168.1.10"]);
+    // The peer's veth would hand AF_XDP partial TCP checksums (see the daemon's warning).
+    t.exec_ok("peer", &["ethtool", "-K", "gw0", "tx", "off"]);
+    let policy = "[policies]\nclosed = [{ action = \"allow\", protocol = \"icmp\", icmp_type = 8 }]\n";
+    let cfg = t.edit(&t.config(&format!("{DEFAULT_ROUTE}{policy}")), |c| {
+        c.uplink.as_mut().expect("uplink").queues = 2;
+        c.endpoints[0].ingress = vec!["closed".into()];
+    });
+    t.write_config(&cfg);
+    let child = t.start();
+    assert!(t.log().contains("workers=2"), "{}", t.log());
+    let server = t.spawn(
+        "peer",
+        &[
+            "python3",
+            "-c",
+            "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('192.168.1.1', 7777)); s.listen(64)\nwhile True:\n    c, _ = s.accept(); c.settimeout(5); d = b''\n    \
+             try:\n        while True:\n            x = c.recv(65536)\n            if not x: break\n            d += x\n        \
+             c.sendall(d)\n    except OSError: pass\n    c.close()\n",
+        ],
+    );
+    common::wait_until("the peer's server", Duration::from_secs(5), || {
+        !common::text(&sh(&["ip", "netns", "exec", &t.ns("peer"), "ss", "-ltnH", "sport = :7777"])).trim().is_empty()
+    });
+    let client = "import os, socket, sys\nbad = []\nfor i in range(32):\n    \
+                  c = socket.create_connection(('192.168.1.1', 7777), timeout=4); c.settimeout(4)\n    \
+                  data = os.urandom(100000); c.sendall(data); c.shutdown(socket.SHUT_WR); got = b''\n    \
+                  while True:\n        x = c.recv(65536)\n        if not x: break\n        got += x\n    \
+                  c.close()\n    if got != data: bad.append(i)\nsys.exit('connections with wrong echoes: %s' % bad if bad else 0)\n";
+    let o = t.exec("pod", &["python3", "-c", client]);
+    drop(server);
+    let stats = t.stats();
+    assert!(o.status.success(), "{}\nstats: {stats}\n{}", common::text(&o), t.log());
+    assert_eq!(stats["drops"]["policy/deny"], 0, "a reply judged by the wrong worker: {stats}");
+    assert_eq!(stats["drops"]["handoff/full"], 0, "{stats}");
+    assert!(stats["counters"]["handed_off"].as_u64().unwrap_or(0) > 0, "no frame was handed over: {stats}");
+    // The policy still denies what it should: a new connection from outside gets no answer
+    // (not even the RST of a closed port), and is counted.
+    let o =
+        t.exec("peer", &["python3", "-c", "import socket; socket.create_connection(('10.244.1.2', 22), timeout=1)"]);
+    assert!(
+        common::text(&o).contains("timed out"),
+        "a connection from outside reached the closed pod: {}",
+        common::text(&o)
+    );
+    assert!(t.stats()["drops"]["policy/deny"].as_u64().unwrap_or(0) > 0, "{}", t.stats());
+    t.stop(child);
+}

@@ -483,17 +483,6 @@ impl Config {
             if !(MIN_MTU..=MAX_MTU).contains(&u.mtu) {
                 return err("uplink.mtu", format!("{} must be {MIN_MTU}..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
             }
-            let has_policy = !self.global_rules.is_empty()
-                || self.endpoints.iter().any(|e| !e.ingress.is_empty() || !e.egress.is_empty());
-            if u.queues > 1 && has_policy {
-                return err(
-                    "uplink.queues",
-                    format!(
-                        "{} queues with network policy: connection tracking is per worker, so replies arriving on another queue would be judged as new flows; use 1 queue with policies",
-                        u.queues
-                    ),
-                );
-            }
         }
         if !(1..=1 << 24).contains(&self.conntrack.capacity) {
             return err("conntrack.capacity", format!("{} must be 1..=16777216", self.conntrack.capacity));
@@ -799,8 +788,11 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("uplink.tx_queue: 8 must be 32..=2048"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9000\n"));
         assert!(e.contains("uplink.mtu: 9000 must be 576..=1778"), "{e}");
-        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"));
-        assert!(e.contains("uplink.queues: 2 queues with network policy"), "{e}");
+        // Several queues with policy: each flow meets one worker (handoff), so it is allowed.
+        assert!(parse(&format!(
+            "{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"
+        ))
+        .is_ok());
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nxdp_mode = \"turbo\"\n"));
         assert!(e.contains("unknown variant `turbo`"), "{e}");
     }

@@ -94,6 +94,8 @@ struct TapIo {
     /// The kernel's routes to pod blocks through the host TAP ([`PortIo::host_routes`]).
     host_routes: BTreeSet<Ipv4Prefix>,
     uplink: bool,
+    /// Queues per TAP: one per worker (`IFF_MULTI_QUEUE` when more than one).
+    queues: usize,
     version: u64,
 }
 
@@ -150,7 +152,7 @@ impl PortIo for TapIo {
 
     fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
         let name = format!("vrstage{slot}");
-        let tap = TapPort::create(&name, slot).map_err(|x| format!("TAP {name}: {x}"))?;
+        let tap = TapPort::create(&name, slot, self.queues).map_err(|x| format!("TAP {name}: {x}"))?;
         if let Some(ns) = &e.netns {
             tap.move_to(ns).map_err(|x| x.to_string())?;
         }
@@ -193,15 +195,15 @@ impl PortIo for TapIo {
             None => match &e.netns {
                 // Created in the pod's namespace: no move (a move waits for an RCU grace period).
                 Some(ns) => {
-                    let tap =
-                        TapPort::create_in(&e.tap, slot, ns).map_err(|x| format!("TAP {} in {ns}: {x}", e.tap))?;
+                    let tap = TapPort::create_in(&e.tap, slot, ns, self.queues)
+                        .map_err(|x| format!("TAP {} in {ns}: {x}", e.tap))?;
                     setup(&tap, ns)?;
                     tap
                 }
-                None => TapPort::create(&e.tap, slot).map_err(|x| format!("TAP {}: {x}", e.tap))?,
+                None => TapPort::create(&e.tap, slot, self.queues).map_err(|x| format!("TAP {}: {x}", e.tap))?,
             },
         };
-        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, "pod port ready");
+        info!(endpoint = %e.name, tap = %e.tap, netns = ?e.netns, port = slot, offloads = %tap.offload_names(), "pod port ready");
         self.pods.insert(slot, Arc::new(tap));
         self.publish();
         Ok(())
@@ -373,15 +375,16 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         host: None,
         host_routes: BTreeSet::new(),
         uplink: cfg.uplink.is_some(),
+        queues: cfg.uplink.as_ref().map_or(1, |u| u.queues as usize),
         version: 0,
     };
     if let Some(h) = &cfg.host {
-        let tap = TapPort::create(&h.tap, HOST_PORT).map_err(|e| DaemonError::Host(e.to_string()))?;
+        let tap = TapPort::create(&h.tap, HOST_PORT, io.queues).map_err(|e| DaemonError::Host(e.to_string()))?;
         let cidr = format!("{}/{}", cfg.node.ip, cfg.node.subnet.len());
         let mtu = cfg.uplink.as_ref().map(|u| u.mtu).unwrap_or(1500);
         tap.setup_host(&uplink_mac.to_string(), &cidr, mtu, cfg.node.gateway.map(|g| g.to_string()).as_deref())
             .map_err(|e| DaemonError::Host(e.to_string()))?;
-        info!(tap = %h.tap, addr = %cidr, "host port ready");
+        info!(tap = %h.tap, addr = %cidr, offloads = %tap.offload_names(), "host port ready");
         io.host = Some(Arc::new(tap));
     }
     io.publish();
@@ -390,6 +393,14 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         for q in 0..u.queues {
             let mut x = XskPort::open(&u.device, q, u.xdp_mode, u.bind, UPLINK)
                 .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
+            if q == 0 {
+                // AF_XDP has no TSO; TX checksum offload through TX metadata needs a driver that
+                // has it (mlx5, stmmac; not veth), and xsk-rs sets up no TX metadata.
+                info!(
+                    dev = %u.device,
+                    "uplink offloads: segmentation (GSO) and checksums in software; AF_XDP TX checksum offload and multi-buffer not used"
+                );
+            }
             x.set_tx_queue(u.tx_queue);
             xsks.push(Some(x));
         }
@@ -421,6 +432,13 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     }
     // Workers: one per uplink queue (at least one); worker 0 also receives from the TAPs.
     let n_workers = xsks.len().max(1);
+    let handoff = match n_workers {
+        1 => None,
+        n => Some(Arc::new(
+            crate::worker::handoff::Handoff::new(n)
+                .map_err(|e| DaemonError::Other(format!("worker handoff eventfd: {e}")))?,
+        )),
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut counters = Vec::new();
     let mut handles = Vec::new();
@@ -437,7 +455,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
             id,
             pipeline,
             uplink: xsks.get_mut(id).and_then(Option::take),
-            rx_taps: id == 0,
+            handoff: handoff.clone(),
             ports: port_set.clone(),
             idle: cfg.workers.idle,
             spin: Duration::from_micros(cfg.workers.spin_us),

@@ -30,7 +30,7 @@ const fn counter(
 
 /// Every worker counter that is neither per port nor per drop reason (the conntrack gauge is
 /// shown as `connections`).
-pub const WORKER_COUNTERS: [WorkerCounter; 9] = [
+pub const WORKER_COUNTERS: [WorkerCounter; 15] = [
     counter(
         "icmp_errors_sent",
         "vrouter_icmp_errors_sent_total",
@@ -74,6 +74,34 @@ pub const WORKER_COUNTERS: [WorkerCounter; 9] = [
         |c| &c.fragments_out,
     ),
     counter("punted", "vrouter_punted_packets_total", "Packets punted to the host port.", |c| &c.punted),
+    counter(
+        "gso_frames",
+        "vrouter_gso_frames_total",
+        "Big segments from pods (TSO/USO) cut into wire-sized ones by software GSO.",
+        |c| &c.gso_frames,
+    ),
+    counter("gso_segments", "vrouter_gso_segments_total", "Wire-sized segments made by software GSO.", |c| {
+        &c.gso_segments
+    }),
+    counter(
+        "gro_merged",
+        "vrouter_gro_merged_total",
+        "Merged TCP segments (GRO) written to pods, each replacing several from the wire.",
+        |c| &c.gro_merged,
+    ),
+    counter("gro_segments", "vrouter_gro_segments_total", "Segments from the wire merged by GRO.", |c| &c.gro_segments),
+    counter(
+        "csum_completed",
+        "vrouter_checksums_completed_total",
+        "Partial transport checksums from pods completed before a wire.",
+        |c| &c.csum_completed,
+    ),
+    counter(
+        "handed_off",
+        "vrouter_handed_off_total",
+        "Frames passed to the worker that owns their flow (several workers with stateful policy).",
+        |c| &c.handed_off,
+    ),
 ];
 
 /// One port's counts as the protocol has them.

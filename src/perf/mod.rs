@@ -69,6 +69,8 @@
 
 pub(crate) mod report;
 pub mod rounds;
+#[cfg(feature = "testing")]
+pub mod scaling;
 pub mod tcp;
 pub mod topo;
 

@@ -193,8 +193,21 @@ pub struct Unsent {
 /// while the batch holds the port.
 pub trait TxCopy {
     /// Copies `frame` into a free chunk and queues it; false if there is no chunk for it.
-    fn tx_copy(&mut self, frame: &[u8]) -> bool;
+    fn tx_copy(&mut self, frame: &[u8]) -> bool {
+        self.tx_with(|out| {
+            out.get_mut(..frame.len())?.copy_from_slice(frame);
+            Some(frame.len())
+        })
+    }
+    /// Writes a frame straight into a free chunk and queues it: `write` gets the chunk's room
+    /// and returns the frame's length, or `None` to give the chunk back (then false, as when
+    /// no chunk is free). Software GSO writes each segment this way, once.
+    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool;
 }
+
+/// Frames queued for TX past which a copy flushes them to the ring mid-batch (a GSO frame
+/// queues tens of segments at once).
+const TX_FLUSH_AT: usize = 64;
 
 /// One AF_XDP socket on one queue of the uplink.
 pub type XskPort = Port<XskRings>;
@@ -305,8 +318,8 @@ impl<'port, R: Rings> RxBatch<'port, R> {
 
 impl<R: Rings> TxCopy for RxBatch<'_, R> {
     #[inline]
-    fn tx_copy(&mut self, frame: &[u8]) -> bool {
-        self.port.tx_copy(frame)
+    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        self.port.tx_with(write)
     }
 }
 
@@ -700,9 +713,15 @@ impl<R: Rings> Port<R> {
             self.tx_descs.clear();
         }
         self.reap();
-        // In copy mode the kernel transmits at most 32 descriptors per wakeup (sendto), so
-        // kick until the ring drains or stops moving; otherwise chunks pile up on the TX ring
-        // and the free list runs dry.
+        self.drain_tx();
+        self.refill();
+        (dropped, dropped_bytes)
+    }
+
+    /// In copy mode the kernel transmits at most 32 descriptors per wakeup (sendto), so kick
+    /// until the ring drains or stops moving; otherwise chunks pile up on the TX ring and the
+    /// free list runs dry.
+    fn drain_tx(&mut self) {
         for _ in 0..64 {
             if self.in_flight == 0 {
                 break;
@@ -714,8 +733,27 @@ impl<R: Rings> Port<R> {
                 break;
             }
         }
-        self.refill();
-        (dropped, dropped_bytes)
+    }
+
+    /// Puts queued copies on the TX ring now, mid-batch, as far as it has room (nothing is
+    /// dropped: what does not fit stays queued for [`Port::finish_batch`]), and drains it.
+    fn flush_tx(&mut self) {
+        self.reap();
+        let n = self.tx_descs.len();
+        let room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
+        if room == 0 {
+            return;
+        }
+        // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
+        // prefix) are counted in flight and leave the queue.
+        let sent = unsafe { self.rings.tx_produce(&self.tx_descs[..room]) };
+        if sent > 0 {
+            self.rings.tx_kick();
+        }
+        self.stats.tx += sent as u64;
+        self.in_flight += sent;
+        self.tx_descs.drain(..sent);
+        self.drain_tx();
     }
 
     /// Returns RX chunks to the fill ring (as many as fit now: offer exactly what fits, or
@@ -757,8 +795,11 @@ fn give_to_fill<R: Rings>(rings: &mut R, list: &mut Vec<R::Desc>, keep: usize) {
 }
 
 impl<R: Rings> TxCopy for Port<R> {
-    /// Copies `frame` into a free chunk and queues it for TX.
-    fn tx_copy(&mut self, frame: &[u8]) -> bool {
+    /// Writes a frame into a free chunk and queues it for TX.
+    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        if self.tx_descs.len() >= TX_FLUSH_AT {
+            self.flush_tx();
+        }
         if self.free.is_empty() {
             self.reap();
         }
@@ -767,17 +808,23 @@ impl<R: Rings> TxCopy for Port<R> {
             return false;
         };
         let addr = R::addr(&d);
-        if (addr & (FRAME_SIZE - 1)) + frame.len() > FRAME_SIZE {
-            self.free.push(d);
-            return false;
-        }
+        let room = FRAME_SIZE - (addr & (FRAME_SIZE - 1));
         // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
-        // `addr..addr + frame.len()` lies inside that chunk (checked above), inside the UMEM.
-        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), self.base.as_ptr().add(addr), frame.len()) };
-        // SAFETY: as above, the chunk is ours until it goes on the TX ring.
-        unsafe { self.rings.set_data_len(&mut d, frame.len()) };
-        self.tx_descs.push(d);
-        true
+        // `addr..addr + room` runs to the end of that chunk, inside the UMEM; nothing else
+        // borrows it while `write` runs.
+        let out = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr), room) };
+        match write(out) {
+            Some(len) if len <= room => {
+                // SAFETY: as above, the chunk is ours until it goes on the TX ring.
+                unsafe { self.rings.set_data_len(&mut d, len) };
+                self.tx_descs.push(d);
+                true
+            }
+            _ => {
+                self.free.push(d);
+                false
+            }
+        }
     }
 }
 

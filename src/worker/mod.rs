@@ -9,20 +9,29 @@
 //! device's receive work (a NAPI thread) shares the core it runs instead of waiting out our
 //! time slice (measured in BENCHMARKS.md: 0.51x -> 0.92x kernel forwarding on veth).
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub mod handoff;
+
 use crate::port::afxdp::{TxCopy, XskPort};
 use crate::port::tap::TapPort;
 use crate::port::LinkState;
-use vrouter_core::dataplane::{Frame, PacketBuf, Pipeline, PortId};
+use vrouter_core::dataplane::{affinity, Frame, Output, PacketBuf, Pipeline, PortId, BIG_BUF_SIZE};
+use vrouter_core::offload::gro::{self, Run, Seg};
+use vrouter_core::offload::gso::Segments;
+use vrouter_core::offload::{self, Offload};
 use vrouter_core::stats::{Counters, DropReason};
 
 /// Frames per receive burst.
 pub const BURST: usize = 256;
+/// Frames per burst read from the TAPs: each read is a system call of its own anyway, and each
+/// buffer takes a 64 KiB segment.
+pub const TAP_BURST: usize = 64;
 const MAX_SLEEP_MS: i32 = 10;
 
 /// What a worker does when a pass finds nothing to do (`[workers] idle`).
@@ -56,7 +65,7 @@ pub struct PortSet {
     /// Bumped by each publication (workers rebuild their poll list when it changes).
     pub version: u64,
     pub targets: Vec<TxTarget>,
-    /// TAPs to receive from (by the worker that has `rx_taps` set).
+    /// TAPs to receive from (each worker from its own queue of each).
     pub taps: Vec<Arc<TapPort>>,
 }
 
@@ -64,8 +73,8 @@ pub struct WorkerRt {
     pub id: usize,
     pub pipeline: Pipeline,
     pub uplink: Option<XskPort>,
-    /// This worker receives from the TAPs (one worker does).
-    pub rx_taps: bool,
+    /// The rings to and from the other workers (with more than one).
+    pub handoff: Option<Arc<handoff::Handoff>>,
     pub ports: Arc<ArcSwap<PortSet>>,
     pub idle: IdleMode,
     pub spin: Duration,
@@ -89,25 +98,179 @@ fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReaso
     counters.tx_unsent(port as usize, 1, len as u64);
 }
 
-/// Sends `data` to `port` from a worker, counting a failure. Nothing is offered to an uplink
-/// without carrier (`uplink_down`): the frame is lost, and counted as such (not as sent).
+/// Sends `data` to `port` from worker `q` (its queue of a TAP), counting a failure. Nothing is
+/// offered to an uplink without carrier (`uplink_down`): the frame is lost, and counted as
+/// such (not as sent).
 fn send_to<U: TxCopy>(
     targets: &[TxTarget],
     uplink: Option<&mut U>,
     uplink_down: bool,
     counters: &Counters,
+    q: usize,
     port: PortId,
     data: &[u8],
 ) {
     let failed = match targets.get(port as usize) {
         Some(TxTarget::Uplink) if uplink_down => Some(DropReason::TxLinkDown),
         Some(TxTarget::Uplink) => (!uplink.is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
-        Some(TxTarget::Tap(t)) => (!t.send(data)).then(|| t.send_failure()),
+        Some(TxTarget::Tap(t)) => (!t.send(q, data, Offload::NONE)).then(|| t.send_failure()),
         _ => Some(DropReason::TxFull),
     };
     if let Some(reason) = failed {
         count_unsent(counters, port, data.len(), reason);
     }
+}
+
+/// Sends a frame from a [`PacketBuf`] (a TAP's read buffer, or a frame handed over by another
+/// worker) to the uplink: a GSO frame is cut into wire-sized segments written straight into
+/// transmit chunks (AF_XDP has no TSO), and a partial checksum is completed. Port counters
+/// count the frame as the pipeline saw it (a GSO frame once); a segment that finds no chunk is
+/// a `tx/full` drop.
+fn send_buf<U: TxCopy>(
+    targets: &[TxTarget],
+    uplink: Option<&mut U>,
+    uplink_down: bool,
+    counters: &Counters,
+    q: usize,
+    port: PortId,
+    b: &mut PacketBuf,
+) {
+    let to_uplink = matches!(targets.get(port as usize), Some(TxTarget::Uplink)) && !uplink_down;
+    if to_uplink && b.offload.is_gso() {
+        let Some(u) = uplink else { return count_unsent(counters, port, b.len, DropReason::TxFull) };
+        let data = b.data();
+        let Ok(s) = Segments::plan(data, &b.offload) else {
+            return count_unsent(counters, port, b.len, DropReason::GsoBadFrame);
+        };
+        counters.inc(&counters.gso_frames);
+        let sent = (0..s.count()).take_while(|&k| u.tx_with(|out| s.write(data, k, out))).count();
+        counters.add(&counters.gso_segments, sent as u64);
+        counters.drop_n(DropReason::TxFull, (s.count() - sent) as u64);
+        return;
+    }
+    if to_uplink && b.offload.csum_partial {
+        offload::complete_csum(&mut b.buf[b.head..b.head + b.len]);
+        counters.inc(&counters.csum_completed);
+    }
+    send_to(targets, uplink, uplink_down, counters, q, port, b.data());
+}
+
+/// Writes the frames queued for TAP `t` (indices `idx` into `frames`, ascending) on queue `q`
+/// with GRO: runs of in-order segments of one TCP flow go as one merged segment, the first
+/// frame's headers fixed and the others' payloads behind it in one vectored write (nothing
+/// copied); a frame with offload state of its own (from another pod's TAP) goes whole with it;
+/// everything else goes alone. `segs` is scratch space.
+#[allow(clippy::too_many_arguments)]
+fn gro_to_tap<F: Frame>(
+    t: &TapPort,
+    q: usize,
+    frames: &mut [F],
+    idx: &[u32],
+    counters: &Counters,
+    port: PortId,
+    segs: &mut Vec<Option<Seg>>,
+    offs: &mut Vec<Offload>,
+) {
+    // The port's frames borrowed together (the indices ascend: arrival order).
+    let mut views: [&mut [u8]; BURST] = std::array::from_fn(|_| &mut [][..]);
+    let mut n = 0;
+    offs.clear();
+    let mut want = idx.iter().copied().peekable();
+    for (i, f) in frames.iter_mut().enumerate() {
+        if n == BURST {
+            break;
+        }
+        if want.next_if_eq(&(i as u32)).is_some() {
+            offs.push(f.offload());
+            let (buf, head, len) = f.parts();
+            views[n] = &mut buf[*head..*head + *len];
+            n += 1;
+        }
+    }
+    segs.clear();
+    segs.extend(
+        views[..n].iter().zip(offs.iter()).map(|(v, o)| (*o == Offload::NONE).then(|| Seg::parse(v)).flatten()),
+    );
+    let mut k = 0;
+    while k < n {
+        let Some(first) = segs[k] else {
+            if !t.send(q, views[k], offs[k]) {
+                count_unsent(counters, port, views[k].len(), t.send_failure());
+            }
+            k += 1;
+            continue;
+        };
+        let mut run = Run::start(first);
+        let mut j = k + 1;
+        while j < n && segs[j].is_some_and(|s| run.try_add(views[k], &s, views[j])) {
+            j += 1;
+        }
+        let (head, rest) = views[k..j].split_first_mut().expect("a run has its first frame");
+        let hdr = run.finish(head);
+        let mut parts = [IoSlice::new(&[]); gro::MAX_SEGS];
+        parts[0] = IoSlice::new(head);
+        for (p, (v, s)) in parts[1..].iter_mut().zip(rest.iter().zip(&segs[k + 1..j])) {
+            *p = IoSlice::new(&v[s.expect("merged segments parsed").payload()]);
+        }
+        if run.count() > 1 {
+            counters.inc(&counters.gro_merged);
+            counters.add(&counters.gro_segments, run.count() as u64);
+        }
+        if !t.send_parts(q, &hdr, &parts[..run.count()]) {
+            let bytes: usize = views[k..j].iter().map(|v| v.len()).sum();
+            counters.drop_n(t.send_failure(), run.count() as u64);
+            counters.tx_unsent(port as usize, run.count() as u64, bytes as u64);
+        }
+        k = j;
+    }
+}
+
+/// Scratch space of the output stage, sized once.
+struct OutScratch {
+    segs: Vec<Option<Seg>>,
+    offs: Vec<Offload>,
+}
+
+/// Sends what the pipeline decided for a batch of [`PacketBuf`]s (from the TAPs, or handed
+/// over by another worker): to TAPs through GRO, to the uplink through [`send_buf`], and the
+/// frames the pipeline made.
+#[allow(clippy::too_many_arguments)]
+fn emit_bufs<U: TxCopy>(
+    out: &Output,
+    bufs: &mut [PacketBuf],
+    targets: &[TxTarget],
+    mut uplink: Option<&mut U>,
+    uplink_down: bool,
+    counters: &Counters,
+    q: usize,
+    scratch: &mut OutScratch,
+) {
+    for p in out.active_ports() {
+        let idx = out.tx(p);
+        match targets.get(p as usize) {
+            Some(TxTarget::Tap(t)) => gro_to_tap(t, q, bufs, idx, counters, p, &mut scratch.segs, &mut scratch.offs),
+            _ => {
+                for &i in idx {
+                    send_buf(targets, uplink.as_deref_mut(), uplink_down, counters, q, p, &mut bufs[i as usize]);
+                }
+            }
+        }
+    }
+    for (p, data) in out.emitted.frames() {
+        send_to(targets, uplink.as_deref_mut(), uplink_down, counters, q, p, data);
+    }
+}
+
+/// Moves the frames of `frames` that `keep` keeps to the front, in order; returns how many.
+fn compact<F>(frames: &mut [F], mut keep: impl FnMut(usize) -> bool) -> usize {
+    let mut w = 0;
+    for r in 0..frames.len() {
+        if keep(r) {
+            frames.swap(w, r);
+            w += 1;
+        }
+    }
+    w
 }
 
 /// The uplink's port id (where frames queued on this worker's socket were counted as sent).
@@ -122,10 +285,15 @@ impl WorkerRt {
                 tracing::warn!(worker = self.id, core = c.id, "could not pin to core");
             }
         }
+        let me = self.id;
         let epoch = Instant::now();
         self.pipeline.set_wall_clock(wall_clock_ns);
         let counters = self.pipeline.counters().clone();
-        let mut tap_bufs: Vec<PacketBuf> = (0..BURST).map(|_| PacketBuf::new(&[], 0)).collect();
+        let mut tap_bufs: Vec<PacketBuf> = (0..TAP_BURST).map(|_| PacketBuf::with_size(BIG_BUF_SIZE, &[], 0)).collect();
+        let mut inbox: Vec<PacketBuf> = Vec::with_capacity(BURST);
+        let mut scratch = OutScratch { segs: Vec::with_capacity(BURST), offs: Vec::with_capacity(BURST) };
+        let mut owners: Vec<Option<usize>> = Vec::with_capacity(BURST);
+        let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let port_cell = self.ports.clone();
         let mut fds_for = u64::MAX;
@@ -134,13 +302,15 @@ impl WorkerRt {
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
         let mut seen_kernel_drops = (0u64, 0u64);
-        tracing::info!(worker = self.id, idle = ?self.idle, "worker started");
+        tracing::info!(worker = me, idle = ?self.idle, workers, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
             let ports = port_cell.load();
             let uplink_down = self.uplink_link.load(Ordering::Relaxed) == LinkState::Down as u8;
             let targets = &ports.targets[..];
-            let taps: &[Arc<TapPort>] = if self.rx_taps { &ports.taps } else { &[] };
+            let taps: &[Arc<TapPort>] = &ports.taps;
+            // With stateful policy and several workers, frames go to the worker owning their flow.
+            let handoff = self.handoff.as_deref().filter(|_| self.pipeline.needs_flow_affinity());
             // A TAP removed under us reports POLLERR for ever: poll only those still there.
             let gone = taps.iter().filter(|t| t.is_gone()).count();
             if fds_for != ports.version || fds_gone != gone {
@@ -151,7 +321,10 @@ impl WorkerRt {
                     fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
                 }
                 for t in taps.iter().filter(|t| !t.is_gone()) {
-                    fds.push(libc::pollfd { fd: t.fd(), events: libc::POLLIN, revents: 0 });
+                    fds.push(libc::pollfd { fd: t.fd(me), events: libc::POLLIN, revents: 0 });
+                }
+                if let Some(h) = &self.handoff {
+                    fds.push(libc::pollfd { fd: h.wake_fd(me), events: libc::POLLIN, revents: 0 });
                 }
             }
             self.pipeline.poll_requests();
@@ -160,31 +333,58 @@ impl WorkerRt {
                 // The batch holds the port: its frames go back to the fill ring or out on TX
                 // when it finishes (or is dropped), none outlives the UMEM.
                 let mut batch = up.rx_burst(BURST);
-                let n = batch.len();
+                let mut n = batch.len();
                 if n > 0 {
                     work += n;
-                    self.pipeline.process(batch.frames(), now_ms);
+                    if let Some(h) = handoff {
+                        // Frames of flows another worker owns are copied to it; the rest move
+                        // to the front, in order, and stay.
+                        owners.clear();
+                        for f in batch.frames().iter_mut() {
+                            let port = f.port();
+                            let (buf, head, len) = f.parts();
+                            let frame = &buf[*head..*head + *len];
+                            let o = affinity::owner(frame, workers).filter(|&o| o != me);
+                            if let Some(o) = o {
+                                if h.give_copy(me, o, frame, port) {
+                                    counters.inc(&counters.handed_off);
+                                } else {
+                                    counters.count_drop(DropReason::HandoffFull);
+                                }
+                            }
+                            owners.push(o);
+                        }
+                        n = compact(batch.frames(), |i| owners[i].is_none());
+                    }
+                    self.pipeline.process(&mut batch.frames()[..n], now_ms);
                     let out = self.pipeline.output();
                     for p in out.active_ports() {
-                        for &i in out.tx(p) {
-                            let f = &mut batch.frames()[i as usize];
-                            match targets.get(p as usize) {
-                                Some(TxTarget::Uplink) if uplink_down => {
-                                    count_unsent(&counters, p, f.len(), DropReason::TxLinkDown)
+                        let idx = out.tx(p);
+                        match targets.get(p as usize) {
+                            Some(TxTarget::Tap(t)) => gro_to_tap(
+                                t,
+                                me,
+                                &mut batch.frames()[..n],
+                                idx,
+                                &counters,
+                                p,
+                                &mut scratch.segs,
+                                &mut scratch.offs,
+                            ),
+                            Some(TxTarget::Uplink) if !uplink_down => idx.iter().for_each(|&i| batch.send(i as usize)),
+                            target => {
+                                let reason = match target {
+                                    Some(TxTarget::Uplink) => DropReason::TxLinkDown,
+                                    _ => DropReason::TxFull,
+                                };
+                                for &i in idx {
+                                    count_unsent(&counters, p, batch.frames()[i as usize].len(), reason);
                                 }
-                                Some(TxTarget::Uplink) => batch.send(i as usize),
-                                Some(TxTarget::Tap(t)) => {
-                                    let (buf, head, len) = f.parts();
-                                    if !t.send(&buf[*head..*head + *len]) {
-                                        count_unsent(&counters, p, *len, t.send_failure());
-                                    }
-                                }
-                                _ => count_unsent(&counters, p, f.len(), DropReason::TxFull),
                             }
                         }
                     }
                     for (p, data) in out.emitted.frames() {
-                        send_to(targets, Some(&mut batch), uplink_down, &counters, p, data);
+                        send_to(targets, Some(&mut batch), uplink_down, &counters, me, p, data);
                     }
                     let unsent = batch.finish();
                     if unsent.frames > 0 {
@@ -194,20 +394,63 @@ impl WorkerRt {
                 }
             }
             for t in taps {
-                let n = t.rx_burst(&mut tap_bufs);
+                let mut n = t.rx_burst(me, &mut tap_bufs, &counters);
                 if n == 0 {
                     continue;
                 }
                 work += n;
-                self.pipeline.process(&mut tap_bufs[..n], now_ms);
-                let out = self.pipeline.output();
-                for p in out.active_ports() {
-                    for &i in out.tx(p) {
-                        send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, tap_bufs[i as usize].data());
+                if let Some(h) = handoff {
+                    // A TAP's buffer changes places with a spare of the pair: no copy.
+                    let mut kept = 0;
+                    for i in 0..n {
+                        match affinity::owner(tap_bufs[i].data(), workers).filter(|&o| o != me) {
+                            Some(o) if h.give(me, o, &mut tap_bufs[i]) => counters.inc(&counters.handed_off),
+                            Some(_) => counters.count_drop(DropReason::HandoffFull),
+                            None => {
+                                tap_bufs.swap(kept, i);
+                                kept += 1;
+                            }
+                        }
+                    }
+                    n = kept;
+                    if n == 0 {
+                        continue;
                     }
                 }
-                for (p, data) in out.emitted.frames() {
-                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, data);
+                self.pipeline.process(&mut tap_bufs[..n], now_ms);
+                let out = self.pipeline.output();
+                emit_bufs(
+                    out,
+                    &mut tap_bufs[..n],
+                    targets,
+                    self.uplink.as_mut(),
+                    uplink_down,
+                    &counters,
+                    me,
+                    &mut scratch,
+                );
+            }
+            if let Some(h) = &self.handoff {
+                // Frames other workers handed to this one.
+                for from in (0..workers).filter(|&w| w != me) {
+                    h.take(from, me, &mut inbox, BURST);
+                    if inbox.is_empty() {
+                        continue;
+                    }
+                    work += inbox.len();
+                    self.pipeline.process(&mut inbox[..], now_ms);
+                    let out = self.pipeline.output();
+                    emit_bufs(
+                        out,
+                        &mut inbox[..],
+                        targets,
+                        self.uplink.as_mut(),
+                        uplink_down,
+                        &counters,
+                        me,
+                        &mut scratch,
+                    );
+                    h.give_back(from, me, &mut inbox);
                 }
             }
             if now_ms >= next_kernel_stats_ms {
@@ -225,7 +468,7 @@ impl WorkerRt {
                 self.pipeline.process(&mut tap_bufs[..0], now_ms);
                 let out = self.pipeline.output();
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, p, data);
+                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, me, p, data);
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
@@ -248,8 +491,18 @@ impl WorkerRt {
                 for f in fds.iter_mut() {
                     f.revents = 0;
                 }
-                // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, MAX_SLEEP_MS) };
+                // Asleep, then a last look at the rings: a frame handed over after this look
+                // finds the flag set and wakes us through the eventfd.
+                if let Some(h) = &self.handoff {
+                    h.set_asleep(me, true);
+                }
+                if !self.handoff.as_ref().is_some_and(|h| h.pending(me)) {
+                    // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, MAX_SLEEP_MS) };
+                }
+                if let Some(h) = &self.handoff {
+                    h.set_asleep(me, false);
+                }
             } else if sleep {
                 std::thread::sleep(Duration::from_millis(MAX_SLEEP_MS as u64));
             } else {
@@ -261,9 +514,9 @@ impl WorkerRt {
             }
         }
         if let Some(up) = &self.uplink {
-            tracing::info!(worker = self.id, stats = ?up.stats, chunks = ?up.chunk_census(), kernel = %up.kernel_stats(), "uplink socket");
+            tracing::info!(worker = me, stats = ?up.stats, chunks = ?up.chunk_census(), kernel = %up.kernel_stats(), "uplink socket");
         }
-        tracing::info!(worker = self.id, "worker stopped");
+        tracing::info!(worker = me, "worker stopped");
     }
 }
 
@@ -281,8 +534,8 @@ mod tests {
         // As the pipeline does for each frame it queues.
         counters.tx(0, frame.len());
         counters.tx(1, frame.len());
-        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, &frame);
-        send_to(&targets, None::<&mut XskPort>, true, &counters, 1, &frame);
+        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, 0, &frame);
+        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, 1, &frame);
         assert_eq!(counters.drops(DropReason::TxLinkDown), 1);
         assert_eq!(counters.drops(DropReason::TxFull), 1);
         assert_eq!(counters.port(0), vrouter_core::stats::counters::PortStats::default(), "uplink: lost, not sent");

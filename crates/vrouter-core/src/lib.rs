@@ -11,6 +11,7 @@ pub mod acl;
 pub mod dataplane;
 pub mod fib;
 pub mod neigh;
+pub mod offload;
 pub mod ratelimit;
 pub mod stats;
 pub mod wire;

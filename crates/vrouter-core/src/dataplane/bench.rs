@@ -140,6 +140,11 @@ impl Scenario {
         Scenario { sim, templates, bufs, cur: 0, next: 2 * BATCH, frame_len }
     }
 
+    /// The frames the scenario feeds, in order, with the port each arrives on.
+    pub fn templates(&self) -> &[(Vec<u8>, PortId)] {
+        &self.templates
+    }
+
     /// Runs the pipeline once over the current batch, then refills that batch from the next
     /// templates. Returns the number of frames sent.
     #[inline]

@@ -1,6 +1,7 @@
 //! Frames as the pipeline sees them: borrowed in place, with headroom in front for IPIP
 //! encapsulation and ICMP errors, and a little metadata per frame.
 
+use crate::offload::Offload;
 use crate::wire::ethernet;
 use crate::wire::ipv4::Ipv4Packet;
 
@@ -18,6 +19,9 @@ pub const MAX_PORTS: usize = 256;
 
 /// Size of a whole frame buffer (headroom + a 1500-byte-MTU frame + slack), as in UMEM chunks.
 pub const BUF_SIZE: usize = 2048;
+/// Size of a buffer that takes the largest segment a TAP with offloads hands over (64 KiB of
+/// IPv4 datagram and its Ethernet header), behind the headroom.
+pub const BIG_BUF_SIZE: usize = HEADROOM + 14 + 65_535 + 1;
 
 /// What the pipeline needs of a frame buffer, whatever owns it (a UMEM chunk, a TAP read
 /// buffer, a test's [`PacketBuf`]). The frame is `buf[head..head + len]`; `buf[..head]` is
@@ -27,6 +31,15 @@ pub trait Frame {
     fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize);
     /// The port the frame arrived on.
     fn port(&self) -> PortId;
+    /// Its offload state (a TAP's virtio-net header); none for frames from the wire.
+    #[inline]
+    fn offload(&self) -> Offload {
+        Offload::NONE
+    }
+    /// Records a changed offload state (a partial checksum the pipeline completed). Frames
+    /// that carry none ignore it.
+    #[inline]
+    fn set_offload(&mut self, _o: Offload) {}
 }
 
 /// A frame borrowed in place, as every pipeline stage sees it: the frame is
@@ -40,13 +53,17 @@ pub struct Pkt<'a> {
     pub len: usize,
     /// The port it arrived on.
     pub port: PortId,
+    /// Segmentation still owed and whether its transport checksum is partial (a TAP's
+    /// virtio-net header): the pipeline judges a GSO frame by its segments' size, and
+    /// completes a partial checksum before the frame is copied anywhere that loses this.
+    pub offload: Offload,
 }
 
 impl<'a> Pkt<'a> {
     pub fn new(buf: &'a mut [u8], head: usize, len: usize, port: PortId) -> Self {
         let head = head.min(buf.len());
         let len = len.min(buf.len() - head);
-        Pkt { buf, head, len, port }
+        Pkt { buf, head, len, port, offload: Offload::NONE }
     }
     #[inline]
     pub fn data(&self) -> &[u8] {
@@ -93,6 +110,14 @@ impl Frame for Pkt<'_> {
     fn port(&self) -> PortId {
         self.port
     }
+    #[inline]
+    fn offload(&self) -> Offload {
+        self.offload
+    }
+    #[inline]
+    fn set_offload(&mut self, o: Offload) {
+        self.offload = o;
+    }
 }
 
 impl Frame for PacketBuf {
@@ -104,6 +129,14 @@ impl Frame for PacketBuf {
     fn port(&self) -> PortId {
         self.port
     }
+    #[inline]
+    fn offload(&self) -> Offload {
+        self.offload
+    }
+    #[inline]
+    fn set_offload(&mut self, o: Offload) {
+        self.offload = o;
+    }
 }
 
 /// An owned frame buffer with headroom: for tests, benchmarks and the in-memory port.
@@ -113,26 +146,33 @@ pub struct PacketBuf {
     pub head: usize,
     pub len: usize,
     pub port: PortId,
+    pub offload: Offload,
 }
 
 impl PacketBuf {
     /// Copies `frame` in behind [`HEADROOM`] bytes (truncating to the buffer).
     pub fn new(frame: &[u8], port: PortId) -> Self {
-        let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-        let len = frame.len().min(BUF_SIZE - HEADROOM);
+        PacketBuf::with_size(BUF_SIZE, frame, port)
+    }
+    /// [`PacketBuf::new`] with a buffer of `size` bytes ([`BIG_BUF_SIZE`] for a TAP with
+    /// offloads).
+    pub fn with_size(size: usize, frame: &[u8], port: PortId) -> Self {
+        let mut buf = vec![0u8; size.max(HEADROOM)].into_boxed_slice();
+        let len = frame.len().min(buf.len() - HEADROOM);
         buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
-        PacketBuf { buf, head: HEADROOM, len, port }
+        PacketBuf { buf, head: HEADROOM, len, port, offload: Offload::NONE }
     }
     /// Refills this buffer with `frame`, reusing the allocation.
     pub fn reset(&mut self, frame: &[u8], port: PortId) {
-        let len = frame.len().min(BUF_SIZE - HEADROOM);
+        let len = frame.len().min(self.buf.len() - HEADROOM);
         self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&frame[..len]);
         self.head = HEADROOM;
         self.len = len;
         self.port = port;
+        self.offload = Offload::NONE;
     }
     pub fn as_pkt(&mut self) -> Pkt<'_> {
-        Pkt { buf: &mut self.buf, head: self.head, len: self.len, port: self.port }
+        Pkt { buf: &mut self.buf, head: self.head, len: self.len, port: self.port, offload: self.offload }
     }
     pub fn data(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]

@@ -56,6 +56,16 @@ pub struct Counters {
     pub fragments_out: AtomicU64,
     /// Packets punted to the host port.
     pub punted: AtomicU64,
+    /// Big segments from pods cut by software GSO, and the wire-sized segments made of them.
+    pub gso_frames: AtomicU64,
+    pub gso_segments: AtomicU64,
+    /// Merged segments GRO handed to pods, and the wire segments merged into them.
+    pub gro_merged: AtomicU64,
+    pub gro_segments: AtomicU64,
+    /// Partial transport checksums completed before a wire.
+    pub csum_completed: AtomicU64,
+    /// Frames handed to the worker that owns their flow.
+    pub handed_off: AtomicU64,
     /// A gauge, not a counter: connections this worker tracks (updated about every ms).
     pub conntrack_entries: AtomicU64,
 }
@@ -80,6 +90,12 @@ impl Counters {
             fragmented: AtomicU64::new(0),
             fragments_out: AtomicU64::new(0),
             punted: AtomicU64::new(0),
+            gso_frames: AtomicU64::new(0),
+            gso_segments: AtomicU64::new(0),
+            gro_merged: AtomicU64::new(0),
+            gro_segments: AtomicU64::new(0),
+            csum_completed: AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
             conntrack_entries: AtomicU64::new(0),
         }
     }
@@ -140,6 +156,12 @@ impl Counters {
     #[inline]
     pub fn inc(&self, c: &AtomicU64) {
         bump(c, 1);
+    }
+
+    /// Adds `n` to one of the named counters.
+    #[inline]
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        bump(c, n);
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {

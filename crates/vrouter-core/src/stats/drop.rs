@@ -189,6 +189,21 @@ drop_reasons! {
     /// Non-echo IPv4 from the node's kernel to one of the router's own addresses (the pod
     /// gateway, say): nothing answers it but the kernel itself.
     HostToRouterAddress => "host/to-router-address",
+
+    // --- Offloads (a TAP's virtio-net header), appended ---
+    /// A frame from a TAP whose virtio-net header asks for what an IPv4 router cannot do
+    /// (TCPv6 or UFO segmentation, GSO without a segment size).
+    VnetBadHeader => "offload/bad-vnet-header",
+    /// A GSO frame that cannot be cut: not TCP or UDP over IPv4, its headers cut short, or its
+    /// GSO type not its protocol's.
+    GsoBadFrame => "offload/gso-bad-frame",
+    /// A GSO frame without DF whose segments exceed the egress MTU (nothing sends these).
+    GsoTooBig => "mtu/gso-segment-too-big",
+
+    // --- Between workers, appended ---
+    /// A frame for the worker that owns its flow found that worker's handoff ring full (or no
+    /// free handoff buffer): the owner is behind.
+    HandoffFull => "handoff/full",
 }
 
 /// The IPv4 input checks' verdicts (wire knows nothing of counters), under their stable names.

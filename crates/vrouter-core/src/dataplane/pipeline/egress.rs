@@ -184,7 +184,19 @@ impl Pipeline {
         };
         let Some(pinfo) = snap.port(port) else { return Verdict::Drop(DropReason::BadNextHop) };
         let mtu = pinfo.mtu as usize - overhead.min(pinfo.mtu as usize);
-        if p.len - ETH > mtu {
+        if p.offload.is_gso() {
+            // Judged by the segments it will be cut into (the kernel's
+            // skb_gso_validate_network_len): those too big with DF get fragmentation needed
+            // like any packet; without DF the kernel would cut and then fragment each, which
+            // nothing sends (TCP sets DF; UDP_SEGMENT senders size to the path MTU).
+            let Some(l) = offload::layout(p.data()) else { return Verdict::Drop(DropReason::GsoBadFrame) };
+            if l.hdr_len - ETH + usize::from(p.offload.gso_size) > mtu {
+                if !p.ip().dont_frag() {
+                    return Verdict::Drop(DropReason::GsoTooBig);
+                }
+                return self.too_big(snap, p, nh, mtu, m, now);
+            }
+        } else if p.len - ETH > mtu {
             return self.too_big(snap, p, nh, mtu, m, now);
         }
         self.finish(snap, p, nh, now)
@@ -209,11 +221,13 @@ impl Pipeline {
                 p.head -= IPIP_OVERHEAD;
                 p.len += IPIP_OVERHEAD;
                 self.ident = self.ident.wrapping_add(1);
-                // RFC 2003 3.1: TOS copied, DF copied from the inner header, protocol 4.
+                // RFC 2003 3.1: TOS copied, DF copied from the inner header, protocol 4. (A
+                // GSO frame of 64 KiB does not fit the length field once wrapped; each of its
+                // segments gets its own length when it is cut.)
                 ipv4::write_header(
                     &mut p.buf[p.head + ETH..],
                     tos,
-                    (inner_len + IPIP_OVERHEAD) as u16,
+                    (inner_len + IPIP_OVERHEAD).min(u16::MAX as usize) as u16,
                     self.ident,
                     ff & FLAG_DF,
                     64,
@@ -242,6 +256,9 @@ impl Pipeline {
                         self.send_arp_request(snap, port, via, now);
                     }
                     ethernet::write_header(&mut p.buf[p.head..], MacAddr::ZERO, smac, ETHERTYPE_IPV4);
+                    // The hold queue keeps bytes, not offload state: a partial checksum is
+                    // completed now (a GSO frame is too big to hold and dropped as such).
+                    complete_partial(p);
                     return match self.hold.hold(via, port, &p.buf[p.head..p.head + p.len], now) {
                         Ok(()) => {
                             if !self.pending.contains(&via) && self.pending.len() < self.pending.capacity() {
@@ -286,6 +303,8 @@ impl Pipeline {
             }
             return Verdict::Consumed;
         }
+        // Fragments are emitted as plain frames: a partial checksum is completed first.
+        complete_partial(p);
         let hl = p.ip().header_len();
         let mut rest_hdr = [0u8; 60];
         let rl = frag::nonfirst_header(&p.buf[l3..l3 + hl], &mut rest_hdr);
@@ -306,7 +325,7 @@ impl Pipeline {
             let (slot, fbuf) = pool.next_free().expect("counted above");
             let n = frag::write_fragment(p.ip(), &rest_hdr[..rl], at, rest, &mut fbuf[HEADROOM + ETH..]);
             at += rest;
-            let mut f = Pkt { buf: fbuf, head: HEADROOM, len: ETH + n, port: p.port };
+            let mut f = Pkt::new(fbuf, HEADROOM, ETH + n, p.port);
             match self.finish(snap, &mut f, nh, now) {
                 Verdict::Tx(port) => {
                     let (head, len) = (f.head, f.len);
@@ -323,6 +342,16 @@ impl Pipeline {
         self.counters.inc(&self.counters.fragmented);
         self.counters.inc(&self.counters.fragments_out);
         self.finish(snap, p, nh, now)
+    }
+}
+
+/// Completes a frame's partial transport checksum (see [`crate::offload::complete_csum`])
+/// before it is copied where its offload state does not follow.
+#[inline]
+fn complete_partial(p: &mut Pkt<'_>) {
+    if p.offload.csum_partial && !p.offload.is_gso() {
+        offload::complete_csum(p.data_mut());
+        p.offload.csum_partial = false;
     }
 }
 

@@ -60,6 +60,9 @@ impl Pipeline {
         icmp::write_message(&mut p.buf[new_l3 + ipv4::MIN_HEADER_LEN..new_l3 + total], msg.ty, msg.code, msg.rest);
         p.head = new_l3 - ETH;
         p.len = ETH + total;
+        // An ICMP message now, with its own checksum: nothing of the original's offload state
+        // (a GSO size, a partial checksum) applies to it.
+        p.offload = crate::offload::Offload::NONE;
         self.counters.inc(&self.counters.icmp_errors_sent);
         true
     }
@@ -204,7 +207,7 @@ impl Pipeline {
                 Some(n) => {
                     self.counters.count_drop(DropReason::NeighUnresolved);
                     // The port is that of the generated frame's buffer (not looked at).
-                    let mut p = Pkt { buf: b, head: HEADROOM, len: n, port: 0 };
+                    let mut p = Pkt::new(b, HEADROOM, n, 0);
                     if let Some(port) = self.route_local_error(snap, &mut p, now) {
                         let (head, len) = (p.head, p.len);
                         pool.commit(slot, port, head, len);

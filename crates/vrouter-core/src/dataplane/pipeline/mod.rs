@@ -52,6 +52,7 @@ use super::state::{Endpoint, NextHop, PortKind, Shared, Snapshot};
 use crate::acl::{Action, ConnTrack, CtDir, CtLookup, CtTimeouts, Direction, EndpointId, FlowKey, Fragment};
 use crate::fib::{NhId, NH_NONE};
 use crate::neigh::{HoldQueue, NeighLookup, ProxyArp};
+use crate::offload;
 use crate::ratelimit::{DestBuckets, TokenBucket};
 use crate::stats::{Counters, DropReason};
 use crate::wire::arp::{self, ArpPacket};
@@ -271,6 +272,13 @@ impl Pipeline {
         self.wall_clock = clock;
     }
 
+    /// Whether the policy in force keeps state (anything but allow-all), so that with more
+    /// than one worker both directions of a flow must meet the same one (see
+    /// [`crate::dataplane::affinity`]).
+    pub fn needs_flow_affinity(&self) -> bool {
+        !self.shared.snapshot.load().policy.is_allow_all()
+    }
+
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
@@ -384,12 +392,16 @@ fn host_l2(snap: &Snapshot, p: &mut Pkt<'_>) {
 /// back to the frame.
 #[inline(always)]
 fn with_pkt<F: Frame, R>(f: &mut F, stage: impl FnOnce(&mut Pkt<'_>) -> R) -> R {
-    let port = f.port();
+    let (port, offload) = (f.port(), f.offload());
     let (buf, head, len) = f.parts();
-    let mut p = Pkt { buf, head: *head, len: *len, port };
+    let mut p = Pkt { buf, head: *head, len: *len, port, offload };
     let r = stage(&mut p);
     *head = p.head;
     *len = p.len;
+    let now = p.offload;
+    if now != offload {
+        f.set_offload(now);
+    }
     r
 }
 

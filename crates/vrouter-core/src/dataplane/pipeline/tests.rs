@@ -1657,3 +1657,103 @@ fn per_frame_metadata_carries_no_trace_only_fields() {
     // scratch, written only while a trace runs. 28 bytes: verdict, flags, addresses, next hops.
     assert!(std::mem::size_of::<super::Meta>() <= 28, "Meta is {} bytes", std::mem::size_of::<super::Meta>());
 }
+
+/// Big segments from a pod's TAP (a virtio-net header with TSO): they cross the pipeline whole,
+/// judged by their segments' size.
+mod offload {
+    use super::*;
+    use crate::dataplane::packet::BIG_BUF_SIZE;
+    use crate::offload::{gso::Segments, Gso, Offload};
+
+    const TSO: Offload = Offload { csum_partial: true, csum_valid: false, gso: Gso::Tcp4, gso_size: 1400 };
+
+    /// A 20,000-byte TCP segment from pod A to `dst`, DF set, as a TAP with TSO hands it over.
+    fn big_from_pod_a(dst: u32, off: Offload) -> PacketBuf {
+        let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 3) as u8).collect();
+        let b = etherparse::PacketBuilder::ethernet2(sim::POD_A_MAC.0, sim::POD_A_PORT_MAC.0)
+            .ipv4(sim::POD_A_IP.to_be_bytes(), dst.to_be_bytes(), 64)
+            .tcp(40000, 5201, 1000, 65535)
+            .ack(1);
+        let mut f = Vec::new();
+        b.write(&mut f, &payload).unwrap();
+        frames::set_df(&mut f, true);
+        let mut buf = PacketBuf::with_size(BIG_BUF_SIZE, &f, sim::POD_A);
+        buf.offload = off;
+        buf
+    }
+
+    fn process(sim: &mut Sim, bufs: &mut [PacketBuf]) -> Vec<(PortId, usize)> {
+        let out = sim.pipeline.process(bufs, 1_000);
+        out.active_ports().flat_map(|p| out.tx(p).iter().map(move |&i| (p, i as usize))).collect()
+    }
+
+    #[test]
+    fn a_big_segment_crosses_to_a_local_pod_whole_with_its_offload_state() {
+        let mut sim = Sim::new(SimOptions::default());
+        let mut bufs = [big_from_pod_a(sim::POD_B_IP, TSO)];
+        let before = bufs[0].data().to_vec();
+        assert_eq!(
+            process(&mut sim, &mut bufs),
+            [(sim::POD_B, 0)],
+            "drops: {:?}",
+            sim.pipeline.counters().drop_table()
+        );
+        let f = bufs[0].data();
+        assert_eq!(f.len(), before.len(), "not cut, not fragmented");
+        assert_eq!(ip_of(f).ttl(), 63);
+        assert_eq!(&f[34..], &before[34..], "transport header and payload untouched (checksum left partial)");
+        assert_eq!(bufs[0].offload, TSO);
+    }
+
+    #[test]
+    fn a_big_segment_to_an_ipip_peer_is_wrapped_whole_and_cuts_into_frames_that_fit() {
+        let mut sim = Sim::new(SimOptions::default());
+        let mut bufs = [big_from_pod_a(sim::NODE3_POD, TSO)];
+        assert_eq!(
+            process(&mut sim, &mut bufs),
+            [(sim::UPLINK, 0)],
+            "drops: {:?}",
+            sim.pipeline.counters().drop_table()
+        );
+        let f = bufs[0].data().to_vec();
+        assert_eq!(ip_of(&f).protocol(), etherparse::IpNumber::IPV4);
+        let s = Segments::plan(&f, &bufs[0].offload).unwrap();
+        assert_eq!(s.count(), 15);
+        let mut seg = vec![0u8; 2048];
+        for k in 0..s.count() {
+            let n = s.write(&f, k, &mut seg).unwrap();
+            assert!(n - 14 <= 1500, "segment {k} fits the uplink's MTU: {n}");
+            let outer = ip_of(&seg[..n]);
+            assert_eq!(outer.total_len() as usize, n - 14);
+            assert!(checksum::verify(outer.slice()));
+        }
+    }
+
+    #[test]
+    fn segments_too_big_for_the_path_get_fragmentation_needed_or_a_counted_drop() {
+        // 1448-byte segments + 40 bytes of headers + 20 of IPIP exceed 1500.
+        let big = Offload { gso_size: 1448, ..TSO };
+        let mut sim = Sim::new(SimOptions::default());
+        let mut bufs = [big_from_pod_a(sim::NODE3_POD, big)];
+        assert_eq!(process(&mut sim, &mut bufs), [(sim::POD_A, 0)], "an ICMP error back to the pod");
+        let f = bufs[0].data();
+        let p = SlicedPacket::from_ethernet(f).unwrap();
+        match p.transport {
+            Some(etherparse::TransportSlice::Icmpv4(i)) => {
+                assert_eq!((i.type_u8(), i.code_u8()), (3, 4));
+                assert_eq!(u16::from_be_bytes([f[14 + 20 + 6], f[14 + 20 + 7]]), 1480, "next-hop MTU");
+            }
+            t => panic!("not ICMP: {t:?}"),
+        }
+        assert!(f.len() <= 14 + 576);
+        assert_eq!(bufs[0].offload, Offload::NONE, "the error is a plain frame");
+        assert_eq!(drops(&sim, DropReason::FragNeeded), 1);
+
+        // Without DF: nothing sends this; counted, not fragmented.
+        let mut bufs = [big_from_pod_a(sim::NODE3_POD, big)];
+        let len = bufs[0].len;
+        frames::set_df(&mut bufs[0].buf[HEADROOM..HEADROOM + len], false);
+        assert!(process(&mut sim, &mut bufs).is_empty());
+        assert_eq!(drops(&sim, DropReason::GsoTooBig), 1);
+    }
+}
