@@ -129,11 +129,15 @@ enum BenchCmd {
         /// The idle mode of the TCP lab's three daemons (default adaptive, as `vrouter lab`).
         #[arg(long)]
         lab_idle: Option<String>,
-        /// Core for the generator (default 0).
+        /// Leave iperf3's client and server to the scheduler (default: client on the
+        /// generator's CPU, server on the forwarding CPU, which makes runs repeat closer).
+        #[arg(long)]
+        tcp_unpinned: bool,
+        /// Core for the generator and the iperf3 client (default 0).
         #[arg(long)]
         gen_cpu: Option<usize>,
         /// Core for the forwarder: kernel forwarding via RPS, or vrouter's worker and NAPI
-        /// thread (default: the last core).
+        /// thread; and for the iperf3 server (default: the last core).
         #[arg(long)]
         fwd_cpu: Option<usize>,
     },
@@ -251,6 +255,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             tcp_offloads,
             idle,
             lab_idle,
+            tcp_unpinned,
             gen_cpu,
             fwd_cpu,
         } => {
@@ -292,6 +297,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             if let Some(i) = lab_idle {
                 o.lab_idle = i;
             }
+            o.tcp_pin = !tcp_unpinned;
             let r = vrouter::perf::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
             if let Some(p) = svg {
                 std::fs::write(&p, vrouter::perf::svg(&r)).map_err(|e| format!("writing {}: {e}", p.display()))?;

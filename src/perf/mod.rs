@@ -119,6 +119,9 @@ pub struct E2eOptions {
     pub tcp_offloads: Vec<Offloads>,
     /// The vrouter lab's `[workers] idle` (three daemons share the cores with iperf3: not poll).
     pub lab_idle: String,
+    /// iperf3's client on the generator's CPU and its server on the forwarding CPU (`-A`);
+    /// false: wherever the scheduler puts them.
+    pub tcp_pin: bool,
     /// Also measure ping latency under half the smaller forwarder's 64-byte capacity.
     pub latency: bool,
     /// vrouter's `[workers] idle` mode in the UDP hairpin.
@@ -148,6 +151,7 @@ impl Default for E2eOptions {
             tcp_duration: 3.0,
             tcp_offloads: vec![Offloads::On, Offloads::Off],
             lab_idle: crate::lab::LabOptions::default().idle,
+            tcp_pin: true,
             latency: true,
             idle: "poll".into(),
             gen_cpu: None,
@@ -162,6 +166,17 @@ impl E2eOptions {
     /// About two minutes: 2 rounds of 1-second runs, no further rounds.
     pub fn quick() -> Self {
         E2eOptions { duration: 1.0, warmup: 0.3, reps: 2, max_reps: 2, tcp_duration: 1.0, ..Default::default() }
+    }
+
+    /// The generator's and the forwarding CPU: as given, else the first and the last.
+    pub fn cpus(&self) -> (usize, usize) {
+        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (self.gen_cpu.unwrap_or(0), self.fwd_cpu.unwrap_or(ncpu.saturating_sub(1)))
+    }
+
+    /// The iperf3 client's and server's CPUs, if pinned.
+    pub fn tcp_pins(&self) -> Option<(usize, usize)> {
+        self.tcp_pin.then(|| self.cpus())
     }
 }
 
@@ -361,6 +376,13 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
     if opts.sizes.iter().any(|&s| !(64..=1518).contains(&s)) || opts.sizes.is_empty() {
         return Err(LabError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
     }
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (g, f) = opts.cpus();
+    if (opts.udp || (opts.tcp && opts.tcp_pin)) && (g >= ncpu || f >= ncpu || g == f) {
+        return Err(LabError::BadOption(format!(
+            "generator CPU {g} and forwarding CPU {f}: need two different CPUs below {ncpu}"
+        )));
+    }
     if opts.tcp && opts.tcp_offloads.is_empty() {
         return Err(LabError::BadOption("TCP offload modes: at least one of on, off".into()));
     }
@@ -387,11 +409,11 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
 /// the figures. `progress` gets one line per run.
 pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eReport, LabError> {
     let bin = preflight(opts)?;
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (gen_cpu, fwd_cpu) = opts.cpus();
     let mut report = E2eReport {
         options: opts.clone(),
-        gen_cpu: opts.gen_cpu.unwrap_or(0),
-        fwd_cpu: opts.fwd_cpu.unwrap_or(ncpu.saturating_sub(1)),
+        gen_cpu,
+        fwd_cpu,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         loadavg: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
         samples: vec![],

@@ -207,9 +207,13 @@ fn tcp_tables(s: &mut String, r: &E2eReport) {
         if r.tcp.iter().any(|t| t.path == TcpPath::Ipip) {
             let _ = writeln!(s, "ipip, kernel: {}", l.kernel_ipip_path);
         }
+        let pins = match l.iperf3_cpus {
+            Some((c, v)) => format!("iperf3 client on CPU {c}, server on CPU {v}"),
+            None => "iperf3 not pinned".to_string(),
+        };
         let _ = writeln!(
             s,
-            "CPU s/Gbit: busy CPU seconds of the whole machine (not steal) per Gbit received; labs {} (kernel) and {} (vrouter, idle = \"{}\")",
+            "CPU s/Gbit: busy CPU seconds of the whole machine (not steal) per Gbit received; {pins}; labs {} (kernel) and {} (vrouter, idle = \"{}\")",
             l.kernel_lab, l.vrouter_lab, l.idle
         );
     }

@@ -23,8 +23,15 @@
 //! whole checksums; see `lab::build`): both labs get the same underlay.
 //!
 //! # Measures
-//! iperf3, 1 and 8 streams, client and server in the pods, not pinned (the lab's processes
-//! share the machine's cores as a node's would). Gbit/s: iperf3's received rate after
+//! iperf3, 1 and 8 streams, client and server in the pods, the client pinned to the first CPU
+//! and the server to the last (iperf3's `-A`; `--tcp-unpinned` leaves them to the scheduler).
+//! The forwarders are not pinned: the kernel forwards in the softirqs of whoever sends, and the
+//! vrouter lab's three daemons share both cores with iperf3, as on a node. In two runs each
+//! (BENCHMARKS.md), the same command's single-stream ratios moved by up to 22 % between runs
+//! unpinned (which core iperf3 and a daemon's worker happened to share) and by up to 7 %
+//! pinned; their spread within a run (max - min) averaged 0.19 unpinned and 0.04 pinned
+//! (eight streams gain less: 0.17 and 0.13). Pinning favours the kernel (same node, one stream:
+//! 18 Gbit/s pinned, 14.5 unpinned; vrouter 11.5-12 either way). Gbit/s: iperf3's received rate after
 //! `--omit` (the warm-up). CPU: the busy time of all CPUs from /proc/stat (user, nice, system,
 //! irq, softirq; steal is kept apart) over a window inside the measured seconds, in cores;
 //! divided by Gbit/s, the CPU seconds spent per Gbit moved. That is the whole machine's: the
@@ -150,6 +157,8 @@ pub struct TcpLab {
     pub vrouter_lab: String,
     /// The vrouter lab's `[workers] idle`.
     pub idle: String,
+    /// The iperf3 client's and server's CPUs (`None`: unpinned).
+    pub iperf3_cpus: Option<(usize, usize)>,
     /// What `ethtool -k` showed on the client pod's interface, by `<lab>/<mode>`:
     /// `"kernel/on": "tx on, tso on, gso on, gro off"`.
     pub pod_offloads: BTreeMap<String, String>,
@@ -451,6 +460,7 @@ fn run_in(
             kernel_lab: kernel.prefix().to_string(),
             vrouter_lab: vrouter.prefix().to_string(),
             idle: opts.lab_idle.clone(),
+            iperf3_cpus: opts.tcp_pins(),
             pod_offloads,
             kernel_ipip,
             kernel_ipip_path,
@@ -641,6 +651,10 @@ fn iperf(ns: &str, ip: &str, streams: u32, opts: &E2eOptions) -> Result<Result<M
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut args = args;
+    if let Some((client, server)) = opts.tcp_pins() {
+        args.extend(["-A".to_string(), format!("{client},{server}")]);
+    }
     let ns = ns.to_string();
     let limit = Duration::from_secs(secs + omit + 15);
     let start = Instant::now();
