@@ -28,7 +28,7 @@
 //! The forwarders are not pinned: the kernel forwards in the softirqs of whoever sends, and the
 //! vrouter lab's three daemons share both cores with iperf3, as on a node. In two runs each
 //! (BENCHMARKS.md), the same command's single-stream ratios moved by up to 22 % between runs
-//! unpinned (which core iperf3 and a daemon's worker happened to share) and by up to 7 %
+//! unpinned (which core iperf3 and a daemon's worker happened to share) and by up to 8 %
 //! pinned; their spread within a run (max - min) averaged 0.19 unpinned and 0.04 pinned
 //! (eight streams gain less: 0.17 and 0.13). Pinning favours the kernel (same node, one stream:
 //! 18 Gbit/s pinned, 14.5 unpinned; vrouter 11.5-12 either way). Gbit/s: iperf3's received rate after
