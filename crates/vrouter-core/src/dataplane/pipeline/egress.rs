@@ -241,10 +241,13 @@ impl Pipeline {
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
         let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
-        let dmac = match dmac {
+        let dmac = match dmac.or_else(|| self.neigh_cache.get(via).map(MacAddr)) {
             Some(d) => d,
             None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
-                NeighLookup::Reachable(mac) => MacAddr(mac),
+                NeighLookup::Reachable(mac) => {
+                    self.neigh_cache.put(via, mac);
+                    MacAddr(mac)
+                }
                 NeighLookup::Stale { mac, probe } => {
                     if probe {
                         self.send_arp_request(snap, port, via, now);

@@ -205,6 +205,8 @@ pub struct Pipeline {
     arp_rl: TokenBucket,
     arp_punt_rl: TokenBucket,
     pub(super) meta: Box<[Meta]>,
+    /// Next hops' MACs already resolved in this batch (see [`neigh::BatchNeigh`]).
+    neigh_cache: neigh::BatchNeigh,
     keys: Box<[u32]>,
     nhs: Box<[NhId]>,
     idx: Box<[u16]>,
@@ -235,6 +237,7 @@ impl Pipeline {
             arp_rl: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
             arp_punt_rl: TokenBucket::new(cfg.arp_punt_rate_per_sec, cfg.arp_punt_burst),
             meta: vec![META_INIT; MAX_BATCH].into_boxed_slice(),
+            neigh_cache: neigh::BatchNeigh::default(),
             // Destinations, and as many inner sources of decapsulated frames.
             keys: vec![0; 2 * MAX_BATCH].into_boxed_slice(),
             nhs: vec![NH_NONE; 2 * MAX_BATCH].into_boxed_slice(),
@@ -328,6 +331,7 @@ impl Pipeline {
         let mut meta = std::mem::take(&mut self.meta);
         let meta_n = &mut meta[..n];
         meta_n.fill(META_INIT);
+        self.neigh_cache.clear();
         // 1. input, with each frame's first line prefetched a few frames ahead: the headers
         //    it reads were written by the NIC (in the bench, a batch earlier) and are rarely
         //    still in L1.
