@@ -75,8 +75,9 @@ const ECN_ECT0: u8 = 2;
 const ECN_CE: u8 = 3;
 /// Per-destination ICMP error buckets (a fixed table; colliding destinations share one).
 const ICMP_DEST_BUCKETS: usize = 256;
-/// How many frames ahead input prefetches a frame's first line (l3fwd prefetches 3 to 8
-/// ahead): far enough that the line arrives while the frames in between are checked.
+/// How many frames ahead input prefetches a frame's first line, and egress its conntrack slot
+/// (l3fwd prefetches 3 to 8 ahead): far enough that the line arrives while the frames in
+/// between are worked on. 2 and 8 measured no better.
 const PREFETCH_FRAMES: usize = 4;
 
 /// What happens to a frame. Final once it is anything but `Continue`.
@@ -371,12 +372,39 @@ impl Pipeline {
     }
 
     fn egress_all<F: Frame>(&mut self, snap: &Snapshot, frames: &mut [F], meta: &mut [Meta], now: u64) {
-        for (i, (f, m)) in frames.iter_mut().zip(meta.iter_mut()).enumerate() {
+        // With a policy, most frames look their connection up: its slot is prefetched a few
+        // frames ahead, as input prefetches the frames.
+        let ct_ahead = !snap.policy.is_allow_all();
+        if ct_ahead {
+            for j in 0..PREFETCH_FRAMES {
+                self.prefetch_conn(frames, meta, j);
+            }
+        }
+        for i in 0..frames.len() {
+            if ct_ahead {
+                self.prefetch_conn(frames, meta, i + PREFETCH_FRAMES);
+            }
+            let (f, m) = (&mut frames[i], &mut meta[i]);
             if m.verdict == Verdict::Continue {
                 with_pkt(f, |p| self.egress(snap, p, m, now));
                 if let Some(t) = &mut self.trace {
                     t.settle(i);
                 }
+            }
+        }
+    }
+
+    /// Prefetches the conntrack slot of frame `i` (if there is one and it is still in the
+    /// pipeline and not the router's own).
+    #[inline(always)]
+    fn prefetch_conn<F: Frame>(&self, frames: &mut [F], meta: &[Meta], i: usize) {
+        let (Some(f), Some(m)) = (frames.get_mut(i), meta.get(i)) else { return };
+        if m.verdict == Verdict::Continue && !m.local_origin {
+            let (buf, head, len) = f.parts();
+            // Past input: the IPv4 header was checked and the frame trimmed to it.
+            let ip = Ipv4Packet::new_unchecked(&buf[*head + ETH..*head + *len]);
+            if let Ok((key, _)) = egress::flow_key(&ip) {
+                self.ct.prefetch(&key);
             }
         }
     }
