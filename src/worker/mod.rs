@@ -480,6 +480,13 @@ impl WorkerRt {
             }
             if work > 0 {
                 last_work = Instant::now();
+                // Even with work, let anything else runnable on this core go first: on veth the
+                // device's receive work (the NAPI thread that runs XDP and copies frames into
+                // our UMEM) is what feeds us, and when it shares the core a worker that never
+                // yields starves it until the scheduler preempts us, milliseconds later: frames
+                // wait in the device's ring (the latency tail) and overflow it (loss). With
+                // the core to ourselves this returns at once.
+                std::thread::yield_now();
                 continue;
             }
             let sleep = match self.idle {

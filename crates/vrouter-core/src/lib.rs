@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod fib;
 pub mod neigh;
 pub mod offload;
+mod prefetch;
 pub mod ratelimit;
 pub mod stats;
 pub mod wire;

@@ -361,6 +361,19 @@ impl ConnTrack {
         None
     }
 
+    /// Prefetches the home slot of `key`'s connection, so a [`ConnTrack::lookup`] a few
+    /// packets later finds it in cache: the slot array is megabytes, and on a busy table most
+    /// lookups otherwise start with a cache miss. Reads nothing but the key.
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        if let Some((t, _)) = tuple_of(key) {
+            let slot: *const Slot = &self.slots[self.hash(&t) as usize & self.mask];
+            // A slot may straddle two lines; `find` reads its key and `used` flag.
+            crate::prefetch::prefetch(slot);
+            crate::prefetch::prefetch(slot.wrapping_add(1).cast::<u8>().wrapping_sub(1));
+        }
+    }
+
     /// Looks the packet's connection up and, on a hit, advances its state and idle timer.
     /// An expired entry is removed and reported as a miss.
     pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now_ms: u64, generation: u64) -> CtLookup {

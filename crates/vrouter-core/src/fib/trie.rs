@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crossbeam_epoch::{self as epoch, Atomic, Guard};
 
 use super::NhId;
+use crate::prefetch::prefetch;
 
 /// Bits resolved by the direct-pointing top table.
 pub(crate) const TOP_BITS: u32 = 18;
@@ -135,18 +136,6 @@ impl<T: Zeroable> Drop for RawArray<T> {
     }
 }
 
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint; it never faults, even for invalid addresses.
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// One published version of the lookup structure. Replaced wholesale only when the arenas must
 /// grow or on a bulk load; otherwise updated in place block by block.
 pub(crate) struct Tables {
@@ -201,7 +190,7 @@ impl Tables {
         let top = self.top.as_ptr();
         for (i, (o, &a)) in out.iter_mut().zip(addrs).enumerate() {
             if let Some(&next) = addrs.get(i + PREFETCH_AHEAD) {
-                prefetch(top.wrapping_add((next >> (32 - TOP_BITS)) as usize) as *const u8);
+                prefetch(top.wrapping_add((next >> (32 - TOP_BITS)) as usize));
             }
             *o = self.lookup(a);
         }

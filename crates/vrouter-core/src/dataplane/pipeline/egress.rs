@@ -114,24 +114,8 @@ impl Pipeline {
             self.note(|| "no policy selects anything on this node: allowed".into());
             return Ok(());
         }
-        let (proto, ff) = (ip.protocol(), ip.flags_frag());
-        let fragment = if ff & OFFSET_MASK != 0 {
-            Fragment::NonFirst
-        } else if ip.more_frags() {
-            Fragment::First
-        } else {
-            Fragment::None
-        };
-        // RFC 1858: a fragment at offset 8 bytes could overwrite the TCP flags of the first.
-        if proto == PROTO_TCP && ff & OFFSET_MASK == 1 {
-            return Err(DropReason::L4Truncated);
-        }
-        let fields = if fragment == Fragment::NonFirst {
-            l4::L4Fields::default()
-        } else {
-            l4::parse(proto, ip.payload()).ok_or(DropReason::L4Truncated)?
-        };
-        let key = FlowKey { src: ip.src(), dst: ip.dst(), proto, sport: fields.sport, dport: fields.dport, fragment };
+        let (key, fields) = flow_key(&ip)?;
+        let (proto, fragment) = (key.proto, key.fragment);
         let gen = pol.generation();
         self.note(|| describe_policy(snap, src_ep, dst_ep, &key));
         match self.ct.lookup(&key, fields.tcp_flags, now, gen) {
@@ -241,10 +225,13 @@ impl Pipeline {
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
         let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
-        let dmac = match dmac {
+        let dmac = match dmac.or_else(|| self.neigh_cache.get(via).map(MacAddr)) {
             Some(d) => d,
             None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
-                NeighLookup::Reachable(mac) => MacAddr(mac),
+                NeighLookup::Reachable(mac) => {
+                    self.neigh_cache.put(via, mac);
+                    MacAddr(mac)
+                }
                 NeighLookup::Stale { mac, probe } => {
                     if probe {
                         self.send_arp_request(snap, port, via, now);
@@ -353,6 +340,30 @@ fn complete_partial(p: &mut Pkt<'_>) {
         offload::complete_csum(p.data_mut());
         p.offload.csum_partial = false;
     }
+}
+
+/// The flow key policy and conntrack see for a packet, and its transport fields. Drops
+/// (`ipv4/l4-truncated`) a first fragment or whole packet too short for its ports (RFC 1858)
+/// and a TCP fragment at offset 8 bytes, which could overwrite the first one's flags.
+#[inline]
+pub(super) fn flow_key(ip: &Ipv4Packet<&[u8]>) -> Result<(FlowKey, l4::L4Fields), DropReason> {
+    let (proto, ff) = (ip.protocol(), ip.flags_frag());
+    let fragment = if ff & OFFSET_MASK != 0 {
+        Fragment::NonFirst
+    } else if ip.more_frags() {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    if proto == PROTO_TCP && ff & OFFSET_MASK == 1 {
+        return Err(DropReason::L4Truncated);
+    }
+    let fields = if fragment == Fragment::NonFirst {
+        l4::L4Fields::default()
+    } else {
+        l4::parse(proto, ip.payload()).ok_or(DropReason::L4Truncated)?
+    };
+    Ok((FlowKey { src: ip.src(), dst: ip.dst(), proto, sport: fields.sport, dport: fields.dport, fragment }, fields))
 }
 
 /// Policy for one packet: the sender's egress (if a local pod), then the receiver's ingress

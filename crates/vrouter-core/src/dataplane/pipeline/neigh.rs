@@ -97,3 +97,69 @@ impl Pipeline {
         });
     }
 }
+
+/// Next hops resolved in the current batch: consecutive frames to the same next hop (a
+/// gateway, a peer node) reuse its MAC instead of looking the shared table up again. Only
+/// `Reachable` answers are kept, and only for one batch (cleared when a chunk starts), where
+/// `now` does not move: a second lookup would return the same MAC and stamp nothing new (the
+/// use stamp has a coarser grain). A change made by another worker or the control thread
+/// during the batch is seen from the next batch on, as if the lookups had run a little earlier.
+/// Four entries, the oldest replaced first: a linear scan of four addresses is cheaper than one lookup.
+#[derive(Default)]
+pub(super) struct BatchNeigh {
+    ips: [u32; BATCH_NEIGH],
+    macs: [[u8; 6]; BATCH_NEIGH],
+    len: usize,
+    next: usize,
+}
+
+const BATCH_NEIGH: usize = 4;
+
+impl BatchNeigh {
+    #[inline]
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+        self.next = 0;
+    }
+
+    #[inline]
+    pub(super) fn get(&self, ip: u32) -> Option<[u8; 6]> {
+        (0..self.len).find(|&i| self.ips[i] == ip).map(|i| self.macs[i])
+    }
+
+    #[inline]
+    pub(super) fn put(&mut self, ip: u32, mac: [u8; 6]) {
+        let i = if self.len < BATCH_NEIGH {
+            self.len += 1;
+            self.len - 1
+        } else {
+            let oldest = self.next;
+            self.next = (oldest + 1) % BATCH_NEIGH;
+            oldest
+        };
+        self.ips[i] = ip;
+        self.macs[i] = mac;
+    }
+}
+
+#[cfg(test)]
+mod batch_neigh_tests {
+    use super::BatchNeigh;
+
+    #[test]
+    fn batch_neigh_keeps_four_and_replaces_the_oldest() {
+        let mut c = BatchNeigh::default();
+        assert_eq!(c.get(1), None);
+        for ip in 1..=4 {
+            c.put(ip, [ip as u8; 6]);
+        }
+        assert!((1..=4).all(|ip| c.get(ip) == Some([ip as u8; 6])));
+        c.put(5, [5; 6]);
+        c.put(6, [6; 6]);
+        assert_eq!((c.get(5), c.get(6)), (Some([5; 6]), Some([6; 6])));
+        // The two oldest made room.
+        assert_eq!([1, 2, 3, 4].map(|ip| c.get(ip)), [None, None, Some([3; 6]), Some([4; 6])]);
+        c.clear();
+        assert!((1..=6).all(|ip| c.get(ip).is_none()));
+    }
+}

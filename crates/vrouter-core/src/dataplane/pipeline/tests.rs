@@ -89,6 +89,42 @@ fn connected_subnet_hosts_are_resolved_directly() {
     assert_eq!(&sent[0].1[0..6], &sim::NODE2_MAC.0);
 }
 
+/// The per-batch neighbour cache (four entries) against many next hops interleaved in one
+/// batch: every frame still gets its own next hop's MAC, and a MAC changed between batches is
+/// used from the next batch on.
+#[test]
+fn frames_to_many_next_hops_in_one_batch_get_each_their_own_mac_and_a_new_mac_next_batch() {
+    let mut sim = Sim::new(SimOptions::default());
+    // Six hosts on the connected subnet (192.168.1.21-26) and node 2 via its /26, each with
+    // its own MAC: more next hops than the cache holds, in runs (hits), returning after being
+    // replaced, and node 2 last in the batch and first in the next.
+    let mac = |h: u32| [0x02, 0xaa, 0, 0, 0, h as u8];
+    let host = |h: u32| 0xc0a8_0100 | h;
+    for h in 21..27 {
+        sim.shared.neigh.add_static(host(h), mac(h)).unwrap();
+    }
+    let n2 = sim::NODE2_POD;
+    let dsts: Vec<u32> = [n2, 21, 21, 22, 22, 22, 23, 24, 23, 25, 25, 21, 26, 24, 26, n2, n2]
+        .into_iter()
+        .map(|d| if d == n2 { d } else { host(d) })
+        .collect();
+    let batch: Vec<(Vec<u8>, PortId)> = dsts.iter().map(|&d| (from_pod_a_udp(d, 64, b"n"), sim::POD_A)).collect();
+    let want = |d: u32, node2: [u8; 6]| if d == sim::NODE2_POD { node2 } else { mac(d & 0xff) };
+    let check = |sent: &[(PortId, Vec<u8>)], node2: [u8; 6]| {
+        assert_eq!(sent.len(), batch.len());
+        for (port, f) in sent {
+            assert_eq!(*port, sim::UPLINK);
+            let d = u32::from_be_bytes(ip_of(f).destination());
+            assert_eq!(&f[0..6], &want(d, node2), "frame to {d:#x}");
+        }
+    };
+    check(&run(&mut sim, &batch, 1_000), sim::NODE2_MAC.0);
+    let moved = [0x02, 0xbb, 0, 0, 0, 0x0b];
+    sim.shared.neigh.add_static(sim::NODE2_IP, moved).unwrap();
+    check(&run(&mut sim, &batch, 1_000), moved);
+    assert_eq!(total_drops(&sim), 0);
+}
+
 #[test]
 fn ipip_mode_encapsulates_node_ip_to_node_ip_copying_df_and_tos() {
     let mut sim = Sim::new(SimOptions::default());
