@@ -98,131 +98,16 @@ fn count_unsent(counters: &Counters, port: PortId, len: usize, reason: DropReaso
     counters.tx_unsent(port as usize, 1, len as u64);
 }
 
-/// Sends `data` to `port` from worker `q` (its queue of a TAP), counting a failure. Nothing is
-/// offered to an uplink without carrier (`uplink_down`): the frame is lost, and counted as
-/// such (not as sent).
-fn send_to<U: TxCopy>(
-    targets: &[TxTarget],
-    uplink: Option<&mut U>,
+/// Where one worker's frames go during a pass: the published ports, its uplink socket (or the
+/// receive batch that holds it), whether the uplink has carrier, its counters, and its queue
+/// of every TAP.
+struct Sink<'a, U> {
+    targets: &'a [TxTarget],
+    uplink: Option<&'a mut U>,
     uplink_down: bool,
-    counters: &Counters,
+    counters: &'a Counters,
+    /// This worker's queue of each TAP.
     q: usize,
-    port: PortId,
-    data: &[u8],
-) {
-    let failed = match targets.get(port as usize) {
-        Some(TxTarget::Uplink) if uplink_down => Some(DropReason::TxLinkDown),
-        Some(TxTarget::Uplink) => (!uplink.is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull),
-        Some(TxTarget::Tap(t)) => (!t.send(q, data, Offload::NONE)).then(|| t.send_failure()),
-        _ => Some(DropReason::TxFull),
-    };
-    if let Some(reason) = failed {
-        count_unsent(counters, port, data.len(), reason);
-    }
-}
-
-/// Sends a frame from a [`PacketBuf`] (a TAP's read buffer, or a frame handed over by another
-/// worker) to the uplink: a GSO frame is cut into wire-sized segments written straight into
-/// transmit chunks (AF_XDP has no TSO), and a partial checksum is completed. Port counters
-/// count the frame as the pipeline saw it (a GSO frame once); a segment that finds no chunk is
-/// a `tx/full` drop.
-fn send_buf<U: TxCopy>(
-    targets: &[TxTarget],
-    uplink: Option<&mut U>,
-    uplink_down: bool,
-    counters: &Counters,
-    q: usize,
-    port: PortId,
-    b: &mut PacketBuf,
-) {
-    let to_uplink = matches!(targets.get(port as usize), Some(TxTarget::Uplink)) && !uplink_down;
-    if to_uplink && b.offload.is_gso() {
-        let Some(u) = uplink else { return count_unsent(counters, port, b.len, DropReason::TxFull) };
-        let data = b.data();
-        let Ok(s) = Segments::plan(data, &b.offload) else {
-            return count_unsent(counters, port, b.len, DropReason::GsoBadFrame);
-        };
-        counters.inc(&counters.gso_frames);
-        let sent = (0..s.count()).take_while(|&k| u.tx_with(|out| s.write(data, k, out))).count();
-        counters.add(&counters.gso_segments, sent as u64);
-        counters.drop_n(DropReason::TxFull, (s.count() - sent) as u64);
-        return;
-    }
-    if to_uplink && b.offload.csum_partial {
-        offload::complete_csum(&mut b.buf[b.head..b.head + b.len]);
-        counters.inc(&counters.csum_completed);
-    }
-    send_to(targets, uplink, uplink_down, counters, q, port, b.data());
-}
-
-/// Writes the frames queued for TAP `t` (indices `idx` into `frames`, ascending) on queue `q`
-/// with GRO: runs of in-order segments of one TCP flow go as one merged segment, the first
-/// frame's headers fixed and the others' payloads behind it in one vectored write (nothing
-/// copied); a frame with offload state of its own (from another pod's TAP) goes whole with it;
-/// everything else goes alone. `segs` is scratch space.
-#[allow(clippy::too_many_arguments)]
-fn gro_to_tap<F: Frame>(
-    t: &TapPort,
-    q: usize,
-    frames: &mut [F],
-    idx: &[u32],
-    counters: &Counters,
-    port: PortId,
-    segs: &mut Vec<Option<Seg>>,
-    offs: &mut Vec<Offload>,
-) {
-    // The port's frames borrowed together (the indices ascend: arrival order).
-    let mut views: [&mut [u8]; BURST] = std::array::from_fn(|_| &mut [][..]);
-    let mut n = 0;
-    offs.clear();
-    let mut want = idx.iter().copied().peekable();
-    for (i, f) in frames.iter_mut().enumerate() {
-        if n == BURST {
-            break;
-        }
-        if want.next_if_eq(&(i as u32)).is_some() {
-            offs.push(f.offload());
-            let (buf, head, len) = f.parts();
-            views[n] = &mut buf[*head..*head + *len];
-            n += 1;
-        }
-    }
-    segs.clear();
-    segs.extend(
-        views[..n].iter().zip(offs.iter()).map(|(v, o)| (*o == Offload::NONE).then(|| Seg::parse(v)).flatten()),
-    );
-    let mut k = 0;
-    while k < n {
-        let Some(first) = segs[k] else {
-            if !t.send(q, views[k], offs[k]) {
-                count_unsent(counters, port, views[k].len(), t.send_failure());
-            }
-            k += 1;
-            continue;
-        };
-        let mut run = Run::start(first);
-        let mut j = k + 1;
-        while j < n && segs[j].is_some_and(|s| run.try_add(views[k], &s, views[j])) {
-            j += 1;
-        }
-        let (head, rest) = views[k..j].split_first_mut().expect("a run has its first frame");
-        let hdr = run.finish(head);
-        let mut parts = [IoSlice::new(&[]); gro::MAX_SEGS];
-        parts[0] = IoSlice::new(head);
-        for (p, (v, s)) in parts[1..].iter_mut().zip(rest.iter().zip(&segs[k + 1..j])) {
-            *p = IoSlice::new(&v[s.expect("merged segments parsed").payload()]);
-        }
-        if run.count() > 1 {
-            counters.inc(&counters.gro_merged);
-            counters.add(&counters.gro_segments, run.count() as u64);
-        }
-        if !t.send_parts(q, &hdr, &parts[..run.count()]) {
-            let bytes: usize = views[k..j].iter().map(|v| v.len()).sum();
-            counters.drop_n(t.send_failure(), run.count() as u64);
-            counters.tx_unsent(port as usize, run.count() as u64, bytes as u64);
-        }
-        k = j;
-    }
 }
 
 /// Scratch space of the output stage, sized once.
@@ -231,33 +116,130 @@ struct OutScratch {
     offs: Vec<Offload>,
 }
 
-/// Sends what the pipeline decided for a batch of [`PacketBuf`]s (from the TAPs, or handed
-/// over by another worker): to TAPs through GRO, to the uplink through [`send_buf`], and the
-/// frames the pipeline made.
-#[allow(clippy::too_many_arguments)]
-fn emit_bufs<U: TxCopy>(
-    out: &Output,
-    bufs: &mut [PacketBuf],
-    targets: &[TxTarget],
-    mut uplink: Option<&mut U>,
-    uplink_down: bool,
-    counters: &Counters,
-    q: usize,
-    scratch: &mut OutScratch,
-) {
-    for p in out.active_ports() {
-        let idx = out.tx(p);
-        match targets.get(p as usize) {
-            Some(TxTarget::Tap(t)) => gro_to_tap(t, q, bufs, idx, counters, p, &mut scratch.segs, &mut scratch.offs),
-            _ => {
-                for &i in idx {
-                    send_buf(targets, uplink.as_deref_mut(), uplink_down, counters, q, p, &mut bufs[i as usize]);
+impl<U: TxCopy> Sink<'_, U> {
+    /// Sends `data` to `port`, counting a failure. Nothing is offered to an uplink without
+    /// carrier: the frame is lost, and counted as such (not as sent).
+    fn send(&mut self, port: PortId, data: &[u8]) {
+        let failed = match self.targets.get(port as usize) {
+            Some(TxTarget::Uplink) if self.uplink_down => Some(DropReason::TxLinkDown),
+            Some(TxTarget::Uplink) => {
+                (!self.uplink.as_deref_mut().is_some_and(|u| u.tx_copy(data))).then_some(DropReason::TxFull)
+            }
+            Some(TxTarget::Tap(t)) => (!t.send(self.q, data, Offload::NONE)).then(|| t.send_failure()),
+            _ => Some(DropReason::TxFull),
+        };
+        if let Some(reason) = failed {
+            count_unsent(self.counters, port, data.len(), reason);
+        }
+    }
+
+    /// Sends a frame from a [`PacketBuf`] (a TAP's read buffer, or a frame handed over by
+    /// another worker) to the uplink: a GSO frame is cut into wire-sized segments written
+    /// straight into transmit chunks (AF_XDP has no TSO), and a partial checksum is completed.
+    /// Port counters count the frame as the pipeline saw it (a GSO frame once); a segment that
+    /// finds no chunk is a `tx/full` drop.
+    fn send_buf(&mut self, port: PortId, b: &mut PacketBuf) {
+        let to_uplink = matches!(self.targets.get(port as usize), Some(TxTarget::Uplink)) && !self.uplink_down;
+        let c = self.counters;
+        if to_uplink && b.offload.is_gso() {
+            let Some(u) = self.uplink.as_deref_mut() else { return count_unsent(c, port, b.len, DropReason::TxFull) };
+            let data = b.data();
+            let Ok(s) = Segments::plan(data, &b.offload) else {
+                return count_unsent(c, port, b.len, DropReason::GsoBadFrame);
+            };
+            c.inc(&c.gso_frames);
+            let sent = (0..s.count()).take_while(|&k| u.tx_with(|out| s.write(data, k, out))).count();
+            c.add(&c.gso_segments, sent as u64);
+            c.drop_n(DropReason::TxFull, (s.count() - sent) as u64);
+            return;
+        }
+        if to_uplink && b.offload.csum_partial {
+            offload::complete_csum(&mut b.buf[b.head..b.head + b.len]);
+            c.inc(&c.csum_completed);
+        }
+        self.send(port, b.data());
+    }
+
+    /// Sends what the pipeline decided for a batch of [`PacketBuf`]s (from the TAPs, or handed
+    /// over by another worker): to TAPs through GRO, to the uplink through
+    /// [`Sink::send_buf`], and the frames the pipeline made.
+    fn emit_bufs(&mut self, out: &Output, bufs: &mut [PacketBuf], scratch: &mut OutScratch) {
+        for p in out.active_ports() {
+            let idx = out.tx(p);
+            match self.targets.get(p as usize) {
+                Some(TxTarget::Tap(t)) => self.gro_to_tap(t, bufs, idx, p, scratch),
+                _ => {
+                    for &i in idx {
+                        self.send_buf(p, &mut bufs[i as usize]);
+                    }
                 }
             }
         }
+        for (p, data) in out.emitted.frames() {
+            self.send(p, data);
+        }
     }
-    for (p, data) in out.emitted.frames() {
-        send_to(targets, uplink.as_deref_mut(), uplink_down, counters, q, p, data);
+
+    /// Writes the frames queued for TAP `t` (indices `idx` into `frames`, ascending) with GRO:
+    /// runs of in-order segments of one TCP flow go as one merged segment, the first frame's
+    /// headers fixed and the others' payloads behind it in one vectored write (nothing
+    /// copied); a frame with offload state of its own (from another pod's TAP) goes whole with
+    /// it; everything else goes alone.
+    fn gro_to_tap<F: Frame>(&self, t: &TapPort, frames: &mut [F], idx: &[u32], port: PortId, scratch: &mut OutScratch) {
+        let (q, counters) = (self.q, self.counters);
+        let OutScratch { segs, offs } = scratch;
+        // The port's frames borrowed together (the indices ascend: arrival order).
+        let mut views: [&mut [u8]; BURST] = std::array::from_fn(|_| &mut [][..]);
+        let mut n = 0;
+        offs.clear();
+        let mut want = idx.iter().copied().peekable();
+        for (i, f) in frames.iter_mut().enumerate() {
+            if n == BURST {
+                break;
+            }
+            if want.next_if_eq(&(i as u32)).is_some() {
+                offs.push(f.offload());
+                let (buf, head, len) = f.parts();
+                views[n] = &mut buf[*head..*head + *len];
+                n += 1;
+            }
+        }
+        segs.clear();
+        segs.extend(
+            views[..n].iter().zip(offs.iter()).map(|(v, o)| (*o == Offload::NONE).then(|| Seg::parse(v)).flatten()),
+        );
+        let mut k = 0;
+        while k < n {
+            let Some(first) = segs[k] else {
+                if !t.send(q, views[k], offs[k]) {
+                    count_unsent(counters, port, views[k].len(), t.send_failure());
+                }
+                k += 1;
+                continue;
+            };
+            let mut run = Run::start(first);
+            let mut j = k + 1;
+            while j < n && segs[j].is_some_and(|s| run.try_add(views[k], &s, views[j])) {
+                j += 1;
+            }
+            let (head, rest) = views[k..j].split_first_mut().expect("a run has its first frame");
+            let hdr = run.finish(head);
+            let mut parts = [IoSlice::new(&[]); gro::MAX_SEGS];
+            parts[0] = IoSlice::new(head);
+            for (p, (v, s)) in parts[1..].iter_mut().zip(rest.iter().zip(&segs[k + 1..j])) {
+                *p = IoSlice::new(&v[s.expect("merged segments parsed").payload()]);
+            }
+            if run.count() > 1 {
+                counters.inc(&counters.gro_merged);
+                counters.add(&counters.gro_segments, run.count() as u64);
+            }
+            if !t.send_parts(q, &hdr, &parts[..run.count()]) {
+                let bytes: usize = views[k..j].iter().map(|v| v.len()).sum();
+                counters.drop_n(t.send_failure(), run.count() as u64);
+                counters.tx_unsent(port as usize, run.count() as u64, bytes as u64);
+            }
+            k = j;
+        }
     }
 }
 
@@ -358,19 +340,15 @@ impl WorkerRt {
                     }
                     self.pipeline.process(&mut batch.frames()[..n], now_ms);
                     let out = self.pipeline.output();
+                    // Frames to TAPs and the uplink's own chunks first, then the frames the
+                    // pipeline made, copied onto the uplink through the batch.
+                    let sink = Sink::<XskPort> { targets, uplink: None, uplink_down, counters: &counters, q: me };
                     for p in out.active_ports() {
                         let idx = out.tx(p);
                         match targets.get(p as usize) {
-                            Some(TxTarget::Tap(t)) => gro_to_tap(
-                                t,
-                                me,
-                                &mut batch.frames()[..n],
-                                idx,
-                                &counters,
-                                p,
-                                &mut scratch.segs,
-                                &mut scratch.offs,
-                            ),
+                            Some(TxTarget::Tap(t)) => {
+                                sink.gro_to_tap(t, &mut batch.frames()[..n], idx, p, &mut scratch)
+                            }
                             Some(TxTarget::Uplink) if !uplink_down => idx.iter().for_each(|&i| batch.send(i as usize)),
                             target => {
                                 let reason = match target {
@@ -383,8 +361,9 @@ impl WorkerRt {
                             }
                         }
                     }
+                    let mut sink = Sink { targets, uplink: Some(&mut batch), uplink_down, counters: &counters, q: me };
                     for (p, data) in out.emitted.frames() {
-                        send_to(targets, Some(&mut batch), uplink_down, &counters, me, p, data);
+                        sink.send(p, data);
                     }
                     let unsent = batch.finish();
                     if unsent.frames > 0 {
@@ -419,14 +398,9 @@ impl WorkerRt {
                 }
                 self.pipeline.process(&mut tap_bufs[..n], now_ms);
                 let out = self.pipeline.output();
-                emit_bufs(
+                Sink { targets, uplink: self.uplink.as_mut(), uplink_down, counters: &counters, q: me }.emit_bufs(
                     out,
                     &mut tap_bufs[..n],
-                    targets,
-                    self.uplink.as_mut(),
-                    uplink_down,
-                    &counters,
-                    me,
                     &mut scratch,
                 );
             }
@@ -440,14 +414,9 @@ impl WorkerRt {
                     work += inbox.len();
                     self.pipeline.process(&mut inbox[..], now_ms);
                     let out = self.pipeline.output();
-                    emit_bufs(
+                    Sink { targets, uplink: self.uplink.as_mut(), uplink_down, counters: &counters, q: me }.emit_bufs(
                         out,
                         &mut inbox[..],
-                        targets,
-                        self.uplink.as_mut(),
-                        uplink_down,
-                        &counters,
-                        me,
                         &mut scratch,
                     );
                     h.give_back(from, me, &mut inbox);
@@ -467,8 +436,9 @@ impl WorkerRt {
                 last_timer_ms = now_ms;
                 self.pipeline.process(&mut tap_bufs[..0], now_ms);
                 let out = self.pipeline.output();
+                let mut sink = Sink { targets, uplink: self.uplink.as_mut(), uplink_down, counters: &counters, q: me };
                 for (p, data) in out.emitted.frames() {
-                    send_to(targets, self.uplink.as_mut(), uplink_down, &counters, me, p, data);
+                    sink.send(p, data);
                 }
             }
             if let Some(up) = self.uplink.as_mut() {
@@ -541,8 +511,10 @@ mod tests {
         // As the pipeline does for each frame it queues.
         counters.tx(0, frame.len());
         counters.tx(1, frame.len());
-        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, 0, &frame);
-        send_to(&targets, None::<&mut XskPort>, true, &counters, 0, 1, &frame);
+        let mut sink =
+            Sink::<XskPort> { targets: &targets, uplink: None, uplink_down: true, counters: &counters, q: 0 };
+        sink.send(0, &frame);
+        sink.send(1, &frame);
         assert_eq!(counters.drops(DropReason::TxLinkDown), 1);
         assert_eq!(counters.drops(DropReason::TxFull), 1);
         assert_eq!(counters.port(0), vrouter_core::stats::counters::PortStats::default(), "uplink: lost, not sent");

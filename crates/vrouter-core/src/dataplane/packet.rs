@@ -101,43 +101,32 @@ impl<'a> Pkt<'a> {
     }
 }
 
-impl Frame for Pkt<'_> {
-    #[inline]
-    fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
-        (self.buf, &mut self.head, &mut self.len)
-    }
-    #[inline]
-    fn port(&self) -> PortId {
-        self.port
-    }
-    #[inline]
-    fn offload(&self) -> Offload {
-        self.offload
-    }
-    #[inline]
-    fn set_offload(&mut self, o: Offload) {
-        self.offload = o;
-    }
+/// [`Frame`] for a type that keeps the frame in fields `buf`, `head`, `len`, `port` and
+/// `offload` ([`Pkt`], [`PacketBuf`]).
+macro_rules! frame_by_fields {
+    ($t:ty) => {
+        impl Frame for $t {
+            #[inline]
+            fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
+                (&mut *self.buf, &mut self.head, &mut self.len)
+            }
+            #[inline]
+            fn port(&self) -> PortId {
+                self.port
+            }
+            #[inline]
+            fn offload(&self) -> Offload {
+                self.offload
+            }
+            #[inline]
+            fn set_offload(&mut self, o: Offload) {
+                self.offload = o;
+            }
+        }
+    };
 }
-
-impl Frame for PacketBuf {
-    #[inline]
-    fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
-        (&mut self.buf, &mut self.head, &mut self.len)
-    }
-    #[inline]
-    fn port(&self) -> PortId {
-        self.port
-    }
-    #[inline]
-    fn offload(&self) -> Offload {
-        self.offload
-    }
-    #[inline]
-    fn set_offload(&mut self, o: Offload) {
-        self.offload = o;
-    }
-}
+frame_by_fields!(Pkt<'_>);
+frame_by_fields!(PacketBuf);
 
 /// An owned frame buffer with headroom: for tests, benchmarks and the in-memory port.
 #[derive(Clone)]
