@@ -694,22 +694,12 @@ impl<R: Rings> Port<R> {
     pub fn finish_batch(&mut self) -> (usize, usize) {
         let (mut dropped, mut dropped_bytes) = (0, 0);
         if !self.tx_descs.is_empty() {
-            self.reap();
-            let n = self.tx_descs.len();
-            let room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
-            // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
-            // prefix) are counted in flight, the rest go back to the fill ring below.
-            let sent = if room > 0 { unsafe { self.rings.tx_produce(&self.tx_descs[..room]) } } else { 0 };
-            // Produce, then wake.
-            if sent > 0 {
-                self.rings.tx_kick();
-            }
-            dropped = n - sent;
-            dropped_bytes = self.tx_descs[sent..].iter().map(R::data_len).sum();
-            self.stats.tx += sent as u64;
+            self.produce_tx();
+            // What the ring had no room for goes back to the fill ring.
+            dropped = self.tx_descs.len();
+            dropped_bytes = self.tx_descs.iter().map(R::data_len).sum();
             self.stats.tx_full += dropped as u64;
-            self.in_flight += sent;
-            self.fill_back.extend_from_slice(&self.tx_descs[sent..]);
+            self.fill_back.extend_from_slice(&self.tx_descs);
             self.tx_descs.clear();
         }
         self.reap();
@@ -735,25 +725,32 @@ impl<R: Rings> Port<R> {
         }
     }
 
-    /// Puts queued copies on the TX ring now, mid-batch, as far as it has room (nothing is
-    /// dropped: what does not fit stays queued for [`Port::finish_batch`]), and drains it.
-    fn flush_tx(&mut self) {
+    /// Puts as much of the queued TX on the ring as it has room for (and at most `tx_queue`
+    /// in flight), then wakes the kernel; what the ring took leaves the queue. Returns how
+    /// many it took.
+    fn produce_tx(&mut self) -> usize {
         self.reap();
         let n = self.tx_descs.len();
         let room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
-        if room == 0 {
-            return;
-        }
         // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
         // prefix) are counted in flight and leave the queue.
-        let sent = unsafe { self.rings.tx_produce(&self.tx_descs[..room]) };
+        let sent = if room > 0 { unsafe { self.rings.tx_produce(&self.tx_descs[..room]) } } else { 0 };
+        // Produce, then wake.
         if sent > 0 {
             self.rings.tx_kick();
         }
         self.stats.tx += sent as u64;
         self.in_flight += sent;
         self.tx_descs.drain(..sent);
-        self.drain_tx();
+        sent
+    }
+
+    /// Puts queued copies on the TX ring now, mid-batch, as far as it has room (nothing is
+    /// dropped: what does not fit stays queued for [`Port::finish_batch`]), and drains it.
+    fn flush_tx(&mut self) {
+        if self.produce_tx() > 0 {
+            self.drain_tx();
+        }
     }
 
     /// Returns RX chunks to the fill ring (as many as fit now: offer exactly what fits, or
