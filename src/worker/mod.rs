@@ -243,6 +243,16 @@ impl<U: TxCopy> Sink<'_, U> {
     }
 }
 
+/// Counts a frame passed to the worker that owns its flow, or lost because that worker's ring
+/// was full.
+fn count_handoff(counters: &Counters, given: bool) {
+    if given {
+        counters.inc(&counters.handed_off);
+    } else {
+        counters.count_drop(DropReason::HandoffFull);
+    }
+}
+
 /// Moves the frames of `frames` that `keep` keeps to the front, in order; returns how many.
 fn compact<F>(frames: &mut [F], mut keep: impl FnMut(usize) -> bool) -> usize {
     let mut w = 0;
@@ -328,11 +338,7 @@ impl WorkerRt {
                             let frame = &buf[*head..*head + *len];
                             let o = affinity::owner(frame, workers).filter(|&o| o != me);
                             if let Some(o) = o {
-                                if h.give_copy(me, o, frame, port) {
-                                    counters.inc(&counters.handed_off);
-                                } else {
-                                    counters.count_drop(DropReason::HandoffFull);
-                                }
+                                count_handoff(&counters, h.give_copy(me, o, frame, port));
                             }
                             owners.push(o);
                         }
@@ -379,19 +385,17 @@ impl WorkerRt {
                 }
                 work += n;
                 if let Some(h) = handoff {
-                    // A TAP's buffer changes places with a spare of the pair: no copy.
-                    let mut kept = 0;
-                    for i in 0..n {
-                        match affinity::owner(tap_bufs[i].data(), workers).filter(|&o| o != me) {
-                            Some(o) if h.give(me, o, &mut tap_bufs[i]) => counters.inc(&counters.handed_off),
-                            Some(_) => counters.count_drop(DropReason::HandoffFull),
-                            None => {
-                                tap_bufs.swap(kept, i);
-                                kept += 1;
-                            }
+                    // As for the uplink, but a TAP's buffer changes places with a spare of the
+                    // pair: no copy.
+                    owners.clear();
+                    for b in tap_bufs[..n].iter_mut() {
+                        let o = affinity::owner(b.data(), workers).filter(|&o| o != me);
+                        if let Some(o) = o {
+                            count_handoff(&counters, h.give(me, o, b));
                         }
+                        owners.push(o);
                     }
-                    n = kept;
+                    n = compact(&mut tap_bufs[..n], |i| owners[i].is_none());
                     if n == 0 {
                         continue;
                     }
