@@ -15,14 +15,8 @@
 //! CWR; a PSH or FIN, or a shorter segment, ends the run; at most 64 KiB in all.
 
 use super::{fill_ip_csum, layout, vnet, write_partial_csum, Layout, VNET_HDR_LEN};
+use super::{TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
 use crate::wire::ipv4::PROTO_TCP;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_URG: u8 = 0x20;
-const TCP_CWR: u8 = 0x80;
 /// The most segments one run merges (and so the most parts of its vectored write, beside the
 /// first frame and the header).
 pub const MAX_SEGS: usize = 64;

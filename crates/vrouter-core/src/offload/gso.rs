@@ -6,13 +6,8 @@
 //! kernel's `tcp_gso_segment`/`__udp_gso_segment` do: CWR only on the first segment, FIN and PSH
 //! only on the last; every IPv4 header's ID counts up from the big frame's.
 
-use super::{fill_ip_csum, layout, pseudo_sum, Gso, Layout, Offload};
-use crate::wire::checksum;
+use super::{fill_ip_csum, fill_l4_csum, layout, Gso, Layout, Offload, TCP_CWR, TCP_FIN, TCP_PSH};
 use crate::wire::ipv4::PROTO_UDP;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// How a GSO frame is cut: see [`Segments::plan`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -106,14 +101,7 @@ impl Segments {
                 out[t + 13] &= !(TCP_FIN | TCP_PSH);
             }
         }
-        let at = t + l.csum_offset();
-        out[at..at + 2].fill(0);
-        let sum = checksum::sum(pseudo_sum(out, l.ip(), l.proto, h + n - t), &out[t..]);
-        let mut c = !checksum::fold(sum);
-        if c == 0 && l.proto == PROTO_UDP {
-            c = 0xffff;
-        }
-        out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        fill_l4_csum(out, l, h + n);
         Some(h + n)
     }
 }

@@ -25,6 +25,13 @@ const ETH: usize = ethernet::HEADER_LEN;
 /// Where TCP and UDP keep their checksum, from the start of their header.
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
+/// TCP flags GSO and GRO look at.
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_URG: u8 = 0x20;
+const TCP_CWR: u8 = 0x80;
 
 /// Where a frame's headers are: Ethernet, IPv4, for IPIP an inner IPv4, then TCP or UDP.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -119,6 +126,13 @@ fn l4_end(frame: &[u8], l: &Layout) -> usize {
 pub fn complete_csum(frame: &mut [u8]) -> bool {
     let Some(l) = layout(frame) else { return false };
     let end = l4_end(frame, &l);
+    fill_l4_csum(frame, &l, end);
+    true
+}
+
+/// Computes the transport checksum of the segment `frame[l.l4..end]` laid out as `l` from
+/// scratch and writes it.
+fn fill_l4_csum(frame: &mut [u8], l: &Layout, end: usize) {
     let at = l.l4 + l.csum_offset();
     frame[at..at + 2].fill(0);
     let sum = checksum::sum(pseudo_sum(frame, l.ip(), l.proto, end - l.l4), &frame[l.l4..end]);
@@ -127,7 +141,6 @@ pub fn complete_csum(frame: &mut [u8]) -> bool {
         c = 0xffff; // RFC 768: a computed zero is sent as all ones (zero means "none")
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    true
 }
 
 /// Whether the transport checksum of `frame` verifies (a UDP checksum of zero, "none", does).
