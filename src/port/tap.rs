@@ -151,11 +151,6 @@ impl TapPort {
         Ok(TapPort { queues: files, offloads, name: name.to_string(), port, gone: AtomicBool::new(false) })
     }
 
-    /// How many queues.
-    pub fn queue_count(&self) -> usize {
-        self.queues.len()
-    }
-
     /// Creates the TAP `name` directly inside the network namespace `netns` (a name under
     /// /run/netns or an absolute path): the device lives there from the start, and the fd
     /// works from any namespace. Cheaper than [`TapPort::create`] and [`TapPort::move_to`]: a
@@ -355,7 +350,7 @@ impl TapPort {
         if self.is_gone() {
             return false;
         }
-        let mut iov = [IoSlice::new(&[]); 1 + vrouter_core::offload::gro::MAX_SEGS + 1];
+        let mut iov = [IoSlice::new(&[]); 1 + vrouter_core::offload::gro::MAX_SEGS];
         let Some(rest) = iov.get_mut(1..1 + parts.len()) else { return false };
         rest.copy_from_slice(parts);
         iov[0] = IoSlice::new(hdr);
