@@ -143,16 +143,20 @@ pub(crate) fn parse_ping(out: &str) -> (u32, u32, Option<f64>) {
     (sent, received, avg)
 }
 
-/// iperf3 `-J` output: the receiver's rate, or iperf3's own error message.
+/// iperf3 `-J` output: the receiver's rate in Mbit/s, or iperf3's own error message.
 pub(crate) fn parse_iperf(json: &str) -> Result<f64, String> {
+    parse_iperf_run(json).map(|(bps, _)| bps / 1e6)
+}
+
+/// iperf3 `-J` output: the receiver's rate in bit/s and the sender's retransmits, or iperf3's
+/// own error message.
+pub(crate) fn parse_iperf_run(json: &str) -> Result<(f64, u64), String> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("iperf3 output is not JSON ({e})"))?;
     if let Some(e) = v["error"].as_str() {
         return Err(e.to_string());
     }
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e6)
-        .ok_or_else(|| "iperf3 JSON has no end.sum_received".into())
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or("iperf3 JSON has no end.sum_received")?;
+    Ok((bps, v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
 }
 
 fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {

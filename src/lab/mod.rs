@@ -16,7 +16,7 @@
 pub mod bgp;
 mod cli;
 pub mod cluster;
-mod demo;
+pub(crate) mod demo;
 pub(crate) mod sys;
 pub mod topo;
 

@@ -669,19 +669,12 @@ fn iperf(ns: &str, ip: &str, streams: u32, opts: &E2eOptions) -> Result<Result<M
     let (b, tb) = (cpu_now(), Instant::now());
     let out = client.join().map_err(|_| LabError::BadOption("the iperf3 thread panicked".into()))?;
     sys::check_cancelled()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => {
+    let (bps, retransmits) = match crate::lab::demo::parse_iperf_run(&String::from_utf8_lossy(&out.stdout)) {
+        Ok(r) => r,
+        Err(e) => {
             let err = String::from_utf8_lossy(&out.stderr);
-            return Ok(Err(format!("iperf3 gave no JSON ({}): {}", out.status, err.trim())));
+            return Ok(Err(format!("iperf3: {e} ({}; stderr: {})", out.status, err.trim())));
         }
-    };
-    if let Some(e) = v["error"].as_str() {
-        return Ok(Err(format!("iperf3: {e}")));
-    }
-    let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() else {
-        return Ok(Err("iperf3 JSON has no end.sum_received".into()));
     };
     let window = (tb - ta).as_secs_f64().max(1e-3);
     let tck = super::clk_tck();
@@ -689,7 +682,7 @@ fn iperf(ns: &str, ip: &str, streams: u32, opts: &E2eOptions) -> Result<Result<M
         gbps: bps / 1e9,
         busy_cores: b.0.saturating_sub(a.0) as f64 / tck / window,
         steal_cores: b.1.saturating_sub(a.1) as f64 / tck / window,
-        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        retransmits,
     }))
 }
 
