@@ -322,8 +322,8 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
 fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
     let o = LabOptions { bgp: true, nodes: 5, route_reflectors: 2, ..LabOptions::default() };
     let Some(lab) = common::cluster_lab(TOOLS, o) else { return };
-    for n in 1..=5u8 {
-        let st = node_status(&lab, n);
+    // Each node's sessions, by name, with their BGP state.
+    let sessions = |st: &serde_json::Value| {
         let mut peers: Vec<(String, String)> = st["peers"]
             .as_array()
             .unwrap()
@@ -336,6 +336,9 @@ fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
             })
             .collect();
         peers.sort();
+        peers
+    };
+    for n in 1..=5u8 {
         let want: Vec<(String, String)> = match n {
             // The two reflectors share a cluster ID: plain iBGP between them.
             1 => vec!["mesh_node2", "rrclient_node3", "rrclient_node4", "rrclient_node5"],
@@ -345,7 +348,14 @@ fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
         .into_iter()
         .map(|p| (p.to_string(), "Established".to_string()))
         .collect();
-        assert_eq!(peers, want, "node{n}: {st}\n{}", logs(&lab));
+        // The lab is ready once every node has learned every block, which one reflector
+        // suffices for: a session to the other may still be coming up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sessions(&node_status(&lab, n)) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let st = node_status(&lab, n);
+        assert_eq!(sessions(&st), want, "node{n}: {st}\n{}", logs(&lab));
     }
     // Client node5 (subnet 2, with node3) learns node4's block (subnet 1) through the
     // reflectors, next hop node4 itself, in IPIP; node3's directly.
