@@ -129,6 +129,9 @@ enum BenchCmd {
         /// The idle mode of the TCP lab's three daemons (default adaptive, as `vrouter lab`).
         #[arg(long)]
         lab_idle: Option<String>,
+        /// The TCP labs' underlay MTU (both labs, as `vrouter lab up --mtu`; default 1500).
+        #[arg(long)]
+        lab_mtu: Option<u16>,
         /// Leave iperf3's client and server to the scheduler (default: client on the
         /// generator's CPU, server on the forwarding CPU, which makes runs repeat closer).
         #[arg(long)]
@@ -255,6 +258,7 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             tcp_offloads,
             idle,
             lab_idle,
+            lab_mtu,
             tcp_unpinned,
             gen_cpu,
             fwd_cpu,
@@ -296,6 +300,9 @@ fn bench(what: BenchCmd) -> Result<String, String> {
             }
             if let Some(i) = lab_idle {
                 o.lab_idle = i;
+            }
+            if let Some(m) = lab_mtu {
+                o.lab_mtu = m;
             }
             o.tcp_pin = !tcp_unpinned;
             let r = vrouter::perf::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;

@@ -248,6 +248,11 @@ fn default_tx_queue() -> usize {
 }
 
 pub use vrouter_api::config::{MAX_MTU, MIN_MTU};
+// The pipeline's own frames (fragments, held frames) take a frame of any MTU vrouter accepts.
+const _: () = assert!(
+    vrouter_core::dataplane::HEADROOM + 14 + MAX_MTU as usize <= vrouter_core::dataplane::FRAME_BUF_SIZE,
+    "MAX_MTU must fit the pipeline's frame buffers"
+);
 
 fn one() -> u32 {
     1
@@ -481,7 +486,10 @@ impl Config {
                 return err("uplink.tx_queue", format!("{} must be 32..={}", u.tx_queue, crate::port::afxdp::TX_RING));
             }
             if !(MIN_MTU..=MAX_MTU).contains(&u.mtu) {
-                return err("uplink.mtu", format!("{} must be {MIN_MTU}..={MAX_MTU} (AF_XDP chunks are 2 KiB)", u.mtu));
+                return err(
+                    "uplink.mtu",
+                    format!("{} must be {MIN_MTU}..={MAX_MTU} (a frame fills at most one 4 KiB AF_XDP chunk)", u.mtu),
+                );
             }
         }
         if !(1..=1 << 24).contains(&self.conntrack.capacity) {
@@ -626,6 +634,15 @@ impl Config {
         Ok(())
     }
 
+    /// Why the uplink device cannot carry `uplink.mtu`, from its MTU in sysfs (`None` when it
+    /// can, or there is no such device: that is said elsewhere). A device MTU below it would
+    /// lose bigger frames on the way out, unseen by vrouter's counters.
+    pub fn uplink_mtu_problem(&self) -> Option<String> {
+        let u = self.uplink.as_ref()?;
+        let have = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", u.device)).ok()?;
+        mtu_problem(&u.device, have.trim().parse().ok()?, u.mtu)
+    }
+
     /// Devices, namespaces, groups and facilities the config needs from this machine
     /// (`vrouter check-config --env`): one line per problem, empty when all is there. Run in
     /// the namespace the daemon will run in.
@@ -642,6 +659,7 @@ impl Config {
                     }
                 }
             }
+            bad.extend(self.uplink_mtu_problem());
         }
         let taps = self.host.iter().map(|h| ("host.tap".to_string(), &h.tap));
         let pods = self.endpoints.iter().map(|e| (format!("endpoints ({}).tap", e.name), &e.tap));
@@ -708,6 +726,14 @@ fn core_list(cores: &[usize]) -> String {
         (Some(a), Some(b)) if b - a + 1 == cores.len() && cores.len() > 2 => format!("{a}-{b}"),
         _ => cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
     }
+}
+
+fn mtu_problem(dev: &str, device_mtu: u32, mtu: u16) -> Option<String> {
+    (device_mtu < u32::from(mtu)).then(|| {
+        format!(
+            "uplink.mtu: {mtu} is above {dev}'s MTU {device_mtu}, which would lose bigger frames: raise the device's (ip link set dev {dev} mtu {mtu}) or lower uplink.mtu"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -787,7 +813,7 @@ pod_block = "10.244.1.0/26"
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\ntx_queue = 8\n"));
         assert!(e.contains("uplink.tx_queue: 8 must be 32..=2048"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9000\n"));
-        assert!(e.contains("uplink.mtu: 9000 must be 576..=1778"), "{e}");
+        assert!(e.contains("uplink.mtu: 9000 must be 576..=3826"), "{e}");
         // Several queues with policy: each flow meets one worker (handoff), so it is allowed.
         assert!(parse(&format!(
             "{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"
@@ -970,6 +996,16 @@ pod_block = "10.244.1.0/26"
         assert!(bad.contains("control.group: no group 'vr-no-such-group'"), "{bad}");
         let ok = parse(&format!("{NODE}\n[uplink]\ndevice = \"lo\"\n")).unwrap().check_env();
         assert!(ok.iter().all(|l| !l.contains("uplink")), "{ok:?}");
+    }
+
+    #[test]
+    fn an_uplink_mtu_above_the_devices_is_named() {
+        let e = mtu_problem("eth1", 1500, 3500).unwrap();
+        assert!(
+            e.starts_with("uplink.mtu: 3500 is above eth1's MTU 1500") && e.contains("ip link set dev eth1 mtu 3500")
+        );
+        assert_eq!(mtu_problem("eth1", 1500, 1500), None);
+        assert_eq!(mtu_problem("eth1", 9000, 3500), None);
     }
 
     #[test]

@@ -336,6 +336,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let uplink_mac = match &cfg.uplink {
         Some(u) => {
             let mac = read_mac(&u.device)?;
+            if let Some(msg) = cfg.uplink_mtu_problem() {
+                return Err(DaemonError::Uplink { dev: u.device.clone(), msg });
+            }
             let have = afxdp::queue_count(&u.device)
                 .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
             if u.queues > have {
@@ -391,7 +394,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut xsks = Vec::new();
     if let Some(u) = &cfg.uplink {
         for q in 0..u.queues {
-            let mut x = XskPort::open(&u.device, q, u.xdp_mode, u.bind, UPLINK)
+            let mut x = XskPort::open(&u.device, q, u.xdp_mode, u.bind, u.mtu, UPLINK)
                 .map_err(|e| DaemonError::Uplink { dev: u.device.clone(), msg: e.to_string() })?;
             if q == 0 {
                 // AF_XDP has no TSO; TX checksum offload through TX metadata needs a driver that

@@ -97,6 +97,10 @@ pub struct LabArgs {
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
+    /// The underlay's MTU (the nodes' uplinks, the router, `[uplink] mtu`; at most 3506, what
+    /// veth's native XDP takes); pods get 20 bytes less, room for IPIP.
+    #[arg(long, default_value_t = super::topo::DEFAULT_MTU)]
+    mtu: u16,
 }
 
 impl LabArgs {
@@ -112,6 +116,7 @@ impl LabArgs {
             nodes: self.nodes,
             route_reflectors: self.route_reflectors,
             bgp: !self.no_bgp,
+            mtu: self.mtu,
             ..LabOptions::default()
         }
     }

@@ -293,8 +293,8 @@ pub struct Wired {
 }
 
 /// The CNI network config the lab's pods are wired with on node `n`, with the pod's labels
-/// (as a runtime passes them, in `runtimeConfig`).
-pub fn netconf(n: &topo::LabNode, etcd: &str, labels: &[(&str, &str)]) -> serde_json::Value {
+/// (as a runtime passes them, in `runtimeConfig`), on an underlay of `mtu`.
+pub fn netconf(n: &topo::LabNode, etcd: &str, mtu: u16, labels: &[(&str, &str)]) -> serde_json::Value {
     let labels: serde_json::Map<String, serde_json::Value> =
         labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
     serde_json::json!({
@@ -304,6 +304,7 @@ pub fn netconf(n: &topo::LabNode, etcd: &str, labels: &[(&str, &str)]) -> serde_
         "etcd_endpoints": etcd,
         "node": n.name,
         "socket": topo::socket_path(n),
+        "mtu": topo::pod_mtu(mtu),
         "runtimeConfig": {"labels": labels},
     })
 }
@@ -348,7 +349,7 @@ fn cni(lab: &LabHandle, tools: &Tools, pod: &topo::LabPod, command: &str) -> Res
         .stderr(Stdio::piped());
     let what = sys::describe(&cmd);
     let mut child = cmd.spawn().map_err(|err| LabError::Io { what: format!("starting {what}"), err })?;
-    let conf = netconf(n, &etcd_endpoints(lab), &labels).to_string();
+    let conf = netconf(n, &etcd_endpoints(lab), lab.state.mtu, &labels).to_string();
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(conf.as_bytes());
     }

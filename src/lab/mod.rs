@@ -75,6 +75,8 @@ pub struct LabOptions {
     pub bgp: bool,
     /// Route reflectors (nodes 1..=K) instead of the node-to-node mesh; 0: full mesh.
     pub route_reflectors: usize,
+    /// The underlay's MTU (veths, router, `[uplink] mtu`); pods get 20 bytes less.
+    pub mtu: u16,
 }
 
 impl Default for LabOptions {
@@ -91,6 +93,7 @@ impl Default for LabOptions {
             nodes: topo::DEFAULT_NODES,
             bgp: true,
             route_reflectors: 0,
+            mtu: topo::DEFAULT_MTU,
         }
     }
 }
@@ -187,6 +190,13 @@ pub struct LabState {
     /// Route reflectors (nodes 1..=K) of a BGP lab; 0: full mesh.
     #[serde(default)]
     pub route_reflectors: usize,
+    /// The underlay's MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    topo::DEFAULT_MTU
 }
 
 impl LabState {
@@ -205,6 +215,7 @@ impl LabState {
             etcd_members: 0,
             bgp: false,
             route_reflectors: 0,
+            mtu: topo::DEFAULT_MTU,
         }
     }
 
@@ -444,6 +455,24 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     for t in ["ip", "sysctl", "ping", "ethtool"] {
         sys::need_tool(t)?;
     }
+    check_options(opts)?;
+    if opts.backend == Backend::Kernel {
+        return Ok(None);
+    }
+    let bin = match &opts.vrouter {
+        Some(p) => p.clone(),
+        None => {
+            std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
+        }
+    };
+    if !bin.is_file() {
+        return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
+    }
+    Ok(Some(bin))
+}
+
+/// Refuses options that do not make a lab, each with what to use instead.
+fn check_options(opts: &LabOptions) -> Result<(), LabError> {
     if !["poll", "adaptive", "interrupt"].contains(&opts.idle.as_str()) {
         return Err(LabError::BadOption(format!("idle mode '{}': use poll, adaptive or interrupt", opts.idle)));
     }
@@ -461,6 +490,14 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
             topo::MAX_NODES
         )));
     }
+    let min_mtu = vrouter_api::config::MIN_MTU + 20;
+    if !(min_mtu..=topo::MAX_MTU).contains(&opts.mtu) {
+        return Err(LabError::BadOption(format!(
+            "MTU {}: use {min_mtu} to {} (veth's native XDP takes a frame in one 4 KiB page; pods get 20 less)",
+            opts.mtu,
+            topo::MAX_MTU
+        )));
+    }
     if opts.route_reflectors > 0 && !(opts.cluster && opts.bgp) {
         return Err(LabError::BadOption(
             "route reflectors need a cluster lab with BGP (not --static, --kernel or --no-bgp)".into(),
@@ -472,22 +509,10 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
             opts.route_reflectors, opts.nodes
         )));
     }
-    if opts.backend == Backend::Kernel {
-        if opts.cluster {
-            return Err(LabError::BadOption("a cluster lab needs vrouter on the nodes (not --kernel)".into()));
-        }
-        return Ok(None);
+    if opts.backend == Backend::Kernel && opts.cluster {
+        return Err(LabError::BadOption("a cluster lab needs vrouter on the nodes (not --kernel)".into()));
     }
-    let bin = match &opts.vrouter {
-        Some(p) => p.clone(),
-        None => {
-            std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
-        }
-    };
-    if !bin.is_file() {
-        return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
-    }
-    Ok(Some(bin))
+    Ok(())
 }
 
 /// Builds a lab and starts its daemons; on any failure, tears down what was built.
@@ -522,7 +547,8 @@ pub fn up(opts: &LabOptions) -> Result<LabHandle, LabError> {
     };
     let dir = opts.root.join(&prefix);
     std::fs::create_dir_all(&dir).map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
-    let state = LabState::new(&prefix, dir, opts.backend, opts.nodes);
+    let mut state = LabState::new(&prefix, dir, opts.backend, opts.nodes);
+    state.mtu = opts.mtu;
     register(&state);
     let mut lab = LabHandle { state, children: Mutex::new(vec![]), kept: false };
     // From here on, an error drops `lab`, which tears down.
@@ -592,7 +618,25 @@ fn build(lab: &LabHandle) -> Result<(), LabError> {
     }
     for n in &st.nodes {
         let dev = n.router_dev.as_str();
-        sys::ip(&["-n", &n.ns, "link", "add", topo::UPLINK_DEV, "type", "veth", "peer", "name", dev, "netns", &rt])?;
+        let mtu = st.mtu.to_string();
+        sys::ip(&[
+            "-n",
+            &n.ns,
+            "link",
+            "add",
+            topo::UPLINK_DEV,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            dev,
+            "mtu",
+            &mtu,
+            "netns",
+            &rt,
+        ])?;
         sys::ip(&["-n", &rt, "link", "set", dev, "master", &topo::bridge(topo::subnet_of(n.index))])?;
         // A wire carries whole checksums; a veth hands on partial ones, which AF_XDP sees as
         // they are (and the node's kernel drops TCP from the router, BGP included). Only in
@@ -627,8 +671,23 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
         for pod in st.pods.iter().filter(|p| p.node == n.index) {
             let tap = format!("tap{}", pod.name);
             let pns = pod.ns.as_str();
-            sys::ip(&["-n", ns, "link", "add", &tap, "type", "veth", "peer", "name", topo::POD_IF, "netns", pns])?;
-            let mtu = topo::POD_MTU.to_string();
+            let mtu = topo::pod_mtu(st.mtu).to_string();
+            sys::ip(&[
+                "-n",
+                ns,
+                "link",
+                "add",
+                &tap,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                topo::POD_IF,
+                "netns",
+                pns,
+            ])?;
             sys::ip(&["-n", pns, "link", "set", topo::POD_IF, "address", &pod.mac, "mtu", &mtu, "up"])?;
             sys::ip(&["-n", pns, "addr", "add", &format!("{}/32", pod.ip), "dev", topo::POD_IF])?;
             sys::ip(&["-n", pns, "route", "add", "169.254.1.1", "dev", topo::POD_IF, "scope", "link"])?;
@@ -648,9 +707,9 @@ fn start_daemons(lab: &mut LabHandle, bin: &Path, idle: &str) -> Result<(), LabE
         let text = match lab.state.cluster {
             true => {
                 let sock = lab.state.bgp.then(|| bgp::files(lab, n.index).socket);
-                topo::cluster_node_config(n, idle, sock.as_deref())
+                topo::cluster_node_config(n, idle, lab.state.mtu, sock.as_deref())
             }
-            false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle),
+            false => topo::node_config(n, &lab.state.nodes, &lab.state.pods, idle, lab.state.mtu),
         }
         .map_err(|msg| LabError::Config { node: n.name.clone(), msg })?;
         let config = lab.state.dir.join(format!("{}.toml", n.name));
@@ -935,4 +994,26 @@ pub fn status_in(root: &Path, prefix: Option<&str>) -> Result<String, LabError> 
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_make_no_lab_are_refused_with_what_to_use() {
+        let bad = |o: LabOptions| check_options(&o).unwrap_err().to_string();
+        assert!(check_options(&LabOptions::default()).is_ok());
+        assert!(check_options(&LabOptions { mtu: topo::MAX_MTU, ..Default::default() }).is_ok());
+        let e = bad(LabOptions { mtu: 9000, ..Default::default() });
+        assert!(e.contains("MTU 9000: use 596 to 3506"), "{e}");
+        let e = bad(LabOptions { mtu: 590, ..Default::default() });
+        assert!(e.contains("MTU 590: use 596 to 3506"), "{e}");
+        let e = bad(LabOptions { idle: "nap".into(), ..Default::default() });
+        assert!(e.contains("idle mode 'nap'"), "{e}");
+        let e = bad(LabOptions { backend: Backend::Kernel, cluster: true, ..Default::default() });
+        assert!(e.contains("needs vrouter on the nodes"), "{e}");
+        let e = bad(LabOptions { nodes: 3, route_reflectors: 3, cluster: true, ..Default::default() });
+        assert!(e.contains("at least one node must be a client"), "{e}");
+    }
 }

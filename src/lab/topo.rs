@@ -31,7 +31,16 @@ pub const UPLINK_DEV: &str = "up0";
 pub const HOST_TAP: &str = "vrhost";
 pub const BRIDGE: &str = "br0";
 pub const POD_IF: &str = "eth0";
-pub const POD_MTU: u16 = 1480;
+/// The underlay's MTU unless told otherwise (`vrouter lab up --mtu`).
+pub const DEFAULT_MTU: u16 = 1500;
+/// The most the lab's underlay takes: veth runs native XDP on a frame in one 4 KiB page
+/// (4096 - 256 headroom - 320 of `skb_shared_info` - 14 of Ethernet), and the lab compares
+/// vrouter on native XDP.
+pub const MAX_MTU: u16 = 3506;
+/// A pod's MTU on an underlay of `mtu`: 20 bytes less, room for IPIP (as Calico sets it).
+pub fn pod_mtu(mtu: u16) -> u16 {
+    mtu - 20
+}
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The policy name on pod `3b`, and the TCP port it denies.
 pub const GUARDED_POLICY: &str = "guarded";
@@ -183,7 +192,8 @@ fn prefix(s: &str) -> Result<Ipv4Prefix, String> {
 
 /// The vrouter configuration of `node` (TOML, `control::config::Config` serialized).
 /// `idle` is the workers' idle mode (`poll`, `adaptive`, `interrupt`).
-pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &str) -> Result<String, String> {
+/// `mtu` is the underlay's ([`pod_mtu`] for the pods).
+pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &str, mtu: u16) -> Result<String, String> {
     let mac = |s: &str| s.parse::<MacAddr>().map_err(|e| format!("{s}: {e}"));
     let mut endpoints = vec![];
     for pod in pods.iter().filter(|p| p.node == node.index) {
@@ -194,7 +204,7 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
             ifname: POD_IF.into(),
             mac: mac(&pod.mac)?,
             addrs: vec![pod.ip],
-            mtu: POD_MTU,
+            mtu: pod_mtu(mtu),
             ingress: pod.ingress.clone(),
             egress: vec![],
         });
@@ -229,7 +239,7 @@ pub fn node_config(node: &LabNode, nodes: &[LabNode], pods: &[LabPod], idle: &st
             queues: 1,
             xdp_mode: Default::default(), // auto
             bind: Default::default(),     // auto: zero-copy where the driver can
-            mtu: 1500,
+            mtu,
             tx_queue: crate::port::afxdp::DEFAULT_TX_QUEUE,
         }),
         host: Some(HostConfig { tap: HOST_TAP.into() }),
@@ -272,8 +282,8 @@ pub fn socket_path(node: &LabNode) -> String {
 /// With `bird_socket` (BGP), routes to the other nodes' blocks are imported from the kernel
 /// table BIRD writes ([`super::bgp::KERNEL_TABLE`]), and the metrics endpoint
 /// ([`METRICS_LISTEN`] in the node's namespace) carries BIRD's sessions.
-pub fn cluster_node_config(node: &LabNode, idle: &str, bird_socket: Option<&Path>) -> Result<String, String> {
-    let text = node_config(node, &[], &[], idle)?;
+pub fn cluster_node_config(node: &LabNode, idle: &str, mtu: u16, bird_socket: Option<&Path>) -> Result<String, String> {
+    let text = node_config(node, &[], &[], idle, mtu)?;
     let mut c: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
     c.node.pod_block = None;
     if let Some(sock) = bird_socket {
@@ -303,7 +313,7 @@ mod tests {
     fn generated_configs_pass_validation() {
         let (nodes, pods) = plan("vrl0000", DEFAULT_NODES);
         for n in &nodes {
-            let text = node_config(n, &nodes, &pods, "adaptive").unwrap();
+            let text = node_config(n, &nodes, &pods, "adaptive", DEFAULT_MTU).unwrap();
             let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(cfg.peers.len(), 2);
             assert_eq!(cfg.endpoints.len(), 2);
@@ -316,7 +326,7 @@ mod tests {
         let (nodes, _) = plan("vrl0000", DEFAULT_NODES);
         for n in &nodes {
             let sock = Path::new("/tmp/b.ctl");
-            let text = cluster_node_config(n, "adaptive", (n.index == 2).then_some(sock)).unwrap();
+            let text = cluster_node_config(n, "adaptive", DEFAULT_MTU, (n.index == 2).then_some(sock)).unwrap();
             let cfg = Config::parse(&text, Path::new("gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert!(cfg.node.pod_block.is_none() && cfg.peers.is_empty() && cfg.endpoints.is_empty());
             assert_eq!(cfg.control.socket, socket_path(n));

@@ -119,6 +119,8 @@ pub struct E2eOptions {
     pub tcp_offloads: Vec<Offloads>,
     /// The vrouter lab's `[workers] idle` (three daemons share the cores with iperf3: not poll).
     pub lab_idle: String,
+    /// The TCP labs' underlay MTU (both labs; pods get 20 bytes less).
+    pub lab_mtu: u16,
     /// iperf3's client on the generator's CPU and its server on the forwarding CPU (`-A`);
     /// false: wherever the scheduler puts them.
     pub tcp_pin: bool,
@@ -151,6 +153,7 @@ impl Default for E2eOptions {
             tcp_duration: 3.0,
             tcp_offloads: vec![Offloads::On, Offloads::Off],
             lab_idle: crate::lab::LabOptions::default().idle,
+            lab_mtu: crate::lab::LabOptions::default().mtu,
             tcp_pin: true,
             latency: true,
             idle: "poll".into(),

@@ -213,8 +213,8 @@ fn tcp_tables(s: &mut String, r: &E2eReport) {
         };
         let _ = writeln!(
             s,
-            "CPU s/Gbit: busy CPU seconds of the whole machine (not steal) per Gbit received; {pins}; labs {} (kernel) and {} (vrouter, idle = \"{}\")",
-            l.kernel_lab, l.vrouter_lab, l.idle
+            "CPU s/Gbit: busy CPU seconds of the whole machine (not steal) per Gbit received; {pins}; labs {} (kernel) and {} (vrouter, idle = \"{}\"), underlay MTU {}",
+            l.kernel_lab, l.vrouter_lab, l.idle, l.mtu
         );
     }
 }

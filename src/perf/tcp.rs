@@ -157,6 +157,8 @@ pub struct TcpLab {
     pub vrouter_lab: String,
     /// The vrouter lab's `[workers] idle`.
     pub idle: String,
+    /// Both labs' underlay MTU.
+    pub mtu: u16,
     /// The iperf3 client's and server's CPUs (`None`: unpinned).
     pub iperf3_cpus: Option<(usize, usize)>,
     /// What `ethtool -k` showed on the client pod's interface, by `<lab>/<mode>`:
@@ -342,6 +344,7 @@ fn labs_up(bin: &Path, opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Res
         vrouter: Some(bin.to_path_buf()),
         backend,
         idle: opts.lab_idle.clone(),
+        mtu: opts.lab_mtu,
         ..LabOptions::default()
     };
     // `vrpf` like the UDP part's namespaces, then `k` or `v`: `vrpf1a2bk-p1a`.
@@ -460,6 +463,7 @@ fn run_in(
             kernel_lab: kernel.prefix().to_string(),
             vrouter_lab: vrouter.prefix().to_string(),
             idle: opts.lab_idle.clone(),
+            mtu: opts.lab_mtu,
             iperf3_cpus: opts.tcp_pins(),
             pod_offloads,
             kernel_ipip,

@@ -31,9 +31,25 @@ use tracing::{info, warn};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
+use vrouter_api::config::MAX_MTU;
 use vrouter_core::dataplane::{Frame, PortId};
 
-pub const FRAME_SIZE: usize = 2048;
+/// The kernel's headroom in front of a received frame in its chunk (`XDP_PACKET_HEADROOM`).
+const XDP_HEADROOM: usize = 256;
+const ETH_HLEN: usize = 14;
+const _: () = assert!(XDP_HEADROOM + ETH_HLEN + MAX_MTU as usize <= 4096, "MAX_MTU must fit a 4 KiB chunk");
+
+/// A UMEM chunk's size for an uplink MTU: 2 KiB while a frame of that MTU fits one, 4 KiB
+/// above (up to [`MAX_MTU`]). 2 KiB stays the default: half the memory, and frames at one
+/// offset of a 4 KiB stride share L1 sets. A chunk holds one frame: xsk-rs 0.11 has no
+/// multi-buffer (`XDP_USE_SG`), which an MTU above [`MAX_MTU`] would need.
+pub fn chunk_size(mtu: u16) -> usize {
+    if XDP_HEADROOM + ETH_HLEN + mtu as usize <= 2048 {
+        2048
+    } else {
+        4096
+    }
+}
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
 /// Frames allowed to wait on the TX ring by default (see [`Port::finish_batch`] and
@@ -78,7 +94,7 @@ pub enum BindMode {
 ///
 /// # Safety
 /// The port builds slices into the UMEM from what this trait says, so implementors promise:
-/// [`Rings::umem`] is the start of `chunks * FRAME_SIZE` bytes, valid for reads and writes for
+/// [`Rings::umem`] is the start of `chunks * chunk_size` bytes (`chunk_size` a power of two), valid for reads and writes for
 /// as long as the rings live, and touched by nothing else while the port owns a chunk (in copy
 /// or zero-copy mode the kernel writes only chunks on the fill ring and reads only chunks on
 /// the TX ring); [`Rings::rx_consume`] returns only descriptors produced to the fill ring, and
@@ -94,8 +110,8 @@ pub unsafe trait Rings {
     /// # Safety
     /// The caller owns `d`'s chunk (it is in no ring).
     unsafe fn set_data_len(&mut self, d: &mut Self::Desc, len: usize);
-    /// The UMEM: its start and how many chunks it has.
-    fn umem(&mut self) -> (NonNull<u8>, usize);
+    /// The UMEM: its start, how many chunks it has and their size.
+    fn umem(&mut self) -> (NonNull<u8>, usize, usize);
     /// Takes up to `out.len()` received descriptors; the caller owns them from then on.
     fn rx_consume(&mut self, out: &mut [Self::Desc]) -> usize;
     /// Free slots on the fill ring (at least `want` if there are that many).
@@ -130,8 +146,9 @@ pub struct XskFrame<'umem, D = FrameDesc> {
 /// A received chunk held by the port during a batch (what [`XskFrame`] wraps).
 struct Slot<D> {
     desc: D,
-    /// The start of the descriptor's chunk (FRAME_SIZE bytes, inside the UMEM).
+    /// The start of the descriptor's chunk (`size` bytes, inside the UMEM).
     chunk: NonNull<u8>,
+    size: usize,
     head: usize,
     len: usize,
     port: PortId,
@@ -154,14 +171,14 @@ impl<D> XskFrame<'_, D> {
 impl<D> Frame for XskFrame<'_, D> {
     #[inline]
     fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
-        // SAFETY: `chunk` is the start of a FRAME_SIZE-byte chunk inside the UMEM of the port
+        // SAFETY: `chunk` is the start of a `size`-byte chunk inside the UMEM of the port
         // the frame came from (the `Rings` contract), and that port is borrowed by its batch
         // for `'umem`, so the mapping outlives this borrow (`&mut [XskFrame<'umem>]` is
         // invariant: a frame swapped into another port's batch makes both borrows last as
         // long). The chunk came off the RX ring and no ring or other frame holds it until its
         // batch ends (every chunk is in exactly one place), and `&mut self` makes this borrow
         // unique.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.slot.chunk.as_ptr(), FRAME_SIZE) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.slot.chunk.as_ptr(), self.slot.size) };
         (buf, &mut self.slot.head, &mut self.slot.len)
     }
     #[inline]
@@ -215,9 +232,10 @@ pub type XskPort = Port<XskRings>;
 /// A socket's rings and the chunk accounting around them (see the module docs).
 pub struct Port<R: Rings> {
     rings: R,
-    /// The UMEM's start, and its size in chunks (from `rings`).
+    /// The UMEM's start, its size in chunks and theirs (from `rings`).
     base: NonNull<u8>,
     chunks: usize,
+    chunk: usize,
     free: Vec<R::Desc>,
     rx_descs: Vec<R::Desc>,
     /// The frames of the batch under way (empty between batches).
@@ -349,9 +367,9 @@ pub fn detach_xdp(dev: &str) {
     }
 }
 
-fn build_umem() -> io::Result<(Umem, Vec<FrameDesc>)> {
+fn build_umem(chunk: usize) -> io::Result<(Umem, Vec<FrameDesc>)> {
     let cfg = UmemConfig::builder()
-        .frame_size(FrameSize::new(FRAME_SIZE as u32).expect("power of two >= 2048"))
+        .frame_size(FrameSize::new(chunk as u32).expect("power of two >= 2048"))
         .fill_queue_size(QueueSize::new(RING).expect("power of two"))
         .comp_queue_size(QueueSize::new(RING).expect("power of two"))
         .frame_headroom(0)
@@ -370,6 +388,7 @@ pub struct XskRings {
     cq: CompQueue,
     umem: Umem,
     base: NonNull<u8>,
+    chunk: usize,
 }
 
 // SAFETY: `base` points into the mapping owned by `umem`, which moves with it.
@@ -377,8 +396,8 @@ unsafe impl Send for XskRings {}
 
 // SAFETY: the queues were created with `umem` for one socket (`XskPort::open`), so the kernel
 // hands back on RX only chunks of this UMEM that were on its fill ring, and on completion only
-// chunks that were on its TX ring; `base` is the start of the mapping of FRAMES chunks, which
-// lives as long as `umem`.
+// chunks that were on its TX ring; `base` is the start of the mapping of FRAMES chunks of
+// `chunk` bytes (the UMEM's frame size), which lives as long as `umem`.
 unsafe impl Rings for XskRings {
     type Desc = FrameDesc;
     #[inline]
@@ -394,8 +413,8 @@ unsafe impl Rings for XskRings {
         // SAFETY: the caller owns the chunk, so nothing else refers to its data segment.
         unsafe { self.umem.data_mut(d) }.cursor().set_pos(len);
     }
-    fn umem(&mut self) -> (NonNull<u8>, usize) {
-        (self.base, FRAMES as usize)
+    fn umem(&mut self) -> (NonNull<u8>, usize, usize) {
+        (self.base, FRAMES as usize, self.chunk)
     }
     #[inline]
     fn rx_consume(&mut self, out: &mut [FrameDesc]) -> usize {
@@ -440,7 +459,9 @@ impl Port<XskRings> {
     /// generic mode; `BindMode::Auto` tries zero-copy (native mode only: generic XDP copies
     /// every frame) and falls back to copy mode; both fallbacks are logged with the kernel's
     /// reason. A failed bind leaves the UMEM busy for a moment, so each try uses a new one.
-    pub fn open(dev: &str, queue: u32, mode: XdpMode, bind: BindMode, port: PortId) -> io::Result<XskPort> {
+    /// The UMEM's chunks hold a frame of `mtu` ([`chunk_size`]).
+    pub fn open(dev: &str, queue: u32, mode: XdpMode, bind: BindMode, mtu: u16, port: PortId) -> io::Result<XskPort> {
+        let chunk = chunk_size(mtu);
         let (native, generic) = match mode {
             XdpMode::Auto => (true, true),
             XdpMode::Native => (true, false),
@@ -464,7 +485,7 @@ impl Port<XskRings> {
             let flags = if name == "native" { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
             let bind_flags = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
             for attempt in 0..5 {
-                let (umem, descs) = build_umem()?;
+                let (umem, descs) = build_umem(chunk)?;
                 let cfg = SocketConfig::builder()
                     .rx_queue_size(QueueSize::new(RING).expect("power of two"))
                     .tx_queue_size(QueueSize::new(RING).expect("power of two"))
@@ -483,9 +504,9 @@ impl Port<XskRings> {
                             info!(dev, queue, "zero-copy AF_XDP unavailable ({why}); using copy mode");
                         }
                         let base = umem_base(&umem, &descs);
-                        let rings = XskRings { rx, tx, fq, cq, umem, base };
+                        let rings = XskRings { rx, tx, fq, cq, umem, base, chunk };
                         let port = Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name);
-                        info!(dev, queue, mode = name, zero_copy = port.zero_copy(), "AF_XDP socket bound");
+                        info!(dev, queue, mode = name, zero_copy = port.zero_copy(), chunk, "AF_XDP socket bound");
                         return Ok(port);
                     }
                     Ok(_) => {
@@ -575,7 +596,8 @@ impl<R: Rings> Port<R> {
         port: PortId,
         mode: &'static str,
     ) -> Self {
-        let (base, chunks) = rings.umem();
+        let (base, chunks, chunk) = rings.umem();
+        assert!(chunk.is_power_of_two(), "UMEM chunks are a power of two");
         let fill = fill.min(descs.len()).min(rings.fill_room(fill));
         // SAFETY: these descriptors are ours and in no ring; those taken leave the list below.
         let n = unsafe { rings.fill_produce(&descs[..fill]) };
@@ -586,6 +608,7 @@ impl<R: Rings> Port<R> {
             rings,
             base,
             chunks,
+            chunk,
             free,
             rx_descs: vec![R::Desc::default(); MAX_BURST],
             batch: Vec::with_capacity(MAX_BURST),
@@ -619,11 +642,12 @@ impl<R: Rings> Port<R> {
         let n = self.rings.rx_consume(&mut self.rx_descs[..max]);
         for d in &self.rx_descs[..n] {
             let addr = R::addr(d);
-            let off = addr & (FRAME_SIZE - 1);
+            let off = addr & (self.chunk - 1);
             // SAFETY: by the `Rings` contract a received descriptor's address is inside the
             // UMEM, so the chunk boundary at or below it is too.
             let chunk = unsafe { self.base.add(addr - off) };
-            self.batch.push(Slot { desc: *d, chunk, head: off, len: R::data_len(d), port: self.port, send: false });
+            let (size, len, port) = (self.chunk, R::data_len(d), self.port);
+            self.batch.push(Slot { desc: *d, chunk, size, head: off, len, port, send: false });
         }
         self.stats.rx += n as u64;
         RxBatch { port: self }
@@ -632,8 +656,8 @@ impl<R: Rings> Port<R> {
     /// Whether `s` is one of this port's chunks (not one swapped in from another port's batch).
     #[inline]
     fn owns(&self, s: &Slot<R::Desc>) -> bool {
-        let at = R::addr(&s.desc) & !(FRAME_SIZE - 1);
-        at < self.chunks * FRAME_SIZE && self.base.as_ptr().wrapping_add(at) == s.chunk.as_ptr()
+        let at = R::addr(&s.desc) & !(self.chunk - 1);
+        at < self.chunks * self.chunk && self.base.as_ptr().wrapping_add(at) == s.chunk.as_ptr()
     }
 
     /// Ends the batch under way: with `send`, marked frames are queued for TX; everything else
@@ -664,17 +688,17 @@ impl<R: Rings> Port<R> {
     /// if it cannot be sent (it grew past its chunk): the chunk goes back to the fill ring.
     #[inline]
     fn tx_own(&mut self, mut s: Slot<R::Desc>) -> bool {
-        let off = R::addr(&s.desc) & (FRAME_SIZE - 1);
+        let off = R::addr(&s.desc) & (self.chunk - 1);
         if s.head != off {
-            if off + s.len > FRAME_SIZE {
+            if off + s.len > self.chunk {
                 self.fill_back.push(s.desc);
                 self.stats.tx_full += 1;
                 return false;
             }
-            // SAFETY: the slot's chunk is FRAME_SIZE bytes of this port's UMEM (checked by
+            // SAFETY: the slot's chunk is `self.chunk` bytes of this port's UMEM (checked by
             // `owns`), owned by the slot (off the RX ring, in no ring), and nothing else
             // borrows it now that its batch has ended.
-            let buf = unsafe { std::slice::from_raw_parts_mut(s.chunk.as_ptr(), FRAME_SIZE) };
+            let buf = unsafe { std::slice::from_raw_parts_mut(s.chunk.as_ptr(), self.chunk) };
             buf.copy_within(s.head..s.head + s.len, off);
         }
         // SAFETY: the chunk is ours (see above) until it goes on the TX ring.
@@ -805,7 +829,7 @@ impl<R: Rings> TxCopy for Port<R> {
             return false;
         };
         let addr = R::addr(&d);
-        let room = FRAME_SIZE - (addr & (FRAME_SIZE - 1));
+        let room = self.chunk - (addr & (self.chunk - 1));
         // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
         // `addr..addr + room` runs to the end of that chunk, inside the UMEM; nothing else
         // borrows it while `write` runs.
@@ -834,6 +858,8 @@ mod tests {
     use super::*;
 
     const CHUNKS: usize = 16;
+    /// The fake UMEM's chunk size (the default one).
+    const FRAME_SIZE: usize = 2048;
     /// Where the kernel puts received data in a chunk (XDP headroom).
     const HEADROOM: usize = 256;
 
@@ -927,8 +953,8 @@ mod tests {
         unsafe fn set_data_len(&mut self, d: &mut Desc, len: usize) {
             d.len = len;
         }
-        fn umem(&mut self) -> (NonNull<u8>, usize) {
-            (NonNull::new(self.mem.as_mut_ptr()).unwrap(), CHUNKS)
+        fn umem(&mut self) -> (NonNull<u8>, usize, usize) {
+            (NonNull::new(self.mem.as_mut_ptr()).unwrap(), CHUNKS, FRAME_SIZE)
         }
         fn rx_consume(&mut self, out: &mut [Desc]) -> usize {
             consume(&mut self.rx, out)

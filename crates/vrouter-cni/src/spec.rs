@@ -546,7 +546,7 @@ mod tests {
         let e = code(&CONF.replace(r#""node":"n1","#, ""));
         assert!(e.code == Code::InvalidConfig && e.msg.contains("'node' is missing"), "{e}");
         let e = code(&CONF.replace(r#""node":"n1""#, r#""node":"n1","mtu":9000"#));
-        assert!(e.msg.contains("'mtu' 9000 must be 576..=1778"), "{e}");
+        assert!(e.msg.contains("'mtu' 9000 must be 576..=3826"), "{e}");
         let e = code(&CONF.replace(r#""etcd_endpoints":"http://127.0.0.1:2379, http://127.0.0.2:2379","#, ""));
         assert!(e.msg.contains("'etcd_endpoints' is missing"), "{e}");
         let e = code(&CONF.replace(r#""node":"n1""#, r#""node":"n1","runtimeConfig":{"labels":{"a b":"c"}}"#));

@@ -14,6 +14,6 @@ pub mod sim;
 pub mod state;
 
 pub use output::Output;
-pub use packet::{Frame, PacketBuf, Pkt, PortId, BIG_BUF_SIZE, HEADROOM, MAX_BATCH, MAX_PORTS};
+pub use packet::{Frame, PacketBuf, Pkt, PortId, BIG_BUF_SIZE, FRAME_BUF_SIZE, HEADROOM, MAX_BATCH, MAX_PORTS};
 pub use pipeline::{Pipeline, PipelineConfig, Verdict};
 pub use state::{Endpoint, IpipMode, NextHop, PortInfo, PortKind, Shared, Snapshot, SnapshotError};

@@ -2,7 +2,7 @@
 //! bursts), and frames the pipeline made itself (fragments, ARP requests, released held
 //! packets) in a preallocated pool.
 
-use super::packet::{PortId, BUF_SIZE, HEADROOM};
+use super::packet::{PortId, FRAME_BUF_SIZE, HEADROOM};
 
 /// A frame the pipeline generated, living in an [`EmitPool`] slot.
 #[derive(Copy, Clone, Debug)]
@@ -23,7 +23,7 @@ impl EmitPool {
     pub fn new(slots: usize) -> Self {
         let slots = slots.min(u16::MAX as usize);
         EmitPool {
-            bufs: (0..slots).map(|_| vec![0u8; BUF_SIZE].into_boxed_slice()).collect(),
+            bufs: (0..slots).map(|_| vec![0u8; FRAME_BUF_SIZE].into_boxed_slice()).collect(),
             used: Vec::with_capacity(slots),
         }
     }
@@ -38,7 +38,7 @@ impl EmitPool {
     /// Commits the frame at `buf[head..head + len]` of slot `slot` (from `next_free`).
     pub fn commit(&mut self, slot: usize, port: PortId, head: usize, len: usize) {
         debug_assert_eq!(slot, self.used.len());
-        debug_assert!(head + len <= BUF_SIZE);
+        debug_assert!(head + len <= FRAME_BUF_SIZE);
         self.used.push(Emitted { port, slot: slot as u16, head: head as u16, len: len as u16 });
     }
 

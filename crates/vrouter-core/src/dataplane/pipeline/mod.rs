@@ -231,7 +231,7 @@ impl Pipeline {
             counters: Arc::new(Counters::new(super::packet::MAX_PORTS)),
             ct: ConnTrack::with_capacity(cfg.conntrack_capacity, cfg.conntrack_timeouts)
                 .with_endpoint_share(cfg.conntrack_endpoint_share_pct),
-            hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::BUF_SIZE),
+            hold: HoldQueue::new(cfg.hold_slots, cfg.hold_per_neighbour, super::packet::FRAME_BUF_SIZE),
             pending: Vec::with_capacity(cfg.hold_slots),
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
             icmp_dest_rl: DestBuckets::new(ICMP_DEST_BUCKETS, cfg.icmp_rate_per_dest, cfg.icmp_burst_per_dest),
