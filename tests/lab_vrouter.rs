@@ -511,6 +511,28 @@ fn a_jumbo_underlay_carries_frames_of_its_mtu_whole() {
     gso_on_wire(&big);
 }
 
+/// A TCP segment from the wire with a wrong checksum is not merged or marked valid: it reaches
+/// the pod as it came (whose stack drops it) and the node counts it (`gro_bad_checksum`).
+#[test]
+fn a_tcp_segment_with_a_wrong_checksum_from_the_wire_is_counted_and_left_to_the_pod() {
+    let Some((_turn, lab)) = lab("gro_bad_checksum") else { return };
+    let before = lab.counter(1, "gro_bad_checksum");
+    // Pod 2a sends pod 1a three TCP segments (ACK, 100 bytes of payload) through a raw
+    // socket: the kernel adds the IP header and leaves the TCP checksum as given, one off the
+    // right one.
+    let out = python(
+        lab,
+        &lab.pod("2a").ns,
+        "seg = lambda c: struct.pack('!HHIIBBHHH', 40000, 9, 1, 1, 5 << 4, 0x10, 65535, c, 0) + b'x' * 100\n\
+         pseudo = socket.inet_aton('10.244.2.2') + socket.inet_aton('10.244.1.2') + struct.pack('!BBH', 0, 6, 120)\n\
+         bad = csum(pseudo + seg(0)) ^ 1\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)\n\
+         for _ in range(3): s.sendto(seg(bad), ('10.244.1.2', 0))",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_counter(lab, 1, "counters", "gro_bad_checksum", before + 3) >= before + 3, "node1: {}", lab.stats(1));
+}
+
 /// Pods' big TCP segments to the other nodes reach the wire cut to its MTU with valid
 /// checksums, and are merged again on the far side (see the test above).
 fn gso_on_wire(lab: &LabHandle) {

@@ -30,7 +30,7 @@ const fn counter(
 
 /// Every worker counter that is neither per port nor per drop reason (the conntrack gauge is
 /// shown as `connections`).
-pub const WORKER_COUNTERS: [WorkerCounter; 15] = [
+pub const WORKER_COUNTERS: [WorkerCounter; 16] = [
     counter(
         "icmp_errors_sent",
         "vrouter_icmp_errors_sent_total",
@@ -90,6 +90,12 @@ pub const WORKER_COUNTERS: [WorkerCounter; 15] = [
         |c| &c.gro_merged,
     ),
     counter("gro_segments", "vrouter_gro_segments_total", "Segments from the wire merged by GRO.", |c| &c.gro_segments),
+    counter(
+        "gro_bad_checksum",
+        "vrouter_gro_bad_checksum_total",
+        "TCP segments from the wire with a wrong checksum, passed to the pod unmerged for it to drop.",
+        |c| &c.gro_bad_checksum,
+    ),
     counter(
         "csum_completed",
         "vrouter_checksums_completed_total",

@@ -205,9 +205,16 @@ impl<U: TxCopy> Sink<'_, U> {
             }
         }
         segs.clear();
-        segs.extend(
-            views[..n].iter().zip(offs.iter()).map(|(v, o)| (*o == Offload::NONE).then(|| Seg::parse(v)).flatten()),
-        );
+        segs.extend(views[..n].iter().zip(offs.iter()).map(|(v, o)| {
+            match (*o == Offload::NONE).then(|| Seg::parse(v))? {
+                Ok(s) => Some(s),
+                Err(gro::Unmerged::BadChecksum) => {
+                    counters.inc(&counters.gro_bad_checksum);
+                    None
+                }
+                Err(gro::Unmerged::Kind) => None,
+            }
+        }));
         let mut k = 0;
         while k < n {
             let Some(first) = segs[k] else {

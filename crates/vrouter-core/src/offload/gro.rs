@@ -23,6 +23,17 @@ pub const MAX_SEGS: usize = 64;
 /// The largest IPv4 datagram.
 const MAX_IP: usize = 65_535;
 
+/// Why [`Seg::parse`] leaves a frame alone (it then goes on as it came).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Unmerged {
+    /// Not a TCP segment GRO merges: not IPv4 TCP, IP or TCP options, IPIP, no payload, or a
+    /// length that disagrees with the frame.
+    Kind,
+    /// A TCP segment whose checksum is wrong: the pod judges it (and drops it), as a receiver
+    /// would; the worker counts it (`gro_bad_checksum`).
+    BadChecksum,
+}
+
 /// A TCP segment as GRO sees it: plain IPv4 (no IPIP left: decapsulation came first), checksum
 /// verified.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -36,17 +47,20 @@ pub struct Seg {
 impl Seg {
     /// The segment in `frame` (trimmed to its datagram, as the pipeline leaves it), if GRO may
     /// merge it: TCP over IPv4 without options, a payload, its checksum valid.
-    pub fn parse(frame: &[u8]) -> Option<Seg> {
-        let l = layout(frame)?;
+    pub fn parse(frame: &[u8]) -> Result<Seg, Unmerged> {
+        let l = layout(frame).ok_or(Unmerged::Kind)?;
         if l.inner.is_some() || l.proto != PROTO_TCP || l.l4 != l.outer + 20 {
-            return None;
+            return Err(Unmerged::Kind);
         }
         let total = usize::from(u16::from_be_bytes([frame[l.outer + 2], frame[l.outer + 3]]));
-        if l.outer + total != frame.len() || frame.len() <= l.hdr_len || !super::verify_csum(frame) {
-            return None;
+        if l.outer + total != frame.len() || frame.len() <= l.hdr_len {
+            return Err(Unmerged::Kind);
+        }
+        if !super::verify_csum(frame) {
+            return Err(Unmerged::BadChecksum);
         }
         let t = l.l4;
-        Some(Seg {
+        Ok(Seg {
             l,
             payload: frame.len() - l.hdr_len,
             seq: u32::from_be_bytes([frame[t + 4], frame[t + 5], frame[t + 6], frame[t + 7]]),
@@ -159,7 +173,7 @@ mod tests {
     /// Merges `frames` as a TAP writer would: returns the merged frames (header fixed + the
     /// payloads appended, as the vectored write puts them on the TAP) with their vnet headers.
     fn merge(frames: &mut [Vec<u8>]) -> Vec<([u8; VNET_HDR_LEN], Vec<u8>)> {
-        let segs: Vec<Option<Seg>> = frames.iter().map(|f| Seg::parse(f)).collect();
+        let segs: Vec<Option<Seg>> = frames.iter().map(|f| Seg::parse(f).ok()).collect();
         let mut out = Vec::new();
         let mut i = 0;
         while i < frames.len() {
@@ -248,6 +262,8 @@ mod tests {
     fn a_segment_with_a_bad_checksum_is_never_merged() {
         let mut segs = segments(&vec![9u8; 4000], 1000, 1, 0x10);
         segs[1][100] ^= 0xff; // payload corrupted in transit
+        assert_eq!(Seg::parse(&segs[1]), Err(Unmerged::BadChecksum));
+        assert!(Seg::parse(&segs[0]).is_ok());
         let merged = merge(&mut segs);
         assert_eq!(merged.len(), 3, "0 | 1 (bad, alone) | 2+3");
         assert_eq!(merged[1].0, [0; VNET_HDR_LEN], "the bad one goes on unverified, for the pod to judge");

@@ -62,6 +62,8 @@ pub struct Counters {
     /// Merged segments GRO handed to pods, and the wire segments merged into them.
     pub gro_merged: AtomicU64,
     pub gro_segments: AtomicU64,
+    /// TCP segments from the wire whose checksum GRO found wrong (passed on unmerged).
+    pub gro_bad_checksum: AtomicU64,
     /// Partial transport checksums completed before a wire.
     pub csum_completed: AtomicU64,
     /// Frames handed to the worker that owns their flow.
@@ -94,6 +96,7 @@ impl Counters {
             gso_segments: AtomicU64::new(0),
             gro_merged: AtomicU64::new(0),
             gro_segments: AtomicU64::new(0),
+            gro_bad_checksum: AtomicU64::new(0),
             csum_completed: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
             conntrack_entries: AtomicU64::new(0),
