@@ -1,22 +1,30 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
 /// Adds `data` to a running one's-complement sum (not yet folded or inverted).
+///
+/// The sum does not care about byte order (RFC 1071 2(B)): `data` is added as little-endian
+/// 32-bit words into a 64-bit sum, which needs no carry handling (2^32 words before it could
+/// overflow) and is a reduction the compiler vectorizes, then folded and swapped back to
+/// network order. On the payloads GSO and GRO checksum: 32-43 GiB/s, 2.1-2.8x the big-endian
+/// 32-bit loop it replaces and 4-6x RFC 1071's 16-bit one (`cargo bench -p vrouter-core
+/// --bench checksum`, BENCHMARKS.md).
 #[inline]
-pub fn sum(mut acc: u64, data: &[u8]) -> u64 {
+pub fn sum(acc: u64, data: &[u8]) -> u64 {
+    let mut le = 0u64;
     let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        acc += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
+        le += u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     }
     let rest = chunks.remainder();
     let mut i = 0;
     while i + 1 < rest.len() {
-        acc += u16::from_be_bytes([rest[i], rest[i + 1]]) as u64;
+        le += u64::from(u16::from_le_bytes([rest[i], rest[i + 1]]));
         i += 2;
     }
     if i < rest.len() {
-        acc += (rest[i] as u64) << 8;
+        le += u64::from(rest[i]);
     }
-    acc
+    acc + u64::from(fold(le).swap_bytes())
 }
 
 /// Folds a running sum to 16 bits (without inverting).
@@ -97,7 +105,21 @@ mod tests {
         assert_eq!(inc, checksum(&h));
     }
 
+    /// RFC 1071 as written: big-endian 16-bit words, the odd byte padded with a zero.
+    fn reference_sum(acc: u64, data: &[u8]) -> u64 {
+        let words = data.chunks(2).map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])));
+        acc + words.sum::<u64>()
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_sum_is_rfc_1071s_for_any_data_and_running_sum(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            acc in 0u64..1 << 40)
+        {
+            proptest::prop_assert_eq!(fold(sum(acc, &data)), fold(reference_sum(acc, &data)));
+        }
+
         #[test]
         fn incremental_update_matches_full_recompute(
             words in proptest::collection::vec(proptest::prelude::any::<u16>(), 10),
