@@ -47,6 +47,7 @@ fn worker(
     if let Some(c) = core {
         core_affinity::set_for_current(c);
     }
+    let mut lanes = handoff.and_then(|h| h.lanes(me));
     let mine: Vec<&(Vec<u8>, PortId)> = templates.iter().skip(me).step_by(n).collect();
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::with_size(BIG_BUF_SIZE, &[], 0)).collect();
     let mut inbox = Vec::with_capacity(BATCH);
@@ -59,13 +60,13 @@ fn worker(
         }
         let mut kept = BATCH;
         taken += BATCH as u64;
-        if let Some(h) = handoff {
+        if let (Some(h), Some(l)) = (handoff, lanes.as_mut()) {
             kept = 0;
             for i in 0..BATCH {
                 match affinity::owner(bufs[i].data(), n).filter(|&o| o != me) {
                     Some(o) => {
                         foreign += 1;
-                        if !h.give(me, o, &mut bufs[i]) {
+                        if !l.give(o, &mut bufs[i]) {
                             full += 1;
                         }
                     }
@@ -75,16 +76,17 @@ fn worker(
                     }
                 }
             }
+            l.flush(h);
         }
         tick += 1;
         pipeline.process(&mut bufs[..kept], 1_000 + tick / 1024);
         frames += kept as u64;
-        if let Some(h) = handoff {
+        if let Some(l) = lanes.as_mut() {
             for from in (0..n).filter(|&w| w != me) {
-                h.take(from, me, &mut inbox, BATCH);
+                l.take(from, &mut inbox, BATCH);
                 pipeline.process(&mut inbox[..], 1_000 + tick / 1024);
                 frames += inbox.len() as u64;
-                h.give_back(from, me, &mut inbox);
+                l.give_back(from, &mut inbox);
             }
         }
     }

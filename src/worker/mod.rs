@@ -293,6 +293,8 @@ impl WorkerRt {
         let mut scratch = OutScratch { segs: Vec::with_capacity(BURST), offs: Vec::with_capacity(BURST) };
         let mut owners: Vec<Option<usize>> = Vec::with_capacity(BURST);
         let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
+        // This worker's ends of the handoff rings.
+        let mut lanes = self.handoff.as_ref().and_then(|h| h.lanes(me));
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let port_cell = self.ports.clone();
         let mut fds_for = u64::MAX;
@@ -335,7 +337,7 @@ impl WorkerRt {
                 let mut n = batch.len();
                 if n > 0 {
                     work += n;
-                    if let Some(h) = handoff {
+                    if let (Some(h), Some(l)) = (handoff, lanes.as_mut()) {
                         // Frames of flows another worker owns are copied to it; the rest move
                         // to the front, in order, and stay.
                         owners.clear();
@@ -345,10 +347,11 @@ impl WorkerRt {
                             let frame = &buf[*head..*head + *len];
                             let o = affinity::owner(frame, workers).filter(|&o| o != me);
                             if let Some(o) = o {
-                                count_handoff(&counters, h.give_copy(me, o, frame, port));
+                                count_handoff(&counters, l.give_copy(o, frame, port));
                             }
                             owners.push(o);
                         }
+                        l.flush(h);
                         n = compact(batch.frames(), |i| owners[i].is_none());
                     }
                     self.pipeline.process(&mut batch.frames()[..n], now_ms);
@@ -391,17 +394,18 @@ impl WorkerRt {
                     continue;
                 }
                 work += n;
-                if let Some(h) = handoff {
+                if let (Some(h), Some(l)) = (handoff, lanes.as_mut()) {
                     // As for the uplink, but a TAP's buffer changes places with a spare of the
                     // pair: no copy.
                     owners.clear();
                     for b in tap_bufs[..n].iter_mut() {
                         let o = affinity::owner(b.data(), workers).filter(|&o| o != me);
                         if let Some(o) = o {
-                            count_handoff(&counters, h.give(me, o, b));
+                            count_handoff(&counters, l.give(o, b));
                         }
                         owners.push(o);
                     }
+                    l.flush(h);
                     n = compact(&mut tap_bufs[..n], |i| owners[i].is_none());
                     if n == 0 {
                         continue;
@@ -415,10 +419,10 @@ impl WorkerRt {
                     &mut scratch,
                 );
             }
-            if let Some(h) = &self.handoff {
+            if let Some(l) = lanes.as_mut() {
                 // Frames other workers handed to this one.
                 for from in (0..workers).filter(|&w| w != me) {
-                    h.take(from, me, &mut inbox, BURST);
+                    l.take(from, &mut inbox, BURST);
                     if inbox.is_empty() {
                         continue;
                     }
@@ -430,7 +434,7 @@ impl WorkerRt {
                         &mut inbox[..],
                         &mut scratch,
                     );
-                    h.give_back(from, me, &mut inbox);
+                    l.give_back(from, &mut inbox);
                 }
             }
             if now_ms >= next_kernel_stats_ms {
@@ -484,7 +488,7 @@ impl WorkerRt {
                 if let Some(h) = &self.handoff {
                     h.set_asleep(me, true);
                 }
-                if !self.handoff.as_ref().is_some_and(|h| h.pending(me)) {
+                if !lanes.as_ref().is_some_and(|l| l.pending()) {
                     // SAFETY: `fds` is a valid array of pollfd for the call's duration.
                     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, MAX_SLEEP_MS) };
                 }
