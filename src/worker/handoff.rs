@@ -41,7 +41,6 @@ pub struct Handoff {
 /// A worker's ends of the rings: frames to each other worker and the spares coming back from
 /// it, frames from each other worker and the spares going back to it. `None` at its own index.
 pub struct Lanes {
-    me: usize,
     out: Vec<Option<Out>>,
     into: Vec<Option<In>>,
 }
@@ -76,7 +75,7 @@ impl Handoff {
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let mut lanes: Vec<Lanes> = (0..n)
-            .map(|me| Lanes { me, out: (0..n).map(|_| None).collect(), into: (0..n).map(|_| None).collect() })
+            .map(|_| Lanes { out: (0..n).map(|_| None).collect(), into: (0..n).map(|_| None).collect() })
             .collect();
         for from in 0..n {
             for to in (0..n).filter(|&t| t != from) {
@@ -204,11 +203,6 @@ impl Lanes {
     /// Whether frames wait for this worker.
     pub fn pending(&self) -> bool {
         self.into.iter().flatten().any(|i| !i.frames.is_empty())
-    }
-
-    /// This worker's index.
-    pub fn me(&self) -> usize {
-        self.me
     }
 }
 
