@@ -459,8 +459,13 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     if opts.backend == Backend::Kernel {
         return Ok(None);
     }
-    let bin = match &opts.vrouter {
-        Some(p) => p.clone(),
+    vrouter_binary(opts.vrouter.as_deref()).map(Some)
+}
+
+/// The vrouter binary to run: `given`, or this executable; it must exist.
+pub(crate) fn vrouter_binary(given: Option<&Path>) -> Result<PathBuf, LabError> {
+    let bin = match given {
+        Some(p) => p.to_path_buf(),
         None => {
             std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
         }
@@ -468,7 +473,7 @@ fn preflight(opts: &LabOptions) -> Result<Option<PathBuf>, LabError> {
     if !bin.is_file() {
         return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
     }
-    Ok(Some(bin))
+    Ok(bin)
 }
 
 /// Refuses options that do not make a lab, each with what to use instead.
@@ -618,25 +623,7 @@ fn build(lab: &LabHandle) -> Result<(), LabError> {
     }
     for n in &st.nodes {
         let dev = n.router_dev.as_str();
-        let mtu = st.mtu.to_string();
-        sys::ip(&[
-            "-n",
-            &n.ns,
-            "link",
-            "add",
-            topo::UPLINK_DEV,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            dev,
-            "mtu",
-            &mtu,
-            "netns",
-            &rt,
-        ])?;
+        add_veth(&n.ns, topo::UPLINK_DEV, dev, &rt, st.mtu)?;
         sys::ip(&["-n", &rt, "link", "set", dev, "master", &topo::bridge(topo::subnet_of(n.index))])?;
         // A wire carries whole checksums; a veth hands on partial ones, which AF_XDP sees as
         // they are (and the node's kernel drops TCP from the router, BGP included). Only in
@@ -649,6 +636,13 @@ fn build(lab: &LabHandle) -> Result<(), LabError> {
         sys::ip(&["-n", &n.ns, "link", "set", topo::UPLINK_DEV, "up"])?;
     }
     Ok(())
+}
+
+/// A veth pair of `mtu`: `name` in namespace `ns`, `peer` in `peer_ns`.
+fn add_veth(ns: &str, name: &str, peer: &str, peer_ns: &str, mtu: u16) -> Result<(), LabError> {
+    let mtu = mtu.to_string();
+    let args = ["-n", ns, "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu];
+    sys::ip(&[&args[..], &["netns", peer_ns]].concat()).map(|_| ())
 }
 
 /// Kernel backend: Calico's own layout (veth pods, /32 routes, gateway 169.254.1.1) with Linux
@@ -671,23 +665,8 @@ fn kernel_forwarding(lab: &LabHandle) -> Result<(), LabError> {
         for pod in st.pods.iter().filter(|p| p.node == n.index) {
             let tap = format!("tap{}", pod.name);
             let pns = pod.ns.as_str();
+            add_veth(ns, &tap, topo::POD_IF, pns, topo::pod_mtu(st.mtu))?;
             let mtu = topo::pod_mtu(st.mtu).to_string();
-            sys::ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                &tap,
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                topo::POD_IF,
-                "netns",
-                pns,
-            ])?;
             sys::ip(&["-n", pns, "link", "set", topo::POD_IF, "address", &pod.mac, "mtu", &mtu, "up"])?;
             sys::ip(&["-n", pns, "addr", "add", &format!("{}/32", pod.ip), "dev", topo::POD_IF])?;
             sys::ip(&["-n", pns, "route", "add", "169.254.1.1", "dev", topo::POD_IF, "scope", "link"])?;

@@ -394,16 +394,7 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
             return Err(LabError::BadOption(format!("{what} mode '{idle}': use poll, adaptive or interrupt")));
         }
     }
-    let bin = match &opts.vrouter {
-        Some(p) => p.clone(),
-        None => {
-            std::env::current_exe().map_err(|err| LabError::Io { what: "finding the vrouter binary".into(), err })?
-        }
-    };
-    if !bin.is_file() {
-        return Err(LabError::Binary { path: bin, msg: "not found: build it with `cargo build --release`".into() });
-    }
-    Ok(bin)
+    crate::lab::vrouter_binary(opts.vrouter.as_deref())
 }
 
 /// Runs the UDP hairpin (every forwarder at every frame size, then latency) in namespaces of
