@@ -99,6 +99,45 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
 }
 
 #[test]
+fn an_uplink_mtu_above_the_devices_is_refused_and_a_big_one_gets_4k_chunks() {
+    if !common::root_or_skip("network namespaces, AF_XDP") {
+        return;
+    }
+    let t = Topo::namespaces("vrmtu", 1, &[]);
+    t.write_config(&format!(
+        "[node]\nname = \"m\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nmtu = 3000\n[control]\nsocket = \"{}\"\n",
+        t.sock().display()
+    ));
+    let config = t.dir.join("node.toml");
+    let run = || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &t.ns("node"),
+            env!("CARGO_BIN_EXE_vrouter"),
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    };
+    // The device's MTU is 1500: frames of 3,000 would be lost on its wire. Refused, saying so.
+    let o = run();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("uplink.mtu: 3000 is above up0's MTU 1500") && e.contains("ip link set dev up0 mtu 3000"),
+        "{e}"
+    );
+    // With the device's MTU raised, the UMEM takes 4 KiB chunks for such frames.
+    assert!(sh(&["ip", "-n", &t.ns("node"), "link", "set", "up0", "mtu", "3000"]).status.success());
+    let child = t.start();
+    let log = t.log();
+    assert!(log.contains("AF_XDP socket bound") && log.contains("chunk=4096"), "{log}");
+    t.stop(child);
+}
+
+#[test]
 fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_up() {
     assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
     let t = Topo::routed("vra", &["pod"]);
