@@ -221,6 +221,11 @@ pub struct LatencySample {
     pub p90_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// Frames dropped while the pings ran (the load's too), where they were: vrouter's drop
+    /// reasons (the kernel's AF_XDP drops among them, `xsk/*`), the kernel's backlog
+    /// (`softnet_backlog_dropped`) and the generator's veth (`generator_tx_dropped`). Only
+    /// those that moved.
+    pub drops: BTreeMap<String, u64>,
 }
 
 impl std::fmt::Display for LatencySample {
@@ -238,7 +243,12 @@ impl std::fmt::Display for LatencySample {
             self.max_us,
             self.received,
             self.sent
-        )
+        )?;
+        if !self.drops.is_empty() {
+            let d: Vec<String> = self.drops.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            write!(f, "; dropped meanwhile: {}", d.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -558,7 +568,7 @@ fn udp_in(
                 }
                 _ => Some(t.vrouter_on(bin, fwd, &opts.idle)?),
             };
-            match latency_run(t, fwd, target, opts) {
+            match latency_run(t, fwd, target, opts, daemon.as_ref()) {
                 Ok(l) => {
                     progress(&format!("latency {l}"));
                     let n = fwd.name();
@@ -785,7 +795,20 @@ fn clk_tck() -> f64 {
     }
 }
 
-fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -> Result<LatencySample, LabError> {
+fn latency_run(
+    t: &topo::Topo,
+    fwd: Forwarder,
+    target: f64,
+    opts: &E2eOptions,
+    daemon: Option<&topo::Daemon>,
+) -> Result<LatencySample, LabError> {
+    // Drop counters by where, read before and after the pings.
+    let drops_now = || -> Result<BTreeMap<String, u64>, LabError> {
+        let mut d = daemon.map(topo::Daemon::drops_by_reason).unwrap_or_default();
+        d.insert("softnet_backlog_dropped".into(), softnet_dropped());
+        d.insert("generator_tx_dropped".into(), link_stats(&t.gen, "eth0")?["tx"]["dropped"].as_u64().unwrap_or(0));
+        Ok(d)
+    };
     let frame = 64;
     let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
     std::fs::write(&cfg, trafgen_config(frame))
@@ -802,6 +825,7 @@ fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -
     let count = ((opts.duration * 100.0) as u32).max(100);
     let measured = (|| {
         sys::sleep(Duration::from_secs_f64(opts.warmup))?;
+        let before = drops_now()?;
         let a = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
         let out = sys::ns_ok(
             &t.gen,
@@ -809,10 +833,19 @@ fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -
             Duration::from_secs(count as u64 / 50 + 20),
         );
         let b = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
-        Ok::<_, LabError>((a, b, out))
+        // The daemon writes its stats every 200 ms: wait for a file from after the pings.
+        sys::sleep(Duration::from_millis(300))?;
+        let after = drops_now()?;
+        let drops = after
+            .into_iter()
+            .map(|(k, n)| (n.saturating_sub(before.get(&k).copied().unwrap_or(0)), k))
+            .filter(|&(n, _)| n > 0)
+            .map(|(n, k)| (k, n))
+            .collect::<BTreeMap<_, _>>();
+        Ok::<_, LabError>((a, b, out, drops))
     })();
     drop(gen);
-    let (a, b, out) = measured?;
+    let (a, b, out, drops) = measured?;
     // ping exits non-zero when a reply is missing: the replies it got still count.
     let out = match out {
         Ok(o) => o,
@@ -845,6 +878,7 @@ fn latency_run(t: &topo::Topo, fwd: Forwarder, target: f64, opts: &E2eOptions) -
         p90_us: pct(0.9),
         p99_us: pct(0.99),
         max_us: rtts[rtts.len() - 1],
+        drops,
     })
 }
 
@@ -915,6 +949,28 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         assert_eq!(Spread::of(&[1.0, 2.0, 4.0, 3.0]).median, 2.5);
         assert_eq!(Spread::of(&[]).median, 0.0);
+    }
+
+    #[test]
+    fn a_latency_line_says_where_frames_were_dropped_meanwhile() {
+        let mut l = LatencySample {
+            forwarder: Forwarder::Vrouter,
+            target_pps: 114_000.0,
+            load_pps: 132_000.0,
+            sent: 200,
+            received: 187,
+            p50_us: 61.0,
+            p90_us: 74.0,
+            p99_us: 8250.0,
+            max_us: 8590.0,
+            drops: BTreeMap::new(),
+        };
+        assert!(l.to_string().ends_with("(187/200 replies)"), "{l}");
+        l.drops = [("tx/full".to_string(), 4), ("generator_tx_dropped".to_string(), 12)].into();
+        assert!(
+            l.to_string().ends_with("(187/200 replies); dropped meanwhile: generator_tx_dropped 12, tx/full 4"),
+            "{l}"
+        );
     }
 
     #[test]
