@@ -94,12 +94,12 @@ pub enum BindMode {
 ///
 /// # Safety
 /// The port builds slices into the UMEM from what this trait says, so implementors promise:
-/// [`Rings::umem`] is the start of `chunks * chunk_size` bytes (`chunk_size` a power of two), valid for reads and writes for
-/// as long as the rings live, and touched by nothing else while the port owns a chunk (in copy
-/// or zero-copy mode the kernel writes only chunks on the fill ring and reads only chunks on
-/// the TX ring); [`Rings::rx_consume`] returns only descriptors produced to the fill ring, and
-/// [`Rings::comp_consume`] only descriptors produced to the TX ring, each once, with
-/// addresses inside that region.
+/// [`Rings::umem`] is the start of `chunks * chunk_size` bytes (`chunk_size` a power of two),
+/// valid for reads and writes for as long as the rings live, and touched by nothing else while
+/// the port owns a chunk (in copy or zero-copy mode the kernel writes only chunks on the fill
+/// ring and reads only chunks on the TX ring); [`Rings::rx_consume`] returns only descriptors
+/// produced to the fill ring, and [`Rings::comp_consume`] only descriptors produced to the TX
+/// ring, each once, with addresses inside that region.
 pub unsafe trait Rings {
     /// A descriptor: a chunk's address (offset in the UMEM) and the length of its data.
     type Desc: Copy + Default;
