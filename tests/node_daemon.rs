@@ -77,16 +77,7 @@ fn queue_count_is_checked_before_binding_and_two_queues_get_two_workers() {
     };
     // Four queues on a two-queue device: refused before anything is bound.
     t.write_config(&cfg(4));
-    let o = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &t.ns("node"),
-        env!("CARGO_BIN_EXE_vrouter"),
-        "run",
-        "--config",
-        t.dir.join("node.toml").to_str().unwrap(),
-    ]);
+    let o = t.run_refused();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("uplink.queues = 4 but the device has 2 RX queue(s)"), "{e}");
@@ -108,21 +99,8 @@ fn an_uplink_mtu_above_the_devices_is_refused_and_a_big_one_gets_4k_chunks() {
         "[node]\nname = \"m\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nmtu = 3000\n[control]\nsocket = \"{}\"\n",
         t.sock().display()
     ));
-    let config = t.dir.join("node.toml");
-    let run = || {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &t.ns("node"),
-            env!("CARGO_BIN_EXE_vrouter"),
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-    };
     // The device's MTU is 1500: frames of 3,000 would be lost on its wire. Refused, saying so.
-    let o = run();
+    let o = t.run_refused();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -477,18 +455,7 @@ fn uplink_bind_copy_forwards_and_zerocopy_on_veth_is_refused_with_the_fix_or_rep
     t.stop(child);
     // Zero-copy or nothing: this kernel's veth refuses it, and the daemon does not start.
     t.write_config(&with_bind(BindMode::ZeroCopy));
-    let o = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &t.ns("node"),
-        "timeout",
-        "10",
-        env!("CARGO_BIN_EXE_vrouter"),
-        "run",
-        "--config",
-        t.dir.join("node.toml").to_str().unwrap(),
-    ]);
+    let o = t.run_refused();
     let e = String::from_utf8_lossy(&o.stderr);
     eprintln!("bind = \"zerocopy\" on veth: {}", e.trim_end().lines().last().unwrap_or_default());
     if o.status.code() == Some(124) {

@@ -276,6 +276,16 @@ impl Topo {
         daemon
     }
 
+    /// Runs the daemon in the node namespace in the foreground, for a config it should refuse
+    /// at start: what it printed and how it exited. One it accepts is stopped after 10 s (exit
+    /// status 124), so the test fails instead of hanging.
+    pub fn run_refused(&self) -> Output {
+        let config = self.dir.join("node.toml");
+        let vrouter = env!("CARGO_BIN_EXE_vrouter");
+        let ns = self.ns("node");
+        sh(&["ip", "netns", "exec", &ns, "timeout", "10", vrouter, "run", "--config", config.to_str().unwrap()])
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
