@@ -629,7 +629,8 @@ struct Counters {
     sink_rx: u64,
     cpu: Vec<(u64, u64)>,
     proc_ticks: u64,
-    vrouter_drops: u64,
+    /// The daemon's drop counters by reason (empty for the kernel).
+    vrouter_drops: BTreeMap<String, u64>,
     softnet_dropped: u64,
 }
 
@@ -694,7 +695,7 @@ fn read_counters(t: &topo::Topo, daemon: Option<&topo::Daemon>) -> Result<Counte
         sink_rx: g["rx"]["packets"].as_u64().unwrap_or(0),
         cpu,
         proc_ticks,
-        vrouter_drops: daemon.map(|d| d.drops()).unwrap_or(0),
+        vrouter_drops: daemon.map(topo::Daemon::drops_by_reason).unwrap_or_default(),
         softnet_dropped: softnet_dropped(),
     })
 }
@@ -752,7 +753,8 @@ fn udp_run(
     drops.insert("softnet_backlog_dropped".to_string(), b.softnet_dropped.saturating_sub(a.softnet_dropped));
     drops.insert("sink_rx_not_counted".to_string(), (b.sink_rx.saturating_sub(a.sink_rx)).saturating_sub(forwarded));
     if daemon.is_some() {
-        drops.insert("vrouter_drops".to_string(), b.vrouter_drops.saturating_sub(a.vrouter_drops));
+        let sum = |c: &Counters| c.vrouter_drops.values().sum::<u64>();
+        drops.insert("vrouter_drops".to_string(), sum(&b).saturating_sub(sum(&a)));
     }
     let offered_pps = offered as f64 / secs;
     let forwarded_pps = forwarded as f64 / secs;
@@ -802,13 +804,6 @@ fn latency_run(
     opts: &E2eOptions,
     daemon: Option<&topo::Daemon>,
 ) -> Result<LatencySample, LabError> {
-    // Drop counters by where, read before and after the pings.
-    let drops_now = || -> Result<BTreeMap<String, u64>, LabError> {
-        let mut d = daemon.map(topo::Daemon::drops_by_reason).unwrap_or_default();
-        d.insert("softnet_backlog_dropped".into(), softnet_dropped());
-        d.insert("generator_tx_dropped".into(), link_stats(&t.gen, "eth0")?["tx"]["dropped"].as_u64().unwrap_or(0));
-        Ok(d)
-    };
     let frame = 64;
     let cfg = t.dir.join(format!("trafgen-{frame}.cfg"));
     std::fs::write(&cfg, trafgen_config(frame))
@@ -825,27 +820,19 @@ fn latency_run(
     let count = ((opts.duration * 100.0) as u32).max(100);
     let measured = (|| {
         sys::sleep(Duration::from_secs_f64(opts.warmup))?;
-        let before = drops_now()?;
-        let a = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
+        let a = read_counters(t, daemon)?;
         let out = sys::ns_ok(
             &t.gen,
             &["ping", "-n", "-i", "0.01", "-c", &count.to_string(), "-W", "1", "-I", topo::GEN_SRC, topo::SINK_DST],
             Duration::from_secs(count as u64 / 50 + 20),
         );
-        let b = (Instant::now(), link_stats(&t.gen, "eth0")?["tx"]["packets"].as_u64().unwrap_or(0));
         // The daemon writes its stats every 200 ms: wait for a file from after the pings.
         sys::sleep(Duration::from_millis(300))?;
-        let after = drops_now()?;
-        let drops = after
-            .into_iter()
-            .map(|(k, n)| (n.saturating_sub(before.get(&k).copied().unwrap_or(0)), k))
-            .filter(|&(n, _)| n > 0)
-            .map(|(n, k)| (k, n))
-            .collect::<BTreeMap<_, _>>();
-        Ok::<_, LabError>((a, b, out, drops))
+        let b = read_counters(t, daemon)?;
+        Ok::<_, LabError>((a, b, out))
     })();
     drop(gen);
-    let (a, b, out, drops) = measured?;
+    let (a, b, out) = measured?;
     // ping exits non-zero when a reply is missing: the replies it got still count.
     let out = match out {
         Ok(o) => o,
@@ -867,19 +854,33 @@ fn latency_run(
     }
     rtts.sort_by(|x, y| x.total_cmp(y));
     let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
-    let secs = (b.0 - a.0).as_secs_f64().max(1e-3);
+    let secs = b.at.zip(a.at).map(|(y, x)| (y - x).as_secs_f64()).unwrap_or(0.0).max(1e-3);
     Ok(LatencySample {
         forwarder: fwd,
         target_pps: target,
-        load_pps: b.1.saturating_sub(a.1) as f64 / secs,
+        load_pps: b.gen_tx.saturating_sub(a.gen_tx) as f64 / secs,
         sent: count,
         received: rtts.len() as u32,
         p50_us: pct(0.5),
         p90_us: pct(0.9),
         p99_us: pct(0.99),
         max_us: rtts[rtts.len() - 1],
-        drops,
+        drops: moved_drops(&a, &b),
     })
+}
+
+/// The drop counters that moved from `a` to `b`, by where: the daemon's reasons, the kernel's
+/// backlog and the generator veth's TX drops; only those that moved.
+fn moved_drops(a: &Counters, b: &Counters) -> BTreeMap<String, u64> {
+    let mut d: BTreeMap<String, u64> = b
+        .vrouter_drops
+        .iter()
+        .map(|(k, n)| (k.clone(), n.saturating_sub(a.vrouter_drops.get(k).copied().unwrap_or(0))))
+        .collect();
+    d.insert("softnet_backlog_dropped".into(), b.softnet_dropped.saturating_sub(a.softnet_dropped));
+    d.insert("generator_tx_dropped".into(), b.gen_tx_dropped.saturating_sub(a.gen_tx_dropped));
+    d.retain(|_, n| *n > 0);
+    d
 }
 
 fn summarise(samples: &[Sample], sizes: &[u32]) -> Vec<Summary> {
@@ -971,6 +972,24 @@ mod tests {
             l.to_string().ends_with("(187/200 replies); dropped meanwhile: generator_tx_dropped 12, tx/full 4"),
             "{l}"
         );
+    }
+
+    #[test]
+    fn moved_drops_names_only_the_counters_that_moved() {
+        let a = Counters {
+            vrouter_drops: [("tx/full".to_string(), 5), ("fib/no-route".to_string(), 2)].into(),
+            gen_tx_dropped: 10,
+            softnet_dropped: 3,
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.vrouter_drops.insert("tx/full".into(), 9);
+        b.vrouter_drops.insert("uplink/rx-dropped".into(), 4);
+        b.gen_tx_dropped = 12;
+        let d = moved_drops(&a, &b);
+        let want: BTreeMap<String, u64> =
+            [("tx/full".into(), 4), ("uplink/rx-dropped".into(), 4), ("generator_tx_dropped".into(), 2)].into();
+        assert_eq!(d, want);
     }
 
     #[test]

@@ -448,11 +448,6 @@ impl Daemon {
         }
     }
 
-    /// Sum of the daemon's drop counters (all reasons), from its stats file.
-    pub fn drops(&self) -> u64 {
-        self.drops_by_reason().values().sum()
-    }
-
     /// The daemon's drop counters by reason, from its stats file (written every 200 ms).
     pub fn drops_by_reason(&self) -> BTreeMap<String, u64> {
         for _ in 0..5 {
