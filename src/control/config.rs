@@ -250,7 +250,8 @@ fn default_tx_queue() -> usize {
 pub use vrouter_api::config::{MAX_MTU, MIN_MTU};
 // The pipeline's own frames (fragments, held frames) take a frame of any MTU vrouter accepts.
 const _: () = assert!(
-    vrouter_core::dataplane::HEADROOM + 14 + MAX_MTU as usize <= vrouter_core::dataplane::FRAME_BUF_SIZE,
+    vrouter_core::dataplane::HEADROOM + vrouter_core::wire::ethernet::HEADER_LEN + MAX_MTU as usize
+        <= vrouter_core::dataplane::FRAME_BUF_SIZE,
     "MAX_MTU must fit the pipeline's frame buffers"
 );
 

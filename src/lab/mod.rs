@@ -495,7 +495,7 @@ fn check_options(opts: &LabOptions) -> Result<(), LabError> {
             topo::MAX_NODES
         )));
     }
-    let min_mtu = vrouter_api::config::MIN_MTU + 20;
+    let min_mtu = vrouter_api::config::MIN_MTU + topo::IPIP_OVERHEAD;
     if !(min_mtu..=topo::MAX_MTU).contains(&opts.mtu) {
         return Err(LabError::BadOption(format!(
             "MTU {}: use {min_mtu} to {} (veth's native XDP takes a frame in one 4 KiB page; pods get 20 less)",

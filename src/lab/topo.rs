@@ -37,9 +37,11 @@ pub const DEFAULT_MTU: u16 = 1500;
 /// (4096 - 256 headroom - 320 of `skb_shared_info` - 14 of Ethernet), and the lab compares
 /// vrouter on native XDP.
 pub const MAX_MTU: u16 = 3506;
-/// A pod's MTU on an underlay of `mtu`: 20 bytes less, room for IPIP (as Calico sets it).
+/// What IPIP adds to a packet: the outer IPv4 header.
+pub const IPIP_OVERHEAD: u16 = vrouter_core::wire::ipv4::MIN_HEADER_LEN as u16;
+/// A pod's MTU on an underlay of `mtu`: room for IPIP (as Calico sets it).
 pub fn pod_mtu(mtu: u16) -> u16 {
-    mtu - 20
+    mtu - IPIP_OVERHEAD
 }
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The policy name on pod `3b`, and the TCP port it denies.

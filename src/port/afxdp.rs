@@ -33,10 +33,10 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use vrouter_api::config::MAX_MTU;
 use vrouter_core::dataplane::{Frame, PortId};
+use vrouter_core::wire::ethernet::HEADER_LEN as ETH_HLEN;
 
 /// The kernel's headroom in front of a received frame in its chunk (`XDP_PACKET_HEADROOM`).
 const XDP_HEADROOM: usize = 256;
-const ETH_HLEN: usize = 14;
 const _: () = assert!(XDP_HEADROOM + ETH_HLEN + MAX_MTU as usize <= 4096, "MAX_MTU must fit a 4 KiB chunk");
 
 /// A UMEM chunk's size for an uplink MTU: 2 KiB while a frame of that MTU fits one, 4 KiB
@@ -860,8 +860,6 @@ mod tests {
     const CHUNKS: usize = 16;
     /// The fake UMEM's chunk size (the default one).
     const FRAME_SIZE: usize = 2048;
-    /// Where the kernel puts received data in a chunk (XDP headroom).
-    const HEADROOM: usize = 256;
 
     #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
     struct Desc {
@@ -897,7 +895,7 @@ mod tests {
                 accept: usize::MAX,
                 kicks: 0,
             };
-            let descs = (0..CHUNKS).map(|i| Desc { addr: i * FRAME_SIZE + HEADROOM, len: 0 }).collect();
+            let descs = (0..CHUNKS).map(|i| Desc { addr: i * FRAME_SIZE + XDP_HEADROOM, len: 0 }).collect();
             (rings, descs)
         }
 
@@ -906,7 +904,7 @@ mod tests {
             let mut n = 0;
             for f in frames {
                 let Some(d) = self.fill.pop_front() else { break };
-                let addr = (d.addr & !(FRAME_SIZE - 1)) + HEADROOM;
+                let addr = (d.addr & !(FRAME_SIZE - 1)) + XDP_HEADROOM;
                 self.mem[addr..addr + f.len()].copy_from_slice(f);
                 self.rx.push_back(Desc { addr, len: f.len() });
                 n += 1;
