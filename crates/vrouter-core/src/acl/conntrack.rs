@@ -71,10 +71,7 @@ pub const PROBE_WINDOW: usize = 32;
 /// include expired entries the background sweep has not reached yet).
 const SHARE_SWEEP: usize = 256;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use crate::wire::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Idle timeouts in milliseconds. Defaults follow Linux where Linux is sane for a router, and
 /// cut the 5-day TCP established timeout to an hour.

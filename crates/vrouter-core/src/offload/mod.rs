@@ -20,18 +20,13 @@ pub use vnet::{Gso, Offload, VNET_HDR_LEN};
 use crate::wire::checksum;
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4};
 use crate::wire::ipv4::{PROTO_IPIP, PROTO_TCP, PROTO_UDP};
+// The TCP flags GSO and GRO look at.
+use crate::wire::l4::{TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
 
 const ETH: usize = ethernet::HEADER_LEN;
 /// Where TCP and UDP keep their checksum, from the start of their header.
 const TCP_CSUM: usize = 16;
 const UDP_CSUM: usize = 6;
-/// TCP flags GSO and GRO look at.
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_URG: u8 = 0x20;
-const TCP_CWR: u8 = 0x80;
 
 /// Where a frame's headers are: Ethernet, IPv4, for IPIP an inner IPv4, then TCP or UDP.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

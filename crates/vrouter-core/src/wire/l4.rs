@@ -4,6 +4,15 @@
 use super::icmp;
 use super::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
+/// TCP header flags (RFC 9293 3.1; CWR: RFC 3168).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_CWR: u8 = 0x80;
+
 /// Minimum transport header needed to read what policy matches on. RFC 1858 (tiny fragment
 /// attacks): a first fragment too short to carry these cannot be classified and is dropped.
 pub const fn min_header(proto: u8) -> usize {
