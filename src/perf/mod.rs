@@ -652,17 +652,39 @@ fn xdp_drops(ns: &str, dev: &str) -> Result<u64, LabError> {
         .sum())
 }
 
-/// (busy, total) jiffies per CPU from /proc/stat.
+/// One `cpu` line of /proc/stat, in jiffies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct CpuJiffies {
+    /// user, nice, system, irq and softirq (guest time is inside user already).
+    pub work: u64,
+    /// idle and iowait.
+    pub idle: u64,
+    /// Time the hypervisor gave to someone else.
+    pub steal: u64,
+}
+
+/// Reads a `cpu` or `cpuN` line's fields (user nice system idle iowait irq softirq steal ...);
+/// `None` unless it has at least the first four, all numbers.
+pub(crate) fn cpu_jiffies(line: &str) -> Option<CpuJiffies> {
+    let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    (f.len() >= 4).then(|| CpuJiffies {
+        work: get(0) + get(1) + get(2) + get(5) + get(6),
+        idle: get(3) + get(4),
+        steal: get(7),
+    })
+}
+
+/// (busy, total) jiffies per CPU from /proc/stat; steal counts as busy (the forwarder did not
+/// get that time).
 fn cpu_times() -> Vec<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(|c| c.is_ascii_digit()))
         .map(|l| {
-            let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-            let get = |i: usize| f.get(i).copied().unwrap_or(0);
-            // user nice system idle iowait irq softirq steal
-            let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-            (busy, busy + get(3) + get(4))
+            let c = cpu_jiffies(l).unwrap_or_default();
+            let busy = c.work + c.steal;
+            (busy, busy + c.idle)
         })
         .collect()
 }
@@ -972,6 +994,14 @@ mod tests {
             l.to_string().ends_with("(187/200 replies); dropped meanwhile: generator_tx_dropped 12, tx/full 4"),
             "{l}"
         );
+    }
+
+    #[test]
+    fn a_cpu_line_splits_into_work_idle_and_steal() {
+        let c = cpu_jiffies("cpu1 100 5 50 1000 20 3 7 11 0 0").unwrap();
+        assert_eq!(c, CpuJiffies { work: 100 + 5 + 50 + 3 + 7, idle: 1000 + 20, steal: 11 });
+        assert_eq!(cpu_jiffies("cpu1 1 2 3"), None);
+        assert_eq!(cpu_jiffies("cpu1 1 x 3 4"), None);
     }
 
     #[test]

@@ -316,9 +316,7 @@ fn set_offloads(ns: &str, o: PodOffloads) -> Result<(), LabError> {
 /// system, irq and softirq (guest time is inside user already); idle and iowait are not busy.
 pub(crate) fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
-    let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    (f.len() >= 4).then(|| (get(0) + get(1) + get(2) + get(5) + get(6), get(7)))
+    super::cpu_jiffies(line).map(|c| (c.work, c.steal))
 }
 
 fn cpu_now() -> (u64, u64) {
