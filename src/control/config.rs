@@ -487,10 +487,7 @@ impl Config {
                 return err("uplink.tx_queue", format!("{} must be 32..={}", u.tx_queue, crate::port::afxdp::TX_RING));
             }
             if !(MIN_MTU..=MAX_MTU).contains(&u.mtu) {
-                return err(
-                    "uplink.mtu",
-                    format!("{} must be {MIN_MTU}..={MAX_MTU} (a frame fills at most one 4 KiB AF_XDP chunk)", u.mtu),
-                );
+                return err("uplink.mtu", format!("{} must be {MIN_MTU}..={MAX_MTU}", u.mtu));
             }
         }
         if !(1..=1 << 24).contains(&self.conntrack.capacity) {

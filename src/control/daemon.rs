@@ -401,7 +401,9 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
                 // has it (mlx5, stmmac; not veth), and xsk-rs sets up no TX metadata.
                 info!(
                     dev = %u.device,
-                    "uplink offloads: segmentation (GSO) and checksums in software; AF_XDP TX checksum offload and multi-buffer not used"
+                    multi_buffer = x.is_multi_buffer(),
+                    "uplink offloads: segmentation (GSO) and checksums in software; AF_XDP TX checksum offload not used; multi-buffer (XDP_USE_SG) {}",
+                    if x.is_multi_buffer() { "on: frames above one chunk span chains of chunks" } else { "off: every frame fits one chunk" }
                 );
             }
             x.set_tx_queue(u.tx_queue);

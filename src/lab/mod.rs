@@ -495,11 +495,13 @@ fn check_options(opts: &LabOptions) -> Result<(), LabError> {
             topo::MAX_NODES
         )));
     }
-    let min_mtu = vrouter_api::config::MIN_MTU + topo::IPIP_OVERHEAD;
-    if !(min_mtu..=topo::MAX_MTU).contains(&opts.mtu) {
+    if !topo::mtu_ok(opts.mtu) {
         return Err(LabError::BadOption(format!(
-            "MTU {}: use {min_mtu} to {} (veth's native XDP takes a frame in one 4 KiB page; pods get 20 less)",
+            "MTU {}: use {} to {} (a frame in one 4 KiB page, as veth's native XDP takes it under libxdp's program) or {} to {} (multi-buffer AF_XDP); pods get 20 less",
             opts.mtu,
+            vrouter_api::config::MIN_MTU + topo::IPIP_OVERHEAD,
+            topo::MAX_SINGLE_BUFFER_MTU,
+            topo::MAX_CHUNK_MTU + 1,
             topo::MAX_MTU
         )));
     }
@@ -984,8 +986,12 @@ mod tests {
         let bad = |o: LabOptions| check_options(&o).unwrap_err().to_string();
         assert!(check_options(&LabOptions::default()).is_ok());
         assert!(check_options(&LabOptions { mtu: topo::MAX_MTU, ..Default::default() }).is_ok());
-        let e = bad(LabOptions { mtu: 9000, ..Default::default() });
-        assert!(e.contains("MTU 9000: use 596 to 3506"), "{e}");
+        assert!(check_options(&LabOptions { mtu: 3506, ..Default::default() }).is_ok());
+        assert!(check_options(&LabOptions { mtu: 3827, ..Default::default() }).is_ok());
+        let e = bad(LabOptions { mtu: 3600, ..Default::default() });
+        assert!(e.contains("MTU 3600: use 596 to 3506") && e.contains("or 3827 to 9000"), "{e}");
+        let e = bad(LabOptions { mtu: 9001, ..Default::default() });
+        assert!(e.contains("MTU 9001: use"), "{e}");
         let e = bad(LabOptions { mtu: 590, ..Default::default() });
         assert!(e.contains("MTU 590: use 596 to 3506"), "{e}");
         let e = bad(LabOptions { idle: "nap".into(), ..Default::default() });

@@ -33,10 +33,19 @@ pub const BRIDGE: &str = "br0";
 pub const POD_IF: &str = "eth0";
 /// The underlay's MTU unless told otherwise (`vrouter lab up --mtu`).
 pub const DEFAULT_MTU: u16 = 1500;
-/// The most the lab's underlay takes: veth runs native XDP on a frame in one 4 KiB page
-/// (4096 - 256 headroom - 320 of `skb_shared_info` - 14 of Ethernet), and the lab compares
-/// vrouter on native XDP.
-pub const MAX_MTU: u16 = 3506;
+/// The most a single-buffer underlay takes: veth runs libxdp's (not frags-aware) program
+/// natively on a frame in one 4 KiB page (4096 - 256 headroom - 320 of `skb_shared_info` - 14
+/// of Ethernet), and the lab compares vrouter on native XDP. Above [`MAX_CHUNK_MTU`] vrouter
+/// runs multi-buffer behind its own frags-aware program, which veth takes up to [`MAX_MTU`];
+/// in between, neither works natively.
+pub const MAX_SINGLE_BUFFER_MTU: u16 = 3506;
+pub use crate::port::afxdp::MAX_CHUNK_MTU;
+pub use vrouter_api::config::MAX_MTU;
+/// Whether the lab can build an underlay of `mtu` (see [`MAX_SINGLE_BUFFER_MTU`]).
+pub fn mtu_ok(mtu: u16) -> bool {
+    (vrouter_api::config::MIN_MTU + IPIP_OVERHEAD..=MAX_SINGLE_BUFFER_MTU).contains(&mtu)
+        || (MAX_CHUNK_MTU + 1..=MAX_MTU).contains(&mtu)
+}
 /// What IPIP adds to a packet: the outer IPv4 header.
 pub const IPIP_OVERHEAD: u16 = vrouter_core::wire::ipv4::MIN_HEADER_LEN as u16;
 /// A pod's MTU on an underlay of `mtu`: room for IPIP (as Calico sets it).

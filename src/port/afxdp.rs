@@ -1,7 +1,7 @@
 //! The uplink through AF_XDP (xsk-rs): one socket and one UMEM per queue, frames processed in
 //! place in the UMEM and sent back out of the same chunk when they leave on the uplink.
 //!
-//! UMEM chunk layout: `[256 B XDP headroom | frame ...]` (frame size 2048, no user headroom).
+//! UMEM chunk layout: `[256 B XDP headroom | frame ...]` (2 or 4 KiB chunks, no user headroom).
 //! The pipeline sees the whole chunk as its buffer, so IPIP encapsulation and ICMP errors grow
 //! into the 256 bytes in front. xsk-rs 0.11 cannot move a descriptor's start address, so a
 //! frame whose start moved is slid back to the descriptor's address before TX (a memmove of
@@ -19,12 +19,22 @@
 //! batch holds when it ends goes back to the fill ring, or out on TX if the worker asked
 //! ([`RxBatch::send`], [`RxBatch::finish`]). The rings sit behind [`Rings`], so the accounting
 //! is tested against fake rings without root (the tests at the bottom).
+//!
+//! Multi-buffer (an uplink MTU above [`MAX_CHUNK_MTU`], up to [`MAX_MTU`]): the socket is
+//! bound with `XDP_USE_SG` behind our own frags-aware XDP program ([`XskProgram`]), and a
+//! frame spans a chain of chunks (`XDP_PKT_CONTD` on all but the last). The pipeline works on
+//! contiguous frames, so a received chain is gathered into one of the port's big buffers (its
+//! chunks go straight back to the fill ring), and a frame sent from a big buffer or written
+//! by [`TxCopy::tx_with`] is scattered into a chain of free chunks: one copy each way, which
+//! the kernel's copy mode costs per chunk anyway. A chain is never split by the TX ring's room
+//! nor dropped half-queued.
 
 use std::io;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -32,17 +42,25 @@ use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, So
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use vrouter_api::config::MAX_MTU;
+
+use super::xdp::{AttachMode, XskProgram};
 use vrouter_core::dataplane::{Frame, PortId};
 use vrouter_core::wire::ethernet::HEADER_LEN as ETH_HLEN;
 
 /// The kernel's headroom in front of a received frame in its chunk (`XDP_PACKET_HEADROOM`).
 const XDP_HEADROOM: usize = 256;
-const _: () = assert!(XDP_HEADROOM + ETH_HLEN + MAX_MTU as usize <= 4096, "MAX_MTU must fit a 4 KiB chunk");
+/// The largest uplink MTU whose frames fit one (4 KiB) chunk; above, frames span a chain of
+/// chunks (multi-buffer, see the module docs).
+pub const MAX_CHUNK_MTU: u16 = (4096 - XDP_HEADROOM - ETH_HLEN) as u16;
+/// A big buffer: where a multi-buffer frame is gathered (behind the XDP headroom) or written
+/// before it is scattered into chunks.
+const BIG_FRAME: usize = 16384;
+const _: () = assert!(XDP_HEADROOM + ETH_HLEN + MAX_MTU as usize <= BIG_FRAME, "MAX_MTU must fit a big buffer");
 
 /// A UMEM chunk's size for an uplink MTU: 2 KiB while a frame of that MTU fits one, 4 KiB
-/// above (up to [`MAX_MTU`]). 2 KiB stays the default: half the memory, and frames at one
-/// offset of a 4 KiB stride share L1 sets. A chunk holds one frame: xsk-rs 0.11 has no
-/// multi-buffer (`XDP_USE_SG`), which an MTU above [`MAX_MTU`] would need.
+/// above. 2 KiB stays the default: half the memory, and frames at one offset of a 4 KiB
+/// stride share L1 sets. Above [`MAX_CHUNK_MTU`] a frame spans several 4 KiB chunks
+/// ([`multi_buffer`]).
 pub fn chunk_size(mtu: u16) -> usize {
     if XDP_HEADROOM + ETH_HLEN + mtu as usize <= 2048 {
         2048
@@ -50,6 +68,12 @@ pub fn chunk_size(mtu: u16) -> usize {
         4096
     }
 }
+/// Whether frames of an uplink MTU span several chunks (`XDP_USE_SG`, our XDP program).
+pub fn multi_buffer(mtu: u16) -> bool {
+    mtu > MAX_CHUNK_MTU
+}
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): more of the frame follows in the next descriptor.
+const XDP_PKT_CONTD: u32 = 1;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
 /// Frames allowed to wait on the TX ring by default (see [`Port::finish_batch`] and
@@ -105,6 +129,10 @@ pub unsafe trait Rings {
     type Desc: Copy + Default;
     fn addr(d: &Self::Desc) -> usize;
     fn data_len(d: &Self::Desc) -> usize;
+    /// Whether the frame goes on in the next descriptor (`XDP_PKT_CONTD`).
+    fn more(d: &Self::Desc) -> bool;
+    /// Marks (or unmarks) a descriptor to be continued by the next one on TX.
+    fn set_more(d: &mut Self::Desc, more: bool);
     /// Sets the length of the data starting at the descriptor's address (what TX sends).
     ///
     /// # Safety
@@ -194,6 +222,8 @@ pub struct XskStats {
     pub tx: u64,
     pub tx_full: u64,
     pub no_free_chunk: u64,
+    /// Multi-buffer frames too big for a big buffer, or received with none free: dropped.
+    pub rx_too_big: u64,
     /// Frames of another port found in a batch when it ended (a caller swapped frames between
     /// two ports' batches): left alone, since they are not this port's to recycle.
     pub foreign: u64,
@@ -251,6 +281,34 @@ pub struct Port<R: Rings> {
     pub mode: &'static str,
     /// Frames allowed to wait on the TX ring.
     tx_queue: usize,
+    /// Multi-buffer frames' buffers (an MTU above [`MAX_CHUNK_MTU`]).
+    big: Option<BigFrames>,
+}
+
+/// The big buffers of a multi-buffer port: one per frame of a burst, plus one for a chain
+/// still arriving, plus one to write a frame in before it is scattered.
+struct BigFrames {
+    mem: Vec<u8>,
+    free: Vec<u16>,
+    /// A chain whose end has not arrived yet: (its buffer, bytes so far, too big to keep).
+    partial: Option<(Option<u16>, usize, bool)>,
+    scratch: Vec<u8>,
+}
+
+impl BigFrames {
+    fn new() -> BigFrames {
+        let n = MAX_BURST + 1;
+        BigFrames {
+            mem: vec![0; n * BIG_FRAME],
+            free: (0..n as u16).rev().collect(),
+            partial: None,
+            scratch: vec![0; BIG_FRAME],
+        }
+    }
+    fn buf(&mut self, i: u16) -> &mut [u8] {
+        let at = i as usize * BIG_FRAME;
+        &mut self.mem[at..at + BIG_FRAME]
+    }
 }
 
 // SAFETY: `base` and the slots' chunk pointers point into the UMEM that `rings` owns and that
@@ -389,6 +447,8 @@ pub struct XskRings {
     umem: Umem,
     base: NonNull<u8>,
     chunk: usize,
+    /// Our XDP program, for a multi-buffer socket (libxdp's otherwise).
+    _prog: Option<Arc<XskProgram>>,
 }
 
 // SAFETY: `base` points into the mapping owned by `umem`, which moves with it.
@@ -407,6 +467,14 @@ unsafe impl Rings for XskRings {
     #[inline]
     fn data_len(d: &FrameDesc) -> usize {
         d.lengths().data()
+    }
+    #[inline]
+    fn more(d: &FrameDesc) -> bool {
+        d.options() & XDP_PKT_CONTD != 0
+    }
+    #[inline]
+    fn set_more(d: &mut FrameDesc, more: bool) {
+        d.set_options(if more { XDP_PKT_CONTD } else { 0 });
     }
     #[inline]
     unsafe fn set_data_len(&mut self, d: &mut FrameDesc, len: usize) {
@@ -462,6 +530,7 @@ impl Port<XskRings> {
     /// The UMEM's chunks hold a frame of `mtu` ([`chunk_size`]).
     pub fn open(dev: &str, queue: u32, mode: XdpMode, bind: BindMode, mtu: u16, port: PortId) -> io::Result<XskPort> {
         let chunk = chunk_size(mtu);
+        let multi = multi_buffer(mtu);
         let (native, generic) = match mode {
             XdpMode::Auto => (true, true),
             XdpMode::Native => (true, false),
@@ -483,7 +552,23 @@ impl Port<XskRings> {
         let mut zc_refused = None;
         for (name, zero_copy) in tries {
             let flags = if name == "native" { XdpFlags::XDP_FLAGS_DRV_MODE } else { XdpFlags::XDP_FLAGS_SKB_MODE };
-            let bind_flags = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+            let mut bind_flags = if zero_copy { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
+            // Multi-buffer: our frags-aware program, attached before the socket binds.
+            let prog = if multi {
+                bind_flags |= BindFlags::XDP_USE_SG;
+                let mode = if name == "native" { AttachMode::Native } else { AttachMode::Generic };
+                match XskProgram::shared(dev, mode) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let libxdp_flags =
+                if multi { LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD } else { LibxdpFlags::empty() };
             for attempt in 0..5 {
                 let (umem, descs) = build_umem(chunk)?;
                 let cfg = SocketConfig::builder()
@@ -491,7 +576,7 @@ impl Port<XskRings> {
                     .tx_queue_size(QueueSize::new(RING).expect("power of two"))
                     .xdp_flags(flags)
                     .bind_flags(bind_flags | BindFlags::XDP_USE_NEED_WAKEUP)
-                    .libxdp_flags(LibxdpFlags::empty())
+                    .libxdp_flags(libxdp_flags)
                     .build();
                 // SAFETY: the UMEM outlives the sockets: both are owned by the returned port's
                 // rings, and the queues are dropped before the UMEM (field order).
@@ -503,10 +588,24 @@ impl Port<XskRings> {
                         if let Some(why) = zc_refused.as_ref().filter(|_| !zero_copy) {
                             info!(dev, queue, "zero-copy AF_XDP unavailable ({why}); using copy mode");
                         }
+                        if let Some(p) = &prog {
+                            p.bind(queue, rx.fd().as_raw_fd())?;
+                        }
                         let base = umem_base(&umem, &descs);
-                        let rings = XskRings { rx, tx, fq, cq, umem, base, chunk };
-                        let port = Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name);
-                        info!(dev, queue, mode = name, zero_copy = port.zero_copy(), chunk, "AF_XDP socket bound");
+                        let rings = XskRings { rx, tx, fq, cq, umem, base, chunk, _prog: prog };
+                        let mut port = Port::start(rings, descs, RING as usize, FREE_RESERVE, port, name);
+                        if multi {
+                            port.enable_multi_buffer();
+                        }
+                        info!(
+                            dev,
+                            queue,
+                            mode = name,
+                            zero_copy = port.zero_copy(),
+                            chunk,
+                            multi_buffer = multi,
+                            "AF_XDP socket bound"
+                        );
                         return Ok(port);
                     }
                     Ok(_) => {
@@ -620,7 +719,18 @@ impl<R: Rings> Port<R> {
             stats: XskStats::default(),
             mode,
             tx_queue: DEFAULT_TX_QUEUE,
+            big: None,
         }
+    }
+
+    /// Takes frames that span chains of chunks (the socket was bound with `XDP_USE_SG`).
+    fn enable_multi_buffer(&mut self) {
+        self.big = Some(BigFrames::new());
+    }
+
+    /// Whether this port gathers and scatters multi-buffer frames.
+    pub fn is_multi_buffer(&self) -> bool {
+        self.big.is_some()
     }
 
     /// Where the chunks are: free list, waiting to return to the fill ring, on the TX ring.
@@ -640,7 +750,17 @@ impl<R: Rings> Port<R> {
         debug_assert!(self.batch.is_empty(), "a batch ends before the next begins");
         let max = max.min(self.rx_descs.len());
         let n = self.rings.rx_consume(&mut self.rx_descs[..max]);
-        for d in &self.rx_descs[..n] {
+        let before = self.batch.len();
+        for i in 0..n {
+            let d = &self.rx_descs[i];
+            if let Some(big) = self.big.as_mut().filter(|b| R::more(d) || b.partial.is_some()) {
+                let d = *d;
+                if let Some(s) = gather::<R>(big, &mut self.stats, self.base, d, self.port) {
+                    self.batch.push(s);
+                }
+                self.fill_back.push(d);
+                continue;
+            }
             let addr = R::addr(d);
             let off = addr & (self.chunk - 1);
             // SAFETY: by the `Rings` contract a received descriptor's address is inside the
@@ -649,7 +769,7 @@ impl<R: Rings> Port<R> {
             let (size, len, port) = (self.chunk, R::data_len(d), self.port);
             self.batch.push(Slot { desc: *d, chunk, size, head: off, len, port, send: false });
         }
-        self.stats.rx += n as u64;
+        self.stats.rx += (self.batch.len() - before) as u64;
         RxBatch { port: self }
     }
 
@@ -666,6 +786,14 @@ impl<R: Rings> Port<R> {
         let mut unsent = Unsent::default();
         let mut batch = std::mem::take(&mut self.batch);
         for s in batch.drain(..) {
+            if let Some(i) = self.big_slot(&s) {
+                if send && s.send && !self.tx_big(i, s.head, s.len) {
+                    unsent.frames += 1;
+                    unsent.bytes += s.len as u64;
+                }
+                self.big.as_mut().expect("a big slot has big buffers").free.push(i);
+                continue;
+            }
             if !self.owns(&s) {
                 self.stats.foreign += 1;
                 continue;
@@ -682,6 +810,51 @@ impl<R: Rings> Port<R> {
         }
         self.batch = batch;
         unsent
+    }
+
+    /// The big buffer `s` was gathered into, if it is one of this port's.
+    fn big_slot(&self, s: &Slot<R::Desc>) -> Option<u16> {
+        let big = self.big.as_ref()?;
+        let off = (s.chunk.as_ptr() as usize).wrapping_sub(big.mem.as_ptr() as usize);
+        (off < big.mem.len() && off % BIG_FRAME == 0).then_some((off / BIG_FRAME) as u16)
+    }
+
+    /// Scatters the frame at `head..head + len` of big buffer `i` into a chain of chunks.
+    fn tx_big(&mut self, i: u16, head: usize, len: usize) -> bool {
+        let Some(mut big) = self.big.take() else { return false };
+        let ok = self.tx_chain(&big.buf(i)[head..head + len]);
+        self.big = Some(big);
+        ok
+    }
+
+    /// Queues `frame` for TX in as many free chunks as it takes, chained; queues nothing
+    /// (false) if the free chunks run out.
+    fn tx_chain(&mut self, mut frame: &[u8]) -> bool {
+        let start = self.tx_descs.len();
+        loop {
+            if self.free.is_empty() {
+                self.reap();
+            }
+            let Some(mut d) = self.free.pop() else {
+                self.free.extend(self.tx_descs.drain(start..));
+                self.stats.no_free_chunk += 1;
+                return false;
+            };
+            let addr = R::addr(&d);
+            let take = frame.len().min(self.chunk - (addr & (self.chunk - 1)));
+            // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
+            // `addr..addr + take` stays inside that chunk, inside the UMEM.
+            let out = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr), take) };
+            out.copy_from_slice(&frame[..take]);
+            frame = &frame[take..];
+            // SAFETY: as above, the chunk is ours until it goes on the TX ring.
+            unsafe { self.rings.set_data_len(&mut d, take) };
+            R::set_more(&mut d, !frame.is_empty());
+            self.tx_descs.push(d);
+            if frame.is_empty() {
+                return true;
+            }
+        }
     }
 
     /// Queues a received frame for TX from its own chunk: no copy unless its start moved. False
@@ -720,7 +893,7 @@ impl<R: Rings> Port<R> {
         if !self.tx_descs.is_empty() {
             self.produce_tx();
             // What the ring had no room for goes back to the fill ring.
-            dropped = self.tx_descs.len();
+            dropped = self.tx_descs.iter().filter(|d| !R::more(d)).count();
             dropped_bytes = self.tx_descs.iter().map(R::data_len).sum();
             self.stats.tx_full += dropped as u64;
             self.fill_back.extend_from_slice(&self.tx_descs);
@@ -755,7 +928,11 @@ impl<R: Rings> Port<R> {
     fn produce_tx(&mut self) -> usize {
         self.reap();
         let n = self.tx_descs.len();
-        let room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
+        let mut room = self.rings.tx_room(n).min(n).min(self.tx_queue.saturating_sub(self.in_flight));
+        // Never half a chain: the kernel would join its rest to whatever comes next.
+        while room > 0 && R::more(&self.tx_descs[room - 1]) {
+            room -= 1;
+        }
         // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
         // prefix) are counted in flight and leave the queue.
         let sent = if room > 0 { unsafe { self.rings.tx_produce(&self.tx_descs[..room]) } } else { 0 };
@@ -763,7 +940,7 @@ impl<R: Rings> Port<R> {
         if sent > 0 {
             self.rings.tx_kick();
         }
-        self.stats.tx += sent as u64;
+        self.stats.tx += self.tx_descs[..sent].iter().filter(|d| !R::more(d)).count() as u64;
         self.in_flight += sent;
         self.tx_descs.drain(..sent);
         sent
@@ -799,6 +976,55 @@ impl<R: Rings> Port<R> {
     }
 }
 
+/// Adds chunk `d` of a received chain to its big buffer; returns the frame's slot when `d`
+/// ends it. The chunk itself is the caller's to give back. A chain with no free buffer, or
+/// longer than one, is counted (`rx_too_big`) and dropped.
+fn gather<R: Rings>(
+    big: &mut BigFrames,
+    stats: &mut XskStats,
+    base: NonNull<u8>,
+    d: R::Desc,
+    port: PortId,
+) -> Option<Slot<R::Desc>> {
+    let (slot, at, mut over) = big.partial.take().unwrap_or_else(|| {
+        let slot = big.free.pop();
+        (slot, 0, slot.is_none())
+    });
+    let len = R::data_len(&d);
+    match slot {
+        Some(i) if !over && XDP_HEADROOM + at + len <= BIG_FRAME => {
+            // SAFETY: a received descriptor's data is inside the UMEM (the `Rings` contract),
+            // and the caller owns its chunk until it gives it back.
+            let piece = unsafe { std::slice::from_raw_parts(base.as_ptr().add(R::addr(&d)), len) };
+            big.buf(i)[XDP_HEADROOM + at..XDP_HEADROOM + at + len].copy_from_slice(piece);
+        }
+        _ => over = true,
+    }
+    if R::more(&d) {
+        big.partial = Some((slot, at + len, over));
+        return None;
+    }
+    match slot {
+        Some(i) if !over => {
+            let chunk = NonNull::new(big.buf(i).as_mut_ptr()).expect("a Vec's buffer is not null");
+            Some(Slot {
+                desc: R::Desc::default(),
+                chunk,
+                size: BIG_FRAME,
+                head: XDP_HEADROOM,
+                len: at + len,
+                port,
+                send: false,
+            })
+        }
+        _ => {
+            big.free.extend(slot);
+            stats.rx_too_big += 1;
+            None
+        }
+    }
+}
+
 /// Moves chunks from the end of `list` to the fill ring, as many as fit, leaving `keep`.
 fn give_to_fill<R: Rings>(rings: &mut R, list: &mut Vec<R::Desc>, keep: usize) {
     let spare = list.len().saturating_sub(keep);
@@ -820,6 +1046,14 @@ impl<R: Rings> TxCopy for Port<R> {
     fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
         if self.tx_descs.len() >= TX_FLUSH_AT {
             self.flush_tx();
+        }
+        if let Some(mut big) = self.big.take() {
+            let ok = match write(&mut big.scratch) {
+                Some(len) if len <= big.scratch.len() => self.tx_chain(&big.scratch[..len]),
+                _ => false,
+            };
+            self.big = Some(big);
+            return ok;
         }
         if self.free.is_empty() {
             self.reap();
@@ -865,6 +1099,7 @@ mod tests {
     struct Desc {
         addr: usize,
         len: usize,
+        more: bool,
     }
 
     /// Rings over plain memory; the test plays the kernel (`receive`, `transmit`).
@@ -895,7 +1130,8 @@ mod tests {
                 accept: usize::MAX,
                 kicks: 0,
             };
-            let descs = (0..CHUNKS).map(|i| Desc { addr: i * FRAME_SIZE + XDP_HEADROOM, len: 0 }).collect();
+            let descs =
+                (0..CHUNKS).map(|i| Desc { addr: i * FRAME_SIZE + XDP_HEADROOM, len: 0, more: false }).collect();
             (rings, descs)
         }
 
@@ -906,7 +1142,7 @@ mod tests {
                 let Some(d) = self.fill.pop_front() else { break };
                 let addr = (d.addr & !(FRAME_SIZE - 1)) + XDP_HEADROOM;
                 self.mem[addr..addr + f.len()].copy_from_slice(f);
-                self.rx.push_back(Desc { addr, len: f.len() });
+                self.rx.push_back(Desc { addr, len: f.len(), more: false });
                 n += 1;
             }
             n
@@ -947,6 +1183,12 @@ mod tests {
         }
         fn data_len(d: &Desc) -> usize {
             d.len
+        }
+        fn more(d: &Desc) -> bool {
+            d.more
+        }
+        fn set_more(d: &mut Desc, more: bool) {
+            d.more = more;
         }
         unsafe fn set_data_len(&mut self, d: &mut Desc, len: usize) {
             d.len = len;

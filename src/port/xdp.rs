@@ -9,6 +9,9 @@
 //! - [`XdpWatch`]: the program attached when the AF_XDP sockets were bound, held by fd so that
 //!   it outlives a detach by someone else (`ip link set dev X xdp off`), and put back when the
 //!   device's hook is found empty.
+//! - [`XskProgram`]: our own XDP program for an uplink whose frames span several chunks
+//!   (multi-buffer AF_XDP): libxdp's default program is not frags-aware, and the kernel
+//!   refuses a device MTU above one page to any program that is not.
 //! - [`route_library_logs`]: libbpf's and libxdp's messages go through `tracing` (targets
 //!   `libbpf` and `libxdp`) instead of straight to stderr.
 
@@ -17,6 +20,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Where the per-device lock files live.
 pub const LOCK_DIR: &str = "/run/vrouter";
@@ -181,6 +185,155 @@ impl XdpWatch {
             // The device is gone or the query failed: nothing to put back now.
             Err(e) => XdpCheck::ReattachFailed(e.raw_os_error().unwrap_or(0)),
         }
+    }
+}
+
+/// The XDP program of a multi-buffer uplink: `bpf_redirect_map(&xsks, rx_queue_index,
+/// XDP_PASS)`, as libxdp's default program does, but loaded with `BPF_F_XDP_HAS_FRAGS` so
+/// that frames larger than a page reach the sockets (and the device may have such an MTU).
+/// One per device and attach mode, shared by the queues' sockets of this process; detached
+/// when the last socket lets go (and only if it is still the attached program).
+pub struct XskProgram {
+    ifindex: u32,
+    flags: u32,
+    prog: OwnedFd,
+    map: OwnedFd,
+}
+
+/// Queues an [`XskProgram`]'s map can hold.
+const XSK_MAP_SLOTS: u32 = 64;
+
+static XSK_PROGRAMS: Mutex<Vec<Weak<XskProgram>>> = Mutex::new(Vec::new());
+
+fn bpf_insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> libbpf_sys::bpf_insn {
+    // SAFETY: `bpf_insn` is plain data (integers and a bitfield byte); all zeroes is valid.
+    let mut i: libbpf_sys::bpf_insn = unsafe { std::mem::zeroed() };
+    i.code = code;
+    i.set_dst_reg(dst);
+    i.set_src_reg(src);
+    i.off = off;
+    i.imm = imm;
+    i
+}
+
+impl XskProgram {
+    /// The program on `dev` in `mode`: this process's, or a new one attached now (refused if
+    /// the hook holds another program).
+    pub fn shared(dev: &str, mode: AttachMode) -> io::Result<Arc<XskProgram>> {
+        let ifindex = ifindex(dev)?;
+        let mut all = XSK_PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        if let Some(p) = all.iter().filter_map(Weak::upgrade).find(|p| p.ifindex == ifindex && p.flags == mode.flags())
+        {
+            return Ok(p);
+        }
+        let p = Arc::new(XskProgram::attach(dev, ifindex, mode)?);
+        all.push(Arc::downgrade(&p));
+        Ok(p)
+    }
+
+    fn attach(dev: &str, ifindex: u32, mode: AttachMode) -> io::Result<XskProgram> {
+        let e = |what: &str, r: i32| io::Error::other(format!("{dev}: {what}: {}", io::Error::from_raw_os_error(-r)));
+        // SAFETY: plain syscall wrappers; no options struct; the fd returned is ours.
+        let map = unsafe {
+            libbpf_sys::bpf_map_create(
+                libbpf_sys::BPF_MAP_TYPE_XSKMAP,
+                std::ptr::null(),
+                4,
+                4,
+                XSK_MAP_SLOTS,
+                std::ptr::null(),
+            )
+        };
+        if map < 0 {
+            return Err(e("cannot create the XSK map", map));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let map = unsafe { OwnedFd::from_raw_fd(map) };
+        const BPF_PSEUDO_MAP_FD: u8 = 1;
+        const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
+        const XDP_PASS: i32 = 2;
+        const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+        let insns = [
+            bpf_insn(0x61, 2, 1, XDP_MD_RX_QUEUE_INDEX, 0), // r2 = ctx->rx_queue_index
+            bpf_insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r1 = &xsks (64-bit load)
+            bpf_insn(0, 0, 0, 0, 0),
+            bpf_insn(0xb7, 3, 0, 0, XDP_PASS), // r3 = XDP_PASS (no socket: to the stack)
+            bpf_insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP), // r0 = bpf_redirect_map(r1, r2, r3)
+            bpf_insn(0x95, 0, 0, 0, 0),        // return r0
+        ];
+        // SAFETY: plain data; all zeroes is the "no options" value, `sz` set below.
+        let mut opts: libbpf_sys::bpf_prog_load_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _;
+        opts.prog_flags = libbpf_sys::BPF_F_XDP_HAS_FRAGS;
+        // SAFETY: the names are NUL-terminated, `insns` outlives the call, `opts` is sized.
+        let prog = unsafe {
+            libbpf_sys::bpf_prog_load(
+                libbpf_sys::BPF_PROG_TYPE_XDP,
+                c"vrouter_xsk".as_ptr(),
+                c"GPL".as_ptr(),
+                insns.as_ptr(),
+                insns.len() as _,
+                &mut opts,
+            )
+        };
+        if prog < 0 {
+            return Err(e("cannot load the multi-buffer XDP program (kernel 6.6 or later needed)", prog));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+        let flags = mode.flags();
+        // SAFETY: a valid program fd; no options struct.
+        let r = unsafe {
+            libbpf_sys::bpf_xdp_attach(
+                ifindex as i32,
+                prog.as_raw_fd(),
+                flags | libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            return Err(e(&format!("cannot attach the multi-buffer XDP program in {mode:?} mode"), r));
+        }
+        Ok(XskProgram { ifindex, flags, prog, map })
+    }
+
+    /// Sends queue `queue`'s frames to the socket `xsk`.
+    pub fn bind(&self, queue: u32, xsk: i32) -> io::Result<()> {
+        if queue >= XSK_MAP_SLOTS {
+            return Err(io::Error::other(format!("queue {queue}: the XSK map has {XSK_MAP_SLOTS} slots")));
+        }
+        // SAFETY: key and value are u32/i32 as the map was created (4 bytes each), alive for
+        // the call.
+        let r = unsafe {
+            libbpf_sys::bpf_map_update_elem(
+                self.map.as_raw_fd(),
+                (&queue as *const u32).cast(),
+                (&xsk as *const i32).cast(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::other(format!(
+                "queue {queue}: cannot add the socket to the XSK map: {}",
+                io::Error::from_raw_os_error(-r)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for XskProgram {
+    fn drop(&mut self) {
+        // SAFETY: plain data; zeroes then `sz` is a valid options struct.
+        let mut opts: libbpf_sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _;
+        opts.old_prog_fd = self.prog.as_raw_fd();
+        // Detach only our program: XDP_FLAGS_REPLACE with the old fd leaves another's alone.
+        // SAFETY: a valid options struct; the fds are ours.
+        let _ = unsafe {
+            libbpf_sys::bpf_xdp_attach(self.ifindex as i32, -1, self.flags | libbpf_sys::XDP_FLAGS_REPLACE, &opts)
+        };
     }
 }
 

@@ -64,7 +64,6 @@ fn default_pod_mtu() -> u16 {
 pub const DEFAULT_POD_MTU: u16 = 1480;
 /// The smallest MTU vrouter takes (an IPv4 host must accept 576-byte datagrams, RFC 791).
 pub const MIN_MTU: u16 = 576;
-/// Largest IP MTU vrouter takes: what one 4 KiB AF_XDP chunk holds, 4096 - 256 (XDP
-/// headroom) - 14 (Ethernet). A jumbo (9,000-byte) underlay would need AF_XDP multi-buffer.
-/// Devices may take less with native XDP (veth: a frame in one page, 3,506).
-pub const MAX_MTU: u16 = 3826;
+/// Largest IP MTU vrouter takes: a jumbo underlay. Up to 3,826 a frame fits one 4 KiB AF_XDP
+/// chunk; above, frames span chains of chunks (multi-buffer AF_XDP, kernel 6.6 or later).
+pub const MAX_MTU: u16 = 9000;

@@ -21,7 +21,7 @@ pub const MAX_PORTS: usize = 256;
 pub const BUF_SIZE: usize = 2048;
 /// Buffers the pipeline fills itself (fragments, held frames, ICMP errors): room for a frame
 /// of the largest MTU any port may have (`vrouter_api::config::MAX_MTU`) behind the headroom.
-pub const FRAME_BUF_SIZE: usize = 4096;
+pub const FRAME_BUF_SIZE: usize = 12288;
 /// Size of a buffer that takes the largest segment a TAP with offloads hands over (64 KiB of
 /// IPv4 datagram and its Ethernet header), behind the headroom.
 pub const BIG_BUF_SIZE: usize = HEADROOM + 14 + 65_535 + 1;
