@@ -810,8 +810,8 @@ pod_block = "10.244.1.0/26"
         assert!(e.contains("uplink.queues: 0 must be 1..=64"), "{e}");
         let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\ntx_queue = 8\n"));
         assert!(e.contains("uplink.tx_queue: 8 must be 32..=2048"), "{e}");
-        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9000\n"));
-        assert!(e.contains("uplink.mtu: 9000 must be 576..=3826"), "{e}");
+        let e = err(&format!("{NODE}\n[uplink]\ndevice = \"eth1\"\nmtu = 9001\n"));
+        assert!(e.contains("uplink.mtu: 9001 must be 576..=9000"), "{e}");
         // Several queues with policy: each flow meets one worker (handoff), so it is allowed.
         assert!(parse(&format!(
             "{NODE}\n[uplink]\ndevice = \"eth1\"\nqueues = 2\n[[global_rules]]\naction = \"deny\"\n"

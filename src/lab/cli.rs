@@ -97,8 +97,9 @@ pub struct LabArgs {
     /// Seconds the daemons get to come up.
     #[arg(long, default_value_t = 20)]
     ready_timeout: u64,
-    /// The underlay's MTU (the nodes' uplinks, the router, `[uplink] mtu`; at most 3506, what
-    /// veth's native XDP takes); pods get 20 bytes less, room for IPIP.
+    /// The underlay's MTU (the nodes' uplinks, the router, `[uplink] mtu`): up to 3506 (a
+    /// frame in one page, as veth's native XDP takes it under libxdp's program) or 3827 to
+    /// 9000 (multi-buffer AF_XDP); pods get 20 bytes less, room for IPIP.
     #[arg(long, default_value_t = super::topo::DEFAULT_MTU)]
     mtu: u16,
 }

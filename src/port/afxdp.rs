@@ -816,7 +816,7 @@ impl<R: Rings> Port<R> {
     fn big_slot(&self, s: &Slot<R::Desc>) -> Option<u16> {
         let big = self.big.as_ref()?;
         let off = (s.chunk.as_ptr() as usize).wrapping_sub(big.mem.as_ptr() as usize);
-        (off < big.mem.len() && off % BIG_FRAME == 0).then_some((off / BIG_FRAME) as u16)
+        (off < big.mem.len() && off.is_multiple_of(BIG_FRAME)).then_some((off / BIG_FRAME) as u16)
     }
 
     /// Scatters the frame at `head..head + len` of big buffer `i` into a chain of chunks.
@@ -1148,6 +1148,39 @@ mod tests {
             n
         }
 
+        /// The kernel receives `frame` as a chain over chunks from the fill ring (multi-buffer);
+        /// false (nothing received) if the fill ring has too few.
+        fn receive_chain(&mut self, frame: &[u8]) -> bool {
+            let pieces: Vec<&[u8]> = frame.chunks(FRAME_SIZE - XDP_HEADROOM).collect();
+            if self.fill.len() < pieces.len() {
+                return false;
+            }
+            for (i, piece) in pieces.iter().enumerate() {
+                let d = self.fill.pop_front().unwrap();
+                let addr = (d.addr & !(FRAME_SIZE - 1)) + XDP_HEADROOM;
+                self.mem[addr..addr + piece.len()].copy_from_slice(piece);
+                self.rx.push_back(Desc { addr, len: piece.len(), more: i + 1 < pieces.len() });
+            }
+            true
+        }
+
+        /// As [`FakeRings::transmit`], joining chains: returns whole frames and their pieces.
+        fn transmit_frames(&mut self) -> Vec<(Vec<u8>, usize)> {
+            let mut sent = vec![];
+            let mut cur: Option<(Vec<u8>, usize)> = None;
+            while let Some(d) = self.tx.pop_front() {
+                let f = cur.get_or_insert_with(|| (vec![], 0));
+                f.0.extend_from_slice(&self.mem[d.addr..d.addr + d.len]);
+                f.1 += 1;
+                self.comp.push_back(Desc { more: false, ..d });
+                if !d.more {
+                    sent.extend(cur.take());
+                }
+            }
+            assert!(cur.is_none(), "a chain left half on the TX ring");
+            sent
+        }
+
         /// The kernel sends `n` frames off the TX ring and completes them; returns what it sent.
         fn transmit(&mut self, n: usize) -> Vec<Vec<u8>> {
             let mut sent = vec![];
@@ -1432,5 +1465,135 @@ mod tests {
                 "the other port's chunk did not enter this one's rings"
             );
         }
+    }
+
+    /// A port taking multi-buffer frames.
+    fn multi_port(fill_cap: usize, tx_cap: usize, reserve: usize) -> Port<FakeRings> {
+        let mut p = port(fill_cap, tx_cap, reserve);
+        p.enable_multi_buffer();
+        p
+    }
+
+    #[test]
+    fn a_received_chain_is_one_frame_and_its_chunks_go_straight_back() {
+        let mut p = multi_port(8, 8, 2);
+        let big = frame(3, 4000); // three chunks of 1,792
+        let small = frame(4, 60);
+        assert!(p.rings.receive_chain(&big));
+        p.rings.receive(&[&small]);
+        let mut b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 2, "the chain is one frame");
+        {
+            let fs = b.frames();
+            let (buf, head, len) = fs[0].parts();
+            assert_eq!(&buf[*head..*head + *len], &big[..], "gathered whole, in order");
+            assert!(*head >= 20, "with headroom in front to encapsulate in place");
+            let (buf, head, len) = fs[1].parts();
+            assert_eq!(&buf[*head..*head + *len], &small[..]);
+        }
+        drop(b);
+        census(&p);
+        assert_eq!(p.fill_back.len() + p.rings.fill.len(), 8, "all four chunks back to the fill side");
+        assert_eq!(p.stats.rx, 2);
+        assert_eq!(p.big.as_ref().unwrap().free.len(), MAX_BURST + 1, "the big buffer came back");
+    }
+
+    #[test]
+    fn a_chain_cut_between_two_bursts_is_gathered_across_them() {
+        let mut p = multi_port(8, 8, 2);
+        let big = frame(5, 3000); // two chunks
+        assert!(p.rings.receive_chain(&big));
+        let b = p.rx_burst(1);
+        assert_eq!(b.len(), 0, "half a frame is not a frame");
+        drop(b);
+        let mut b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 1);
+        let (buf, head, len) = b.frames()[0].parts();
+        assert_eq!(&buf[*head..*head + *len], &big[..]);
+        drop(b);
+        census(&p);
+    }
+
+    #[test]
+    fn a_chain_longer_than_a_big_buffer_is_counted_and_its_chunks_recycled() {
+        let (rings, descs) = FakeRings::new(CHUNKS, 8);
+        let mut p = Port::start(rings, descs, CHUNKS, 0, 0, "fake");
+        p.enable_multi_buffer();
+        let huge = frame(6, BIG_FRAME); // cannot fit behind the headroom
+        assert!(p.rings.receive_chain(&huge));
+        let b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 0);
+        drop(b);
+        assert_eq!(p.stats.rx_too_big, 1);
+        census(&p);
+        assert_eq!(p.big.as_ref().unwrap().free.len(), MAX_BURST + 1);
+    }
+
+    #[test]
+    fn a_frame_bigger_than_a_chunk_leaves_as_one_chain() {
+        let mut p = multi_port(4, 8, 4);
+        let big = frame(7, 5000);
+        assert!(p.tx_copy(&big));
+        assert!(p.tx_copy(&frame(8, 60)));
+        assert_eq!(p.finish_batch(), (0, 0));
+        assert_eq!(p.stats.tx, 2, "frames, not chunks");
+        let sent = p.rings.transmit_frames();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].0, big);
+        assert!(sent[0].1 >= 3, "{} chunks", sent[0].1);
+        assert_eq!(sent[1], (frame(8, 60), 1));
+        p.finish_batch();
+        census(&p);
+    }
+
+    #[test]
+    fn a_gathered_frame_sent_back_out_is_scattered_again() {
+        let mut p = multi_port(8, 8, 4);
+        let big = frame(9, 3500);
+        assert!(p.rings.receive_chain(&big));
+        let mut b = p.rx_burst(MAX_BURST);
+        {
+            let (buf, head, len) = b.frames()[0].parts();
+            *head -= 20; // encapsulated in place
+            *len += 20;
+            buf[*head..*head + 20].fill(0xee);
+        }
+        b.send(0);
+        assert_eq!(b.finish(), Unsent::default());
+        p.finish_batch();
+        let sent = p.rings.transmit_frames();
+        let mut want = vec![0xee; 20];
+        want.extend(&big);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, want);
+        p.finish_batch();
+        census(&p);
+    }
+
+    #[test]
+    fn a_chain_is_never_split_by_the_rings_room_and_a_dropped_one_counts_once() {
+        // TX ring of 2 slots, a frame of 3 chunks: it cannot go, and must not go in part.
+        let mut p = multi_port(4, 2, 8);
+        let big = frame(10, 5000);
+        assert!(p.tx_copy(&big));
+        let chunks = p.tx_descs.len();
+        assert!(chunks >= 3);
+        let (dropped, bytes) = p.finish_batch();
+        assert_eq!((dropped, bytes), (1, big.len()), "one frame dropped, all its bytes");
+        assert!(p.rings.tx.is_empty(), "no half chain on the ring");
+        assert_eq!(p.stats.tx, 0);
+        census(&p);
+    }
+
+    #[test]
+    fn a_chain_that_runs_out_of_free_chunks_queues_nothing() {
+        let mut p = multi_port(CHUNKS - 2, 8, 0);
+        let free = p.free.len();
+        assert_eq!(free, 2);
+        assert!(!p.tx_copy(&frame(11, 5000)), "needs three chunks, two free");
+        assert_eq!(p.free.len(), free, "the two taken went back");
+        assert!(p.tx_descs.is_empty());
+        assert_eq!(p.stats.no_free_chunk, 1);
+        census(&p);
     }
 }

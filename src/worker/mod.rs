@@ -303,6 +303,7 @@ impl WorkerRt {
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
         let mut seen_kernel_drops = (0u64, 0u64);
+        let mut seen_too_big = 0u64;
         tracing::info!(worker = me, idle = ?self.idle, workers, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
@@ -444,6 +445,10 @@ impl WorkerRt {
                     counters.drop_n(DropReason::XskRxRingFull, full.saturating_sub(seen_kernel_drops.0));
                     counters.drop_n(DropReason::XskRxDropped, other.saturating_sub(seen_kernel_drops.1));
                     seen_kernel_drops = (full, other);
+                }
+                if let Some(too_big) = self.uplink.as_ref().map(|x| x.stats.rx_too_big) {
+                    counters.drop_n(DropReason::XskRxTooBig, too_big - seen_too_big);
+                    seen_too_big = too_big;
                 }
             }
             if work == 0 && now_ms != last_timer_ms {

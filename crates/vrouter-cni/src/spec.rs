@@ -545,8 +545,8 @@ mod tests {
         assert!(e.code == Code::InvalidConfig && e.msg.contains("unknown key 'nodename'"), "{e}");
         let e = code(&CONF.replace(r#""node":"n1","#, ""));
         assert!(e.code == Code::InvalidConfig && e.msg.contains("'node' is missing"), "{e}");
-        let e = code(&CONF.replace(r#""node":"n1""#, r#""node":"n1","mtu":9000"#));
-        assert!(e.msg.contains("'mtu' 9000 must be 576..=3826"), "{e}");
+        let e = code(&CONF.replace(r#""node":"n1""#, r#""node":"n1","mtu":9001"#));
+        assert!(e.msg.contains("'mtu' 9001 must be 576..=9000"), "{e}");
         let e = code(&CONF.replace(r#""etcd_endpoints":"http://127.0.0.1:2379, http://127.0.0.2:2379","#, ""));
         assert!(e.msg.contains("'etcd_endpoints' is missing"), "{e}");
         let e = code(&CONF.replace(r#""node":"n1""#, r#""node":"n1","runtimeConfig":{"labels":{"a b":"c"}}"#));

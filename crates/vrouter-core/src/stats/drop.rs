@@ -157,6 +157,9 @@ drop_reasons! {
     /// Frames the kernel could not deliver to the socket for another reason, mostly an empty
     /// fill ring (no free buffer to copy into).
     XskRxDropped => "uplink/rx-dropped",
+    /// A multi-buffer frame longer than vrouter's gather buffer (the device's MTU above
+    /// `[uplink] mtu`), or with no buffer free: its chunks went back to the fill ring.
+    XskRxTooBig => "uplink/rx-too-big",
 
     // --- The node's kernel (host port) ---
     /// IPv4 from the host port whose source is one of this node's pods' (in its pod block or a
