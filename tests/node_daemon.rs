@@ -115,6 +115,40 @@ fn an_uplink_mtu_above_the_devices_is_refused_and_a_big_one_gets_4k_chunks() {
     t.stop(child);
 }
 
+/// A jumbo uplink (MTU above one 4 KiB chunk): every queue's socket is bound for multi-buffer
+/// behind one frags-aware program of vrouter's own (libxdp's is not, and veth refuses such an
+/// MTU to it), and the program is gone when the daemon stops.
+#[test]
+fn a_jumbo_uplink_binds_every_queue_behind_one_frags_aware_program_removed_at_exit() {
+    if !common::root_or_skip("network namespaces, AF_XDP") {
+        return;
+    }
+    let t = Topo::namespaces("vrmb", 2, &[]);
+    for ns in ["node", "peer"] {
+        let dev = if ns == "node" { "up0" } else { "gw0" };
+        let o = sh(&["ip", "-n", &t.ns(ns), "link", "set", dev, "mtu", "9000"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+    }
+    t.write_config(&format!(
+        "[node]\nname = \"mb\"\nip = \"192.168.1.10\"\nsubnet = \"192.168.1.0/24\"\npod_block = \"10.244.1.0/26\"\n[uplink]\ndevice = \"up0\"\nqueues = 2\nmtu = 9000\n[control]\nsocket = \"{}\"\n",
+        t.sock().display()
+    ));
+    let child = t.start();
+    let log = t.log();
+    for q in 0..2 {
+        assert!(log.contains(&format!("queue={q} mode=\"native\"")), "queue {q} not bound natively: {log}");
+    }
+    assert_eq!(log.matches("multi_buffer=true").count(), 3, "two sockets and the offloads line: {log}");
+    let link = common::text(&sh(&["ip", "-d", "-n", &t.ns("node"), "link", "show", "up0"]));
+    assert!(
+        link.contains("prog/xdp") && link.matches("vrouter_xsk").count() == 1,
+        "one program of ours on up0: {link}"
+    );
+    t.stop(child);
+    let link = common::text(&sh(&["ip", "-d", "-n", &t.ns("node"), "link", "show", "up0"]));
+    assert!(!link.contains("prog/xdp"), "an XDP program left on up0 after the daemon stopped: {link}");
+}
+
 #[test]
 fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_up() {
     assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
