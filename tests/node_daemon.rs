@@ -149,6 +149,80 @@ fn a_jumbo_uplink_binds_every_queue_behind_one_frags_aware_program_removed_at_ex
     assert!(!link.contains("prog/xdp"), "an XDP program left on up0 after the daemon stopped: {link}");
 }
 
+/// The multi-buffer XDP program: one per device and mode however many sockets share it,
+/// detached with its last holder; never put over another program, and never removing one
+/// that took the hook since.
+#[test]
+fn the_multi_buffer_program_is_shared_per_device_and_leaves_other_programs_alone() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use vrouter::port::xdp::{attached_prog, ifindex, AttachMode, XskProgram};
+    if !common::root_or_skip("network namespaces, XDP") {
+        return;
+    }
+    let t = Topo::namespaces("vrxp", 1, &[]);
+    let ns = format!("/run/netns/{}", t.ns("node"));
+    // The calls act on the calling thread's network namespace: a thread enters the test's.
+    let r = std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).expect("the namespace exists");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let up0 = ifindex("up0").expect("up0");
+        let hook = || attached_prog(up0, AttachMode::Native).expect("query");
+        let a = XskProgram::shared("up0", AttachMode::Native).expect("attach");
+        let b = XskProgram::shared("up0", AttachMode::Native).expect("share");
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "one program per device and mode");
+        let ours = hook();
+        assert_ne!(ours, 0);
+        drop(a);
+        assert_eq!(hook(), ours, "still held by the second socket");
+        drop(b);
+        assert_eq!(hook(), 0, "detached with its last holder");
+
+        // Someone else's program: an XDP_PASS of two instructions.
+        // SAFETY: `bpf_insn` is plain integers; all zeroes is valid.
+        let mut insns: [libbpf_sys::bpf_insn; 2] = unsafe { std::mem::zeroed() };
+        insns[0].code = 0xb7; // r0 = XDP_PASS
+        insns[0].imm = 2;
+        insns[1].code = 0x95; // exit
+                              // SAFETY: NUL-terminated names, `insns` alive for the call, no options.
+        let fd = unsafe {
+            libbpf_sys::bpf_prog_load(
+                libbpf_sys::BPF_PROG_TYPE_XDP,
+                c"other".as_ptr(),
+                c"GPL".as_ptr(),
+                insns.as_ptr(),
+                2,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(fd >= 0, "load: {fd}");
+        // SAFETY: a fresh descriptor nobody else owns.
+        let other = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a valid program fd, no options.
+        let put = |flags: u32| unsafe {
+            libbpf_sys::bpf_xdp_attach(
+                up0 as i32,
+                other.as_raw_fd(),
+                libbpf_sys::XDP_FLAGS_DRV_MODE | flags,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(put(0), 0);
+        let theirs = hook();
+        let e = XskProgram::shared("up0", AttachMode::Native).err().expect("refused over another program");
+        assert!(e.to_string().contains("cannot attach the multi-buffer XDP program"), "{e}");
+        assert_eq!(hook(), theirs, "the other program stays");
+        // SAFETY: a plain syscall wrapper, no options.
+        unsafe { libbpf_sys::bpf_xdp_detach(up0 as i32, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
+        // Ours attached, then replaced by theirs: dropping ours leaves theirs in place.
+        let c = XskProgram::shared("up0", AttachMode::Native).expect("attach");
+        assert_eq!(put(0), 0, "replaced by the other program");
+        drop(c);
+        assert_eq!(hook(), theirs, "our drop did not remove the program that replaced ours");
+    })
+    .join();
+    assert!(r.is_ok(), "the namespace thread failed (above)");
+}
+
 #[test]
 fn apply_replacing_a_pod_into_a_missing_namespace_is_refused_and_the_pod_stays_up() {
     assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");

@@ -24,10 +24,11 @@
 //! bound with `XDP_USE_SG` behind our own frags-aware XDP program ([`XskProgram`]), and a
 //! frame spans a chain of chunks (`XDP_PKT_CONTD` on all but the last). The pipeline works on
 //! contiguous frames, so a received chain is gathered into one of the port's big buffers (its
-//! chunks go straight back to the fill ring), and a frame sent from a big buffer or written
-//! by [`TxCopy::tx_with`] is scattered into a chain of free chunks: one copy each way, which
-//! the kernel's copy mode costs per chunk anyway. A chain is never split by the TX ring's room
-//! nor dropped half-queued.
+//! chunks go straight back to the fill ring; one copy, as the kernel's copy mode makes per
+//! chunk anyway). A frame for the wire is copied from its parts ([`TxCopy::tx_parts`]: a GSO
+//! segment's headers and its slice of the big frame) straight into a chain of free chunks,
+//! as into one chunk on a single-buffer port; a frame gathered here and sent back out is
+//! scattered again. A chain is never split by the TX ring's room nor dropped half-queued.
 
 use std::io;
 use std::marker::PhantomData;
@@ -76,8 +77,8 @@ pub fn multi_buffer(mtu: u16) -> bool {
 const XDP_PKT_CONTD: u32 = 1;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
-/// Frames allowed to wait on the TX ring by default (see [`Port::finish_batch`] and
-/// `[uplink] tx_queue`).
+/// Chunks allowed to wait on the TX ring by default: a frame each, or a chain of them for a
+/// multi-buffer frame (see [`Port::finish_batch`] and `[uplink] tx_queue`).
 pub const DEFAULT_TX_QUEUE: usize = 512;
 /// The TX ring's size: the most `tx_queue` can be.
 pub const TX_RING: usize = RING as usize;
@@ -152,7 +153,9 @@ pub unsafe trait Rings {
     unsafe fn fill_produce(&mut self, descs: &[Self::Desc]) -> usize;
     /// Free slots on the TX ring (at least `want` if there are that many).
     fn tx_room(&mut self, want: usize) -> usize;
-    /// As [`Rings::fill_produce`], for the TX ring.
+    /// As [`Rings::fill_produce`], for the TX ring. A multi-buffer port relies on the real
+    /// ring taking all or nothing: a prefix ending inside a chain would leave its first part
+    /// on the ring, to be joined to whatever comes next (the port offers whole chains only).
     ///
     /// # Safety
     /// The caller owns the chunks, with their data lengths set, and gives up those taken.
@@ -174,7 +177,8 @@ pub struct XskFrame<'umem, D = FrameDesc> {
 /// A received chunk held by the port during a batch (what [`XskFrame`] wraps).
 struct Slot<D> {
     desc: D,
-    /// The start of the descriptor's chunk (`size` bytes, inside the UMEM).
+    /// The start of the descriptor's chunk (`size` bytes, inside the UMEM), or of the big
+    /// buffer a chain was gathered into (then `desc` is unused).
     chunk: NonNull<u8>,
     size: usize,
     head: usize,
@@ -200,12 +204,13 @@ impl<D> Frame for XskFrame<'_, D> {
     #[inline]
     fn parts(&mut self) -> (&mut [u8], &mut usize, &mut usize) {
         // SAFETY: `chunk` is the start of a `size`-byte chunk inside the UMEM of the port
-        // the frame came from (the `Rings` contract), and that port is borrowed by its batch
-        // for `'umem`, so the mapping outlives this borrow (`&mut [XskFrame<'umem>]` is
+        // the frame came from (the `Rings` contract), or of one of that port's big buffers
+        // (a gathered chain; allocated while the port lives), and that port is borrowed by its
+        // batch for `'umem`, so the memory outlives this borrow (`&mut [XskFrame<'umem>]` is
         // invariant: a frame swapped into another port's batch makes both borrows last as
         // long). The chunk came off the RX ring and no ring or other frame holds it until its
-        // batch ends (every chunk is in exactly one place), and `&mut self` makes this borrow
-        // unique.
+        // batch ends (every chunk is in exactly one place; a big buffer holds one frame of one
+        // batch), and `&mut self` makes this borrow unique.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.slot.chunk.as_ptr(), self.slot.size) };
         (buf, &mut self.slot.head, &mut self.slot.len)
     }
@@ -241,15 +246,14 @@ pub struct Unsent {
 pub trait TxCopy {
     /// Copies `frame` into a free chunk and queues it; false if there is no chunk for it.
     fn tx_copy(&mut self, frame: &[u8]) -> bool {
-        self.tx_with(|out| {
-            out.get_mut(..frame.len())?.copy_from_slice(frame);
-            Some(frame.len())
-        })
+        self.tx_parts(&[frame])
     }
-    /// Writes a frame straight into a free chunk and queues it: `write` gets the chunk's room
-    /// and returns the frame's length, or `None` to give the chunk back (then false, as when
-    /// no chunk is free). Software GSO writes each segment this way, once.
-    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool;
+    /// Copies the frame made of `parts`, in order, into a free chunk (a chain of them on a
+    /// multi-buffer port) and queues it; false, with nothing queued, if there are not enough
+    /// free chunks or the frame does not fit one chunk of a single-buffer port. Software GSO
+    /// sends each segment this way, its headers and its slice of the big frame's payload
+    /// copied once.
+    fn tx_parts(&mut self, parts: &[&[u8]]) -> bool;
 }
 
 /// Frames queued for TX past which a copy flushes them to the ring mid-batch (a GSO frame
@@ -286,28 +290,53 @@ pub struct Port<R: Rings> {
 }
 
 /// The big buffers of a multi-buffer port: one per frame of a burst, plus one for a chain
-/// still arriving, plus one to write a frame in before it is scattered.
+/// still arriving.
+///
+/// A big buffer is in use only from the burst that gathers a frame into it to the end of that
+/// batch (or, for the chain still arriving, to the burst that completes it).
 struct BigFrames {
-    mem: Vec<u8>,
+    /// Owns the buffers, and is not touched again once `base` is taken: a `&mut` to the whole
+    /// Vec would invalidate the frames' pointers into it. Never reallocated or dropped while
+    /// the port lives (the port sets `big` once, at open).
+    _mem: Vec<u8>,
+    base: NonNull<u8>,
     free: Vec<u16>,
     /// A chain whose end has not arrived yet: (its buffer, bytes so far, too big to keep).
     partial: Option<(Option<u16>, usize, bool)>,
-    scratch: Vec<u8>,
 }
+
+/// Big buffers per multi-buffer port: a frame of every slot of a burst, and a chain arriving.
+const BIG_FRAMES: usize = MAX_BURST + 1;
 
 impl BigFrames {
     fn new() -> BigFrames {
-        let n = MAX_BURST + 1;
-        BigFrames {
-            mem: vec![0; n * BIG_FRAME],
-            free: (0..n as u16).rev().collect(),
-            partial: None,
-            scratch: vec![0; BIG_FRAME],
-        }
+        let mut mem = vec![0; BIG_FRAMES * BIG_FRAME];
+        let base = NonNull::new(mem.as_mut_ptr()).expect("a Vec's buffer is not null");
+        BigFrames { _mem: mem, base, free: (0..BIG_FRAMES as u16).rev().collect(), partial: None }
     }
-    fn buf(&mut self, i: u16) -> &mut [u8] {
-        let at = i as usize * BIG_FRAME;
-        &mut self.mem[at..at + BIG_FRAME]
+
+    /// The start of buffer `i` (< [`BIG_FRAMES`]): `BIG_FRAME` bytes inside `_mem`.
+    fn at(&self, i: u16) -> NonNull<u8> {
+        assert!(usize::from(i) < BIG_FRAMES);
+        // SAFETY: `i * BIG_FRAME` is inside the allocation of `BIG_FRAMES * BIG_FRAME` bytes.
+        unsafe { self.base.add(usize::from(i) * BIG_FRAME) }
+    }
+
+    /// Which buffer `p` is the start of, if it is one of these.
+    fn index(&self, p: NonNull<u8>) -> Option<u16> {
+        let off = (p.as_ptr() as usize).wrapping_sub(self.base.as_ptr() as usize);
+        (off < BIG_FRAMES * BIG_FRAME && off.is_multiple_of(BIG_FRAME)).then_some((off / BIG_FRAME) as u16)
+    }
+
+    /// At a batch's end every buffer is free but the arriving chain's: one that left with a
+    /// frame swapped into another port's batch is taken back here (that batch has ended
+    /// before this port can receive again: the swap ties both borrows together).
+    fn reclaim(&mut self) {
+        let held = self.partial.and_then(|p| p.0);
+        if self.free.len() + usize::from(held.is_some()) != BIG_FRAMES {
+            self.free.clear();
+            self.free.extend((0..BIG_FRAMES as u16).rev().filter(|&i| Some(i) != held));
+        }
     }
 }
 
@@ -394,8 +423,8 @@ impl<'port, R: Rings> RxBatch<'port, R> {
 
 impl<R: Rings> TxCopy for RxBatch<'_, R> {
     #[inline]
-    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
-        self.port.tx_with(write)
+    fn tx_parts(&mut self, parts: &[&[u8]]) -> bool {
+        self.port.tx_parts(parts)
     }
 }
 
@@ -636,7 +665,12 @@ impl Port<XskRings> {
                 zc_refused.unwrap_or(last)
             )));
         }
-        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {last}")))
+        let hint = if multi {
+            format!(" (an uplink MTU above {MAX_CHUNK_MTU} needs multi-buffer AF_XDP: kernel 6.6 or later, and a driver that takes XDP_USE_SG)")
+        } else {
+            String::new()
+        };
+        Err(io::Error::other(format!("{dev} queue {queue}: cannot bind AF_XDP socket: {last}{hint}")))
     }
 
     /// The kernel's drop counts for this socket since it was opened: (RX ring full, other RX
@@ -809,28 +843,35 @@ impl<R: Rings> Port<R> {
             }
         }
         self.batch = batch;
+        if let Some(big) = &mut self.big {
+            big.reclaim();
+        }
         unsent
     }
 
     /// The big buffer `s` was gathered into, if it is one of this port's.
     fn big_slot(&self, s: &Slot<R::Desc>) -> Option<u16> {
-        let big = self.big.as_ref()?;
-        let off = (s.chunk.as_ptr() as usize).wrapping_sub(big.mem.as_ptr() as usize);
-        (off < big.mem.len() && off.is_multiple_of(BIG_FRAME)).then_some((off / BIG_FRAME) as u16)
+        self.big.as_ref()?.index(s.chunk)
     }
 
     /// Scatters the frame at `head..head + len` of big buffer `i` into a chain of chunks.
     fn tx_big(&mut self, i: u16, head: usize, len: usize) -> bool {
-        let Some(mut big) = self.big.take() else { return false };
-        let ok = self.tx_chain(&big.buf(i)[head..head + len]);
-        self.big = Some(big);
-        ok
+        let Some(big) = &self.big else { return false };
+        if head + len > BIG_FRAME {
+            return false;
+        }
+        // SAFETY: `head..head + len` is inside buffer `i` (checked), which the ended batch's
+        // frame held and nothing else refers to now; it stays allocated while the port lives.
+        let frame = unsafe { std::slice::from_raw_parts(big.at(i).as_ptr().add(head), len) };
+        self.tx_chain(&[frame], true)
     }
 
-    /// Queues `frame` for TX in as many free chunks as it takes, chained; queues nothing
-    /// (false) if the free chunks run out.
-    fn tx_chain(&mut self, mut frame: &[u8]) -> bool {
+    /// Queues the frame made of `parts` for TX: in one free chunk, or with `chain` (a
+    /// multi-buffer port) in as many as it takes. Queues nothing (false) if the free chunks
+    /// run out, or if the frame does not fit one chunk and may not be chained.
+    fn tx_chain(&mut self, parts: &[&[u8]], chain: bool) -> bool {
         let start = self.tx_descs.len();
+        let (mut part, mut at) = (0, 0);
         loop {
             if self.free.is_empty() {
                 self.reap();
@@ -841,17 +882,30 @@ impl<R: Rings> Port<R> {
                 return false;
             };
             let addr = R::addr(&d);
-            let take = frame.len().min(self.chunk - (addr & (self.chunk - 1)));
+            let room = self.chunk - (addr & (self.chunk - 1));
+            if !chain && parts.iter().map(|p| p.len()).sum::<usize>() > room {
+                self.free.push(d);
+                return false;
+            }
             // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
-            // `addr..addr + take` stays inside that chunk, inside the UMEM.
-            let out = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr), take) };
-            out.copy_from_slice(&frame[..take]);
-            frame = &frame[take..];
+            // `addr..addr + room` runs to the end of that chunk, inside the UMEM.
+            let out = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr), room) };
+            let mut len = 0;
+            while len < room && part < parts.len() {
+                let from = &parts[part][at..];
+                let n = from.len().min(room - len);
+                out[len..len + n].copy_from_slice(&from[..n]);
+                (len, at) = (len + n, at + n);
+                if at == parts[part].len() {
+                    (part, at) = (part + 1, 0);
+                }
+            }
             // SAFETY: as above, the chunk is ours until it goes on the TX ring.
-            unsafe { self.rings.set_data_len(&mut d, take) };
-            R::set_more(&mut d, !frame.is_empty());
+            unsafe { self.rings.set_data_len(&mut d, len) };
+            let more = part < parts.len();
+            R::set_more(&mut d, more);
             self.tx_descs.push(d);
-            if frame.is_empty() {
+            if !more {
                 return true;
             }
         }
@@ -864,7 +918,17 @@ impl<R: Rings> Port<R> {
         let off = R::addr(&s.desc) & (self.chunk - 1);
         if s.head != off {
             if off + s.len > self.chunk {
+                // Grown past its chunk (IPIP on a frame that filled one): a multi-buffer port
+                // chains it; otherwise it cannot leave.
                 self.fill_back.push(s.desc);
+                if self.big.is_some() && s.head + s.len <= self.chunk {
+                    // SAFETY: the slot's chunk is this port's (checked by `owns`), off every
+                    // ring, and `head..head + len` is inside it; nothing else borrows it now.
+                    let frame = unsafe { std::slice::from_raw_parts(s.chunk.as_ptr().add(s.head), s.len) };
+                    if self.tx_chain(&[frame], true) {
+                        return true;
+                    }
+                }
                 self.stats.tx_full += 1;
                 return false;
             }
@@ -936,6 +1000,7 @@ impl<R: Rings> Port<R> {
         // SAFETY: every queued descriptor is ours and filled in; those the ring takes (a
         // prefix) are counted in flight and leave the queue.
         let sent = if room > 0 { unsafe { self.rings.tx_produce(&self.tx_descs[..room]) } } else { 0 };
+        debug_assert!(sent == 0 || !R::more(&self.tx_descs[sent - 1]), "the TX ring took part of a chain");
         // Produce, then wake.
         if sent > 0 {
             self.rings.tx_kick();
@@ -993,10 +1058,16 @@ fn gather<R: Rings>(
     let len = R::data_len(&d);
     match slot {
         Some(i) if !over && XDP_HEADROOM + at + len <= BIG_FRAME => {
-            // SAFETY: a received descriptor's data is inside the UMEM (the `Rings` contract),
-            // and the caller owns its chunk until it gives it back.
-            let piece = unsafe { std::slice::from_raw_parts(base.as_ptr().add(R::addr(&d)), len) };
-            big.buf(i)[XDP_HEADROOM + at..XDP_HEADROOM + at + len].copy_from_slice(piece);
+            // SAFETY: a received descriptor's data is inside the UMEM (the `Rings` contract) and
+            // the caller owns its chunk until it gives it back; the destination range is inside
+            // buffer `i` (checked above), which no frame refers to yet.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    base.as_ptr().add(R::addr(&d)),
+                    big.at(i).as_ptr().add(XDP_HEADROOM + at),
+                    len,
+                )
+            };
         }
         _ => over = true,
     }
@@ -1006,7 +1077,7 @@ fn gather<R: Rings>(
     }
     match slot {
         Some(i) if !over => {
-            let chunk = NonNull::new(big.buf(i).as_mut_ptr()).expect("a Vec's buffer is not null");
+            let chunk = big.at(i);
             Some(Slot {
                 desc: R::Desc::default(),
                 chunk,
@@ -1042,44 +1113,11 @@ fn give_to_fill<R: Rings>(rings: &mut R, list: &mut Vec<R::Desc>, keep: usize) {
 }
 
 impl<R: Rings> TxCopy for Port<R> {
-    /// Writes a frame into a free chunk and queues it for TX.
-    fn tx_with(&mut self, write: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+    fn tx_parts(&mut self, parts: &[&[u8]]) -> bool {
         if self.tx_descs.len() >= TX_FLUSH_AT {
             self.flush_tx();
         }
-        if let Some(mut big) = self.big.take() {
-            let ok = match write(&mut big.scratch) {
-                Some(len) if len <= big.scratch.len() => self.tx_chain(&big.scratch[..len]),
-                _ => false,
-            };
-            self.big = Some(big);
-            return ok;
-        }
-        if self.free.is_empty() {
-            self.reap();
-        }
-        let Some(mut d) = self.free.pop() else {
-            self.stats.no_free_chunk += 1;
-            return false;
-        };
-        let addr = R::addr(&d);
-        let room = self.chunk - (addr & (self.chunk - 1));
-        // SAFETY: `d` came off the free list, so its chunk is ours and in no ring, and
-        // `addr..addr + room` runs to the end of that chunk, inside the UMEM; nothing else
-        // borrows it while `write` runs.
-        let out = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr), room) };
-        match write(out) {
-            Some(len) if len <= room => {
-                // SAFETY: as above, the chunk is ours until it goes on the TX ring.
-                unsafe { self.rings.set_data_len(&mut d, len) };
-                self.tx_descs.push(d);
-                true
-            }
-            _ => {
-                self.free.push(d);
-                false
-            }
-        }
+        self.tx_chain(parts, self.big.is_some())
     }
 }
 
@@ -1594,6 +1632,148 @@ mod tests {
         assert_eq!(p.free.len(), free, "the two taken went back");
         assert!(p.tx_descs.is_empty());
         assert_eq!(p.stats.no_free_chunk, 1);
+        census(&p);
+    }
+
+    #[test]
+    fn parts_are_copied_in_order_into_one_chunk_or_a_chain_and_too_big_is_refused() {
+        let (hdr, payload) = (frame(1, 66), frame(2, 3000));
+        let mut whole = hdr.clone();
+        whole.extend(&payload);
+        // Single-buffer: the joined frame fits a chunk, or nothing is queued.
+        let mut p = port(4, 8, 4);
+        assert!(p.tx_parts(&[&hdr, &payload[..1000], &[], &payload[1000..1200]]));
+        let free = p.free.len();
+        assert!(!p.tx_parts(&[&hdr, &payload]), "3,066 bytes do not fit a 2 KiB chunk");
+        assert_eq!(p.free.len(), free, "the chunk taken went back");
+        p.finish_batch();
+        let sent = p.rings.transmit_frames();
+        assert_eq!(sent, vec![(whole[..1266].to_vec(), 1)]);
+        p.finish_batch();
+        census(&p);
+        // Multi-buffer: the same parts leave as one chain, joined in order.
+        let mut p = multi_port(4, 8, 4);
+        assert!(p.tx_parts(&[&hdr, &payload]));
+        p.finish_batch();
+        let sent = p.rings.transmit_frames();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, whole);
+        assert_eq!(sent[0].1, 2, "3,066 bytes in two chunks");
+        p.finish_batch();
+        census(&p);
+    }
+
+    #[test]
+    fn two_chains_in_one_burst_keep_their_own_bytes() {
+        let mut p = multi_port(CHUNKS, 8, 0);
+        let (a, b) = (frame(20, 3000), frame(21, 4000));
+        assert!(p.rings.receive_chain(&a) && p.rings.receive_chain(&b));
+        let mut batch = p.rx_burst(MAX_BURST);
+        assert_eq!(batch.len(), 2);
+        let fs = batch.frames();
+        {
+            let (buf, head, len) = fs[0].parts();
+            buf[*head..*head + *len].fill(0x55); // the pipeline writes all over frame 0
+        }
+        let (buf, head, len) = fs[1].parts();
+        assert_eq!(&buf[*head..*head + *len], &b[..], "frame 1 untouched by frame 0's writes");
+        drop(batch);
+        census(&p);
+    }
+
+    #[test]
+    fn gather_takes_exactly_a_big_buffer_behind_the_headroom_and_counts_one_byte_more() {
+        let (rings, descs) = FakeRings::new(CHUNKS, 8);
+        let mut p = Port::start(rings, descs, CHUNKS, 0, 0, "fake");
+        p.enable_multi_buffer();
+        let fits = frame(22, BIG_FRAME - XDP_HEADROOM);
+        assert!(p.rings.receive_chain(&fits));
+        let mut b = p.rx_burst(MAX_BURST);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.frames()[0].len(), fits.len());
+        drop(b);
+        p.finish_batch();
+        assert!(p.rings.receive_chain(&frame(23, BIG_FRAME - XDP_HEADROOM + 1)));
+        assert_eq!(p.rx_burst(MAX_BURST).len(), 0);
+        assert_eq!(p.stats.rx_too_big, 1);
+        census(&p);
+    }
+
+    #[test]
+    fn a_chain_with_no_big_buffer_free_is_counted_and_the_buffers_come_back() {
+        let mut p = multi_port(8, 8, 2);
+        p.big.as_mut().unwrap().free.clear(); // as if all were taken
+        assert!(p.rings.receive_chain(&frame(24, 3000)));
+        assert_eq!(p.rx_burst(MAX_BURST).len(), 0);
+        assert_eq!(p.stats.rx_too_big, 1);
+        assert_eq!(p.big.as_ref().unwrap().free.len(), BIG_FRAMES, "every buffer free at the batch's end");
+        census(&p);
+    }
+
+    #[test]
+    fn a_gathered_frame_that_finds_no_free_chunk_is_unsent_and_its_buffer_returns() {
+        let mut p = multi_port(8, 8, 0);
+        assert!(p.rings.receive_chain(&frame(25, 3000)));
+        let free = std::mem::take(&mut p.free); // no free chunk to scatter into
+        let mut b = p.rx_burst(MAX_BURST);
+        b.send(0);
+        assert_eq!(b.finish(), Unsent { frames: 1, bytes: 3000 });
+        assert_eq!(p.big.as_ref().unwrap().free.len(), BIG_FRAMES);
+        p.free = free;
+        census(&p);
+    }
+
+    #[test]
+    fn a_big_frame_swapped_into_another_ports_batch_does_not_leak_its_buffer() {
+        let mut p1 = multi_port(8, 8, 2);
+        let mut p2 = multi_port(8, 8, 2);
+        assert!(p1.rings.receive_chain(&frame(26, 3000)) && p2.rings.receive_chain(&frame(27, 3000)));
+        let mut b1 = p1.rx_burst(MAX_BURST);
+        let mut b2 = p2.rx_burst(MAX_BURST);
+        std::mem::swap(&mut b1.frames()[0], &mut b2.frames()[0]);
+        drop(b1);
+        drop(b2);
+        for p in [&p1, &p2] {
+            assert_eq!(p.stats.foreign, 1);
+            assert_eq!(p.big.as_ref().unwrap().free.len(), BIG_FRAMES, "taken back at the batch's end");
+        }
+    }
+
+    #[test]
+    fn a_single_chunk_frame_grown_past_its_chunk_leaves_as_a_chain_on_a_multi_buffer_port() {
+        let mut p = multi_port(8, 8, 4);
+        let full = frame(28, FRAME_SIZE - XDP_HEADROOM); // fills its chunk
+        p.rings.receive(&[&full]);
+        let mut b = p.rx_burst(MAX_BURST);
+        {
+            let (buf, head, len) = b.frames()[0].parts();
+            *head -= 20; // IPIP in front
+            *len += 20;
+            buf[*head..*head + 20].fill(0xee);
+        }
+        b.send(0);
+        assert_eq!(b.finish(), Unsent::default());
+        p.finish_batch();
+        let sent = p.rings.transmit_frames();
+        let mut want = vec![0xee; 20];
+        want.extend(&full);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.len(), sent[0].1), (want.len(), 2));
+        assert_eq!(sent[0].0, want);
+        p.finish_batch();
+        census(&p);
+    }
+
+    #[test]
+    fn the_tx_queue_limit_never_cuts_a_chain() {
+        let mut p = multi_port(2, 8, 0);
+        p.tx_queue = 4; // below what set_tx_queue allows, to fit the fake UMEM
+        let (a, b) = (frame(29, 5000), frame(30, 5000)); // three chunks each
+        assert!(p.tx_copy(&a) && p.tx_copy(&b));
+        assert_eq!(p.finish_batch(), (1, 5000), "the second chain would pass the limit: dropped whole");
+        let sent = p.rings.transmit_frames();
+        assert_eq!(sent, vec![(a, 3)]);
+        p.finish_batch();
         census(&p);
     }
 }

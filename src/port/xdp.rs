@@ -38,10 +38,10 @@ pub enum OwnerError {
     Device { dev: String, msg: String },
 }
 
-/// The device's ifindex in the current network namespace.
+/// The device's ifindex in the calling thread's network namespace (asked of the kernel, not
+/// of /sys, which shows the namespace it was mounted in).
 pub fn ifindex(dev: &str) -> io::Result<u32> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))?;
-    s.trim().parse().map_err(|e| io::Error::other(format!("ifindex of {dev}: {e}")))
+    nix::net::if_::if_nametoindex(dev).map_err(io::Error::from)
 }
 
 /// The inode of the current network namespace: with the ifindex, names a device host-wide.
@@ -227,13 +227,27 @@ impl XskProgram {
         {
             return Ok(p);
         }
-        let p = Arc::new(XskProgram::attach(dev, ifindex, mode)?);
+        // A program of ours whose last socket just closed may not be detached yet (its drop
+        // runs after the last reference is gone): wait a little for the hook to empty.
+        let mut tries = 0;
+        let p = loop {
+            match XskProgram::attach(dev, ifindex, mode) {
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy && tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break Arc::new(r?),
+            }
+        };
         all.push(Arc::downgrade(&p));
         Ok(p)
     }
 
     fn attach(dev: &str, ifindex: u32, mode: AttachMode) -> io::Result<XskProgram> {
-        let e = |what: &str, r: i32| io::Error::other(format!("{dev}: {what}: {}", io::Error::from_raw_os_error(-r)));
+        let e = |what: &str, r: i32| {
+            let os = io::Error::from_raw_os_error(-r);
+            io::Error::new(os.kind(), format!("{dev}: {what}: {os}"))
+        };
         // SAFETY: plain syscall wrappers; no options struct; the fd returned is ours.
         let map = unsafe {
             libbpf_sys::bpf_map_create(
@@ -278,7 +292,10 @@ impl XskProgram {
             )
         };
         if prog < 0 {
-            return Err(e("cannot load the multi-buffer XDP program (kernel 6.6 or later needed)", prog));
+            return Err(e(
+                "cannot load the multi-buffer XDP program (frags-aware XDP needs kernel 5.18 or later)",
+                prog,
+            ));
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let prog = unsafe { OwnedFd::from_raw_fd(prog) };

@@ -23,7 +23,7 @@ use crate::port::tap::TapPort;
 use crate::port::LinkState;
 use vrouter_core::dataplane::{affinity, Frame, Output, PacketBuf, Pipeline, PortId, BIG_BUF_SIZE};
 use vrouter_core::offload::gro::{self, Run, Seg};
-use vrouter_core::offload::gso::Segments;
+use vrouter_core::offload::gso::{self, Segments};
 use vrouter_core::offload::{self, Offload};
 use vrouter_core::stats::{Counters, DropReason};
 
@@ -148,7 +148,11 @@ impl<U: TxCopy> Sink<'_, U> {
                 return count_unsent(c, port, b.len, DropReason::GsoBadFrame);
             };
             c.inc(&c.gso_frames);
-            let sent = (0..s.count()).take_while(|&k| u.tx_with(|out| s.write(data, k, out))).count();
+            let mut hdr = [0u8; gso::MAX_HDR];
+            let h = s.layout().hdr_len;
+            let sent = (0..s.count())
+                .take_while(|&k| s.header(data, k, &mut hdr).is_some_and(|r| u.tx_parts(&[&hdr[..h], &data[r]])))
+                .count();
             c.add(&c.gso_segments, sent as u64);
             c.drop_n(DropReason::TxFull, (s.count() - sent) as u64);
             return;

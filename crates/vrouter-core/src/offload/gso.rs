@@ -2,11 +2,14 @@
 //! (or a UDP one sent with `UDP_SEGMENT`), possibly already inside IPIP, becomes wire-sized
 //! segments, each written once into its transmit buffer: headers copied from the big frame and
 //! fixed (lengths, IPv4 IDs and checksums of outer and inner headers, TCP sequence numbers and
-//! flags, the transport checksum computed whole), then its slice of the payload. As the
+//! flags, the transport checksum computed whole) by [`Segments::header`], then its slice of
+//! the payload, copied by the port straight from the big frame into one chunk or a chain. As the
 //! kernel's `tcp_gso_segment`/`__udp_gso_segment` do: CWR only on the first segment, FIN and PSH
 //! only on the last; every IPv4 header's ID counts up from the big frame's.
 
 use super::{fill_ip_csum, fill_l4_csum, layout, Gso, Layout, Offload, TCP_CWR, TCP_FIN, TCP_PSH};
+use std::ops::Range;
+
 use crate::wire::ipv4::PROTO_UDP;
 
 /// How a GSO frame is cut: see [`Segments::plan`].
@@ -68,17 +71,19 @@ impl Segments {
         self.mss.min(self.payload.saturating_sub(k * self.mss))
     }
 
-    /// Writes segment `k` of `frame` (the frame planned) into `out`; its length, or `None` if
-    /// `out` is too short or `k` is past the last.
-    pub fn write(&self, frame: &[u8], k: usize, out: &mut [u8]) -> Option<usize> {
+    /// Segment `k` of `frame` (the frame planned): its headers, written into `hdr` (which
+    /// needs `layout().hdr_len` bytes) with every length, ID, sequence number, flag and
+    /// checksum set, and the range of `frame` that is its payload. The segment is
+    /// `hdr[..hdr_len]` followed by `frame[range]`. `None` if `hdr` is too short or `k` is past
+    /// the last.
+    pub fn header(&self, frame: &[u8], k: usize, hdr: &mut [u8]) -> Option<Range<usize>> {
         if k >= self.count {
             return None;
         }
         let (h, n) = (self.l.hdr_len, self.payload_len(k));
-        let out = out.get_mut(..h + n)?;
+        let out = hdr.get_mut(..h)?;
         let from = h + k * self.mss;
-        out[..h].copy_from_slice(&frame[..h]);
-        out[h..].copy_from_slice(&frame[from..from + n]);
+        out.copy_from_slice(&frame[..h]);
         let l = &self.l;
         // IPv4 headers, outer first: length, ID counting up, checksum.
         for ip in [Some(l.outer), l.inner].into_iter().flatten() {
@@ -101,10 +106,27 @@ impl Segments {
                 out[t + 13] &= !(TCP_FIN | TCP_PSH);
             }
         }
-        fill_l4_csum(out, l, h + n);
+        fill_l4_csum(out, l, h, &frame[from..from + n]);
+        Some(from..from + n)
+    }
+}
+
+#[cfg(test)]
+impl Segments {
+    /// Segment `k` written whole into `out`, headers then payload, as the port copies it; its
+    /// length, or `None` if `out` is too short or `k` is past the last.
+    pub(crate) fn write(&self, frame: &[u8], k: usize, out: &mut [u8]) -> Option<usize> {
+        let h = self.l.hdr_len;
+        let r = self.header(frame, k, out.get_mut(..h)?)?;
+        let n = r.len();
+        out.get_mut(h..h + n)?.copy_from_slice(&frame[r]);
         Some(h + n)
     }
 }
+
+/// The most header bytes a segment carries: Ethernet, two IPv4 headers with options (IPIP)
+/// and a TCP header with options.
+pub const MAX_HDR: usize = 14 + 60 + 60 + 60;
 
 #[cfg(test)]
 mod tests {

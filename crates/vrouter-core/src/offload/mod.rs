@@ -121,16 +121,19 @@ fn l4_end(frame: &[u8], l: &Layout) -> usize {
 pub fn complete_csum(frame: &mut [u8]) -> bool {
     let Some(l) = layout(frame) else { return false };
     let end = l4_end(frame, &l);
-    fill_l4_csum(frame, &l, end);
+    fill_l4_csum(frame, &l, end, &[]);
     true
 }
 
-/// Computes the transport checksum of the segment `frame[l.l4..end]` laid out as `l` from
-/// scratch and writes it.
-fn fill_l4_csum(frame: &mut [u8], l: &Layout, end: usize) {
+/// Computes the transport checksum of the segment `frame[l.l4..end]` followed by `more` (a
+/// payload that will follow the headers on the wire; the part in `frame` then has an even
+/// length, as transport headers do) laid out as `l` from scratch and writes it.
+fn fill_l4_csum(frame: &mut [u8], l: &Layout, end: usize, more: &[u8]) {
+    debug_assert!(more.is_empty() || (end - l.l4).is_multiple_of(2), "an odd split would misalign the sum");
     let at = l.l4 + l.csum_offset();
     frame[at..at + 2].fill(0);
-    let sum = checksum::sum(pseudo_sum(frame, l.ip(), l.proto, end - l.l4), &frame[l.l4..end]);
+    let pseudo = pseudo_sum(frame, l.ip(), l.proto, end - l.l4 + more.len());
+    let sum = checksum::sum(checksum::sum(pseudo, &frame[l.l4..end]), more);
     let mut c = !checksum::fold(sum);
     if c == 0 && l.proto == PROTO_UDP {
         c = 0xffff; // RFC 768: a computed zero is sent as all ones (zero means "none")

@@ -157,7 +157,7 @@ drop_reasons! {
     /// Frames the kernel could not deliver to the socket for another reason, mostly an empty
     /// fill ring (no free buffer to copy into).
     XskRxDropped => "uplink/rx-dropped",
-    /// A multi-buffer frame longer than vrouter's gather buffer (the device's MTU above
+    /// A multi-buffer frame longer than vrouter's 16 KiB gather buffer (a device MTU far above
     /// `[uplink] mtu`), or with no buffer free: its chunks went back to the fill ring.
     XskRxTooBig => "uplink/rx-too-big",
 
