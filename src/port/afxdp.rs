@@ -53,8 +53,7 @@ const XDP_HEADROOM: usize = 256;
 /// The largest uplink MTU whose frames fit one (4 KiB) chunk; above, frames span a chain of
 /// chunks (multi-buffer, see the module docs).
 pub const MAX_CHUNK_MTU: u16 = (4096 - XDP_HEADROOM - ETH_HLEN) as u16;
-/// A big buffer: where a multi-buffer frame is gathered (behind the XDP headroom) or written
-/// before it is scattered into chunks.
+/// A big buffer: where a received multi-buffer frame is gathered, behind the XDP headroom.
 const BIG_FRAME: usize = 16384;
 const _: () = assert!(XDP_HEADROOM + ETH_HLEN + MAX_MTU as usize <= BIG_FRAME, "MAX_MTU must fit a big buffer");
 
