@@ -1583,15 +1583,13 @@ mod tests {
         census(&p);
     }
 
-    #[test]
-    fn a_gathered_frame_sent_back_out_is_scattered_again() {
-        let mut p = multi_port(8, 8, 4);
-        let big = frame(9, 3500);
-        assert!(p.rings.receive_chain(&big));
+    /// Receives one frame already on the RX ring, puts 20 bytes of 0xee in front of it in
+    /// place (IPIP), sends it back out and returns what left: (frame, chunks).
+    fn encapsulate_and_send_back(p: &mut Port<FakeRings>) -> Vec<(Vec<u8>, usize)> {
         let mut b = p.rx_burst(MAX_BURST);
         {
             let (buf, head, len) = b.frames()[0].parts();
-            *head -= 20; // encapsulated in place
+            *head -= 20;
             *len += 20;
             buf[*head..*head + 20].fill(0xee);
         }
@@ -1599,12 +1597,19 @@ mod tests {
         assert_eq!(b.finish(), Unsent::default());
         p.finish_batch();
         let sent = p.rings.transmit_frames();
+        p.finish_batch();
+        census(p);
+        sent
+    }
+
+    #[test]
+    fn a_gathered_frame_sent_back_out_is_scattered_again() {
+        let mut p = multi_port(8, 8, 4);
+        let big = frame(9, 3500);
+        assert!(p.rings.receive_chain(&big));
         let mut want = vec![0xee; 20];
         want.extend(&big);
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].0, want);
-        p.finish_batch();
-        census(&p);
+        assert_eq!(encapsulate_and_send_back(&mut p), vec![(want, 2)]);
     }
 
     #[test]
@@ -1743,24 +1748,9 @@ mod tests {
         let mut p = multi_port(8, 8, 4);
         let full = frame(28, FRAME_SIZE - XDP_HEADROOM); // fills its chunk
         p.rings.receive(&[&full]);
-        let mut b = p.rx_burst(MAX_BURST);
-        {
-            let (buf, head, len) = b.frames()[0].parts();
-            *head -= 20; // IPIP in front
-            *len += 20;
-            buf[*head..*head + 20].fill(0xee);
-        }
-        b.send(0);
-        assert_eq!(b.finish(), Unsent::default());
-        p.finish_batch();
-        let sent = p.rings.transmit_frames();
         let mut want = vec![0xee; 20];
         want.extend(&full);
-        assert_eq!(sent.len(), 1);
-        assert_eq!((sent[0].0.len(), sent[0].1), (want.len(), 2));
-        assert_eq!(sent[0].0, want);
-        p.finish_batch();
-        census(&p);
+        assert_eq!(encapsulate_and_send_back(&mut p), vec![(want, 2)]);
     }
 
     #[test]
