@@ -306,8 +306,7 @@ impl WorkerRt {
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
-        let mut seen_kernel_drops = (0u64, 0u64);
-        let mut seen_too_big = 0u64;
+        let mut socket_drops = SocketDrops::default();
         tracing::info!(worker = me, idle = ?self.idle, workers, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let now_ms = epoch.elapsed().as_millis() as u64;
@@ -445,15 +444,7 @@ impl WorkerRt {
             if now_ms >= next_kernel_stats_ms {
                 // Drops the kernel counted at the socket, before any frame reached us.
                 next_kernel_stats_ms = now_ms + 500;
-                if let Some((full, other)) = self.uplink.as_ref().and_then(XskPort::kernel_drops) {
-                    counters.drop_n(DropReason::XskRxRingFull, full.saturating_sub(seen_kernel_drops.0));
-                    counters.drop_n(DropReason::XskRxDropped, other.saturating_sub(seen_kernel_drops.1));
-                    seen_kernel_drops = (full, other);
-                }
-                if let Some(too_big) = self.uplink.as_ref().map(|x| x.stats.rx_too_big) {
-                    counters.drop_n(DropReason::XskRxTooBig, too_big - seen_too_big);
-                    seen_too_big = too_big;
-                }
+                socket_drops.count(self.uplink.as_ref(), &counters);
             }
             if work == 0 && now_ms != last_timer_ms {
                 // Timers: ARP retransmits, held frames, conntrack sweep.
@@ -514,10 +505,34 @@ impl WorkerRt {
                 std::thread::yield_now();
             }
         }
+        // What the socket dropped since the last count, before the counters are read a last time.
+        socket_drops.count(self.uplink.as_ref(), &counters);
         if let Some(up) = &self.uplink {
             tracing::info!(worker = me, stats = ?up.stats, chunks = ?up.chunk_census(), kernel = %up.kernel_stats(), "uplink socket");
         }
         tracing::info!(worker = me, "worker stopped");
+    }
+}
+
+/// Drops at the uplink's socket, before any frame reached the pipeline: the kernel's (RX ring
+/// full, other) and multi-buffer frames too big to gather. Counted as they grow.
+#[derive(Default)]
+struct SocketDrops {
+    ring_full: u64,
+    other: u64,
+    too_big: u64,
+}
+
+impl SocketDrops {
+    fn count(&mut self, up: Option<&XskPort>, counters: &Counters) {
+        let Some(up) = up else { return };
+        if let Some((full, other)) = up.kernel_drops() {
+            counters.drop_n(DropReason::XskRxRingFull, full.saturating_sub(self.ring_full));
+            counters.drop_n(DropReason::XskRxDropped, other.saturating_sub(self.other));
+            (self.ring_full, self.other) = (full, other);
+        }
+        counters.drop_n(DropReason::XskRxTooBig, up.stats.rx_too_big - self.too_big);
+        self.too_big = up.stats.rx_too_big;
     }
 }
 
