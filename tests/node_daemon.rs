@@ -212,7 +212,8 @@ fn the_multi_buffer_program_is_shared_per_device_and_leaves_other_programs_alone
         assert!(e.to_string().contains("cannot attach the multi-buffer XDP program"), "{e}");
         assert_eq!(hook(), theirs, "the other program stays");
         // SAFETY: a plain syscall wrapper, no options.
-        unsafe { libbpf_sys::bpf_xdp_detach(up0 as i32, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
+        let r = unsafe { libbpf_sys::bpf_xdp_detach(up0 as i32, libbpf_sys::XDP_FLAGS_DRV_MODE, std::ptr::null()) };
+        assert_eq!(r, 0, "detaching the other program");
         // Ours attached, then replaced by theirs: dropping ours leaves theirs in place.
         let c = XskProgram::shared("up0", AttachMode::Native).expect("attach");
         assert_eq!(put(0), 0, "replaced by the other program");
@@ -849,7 +850,7 @@ fn another_xdp_program_in_vrouters_place_is_left_alone_and_vrouters_comes_back_a
 #[test]
 fn two_workers_with_policy_keep_every_flow_on_one_worker() {
     assert!(is_root(), "needs root (network namespaces, TAP, AF_XDP)");
-    let t = Topo::namespaces("vrh", 2, &["pod"]);
+    let t = Topo::namespaces("vrw2", 2, &["pod"]);
     t.exec_ok("peer", &["ip", "addr", "add", "192.168.1.1/24", "dev", "gw0"]);
     t.exec_ok("peer", &["ip", "route", "add", "10.244.1.0/26", "via", "192.168.1.10"]);
     // The peer's veth would hand AF_XDP partial TCP checksums (see the daemon's warning).

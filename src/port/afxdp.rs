@@ -255,7 +255,7 @@ pub trait TxCopy {
     fn tx_parts(&mut self, parts: &[&[u8]]) -> bool;
 }
 
-/// Frames queued for TX past which a copy flushes them to the ring mid-batch (a GSO frame
+/// Chunks queued for TX past which a copy flushes them to the ring mid-batch (a GSO frame
 /// queues tens of segments at once).
 const TX_FLUSH_AT: usize = 64;
 
@@ -282,7 +282,7 @@ pub struct Port<R: Rings> {
     reserve: usize,
     pub stats: XskStats,
     pub mode: &'static str,
-    /// Frames allowed to wait on the TX ring.
+    /// Chunks allowed to wait on the TX ring (a frame each, or a chain of them).
     tx_queue: usize,
     /// Multi-buffer frames' buffers (an MTU above [`MAX_CHUNK_MTU`]).
     big: Option<BigFrames>,
@@ -340,7 +340,9 @@ impl BigFrames {
 }
 
 // SAFETY: `base` and the slots' chunk pointers point into the UMEM that `rings` owns and that
-// moves with it; the port is used by one thread at a time (`&mut self` everywhere).
+// moves with it, or (gathered frames, `big.base`) into the heap buffer of the port's own big
+// buffers, which moves with it too; the port is used by one thread at a time (`&mut self`
+// everywhere).
 unsafe impl<R: Rings + Send> Send for Port<R> where R::Desc: Send {}
 
 /// The frames of one receive burst, lent to the caller with the port borrowed: they cannot
@@ -771,10 +773,11 @@ impl<R: Rings> Port<R> {
         (self.free.len(), self.fill_back.len(), self.in_flight)
     }
 
-    /// How many frames may wait on the TX ring (clamped to 32..=the ring's size): fewer
-    /// means less delay when the device drains slowly, more absorbs longer stalls.
-    pub fn set_tx_queue(&mut self, frames: usize) {
-        self.tx_queue = frames.clamp(32, TX_RING);
+    /// How many chunks may wait on the TX ring (clamped to 32..=the ring's size; a frame
+    /// takes one, a multi-buffer frame one per 4 KiB): fewer means less delay when the device
+    /// drains slowly, more absorbs longer stalls.
+    pub fn set_tx_queue(&mut self, chunks: usize) {
+        self.tx_queue = chunks.clamp(32, TX_RING);
     }
 
     /// Receives up to `max` frames (at most [`MAX_BURST`]). Non-blocking; the batch may be
@@ -899,6 +902,10 @@ impl<R: Rings> Port<R> {
                     (part, at) = (part + 1, 0);
                 }
             }
+            // Empty parts left at the end add nothing: they must not continue the chain.
+            while part < parts.len() && at == parts[part].len() {
+                (part, at) = (part + 1, 0);
+            }
             // SAFETY: as above, the chunk is ours until it goes on the TX ring.
             unsafe { self.rings.set_data_len(&mut d, len) };
             let more = part < parts.len();
@@ -918,18 +925,20 @@ impl<R: Rings> Port<R> {
         if s.head != off {
             if off + s.len > self.chunk {
                 // Grown past its chunk (IPIP on a frame that filled one): a multi-buffer port
-                // chains it; otherwise it cannot leave.
-                self.fill_back.push(s.desc);
-                if self.big.is_some() && s.head + s.len <= self.chunk {
+                // chains it (a copy; the chunk then goes back to the fill ring); otherwise it
+                // cannot leave.
+                let sent = self.big.is_some() && s.head + s.len <= self.chunk && {
                     // SAFETY: the slot's chunk is this port's (checked by `owns`), off every
-                    // ring, and `head..head + len` is inside it; nothing else borrows it now.
+                    // ring, and `head..head + len` is inside it; nothing else borrows it now,
+                    // and it goes back to the fill side only below, after the copy.
                     let frame = unsafe { std::slice::from_raw_parts(s.chunk.as_ptr().add(s.head), s.len) };
-                    if self.tx_chain(&[frame], true) {
-                        return true;
-                    }
+                    self.tx_chain(&[frame], true)
+                };
+                self.fill_back.push(s.desc);
+                if !sent && self.big.is_none() {
+                    self.stats.tx_full += 1; // (a failed chain counted itself: no_free_chunk)
                 }
-                self.stats.tx_full += 1;
-                return false;
+                return sent;
             }
             // SAFETY: the slot's chunk is `self.chunk` bytes of this port's UMEM (checked by
             // `owns`), owned by the slot (off the RX ring, in no ring), and nothing else
@@ -948,7 +957,7 @@ impl<R: Rings> Port<R> {
     /// because the TX ring had no room, and their bytes (counted by the caller as `tx/full`,
     /// and taken back from what the port sent).
     ///
-    /// At most `tx_queue` frames ([`Port::set_tx_queue`]) wait on the TX ring: when the
+    /// At most `tx_queue` chunks ([`Port::set_tx_queue`]) wait on the TX ring: when the
     /// device drains slower than we forward, a deeper queue only adds delay (2,048 frames are
     /// milliseconds), so the excess is dropped here, where it is counted, instead of queued.
     pub fn finish_batch(&mut self) -> (usize, usize) {
@@ -1653,6 +1662,15 @@ mod tests {
         p.finish_batch();
         let sent = p.rings.transmit_frames();
         assert_eq!(sent, vec![(whole[..1266].to_vec(), 1)]);
+        p.finish_batch();
+        census(&p);
+        // Data that ends exactly at a chunk's end, then an empty part: one chunk, not a chain
+        // continued by nothing.
+        let mut p = multi_port(4, 8, 4);
+        let fill = frame(3, FRAME_SIZE - XDP_HEADROOM);
+        assert!(p.tx_parts(&[&fill, &[]]));
+        p.finish_batch();
+        assert_eq!(p.rings.transmit_frames(), vec![(fill, 1)]);
         p.finish_batch();
         census(&p);
         // Multi-buffer: the same parts leave as one chain, joined in order.

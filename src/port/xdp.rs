@@ -46,7 +46,7 @@ pub fn ifindex(dev: &str) -> io::Result<u32> {
 
 /// The inode of the current network namespace: with the ifindex, names a device host-wide.
 fn netns_inode() -> io::Result<u64> {
-    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
 /// Exclusive ownership of one uplink device by this process, for as long as it lives.
@@ -65,7 +65,7 @@ impl UplinkLock {
         })?;
         let lock_err =
             |path: &Path, source| OwnerError::Lock { dev: dev.to_string(), path: path.display().to_string(), source };
-        let ns = netns_inode().map_err(|e| lock_err(Path::new("/proc/self/ns/net"), e))?;
+        let ns = netns_inode().map_err(|e| lock_err(Path::new("/proc/thread-self/ns/net"), e))?;
         let path = dir.join(format!("uplink-net{ns}-if{index}.lock"));
         std::fs::create_dir_all(dir).map_err(|e| lock_err(dir, e))?;
         let mut file = std::fs::OpenOptions::new()

@@ -44,6 +44,7 @@ impl Segments {
         }
         let payload = frame.len() - l.hdr_len;
         let mss = usize::from(off.gso_size.max(1));
+        debug_assert!(l.hdr_len <= MAX_HDR, "a header longer than the GSO header buffer");
         Ok(Segments { l, mss, payload, count: payload.div_ceil(mss).max(1) })
     }
 
