@@ -97,6 +97,52 @@ struct TapIo {
     /// Queues per TAP: one per worker (`IFF_MULTI_QUEUE` when more than one).
     queues: usize,
     version: u64,
+    /// Removed pods' TAPs, closed here once no worker holds a port set that has them.
+    retired: Retired<TapPort>,
+}
+
+/// How long [`PortIo::remove_pod`] waits for the workers to let go of a removed pod's TAP (a
+/// worker holds its port set for one pass, asleep or not: at most about 10 ms).
+const RETIRE_WAIT: Duration = Duration::from_millis(500);
+
+/// Ports taken out of the workers' port set, kept until the workers have let go of them and
+/// then dropped by the caller (the control thread), never by a worker.
+///
+/// Closing a TAP is slow: the kernel detaches its queue and unregisters the device, waiting for
+/// RCU grace periods (milliseconds each). Whoever drops the last reference does it, and a
+/// worker's last reference to a removed pod's TAP went with the port set it held for a pass: a
+/// worker stopped forwarding while it closed TAPs (54 pods removed from each of two nodes,
+/// one `vrouterctl endpoint del` after another, stopped pings between other pods for 1.2 s;
+/// BENCHMARKS.md).
+struct Retired<T> {
+    ports: Vec<Arc<T>>,
+}
+
+impl<T> Default for Retired<T> {
+    fn default() -> Self {
+        Retired { ports: Vec::new() }
+    }
+}
+
+impl<T> Retired<T> {
+    fn push(&mut self, port: Arc<T>) {
+        self.ports.push(port);
+    }
+
+    /// Drops every retired port nobody else holds, waiting up to `wait` for the others to be
+    /// let go of. Returns how many are still held (dropped by a later call).
+    fn close(&mut self, wait: Duration) -> usize {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            // Only the port sets workers still hold can have another reference, and those are
+            // only ever dropped, so a count of one stays one.
+            self.ports.retain(|p| Arc::strong_count(p) > 1);
+            if self.ports.is_empty() || std::time::Instant::now() >= deadline {
+                return self.ports.len();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl TapIo {
@@ -174,8 +220,8 @@ impl PortIo for TapIo {
         };
         let tap = match self.staged.remove(&slot) {
             // Staged: already in its namespace under a temporary name. The replaced pod's
-            // TAP goes when the workers drop their last reference to it (their next pass), so
-            // its name may still be taken for a moment.
+            // TAP was closed when it was removed, unless a worker held it longer than
+            // `RETIRE_WAIT`: then its name may still be taken for a moment.
             Some(mut tap) => {
                 let deadline = std::time::Instant::now() + Duration::from_secs(2);
                 loop {
@@ -185,6 +231,7 @@ impl PortIo for TapIo {
                     };
                     match r {
                         Err(m) if m.contains("File exists") && std::time::Instant::now() < deadline => {
+                            self.retired.close(Duration::ZERO);
                             std::thread::sleep(Duration::from_millis(20));
                         }
                         r => break r?,
@@ -211,10 +258,16 @@ impl PortIo for TapIo {
 
     fn remove_pod(&mut self, slot: PortId) {
         self.staged.remove(&slot);
-        if self.pods.remove(&slot).is_some() {
+        if let Some(tap) = self.pods.remove(&slot) {
             info!(port = slot, "pod port removed");
+            self.retired.push(tap);
         }
         self.publish();
+        // Closed here, and before the name is needed again (a pod replacing this one).
+        let held = self.retired.close(RETIRE_WAIT);
+        if held > 0 {
+            warn!(ports = held, "removed pods' TAPs still held by a worker; closed with a later change");
+        }
     }
 
     fn port_gone(&self, slot: PortId) -> bool {
@@ -380,6 +433,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         uplink: cfg.uplink.is_some(),
         queues: cfg.uplink.as_ref().map_or(1, |u| u.queues as usize),
         version: 0,
+        retired: Retired::default(),
     };
     if let Some(h) = &cfg.host {
         let tap = TapPort::create(&h.tap, HOST_PORT, io.queues).map_err(|e| DaemonError::Host(e.to_string()))?;
@@ -612,5 +666,61 @@ mod tests {
         assert!(!line.contains("previous config") && line.contains("applied, but not completed"), "{line}");
         let line = reload_failed(&NodeError::Endpoint { name: "a".into(), msg: "no netns".into() });
         assert!(line.contains("refused, still running the previous config"), "{line}");
+    }
+
+    /// A port that records the thread it was dropped on.
+    struct Port(Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
+
+    impl Drop for Port {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(std::thread::current().id());
+        }
+    }
+
+    /// A removed port still in a port set a worker holds is not dropped (nor waited for past
+    /// the limit); once the worker lets go, it is dropped by whoever closes the retired ports,
+    /// not by the worker.
+    #[test]
+    fn a_retired_port_is_dropped_by_the_closer_once_the_workers_let_go_never_by_a_worker() {
+        let dropped_on = Arc::new(std::sync::Mutex::new(None));
+        let port = Arc::new(Port(dropped_on.clone()));
+        // The worker's port set, with a reference to the port.
+        let (give, held) = std::sync::mpsc::channel::<Arc<Port>>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let set = held.recv().unwrap();
+            released.recv().unwrap();
+            drop(set);
+            std::thread::current().id()
+        });
+        give.send(port.clone()).unwrap();
+        let mut retired = Retired::default();
+        retired.push(port);
+        assert_eq!(retired.close(Duration::from_millis(20)), 1, "still held by the worker");
+        assert_eq!(*dropped_on.lock().unwrap(), None);
+        release.send(()).unwrap();
+        let worker_id = worker.join().unwrap();
+        assert_eq!(*dropped_on.lock().unwrap(), None, "the worker's drop was not the last");
+        assert_eq!(retired.close(Duration::ZERO), 0);
+        let on = dropped_on.lock().unwrap().expect("dropped once the worker let go");
+        assert_eq!(on, std::thread::current().id());
+        assert_ne!(on, worker_id);
+    }
+
+    /// `close` waits for a worker that lets go within the limit.
+    #[test]
+    fn closing_waits_for_a_worker_that_lets_go_in_time() {
+        let dropped_on = Arc::new(std::sync::Mutex::new(None));
+        let port = Arc::new(Port(dropped_on.clone()));
+        let set = port.clone();
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(set);
+        });
+        let mut retired = Retired::default();
+        retired.push(port);
+        assert_eq!(retired.close(Duration::from_secs(10)), 0);
+        assert_eq!(*dropped_on.lock().unwrap(), Some(std::thread::current().id()));
+        worker.join().unwrap();
     }
 }
