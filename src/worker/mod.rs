@@ -1,9 +1,12 @@
 //! Poll-mode worker threads: each owns one uplink queue (an AF_XDP socket) and possibly some
 //! TAP ports to receive from, runs the pipeline over every burst, and transmits in bursts.
 //!
-//! Idle behaviour ([`IdleMode`]): `poll` polls forever; `interrupt` sleeps in poll(2) on the
-//! ports' fds whenever a pass finds nothing; `adaptive` (the default) polls for `spin_us` after
-//! the last traffic, then sleeps the same way. Sleeps are capped at 10 ms so the pipeline's
+//! Each pass reads the uplink's receive ring, then only the TAP queues an epoll set names as
+//! readable (one system call for all of a node's pods: [`readiness`]).
+//!
+//! Idle behaviour ([`IdleMode`]): `poll` polls forever; `interrupt` sleeps in epoll_wait(2) on
+//! the ports' fds whenever a pass finds nothing; `adaptive` (the default) polls for `spin_us`
+//! after the last traffic, then sleeps the same way. Sleeps are capped at 10 ms so the pipeline's
 //! timers (ARP retransmits, held-frame expiry) keep running. Between empty passes a polling
 //! worker yields (`sched_yield`): alone on its core that returns at once, and where the
 //! device's receive work (a NAPI thread) shares the core it runs instead of waiting out our
@@ -17,10 +20,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 pub mod handoff;
+mod readiness;
 
 use crate::port::afxdp::{TxCopy, XskPort};
 use crate::port::tap::TapPort;
 use crate::port::LinkState;
+use readiness::Readiness;
 use vrouter_core::dataplane::{affinity, Frame, Output, PacketBuf, Pipeline, PortId, BIG_BUF_SIZE};
 use vrouter_core::offload::gro::{self, Run, Seg};
 use vrouter_core::offload::gso::{self, Segments};
@@ -41,10 +46,10 @@ pub enum IdleMode {
     /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
     /// on the core between empty passes).
     Poll,
-    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
+    /// Spin for a while after traffic, then sleep in epoll_wait(2) on the ports' fds.
     #[default]
     Adaptive,
-    /// Always sleep in poll(2) between batches.
+    /// Always sleep in epoll_wait(2) between batches.
     Interrupt,
 }
 
@@ -299,10 +304,10 @@ impl WorkerRt {
         let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
         // This worker's ends of the handoff rings.
         let mut lanes = self.handoff.as_ref().and_then(|h| h.lanes(me));
-        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut ready: Option<Readiness> = None;
         let port_cell = self.ports.clone();
-        let mut fds_for = u64::MAX;
-        let mut fds_gone = 0;
+        let mut ready_for = u64::MAX;
+        let mut ready_gone = 0;
         let mut last_work = Instant::now();
         let mut last_timer_ms = u64::MAX;
         let mut next_kernel_stats_ms = 0;
@@ -316,22 +321,25 @@ impl WorkerRt {
             let taps: &[Arc<TapPort>] = &ports.taps;
             // With stateful policy and several workers, frames go to the worker owning their flow.
             let handoff = self.handoff.as_deref().filter(|_| self.pipeline.needs_flow_affinity());
-            // A TAP removed under us reports POLLERR for ever: poll only those still there.
+            // A TAP removed under us reports an error for ever: watch only those still there.
             let gone = taps.iter().filter(|t| t.is_gone()).count();
-            if fds_for != ports.version || fds_gone != gone {
-                // The port set changed: poll the new one's fds.
-                (fds_for, fds_gone) = (ports.version, gone);
-                fds.clear();
-                if let Some(u) = &self.uplink {
-                    fds.push(libc::pollfd { fd: u.fd(), events: libc::POLLIN, revents: 0 });
-                }
-                for t in taps.iter().filter(|t| !t.is_gone()) {
-                    fds.push(libc::pollfd { fd: t.fd(me), events: libc::POLLIN, revents: 0 });
-                }
-                if let Some(h) = &self.handoff {
-                    fds.push(libc::pollfd { fd: h.wake_fd(me), events: libc::POLLIN, revents: 0 });
-                }
+            if ready_for != ports.version || ready_gone != gone {
+                // The port set changed: watch the new one's descriptors.
+                (ready_for, ready_gone) = (ports.version, gone);
+                let queues: Vec<_> = taps.iter().map(|t| (!t.is_gone()).then(|| t.fd(me))).collect();
+                let others: Vec<_> = (self.uplink.as_ref().map(|u| u.fd()).into_iter())
+                    .chain(self.handoff.as_ref().map(|h| h.wake_fd(me)))
+                    .collect();
+                ready = match Readiness::new(&queues, &others) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        // Out of descriptors or memory: this worker cannot see its ports.
+                        tracing::error!(worker = me, "cannot watch the ports ({e}); stopping");
+                        break;
+                    }
+                };
             }
+            let ready = ready.as_mut().expect("set up above");
             self.pipeline.poll_requests();
             let mut work = 0;
             if let Some(up) = self.uplink.as_mut() {
@@ -392,7 +400,8 @@ impl WorkerRt {
                     }
                 }
             }
-            for t in taps {
+            for &i in ready.ready_taps() {
+                let Some(t) = taps.get(i) else { continue };
                 let mut n = t.rx_burst(me, &mut tap_bufs, &counters);
                 if n == 0 {
                     continue;
@@ -479,24 +488,18 @@ impl WorkerRt {
                 IdleMode::Interrupt => true,
                 IdleMode::Adaptive => last_work.elapsed() >= self.spin,
             };
-            if sleep && !fds.is_empty() {
-                for f in fds.iter_mut() {
-                    f.revents = 0;
-                }
+            if sleep {
                 // Asleep, then a last look at the rings: a frame handed over after this look
                 // finds the flag set and wakes us through the eventfd.
                 if let Some(h) = &self.handoff {
                     h.set_asleep(me, true);
                 }
                 if !lanes.as_ref().is_some_and(|l| l.pending()) {
-                    // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, MAX_SLEEP_MS) };
+                    ready.sleep(MAX_SLEEP_MS);
                 }
                 if let Some(h) = &self.handoff {
                     h.set_asleep(me, false);
                 }
-            } else if sleep {
-                std::thread::sleep(Duration::from_millis(MAX_SLEEP_MS as u64));
             } else {
                 // Spinning, but let anything else runnable on this core go first: when the
                 // device's NAPI thread shares the core (veth, or IRQs steered here), spinning
