@@ -8,23 +8,22 @@
 //! per pass with a zero timeout; only the queues it names are read. A queue left with frames
 //! after a burst is named again on the next pass.
 //!
-//! Asleep, the worker waits on a second epoll set holding the first one (readable while any
-//! TAP queue is), the uplink's socket and the handoff's wake-up descriptor; a wake-up by a TAP
-//! leaves its answer for the next pass, which then needs no call of its own. The uplink's
-//! socket is in the sleep set only: its receive ring is read directly each pass, and in
-//! copy mode polling it also kicks transmission, which a per-pass poll would do needlessly.
+//! Asleep, the worker waits in poll(2) on the epoll set (readable while any TAP queue is), the
+//! uplink's socket and the handoff's wake-up descriptor; a wake-up by a TAP leaves its answer
+//! for the next pass, which then needs no call of its own. The uplink's socket is in no epoll
+//! set: its receive ring is read directly each pass, and a descriptor registered with epoll
+//! is woken for every frame that arrives (the kernel finds a waiter on its queue), where poll
+//! registers only while the worker sleeps. A second, permanent epoll set for the sleep cost
+//! cross-node TCP 7 % (BENCHMARKS.md).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// What a sleep's event says when it is not the TAP set.
-const OTHER: u64 = u64::MAX;
-
 pub struct Readiness {
     /// The TAP queues, each registered with its index in the worker's TAP list.
     taps: OwnedFd,
-    /// `taps`, the uplink and the wake-up descriptor.
-    sleep: OwnedFd,
+    /// `taps`, then the uplink and the wake-up descriptor: what a sleep waits on.
+    sleep: Vec<libc::pollfd>,
     /// How many TAP queues are registered.
     registered: usize,
     events: Vec<libc::epoll_event>,
@@ -54,10 +53,10 @@ fn add(ep: &OwnedFd, fd: RawFd, data: u64) -> io::Result<()> {
 }
 
 impl Readiness {
-    /// Sets for the TAP queues `taps` (the worker's TAP list order; a queue that is `None`, a
-    /// TAP gone, is left out), and for a sleep, `others` too (the uplink, the wake-up fd).
+    /// A set of the TAP queues `taps` (the worker's TAP list order; a queue that is `None`, a
+    /// TAP gone, is left out); a sleep also waits on `others` (the uplink, the wake-up fd).
     pub fn new(taps: &[Option<RawFd>], others: &[RawFd]) -> io::Result<Readiness> {
-        let (tap_set, sleep) = (epoll()?, epoll()?);
+        let tap_set = epoll()?;
         let mut registered = 0;
         for (i, fd) in taps.iter().enumerate() {
             if let Some(fd) = fd {
@@ -65,16 +64,15 @@ impl Readiness {
                 registered += 1;
             }
         }
-        add(&sleep, tap_set.as_raw_fd(), OTHER - 1)?;
-        for fd in others {
-            add(&sleep, *fd, OTHER)?;
-        }
-        let cap = registered.max(others.len() + 1);
+        let sleep = std::iter::once(tap_set.as_raw_fd())
+            .chain(others.iter().copied())
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
         Ok(Readiness {
             taps: tap_set,
             sleep,
             registered,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; cap],
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; registered.max(1)],
             ready: Vec::with_capacity(registered),
             fresh: false,
         })
@@ -107,11 +105,12 @@ impl Readiness {
     /// Sleeps until a TAP queue, the uplink or the wake-up descriptor is readable, or for
     /// `timeout_ms`. What it finds of the TAPs, the next [`Readiness::ready_taps`] returns.
     pub fn sleep(&mut self, timeout_ms: i32) {
-        // SAFETY: as in `wait_taps`.
-        let n = unsafe {
-            libc::epoll_wait(self.sleep.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
-        };
-        if self.events[..n.max(0) as usize].iter().any(|ev| ev.u64 == OTHER - 1) {
+        for p in self.sleep.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: `sleep` is a valid, writable array of pollfd for the call's duration.
+        let n = unsafe { libc::poll(self.sleep.as_mut_ptr(), self.sleep.len() as libc::nfds_t, timeout_ms) };
+        if n > 0 && self.sleep[0].revents != 0 {
             self.ready.clear();
             self.wait_taps(0);
             self.fresh = true;
