@@ -3,8 +3,8 @@
 //!
 //! A worker used to read every TAP queue on every pass, and a read of an empty queue is a
 //! system call that finds nothing: with 54 idle pods on a node, each pass made 54 of them
-//! before it came back to the uplink's ring, and a ping between two other pods took twice as
-//! long (BENCHMARKS.md). Now the TAP queues sit in an epoll set (level-triggered), asked once
+//! before it came back to the uplink's ring, and a ping between two other pods took up to
+//! twice as long (BENCHMARKS.md). Now the TAP queues sit in an epoll set (level-triggered), asked once
 //! per pass with a zero timeout; only the queues it names are read. A queue left with frames
 //! after a burst is named again on the next pass.
 //!
