@@ -1551,6 +1551,34 @@ mod policy {
         assert_eq!(drops(&sim, DropReason::PolicyDeny), 1);
     }
 
+    /// Egress reads each frame's flow key a few frames ahead for its conntrack prefetch: in a
+    /// batch of frames of different verdicts, allowed, denied and unreadable ones interleaved,
+    /// each is judged by its own key.
+    #[test]
+    fn every_frame_of_a_batch_is_judged_by_its_own_flow() {
+        let mut sim = Sim::new(SimOptions { policy: policy(1, true), ..Default::default() });
+        let mut short = a_to_b(80, true, false);
+        short.truncate(14 + 20 + 8);
+        let mut ip = Ipv4Packet::new_checked(&mut short[14..]).unwrap();
+        ip.set_total_len(28);
+        ip.fill_checksum();
+        let ports: Vec<u16> = (0..40).map(|i| if i % 3 == 0 || i % 7 == 0 { 81 } else { 80 }).collect();
+        let input: Vec<(Vec<u8>, PortId)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &dport)| (if i % 11 == 5 { short.clone() } else { a_to_b(dport, true, false) }, sim::POD_A))
+            .collect();
+        let sent = run(&mut sim, &input, 1_000);
+        let want: Vec<u16> =
+            ports.iter().enumerate().filter(|&(i, &d)| d == 80 && i % 11 != 5).map(|(_, &d)| d).collect();
+        let got: Vec<u16> = sent.iter().map(|(_, f)| u16::from_be_bytes([f[14 + 20 + 2], f[14 + 20 + 3]])).collect();
+        assert_eq!(got, want);
+        let short_n = (0..40).filter(|i| i % 11 == 5).count() as u64;
+        assert_eq!(drops(&sim, DropReason::L4Truncated), short_n);
+        let denied = ports.iter().enumerate().filter(|&(i, &d)| d == 81 && i % 11 != 5).count() as u64;
+        assert_eq!(drops(&sim, DropReason::PolicyDeny), denied);
+    }
+
     #[test]
     fn tiny_tcp_fragments_are_dropped_rfc1858() {
         let mut sim = Sim::new(SimOptions { policy: policy(1, true), ..Default::default() });
