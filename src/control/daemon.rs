@@ -134,8 +134,9 @@ impl<T> Retired<T> {
     fn close(&mut self, wait: Duration) -> usize {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            // Only the port sets workers still hold can have another reference, and those are
-            // only ever dropped, so a count of one stays one.
+            // Only threads still holding an old port set (workers for a pass, the status
+            // reader) can have another reference, and those are only ever dropped, so a count
+            // of one stays one.
             self.ports.retain(|p| Arc::strong_count(p) > 1);
             if self.ports.is_empty() || std::time::Instant::now() >= deadline {
                 return self.ports.len();
@@ -162,6 +163,8 @@ impl TapIo {
         }
         self.version += 1;
         self.set.store(Arc::new(PortSet { version: self.version, targets, taps }));
+        // Any removed pod's TAP a worker held past `RETIRE_WAIT` goes now, if it has let go.
+        self.retired.close(Duration::ZERO);
     }
 }
 
@@ -197,6 +200,7 @@ impl PortIo for TapIo {
     }
 
     fn stage_pod(&mut self, slot: PortId, e: &EndpointConfig) -> Result<(), String> {
+        self.retired.close(Duration::ZERO);
         let name = format!("vrstage{slot}");
         let tap = TapPort::create(&name, slot, self.queues).map_err(|x| format!("TAP {name}: {x}"))?;
         if let Some(ns) = &e.netns {
@@ -207,6 +211,8 @@ impl PortIo for TapIo {
     }
 
     fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: std::net::Ipv4Addr) -> Result<(), String> {
+        // A removed pod's TAP still open would keep its name (a leftover from `RETIRE_WAIT`).
+        self.retired.close(Duration::ZERO);
         let setup = |tap: &TapPort, ns: &str| {
             tap.configure_pod(&PodSetup {
                 netns: ns,
@@ -266,7 +272,7 @@ impl PortIo for TapIo {
         // Closed here, and before the name is needed again (a pod replacing this one).
         let held = self.retired.close(RETIRE_WAIT);
         if held > 0 {
-            warn!(ports = held, "removed pods' TAPs still held by a worker; closed with a later change");
+            warn!(ports = held, "removed pods' TAPs still held after 500 ms; closed at the next pod change");
         }
     }
 
@@ -705,6 +711,37 @@ mod tests {
         let on = dropped_on.lock().unwrap().expect("dropped once the worker let go");
         assert_eq!(on, std::thread::current().id());
         assert_ne!(on, worker_id);
+    }
+
+    /// As the daemon holds them: a worker's guard on the published port set keeps the port
+    /// after the control thread stored a new set, and the port is dropped by the closer once
+    /// that guard is gone.
+    #[test]
+    fn a_workers_guard_on_the_published_set_holds_a_retired_port_until_it_is_dropped() {
+        let dropped_on = Arc::new(std::sync::Mutex::new(None));
+        let port = Arc::new(Port(dropped_on.clone()));
+        let set = Arc::new(ArcSwap::from_pointee(vec![port.clone()]));
+        let (loaded, guard_taken) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let worker = {
+            let set = set.clone();
+            std::thread::spawn(move || {
+                let guard = set.load();
+                assert_eq!(guard.len(), 1);
+                loaded.send(()).unwrap();
+                released.recv().unwrap();
+                drop(guard);
+            })
+        };
+        guard_taken.recv().unwrap();
+        let mut retired = Retired::default();
+        retired.push(port);
+        set.store(Arc::new(vec![]));
+        assert_eq!(retired.close(Duration::from_millis(20)), 1, "the worker's guard holds the old set");
+        release.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!(retired.close(Duration::ZERO), 0);
+        assert_eq!(*dropped_on.lock().unwrap(), Some(std::thread::current().id()));
     }
 
     /// `close` waits for a worker that lets go within the limit.

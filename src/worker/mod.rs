@@ -4,13 +4,13 @@
 //! Each pass reads the uplink's receive ring, then only the TAP queues an epoll set names as
 //! readable (one system call for all of a node's pods: [`readiness`]).
 //!
-//! Idle behaviour ([`IdleMode`]): `poll` polls forever; `interrupt` sleeps in epoll_wait(2) on
-//! the ports' fds whenever a pass finds nothing; `adaptive` (the default) polls for `spin_us`
-//! after the last traffic, then sleeps the same way. Sleeps are capped at 10 ms so the pipeline's
-//! timers (ARP retransmits, held-frame expiry) keep running. Between empty passes a polling
-//! worker yields (`sched_yield`): alone on its core that returns at once, and where the
-//! device's receive work (a NAPI thread) shares the core it runs instead of waiting out our
-//! time slice (measured in BENCHMARKS.md: 0.51x -> 0.92x kernel forwarding on veth).
+//! Idle behaviour ([`IdleMode`]): `poll` polls forever; `interrupt` sleeps in poll(2) on the TAPs'
+//! epoll set, the uplink and the handoff's eventfd whenever a pass finds nothing; `adaptive` (the
+//! default) polls for `spin_us` after the last traffic, then sleeps the same way. Sleeps are capped
+//! at 10 ms so the pipeline's timers (ARP retransmits, held-frame expiry) keep running. Between
+//! empty passes a polling worker yields (`sched_yield`): alone on its core that returns at once,
+//! and where the device's receive work (a NAPI thread) shares the core it runs instead of waiting
+//! out our time slice (measured in BENCHMARKS.md: 0.51x -> 0.92x kernel forwarding on veth).
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -46,10 +46,10 @@ pub enum IdleMode {
     /// Poll forever (lowest latency, a full core per worker; yields to other runnable threads
     /// on the core between empty passes).
     Poll,
-    /// Spin for a while after traffic, then sleep in epoll_wait(2) on the ports' fds.
+    /// Spin for a while after traffic, then sleep in poll(2) on the ports' fds.
     #[default]
     Adaptive,
-    /// Always sleep in epoll_wait(2) between batches.
+    /// Always sleep in poll(2) between batches.
     Interrupt,
 }
 
@@ -304,7 +304,17 @@ impl WorkerRt {
         let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
         // This worker's ends of the handoff rings.
         let mut lanes = self.handoff.as_ref().and_then(|h| h.lanes(me));
-        let mut ready: Option<Readiness> = None;
+        let others: Vec<_> = (self.uplink.as_ref().map(|u| u.fd()).into_iter())
+            .chain(self.handoff.as_ref().map(|h| h.wake_fd(me)))
+            .collect();
+        let mut ready = match Readiness::new(&others) {
+            Ok(r) => r,
+            Err(e) => {
+                // Out of descriptors or memory at start: this worker cannot see its ports.
+                tracing::error!(worker = me, "cannot watch the ports ({e}); not starting");
+                return;
+            }
+        };
         let port_cell = self.ports.clone();
         let mut ready_for = u64::MAX;
         let mut ready_gone = 0;
@@ -327,19 +337,10 @@ impl WorkerRt {
                 // The port set changed: watch the new one's descriptors.
                 (ready_for, ready_gone) = (ports.version, gone);
                 let queues: Vec<_> = taps.iter().map(|t| (!t.is_gone()).then(|| t.fd(me))).collect();
-                let others: Vec<_> = (self.uplink.as_ref().map(|u| u.fd()).into_iter())
-                    .chain(self.handoff.as_ref().map(|h| h.wake_fd(me)))
-                    .collect();
-                ready = match Readiness::new(&queues, &others) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        // Out of descriptors or memory: this worker cannot see its ports.
-                        tracing::error!(worker = me, "cannot watch the ports ({e}); stopping");
-                        break;
-                    }
-                };
+                if let Err(e) = ready.set_taps(&queues) {
+                    tracing::warn!(worker = me, "cannot watch the pods' TAPs ({e}); reading every one each pass");
+                }
             }
-            let ready = ready.as_mut().expect("set up above");
             self.pipeline.poll_requests();
             let mut work = 0;
             if let Some(up) = self.uplink.as_mut() {

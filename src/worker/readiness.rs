@@ -20,84 +20,117 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub struct Readiness {
-    /// The TAP queues, each registered with its index in the worker's TAP list.
+    /// The TAP queues, each registered with its index in the worker's TAP list. Made once per
+    /// worker and updated when the port set changes, so a change needs no new descriptor.
     taps: OwnedFd,
     /// `taps`, then the uplink and the wake-up descriptor: what a sleep waits on.
     sleep: Vec<libc::pollfd>,
-    /// How many TAP queues are registered.
-    registered: usize,
+    /// The TAP queues as last set (by index; `None`, a TAP gone, left out).
+    registered: Vec<Option<RawFd>>,
+    /// Registering failed: every TAP is named ready (read them all, as before epoll) until
+    /// the next [`Readiness::set_taps`] succeeds.
+    all: bool,
     events: Vec<libc::epoll_event>,
     ready: Vec<usize>,
     /// `ready` holds what the last sleep found, still to be handed out.
     fresh: bool,
+    /// An unexpected epoll_wait error was logged (once).
+    logged: bool,
 }
 
-fn epoll() -> io::Result<OwnedFd> {
-    // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor that
-    // nothing else owns.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just created, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn add(ep: &OwnedFd, fd: RawFd, data: u64) -> io::Result<()> {
+fn ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, data: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: data };
     // SAFETY: `ev` is a valid epoll_event for the call's duration; the kernel copies it.
-    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
 impl Readiness {
-    /// A set of the TAP queues `taps` (the worker's TAP list order; a queue that is `None`, a
-    /// TAP gone, is left out); a sleep also waits on `others` (the uplink, the wake-up fd).
-    pub fn new(taps: &[Option<RawFd>], others: &[RawFd]) -> io::Result<Readiness> {
-        let tap_set = epoll()?;
-        let mut registered = 0;
-        for (i, fd) in taps.iter().enumerate() {
-            if let Some(fd) = fd {
-                add(&tap_set, *fd, i as u64)?;
-                registered += 1;
-            }
+    /// A set with no TAP queues yet; a sleep also waits on `others` (the uplink, the wake-up
+    /// descriptor).
+    pub fn new(others: &[RawFd]) -> io::Result<Readiness> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let sleep = std::iter::once(tap_set.as_raw_fd())
+        // SAFETY: just created, owned by nobody else.
+        let taps = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sleep = std::iter::once(taps.as_raw_fd())
             .chain(others.iter().copied())
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         Ok(Readiness {
-            taps: tap_set,
+            taps,
             sleep,
-            registered,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; registered.max(1)],
-            ready: Vec::with_capacity(registered),
+            registered: Vec::new(),
+            all: false,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1],
+            ready: Vec::new(),
             fresh: false,
+            logged: false,
         })
+    }
+
+    /// Watches the TAP queues `taps` (the worker's new TAP list, in order; `None`, a TAP gone,
+    /// is left out) in place of the previous ones. On error every TAP is named ready until a
+    /// later call succeeds, and the error is returned to be logged.
+    pub fn set_taps(&mut self, taps: &[Option<RawFd>]) -> io::Result<()> {
+        for fd in self.registered.drain(..).flatten() {
+            // A queue already closed left the set by itself (ENOENT, or EBADF), and a
+            // descriptor number since reused names another file, not found either.
+            let _ = ctl(&self.taps, libc::EPOLL_CTL_DEL, fd, 0);
+        }
+        self.registered = taps.to_vec();
+        self.ready.clear();
+        self.fresh = false;
+        let mut result = Ok(());
+        for (i, fd) in taps.iter().enumerate() {
+            if let Some(fd) = fd {
+                if let Err(e) = ctl(&self.taps, libc::EPOLL_CTL_ADD, *fd, i as u64) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.all = result.is_err();
+        if self.all {
+            self.ready.extend(taps.iter().enumerate().filter(|(_, fd)| fd.is_some()).map(|(i, _)| i));
+        }
+        let n = taps.iter().flatten().count().max(1);
+        self.events.resize(n, libc::epoll_event { events: 0, u64: 0 });
+        result
     }
 
     /// The TAP queues (indices into the worker's TAP list) with frames to read, or whose
     /// device has an error (a read tells which). No system call when there are none to ask
     /// about, or when the last sleep already asked.
     pub fn ready_taps(&mut self) -> &[usize] {
-        if std::mem::take(&mut self.fresh) {
+        if self.all || std::mem::take(&mut self.fresh) {
             return &self.ready;
         }
         self.ready.clear();
-        if self.registered > 0 {
-            self.wait_taps(0);
+        if self.registered.iter().any(Option::is_some) {
+            self.wait_taps();
         }
         &self.ready
     }
 
-    fn wait_taps(&mut self, timeout_ms: i32) {
+    fn wait_taps(&mut self) {
         // SAFETY: `events` is a valid, writable array of `events.len()` entries.
-        let n = unsafe {
-            libc::epoll_wait(self.taps.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
-        };
-        for ev in &self.events[..n.max(0) as usize] {
+        let n =
+            unsafe { libc::epoll_wait(self.taps.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted && !std::mem::replace(&mut self.logged, true) {
+                tracing::warn!("asking which TAP queues have frames failed ({e}); they are not read meanwhile");
+            }
+            return;
+        }
+        for ev in &self.events[..n as usize] {
             self.ready.push(ev.u64 as usize);
         }
     }
@@ -110,9 +143,9 @@ impl Readiness {
         }
         // SAFETY: `sleep` is a valid, writable array of pollfd for the call's duration.
         let n = unsafe { libc::poll(self.sleep.as_mut_ptr(), self.sleep.len() as libc::nfds_t, timeout_ms) };
-        if n > 0 && self.sleep[0].revents != 0 {
+        if n > 0 && self.sleep[0].revents != 0 && !self.all {
             self.ready.clear();
-            self.wait_taps(0);
+            self.wait_taps();
             self.fresh = true;
         }
     }
@@ -148,13 +181,19 @@ mod tests {
         v
     }
 
+    fn watching(taps: &[Option<RawFd>], others: &[RawFd]) -> Readiness {
+        let mut r = Readiness::new(others).unwrap();
+        r.set_taps(taps).unwrap();
+        r
+    }
+
     #[test]
     fn only_the_queues_with_frames_are_named_until_they_are_read() {
         let queues: Vec<_> = (0..5).map(|_| pipe()).collect();
         // Queue 3 is a TAP gone: left out.
         let fds: Vec<Option<RawFd>> =
             queues.iter().enumerate().map(|(i, q)| (i != 3).then(|| q.0.as_raw_fd())).collect();
-        let mut r = Readiness::new(&fds, &[]).unwrap();
+        let mut r = watching(&fds, &[]);
         assert!(r.ready_taps().is_empty());
         put(&queues[1].1);
         put(&queues[4].1);
@@ -168,24 +207,58 @@ mod tests {
         assert!(r.ready_taps().is_empty());
     }
 
+    /// A new TAP list replaces the old one: indices follow the new list, a queue no longer in
+    /// it is not named, and one closed meanwhile is no obstacle.
+    #[test]
+    fn a_new_tap_list_replaces_the_old_one() {
+        let (a, b, c) = (pipe(), pipe(), pipe());
+        let mut r = watching(&[Some(a.0.as_raw_fd()), Some(b.0.as_raw_fd()), Some(c.0.as_raw_fd())], &[]);
+        put(&a.1);
+        put(&c.1);
+        assert_eq!(sorted(r.ready_taps()), [0, 2]);
+        // `a` leaves (closed), `c` moves to index 0, `b` to 1.
+        drop(a);
+        r.set_taps(&[Some(c.0.as_raw_fd()), Some(b.0.as_raw_fd())]).unwrap();
+        assert_eq!(r.ready_taps(), [0]);
+        put(&b.1);
+        assert_eq!(sorted(r.ready_taps()), [0, 1]);
+        r.set_taps(&[Some(b.0.as_raw_fd())]).unwrap();
+        assert_eq!(r.ready_taps(), [0], "c is readable but no longer watched");
+    }
+
+    /// A queue that cannot be registered (here not a descriptor at all) makes every TAP named
+    /// ready, so the worker reads them all, until a later list registers.
+    #[test]
+    fn a_list_that_cannot_be_watched_names_every_tap_until_one_can() {
+        let (a, b) = (pipe(), pipe());
+        let mut r = Readiness::new(&[]).unwrap();
+        assert!(r.set_taps(&[Some(a.0.as_raw_fd()), None, Some(-1)]).is_err());
+        assert_eq!(r.ready_taps(), [0, 2]);
+        r.sleep(1);
+        assert_eq!(r.ready_taps(), [0, 2], "a sleep does not replace the list");
+        r.set_taps(&[Some(a.0.as_raw_fd()), Some(b.0.as_raw_fd())]).unwrap();
+        assert!(r.ready_taps().is_empty());
+        put(&b.1);
+        assert_eq!(r.ready_taps(), [1]);
+    }
+
     #[test]
     fn a_sleep_ends_on_a_tap_the_uplink_or_the_wake_up_and_hands_the_taps_to_the_next_pass() {
         let (tap, uplink, wake) = (pipe(), pipe(), pipe());
-        let mut r = Readiness::new(&[Some(tap.0.as_raw_fd())], &[uplink.0.as_raw_fd(), wake.0.as_raw_fd()]).unwrap();
+        let mut r = watching(&[Some(tap.0.as_raw_fd())], &[uplink.0.as_raw_fd(), wake.0.as_raw_fd()]);
         // Nothing: the whole timeout.
         let t = Instant::now();
         r.sleep(30);
         assert!(t.elapsed() >= Duration::from_millis(25), "{:?}", t.elapsed());
         assert!(r.ready_taps().is_empty());
-        for w in [&uplink.1, &wake.1] {
-            put(w);
+        for (r_end, w_end) in [(&uplink.0, &uplink.1), (&wake.0, &wake.1)] {
+            put(w_end);
             let t = Instant::now();
             r.sleep(10_000);
             assert!(t.elapsed() < Duration::from_secs(5), "not woken");
             assert!(r.ready_taps().is_empty(), "no TAP named for another descriptor");
+            take(r_end);
         }
-        take(&uplink.0);
-        take(&wake.0);
         put(&tap.1);
         let t = Instant::now();
         r.sleep(10_000);
@@ -200,7 +273,7 @@ mod tests {
     #[test]
     fn no_taps_asks_nothing_and_still_sleeps_on_the_others() {
         let uplink = pipe();
-        let mut r = Readiness::new(&[], &[uplink.0.as_raw_fd()]).unwrap();
+        let mut r = watching(&[], &[uplink.0.as_raw_fd()]);
         assert!(r.ready_taps().is_empty());
         put(&uplink.1);
         let t = Instant::now();
