@@ -263,13 +263,20 @@ impl PortIo for TapIo {
     }
 
     fn remove_pod(&mut self, slot: PortId) {
-        self.staged.remove(&slot);
-        if let Some(tap) = self.pods.remove(&slot) {
-            info!(port = slot, "pod port removed");
-            self.retired.push(tap);
+        self.remove_pods(&[slot]);
+    }
+
+    /// All out of the workers' port set at once, so the workers are waited for once.
+    fn remove_pods(&mut self, slots: &[PortId]) {
+        for slot in slots {
+            self.staged.remove(slot);
+            if let Some(tap) = self.pods.remove(slot) {
+                info!(port = slot, "pod port removed");
+                self.retired.push(tap);
+            }
         }
         self.publish();
-        // Closed here, and before the name is needed again (a pod replacing this one).
+        // Closed here, and before the names are needed again (pods replacing these).
         let held = self.retired.close(RETIRE_WAIT);
         if held > 0 {
             warn!(ports = held, "removed pods' TAPs still held after 500 ms; closed at the next pod change");

@@ -63,6 +63,12 @@ pub trait PortIo: Send {
     fn add_pod(&mut self, slot: PortId, e: &EndpointConfig, pod_gateway: Ipv4Addr) -> Result<(), String>;
     /// Removes it; called once no published snapshot names the slot.
     fn remove_pod(&mut self, slot: PortId);
+    /// Removes several, as [`PortIo::remove_pod`] does each (at once where that is cheaper).
+    fn remove_pods(&mut self, slots: &[PortId]) {
+        for s in slots {
+            self.remove_pod(*s);
+        }
+    }
     /// Whether the port in `slot` was removed by someone else (a pod's TAP deleted inside the
     /// pod, or its namespace destroyed): the next apply replaces it as if its config changed.
     fn port_gone(&self, _slot: PortId) -> bool {
@@ -1085,9 +1091,7 @@ impl Node {
         self.publish()?;
         if !leaving.is_empty() {
             self.grace();
-            for slot in leaving {
-                self.io.remove_pod(*slot);
-            }
+            self.io.remove_pods(leaving);
         }
         Ok(())
     }
