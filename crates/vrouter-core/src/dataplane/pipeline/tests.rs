@@ -1551,17 +1551,25 @@ mod policy {
         assert_eq!(drops(&sim, DropReason::PolicyDeny), 1);
     }
 
+    /// A SYN from A to B whose TCP header is cut to 8 bytes (ports, no flags), with the IPv4
+    /// flags and offset `flags_frag`.
+    fn short_syn(flags_frag: u16) -> Vec<u8> {
+        let mut f = a_to_b(80, true, false);
+        f.truncate(14 + 20 + 8);
+        let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
+        ip.set_total_len(28);
+        ip.set_flags_frag(flags_frag);
+        ip.fill_checksum();
+        f
+    }
+
     /// Egress reads each frame's flow key a few frames ahead for its conntrack prefetch: in a
     /// batch of frames of different verdicts, allowed, denied and unreadable ones interleaved,
     /// each is judged by its own key.
     #[test]
     fn every_frame_of_a_batch_is_judged_by_its_own_flow() {
         let mut sim = Sim::new(SimOptions { policy: policy(1, true), ..Default::default() });
-        let mut short = a_to_b(80, true, false);
-        short.truncate(14 + 20 + 8);
-        let mut ip = Ipv4Packet::new_checked(&mut short[14..]).unwrap();
-        ip.set_total_len(28);
-        ip.fill_checksum();
+        let short = short_syn(0);
         let ports: Vec<u16> = (0..40).map(|i| if i % 3 == 0 || i % 7 == 0 { 81 } else { 80 }).collect();
         let input: Vec<(Vec<u8>, PortId)> = ports
             .iter()
@@ -1582,13 +1590,8 @@ mod policy {
     #[test]
     fn tiny_tcp_fragments_are_dropped_rfc1858() {
         let mut sim = Sim::new(SimOptions { policy: policy(1, true), ..Default::default() });
-        let mut f = a_to_b(80, true, false);
-        // Truncate the TCP header to 8 bytes and mark the packet as a first fragment.
-        f.truncate(14 + 20 + 8);
-        let mut ip = Ipv4Packet::new_checked(&mut f[14..]).unwrap();
-        ip.set_total_len(28);
-        ip.set_flags_frag(ipv4::FLAG_MF);
-        ip.fill_checksum();
+        // A first fragment.
+        let f = short_syn(ipv4::FLAG_MF);
         assert!(run1(&mut sim, f, sim::POD_A).is_empty());
         assert_eq!(drops(&sim, DropReason::L4Truncated), 1);
     }
