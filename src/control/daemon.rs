@@ -163,8 +163,6 @@ impl TapIo {
         }
         self.version += 1;
         self.set.store(Arc::new(PortSet { version: self.version, targets, taps }));
-        // Any removed pod's TAP a worker held past `RETIRE_WAIT` goes now, if it has let go.
-        self.retired.close(Duration::ZERO);
     }
 }
 

@@ -4,9 +4,9 @@
 //! A worker used to read every TAP queue on every pass, and a read of an empty queue is a
 //! system call that finds nothing: with 54 idle pods on a node, each pass made 54 of them
 //! before it came back to the uplink's ring, and a ping between two other pods took up to
-//! twice as long (BENCHMARKS.md). Now the TAP queues sit in an epoll set (level-triggered), asked once
-//! per pass with a zero timeout; only the queues it names are read. A queue left with frames
-//! after a burst is named again on the next pass.
+//! twice as long (BENCHMARKS.md). Now the TAP queues sit in an epoll set (level-triggered),
+//! asked once per pass with a zero timeout; only the queues it names are read. A queue left
+//! with frames after a burst is named again on the next pass.
 //!
 //! Asleep, the worker waits in poll(2) on the epoll set (readable while any TAP queue is), the
 //! uplink's socket and the handoff's wake-up descriptor; a wake-up by a TAP leaves its answer
@@ -27,6 +27,8 @@ pub struct Readiness {
     sleep: Vec<libc::pollfd>,
     /// The TAP queues as last set (by index; `None`, a TAP gone, left out).
     registered: Vec<Option<RawFd>>,
+    /// How many of them are `Some`: none, and a pass has nothing to ask.
+    watched: usize,
     /// Registering failed: every TAP is named ready (read them all, as before epoll) until
     /// the next [`Readiness::set_taps`] succeeds.
     all: bool,
@@ -67,6 +69,7 @@ impl Readiness {
             taps,
             sleep,
             registered: Vec::new(),
+            watched: 0,
             all: false,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1],
             ready: Vec::new(),
@@ -100,8 +103,8 @@ impl Readiness {
         if self.all {
             self.ready.extend(taps.iter().enumerate().filter(|(_, fd)| fd.is_some()).map(|(i, _)| i));
         }
-        let n = taps.iter().flatten().count().max(1);
-        self.events.resize(n, libc::epoll_event { events: 0, u64: 0 });
+        self.watched = taps.iter().flatten().count();
+        self.events.resize(self.watched.max(1), libc::epoll_event { events: 0, u64: 0 });
         result
     }
 
@@ -113,7 +116,7 @@ impl Readiness {
             return &self.ready;
         }
         self.ready.clear();
-        if self.registered.iter().any(Option::is_some) {
+        if self.watched > 0 {
             self.wait_taps();
         }
         &self.ready
