@@ -32,17 +32,23 @@ impl TokenBucket {
         self.burst
     }
 
-    /// Takes one token if there is one. `now_ms` may jump arbitrarily far ahead (refill is capped
-    /// at `burst`, multiplications saturate) or go backwards (treated as no time passing).
-    pub fn allow(&mut self, now_ms: u64) -> bool {
-        let cap = self.burst as u64 * MILLI;
+    /// Whether a token is there at `now_ms`, without taking it (a caller that must decide
+    /// before it knows whether it will send: the next [`TokenBucket::allow`] at the same time
+    /// then succeeds).
+    pub fn ready(&mut self, now_ms: u64) -> bool {
         if now_ms > self.last_ms {
             // rate_per_sec tokens per 1000 ms = rate_per_sec milli-tokens per ms.
             let refill = (now_ms - self.last_ms).saturating_mul(self.rate_per_sec as u64);
-            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(cap);
+            self.milli_tokens = self.milli_tokens.saturating_add(refill).min(self.burst as u64 * MILLI);
             self.last_ms = now_ms;
         }
-        if self.milli_tokens >= MILLI {
+        self.milli_tokens >= MILLI
+    }
+
+    /// Takes one token if there is one. `now_ms` may jump arbitrarily far ahead (refill is capped
+    /// at `burst`, multiplications saturate) or go backwards (treated as no time passing).
+    pub fn allow(&mut self, now_ms: u64) -> bool {
+        if self.ready(now_ms) {
             self.milli_tokens -= MILLI;
             true
         } else {

@@ -583,10 +583,32 @@ impl NeighTable {
     }
 
     /// Rate-limits requests for one entry: the thread that advances `asked_ms` owns this
-    /// interval, then counts the probe (or fails the entry) with a CAS on the word.
-    fn pace(&self, s: &Slot, word: u64, now: u64) -> Pace {
+    /// interval, then counts the probe (or fails the entry) with a CAS on the word. A caller
+    /// that `may_ask` not (its own request budget is spent) leaves a due request to the next
+    /// caller that may: the entry neither loses an interval nor counts a probe nobody sent.
+    fn pace(&self, s: &Slot, word: u64, now: u64, may_ask: bool) -> Pace {
+        if w_probes(word) == 0 {
+            // Created or restarted by a caller that could not ask: due at once. The word CAS
+            // picks the one caller that sends.
+            if !may_ask {
+                return Pace::Wait;
+            }
+            s.asked_ms.store(now, Ordering::Relaxed);
+            return match s.word.compare_exchange(
+                word,
+                w_with(word, w_state(word), 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => Pace::Send,
+                Err(_) => Pace::Changed,
+            };
+        }
         let asked = s.asked_ms.load(Ordering::Acquire);
         if now.saturating_sub(asked) < self.cfg.retrans_ms {
+            return Pace::Wait;
+        }
+        if !may_ask && w_probes(word) < self.cfg.max_probes {
             return Pace::Wait;
         }
         if s.asked_ms.compare_exchange(asked, now, Ordering::AcqRel, Ordering::Relaxed).is_err() {
@@ -621,13 +643,21 @@ impl NeighTable {
     /// [`NeighTable::lookup`] for a packet from `src` (0: charged to nobody): a miss is
     /// `SourceLimit` when `src` holds `unresolved_per_source` unresolved entries already.
     pub fn lookup_from(&self, ip: u32, src: u32, now_ms: u64) -> NeighLookup {
+        self.lookup_paced(ip, src, now_ms, true)
+    }
+
+    /// [`NeighTable::lookup_from`] for a caller that may send a request only if `may_ask` (its
+    /// budget of requests has room): if not, no answer asks for one, and a request that falls
+    /// due stays due for the next caller that may send it, at once rather than a whole
+    /// `retrans_ms` later. An entry created this way has sent nothing yet.
+    pub fn lookup_paced(&self, ip: u32, src: u32, now_ms: u64, may_ask: bool) -> NeighLookup {
         if ip == KEY_EMPTY || ip == KEY_TOMB {
             return NeighLookup::Failed;
         }
         for _ in 0..RETRIES {
             let (idx, w) = match self.find(ip) {
-                Found::Absent => match self.insert(ip, src, [0; 6], INCOMPLETE, 1, now_ms) {
-                    Ok(_) => return NeighLookup::Incomplete { send_request: true },
+                Found::Absent => match self.insert(ip, src, [0; 6], INCOMPLETE, may_ask as u8, now_ms) {
+                    Ok(_) => return NeighLookup::Incomplete { send_request: may_ask },
                     Err(InsertError::Full) => return NeighLookup::TableFull,
                     Err(InsertError::SourceLimit) => return NeighLookup::SourceLimit,
                     Err(InsertError::Exists) => continue,
@@ -647,6 +677,7 @@ impl NeighTable {
             match w_state(w) {
                 STATIC => return NeighLookup::Reachable(mac),
                 REACHABLE if age < self.cfg.reachable_ms => return NeighLookup::Reachable(mac),
+                REACHABLE | STALE if !may_ask => return NeighLookup::Stale { mac, probe: false },
                 REACHABLE | STALE => {
                     // First use since going stale: start re-confirming. The word CAS picks the
                     // single thread that sends the first probe.
@@ -656,13 +687,13 @@ impl NeighTable {
                         return NeighLookup::Stale { mac, probe: true };
                     }
                 }
-                PROBE => match self.pace(s, w, now_ms) {
+                PROBE => match self.pace(s, w, now_ms, may_ask) {
                     Pace::Send => return NeighLookup::Stale { mac, probe: true },
                     Pace::Wait => return NeighLookup::Stale { mac, probe: false },
                     Pace::Exhausted => return NeighLookup::Failed,
                     Pace::Changed => {}
                 },
-                INCOMPLETE => match self.pace(s, w, now_ms) {
+                INCOMPLETE => match self.pace(s, w, now_ms, may_ask) {
                     Pace::Send => return NeighLookup::Incomplete { send_request: true },
                     Pace::Wait => return NeighLookup::Incomplete { send_request: false },
                     Pace::Exhausted => return NeighLookup::Failed,
@@ -673,9 +704,9 @@ impl NeighTable {
                     // Hold-down over: start a new resolution round.
                     s.asked_ms.store(now_ms, Ordering::Relaxed);
                     s.updated_ms.store(now_ms, Ordering::Relaxed);
-                    let next = pack([0; 6], INCOMPLETE, 1, w_tag(w) as u32);
+                    let next = pack([0; 6], INCOMPLETE, may_ask as u8, w_tag(w) as u32);
                     if s.word.compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                        return NeighLookup::Incomplete { send_request: true };
+                        return NeighLookup::Incomplete { send_request: may_ask };
                     }
                 }
                 _ => {}
@@ -1071,6 +1102,54 @@ mod tests {
         assert_eq!(t.lookup(GW, 23_000), NeighLookup::Incomplete { send_request: true });
         t.on_reply(GW, GW_MAC, 23_100).unwrap();
         assert_eq!(t.lookup(GW, 23_200), NeighLookup::Reachable(GW_MAC));
+    }
+
+    /// A caller whose request budget is spent (`may_ask` false) neither sends nor uses up the
+    /// entry's interval or probes: the next caller that may send does so at once. Before, the
+    /// entry counted a request nobody sent and the next went out a second later (a flood of
+    /// on-link requests made a gateway's resolution, and a pod's first SYN, wait that second).
+    #[test]
+    fn a_request_the_caller_may_not_send_stays_due_for_the_next_that_may() {
+        let t = table(); // retrans 1000, max_probes 3
+        let probes = |t: &NeighTable| t.entries().into_iter().find(|e| e.ip == GW).unwrap().probes;
+        assert_eq!(t.lookup_paced(GW, 0, 0, false), NeighLookup::Incomplete { send_request: false });
+        assert_eq!((state_of(&t, GW), probes(&t)), (Some(NeighState::Incomplete), 0), "created, nothing sent");
+        assert_eq!(t.lookup_paced(GW, 0, 5, false), NeighLookup::Incomplete { send_request: false });
+        assert_eq!(t.lookup_paced(GW, 0, 10, true), NeighLookup::Incomplete { send_request: true }, "at once");
+        assert_eq!(t.lookup_paced(GW, 0, 20, true), NeighLookup::Incomplete { send_request: false }, "paced");
+        // The retransmission falls due at 1010: a caller that may not send leaves it due.
+        assert_eq!(t.lookup_paced(GW, 0, 1010, false), NeighLookup::Incomplete { send_request: false });
+        assert_eq!(probes(&t), 1);
+        assert_eq!(t.lookup_paced(GW, 0, 1015, true), NeighLookup::Incomplete { send_request: true });
+        assert_eq!(t.lookup_paced(GW, 0, 2015, true), NeighLookup::Incomplete { send_request: true });
+        assert_eq!(probes(&t), 3);
+        // Giving up needs no budget: three requests went unanswered.
+        assert_eq!(t.lookup_paced(GW, 0, 3015, false), NeighLookup::Failed);
+        // After the hold-down, a round started by a caller that may not ask begins with nothing sent.
+        assert_eq!(t.lookup_paced(GW, 0, 24_000, false), NeighLookup::Incomplete { send_request: false });
+        assert_eq!(probes(&t), 0);
+        assert_eq!(t.lookup_paced(GW, 0, 24_001, true), NeighLookup::Incomplete { send_request: true });
+        t.on_reply(GW, GW_MAC, 24_002).unwrap();
+        // Gone stale: a caller that may not probe still gets the MAC, and the probe is left to
+        // the next that may.
+        t.expire(60_000);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        assert_eq!(t.lookup_paced(GW, 0, 60_001, false), NeighLookup::Stale { mac: GW_MAC, probe: false });
+        assert_eq!(state_of(&t, GW), Some(NeighState::Stale));
+        assert_eq!(t.lookup_paced(GW, 0, 60_002, true), NeighLookup::Stale { mac: GW_MAC, probe: true });
+        assert_eq!(state_of(&t, GW), Some(NeighState::Probe));
+    }
+
+    /// An entry created while its caller could not ask, and never asked for since, fails once
+    /// a resolution round has passed, like one whose requests went unanswered.
+    #[test]
+    fn an_entry_never_asked_for_fails_after_a_round() {
+        let t = table();
+        t.lookup_paced(GW, 0, 0, false);
+        t.expire(2_999);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Incomplete));
+        t.expire(3_000);
+        assert_eq!(state_of(&t, GW), Some(NeighState::Failed));
     }
 
     #[test]

@@ -225,22 +225,23 @@ impl Pipeline {
             _ => return Verdict::Drop(DropReason::BadNextHop),
         };
         let Some(smac) = snap.port(port).map(|p| p.mac) else { return Verdict::Drop(DropReason::BadNextHop) };
+        let on_link = matches!(nh, NextHop::Connected { .. });
         let dmac = match dmac.or_else(|| self.neigh_cache.get(via).map(MacAddr)) {
             Some(d) => d,
-            None => match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
+            None => match self.lookup_neigh(via, neigh_charge(nh, p), on_link, now) {
                 NeighLookup::Reachable(mac) => {
                     self.neigh_cache.put(via, mac);
                     MacAddr(mac)
                 }
                 NeighLookup::Stale { mac, probe } => {
                     if probe {
-                        self.send_arp_request(snap, port, via, now);
+                        self.send_arp_request(snap, port, via, on_link, now);
                     }
                     MacAddr(mac)
                 }
                 NeighLookup::Incomplete { send_request } => {
                     if send_request {
-                        self.send_arp_request(snap, port, via, now);
+                        self.send_arp_request(snap, port, via, on_link, now);
                     }
                     ethernet::write_header(&mut p.buf[p.head..], MacAddr::ZERO, smac, ETHERTYPE_IPV4);
                     // The hold queue keeps bytes, not offload state: a partial checksum is
@@ -248,8 +249,10 @@ impl Pipeline {
                     complete_partial(p);
                     return match self.hold.hold(via, port, &p.buf[p.head..p.head + p.len], now) {
                         Ok(()) => {
-                            if !self.pending.contains(&via) && self.pending.len() < self.pending.capacity() {
-                                self.pending.push(via);
+                            if !self.pending.iter().any(|&(ip, _)| ip == via)
+                                && self.pending.len() < self.pending.capacity()
+                            {
+                                self.pending.push((via, on_link));
                             }
                             Verdict::Held
                         }

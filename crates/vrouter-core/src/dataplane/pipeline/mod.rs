@@ -159,7 +159,9 @@ pub struct PipelineConfig {
     /// ARP replies we did not ask for, passed on to the node's kernel (it may have asked).
     pub arp_punt_rate_per_sec: u32,
     pub arp_punt_burst: u32,
-    /// ARP request rate limit.
+    /// ARP request rate limit, for each of two budgets: requests for the next hops of routes
+    /// (the gateway, other nodes: from configuration) and requests for on-link destinations
+    /// (a sender's choice), so no sender can delay the resolution of a route's next hop.
     pub arp_rate_per_sec: u32,
     pub arp_burst: u32,
     /// Judge traffic between a local pod and the node's own kernel by the pod's policy (config
@@ -199,11 +201,14 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     ct: ConnTrack,
     hold: HoldQueue,
-    /// Next hops with frames in the hold queue (bounded by the hold queue's size).
-    pending: Vec<u32>,
+    /// Next hops with frames in the hold queue (bounded by the hold queue's size), and whether
+    /// each is on-link (its requests come out of `arp_rl_onlink`).
+    pending: Vec<(u32, bool)>,
     icmp_rl: TokenBucket,
     icmp_dest_rl: DestBuckets,
-    arp_rl: TokenBucket,
+    /// ARP requests for routes' next hops, and for on-link destinations.
+    arp_rl_hops: TokenBucket,
+    arp_rl_onlink: TokenBucket,
     arp_punt_rl: TokenBucket,
     pub(super) meta: Box<[Meta]>,
     /// Next hops' MACs already resolved in this batch (see [`neigh::BatchNeigh`]).
@@ -235,7 +240,8 @@ impl Pipeline {
             pending: Vec::with_capacity(cfg.hold_slots),
             icmp_rl: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
             icmp_dest_rl: DestBuckets::new(ICMP_DEST_BUCKETS, cfg.icmp_rate_per_dest, cfg.icmp_burst_per_dest),
-            arp_rl: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
+            arp_rl_hops: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
+            arp_rl_onlink: TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst),
             arp_punt_rl: TokenBucket::new(cfg.arp_punt_rate_per_sec, cfg.arp_punt_burst),
             meta: vec![META_INIT; MAX_BATCH].into_boxed_slice(),
             neigh_cache: neigh::BatchNeigh::default(),

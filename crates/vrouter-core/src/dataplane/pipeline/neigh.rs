@@ -22,8 +22,8 @@ impl Pipeline {
         self.counters.drop_n(DropReason::NeighUnresolved, expired as u64);
         let mut i = 0;
         while i < self.pending.len() {
-            let ip = self.pending[i];
-            let done = match self.shared.neigh.lookup(ip, now) {
+            let (ip, on_link) = self.pending[i];
+            let done = match self.lookup_neigh(ip, 0, on_link, now) {
                 NeighLookup::Reachable(mac) | NeighLookup::Stale { mac, .. } => {
                     self.release_held(ip, mac);
                     true
@@ -31,7 +31,7 @@ impl Pipeline {
                 NeighLookup::Incomplete { send_request } => {
                     if send_request {
                         if let Some(up) = snap.uplink_port {
-                            self.send_arp_request(snap, up, ip, now);
+                            self.send_arp_request(snap, up, ip, on_link, now);
                         }
                     }
                     false
@@ -63,16 +63,36 @@ impl Pipeline {
             NextHop::Connected { port } => (*port, p.ip().dst()),
             _ => return,
         };
-        match self.shared.neigh.lookup_from(via, neigh_charge(nh, p), now) {
+        let on_link = matches!(nh, NextHop::Connected { .. });
+        match self.lookup_neigh(via, neigh_charge(nh, p), on_link, now) {
             NeighLookup::Incomplete { send_request: true } | NeighLookup::Stale { probe: true, .. } => {
-                self.send_arp_request(snap, port, via, now)
+                self.send_arp_request(snap, port, via, on_link, now)
             }
             _ => {}
         }
     }
 
-    pub(super) fn send_arp_request(&mut self, snap: &Snapshot, port: PortId, target: u32, now: u64) {
-        if !self.arp_rl.allow(now) {
+    /// Looks `via` up for a packet charged to `src` (see [`neigh_charge`]). The answer asks
+    /// for a request only when the budget it would come out of has room (routes' next hops
+    /// and on-link destinations each have their own, so a sender asking for many addresses
+    /// of the node's subnet cannot delay the gateway's or another node's resolution); else a
+    /// due request waits, in the table, for the first lookup that may send it.
+    pub(super) fn lookup_neigh(&mut self, via: u32, src: u32, on_link: bool, now: u64) -> NeighLookup {
+        let may_ask = self.arp_budget(on_link).ready(now);
+        self.shared.neigh.lookup_paced(via, src, now, may_ask)
+    }
+
+    fn arp_budget(&mut self, on_link: bool) -> &mut TokenBucket {
+        if on_link {
+            &mut self.arp_rl_onlink
+        } else {
+            &mut self.arp_rl_hops
+        }
+    }
+
+    /// Sends an ARP request for `target`, out of the budget of its kind (`on_link`).
+    pub(super) fn send_arp_request(&mut self, snap: &Snapshot, port: PortId, target: u32, on_link: bool, now: u64) {
+        if !self.arp_budget(on_link).allow(now) {
             return;
         }
         let Some(mac) = snap.port(port).map(|p| p.mac) else { return };

@@ -1092,6 +1092,48 @@ fn a_neighbour_flood_from_one_pod_is_bounded_and_another_pods_next_hop_still_res
     assert_eq!(ip_of(out[0]).source(), sim::POD_B_IP.to_be_bytes());
 }
 
+/// The address an ARP request in `f` asks for.
+fn arp_target(f: &[u8]) -> Option<u32> {
+    (f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1])
+        .then(|| u32::from_be_bytes(f[38..42].try_into().unwrap()))
+}
+
+/// A pod asking for 64 new addresses of the node's subnet in one millisecond spends the
+/// budget of on-link requests (20 at once, then 100 a second). A route's next hop has a
+/// budget of its own: pod B's packet to another node, in the same millisecond, is asked for
+/// at once. (With one budget its request waited a whole retransmission interval, a second:
+/// a pod's first SYN through the gateway missed the kernel's one-second retransmit in
+/// `tests/table_floods.rs`.) The flood's requests beyond the burst are not lost either: each
+/// goes out as the budget refills, exactly once, none a second late.
+#[test]
+fn a_burst_of_on_link_requests_delays_neither_a_routes_next_hop_nor_itself_by_a_second() {
+    let mut sim = Sim::new(SimOptions { static_neighbours: false, ..Default::default() });
+    let flood: Vec<(Vec<u8>, PortId)> =
+        (0..64u32).map(|i| (from_pod_a_udp(0xc0a8_0164 + i, 64, b"x"), sim::POD_A)).collect();
+    let mut asked: Vec<(u64, u32)> = vec![];
+    let note = |asked: &mut Vec<(u64, u32)>, sent: Vec<(PortId, Vec<u8>)>, now: u64| {
+        asked.extend(
+            sent.iter().filter(|(p, _)| *p == sim::UPLINK).filter_map(|(_, f)| arp_target(f)).map(|ip| (now, ip)),
+        )
+    };
+    note(&mut asked, run(&mut sim, &flood, 1_000), 1_000);
+    let b = frames::udp(sim::POD_B_MAC, sim::POD_B_PORT_MAC, sim::POD_B_IP, sim::NODE2_POD, 64, 1, 2, b"b");
+    note(&mut asked, run(&mut sim, &[(b, sim::POD_B)], 1_000), 1_000);
+    assert!(asked.contains(&(1_000, sim::NODE2_IP)), "node 2 asked for at once: {asked:?}");
+    assert_eq!(asked.iter().filter(|(t, _)| *t == 1_000).count(), 21, "the on-link burst, and node 2");
+    for now in 1_001..=1_600 {
+        note(&mut asked, run(&mut sim, &[], now), now);
+    }
+    let flood_asks: Vec<&(u64, u32)> = asked.iter().filter(|(_, ip)| *ip != sim::NODE2_IP).collect();
+    let mut targets: Vec<u32> = flood_asks.iter().map(|(_, ip)| *ip).collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!((flood_asks.len(), targets.len()), (64, 64), "each flooded address asked once: {flood_asks:?}");
+    let last = flood_asks.iter().map(|(t, _)| *t).max().unwrap();
+    assert!(last <= 1_000 + 44 * 10 + 10, "the rest at the refill rate, the last at {last} ms");
+    assert_eq!(drops(&sim, DropReason::NeighUnresolved), 0);
+}
+
 #[test]
 fn fragmenting_towards_an_unresolved_next_hop_still_sends_the_arp_request() {
     let mut sim = Sim::new(SimOptions { static_neighbours: false, ..Default::default() });
