@@ -642,6 +642,7 @@ pub fn run(config: &Path, stats: Option<PathBuf>) -> Result<(), DaemonError> {
         if let Some((dev, w)) = &xdp_watch {
             xdp_lost = watch_xdp(dev, w, &status, xdp_lost);
         }
+        ctl.housekeeping();
         if handles.iter().any(|h| h.is_finished()) {
             error!("a worker exited unexpectedly; stopping");
             stop.store(true, Ordering::Relaxed);

@@ -852,6 +852,12 @@ impl Node {
         n
     }
 
+    /// Frees FIB tables the workers have let go of since they were replaced (see
+    /// [`FibWriter::collect`]).
+    pub fn collect(&mut self) {
+        self.fib.collect();
+    }
+
     /// Gives back to the system what removed routes took (see
     /// [`crate::control::release_freed_memory`]).
     pub fn release_memory(&mut self) {

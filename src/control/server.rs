@@ -105,6 +105,17 @@ impl Control {
         self.node.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The daemon's timer work on the node, skipped while a change holds it (that change
+    /// frees what it replaced itself): FIB tables the workers let go of late.
+    pub fn housekeeping(&self) {
+        let mut node = match self.node.try_lock() {
+            Ok(n) => n,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        node.collect();
+    }
+
     /// Re-reads the config file and applies it.
     pub fn reload(&self) -> Result<api::ChangeReport, NodeError> {
         let path = self

@@ -15,11 +15,19 @@
 //! lists before its next allocation. Ranges are tagged with the table generation so that ranges
 //! of a replaced arena are never freed into its successor. A bulk `load` (or
 //! an arena that runs out of capacity) builds a complete fresh [`Tables`] and swaps it in.
+//!
+//! The replaced tables come back over the same channel and are freed by the writer, never by
+//! a reader: the collecting thread is usually a worker pinning for its next batch, and
+//! unmapping a full table's arenas there stalled that batch for up to 1.5 ms
+//! (`examples/fib_stall.rs`). After a swap the writer waits up to [`RECLAIM_WAIT`] for the
+//! grace period (readers pin per batch, so it is normally well under a millisecond); tables
+//! still held past that are freed by a later [`FibWriter::collect`] or update.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_epoch::{self as epoch, Guard, Owned};
 
@@ -33,6 +41,8 @@ const INITIAL_LEAVES: usize = 1 << 16;
 const FULL_REBUILD_BLOCKS: usize = 1 << 15;
 /// Replaced arena ranges handed to the epoch collector per deferred closure.
 const DEFER_BATCH: usize = 64;
+/// How long the writer waits, after swapping in new tables, to free the old ones itself.
+pub const RECLAIM_WAIT: Duration = Duration::from_millis(100);
 
 /// A route longer than /18, kept sorted by `(addr, len)` within its block. In that order a route
 /// always precedes the routes it covers, which the builder relies on.
@@ -101,6 +111,38 @@ struct Freed {
     ranges: Vec<(u32, u32, u32, u32)>,
 }
 
+/// What comes back from the epoch collector once no reader can see it.
+enum Garbage {
+    Ranges(Freed),
+    /// Replaced tables, freed when this is dropped (by the writer, as it drains the channel).
+    Tables(OldTables),
+}
+
+/// Tables swapped out of the FIB, owned by whoever holds this once the grace period passed.
+struct OldTables {
+    tables: *mut Tables,
+    /// The threads that freed this writer's replaced tables (tests only).
+    #[cfg(test)]
+    log: FreedLog,
+}
+
+#[cfg(test)]
+type FreedLog = Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>;
+
+// SAFETY: the pointer came from `Owned::into_shared` (a Box) and is unreachable from the FIB;
+// once the grace period passed, whoever holds this is its only owner. `Tables` is Send.
+unsafe impl Send for OldTables {}
+
+impl Drop for OldTables {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        self.log.lock().unwrap().push(std::thread::current().id());
+        // SAFETY: sent only by the deferred closure, after every reader that could have loaded
+        // the pointer unpinned; dropped exactly once (this value's own drop).
+        drop(unsafe { Box::from_raw(self.tables) });
+    }
+}
+
 /// Scratch space for building one block.
 #[derive(Default)]
 struct Scratch {
@@ -119,11 +161,15 @@ pub struct FibWriter {
     node_arena: Arena,
     leaf_arena: Arena,
     generation: u64,
-    freed_tx: Sender<Freed>,
-    freed_rx: Receiver<Freed>,
+    freed_tx: Sender<Garbage>,
+    freed_rx: Receiver<Garbage>,
     scratch: Scratch,
     /// Replaced ranges not yet handed to the collector (current generation only).
     freed: Vec<(u32, u32, u32, u32)>,
+    /// Tables were swapped since the last [`FibWriter::settle`].
+    swapped: bool,
+    #[cfg(test)]
+    freed_log: FreedLog,
 }
 
 impl FibWriter {
@@ -145,6 +191,9 @@ impl FibWriter {
             freed_rx,
             scratch: Scratch::default(),
             freed: Vec::new(),
+            swapped: false,
+            #[cfg(test)]
+            freed_log: FreedLog::default(),
         };
         (w, fib)
     }
@@ -192,6 +241,8 @@ impl FibWriter {
             prev
         };
         self.finish(&guard);
+        drop(guard);
+        self.settle();
         prev
     }
 
@@ -215,6 +266,8 @@ impl FibWriter {
             prev
         };
         self.finish(&guard);
+        drop(guard);
+        self.settle();
         Some(prev)
     }
 
@@ -266,6 +319,7 @@ impl FibWriter {
         }
         self.n_long = self.blocks.iter().map(|b| b.long.len()).sum();
         self.rebuild_all(0, 0);
+        self.settle();
     }
 
     /// Number of routes.
@@ -320,6 +374,7 @@ impl FibWriter {
     /// blocked; they switch to the new structure at their next `pin`.
     pub fn compact(&mut self) {
         self.rebuild_all(0, 0);
+        self.settle();
     }
 
     /// Gives back the writer-side capacity removed routes left behind (the short-route map
@@ -405,7 +460,7 @@ impl FibWriter {
         if self.freed.len() >= DEFER_BATCH {
             let ranges = std::mem::replace(&mut self.freed, Vec::with_capacity(DEFER_BATCH * 2));
             let tx = self.freed_tx.clone();
-            let msg = Freed { generation: self.generation, ranges };
+            let msg = Garbage::Ranges(Freed { generation: self.generation, ranges });
             guard.defer(move || {
                 // The writer may be gone; then nobody needs the ranges.
                 let _ = tx.send(msg);
@@ -413,17 +468,33 @@ impl FibWriter {
         }
     }
 
-    /// Moves ranges whose grace period has passed onto the free lists.
-    fn reclaim(&mut self) {
-        while let Ok(f) = self.freed_rx.try_recv() {
-            if f.generation != self.generation {
-                continue;
-            }
-            for (ns, nn, ls, nl) in f.ranges {
-                self.node_arena.release(ns, nn);
-                self.leaf_arena.release(ls, nl);
+    /// Moves ranges whose grace period has passed onto the free lists and frees replaced
+    /// tables. Returns how many tables it freed.
+    fn reclaim(&mut self) -> usize {
+        let mut tables = 0;
+        while let Ok(g) = self.freed_rx.try_recv() {
+            match g {
+                Garbage::Ranges(f) if f.generation == self.generation => {
+                    for (ns, nn, ls, nl) in f.ranges {
+                        self.node_arena.release(ns, nn);
+                        self.leaf_arena.release(ls, nl);
+                    }
+                }
+                Garbage::Ranges(_) => {}
+                Garbage::Tables(old) => {
+                    drop(old);
+                    tables += 1;
+                }
             }
         }
+        tables
+    }
+
+    /// Frees what readers have let go of since the last update: replaced tables the writer
+    /// did not wait out (see the module docs). Cheap; the daemon calls it on its timer.
+    pub fn collect(&mut self) {
+        epoch::pin().flush();
+        self.reclaim();
     }
 
     /// Recomputes `short_best`, builds every block into fresh arenas (with room for at least
@@ -471,12 +542,39 @@ impl FibWriter {
         // Ranges of the old arenas die with them.
         self.freed.clear();
         let guard = epoch::pin();
-        let old = self.fib.tables.swap(Owned::new(tables), Ordering::AcqRel, &guard);
-        // SAFETY: `old` is unreachable from `fib.tables` now; readers that loaded it before the
-        // swap are pinned, and defer_destroy waits for them.
-        unsafe { guard.defer_destroy(old) };
-        guard.flush();
+        let old = OldTables {
+            tables: self.fib.tables.swap(Owned::new(tables), Ordering::AcqRel, &guard).as_raw().cast_mut(),
+            #[cfg(test)]
+            log: self.freed_log.clone(),
+        };
+        let tx = self.freed_tx.clone();
+        // Readers that loaded `old` before the swap are pinned; the closure runs after they
+        // unpinned and hands the tables back to be freed here (or, with the writer gone, frees
+        // them where it runs).
+        guard.defer(move || {
+            let _ = tx.send(Garbage::Tables(old));
+        });
+        drop(guard);
         self.fib.prefixes.store(self.len(), Ordering::Relaxed);
+        self.swapped = true;
+    }
+
+    /// After tables were swapped, waits (up to [`RECLAIM_WAIT`]) for the old ones to come back
+    /// and frees them. Called by each public change once it holds no guard of its own (this
+    /// thread pinned would hold the epoch back).
+    fn settle(&mut self) {
+        if !std::mem::take(&mut self.swapped) {
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            // Each flush tries to advance the epoch and runs what is due, the closure too.
+            epoch::pin().flush();
+            if self.reclaim() > 0 || start.elapsed() >= RECLAIM_WAIT {
+                break;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -539,6 +637,86 @@ fn build_node(routes: &[LongRoute], o: u32, default: NhId, nodes: &mut Vec<Node>
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// The threads that freed `w`'s replaced tables so far.
+    fn freed_by(w: &FibWriter) -> Vec<std::thread::ThreadId> {
+        w.freed_log.lock().unwrap().clone()
+    }
+
+    /// Collects until `n` of `w`'s replaced tables were freed, for up to two seconds (other
+    /// tests pin too, which delays grace periods).
+    fn collect_until(w: &mut FibWriter, n: usize) -> Vec<std::thread::ThreadId> {
+        let start = Instant::now();
+        while freed_by(w).len() < n && start.elapsed() < Duration::from_secs(2) {
+            w.collect();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        freed_by(w)
+    }
+
+    /// A reader pinning batch after batch (a worker) never frees replaced tables: they come
+    /// back to the writer, which frees each exactly once. (Freed by whoever collected, a full table's unmap stalled a
+    /// worker's batch for up to 1.5 ms.)
+    #[test]
+    fn replaced_tables_are_freed_by_the_writer_not_by_a_reader() {
+        let (mut w, fib) = FibWriter::new();
+        w.load((0..20_000u32).map(|i| (Ipv4Prefix::new_masked(0x0a00_0000 | i << 8, 24), (i % 7 + 1) as NhId)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (fib, stop) = (fib.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let g = fib.pin();
+                    assert_eq!(g.lookup(0x0a00_0001 | (i % 20_000) << 8), (i % 20_000 % 7 + 1) as NhId);
+                    i += 1;
+                }
+            })
+        };
+        for _ in 0..8 {
+            w.compact();
+        }
+        // The load replaced the empty tables, then eight compactions.
+        let freed = collect_until(&mut w, 9);
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        let me = std::thread::current().id();
+        assert_eq!(freed.len(), 9, "all nine replaced tables freed");
+        assert!(freed.iter().all(|t| *t == me), "all by the writer's thread: {freed:?}, writer {me:?}");
+    }
+
+    /// A reader still pinned on the old tables keeps them past the writer's wait; they are
+    /// freed by a later collect once it let go, never while it can still read them.
+    #[test]
+    fn tables_a_reader_still_holds_are_freed_after_it_lets_go() {
+        let (mut w, fib) = FibWriter::new();
+        w.insert(p("10.1.0.0/16"), 3);
+        let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let fib = fib.clone();
+            std::thread::spawn(move || {
+                let g = fib.pin();
+                pinned_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                // The tables this guard loaded are the replaced ones: still readable.
+                g.lookup(ip("10.1.2.3"))
+            })
+        };
+        pinned_rx.recv().unwrap();
+        let start = Instant::now();
+        w.compact();
+        let waited = start.elapsed();
+        w.collect();
+        let early = freed_by(&w);
+        go_tx.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), 3);
+        assert!(waited >= RECLAIM_WAIT, "the writer waited for the reader: {waited:?}");
+        assert!(early.is_empty(), "not freed while a reader holds them: {early:?}");
+        assert_eq!(fib.pin().lookup(ip("10.1.2.3")), 3);
+        assert_eq!(collect_until(&mut w, 1).len(), 1, "freed once the reader let go");
+    }
 
     fn p(s: &str) -> Ipv4Prefix {
         s.parse().unwrap()
