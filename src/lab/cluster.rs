@@ -140,8 +140,16 @@ pub fn start_etcd_member(lab: &LabHandle, i: usize, fresh: bool) -> Result<(), L
 
 /// Waits until every member answers its health check.
 pub fn wait_etcd(lab: &LabHandle) -> Result<(), LabError> {
+    let all: Vec<usize> = (0..lab.state().etcd_members.max(1)).collect();
+    wait_etcd_members(lab, &all)
+}
+
+/// Waits until members `which` answer their health check, which needs a leader: after a
+/// member that led is gone, until the others elected one (etcd's election timeout is a
+/// second; a busy machine takes longer).
+pub fn wait_etcd_members(lab: &LabHandle, which: &[usize]) -> Result<(), LabError> {
     let rt = lab.router_ns();
-    let eps = etcd_endpoints(lab);
+    let eps = which.iter().map(|&i| etcd_client(i)).collect::<Vec<_>>().join(",");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = sys::exec_in(&rt, &["etcdctl", "--endpoints", &eps, "endpoint", "health"], Duration::from_secs(5));
