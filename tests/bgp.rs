@@ -59,9 +59,12 @@ fn find_session(lab: &LabHandle, index: u8, peer: &str) -> Option<serde_json::Va
     node_status(lab, index)["peers"].as_array().and_then(|l| l.iter().find(|p| p["name"] == peer).cloned())
 }
 
+/// One echo from `from` to `to`, answered within 5 s (ping sends one a second until then: a
+/// first echo lost to a loaded machine is not the verdict). Without an answer, its output says
+/// what came back instead (an ICMP error, or nothing).
 fn ping(lab: &LabHandle, from: &str, to: &str) -> Output {
     let ip = lab.pod_ip(to).to_string();
-    lab.exec(&lab.pod(from).ns, &["ping", "-c", "1", "-W", "1", &ip])
+    lab.exec(&lab.pod(from).ns, &["ping", "-c", "1", "-w", "5", &ip])
 }
 
 /// Node `index`'s own blocks (what it announces).
@@ -133,15 +136,32 @@ fn mesh_routes_follow_a_nodes_bird_dying_and_coming_back() {
     });
     let gone = gone.max(killed.elapsed());
     eprintln!("node3's BIRD killed: its block left node1's and node2's FIB after {gone:?}");
-    assert!(gone < Duration::from_secs(1), "BFD should withdraw within a second, took {gone:?}\n{}", logs(&lab));
+    // BFD took the sessions down (its detection time is 0.3 s; how fast the whole withdrawal
+    // is, is a benchmark's to say, BENCHMARKS.md "Failover"), not the BGP hold timer.
+    for n in [1, 2] {
+        let s = session(&lab, n, "mesh_node3");
+        assert!(
+            s["last_error"].as_str().is_some_and(|e| e.contains("BFD session down")),
+            "node{n}'s session with node3 went down by BFD: {s}"
+        );
+    }
+    assert!(
+        gone < Duration::from_secs(5),
+        "withdrawn by BFD, well before any BGP timer: took {gone:?}\n{}",
+        logs(&lab)
+    );
     let o = ping(&lab, "1a", "3a");
     let out = common::text(&o);
     assert!(!o.status.success() && out.contains("Unreachable"), "ICMP unreachable, not silence: {out}");
     assert!(ping(&lab, "1a", "2a").status.success(), "the rest is untouched");
 
     bgp::start_bird(&lab, 3).unwrap();
-    wait("node3's block back on node1", Duration::from_secs(15), || learned_nexthop(&lab, 1, b3).is_some());
-    wait("1a reaches 3a again", Duration::from_secs(5), || ping(&lab, "1a", "3a").status.success());
+    // node1's BIRD waits out its error wait (5 s) and connect delay after BFD's failure, and
+    // node3 retries every 5 s: the sessions are back after about 8 s, more on a busy machine.
+    wait("node3's block back on node1", Duration::from_secs(30), || learned_nexthop(&lab, 1, b3).is_some());
+    let b1 = blocks_of(&lab, 1)[0];
+    wait("node1's block back on node3", Duration::from_secs(30), || learned_nexthop(&lab, 3, b1).is_some());
+    wait("1a reaches 3a again", Duration::from_secs(15), || ping(&lab, "1a", "3a").status.success());
 }
 
 /// Runs `restart` (on node3) while node1's and node2's routes to node3's block are sampled
@@ -320,7 +340,14 @@ fn a_tor_peers_prefix_outside_the_pools_is_refused_and_a_wrong_password_gets_no_
 /// routes that crossed a reflector.
 #[test]
 fn route_reflectors_carry_every_block_with_the_announcing_node_as_next_hop() {
-    let o = LabOptions { bgp: true, nodes: 5, route_reflectors: 2, ..LabOptions::default() };
+    // As `vrouter lab up` scales it: five agents, ten pods and the reflectors' sessions.
+    let o = LabOptions {
+        bgp: true,
+        nodes: 5,
+        route_reflectors: 2,
+        ready_timeout: Duration::from_secs(20 + 4 * 5),
+        ..LabOptions::default()
+    };
     let Some(lab) = common::cluster_lab(TOOLS, o) else { return };
     // Each node's sessions, by name, with their BGP state.
     let sessions = |st: &serde_json::Value| {

@@ -244,15 +244,18 @@ def udp(sport, dport, data):
     return struct.pack('!HHHH', sport, dport, 8 + len(data), 0) + data
 "#;
 
-/// A listener in `ns` printing each datagram to UDP `port` into `log` for 4 s, once it listens.
+/// A listener in `ns` printing each datagram to UDP `port` into `log`, once it listens, until
+/// the one tagged `genuine` (sent last, on the same path as the others) or for 20 s.
 fn collect_udp(lab: &LabHandle, ns: &str, port: u16, log: &std::path::Path) -> Bg {
     let listener = format!(
         "import socket, time\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', {port})); s.settimeout(0.2)\n\
-         end = time.time() + 4\n\
+         end = time.time() + 20\n\
          while time.time() < end:\n\
-         \x20   try: print(s.recv(100).decode(), flush=True)\n\
-         \x20   except socket.timeout: pass\n"
+         \x20   try: got = s.recv(100).decode()\n\
+         \x20   except socket.timeout: continue\n\
+         \x20   print(got, flush=True)\n\
+         \x20   if got == 'genuine': break\n"
     );
     let rx = Bg::new(lab.spawn(ns, &["python3", "-c", &listener], Some(log)).expect("listener"));
     wait_listening(lab, ns, true, port);
@@ -291,7 +294,7 @@ fn forge_ipip_from_node3(
         ),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(rx.wait_exit(Duration::from_secs(6)), "the listener did not finish");
+    assert!(rx.wait_exit(Duration::from_secs(25)), "the listener did not finish");
     drop(rx);
     let got = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(got.contains("genuine"), "the genuine datagram did not arrive (test broken?): {got:?}");

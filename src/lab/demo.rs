@@ -199,18 +199,25 @@ fn transfers(lab: &LabHandle) -> Result<Vec<TcpResult>, LabError> {
         servers.push(lab.spawn(&p.ns, &["iperf3", "-s", "-p", IPERF_PORT], None)?);
     }
     let result = (|| {
-        sys::sleep(Duration::from_millis(300))?;
+        // Every server listening before the first client connects (a loaded machine starts
+        // thirty processes slowly).
+        for p in pods {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let o =
+                    sys::exec_in(&p.ns, &["ss", "-Hltn", &format!("sport = :{IPERF_PORT}")], Duration::from_secs(5));
+                if String::from_utf8_lossy(&o.stdout).contains(IPERF_PORT) || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                sys::sleep(Duration::from_millis(50))?;
+            }
+        }
         let mut out = vec![];
         for (i, client) in pods.iter().enumerate() {
             for server in &pods[i + 1..] {
                 let ip = server.ip.to_string();
                 let args = ["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", "1", "-J", "--connect-timeout", "2000"];
-                let mut o = sys::exec_in(&client.ns, &args, TRANSFER_LIMIT);
-                // A server still starting refuses the first connection.
-                if String::from_utf8_lossy(&o.stdout).contains("Connection refused") {
-                    sys::sleep(Duration::from_millis(500))?;
-                    o = sys::exec_in(&client.ns, &args, TRANSFER_LIMIT);
-                }
+                let o = sys::exec_in(&client.ns, &args, TRANSFER_LIMIT);
                 sys::check_cancelled()?;
                 let parsed = if o.stdout.is_empty() {
                     // Killed at the limit (a stalled connection prints nothing until the end).
