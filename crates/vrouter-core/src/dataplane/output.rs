@@ -28,6 +28,11 @@ impl EmitPool {
         }
     }
 
+    /// Whether a frame can still be emitted in this batch.
+    pub fn has_room(&self) -> bool {
+        self.used.len() < self.bufs.len()
+    }
+
     /// The next free buffer (index, whole buffer), or `None` when the pool is exhausted.
     /// The frame written into it is committed with [`EmitPool::commit`].
     pub fn next_free(&mut self) -> Option<(usize, &mut [u8])> {

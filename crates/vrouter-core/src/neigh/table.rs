@@ -593,7 +593,10 @@ impl NeighTable {
             if !may_ask {
                 return Pace::Wait;
             }
+            // The first request goes out now: its wait for an answer starts now too (eviction
+            // reads it from `updated_ms`).
             s.asked_ms.store(now, Ordering::Relaxed);
+            s.updated_ms.store(now, Ordering::Relaxed);
             return match s.word.compare_exchange(
                 word,
                 w_with(word, w_state(word), 1),
@@ -1116,6 +1119,8 @@ mod tests {
         assert_eq!((state_of(&t, GW), probes(&t)), (Some(NeighState::Incomplete), 0), "created, nothing sent");
         assert_eq!(t.lookup_paced(GW, 0, 5, false), NeighLookup::Incomplete { send_request: false });
         assert_eq!(t.lookup_paced(GW, 0, 10, true), NeighLookup::Incomplete { send_request: true }, "at once");
+        let e = t.entries().into_iter().find(|e| e.ip == GW).unwrap();
+        assert_eq!((e.probes, e.updated_ms), (1, 10), "its wait for an answer starts with the request");
         assert_eq!(t.lookup_paced(GW, 0, 20, true), NeighLookup::Incomplete { send_request: false }, "paced");
         // The retransmission falls due at 1010: a caller that may not send leaves it due.
         assert_eq!(t.lookup_paced(GW, 0, 1010, false), NeighLookup::Incomplete { send_request: false });

@@ -249,9 +249,11 @@ impl Pipeline {
                     complete_partial(p);
                     return match self.hold.hold(via, port, &p.buf[p.head..p.head + p.len], now) {
                         Ok(()) => {
-                            if !self.pending.iter().any(|&(ip, _)| ip == via)
-                                && self.pending.len() < self.pending.capacity()
-                            {
+                            if let Some(e) = self.pending.iter_mut().find(|e| e.0 == via) {
+                                // Also a route's next hop (a pod may address the gateway or
+                                // another node directly): asked for out of the routes' budget.
+                                e.1 &= on_link;
+                            } else if self.pending.len() < self.pending.capacity() {
                                 self.pending.push((via, on_link));
                             }
                             Verdict::Held

@@ -78,7 +78,9 @@ impl Pipeline {
     /// of the node's subnet cannot delay the gateway's or another node's resolution); else a
     /// due request waits, in the table, for the first lookup that may send it.
     pub(super) fn lookup_neigh(&mut self, via: u32, src: u32, on_link: bool, now: u64) -> NeighLookup {
-        let may_ask = self.arp_budget(on_link).ready(now);
+        // A request the batch has no room to emit is not sent either: left due, like one the
+        // budget has no room for.
+        let may_ask = self.out.emitted.has_room() && self.arp_budget(on_link).ready(now);
         self.shared.neigh.lookup_paced(via, src, now, may_ask)
     }
 
@@ -92,7 +94,7 @@ impl Pipeline {
 
     /// Sends an ARP request for `target`, out of the budget of its kind (`on_link`).
     pub(super) fn send_arp_request(&mut self, snap: &Snapshot, port: PortId, target: u32, on_link: bool, now: u64) {
-        if !self.arp_budget(on_link).allow(now) {
+        if !self.out.emitted.has_room() || !self.arp_budget(on_link).allow(now) {
             return;
         }
         let Some(mac) = snap.port(port).map(|p| p.mac) else { return };

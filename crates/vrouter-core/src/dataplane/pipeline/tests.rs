@@ -1134,6 +1134,34 @@ fn a_burst_of_on_link_requests_delays_neither_a_routes_next_hop_nor_itself_by_a_
     assert_eq!(drops(&sim, DropReason::NeighUnresolved), 0);
 }
 
+/// A next hop that is both on-link for one pod (which addresses the gateway directly) and a
+/// route's next hop for another is retransmitted for out of the routes' budget: a flood of
+/// on-link requests falling due at the same time does not hold it back.
+#[test]
+fn a_gateway_also_addressed_directly_is_retransmitted_for_out_of_the_routes_budget() {
+    let mut sim = Sim::new(SimOptions { static_neighbours: false, ..Default::default() });
+    // 40 new addresses (pod A keeps room under its 64 unresolved for the gateway).
+    let flood: Vec<(Vec<u8>, PortId)> =
+        (0..40u32).map(|i| (from_pod_a_udp(0xc0a8_0164 + i, 64, b"x"), sim::POD_A)).collect();
+    run(&mut sim, &flood, 1_000);
+    // Pod A to the gateway itself (on-link; the on-link budget is spent), then pod B through it.
+    run(&mut sim, &[(from_pod_a_udp(sim::UNDERLAY_GW, 64, b"gw"), sim::POD_A)], 1_000);
+    let b = frames::udp(sim::POD_B_MAC, sim::POD_B_PORT_MAC, sim::POD_B_IP, sim::NODE3_POD, 64, 1, 2, b"b");
+    let sent = run(&mut sim, &[(b, sim::POD_B)], 1_000);
+    assert!(sent.iter().any(|(_, f)| arp_target(f) == Some(sim::UNDERLAY_GW)), "asked at once: {sent:?}");
+    let mut again = None;
+    for now in 1_001..=2_500 {
+        let sent = run(&mut sim, &[], now);
+        if sent.iter().any(|(_, f)| arp_target(f) == Some(sim::UNDERLAY_GW)) {
+            again = Some(now);
+            break;
+        }
+    }
+    // The 20 flooded addresses asked at 1,000 fall due at 2,000 too, ahead of it in the list,
+    // and take the whole on-link burst.
+    assert_eq!(again, Some(2_000), "the gateway's retransmission is not held back");
+}
+
 #[test]
 fn fragmenting_towards_an_unresolved_next_hop_still_sends_the_arp_request() {
     let mut sim = Sim::new(SimOptions { static_neighbours: false, ..Default::default() });
