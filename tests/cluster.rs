@@ -123,11 +123,9 @@ fn pods_wired_by_cni_get_ipam_addresses_reach_each_other_and_policy_by_label_app
     let server = lab.pod("3b").ns.clone();
     let mut srv = lab.spawn(&server, &["iperf3", "-s", "-p", "5201"], None).unwrap();
     let mut srv2 = lab.spawn(&server, &["iperf3", "-s", "-p", "5202"], None).unwrap();
-    wait("iperf3 servers listening in 3b", Duration::from_secs(10), || {
-        let o = lab.exec(&server, &["ss", "-Hltn"]);
-        let listening = String::from_utf8_lossy(&o.stdout).into_owned();
-        [":5201 ", ":5202 "].iter().all(|p| listening.contains(p))
-    });
+    for port in [5201, 5202] {
+        assert!(lab.wait_listening(&server, false, port, Duration::from_secs(10)), "iperf3 -s -p {port} in 3b");
+    }
     let ip3b = lab.pod_ip("3b").to_string();
     let tcp = |port: &str| {
         lab.exec_timeout(

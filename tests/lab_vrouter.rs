@@ -84,22 +84,11 @@ impl Drop for Bg {
 /// Waits (up to 5 s) until something in `ns` listens on `port` (`udp`: a bound UDP socket,
 /// else TCP), instead of guessing how long a server takes to start; panics if nothing does.
 fn wait_listening(lab: &LabHandle, ns: &str, udp: bool, port: u16) {
-    let flags = if udp { "-lunH" } else { "-ltnH" };
-    let filter = format!("sport = :{port}");
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let o = lab.exec(ns, &["ss", flags, &filter]);
-        if o.status.success() && !o.stdout.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "nothing listens on {} port {port} in {ns} after 5 s: {}",
-            if udp { "UDP" } else { "TCP" },
-            text(&o)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        lab.wait_listening(ns, udp, port, Duration::from_secs(5)),
+        "nothing listens on {} port {port} in {ns} after 5 s",
+        if udp { "UDP" } else { "TCP" }
+    );
 }
 
 /// Waits until a counter of `node` reaches `min` (stats are rewritten about every 200 ms).

@@ -13,7 +13,7 @@ use super::topo::{path_mode, PathMode};
 use super::{sys, up, LabError, LabHandle, LabOptions};
 
 /// iperf3 port of the demo's servers (allowed by the guarded pod's policy).
-const IPERF_PORT: &str = "5201";
+const IPERF_PORT: u16 = 5201;
 /// A 1 s transfer that has not finished by then is stalled; this bounds the demo's time.
 const TRANSFER_LIMIT: Duration = Duration::from_secs(5);
 
@@ -194,29 +194,22 @@ fn pings(lab: &LabHandle) -> Result<Vec<PingResult>, LabError> {
 
 fn transfers(lab: &LabHandle) -> Result<Vec<TcpResult>, LabError> {
     let pods = lab.pods();
+    let port = IPERF_PORT.to_string();
     let mut servers = vec![];
     for p in pods {
-        servers.push(lab.spawn(&p.ns, &["iperf3", "-s", "-p", IPERF_PORT], None)?);
+        servers.push(lab.spawn(&p.ns, &["iperf3", "-s", "-p", &port], None)?);
     }
     let result = (|| {
         // Every server listening before the first client connects (a loaded machine starts
-        // thirty processes slowly).
+        // thirty processes slowly); one that never does shows as that pair's error.
         for p in pods {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let o =
-                    sys::exec_in(&p.ns, &["ss", "-Hltn", &format!("sport = :{IPERF_PORT}")], Duration::from_secs(5));
-                if String::from_utf8_lossy(&o.stdout).contains(IPERF_PORT) || std::time::Instant::now() >= deadline {
-                    break;
-                }
-                sys::sleep(Duration::from_millis(50))?;
-            }
+            lab.wait_listening(&p.ns, false, IPERF_PORT, Duration::from_secs(10));
         }
         let mut out = vec![];
         for (i, client) in pods.iter().enumerate() {
             for server in &pods[i + 1..] {
                 let ip = server.ip.to_string();
-                let args = ["iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", "1", "-J", "--connect-timeout", "2000"];
+                let args = ["iperf3", "-c", &ip, "-p", &port, "-t", "1", "-J", "--connect-timeout", "2000"];
                 let o = sys::exec_in(&client.ns, &args, TRANSFER_LIMIT);
                 sys::check_cancelled()?;
                 let parsed = if o.stdout.is_empty() {

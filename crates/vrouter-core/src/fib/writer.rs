@@ -492,9 +492,11 @@ impl FibWriter {
 
     /// Frees what readers have let go of since the last update: replaced tables the writer
     /// did not wait out (see the module docs). Cheap; the daemon calls it on its timer.
-    pub fn collect(&mut self) {
+    /// Returns how many tables it freed.
+    pub fn collect(&mut self) -> usize {
+        // The flush tries to advance the epoch and runs the deferred closures that are due.
         epoch::pin().flush();
-        self.reclaim();
+        self.reclaim()
     }
 
     /// Recomputes `short_best`, builds every block into fresh arenas (with room for at least
@@ -567,12 +569,7 @@ impl FibWriter {
             return;
         }
         let start = Instant::now();
-        loop {
-            // Each flush tries to advance the epoch and runs what is due, the closure too.
-            epoch::pin().flush();
-            if self.reclaim() > 0 || start.elapsed() >= RECLAIM_WAIT {
-                break;
-            }
+        while self.collect() == 0 && start.elapsed() < RECLAIM_WAIT {
             std::thread::yield_now();
         }
     }
