@@ -144,6 +144,32 @@ enum BenchCmd {
         #[arg(long)]
         fwd_cpu: Option<usize>,
     },
+    /// The uplink's ceiling (root): full-size frames from one AF_XDP socket into another
+    /// across a veth pair, bound as vrouter binds its uplink, beside one iperf3 TCP stream
+    /// through the kernel over the same veth. Frames/s as TCP goodput over the kernel's figure
+    /// bounds what any forwarder on AF_XDP can reach across nodes here (`bench e2e`'s
+    /// `tcp1_remote_ratio`).
+    Uplink {
+        /// Underlay MTUs, comma-separated (as `lab --mtu`).
+        #[arg(long, value_delimiter = ',', default_values_t = [1500u16, 9000])]
+        mtus: Vec<u16>,
+        /// Measured seconds per run (iperf3 rounds it to whole seconds).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds (kernel, then AF_XDP, at each MTU); medians with min and max over them.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Print JSON on stdout; the table goes to stderr.
+        #[arg(long)]
+        json: bool,
+        /// Core for the sender and the iperf3 client (default 0).
+        #[arg(long)]
+        gen_cpu: Option<usize>,
+        /// Core for the receiver, the receiving veth's NAPI thread and the iperf3 server
+        /// (default: the last core).
+        #[arg(long)]
+        fwd_cpu: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -315,6 +341,17 @@ fn bench(what: BenchCmd) -> Result<String, String> {
                 serde_json::to_string_pretty(&r.to_json()).map_err(|e| e.to_string())
             } else {
                 Ok(vrouter::perf::table(&r))
+            }
+        }
+        BenchCmd::Uplink { mtus, seconds, reps, json, gen_cpu, fwd_cpu } => {
+            use vrouter::perf::uplink;
+            let o = uplink::UplinkOptions { mtus, seconds, reps, gen_cpu, fwd_cpu, ..Default::default() };
+            let r = uplink::run(&o, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
+            if json {
+                eprintln!("{}", uplink::table(&r, &o));
+                serde_json::to_string_pretty(&r).map_err(|e| e.to_string())
+            } else {
+                Ok(uplink::table(&r, &o))
             }
         }
     }

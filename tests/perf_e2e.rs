@@ -128,6 +128,55 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
+/// `vrouter bench uplink`: AF_XDP moves frames at both MTUs (one buffer per frame, and chains
+/// of 4 KiB chunks) with either NAPI placement, the kernel's TCP figure is there, and nothing is
+/// left behind. The sender's and the receiver's sockets are in two namespaces of one process,
+/// on devices of the same ifindex: a program keyed by ifindex alone took the receiver's queue
+/// for the sender's socket and nothing arrived at 9000.
+#[test]
+fn uplink_bench_moves_frames_at_both_mtus_and_cleans_up() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP perf_e2e: {why}");
+        return;
+    }
+    let before = bench_namespaces();
+    let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["bench", "uplink", "--reps", "1", "--seconds", "1", "--json"])
+        .output()
+        .expect("run vrouter bench uplink");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    check_numbers("", &v);
+    let rows = v.as_array().expect("one row per MTU");
+    assert_eq!(rows.iter().map(|r| r["mtu"].as_u64()).collect::<Vec<_>>(), [Some(1500), Some(9000)], "{v}");
+    for r in rows {
+        assert!(r["kernel_tcp_gbps"]["median"].as_f64().unwrap() > 0.0, "no kernel TCP: {r}");
+        let napis: Vec<&str> = r["afxdp"].as_array().unwrap().iter().map(|a| a["napi"].as_str().unwrap()).collect();
+        assert_eq!(napis, ["softirq", "threaded"], "{r}");
+        for a in r["afxdp"].as_array().unwrap() {
+            assert!(a["mpps"]["median"].as_f64().unwrap() > 0.0, "AF_XDP moved nothing: {a}\n{stderr}");
+        }
+        assert!(r["ceiling_ratio"]["median"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(stderr.contains("mtu   path"), "the table goes to stderr with --json: {stderr}");
+    let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+#[test]
+fn uplink_bench_refuses_an_mtu_veth_cannot_carry() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
+        .args(["bench", "uplink", "--mtus", "1500,3600"])
+        .output()
+        .expect("run vrouter");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Judged before anything is built, root or not.
+    assert!(err.contains("MTU 3600: veth's native XDP takes"), "{err}");
+}
+
 #[test]
 fn refuses_clearly_without_root() {
     if common::is_root() {

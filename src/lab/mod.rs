@@ -335,19 +335,7 @@ impl LabHandle {
     /// instead of guessing how long a server takes to start; returns whether it did before
     /// `timeout` (false too if the lab is being cancelled).
     pub fn wait_listening(&self, ns: &str, udp: bool, port: u16, timeout: Duration) -> bool {
-        let flags = if udp { "-lunH" } else { "-ltnH" };
-        let filter = format!("sport = :{port}");
-        let end = Instant::now() + timeout;
-        loop {
-            let o = self.exec(ns, &["ss", flags, &filter]);
-            if o.status.success() && !o.stdout.is_empty() {
-                return true;
-            }
-            if Instant::now() >= end || sys::cancelled() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        sys::wait_listening(ns, udp, port, timeout)
     }
 
     /// Waits until `f(stats of node)` holds, re-reading the stats file (rewritten about every

@@ -229,6 +229,24 @@ pub(crate) fn ns_status(ns: &str, args: &[&str], timeout: Duration) -> Result<Ex
     Ok(run(&mut cmd, timeout, true)?.status)
 }
 
+/// Waits until something in `ns` listens on `port` (TCP, or UDP when `udp`); whether it did
+/// before `timeout` (or a cancel).
+pub(crate) fn wait_listening(ns: &str, udp: bool, port: u16, timeout: Duration) -> bool {
+    let flags = if udp { "-lunH" } else { "-ltnH" };
+    let filter = format!("sport = :{port}");
+    let end = Instant::now() + timeout;
+    loop {
+        let o = exec_in(ns, &["ss", flags, &filter], Duration::from_secs(10));
+        if o.status.success() && !o.stdout.is_empty() {
+            return true;
+        }
+        if Instant::now() >= end || cancelled() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts a background command inside a namespace with its output to `log` (or discarded), in
 /// its own process group so that a terminal's Ctrl-C reaches only us and we stop it in order,
 /// and so that [`kill_group`] stops all of it (trafgen's workers ignore SIGTERM sent to the

@@ -73,6 +73,7 @@ pub mod rounds;
 pub mod scaling;
 pub mod tcp;
 pub mod topo;
+pub mod uplink;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

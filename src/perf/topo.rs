@@ -190,7 +190,7 @@ impl Topo {
         let obj_s = obj.to_string_lossy();
         let before = napi_threads("eth0");
         sys::ip(&["-n", gen, "link", "set", "dev", "eth0", "xdpdrv", "obj", &obj_s, "sec", "xdp"])?;
-        self.pin_napi(gen, "eth0", &before).map_err(LabError::BadOption)?;
+        pin_napi(gen, "eth0", &before, self.fwd_cpu).map_err(LabError::BadOption)?;
         Ok(())
     }
 
@@ -347,7 +347,7 @@ impl Topo {
                 Duration::from_secs(3),
             )?;
             if ping.success() && d.stats.exists() {
-                self.pin_napi(&self.fwd, "up0", &napi_before)
+                pin_napi(&self.fwd, "up0", &napi_before, self.fwd_cpu)
                     .map_err(|what| LabError::ForwarderNotReady { what, tail: sys::tail(&d.log, 5) })?;
                 return Ok(d);
             }
@@ -359,32 +359,6 @@ impl Topo {
                 });
             }
             sys::sleep(Duration::from_millis(100))?;
-        }
-    }
-
-    /// With XDP attached, a veth receives through NAPI, which runs wherever it was first
-    /// scheduled and stays there while busy (the generator's CPU, or the forwarder's: runs
-    /// came out bimodal). Threaded NAPI moves that work (the XDP program, for vrouter the copy
-    /// into UMEM) into a kernel thread, pinned here to the forwarding CPU.
-    fn pin_napi(&self, ns: &str, dev: &str, before: &[u32]) -> Result<(), String> {
-        let to = Duration::from_secs(5);
-        sys::ns_ok(ns, &["sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")], to)
-            .map_err(|e| format!("enabling threaded NAPI on {dev}: {e}"))?;
-        let end = Instant::now() + Duration::from_secs(3);
-        loop {
-            let new: Vec<u32> = napi_threads(dev).into_iter().filter(|p| !before.contains(p)).collect();
-            if !new.is_empty() {
-                for pid in new {
-                    let mut cmd = std::process::Command::new("taskset");
-                    cmd.args(["-pc", &self.fwd_cpu.to_string(), &pid.to_string()]);
-                    sys::run_ok(&mut cmd, to, true).map_err(|e| format!("pinning NAPI thread {pid}: {e}"))?;
-                }
-                return Ok(());
-            }
-            if Instant::now() > end {
-                return Err(format!("no NAPI thread for {dev} appeared after enabling threaded NAPI"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -420,8 +394,34 @@ impl Drop for Topo {
     }
 }
 
+/// With XDP attached, a veth receives through NAPI, which runs wherever it was first scheduled
+/// and stays there while busy (the generator's CPU, or the forwarder's: runs came out bimodal).
+/// Threaded NAPI moves that work (the XDP program, for vrouter the copy into UMEM) into a
+/// kernel thread, pinned here to `cpu`; `before` are the NAPI threads that existed before.
+pub(crate) fn pin_napi(ns: &str, dev: &str, before: &[u32], cpu: usize) -> Result<(), String> {
+    let to = Duration::from_secs(5);
+    sys::ns_ok(ns, &["sh", "-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")], to)
+        .map_err(|e| format!("enabling threaded NAPI on {dev}: {e}"))?;
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let new: Vec<u32> = napi_threads(dev).into_iter().filter(|p| !before.contains(p)).collect();
+        if !new.is_empty() {
+            for pid in new {
+                let mut cmd = std::process::Command::new("taskset");
+                cmd.args(["-pc", &cpu.to_string(), &pid.to_string()]);
+                sys::run_ok(&mut cmd, to, true).map_err(|e| format!("pinning NAPI thread {pid}: {e}"))?;
+            }
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(format!("no NAPI thread for {dev} appeared after enabling threaded NAPI"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Kernel threads named `napi/<dev>-<id>` (threaded NAPI), by pid.
-fn napi_threads(dev: &str) -> Vec<u32> {
+pub(crate) fn napi_threads(dev: &str) -> Vec<u32> {
     let want = format!("napi/{dev}-");
     let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
     rd.flatten()

@@ -11,7 +11,9 @@
 //!   device's hook is found empty.
 //! - [`XskProgram`]: our own XDP program for an uplink whose frames span several chunks
 //!   (multi-buffer AF_XDP): libxdp's default program is not frags-aware, and the kernel
-//!   refuses a device MTU above one page to any program that is not.
+//!   refuses a device MTU above one page to any program that is not. One per device and mode
+//!   in a process, shared by the device's sockets; a device is its namespace and its ifindex,
+//!   as for the lock (`bench uplink` binds two devices of one ifindex from two namespaces).
 //! - [`route_library_logs`]: libbpf's and libxdp's messages go through `tracing` (targets
 //!   `libbpf` and `libxdp`) instead of straight to stderr.
 
@@ -194,6 +196,9 @@ impl XdpWatch {
 /// One per device and attach mode, shared by the queues' sockets of this process; detached
 /// when the last socket lets go (and only if it is still the attached program).
 pub struct XskProgram {
+    /// The device: its namespace's inode and its ifindex there (a process whose threads work
+    /// in several namespaces, as `bench uplink` does, has devices of the same ifindex).
+    netns: u64,
     ifindex: u32,
     flags: u32,
     prog: OwnedFd,
@@ -220,18 +225,18 @@ impl XskProgram {
     /// The program on `dev` in `mode`: this process's, or a new one attached now (refused if
     /// the hook holds another program).
     pub fn shared(dev: &str, mode: AttachMode) -> io::Result<Arc<XskProgram>> {
-        let ifindex = ifindex(dev)?;
+        let (netns, ifindex) = (netns_inode()?, ifindex(dev)?);
         let mut all = XSK_PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|w| w.strong_count() > 0);
-        if let Some(p) = all.iter().filter_map(Weak::upgrade).find(|p| p.ifindex == ifindex && p.flags == mode.flags())
-        {
+        let mine = |p: &Arc<XskProgram>| p.netns == netns && p.ifindex == ifindex && p.flags == mode.flags();
+        if let Some(p) = all.iter().filter_map(Weak::upgrade).find(mine) {
             return Ok(p);
         }
         // A program of ours whose last socket just closed may not be detached yet (its drop
         // runs after the last reference is gone): wait a little for the hook to empty.
         let mut tries = 0;
         let p = loop {
-            match XskProgram::attach(dev, ifindex, mode) {
+            match XskProgram::attach(dev, netns, ifindex, mode) {
                 Err(e) if e.kind() == io::ErrorKind::ResourceBusy && tries < 5 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -243,7 +248,7 @@ impl XskProgram {
         Ok(p)
     }
 
-    fn attach(dev: &str, ifindex: u32, mode: AttachMode) -> io::Result<XskProgram> {
+    fn attach(dev: &str, netns: u64, ifindex: u32, mode: AttachMode) -> io::Result<XskProgram> {
         let e = |what: &str, r: i32| {
             let os = io::Error::from_raw_os_error(-r);
             io::Error::new(os.kind(), format!("{dev}: {what}: {os}"))
@@ -312,7 +317,7 @@ impl XskProgram {
         if r < 0 {
             return Err(e(&format!("cannot attach the multi-buffer XDP program in {mode:?} mode"), r));
         }
-        Ok(XskProgram { ifindex, flags, prog, map })
+        Ok(XskProgram { netns, ifindex, flags, prog, map })
     }
 
     /// Sends queue `queue`'s frames to the socket `xsk`.
@@ -346,7 +351,13 @@ impl Drop for XskProgram {
         let mut opts: libbpf_sys::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _;
         opts.old_prog_fd = self.prog.as_raw_fd();
-        // Detach only our program: XDP_FLAGS_REPLACE with the old fd leaves another's alone.
+        // Detach only our program: XDP_FLAGS_REPLACE with the old fd leaves another's alone,
+        // and the ifindex is looked up in this thread's namespace: dropped from another, it
+        // would name another device, so leave it (the program goes with its device).
+        if netns_inode().ok() != Some(self.netns) {
+            tracing::warn!(ifindex = self.ifindex, "XDP program dropped outside its device's namespace: left attached");
+            return;
+        }
         // SAFETY: a valid options struct; the fds are ours.
         let _ = unsafe {
             libbpf_sys::bpf_xdp_attach(self.ifindex as i32, -1, self.flags | libbpf_sys::XDP_FLAGS_REPLACE, &opts)
