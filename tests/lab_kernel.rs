@@ -65,6 +65,14 @@ fn kernel_lab_topology_and_keep_then_down() {
     assert!(link.contains("mtu 1480") && link.contains("0a:58:0a:f4:03:03"), "{link}");
     let out = h.exec(&h.router_ns(), &["sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.disable_ipv6"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["1", "1"]);
+    // The underlay switch does not hand bridged frames to iptables where br_netfilter is there.
+    if std::path::Path::new("/proc/sys/net/bridge").exists() {
+        let keys = ["iptables", "ip6tables", "arptables"].map(|k| format!("net.bridge.bridge-nf-call-{k}"));
+        let mut args = vec!["sysctl", "-n"];
+        args.extend(keys.iter().map(String::as_str));
+        let out = h.exec(&h.router_ns(), &args);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["0", "0", "0"]);
+    }
     // A second lab with the same prefix is refused, and leaves the first alone.
     let err = lab::up(&o).err().expect("duplicate prefix refused");
     assert!(err.to_string().contains("already exists"), "{err}");
