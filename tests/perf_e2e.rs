@@ -31,6 +31,10 @@ fn skip() -> Option<String> {
     common::unless_allowed_to_skip(cannot_run())
 }
 
+/// The benches pin threads to both CPUs and check, by prefix, that they leave no namespace
+/// behind: one at a time, or each would see the other's.
+static ONE_BENCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bench_namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
@@ -61,6 +65,7 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
         eprintln!("SKIP perf_e2e: {why}");
         return;
     }
+    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let before = bench_namespaces();
     let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
         .args(["bench", "e2e", "--quick", "--reps", "1", "--max-reps", "1", "--json"])
@@ -107,6 +112,12 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
             }
         }
     }
+    // The ceiling under the cross-node ratios, at the labs' MTU.
+    for k in ["tcp_remote_ceiling", "tcp_ipip_ceiling"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "missing {k} in {v}");
+    }
+    assert_eq!(v["uplink"]["mtu"], 1500, "{}", v["uplink"]);
+    assert!(stderr.contains("AF_XDP here (bench uplink at MTU 1500)"), "the table says what bounds the ratios");
     assert_eq!(v["converged"], false, "one round cannot converge");
     assert_eq!(v["rounds"], 1);
     assert!(v["ratios"]["ratio_64"]["median"].is_number(), "{v}");
@@ -139,6 +150,7 @@ fn uplink_bench_moves_frames_at_both_mtus_and_cleans_up() {
         eprintln!("SKIP perf_e2e: {why}");
         return;
     }
+    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let before = bench_namespaces();
     let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
         .args(["bench", "uplink", "--reps", "1", "--seconds", "1", "--json"])

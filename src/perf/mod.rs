@@ -59,6 +59,12 @@
 //! --kernel`), with the pods' offloads as they come (TSO, GSO, GRO, tx checksum), then again
 //! with them off (`*_nooffload`); CPU seconds per Gbit for both.
 //!
+//! # The ceiling
+//! After the TCP runs, [`uplink`] measures what AF_XDP on this machine carries at all at the
+//! labs' MTU (full-size frames socket to socket over one veth, beside the kernel's TCP over
+//! it): `tcp_remote_ceiling` and `tcp_ipip_ceiling`, which the cross-node verdicts quote. A
+//! cross-node ratio cannot exceed them, whatever vrouter does.
+//!
 //! # Rounds until the figures hold still
 //! Two runs of the same command disagree by up to 2x on this VM. Each ratio is the median of
 //! per-round ratios, and after `reps` rounds the bench repeats the rounds of the ratios that
@@ -303,6 +309,9 @@ pub struct E2eReport {
     pub tcp_lab: Option<TcpLab>,
     pub latency: Vec<LatencySample>,
     pub summaries: Vec<Summary>,
+    /// What AF_XDP on this machine can carry at the TCP labs' MTU (`bench uplink`, measured
+    /// after the TCP runs): the bound of the cross-node ratios.
+    pub uplink: Option<uplink::UplinkFigures>,
     /// Every ratio over the rounds (`ratio_64`, `tcp1_local_ratio` ...): spread, verdict.
     pub ratios: BTreeMap<String, Ratio>,
     /// Flat figures: `kernel_mpps_64`, `vrouter_mpps_64`, `ipip_mpps_64`, `ratio_64`,
@@ -341,6 +350,7 @@ impl E2eReport {
         m.insert("runs".into(), serde_json::to_value(&self.samples).expect("plain struct"));
         m.insert("tcp_runs".into(), serde_json::to_value(&self.tcp).expect("plain struct"));
         m.insert("tcp_lab".into(), serde_json::to_value(&self.tcp_lab).expect("plain struct"));
+        m.insert("uplink".into(), serde_json::to_value(&self.uplink).expect("plain struct"));
         m.insert("latency_runs".into(), serde_json::to_value(&self.latency).expect("plain struct"));
         serde_json::Value::Object(m)
     }
@@ -424,6 +434,7 @@ pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eRepor
         samples: vec![],
         tcp: vec![],
         tcp_lab: None,
+        uplink: None,
         latency: vec![],
         summaries: vec![],
         ratios: BTreeMap::new(),
@@ -439,6 +450,22 @@ pub fn run(opts: &E2eOptions, progress: &mut dyn FnMut(&str)) -> Result<E2eRepor
         report.ratios.extend(r);
         report.tcp = phase.samples;
         report.tcp_lab = Some(phase.lab);
+        // The ceiling under the cross-node ratios, at the labs' MTU, so the table can say how
+        // far a target is from what this machine allows at all.
+        let o = uplink::UplinkOptions {
+            mtus: vec![opts.lab_mtu],
+            seconds: opts.tcp_duration.max(1.0),
+            warmup: opts.warmup,
+            reps: opts.reps,
+            gen_cpu: opts.gen_cpu,
+            fwd_cpu: opts.fwd_cpu,
+        };
+        let ceiling = uplink::run(&o, progress)?.pop();
+        if let Some(c) = &ceiling {
+            report.figures.insert("tcp_remote_ceiling".into(), c.ceiling_ratio.median);
+            report.figures.insert("tcp_ipip_ceiling".into(), c.ceiling_ratio_ipip.median);
+        }
+        report.uplink = ceiling;
     }
     Ok(report)
 }
@@ -1101,6 +1128,7 @@ mod tests {
             samples: vec![],
             tcp,
             tcp_lab: None,
+            uplink: None,
             latency: vec![],
             summaries: vec![],
             ratios,
@@ -1119,5 +1147,19 @@ mod tests {
         let table = table(&report);
         assert!(table.contains(">= 0.5: met"), "{table}");
         assert!(table.contains("NOT converged") && table.contains("ratio_64"), "{table}");
+        // With the uplink's ceiling measured, the cross-node verdicts say how far it allows.
+        let c = |m| Spread { median: m, min: m, max: m };
+        let afxdp =
+            uplink::AfxdpFigures { napi: uplink::Napi::Softirq, mpps: c(0.9), tcp_equiv_gbps: c(10.4), lost: c(0.0) };
+        report.uplink = Some(uplink::UplinkFigures {
+            mtu: 1500,
+            kernel_tcp_gbps: c(20.0),
+            afxdp: vec![afxdp],
+            ceiling_ratio: c(0.52),
+            ceiling_ratio_ipip: c(0.51),
+        });
+        let table = super::table(&report);
+        assert!(table.contains(">= 0.5: met (AF_XDP here: at most 0.51)"), "{table}");
+        assert!(table.contains("at most 10.40 Gbit/s of TCP against the kernel's 20.00"), "{table}");
     }
 }
