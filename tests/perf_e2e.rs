@@ -59,22 +59,32 @@ fn check_numbers(path: &str, v: &serde_json::Value) {
     }
 }
 
-#[test]
-fn quick_bench_reports_every_figure_and_cleans_up() {
+/// A bench run alone (see [`ONE_BENCH`]): `vrouter ARGS`, which must succeed with JSON on
+/// stdout. `check` gets the JSON and stderr; then no new bench namespace may be left.
+fn bench_alone(args: &[&str], check: impl FnOnce(&serde_json::Value, &str)) {
     if let Some(why) = skip() {
         eprintln!("SKIP perf_e2e: {why}");
         return;
     }
     let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let before = bench_namespaces();
-    let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
-        .args(["bench", "e2e", "--quick", "--reps", "1", "--max-reps", "1", "--json"])
-        .output()
-        .expect("run vrouter bench e2e");
+    let out = Command::new(env!("CARGO_BIN_EXE_vrouter")).args(args).output().expect("run vrouter");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    check_numbers("", &v);
+    check(&v, &stderr);
+    let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+#[test]
+fn quick_bench_reports_every_figure_and_cleans_up() {
+    bench_alone(&["bench", "e2e", "--quick", "--reps", "1", "--max-reps", "1", "--json"], quick_bench_figures);
+}
+
+fn quick_bench_figures(v: &serde_json::Value, stderr: &str) {
     for size in [64, 512, 1500] {
         for key in [
             "kernel_mpps",
@@ -129,14 +139,11 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
         assert!(v["tcp_lab"]["pod_offloads"][mode].is_string(), "{mode}: {}", v["tcp_lab"]);
     }
     assert_eq!(v["tcp_lab"]["pod_offloads"]["kernel/off"], "tx off, tso off, gso off, gro off");
-    check_numbers("", &v);
     assert!(v["vrouter_mpps_64"].as_f64().unwrap() > 0.0, "vrouter forwarded nothing: {stderr}");
     let per_core = v["vrouter_mpps_64"].as_f64().unwrap() / v["vrouter_fwd_cpu_64"].as_f64().unwrap();
     assert!((v["vrouter_mpps_per_core_64"].as_f64().unwrap() - per_core).abs() < 1e-9, "{v}");
     assert!(v["ipip_mpps_64"].as_f64().unwrap() > 0.0, "no IPIP frames arrived: {stderr}");
     assert_eq!(v["runs"].as_array().map(|a| a.len()), Some(9), "3 forwarders x 3 sizes");
-    let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
 /// `vrouter bench uplink`: AF_XDP moves frames at both MTUs (one buffer per frame, and chains
@@ -146,35 +153,20 @@ fn quick_bench_reports_every_figure_and_cleans_up() {
 /// for the sender's socket and nothing arrived at 9000.
 #[test]
 fn uplink_bench_moves_frames_at_both_mtus_and_cleans_up() {
-    if let Some(why) = skip() {
-        eprintln!("SKIP perf_e2e: {why}");
-        return;
-    }
-    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
-    let before = bench_namespaces();
-    let out = Command::new(env!("CARGO_BIN_EXE_vrouter"))
-        .args(["bench", "uplink", "--reps", "1", "--seconds", "1", "--json"])
-        .output()
-        .expect("run vrouter bench uplink");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
-    check_numbers("", &v);
-    let rows = v.as_array().expect("one row per MTU");
-    assert_eq!(rows.iter().map(|r| r["mtu"].as_u64()).collect::<Vec<_>>(), [Some(1500), Some(9000)], "{v}");
-    for r in rows {
-        assert!(r["kernel_tcp_gbps"]["median"].as_f64().unwrap() > 0.0, "no kernel TCP: {r}");
-        let napis: Vec<&str> = r["afxdp"].as_array().unwrap().iter().map(|a| a["napi"].as_str().unwrap()).collect();
-        assert_eq!(napis, ["softirq", "threaded"], "{r}");
-        for a in r["afxdp"].as_array().unwrap() {
-            assert!(a["mpps"]["median"].as_f64().unwrap() > 0.0, "AF_XDP moved nothing: {a}\n{stderr}");
+    bench_alone(&["bench", "uplink", "--reps", "1", "--seconds", "1", "--json"], |v, stderr| {
+        let rows = v.as_array().expect("one row per MTU");
+        assert_eq!(rows.iter().map(|r| r["mtu"].as_u64()).collect::<Vec<_>>(), [Some(1500), Some(9000)], "{v}");
+        for r in rows {
+            assert!(r["kernel_tcp_gbps"]["median"].as_f64().unwrap() > 0.0, "no kernel TCP: {r}");
+            let napis: Vec<&str> = r["afxdp"].as_array().unwrap().iter().map(|a| a["napi"].as_str().unwrap()).collect();
+            assert_eq!(napis, ["softirq", "threaded"], "{r}");
+            for a in r["afxdp"].as_array().unwrap() {
+                assert!(a["mpps"]["median"].as_f64().unwrap() > 0.0, "AF_XDP moved nothing: {a}\n{stderr}");
+            }
+            assert!(r["ceiling_ratio"]["median"].as_f64().unwrap() > 0.0, "{r}");
         }
-        assert!(r["ceiling_ratio"]["median"].as_f64().unwrap() > 0.0, "{r}");
-    }
-    assert!(stderr.contains("mtu   path"), "the table goes to stderr with --json: {stderr}");
-    let left: Vec<String> = bench_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+        assert!(stderr.contains("mtu   path"), "the table goes to stderr with --json: {stderr}");
+    });
 }
 
 #[test]
