@@ -180,14 +180,33 @@ impl E2eOptions {
 
     /// The generator's and the forwarding CPU: as given, else the first and the last.
     pub fn cpus(&self) -> (usize, usize) {
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        (self.gen_cpu.unwrap_or(0), self.fwd_cpu.unwrap_or(ncpu.saturating_sub(1)))
+        cpus(self.gen_cpu, self.fwd_cpu)
     }
 
     /// The iperf3 client's and server's CPUs, if pinned.
     pub fn tcp_pins(&self) -> Option<(usize, usize)> {
         self.tcp_pin.then(|| self.cpus())
     }
+}
+
+fn ncpu() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The generator's and the forwarding CPU: as given, else the first and the last.
+pub(crate) fn cpus(gen: Option<usize>, fwd: Option<usize>) -> (usize, usize) {
+    (gen.unwrap_or(0), fwd.unwrap_or(ncpu().saturating_sub(1)))
+}
+
+/// Refuses a generator and a forwarding CPU that are the same or not on this machine.
+pub(crate) fn check_cpus(gen: usize, fwd: usize) -> Result<(), LabError> {
+    let n = ncpu();
+    if gen >= n || fwd >= n || gen == fwd {
+        return Err(LabError::BadOption(format!(
+            "generator CPU {gen} and forwarding CPU {fwd}: need two different CPUs below {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// One UDP run of one forwarder at one frame size.
@@ -400,12 +419,9 @@ fn preflight(opts: &E2eOptions) -> Result<PathBuf, LabError> {
     if opts.sizes.iter().any(|&s| !(64..=1518).contains(&s)) || opts.sizes.is_empty() {
         return Err(LabError::BadOption(format!("frame sizes {:?}: each 64 to 1518", opts.sizes)));
     }
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (g, f) = opts.cpus();
-    if (opts.udp || (opts.tcp && opts.tcp_pin)) && (g >= ncpu || f >= ncpu || g == f) {
-        return Err(LabError::BadOption(format!(
-            "generator CPU {g} and forwarding CPU {f}: need two different CPUs below {ncpu}"
-        )));
+    if opts.udp || (opts.tcp && opts.tcp_pin) {
+        let (g, f) = opts.cpus();
+        check_cpus(g, f)?;
     }
     if opts.tcp && opts.tcp_offloads.is_empty() {
         return Err(LabError::BadOption("TCP offload modes: at least one of on, off".into()));
@@ -475,15 +491,14 @@ fn udp(bin: &Path, opts: &E2eOptions, report: &mut E2eReport, progress: &mut dyn
     let topo = topo::Topo::up(&opts.root, opts.gen_cpu, opts.fwd_cpu)?;
     progress(&format!(
         "perf lab {}: generator on CPU {}, forwarding (kernel: RPS; vrouter: NAPI thread and worker; sink XDP drop) on CPU {}",
-        topo.prefix, topo.gen_cpu, topo.fwd_cpu
+        topo.ns.prefix, topo.gen_cpu, topo.fwd_cpu
     ));
     (report.gen_cpu, report.fwd_cpu) = (topo.gen_cpu, topo.fwd_cpu);
     let result = udp_in(&topo, bin, opts, report, progress);
     if std::env::var_os("VROUTER_PERF_KEEP").is_some() {
         // Debugging aid: leave the namespaces for a look by hand (`ip netns del` them after).
-        progress(&format!("VROUTER_PERF_KEEP: leaving namespaces {}", topo.namespaces().join(" ")));
-        sys::unregister(&topo.prefix);
-        std::mem::forget(topo);
+        progress(&format!("VROUTER_PERF_KEEP: leaving namespaces {}", topo.ns.names().join(" ")));
+        topo.ns.keep();
         return result;
     }
     // Delete before returning, even on error; the drop would do it silently.

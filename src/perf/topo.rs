@@ -91,9 +91,87 @@ impl Forwarder {
     }
 }
 
-/// The namespaces of one bench; deleted on drop.
-pub(crate) struct Topo {
+/// A bench's namespaces, `<prefix>-<role>` under a prefix (`vrpf` and four hex digits) that no
+/// namespace uses yet: created with IPv6 off and `lo` up, deleted at exit (a signal too), by
+/// [`Namespaces::down`] or on drop.
+pub(crate) struct Namespaces {
     pub prefix: String,
+    names: Vec<String>,
+    done: bool,
+}
+
+impl Namespaces {
+    /// Creates one namespace per role; on error, the drop deletes those that exist.
+    pub fn create(roles: &[&str]) -> Result<Namespaces, LabError> {
+        let existing = sys::netns_list()?;
+        let new = || format!("{}{:04x}", super::NS_PREFIX, vrouter_core::random_seed() as u16);
+        let mut prefix = new();
+        while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
+            prefix = new();
+        }
+        let names: Vec<String> = roles.iter().map(|r| format!("{prefix}-{r}")).collect();
+        let (p, all) = (prefix.clone(), names.clone());
+        sys::register(&prefix, move || {
+            eprintln!("vrouter bench: deleting namespaces of {p} at exit");
+            let _ = sys::delete_namespaces(&all);
+        });
+        let n = Namespaces { prefix, names, done: false };
+        let to = Duration::from_secs(10);
+        for ns in &n.names {
+            sys::ip(&["netns", "add", ns])?;
+            sys::ns_ok(
+                ns,
+                &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                to,
+            )?;
+            sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(n)
+    }
+
+    /// The namespace of the `i`th role given to [`Namespaces::create`].
+    pub fn name(&self, i: usize) -> String {
+        self.names[i].clone()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Leaves them for a look by hand: no longer deleted at exit or on drop.
+    pub fn keep(mut self) {
+        self.done = true;
+        sys::unregister(&self.prefix);
+    }
+
+    /// Deletes them now, reporting failures (the drop does the same, and only prints them).
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.done = true;
+        let left = sys::delete_namespaces(&self.names);
+        sys::unregister(&self.prefix);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown { prefix: self.prefix.clone(), left: left.join(", ") })
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        if !self.done {
+            let left = sys::delete_namespaces(&self.names);
+            sys::unregister(&self.prefix);
+            if !left.is_empty() {
+                eprintln!("vrouter bench: could not delete {}", left.join(", "));
+            }
+        }
+    }
+}
+
+/// The UDP hairpin's namespaces; deleted on drop.
+pub(crate) struct Topo {
+    pub ns: Namespaces,
     pub dir: PathBuf,
     pub gen: String,
     pub fwd: String,
@@ -101,61 +179,24 @@ pub(crate) struct Topo {
     /// The CPU that forwards (RPS target, vrouter's worker) and the generator's CPU.
     pub fwd_cpu: usize,
     pub gen_cpu: usize,
-    done: bool,
 }
 
 impl Topo {
-    pub fn namespaces(&self) -> Vec<String> {
-        vec![self.gen.clone(), self.fwd.clone(), self.snk.clone()]
-    }
-
     /// Creates everything but the forwarder's set-up; on error, the drop deletes what exists.
     pub fn up(root: &Path, gen_cpu: Option<usize>, fwd_cpu: Option<usize>) -> Result<Topo, LabError> {
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let (gen_cpu, fwd_cpu) = (gen_cpu.unwrap_or(0), fwd_cpu.unwrap_or(ncpu.saturating_sub(1)));
-        if gen_cpu >= ncpu || fwd_cpu >= ncpu || gen_cpu == fwd_cpu {
-            return Err(LabError::BadOption(format!(
-                "generator CPU {gen_cpu} and forwarding CPU {fwd_cpu}: need two different CPUs below {ncpu}"
-            )));
-        }
-        let existing = sys::netns_list()?;
-        let mut prefix = format!("vrpf{:04x}", vrouter_core::random_seed() as u16);
-        while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
-            prefix = format!("vrpf{:04x}", vrouter_core::random_seed() as u16);
-        }
-        let dir = root.join(&prefix);
+        let (gen_cpu, fwd_cpu) = super::cpus(gen_cpu, fwd_cpu);
+        super::check_cpus(gen_cpu, fwd_cpu)?;
+        let ns = Namespaces::create(&["gen", "fwd", "snk"])?;
+        let dir = root.join(&ns.prefix);
         std::fs::create_dir_all(&dir)
             .map_err(|err| LabError::Io { what: format!("creating {}", dir.display()), err })?;
-        let t = Topo {
-            gen: format!("{prefix}-gen"),
-            fwd: format!("{prefix}-fwd"),
-            snk: format!("{prefix}-snk"),
-            prefix,
-            dir,
-            fwd_cpu,
-            gen_cpu,
-            done: false,
-        };
-        let (prefix, namespaces) = (t.prefix.clone(), t.namespaces());
-        sys::register(&t.prefix, move || {
-            eprintln!("vrouter bench e2e: deleting namespaces of {prefix} at exit");
-            let _ = sys::delete_namespaces(&namespaces);
-        });
+        let t = Topo { gen: ns.name(0), fwd: ns.name(1), snk: ns.name(2), ns, dir, fwd_cpu, gen_cpu };
         t.build()?;
         Ok(t)
     }
 
     fn build(&self) -> Result<(), LabError> {
         let to = Duration::from_secs(10);
-        for ns in self.namespaces() {
-            sys::ip(&["netns", "add", &ns])?;
-            sys::ns_ok(
-                &ns,
-                &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
-                to,
-            )?;
-            sys::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        }
         let (gen, fwd, snk) = (self.gen.as_str(), self.fwd.as_str(), self.snk.as_str());
         sys::ip(&[
             "-n", gen, "link", "add", "eth0", "address", GEN_MAC, "type", "veth", "peer", "name", "up0", "netns", fwd,
@@ -369,28 +410,9 @@ impl Topo {
         Ok(())
     }
 
-    /// Deletes the namespaces now, reporting failures (drop does the same, silently).
-    pub fn down(mut self) -> Result<(), LabError> {
-        self.done = true;
-        let left = sys::delete_namespaces(&self.namespaces());
-        sys::unregister(&self.prefix);
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(LabError::Teardown { prefix: self.prefix.clone(), left: left.join(", ") })
-        }
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        if !self.done {
-            let left = sys::delete_namespaces(&self.namespaces());
-            sys::unregister(&self.prefix);
-            if !left.is_empty() {
-                eprintln!("vrouter bench e2e: could not delete {}", left.join(", "));
-            }
-        }
+    /// Deletes the namespaces now, reporting failures.
+    pub fn down(self) -> Result<(), LabError> {
+        self.ns.down()
     }
 }
 
@@ -476,14 +498,14 @@ mod tests {
     #[test]
     fn generated_vrouter_configs_pass_validation() {
         let t = Topo {
-            prefix: "vrpf0000".into(),
+            // Nothing created, nothing to delete.
+            ns: Namespaces { prefix: "vrpf0000".into(), names: vec![], done: true },
             dir: "/nonexistent".into(),
             gen: "g".into(),
             fwd: "f".into(),
             snk: "s".into(),
             fwd_cpu: 1,
             gen_cpu: 0,
-            done: true,
         };
         for (fwd, sink_mode) in [(Forwarder::Vrouter, IpipMode::Never), (Forwarder::Ipip, IpipMode::Always)] {
             let text = t.vrouter_config(fwd, "poll").unwrap();

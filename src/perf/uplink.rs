@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::topo::Namespaces;
 use super::{sys, Spread};
 use crate::lab::LabError;
 use crate::port::afxdp::{self, BindMode, TxCopy, XdpMode, XskPort};
@@ -117,13 +118,8 @@ pub fn run(opts: &UplinkOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<U
             crate::lab::topo::MAX_MTU
         )));
     }
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (gen, fwd) = (opts.gen_cpu.unwrap_or(0), opts.fwd_cpu.unwrap_or(ncpu.saturating_sub(1)));
-    if gen >= ncpu || fwd >= ncpu || gen == fwd {
-        return Err(LabError::BadOption(format!(
-            "sender CPU {gen} and receiver CPU {fwd}: need two different CPUs below {ncpu}"
-        )));
-    }
+    let (gen, fwd) = super::cpus(opts.gen_cpu, opts.fwd_cpu);
+    super::check_cpus(gen, fwd)?;
     if !sys::is_root() {
         return Err(LabError::NotRoot { lab: "vrouter bench uplink", needs: "creates namespaces and AF_XDP sockets" });
     }
@@ -245,30 +241,15 @@ pub fn table(figures: &[UplinkFigures], opts: &UplinkOptions) -> String {
 
 /// The two namespaces and their veth; deleted on drop.
 struct Pair {
+    ns: Namespaces,
     a: String,
     b: String,
-    done: bool,
 }
 
 impl Pair {
     fn up() -> Result<Pair, LabError> {
-        let existing = sys::netns_list()?;
-        let new = || format!("{}{:04x}", super::NS_PREFIX, vrouter_core::random_seed() as u16);
-        let mut prefix = new();
-        while existing.iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
-            prefix = new();
-        }
-        let p = Pair { a: format!("{prefix}-a"), b: format!("{prefix}-b"), done: false };
-        let names = vec![p.a.clone(), p.b.clone()];
-        sys::register(&prefix, move || {
-            let _ = sys::delete_namespaces(&names);
-        });
-        let to = Duration::from_secs(10);
-        for ns in [&p.a, &p.b] {
-            sys::ip(&["netns", "add", ns])?;
-            sys::ns_ok(ns, &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"], to)?;
-            sys::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
+        let ns = Namespaces::create(&["a", "b"])?;
+        let p = Pair { a: ns.name(0), b: ns.name(1), ns };
         sys::ip(&[
             "-n", &p.a, "link", "add", TX_DEV, "address", TX_MAC, "type", "veth", "peer", "name", RX_DEV, "netns", &p.b,
         ])?;
@@ -362,24 +343,8 @@ impl Pair {
         })
     }
 
-    fn down(mut self) -> Result<(), LabError> {
-        self.done = true;
-        let left = sys::delete_namespaces(&[self.a.clone(), self.b.clone()]);
-        sys::unregister(self.a.trim_end_matches("-a"));
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(LabError::Teardown { prefix: self.a.trim_end_matches("-a").into(), left: left.join(", ") })
-        }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = sys::delete_namespaces(&[self.a.clone(), self.b.clone()]);
-            sys::unregister(self.a.trim_end_matches("-a"));
-        }
+    fn down(self) -> Result<(), LabError> {
+        self.ns.down()
     }
 }
 
